@@ -1,0 +1,15 @@
+"""Test-wide settings, applied before jax is imported anywhere.
+
+Four fake CPU devices let one process compare 1 device against 4 (tests pick a subset of
+`jax.devices()` for their meshes); everything else runs on device 0 as usual.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_platforms", "cpu")
