@@ -1,0 +1,37 @@
+"""Beyond accuracy: audit a trained classifier (Stock & Cisse, ECCV 2018).
+
+Four questions, each a module, all on the pure model interface of `l2rw_jax.models`
+(`apply_fn`, `feature_fn`; see `l2rw_jax.audit.common`) and numpy arrays:
+
+  mistakes      per-class/worst-class accuracy, confusion, top-k, ECE, explanations
+  attacks       FGSM / PGD accuracy over epsilon, minimal adversarial epsilon
+  criticism     prototypes and criticisms: adversarial robustness and MMD-critic
+  label_issues  rankings of suspect training labels, precision@k / recall@k
+  report        report.html + audit.json
+
+`run_audit` runs them all and writes the report.
+"""
+from l2rw_jax.audit import attacks
+from l2rw_jax.audit import common
+from l2rw_jax.audit import criticism
+from l2rw_jax.audit import label_issues
+from l2rw_jax.audit import mistakes
+from l2rw_jax.audit import report
+from l2rw_jax.audit.attacks import attack_batch
+from l2rw_jax.audit.attacks import minimal_adversarial_epsilon
+from l2rw_jax.audit.attacks import robust_accuracy_curve
+from l2rw_jax.audit.criticism import greedy_criticisms
+from l2rw_jax.audit.criticism import greedy_prototypes
+from l2rw_jax.audit.criticism import mmd_critic
+from l2rw_jax.audit.criticism import robustness_prototypes
+from l2rw_jax.audit.label_issues import precision_at_k
+from l2rw_jax.audit.label_issues import recall_at_k
+from l2rw_jax.audit.mistakes import confusion_matrix
+from l2rw_jax.audit.mistakes import expected_calibration_error
+from l2rw_jax.audit.mistakes import grad_cam
+from l2rw_jax.audit.mistakes import has_conv_map
+from l2rw_jax.audit.mistakes import integrated_gradients
+from l2rw_jax.audit.mistakes import per_class_accuracy
+from l2rw_jax.audit.mistakes import top_k_accuracy
+from l2rw_jax.audit.run import default_config
+from l2rw_jax.audit.run import run_audit
