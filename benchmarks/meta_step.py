@@ -1,0 +1,206 @@
+"""Meta-step speed and memory: plain weighted step vs reverse- and forward-mode L2RW steps.
+
+For each row (model, batch B, clean batch M) and each variant (``plain``: the same jitted train
+step with ERM weights 1/B; ``reverse`` / ``forward``: the L2RW step in that mode) it reports the
+median wall-clock ms per step over ``--steps`` (>= 50) steps after ``--warmup`` steps, the
+median process CPU time per step (``time.process_time``, all threads: less sensitive than wall
+time to other processes on a shared machine), their ratios to the plain step, and two memory
+figures:
+
+- ``xla_mib`` (per variant, the peak-memory figure): XLA's compiled memory analysis of the
+  step (arguments + outputs + temporaries - aliased/donated bytes), the step's own peak
+  buffer footprint;
+- ``row_rss_mib`` (per row): the row process's resident-set high-water mark
+  (``resource.getrusage``, ``ru_maxrss``) with all three variants compiled and run, Python,
+  JAX and the compiler included.
+
+Each row runs in its own subprocess, which compiles the three variants and then times them
+interleaved step by step (plain, reverse, forward, plain, ...), so that on a shared machine all
+three see the same background load. Optimizer: the paper's recipe (SGD momentum 0.9, weight
+decay 2e-4); data: random normal images, random labels, already on the device.
+
+    python -m benchmarks.meta_step            # full run -> benchmarks/results/meta_step.json
+    python -m benchmarks.meta_step --quick    # smoke run -> benchmarks/results/meta_step_quick.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import tqdm
+
+ROWS = {
+    "lenet_clean100": dict(model="lenet", kw={}, image=(28, 28, 1), batch=100, clean=100, lr=1e-3),
+    "lenet_clean10": dict(model="lenet", kw={}, image=(28, 28, 1), batch=100, clean=10, lr=1e-3),
+    "resnet32_clean100": dict(model="resnet32", kw={}, image=(32, 32, 3), batch=100, clean=100,
+                              lr=0.1),
+}
+# --quick: the same code paths on a tiny ResNet, to check the script end to end in seconds.
+QUICK_KW = {"resnet32": {"units_per_stage": 1}}
+VARIANTS = {"plain": ("erm", {}), "reverse": ("l2rw", {"mode": "reverse"}),
+            "forward": ("l2rw", {"mode": "forward"})}
+TARGETS = {  # issue 3 section 5: max ratio to the plain step on this 2-core CPU
+    ("lenet_clean10", "forward"): 1.4, ("lenet_clean100", "forward"): 2.2,
+    ("lenet_clean10", "reverse"): 2.0, ("lenet_clean100", "reverse"): 2.7,
+}
+
+
+def run_row(row_name: str, steps: int, warmup: int, quick: bool) -> list[dict]:
+    """Compiles the three variants of one row, then times them interleaved in this process."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from l2rw_jax import methods, models
+    from l2rw_jax import step as step_lib
+    from l2rw_jax.train_state import TrainState
+
+    row = ROWS[row_name]
+    kw = dict(row["kw"], **(QUICK_KW.get(row["model"], {}) if quick else {}))
+    module = models.create_model(row["model"], 10, **kw)
+    params, model_state = models.init_model(module, jax.random.key(0), (1, *row["image"]))
+    apply_fn = models.make_apply_fn(module)
+    tx = optax.chain(optax.add_decayed_weights(2e-4), optax.sgd(row["lr"], momentum=0.9))
+    keys = jax.random.split(jax.random.key(2), 4)
+
+    def make_batch(k_image, k_label, size):
+        return {"image": jax.random.normal(k_image, (size, *row["image"])),
+                "label": jax.random.randint(k_label, (size,), 0, 10)}
+
+    batch = make_batch(keys[0], keys[1], row["batch"])
+    val_batch = make_batch(keys[2], keys[3], row["clean"])
+
+    compiled, states, info = {}, {}, {}
+    for variant, (method, options) in VARIANTS.items():
+        train_step = step_lib.jit_train_step(step_lib.make_train_step(
+            apply_fn, tx, methods.get_weigh_fn(method, **options)))
+        # Each variant owns a copy of the initial state (the step donates it).
+        states[variant] = TrainState(
+            step=jnp.zeros([], jnp.int32), params=jax.tree.map(jnp.copy, params),
+            model_state=jax.tree.map(jnp.copy, model_state), opt_state=tx.init(params),
+            rng=jax.random.key(1), method_state=())
+        t0 = time.perf_counter()
+        compiled[variant] = train_step.lower(states[variant], batch, val_batch).compile()
+        mem = compiled[variant].memory_analysis()
+        info[variant] = {
+            "compile_s": time.perf_counter() - t0,
+            "xla_mib": (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                        + mem.temp_size_in_bytes - mem.alias_size_in_bytes) / 2**20}
+        for _ in range(warmup):
+            states[variant], _ = compiled[variant](states[variant], batch, val_batch)
+        jax.block_until_ready(states[variant])
+
+    # Interleaved (plain, reverse, forward, plain, ...): on a shared machine every variant
+    # sees the same background load, so the ratios stay meaningful even when the absolute
+    # times move.
+    wall = {v: [] for v in VARIANTS}
+    cpu = {v: [] for v in VARIANTS}
+    finite = {}
+    for _ in range(steps):
+        for variant in VARIANTS:
+            t0, c0 = time.perf_counter(), time.process_time()
+            states[variant], metrics = compiled[variant](states[variant], batch, val_batch)
+            jax.block_until_ready((states[variant], metrics))
+            wall[variant].append(1e3 * (time.perf_counter() - t0))
+            cpu[variant].append(1e3 * (time.process_time() - c0))
+            finite[variant] = bool(jnp.isfinite(metrics["weighted_loss"]))
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    return [{
+        "row": row_name, "variant": v, "model": row["model"], "model_kw": kw,
+        "batch": row["batch"], "clean": row["clean"], "steps": steps, "warmup": warmup,
+        "median_ms": statistics.median(wall[v]), "min_ms": min(wall[v]), "max_ms": max(wall[v]),
+        "cpu_median_ms": statistics.median(cpu[v]), **info[v], "row_rss_mib": rss_mib,
+        "finite": finite[v]} for v in VARIANTS]
+
+
+def _write_json_atomic(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _table(results: list[dict]) -> str:
+    plain = {r["row"]: r for r in results if r["variant"] == "plain"}
+    lines = [f"{'row':<18} {'variant':<8} {'ms/step':>8} {'x plain':>8} {'cpu ms':>8} "
+             f"{'x plain':>8} {'target':>7} {'xla MiB':>8}"]
+    for r in results:
+        target = TARGETS.get((r["row"], r["variant"]))
+        base = plain[r["row"]]
+        lines.append(
+            f"{r['row']:<18} {r['variant']:<8} {r['median_ms']:>8.1f} "
+            f"{r['median_ms'] / base['median_ms']:>8.2f} {r['cpu_median_ms']:>8.1f} "
+            f"{r['cpu_median_ms'] / base['cpu_median_ms']:>8.2f} "
+            f"{'' if target is None else f'<={target}':>7} {r['xla_mib']:>8.1f}")
+    rss = {r["row"]: r["row_rss_mib"] for r in results}
+    lines.append("process RSS high-water per row (MiB): "
+                 + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: few steps, tiny ResNet")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 50)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5)")
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument("--worker", metavar="ROW", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    steps = args.steps if args.steps is not None else (5 if args.quick else 50)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
+    if not args.quick and steps < 50:
+        raise ValueError(f"--steps={steps}: a full run times at least 50 steps (or use --quick).")
+    rows = args.rows.split(",")
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise ValueError(f"Unknown rows {unknown}; allowed: {', '.join(ROWS)}.")
+
+    if args.worker:
+        print(json.dumps(run_row(args.worker, steps, warmup, args.quick)))
+        return
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = args.out or os.path.join(
+        root, "benchmarks", "results", "meta_step_quick.json" if args.quick else "meta_step.json")
+    load_before = os.getloadavg()
+    results = []
+    for row in tqdm.tqdm(rows, desc="rows"):
+        cmd = [sys.executable, "-m", "benchmarks.meta_step", "--worker", row, "--steps",
+               str(steps), "--warmup", str(warmup)] + (["--quick"] if args.quick else [])
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"worker {row} failed:\n{proc.stderr[-4000:]}")
+        results.extend(json.loads(proc.stdout.strip().splitlines()[-1]))
+    import jax
+
+    table = _table(results)
+    print(table)
+    _write_json_atomic(out, {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                    "jax": jax.__version__, "backend": jax.default_backend(),
+                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "memory_note": "xla_mib: XLA compiled memory analysis of the step (arguments + "
+                       "outputs + temporaries - aliased/donated bytes); row_rss_mib: "
+                       "ru_maxrss high-water mark of the row's process (all three variants "
+                       "compiled and run; includes Python, JAX, XLA)",
+        "timing_note": "variants interleaved step by step in one process; ms = wall clock, "
+                       "cpu ms = process CPU time (all threads)",
+        "results": results, "table": table,
+    })
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Example-weighting schemes behind one signature.
+
+A scheme is a constructor ``scheme(**options) -> weigh_fn`` with
+
+    weigh_fn(ctx: WeighContext) -> (w_B, new_method_state, metrics)
+
+``w_B`` are this step's example weights (the real step minimises ``sum_i w_i C_i`` and treats
+``w_B`` as a constant); ``metrics`` is a dict of scalars, plus per-example ``(B,)`` arrays
+under keys ending in ``_B``. Pure and traceable: no Python branching on traced values (the
+train step is ``jax.vmap``-ed over seeds). To add a scheme, write its constructor and add it
+to ``_METHODS``.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from l2rw_jax import reweight
+
+PyTree = Any
+
+
+class WeighContext(NamedTuple):
+    """What a weighting scheme may look at in one step.
+
+    Attributes:
+      loss_fn: ``loss_fn(params, batch) -> losses_B``, per-example training losses in training
+        mode with the model state bound (BatchNorm statistics it produces are discarded).
+      params, opt_state, tx: current parameters, optimizer state and the optax optimizer.
+      batch: the training batch dict (``image``, ``label``, maybe ``is_noisy``, ``index``...).
+      val_batch: the clean batch dict.
+      method_state: the scheme's own state (``()`` when it has none).
+      rng: a PRNG key for this step and this scheme.
+      step: int32 scalar, the number of real steps taken so far.
+      axis_name: mapped axis under ``pmap``/``shard_map``, else None.
+      val_loss_fn: per-example loss for the clean batch (defaults to ``loss_fn``).
+    """
+
+    loss_fn: reweight.LossFn
+    params: PyTree
+    opt_state: optax.OptState
+    tx: optax.GradientTransformation
+    batch: PyTree
+    val_batch: PyTree
+    method_state: PyTree
+    rng: jax.Array
+    step: jax.Array
+    axis_name: str | None = None
+    val_loss_fn: reweight.LossFn | None = None
+
+
+WeighFn = Callable[[WeighContext], tuple[jax.Array, PyTree, dict]]
+
+
+def _local_and_global_size(ctx: WeighContext) -> tuple[int, Any]:
+    local = jax.tree.leaves(ctx.batch)[0].shape[0]
+    if ctx.axis_name is None:
+        return local, local
+    return local, local * jax.lax.psum(1, ctx.axis_name)
+
+
+def erm() -> WeighFn:
+    """Empirical risk minimisation: ``w_i = 1 / B`` (B the global batch size)."""
+
+    def weigh_fn(ctx: WeighContext):
+        local, total = _local_and_global_size(ctx)
+        return jnp.full((local,), 1.0 / total, jnp.float32), ctx.method_state, {}
+
+    return weigh_fn
+
+
+def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "optimizer"
+         ) -> WeighFn:
+    """Learning to Reweight Examples (Ren et al. 2018, arXiv 1803.09050, Alg. 1).
+
+    Weights from :func:`l2rw_jax.reweight.meta_weights` (validation on the clean batch after a
+    look-ahead step). Metrics: ``val_loss`` (at the zero-gradient look-ahead) and the raw
+    meta-gradient ``g_B``.
+
+    Args:
+      mode: ``"forward"`` (default, cheaper) or ``"reverse"``; both exact.
+      all_clipped: ``"zero"`` (paper) or ``"uniform"``: weights when every ``-g_i <= 0``.
+      lookahead: ``"optimizer"`` (DESIGN.md section 2: the training optimizer with its state, so
+        momentum moves the look-ahead point to ``theta'_0 != theta``) or ``"sgd"`` (the official
+        code: ``theta' = theta - grad L_f``, no momentum or weight decay, evaluated at
+        ``theta`` itself; its learning rate cancels in the normalisation).
+    """
+    reweight._check_choice("mode", mode, reweight._MODES)
+    reweight._check_choice("all_clipped", all_clipped, reweight._ALL_CLIPPED)
+    reweight._check_choice("lookahead", lookahead, ("optimizer", "sgd"))
+    plain_sgd = optax.sgd(1.0)
+
+    def weigh_fn(ctx: WeighContext):
+        if lookahead == "sgd":
+            tx, opt_state = plain_sgd, plain_sgd.init(ctx.params)
+        else:
+            tx, opt_state = ctx.tx, ctx.opt_state
+        mw = reweight.meta_weights(
+            ctx.loss_fn, ctx.params, opt_state, tx, ctx.batch, ctx.val_batch,
+            mode=mode, axis_name=ctx.axis_name, val_loss_fn=ctx.val_loss_fn,
+            all_clipped=all_clipped)
+        return mw.w, ctx.method_state, {"val_loss": mw.val_loss, "g_B": mw.g}
+
+    return weigh_fn
+
+
+def _normalized(wt_B: jax.Array, axis_name: str | None) -> jax.Array:
+    """``wt_B / sum(wt)`` over the global batch for ``wt_B >= 0``; 0 when the sum is 0."""
+    return reweight.normalize_weights(-wt_B, axis_name=axis_name)[0]
+
+
+def _single_device_only(name: str, ctx: WeighContext) -> None:
+    if ctx.axis_name is not None:
+        raise ValueError(f"method {name!r} needs the whole batch on one program (axis_name="
+                         f"None); for data parallelism use jax.jit over a Mesh, which keeps "
+                         f"global-batch semantics, instead of pmap/shard_map "
+                         f"(axis_name={ctx.axis_name!r}).")
+
+
+def random_weights() -> WeighFn:
+    """Random weights (Ren et al. 2018 §5.1; official code ``reweight_random``).
+
+    ``w~_i = max(z_i, 0)`` with ``z_i ~ N(0, 1)`` i.i.d. (a rectified Gaussian), ``w = w~ /
+    sum_k w~_k`` over the global batch (0 if all are clipped, probability ``2^-B``).
+    """
+
+    def weigh_fn(ctx: WeighContext):
+        local, _ = _local_and_global_size(ctx)
+        key = ctx.rng
+        if ctx.axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(ctx.axis_name))
+        z_B = jax.random.normal(key, (local,), jnp.float32)
+        return _normalized(jnp.maximum(z_B, 0.0), ctx.axis_name), ctx.method_state, {}
+
+    return weigh_fn
+
+
+def proportion() -> WeighFn:
+    """Inverse class frequency (the paper's "Proportion" baseline, Ren et al. 2018 §5.1).
+
+    ``w_i = (1 / n_{y_i}) / sum_k (1 / n_{y_k})`` over the global batch, ``n_c`` the number of
+    training examples with *observed* label ``c``. Needs ``method_state =
+    init_method_state("proportion", rng, class_counts_C)``, i.e. ``{"class_weight_C": 1 / n_c}``.
+    """
+
+    def weigh_fn(ctx: WeighContext):
+        wt_B = ctx.method_state["class_weight_C"][ctx.batch["label"]]
+        return _normalized(wt_B, ctx.axis_name), ctx.method_state, {}
+
+    return weigh_fn
+
+
+def _class_counts(name: str, class_counts_C) -> jax.Array:
+    if class_counts_C is None:
+        raise ValueError(f"method {name!r} needs class_counts_C, the number of training "
+                         f"examples per observed class.")
+    counts_C = jnp.asarray(class_counts_C, jnp.float32)
+    if counts_C.ndim != 1 or not bool(jnp.all(counts_C >= 0)) or not bool(jnp.any(counts_C > 0)):
+        raise ValueError(f"class_counts_C must be a 1-D array of counts >= 0, not all 0; got "
+                         f"{class_counts_C!r}.")
+    return counts_C
+
+
+def _proportion_init(rng: jax.Array, class_counts_C) -> PyTree:
+    del rng
+    counts_C = _class_counts("proportion", class_counts_C)
+    return {"class_weight_C": jnp.where(counts_C > 0, 1.0 / jnp.maximum(counts_C, 1.0), 0.0)}
+
+
+def hard_mining() -> WeighFn:
+    """Class-balanced hard example mining (the official MNIST code's ``reweight_hard_mining``).
+
+    With ``m`` the majority class (most observed training labels; ``method_state =
+    init_method_state("hard_mining", rng, class_counts_C)``): every example of another class
+    is kept, and of the majority class the ``k = max(#{i : y_i != m}, 1)`` examples with the
+    highest loss ``C_i(theta)`` (ties: lower batch position first); ``w_i = 1 / #kept`` on
+    the kept examples, 0 elsewhere. (The official code ranks by the *batch-mean* loss, so it
+    keeps an arbitrary ``k`` majority examples; here each example's own loss is used. It also
+    used batches of 500 for this baseline.)
+    """
+
+    def weigh_fn(ctx: WeighContext):
+        _single_device_only("hard_mining", ctx)
+        losses_B = jax.lax.stop_gradient(ctx.loss_fn(ctx.params, ctx.batch))
+        major_B = ctx.batch["label"] == ctx.method_state["majority"]
+        k = jnp.maximum(jnp.sum(~major_B), 1)
+        order_B = jnp.argsort(jnp.where(major_B, -losses_B, jnp.inf), stable=True)
+        rank_B = jnp.zeros_like(order_B).at[order_B].set(jnp.arange(order_B.shape[0]))
+        keep_B = (~major_B | (rank_B < k)).astype(jnp.float32)
+        return keep_B / jnp.sum(keep_B), ctx.method_state, {}
+
+    return weigh_fn
+
+
+def _hard_mining_init(rng: jax.Array, class_counts_C) -> PyTree:
+    del rng
+    counts_C = _class_counts("hard_mining", class_counts_C)
+    return {"majority": jnp.argmax(counts_C).astype(jnp.int32)}
+
+
+def _vnet(phi: PyTree, losses_B: jax.Array) -> jax.Array:
+    """Meta-Weight-Net ``V(C; phi) = sigmoid(w2 . relu(w1 C + b1) + b2)``, per example."""
+    h_BxH = jax.nn.relu(losses_B[:, None] * phi["w1_H"][None, :] + phi["b1_H"][None, :])
+    return jax.nn.sigmoid(h_BxH @ phi["w2_H"] + phi["b2"])
+
+
+def _mwnet_tx(meta_lr: float, meta_weight_decay: float) -> optax.GradientTransformation:
+    # torch.optim.Adam(weight_decay=wd) adds wd * phi to the gradient (L2, not AdamW).
+    return optax.chain(optax.add_decayed_weights(meta_weight_decay), optax.adam(meta_lr))
+
+
+def mwnet(hidden: int = 100, meta_lr: float = 1e-3, meta_weight_decay: float = 1e-4,
+          normalize: bool = True) -> WeighFn:
+    r"""Meta-Weight-Net (Shu et al., NeurIPS 2019, arXiv 1902.07379, Alg. 1).
+
+    A 1-``hidden``-1 MLP ``V(C; phi)`` (ReLU, sigmoid output) maps an example's loss to its
+    weight, ``w_i(phi) = V(C_i; phi) / sum_k V(C_k; phi)`` (``normalize=True``, their class-
+    imbalance code) or ``V(C_i; phi) / B`` (``normalize=False``, their noisy-label code). Each
+    step (the losses ``C_i`` are inputs, not differentiated through, as ``cost_v.data`` there):
+
+    .. math::
+        \theta'(\phi) = \theta + u\big(\textstyle\sum_i w_i(\phi) \nabla C_i(\theta)\big),\quad
+        \phi \leftarrow \mathrm{Adam}\big(\phi, \nabla_\phi L_{val}(\theta'(\phi))\big),\quad
+        w = w(\phi_{new}),
+
+    with ``u`` the training optimizer's update (``tx.update``, the same look-ahead as L2RW;
+    the paper uses plain SGD at the current learning rate) and ``w`` then used by the real step.
+    The meta-gradient is computed exactly in forward mode, as in :mod:`l2rw_jax.reweight`:
+    ``dL/dw_i = <J_u(g)^T grad L_val(theta'), grad C_i(theta)> = [J_C(theta) v]_i`` (one
+    ``jax.jvp`` of the loss vector along ``v``) with ``g = sum_i w_i grad C_i``, then
+    ``dL/dphi`` is the ``vjp`` of ``phi -> w(phi)`` applied to ``dL/dw``.
+
+    Needs ``method_state = init_method_state("mwnet", rng, class_counts_C, hidden=...,
+    meta_lr=..., meta_weight_decay=...)``: ``{"phi": ..., "opt_state": ...}``. ``phi`` is
+    initialised as PyTorch's ``nn.Linear`` (uniform in ``+-1/sqrt(fan_in)``), as in their code.
+    Metrics: ``val_loss`` (clean loss at the look-ahead with the old ``phi``).
+    """
+    meta_tx = _mwnet_tx(meta_lr, meta_weight_decay)
+
+    def weights(phi, losses_B):
+        v_B = _vnet(phi, losses_B)
+        if normalize:
+            total = jnp.sum(v_B)
+            return v_B / jnp.where(total > 0, total, 1.0)
+        return v_B / v_B.shape[0]
+
+    def weigh_fn(ctx: WeighContext):
+        _single_device_only("mwnet", ctx)
+        phi, phi_opt_state = ctx.method_state["phi"], ctx.method_state["opt_state"]
+        losses_B, val_loss, grad_phi = _mwnet_meta_gradient(ctx, phi, weights)
+        phi_updates, phi_opt_state = meta_tx.update(grad_phi, phi_opt_state, phi)
+        phi = optax.apply_updates(phi, phi_updates)
+        new_state = {"phi": phi, "opt_state": phi_opt_state}
+        return weights(phi, losses_B), new_state, {"val_loss": val_loss}
+
+    return weigh_fn
+
+
+def _mwnet_meta_gradient(ctx: WeighContext, phi: PyTree, weights: Callable):
+    """``(losses_B, L_val(theta'(phi)), d L_val(theta'(phi)) / d phi)`` in forward mode.
+
+    ``weights(phi, losses_B) -> w_B``; ``theta'(phi) = theta + u(sum_i w_i(phi) grad C_i)``
+    with ``u = tx.update``; see :func:`mwnet` for the chain rule used.
+    """
+    val_loss_fn = ctx.loss_fn if ctx.val_loss_fn is None else ctx.val_loss_fn
+    losses_B, pullback_C = jax.vjp(lambda p: ctx.loss_fn(p, ctx.batch), ctx.params)
+    losses_B = jax.lax.stop_gradient(losses_B)
+    w_B, pullback_w = jax.vjp(lambda f: weights(f, losses_B), phi)
+    (grads,) = pullback_C(w_B)  # sum_i w_i grad C_i(theta), one backward pass.
+    updates, pullback_u = jax.vjp(lambda g: ctx.tx.update(g, ctx.opt_state, ctx.params)[0],
+                                  grads)
+    params1 = optax.apply_updates(ctx.params, updates)
+    val_loss, grad_val = jax.value_and_grad(
+        lambda p: jnp.mean(val_loss_fn(p, ctx.val_batch)))(params1)
+    (v,) = pullback_u(jax.tree.map(lambda c, u: c.astype(u.dtype), grad_val, updates))
+    v = jax.tree.map(lambda t, p: t.astype(p.dtype), v, ctx.params)
+    _, dval_dw_B = jax.jvp(lambda p: ctx.loss_fn(p, ctx.batch), (ctx.params,), (v,))
+    (grad_phi,) = pullback_w(dval_dw_B)
+    return losses_B, val_loss, grad_phi
+
+
+def _mwnet_init(rng: jax.Array, class_counts_C, hidden: int = 100, meta_lr: float = 1e-3,
+                meta_weight_decay: float = 1e-4, normalize: bool = True) -> PyTree:
+    del class_counts_C, normalize
+    k1, k2, k3, k4 = jax.random.split(rng, 4)
+    bound2 = 1.0 / hidden ** 0.5
+    phi = {"w1_H": jax.random.uniform(k1, (hidden,), jnp.float32, -1.0, 1.0),
+           "b1_H": jax.random.uniform(k2, (hidden,), jnp.float32, -1.0, 1.0),
+           "w2_H": jax.random.uniform(k3, (hidden,), jnp.float32, -bound2, bound2),
+           "b2": jax.random.uniform(k4, (), jnp.float32, -bound2, bound2)}
+    return {"phi": phi, "opt_state": _mwnet_tx(meta_lr, meta_weight_decay).init(phi)}
+
+
+# Initial method_state of the schemes that carry one (the others start from ()).
+_INITS: dict[str, Callable[..., PyTree]] = {
+    "proportion": _proportion_init,
+    "hard_mining": _hard_mining_init,
+    "mwnet": _mwnet_init,
+}
+
+
+def init_method_state(name: str, rng: jax.Array, class_counts_C=None, **options) -> PyTree:
+    """The initial ``method_state`` of scheme ``name`` (``()`` for schemes without one).
+
+    Args:
+      name: a scheme of :func:`get_weigh_fn`.
+      rng: a PRNG key (Meta-Weight-Net's initialisation).
+      class_counts_C: training examples per *observed* class (``proportion``, ``hard_mining``).
+      options: the options given to :func:`get_weigh_fn` (``mwnet``: ``hidden``, ...).
+
+    Raises:
+      ValueError: unknown ``name`` or option, or missing ``class_counts_C``.
+    """
+    get_weigh_fn(name, **options)  # Validates name and options.
+    if name not in _INITS:
+        return ()
+    return _INITS[name](rng, class_counts_C, **options)
+
+
+_METHODS: dict[str, Callable[..., WeighFn]] = {
+    "erm": erm,
+    "l2rw": l2rw,
+    "random": random_weights,
+    "proportion": proportion,
+    "hard_mining": hard_mining,
+    "mwnet": mwnet,
+}
+
+
+def get_weigh_fn(name: str, **options) -> WeighFn:
+    """The weighting scheme ``name`` built with ``options``, e.g.
+    ``get_weigh_fn("l2rw", mode="reverse")``.
+
+    Raises:
+      ValueError: unknown ``name`` or an option the scheme does not take.
+    """
+    if name not in _METHODS:
+        raise ValueError(f"Unknown weighting method {name!r}; allowed: {', '.join(_METHODS)}.")
+    constructor = _METHODS[name]
+    allowed = list(inspect.signature(constructor).parameters)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} for method {name!r}; allowed: {allowed}.")
+    return constructor(**options)

@@ -1,0 +1,209 @@
+"""The train step (weights from a scheme, then the weighted update) and the eval step.
+
+Both are pure functions of arrays, ``jax.vmap``-able over a leading seed axis of the state and
+the batches, and work unchanged on one device, under ``jax.jit`` over a data ``Mesh``, and (with
+``axis_name``) inside ``jax.pmap`` / ``jax.shard_map``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from l2rw_jax import methods
+from l2rw_jax.reweight import _to_varying
+from l2rw_jax.train_state import TrainState
+
+PyTree = Any
+ApplyFn = Callable[..., tuple[jax.Array, PyTree]]
+
+
+def softmax_xent(logits_BxC: jax.Array, labels_B: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy ``-log softmax(logits)[label]``, shape (B,)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
+
+
+_LOSSES = {"softmax_xent": softmax_xent}
+
+
+def make_train_step(
+    apply_fn: ApplyFn,
+    tx: optax.GradientTransformation,
+    weigh_fn: methods.WeighFn,
+    *,
+    loss: str = "softmax_xent",
+    axis_name: str | None = None,
+) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
+    """``train_step(state, batch, val_batch) -> (state, metrics)``, un-jitted.
+
+    One step of Ren et al. 2018 (arXiv 1803.09050) Alg. 1 for ``weigh_fn = l2rw(...)``:
+    ``w_B = weigh_fn(ctx)``, then ``theta <- apply_updates(theta, tx.update(grad sum_i w_i
+    C_i(theta)))`` with ``w_B`` a constant (``stop_gradient``).
+
+    BatchNorm: every pass here runs the model in training mode, i.e. normalises with the
+    statistics of the batch it sees, as the official code does: the look-ahead's training
+    losses, the validation pass at the look-ahead (clean-batch statistics) and the real step.
+    The running averages produced inside the weighting scheme are thrown away (its
+    ``loss_fn`` returns losses only); only the real step's are kept. Under ``axis_name`` the
+    statistics are per device and the kept running averages are averaged over the axis.
+
+    Randomness: the step key is ``fold_in(state.rng, state.step)``, split into keys for the
+    training batch (the same dropout masks in the meta computation and in the real step, so
+    the weights are computed for the very losses that are trained on), the clean batch and the
+    scheme.
+
+    Metrics (scalars unless the key ends in ``_B``): ``weighted_loss`` (``sum_i w_i C_i``),
+    ``train_loss`` (unweighted mean), ``w_mean``, ``w_max``, ``w_min``, ``ess`` (effective
+    sample size ``(sum w)^2 / sum w^2``, 0 when all weights are 0), ``all_zero`` (bool), ``w_B``
+    (the weights), with ``is_noisy`` in the batch ``w_mean_noisy`` / ``w_mean_clean`` (mean
+    weight over the noisy / clean examples of the batch, 0 when there are none), plus the
+    scheme's metrics (l2rw: ``val_loss`` at the look-ahead, ``g_B``). Under ``axis_name`` the
+    scalars are global and the ``_B`` arrays local.
+
+    Args:
+      apply_fn: ``apply_fn(params, model_state, x, train, rng) -> (logits, new_model_state)``.
+      tx: the optax optimizer (also used for the look-ahead).
+      weigh_fn: a weighting scheme from :mod:`l2rw_jax.methods`.
+      loss: per-example loss, ``"softmax_xent"``.
+      axis_name: mapped axis name when the step runs inside ``pmap``/``shard_map``.
+    """
+    if loss not in _LOSSES:
+        raise ValueError(f"loss={loss!r} is not supported; allowed: {', '.join(_LOSSES)}.")
+    loss_B = _LOSSES[loss]
+
+    def train_step(state: TrainState, batch: dict, val_batch: dict):
+        key = jax.random.fold_in(state.rng, state.step)
+        key_train, key_val, key_method = jax.random.split(key, 3)
+        if axis_name is not None:
+            # Different dropout masks on each device's shard, as on one big batch.
+            index = jax.lax.axis_index(axis_name)
+            key_train, key_val = (jax.random.fold_in(k, index) for k in (key_train, key_val))
+
+        def losses_and_state(params, b):
+            logits, new_model_state = apply_fn(params, state.model_state, b["image"], True,
+                                               key_train)
+            return loss_B(logits, b["label"]), new_model_state
+
+        def loss_fn(params, b):
+            return losses_and_state(params, b)[0]
+
+        def val_loss_fn(params, b):
+            logits, _ = apply_fn(params, state.model_state, b["image"], True, key_val)
+            return loss_B(logits, b["label"])
+
+        ctx = methods.WeighContext(
+            loss_fn=loss_fn, params=state.params, opt_state=state.opt_state, tx=tx,
+            batch=batch, val_batch=val_batch, method_state=state.method_state,
+            rng=key_method, step=state.step, axis_name=axis_name, val_loss_fn=val_loss_fn)
+        w_B, method_state, method_metrics = weigh_fn(ctx)
+        w_B = jax.lax.stop_gradient(w_B)
+
+        def weighted_loss(params):
+            losses_B, new_model_state = losses_and_state(params, batch)
+            return jnp.sum(w_B.astype(losses_B.dtype) * losses_B), (losses_B, new_model_state)
+
+        (wloss, (losses_B, model_state)), grads = jax.value_and_grad(
+            weighted_loss, has_aux=True)(_to_varying(state.params, axis_name))
+        if axis_name is not None:
+            # The global objective is the sum over all devices' examples.
+            grads, wloss = jax.lax.psum((grads, wloss), axis_name)
+            model_state = jax.lax.pmean(model_state, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        metrics = _weight_metrics(w_B, batch, axis_name)
+        metrics["weighted_loss"] = wloss
+        metrics["train_loss"] = _global_mean(losses_B, axis_name)
+        metrics.update(method_metrics)
+        new_state = TrainState(step=state.step + 1, params=params, model_state=model_state,
+                               opt_state=opt_state, rng=state.rng, method_state=method_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def _global_sum(x, axis_name):
+    total = jnp.sum(x)
+    return total if axis_name is None else jax.lax.psum(total, axis_name)
+
+
+def _global_mean(x_B, axis_name):
+    return _global_sum(x_B, axis_name) / _global_sum(jnp.ones_like(x_B), axis_name)
+
+
+def _weight_metrics(w_B, batch, axis_name) -> dict:
+    sum_w = _global_sum(w_B, axis_name)
+    sum_w2 = _global_sum(w_B * w_B, axis_name)
+    w_max, w_min = jnp.max(w_B), jnp.min(w_B)
+    if axis_name is not None:
+        w_max, w_min = jax.lax.pmax(w_max, axis_name), jax.lax.pmin(w_min, axis_name)
+    metrics = {
+        "w_mean": _global_mean(w_B, axis_name),
+        "w_max": w_max,
+        "w_min": w_min,
+        "ess": sum_w**2 / jnp.where(sum_w2 > 0, sum_w2, 1.0),
+        "all_zero": sum_w == 0,
+        "w_B": w_B,
+    }
+    if "is_noisy" in batch:
+        noisy_B = batch["is_noisy"].astype(w_B.dtype)
+        for name, mask_B in (("noisy", noisy_B), ("clean", 1.0 - noisy_B)):
+            count = _global_sum(mask_B, axis_name)
+            metrics[f"w_mean_{name}"] = (_global_sum(w_B * mask_B, axis_name)
+                                         / jnp.maximum(count, 1.0))
+    return metrics
+
+
+def make_eval_step(apply_fn: ApplyFn) -> Callable[[TrainState, dict], dict]:
+    """``eval_step(state, batch) -> counts`` in evaluation mode (running BatchNorm statistics).
+
+    Returns sums, to be added over batches: ``correct`` (top-1), ``correct_top5`` (label among
+    the 5 highest logits; ties count in the label's favour), ``loss_sum`` (softmax
+    cross-entropy) and ``count``, all over the rows with ``batch["mask"]`` True (every row when
+    there is no mask), so a padded last batch is counted exactly.
+    """
+
+    def eval_step(state: TrainState, batch: dict) -> dict:
+        logits_BxC, _ = apply_fn(state.params, state.model_state, batch["image"], False)
+        labels_B = batch["label"]
+        mask_B = batch.get("mask", jnp.ones(labels_B.shape, bool))
+        label_logit_B = jnp.take_along_axis(logits_BxC, labels_B[:, None], axis=1)[:, 0]
+        rank_B = jnp.sum(logits_BxC > label_logit_B[:, None], axis=1)
+        correct_B = jnp.argmax(logits_BxC, axis=1) == labels_B
+        losses_B = softmax_xent(logits_BxC, labels_B)
+        return {
+            "correct": jnp.sum(correct_B & mask_B, dtype=jnp.int32),
+            "correct_top5": jnp.sum((rank_B < 5) & mask_B, dtype=jnp.int32),
+            "loss_sum": jnp.sum(jnp.where(mask_B, losses_B, 0.0)),
+            "count": jnp.sum(mask_B, dtype=jnp.int32),
+        }
+
+    return eval_step
+
+
+def jit_train_step(train_step: Callable, mesh: Mesh | None = None) -> Callable:
+    """``jax.jit(train_step, donate_argnums=0)``; with a 1-D data ``mesh``, also the shardings:
+    the state replicated, the training batch sharded on the mesh axis (its size must divide by
+    the number of devices), the clean batch taken as placed by the caller (sharded, or
+    replicated when its size does not divide), scalar metrics replicated and per-example
+    (``_B``) metrics sharded. The global-batch semantics then come from ``jit`` itself: same
+    weights and update as on one device for the same global batch.
+    """
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=0)
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"mesh must be 1-D (a data axis), got axes {mesh.axis_names}.")
+    replicated = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P(mesh.axis_names[0]))
+
+    def sharded_step(state, batch, val_batch):
+        state, metrics = train_step(state, batch, val_batch)
+        metrics = {k: jax.lax.with_sharding_constraint(v, data if k.endswith("_B") else replicated)
+                   for k, v in metrics.items()}
+        return state, metrics
+
+    return jax.jit(sharded_step, in_shardings=(replicated, data, None),
+                   out_shardings=(replicated, None), donate_argnums=0)
