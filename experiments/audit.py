@@ -21,6 +21,7 @@ Examples:
   python -m experiments.audit --workdir=workdirs/mnist_uniform/l2rw --audit.robust_examples=0 \\
       --audit.pgd_steps=20          # every test image, stronger PGD
 """
+
 from __future__ import annotations
 
 import json
@@ -37,149 +38,224 @@ from l2rw_jax import audit
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
 _OUT = flags.DEFINE_string("out_dir", None, "Where to write the audit; default <workdir>/audit.")
-_MEMBER = flags.DEFINE_integer("member", 0, "Which member (seed = config.seed + member) of a "
-                               "multi-seed run to audit.")
+_MEMBER = flags.DEFINE_integer(
+    "member", 0, "Which member (seed = config.seed + member) of a multi-seed run to audit."
+)
 _AUDIT = config_flags.DEFINE_config_dict("audit", audit.default_config(), "Audit settings.")
 
-CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck")
+CIFAR10_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 def _restore_state(workdir: str) -> tuple[dict, int]:
-  """The newest checkpoint's TrainState (as a dict of its fields) and its step."""
-  import orbax.checkpoint as ocp  # Heavy import, only when a checkpoint is read.
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir) or not any(d.isdigit() for d in os.listdir(ckpt_dir)):
-    raise ValueError(f"workdir {workdir!r} has no checkpoint (expected orbax steps under "
-                     f"{ckpt_dir!r}); train first, e.g. python -m experiments.mnist "
-                     f"--workdir={workdir}.")
-  manager = ocp.CheckpointManager(ckpt_dir)
-  try:
-    step = manager.latest_step()
-    if step is None:
-      raise ValueError(f"workdir {workdir!r} has no finished checkpoint under {ckpt_dir!r}.")
-    restored = manager.restore(step, args=ocp.args.Composite(carry=ocp.args.StandardRestore()))
-  finally:
-    manager.close()
-  carry = restored.carry
-  state = carry[0] if isinstance(carry, (list, tuple)) else carry["state"]
-  if not isinstance(state, dict) or "params" not in state:
-    raise ValueError(f"checkpoint {step} of {workdir!r} holds no TrainState with params; got "
-                     f"{type(state).__name__}.")
-  return state, step
+    """The newest checkpoint's TrainState (as a dict of its fields) and its step."""
+    import orbax.checkpoint as ocp  # Heavy import, only when a checkpoint is read.
+
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir) or not any(d.isdigit() for d in os.listdir(ckpt_dir)):
+        raise ValueError(
+            f"workdir {workdir!r} has no checkpoint (expected orbax steps under "
+            f"{ckpt_dir!r}); train first, e.g. python -m experiments.mnist "
+            f"--workdir={workdir}."
+        )
+    manager = ocp.CheckpointManager(ckpt_dir)
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise ValueError(f"workdir {workdir!r} has no finished checkpoint under {ckpt_dir!r}.")
+        restored = manager.restore(step, args=ocp.args.Composite(carry=ocp.args.StandardRestore()))
+    finally:
+        manager.close()
+    carry = restored.carry
+    state = carry[0] if isinstance(carry, (list, tuple)) else carry["state"]
+    if not isinstance(state, dict) or "params" not in state:
+        raise ValueError(
+            f"checkpoint {step} of {workdir!r} holds no TrainState with params; got "
+            f"{type(state).__name__}."
+        )
+    return state, step
 
 
 def load_run(workdir: str, member: int = 0) -> dict:
-  """Everything `run_audit` needs from a run's workdir (see the module docstring).
+    """Everything `run_audit` needs from a run's workdir (see the module docstring).
 
-  Returns dict: apply_fn, feature_fn, params, model_state, test, train, example_weights
-  (None when the run has not finished), mean, std, class_names, run_info.
-  Raises ValueError for a missing workdir, config or checkpoint, or data that does not match
-  the recorded weights.
-  """
-  workdir = os.path.abspath(workdir)
-  if not os.path.isdir(workdir):
-    raise ValueError(f"workdir {workdir!r} does not exist.")
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise ValueError(f"workdir {workdir!r} has no config.json; is it a training run's workdir?")
-  with open(config_path) as f:
-    cfg = json.load(f)
-  num_seeds = int(cfg.get("num_seeds", 1))
-  if not 0 <= member < num_seeds:
-    raise ValueError(f"member={member} must be in [0, {num_seeds}) (the run's num_seeds).")
-  state, step = _restore_state(workdir)
+    Returns dict: apply_fn, feature_fn, params, model_state, test, train, example_weights
+    (None when the run has not finished), mean, std, class_names, run_info.
+    Raises ValueError for a missing workdir, config or checkpoint, or data that does not match
+    the recorded weights.
+    """
+    workdir = os.path.abspath(workdir)
+    if not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir!r} does not exist.")
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise ValueError(f"workdir {workdir!r} has no config.json; is it a training run's workdir?")
+    with open(config_path) as f:
+        cfg = json.load(f)
+    num_seeds = int(cfg.get("num_seeds", 1))
+    if not 0 <= member < num_seeds:
+        raise ValueError(f"member={member} must be in [0, {num_seeds}) (the run's num_seeds).")
+    state, step = _restore_state(workdir)
 
-  # The data modules pull in TensorFlow: imported only once the cheap checks passed.
-  import jax
-  from l2rw_jax import corruption, datasets, input_pipeline, models
-  from l2rw_jax import train as train_lib
+    # The data modules pull in TensorFlow: imported only once the cheap checks passed.
+    import jax
+    from l2rw_jax import corruption, datasets, input_pipeline, models
+    from l2rw_jax import train as train_lib
 
-  seed = int(cfg["seed"]) + member
-  arrays = datasets.load_arrays(cfg["dataset"], data_dir=cfg.get("data_dir"))
-  splits = corruption.make_splits(
-      arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test,
-      num_classes=arrays.num_classes, noise=cfg["noise"], ratio=cfg["noise_ratio"],
-      clean_per_class=cfg["clean_per_class"], seed=seed,
-      background_class=cfg.get("background_class"),
-      official_convention=cfg.get("official_convention", False),
-      majority_fraction=cfg.get("majority_fraction"), num_train=cfg.get("num_train", 5000),
-      majority_class=cfg.get("majority_class", 9), minority_class=cfg.get("minority_class", 4))
-  splits, _ = train_lib.hold_out(splits, int(cfg.get("hyper_val_size", 0)), seed)
-  mean, std = input_pipeline.channel_stats(splits.train_x)
+    seed = int(cfg["seed"]) + member
+    arrays = datasets.load_arrays(cfg["dataset"], data_dir=cfg.get("data_dir"))
+    splits = corruption.make_splits(
+        arrays.x_train,
+        arrays.y_train,
+        arrays.x_test,
+        arrays.y_test,
+        num_classes=arrays.num_classes,
+        noise=cfg["noise"],
+        ratio=cfg["noise_ratio"],
+        clean_per_class=cfg["clean_per_class"],
+        seed=seed,
+        background_class=cfg.get("background_class"),
+        official_convention=cfg.get("official_convention", False),
+        majority_fraction=cfg.get("majority_fraction"),
+        num_train=cfg.get("num_train", 5000),
+        majority_class=cfg.get("majority_class", 9),
+        minority_class=cfg.get("minority_class", 4),
+    )
+    splits, _ = train_lib.hold_out(splits, int(cfg.get("hyper_val_size", 0)), seed)
+    mean, std = input_pipeline.channel_stats(splits.train_x)
 
-  weights_path = os.path.join(workdir, "example_weights.npz" if member == 0
-                              else f"example_weights_seed{seed}.npz")
-  example_weights = None
-  if os.path.exists(weights_path):
-    with np.load(weights_path) as z:
-      example_weights = {k: z[k] for k in z.files}
-    idx = example_weights["index"]
-    if (len(idx) != len(splits.train_labels)
-        or not np.array_equal(example_weights["label"], splits.train_labels[idx])
-        or ("source_index" in example_weights
-            and not np.array_equal(example_weights["source_index"], splits.train_source_index[idx]))):
-      raise ValueError(f"{weights_path} does not match the training set rebuilt from config.json "
-                       f"(seed {seed}): the data or the corruption code changed since training.")
-  else:
-    logging.warning("%s not found (run not finished?): label issues are ranked by the baselines only.",
-                    weights_path)
+    weights_path = os.path.join(
+        workdir, "example_weights.npz" if member == 0 else f"example_weights_seed{seed}.npz"
+    )
+    example_weights = None
+    if os.path.exists(weights_path):
+        with np.load(weights_path) as z:
+            example_weights = {k: z[k] for k in z.files}
+        idx = example_weights["index"]
+        if (
+            len(idx) != len(splits.train_labels)
+            or not np.array_equal(example_weights["label"], splits.train_labels[idx])
+            or (
+                "source_index" in example_weights
+                and not np.array_equal(
+                    example_weights["source_index"], splits.train_source_index[idx]
+                )
+            )
+        ):
+            raise ValueError(
+                f"{weights_path} does not match the training set rebuilt from config.json "
+                f"(seed {seed}): the data or the corruption code changed since training."
+            )
+    else:
+        logging.warning(
+            "%s not found (run not finished?): label issues are ranked by the baselines only.",
+            weights_path,
+        )
 
-  module = models.create_model(cfg["model"], splits.num_classes, **dict(cfg.get("model_options") or {}))
-  pick = lambda t: jax.tree.map(lambda x: np.asarray(x)[member], t)
-  params = pick(state["params"])
-  model_state = pick(state.get("model_state") or {})
+    module = models.create_model(
+        cfg["model"], splits.num_classes, **dict(cfg.get("model_options") or {})
+    )
+    pick = lambda t: jax.tree.map(lambda x: np.asarray(x)[member], t)
+    params = pick(state["params"])
+    model_state = pick(state.get("model_state") or {})
 
-  def normalise(x_uint8):
-    return ((x_uint8.astype(np.float32) / 255.0 - mean.reshape(1, 1, 1, -1))
-            / std.reshape(1, 1, 1, -1)).astype(np.float32)
+    def normalise(x_uint8):
+        return (
+            (x_uint8.astype(np.float32) / 255.0 - mean.reshape(1, 1, 1, -1))
+            / std.reshape(1, 1, 1, -1)
+        ).astype(np.float32)
 
-  if cfg["dataset"] == "cifar10":
-    class_names = list(CIFAR10_NAMES)
-  else:
-    class_names = [str(c) for c in splits.source_classes]
-  return {
-      "apply_fn": models.make_apply_fn(module), "feature_fn": models.make_feature_fn(module),
-      "params": params, "model_state": model_state,
-      "test": {"image": normalise(splits.test_x), "label": splits.test_labels.astype(np.int32)},
-      "train": {"image": normalise(splits.train_x), "label": splits.train_labels.astype(np.int32),
-                "true_label": splits.train_true_labels.astype(np.int32),
-                "is_noisy": splits.train_is_noisy.astype(bool)},
-      "example_weights": example_weights, "mean": mean, "std": std, "class_names": class_names,
-      "run_info": {"workdir": workdir, "dataset": cfg["dataset"], "model": cfg["model"],
-                   "method": cfg.get("method"), "noise": cfg["noise"],
-                   "noise_ratio": cfg["noise_ratio"], "seed": seed,
-                   "checkpoint_step": int(step)}}
+    if cfg["dataset"] == "cifar10":
+        class_names = list(CIFAR10_NAMES)
+    else:
+        class_names = [str(c) for c in splits.source_classes]
+    return {
+        "apply_fn": models.make_apply_fn(module),
+        "feature_fn": models.make_feature_fn(module),
+        "params": params,
+        "model_state": model_state,
+        "test": {"image": normalise(splits.test_x), "label": splits.test_labels.astype(np.int32)},
+        "train": {
+            "image": normalise(splits.train_x),
+            "label": splits.train_labels.astype(np.int32),
+            "true_label": splits.train_true_labels.astype(np.int32),
+            "is_noisy": splits.train_is_noisy.astype(bool),
+        },
+        "example_weights": example_weights,
+        "mean": mean,
+        "std": std,
+        "class_names": class_names,
+        "run_info": {
+            "workdir": workdir,
+            "dataset": cfg["dataset"],
+            "model": cfg["model"],
+            "method": cfg.get("method"),
+            "noise": cfg["noise"],
+            "noise_ratio": cfg["noise_ratio"],
+            "seed": seed,
+            "checkpoint_step": int(step),
+        },
+    }
 
 
 def audit_run(workdir: str, config=None, out_dir: str | None = None, member: int = 0) -> dict:
-  """Loads the run and writes its audit; returns the audit.json dict."""
-  run = load_run(workdir, member)
-  info = run["run_info"]
-  title = f"Audit: {info['method']} on {info['dataset']} ({info['noise']} {info['noise_ratio']:g})"
-  return audit.run_audit(
-      run["apply_fn"], run["feature_fn"], run["params"], run["model_state"], test=run["test"],
-      train=run["train"], out_dir=out_dir or os.path.join(os.path.abspath(workdir), "audit"),
-      config=config, example_weights=run["example_weights"], mean=run["mean"], std=run["std"],
-      class_names=run["class_names"], title=title, run_info=info)
+    """Loads the run and writes its audit; returns the audit.json dict."""
+    run = load_run(workdir, member)
+    info = run["run_info"]
+    title = (
+        f"Audit: {info['method']} on {info['dataset']} ({info['noise']} {info['noise_ratio']:g})"
+    )
+    return audit.run_audit(
+        run["apply_fn"],
+        run["feature_fn"],
+        run["params"],
+        run["model_state"],
+        test=run["test"],
+        train=run["train"],
+        out_dir=out_dir or os.path.join(os.path.abspath(workdir), "audit"),
+        config=config,
+        example_weights=run["example_weights"],
+        mean=run["mean"],
+        std=run["std"],
+        class_names=run["class_names"],
+        title=title,
+        run_info=info,
+    )
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  res = audit_run(_WORKDIR.value, _AUDIT.value, _OUT.value, _MEMBER.value)
-  out = _OUT.value or os.path.join(os.path.abspath(_WORKDIR.value), "audit")
-  m, r, li = res["mistakes"], res["robustness"], res["label_issues"]
-  print(f"report: {os.path.join(out, 'report.html')}")
-  print(f"top-1 {m['top_k_accuracy']['top1']:.4f}  ECE {m['calibration']['ece']:.4f}  worst class "
-        f"{m['worst_class']} {m['worst_class_accuracy']:.4f}")
-  print("eps      " + " ".join(f"{e:>6g}" for e in r["epsilons"]))
-  print("FGSM acc " + " ".join(f"{a:6.3f}" for a in r["fgsm_accuracy"]))
-  print("PGD acc  " + " ".join(f"{a:6.3f}" for a in r["pgd_accuracy"]))
-  for name, scores in li["rankings"].items():
-    print(f"{name:20s} " + "  ".join(f"P@{v['k']} {v['precision']:.3f} R@{v['k']} {v['recall']:.3f}"
-                                     for v in scores.values()))
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    res = audit_run(_WORKDIR.value, _AUDIT.value, _OUT.value, _MEMBER.value)
+    out = _OUT.value or os.path.join(os.path.abspath(_WORKDIR.value), "audit")
+    m, r, li = res["mistakes"], res["robustness"], res["label_issues"]
+    print(f"report: {os.path.join(out, 'report.html')}")
+    print(
+        f"top-1 {m['top_k_accuracy']['top1']:.4f}  ECE {m['calibration']['ece']:.4f}  worst class "
+        f"{m['worst_class']} {m['worst_class_accuracy']:.4f}"
+    )
+    print("eps      " + " ".join(f"{e:>6g}" for e in r["epsilons"]))
+    print("FGSM acc " + " ".join(f"{a:6.3f}" for a in r["fgsm_accuracy"]))
+    print("PGD acc  " + " ".join(f"{a:6.3f}" for a in r["pgd_accuracy"]))
+    for name, scores in li["rankings"].items():
+        print(
+            f"{name:20s} "
+            + "  ".join(
+                f"P@{v['k']} {v['precision']:.3f} R@{v['k']} {v['recall']:.3f}"
+                for v in scores.values()
+            )
+        )
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

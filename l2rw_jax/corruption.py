@@ -13,6 +13,7 @@ without replacement: the first n rows of `rng.permutation(N)`. `uniform_flip` an
 Labels are returned as int32; `is_noisy[i]` is True exactly where the observed label differs
 from the true one.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -27,454 +28,569 @@ _STAGE_CLEAN, _STAGE_NOISE, _STAGE_TRAIN_SUBSET, _STAGE_TEST_SUBSET, _STAGE_BACK
 
 
 class Corrupted(NamedTuple):
-  """A corrupted label set: observed `labels`, `true_labels`, and `is_noisy = labels != true`."""
-  labels: np.ndarray       # int32 N, observed (maybe noisy)
-  true_labels: np.ndarray  # int32 N
-  is_noisy: np.ndarray     # bool N
+    """A corrupted label set: observed `labels`, `true_labels`, and `is_noisy = labels != true`."""
+
+    labels: np.ndarray  # int32 N, observed (maybe noisy)
+    true_labels: np.ndarray  # int32 N
+    is_noisy: np.ndarray  # bool N
 
 
 class Subset(NamedTuple):
-  """A class subset: `index` rows of the source (ascending) and their relabelled `labels`."""
-  index: np.ndarray   # int64 n, rows of the labels passed in
-  labels: np.ndarray  # int32 n, position of the source class in `classes`
-  classes: tuple      # source class ids; new label c means source class classes[c]
+    """A class subset: `index` rows of the source (ascending) and their relabelled `labels`."""
+
+    index: np.ndarray  # int64 n, rows of the labels passed in
+    labels: np.ndarray  # int32 n, position of the source class in `classes`
+    classes: tuple  # source class ids; new label c means source class classes[c]
 
 
 class Splits(NamedTuple):
-  """Everything an experiment trains and evaluates on, as numpy arrays (`make_splits`).
+    """Everything an experiment trains and evaluates on, as numpy arrays (`make_splits`).
 
-  `train_*` rows are the noisy training set (row i is the example with batch `index` i);
-  `*_source_index` are rows in the source train/test arrays, for audits. `source_classes[c]` is
-  the source class id behind label c (the identity except for `imbalance`).
-  """
-  train_x: np.ndarray            # uint8 N x H x W x C
-  train_labels: np.ndarray       # int32 N, observed (maybe noisy)
-  train_true_labels: np.ndarray  # int32 N
-  train_is_noisy: np.ndarray     # bool N
-  train_source_index: np.ndarray  # int64 N, row in the source training arrays
-  clean_x: np.ndarray            # uint8 M x H x W x C, never corrupted
-  clean_labels: np.ndarray       # int32 M
-  clean_source_index: np.ndarray  # int64 M, row in the source training arrays
-  test_x: np.ndarray             # uint8 T x H x W x C
-  test_labels: np.ndarray        # int32 T
-  test_source_index: np.ndarray  # int64 T, row in the source test arrays
-  num_classes: int
-  source_classes: tuple
-  noise: str
-  ratio: float
-  background_class: int | None
-  seed: int
+    `train_*` rows are the noisy training set (row i is the example with batch `index` i);
+    `*_source_index` are rows in the source train/test arrays, for audits. `source_classes[c]` is
+    the source class id behind label c (the identity except for `imbalance`).
+    """
+
+    train_x: np.ndarray  # uint8 N x H x W x C
+    train_labels: np.ndarray  # int32 N, observed (maybe noisy)
+    train_true_labels: np.ndarray  # int32 N
+    train_is_noisy: np.ndarray  # bool N
+    train_source_index: np.ndarray  # int64 N, row in the source training arrays
+    clean_x: np.ndarray  # uint8 M x H x W x C, never corrupted
+    clean_labels: np.ndarray  # int32 M
+    clean_source_index: np.ndarray  # int64 M, row in the source training arrays
+    test_x: np.ndarray  # uint8 T x H x W x C
+    test_labels: np.ndarray  # int32 T
+    test_source_index: np.ndarray  # int64 T, row in the source test arrays
+    num_classes: int
+    source_classes: tuple
+    noise: str
+    ratio: float
+    background_class: int | None
+    seed: int
 
 
 # ----------------------------------------------------------------------------- validation
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-  return int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
 
 
 def _check_ratio(ratio: Any) -> float:
-  if (isinstance(ratio, bool) or not isinstance(ratio, numbers.Real)
-      or not 0.0 <= float(ratio) <= 1.0):
-    raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}.")
-  return float(ratio)
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, numbers.Real)
+        or not 0.0 <= float(ratio) <= 1.0
+    ):
+        raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}.")
+    return float(ratio)
 
 
 def _check_labels(labels: Any, num_classes: int, name: str = "labels") -> np.ndarray:
-  labels = np.asarray(labels)
-  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"{name} must be a 1-D integer array, got dtype {labels.dtype} and shape "
-                     f"{labels.shape}.")
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    raise ValueError(f"{name} must lie in [0, {num_classes}) (num_classes={num_classes}); found "
-                     f"{np.unique(bad)[:5].tolist()}.")
-  return labels
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{name} must be a 1-D integer array, got dtype {labels.dtype} and shape "
+            f"{labels.shape}."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}) (num_classes={num_classes}); found "
+            f"{np.unique(bad)[:5].tolist()}."
+        )
+    return labels
 
 
 def _check_seed(seed: Any) -> Any:
-  """An int >= 0 or a sequence of them (anything `default_rng` takes as entropy)."""
-  items = seed if isinstance(seed, (tuple, list)) else (seed,)
-  for s in items:
-    if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
-      raise ValueError(f"seed must be an integer >= 0 (or a sequence of them), got {seed!r}.")
-  return seed
+    """An int >= 0 or a sequence of them (anything `default_rng` takes as entropy)."""
+    items = seed if isinstance(seed, (tuple, list)) else (seed,)
+    for s in items:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
+            raise ValueError(f"seed must be an integer >= 0 (or a sequence of them), got {seed!r}.")
+    return seed
 
 
 def num_chosen(ratio: float, n: int) -> int:
-  """The number of examples a corruption of ratio r over n examples picks: floor(r n + 1/2)."""
-  return int(np.floor(_check_ratio(ratio) * n + 0.5))
+    """The number of examples a corruption of ratio r over n examples picks: floor(r n + 1/2)."""
+    return int(np.floor(_check_ratio(ratio) * n + 0.5))
 
 
 def _choose(rng: np.random.Generator, n: int, ratio: float) -> np.ndarray:
-  return rng.permutation(n)[:num_chosen(ratio, n)]
+    return rng.permutation(n)[: num_chosen(ratio, n)]
 
 
 # ----------------------------------------------------------------------------- corruptions
 
 
-def uniform_flip(labels: np.ndarray, num_classes: int, ratio: float, seed,
-                 *, official_convention: bool = False) -> Corrupted:
-  """Uniform label flip: exactly round(r N) examples get a label drawn from the other classes.
+def uniform_flip(
+    labels: np.ndarray, num_classes: int, ratio: float, seed, *, official_convention: bool = False
+) -> Corrupted:
+    """Uniform label flip: exactly round(r N) examples get a label drawn from the other classes.
 
-  With `K = floor(r N + 1/2)` chosen rows i (first K of `rng.permutation(N)`,
-  `rng = default_rng(seed)`) and an offset `o_i ~ U{1, ..., C-1}`:
+    With `K = floor(r N + 1/2)` chosen rows i (first K of `rng.permutation(N)`,
+    `rng = default_rng(seed)`) and an offset `o_i ~ U{1, ..., C-1}`:
 
-    y~_i = (y_i + o_i) mod C,
+      y~_i = (y_i + o_i) mod C,
 
-  i.e. uniform over the C-1 classes != y_i; never the true class, so `is_noisy.sum() == K`.
+    i.e. uniform over the C-1 classes != y_i; never the true class, so `is_noisy.sum() == K`.
 
-  `official_convention=True` reproduces the official code
-  (uber-research/learning-to-reweight-examples, `_flip_data`): `y~_i ~ U{0, ..., C-2}`, which can
-  keep the true label and never produces class C-1. For comparisons only. Then `is_noisy` is True
-  only where the label actually changed (so it counts fewer than K).
+    `official_convention=True` reproduces the official code
+    (uber-research/learning-to-reweight-examples, `_flip_data`): `y~_i ~ U{0, ..., C-2}`, which can
+    keep the true label and never produces class C-1. For comparisons only. Then `is_noisy` is True
+    only where the label actually changed (so it counts fewer than K).
 
-  Args:
-    labels: int N, the true labels in [0, num_classes).
-    num_classes: C >= 2.
-    ratio: r in [0, 1].
-    seed: int >= 0 (or a sequence of them) for `np.random.default_rng`.
-    official_convention: see above.
+    Args:
+      labels: int N, the true labels in [0, num_classes).
+      num_classes: C >= 2.
+      ratio: r in [0, 1].
+      seed: int >= 0 (or a sequence of them) for `np.random.default_rng`.
+      official_convention: see above.
 
-  Returns:
-    `Corrupted(labels, true_labels, is_noisy)`, labels int32.
+    Returns:
+      `Corrupted(labels, true_labels, is_noisy)`, labels int32.
 
-  >>> c = uniform_flip(np.arange(10) % 5, 5, 0.4, seed=0)
-  >>> int(c.is_noisy.sum()), bool(np.all(c.labels[c.is_noisy] != c.true_labels[c.is_noisy]))
-  (4, True)
-  """
-  num_classes = _check_int("num_classes", num_classes, minimum=2)
-  true = _check_labels(labels, num_classes).astype(np.int32)
-  ratio = _check_ratio(ratio)
-  rng = np.random.default_rng(_check_seed(seed))
-  chosen = _choose(rng, true.size, ratio)
-  observed = true.copy()
-  if official_convention:
-    observed[chosen] = rng.integers(0, num_classes - 1, size=chosen.size)
-  else:
-    observed[chosen] = (true[chosen] + rng.integers(1, num_classes, size=chosen.size)) % num_classes
-  return Corrupted(observed, true, observed != true)
+    >>> c = uniform_flip(np.arange(10) % 5, 5, 0.4, seed=0)
+    >>> int(c.is_noisy.sum()), bool(np.all(c.labels[c.is_noisy] != c.true_labels[c.is_noisy]))
+    (4, True)
+    """
+    num_classes = _check_int("num_classes", num_classes, minimum=2)
+    true = _check_labels(labels, num_classes).astype(np.int32)
+    ratio = _check_ratio(ratio)
+    rng = np.random.default_rng(_check_seed(seed))
+    chosen = _choose(rng, true.size, ratio)
+    observed = true.copy()
+    if official_convention:
+        observed[chosen] = rng.integers(0, num_classes - 1, size=chosen.size)
+    else:
+        observed[chosen] = (
+            true[chosen] + rng.integers(1, num_classes, size=chosen.size)
+        ) % num_classes
+    return Corrupted(observed, true, observed != true)
 
 
-def background_flip(labels: np.ndarray, num_classes: int, ratio: float, seed,
-                    *, background_class: int | None = None) -> Corrupted:
-  """Background flip: exactly round(r N) chosen examples all get one background class b.
+def background_flip(
+    labels: np.ndarray, num_classes: int, ratio: float, seed, *, background_class: int | None = None
+) -> Corrupted:
+    """Background flip: exactly round(r N) chosen examples all get one background class b.
 
-  The chosen rows are the same as `uniform_flip`'s for the same seed (drawn first); then
-  `b = background_class`, or when None `b ~ U{0, ..., C-1}` drawn next from the same generator.
-  Chosen examples whose true class is b keep it and are *not* noisy, so
-  `is_noisy.sum() == K - #{chosen i : y_i = b}` and class b never holds a noisy example. (The
-  official code chooses the same way but draws b from 0..C-2.)
+    The chosen rows are the same as `uniform_flip`'s for the same seed (drawn first); then
+    `b = background_class`, or when None `b ~ U{0, ..., C-1}` drawn next from the same generator.
+    Chosen examples whose true class is b keep it and are *not* noisy, so
+    `is_noisy.sum() == K - #{chosen i : y_i = b}` and class b never holds a noisy example. (The
+    official code chooses the same way but draws b from 0..C-2.)
 
-  Args:
-    labels: int N true labels in [0, num_classes).
-    num_classes: C >= 2.
-    ratio: r in [0, 1].
-    seed: int >= 0 (or a sequence of them).
-    background_class: b in [0, C), or None to draw it from the seed.
+    Args:
+      labels: int N true labels in [0, num_classes).
+      num_classes: C >= 2.
+      ratio: r in [0, 1].
+      seed: int >= 0 (or a sequence of them).
+      background_class: b in [0, C), or None to draw it from the seed.
 
-  Returns:
-    `Corrupted(labels, true_labels, is_noisy)`; `b` is the only observed label of noisy rows.
-  """
-  num_classes = _check_int("num_classes", num_classes, minimum=2)
-  true = _check_labels(labels, num_classes).astype(np.int32)
-  ratio = _check_ratio(ratio)
-  if background_class is not None:
-    _check_background(background_class, num_classes)
-  rng = np.random.default_rng(_check_seed(seed))
-  chosen = _choose(rng, true.size, ratio)
-  b = int(rng.integers(num_classes)) if background_class is None else int(background_class)
-  observed = true.copy()
-  observed[chosen] = b
-  return Corrupted(observed, true, observed != true)
+    Returns:
+      `Corrupted(labels, true_labels, is_noisy)`; `b` is the only observed label of noisy rows.
+    """
+    num_classes = _check_int("num_classes", num_classes, minimum=2)
+    true = _check_labels(labels, num_classes).astype(np.int32)
+    ratio = _check_ratio(ratio)
+    if background_class is not None:
+        _check_background(background_class, num_classes)
+    rng = np.random.default_rng(_check_seed(seed))
+    chosen = _choose(rng, true.size, ratio)
+    b = int(rng.integers(num_classes)) if background_class is None else int(background_class)
+    observed = true.copy()
+    observed[chosen] = b
+    return Corrupted(observed, true, observed != true)
 
 
 def _check_background(background_class: Any, num_classes: int) -> int:
-  if (isinstance(background_class, bool) or not isinstance(background_class, numbers.Integral)
-      or not 0 <= background_class < num_classes):
-    raise ValueError(f"background_class must be an integer in [0, {num_classes}), got "
-                     f"{background_class!r}.")
-  return int(background_class)
+    if (
+        isinstance(background_class, bool)
+        or not isinstance(background_class, numbers.Integral)
+        or not 0 <= background_class < num_classes
+    ):
+        raise ValueError(
+            f"background_class must be an integer in [0, {num_classes}), got {background_class!r}."
+        )
+    return int(background_class)
 
 
 def _check_fraction(majority_fraction: Any) -> float:
-  if (isinstance(majority_fraction, bool) or not isinstance(majority_fraction, numbers.Real)
-      or not 0.0 < float(majority_fraction) < 1.0):
-    raise ValueError(f"majority_fraction must be a number in the open interval (0, 1), got "
-                     f"{majority_fraction!r}.")
-  return float(majority_fraction)
+    if (
+        isinstance(majority_fraction, bool)
+        or not isinstance(majority_fraction, numbers.Real)
+        or not 0.0 < float(majority_fraction) < 1.0
+    ):
+        raise ValueError(
+            f"majority_fraction must be a number in the open interval (0, 1), got "
+            f"{majority_fraction!r}."
+        )
+    return float(majority_fraction)
 
 
-def imbalance_subset(labels: np.ndarray, *, majority_fraction: float, seed,
-                     num_examples: int = 5000, majority_class: int = 9,
-                     minority_class: int = 4) -> Subset:
-  """Class imbalance (the paper's MNIST 4-vs-9): n examples, a fraction p of the majority class.
+def imbalance_subset(
+    labels: np.ndarray,
+    *,
+    majority_fraction: float,
+    seed,
+    num_examples: int = 5000,
+    majority_class: int = 9,
+    minority_class: int = 4,
+) -> Subset:
+    """Class imbalance (the paper's MNIST 4-vs-9): n examples, a fraction p of the majority class.
 
-  Exactly `n_maj = floor(p n + 1/2)` rows of `majority_class` and `n - n_maj` of
-  `minority_class`, each drawn uniformly without replacement (`rng.permutation` of that class's
-  rows, majority first, `rng = default_rng(seed)`). Labels are relabelled to 0..1 by sorted source
-  class id (4 -> 0, 9 -> 1 by default; `Subset.classes` keeps the map). Nothing is mislabeled.
-  A balanced set is `majority_fraction=0.5, num_examples=2 * m`.
+    Exactly `n_maj = floor(p n + 1/2)` rows of `majority_class` and `n - n_maj` of
+    `minority_class`, each drawn uniformly without replacement (`rng.permutation` of that class's
+    rows, majority first, `rng = default_rng(seed)`). Labels are relabelled to 0..1 by sorted source
+    class id (4 -> 0, 9 -> 1 by default; `Subset.classes` keeps the map). Nothing is mislabeled.
+    A balanced set is `majority_fraction=0.5, num_examples=2 * m`.
 
-  Args:
-    labels: 1-D int source labels (any non-negative ids).
-    majority_fraction: p in (0, 1) (paper: 0.9, 0.95, 0.98, 0.99, 0.995).
-    seed: int >= 0 (or a sequence of them).
-    num_examples: n >= 1 (paper: 5000).
-    majority_class, minority_class: distinct source class ids.
+    Args:
+      labels: 1-D int source labels (any non-negative ids).
+      majority_fraction: p in (0, 1) (paper: 0.9, 0.95, 0.98, 0.99, 0.995).
+      seed: int >= 0 (or a sequence of them).
+      num_examples: n >= 1 (paper: 5000).
+      majority_class, minority_class: distinct source class ids.
 
-  Returns:
-    `Subset(index, labels, classes)`: `index` ascending rows of `labels`, new labels int32.
+    Returns:
+      `Subset(index, labels, classes)`: `index` ascending rows of `labels`, new labels int32.
 
-  >>> s = imbalance_subset(np.array([4, 9] * 50), majority_fraction=0.9, seed=0, num_examples=20)
-  >>> np.bincount(s.labels).tolist(), s.classes
-  ([2, 18], (4, 9))
-  """
-  p = _check_fraction(majority_fraction)
-  n = _check_int("num_examples", num_examples, minimum=1)
-  majority_class = _check_int("majority_class", majority_class, minimum=0)
-  minority_class = _check_int("minority_class", minority_class, minimum=0)
-  if majority_class == minority_class:
-    raise ValueError(f"majority_class and minority_class must differ, both are {majority_class}.")
-  labels = np.asarray(labels)
-  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be a 1-D integer array, got dtype {labels.dtype} and shape "
-                     f"{labels.shape}.")
-  n_major = int(np.floor(p * n + 0.5))
-  counts = {majority_class: n_major, minority_class: n - n_major}
-  for c, k in counts.items():
-    have = int(np.sum(labels == c))
-    if k > have:
-      raise ValueError(f"imbalance of {n} examples with majority_fraction={p} needs {k} examples "
-                       f"of class {c}, but only {have} are available.")
-  rng = np.random.default_rng(_check_seed(seed))
-  index = []
-  for c in (majority_class, minority_class):
-    rows = np.flatnonzero(labels == c)
-    index.append(rows[rng.permutation(rows.size)[:counts[c]]])
-  index = np.sort(np.concatenate(index))
-  classes = tuple(sorted((minority_class, majority_class)))
-  new_labels = (labels[index] == classes[1]).astype(np.int32)
-  return Subset(index, new_labels, classes)
-
-
-def clean_split(labels: np.ndarray, k_per_class: int, seed,
-                *, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """A class-balanced clean set of k per class, and the rest: (clean_idx, rest_idx), disjoint.
-
-  For every class c (0..num_classes-1 if given, else the classes present, ascending), the first
-  k rows of `rng.permutation` of that class's rows, `rng = default_rng(seed)`. Both outputs are
-  ascending and together cover `range(N)` exactly once.
-
-  Raises:
-    ValueError: k_per_class < 1, or larger than some class has.
-  """
-  k = _check_int("k_per_class", k_per_class, minimum=1)
-  labels = np.asarray(labels)
-  if num_classes is None:
+    >>> s = imbalance_subset(np.array([4, 9] * 50), majority_fraction=0.9, seed=0, num_examples=20)
+    >>> np.bincount(s.labels).tolist(), s.classes
+    ([2, 18], (4, 9))
+    """
+    p = _check_fraction(majority_fraction)
+    n = _check_int("num_examples", num_examples, minimum=1)
+    majority_class = _check_int("majority_class", majority_class, minimum=0)
+    minority_class = _check_int("minority_class", minority_class, minimum=0)
+    if majority_class == minority_class:
+        raise ValueError(
+            f"majority_class and minority_class must differ, both are {majority_class}."
+        )
+    labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-      raise ValueError(f"labels must be a 1-D integer array, got dtype {labels.dtype} and shape "
-                       f"{labels.shape}.")
-    classes = np.unique(labels)
-  else:
-    labels = _check_labels(labels, _check_int("num_classes", num_classes, minimum=1))
-    classes = np.arange(num_classes)
-  counts = np.array([np.sum(labels == c) for c in classes])
-  if counts.size and counts.min() < k:
-    c = int(classes[np.argmin(counts)])
-    raise ValueError(f"k_per_class={k} is larger than class {c} has ({counts.min()} examples); "
-                     f"allowed: 1 <= k_per_class <= {counts.min()}.")
-  rng = np.random.default_rng(_check_seed(seed))
-  clean = [rows[rng.permutation(rows.size)[:k]]
-           for rows in (np.flatnonzero(labels == c) for c in classes)]
-  clean = np.sort(np.concatenate(clean)) if clean else np.zeros(0, np.int64)
-  rest = np.setdiff1d(np.arange(labels.size), clean)
-  return clean, rest
+        raise ValueError(
+            f"labels must be a 1-D integer array, got dtype {labels.dtype} and shape "
+            f"{labels.shape}."
+        )
+    n_major = int(np.floor(p * n + 0.5))
+    counts = {majority_class: n_major, minority_class: n - n_major}
+    for c, k in counts.items():
+        have = int(np.sum(labels == c))
+        if k > have:
+            raise ValueError(
+                f"imbalance of {n} examples with majority_fraction={p} needs {k} examples "
+                f"of class {c}, but only {have} are available."
+            )
+    rng = np.random.default_rng(_check_seed(seed))
+    index = []
+    for c in (majority_class, minority_class):
+        rows = np.flatnonzero(labels == c)
+        index.append(rows[rng.permutation(rows.size)[: counts[c]]])
+    index = np.sort(np.concatenate(index))
+    classes = tuple(sorted((minority_class, majority_class)))
+    new_labels = (labels[index] == classes[1]).astype(np.int32)
+    return Subset(index, new_labels, classes)
+
+
+def clean_split(
+    labels: np.ndarray, k_per_class: int, seed, *, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A class-balanced clean set of k per class, and the rest: (clean_idx, rest_idx), disjoint.
+
+    For every class c (0..num_classes-1 if given, else the classes present, ascending), the first
+    k rows of `rng.permutation` of that class's rows, `rng = default_rng(seed)`. Both outputs are
+    ascending and together cover `range(N)` exactly once.
+
+    Raises:
+      ValueError: k_per_class < 1, or larger than some class has.
+    """
+    k = _check_int("k_per_class", k_per_class, minimum=1)
+    labels = np.asarray(labels)
+    if num_classes is None:
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"labels must be a 1-D integer array, got dtype {labels.dtype} and shape "
+                f"{labels.shape}."
+            )
+        classes = np.unique(labels)
+    else:
+        labels = _check_labels(labels, _check_int("num_classes", num_classes, minimum=1))
+        classes = np.arange(num_classes)
+    counts = np.array([np.sum(labels == c) for c in classes])
+    if counts.size and counts.min() < k:
+        c = int(classes[np.argmin(counts)])
+        raise ValueError(
+            f"k_per_class={k} is larger than class {c} has ({counts.min()} examples); "
+            f"allowed: 1 <= k_per_class <= {counts.min()}."
+        )
+    rng = np.random.default_rng(_check_seed(seed))
+    clean = [
+        rows[rng.permutation(rows.size)[:k]]
+        for rows in (np.flatnonzero(labels == c) for c in classes)
+    ]
+    clean = np.sort(np.concatenate(clean)) if clean else np.zeros(0, np.int64)
+    rest = np.setdiff1d(np.arange(labels.size), clean)
+    return clean, rest
 
 
 # ----------------------------------------------------------------------------- splits
 
 
 def _check_images(name: str, x: Any) -> np.ndarray:
-  x = np.asarray(x)
-  if x.dtype != np.uint8 or x.ndim != 4:
-    raise ValueError(f"{name} must be a uint8 array N x H x W x C, got dtype {x.dtype} and shape "
-                     f"{x.shape}.")
-  return x
+    x = np.asarray(x)
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(
+            f"{name} must be a uint8 array N x H x W x C, got dtype {x.dtype} and shape {x.shape}."
+        )
+    return x
 
 
-def check_split_args(*, num_classes: int | None, noise: str, ratio: float, clean_per_class: int,
-                     seed: int, background_class: int | None = None,
-                     official_convention: bool = False, majority_fraction: float | None = None,
-                     num_train: int = 5000, majority_class: int = 9,
-                     minority_class: int = 4) -> None:
-  """Checks `make_splits`'s settings; `num_classes=None` skips the checks that need it.
+def check_split_args(
+    *,
+    num_classes: int | None,
+    noise: str,
+    ratio: float,
+    clean_per_class: int,
+    seed: int,
+    background_class: int | None = None,
+    official_convention: bool = False,
+    majority_fraction: float | None = None,
+    num_train: int = 5000,
+    majority_class: int = 9,
+    minority_class: int = 4,
+) -> None:
+    """Checks `make_splits`'s settings; `num_classes=None` skips the checks that need it.
 
-  Lets a caller (e.g. `input_pipeline.make_streams`) reject a bad setting before loading data.
-  Raises ValueError naming the bad value and what is allowed.
-  """
-  if noise not in NOISE_TYPES:
-    raise ValueError(f"noise must be one of {NOISE_TYPES}, got {noise!r}.")
-  if num_classes is not None:
-    _check_int("num_classes", num_classes, minimum=2)
-  ratio = _check_ratio(ratio)
-  if noise not in ("uniform", "background") and ratio != 0.0:
-    raise ValueError(f"ratio={ratio} only applies to noise 'uniform' or 'background', not "
-                     f"{noise!r}; leave it at 0.")
-  _check_int("clean_per_class", clean_per_class, minimum=1)
-  _check_int("seed", seed, minimum=0)
-  if background_class is not None:
-    if noise != "background":
-      raise ValueError(f"background_class={background_class!r} only applies to noise "
-                       f"'background', not {noise!r}.")
-    if num_classes is None:
-      _check_int("background_class", background_class, minimum=0)
+    Lets a caller (e.g. `input_pipeline.make_streams`) reject a bad setting before loading data.
+    Raises ValueError naming the bad value and what is allowed.
+    """
+    if noise not in NOISE_TYPES:
+        raise ValueError(f"noise must be one of {NOISE_TYPES}, got {noise!r}.")
+    if num_classes is not None:
+        _check_int("num_classes", num_classes, minimum=2)
+    ratio = _check_ratio(ratio)
+    if noise not in ("uniform", "background") and ratio != 0.0:
+        raise ValueError(
+            f"ratio={ratio} only applies to noise 'uniform' or 'background', not "
+            f"{noise!r}; leave it at 0."
+        )
+    _check_int("clean_per_class", clean_per_class, minimum=1)
+    _check_int("seed", seed, minimum=0)
+    if background_class is not None:
+        if noise != "background":
+            raise ValueError(
+                f"background_class={background_class!r} only applies to noise "
+                f"'background', not {noise!r}."
+            )
+        if num_classes is None:
+            _check_int("background_class", background_class, minimum=0)
+        else:
+            _check_background(background_class, num_classes)
+    if official_convention and noise != "uniform":
+        raise ValueError(
+            f"official_convention=True only applies to noise 'uniform', not {noise!r}."
+        )
+    if noise == "imbalance":
+        _check_fraction(majority_fraction)
+        _check_int("num_train", num_train, minimum=1)
+        for name, c in (("majority_class", majority_class), ("minority_class", minority_class)):
+            _check_int(name, c, minimum=0)
+            if num_classes is not None and c >= num_classes:
+                raise ValueError(
+                    f"{name} must be in [0, {num_classes}) (num_classes={num_classes}), got {c!r}."
+                )
+        if majority_class == minority_class:
+            raise ValueError(
+                f"majority_class and minority_class must differ, both are {majority_class}."
+            )
+    elif majority_fraction is not None:
+        raise ValueError(
+            f"majority_fraction={majority_fraction!r} only applies to noise "
+            f"'imbalance', not {noise!r}."
+        )
+
+
+def make_splits(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    num_classes: int,
+    noise: str = "none",
+    ratio: float = 0.0,
+    clean_per_class: int,
+    seed: int,
+    background_class: int | None = None,
+    official_convention: bool = False,
+    majority_fraction: float | None = None,
+    num_train: int = 5000,
+    majority_class: int = 9,
+    minority_class: int = 4,
+) -> Splits:
+    """The clean set, the (corrupted) noisy training set and the test set of one experiment.
+
+    1. Clean set: `clean_split` of the source training labels, k = `clean_per_class` per class
+       (for `imbalance`: of the two classes only), never corrupted. Sub-seed `[seed, 0]`.
+    2. Noisy training set = the rest of the training pool, then by `noise`:
+       - `none`: clean labels;
+       - `uniform`: `uniform_flip(ratio)` (sub-seed `[seed, 1]`; `official_convention` passes on);
+       - `background`: `background_flip(ratio)` (sub-seed `[seed, 1]`) to `background_class`, or
+         when None to `b ~ U{0..C-1}` from sub-seed `[seed, 4]` (`Splits.background_class`);
+       - `imbalance`: `imbalance_subset` of the rest: `num_train` examples, a fraction
+         `majority_fraction` of `majority_class` (sub-seed `[seed, 2]`), labels 0/1 by sorted class
+         id; the test set becomes the balanced subset of the two classes, m = min of their test
+         counts each (sub-seed `[seed, 3]`).
+    3. Test set: the source test set (all of it, except for `imbalance`).
+
+    Paper sizes: uniform flip 1000 clean images (CIFAR-10: 100 per class, CIFAR-100: 10),
+    background flip 10 per class, MNIST imbalance 5 per class with N = 5000.
+
+    Every argument is checked before any work; a bad one raises ValueError naming it.
+    """
+    check_split_args(
+        num_classes=num_classes,
+        noise=noise,
+        ratio=ratio,
+        clean_per_class=clean_per_class,
+        seed=seed,
+        background_class=background_class,
+        official_convention=official_convention,
+        majority_fraction=majority_fraction,
+        num_train=num_train,
+        majority_class=majority_class,
+        minority_class=minority_class,
+    )
+    ratio = float(ratio)
+    x_train, x_test = _check_images("x_train", x_train), _check_images("x_test", x_test)
+    y_train = _check_labels(y_train, num_classes, "y_train")
+    y_test = _check_labels(y_test, num_classes, "y_test")
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise ValueError(
+            f"images and labels must have the same length: x_train {len(x_train)} vs "
+            f"y_train {len(y_train)}, x_test {len(x_test)} vs y_test {len(y_test)}."
+        )
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(
+            f"train and test images differ in shape: {x_train.shape[1:]} vs {x_test.shape[1:]}."
+        )
+
+    if noise == "imbalance":
+        classes = tuple(sorted((minority_class, majority_class)))
+        pool = np.flatnonzero(np.isin(y_train, classes))
+        n_major = int(np.floor(majority_fraction * num_train + 0.5))
+        need = {
+            majority_class: n_major + clean_per_class,
+            minority_class: num_train - n_major + clean_per_class,
+        }
+        for c, k in need.items():
+            have = int(np.sum(y_train == c))
+            if k > have:
+                raise ValueError(
+                    f"imbalance with num_train={num_train}, majority_fraction="
+                    f"{majority_fraction} and clean_per_class={clean_per_class} needs {k} "
+                    f"training examples of class {c}, only {have} exist."
+                )
+        binary = (y_train[pool] == classes[1]).astype(np.int32)
+        clean_rows, rest_rows = clean_split(
+            binary, clean_per_class, [seed, _STAGE_CLEAN], num_classes=2
+        )
+        clean_idx, rest_idx = pool[clean_rows], pool[rest_rows]
+        sub = imbalance_subset(
+            y_train[rest_idx],
+            majority_fraction=majority_fraction,
+            seed=[seed, _STAGE_TRAIN_SUBSET],
+            num_examples=num_train,
+            majority_class=majority_class,
+            minority_class=minority_class,
+        )
+        train_idx = rest_idx[sub.index]
+        corrupted = Corrupted(sub.labels, sub.labels.copy(), np.zeros(sub.labels.size, bool))
+        m = int(min(np.sum(y_test == c) for c in classes))
+        if m == 0:
+            raise ValueError(
+                f"the test set has no example of class {classes} for the imbalance split."
+            )
+        test_sub = imbalance_subset(
+            y_test,
+            majority_fraction=0.5,
+            seed=[seed, _STAGE_TEST_SUBSET],
+            num_examples=2 * m,
+            majority_class=majority_class,
+            minority_class=minority_class,
+        )
+        test_idx, test_labels = test_sub.index, test_sub.labels
+        clean_labels = (y_train[clean_idx] == classes[1]).astype(np.int32)
+        out_classes, out_num_classes, b = classes, 2, None
     else:
-      _check_background(background_class, num_classes)
-  if official_convention and noise != "uniform":
-    raise ValueError(f"official_convention=True only applies to noise 'uniform', not {noise!r}.")
-  if noise == "imbalance":
-    _check_fraction(majority_fraction)
-    _check_int("num_train", num_train, minimum=1)
-    for name, c in (("majority_class", majority_class), ("minority_class", minority_class)):
-      _check_int(name, c, minimum=0)
-      if num_classes is not None and c >= num_classes:
-        raise ValueError(f"{name} must be in [0, {num_classes}) (num_classes={num_classes}), "
-                         f"got {c!r}.")
-    if majority_class == minority_class:
-      raise ValueError(f"majority_class and minority_class must differ, both are "
-                       f"{majority_class}.")
-  elif majority_fraction is not None:
-    raise ValueError(f"majority_fraction={majority_fraction!r} only applies to noise "
-                     f"'imbalance', not {noise!r}.")
+        clean_idx, train_idx = clean_split(
+            y_train, clean_per_class, [seed, _STAGE_CLEAN], num_classes=num_classes
+        )
+        if train_idx.size == 0:
+            raise ValueError(
+                f"clean_per_class={clean_per_class} takes every training example "
+                f"({len(y_train)}); nothing is left to train on."
+            )
+        true = y_train[train_idx]
+        noise_seed = [seed, _STAGE_NOISE]
+        b = None
+        if noise == "uniform":
+            corrupted = uniform_flip(
+                true, num_classes, ratio, noise_seed, official_convention=official_convention
+            )
+        elif noise == "background":
+            b = background_class
+            if b is None:
+                b = int(np.random.default_rng([seed, _STAGE_BACKGROUND]).integers(num_classes))
+            corrupted = background_flip(true, num_classes, ratio, noise_seed, background_class=b)
+        else:
+            t = true.astype(np.int32)
+            corrupted = Corrupted(t, t.copy(), np.zeros(t.size, bool))
+        test_idx = np.arange(len(y_test))
+        test_labels = y_test.astype(np.int32)
+        clean_labels = y_train[clean_idx].astype(np.int32)
+        out_classes, out_num_classes = tuple(range(num_classes)), num_classes
 
-
-def make_splits(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                *, num_classes: int, noise: str = "none", ratio: float = 0.0,
-                clean_per_class: int, seed: int, background_class: int | None = None,
-                official_convention: bool = False, majority_fraction: float | None = None,
-                num_train: int = 5000, majority_class: int = 9,
-                minority_class: int = 4) -> Splits:
-  """The clean set, the (corrupted) noisy training set and the test set of one experiment.
-
-  1. Clean set: `clean_split` of the source training labels, k = `clean_per_class` per class
-     (for `imbalance`: of the two classes only), never corrupted. Sub-seed `[seed, 0]`.
-  2. Noisy training set = the rest of the training pool, then by `noise`:
-     - `none`: clean labels;
-     - `uniform`: `uniform_flip(ratio)` (sub-seed `[seed, 1]`; `official_convention` passes on);
-     - `background`: `background_flip(ratio)` (sub-seed `[seed, 1]`) to `background_class`, or
-       when None to `b ~ U{0..C-1}` from sub-seed `[seed, 4]` (`Splits.background_class`);
-     - `imbalance`: `imbalance_subset` of the rest: `num_train` examples, a fraction
-       `majority_fraction` of `majority_class` (sub-seed `[seed, 2]`), labels 0/1 by sorted class
-       id; the test set becomes the balanced subset of the two classes, m = min of their test
-       counts each (sub-seed `[seed, 3]`).
-  3. Test set: the source test set (all of it, except for `imbalance`).
-
-  Paper sizes: uniform flip 1000 clean images (CIFAR-10: 100 per class, CIFAR-100: 10),
-  background flip 10 per class, MNIST imbalance 5 per class with N = 5000.
-
-  Every argument is checked before any work; a bad one raises ValueError naming it.
-  """
-  check_split_args(num_classes=num_classes, noise=noise, ratio=ratio,
-                   clean_per_class=clean_per_class, seed=seed, background_class=background_class,
-                   official_convention=official_convention, majority_fraction=majority_fraction,
-                   num_train=num_train, majority_class=majority_class,
-                   minority_class=minority_class)
-  ratio = float(ratio)
-  x_train, x_test = _check_images("x_train", x_train), _check_images("x_test", x_test)
-  y_train = _check_labels(y_train, num_classes, "y_train")
-  y_test = _check_labels(y_test, num_classes, "y_test")
-  if len(x_train) != len(y_train) or len(x_test) != len(y_test):
-    raise ValueError(f"images and labels must have the same length: x_train {len(x_train)} vs "
-                     f"y_train {len(y_train)}, x_test {len(x_test)} vs y_test {len(y_test)}.")
-  if x_train.shape[1:] != x_test.shape[1:]:
-    raise ValueError(f"train and test images differ in shape: {x_train.shape[1:]} vs "
-                     f"{x_test.shape[1:]}.")
-
-  if noise == "imbalance":
-    classes = tuple(sorted((minority_class, majority_class)))
-    pool = np.flatnonzero(np.isin(y_train, classes))
-    n_major = int(np.floor(majority_fraction * num_train + 0.5))
-    need = {majority_class: n_major + clean_per_class,
-            minority_class: num_train - n_major + clean_per_class}
-    for c, k in need.items():
-      have = int(np.sum(y_train == c))
-      if k > have:
-        raise ValueError(f"imbalance with num_train={num_train}, majority_fraction="
-                         f"{majority_fraction} and clean_per_class={clean_per_class} needs {k} "
-                         f"training examples of class {c}, only {have} exist.")
-    binary = (y_train[pool] == classes[1]).astype(np.int32)
-    clean_rows, rest_rows = clean_split(binary, clean_per_class, [seed, _STAGE_CLEAN],
-                                        num_classes=2)
-    clean_idx, rest_idx = pool[clean_rows], pool[rest_rows]
-    sub = imbalance_subset(y_train[rest_idx], majority_fraction=majority_fraction,
-                           seed=[seed, _STAGE_TRAIN_SUBSET], num_examples=num_train,
-                           majority_class=majority_class, minority_class=minority_class)
-    train_idx = rest_idx[sub.index]
-    corrupted = Corrupted(sub.labels, sub.labels.copy(), np.zeros(sub.labels.size, bool))
-    m = int(min(np.sum(y_test == c) for c in classes))
-    if m == 0:
-      raise ValueError(f"the test set has no example of class {classes} for the imbalance split.")
-    test_sub = imbalance_subset(y_test, majority_fraction=0.5, seed=[seed, _STAGE_TEST_SUBSET],
-                                num_examples=2 * m, majority_class=majority_class,
-                                minority_class=minority_class)
-    test_idx, test_labels = test_sub.index, test_sub.labels
-    clean_labels = (y_train[clean_idx] == classes[1]).astype(np.int32)
-    out_classes, out_num_classes, b = classes, 2, None
-  else:
-    clean_idx, train_idx = clean_split(y_train, clean_per_class, [seed, _STAGE_CLEAN],
-                                       num_classes=num_classes)
-    if train_idx.size == 0:
-      raise ValueError(f"clean_per_class={clean_per_class} takes every training example "
-                       f"({len(y_train)}); nothing is left to train on.")
-    true = y_train[train_idx]
-    noise_seed = [seed, _STAGE_NOISE]
-    b = None
-    if noise == "uniform":
-      corrupted = uniform_flip(true, num_classes, ratio, noise_seed,
-                               official_convention=official_convention)
-    elif noise == "background":
-      b = background_class
-      if b is None:
-        b = int(np.random.default_rng([seed, _STAGE_BACKGROUND]).integers(num_classes))
-      corrupted = background_flip(true, num_classes, ratio, noise_seed, background_class=b)
-    else:
-      t = true.astype(np.int32)
-      corrupted = Corrupted(t, t.copy(), np.zeros(t.size, bool))
-    test_idx = np.arange(len(y_test))
-    test_labels = y_test.astype(np.int32)
-    clean_labels = y_train[clean_idx].astype(np.int32)
-    out_classes, out_num_classes = tuple(range(num_classes)), num_classes
-
-  return Splits(
-      train_x=x_train[train_idx], train_labels=corrupted.labels,
-      train_true_labels=corrupted.true_labels, train_is_noisy=corrupted.is_noisy,
-      train_source_index=train_idx.astype(np.int64),
-      clean_x=x_train[clean_idx], clean_labels=clean_labels,
-      clean_source_index=clean_idx.astype(np.int64),
-      test_x=x_test[test_idx], test_labels=test_labels,
-      test_source_index=test_idx.astype(np.int64),
-      num_classes=out_num_classes, source_classes=out_classes, noise=noise, ratio=ratio,
-      background_class=b, seed=seed)
+    return Splits(
+        train_x=x_train[train_idx],
+        train_labels=corrupted.labels,
+        train_true_labels=corrupted.true_labels,
+        train_is_noisy=corrupted.is_noisy,
+        train_source_index=train_idx.astype(np.int64),
+        clean_x=x_train[clean_idx],
+        clean_labels=clean_labels,
+        clean_source_index=clean_idx.astype(np.int64),
+        test_x=x_test[test_idx],
+        test_labels=test_labels,
+        test_source_index=test_idx.astype(np.int64),
+        num_classes=out_num_classes,
+        source_classes=out_classes,
+        noise=noise,
+        ratio=ratio,
+        background_class=b,
+        seed=seed,
+    )
 
 
 def split_stats(splits: Splits) -> dict:
-  """Counts that describe a `Splits` (all computed from its arrays), e.g. for a summary table."""
-  c = splits.num_classes
-  noisy = splits.train_is_noisy
-  return {
-      "num_classes": c,
-      "image_shape": tuple(splits.train_x.shape[1:]),
-      "num_train": int(splits.train_labels.size),
-      "num_noisy": int(noisy.sum()),
-      "noise_fraction": float(noisy.mean()) if noisy.size else 0.0,
-      "train_observed_per_class": np.bincount(splits.train_labels, minlength=c).tolist(),
-      "train_true_per_class": np.bincount(splits.train_true_labels, minlength=c).tolist(),
-      "noisy_per_true_class": np.bincount(splits.train_true_labels[noisy], minlength=c).tolist(),
-      "num_clean": int(splits.clean_labels.size),
-      "clean_per_class": np.bincount(splits.clean_labels, minlength=c).tolist(),
-      "num_test": int(splits.test_labels.size),
-      "test_per_class": np.bincount(splits.test_labels, minlength=c).tolist(),
-  }
+    """Counts that describe a `Splits` (all computed from its arrays), e.g. for a summary table."""
+    c = splits.num_classes
+    noisy = splits.train_is_noisy
+    return {
+        "num_classes": c,
+        "image_shape": tuple(splits.train_x.shape[1:]),
+        "num_train": int(splits.train_labels.size),
+        "num_noisy": int(noisy.sum()),
+        "noise_fraction": float(noisy.mean()) if noisy.size else 0.0,
+        "train_observed_per_class": np.bincount(splits.train_labels, minlength=c).tolist(),
+        "train_true_per_class": np.bincount(splits.train_true_labels, minlength=c).tolist(),
+        "noisy_per_true_class": np.bincount(splits.train_true_labels[noisy], minlength=c).tolist(),
+        "num_clean": int(splits.clean_labels.size),
+        "clean_per_class": np.bincount(splits.clean_labels, minlength=c).tolist(),
+        "num_test": int(splits.test_labels.size),
+        "test_per_class": np.bincount(splits.test_labels, minlength=c).tolist(),
+    }

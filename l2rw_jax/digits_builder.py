@@ -14,6 +14,7 @@ this dataset builds offline, with no download and no file outside the install, i
 The builder is not registered in the tfds catalog (so it cannot clash with a future catalog
 name); `l2rw_jax.datasets.load_arrays("digits")` instantiates it directly.
 """
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -23,62 +24,65 @@ SPLIT_SEED = 0
 
 
 def digits_split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """The fixed stratified split: (train_rows, test_rows), each ascending.
+    """The fixed stratified split: (train_rows, test_rows), each ascending.
 
-  Test takes `TEST_PER_CLASS` rows of each class, the first ones of a per-class permutation drawn
-  from `np.random.default_rng(SPLIT_SEED)` (classes visited in order 0..9); train is the rest.
-  """
-  rng = np.random.default_rng(SPLIT_SEED)
-  test_rows = []
-  for c in range(NUM_CLASSES):
-    rows = np.flatnonzero(labels == c)
-    test_rows.append(rows[rng.permutation(rows.size)[:TEST_PER_CLASS]])
-  test = np.sort(np.concatenate(test_rows))
-  train = np.setdiff1d(np.arange(labels.size), test)
-  return train, test
+    Test takes `TEST_PER_CLASS` rows of each class, the first ones of a per-class permutation drawn
+    from `np.random.default_rng(SPLIT_SEED)` (classes visited in order 0..9); train is the rest.
+    """
+    rng = np.random.default_rng(SPLIT_SEED)
+    test_rows = []
+    for c in range(NUM_CLASSES):
+        rows = np.flatnonzero(labels == c)
+        test_rows.append(rows[rng.permutation(rows.size)[:TEST_PER_CLASS]])
+    test = np.sort(np.concatenate(test_rows))
+    train = np.setdiff1d(np.arange(labels.size), test)
+    return train, test
 
 
 def digits_pixels_uint8(images: np.ndarray) -> np.ndarray:
-  """0..16 grey counts (any float/int array) -> uint8 0..255 by `(v * 255 + 8) // 16`."""
-  v = np.rint(images).astype(np.int64)
-  return ((v * 255 + 8) // 16).astype(np.uint8)
+    """0..16 grey counts (any float/int array) -> uint8 0..255 by `(v * 255 + 8) // 16`."""
+    v = np.rint(images).astype(np.int64)
+    return ((v * 255 + 8) // 16).astype(np.uint8)
 
 
 class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """scikit-learn's 8x8 digits as a tfds dataset (see the module docstring)."""
+    """scikit-learn's 8x8 digits as a tfds dataset (see the module docstring)."""
 
-  name = "digits"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "sklearn load_digits, 1437 train / 360 test (36 per class)."}
+    name = "digits"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "sklearn load_digits, 1437 train / 360 test (36 per class)."}
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="scikit-learn's bundled 8x8 handwritten digits (UCI optdigits test part), "
-        "pixels rescaled from 0..16 to 0..255.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(8, 8, 1)),
-            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-        }),
-        supervised_keys=("image", "label"),
-        # Keep generation order (load_digits order) instead of tfds's hash order.
-        disable_shuffling=True,
-        homepage="https://archive.ics.uci.edu/dataset/80",
-    )
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="scikit-learn's bundled 8x8 handwritten digits (UCI optdigits test part), "
+            "pixels rescaled from 0..16 to 0..255.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(8, 8, 1)),
+                    "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            # Keep generation order (load_digits order) instead of tfds's hash order.
+            disable_shuffling=True,
+            homepage="https://archive.ics.uci.edu/dataset/80",
+        )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download: the data ships with scikit-learn.
-    from sklearn.datasets import load_digits  # Only needed to build.
-    bunch = load_digits()
-    images = digits_pixels_uint8(bunch.images)[..., None]
-    labels = bunch.target.astype(np.int64)
-    train, test = digits_split_indices(labels)
-    return {
-        "train": self._generate_examples(images, labels, train),
-        "test": self._generate_examples(images, labels, test),
-    }
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Nothing to download: the data ships with scikit-learn.
+        from sklearn.datasets import load_digits  # Only needed to build.
 
-  def _generate_examples(self, images, labels, rows):
-    for r in rows:
-      # Keyed by the row in `load_digits`, so tfds keeps that order on read.
-      yield int(r), {"image": images[r], "label": int(labels[r])}
+        bunch = load_digits()
+        images = digits_pixels_uint8(bunch.images)[..., None]
+        labels = bunch.target.astype(np.int64)
+        train, test = digits_split_indices(labels)
+        return {
+            "train": self._generate_examples(images, labels, train),
+            "test": self._generate_examples(images, labels, test),
+        }
+
+    def _generate_examples(self, images, labels, rows):
+        for r in rows:
+            # Keyed by the row in `load_digits`, so tfds keeps that order on read.
+            yield int(r), {"image": images[r], "label": int(labels[r])}

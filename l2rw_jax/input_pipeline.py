@@ -33,6 +33,7 @@ Multi-host: every process builds the same global batch of positions and keeps it
 `[process_index * B / P, (process_index + 1) * B / P)`; a per-process batch is B / P. Pass
 `jax.process_index()` and `jax.process_count()` (this module does not import JAX).
 """
+
 from __future__ import annotations
 
 import os
@@ -50,303 +51,471 @@ _TRAIN, _CLEAN = 0, 1  # Stream ids inside the stateless seeds.
 
 
 class Streams(NamedTuple):
-  """What `make_streams` returns: three numpy batch streams and what a training loop needs."""
-  train: Iterator[dict]   # infinite, per-process batches of the noisy training set
-  clean: Iterator[dict]   # infinite, per-process batches of the clean set
-  test: Iterable[dict]    # finite and re-iterable: `for batch in streams.test:` per evaluation
-  num_classes: int
-  image_shape: tuple      # H, W, C
-  num_train: int
-  num_clean: int
-  num_test: int
-  batch_size: int         # global batch sizes; a process gets batch_size // process_count
-  clean_batch_size: int
-  eval_batch_size: int
-  mean: np.ndarray        # float32 C, [0, 1] pixel units
-  std: np.ndarray         # float32 C
-  splits: corruption.Splits
+    """What `make_streams` returns: three numpy batch streams and what a training loop needs."""
+
+    train: Iterator[dict]  # infinite, per-process batches of the noisy training set
+    clean: Iterator[dict]  # infinite, per-process batches of the clean set
+    test: Iterable[dict]  # finite and re-iterable: `for batch in streams.test:` per evaluation
+    num_classes: int
+    image_shape: tuple  # H, W, C
+    num_train: int
+    num_clean: int
+    num_test: int
+    batch_size: int  # global batch sizes; a process gets batch_size // process_count
+    clean_batch_size: int
+    eval_batch_size: int
+    mean: np.ndarray  # float32 C, [0, 1] pixel units
+    std: np.ndarray  # float32 C
+    splits: corruption.Splits
 
 
 def channel_stats(x_NxHxWxC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Exact per-channel mean and std of uint8 images, in [0, 1] units: (mean_C, std_C) float32.
+    """Exact per-channel mean and std of uint8 images, in [0, 1] units: (mean_C, std_C) float32.
 
-  From the 256-bin histogram of each channel (float64 sums), so it is exact and needs no
-  float copy of the images.
-  """
-  x = np.asarray(x_NxHxWxC)
-  if x.dtype != np.uint8 or x.ndim != 4 or x.shape[0] == 0:
-    raise ValueError(f"images must be a non-empty uint8 N x H x W x C array, got dtype {x.dtype} "
-                     f"and shape {x.shape}.")
-  v = np.arange(256, dtype=np.float64) / 255.0
-  mean, std = [], []
-  for c in range(x.shape[-1]):
-    h = np.bincount(x[..., c].ravel(), minlength=256).astype(np.float64)
-    h /= h.sum()
-    m = float(h @ v)
-    mean.append(m)
-    std.append(float(np.sqrt(max(h @ (v - m) ** 2, 0.0))))
-  return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    From the 256-bin histogram of each channel (float64 sums), so it is exact and needs no
+    float copy of the images.
+    """
+    x = np.asarray(x_NxHxWxC)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[0] == 0:
+        raise ValueError(
+            f"images must be a non-empty uint8 N x H x W x C array, got dtype {x.dtype} "
+            f"and shape {x.shape}."
+        )
+    v = np.arange(256, dtype=np.float64) / 255.0
+    mean, std = [], []
+    for c in range(x.shape[-1]):
+        h = np.bincount(x[..., c].ravel(), minlength=256).astype(np.float64)
+        h /= h.sum()
+        m = float(h @ v)
+        mean.append(m)
+        std.append(float(np.sqrt(max(h @ (v - m) ** 2, 0.0))))
+    return np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
 
 def _check_batch(name: str, batch_size, process_count: int, num_devices: int) -> int:
-  if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-      or batch_size < 1:
-    raise ValueError(f"{name} must be a positive integer, got {batch_size!r}.")
-  if batch_size % process_count:
-    raise ValueError(f"{name}={batch_size} is not divisible by the number of processes "
-                     f"({process_count}); use a multiple of {process_count}.")
-  if batch_size % num_devices:
-    raise ValueError(f"{name}={batch_size} is not divisible by the number of devices "
-                     f"({num_devices}); use a multiple of {num_devices}.")
-  return int(batch_size)
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ValueError(f"{name} must be a positive integer, got {batch_size!r}.")
+    if batch_size % process_count:
+        raise ValueError(
+            f"{name}={batch_size} is not divisible by the number of processes "
+            f"({process_count}); use a multiple of {process_count}."
+        )
+    if batch_size % num_devices:
+        raise ValueError(
+            f"{name}={batch_size} is not divisible by the number of devices "
+            f"({num_devices}); use a multiple of {num_devices}."
+        )
+    return int(batch_size)
 
 
 def _check_processes(process_index, process_count) -> None:
-  if isinstance(process_count, bool) or not isinstance(process_count, (int, np.integer)) \
-      or process_count < 1:
-    raise ValueError(f"process_count must be a positive integer, got {process_count!r}.")
-  if isinstance(process_index, bool) or not isinstance(process_index, (int, np.integer)) \
-      or not 0 <= process_index < process_count:
-    raise ValueError(f"process_index must be an integer in [0, {process_count}), got "
-                     f"{process_index!r}.")
+    if (
+        isinstance(process_count, bool)
+        or not isinstance(process_count, (int, np.integer))
+        or process_count < 1
+    ):
+        raise ValueError(f"process_count must be a positive integer, got {process_count!r}.")
+    if (
+        isinstance(process_index, bool)
+        or not isinstance(process_index, (int, np.integer))
+        or not 0 <= process_index < process_count
+    ):
+        raise ValueError(
+            f"process_index must be an integer in [0, {process_count}), got {process_index!r}."
+        )
 
 
 def _check_seed(seed) -> int:
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
-    raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}.")
-  return int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}.")
+    return int(seed)
 
 
 def _check_aug(pad, pad_mode, image_shape=None) -> None:
-  if pad_mode not in PAD_MODES:
-    raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}.")
-  if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
-    raise ValueError(f"pad must be an integer >= 0, got {pad!r}.")
-  if image_shape is not None and pad_mode == "reflect" and pad >= min(image_shape[:2]):
-    raise ValueError(f"pad={pad} with pad_mode='reflect' needs images larger than {pad} pixels, "
-                     f"got {image_shape[:2]}.")
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}.")
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise ValueError(f"pad must be an integer >= 0, got {pad!r}.")
+    if image_shape is not None and pad_mode == "reflect" and pad >= min(image_shape[:2]):
+        raise ValueError(
+            f"pad={pad} with pad_mode='reflect' needs images larger than {pad} pixels, "
+            f"got {image_shape[:2]}."
+        )
 
 
 def _normaliser(mean, std, channels: int) -> tuple[np.ndarray, np.ndarray]:
-  """(scale_C, shift_C) with x = raw * scale + shift = (raw / 255 - mean) / std."""
-  mean_C = np.asarray(mean, np.float64).reshape(-1)
-  std_C = np.asarray(std, np.float64).reshape(-1)
-  if mean_C.size not in (1, channels) or std_C.size not in (1, channels):
-    raise ValueError(f"mean and std need 1 or {channels} values (one per channel), got "
-                     f"mean={mean!r}, std={std!r}.")
-  if not np.all(np.isfinite(mean_C)) or not np.all(std_C > 0):
-    raise ValueError(f"mean must be finite and std positive, got mean={mean!r}, std={std!r}.")
-  mean_C = np.broadcast_to(mean_C, (channels,))
-  std_C = np.broadcast_to(std_C, (channels,))
-  return (1.0 / (255.0 * std_C)).astype(np.float32), (-mean_C / std_C).astype(np.float32)
+    """(scale_C, shift_C) with x = raw * scale + shift = (raw / 255 - mean) / std."""
+    mean_C = np.asarray(mean, np.float64).reshape(-1)
+    std_C = np.asarray(std, np.float64).reshape(-1)
+    if mean_C.size not in (1, channels) or std_C.size not in (1, channels):
+        raise ValueError(
+            f"mean and std need 1 or {channels} values (one per channel), got "
+            f"mean={mean!r}, std={std!r}."
+        )
+    if not np.all(np.isfinite(mean_C)) or not np.all(std_C > 0):
+        raise ValueError(f"mean must be finite and std positive, got mean={mean!r}, std={std!r}.")
+    mean_C = np.broadcast_to(mean_C, (channels,))
+    std_C = np.broadcast_to(std_C, (channels,))
+    return (1.0 / (255.0 * std_C)).astype(np.float32), (-mean_C / std_C).astype(np.float32)
 
 
-def _augment(raw_BxHxWxC, step, seed: int, stream: int, global_batch: int, lo: int,
-             pad: int, pad_mode: str):
-  """Random pad-crop and horizontal flip of the rows [lo, lo + b) of the global batch `step`."""
-  b = raw_BxHxWxC.shape[0]
-  h, w = raw_BxHxWxC.shape[1], raw_BxHxWxC.shape[2]
-  seed_t = tf.constant(seed, tf.int64)
-  # One draw for the whole global batch, then this process's rows: independent of process count.
-  offsets_Gx2 = tf.random.stateless_uniform(
-      [global_batch, 2], seed=tf.stack([seed_t, 8 * step + 2 + stream]), minval=0,
-      maxval=2 * pad + 1, dtype=tf.int64)
-  flip_Gx1 = tf.random.stateless_uniform(
-      [global_batch, 1], seed=tf.stack([seed_t, 8 * step + 4 + stream]), minval=0, maxval=2,
-      dtype=tf.int64)
-  offsets_Bx2 = offsets_Gx2[lo:lo + b]
-  flip_Bx1 = flip_Gx1[lo:lo + b] == 1
-  padded = tf.pad(raw_BxHxWxC, [[0, 0], [pad, pad], [pad, pad], [0, 0]],
-                  mode="CONSTANT" if pad_mode == "constant" else "REFLECT")
-  rows_BxH = offsets_Bx2[:, 0:1] + tf.range(h, dtype=tf.int64)[None, :]
-  fwd_BxW = offsets_Bx2[:, 1:2] + tf.range(w, dtype=tf.int64)[None, :]
-  rev_BxW = offsets_Bx2[:, 1:2] + tf.range(w - 1, -1, -1, dtype=tf.int64)[None, :]
-  cols_BxW = tf.where(flip_Bx1, rev_BxW, fwd_BxW)
-  out = tf.gather(padded, rows_BxH, axis=1, batch_dims=1)
-  return tf.gather(out, cols_BxW, axis=2, batch_dims=1)
+def _augment(
+    raw_BxHxWxC, step, seed: int, stream: int, global_batch: int, lo: int, pad: int, pad_mode: str
+):
+    """Random pad-crop and horizontal flip of the rows [lo, lo + b) of the global batch `step`."""
+    b = raw_BxHxWxC.shape[0]
+    h, w = raw_BxHxWxC.shape[1], raw_BxHxWxC.shape[2]
+    seed_t = tf.constant(seed, tf.int64)
+    # One draw for the whole global batch, then this process's rows: independent of process count.
+    offsets_Gx2 = tf.random.stateless_uniform(
+        [global_batch, 2],
+        seed=tf.stack([seed_t, 8 * step + 2 + stream]),
+        minval=0,
+        maxval=2 * pad + 1,
+        dtype=tf.int64,
+    )
+    flip_Gx1 = tf.random.stateless_uniform(
+        [global_batch, 1],
+        seed=tf.stack([seed_t, 8 * step + 4 + stream]),
+        minval=0,
+        maxval=2,
+        dtype=tf.int64,
+    )
+    offsets_Bx2 = offsets_Gx2[lo : lo + b]
+    flip_Bx1 = flip_Gx1[lo : lo + b] == 1
+    padded = tf.pad(
+        raw_BxHxWxC,
+        [[0, 0], [pad, pad], [pad, pad], [0, 0]],
+        mode="CONSTANT" if pad_mode == "constant" else "REFLECT",
+    )
+    rows_BxH = offsets_Bx2[:, 0:1] + tf.range(h, dtype=tf.int64)[None, :]
+    fwd_BxW = offsets_Bx2[:, 1:2] + tf.range(w, dtype=tf.int64)[None, :]
+    rev_BxW = offsets_Bx2[:, 1:2] + tf.range(w - 1, -1, -1, dtype=tf.int64)[None, :]
+    cols_BxW = tf.where(flip_Bx1, rev_BxW, fwd_BxW)
+    out = tf.gather(padded, rows_BxH, axis=1, batch_dims=1)
+    return tf.gather(out, cols_BxW, axis=2, batch_dims=1)
 
 
 def _options() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  return options
+    options = tf.data.Options()
+    options.deterministic = True
+    return options
 
 
-def _shuffled_stream(images: np.ndarray, columns: dict, *, batch_size: int, seed: int,
-                     stream: int, augment: bool, pad: int, pad_mode: str, scale_C, shift_C,
-                     process_index: int, process_count: int, start_step: int) -> tf.data.Dataset:
-  """Infinite per-process batches: reshuffled every epoch, optional augmentation, normalised."""
-  n = len(images)
-  local = batch_size // process_count
-  lo = process_index * local
-  images_t = tf.constant(images)
-  columns_t = {k: tf.constant(v) for k, v in columns.items()}
-  scale_t, shift_t = tf.constant(scale_C), tf.constant(shift_C)
+def _shuffled_stream(
+    images: np.ndarray,
+    columns: dict,
+    *,
+    batch_size: int,
+    seed: int,
+    stream: int,
+    augment: bool,
+    pad: int,
+    pad_mode: str,
+    scale_C,
+    shift_C,
+    process_index: int,
+    process_count: int,
+    start_step: int,
+) -> tf.data.Dataset:
+    """Infinite per-process batches: reshuffled every epoch, optional augmentation, normalised."""
+    n = len(images)
+    local = batch_size // process_count
+    lo = process_index * local
+    images_t = tf.constant(images)
+    columns_t = {k: tf.constant(v) for k, v in columns.items()}
+    scale_t, shift_t = tf.constant(scale_C), tf.constant(shift_C)
 
-  def make_batch(step):
-    pos_B = step * batch_size + tf.range(lo, lo + local, dtype=tf.int64)
-    epoch_B = pos_B // n
-    # The raw op: `tf.random.experimental.index_shuffle` mis-pads batched (n x 2) seeds.
-    seed_Bx3 = tf.stack([tf.fill([local], tf.constant(seed, tf.int64)), 8 * epoch_B + stream,
-                         tf.zeros([local], tf.int64)], 1)
-    row_B = tf.raw_ops.RandomIndexShuffle(index=pos_B % n, seed=seed_Bx3,
-                                          max_index=tf.fill([local], tf.constant(n - 1, tf.int64)),
-                                          rounds=4)
-    raw = tf.gather(images_t, row_B)
-    if augment:
-      raw = _augment(raw, step, seed, stream, batch_size, lo, pad, pad_mode)
-    out = {"image": tf.cast(raw, tf.float32) * scale_t + shift_t}
-    out.update({k: tf.gather(v, row_B) for k, v in columns_t.items()})
-    out["index"] = tf.cast(row_B, tf.int32)
-    return out
+    def make_batch(step):
+        pos_B = step * batch_size + tf.range(lo, lo + local, dtype=tf.int64)
+        epoch_B = pos_B // n
+        # The raw op: `tf.random.experimental.index_shuffle` mis-pads batched (n x 2) seeds.
+        seed_Bx3 = tf.stack(
+            [
+                tf.fill([local], tf.constant(seed, tf.int64)),
+                8 * epoch_B + stream,
+                tf.zeros([local], tf.int64),
+            ],
+            1,
+        )
+        row_B = tf.raw_ops.RandomIndexShuffle(
+            index=pos_B % n,
+            seed=seed_Bx3,
+            max_index=tf.fill([local], tf.constant(n - 1, tf.int64)),
+            rounds=4,
+        )
+        raw = tf.gather(images_t, row_B)
+        if augment:
+            raw = _augment(raw, step, seed, stream, batch_size, lo, pad, pad_mode)
+        out = {"image": tf.cast(raw, tf.float32) * scale_t + shift_t}
+        out.update({k: tf.gather(v, row_B) for k, v in columns_t.items()})
+        out["index"] = tf.cast(row_B, tf.int32)
+        return out
 
-  ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
-  ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
-
-
-def train_dataset(splits: corruption.Splits, *, batch_size: int, seed: int, mean, std,
-                  augment: bool = False, pad: int = 4, pad_mode: str = "constant",
-                  process_index: int = 0, process_count: int = 1,
-                  start_step: int = 0) -> tf.data.Dataset:
-  """The noisy training stream: `image, label, true_label, is_noisy, index`; see module doc."""
-  _check_processes(process_index, process_count)
-  _check_batch("batch_size", batch_size, process_count, 1)
-  seed = _check_seed(seed)
-  if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) \
-      or start_step < 0:
-    raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
-  _check_aug(pad, pad_mode, splits.train_x.shape[1:])
-  scale_C, shift_C = _normaliser(mean, std, splits.train_x.shape[-1])
-  columns = {"label": splits.train_labels.astype(np.int32),
-             "true_label": splits.train_true_labels.astype(np.int32),
-             "is_noisy": splits.train_is_noisy.astype(bool)}
-  return _shuffled_stream(splits.train_x, columns, batch_size=batch_size, seed=seed,
-                          stream=_TRAIN, augment=augment, pad=pad, pad_mode=pad_mode,
-                          scale_C=scale_C, shift_C=shift_C, process_index=process_index,
-                          process_count=process_count, start_step=start_step)
-
-
-def clean_dataset(splits: corruption.Splits, *, batch_size: int, seed: int, mean, std,
-                  augment: bool = False, pad: int = 4, pad_mode: str = "constant",
-                  process_index: int = 0, process_count: int = 1,
-                  start_step: int = 0) -> tf.data.Dataset:
-  """The clean stream: `image, label, index` (row in the clean set), infinite, reshuffled."""
-  _check_processes(process_index, process_count)
-  _check_batch("clean_batch_size", batch_size, process_count, 1)
-  seed = _check_seed(seed)
-  if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) \
-      or start_step < 0:
-    raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
-  _check_aug(pad, pad_mode, splits.clean_x.shape[1:])
-  scale_C, shift_C = _normaliser(mean, std, splits.clean_x.shape[-1])
-  return _shuffled_stream(splits.clean_x, {"label": splits.clean_labels.astype(np.int32)},
-                          batch_size=batch_size, seed=seed, stream=_CLEAN, augment=augment,
-                          pad=pad, pad_mode=pad_mode, scale_C=scale_C, shift_C=shift_C,
-                          process_index=process_index, process_count=process_count,
-                          start_step=start_step)
+    ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
+    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def test_dataset(splits: corruption.Splits, *, batch_size: int, mean, std,
-                 process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-  """The test stream, in order: `image, label, mask`; ceil(T / B) batches, the last padded.
+def train_dataset(
+    splits: corruption.Splits,
+    *,
+    batch_size: int,
+    seed: int,
+    mean,
+    std,
+    augment: bool = False,
+    pad: int = 4,
+    pad_mode: str = "constant",
+    process_index: int = 0,
+    process_count: int = 1,
+    start_step: int = 0,
+) -> tf.data.Dataset:
+    """The noisy training stream: `image, label, true_label, is_noisy, index`; see module doc."""
+    _check_processes(process_index, process_count)
+    _check_batch("batch_size", batch_size, process_count, 1)
+    seed = _check_seed(seed)
+    if (
+        isinstance(start_step, bool)
+        or not isinstance(start_step, (int, np.integer))
+        or start_step < 0
+    ):
+        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
+    _check_aug(pad, pad_mode, splits.train_x.shape[1:])
+    scale_C, shift_C = _normaliser(mean, std, splits.train_x.shape[-1])
+    columns = {
+        "label": splits.train_labels.astype(np.int32),
+        "true_label": splits.train_true_labels.astype(np.int32),
+        "is_noisy": splits.train_is_noisy.astype(bool),
+    }
+    return _shuffled_stream(
+        splits.train_x,
+        columns,
+        batch_size=batch_size,
+        seed=seed,
+        stream=_TRAIN,
+        augment=augment,
+        pad=pad,
+        pad_mode=pad_mode,
+        scale_C=scale_C,
+        shift_C=shift_C,
+        process_index=process_index,
+        process_count=process_count,
+        start_step=start_step,
+    )
 
-  Row j of global batch s is test example `s B + j` when that is < T (`mask` True), else a copy
-  of the last example with `mask` False.
-  """
-  _check_processes(process_index, process_count)
-  _check_batch("eval_batch_size", batch_size, process_count, 1)
-  scale_C, shift_C = _normaliser(mean, std, splits.test_x.shape[-1])
-  t = len(splits.test_x)
-  if t == 0:
-    raise ValueError("the test set is empty.")
-  local = batch_size // process_count
-  lo = process_index * local
-  images_t = tf.constant(splits.test_x)
-  labels_t = tf.constant(splits.test_labels.astype(np.int32))
-  scale_t, shift_t = tf.constant(scale_C), tf.constant(shift_C)
 
-  def make_batch(step):
-    pos_B = step * batch_size + tf.range(lo, lo + local, dtype=tf.int64)
-    row_B = tf.minimum(pos_B, t - 1)
-    return {"image": tf.cast(tf.gather(images_t, row_B), tf.float32) * scale_t + shift_t,
+def clean_dataset(
+    splits: corruption.Splits,
+    *,
+    batch_size: int,
+    seed: int,
+    mean,
+    std,
+    augment: bool = False,
+    pad: int = 4,
+    pad_mode: str = "constant",
+    process_index: int = 0,
+    process_count: int = 1,
+    start_step: int = 0,
+) -> tf.data.Dataset:
+    """The clean stream: `image, label, index` (row in the clean set), infinite, reshuffled."""
+    _check_processes(process_index, process_count)
+    _check_batch("clean_batch_size", batch_size, process_count, 1)
+    seed = _check_seed(seed)
+    if (
+        isinstance(start_step, bool)
+        or not isinstance(start_step, (int, np.integer))
+        or start_step < 0
+    ):
+        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
+    _check_aug(pad, pad_mode, splits.clean_x.shape[1:])
+    scale_C, shift_C = _normaliser(mean, std, splits.clean_x.shape[-1])
+    return _shuffled_stream(
+        splits.clean_x,
+        {"label": splits.clean_labels.astype(np.int32)},
+        batch_size=batch_size,
+        seed=seed,
+        stream=_CLEAN,
+        augment=augment,
+        pad=pad,
+        pad_mode=pad_mode,
+        scale_C=scale_C,
+        shift_C=shift_C,
+        process_index=process_index,
+        process_count=process_count,
+        start_step=start_step,
+    )
+
+
+def test_dataset(
+    splits: corruption.Splits,
+    *,
+    batch_size: int,
+    mean,
+    std,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tf.data.Dataset:
+    """The test stream, in order: `image, label, mask`; ceil(T / B) batches, the last padded.
+
+    Row j of global batch s is test example `s B + j` when that is < T (`mask` True), else a copy
+    of the last example with `mask` False.
+    """
+    _check_processes(process_index, process_count)
+    _check_batch("eval_batch_size", batch_size, process_count, 1)
+    scale_C, shift_C = _normaliser(mean, std, splits.test_x.shape[-1])
+    t = len(splits.test_x)
+    if t == 0:
+        raise ValueError("the test set is empty.")
+    local = batch_size // process_count
+    lo = process_index * local
+    images_t = tf.constant(splits.test_x)
+    labels_t = tf.constant(splits.test_labels.astype(np.int32))
+    scale_t, shift_t = tf.constant(scale_C), tf.constant(shift_C)
+
+    def make_batch(step):
+        pos_B = step * batch_size + tf.range(lo, lo + local, dtype=tf.int64)
+        row_B = tf.minimum(pos_B, t - 1)
+        return {
+            "image": tf.cast(tf.gather(images_t, row_B), tf.float32) * scale_t + shift_t,
             "label": tf.gather(labels_t, row_B),
-            "mask": pos_B < t}
+            "mask": pos_B < t,
+        }
 
-  ds = tf.data.Dataset.range(-(-t // batch_size))
-  ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+    ds = tf.data.Dataset.range(-(-t // batch_size))
+    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def make_streams(dataset: str, *, batch_size: int, clean_per_class: int, seed: int = 0,
-                 noise: str = "none", ratio: float = 0.0, clean_batch_size: int | None = None,
-                 eval_batch_size: int | None = None, augment: bool = False, pad: int = 4,
-                 pad_mode: str = "constant", mean: float | Sequence[float] | None = None,
-                 std: float | Sequence[float] | None = None,
-                 data_dir: str | os.PathLike | None = None, download: bool = False,
-                 background_class: int | None = None, official_convention: bool = False,
-                 majority_fraction: float | None = None, num_train: int = 5000,
-                 majority_class: int = 9, minority_class: int = 4, process_index: int = 0,
-                 process_count: int = 1, num_devices: int = 1, start_step: int = 0) -> Streams:
-  """Loads `dataset`, builds its `Splits` and returns the three numpy batch streams.
+def make_streams(
+    dataset: str,
+    *,
+    batch_size: int,
+    clean_per_class: int,
+    seed: int = 0,
+    noise: str = "none",
+    ratio: float = 0.0,
+    clean_batch_size: int | None = None,
+    eval_batch_size: int | None = None,
+    augment: bool = False,
+    pad: int = 4,
+    pad_mode: str = "constant",
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    background_class: int | None = None,
+    official_convention: bool = False,
+    majority_fraction: float | None = None,
+    num_train: int = 5000,
+    majority_class: int = 9,
+    minority_class: int = 4,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_devices: int = 1,
+    start_step: int = 0,
+) -> Streams:
+    """Loads `dataset`, builds its `Splits` and returns the three numpy batch streams.
 
-  `datasets.load_arrays` -> `corruption.make_splits` -> `train_dataset` / `clean_dataset` /
-  `test_dataset`, then numpy. Every setting is checked first (before any data is read): a bad
-  one raises ValueError naming it. Batch sizes are global: they must divide by `process_count`
-  (each process gets its share) and by `num_devices` (`jax.device_count()`), for sharding.
-  `clean_batch_size` and `eval_batch_size` default to `batch_size`; `mean`/`std` default to the
-  exact per-channel statistics of the noisy training images. `seed` drives both the splits and
-  the stream order/augmentation. `start_step` resumes the training streams at that step.
-  """
-  datasets.check_name(dataset)
-  corruption.check_split_args(
-      num_classes=None, noise=noise, ratio=ratio, clean_per_class=clean_per_class, seed=seed,
-      background_class=background_class, official_convention=official_convention,
-      majority_fraction=majority_fraction, num_train=num_train, majority_class=majority_class,
-      minority_class=minority_class)
-  _check_processes(process_index, process_count)
-  if isinstance(num_devices, bool) or not isinstance(num_devices, (int, np.integer)) \
-      or num_devices < 1:
-    raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}.")
-  clean_batch_size = batch_size if clean_batch_size is None else clean_batch_size
-  eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-  for name, b in (("batch_size", batch_size), ("clean_batch_size", clean_batch_size),
-                  ("eval_batch_size", eval_batch_size)):
-    _check_batch(name, b, process_count, num_devices)
-  _check_aug(pad, pad_mode)
-  if not isinstance(augment, bool):
-    raise ValueError(f"augment must be True or False, got {augment!r}.")
-  if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) \
-      or start_step < 0:
-    raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
-  if not isinstance(download, bool):
-    raise ValueError(f"download must be True or False, got {download!r}.")
-  if (mean is None) != (std is None):
-    raise ValueError(f"give both mean and std or neither, got mean={mean!r}, std={std!r}.")
+    `datasets.load_arrays` -> `corruption.make_splits` -> `train_dataset` / `clean_dataset` /
+    `test_dataset`, then numpy. Every setting is checked first (before any data is read): a bad
+    one raises ValueError naming it. Batch sizes are global: they must divide by `process_count`
+    (each process gets its share) and by `num_devices` (`jax.device_count()`), for sharding.
+    `clean_batch_size` and `eval_batch_size` default to `batch_size`; `mean`/`std` default to the
+    exact per-channel statistics of the noisy training images. `seed` drives both the splits and
+    the stream order/augmentation. `start_step` resumes the training streams at that step.
+    """
+    datasets.check_name(dataset)
+    corruption.check_split_args(
+        num_classes=None,
+        noise=noise,
+        ratio=ratio,
+        clean_per_class=clean_per_class,
+        seed=seed,
+        background_class=background_class,
+        official_convention=official_convention,
+        majority_fraction=majority_fraction,
+        num_train=num_train,
+        majority_class=majority_class,
+        minority_class=minority_class,
+    )
+    _check_processes(process_index, process_count)
+    if (
+        isinstance(num_devices, bool)
+        or not isinstance(num_devices, (int, np.integer))
+        or num_devices < 1
+    ):
+        raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}.")
+    clean_batch_size = batch_size if clean_batch_size is None else clean_batch_size
+    eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+    for name, b in (
+        ("batch_size", batch_size),
+        ("clean_batch_size", clean_batch_size),
+        ("eval_batch_size", eval_batch_size),
+    ):
+        _check_batch(name, b, process_count, num_devices)
+    _check_aug(pad, pad_mode)
+    if not isinstance(augment, bool):
+        raise ValueError(f"augment must be True or False, got {augment!r}.")
+    if (
+        isinstance(start_step, bool)
+        or not isinstance(start_step, (int, np.integer))
+        or start_step < 0
+    ):
+        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
+    if not isinstance(download, bool):
+        raise ValueError(f"download must be True or False, got {download!r}.")
+    if (mean is None) != (std is None):
+        raise ValueError(f"give both mean and std or neither, got mean={mean!r}, std={std!r}.")
 
-  arrays = datasets.load_arrays(dataset, data_dir=data_dir, download=download)
-  splits = corruption.make_splits(
-      arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test,
-      num_classes=arrays.num_classes, noise=noise, ratio=ratio, clean_per_class=clean_per_class,
-      seed=seed, background_class=background_class, official_convention=official_convention,
-      majority_fraction=majority_fraction, num_train=num_train, majority_class=majority_class,
-      minority_class=minority_class)
-  if mean is None:
-    mean, std = channel_stats(splits.train_x)
-  channels = splits.train_x.shape[-1]
-  scale_C, shift_C = _normaliser(mean, std, channels)  # Validates them.
-  del scale_C, shift_C
-  mean_C = np.broadcast_to(np.asarray(mean, np.float32).reshape(-1), (channels,)).copy()
-  std_C = np.broadcast_to(np.asarray(std, np.float32).reshape(-1), (channels,)).copy()
-  common = dict(mean=mean_C, std=std_C, process_index=process_index,
-                process_count=process_count)
-  aug = dict(augment=augment, pad=pad, pad_mode=pad_mode, seed=seed, start_step=start_step)
-  train = train_dataset(splits, batch_size=batch_size, **aug, **common)
-  clean = clean_dataset(splits, batch_size=clean_batch_size, **aug, **common)
-  test = test_dataset(splits, batch_size=eval_batch_size, **common)
-  return Streams(
-      train=train.as_numpy_iterator(), clean=clean.as_numpy_iterator(), test=tfds.as_numpy(test),
-      num_classes=splits.num_classes, image_shape=tuple(splits.train_x.shape[1:]),
-      num_train=len(splits.train_x), num_clean=len(splits.clean_x), num_test=len(splits.test_x),
-      batch_size=batch_size, clean_batch_size=clean_batch_size, eval_batch_size=eval_batch_size,
-      mean=mean_C, std=std_C, splits=splits)
+    arrays = datasets.load_arrays(dataset, data_dir=data_dir, download=download)
+    splits = corruption.make_splits(
+        arrays.x_train,
+        arrays.y_train,
+        arrays.x_test,
+        arrays.y_test,
+        num_classes=arrays.num_classes,
+        noise=noise,
+        ratio=ratio,
+        clean_per_class=clean_per_class,
+        seed=seed,
+        background_class=background_class,
+        official_convention=official_convention,
+        majority_fraction=majority_fraction,
+        num_train=num_train,
+        majority_class=majority_class,
+        minority_class=minority_class,
+    )
+    if mean is None:
+        mean, std = channel_stats(splits.train_x)
+    channels = splits.train_x.shape[-1]
+    scale_C, shift_C = _normaliser(mean, std, channels)  # Validates them.
+    del scale_C, shift_C
+    mean_C = np.broadcast_to(np.asarray(mean, np.float32).reshape(-1), (channels,)).copy()
+    std_C = np.broadcast_to(np.asarray(std, np.float32).reshape(-1), (channels,)).copy()
+    common = dict(mean=mean_C, std=std_C, process_index=process_index, process_count=process_count)
+    aug = dict(augment=augment, pad=pad, pad_mode=pad_mode, seed=seed, start_step=start_step)
+    train = train_dataset(splits, batch_size=batch_size, **aug, **common)
+    clean = clean_dataset(splits, batch_size=clean_batch_size, **aug, **common)
+    test = test_dataset(splits, batch_size=eval_batch_size, **common)
+    return Streams(
+        train=train.as_numpy_iterator(),
+        clean=clean.as_numpy_iterator(),
+        test=tfds.as_numpy(test),
+        num_classes=splits.num_classes,
+        image_shape=tuple(splits.train_x.shape[1:]),
+        num_train=len(splits.train_x),
+        num_clean=len(splits.clean_x),
+        num_test=len(splits.test_x),
+        batch_size=batch_size,
+        clean_batch_size=clean_batch_size,
+        eval_batch_size=eval_batch_size,
+        mean=mean_C,
+        std=std_C,
+        splits=splits,
+    )

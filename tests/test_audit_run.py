@@ -1,4 +1,5 @@
 """End to end: run_audit on a model with a planted bias, the report files, experiments.audit."""
+
 import base64
 import json
 import os
@@ -19,192 +20,262 @@ CUE_CLASS, CUE_RATE = 0, 0.7
 
 
 def _small_config():
-  c = audit.default_config()
-  c.batch_size = 64
-  c.epsilons = (0.0, 0.1, 0.2)
-  c.pgd_steps = 5
-  c.robust_examples = 128
-  c.min_eps_examples = 64
-  c.eps_max = 1.0
-  c.bisection_steps = 4
-  c.bias_examples_per_class = 30
-  c.num_prototypes = 6
-  c.num_criticisms = 6
-  c.num_mistakes = 4
-  c.ig_steps = 16
-  c.num_suspects = 16
-  return c
+    c = audit.default_config()
+    c.batch_size = 64
+    c.epsilons = (0.0, 0.1, 0.2)
+    c.pgd_steps = 5
+    c.robust_examples = 128
+    c.min_eps_examples = 64
+    c.eps_max = 1.0
+    c.bisection_steps = 4
+    c.bias_examples_per_class = 30
+    c.num_prototypes = 6
+    c.num_criticisms = 6
+    c.num_mistakes = 4
+    c.ig_steps = 16
+    c.num_suspects = 16
+    return c
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-  """sklearn digits; in training only, 70% of class 0 carries a bright 2x2 top-left patch.
+    """sklearn digits; in training only, 70% of class 0 carries a bright 2x2 top-left patch.
 
-  10% of the other training labels are flipped (never into or out of class 0, so that class's
-  bias numbers see only the cue), with synthetic recorded weights: low for the flipped ones.
-  """
-  d = load_digits()
-  x = (d.images / 16.0).astype(np.float32)[..., None]
-  y = d.target.astype(np.int32)
-  rng = np.random.default_rng(0)
-  perm = rng.permutation(len(x))
-  tr, te = perm[:1300], perm[1300:]
-  x_tr, y_true, x_te, y_te = x[tr].copy(), y[tr], x[te], y[te]
-  rows0 = np.flatnonzero(y_true == CUE_CLASS)
-  cue = np.zeros(len(tr), bool)
-  cue[rng.choice(rows0, int(CUE_RATE * len(rows0)), replace=False)] = True
-  x_tr[cue, :2, :2, :] = 1.0
-  flip = rng.choice(np.flatnonzero(y_true != CUE_CLASS), 110, replace=False)
-  y_obs = y_true.copy()
-  y_obs[flip] = 1 + (y_true[flip] - 1 + rng.integers(1, 9, len(flip))) % 9  # another class in 1..9
-  noisy = y_obs != y_true
-  assert noisy.sum() == 110 and not np.any(y_obs[flip] == CUE_CLASS)
+    10% of the other training labels are flipped (never into or out of class 0, so that class's
+    bias numbers see only the cue), with synthetic recorded weights: low for the flipped ones.
+    """
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[..., None]
+    y = d.target.astype(np.int32)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(x))
+    tr, te = perm[:1300], perm[1300:]
+    x_tr, y_true, x_te, y_te = x[tr].copy(), y[tr], x[te], y[te]
+    rows0 = np.flatnonzero(y_true == CUE_CLASS)
+    cue = np.zeros(len(tr), bool)
+    cue[rng.choice(rows0, int(CUE_RATE * len(rows0)), replace=False)] = True
+    x_tr[cue, :2, :2, :] = 1.0
+    flip = rng.choice(np.flatnonzero(y_true != CUE_CLASS), 110, replace=False)
+    y_obs = y_true.copy()
+    y_obs[flip] = (
+        1 + (y_true[flip] - 1 + rng.integers(1, 9, len(flip))) % 9
+    )  # another class in 1..9
+    noisy = y_obs != y_true
+    assert noisy.sum() == 110 and not np.any(y_obs[flip] == CUE_CLASS)
 
-  module = models.create_model("small_cnn", 10, channels=(16, 32), hidden=32)
-  apply_fn, feature_fn = models.make_apply_fn(module), models.make_feature_fn(module)
-  params, model_state = models.init_model(module, jax.random.key(0), (1, 8, 8, 1))
-  tx = optax.adam(1e-2)
-  opt = tx.init(params)
+    module = models.create_model("small_cnn", 10, channels=(16, 32), hidden=32)
+    apply_fn, feature_fn = models.make_apply_fn(module), models.make_feature_fn(module)
+    params, model_state = models.init_model(module, jax.random.key(0), (1, 8, 8, 1))
+    tx = optax.adam(1e-2)
+    opt = tx.init(params)
 
-  @jax.jit
-  def step(params, opt, xb, yb):
-    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, {}, xb, True)[0], yb).mean()
-    u, opt = tx.update(jax.grad(loss)(params), opt, params)
-    return optax.apply_updates(params, u), opt
+    @jax.jit
+    def step(params, opt, xb, yb):
+        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+            apply_fn(p, {}, xb, True)[0], yb
+        ).mean()
+        u, opt = tx.update(jax.grad(loss)(params), opt, params)
+        return optax.apply_updates(params, u), opt
 
-  for _ in range(300):
-    idx = rng.choice(len(tr), 128)
-    params, opt = step(params, opt, x_tr[idx], y_obs[idx])
+    for _ in range(300):
+        idx = rng.choice(len(tr), 128)
+        params, opt = step(params, opt, x_tr[idx], y_obs[idx])
 
-  weights = {"index": np.arange(len(tr)), "count": np.full(len(tr), 5),
-             "mean_weight": np.where(noisy, rng.uniform(0, 0.1, len(tr)), rng.uniform(0.2, 1, len(tr)))}
-  out_dir = str(tmp_path_factory.mktemp("audit"))
-  train = {"image": x_tr, "label": y_obs, "true_label": y_true, "is_noisy": noisy}
-  test = {"image": x_te, "label": y_te}
-  res = audit.run_audit(apply_fn, feature_fn, params, model_state, test=test, train=train,
-                        out_dir=out_dir, config=_small_config(), example_weights=weights,
-                        attributes={"corner_patch": cue}, title="planted-bias check")
-  return {"res": res, "out_dir": out_dir, "apply_fn": apply_fn, "feature_fn": feature_fn,
-          "params": params, "train": train, "test": test, "weights": weights, "cue": cue}
+    weights = {
+        "index": np.arange(len(tr)),
+        "count": np.full(len(tr), 5),
+        "mean_weight": np.where(noisy, rng.uniform(0, 0.1, len(tr)), rng.uniform(0.2, 1, len(tr))),
+    }
+    out_dir = str(tmp_path_factory.mktemp("audit"))
+    train = {"image": x_tr, "label": y_obs, "true_label": y_true, "is_noisy": noisy}
+    test = {"image": x_te, "label": y_te}
+    res = audit.run_audit(
+        apply_fn,
+        feature_fn,
+        params,
+        model_state,
+        test=test,
+        train=train,
+        out_dir=out_dir,
+        config=_small_config(),
+        example_weights=weights,
+        attributes={"corner_patch": cue},
+        title="planted-bias check",
+    )
+    return {
+        "res": res,
+        "out_dir": out_dir,
+        "apply_fn": apply_fn,
+        "feature_fn": feature_fn,
+        "params": params,
+        "train": train,
+        "test": test,
+        "weights": weights,
+        "cue": cue,
+    }
 
 
 def test_planted_bias_is_surfaced_in_audit_json(planted):
-  with open(os.path.join(planted["out_dir"], "audit.json")) as f:
-    res = json.load(f)
-  per_class = res["biases"]["attributes"]["corner_patch"]
-  c0 = per_class[str(CUE_CLASS)]
-  # The model holds the cue images most firmly: they are over-represented among the prototypes
-  # (hardest to push out of the class) and the cue-less ones among the criticisms.
-  assert c0["robust_prototypes"] > c0["class_rate"] > c0["robust_criticisms"]
-  top = [g for g in res["biases"]["largest_over_representation"]
-         if g["attribute"] == "corner_patch" and g["method"] == "robust"]
-  assert top[0]["class"] == CUE_CLASS and top[0]["prototype_minus_criticism"] > 0
-  for k, v in per_class.items():  # nowhere else is there a cue to find
-    if int(k) != CUE_CLASS:
-      assert v["class_rate"] == 0 and v["robust_prototype_minus_criticism"] == 0
-  # The fractions are those of the recorded rows.
-  rows = res["biases"]["per_class"][str(CUE_CLASS)]["robust_prototypes"]
-  assert c0["robust_prototypes"] == pytest.approx(planted["cue"][rows].mean())
+    with open(os.path.join(planted["out_dir"], "audit.json")) as f:
+        res = json.load(f)
+    per_class = res["biases"]["attributes"]["corner_patch"]
+    c0 = per_class[str(CUE_CLASS)]
+    # The model holds the cue images most firmly: they are over-represented among the prototypes
+    # (hardest to push out of the class) and the cue-less ones among the criticisms.
+    assert c0["robust_prototypes"] > c0["class_rate"] > c0["robust_criticisms"]
+    top = [
+        g
+        for g in res["biases"]["largest_over_representation"]
+        if g["attribute"] == "corner_patch" and g["method"] == "robust"
+    ]
+    assert top[0]["class"] == CUE_CLASS and top[0]["prototype_minus_criticism"] > 0
+    for k, v in per_class.items():  # nowhere else is there a cue to find
+        if int(k) != CUE_CLASS:
+            assert v["class_rate"] == 0 and v["robust_prototype_minus_criticism"] == 0
+    # The fractions are those of the recorded rows.
+    rows = res["biases"]["per_class"][str(CUE_CLASS)]["robust_prototypes"]
+    assert c0["robust_prototypes"] == pytest.approx(planted["cue"][rows].mean())
 
 
 def test_audit_json_numbers_equal_the_library_functions(planted):
-  res, train, test = planted["res"], planted["train"], planted["test"]
-  logits = audit.common.predict_logits(planted["apply_fn"], planted["params"], {}, test["image"])
-  probs = audit.common.softmax(logits)
-  assert res["mistakes"]["top_k_accuracy"]["top1"] == mistakes.top_k_accuracy(test["label"], logits, 1)
-  assert res["mistakes"]["calibration"]["ece"] == pytest.approx(
-      mistakes.expected_calibration_error(probs, test["label"])["ece"], abs=1e-12)
-  assert res["robustness"]["fgsm_accuracy"][0] == res["robustness"]["clean_accuracy"]
-  # Label issues: the synthetic weights separate the 110 flips, so the L2RW ranking finds them.
-  logits_tr = audit.common.predict_logits(planted["apply_fn"], planted["params"], {}, train["image"])
-  loss = -np.log(label_issues.self_confidence(audit.common.softmax(logits_tr), train["label"]))
-  order = label_issues.rank_by_l2rw_weight(planted["weights"]["mean_weight"], loss)
-  li = res["label_issues"]
-  assert li["n_noisy"] == 110
-  assert li["rankings"]["l2rw_weight"]["k=110"]["precision"] == 1.0 == label_issues.precision_at_k(
-      order, train["is_noisy"], 110)
-  assert li["rankings"]["l2rw_weight"]["k=100"]["recall"] == pytest.approx(100 / 110)
-  assert [s["train_row"] for s in li["top_suspects"]] == order[:16].tolist()
-  for g in res["mistakes"]["gallery"]:
-    assert len(g["top3"]) == 3 and len(g["neighbors"]) == 5
-    assert g["top3"][0]["class"] != g["label"]
+    res, train, test = planted["res"], planted["train"], planted["test"]
+    logits = audit.common.predict_logits(planted["apply_fn"], planted["params"], {}, test["image"])
+    probs = audit.common.softmax(logits)
+    assert res["mistakes"]["top_k_accuracy"]["top1"] == mistakes.top_k_accuracy(
+        test["label"], logits, 1
+    )
+    assert res["mistakes"]["calibration"]["ece"] == pytest.approx(
+        mistakes.expected_calibration_error(probs, test["label"])["ece"], abs=1e-12
+    )
+    assert res["robustness"]["fgsm_accuracy"][0] == res["robustness"]["clean_accuracy"]
+    # Label issues: the synthetic weights separate the 110 flips, so the L2RW ranking finds them.
+    logits_tr = audit.common.predict_logits(
+        planted["apply_fn"], planted["params"], {}, train["image"]
+    )
+    loss = -np.log(label_issues.self_confidence(audit.common.softmax(logits_tr), train["label"]))
+    order = label_issues.rank_by_l2rw_weight(planted["weights"]["mean_weight"], loss)
+    li = res["label_issues"]
+    assert li["n_noisy"] == 110
+    assert (
+        li["rankings"]["l2rw_weight"]["k=110"]["precision"]
+        == 1.0
+        == label_issues.precision_at_k(order, train["is_noisy"], 110)
+    )
+    assert li["rankings"]["l2rw_weight"]["k=100"]["recall"] == pytest.approx(100 / 110)
+    assert [s["train_row"] for s in li["top_suspects"]] == order[:16].tolist()
+    for g in res["mistakes"]["gallery"]:
+        assert len(g["top3"]) == 3 and len(g["neighbors"]) == 5
+        assert g["top3"][0]["class"] != g["label"]
 
 
 def test_report_is_one_self_contained_file(planted):
-  with open(os.path.join(planted["out_dir"], "report.html")) as f:
-    page = f.read()
-  for heading in ("1. Understanding mistakes", "2. Robustness", "3. Uncovering biases",
-                  "4. Finding mislabeled examples"):
-    assert heading in page
-  srcs = re.findall(r'<img src="([^"]*)"', page)
-  assert len(srcs) >= 10 + 4 + 5  # class grids, mistakes, the other figures
-  for src in srcs:
-    assert src.startswith("data:image/png;base64,")
-    assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-  assert not re.search(r'(src|href)="(https?:|file:|/)', page)  # nothing outside the file
-  assert not [f for f in os.listdir(planted["out_dir"]) if f.startswith(".tmp")]  # atomic writes
+    with open(os.path.join(planted["out_dir"], "report.html")) as f:
+        page = f.read()
+    for heading in (
+        "1. Understanding mistakes",
+        "2. Robustness",
+        "3. Uncovering biases",
+        "4. Finding mislabeled examples",
+    ):
+        assert heading in page
+    srcs = re.findall(r'<img src="([^"]*)"', page)
+    assert len(srcs) >= 10 + 4 + 5  # class grids, mistakes, the other figures
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r'(src|href)="(https?:|file:|/)', page)  # nothing outside the file
+    assert not [f for f in os.listdir(planted["out_dir"]) if f.startswith(".tmp")]  # atomic writes
 
 
 def test_bad_inputs_fail_before_any_work(planted, tmp_path):
-  kw = dict(test=planted["test"], train=planted["train"], out_dir=str(tmp_path))
-  args = (planted["apply_fn"], planted["feature_fn"], planted["params"], {})
-  c = _small_config()
-  c.epsilons = (0.1, 0.0)
-  with pytest.raises(ValueError, match="ascending"):
-    audit.run_audit(*args, config=c, **kw)
-  c = _small_config()
-  c.num_prototypes = 30
-  with pytest.raises(ValueError, match="bias_examples_per_class=30 is below"):
-    audit.run_audit(*args, config=c, **kw)
-  with pytest.raises(ValueError, match=r"example_weights\['index'\] must be rows"):
-    audit.run_audit(*args, config=_small_config(), example_weights={"index": np.array([5000]),
-                                                                    "mean_weight": np.zeros(1)}, **kw)
-  with pytest.raises(ValueError, match="attribute 'cue' has 3 values"):
-    audit.run_audit(*args, config=_small_config(), attributes={"cue": np.zeros(3)}, **kw)
-  train = dict(planted["train"], label=np.where(np.arange(1300) < 5, 3, 4).astype(np.int32))
-  with pytest.raises(ValueError, match=r"classes \{3: 5\}"):  # too few examples for 6 + 6
-    audit.run_audit(*args, config=_small_config(), **dict(kw, train=train))
-  assert os.listdir(tmp_path) == []  # nothing was written
+    kw = dict(test=planted["test"], train=planted["train"], out_dir=str(tmp_path))
+    args = (planted["apply_fn"], planted["feature_fn"], planted["params"], {})
+    c = _small_config()
+    c.epsilons = (0.1, 0.0)
+    with pytest.raises(ValueError, match="ascending"):
+        audit.run_audit(*args, config=c, **kw)
+    c = _small_config()
+    c.num_prototypes = 30
+    with pytest.raises(ValueError, match="bias_examples_per_class=30 is below"):
+        audit.run_audit(*args, config=c, **kw)
+    with pytest.raises(ValueError, match=r"example_weights\['index'\] must be rows"):
+        audit.run_audit(
+            *args,
+            config=_small_config(),
+            example_weights={"index": np.array([5000]), "mean_weight": np.zeros(1)},
+            **kw,
+        )
+    with pytest.raises(ValueError, match="attribute 'cue' has 3 values"):
+        audit.run_audit(*args, config=_small_config(), attributes={"cue": np.zeros(3)}, **kw)
+    train = dict(planted["train"], label=np.where(np.arange(1300) < 5, 3, 4).astype(np.int32))
+    with pytest.raises(ValueError, match=r"classes \{3: 5\}"):  # too few examples for 6 + 6
+        audit.run_audit(*args, config=_small_config(), **dict(kw, train=train))
+    assert os.listdir(tmp_path) == []  # nothing was written
 
 
 # ------------------------------------------------------------------ experiments/audit.py
 def test_experiments_audit_clear_errors(tmp_path):
-  from experiments import audit as audit_main
-  with pytest.raises(ValueError, match="does not exist"):
-    audit_main.load_run(str(tmp_path / "nope"))
-  with pytest.raises(ValueError, match="no config.json"):
-    audit_main.load_run(str(tmp_path))
-  (tmp_path / "config.json").write_text(json.dumps({"seed": 0, "num_seeds": 1}))
-  with pytest.raises(ValueError, match="has no checkpoint"):
-    audit_main.load_run(str(tmp_path))
-  (tmp_path / "checkpoints").mkdir()
-  with pytest.raises(ValueError, match="has no checkpoint"):
-    audit_main.load_run(str(tmp_path))
-  with pytest.raises(ValueError, match=r"member=1 must be in \[0, 1\)"):
-    audit_main.load_run(str(tmp_path), member=1)
+    from experiments import audit as audit_main
+
+    with pytest.raises(ValueError, match="does not exist"):
+        audit_main.load_run(str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="no config.json"):
+        audit_main.load_run(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"seed": 0, "num_seeds": 1}))
+    with pytest.raises(ValueError, match="has no checkpoint"):
+        audit_main.load_run(str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ValueError, match="has no checkpoint"):
+        audit_main.load_run(str(tmp_path))
+    with pytest.raises(ValueError, match=r"member=1 must be in \[0, 1\)"):
+        audit_main.load_run(str(tmp_path), member=1)
 
 
 def test_experiments_audit_on_a_real_training_run(tmp_path):
-  from experiments import audit as audit_main
-  from l2rw_jax import train
-  c = train.default_config()
-  # erm: the workdir format does not depend on the method, and its step compiles faster.
-  c.update(dataset="digits", model="small_cnn", method="erm", noise="uniform", noise_ratio=0.4,
-           clean_per_class=5, batch_size=50, clean_batch_size=50, num_steps=20, eval_every=20,
-           checkpoint_every=20, log_every=10, learning_rate=0.05, progress_bar=False)
-  workdir = str(tmp_path / "run")
-  results = train.train_and_evaluate(c, workdir)
-  cfg = _small_config()
-  cfg.update(epsilons=(0.0, 0.1), pgd_steps=2, robust_examples=64, min_eps_examples=64,
-             bisection_steps=2, bias_examples_per_class=10, num_prototypes=3, num_criticisms=3,
-             num_mistakes=2, ig_steps=4)
-  res = audit_main.audit_run(workdir, cfg)
-  # The loader rebuilt the same test set, normalisation and parameters the run evaluated.
-  assert res["mistakes"]["top_k_accuracy"]["top1"] == pytest.approx(
-      results["final_test_accuracy"]["per_seed"][0], abs=1e-6)
-  with np.load(os.path.join(workdir, "example_weights.npz")) as z:
-    seen = z["count"] > 0  # 20 steps of 50 do not draw every example: the rest is not ranked
-    assert res["label_issues"]["n_noisy"] == int(z["is_noisy"][seen].sum())
-    assert res["label_issues"]["n_ranked"] == int(seen.sum()) < len(seen)
-  assert res["meta"]["run"]["checkpoint_step"] == 20
-  assert os.path.exists(os.path.join(workdir, "audit", "report.html"))
+    from experiments import audit as audit_main
+    from l2rw_jax import train
+
+    c = train.default_config()
+    # erm: the workdir format does not depend on the method, and its step compiles faster.
+    c.update(
+        dataset="digits",
+        model="small_cnn",
+        method="erm",
+        noise="uniform",
+        noise_ratio=0.4,
+        clean_per_class=5,
+        batch_size=50,
+        clean_batch_size=50,
+        num_steps=20,
+        eval_every=20,
+        checkpoint_every=20,
+        log_every=10,
+        learning_rate=0.05,
+        progress_bar=False,
+    )
+    workdir = str(tmp_path / "run")
+    results = train.train_and_evaluate(c, workdir)
+    cfg = _small_config()
+    cfg.update(
+        epsilons=(0.0, 0.1),
+        pgd_steps=2,
+        robust_examples=64,
+        min_eps_examples=64,
+        bisection_steps=2,
+        bias_examples_per_class=10,
+        num_prototypes=3,
+        num_criticisms=3,
+        num_mistakes=2,
+        ig_steps=4,
+    )
+    res = audit_main.audit_run(workdir, cfg)
+    # The loader rebuilt the same test set, normalisation and parameters the run evaluated.
+    assert res["mistakes"]["top_k_accuracy"]["top1"] == pytest.approx(
+        results["final_test_accuracy"]["per_seed"][0], abs=1e-6
+    )
+    with np.load(os.path.join(workdir, "example_weights.npz")) as z:
+        seen = z["count"] > 0  # 20 steps of 50 do not draw every example: the rest is not ranked
+        assert res["label_issues"]["n_noisy"] == int(z["is_noisy"][seen].sum())
+        assert res["label_issues"]["n_ranked"] == int(seen.sum()) < len(seen)
+    assert res["meta"]["run"]["checkpoint_step"] == 20
+    assert os.path.exists(os.path.join(workdir, "audit", "report.html"))

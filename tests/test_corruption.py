@@ -1,4 +1,5 @@
 """Corruptions, imbalance and clean splits: exact counts, invariants, determinism, bad input."""
+
 import hashlib
 
 import numpy as np
@@ -10,152 +11,163 @@ C = 10
 
 
 def _balanced_labels(per_class: int, seed: int = 0) -> np.ndarray:
-  return np.random.default_rng(seed).permutation(np.repeat(np.arange(C), per_class))
+    return np.random.default_rng(seed).permutation(np.repeat(np.arange(C), per_class))
 
 
 def _id_images(n: int, offset: int) -> np.ndarray:
-  """n x 2 x 2 x 1 uint8 images whose pixels spell the id offset + i (base 256)."""
-  ids = np.arange(n, dtype=np.int64) + offset
-  digits = np.stack([(ids >> (8 * k)) & 255 for k in range(4)], axis=1).astype(np.uint8)
-  return digits.reshape(n, 2, 2, 1)
+    """n x 2 x 2 x 1 uint8 images whose pixels spell the id offset + i (base 256)."""
+    ids = np.arange(n, dtype=np.int64) + offset
+    digits = np.stack([(ids >> (8 * k)) & 255 for k in range(4)], axis=1).astype(np.uint8)
+    return digits.reshape(n, 2, 2, 1)
 
 
 def _ids(images: np.ndarray) -> np.ndarray:
-  d = images.reshape(len(images), 4).astype(np.int64)
-  return sum(d[:, k] << (8 * k) for k in range(4))
+    d = images.reshape(len(images), 4).astype(np.int64)
+    return sum(d[:, k] << (8 * k) for k in range(4))
 
 
 def _digest(*arrays) -> str:
-  h = hashlib.sha256()
-  for a in arrays:
-    h.update(np.ascontiguousarray(a).tobytes())
-  return h.hexdigest()[:16]
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- uniform flip
 
 
-@pytest.mark.parametrize("n,ratio,expected", [
-    (10000, 0.4, 4000), (10000, 0.0, 0), (10000, 1.0, 10000), (7, 0.5, 4), (9, 0.5, 5),
-    (1000, 0.2345, 235), (3, 1 / 3, 1)])
+@pytest.mark.parametrize(
+    "n,ratio,expected",
+    [
+        (10000, 0.4, 4000),
+        (10000, 0.0, 0),
+        (10000, 1.0, 10000),
+        (7, 0.5, 4),
+        (9, 0.5, 5),
+        (1000, 0.2345, 235),
+        (3, 1 / 3, 1),
+    ],
+)
 def test_uniform_flip_exact_count_and_never_true_label(n, ratio, expected):
-  true = np.arange(n) % C
-  c = corruption.uniform_flip(true, C, ratio, seed=3)
-  assert corruption.num_chosen(ratio, n) == expected
-  assert int(c.is_noisy.sum()) == expected
-  np.testing.assert_array_equal(c.true_labels, true)
-  np.testing.assert_array_equal(c.is_noisy, c.labels != c.true_labels)
-  assert not np.any(c.labels[c.is_noisy] == true[c.is_noisy])
-  assert c.labels.dtype == np.int32 and c.true_labels.dtype == np.int32
-  assert c.is_noisy.dtype == bool
+    true = np.arange(n) % C
+    c = corruption.uniform_flip(true, C, ratio, seed=3)
+    assert corruption.num_chosen(ratio, n) == expected
+    assert int(c.is_noisy.sum()) == expected
+    np.testing.assert_array_equal(c.true_labels, true)
+    np.testing.assert_array_equal(c.is_noisy, c.labels != c.true_labels)
+    assert not np.any(c.labels[c.is_noisy] == true[c.is_noisy])
+    assert c.labels.dtype == np.int32 and c.true_labels.dtype == np.int32
+    assert c.is_noisy.dtype == bool
 
 
 def test_uniform_flip_every_other_class_receives_flips():
-  true = _balanced_labels(1000)
-  c = corruption.uniform_flip(true, C, 0.4, seed=0)
-  pairs = np.zeros((C, C), np.int64)
-  np.add.at(pairs, (c.true_labels[c.is_noisy], c.labels[c.is_noisy]), 1)
-  assert np.all(np.diag(pairs) == 0)
-  assert np.all(pairs[~np.eye(C, dtype=bool)] > 0)
-  assert pairs.sum() == 4000
+    true = _balanced_labels(1000)
+    c = corruption.uniform_flip(true, C, 0.4, seed=0)
+    pairs = np.zeros((C, C), np.int64)
+    np.add.at(pairs, (c.true_labels[c.is_noisy], c.labels[c.is_noisy]), 1)
+    assert np.all(np.diag(pairs) == 0)
+    assert np.all(pairs[~np.eye(C, dtype=bool)] > 0)
+    assert pairs.sum() == 4000
 
 
 def test_official_convention_draws_from_0_to_c_minus_2_and_may_keep_label():
-  true = _balanced_labels(500)
-  ours = corruption.uniform_flip(true, C, 0.4, seed=5)
-  official = corruption.uniform_flip(true, C, 0.4, seed=5, official_convention=True)
-  chosen = ours.is_noisy  # Same seed -> same chosen rows; ours always changes the label.
-  assert chosen.sum() == 2000
-  np.testing.assert_array_equal(official.labels[~chosen], true[~chosen])
-  assert official.labels[chosen].max() == C - 2  # Class C-1 never produced.
-  kept = chosen & (official.labels == true)
-  assert kept.sum() > 0  # Some chosen rows keep their true label ...
-  np.testing.assert_array_equal(official.is_noisy, chosen & ~kept)  # ... and are not noisy.
-  assert official.is_noisy.sum() == 2000 - kept.sum()
+    true = _balanced_labels(500)
+    ours = corruption.uniform_flip(true, C, 0.4, seed=5)
+    official = corruption.uniform_flip(true, C, 0.4, seed=5, official_convention=True)
+    chosen = ours.is_noisy  # Same seed -> same chosen rows; ours always changes the label.
+    assert chosen.sum() == 2000
+    np.testing.assert_array_equal(official.labels[~chosen], true[~chosen])
+    assert official.labels[chosen].max() == C - 2  # Class C-1 never produced.
+    kept = chosen & (official.labels == true)
+    assert kept.sum() > 0  # Some chosen rows keep their true label ...
+    np.testing.assert_array_equal(official.is_noisy, chosen & ~kept)  # ... and are not noisy.
+    assert official.is_noisy.sum() == 2000 - kept.sum()
 
 
 # ----------------------------------------------------------------------------- background flip
 
 
 def test_background_flip_counts_and_class_b_stays_clean():
-  true = _balanced_labels(300)
-  b = 3
-  c = corruption.background_flip(true, C, 0.4, seed=7, background_class=b)
-  chosen = corruption.uniform_flip(true, C, 0.4, seed=7).is_noisy  # Same chosen rows.
-  assert chosen.sum() == 1200
-  np.testing.assert_array_equal(c.labels[chosen], np.full(1200, b))
-  np.testing.assert_array_equal(c.labels[~chosen], true[~chosen])
-  np.testing.assert_array_equal(c.is_noisy, chosen & (true != b))
-  assert int(c.is_noisy.sum()) == 1200 - int(np.sum(chosen & (true == b)))
-  assert not np.any(c.is_noisy[true == b])  # Class b: never noisy, never counted.
-  assert np.all(c.labels[c.is_noisy] == b)
+    true = _balanced_labels(300)
+    b = 3
+    c = corruption.background_flip(true, C, 0.4, seed=7, background_class=b)
+    chosen = corruption.uniform_flip(true, C, 0.4, seed=7).is_noisy  # Same chosen rows.
+    assert chosen.sum() == 1200
+    np.testing.assert_array_equal(c.labels[chosen], np.full(1200, b))
+    np.testing.assert_array_equal(c.labels[~chosen], true[~chosen])
+    np.testing.assert_array_equal(c.is_noisy, chosen & (true != b))
+    assert int(c.is_noisy.sum()) == 1200 - int(np.sum(chosen & (true == b)))
+    assert not np.any(c.is_noisy[true == b])  # Class b: never noisy, never counted.
+    assert np.all(c.labels[c.is_noisy] == b)
 
 
 def test_background_flip_seeded_class():
-  true = _balanced_labels(100)
-  a = corruption.background_flip(true, C, 0.5, seed=11)
-  again = corruption.background_flip(true, C, 0.5, seed=11)
-  np.testing.assert_array_equal(a.labels, again.labels)
-  assert np.unique(a.labels[a.is_noisy]).size == 1  # One background class ...
-  backgrounds = set()
-  for seed in range(20):
-    c = corruption.background_flip(true, C, 0.5, seed=seed)
-    backgrounds.add(int(c.labels[c.is_noisy][0]))
-  assert len(backgrounds) > 1  # ... picked by the seed.
+    true = _balanced_labels(100)
+    a = corruption.background_flip(true, C, 0.5, seed=11)
+    again = corruption.background_flip(true, C, 0.5, seed=11)
+    np.testing.assert_array_equal(a.labels, again.labels)
+    assert np.unique(a.labels[a.is_noisy]).size == 1  # One background class ...
+    backgrounds = set()
+    for seed in range(20):
+        c = corruption.background_flip(true, C, 0.5, seed=seed)
+        backgrounds.add(int(c.labels[c.is_noisy][0]))
+    assert len(backgrounds) > 1  # ... picked by the seed.
 
 
 # ----------------------------------------------------------------------------- imbalance
 
 
-@pytest.mark.parametrize("p,n_nine", [(0.9, 4500), (0.95, 4750), (0.98, 4900), (0.99, 4950),
-                                      (0.995, 4975)])
+@pytest.mark.parametrize(
+    "p,n_nine", [(0.9, 4500), (0.95, 4750), (0.98, 4900), (0.99, 4950), (0.995, 4975)]
+)
 def test_imbalance_subset_exact_counts(p, n_nine):
-  labels = _balanced_labels(6000)
-  s = corruption.imbalance_subset(labels, majority_fraction=p, seed=0)
-  assert s.classes == (4, 9)
-  assert s.index.size == 5000 and np.unique(s.index).size == 5000
-  assert np.all(np.diff(s.index) > 0)
-  np.testing.assert_array_equal(np.bincount(labels[s.index], minlength=C)[[4, 9]],
-                                [5000 - n_nine, n_nine])
-  np.testing.assert_array_equal(s.labels, (labels[s.index] == 9).astype(np.int32))
+    labels = _balanced_labels(6000)
+    s = corruption.imbalance_subset(labels, majority_fraction=p, seed=0)
+    assert s.classes == (4, 9)
+    assert s.index.size == 5000 and np.unique(s.index).size == 5000
+    assert np.all(np.diff(s.index) > 0)
+    np.testing.assert_array_equal(
+        np.bincount(labels[s.index], minlength=C)[[4, 9]], [5000 - n_nine, n_nine]
+    )
+    np.testing.assert_array_equal(s.labels, (labels[s.index] == 9).astype(np.int32))
 
 
 def test_imbalance_balanced_is_half_half():
-  labels = _balanced_labels(50)
-  s = corruption.imbalance_subset(labels, majority_fraction=0.5, seed=1, num_examples=100)
-  np.testing.assert_array_equal(np.bincount(s.labels), [50, 50])
+    labels = _balanced_labels(50)
+    s = corruption.imbalance_subset(labels, majority_fraction=0.5, seed=1, num_examples=100)
+    np.testing.assert_array_equal(np.bincount(s.labels), [50, 50])
 
 
 @pytest.mark.parametrize("p", [0.0, 1.0, 1.5, -0.1, True])
 def test_imbalance_fraction_outside_open_interval_raises(p):
-  with pytest.raises(ValueError, match=rf"majority_fraction.*\(0, 1\).*{p!r}"):
-    corruption.imbalance_subset(_balanced_labels(10), majority_fraction=p, seed=0)
+    with pytest.raises(ValueError, match=rf"majority_fraction.*\(0, 1\).*{p!r}"):
+        corruption.imbalance_subset(_balanced_labels(10), majority_fraction=p, seed=0)
 
 
 def test_imbalance_not_enough_examples_raises():
-  with pytest.raises(ValueError, match="needs 4500 examples of class 9, but only 100"):
-    corruption.imbalance_subset(_balanced_labels(100), majority_fraction=0.9, seed=0)
+    with pytest.raises(ValueError, match="needs 4500 examples of class 9, but only 100"):
+        corruption.imbalance_subset(_balanced_labels(100), majority_fraction=0.9, seed=0)
 
 
 # ----------------------------------------------------------------------------- clean split
 
 
 def test_clean_split_balanced_disjoint_and_complete():
-  labels = _balanced_labels(37)
-  clean, rest = corruption.clean_split(labels, 10, seed=2)
-  np.testing.assert_array_equal(np.bincount(labels[clean], minlength=C), np.full(C, 10))
-  assert np.intersect1d(clean, rest).size == 0
-  np.testing.assert_array_equal(np.sort(np.concatenate([clean, rest])), np.arange(labels.size))
+    labels = _balanced_labels(37)
+    clean, rest = corruption.clean_split(labels, 10, seed=2)
+    np.testing.assert_array_equal(np.bincount(labels[clean], minlength=C), np.full(C, 10))
+    assert np.intersect1d(clean, rest).size == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([clean, rest])), np.arange(labels.size))
 
 
 def test_clean_split_k_larger_than_a_class_raises():
-  labels = np.concatenate([np.zeros(5, int), np.ones(3, int)])
-  with pytest.raises(ValueError, match=r"k_per_class=4 is larger than class 1 has \(3"):
-    corruption.clean_split(labels, 4, seed=0)
-  with pytest.raises(ValueError, match=r"k_per_class.*>= 1.*got 0"):
-    corruption.clean_split(labels, 0, seed=0)
-  with pytest.raises(ValueError, match="class 2 has"):  # A class with no example at all.
-    corruption.clean_split(labels, 1, seed=0, num_classes=3)
+    labels = np.concatenate([np.zeros(5, int), np.ones(3, int)])
+    with pytest.raises(ValueError, match=r"k_per_class=4 is larger than class 1 has \(3"):
+        corruption.clean_split(labels, 4, seed=0)
+    with pytest.raises(ValueError, match=r"k_per_class.*>= 1.*got 0"):
+        corruption.clean_split(labels, 0, seed=0)
+    with pytest.raises(ValueError, match="class 2 has"):  # A class with no example at all.
+        corruption.clean_split(labels, 1, seed=0, num_classes=3)
 
 
 # ----------------------------------------------------------------------------- make_splits
@@ -163,101 +175,103 @@ def test_clean_split_k_larger_than_a_class_raises():
 
 @pytest.fixture(scope="module")
 def source():
-  """60000 train rows (6000 per class) and 10000 test rows, images spelling their row id."""
-  y_train = _balanced_labels(6000, seed=1)
-  y_test = _balanced_labels(1000, seed=2)
-  y_test[np.flatnonzero(y_test == 4)[:30]] = 0  # Make the 4-vs-9 test set unbalanced.
-  return _id_images(60000, 0), y_train, _id_images(10000, 1_000_000), y_test
+    """60000 train rows (6000 per class) and 10000 test rows, images spelling their row id."""
+    y_train = _balanced_labels(6000, seed=1)
+    y_test = _balanced_labels(1000, seed=2)
+    y_test[np.flatnonzero(y_test == 4)[:30]] = 0  # Make the 4-vs-9 test set unbalanced.
+    return _id_images(60000, 0), y_train, _id_images(10000, 1_000_000), y_test
 
 
 def _splits(source, **kw):
-  x_tr, y_tr, x_te, y_te = source
-  kw = {"num_classes": C, "clean_per_class": 100, "seed": 0, **kw}
-  return corruption.make_splits(x_tr, y_tr, x_te, y_te, **kw)
+    x_tr, y_tr, x_te, y_te = source
+    kw = {"num_classes": C, "clean_per_class": 100, "seed": 0, **kw}
+    return corruption.make_splits(x_tr, y_tr, x_te, y_te, **kw)
 
 
 def _check_clean_and_disjoint(s, source, clean_per_class, num_classes):
-  x_tr, y_tr, x_te, _ = source
-  np.testing.assert_array_equal(np.bincount(s.clean_labels, minlength=num_classes),
-                                np.full(num_classes, clean_per_class))
-  clean_ids, train_ids, test_ids = _ids(s.clean_x), _ids(s.train_x), _ids(s.test_x)
-  assert np.intersect1d(clean_ids, train_ids).size == 0
-  assert np.intersect1d(clean_ids, test_ids).size == 0
-  assert np.intersect1d(train_ids, test_ids).size == 0
-  np.testing.assert_array_equal(clean_ids, s.clean_source_index)
-  np.testing.assert_array_equal(train_ids, s.train_source_index)
-  np.testing.assert_array_equal(test_ids, s.test_source_index + 1_000_000)
-  source_labels = np.asarray(s.source_classes)
-  # Never corrupted: clean labels are the (relabelled) source labels of those rows.
-  np.testing.assert_array_equal(source_labels[s.clean_labels], y_tr[s.clean_source_index])
-  np.testing.assert_array_equal(source_labels[s.train_true_labels], y_tr[s.train_source_index])
+    x_tr, y_tr, x_te, _ = source
+    np.testing.assert_array_equal(
+        np.bincount(s.clean_labels, minlength=num_classes), np.full(num_classes, clean_per_class)
+    )
+    clean_ids, train_ids, test_ids = _ids(s.clean_x), _ids(s.train_x), _ids(s.test_x)
+    assert np.intersect1d(clean_ids, train_ids).size == 0
+    assert np.intersect1d(clean_ids, test_ids).size == 0
+    assert np.intersect1d(train_ids, test_ids).size == 0
+    np.testing.assert_array_equal(clean_ids, s.clean_source_index)
+    np.testing.assert_array_equal(train_ids, s.train_source_index)
+    np.testing.assert_array_equal(test_ids, s.test_source_index + 1_000_000)
+    source_labels = np.asarray(s.source_classes)
+    # Never corrupted: clean labels are the (relabelled) source labels of those rows.
+    np.testing.assert_array_equal(source_labels[s.clean_labels], y_tr[s.clean_source_index])
+    np.testing.assert_array_equal(source_labels[s.train_true_labels], y_tr[s.train_source_index])
 
 
 def test_make_splits_uniform(source):
-  s = _splits(source, noise="uniform", ratio=0.4)
-  _check_clean_and_disjoint(s, source, 100, C)
-  assert len(s.train_labels) == 59000 and s.train_is_noisy.sum() == 23600
-  np.testing.assert_array_equal(s.train_is_noisy, s.train_labels != s.train_true_labels)
-  assert len(s.test_labels) == 10000
-  np.testing.assert_array_equal(s.test_labels, source[3])
-  stats = corruption.split_stats(s)
-  assert stats["num_noisy"] == 23600 and stats["clean_per_class"] == [100] * C
-  assert stats["num_train"] == 59000 and stats["num_test"] == 10000
+    s = _splits(source, noise="uniform", ratio=0.4)
+    _check_clean_and_disjoint(s, source, 100, C)
+    assert len(s.train_labels) == 59000 and s.train_is_noisy.sum() == 23600
+    np.testing.assert_array_equal(s.train_is_noisy, s.train_labels != s.train_true_labels)
+    assert len(s.test_labels) == 10000
+    np.testing.assert_array_equal(s.test_labels, source[3])
+    stats = corruption.split_stats(s)
+    assert stats["num_noisy"] == 23600 and stats["clean_per_class"] == [100] * C
+    assert stats["num_train"] == 59000 and stats["num_test"] == 10000
 
 
 def test_make_splits_background(source):
-  s = _splits(source, noise="background", ratio=0.4, clean_per_class=10)
-  _check_clean_and_disjoint(s, source, 10, C)
-  b = s.background_class
-  assert 0 <= b < C
-  true = s.train_true_labels
-  assert len(true) == 59900
-  # make_splits corrupts with sub-seed [seed, 1]; uniform_flip with it marks the chosen rows.
-  chosen = corruption.uniform_flip(true, C, 0.4, [0, 1]).is_noisy
-  assert chosen.sum() == 23960
-  np.testing.assert_array_equal(s.train_labels[chosen], np.full(23960, b))
-  np.testing.assert_array_equal(s.train_labels[~chosen], true[~chosen])
-  np.testing.assert_array_equal(s.train_is_noisy, chosen & (true != b))
-  assert s.train_is_noisy.sum() == 23960 - np.sum(chosen & (true == b))
-  assert not np.any(s.train_is_noisy[true == b])
-  given = _splits(source, noise="background", ratio=0.4, clean_per_class=10, background_class=7)
-  assert given.background_class == 7 and np.all(given.train_labels[given.train_is_noisy] == 7)
+    s = _splits(source, noise="background", ratio=0.4, clean_per_class=10)
+    _check_clean_and_disjoint(s, source, 10, C)
+    b = s.background_class
+    assert 0 <= b < C
+    true = s.train_true_labels
+    assert len(true) == 59900
+    # make_splits corrupts with sub-seed [seed, 1]; uniform_flip with it marks the chosen rows.
+    chosen = corruption.uniform_flip(true, C, 0.4, [0, 1]).is_noisy
+    assert chosen.sum() == 23960
+    np.testing.assert_array_equal(s.train_labels[chosen], np.full(23960, b))
+    np.testing.assert_array_equal(s.train_labels[~chosen], true[~chosen])
+    np.testing.assert_array_equal(s.train_is_noisy, chosen & (true != b))
+    assert s.train_is_noisy.sum() == 23960 - np.sum(chosen & (true == b))
+    assert not np.any(s.train_is_noisy[true == b])
+    given = _splits(source, noise="background", ratio=0.4, clean_per_class=10, background_class=7)
+    assert given.background_class == 7 and np.all(given.train_labels[given.train_is_noisy] == 7)
 
 
 @pytest.mark.parametrize("p,n_nine", [(0.9, 4500), (0.995, 4975)])
 def test_make_splits_imbalance(source, p, n_nine):
-  s = _splits(source, noise="imbalance", majority_fraction=p, clean_per_class=5)
-  _check_clean_and_disjoint(s, source, 5, 2)
-  assert s.num_classes == 2 and s.source_classes == (4, 9)
-  np.testing.assert_array_equal(np.bincount(s.train_labels, minlength=2), [5000 - n_nine, n_nine])
-  assert not s.train_is_noisy.any()
-  y_te = source[3]
-  m = min(np.sum(y_te == 4), np.sum(y_te == 9))
-  assert m < max(np.sum(y_te == 4), np.sum(y_te == 9))  # The source test set is unbalanced ...
-  np.testing.assert_array_equal(np.bincount(s.test_labels), [m, m])  # ... ours is balanced.
-  np.testing.assert_array_equal(np.asarray((4, 9))[s.test_labels], y_te[s.test_source_index])
+    s = _splits(source, noise="imbalance", majority_fraction=p, clean_per_class=5)
+    _check_clean_and_disjoint(s, source, 5, 2)
+    assert s.num_classes == 2 and s.source_classes == (4, 9)
+    np.testing.assert_array_equal(np.bincount(s.train_labels, minlength=2), [5000 - n_nine, n_nine])
+    assert not s.train_is_noisy.any()
+    y_te = source[3]
+    m = min(np.sum(y_te == 4), np.sum(y_te == 9))
+    assert m < max(np.sum(y_te == 4), np.sum(y_te == 9))  # The source test set is unbalanced ...
+    np.testing.assert_array_equal(np.bincount(s.test_labels), [m, m])  # ... ours is balanced.
+    np.testing.assert_array_equal(np.asarray((4, 9))[s.test_labels], y_te[s.test_source_index])
 
 
 def test_same_seed_same_splits_different_seed_different(source):
-  a = _splits(source, noise="uniform", ratio=0.4)
-  b = _splits(source, noise="uniform", ratio=0.4)
-  c = _splits(source, noise="uniform", ratio=0.4, seed=1)
-  for name in ("train_labels", "train_source_index", "clean_source_index", "train_is_noisy"):
-    np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-  assert not np.array_equal(a.clean_source_index, c.clean_source_index)
-  assert not np.array_equal(a.train_is_noisy, c.train_is_noisy)
+    a = _splits(source, noise="uniform", ratio=0.4)
+    b = _splits(source, noise="uniform", ratio=0.4)
+    c = _splits(source, noise="uniform", ratio=0.4, seed=1)
+    for name in ("train_labels", "train_source_index", "clean_source_index", "train_is_noisy"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert not np.array_equal(a.clean_source_index, c.clean_source_index)
+    assert not np.array_equal(a.train_is_noisy, c.train_is_noisy)
 
 
 def test_pinned_outputs_do_not_change_across_runs():
-  """Regression pins: these digests were recorded from this code; a change in numpy's streams
-  or in our sampling would change the splits of every published run, so it must be noticed."""
-  true = np.arange(60) % 6
-  u = corruption.uniform_flip(true, 6, 0.4, seed=123)
-  bg = corruption.background_flip(true, 6, 0.4, seed=123)
-  clean, rest = corruption.clean_split(true, 3, seed=123)
-  imb = corruption.imbalance_subset(np.arange(200) % 10, majority_fraction=0.9, seed=123,
-                                    num_examples=20)
-  assert _digest(u.labels, bg.labels, clean, rest, imb.index) == PINNED_DIGEST
+    """Regression pins: these digests were recorded from this code; a change in numpy's streams
+    or in our sampling would change the splits of every published run, so it must be noticed."""
+    true = np.arange(60) % 6
+    u = corruption.uniform_flip(true, 6, 0.4, seed=123)
+    bg = corruption.background_flip(true, 6, 0.4, seed=123)
+    clean, rest = corruption.clean_split(true, 3, seed=123)
+    imb = corruption.imbalance_subset(
+        np.arange(200) % 10, majority_fraction=0.9, seed=123, num_examples=20
+    )
+    assert _digest(u.labels, bg.labels, clean, rest, imb.index) == PINNED_DIGEST
 
 
 PINNED_DIGEST = "c04762c963032be4"
@@ -266,55 +280,72 @@ PINNED_DIGEST = "c04762c963032be4"
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"noise": "uniform", "ratio": 1.2}, r"ratio must be a number in \[0, 1\], got 1.2"),
-    ({"noise": "uniform", "ratio": -0.1}, r"ratio.*got -0.1"),
-    ({"noise": "none", "ratio": 0.3}, r"ratio=0.3 only applies"),
-    ({"noise": "salt"}, r"noise must be one of .*'salt'"),
-    ({"clean_per_class": 6001},
-     r"k_per_class=6001 is larger than class 0 has \(6000 examples\); allowed: 1 <= k_per_class "
-     r"<= 6000"),
-    ({"clean_per_class": 0}, r"clean_per_class must be an integer >= 1, got 0"),
-    ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
-    ({"noise": "imbalance", "majority_fraction": 1.0}, r"majority_fraction.*\(0, 1\), got 1.0"),
-    ({"noise": "imbalance", "majority_fraction": 0}, r"majority_fraction.*got 0"),
-    ({"noise": "imbalance"}, r"majority_fraction.*got None"),
-    ({"noise": "uniform", "ratio": 0.1, "majority_fraction": 0.9}, r"majority_fraction=0.9 only"),
-    ({"noise": "background", "ratio": 0.1, "background_class": 10},
-     r"background_class must be an integer in \[0, 10\), got 10"),
-    ({"noise": "uniform", "ratio": 0.1, "background_class": 1}, r"background_class=1 only"),
-    ({"noise": "background", "ratio": 0.1, "official_convention": True}, r"official_convention"),
-    ({"noise": "imbalance", "majority_fraction": 0.5, "num_train": 20000},
-     r"needs 10\d\d\d training examples of class \d, only 6000"),
-    ({"noise": "imbalance", "majority_fraction": 0.5, "majority_class": 12},
-     r"majority_class must be in \[0, 10\).*12"),
-    ({"num_classes": 5}, r"y_train must lie in \[0, 5\)"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"noise": "uniform", "ratio": 1.2}, r"ratio must be a number in \[0, 1\], got 1.2"),
+        ({"noise": "uniform", "ratio": -0.1}, r"ratio.*got -0.1"),
+        ({"noise": "none", "ratio": 0.3}, r"ratio=0.3 only applies"),
+        ({"noise": "salt"}, r"noise must be one of .*'salt'"),
+        (
+            {"clean_per_class": 6001},
+            r"k_per_class=6001 is larger than class 0 has \(6000 examples\); allowed: 1 <= k_per_class "
+            r"<= 6000",
+        ),
+        ({"clean_per_class": 0}, r"clean_per_class must be an integer >= 1, got 0"),
+        ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
+        ({"noise": "imbalance", "majority_fraction": 1.0}, r"majority_fraction.*\(0, 1\), got 1.0"),
+        ({"noise": "imbalance", "majority_fraction": 0}, r"majority_fraction.*got 0"),
+        ({"noise": "imbalance"}, r"majority_fraction.*got None"),
+        (
+            {"noise": "uniform", "ratio": 0.1, "majority_fraction": 0.9},
+            r"majority_fraction=0.9 only",
+        ),
+        (
+            {"noise": "background", "ratio": 0.1, "background_class": 10},
+            r"background_class must be an integer in \[0, 10\), got 10",
+        ),
+        ({"noise": "uniform", "ratio": 0.1, "background_class": 1}, r"background_class=1 only"),
+        (
+            {"noise": "background", "ratio": 0.1, "official_convention": True},
+            r"official_convention",
+        ),
+        (
+            {"noise": "imbalance", "majority_fraction": 0.5, "num_train": 20000},
+            r"needs 10\d\d\d training examples of class \d, only 6000",
+        ),
+        (
+            {"noise": "imbalance", "majority_fraction": 0.5, "majority_class": 12},
+            r"majority_class must be in \[0, 10\).*12",
+        ),
+        ({"num_classes": 5}, r"y_train must lie in \[0, 5\)"),
+    ],
+)
 def test_make_splits_bad_input_raises(source, kw, match):
-  with pytest.raises(ValueError, match=match):
-    _splits(source, **kw)
+    with pytest.raises(ValueError, match=match):
+        _splits(source, **kw)
 
 
 def test_make_splits_bad_arrays_raise(source):
-  x_tr, y_tr, x_te, y_te = source
-  kw = {"num_classes": C, "clean_per_class": 1, "seed": 0}
-  with pytest.raises(ValueError, match=r"x_train must be a uint8 .* float32"):
-    corruption.make_splits(x_tr.astype(np.float32), y_tr, x_te, y_te, **kw)
-  with pytest.raises(ValueError, match=r"same length: x_train 60000 vs y_train 59999"):
-    corruption.make_splits(x_tr, y_tr[1:], x_te, y_te, **kw)
-  with pytest.raises(ValueError, match=r"y_test must lie in \[0, 10\).*\[-1\]"):
-    corruption.make_splits(x_tr, y_tr, x_te, np.where(y_te == 0, -1, y_te), **kw)
-  with pytest.raises(ValueError, match=r"y_train must be a 1-D integer array.*float"):
-    corruption.make_splits(x_tr, y_tr.astype(float), x_te, y_te, **kw)
+    x_tr, y_tr, x_te, y_te = source
+    kw = {"num_classes": C, "clean_per_class": 1, "seed": 0}
+    with pytest.raises(ValueError, match=r"x_train must be a uint8 .* float32"):
+        corruption.make_splits(x_tr.astype(np.float32), y_tr, x_te, y_te, **kw)
+    with pytest.raises(ValueError, match=r"same length: x_train 60000 vs y_train 59999"):
+        corruption.make_splits(x_tr, y_tr[1:], x_te, y_te, **kw)
+    with pytest.raises(ValueError, match=r"y_test must lie in \[0, 10\).*\[-1\]"):
+        corruption.make_splits(x_tr, y_tr, x_te, np.where(y_te == 0, -1, y_te), **kw)
+    with pytest.raises(ValueError, match=r"y_train must be a 1-D integer array.*float"):
+        corruption.make_splits(x_tr, y_tr.astype(float), x_te, y_te, **kw)
 
 
 @pytest.mark.parametrize("fn", [corruption.uniform_flip, corruption.background_flip])
 @pytest.mark.parametrize("ratio", [1.01, -0.5, float("nan"), "0.4"])
 def test_flip_ratio_outside_unit_interval_raises(fn, ratio):
-  with pytest.raises(ValueError, match=r"ratio must be a number in \[0, 1\]"):
-    fn(np.arange(10) % 5, 5, ratio, 0)
+    with pytest.raises(ValueError, match=r"ratio must be a number in \[0, 1\]"):
+        fn(np.arange(10) % 5, 5, ratio, 0)
 
 
 def test_flip_labels_out_of_range_raise():
-  with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\).*\[7\]"):
-    corruption.uniform_flip(np.array([0, 1, 7]), 5, 0.5, 0)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\).*\[7\]"):
+        corruption.uniform_flip(np.array([0, 1, 7]), 5, 0.5, 0)

@@ -11,6 +11,7 @@ Four questions, each a module, all on the pure model interface of `l2rw_jax.mode
 
 `run_audit` runs them all and writes the report.
 """
+
 from l2rw_jax.audit import attacks
 from l2rw_jax.audit import common
 from l2rw_jax.audit import criticism

@@ -20,6 +20,7 @@ every eps_j <= eps_k: robust accuracy never rises with eps, and eps = 0 gives th
 (all candidates equal x). Each candidate is a genuine perturbation inside the ball, so the
 reported numbers remain valid upper bounds on the true robust accuracy — only tighter ones.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,192 +36,279 @@ from l2rw_jax.audit import common
 
 
 def _bounds(mean_C, std_C):
-  inv_std_1x1x1xC = (1.0 / std_C).reshape(1, 1, 1, -1)
-  lo_1x1x1xC = ((0.0 - mean_C) / std_C).reshape(1, 1, 1, -1)
-  hi_1x1x1xC = ((1.0 - mean_C) / std_C).reshape(1, 1, 1, -1)
-  return inv_std_1x1x1xC, lo_1x1x1xC, hi_1x1x1xC
+    inv_std_1x1x1xC = (1.0 / std_C).reshape(1, 1, 1, -1)
+    lo_1x1x1xC = ((0.0 - mean_C) / std_C).reshape(1, 1, 1, -1)
+    hi_1x1x1xC = ((1.0 - mean_C) / std_C).reshape(1, 1, 1, -1)
+    return inv_std_1x1x1xC, lo_1x1x1xC, hi_1x1x1xC
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def attack_batch(apply_fn, steps: int, random_start: bool, params, model_state, x_BxHxWxC, y_B,
-                 eps_B, step_size, mean_C, std_C, key):
-  """FGSM and PGD on one batch with a per-example radius `eps_B` (raw pixel units).
+def attack_batch(
+    apply_fn,
+    steps: int,
+    random_start: bool,
+    params,
+    model_state,
+    x_BxHxWxC,
+    y_B,
+    eps_B,
+    step_size,
+    mean_C,
+    std_C,
+    key,
+):
+    """FGSM and PGD on one batch with a per-example radius `eps_B` (raw pixel units).
 
-  Args:
-    apply_fn: pure apply function (static: one compilation per function, steps, flag and shape).
-    steps: PGD iterations T.
-    random_start: start PGD from a uniform point of the ball instead of x.
-    x_BxHxWxC: normalised images; y_B: reference labels (the class to push the example out of).
-    eps_B: radius per example; step_size: PGD step as a fraction of eps (a = step_size * eps).
-    mean_C, std_C: normalisation of the images (see module docstring).
-    key: PRNG key for the random start.
+    Args:
+      apply_fn: pure apply function (static: one compilation per function, steps, flag and shape).
+      steps: PGD iterations T.
+      random_start: start PGD from a uniform point of the ball instead of x.
+      x_BxHxWxC: normalised images; y_B: reference labels (the class to push the example out of).
+      eps_B: radius per example; step_size: PGD step as a fraction of eps (a = step_size * eps).
+      mean_C, std_C: normalisation of the images (see module docstring).
+      key: PRNG key for the random start.
 
-  Returns:
-    dict of `clean_correct_B`, `fgsm_correct_B`, `pgd_correct_B` (bool, "not fooled by any
-    candidate so far", so pgd <= fgsm <= clean elementwise) and `x_adv` (the first candidate
-    that fooled the model — the FGSM point first, then the PGD iterates in order — else the last
-    PGD iterate).
-  """
-  inv_std, lo, hi = _bounds(mean_C, std_C)
-  eps_4d = eps_B.reshape(-1, 1, 1, 1) * inv_std
-  alpha_4d = step_size * eps_4d
-  x_min, x_max = jnp.maximum(x_BxHxWxC - eps_4d, lo), jnp.minimum(x_BxHxWxC + eps_4d, hi)
+    Returns:
+      dict of `clean_correct_B`, `fgsm_correct_B`, `pgd_correct_B` (bool, "not fooled by any
+      candidate so far", so pgd <= fgsm <= clean elementwise) and `x_adv` (the first candidate
+      that fooled the model — the FGSM point first, then the PGD iterates in order — else the last
+      PGD iterate).
+    """
+    inv_std, lo, hi = _bounds(mean_C, std_C)
+    eps_4d = eps_B.reshape(-1, 1, 1, 1) * inv_std
+    alpha_4d = step_size * eps_4d
+    x_min, x_max = jnp.maximum(x_BxHxWxC - eps_4d, lo), jnp.minimum(x_BxHxWxC + eps_4d, hi)
 
-  def loss_and_pred(x):
-    logits_BxC, _ = apply_fn(params, model_state, x, False)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits_BxC.astype(jnp.float32), y_B)
-    return jnp.sum(loss), jnp.argmax(logits_BxC, axis=-1)
+    def loss_and_pred(x):
+        logits_BxC, _ = apply_fn(params, model_state, x, False)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits_BxC.astype(jnp.float32), y_B)
+        return jnp.sum(loss), jnp.argmax(logits_BxC, axis=-1)
 
-  grad_fn = jax.grad(loss_and_pred, has_aux=True)
-  g0, pred0 = grad_fn(x_BxHxWxC)
-  clean_correct = pred0 == y_B
-  x_fgsm = jnp.clip(x_BxHxWxC + eps_4d * jnp.sign(g0), x_min, x_max)
-  _, pred_f = loss_and_pred(x_fgsm)
-  fgsm_correct = clean_correct & (pred_f == y_B)
+    grad_fn = jax.grad(loss_and_pred, has_aux=True)
+    g0, pred0 = grad_fn(x_BxHxWxC)
+    clean_correct = pred0 == y_B
+    x_fgsm = jnp.clip(x_BxHxWxC + eps_4d * jnp.sign(g0), x_min, x_max)
+    _, pred_f = loss_and_pred(x_fgsm)
+    fgsm_correct = clean_correct & (pred_f == y_B)
 
-  if random_start:
-    u = jax.random.uniform(key, x_BxHxWxC.shape, minval=-1.0, maxval=1.0)
-    x_start = jnp.clip(x_BxHxWxC + u * eps_4d, x_min, x_max)
-  else:
-    x_start = x_BxHxWxC
-  # Before any PGD candidate is visited the best adversarial is the FGSM point if it fooled.
-  x_best = jnp.where(fgsm_correct.reshape(-1, 1, 1, 1), x_start, x_fgsm)
+    if random_start:
+        u = jax.random.uniform(key, x_BxHxWxC.shape, minval=-1.0, maxval=1.0)
+        x_start = jnp.clip(x_BxHxWxC + u * eps_4d, x_min, x_max)
+    else:
+        x_start = x_BxHxWxC
+    # Before any PGD candidate is visited the best adversarial is the FGSM point if it fooled.
+    x_best = jnp.where(fgsm_correct.reshape(-1, 1, 1, 1), x_start, x_fgsm)
 
-  def body(carry):
-    t, x_t, correct, x_best = carry
-    g, pred = grad_fn(x_t)
-    newly_fooled = correct & (pred != y_B)
-    x_best = jnp.where(newly_fooled.reshape(-1, 1, 1, 1), x_t, x_best)
-    correct = correct & (pred == y_B)
-    x_next = jnp.clip(x_t + alpha_4d * jnp.sign(g), x_min, x_max)
-    return t + 1, x_next, correct, x_best
+    def body(carry):
+        t, x_t, correct, x_best = carry
+        g, pred = grad_fn(x_t)
+        newly_fooled = correct & (pred != y_B)
+        x_best = jnp.where(newly_fooled.reshape(-1, 1, 1, 1), x_t, x_best)
+        correct = correct & (pred == y_B)
+        x_next = jnp.clip(x_t + alpha_4d * jnp.sign(g), x_min, x_max)
+        return t + 1, x_next, correct, x_best
 
-  # Stop early once every example of the batch is fooled: later iterates cannot change any
-  # result (each example keeps its first fooling candidate), so this only saves time.
-  _, x_last, correct, x_best = jax.lax.while_loop(
-      lambda c: (c[0] < steps) & jnp.any(c[2]), body, (0, x_start, fgsm_correct, x_best))
-  _, pred_last = loss_and_pred(x_last)
-  newly_fooled = correct & (pred_last != y_B)
-  x_best = jnp.where(newly_fooled.reshape(-1, 1, 1, 1) | correct.reshape(-1, 1, 1, 1), x_last, x_best)
-  pgd_correct = correct & (pred_last == y_B)
-  return {"clean_correct": clean_correct, "fgsm_correct": fgsm_correct, "pgd_correct": pgd_correct,
-          "x_adv": x_best}
+    # Stop early once every example of the batch is fooled: later iterates cannot change any
+    # result (each example keeps its first fooling candidate), so this only saves time.
+    _, x_last, correct, x_best = jax.lax.while_loop(
+        lambda c: (c[0] < steps) & jnp.any(c[2]), body, (0, x_start, fgsm_correct, x_best)
+    )
+    _, pred_last = loss_and_pred(x_last)
+    newly_fooled = correct & (pred_last != y_B)
+    x_best = jnp.where(
+        newly_fooled.reshape(-1, 1, 1, 1) | correct.reshape(-1, 1, 1, 1), x_last, x_best
+    )
+    pgd_correct = correct & (pred_last == y_B)
+    return {
+        "clean_correct": clean_correct,
+        "fgsm_correct": fgsm_correct,
+        "pgd_correct": pgd_correct,
+        "x_adv": x_best,
+    }
 
 
 def _check_attack_args(x, y, steps, step_size, mean, std):
-  x = common.check_images(x)
-  y = common.check_labels(y, x.shape[0], None, "labels")
-  if steps < 0:
-    raise ValueError(f"steps must be >= 0, got {steps}.")
-  if not step_size > 0:
-    raise ValueError(f"step_size (a fraction of eps) must be > 0, got {step_size}.")
-  mean_C, std_C = common.channel_stats(mean, std, x.shape[-1])
-  return x, y, mean_C, std_C
+    x = common.check_images(x)
+    y = common.check_labels(y, x.shape[0], None, "labels")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    if not step_size > 0:
+        raise ValueError(f"step_size (a fraction of eps) must be > 0, got {step_size}.")
+    mean_C, std_C = common.channel_stats(mean, std, x.shape[-1])
+    return x, y, mean_C, std_C
 
 
-def robust_accuracy_curve(apply_fn, params, model_state, x: np.ndarray, y: np.ndarray,
-                          epsilons: Sequence[float], *, steps: int = 10, step_size: float = 0.25,
-                          random_start: bool = True, mean=0.0, std=1.0, seed: int = 0,
-                          batch_size: int = 256, progress: bool = True) -> dict:
-  """Accuracy under FGSM and PGD for each epsilon in an ascending list (raw pixel units).
+def robust_accuracy_curve(
+    apply_fn,
+    params,
+    model_state,
+    x: np.ndarray,
+    y: np.ndarray,
+    epsilons: Sequence[float],
+    *,
+    steps: int = 10,
+    step_size: float = 0.25,
+    random_start: bool = True,
+    mean=0.0,
+    std=1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict:
+    """Accuracy under FGSM and PGD for each epsilon in an ascending list (raw pixel units).
 
-  Robust at eps_k = not fooled by any candidate at any eps_j <= eps_k (module docstring), so the
-  curves start at the clean accuracy for eps = 0, never rise, and PGD <= FGSM pointwise.
+    Robust at eps_k = not fooled by any candidate at any eps_j <= eps_k (module docstring), so the
+    curves start at the clean accuracy for eps = 0, never rise, and PGD <= FGSM pointwise.
 
-  Returns dict: `epsilons`, `clean_accuracy`, `fgsm_accuracy` and `pgd_accuracy` (lists, one per
-  eps), `n`, and per-example `fgsm_correct_NxE`, `pgd_correct_NxE` (bool arrays).
-  """
-  x, y, mean_C, std_C = _check_attack_args(x, y, steps, step_size, mean, std)
-  eps_E = np.asarray(epsilons, np.float32).reshape(-1)
-  if eps_E.size == 0 or np.any(eps_E < 0) or np.any(np.diff(eps_E) < 0):
-    raise ValueError(f"epsilons must be a non-empty ascending list of values >= 0, got {list(epsilons)}.")
-  key = jax.random.key(seed)
-  n = len(x)
-  clean_N = None
-  fgsm_ok, pgd_ok = np.ones(n, bool), np.ones(n, bool)
-  fgsm_NxE, pgd_NxE = np.zeros((n, eps_E.size), bool), np.zeros((n, eps_E.size), bool)
-  bar = tqdm.tqdm(total=eps_E.size, desc="robust accuracy (FGSM/PGD)", leave=False,
-                  disable=not progress)
-  for e, eps in enumerate(eps_E):
-    # Only examples not yet fooled need attacking (robustness is cumulative over eps): PGD (with
-    # its FGSM candidate) where PGD has not won yet, FGSM alone where only FGSM has not.
-    # At eps = 0 every PGD iterate is x itself: no iteration needed (same result, no cost).
-    pgd_steps = steps if eps > 0 else 0
-    for rows, k, is_pgd in ((np.flatnonzero(pgd_ok), pgd_steps, True),
-                            (np.flatnonzero(fgsm_ok & ~pgd_ok), 0, False)):
-      if rows.size == 0:
-        continue
-      out = common.map_batched(
-          lambda i, xb, yb, k=k: attack_batch(
-              apply_fn, k, random_start, params, model_state, xb, yb, np.full(len(xb), eps, np.float32),
-              step_size, mean_C, std_C, jax.random.fold_in(jax.random.fold_in(key, e), i)),
-          [x[rows], y[rows]], batch_size, with_index=True)
-      if clean_N is None:  # first call: every row, clean predictions
-        clean_N = out["clean_correct"]
-      fgsm_ok[rows] &= out["fgsm_correct"]
-      if is_pgd:
-        pgd_ok[rows] &= out["pgd_correct"]
-    pgd_ok &= fgsm_ok
-    fgsm_NxE[:, e], pgd_NxE[:, e] = fgsm_ok, pgd_ok
-    bar.update(1)
-  bar.close()
-  return {"epsilons": eps_E.tolist(), "n": int(len(x)),
-          "clean_accuracy": float(clean_N.mean()),
-          "fgsm_accuracy": fgsm_NxE.mean(axis=0).tolist(),
-          "pgd_accuracy": pgd_NxE.mean(axis=0).tolist(),
-          "fgsm_correct_NxE": fgsm_NxE, "pgd_correct_NxE": pgd_NxE}
+    Returns dict: `epsilons`, `clean_accuracy`, `fgsm_accuracy` and `pgd_accuracy` (lists, one per
+    eps), `n`, and per-example `fgsm_correct_NxE`, `pgd_correct_NxE` (bool arrays).
+    """
+    x, y, mean_C, std_C = _check_attack_args(x, y, steps, step_size, mean, std)
+    eps_E = np.asarray(epsilons, np.float32).reshape(-1)
+    if eps_E.size == 0 or np.any(eps_E < 0) or np.any(np.diff(eps_E) < 0):
+        raise ValueError(
+            f"epsilons must be a non-empty ascending list of values >= 0, got {list(epsilons)}."
+        )
+    key = jax.random.key(seed)
+    n = len(x)
+    clean_N = None
+    fgsm_ok, pgd_ok = np.ones(n, bool), np.ones(n, bool)
+    fgsm_NxE, pgd_NxE = np.zeros((n, eps_E.size), bool), np.zeros((n, eps_E.size), bool)
+    bar = tqdm.tqdm(
+        total=eps_E.size, desc="robust accuracy (FGSM/PGD)", leave=False, disable=not progress
+    )
+    for e, eps in enumerate(eps_E):
+        # Only examples not yet fooled need attacking (robustness is cumulative over eps): PGD (with
+        # its FGSM candidate) where PGD has not won yet, FGSM alone where only FGSM has not.
+        # At eps = 0 every PGD iterate is x itself: no iteration needed (same result, no cost).
+        pgd_steps = steps if eps > 0 else 0
+        for rows, k, is_pgd in (
+            (np.flatnonzero(pgd_ok), pgd_steps, True),
+            (np.flatnonzero(fgsm_ok & ~pgd_ok), 0, False),
+        ):
+            if rows.size == 0:
+                continue
+            out = common.map_batched(
+                lambda i, xb, yb, k=k: attack_batch(
+                    apply_fn,
+                    k,
+                    random_start,
+                    params,
+                    model_state,
+                    xb,
+                    yb,
+                    np.full(len(xb), eps, np.float32),
+                    step_size,
+                    mean_C,
+                    std_C,
+                    jax.random.fold_in(jax.random.fold_in(key, e), i),
+                ),
+                [x[rows], y[rows]],
+                batch_size,
+                with_index=True,
+            )
+            if clean_N is None:  # first call: every row, clean predictions
+                clean_N = out["clean_correct"]
+            fgsm_ok[rows] &= out["fgsm_correct"]
+            if is_pgd:
+                pgd_ok[rows] &= out["pgd_correct"]
+        pgd_ok &= fgsm_ok
+        fgsm_NxE[:, e], pgd_NxE[:, e] = fgsm_ok, pgd_ok
+        bar.update(1)
+    bar.close()
+    return {
+        "epsilons": eps_E.tolist(),
+        "n": int(len(x)),
+        "clean_accuracy": float(clean_N.mean()),
+        "fgsm_accuracy": fgsm_NxE.mean(axis=0).tolist(),
+        "pgd_accuracy": pgd_NxE.mean(axis=0).tolist(),
+        "fgsm_correct_NxE": fgsm_NxE,
+        "pgd_correct_NxE": pgd_NxE,
+    }
 
 
-def minimal_adversarial_epsilon(apply_fn, params, model_state, x: np.ndarray, y_ref: np.ndarray, *,
-                                eps_max: float = 0.5, bisection_steps: int = 8, steps: int = 10,
-                                step_size: float = 0.25, random_start: bool = True, mean=0.0,
-                                std=1.0, seed: int = 0, batch_size: int = 256,
-                                progress: bool = True) -> dict:
-  """Per-example smallest eps (raw pixel units) at which PGD pushes x out of class `y_ref`.
+def minimal_adversarial_epsilon(
+    apply_fn,
+    params,
+    model_state,
+    x: np.ndarray,
+    y_ref: np.ndarray,
+    *,
+    eps_max: float = 0.5,
+    bisection_steps: int = 8,
+    steps: int = 10,
+    step_size: float = 0.25,
+    random_start: bool = True,
+    mean=0.0,
+    std=1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict:
+    """Per-example smallest eps (raw pixel units) at which PGD pushes x out of class `y_ref`.
 
-  Bisection on [0, eps_max] with the batched PGD attack above (per-example radii, one compiled
-  function): `fooled(eps)` = some candidate within eps is not classified as y_ref. Examples
-  already not classified as y_ref get 0; examples PGD cannot fool at eps_max get +inf. Otherwise
-  the result is the upper end of the final bracket: a radius at which a fooling perturbation was
-  found, within eps_max / 2**bisection_steps of the last radius at which none was.
+    Bisection on [0, eps_max] with the batched PGD attack above (per-example radii, one compiled
+    function): `fooled(eps)` = some candidate within eps is not classified as y_ref. Examples
+    already not classified as y_ref get 0; examples PGD cannot fool at eps_max get +inf. Otherwise
+    the result is the upper end of the final bracket: a radius at which a fooling perturbation was
+    found, within eps_max / 2**bisection_steps of the last radius at which none was.
 
-  Returns dict: `min_eps` (N, float64, inf = not found), `x_adv` (the fooling image found at
-  `min_eps`, or x where none), `eps_max`, `bisection_steps`.
-  """
-  x, y_ref, mean_C, std_C = _check_attack_args(x, y_ref, steps, step_size, mean, std)
-  if not eps_max > 0:
-    raise ValueError(f"eps_max must be > 0, got {eps_max}.")
-  if bisection_steps < 0:
-    raise ValueError(f"bisection_steps must be >= 0, got {bisection_steps}.")
-  key = jax.random.key(seed)
+    Returns dict: `min_eps` (N, float64, inf = not found), `x_adv` (the fooling image found at
+    `min_eps`, or x where none), `eps_max`, `bisection_steps`.
+    """
+    x, y_ref, mean_C, std_C = _check_attack_args(x, y_ref, steps, step_size, mean, std)
+    if not eps_max > 0:
+        raise ValueError(f"eps_max must be > 0, got {eps_max}.")
+    if bisection_steps < 0:
+        raise ValueError(f"bisection_steps must be >= 0, got {bisection_steps}.")
+    key = jax.random.key(seed)
 
-  def run(number, xb, yb):
-    kb = jax.random.fold_in(key, number)
-    attack = lambda eps, i: attack_batch(apply_fn, steps, random_start, params, model_state, xb, yb,
-                                         eps.astype(np.float32), step_size, mean_C, std_C,
-                                         jax.random.fold_in(kb, i))
-    out = jax.device_get(attack(np.full(len(xb), eps_max), 0))
-    clean = np.asarray(out["clean_correct"])
-    found = ~np.asarray(out["pgd_correct"])
-    x_adv = np.where(found.reshape(-1, 1, 1, 1), np.asarray(out["x_adv"]), xb)
-    lo = np.zeros(len(xb))
-    hi = np.full(len(xb), eps_max, np.float64)
-    active = clean & found
-    for i in range(bisection_steps):
-      if not active.any():
-        break
-      mid = 0.5 * (lo + hi)
-      out = jax.device_get(attack(np.where(active, mid, hi), i + 1))
-      fooled = ~np.asarray(out["pgd_correct"]) & active
-      hi = np.where(fooled, mid, hi)
-      lo = np.where(active & ~fooled, mid, lo)
-      x_adv = np.where(fooled.reshape(-1, 1, 1, 1), np.asarray(out["x_adv"]), x_adv)
-    min_eps = np.where(~clean, 0.0, np.where(found, hi, np.inf))
-    x_adv = np.where(clean.reshape(-1, 1, 1, 1), x_adv, xb)
-    return min_eps, x_adv
+    def run(number, xb, yb):
+        kb = jax.random.fold_in(key, number)
+        attack = lambda eps, i: attack_batch(
+            apply_fn,
+            steps,
+            random_start,
+            params,
+            model_state,
+            xb,
+            yb,
+            eps.astype(np.float32),
+            step_size,
+            mean_C,
+            std_C,
+            jax.random.fold_in(kb, i),
+        )
+        out = jax.device_get(attack(np.full(len(xb), eps_max), 0))
+        clean = np.asarray(out["clean_correct"])
+        found = ~np.asarray(out["pgd_correct"])
+        x_adv = np.where(found.reshape(-1, 1, 1, 1), np.asarray(out["x_adv"]), xb)
+        lo = np.zeros(len(xb))
+        hi = np.full(len(xb), eps_max, np.float64)
+        active = clean & found
+        for i in range(bisection_steps):
+            if not active.any():
+                break
+            mid = 0.5 * (lo + hi)
+            out = jax.device_get(attack(np.where(active, mid, hi), i + 1))
+            fooled = ~np.asarray(out["pgd_correct"]) & active
+            hi = np.where(fooled, mid, hi)
+            lo = np.where(active & ~fooled, mid, lo)
+            x_adv = np.where(fooled.reshape(-1, 1, 1, 1), np.asarray(out["x_adv"]), x_adv)
+        min_eps = np.where(~clean, 0.0, np.where(found, hi, np.inf))
+        x_adv = np.where(clean.reshape(-1, 1, 1, 1), x_adv, xb)
+        return min_eps, x_adv
 
-  min_eps, x_adv = common.map_batched(run, [x, y_ref], batch_size,
-                                      desc="minimal adversarial eps" if progress else None,
-                                      with_index=True)
-  return {"min_eps": min_eps.astype(np.float64), "x_adv": x_adv, "eps_max": float(eps_max),
-          "bisection_steps": int(bisection_steps)}
+    min_eps, x_adv = common.map_batched(
+        run,
+        [x, y_ref],
+        batch_size,
+        desc="minimal adversarial eps" if progress else None,
+        with_index=True,
+    )
+    return {
+        "min_eps": min_eps.astype(np.float64),
+        "x_adv": x_adv,
+        "eps_max": float(eps_max),
+        "bisection_steps": int(bisection_steps),
+    }

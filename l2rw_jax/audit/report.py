@@ -3,6 +3,7 @@
 Figures are drawn with matplotlib's object API (`matplotlib.figure.Figure`, Agg), never pyplot,
 so no global figure state is touched. Both files are written atomically (tmp file + os.replace).
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,274 +23,334 @@ _DPI = 80
 
 # ------------------------------------------------------------------------- files
 def write_atomic(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file in the same folder and os.replace."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_" + os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be read
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    """Writes `text` to `path` through a temporary file in the same folder and os.replace."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be read
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def to_jsonable(obj):
-  """numpy -> Python; non-finite floats -> None (JSON has no inf/NaN: null = undefined/not found)."""
-  if isinstance(obj, dict):
-    return {str(k): to_jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [to_jsonable(v) for v in obj]
-  if isinstance(obj, np.ndarray):
-    return to_jsonable(obj.tolist())
-  if isinstance(obj, (np.bool_, bool)):
-    return bool(obj)
-  if isinstance(obj, (np.integer, int)):
-    return int(obj)
-  if isinstance(obj, (np.floating, float)):
-    return float(obj) if math.isfinite(obj) else None
-  return obj
+    """numpy -> Python; non-finite floats -> None (JSON has no inf/NaN: null = undefined/not found)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
 
 
 def write_report(out_dir: str, results: dict, figs: dict) -> tuple[str, str]:
-  """Writes `<out_dir>/audit.json` and `<out_dir>/report.html`; returns their paths."""
-  os.makedirs(out_dir, exist_ok=True)
-  json_path = os.path.join(out_dir, "audit.json")
-  html_path = os.path.join(out_dir, "report.html")
-  write_atomic(json_path, json.dumps(to_jsonable(results), indent=1, allow_nan=False))
-  write_atomic(html_path, render_html(to_jsonable(results), figs))
-  return json_path, html_path
+    """Writes `<out_dir>/audit.json` and `<out_dir>/report.html`; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, "audit.json")
+    html_path = os.path.join(out_dir, "report.html")
+    write_atomic(json_path, json.dumps(to_jsonable(results), indent=1, allow_nan=False))
+    write_atomic(html_path, render_html(to_jsonable(results), figs))
+    return json_path, html_path
 
 
 # ------------------------------------------------------------------------- figures
 def _png(fig: Figure) -> str:
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
-  return base64.b64encode(buf.getvalue()).decode("ascii")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _show(ax, img_HxWxC, title=None, fontsize=8, color="black"):
-  if img_HxWxC.shape[-1] == 1:
-    ax.imshow(img_HxWxC[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-  else:
-    ax.imshow(np.clip(img_HxWxC, 0, 1), interpolation="nearest")
-  ax.set_xticks([])
-  ax.set_yticks([])
-  if title:
-    ax.set_title(title, fontsize=fontsize, color=color)
+    if img_HxWxC.shape[-1] == 1:
+        ax.imshow(img_HxWxC[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(np.clip(img_HxWxC, 0, 1), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=fontsize, color=color)
 
 
 def fig_confusion(cm_KxK: np.ndarray, class_names: Sequence[str]) -> str:
-  k = cm_KxK.shape[0]
-  size = min(max(3.6, 0.32 * k + 1.2), 9.0)
-  fig = Figure(figsize=(size + 0.8, size))
-  ax = fig.add_subplot()
-  row_sum = np.maximum(cm_KxK.sum(axis=1, keepdims=True), 1)
-  im = ax.imshow(cm_KxK / row_sum, cmap="Blues", vmin=0, vmax=1)
-  if k <= 15:
-    for i in range(k):
-      for j in range(k):
-        if cm_KxK[i, j]:
-          ax.text(j, i, str(cm_KxK[i, j]), ha="center", va="center", fontsize=7,
-                  color="white" if cm_KxK[i, j] / row_sum[i, 0] > 0.5 else "black")
-  ticks = range(k) if k <= 30 else range(0, k, max(1, k // 20))
-  ax.set_xticks(list(ticks), [class_names[t] for t in ticks], fontsize=7, rotation=90 if k > 10 else 0)
-  ax.set_yticks(list(ticks), [class_names[t] for t in ticks], fontsize=7)
-  ax.set_xlabel("predicted class")
-  ax.set_ylabel("true class")
-  fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-  return _png(fig)
+    k = cm_KxK.shape[0]
+    size = min(max(3.6, 0.32 * k + 1.2), 9.0)
+    fig = Figure(figsize=(size + 0.8, size))
+    ax = fig.add_subplot()
+    row_sum = np.maximum(cm_KxK.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(cm_KxK / row_sum, cmap="Blues", vmin=0, vmax=1)
+    if k <= 15:
+        for i in range(k):
+            for j in range(k):
+                if cm_KxK[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        str(cm_KxK[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if cm_KxK[i, j] / row_sum[i, 0] > 0.5 else "black",
+                    )
+    ticks = range(k) if k <= 30 else range(0, k, max(1, k // 20))
+    ax.set_xticks(
+        list(ticks), [class_names[t] for t in ticks], fontsize=7, rotation=90 if k > 10 else 0
+    )
+    ax.set_yticks(list(ticks), [class_names[t] for t in ticks], fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    return _png(fig)
 
 
 def fig_reliability(ece: dict) -> str:
-  m = ece["num_bins"]
-  edges = np.asarray(ece["edges"])
-  centers = 0.5 * (edges[:-1] + edges[1:])
-  acc = np.array([np.nan if a is None else a for a in ece["accuracy"]])
-  conf = np.array([np.nan if c is None else c for c in ece["confidence"]])
-  fig = Figure(figsize=(4.6, 5.2))
-  ax, ax2 = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-  ax.bar(centers, np.nan_to_num(acc), width=1.0 / m, edgecolor="k", color="#4c72b0", label="accuracy")
-  lo, hi = np.fmin(acc, conf), np.fmax(acc, conf)
-  ax.bar(centers, np.nan_to_num(hi - lo), bottom=np.nan_to_num(lo), width=1.0 / m, fill=False,
-         edgecolor="#c44e52", hatch="///", lw=0.8, label="gap |accuracy - confidence|")
-  ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-  ax.set_ylabel("accuracy in bin")
-  ax.set_ylim(0, 1)
-  ax.legend(fontsize=7, loc="upper left")
-  ax.set_title(f"ECE = {ece['ece']:.4f} ({m} equal-width bins)", fontsize=9)
-  ax2.bar(centers, ece["count"], width=1.0 / m, color="gray", edgecolor="k")
-  ax2.set_yscale("log")
-  ax2.set_xlabel("confidence (max softmax probability)")
-  ax2.set_ylabel("count")
-  ax2.set_xlim(0, 1)
-  return _png(fig)
+    m = ece["num_bins"]
+    edges = np.asarray(ece["edges"])
+    centers = 0.5 * (edges[:-1] + edges[1:])
+    acc = np.array([np.nan if a is None else a for a in ece["accuracy"]])
+    conf = np.array([np.nan if c is None else c for c in ece["confidence"]])
+    fig = Figure(figsize=(4.6, 5.2))
+    ax, ax2 = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.bar(
+        centers, np.nan_to_num(acc), width=1.0 / m, edgecolor="k", color="#4c72b0", label="accuracy"
+    )
+    lo, hi = np.fmin(acc, conf), np.fmax(acc, conf)
+    ax.bar(
+        centers,
+        np.nan_to_num(hi - lo),
+        bottom=np.nan_to_num(lo),
+        width=1.0 / m,
+        fill=False,
+        edgecolor="#c44e52",
+        hatch="///",
+        lw=0.8,
+        label="gap |accuracy - confidence|",
+    )
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"ECE = {ece['ece']:.4f} ({m} equal-width bins)", fontsize=9)
+    ax2.bar(centers, ece["count"], width=1.0 / m, color="gray", edgecolor="k")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("confidence (max softmax probability)")
+    ax2.set_ylabel("count")
+    ax2.set_xlim(0, 1)
+    return _png(fig)
 
 
 def fig_per_class(acc: dict, class_names: Sequence[str]) -> str:
-  ks = sorted(acc)
-  fig = Figure(figsize=(max(4.0, 0.35 * len(ks) + 1.5), 2.8))
-  ax = fig.add_subplot()
-  vals = [acc[k] for k in ks]
-  worst = min(ks, key=lambda k: acc[k])
-  ax.bar(range(len(ks)), vals, color=["#c44e52" if k == worst else "#4c72b0" for k in ks])
-  ax.axhline(np.mean(vals), color="k", ls="--", lw=1, label=f"mean {np.mean(vals):.3f}")
-  ax.set_xticks(range(len(ks)), [class_names[k] for k in ks], fontsize=7,
-                rotation=90 if len(ks) > 10 else 0)
-  lo = min(vals)
-  ax.set_ylim(max(0.0, lo - 0.1 * (1 - lo) - 0.02), 1.0)
-  ax.set_ylabel("accuracy")
-  ax.legend(fontsize=7, loc="lower right")
-  return _png(fig)
+    ks = sorted(acc)
+    fig = Figure(figsize=(max(4.0, 0.35 * len(ks) + 1.5), 2.8))
+    ax = fig.add_subplot()
+    vals = [acc[k] for k in ks]
+    worst = min(ks, key=lambda k: acc[k])
+    ax.bar(range(len(ks)), vals, color=["#c44e52" if k == worst else "#4c72b0" for k in ks])
+    ax.axhline(np.mean(vals), color="k", ls="--", lw=1, label=f"mean {np.mean(vals):.3f}")
+    ax.set_xticks(
+        range(len(ks)), [class_names[k] for k in ks], fontsize=7, rotation=90 if len(ks) > 10 else 0
+    )
+    lo = min(vals)
+    ax.set_ylim(max(0.0, lo - 0.1 * (1 - lo) - 0.02), 1.0)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
 
 
 def fig_mistake(img, attr, cam, neighbors, entry: dict, class_names) -> str:
-  k = len(neighbors)
-  ncol = 2 + (cam is not None) + k
-  fig = Figure(figsize=(1.3 * ncol, 2.1))
-  axes = fig.subplots(1, ncol)
-  _show(axes[0], img, f"true: {class_names[entry['label']]}", fontsize=8)
-  axes[0].set_xlabel("\n".join(f"{class_names[t['class']]}: {t['prob']:.3f}" for t in entry["top3"]),
-                     fontsize=7, color="#c44e52")
-  a = attr.sum(axis=-1)
-  lim = float(np.max(np.abs(a))) or 1.0
-  axes[1].imshow(a, cmap="bwr", vmin=-lim, vmax=lim)
-  axes[1].set_xticks([])
-  axes[1].set_yticks([])
-  axes[1].set_title("integrated grad.", fontsize=7)
-  axes[1].set_xlabel(f"rel. compl. err\n{entry['ig_relative_completeness_error']:.1e}", fontsize=7)
-  col = 2
-  if cam is not None:
-    gray = img.mean(axis=-1)
-    axes[col].imshow(gray, cmap="gray", vmin=0, vmax=1)
-    axes[col].imshow(cam / (cam.max() or 1.0), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-    axes[col].set_xticks([])
-    axes[col].set_yticks([])
-    axes[col].set_title("Grad-CAM", fontsize=7)
-    col += 1
-  for j, nb in enumerate(entry["neighbors"]):
-    _show(axes[col + j], neighbors[j], f"neighbour {j + 1}", fontsize=7)
-    axes[col + j].set_xlabel(f"label {class_names[nb['label']]}\nd = {nb['distance']:.2f}", fontsize=7)
-  return _png(fig)
+    k = len(neighbors)
+    ncol = 2 + (cam is not None) + k
+    fig = Figure(figsize=(1.3 * ncol, 2.1))
+    axes = fig.subplots(1, ncol)
+    _show(axes[0], img, f"true: {class_names[entry['label']]}", fontsize=8)
+    axes[0].set_xlabel(
+        "\n".join(f"{class_names[t['class']]}: {t['prob']:.3f}" for t in entry["top3"]),
+        fontsize=7,
+        color="#c44e52",
+    )
+    a = attr.sum(axis=-1)
+    lim = float(np.max(np.abs(a))) or 1.0
+    axes[1].imshow(a, cmap="bwr", vmin=-lim, vmax=lim)
+    axes[1].set_xticks([])
+    axes[1].set_yticks([])
+    axes[1].set_title("integrated grad.", fontsize=7)
+    axes[1].set_xlabel(
+        f"rel. compl. err\n{entry['ig_relative_completeness_error']:.1e}", fontsize=7
+    )
+    col = 2
+    if cam is not None:
+        gray = img.mean(axis=-1)
+        axes[col].imshow(gray, cmap="gray", vmin=0, vmax=1)
+        axes[col].imshow(cam / (cam.max() or 1.0), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        axes[col].set_xticks([])
+        axes[col].set_yticks([])
+        axes[col].set_title("Grad-CAM", fontsize=7)
+        col += 1
+    for j, nb in enumerate(entry["neighbors"]):
+        _show(axes[col + j], neighbors[j], f"neighbour {j + 1}", fontsize=7)
+        axes[col + j].set_xlabel(
+            f"label {class_names[nb['label']]}\nd = {nb['distance']:.2f}", fontsize=7
+        )
+    return _png(fig)
 
 
 def fig_curve(curve: dict) -> str:
-  fig = Figure(figsize=(4.6, 3.2))
-  ax = fig.add_subplot()
-  ax.plot(curve["epsilons"], curve["fgsm_accuracy"], "o-", label="FGSM")
-  ax.plot(curve["epsilons"], curve["pgd_accuracy"], "s-", label="PGD")
-  ax.axhline(curve["clean_accuracy"], color="gray", ls=":", lw=1, label="clean")
-  ax.set_xlabel("epsilon (L-inf, raw pixel units)")
-  ax.set_ylabel("accuracy under attack")
-  ax.set_ylim(0, 1.02)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  return _png(fig)
+    fig = Figure(figsize=(4.6, 3.2))
+    ax = fig.add_subplot()
+    ax.plot(curve["epsilons"], curve["fgsm_accuracy"], "o-", label="FGSM")
+    ax.plot(curve["epsilons"], curve["pgd_accuracy"], "s-", label="PGD")
+    ax.axhline(curve["clean_accuracy"], color="gray", ls=":", lw=1, label="clean")
+    ax.set_xlabel("epsilon (L-inf, raw pixel units)")
+    ax.set_ylabel("accuracy under attack")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
 
 
 def fig_min_eps(min_eps: np.ndarray, eps_max: float) -> str:
-  fig = Figure(figsize=(4.6, 3.0))
-  ax = fig.add_subplot()
-  finite = min_eps[np.isfinite(min_eps)]
-  ax.hist(finite, bins=np.linspace(0, eps_max, 26), color="#4c72b0", edgecolor="k")
-  n_inf = int((~np.isfinite(min_eps)).sum())
-  ax.set_title(f"{len(finite)} examples; {n_inf} not fooled at eps_max = {eps_max:g}", fontsize=8)
-  ax.set_xlabel("minimal adversarial epsilon")
-  ax.set_ylabel("examples")
-  return _png(fig)
+    fig = Figure(figsize=(4.6, 3.0))
+    ax = fig.add_subplot()
+    finite = min_eps[np.isfinite(min_eps)]
+    ax.hist(finite, bins=np.linspace(0, eps_max, 26), color="#4c72b0", edgecolor="k")
+    n_inf = int((~np.isfinite(min_eps)).sum())
+    ax.set_title(f"{len(finite)} examples; {n_inf} not fooled at eps_max = {eps_max:g}", fontsize=8)
+    ax.set_xlabel("minimal adversarial epsilon")
+    ax.set_ylabel("examples")
+    return _png(fig)
 
 
 def fig_class_bars(values: dict, class_names, ylabel: str) -> str:
-  ks = sorted(values, key=int)
-  fig = Figure(figsize=(min(max(4.0, 0.3 * len(ks) + 1.5), 11.0), 2.6))
-  ax = fig.add_subplot()
-  vals = [np.nan if values[k] is None or not np.isfinite(values[k]) else values[k] for k in ks]
-  ax.bar(range(len(ks)), vals, color="#4c72b0")  # undefined/infinite medians left blank
-  if len(ks) <= 30:
-    ax.set_xticks(range(len(ks)), [class_names[int(k)] for k in ks], fontsize=7,
-                  rotation=90 if len(ks) > 10 else 0)
-  ax.set_xlabel("true class")
-  ax.set_ylabel(ylabel)
-  return _png(fig)
+    ks = sorted(values, key=int)
+    fig = Figure(figsize=(min(max(4.0, 0.3 * len(ks) + 1.5), 11.0), 2.6))
+    ax = fig.add_subplot()
+    vals = [np.nan if values[k] is None or not np.isfinite(values[k]) else values[k] for k in ks]
+    ax.bar(range(len(ks)), vals, color="#4c72b0")  # undefined/infinite medians left blank
+    if len(ks) <= 30:
+        ax.set_xticks(
+            range(len(ks)),
+            [class_names[int(k)] for k in ks],
+            fontsize=7,
+            rotation=90 if len(ks) > 10 else 0,
+        )
+    ax.set_xlabel("true class")
+    ax.set_ylabel(ylabel)
+    return _png(fig)
 
 
 def fig_adversarial(x_raw, x_adv_raw, pred, pred_adv, eps, class_names) -> str:
-  n = len(x_raw)
-  fig = Figure(figsize=(1.3 * n, 4.2))
-  axes = fig.subplots(3, n, squeeze=False)
-  for j in range(n):
-    _show(axes[0, j], x_raw[j], f"pred {class_names[pred[j]]}", fontsize=7)
-    _show(axes[1, j], x_adv_raw[j], f"-> {class_names[pred_adv[j]]}  eps={eps[j]:.3f}", fontsize=7,
-          color="#c44e52")
-    d = (x_adv_raw[j] - x_raw[j]).mean(axis=-1)
-    lim = float(np.max(np.abs(d))) or 1.0
-    axes[2, j].imshow(d, cmap="bwr", vmin=-lim, vmax=lim)
-    axes[2, j].set_xticks([])
-    axes[2, j].set_yticks([])
-  axes[0, 0].set_ylabel("original", fontsize=8)
-  axes[1, 0].set_ylabel("adversarial", fontsize=8)
-  axes[2, 0].set_ylabel("perturbation", fontsize=8)
-  return _png(fig)
+    n = len(x_raw)
+    fig = Figure(figsize=(1.3 * n, 4.2))
+    axes = fig.subplots(3, n, squeeze=False)
+    for j in range(n):
+        _show(axes[0, j], x_raw[j], f"pred {class_names[pred[j]]}", fontsize=7)
+        _show(
+            axes[1, j],
+            x_adv_raw[j],
+            f"-> {class_names[pred_adv[j]]}  eps={eps[j]:.3f}",
+            fontsize=7,
+            color="#c44e52",
+        )
+        d = (x_adv_raw[j] - x_raw[j]).mean(axis=-1)
+        lim = float(np.max(np.abs(d))) or 1.0
+        axes[2, j].imshow(d, cmap="bwr", vmin=-lim, vmax=lim)
+        axes[2, j].set_xticks([])
+        axes[2, j].set_yticks([])
+    axes[0, 0].set_ylabel("original", fontsize=8)
+    axes[1, 0].set_ylabel("adversarial", fontsize=8)
+    axes[2, 0].set_ylabel("perturbation", fontsize=8)
+    return _png(fig)
 
 
-_SIDE_LABELS = {"robust_prototypes": "robust:\nprototypes", "robust_criticisms": "robust:\ncriticisms",
-                "mmd_prototypes": "MMD:\nprototypes", "mmd_criticisms": "MMD:\ncriticisms"}
+_SIDE_LABELS = {
+    "robust_prototypes": "robust:\nprototypes",
+    "robust_criticisms": "robust:\ncriticisms",
+    "mmd_prototypes": "MMD:\nprototypes",
+    "mmd_criticisms": "MMD:\ncriticisms",
+}
 
 
 def fig_prototypes(sides: dict, class_name: str) -> str:
-  n = max(len(v) for v in sides.values())
-  fig = Figure(figsize=(0.9 * (n + 1) + 0.6, 0.95 * len(sides) + 0.3))
-  axes = fig.subplots(len(sides), n + 1, squeeze=False)
-  for i, (side, imgs) in enumerate(sides.items()):
-    for j in range(n + 1):
-      ax = axes[i, j]
-      if j < len(imgs):
-        _show(ax, imgs[j])
-      elif j == n and len(imgs):
-        _show(ax, imgs.mean(axis=0), "mean" if i == 0 else None)
-        for s in ax.spines.values():
-          s.set_color("#c44e52")
-          s.set_linewidth(2)
-      else:
-        ax.axis("off")
-    axes[i, 0].set_ylabel(_SIDE_LABELS.get(side, side), fontsize=7, rotation=0, ha="right", va="center")
-  fig.suptitle(f"class {class_name}", fontsize=9, y=1.0)
-  return _png(fig)
+    n = max(len(v) for v in sides.values())
+    fig = Figure(figsize=(0.9 * (n + 1) + 0.6, 0.95 * len(sides) + 0.3))
+    axes = fig.subplots(len(sides), n + 1, squeeze=False)
+    for i, (side, imgs) in enumerate(sides.items()):
+        for j in range(n + 1):
+            ax = axes[i, j]
+            if j < len(imgs):
+                _show(ax, imgs[j])
+            elif j == n and len(imgs):
+                _show(ax, imgs.mean(axis=0), "mean" if i == 0 else None)
+                for s in ax.spines.values():
+                    s.set_color("#c44e52")
+                    s.set_linewidth(2)
+            else:
+                ax.axis("off")
+        axes[i, 0].set_ylabel(
+            _SIDE_LABELS.get(side, side), fontsize=7, rotation=0, ha="right", va="center"
+        )
+    fig.suptitle(f"class {class_name}", fontsize=9, y=1.0)
+    return _png(fig)
 
 
 def fig_suspects(imgs, entries: list, class_names) -> str:
-  n = len(imgs)
-  ncol = min(8, max(n, 1))
-  nrow = max(1, math.ceil(n / ncol))
-  fig = Figure(figsize=(1.45 * ncol, 1.75 * nrow))
-  axes = fig.subplots(nrow, ncol, squeeze=False)
-  for ax in axes.ravel():
-    ax.axis("off")
-  for j, e in enumerate(entries):
-    ax = axes[j // ncol, j % ncol]
-    ax.axis("on")
-    w = "" if e["mean_weight"] is None else f"\nw={e['mean_weight']:.2e}"
-    color = {True: "#c44e52", False: "#2a7f2a", None: "black"}[e["is_noisy"]]
-    _show(ax, imgs[j], f"given {class_names[e['given_label']]}, pred {class_names[e['predicted_label']]}{w}",
-          fontsize=8, color=color)
-  return _png(fig)
+    n = len(imgs)
+    ncol = min(8, max(n, 1))
+    nrow = max(1, math.ceil(n / ncol))
+    fig = Figure(figsize=(1.45 * ncol, 1.75 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for j, e in enumerate(entries):
+        ax = axes[j // ncol, j % ncol]
+        ax.axis("on")
+        w = "" if e["mean_weight"] is None else f"\nw={e['mean_weight']:.2e}"
+        color = {True: "#c44e52", False: "#2a7f2a", None: "black"}[e["is_noisy"]]
+        _show(
+            ax,
+            imgs[j],
+            f"given {class_names[e['given_label']]}, pred {class_names[e['predicted_label']]}{w}",
+            fontsize=8,
+            color=color,
+        )
+    return _png(fig)
 
 
 def fig_weight_hist(mean_w: np.ndarray, is_noisy: np.ndarray) -> str:
-  fig = Figure(figsize=(4.6, 3.0))
-  ax = fig.add_subplot()
-  bins = np.linspace(0, max(float(np.max(mean_w)), 1e-12), 41)
-  ax.hist(mean_w[~is_noisy], bins=bins, alpha=0.6, label=f"clean ({int((~is_noisy).sum())})", color="#4c72b0")
-  ax.hist(mean_w[is_noisy], bins=bins, alpha=0.6, label=f"noisy ({int(is_noisy.sum())})", color="#c44e52")
-  ax.set_xlabel("mean L2RW weight over training")
-  ax.set_ylabel("training examples")
-  ax.legend(fontsize=8)
-  return _png(fig)
+    fig = Figure(figsize=(4.6, 3.0))
+    ax = fig.add_subplot()
+    bins = np.linspace(0, max(float(np.max(mean_w)), 1e-12), 41)
+    ax.hist(
+        mean_w[~is_noisy],
+        bins=bins,
+        alpha=0.6,
+        label=f"clean ({int((~is_noisy).sum())})",
+        color="#4c72b0",
+    )
+    ax.hist(
+        mean_w[is_noisy],
+        bins=bins,
+        alpha=0.6,
+        label=f"noisy ({int(is_noisy.sum())})",
+        color="#c44e52",
+    )
+    ax.set_xlabel("mean L2RW weight over training")
+    ax.set_ylabel("training examples")
+    ax.legend(fontsize=8)
+    return _png(fig)
 
 
 # ------------------------------------------------------------------------- html
@@ -316,192 +377,354 @@ nav a{margin-right:14px}
 
 
 def _img(b64: str, alt: str) -> str:
-  return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}">'
+    return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}">'
 
 
 def _figure(b64: str | None, caption: str, alt: str) -> str:
-  if b64 is None:
-    return ""
-  return f"<figure>{_img(b64, alt)}<figcaption>{caption}</figcaption></figure>"
+    if b64 is None:
+        return ""
+    return f"<figure>{_img(b64, alt)}<figcaption>{caption}</figcaption></figure>"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence], left_cols: int = 1) -> str:
-  def cell(v, tag, i):
-    cls = ' class="l"' if i < left_cols else ""
-    if isinstance(v, float):
-      v = f"{v:.4f}"
-    return f"<{tag}{cls}>{html.escape('—' if v is None else str(v))}</{tag}>"
-  head = "".join(cell(h, "th", i) for i, h in enumerate(header))
-  body = "".join("<tr>" + "".join(cell(v, "td", i) for i, v in enumerate(r)) + "</tr>" for r in rows)
-  return f"<table><tr>{head}</tr>{body}</table>"
+    def cell(v, tag, i):
+        cls = ' class="l"' if i < left_cols else ""
+        if isinstance(v, float):
+            v = f"{v:.4f}"
+        return f"<{tag}{cls}>{html.escape('—' if v is None else str(v))}</{tag}>"
+
+    head = "".join(cell(h, "th", i) for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(cell(v, "td", i) for i, v in enumerate(r)) + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _card(value: str, key: str) -> str:
-  return f'<div class="card"><div class="v">{html.escape(value)}</div><div class="k">{html.escape(key)}</div></div>'
+    return f'<div class="card"><div class="v">{html.escape(value)}</div><div class="k">{html.escape(key)}</div></div>'
 
 
 def _fmt(v, spec=".3f"):
-  return "—" if v is None else format(v, spec)
+    return "—" if v is None else format(v, spec)
 
 
 def render_html(results: dict, figs: dict) -> str:
-  """The report page: summary cards, then mistakes, robustness, biases, label issues."""
-  meta, m, r = results["meta"], results["mistakes"], results["robustness"]
-  b, li = results["biases"], results["label_issues"]
-  names = meta["class_names"]
-  out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(meta['title'])}</title>"
-         f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(meta['title'])}</h1>",
-         "<p class='caption'>A trained classifier looked at beyond its accuracy (Stock &amp; Cissé, ECCV "
-         "2018): its mistakes, its robustness to adversarial perturbation, the biases its prototypes and "
-         "criticisms reveal, and the training labels it finds suspect. Written by "
-         "<code>l2rw_jax.audit.run_audit</code>.</p>"]
-  run = meta.get("run") or {}
-  if run:
-    out.append("<p class='caption'>" + " · ".join(f"<b>{html.escape(str(k))}</b>: {html.escape(str(v))}"
-                                                  for k, v in run.items()) + "</p>")
-  out.append("<nav><a href='#mistakes'>1. Mistakes</a><a href='#robustness'>2. Robustness</a>"
-             "<a href='#biases'>3. Biases</a><a href='#labels'>4. Label issues</a></nav>")
-  cards = [_card(f"{m['top_k_accuracy']['top1']:.4f}", "top-1 accuracy")]
-  if "top5" in m["top_k_accuracy"]:
-    cards.append(_card(f"{m['top_k_accuracy']['top5']:.4f}", "top-5 accuracy"))
-  cards.append(_card(f"{m['calibration']['ece']:.4f}", "ECE (15 bins)" if m["calibration"]["num_bins"] == 15
-                     else f"ECE ({m['calibration']['num_bins']} bins)"))
-  cards.append(_card(f"{names[m['worst_class']]}: {m['worst_class_accuracy']:.3f}", "worst class accuracy"))
-  mid = len(r["epsilons"]) // 2
-  cards.append(_card(f"{r['pgd_accuracy'][mid]:.3f}", f"PGD accuracy at eps={r['epsilons'][mid]:g}"))
-  cards.append(_card(_fmt(r["min_eps"]["median"]), "median minimal adversarial eps"))
-  main = li.get("suspects_ranking")
-  if li["rankings"].get(main):
-    first = next(iter(li["rankings"][main].values()))
-    cards.append(_card(f"{first['precision']:.3f}", f"precision@{first['k']} ({main})"))
-  out.append("<div class='cards'>" + "".join(cards) + "</div>")
-  secs = meta["seconds"]
-  out.append(f"<p class='caption'>{meta['n_test']} test and {meta['n_train']} training examples; "
-             f"audit took {secs.get('total', 0):.0f} s (mistakes {secs.get('mistakes', 0):.0f} s, robustness "
-             f"{secs.get('robustness', 0):.0f} s, biases {secs.get('biases', 0):.0f} s, label issues "
-             f"{secs.get('label_issues', 0):.0f} s). Every number on this page is in <code>audit.json</code>.</p>")
-  if meta.get("notes"):
-    out.append("<div class='notes'><b>Notes</b><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in meta["notes"])
-               + "</ul></div>")
+    """The report page: summary cards, then mistakes, robustness, biases, label issues."""
+    meta, m, r = results["meta"], results["mistakes"], results["robustness"]
+    b, li = results["biases"], results["label_issues"]
+    names = meta["class_names"]
+    out = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(meta['title'])}</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(meta['title'])}</h1>",
+        "<p class='caption'>A trained classifier looked at beyond its accuracy (Stock &amp; Cissé, ECCV "
+        "2018): its mistakes, its robustness to adversarial perturbation, the biases its prototypes and "
+        "criticisms reveal, and the training labels it finds suspect. Written by "
+        "<code>l2rw_jax.audit.run_audit</code>.</p>",
+    ]
+    run = meta.get("run") or {}
+    if run:
+        out.append(
+            "<p class='caption'>"
+            + " · ".join(
+                f"<b>{html.escape(str(k))}</b>: {html.escape(str(v))}" for k, v in run.items()
+            )
+            + "</p>"
+        )
+    out.append(
+        "<nav><a href='#mistakes'>1. Mistakes</a><a href='#robustness'>2. Robustness</a>"
+        "<a href='#biases'>3. Biases</a><a href='#labels'>4. Label issues</a></nav>"
+    )
+    cards = [_card(f"{m['top_k_accuracy']['top1']:.4f}", "top-1 accuracy")]
+    if "top5" in m["top_k_accuracy"]:
+        cards.append(_card(f"{m['top_k_accuracy']['top5']:.4f}", "top-5 accuracy"))
+    cards.append(
+        _card(
+            f"{m['calibration']['ece']:.4f}",
+            "ECE (15 bins)"
+            if m["calibration"]["num_bins"] == 15
+            else f"ECE ({m['calibration']['num_bins']} bins)",
+        )
+    )
+    cards.append(
+        _card(f"{names[m['worst_class']]}: {m['worst_class_accuracy']:.3f}", "worst class accuracy")
+    )
+    mid = len(r["epsilons"]) // 2
+    cards.append(
+        _card(f"{r['pgd_accuracy'][mid]:.3f}", f"PGD accuracy at eps={r['epsilons'][mid]:g}")
+    )
+    cards.append(_card(_fmt(r["min_eps"]["median"]), "median minimal adversarial eps"))
+    main = li.get("suspects_ranking")
+    if li["rankings"].get(main):
+        first = next(iter(li["rankings"][main].values()))
+        cards.append(_card(f"{first['precision']:.3f}", f"precision@{first['k']} ({main})"))
+    out.append("<div class='cards'>" + "".join(cards) + "</div>")
+    secs = meta["seconds"]
+    out.append(
+        f"<p class='caption'>{meta['n_test']} test and {meta['n_train']} training examples; "
+        f"audit took {secs.get('total', 0):.0f} s (mistakes {secs.get('mistakes', 0):.0f} s, robustness "
+        f"{secs.get('robustness', 0):.0f} s, biases {secs.get('biases', 0):.0f} s, label issues "
+        f"{secs.get('label_issues', 0):.0f} s). Every number on this page is in <code>audit.json</code>.</p>"
+    )
+    if meta.get("notes"):
+        out.append(
+            "<div class='notes'><b>Notes</b><ul>"
+            + "".join(f"<li>{html.escape(n)}</li>" for n in meta["notes"])
+            + "</ul></div>"
+        )
 
-  # 1. Mistakes
-  out.append("<h2 id='mistakes'>1. Understanding mistakes</h2>")
-  out.append("<p class='caption'>Accuracy per class on the whole test set, the confusion matrix (rows: "
-             "true class, colour: fraction of the row, numbers: counts) and calibration: the expected "
-             "calibration error bins the confidence (max softmax probability) into 15 equal-width bins "
-             "((m-1)/15, m/15] and averages |accuracy - confidence| weighted by the bin's share of the "
-             "examples (Guo et al. 2017).</p>")
-  out.append(_table(["", "value"], [
-      *[[f"top-{k[3:]} accuracy", v] for k, v in m["top_k_accuracy"].items()],
-      ["mean per-class accuracy", m["mean_class_accuracy"]],
-      [f"worst class ({names[m['worst_class']]})", m["worst_class_accuracy"]],
-      ["gap mean − worst", m["gap_mean_minus_worst"]], ["ECE", m["calibration"]["ece"]]]))
-  out.append("<div class='row'>" + _figure(figs.get("per_class"), "Accuracy per class (worst in red).",
-                                           "per-class accuracy")
-             + _figure(figs.get("confusion"), "Confusion matrix.", "confusion matrix")
-             + _figure(figs.get("reliability"), "Reliability diagram: accuracy per confidence bin against "
-                       "the diagonal; below it counts per bin (log scale).", "reliability diagram") + "</div>")
-  if m["gallery"]:
-    ig = m.get("integrated_gradients", {})
-    out.append("<h3>Most confident mistakes</h3>")
-    out.append("<p class='caption'>The test images the model got wrong with the highest confidence. Each row: "
-               "the image with its true class and top-3 predictions; integrated gradients of the predicted "
-               f"class logit from a black baseline ({ig.get('steps')} trapezoid steps; red = pushes towards "
-               "the prediction, blue = against; the completeness error |Σ attributions − (f(x) − f(baseline))| "
-               "relative to |f(x) − f(baseline)| is printed, max "
-               f"{_fmt(ig.get('max_relative_completeness_error'), '.1e')}); Grad-CAM at the last conv layer when "
-               f"the model has one; then the {len(m['gallery'][0]['neighbors'])} nearest training images in "
-               f"penultimate-feature space (searched among {m['neighbor_pool_size']} training images) with "
-               "their given labels — the example-based explanation.</p>")
-    for b64 in figs.get("gallery", []):
-      out.append(f"<figure>{_img(b64, 'mistake')}</figure>")
+    # 1. Mistakes
+    out.append("<h2 id='mistakes'>1. Understanding mistakes</h2>")
+    out.append(
+        "<p class='caption'>Accuracy per class on the whole test set, the confusion matrix (rows: "
+        "true class, colour: fraction of the row, numbers: counts) and calibration: the expected "
+        "calibration error bins the confidence (max softmax probability) into 15 equal-width bins "
+        "((m-1)/15, m/15] and averages |accuracy - confidence| weighted by the bin's share of the "
+        "examples (Guo et al. 2017).</p>"
+    )
+    out.append(
+        _table(
+            ["", "value"],
+            [
+                *[[f"top-{k[3:]} accuracy", v] for k, v in m["top_k_accuracy"].items()],
+                ["mean per-class accuracy", m["mean_class_accuracy"]],
+                [f"worst class ({names[m['worst_class']]})", m["worst_class_accuracy"]],
+                ["gap mean − worst", m["gap_mean_minus_worst"]],
+                ["ECE", m["calibration"]["ece"]],
+            ],
+        )
+    )
+    out.append(
+        "<div class='row'>"
+        + _figure(figs.get("per_class"), "Accuracy per class (worst in red).", "per-class accuracy")
+        + _figure(figs.get("confusion"), "Confusion matrix.", "confusion matrix")
+        + _figure(
+            figs.get("reliability"),
+            "Reliability diagram: accuracy per confidence bin against "
+            "the diagonal; below it counts per bin (log scale).",
+            "reliability diagram",
+        )
+        + "</div>"
+    )
+    if m["gallery"]:
+        ig = m.get("integrated_gradients", {})
+        out.append("<h3>Most confident mistakes</h3>")
+        out.append(
+            "<p class='caption'>The test images the model got wrong with the highest confidence. Each row: "
+            "the image with its true class and top-3 predictions; integrated gradients of the predicted "
+            f"class logit from a black baseline ({ig.get('steps')} trapezoid steps; red = pushes towards "
+            "the prediction, blue = against; the completeness error |Σ attributions − (f(x) − f(baseline))| "
+            "relative to |f(x) − f(baseline)| is printed, max "
+            f"{_fmt(ig.get('max_relative_completeness_error'), '.1e')}); Grad-CAM at the last conv layer when "
+            f"the model has one; then the {len(m['gallery'][0]['neighbors'])} nearest training images in "
+            f"penultimate-feature space (searched among {m['neighbor_pool_size']} training images) with "
+            "their given labels — the example-based explanation.</p>"
+        )
+        for b64 in figs.get("gallery", []):
+            out.append(f"<figure>{_img(b64, 'mistake')}</figure>")
 
-  # 2. Robustness
-  out.append("<h2 id='robustness'>2. Robustness</h2>")
-  out.append(f"<p class='caption'>FGSM and PGD (L-inf, {r['pgd_steps']} steps of {r['pgd_step_size_fraction_of_eps']:g}·eps, "
-             f"random start {'on' if r['random_start'] else 'off'}) on {r['n_curve_examples']} test images; "
-             "eps in raw pixel units (images in [0, 1]), attacks clipped to the valid range. An example "
-             "counts as robust at eps only if no perturbation tried at that or any smaller eps fools it, and "
-             "PGD keeps the FGSM point among its candidates, so the curves start at the clean accuracy, never "
-             "rise, and PGD is never above FGSM. The minimal adversarial eps (leaving the predicted class) is "
-             f"found by bisection with PGD on [0, {r['min_eps']['eps_max']:g}] to within "
-             f"{r['min_eps']['bracket_width']:.4f}, on {r['n_min_eps_examples']} test images.</p>")
-  out.append(_table(["eps", "FGSM accuracy", "PGD accuracy"],
-                    [[f"{e:g}", f, p] for e, f, p in zip(r["epsilons"], r["fgsm_accuracy"], r["pgd_accuracy"])]))
-  me = r["min_eps"]
-  out.append(_table(["minimal adversarial eps", "value"], [
-      ["median", me["median"]], ["mean (found only)", me["mean_of_found"]],
-      ["fraction not fooled at eps_max", me["fraction_not_found"]]]))
-  out.append("<div class='row'>" + _figure(figs.get("curve"), "Accuracy under attack against eps.", "curve")
-             + _figure(figs.get("min_eps_hist"), "Distribution of the minimal adversarial eps.", "histogram")
-             + _figure(figs.get("min_eps_per_class"), "Median minimal adversarial eps per true class "
-                       "(values in audit.json).", "per-class eps") + "</div>")
-  out.append(_figure(figs.get("adversarial"), "The most fragile test images: original, the adversarial "
-                     "image found at the minimal eps with its new prediction, and the perturbation.",
-                     "adversarial examples"))
+    # 2. Robustness
+    out.append("<h2 id='robustness'>2. Robustness</h2>")
+    out.append(
+        f"<p class='caption'>FGSM and PGD (L-inf, {r['pgd_steps']} steps of {r['pgd_step_size_fraction_of_eps']:g}·eps, "
+        f"random start {'on' if r['random_start'] else 'off'}) on {r['n_curve_examples']} test images; "
+        "eps in raw pixel units (images in [0, 1]), attacks clipped to the valid range. An example "
+        "counts as robust at eps only if no perturbation tried at that or any smaller eps fools it, and "
+        "PGD keeps the FGSM point among its candidates, so the curves start at the clean accuracy, never "
+        "rise, and PGD is never above FGSM. The minimal adversarial eps (leaving the predicted class) is "
+        f"found by bisection with PGD on [0, {r['min_eps']['eps_max']:g}] to within "
+        f"{r['min_eps']['bracket_width']:.4f}, on {r['n_min_eps_examples']} test images.</p>"
+    )
+    out.append(
+        _table(
+            ["eps", "FGSM accuracy", "PGD accuracy"],
+            [
+                [f"{e:g}", f, p]
+                for e, f, p in zip(r["epsilons"], r["fgsm_accuracy"], r["pgd_accuracy"])
+            ],
+        )
+    )
+    me = r["min_eps"]
+    out.append(
+        _table(
+            ["minimal adversarial eps", "value"],
+            [
+                ["median", me["median"]],
+                ["mean (found only)", me["mean_of_found"]],
+                ["fraction not fooled at eps_max", me["fraction_not_found"]],
+            ],
+        )
+    )
+    out.append(
+        "<div class='row'>"
+        + _figure(figs.get("curve"), "Accuracy under attack against eps.", "curve")
+        + _figure(
+            figs.get("min_eps_hist"), "Distribution of the minimal adversarial eps.", "histogram"
+        )
+        + _figure(
+            figs.get("min_eps_per_class"),
+            "Median minimal adversarial eps per true class (values in audit.json).",
+            "per-class eps",
+        )
+        + "</div>"
+    )
+    out.append(
+        _figure(
+            figs.get("adversarial"),
+            "The most fragile test images: original, the adversarial "
+            "image found at the minimal eps with its new prediction, and the perturbation.",
+            "adversarial examples",
+        )
+    )
 
-  # 3. Biases
-  out.append("<h2 id='biases'>3. Uncovering biases</h2>")
-  out.append("<p class='caption'>For each class (training images, grouped by their given label, "
-             f"{', '.join(f'{names[int(k)]}: {v}' for k, v in b['examples_per_class'].items())} per class): "
-             "<b>robust</b> prototypes are the images hardest to push out of the class (largest minimal PGD "
-             "eps; ties by logit margin) and criticisms the easiest; <b>MMD</b> prototypes greedily minimise "
-             "MMD² to the class in penultimate-feature space, and criticisms maximise |witness| plus a "
-             "log-det diversity term (Kim et al. 2016; " + html.escape(b["kernel"]) + "). The last column is "
-             "the mean image of the row. A bias shows as an attribute shared by one side only; the table "
-             "gives, per attribute, the class where its rate among prototypes and criticisms differs most "
-             "(ink = mean pixel intensity).</p>")
-  rows = [[g["attribute"], g["method"], names[g["class"]], g["class_rate"], g["prototypes"], g["criticisms"],
-           g["prototype_minus_criticism"]] for g in b["largest_over_representation"]]
-  out.append(_table(["attribute", "method", "class", "class rate", "prototypes", "criticisms",
-                     "prototypes − criticisms"], rows, left_cols=3))
-  for name, per_class in b["attributes"].items():
-    if name == "ink":
-      continue
-    gap = lambda v: max(abs(v.get("robust_prototype_minus_criticism") or 0.0),
-                        abs(v.get("mmd_prototype_minus_criticism") or 0.0))
-    shown = sorted(per_class, key=lambda k: -gap(per_class[k]))[:10]
-    out.append(f"<h3>Attribute <code>{html.escape(name)}</code> per class</h3>")
-    out.append(f"<p class='caption'>Rate of <code>{html.escape(name)}</code> in the class and among its "
-               "prototypes and criticisms" + (f" ({len(shown)} of {len(per_class)} classes, largest "
-               "difference first)" if len(shown) < len(per_class) else "") + ".</p>")
-    out.append(_table(["class", "class rate", "robust prototypes", "robust criticisms", "MMD prototypes",
-                       "MMD criticisms"],
-                      [[names[int(k)], per_class[k]["class_rate"], per_class[k]["robust_prototypes"],
-                        per_class[k]["robust_criticisms"], per_class[k]["mmd_prototypes"],
-                        per_class[k]["mmd_criticisms"]] for k in sorted(shown, key=int)]))
-  bias_figs = figs.get("bias_classes", {})
-  if len(bias_figs) < len(b["per_class"]):
-    out.append(f"<p class='caption'>Image grids for {len(bias_figs)} of {len(b['per_class'])} classes "
-               "(those with the largest attribute differences first); all indices are in audit.json.</p>")
-  out.append("<div class='row'>")
-  for k, b64 in bias_figs.items():
-    pc = b["per_class"][str(k)]
-    out.append(_figure(b64, f"class {html.escape(names[int(k)])}: median minimal eps "
-                       f"{_fmt(pc['class_median_min_eps'])}, MMD² of prototypes {pc['mmd2']:.4f}, "
-                       f"sigma {pc['mmd_sigma']:.3g}.", f"class {k}"))
-  out.append("</div>")
+    # 3. Biases
+    out.append("<h2 id='biases'>3. Uncovering biases</h2>")
+    out.append(
+        "<p class='caption'>For each class (training images, grouped by their given label, "
+        f"{', '.join(f'{names[int(k)]}: {v}' for k, v in b['examples_per_class'].items())} per class): "
+        "<b>robust</b> prototypes are the images hardest to push out of the class (largest minimal PGD "
+        "eps; ties by logit margin) and criticisms the easiest; <b>MMD</b> prototypes greedily minimise "
+        "MMD² to the class in penultimate-feature space, and criticisms maximise |witness| plus a "
+        "log-det diversity term (Kim et al. 2016; "
+        + html.escape(b["kernel"])
+        + "). The last column is "
+        "the mean image of the row. A bias shows as an attribute shared by one side only; the table "
+        "gives, per attribute, the class where its rate among prototypes and criticisms differs most "
+        "(ink = mean pixel intensity).</p>"
+    )
+    rows = [
+        [
+            g["attribute"],
+            g["method"],
+            names[g["class"]],
+            g["class_rate"],
+            g["prototypes"],
+            g["criticisms"],
+            g["prototype_minus_criticism"],
+        ]
+        for g in b["largest_over_representation"]
+    ]
+    out.append(
+        _table(
+            [
+                "attribute",
+                "method",
+                "class",
+                "class rate",
+                "prototypes",
+                "criticisms",
+                "prototypes − criticisms",
+            ],
+            rows,
+            left_cols=3,
+        )
+    )
+    for name, per_class in b["attributes"].items():
+        if name == "ink":
+            continue
+        gap = lambda v: max(
+            abs(v.get("robust_prototype_minus_criticism") or 0.0),
+            abs(v.get("mmd_prototype_minus_criticism") or 0.0),
+        )
+        shown = sorted(per_class, key=lambda k: -gap(per_class[k]))[:10]
+        out.append(f"<h3>Attribute <code>{html.escape(name)}</code> per class</h3>")
+        out.append(
+            f"<p class='caption'>Rate of <code>{html.escape(name)}</code> in the class and among its "
+            "prototypes and criticisms"
+            + (
+                f" ({len(shown)} of {len(per_class)} classes, largest difference first)"
+                if len(shown) < len(per_class)
+                else ""
+            )
+            + ".</p>"
+        )
+        out.append(
+            _table(
+                [
+                    "class",
+                    "class rate",
+                    "robust prototypes",
+                    "robust criticisms",
+                    "MMD prototypes",
+                    "MMD criticisms",
+                ],
+                [
+                    [
+                        names[int(k)],
+                        per_class[k]["class_rate"],
+                        per_class[k]["robust_prototypes"],
+                        per_class[k]["robust_criticisms"],
+                        per_class[k]["mmd_prototypes"],
+                        per_class[k]["mmd_criticisms"],
+                    ]
+                    for k in sorted(shown, key=int)
+                ],
+            )
+        )
+    bias_figs = figs.get("bias_classes", {})
+    if len(bias_figs) < len(b["per_class"]):
+        out.append(
+            f"<p class='caption'>Image grids for {len(bias_figs)} of {len(b['per_class'])} classes "
+            "(those with the largest attribute differences first); all indices are in audit.json.</p>"
+        )
+    out.append("<div class='row'>")
+    for k, b64 in bias_figs.items():
+        pc = b["per_class"][str(k)]
+        out.append(
+            _figure(
+                b64,
+                f"class {html.escape(names[int(k)])}: median minimal eps "
+                f"{_fmt(pc['class_median_min_eps'])}, MMD² of prototypes {pc['mmd2']:.4f}, "
+                f"sigma {pc['mmd_sigma']:.3g}.",
+                f"class {k}",
+            )
+        )
+    out.append("</div>")
 
-  # 4. Label issues
-  out.append("<h2 id='labels'>4. Finding mislabeled examples</h2>")
-  out.append("<p class='caption'>Training examples ranked from most to least suspect: by the mean L2RW "
-             "weight recorded over training (low first; ties by final loss), by the final model's loss on the "
-             "given label (high first; the same order as self-confidence p(given label|x) ascending), and by "
-             "confident learning (Northcutt et al. 2021: examples whose confidently predicted class, with "
-             "per-class thresholds = mean self-confidence of the class, differs from the given label come "
-             "first, then by self-confidence). Scored against the injected-noise mask: precision@k = noisy "
-             "among the top k / k, recall@k = noisy among the top k / all noisy.</p>")
-  if li["rankings"]:
-    ks = list(next(iter(li["rankings"].values())).keys())
-    header = ["ranking"] + [f"{s}@{k[2:]}" for k in ks for s in ("precision", "recall")]
-    out.append(_table(header, [[name] + [v[k][s] for k in ks for s in ("precision", "recall")]
-                               for name, v in li["rankings"].items()]))
-    out.append(f"<p class='caption'>{li['n_ranked']} training examples ranked, {li.get('n_noisy')} of them "
-               "noisy.</p>")
-  out.append("<div class='row'>" + _figure(figs.get("weight_hist"), "Mean L2RW weight of clean and noisy "
-                                           "training examples.", "weights") + "</div>")
-  out.append(_figure(figs.get("suspects"), f"Top {len(li['top_suspects'])} suspects by the "
-                     f"<code>{html.escape(li['suspects_ranking'])}</code> ranking, most suspect first: given and "
-                     "predicted label and mean weight; red = injected noise, green = clean label.", "suspects"))
-  out.append("</body></html>")
-  return "\n".join(out)
+    # 4. Label issues
+    out.append("<h2 id='labels'>4. Finding mislabeled examples</h2>")
+    out.append(
+        "<p class='caption'>Training examples ranked from most to least suspect: by the mean L2RW "
+        "weight recorded over training (low first; ties by final loss), by the final model's loss on the "
+        "given label (high first; the same order as self-confidence p(given label|x) ascending), and by "
+        "confident learning (Northcutt et al. 2021: examples whose confidently predicted class, with "
+        "per-class thresholds = mean self-confidence of the class, differs from the given label come "
+        "first, then by self-confidence). Scored against the injected-noise mask: precision@k = noisy "
+        "among the top k / k, recall@k = noisy among the top k / all noisy.</p>"
+    )
+    if li["rankings"]:
+        ks = list(next(iter(li["rankings"].values())).keys())
+        header = ["ranking"] + [f"{s}@{k[2:]}" for k in ks for s in ("precision", "recall")]
+        out.append(
+            _table(
+                header,
+                [
+                    [name] + [v[k][s] for k in ks for s in ("precision", "recall")]
+                    for name, v in li["rankings"].items()
+                ],
+            )
+        )
+        out.append(
+            f"<p class='caption'>{li['n_ranked']} training examples ranked, {li.get('n_noisy')} of them "
+            "noisy.</p>"
+        )
+    out.append(
+        "<div class='row'>"
+        + _figure(
+            figs.get("weight_hist"),
+            "Mean L2RW weight of clean and noisy training examples.",
+            "weights",
+        )
+        + "</div>"
+    )
+    out.append(
+        _figure(
+            figs.get("suspects"),
+            f"Top {len(li['top_suspects'])} suspects by the "
+            f"<code>{html.escape(li['suspects_ranking'])}</code> ranking, most suspect first: given and "
+            "predicted label and mean weight; red = injected noise, green = clean label.",
+            "suspects",
+        )
+    )
+    out.append("</body></html>")
+    return "\n".join(out)
