@@ -1,0 +1,46 @@
+"""CIFAR-10/100 with noisy labels: WRN-28-10 uniform flip, ResNet-32 background flip.
+
+    python -m experiments.cifar --config=experiments/configs/cifar_uniform.py:cifar10 \\
+        --workdir=workdirs/cifar10_uniform --methods=erm,l2rw
+    python -m experiments.cifar --config=experiments/configs/cifar_background.py:dev \\
+        --workdir=workdirs/cifar_dev_background --config.num_steps=2000
+
+Each method runs in `<workdir>/<method>` (resumed if interrupted); prints the table of test
+accuracy (mean +- 95% CI over the seeds) and writes `table.md`, `summary.json`, `accuracy.png`.
+Catalog datasets must be prepared in the tfds data_dir (`--config.data_dir`), or given as
+`--config.dataset=npz:/path/file.npz`.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import common
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "configs", "cifar_uniform.py"),
+    "Training config; fields overridable (--config.num_steps=2000).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
+_METHODS = flags.DEFINE_list("methods", None, "Methods to run (default: the config's).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common.quiet_checkpoint_logs()
+    config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    results = common.run_methods(config, workdir, _METHODS.value or [config.method])
+    table = common.method_table(results)
+    print(table)
+    common.write_text(os.path.join(workdir, "table.md"), table + "\n")
+    common.write_json(os.path.join(workdir, "summary.json"), results)
+    common.plot_curves({m: common.test_curve(os.path.join(workdir, m)) for m in results},
+                       os.path.join(workdir, "accuracy.png"),
+                       f"{config.dataset}: {config.noise_ratio:.0%} {config.noise} flip")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,147 @@
+"""What the entry points share: running several methods of one config, tables, curves, plots."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from l2rw_jax import train
+
+
+def run_methods(config, workdir: str, methods: Sequence[str], overrides=None) -> dict:
+    """Trains ``config`` once per method, each in ``<workdir>/<method>``; {method: results}.
+
+    ``overrides(method) -> dict`` may change fields per method (e.g. the official code's batch
+    of 500 for hard mining). A finished run is not trained again (its results are returned),
+    an interrupted one resumes.
+    """
+    out = {}
+    for method in methods:
+        cfg = train.validate_config(config)
+        cfg.method = method
+        cfg.update((overrides or (lambda m: {}))(method))
+        out[method] = train.train_and_evaluate(cfg, os.path.join(workdir, method))
+    return out
+
+
+def fmt(stats: dict | None, *, error: bool = False) -> str:
+    """``mean +- ci95`` in percent (of error when ``error``), or ``mean`` for one seed."""
+    if stats is None:
+        return "-"
+    mean = 100 * (1 - stats["mean"]) if error else 100 * stats["mean"]
+    if stats["ci95"] is None:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} +- {100 * stats['ci95']:.2f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                      *map(line, rows)])
+
+
+def method_table(results: dict) -> str:
+    """One row per method: final / best / hyper-validation-selected test accuracy, speed."""
+    header = ["method", "seeds", "final test acc %", "best test acc %", "selected test acc %",
+              "steps/s", "wall s"]
+    rows = [[m, len(r["seeds"]), fmt(r["final_test_accuracy"]), fmt(r["best_test_accuracy"]),
+             fmt(r["selected_test_accuracy"]), f"{r['steps_per_s']:.1f}",
+             f"{r['wall_time_s']:.0f}"] for m, r in results.items()]
+    return markdown_table(header, rows)
+
+
+def test_curve(workdir: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps_E, accuracy_KxE) of the test evaluations in ``<workdir>/metrics.jsonl``."""
+    by_seed: dict[int, dict[int, float]] = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if r["split"] == "test":
+                by_seed.setdefault(r["seed"], {})[r["step"]] = r["accuracy"]
+    steps = np.array(sorted(next(iter(by_seed.values()))))
+    return steps, np.array([[accs[s] for s in steps] for _, accs in sorted(by_seed.items())])
+
+
+def plot_curves(curves: dict, path: str, title: str) -> None:
+    """Test accuracy over training: the mean over seeds, shaded from the min to the max seed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (steps, acc_KxE) in curves.items():
+        line, = ax.plot(steps, 100 * acc_KxE.mean(0), label=f"{name} ({len(acc_KxE)} seeds)")
+        ax.fill_between(steps, 100 * acc_KxE.min(0), 100 * acc_KxE.max(0), alpha=0.2,
+                        color=line.get_color())
+    ax.set_xlabel("training step")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_error_vs_fraction(results: dict, methods: Sequence[str], path: str,
+                           paper: dict | None = None) -> None:
+    """Test error (%) against the majority fraction p, mean with 95% CI bars, per method;
+    ``paper = {p: {method: error}}`` adds the paper's values as crosses."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = sorted(results)
+    x = np.arange(len(fractions))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, m in enumerate(methods):
+        stats = [results[p][m]["final_test_accuracy"] for p in fractions]
+        err = [100 * (1 - s["mean"]) for s in stats]
+        ci = [100 * (s["ci95"] or 0.0) for s in stats]
+        line = ax.errorbar(x + (i - len(methods) / 2) * 0.04, err, yerr=ci, marker="o",
+                           capsize=3, label=m)
+        for p, values in (paper or {}).items():
+            if p in fractions and m in values:
+                ax.plot(fractions.index(p), values[m], "x", markersize=9,
+                        color=line[0].get_color())
+    ax.set_xticks(x, [str(p) for p in fractions])
+    ax.set_xlabel("fraction of the majority class (9) in training")
+    ax.set_ylabel("test error (%)")
+    ax.set_yscale("log")
+    ax.set_title("MNIST 4 vs 9 (x: paper, Figure 3)" if paper else "MNIST 4 vs 9")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj) -> None:
+    train.write_json(path, obj)
+
+
+def quiet_checkpoint_logs() -> None:
+    """Drops orbax's INFO chatter (several lines per checkpoint) from the absl log."""
+    import logging as std_logging
+
+    from absl import logging
+
+    logging.get_absl_handler().addFilter(
+        lambda record: record.levelno >= std_logging.WARNING or "orbax" not in record.pathname)
+
+
+def write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,44 @@
+"""The first command of the README: noisy digits, ERM vs L2RW, a table and a plot.
+
+    python -m experiments.quickstart [--workdir=workdirs/quickstart] [--config.num_steps=3000]
+
+Trains ERM and L2RW (3 seeds each, vmapped) on the embedded digits with 40% of the training
+labels flipped (config: experiments/configs/quickstart.py), prints their test accuracy (mean +-
+95% CI over seeds) and saves `<workdir>/accuracy.png`, test accuracy over training. Under 3
+minutes on 2 CPU cores; the digits dataset is built offline into the tfds data_dir on first use.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import common
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "configs", "quickstart.py"),
+    "Training config (fields overridable: --config.num_steps=3000).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/quickstart", "Where the runs are written.")
+_METHODS = flags.DEFINE_list("methods", ["erm", "l2rw"], "Methods to compare.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common.quiet_checkpoint_logs()
+    workdir = os.path.abspath(_WORKDIR.value)
+    results = common.run_methods(_CONFIG.value, workdir, _METHODS.value)
+    config = _CONFIG.value
+    print(f"\n{config.dataset}, {config.noise} flip {config.noise_ratio:.0%}, "
+          f"{config.clean_per_class} clean per class, {config.model}, {config.num_steps} steps")
+    print(common.method_table(results))
+    path = os.path.join(workdir, "accuracy.png")
+    common.plot_curves({m: common.test_curve(os.path.join(workdir, m)) for m in results}, path,
+                       f"{config.dataset}: {config.noise_ratio:.0%} {config.noise} label noise")
+    print(f"\nplot: {path}\nruns: {', '.join(os.path.join(workdir, m) for m in results)}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,299 @@
+"""train_and_evaluate: every method, resume after a kill, vmapped seeds, configs, the workdir."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from l2rw_jax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES, STEPS, B = 10, 6, 8
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    """A tiny learnable 10-class dataset of 8x8 images (class c: a bright pixel c, plus noise)."""
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        y = np.arange(n) % NUM_CLASSES
+        x = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
+        x.reshape(n, 64)[np.arange(n), 3 * y] = 255
+        return x, y.astype(np.int64)
+
+    (x_train, y_train), (x_test, y_test) = make(400), make(100)
+    path = str(tmp_path_factory.mktemp("data") / "tiny.npz")
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+def _config(npz, **overrides):
+    c = train.default_config()
+    c.update(dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4, clean_per_class=2,
+                  hyper_val_size=20, batch_size=B, clean_batch_size=B, eval_batch_size=64,
+                  model="mlp", model_options=ml_collections.ConfigDict({"hidden": (16,)}),
+                  learning_rate=0.1, num_steps=STEPS, log_every=2, eval_every=3,
+                  checkpoint_every=2, progress_bar=False))
+    c.update(overrides)
+    return c
+
+
+def _final_params(workdir):
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    carry = manager.restore(manager.latest_step(),
+                            args=ocp.args.Composite(carry=ocp.args.StandardRestore())).carry
+    manager.close()
+    return carry[0]["params"]
+
+
+def _weights(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != "steps_per_s"} for line in f]
+
+
+# Weighing methods normalise each step's weights to sum 1 (or all 0), so the per-example
+# weight sums add up to the number of non-zero steps.
+@pytest.mark.parametrize("method", train.METHODS)
+def test_every_method_trains_and_records_its_weights(npz, tmp_path, method):
+    finetune = 2 if method == "finetune" else 0
+    config = _config(npz, method=method, finetune_steps=finetune, num_seeds=2)
+    results = train.train_and_evaluate(config, str(tmp_path))
+
+    assert results["completed"] and results["num_steps"] == STEPS + finetune
+    assert results["seeds"] == [0, 1] and results["num_hyperval"] == 20
+    for s in (0, 1):
+        w = _weights(tmp_path / f"example_weights_seed{s}.npz")
+        n = results["num_train"]
+        assert all(w[k].shape == (n,) for k in ("index", "mean_weight", "count", "is_noisy",
+                                                 "label", "true_label", "source_index"))
+        np.testing.assert_array_equal(w["index"], np.arange(n))
+        noisy_steps = 0 if method == "clean_only" else STEPS
+        assert int(w["count"].sum()) == noisy_steps * B
+        zero_steps = results["all_zero_steps"][s]
+        np.testing.assert_allclose(w["weight_sum"].sum(), noisy_steps - zero_steps, rtol=1e-5)
+        assert np.all(w["mean_weight"] >= 0)
+        if method in ("erm", "resample", "finetune"):
+            seen = w["count"] > 0
+            np.testing.assert_allclose(w["mean_weight"][seen], 1.0 / B, rtol=1e-6)
+        np.testing.assert_array_equal(w["is_noisy"], w["label"] != w["true_label"])
+    member0 = _weights(tmp_path / "example_weights.npz")
+    np.testing.assert_array_equal(member0["weight_sum"],
+                                  _weights(tmp_path / "example_weights_seed0.npz")["weight_sum"])
+    steps = sorted({r["step"] for r in _records(str(tmp_path)) if r["split"] == "test"})
+    assert steps == [3, 6] + ([8] if finetune else [])
+
+
+def test_balanced_rows_and_hold_out_are_exact_and_seeded():
+    labels = np.array([0] * 7 + [1] * 2 + [3] * 4)
+    rows = train.balanced_rows(labels, 4, seed=0)
+    assert np.bincount(labels[rows], minlength=4).tolist() == [7, 7, 0, 7]
+    assert set(rows[labels[rows] == 1]) == {7, 8}  # every row of a class is used
+    np.testing.assert_array_equal(rows, train.balanced_rows(labels, 4, seed=0))
+
+    from l2rw_jax import corruption
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (60, 4, 4, 1)).astype(np.uint8)
+    y = np.arange(60) % 3
+    splits = corruption.make_splits(x, y, x[:9], y[:9], num_classes=3, noise="uniform",
+                                    ratio=0.5, clean_per_class=2, seed=4)
+    kept, held = train.hold_out(splits, 10, seed=4)
+    assert len(kept.train_labels) == len(splits.train_labels) - 10
+    assert len(held.test_labels) == 10
+    union = np.concatenate([kept.train_source_index, held.test_source_index])
+    np.testing.assert_array_equal(np.sort(union), np.sort(splits.train_source_index))
+    # Held-out rows keep their observed (noisy) labels.
+    rows = np.searchsorted(splits.train_source_index, held.test_source_index)
+    np.testing.assert_array_equal(held.test_labels, splits.train_labels[rows])
+    again, _ = train.hold_out(splits, 10, seed=4)
+    np.testing.assert_array_equal(again.train_source_index, kept.train_source_index)
+    with pytest.raises(ValueError, match="hyper_val_size"):
+        train.hold_out(splits, len(splits.train_labels), seed=4)
+
+
+@pytest.fixture(scope="module")
+def resumed(npz, tmp_path_factory):
+    """An uninterrupted run, and a run killed after step 7 (last checkpoint: 6) then resumed."""
+    base = dict(method="l2rw", num_seeds=2, num_steps=8, checkpoint_every=3, log_every=1)
+    full = str(tmp_path_factory.mktemp("full"))
+    killed = str(tmp_path_factory.mktemp("killed"))
+    results_full = train.train_and_evaluate(_config(npz, **base), full)
+    stopped = train.train_and_evaluate(_config(npz, stop_after_steps=7, **base), killed)
+    # What a kill leaves: a torn last line and an unfinished checkpoint directory.
+    with open(os.path.join(killed, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 7, "split": "tr')
+    os.makedirs(os.path.join(killed, "checkpoints", "7.orbax-checkpoint-tmp-1234"))
+    results_resumed = train.train_and_evaluate(_config(npz, **base), killed)
+    return dict(full=full, killed=killed, results_full=results_full, stopped=stopped,
+                results_resumed=results_resumed, config=_config(npz, **base))
+
+
+def test_resume_after_kill_matches_uninterrupted_run(resumed):
+    assert resumed["stopped"] == {"completed": False, "step": 7}
+    full, resumed_results = resumed["results_full"], resumed["results_resumed"]
+    volatile = {"wall_time_s", "steps_per_s", "timing_s", "config"}
+    assert {k: v for k, v in full.items() if k not in volatile} == \
+        {k: v for k, v in resumed_results.items() if k not in volatile}
+    assert _records(resumed["full"]) == _records(resumed["killed"])
+    for name in ("example_weights_seed0.npz", "example_weights_seed1.npz"):
+        a = _weights(os.path.join(resumed["full"], name))
+        b = _weights(os.path.join(resumed["killed"], name))
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    jax.tree.map(np.testing.assert_array_equal, _final_params(resumed["full"]),
+                 _final_params(resumed["killed"]))
+    assert sorted(os.listdir(os.path.join(resumed["killed"], "checkpoints"))) == ["3", "6", "8"]
+    assert any(f.startswith("events.out.tfevents")
+               for f in os.listdir(os.path.join(resumed["killed"], "tb")))
+    # A finished run is not trained again.
+    again = train.train_and_evaluate(resumed["config"], resumed["killed"])
+    assert again == resumed_results
+
+
+def test_results_json_schema(resumed):
+    with open(os.path.join(resumed["killed"], "results.json")) as f:
+        r = json.load(f)
+    assert r == resumed["results_resumed"]
+    stats_keys = {"per_seed", "mean", "ci95", "ci95_low", "ci95_high"}
+    for key in ("final_test_accuracy", "best_test_accuracy", "selected_test_accuracy",
+                "final_test_loss", "final_hyperval_accuracy"):
+        assert set(r[key]) == stats_keys and len(r[key]["per_seed"]) == 2
+        assert r[key]["ci95_low"] < r[key]["mean"] < r[key]["ci95_high"] or \
+            r[key]["per_seed"][0] == r[key]["per_seed"][1]
+    assert r["method"] == "l2rw" and r["seeds"] == [0, 1] and r["num_seeds"] == 2
+    assert r["config"]["num_steps"] == 8 and r["config"]["method"] == "l2rw"
+    assert len(r["per_class_accuracy"]["per_seed"]) == 2
+    assert len(r["per_class_accuracy"]["mean"]) == r["num_classes"] == NUM_CLASSES
+    assert r["num_train"] + r["num_hyperval"] + r["num_clean"] == 400
+    assert r["num_test"] == 100 and len(r["best_step"]) == 2
+    assert r["wall_time_s"] > 0 and r["steps_per_s"] > 0 and r["completed"] is True
+    assert all(0 <= a <= 1 for a in r["final_test_accuracy"]["per_seed"])
+    # The 95% interval: mean +- t_{0.975, K-1} s / sqrt(K); t_{0.975, 1} = 12.7062.
+    ci = train.mean_ci95([0.5, 0.7])
+    np.testing.assert_allclose(ci["ci95"], 12.7062 * np.std([0.5, 0.7], ddof=1) / np.sqrt(2),
+                               rtol=1e-4)
+    assert train.mean_ci95([0.5])["ci95"] is None
+
+
+def test_seeds_in_one_step_and_data_parallel_equal_separate_runs(npz, tmp_path):
+    base = dict(method="l2rw", num_steps=4, checkpoint_every=4, eval_every=4)
+    runs = {}
+    variants = {"vmap": dict(num_seeds=2), "loop": dict(num_seeds=2, vmap_seeds=False),
+                # Data parallel: each batch split over 2 of the 4 fake CPU devices.
+                "mesh2": dict(num_seeds=2, num_devices=2),
+                "seed0": dict(seed=0), "seed1": dict(seed=1)}
+    for name, kw in variants.items():
+        runs[name] = (train.train_and_evaluate(_config(npz, **base, **kw), str(tmp_path / name)),
+                      _final_params(str(tmp_path / name)))
+    for name in ("vmap", "loop", "mesh2"):
+        results, params = runs[name]
+        for k, single in enumerate(("seed0", "seed1")):
+            r1, p1 = runs[single]
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a[k], b[0], atol=1e-6),
+                         params, p1)
+            np.testing.assert_allclose(results["final_test_loss"]["per_seed"][k],
+                                       r1["final_test_loss"]["per_seed"][0], rtol=1e-6)
+            a = _weights(tmp_path / name / f"example_weights_seed{k}.npz")
+            b = _weights(tmp_path / single / "example_weights.npz")
+            np.testing.assert_allclose(a["weight_sum"], b["weight_sum"], atol=1e-6)
+            for key in ("count", "label", "true_label", "source_index"):
+                np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_bad_configs_fail_before_any_work(npz, tmp_path):
+    workdir = tmp_path / "run"
+    for bad, match in [(dict(num_stepz=3), "num_stepz"), (dict(method="mentornet"), "mentornet"),
+                       (dict(method="finetune"), "finetune_steps"),
+                       (dict(model="vgg"), "vgg"), (dict(noise_ratio=1.5), "ratio"),
+                       (dict(batch_size=0), "batch_size"), (dict(lr_boundaries=(5, 2)), "lr_b"),
+                       (dict(l2rw_mode="sideways"), "sideways"),
+                       (dict(dataset="imagenet"), "imagenet"), (dict(batch_size=6, num_devices=4),
+                                                                "divisible")]:
+        cfg = _config(npz)
+        if "num_stepz" in bad:
+            cfg = ml_collections.ConfigDict({**cfg.to_dict(), **bad})
+        else:
+            cfg.update(bad)
+        with pytest.raises(ValueError, match=match):
+            train.train_and_evaluate(cfg, str(workdir))
+        assert not workdir.exists()
+    train.train_and_evaluate(_config(npz, num_steps=2, eval_every=2), str(workdir))
+    with pytest.raises(ValueError, match="different config"):
+        train.train_and_evaluate(_config(npz, num_steps=2, eval_every=2, learning_rate=0.3),
+                                 str(workdir))
+
+
+def _load_config_module(name):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "experiments", "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, args", [
+    ("quickstart", [()]), ("mnist_imbalance", [(p,) for p in ("0.9", "0.95", "0.98", "0.99")]),
+    ("mnist_noisy", [("uniform",), ("background",)]),
+    ("cifar_uniform", [("cifar10",), ("cifar100",), ("dev",)]),
+    ("cifar_background", [("cifar10",), ("cifar100",), ("dev",)])])
+def test_preset_configs_are_valid(name, args):
+    module = _load_config_module(name)
+    assert "python -m experiments." in module.__doc__ and "Expected" in module.__doc__
+    for a in args:
+        config = train.validate_config(module.get_config(*a))
+        assert config.to_dict().keys() == train.default_config().to_dict().keys()
+    if name != "quickstart":
+        with pytest.raises(ValueError):
+            module.get_config("nonsense")
+
+
+def test_command_line_overrides_fail_on_typos():
+    path = os.path.join(ROOT, "experiments", "configs", "mnist_imbalance.py")
+
+    def parse(*argv):
+        fv = flags.FlagValues()
+        # config_flags reads the overrides from sys.argv unless given sys_argv.
+        config_flags.DEFINE_config_file("config", path, flag_values=fv, lock_config=True,
+                                        sys_argv=["prog", *argv])
+        fv(["prog", *argv])
+        return fv.config
+
+    config = parse(f"--config={path}:0.95", "--config.num_steps=20", "--config.method=mwnet")
+    assert (config.num_steps, config.method, config.majority_fraction) == (20, "mwnet", 0.95)
+    with pytest.raises(AttributeError, match="num_stepz"):
+        parse("--config.num_stepz=20")
+    with pytest.raises(flags.IllegalFlagValueError):
+        parse("--config.num_steps=twenty")
+
+
+def test_mnist_entry_point_sweeps_methods_and_fractions(npz, tmp_path):
+    workdir = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "experiments.mnist", f"--workdir={workdir}",
+           "--methods=erm,l2rw", "--majority_fractions=0.6,0.5",
+           f"--config.dataset=npz:{npz}", "--config.num_train=40", "--config.model=mlp",
+           "--config.batch_size=20",
+           "--config.num_steps=4", "--config.num_seeds=2", "--config.eval_every=2",
+           "--config.eval_batch_size=40", "--config.progress_bar=False",
+           "--hard_mining_batch_size=20"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| erm" in out.stdout and "| l2rw" in out.stdout and "p = 0.5" in out.stdout
+    for p in ("0.6", "0.5"):
+        for m in ("erm", "l2rw"):
+            with open(workdir / f"p{p}" / m / "results.json") as f:
+                assert json.load(f)["config"]["majority_fraction"] == float(p)
+    assert (workdir / "error.png").stat().st_size > 0
+    with open(workdir / "summary.json") as f:
+        assert set(json.load(f)) == {"0.6", "0.5"}
