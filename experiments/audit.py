@@ -109,30 +109,12 @@ def load_run(workdir: str, member: int = 0) -> dict:
 
     # The data modules pull in TensorFlow: imported only once the cheap checks passed.
     import jax
-    from l2rw_jax import corruption, datasets, input_pipeline, models
+    from l2rw_jax import models
     from l2rw_jax import train as train_lib
 
-    seed = int(cfg["seed"]) + member
-    arrays = datasets.load_arrays(cfg["dataset"], data_dir=cfg.get("data_dir"))
-    splits = corruption.make_splits(
-        arrays.x_train,
-        arrays.y_train,
-        arrays.x_test,
-        arrays.y_test,
-        num_classes=arrays.num_classes,
-        noise=cfg["noise"],
-        ratio=cfg["noise_ratio"],
-        clean_per_class=cfg["clean_per_class"],
-        seed=seed,
-        background_class=cfg.get("background_class"),
-        official_convention=cfg.get("official_convention", False),
-        majority_fraction=cfg.get("majority_fraction"),
-        num_train=cfg.get("num_train", 5000),
-        majority_class=cfg.get("majority_class", 9),
-        minority_class=cfg.get("minority_class", 4),
-    )
-    splits, _ = train_lib.hold_out(splits, int(cfg.get("hyper_val_size", 0)), seed)
-    mean, std = input_pipeline.channel_stats(splits.train_x)
+    # The member's data exactly as training rebuilt it (splits, hold-out, normalisation).
+    md = train_lib.member_data(cfg, member)
+    seed, splits, mean, std = md.seed, md.splits, md.mean, md.std
 
     weights_path = os.path.join(
         workdir, "example_weights.npz" if member == 0 else f"example_weights_seed{seed}.npz"

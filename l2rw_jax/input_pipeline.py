@@ -129,6 +129,15 @@ def _check_processes(process_index, process_count) -> None:
         )
 
 
+def _check_start_step(start_step) -> None:
+    if (
+        isinstance(start_step, bool)
+        or not isinstance(start_step, (int, np.integer))
+        or start_step < 0
+    ):
+        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
+
+
 def _check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}.")
@@ -279,12 +288,7 @@ def train_dataset(
     _check_processes(process_index, process_count)
     _check_batch("batch_size", batch_size, process_count, 1)
     seed = _check_seed(seed)
-    if (
-        isinstance(start_step, bool)
-        or not isinstance(start_step, (int, np.integer))
-        or start_step < 0
-    ):
-        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
+    _check_start_step(start_step)
     _check_aug(pad, pad_mode, splits.train_x.shape[1:])
     scale_C, shift_C = _normaliser(mean, std, splits.train_x.shape[-1])
     columns = {
@@ -327,12 +331,7 @@ def clean_dataset(
     _check_processes(process_index, process_count)
     _check_batch("clean_batch_size", batch_size, process_count, 1)
     seed = _check_seed(seed)
-    if (
-        isinstance(start_step, bool)
-        or not isinstance(start_step, (int, np.integer))
-        or start_step < 0
-    ):
-        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
+    _check_start_step(start_step)
     _check_aug(pad, pad_mode, splits.clean_x.shape[1:])
     scale_C, shift_C = _normaliser(mean, std, splits.clean_x.shape[-1])
     return _shuffled_stream(
@@ -462,12 +461,7 @@ def make_streams(
     _check_aug(pad, pad_mode)
     if not isinstance(augment, bool):
         raise ValueError(f"augment must be True or False, got {augment!r}.")
-    if (
-        isinstance(start_step, bool)
-        or not isinstance(start_step, (int, np.integer))
-        or start_step < 0
-    ):
-        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
+    _check_start_step(start_step)
     if not isinstance(download, bool):
         raise ValueError(f"download must be True or False, got {download!r}.")
     if (mean is None) != (std is None):
