@@ -25,11 +25,14 @@ from l2rw_jax.reweight import normalize_weights
 # Training.
 from l2rw_jax.methods import WeighContext
 from l2rw_jax.methods import get_weigh_fn
+from l2rw_jax.methods import init_method_state
 from l2rw_jax.step import jit_train_step
 from l2rw_jax.step import make_eval_step
 from l2rw_jax.step import make_train_step
 from l2rw_jax.step import softmax_xent
+from l2rw_jax.train import METHODS
 from l2rw_jax.train import default_config
+from l2rw_jax.train import member_data
 from l2rw_jax.train import train_and_evaluate
 from l2rw_jax.train_state import TrainState
 

@@ -8,7 +8,7 @@ A scheme is a constructor ``scheme(**options) -> weigh_fn`` with
 ``w_B`` as a constant); ``metrics`` is a dict of scalars, plus per-example ``(B,)`` arrays
 under keys ending in ``_B``. Pure and traceable: no Python branching on traced values (the
 train step is ``jax.vmap``-ed over seeds). To add a scheme, write its constructor and add it
-to ``_METHODS``.
+to ``_METHODS`` (and, if it carries state, its initialiser to ``_INITS``).
 """
 from __future__ import annotations
 
