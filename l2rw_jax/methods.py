@@ -73,25 +73,86 @@ def erm() -> WeighFn:
     return weigh_fn
 
 
-def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "optimizer"
-         ) -> WeighFn:
-    """Learning to Reweight Examples (Ren et al. 2018, arXiv 1803.09050, Alg. 1).
+_WEIGHT_MAPS = ("clip", "sign", "one")
+_NORMALIZE = ("batch", "class", "class_balanced")
+_META_PARAMS = ("all", "last")
 
-    Weights from :func:`l2rw_jax.reweight.meta_weights` (validation on the clean batch after a
-    look-ahead step). Metrics: ``val_loss`` (at the zero-gradient look-ahead) and the raw
-    meta-gradient ``g_B``.
+
+def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "optimizer", *,
+         memory_decay: float = 0.0, warmup_steps: int = 0, weight_map: str = "clip",
+         normalize: str = "batch", meta_params: str = "all", loss_quantile: float = 0.0
+         ) -> WeighFn:
+    r"""Learning to Reweight Examples (Ren et al. 2018, arXiv 1803.09050, Alg. 1), and variants.
+
+    With the default options, exactly the paper: weights from
+    :func:`l2rw_jax.reweight.meta_weights` (validation on the clean batch after a look-ahead
+    step), ``w_i = max(-g_i, 0) / sum_k max(-g_k, 0)``. The options (DESIGN.md section 2 stays
+    the reference; README "Robust reweighting" has the measured effect of each) replace the
+    single-batch score ``s_i = g_i`` and the map from scores to weights:
+
+    - ``memory_decay = d > 0``: a per-example memory of the meta-gradient, keyed by the example's
+      dataset row ``batch["index"]``: ``m_i <- d m_i + (1 - d) g^_i`` (``m_i <- g^_i`` at the
+      first visit), ``s_i = m_i``, with ``g^ = g / rms(g)`` over the global batch (why: the
+      learning-rate schedule and the falling loss change the scale of ``g`` by orders of
+      magnitude over training; the sign and the rank within a batch are what carry the
+      signal). Needs ``method_state = init_method_state("l2rw", rng, class_counts_C,
+      memory_decay=d)``: ``{"memory_N", "seen_N"}`` with ``N = sum(class_counts_C)``.
+    - ``weight_map``: ``"clip"`` (paper: ``w~_i = max(-s_i, 0)``) or ``"sign"`` (``w~_i =
+      1[s_i < 0]``: every example the clean batch endorses counts equally, so the effective
+      batch does not collapse onto the few largest meta-gradients), or ``"one"`` (``w~_i = 1``:
+      the meta-gradient is ignored; an ablation for the loss gate below).
+    - ``normalize``: ``"batch"`` (paper: ``w = w~ / sum w~`` over the batch), ``"class"`` (per
+      observed label ``c`` present in the batch with ``n_c`` of its ``B`` examples: ``w_i =
+      (n_c / B) w~_i / sum_{k: y_k = c} w~_k``, so no class can be switched off as a whole) or
+      ``"class_balanced"`` (the same with an equal share ``1 / #classes present`` per class: the
+      ``proportion`` baseline's class balance, redistributed within each class by L2RW). A
+      class whose ``w~`` are all 0 gets its share spread uniformly over its examples.
+    - ``warmup_steps = W``: uniform weights ``1 / B`` while ``step < W`` (the meta-gradient is
+      still computed, and fills the memory).
+    - ``loss_quantile = q > 0``: a loss gate calibrated on the clean batch: ``w~_i`` is
+      multiplied by ``1[C_i(theta) <= tau]`` with ``tau`` the ``q``-quantile of the clean
+      batch's losses at ``theta``. Why: early in training (or on a model that underfits) the
+      meta-gradient barely separates flipped from clean examples while the loss does; the
+      clean set, which the model never trains on, says which losses a correct label has now.
+      Once the model fits its training set, every training loss falls below ``tau`` and the
+      gate opens, leaving the meta-gradient in charge.
+    - ``meta_params="last"``: the meta-gradient through the last layer only: ``epsilon`` moves
+      only the parameters of the model's last top-level module (the output layer of every
+      model in :mod:`l2rw_jax.models`), the others enter as constants (``stop_gradient``).
+      Still exact for that restricted look-ahead, and cheaper: the body of the network is run
+      forward once per batch and never differentiated inside the meta-step.
+
+    Metrics: ``val_loss`` (at the zero-gradient look-ahead) and the raw meta-gradient ``g_B``.
 
     Args:
       mode: ``"forward"`` (default, cheaper) or ``"reverse"``; both exact.
-      all_clipped: ``"zero"`` (paper) or ``"uniform"``: weights when every ``-g_i <= 0``.
+      all_clipped: ``"zero"`` (paper) or ``"uniform"``: weights when every ``w~_i = 0`` (with
+        ``normalize="batch"``).
       lookahead: ``"optimizer"`` (DESIGN.md section 2: the training optimizer with its state, so
         momentum moves the look-ahead point to ``theta'_0 != theta``) or ``"sgd"`` (the official
         code: ``theta' = theta - grad L_f``, no momentum or weight decay, evaluated at
         ``theta`` itself; its learning rate cancels in the normalisation).
+      memory_decay: ``d`` in ``[0, 1)``; 0 (paper) uses this batch's ``g`` alone.
+      warmup_steps: steps of uniform weights before reweighting starts (``>= 0``).
+      weight_map: ``"clip"`` (paper), ``"sign"`` or ``"one"``.
+      normalize: ``"batch"`` (paper), ``"class"`` or ``"class_balanced"``.
+      meta_params: ``"all"`` (paper) or ``"last"``.
+      loss_quantile: ``q`` in ``[0, 1]``; 0 (paper) means no loss gate.
     """
     reweight._check_choice("mode", mode, reweight._MODES)
     reweight._check_choice("all_clipped", all_clipped, reweight._ALL_CLIPPED)
     reweight._check_choice("lookahead", lookahead, ("optimizer", "sgd"))
+    reweight._check_choice("weight_map", weight_map, _WEIGHT_MAPS)
+    reweight._check_choice("normalize", normalize, _NORMALIZE)
+    reweight._check_choice("meta_params", meta_params, _META_PARAMS)
+    if not (isinstance(loss_quantile, (int, float)) and 0.0 <= loss_quantile <= 1.0):
+        raise ValueError(f"loss_quantile must be a number in [0, 1], got {loss_quantile!r}.")
+    if not (isinstance(memory_decay, (int, float)) and 0.0 <= memory_decay < 1.0):
+        raise ValueError(f"memory_decay must be a number in [0, 1), got {memory_decay!r}.")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}.")
+    paper_map = (memory_decay == 0 and weight_map == "clip" and normalize == "batch"
+                 and loss_quantile == 0)
     plain_sgd = optax.sgd(1.0)
 
     def weigh_fn(ctx: WeighContext):
@@ -99,13 +160,110 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
             tx, opt_state = plain_sgd, plain_sgd.init(ctx.params)
         else:
             tx, opt_state = ctx.tx, ctx.opt_state
+        loss_fn, val_loss_fn = ctx.loss_fn, ctx.val_loss_fn or ctx.loss_fn
+        loss_fn_plain, val_loss_fn_plain = loss_fn, val_loss_fn
+        if meta_params == "last":
+            loss_fn, val_loss_fn = _last_layer_only(loss_fn), _last_layer_only(val_loss_fn)
         mw = reweight.meta_weights(
-            ctx.loss_fn, ctx.params, opt_state, tx, ctx.batch, ctx.val_batch,
-            mode=mode, axis_name=ctx.axis_name, val_loss_fn=ctx.val_loss_fn,
+            loss_fn, ctx.params, opt_state, tx, ctx.batch, ctx.val_batch,
+            mode=mode, axis_name=ctx.axis_name, val_loss_fn=val_loss_fn,
             all_clipped=all_clipped)
-        return mw.w, ctx.method_state, {"val_loss": mw.val_loss, "g_B": mw.g}
+        w_B, state = mw.w, ctx.method_state
+        if not paper_map:
+            score_B = mw.g
+            if memory_decay > 0:
+                score_B, state = _remember(state, ctx.batch["index"], mw.g, memory_decay,
+                                           ctx.axis_name)
+            if weight_map == "clip":
+                wt_B = jnp.maximum(-score_B, 0.0)
+            elif weight_map == "sign":
+                wt_B = (score_B < 0).astype(jnp.float32)
+            else:  # "one": the ablation without the meta-gradient (only the gate decides)
+                wt_B = jnp.ones_like(score_B)
+            if loss_quantile > 0:
+                wt_B = wt_B * _loss_gate(loss_fn_plain, val_loss_fn_plain, ctx, loss_quantile)
+            if normalize == "batch":
+                w_B = reweight.normalize_weights(-wt_B, axis_name=ctx.axis_name,
+                                                 all_clipped=all_clipped)[0]
+            else:
+                w_B = _class_normalized(wt_B, ctx.batch["label"], normalize == "class_balanced",
+                                        ctx.axis_name)
+        if warmup_steps:
+            _, total = _local_and_global_size(ctx)
+            w_B = jnp.where(ctx.step < warmup_steps, jnp.full_like(w_B, 1.0 / total), w_B)
+        return w_B, state, {"val_loss": mw.val_loss, "g_B": mw.g}
 
     return weigh_fn
+
+
+def _loss_gate(loss_fn, val_loss_fn, ctx: WeighContext, q: float) -> jax.Array:
+    """``1[C_i(theta) <= tau]`` (float, shape B), ``tau`` the ``q``-quantile of the clean
+    batch's losses at ``theta`` over the global clean batch."""
+    params = jax.lax.stop_gradient(ctx.params)
+    losses_B = loss_fn(params, ctx.batch)
+    val_losses_G = _gathered(val_loss_fn(params, ctx.val_batch), ctx.axis_name)
+    return (losses_B <= jnp.quantile(val_losses_G, q)).astype(jnp.float32)
+
+
+def _last_layer_only(loss_fn: reweight.LossFn) -> reweight.LossFn:
+    """``loss_fn`` with every top-level parameter module but the last one held constant."""
+
+    def frozen_loss_fn(params, batch):
+        if not isinstance(params, dict) or not params:
+            raise ValueError(f"meta_params='last' needs the parameters as a dict of modules "
+                             f"(flax), got {type(params).__name__}.")
+        last = list(params)[-1]
+        return loss_fn({k: v if k == last else jax.lax.stop_gradient(v)
+                        for k, v in params.items()}, batch)
+
+    return frozen_loss_fn
+
+
+def _gathered(x_B: jax.Array, axis_name: str | None) -> jax.Array:
+    """The global batch of ``x_B`` on every program (itself without ``axis_name``)."""
+    if axis_name is None:
+        return x_B
+    # A psum of each program's block placed at its offset: exact (the rest adds zeros), and
+    # its result is known to be replicated, so state built from it can leave as replicated.
+    size = x_B.shape[0]
+    offset = jax.lax.axis_index(axis_name) * size
+    x_G = jnp.zeros((size * jax.lax.psum(1, axis_name),), x_B.dtype)
+    x_G = jax.lax.dynamic_update_slice_in_dim(x_G, x_B, offset, axis=0)
+    return jax.lax.psum(x_G, axis_name)
+
+
+def _remember(state: PyTree, index_B: jax.Array, g_B: jax.Array, decay: float,
+              axis_name: str | None) -> tuple[jax.Array, PyTree]:
+    """``(m_B, new_state)``: the per-example memory updated with ``g^ = g / rms(g)`` at rows
+    ``index_B`` (see :func:`l2rw`), and its new values there. Every program updates its
+    replica with the whole global batch, so the replicas stay equal."""
+    index_G, g_G = _gathered(index_B, axis_name), _gathered(g_B, axis_name)
+    rms = jnp.sqrt(jnp.mean(jnp.square(g_G)))
+    gn_G = g_G / jnp.where(rms > 0, rms, 1.0)
+    memory_N, seen_N = state["memory_N"], state["seen_N"]
+    old_G = memory_N[index_G]
+    new_G = jnp.where(seen_N[index_G], decay * old_G + (1.0 - decay) * gn_G, gn_G)
+    state = {"memory_N": memory_N.at[index_G].set(new_G),
+             "seen_N": seen_N.at[index_G].set(True)}
+    return state["memory_N"][index_B], state
+
+
+def _class_normalized(wt_B: jax.Array, label_B: jax.Array, balanced: bool,
+                      axis_name: str | None) -> jax.Array:
+    """``w_i = share_{y_i} wt_i / sum_{k: y_k = y_i} wt_k`` over the global batch, with
+    ``share_c = n_c / B`` (or ``1 / #classes present`` when ``balanced``); a class whose
+    ``wt`` sum to 0 gets ``share_c / n_c`` on each of its examples. Sums to 1."""
+    wt_G, label_G = _gathered(wt_B, axis_name), _gathered(label_B, axis_name)
+    same_BxG = (label_B[:, None] == label_G[None, :]).astype(jnp.float32)
+    count_B = jnp.sum(same_BxG, axis=1)           # n_{y_i}, >= 1
+    total_B = same_BxG @ wt_G                     # sum of wt over the class of example i
+    num_present = jnp.sum(1.0 / jnp.sum(
+        (label_G[:, None] == label_G[None, :]).astype(jnp.float32), axis=1))
+    share_B = 1.0 / num_present if balanced else count_B / label_G.shape[0]
+    switched_off_B = total_B <= 0
+    within_B = jnp.where(switched_off_B, 1.0 / count_B,
+                         wt_B / jnp.where(switched_off_B, 1.0, total_B))
+    return share_B * within_B
 
 
 def _normalized(wt_B: jax.Array, axis_name: str | None) -> jax.Array:
@@ -295,8 +453,18 @@ def _mwnet_init(rng: jax.Array, class_counts_C, hidden: int = 100, meta_lr: floa
     return {"phi": phi, "opt_state": _mwnet_tx(meta_lr, meta_weight_decay).init(phi)}
 
 
+def _l2rw_init(rng: jax.Array, class_counts_C, memory_decay: float = 0.0, **options) -> PyTree:
+    del rng, options
+    if not memory_decay:
+        return ()
+    num_train = int(round(float(jnp.sum(_class_counts("l2rw", class_counts_C)))))
+    return {"memory_N": jnp.zeros((num_train,), jnp.float32),
+            "seen_N": jnp.zeros((num_train,), jnp.bool_)}
+
+
 # Initial method_state of the schemes that carry one (the others start from ()).
 _INITS: dict[str, Callable[..., PyTree]] = {
+    "l2rw": _l2rw_init,
     "proportion": _proportion_init,
     "hard_mining": _hard_mining_init,
     "mwnet": _mwnet_init,

@@ -1,0 +1,230 @@
+"""The robust L2RW options of methods.l2rw: per-example meta-gradient memory, sign weights,
+class-aware normalisation, warm-up; their mechanics on hand-checkable problems."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, PartitionSpec as P
+
+from l2rw_jax import methods, reweight
+
+N, B, M, C = 12, 8, 4, 3
+AXIS = "data"
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """A linear softmax model one momentum step in, a batch of rows ``index`` of N, a clean batch."""
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(5, C)), jnp.float32),
+              "b": jnp.zeros(C, jnp.float32)}
+    tx = optax.sgd(0.1, momentum=0.9)
+    opt_state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)[1]
+
+    def batch(rows, seed):
+        r = np.random.default_rng(seed)
+        return {"x": jnp.asarray(r.normal(size=(len(rows), 5)), jnp.float32),
+                "label": jnp.asarray(r.integers(0, C, len(rows)), jnp.int32),
+                "index": jnp.asarray(rows, jnp.int32)}
+
+    val = {k: v for k, v in batch(range(M), 99).items() if k != "index"}
+
+    def loss_fn(p, b):
+        return optax.softmax_cross_entropy_with_integer_labels(b["x"] @ p["w"] + p["b"][None, :],
+                                                               b["label"])
+
+    return dict(params=params, tx=tx, opt_state=opt_state, val=val, loss_fn=loss_fn,
+                batch1=batch(range(0, 8), 1), batch2=batch([4, 5, 6, 7, 8, 9, 10, 11], 2))
+
+
+def _ctx(prob, batch, method_state=(), step=0):
+    return methods.WeighContext(
+        loss_fn=prob["loss_fn"], params=prob["params"], opt_state=prob["opt_state"],
+        tx=prob["tx"], batch=batch, val_batch=prob["val"], method_state=method_state,
+        rng=jax.random.PRNGKey(0), step=jnp.int32(step))
+
+
+def _jitted(prob, weigh_fn):
+    """``(state, batch, step) -> (w_B, new_state, metrics)``, jitted."""
+    return jax.jit(lambda state, batch, step: weigh_fn(_ctx(prob, batch, state, step)))
+
+
+def _init(**options):
+    return methods.init_method_state("l2rw", jax.random.PRNGKey(0), [5, 4, 3], **options)
+
+
+def test_default_options_are_the_papers_algorithm(problem):
+    w, state, metrics = methods.get_weigh_fn("l2rw")(_ctx(problem, problem["batch1"]))
+    mw = reweight.meta_weights(problem["loss_fn"], problem["params"], problem["opt_state"],
+                               problem["tx"], problem["batch1"], problem["val"])
+    np.testing.assert_array_equal(w, mw.w)
+    np.testing.assert_array_equal(metrics["g_B"], mw.g)
+    assert state == () and _init() == ()
+
+
+def test_memory_is_an_ema_of_the_normalised_meta_gradient_keyed_by_index(problem):
+    d = 0.75
+    weigh = _jitted(problem, methods.get_weigh_fn("l2rw", memory_decay=d, weight_map="clip"))
+    state0 = _init(memory_decay=d)
+    assert state0["memory_N"].shape == (N,) and not bool(jnp.any(state0["seen_N"]))
+    w1, state1, m1 = weigh(state0, problem["batch1"], 0)
+    w2, state2, m2 = weigh(state1, problem["batch2"], 1)
+    g1, g2 = np.asarray(m1["g_B"], np.float64), np.asarray(m2["g_B"], np.float64)
+    gn1, gn2 = g1 / np.sqrt(np.mean(g1 ** 2)), g2 / np.sqrt(np.mean(g2 ** 2))
+    expected = np.zeros(N)
+    expected[0:8] = gn1
+    expected[4:8] = d * gn1[4:8] + (1 - d) * gn2[0:4]  # rows seen twice
+    expected[8:12] = gn2[4:8]                         # first visit: the value itself
+    np.testing.assert_allclose(state2["memory_N"], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(state2["seen_N"], np.ones(N, bool))
+    # The weights are the paper's map applied to the memory at the batch's rows.
+    wt = np.maximum(-expected[4:12], 0.0)
+    np.testing.assert_allclose(w2, wt / wt.sum(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(w1, np.maximum(-gn1, 0) / np.maximum(-gn1, 0).sum(), rtol=1e-5)
+
+
+def test_class_normalisation_exact_values():
+    label = jnp.array([0, 0, 0, 1, 1, 2, 2, 2], jnp.int32)
+    wt = jnp.array([1.0, 3.0, 0.0, 0.0, 0.0, 2.0, 2.0, 4.0])
+    # "class": class c keeps its batch share n_c / B; class 1 is all clipped -> uniform inside.
+    w = methods._class_normalized(wt, label, balanced=False, axis_name=None)
+    np.testing.assert_allclose(w, [3 / 8 * 0.25, 3 / 8 * 0.75, 0, 1 / 8, 1 / 8,
+                                   3 / 8 * 0.25, 3 / 8 * 0.25, 3 / 8 * 0.5], rtol=1e-6)
+    # "class_balanced": each of the 3 classes present gets 1/3.
+    w = methods._class_normalized(wt, label, balanced=True, axis_name=None)
+    np.testing.assert_allclose(w, [1 / 12, 0.25, 0, 1 / 6, 1 / 6, 1 / 12, 1 / 12, 1 / 6],
+                               rtol=1e-6)
+    assert abs(float(jnp.sum(w)) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("normalize", ["batch", "class", "class_balanced"])
+def test_sign_map_weighs_every_endorsed_example_equally(problem, normalize):
+    batch = problem["batch1"]
+    w, _, m = methods.get_weigh_fn("l2rw", weight_map="sign", normalize=normalize)(
+        _ctx(problem, batch))
+    endorsed = np.asarray(m["g_B"]) < 0
+    assert 0 < endorsed.sum() < B
+    w = np.asarray(w)
+    label = np.asarray(batch["label"])
+    for c in np.unique(label):
+        in_c = label == c
+        kept = w[in_c & endorsed]
+        if kept.size:  # equal weights on the endorsed, none on the others of the class
+            np.testing.assert_allclose(kept, kept[0], rtol=1e-6)
+            assert np.all(w[in_c & ~endorsed] == 0)
+        if normalize == "class":
+            np.testing.assert_allclose(w[in_c].sum(), in_c.sum() / B, rtol=1e-6)
+        if normalize == "class_balanced":
+            np.testing.assert_allclose(w[in_c].sum(), 1 / len(np.unique(label)), rtol=1e-6)
+    if normalize == "batch":
+        np.testing.assert_allclose(w[endorsed], 1 / endorsed.sum(), rtol=1e-6)
+
+
+def test_warmup_gives_uniform_weights_before_step_w_and_reweights_from_it(problem):
+    d, warmup = 0.5, 3
+    weigh = _jitted(problem, methods.get_weigh_fn("l2rw", memory_decay=d, warmup_steps=warmup))
+    state = _init(memory_decay=d)
+    w_before, state_before, _ = weigh(state, problem["batch1"], warmup - 1)
+    w_at, state_at, _ = weigh(state, problem["batch1"], warmup)
+    np.testing.assert_array_equal(w_before, np.full(B, 1 / B, np.float32))
+    assert not np.allclose(w_at, 1 / B)
+    np.testing.assert_allclose(np.sum(w_at), 1.0, rtol=1e-6)
+    # The memory is filled during the warm-up too.
+    np.testing.assert_array_equal(state_before["memory_N"], state_at["memory_N"])
+    assert bool(jnp.all(state_before["seen_N"][:8]))
+
+
+@pytest.mark.parametrize("options", [
+    dict(memory_decay=1.0), dict(memory_decay=-0.1), dict(warmup_steps=-1),
+    dict(warmup_steps=2.5), dict(weight_map="softmax"), dict(normalize="classes"),
+    dict(meta_params="body"), dict(loss_quantile=1.5)])
+def test_bad_options_raise(options):
+    key = next(iter(options))
+    with pytest.raises(ValueError, match=key):
+        methods.get_weigh_fn("l2rw", **options)
+
+
+def test_memory_needs_class_counts_to_size_itself():
+    with pytest.raises(ValueError, match="class_counts_C"):
+        methods.init_method_state("l2rw", jax.random.PRNGKey(0), memory_decay=0.5)
+
+
+def test_variants_under_shard_map_equal_one_device(problem):
+    """Memory, sign map and class normalisation over 4 devices: same weights and memory."""
+    options = dict(memory_decay=0.5, weight_map="sign", normalize="class_balanced")
+    weigh = methods.get_weigh_fn("l2rw", **options)
+    state = _init(memory_decay=0.5)
+    expected = _jitted(problem, weigh)
+    w_ref, state_ref, _ = expected(state, problem["batch1"], 0)
+    w_ref2, state_ref2, _ = expected(state_ref, problem["batch2"], 1)
+
+    def per_device(s, b, v):
+        ctx = _ctx(problem, b, s)._replace(val_batch=v, axis_name=AXIS)
+        return weigh(ctx)[:2]
+
+    mesh = Mesh(np.array(jax.devices()[:4]), (AXIS,))
+    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
+                                    out_specs=(P(AXIS), P())))
+    w1, s1 = sharded(state, problem["batch1"], problem["val"])
+    w2, s2 = sharded(s1, problem["batch2"], problem["val"])
+    for a, b in ((w1, w_ref), (w2, w_ref2), (s2["memory_N"], state_ref2["memory_N"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(s2["seen_N"], state_ref2["seen_N"])
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_last_layer_meta_gradient_is_the_meta_gradient_of_the_head_on_fixed_features(mode):
+    """meta_params="last" on an MLP equals L2RW on the output layer alone, fed the hidden
+    features as constant inputs (plain SGD: the look-ahead leaves the body where it is)."""
+    from l2rw_jax import models
+
+    module = models.create_model("mlp", C, hidden=(6,))
+    params, _ = models.init_model(module, jax.random.key(0), (1, 5))
+    apply_fn = models.make_apply_fn(module)
+    rng = np.random.default_rng(1)
+    batch = {"image": jnp.asarray(rng.normal(size=(B, 5)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, C, B), jnp.int32)}
+    val = {"image": jnp.asarray(rng.normal(size=(M, 5)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, C, M), jnp.int32)}
+    tx = optax.sgd(0.3)
+
+    def loss_fn(p, b):
+        return optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, {}, b["image"], True)[0],
+                                                               b["label"])
+
+    ctx = methods.WeighContext(loss_fn=loss_fn, params=params, opt_state=tx.init(params), tx=tx,
+                               batch=batch, val_batch=val, method_state=(),
+                               rng=jax.random.PRNGKey(0), step=jnp.int32(0))
+    _, _, metrics = methods.get_weigh_fn("l2rw", mode=mode, meta_params="last")(ctx)
+    assert list(params) == ["Dense_0", "Dense_1"]
+    hidden = lambda x: jax.nn.relu(x @ params["Dense_0"]["kernel"]
+                                   + params["Dense_0"]["bias"][None, :])
+    head = {"kernel": params["Dense_1"]["kernel"], "bias": params["Dense_1"]["bias"]}
+
+    def head_loss(hp, b):
+        logits = b["h"] @ hp["kernel"] + hp["bias"][None, :]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, b["label"])
+
+    g_ref, _ = reweight.meta_gradient(
+        head_loss, head, tx.init(head), tx, {"h": hidden(batch["image"]), "label": batch["label"]},
+        {"h": hidden(val["image"]), "label": val["label"]}, mode=mode)
+    np.testing.assert_allclose(metrics["g_B"], g_ref, rtol=1e-5, atol=1e-8)
+    _, _, full = methods.get_weigh_fn("l2rw", mode=mode)(ctx)
+    assert not np.allclose(full["g_B"], g_ref)  # the body's share of the full meta-gradient
+
+
+def test_loss_gate_keeps_examples_below_the_clean_loss_quantile(problem):
+    q = 0.5
+    ctx = _ctx(problem, problem["batch1"])
+    w, _, m = methods.get_weigh_fn("l2rw", weight_map="sign", loss_quantile=q)(ctx)
+    losses = np.asarray(problem["loss_fn"](problem["params"], problem["batch1"]))
+    tau = np.quantile(np.asarray(problem["loss_fn"](problem["params"], problem["val"])), q)
+    kept = (losses <= tau) & (np.asarray(m["g_B"]) < 0)
+    assert 0 < kept.sum() < B and (losses > tau).any()
+    np.testing.assert_allclose(w, kept / kept.sum(), rtol=1e-6)
+    # q = 1 with a clean batch whose losses are all at least the training ones: no gating.
+    w1, _, m1 = methods.get_weigh_fn("l2rw", weight_map="sign", loss_quantile=1.0)(
+        ctx._replace(val_batch={k: v for k, v in problem["batch1"].items() if k != "index"}))
+    endorsed = np.asarray(m1["g_B"]) < 0
+    np.testing.assert_allclose(w1, endorsed / endorsed.sum(), rtol=1e-6)
