@@ -1,7 +1,8 @@
 """Meta-step speed and memory: plain weighted step vs reverse- and forward-mode L2RW steps.
 
 For each row (model, batch B, clean batch M) and each variant (``plain``: the same jitted train
-step with ERM weights 1/B; ``reverse`` / ``forward``: the L2RW step in that mode) it reports the
+step with ERM weights 1/B; ``reverse`` / ``forward``: the paper's L2RW step in that mode;
+``robust``: the recommended variant, ``ROBUST_OPTIONS``, forward mode) it reports the
 median wall-clock ms per step over ``--steps`` (>= 50) steps after ``--warmup`` steps, the
 median process CPU time per step (``time.process_time``, all threads: less sensitive than wall
 time to other processes on a shared machine), their ratios to the plain step, and two memory
@@ -11,12 +12,12 @@ figures:
   step (arguments + outputs + temporaries - aliased/donated bytes), the step's own peak
   buffer footprint;
 - ``row_rss_mib`` (per row): the row process's resident-set high-water mark
-  (``resource.getrusage``, ``ru_maxrss``) with all three variants compiled and run, Python,
+  (``resource.getrusage``, ``ru_maxrss``) with all variants compiled and run, Python,
   JAX and the compiler included.
 
-Each row runs in its own subprocess, which compiles the three variants and then times them
-interleaved step by step (plain, reverse, forward, plain, ...), so that on a shared machine all
-three see the same background load. Optimizer: the paper's recipe (SGD momentum 0.9, weight
+Each row runs in its own subprocess, which compiles the variants and then times them
+interleaved step by step (plain, reverse, forward, robust, plain, ...), so that on a shared
+machine all see the same background load. Optimizer: the paper's recipe (SGD momentum 0.9, weight
 decay 2e-4); data: random normal images, random labels, already on the device.
 
     python -m benchmarks.meta_step            # full run -> benchmarks/results/meta_step.json
@@ -42,19 +43,30 @@ ROWS = {
     "lenet_clean10": dict(model="lenet", kw={}, image=(28, 28, 1), batch=100, clean=10, lr=1e-3),
     "resnet32_clean100": dict(model="resnet32", kw={}, image=(32, 32, 3), batch=100, clean=100,
                               lr=0.1),
+    # The robust-reweighting protocol's model on CIFAR-size images (experiments/robust.py).
+    "small_cnn_clean100": dict(model="small_cnn", kw={}, image=(32, 32, 3), batch=100,
+                               clean=100, lr=0.05),
 }
+NUM_TRAIN = 20000  # rows of the per-example memory (the robust variant): cifar10_dev's size
 # --quick: the same code paths on a tiny ResNet, to check the script end to end in seconds.
 QUICK_KW = {"resnet32": {"units_per_stage": 1}}
+# The recommended robust options (train.ROBUST_L2RW: last-layer meta-gradient, memory, sign
+# map, class balance) without the warm-up, which does not change the cost of a step.
+ROBUST_OPTIONS = {"memory_decay": 0.9, "weight_map": "sign", "normalize": "class_balanced",
+                  "meta_params": "last"}
 VARIANTS = {"plain": ("erm", {}), "reverse": ("l2rw", {"mode": "reverse"}),
-            "forward": ("l2rw", {"mode": "forward"})}
+            "forward": ("l2rw", {"mode": "forward"}),
+            "robust": ("l2rw", ROBUST_OPTIONS)}
 TARGETS = {  # issue 3 section 5: max ratio to the plain step on this 2-core CPU
     ("lenet_clean10", "forward"): 1.4, ("lenet_clean100", "forward"): 2.2,
     ("lenet_clean10", "reverse"): 2.0, ("lenet_clean100", "reverse"): 2.7,
+    # issue 6: the recommended variant at most 2x a plain step with a clean batch of 100
+    ("small_cnn_clean100", "robust"): 2.0, ("lenet_clean100", "robust"): 2.0,
 }
 
 
 def run_row(row_name: str, steps: int, warmup: int, quick: bool) -> list[dict]:
-    """Compiles the three variants of one row, then times them interleaved in this process."""
+    """Compiles the variants of one row, then times them interleaved in this process."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -73,7 +85,8 @@ def run_row(row_name: str, steps: int, warmup: int, quick: bool) -> list[dict]:
 
     def make_batch(k_image, k_label, size):
         return {"image": jax.random.normal(k_image, (size, *row["image"])),
-                "label": jax.random.randint(k_label, (size,), 0, 10)}
+                "label": jax.random.randint(k_label, (size,), 0, 10),
+                "index": jnp.arange(size, dtype=jnp.int32)}
 
     batch = make_batch(keys[0], keys[1], row["batch"])
     val_batch = make_batch(keys[2], keys[3], row["clean"])
@@ -86,7 +99,8 @@ def run_row(row_name: str, steps: int, warmup: int, quick: bool) -> list[dict]:
         states[variant] = TrainState(
             step=jnp.zeros([], jnp.int32), params=jax.tree.map(jnp.copy, params),
             model_state=jax.tree.map(jnp.copy, model_state), opt_state=tx.init(params),
-            rng=jax.random.key(1), method_state=())
+            rng=jax.random.key(1), method_state=methods.init_method_state(
+                method, jax.random.key(3), class_counts_C=[NUM_TRAIN // 10] * 10, **options))
         t0 = time.perf_counter()
         compiled[variant] = train_step.lower(states[variant], batch, val_batch).compile()
         mem = compiled[variant].memory_analysis()
@@ -193,7 +207,7 @@ def main(argv=None) -> None:
         "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "memory_note": "xla_mib: XLA compiled memory analysis of the step (arguments + "
                        "outputs + temporaries - aliased/donated bytes); row_rss_mib: "
-                       "ru_maxrss high-water mark of the row's process (all three variants "
+                       "ru_maxrss high-water mark of the row's process (all variants "
                        "compiled and run; includes Python, JAX, XLA)",
         "timing_note": "variants interleaved step by step in one process; ms = wall clock, "
                        "cpu ms = process CPU time (all threads)",

@@ -46,7 +46,9 @@ The run's workdir (everything written atomically: tmp file, then ``os.replace``)
                            mean_weight (= weight_sum / max(count, 1); each step's weights sum
                            to 1 over its batch, so uniform weights are 1/B), count (times in a
                            batch), weight_sum, is_noisy, label (observed), true_label,
-                           source_index (row in the source training set), seed
+                           source_index (row in the source training set), seed, and
+                           meta_grad_memory (l2rw with l2rw_memory_decay > 0: the final
+                           per-example memory of the normalised meta-gradient; high = suspect)
     example_weights_seed<s>.npz   the same for every member when num_seeds > 1
     results.json           final summary (schema in :func:`train_and_evaluate`)
 
@@ -120,6 +122,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.clean_per_class = 10          # clean (trusted) examples per class, never corrupted
     c.hyper_val_size = 0            # noisy training examples held out for hyper-validation
     c.augment = False               # CIFAR pad-4 random crop + flip on the training streams
+    # Input scaling: standardize ((x / 255 - mean_C) / std_C, statistics of the member's
+    # training images) | unit (x / 255 in [0, 1], as the official MNIST code feeds LeNet).
+    c.pixel_scale = "standardize"
     c.batch_size = 100              # noisy training batch B
     c.clean_batch_size = 100        # clean (validation) batch M of the meta-step
     c.eval_batch_size = 500         # evaluation batch (last one padded and masked)
@@ -130,6 +135,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.method = "l2rw"               # one of METHODS
     c.l2rw_mode = "forward"         # l2rw meta-gradient: forward | reverse (both exact)
     c.l2rw_all_clipped = "zero"     # l2rw weights when every -g_i <= 0: zero (paper) | uniform
+    c.l2rw_lookahead = "optimizer"  # look-ahead: optimizer (DESIGN §2) | sgd (official code)
+    # Options of methods.l2rw. The defaults are the recommended robust variant (ROBUST_L2RW,
+    # README "Robust reweighting"); the paper's algorithm is PAPER_L2RW (reproduction configs).
+    c.l2rw_memory_decay = 0.9       # per-example EMA of the meta-gradient, keyed by row; 0: off
+    c.l2rw_warmup_steps = 200       # uniform weights for the first steps
+    c.l2rw_weight_map = "sign"      # sign: 1[g < 0] | clip: max(-g, 0) (paper) | one (ablation)
+    c.l2rw_normalize = "class_balanced"  # class_balanced | class | batch (paper)
+    c.l2rw_meta_params = "last"     # last: meta-gradient through the last layer | all (paper)
+    c.l2rw_loss_quantile = 0.0      # loss gate: keep C_i <= q-quantile of clean losses; 0: off
     c.mwnet_hidden = 100            # Meta-Weight-Net hidden units (Shu et al. 2019: 100)
     c.mwnet_lr = 1e-3               # Meta-Weight-Net Adam learning rate (Shu et al. 2019)
     c.mwnet_weight_decay = 1e-4     # Meta-Weight-Net L2 weight decay (Shu et al. 2019)
@@ -160,6 +174,19 @@ def default_config() -> ml_collections.ConfigDict:
     c.stop_after_steps = config_dict.placeholder(int)  # stop (as if killed) after this step: tests
     c.progress_bar = True           # tqdm bar with steps/s and ETA
     return c
+
+
+# l2rw_* config fields of the paper's algorithm (Ren et al. 2018, Alg. 1; DESIGN.md section 2):
+# what the reproduction configs use.
+PAPER_L2RW = {"l2rw_memory_decay": 0.0, "l2rw_warmup_steps": 0, "l2rw_weight_map": "clip",
+              "l2rw_normalize": "batch", "l2rw_meta_params": "all", "l2rw_loss_quantile": 0.0}
+# The robust variant (methods.l2rw's options; README "Robust reweighting" has the evidence).
+ROBUST_L2RW = {"l2rw_memory_decay": 0.9, "l2rw_warmup_steps": 200, "l2rw_weight_map": "sign",
+               "l2rw_normalize": "class_balanced", "l2rw_meta_params": "last"}
+
+
+# Config fields added after the first release, with the behaviour runs had before them.
+_ADDED_FIELDS = {**PAPER_L2RW, "l2rw_lookahead": "optimizer", "pixel_scale": "standardize"}
 
 
 def _is_int(x) -> bool:
@@ -210,6 +237,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     bounds = tuple(c.lr_boundaries)
     if any(not _is_int(b) or b < 1 for b in bounds) or list(bounds) != sorted(set(bounds)):
         raise ValueError(f"lr_boundaries must be increasing integers >= 1, got {bounds!r}.")
+    if c.pixel_scale not in ("standardize", "unit"):
+        raise ValueError(f"pixel_scale must be 'standardize' or 'unit', got {c.pixel_scale!r}.")
     if c.nesterov and c.momentum == 0:
         raise ValueError("nesterov=True needs momentum > 0.")
     datasets.check_name(c.dataset)
@@ -236,7 +265,13 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 def _weighing(config) -> tuple[str, dict]:
     """(scheme name, options) of the weighting scheme behind ``config.method``."""
     if config.method == "l2rw":
-        return "l2rw", {"mode": config.l2rw_mode, "all_clipped": config.l2rw_all_clipped}
+        return "l2rw", {"mode": config.l2rw_mode, "all_clipped": config.l2rw_all_clipped,
+                        "lookahead": config.l2rw_lookahead,
+                        "memory_decay": config.l2rw_memory_decay,
+                        "warmup_steps": config.l2rw_warmup_steps,
+                        "weight_map": config.l2rw_weight_map, "normalize": config.l2rw_normalize,
+                        "meta_params": config.l2rw_meta_params,
+                        "loss_quantile": config.l2rw_loss_quantile}
     if config.method == "mwnet":
         return "mwnet", {"hidden": config.mwnet_hidden, "meta_lr": config.mwnet_lr,
                          "meta_weight_decay": config.mwnet_weight_decay,
@@ -328,7 +363,11 @@ def _member_data(config, arrays: datasets.Arrays, seed: int) -> MemberData:
         majority_fraction=config.majority_fraction, num_train=config.num_train,
         majority_class=config.majority_class, minority_class=config.minority_class)
     splits, hyperval = hold_out(splits, config.hyper_val_size, seed)
-    mean, std = input_pipeline.channel_stats(splits.train_x)
+    if config.pixel_scale == "unit":
+        channels = splits.train_x.shape[-1]
+        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    else:
+        mean, std = input_pipeline.channel_stats(splits.train_x)
     counts = np.bincount(splits.train_labels, minlength=splits.num_classes)
     return MemberData(seed, splits, hyperval, mean, std, counts)
 
@@ -520,7 +559,9 @@ def _check_or_write_config(workdir: str, config) -> None:
     current = json.loads(config.to_json())
     if os.path.exists(path):
         with open(path) as f:
-            previous = json.load(f)
+            # A field the stored config lacks was added to the library after that run was
+            # written: the run had the behaviour from before the field existed.
+            previous = {**_ADDED_FIELDS, **json.load(f)}
         differ = sorted(k for k in set(previous) | set(current)
                         if k not in _RESUMABLE_FIELDS and previous.get(k) != current.get(k))
         if differ:
@@ -660,6 +701,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         {"method", "config", "seeds", "num_seeds", "num_steps" (total, finetune included),
          "num_classes", "num_train", "num_clean", "num_test", "num_hyperval",
+         "background_class": [K] (the background flip's class per member, else None),
          "final_test_accuracy", "best_test_accuracy", "selected_test_accuracy",
          "final_test_loss", "final_hyperval_accuracy": each {"per_seed": [K], "mean", "ci95",
             "ci95_low", "ci95_high"} (ci95 None when K = 1; the hyper-validation ones None
@@ -879,8 +921,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return {"completed": False, "step": step}
 
     acc_host = _concat(jax.device_get([c[1] for c in carries]))
+    method_state = _concat(jax.device_get([c[0].method_state for c in carries]))
     for k, md in enumerate(members):
         weights = _example_weights(md, acc_host["w_sum"][k], acc_host["count"][k])
+        if isinstance(method_state, dict) and "memory_N" in method_state:
+            # l2rw's per-example meta-gradient memory: the variant's own score (low = clean).
+            weights["meta_grad_memory"] = method_state["memory_N"][k].astype(np.float32)
         if k == 0:
             _write_npz(os.path.join(workdir, "example_weights.npz"), **weights)
         if K > 1:
@@ -985,6 +1031,7 @@ def _results(config, run: _Run, history: list[dict], seeds, all_zero_steps_K, *,
         "num_clean": int(len(md0.splits.clean_labels)),
         "num_test": int(len(md0.splits.test_labels)),
         "num_hyperval": 0 if md0.hyperval is None else int(len(md0.hyperval.test_labels)),
+        "background_class": [md.splits.background_class for md in run.members],
         "final_test_accuracy": mean_ci95(final["test"]["accuracy"]),
         "best_test_accuracy": mean_ci95(test_acc_ExK.max(0)),
         "best_step": [int(history[e]["step"]) for e in best_e_K],

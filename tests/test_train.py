@@ -126,8 +126,12 @@ def test_balanced_rows_and_hold_out_are_exact_and_seeded():
 
 @pytest.fixture(scope="module")
 def resumed(npz, tmp_path_factory):
-    """An uninterrupted run, and a run killed after step 7 (last checkpoint: 6) then resumed."""
-    base = dict(method="l2rw", num_seeds=2, num_steps=8, checkpoint_every=3, log_every=1)
+    """An uninterrupted run, and a run killed after step 7 (last checkpoint: 6) then resumed.
+
+    L2RW with the robust options: the per-example memory lives in the checkpointed state."""
+    base = dict(method="l2rw", num_seeds=2, num_steps=8, checkpoint_every=3, log_every=1,
+                l2rw_memory_decay=0.5, l2rw_warmup_steps=2, l2rw_weight_map="sign",
+                l2rw_normalize="class", l2rw_meta_params="last")
     full = str(tmp_path_factory.mktemp("full"))
     killed = str(tmp_path_factory.mktemp("killed"))
     results_full = train.train_and_evaluate(_config(npz, **base), full)
@@ -151,7 +155,11 @@ def test_resume_after_kill_matches_uninterrupted_run(resumed):
     for name in ("example_weights_seed0.npz", "example_weights_seed1.npz"):
         a = _weights(os.path.join(resumed["full"], name))
         b = _weights(os.path.join(resumed["killed"], name))
-        assert all(np.array_equal(a[k], b[k]) for k in a)
+        assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+        # The memory survived the kill: every example drawn in the 8 steps has a value.
+        seen = a["count"] > 0
+        assert np.all(a["meta_grad_memory"][seen] != 0) and np.all(
+            a["meta_grad_memory"][~seen] == 0)
     jax.tree.map(np.testing.assert_array_equal, _final_params(resumed["full"]),
                  _final_params(resumed["killed"]))
     assert sorted(os.listdir(os.path.join(resumed["killed"], "checkpoints"))) == ["3", "6", "8"]
@@ -178,6 +186,7 @@ def test_results_json_schema(resumed):
     assert len(r["per_class_accuracy"]["mean"]) == r["num_classes"] == NUM_CLASSES
     assert r["num_train"] + r["num_hyperval"] + r["num_clean"] == 400
     assert r["num_test"] == 100 and len(r["best_step"]) == 2
+    assert r["background_class"] == [None, None]  # uniform flip
     assert r["wall_time_s"] > 0 and r["steps_per_s"] > 0 and r["completed"] is True
     assert all(0 <= a <= 1 for a in r["final_test_accuracy"]["per_seed"])
     # The 95% interval: mean +- t_{0.975, K-1} s / sqrt(K); t_{0.975, 1} = 12.7062.
@@ -219,6 +228,9 @@ def test_bad_configs_fail_before_any_work(npz, tmp_path):
                        (dict(model="vgg"), "vgg"), (dict(noise_ratio=1.5), "ratio"),
                        (dict(batch_size=0), "batch_size"), (dict(lr_boundaries=(5, 2)), "lr_b"),
                        (dict(l2rw_mode="sideways"), "sideways"),
+                       (dict(l2rw_memory_decay=1.0), "memory_decay"),
+                       (dict(l2rw_normalize="global"), "global"),
+                       (dict(pixel_scale="minmax"), "pixel_scale"),
                        (dict(dataset="imagenet"), "imagenet"), (dict(batch_size=6, num_devices=4),
                                                                 "divisible")]:
         cfg = _config(npz)
@@ -235,6 +247,14 @@ def test_bad_configs_fail_before_any_work(npz, tmp_path):
                                  str(workdir))
 
 
+def test_unit_pixel_scale_feeds_raw_pixels_over_255(npz):
+    md = train.member_data(_config(npz, pixel_scale="unit"))
+    np.testing.assert_array_equal(md.mean, [0.0])
+    np.testing.assert_array_equal(md.std, [1.0])
+    standard = train.member_data(_config(npz))
+    assert 0.1 < float(standard.mean[0]) < 0.5 and float(standard.std[0]) > 0.05
+
+
 def _load_config_module(name):
     spec = importlib.util.spec_from_file_location(
         name, os.path.join(ROOT, "experiments", "configs", f"{name}.py"))
@@ -247,7 +267,8 @@ def _load_config_module(name):
     ("quickstart", [()]), ("mnist_imbalance", [(p,) for p in ("0.9", "0.95", "0.98", "0.99")]),
     ("mnist_noisy", [("uniform",), ("background",)]),
     ("cifar_uniform", [("cifar10",), ("cifar100",), ("dev",)]),
-    ("cifar_background", [("cifar10",), ("cifar100",), ("dev",)])])
+    ("cifar_background", [("cifar10",), ("cifar100",), ("dev",)]),
+    ("robust_protocol", [("cifar10_dev",), ("mnist",)])])
 def test_preset_configs_are_valid(name, args):
     module = _load_config_module(name)
     assert "python -m experiments." in module.__doc__ and "Expected" in module.__doc__

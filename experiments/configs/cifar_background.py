@@ -38,6 +38,7 @@ def get_config(source: str = "cifar10"):
     c.model_options.units_per_stage = 5  # 3 stages x 5 units x 2 convs + 2 = 32 layers
     c.model_options.widths = (16, 32, 64)  # channels per stage
     c.method = "l2rw"
+    c.update(train.PAPER_L2RW)      # the paper's L2RW (Ren et al. 2018, Alg. 1)
     c.learning_rate = 0.1
     c.momentum = 0.9
     c.weight_decay = 2e-4

@@ -39,6 +39,7 @@ def get_config(source: str = "cifar10"):
     c.model_options.width = 10
     c.model_options.dropout_rate = 0.3  # paper
     c.method = "l2rw"
+    c.update(train.PAPER_L2RW)      # the paper's L2RW (Ren et al. 2018, Alg. 1)
     c.learning_rate = 0.1           # paper
     c.momentum = 0.9
     c.weight_decay = 2e-4

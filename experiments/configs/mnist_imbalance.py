@@ -42,6 +42,7 @@ def get_config(majority_fraction: str = "0.995"):
     c.eval_batch_size = 1000        # 1964 test images, 2 batches
     c.model = "lenet"               # official LeNet (16/32/64 conv, FC 100), 2 logits
     c.method = "l2rw"               # any of train.METHODS (the sweep sets it)
+    c.update(train.PAPER_L2RW)      # the paper's L2RW (Ren et al. 2018, Alg. 1)
     c.learning_rate = 1e-3          # official code
     c.momentum = 0.9
     c.weight_decay = 0.0            # none in the official MNIST code

@@ -36,6 +36,7 @@ def get_config(noise: str = "uniform"):
     c.eval_batch_size = 1000        # 10000 test images, 10 batches
     c.model = "lenet"
     c.method = "l2rw"               # erm | l2rw | mwnet | any other method
+    c.update(train.PAPER_L2RW)      # the paper's L2RW (Ren et al. 2018, Alg. 1)
     c.learning_rate = 0.01
     c.momentum = 0.9
     c.weight_decay = 2e-4

@@ -32,6 +32,7 @@ def get_config():
     c.model_options.hidden = 64     # dense units before the output layer
     c.model_options.batch_norm = False
     c.method = "l2rw"               # the script runs erm and l2rw
+    c.update(train.PAPER_L2RW)      # the paper's L2RW (Ren et al. 2018, Alg. 1)
     c.learning_rate = 0.05          # SGD momentum 0.9
     c.momentum = 0.9
     c.weight_decay = 0.0

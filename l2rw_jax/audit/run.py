@@ -532,6 +532,13 @@ def run_audit(
         orders["l2rw_weight"] = label_issues.rank_by_l2rw_weight(
             mean_w[rows_ranked], loss_train[rows_ranked]
         )
+        if "meta_grad_memory" in example_weights:
+            # The robust L2RW variant's per-example memory of the meta-gradient: high = harmful.
+            memory = np.full(len(x_train), np.nan)
+            memory[idx] = np.asarray(example_weights["meta_grad_memory"], np.float64)
+            orders["l2rw_memory"] = label_issues.rank_by_l2rw_weight(
+                -memory[rows_ranked], loss_train[rows_ranked]
+            )
     else:
         notes.append(
             "No recorded L2RW weights were given: label issues are ranked by the baselines only."
@@ -553,7 +560,7 @@ def run_audit(
             "No example is marked noisy (is_noisy missing or all False): precision@k and "
             "recall@k are not computed."
         )
-    main = "l2rw_weight" if "l2rw_weight" in orders else "final_loss"
+    main = next(n for n in ("l2rw_memory", "l2rw_weight", "final_loss") if n in orders)
     top = rows_ranked[orders[main][: config.num_suspects]]
     pred_train = probs_train.argmax(axis=1)
     true_train = np.asarray(train["true_label"]) if "true_label" in train else None

@@ -1,0 +1,226 @@
+"""The robustness benchmark: every method and L2RW variant at 40% uniform, 40% background, 0%.
+
+    python -m experiments.robust --config=experiments/configs/robust_protocol.py:cifar10_dev \\
+        --workdir=workdirs/robust_cifar10_dev
+    python -m experiments.robust --config=experiments/configs/robust_protocol.py:mnist \\
+        --workdir=workdirs/robust_mnist --variants=erm,proportion,l2rw,l2rw_robust
+
+Each (setting, variant) trains `config.num_seeds` seeds in `<workdir>/<setting>/<variant>`
+(resumed if interrupted, skipped if finished). Prints and writes `<workdir>/table.md`,
+`summary.json` and `robust.png`; with `--results_dir` (default `benchmarks/results`) also
+copies them there as `robust_<source>.{md,json,png}`, the versions the README quotes.
+
+Columns: final test accuracy (mean +- 95% CI over seeds); at background flip the background
+class's test accuracy and the mean of the other classes'; precision@k of the recorded
+per-example weights (lowest mean weight = most suspect; k = number of flipped examples) and,
+for variants with a memory, of the memory (highest = most suspect); seconds per step (3
+members, one after the other) relative to `erm`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import common
+from l2rw_jax import train
+from l2rw_jax.audit import label_issues
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "configs", "robust_protocol.py"),
+    "Protocol config; fields overridable (--config.num_seeds=5).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
+_SETTINGS = flags.DEFINE_list("settings", ["uniform", "background", "none"],
+                              "Noise settings: uniform, background (40% each) and none.")
+_VARIANTS = flags.DEFINE_list("variants", None, "Variants to run (default: all of VARIANTS).")
+_TRAIN = flags.DEFINE_bool(
+    "train", True, "Train what is missing (--notrain: only tabulate the finished runs; the "
+    "others show as '-').")
+_RESULTS_DIR = flags.DEFINE_string(
+    "results_dir", "benchmarks/results", "Where the table, summary and plot are copied "
+    "(empty: not copied).")
+
+def _paper(**changes) -> dict:
+    return dict(train.PAPER_L2RW, **changes)
+
+
+# name -> config overrides. The L2RW rows go from the paper's algorithm to the recommended one,
+# one option at a time (methods.l2rw documents each option).
+VARIANTS = {
+    "erm": dict(method="erm"),
+    "proportion": dict(method="proportion"),
+    "random": dict(method="random"),
+    "resample": dict(method="resample"),
+    "hard_mining": dict(method="hard_mining"),
+    "finetune": dict(method="finetune", finetune_steps=300),
+    "clean_only": dict(method="clean_only"),
+    "mwnet": dict(method="mwnet"),
+    "l2rw": dict(method="l2rw", **train.PAPER_L2RW),
+    "l2rw_last": dict(method="l2rw", **_paper(l2rw_meta_params="last")),
+    "l2rw_last_mem": dict(method="l2rw", **_paper(l2rw_meta_params="last",
+                                                  l2rw_memory_decay=0.9)),
+    "l2rw_last_mem_sign_class": dict(method="l2rw", **_paper(
+        l2rw_meta_params="last", l2rw_memory_decay=0.9, l2rw_weight_map="sign",
+        l2rw_normalize="class_balanced")),
+    "l2rw_robust": dict(method="l2rw", **train.ROBUST_L2RW),  # ... and a 200-step warm-up
+    "l2rw_robust_gate": dict(method="l2rw", **dict(train.ROBUST_L2RW, l2rw_loss_quantile=0.7)),
+    "gate_only": dict(method="l2rw", **dict(train.ROBUST_L2RW, l2rw_loss_quantile=0.7,
+                                            l2rw_weight_map="one")),
+}
+SETTINGS = {"uniform": dict(noise="uniform", noise_ratio=0.4),
+            "background": dict(noise="background", noise_ratio=0.4),
+            "none": dict(noise="none", noise_ratio=0.0)}
+
+
+def precision_at_noisy(workdir: str, seeds, key: str, suspect_high: bool) -> list[float] | None:
+    """Per seed: precision@k of ranking the training examples by ``key`` of the run's
+    example_weights (k = number of flipped examples); None when not recorded or no noise."""
+    out = []
+    for s in seeds:
+        path = os.path.join(workdir, f"example_weights_seed{s}.npz")
+        if not os.path.exists(path):
+            path = os.path.join(workdir, "example_weights.npz")
+        with np.load(path) as z:
+            if key not in z.files or not z["is_noisy"].any():
+                return None
+            score, is_noisy = z[key].astype(np.float64), z["is_noisy"]
+        order = np.lexsort((np.arange(len(score)), -score if suspect_high else score))
+        out.append(label_issues.precision_at_k(order, is_noisy, int(is_noisy.sum())))
+    return out
+
+
+def summarize(results: dict, run_dir: str, erm_rate: float | None) -> dict:
+    """The numbers of one (setting, variant) run for the table."""
+    out = {"test_accuracy": results["final_test_accuracy"],
+           "steps_per_s": results["steps_per_s"],
+           "time_vs_erm": erm_rate / results["steps_per_s"] if erm_rate else None}
+    bg = results["background_class"]
+    if bg[0] is not None:
+        per_class = np.array(results["per_class_accuracy"]["per_seed"])
+        k = np.arange(len(bg))
+        others = (per_class.sum(1) - per_class[k, bg]) / (per_class.shape[1] - 1)
+        out["background_accuracy"] = train.mean_ci95(per_class[k, bg])
+        out["other_classes_accuracy"] = train.mean_ci95(others)
+    if results["method"] in ("l2rw", "mwnet", "hard_mining"):
+        p = precision_at_noisy(run_dir, results["seeds"], "mean_weight", suspect_high=False)
+        out["precision_weight"] = None if p is None else train.mean_ci95(p)
+    p = precision_at_noisy(run_dir, results["seeds"], "meta_grad_memory", suspect_high=True)
+    out["precision_memory"] = None if p is None else train.mean_ci95(p)
+    return out
+
+
+def table(summary: dict, settings, variants) -> str:
+    header = ["variant"]
+    for s in settings:
+        header += [f"{s}: test acc %"]
+        if s == "background":
+            header += ["background: bg class / others %"]
+        if s != "none":
+            header += [f"{s}: precision@k (weight / memory)"]
+    header += ["time / erm"]
+    rows = []
+    for v in variants:
+        row = [v]
+        for s in settings:
+            r = summary[s].get(v)
+            row.append(common.fmt(r and r["test_accuracy"]))
+            if s == "background":
+                row.append("-" if not r else f"{100 * r['background_accuracy']['mean']:.1f} / "
+                                             f"{100 * r['other_classes_accuracy']['mean']:.1f}")
+            if s != "none":
+                pw = r and r.get("precision_weight")
+                pm = r and r.get("precision_memory")
+                row.append(f"{pw['mean']:.3f}" if pw else "-")
+                row[-1] += f" / {pm['mean']:.3f}" if pm else ""
+        times = [summary[s][v]["time_vs_erm"] for s in settings
+                 if v in summary[s] and summary[s][v]["time_vs_erm"]]
+        row.append(f"{np.mean(times):.2f}x" if times else "-")
+        rows.append(row)
+    return common.markdown_table(header, rows)
+
+
+def plot(summary: dict, settings, variants, path: str, title: str) -> None:
+    """Grouped bars: test accuracy per setting, one bar per variant, 95% CI whiskers."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(variants) * len(settings) / 3), 4.5))
+    width = 0.8 / len(variants)
+    for i, v in enumerate(variants):
+        means = [100 * summary[s][v]["test_accuracy"]["mean"] if v in summary[s] else np.nan
+                 for s in settings]
+        cis = [100 * (summary[s][v]["test_accuracy"]["ci95"] or 0) if v in summary[s] else 0
+               for s in settings]
+        ax.bar(np.arange(len(settings)) + (i - (len(variants) - 1) / 2) * width, means, width,
+               yerr=cis, capsize=2, label=v)
+    ax.set_xticks(np.arange(len(settings)), [f"{s} flip" if s != "none" else "no noise"
+                                             for s in settings])
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    lows = [100 * summary[s][v]["test_accuracy"]["mean"] for s in settings for v in variants
+            if v in summary[s]]
+    ax.set_ylim(max(0, min(lows) - 10), min(100, max(lows) + 5))
+    fig.tight_layout()
+    common._save(fig, path)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    variants = _VARIANTS.value or list(VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    bad_settings = [s for s in _SETTINGS.value if s not in SETTINGS]
+    if unknown or bad_settings:
+        raise app.UsageError(f"unknown variants {unknown} / settings {bad_settings}; allowed: "
+                             f"{list(VARIANTS)} / {list(SETTINGS)}.")
+    common.quiet_checkpoint_logs()
+    config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    # Every run is validated before the first one starts: a typo fails now, not in an hour.
+    configs = {}
+    for s in _SETTINGS.value:
+        for v in variants:
+            cfg = train.validate_config(config)
+            cfg.update(SETTINGS[s])
+            cfg.update(train.PAPER_L2RW)  # every l2rw field explicit: independent of defaults
+            cfg.update(VARIANTS[v])
+            configs[s, v] = train.validate_config(cfg)
+    summary = {s: {} for s in _SETTINGS.value}
+    for s in _SETTINGS.value:
+        erm_rate = None
+        for v in (["erm"] if "erm" in variants else []) + [v for v in variants if v != "erm"]:
+            run_dir = os.path.join(workdir, s, v)
+            if not _TRAIN.value and not os.path.exists(os.path.join(run_dir, "results.json")):
+                continue
+            print(f"--- {s} / {v}", flush=True)
+            results = train.train_and_evaluate(configs[s, v], run_dir)
+            erm_rate = results["steps_per_s"] if v == "erm" else erm_rate
+            summary[s][v] = summarize(results, run_dir, erm_rate)
+    text = table(summary, _SETTINGS.value, variants)
+    source = os.path.basename(config.dataset).split(".")[0]
+    head = (f"{source}: {config.model}, {config.num_steps} steps, batch {config.batch_size} + "
+            f"{config.clean_batch_size} clean, {config.clean_per_class} clean per class, "
+            f"{config.num_seeds} seeds; final test accuracy mean +- 95% CI")
+    print(head + "\n" + text)
+    common.write_text(os.path.join(workdir, "table.md"), head + "\n\n" + text + "\n")
+    common.write_json(os.path.join(workdir, "summary.json"),
+                      {"config": json.loads(config.to_json()), "summary": summary})
+    plot(summary, _SETTINGS.value, variants, os.path.join(workdir, "robust.png"),
+         f"{source}, {config.model}, {config.num_steps} steps, {config.num_seeds} seeds")
+    if _RESULTS_DIR.value:
+        os.makedirs(_RESULTS_DIR.value, exist_ok=True)
+        for name, ext in (("table.md", "md"), ("summary.json", "json"), ("robust.png", "png")):
+            dst = os.path.join(_RESULTS_DIR.value, f"robust_{source}.{ext}")
+            shutil.copyfile(os.path.join(workdir, name), dst + ".tmp")
+            os.replace(dst + ".tmp", dst)
+
+
+if __name__ == "__main__":
+    app.run(main)
