@@ -140,6 +140,7 @@ def _write_json_atomic(path: str, payload: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read.
     os.replace(tmp, path)
 
 

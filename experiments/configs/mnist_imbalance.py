@@ -19,7 +19,10 @@ The reproduction (every method at every p; the table and plot land in the workdi
         --majority_fractions=0.9,0.95,0.98,0.99,0.995
 
 Expected (paper, Figure 3, test error at p = 0.995): ERM about 18%, hard mining about 7.7%,
-L2RW about 3.6%; target here: L2RW <= 2.0%. The sweep writes its measured table (mean +- 95% CI)
+L2RW about 3.6%; target here: L2RW <= 2.0%. Measured here, one seed at p = 0.995 (8000 steps):
+L2RW 3.51% error (4152 of 8000 steps with all weights zero), with this config (inputs and
+look-ahead of the official code); 6.31% with standardised pixels and the optimizer look-ahead;
+ERM 21.54% (standardised pixels). The sweep writes its measured table (mean +- 95% CI)
 to <workdir>/table.md and the plot to <workdir>/error.png. Cost on a 2-core CPU (LeNet, one
 seed, 8000 steps): about 14 min for ERM-like methods, 30 min for L2RW / Meta-Weight-Net.
 """
@@ -43,6 +46,11 @@ def get_config(majority_fraction: str = "0.995"):
     c.model = "lenet"               # official LeNet (16/32/64 conv, FC 100), 2 logits
     c.method = "l2rw"               # any of train.METHODS (the sweep sets it)
     c.update(train.PAPER_L2RW)      # the paper's L2RW (Ren et al. 2018, Alg. 1)
+    # The official code's inputs and look-ahead: pixels in [0, 1] and theta' = theta - grad
+    # (no momentum in the look-ahead). Measured at p = 0.995, one seed: 3.51% error with both,
+    # 6.31% with standardised pixels and the optimizer look-ahead.
+    c.pixel_scale = "unit"
+    c.l2rw_lookahead = "sgd"
     c.learning_rate = 1e-3          # official code
     c.momentum = 0.9
     c.weight_decay = 0.0            # none in the official MNIST code
