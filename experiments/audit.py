@@ -61,6 +61,7 @@ def _restore_state(workdir: str) -> tuple[dict, int]:
     """The newest checkpoint's TrainState (as a dict of its fields) and its step."""
     import orbax.checkpoint as ocp  # Heavy import, only when a checkpoint is read.
 
+    workdir = os.path.abspath(workdir)  # orbax refuses relative checkpoint paths
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir) or not any(d.isdigit() for d in os.listdir(ckpt_dir)):
         raise ValueError(

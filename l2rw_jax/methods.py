@@ -232,14 +232,22 @@ def _gathered(x_B: jax.Array, axis_name: str | None) -> jax.Array:
     return jax.lax.psum(x_G, axis_name)
 
 
+def rms_normalized(g_B: jax.Array) -> jax.Array:
+    """``g / rms(g)`` over the batch (``g`` itself when it is all 0): the meta-gradient on a
+    scale comparable across steps. The learning-rate schedule and the falling loss change the
+    raw scale by orders of magnitude over training; the sign and the size relative to the rest
+    of the batch are what carry the signal (used by the memory and by the recorded
+    ``mean_meta_grad`` of :mod:`l2rw_jax.train`)."""
+    rms = jnp.sqrt(jnp.mean(jnp.square(g_B)))
+    return g_B / jnp.where(rms > 0, rms, 1.0)
+
+
 def _remember(state: PyTree, index_B: jax.Array, g_B: jax.Array, decay: float,
               axis_name: str | None) -> tuple[jax.Array, PyTree]:
     """``(m_B, new_state)``: the per-example memory updated with ``g^ = g / rms(g)`` at rows
     ``index_B`` (see :func:`l2rw`), and its new values there. Every program updates its
     replica with the whole global batch, so the replicas stay equal."""
-    index_G, g_G = _gathered(index_B, axis_name), _gathered(g_B, axis_name)
-    rms = jnp.sqrt(jnp.mean(jnp.square(g_G)))
-    gn_G = g_G / jnp.where(rms > 0, rms, 1.0)
+    index_G, gn_G = _gathered(index_B, axis_name), rms_normalized(_gathered(g_B, axis_name))
     memory_N, seen_N = state["memory_N"], state["seen_N"]
     old_G = memory_N[index_G]
     new_G = jnp.where(seen_N[index_G], decay * old_G + (1.0 - decay) * gn_G, gn_G)

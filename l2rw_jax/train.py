@@ -37,8 +37,8 @@ The run's workdir (everything written atomically: tmp file, then ``os.replace``)
     checkpoints/<step>/    orbax (atomic), newest keep_checkpoints kept: Composite
                            carry = (state, acc, msum): state a TrainState whose every leaf has
                              a leading seed axis K (also for K = 1); acc = {"w_sum": KxN,
-                             "count": KxN, "all_zero_steps": K}; msum = metric sums since the
-                             last log;
+                             "count": KxN, "all_zero_steps": K, and for l2rw "g_sum": KxN};
+                             msum = metric sums since the last log;
                            meta = JSON {"history": evaluations so far, "seeds", "num_classes",
                              "mean", "std" (per member, the input normalisation), "elapsed_s"}
     example_weights.npz    member 0 (seed = config.seed), one row per noisy training example
@@ -46,7 +46,11 @@ The run's workdir (everything written atomically: tmp file, then ``os.replace``)
                            mean_weight (= weight_sum / max(count, 1); each step's weights sum
                            to 1 over its batch, so uniform weights are 1/B), count (times in a
                            batch), weight_sum, is_noisy, label (observed), true_label,
-                           source_index (row in the source training set), seed, and
+                           source_index (row in the source training set), seed,
+                           mean_meta_grad (l2rw: the example's meta-gradient g_i, divided by
+                           its batch's RMS (methods.rms_normalized), averaged over its visits;
+                           high = harmful to the clean loss = suspect; unlike mean_weight it
+                           is not clipped at 0 nor divided by a batch sum), and
                            meta_grad_memory (l2rw with l2rw_memory_decay > 0: the final
                            per-example memory of the normalised meta-gradient; high = suspect)
     example_weights_seed<s>.npz   the same for every member when num_seeds > 1
@@ -489,7 +493,8 @@ def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
     """One member's step plus the per-example weight accumulation and the metric sums.
 
     ``acc = {"w_sum": (N,), "count": (N,)}`` is scatter-added at ``batch["index"]`` (the row in
-    the noisy training set) with this step's ``w_B`` (when ``accumulate``), ``acc
+    the noisy training set) with this step's ``w_B`` (when ``accumulate``; and ``acc["g_sum"]``,
+    when present, with the RMS-normalised meta-gradient ``g_B``), ``acc
     ["all_zero_steps"]`` counts the steps whose weights were all 0, and ``msum`` adds up the
     scalar metrics of the steps since the last log.
     """
@@ -501,6 +506,9 @@ def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
             index_B = batch["index"]
             acc.update(w_sum=acc["w_sum"].at[index_B].add(metrics["w_B"]),
                        count=acc["count"].at[index_B].add(1))
+            if "g_sum" in acc:  # l2rw: the meta-gradient before it is clipped and normalised
+                gn_B = methods.rms_normalized(metrics["g_B"])
+                acc.update(g_sum=acc["g_sum"].at[index_B].add(gn_B))
         msum = {k: msum[k] + metrics[k].astype(jnp.float32) for k in msum}
         return state, acc, msum
 
@@ -683,6 +691,8 @@ def build_run(config) -> _Run:
     acc = {"w_sum": np.zeros((K, num_train), np.float32),
            "count": np.zeros((K, num_train), np.int32),
            "all_zero_steps": np.zeros((K,), np.int32)}
+    if "g_B" in metrics:
+        acc["g_sum"] = np.zeros((K, num_train), np.float32)
     msum = {k: np.zeros((K,), np.float32) for k in names}
     return _Run(members, apply_fn, train_step, (state, acc, msum), names,
                 _phases(config)[-1][2], num_classes)
@@ -924,6 +934,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     method_state = _concat(jax.device_get([c[0].method_state for c in carries]))
     for k, md in enumerate(members):
         weights = _example_weights(md, acc_host["w_sum"][k], acc_host["count"][k])
+        if "g_sum" in acc_host:
+            weights["mean_meta_grad"] = (acc_host["g_sum"][k]
+                                         / np.maximum(acc_host["count"][k], 1)).astype(np.float32)
         if isinstance(method_state, dict) and "memory_N" in method_state:
             # l2rw's per-example meta-gradient memory: the variant's own score (low = clean).
             weights["meta_grad_memory"] = method_state["memory_N"][k].astype(np.float32)

@@ -89,6 +89,9 @@ def planted(tmp_path_factory):
         "meta_grad_memory": np.where(noisy, 1.0, -1.0) * rng.uniform(0.5, 1, len(tr)),
     }
     weights["meta_grad_memory"][np.flatnonzero(noisy)[:10]] *= -1
+    # The run's mean normalised meta-gradient (high = suspect): 5 of the flips look clean.
+    weights["mean_meta_grad"] = np.where(noisy, 1.0, -1.0) * rng.uniform(0.5, 1, len(tr))
+    weights["mean_meta_grad"][np.flatnonzero(noisy)[-5:]] *= -1
     out_dir = str(tmp_path_factory.mktemp("audit"))
     train = {"image": x_tr, "label": y_obs, "true_label": y_true, "is_noisy": noisy}
     test = {"image": x_te, "label": y_te}
@@ -165,11 +168,12 @@ def test_audit_json_numbers_equal_the_library_functions(planted):
         == label_issues.precision_at_k(order, train["is_noisy"], 110)
     )
     assert li["rankings"]["l2rw_weight"]["k=100"]["recall"] == pytest.approx(100 / 110)
-    # The memory ranking, highest memory first, is the one the suspects follow.
-    memory_order = label_issues.rank_by_l2rw_weight(-planted["weights"]["meta_grad_memory"], loss)
+    # Highest memory / mean meta-gradient first; the suspects follow the mean meta-gradient.
     assert li["rankings"]["l2rw_memory"]["k=110"]["precision"] == pytest.approx(100 / 110)
-    assert li["suspects_ranking"] == "l2rw_memory"
-    assert [s["train_row"] for s in li["top_suspects"]] == memory_order[:16].tolist()
+    assert li["rankings"]["l2rw_meta_grad"]["k=110"]["precision"] == pytest.approx(105 / 110)
+    meta_grad_order = label_issues.rank_by_l2rw_weight(-planted["weights"]["mean_meta_grad"], loss)
+    assert li["suspects_ranking"] == "l2rw_meta_grad"
+    assert [s["train_row"] for s in li["top_suspects"]] == meta_grad_order[:16].tolist()
     for g in res["mistakes"]["gallery"]:
         assert len(g["top3"]) == 3 and len(g["neighbors"]) == 5
         assert g["top3"][0]["class"] != g["label"]

@@ -90,11 +90,30 @@ def test_every_method_trains_and_records_its_weights(npz, tmp_path, method):
             seen = w["count"] > 0
             np.testing.assert_allclose(w["mean_weight"][seen], 1.0 / B, rtol=1e-6)
         np.testing.assert_array_equal(w["is_noisy"], w["label"] != w["true_label"])
+        assert ("mean_meta_grad" in w) == (method == "l2rw")
     member0 = _weights(tmp_path / "example_weights.npz")
     np.testing.assert_array_equal(member0["weight_sum"],
                                   _weights(tmp_path / "example_weights_seed0.npz")["weight_sum"])
     steps = sorted({r["step"] for r in _records(str(tmp_path)) if r["split"] == "test"})
     assert steps == [3, 6] + ([8] if finetune else [])
+
+
+def test_l2rw_records_the_meta_gradient_its_weights_are_made_of(npz, tmp_path):
+    # One step of the paper's L2RW: every drawn example is seen once, so its mean_meta_grad is
+    # its g_i / rms(g) and its weight must be max(-g_i, 0) / sum_k max(-g_k, 0).
+    config = _config(npz, method="l2rw", num_steps=1, eval_every=1, checkpoint_every=1,
+                     log_every=1, **train.PAPER_L2RW)
+    train.train_and_evaluate(config, str(tmp_path))
+    w = _weights(tmp_path / "example_weights.npz")
+    seen = w["count"] > 0
+    assert seen.sum() == B and w["count"].max() == 1
+    g_B = w["mean_meta_grad"][seen]
+    assert np.all(w["mean_meta_grad"][~seen] == 0)
+    np.testing.assert_allclose(np.mean(g_B ** 2), 1.0, rtol=1e-5)  # divided by the batch RMS
+    clipped_B = np.maximum(-g_B, 0.0)
+    assert 0 < np.count_nonzero(clipped_B) < B  # the clip matters in this check
+    np.testing.assert_allclose(w["mean_weight"][seen], clipped_B / clipped_B.sum(),
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_balanced_rows_and_hold_out_are_exact_and_seeded():

@@ -4,6 +4,11 @@ Rankings (most suspect first):
   * `l2rw_weight`: mean L2RW weight the run recorded for the example over training, ascending
     (examples the meta-gradient kept switching off are suspect; Ren et al. 2018). Ties (many
     examples sit at exactly 0) are broken by the final loss, higher first.
+  * `l2rw_meta_grad`: the mean over the example's visits of its L2RW meta-gradient g_i divided
+    by the RMS of its batch's g (`mean_meta_grad` of the run), descending: the signal the L2RW
+    weight max(-g_i, 0) / sum_k max(-g_k, 0) is made of, before the clip sends every rejected
+    example to the same 0 and the per-batch sum makes weights from different batches
+    incomparable. Same tie rule. `l2rw_memory` ranks the robust variant's memory the same way.
   * `final_loss`: cross-entropy of the final model on the given label, descending. This is
     -log of the self-confidence p(given label | x), so it orders examples exactly as
     self-confidence ascending would.

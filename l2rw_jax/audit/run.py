@@ -170,7 +170,9 @@ def run_audit(
       test: `image` (normalised N x H x W x C), `label`.
       train: `image`, `label` (given, maybe noisy), optionally `true_label`, `is_noisy`.
       example_weights: what the run recorded: `index` (row of `train`), `mean_weight`, optionally
-        `count`, `is_noisy`; enables the L2RW ranking of label issues.
+        `count`, `is_noisy`, `mean_meta_grad`, `meta_grad_memory`; enables the L2RW rankings of
+        label issues (the top suspects follow the first of mean_meta_grad, meta_grad_memory,
+        mean_weight that is there).
       attributes: optional per-training-row attributes (bool or float), e.g. a planted cue; the bias
         section reports their rate among each class's prototypes and criticisms. `ink` (mean raw
         intensity) and `is_noisy` (when known) are always added.
@@ -532,13 +534,16 @@ def run_audit(
         orders["l2rw_weight"] = label_issues.rank_by_l2rw_weight(
             mean_w[rows_ranked], loss_train[rows_ranked]
         )
-        if "meta_grad_memory" in example_weights:
-            # The robust L2RW variant's per-example memory of the meta-gradient: high = harmful.
-            memory = np.full(len(x_train), np.nan)
-            memory[idx] = np.asarray(example_weights["meta_grad_memory"], np.float64)
-            orders["l2rw_memory"] = label_issues.rank_by_l2rw_weight(
-                -memory[rows_ranked], loss_train[rows_ranked]
-            )
+        # The meta-gradient itself (high = harmful): its mean over the example's visits, and
+        # the robust variant's per-example memory of it.
+        for key, name in (("mean_meta_grad", "l2rw_meta_grad"), ("meta_grad_memory",
+                                                                 "l2rw_memory")):
+            if key in example_weights:
+                score = np.full(len(x_train), np.nan)
+                score[idx] = np.asarray(example_weights[key], np.float64)
+                orders[name] = label_issues.rank_by_l2rw_weight(
+                    -score[rows_ranked], loss_train[rows_ranked]
+                )
     else:
         notes.append(
             "No recorded L2RW weights were given: label issues are ranked by the baselines only."
@@ -560,7 +565,9 @@ def run_audit(
             "No example is marked noisy (is_noisy missing or all False): precision@k and "
             "recall@k are not computed."
         )
-    main = next(n for n in ("l2rw_memory", "l2rw_weight", "final_loss") if n in orders)
+    main = next(
+        n for n in ("l2rw_meta_grad", "l2rw_memory", "l2rw_weight", "final_loss") if n in orders
+    )
     top = rows_ranked[orders[main][: config.num_suspects]]
     pred_train = probs_train.argmax(axis=1)
     true_train = np.asarray(train["true_label"]) if "true_label" in train else None
