@@ -8,7 +8,8 @@ model, and calls `l2rw_jax.audit.run_audit`, which writes `<workdir>/audit/repor
   <workdir>/checkpoints/<step>/  orbax: {"carry": (state, acc, msum), "meta": json}; `state` is a
                                  TrainState stacked over the run's members (leading seed axis)
   <workdir>/example_weights.npz  member 0 (seed = config.seed): index, mean_weight, count,
-                                 is_noisy, label, true_label, source_index
+                                 is_noisy, label, true_label, source_index; l2rw runs also
+                                 mean_meta_grad (and meta_grad_memory with the robust variant)
   <workdir>/example_weights_seed<s>.npz   other members of a multi-seed run
 
 The noisy training set is rebuilt from the config (same seed, same split, same noise, same

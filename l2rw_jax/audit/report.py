@@ -310,7 +310,9 @@ def fig_suspects(imgs, entries: list, class_names) -> str:
     n = len(imgs)
     ncol = min(8, max(n, 1))
     nrow = max(1, math.ceil(n / ncol))
-    fig = Figure(figsize=(1.45 * ncol, 1.75 * nrow))
+    first = entries[0] if entries else {}
+    lines = 1 + sum(first.get(k) is not None for k in ("mean_weight", "mean_meta_grad"))
+    fig = Figure(figsize=(1.45 * ncol, (1.45 + 0.15 * lines) * nrow))
     axes = fig.subplots(nrow, ncol, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -318,6 +320,8 @@ def fig_suspects(imgs, entries: list, class_names) -> str:
         ax = axes[j // ncol, j % ncol]
         ax.axis("on")
         w = "" if e["mean_weight"] is None else f"\nw={e['mean_weight']:.2e}"
+        if e.get("mean_meta_grad") is not None:
+            w += f"\ng={e['mean_meta_grad']:+.2f}"
         color = {True: "#c44e52", False: "#2a7f2a", None: "black"}[e["is_noisy"]]
         _show(
             ax,
@@ -329,10 +333,14 @@ def fig_suspects(imgs, entries: list, class_names) -> str:
     return _png(fig)
 
 
-def fig_weight_hist(mean_w: np.ndarray, is_noisy: np.ndarray) -> str:
+def fig_weight_hist(
+    mean_w: np.ndarray, is_noisy: np.ndarray, xlabel: str = "mean L2RW weight over training"
+) -> str:
+    """Histograms of a per-example score (by default the mean weight) for clean and noisy."""
     fig = Figure(figsize=(4.6, 3.0))
     ax = fig.add_subplot()
-    bins = np.linspace(0, max(float(np.max(mean_w)), 1e-12), 41)
+    lo = min(float(np.min(mean_w)), 0.0)
+    bins = np.linspace(lo, max(float(np.max(mean_w)), lo + 1e-12), 41)
     ax.hist(
         mean_w[~is_noisy],
         bins=bins,
@@ -347,7 +355,7 @@ def fig_weight_hist(mean_w: np.ndarray, is_noisy: np.ndarray) -> str:
         label=f"noisy ({int(is_noisy.sum())})",
         color="#c44e52",
     )
-    ax.set_xlabel("mean L2RW weight over training")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("training examples")
     ax.legend(fontsize=8)
     return _png(fig)
@@ -685,7 +693,11 @@ def render_html(results: dict, figs: dict) -> str:
     out.append("<h2 id='labels'>4. Finding mislabeled examples</h2>")
     out.append(
         "<p class='caption'>Training examples ranked from most to least suspect: by the mean L2RW "
-        "weight recorded over training (low first; ties by final loss), by the final model's loss on the "
+        "weight recorded over training (<code>l2rw_weight</code>, low first; ties by final loss), by "
+        "the mean of the example's L2RW meta-gradient divided by its batch's RMS "
+        "(<code>l2rw_meta_grad</code>, high first: the signal the weight is made of, before the clip "
+        "at 0 and the per-batch normalisation), by the robust variant's memory of it "
+        "(<code>l2rw_memory</code>, when recorded), by the final model's loss on the "
         "given label (high first; the same order as self-confidence p(given label|x) ascending), and by "
         "confident learning (Northcutt et al. 2021: examples whose confidently predicted class, with "
         "per-class thresholds = mean self-confidence of the class, differs from the given label come "
@@ -715,6 +727,12 @@ def render_html(results: dict, figs: dict) -> str:
             "Mean L2RW weight of clean and noisy training examples.",
             "weights",
         )
+        + _figure(
+            figs.get("meta_grad_hist"),
+            "Mean normalised L2RW meta-gradient of clean and noisy training examples "
+            "(positive = harmful to the clean loss).",
+            "meta-gradients",
+        )
         + "</div>"
     )
     out.append(
@@ -722,7 +740,8 @@ def render_html(results: dict, figs: dict) -> str:
             figs.get("suspects"),
             f"Top {len(li['top_suspects'])} suspects by the "
             f"<code>{html.escape(li['suspects_ranking'])}</code> ranking, most suspect first: given and "
-            "predicted label and mean weight; red = injected noise, green = clean label.",
+            "predicted label, mean weight w and (when recorded) mean normalised meta-gradient g; red = "
+            "injected noise, green = clean label.",
             "suspects",
         )
     )

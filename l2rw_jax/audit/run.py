@@ -516,7 +516,7 @@ def run_audit(
     loss_train = -np.log(np.maximum(label_issues.self_confidence(probs_train, y_train), 1e-300))
     rows_ranked = np.arange(len(x_train))
     orders = {}
-    mean_w = None
+    mean_w = meta_grad = None
     if example_weights is not None:
         idx = np.asarray(example_weights["index"])
         w = np.asarray(example_weights["mean_weight"], np.float64)
@@ -544,6 +544,8 @@ def run_audit(
                 orders[name] = label_issues.rank_by_l2rw_weight(
                     -score[rows_ranked], loss_train[rows_ranked]
                 )
+                if key == "mean_meta_grad":
+                    meta_grad = score
     else:
         notes.append(
             "No recorded L2RW weights were given: label issues are ranked by the baselines only."
@@ -580,6 +582,7 @@ def run_audit(
             "true_label": None if true_train is None else int(true_train[r]),
             "is_noisy": None if is_noisy_train is None else bool(is_noisy_train[r]),
             "mean_weight": None if mean_w is None else float(mean_w[r]),
+            "mean_meta_grad": None if meta_grad is None else float(meta_grad[r]),
             "loss": float(loss_train[r]),
         }
         for r in top
@@ -592,6 +595,12 @@ def run_audit(
         figs["weight_hist"] = report.fig_weight_hist(
             mean_w[rows_ranked], is_noisy_train[rows_ranked]
         )
+        if meta_grad is not None:
+            figs["meta_grad_hist"] = report.fig_weight_hist(
+                meta_grad[rows_ranked],
+                is_noisy_train[rows_ranked],
+                xlabel="mean normalised L2RW meta-gradient",
+            )
     results["meta"]["seconds"]["label_issues"] = time.time() - t3
     results["meta"]["seconds"]["total"] = time.time() - t0
     results["meta"]["notes"] = notes
