@@ -11,10 +11,11 @@ Each (setting, variant) trains `config.num_seeds` seeds in `<workdir>/<setting>/
 copies them there as `robust_<source>.{md,json,png}`, the versions the README quotes.
 
 Columns: final test accuracy (mean +- 95% CI over seeds); at background flip the background
-class's test accuracy and the mean of the other classes'; precision@k of the recorded
-per-example weights (lowest mean weight = most suspect; k = number of flipped examples) and,
-for variants with a memory, of the memory (highest = most suspect); seconds per step (3
-members, one after the other) relative to `erm`.
+class's test accuracy and the mean of the other classes'; precision@k (k = number of flipped
+examples) of three recorded per-example scores: the mean weight (lowest = most suspect), the
+mean normalised meta-gradient `mean_meta_grad` (l2rw; highest = most suspect) and, for
+variants with a memory, the memory (highest = most suspect); seconds per step (3 members, one
+after the other) relative to `erm`.
 """
 from __future__ import annotations
 
@@ -109,8 +110,10 @@ def summarize(results: dict, run_dir: str, erm_rate: float | None) -> dict:
     if results["method"] in ("l2rw", "mwnet", "hard_mining"):
         p = precision_at_noisy(run_dir, results["seeds"], "mean_weight", suspect_high=False)
         out["precision_weight"] = None if p is None else train.mean_ci95(p)
-    p = precision_at_noisy(run_dir, results["seeds"], "meta_grad_memory", suspect_high=True)
-    out["precision_memory"] = None if p is None else train.mean_ci95(p)
+    for key, name in (("mean_meta_grad", "precision_meta_grad"),
+                      ("meta_grad_memory", "precision_memory")):
+        p = precision_at_noisy(run_dir, results["seeds"], key, suspect_high=True)
+        out[name] = None if p is None else train.mean_ci95(p)
     return out
 
 
@@ -121,7 +124,7 @@ def table(summary: dict, settings, variants) -> str:
         if s == "background":
             header += ["background: bg class / others %"]
         if s != "none":
-            header += [f"{s}: precision@k (weight / memory)"]
+            header += [f"{s}: precision@k (weight / meta-grad / memory)"]
     header += ["time / erm"]
     rows = []
     for v in variants:
@@ -133,10 +136,10 @@ def table(summary: dict, settings, variants) -> str:
                 row.append("-" if not r else f"{100 * r['background_accuracy']['mean']:.1f} / "
                                              f"{100 * r['other_classes_accuracy']['mean']:.1f}")
             if s != "none":
-                pw = r and r.get("precision_weight")
-                pm = r and r.get("precision_memory")
-                row.append(f"{pw['mean']:.3f}" if pw else "-")
-                row[-1] += f" / {pm['mean']:.3f}" if pm else ""
+                ps = [r and r.get(k) for k in ("precision_weight", "precision_meta_grad",
+                                               "precision_memory")]
+                row.append(" / ".join(f"{p['mean']:.3f}" if p else "-" for p in ps)
+                           if any(ps) else "-")
         times = [summary[s][v]["time_vs_erm"] for s in settings
                  if v in summary[s] and summary[s][v]["time_vs_erm"]]
         row.append(f"{np.mean(times):.2f}x" if times else "-")
