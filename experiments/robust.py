@@ -3,7 +3,8 @@
     python -m experiments.robust --config=experiments/configs/robust_protocol.py:cifar10_dev \\
         --workdir=workdirs/robust_cifar10_dev
     python -m experiments.robust --config=experiments/configs/robust_protocol.py:mnist \\
-        --workdir=workdirs/robust_mnist --variants=erm,proportion,l2rw,l2rw_robust
+        --workdir=workdirs/robust_mnist \\
+        --variants=erm,proportion,random,resample,hard_mining,finetune,clean_only,mwnet,l2rw,l2rw_robust
 
 Each (setting, variant) trains `config.num_seeds` seeds in `<workdir>/<setting>/<variant>`
 (resumed if interrupted, skipped if finished). Prints and writes `<workdir>/table.md`,
