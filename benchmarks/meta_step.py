@@ -2,7 +2,7 @@
 
 For each row (model, batch B, clean batch M) and each variant (``plain``: the same jitted train
 step with ERM weights 1/B; ``reverse`` / ``forward``: the paper's L2RW step in that mode;
-``robust``: the recommended variant, ``ROBUST_OPTIONS``, forward mode) it reports the
+``robust``: the recommended variant, ``methods.ROBUST_OPTIONS``, forward mode) it reports the
 median wall-clock ms per step over ``--steps`` (>= 50) steps after ``--warmup`` steps, the
 median process CPU time per step (``time.process_time``, all threads: less sensitive than wall
 time to other processes on a shared machine), their ratios to the plain step, and two memory
@@ -50,13 +50,11 @@ ROWS = {
 NUM_TRAIN = 20000  # rows of the per-example memory (the robust variant): cifar10_dev's size
 # --quick: the same code paths on a tiny ResNet, to check the script end to end in seconds.
 QUICK_KW = {"resnet32": {"units_per_stage": 1}}
-# The recommended robust options (train.ROBUST_L2RW: last-layer meta-gradient, memory, sign
-# map, class balance) without the warm-up, which does not change the cost of a step.
-ROBUST_OPTIONS = {"memory_decay": 0.9, "weight_map": "sign", "normalize": "class_balanced",
-                  "meta_params": "last"}
+# "robust": methods.ROBUST_OPTIONS (last-layer meta-gradient, memory, sign map, class balance)
+# without the warm-up, which does not change the cost of a step; filled in by run_row, where
+# l2rw_jax is imported.
 VARIANTS = {"plain": ("erm", {}), "reverse": ("l2rw", {"mode": "reverse"}),
-            "forward": ("l2rw", {"mode": "forward"}),
-            "robust": ("l2rw", ROBUST_OPTIONS)}
+            "forward": ("l2rw", {"mode": "forward"}), "robust": ("l2rw", None)}
 TARGETS = {  # issue 3 section 5: max ratio to the plain step on this 2-core CPU
     ("lenet_clean10", "forward"): 1.4, ("lenet_clean100", "forward"): 2.2,
     ("lenet_clean10", "reverse"): 2.0, ("lenet_clean100", "reverse"): 2.7,
@@ -93,6 +91,8 @@ def run_row(row_name: str, steps: int, warmup: int, quick: bool) -> list[dict]:
 
     compiled, states, info = {}, {}, {}
     for variant, (method, options) in VARIANTS.items():
+        if options is None:
+            options = {k: v for k, v in methods.ROBUST_OPTIONS.items() if k != "warmup_steps"}
         train_step = step_lib.jit_train_step(step_lib.make_train_step(
             apply_fn, tx, methods.get_weigh_fn(method, **options)))
         # Each variant owns a copy of the initial state (the step donates it).

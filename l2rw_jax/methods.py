@@ -73,6 +73,11 @@ def erm() -> WeighFn:
     return weigh_fn
 
 
+# The recommended robust variant of :func:`l2rw` (README "Robust reweighting" has the
+# evidence); ``train.ROBUST_L2RW`` is the same as config fields.
+ROBUST_OPTIONS = {"memory_decay": 0.9, "warmup_steps": 200, "weight_map": "sign",
+                  "normalize": "class_balanced", "meta_params": "last"}
+
 _WEIGHT_MAPS = ("clip", "sign", "one")
 _NORMALIZE = ("batch", "class", "class_balanced")
 _META_PARAMS = ("all", "last")

@@ -184,9 +184,8 @@ def default_config() -> ml_collections.ConfigDict:
 # what the reproduction configs use.
 PAPER_L2RW = {"l2rw_memory_decay": 0.0, "l2rw_warmup_steps": 0, "l2rw_weight_map": "clip",
               "l2rw_normalize": "batch", "l2rw_meta_params": "all", "l2rw_loss_quantile": 0.0}
-# The robust variant (methods.l2rw's options; README "Robust reweighting" has the evidence).
-ROBUST_L2RW = {"l2rw_memory_decay": 0.9, "l2rw_warmup_steps": 200, "l2rw_weight_map": "sign",
-               "l2rw_normalize": "class_balanced", "l2rw_meta_params": "last"}
+# The robust variant (methods.ROBUST_OPTIONS; README "Robust reweighting" has the evidence).
+ROBUST_L2RW = {f"l2rw_{k}": v for k, v in methods.ROBUST_OPTIONS.items()}
 
 
 # Config fields added after the first release, with the behaviour runs had before them.
