@@ -161,6 +161,8 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
               and all(isinstance(k, str) for k in meta_params)):
         raise ValueError(f"meta_params={meta_params!r} is not supported; allowed: all, last, or "
                          f"a non-empty tuple of keys (a path in params).")
+    else:
+        meta_params = tuple(meta_params)
     if not (isinstance(loss_quantile, (int, float)) and 0.0 <= loss_quantile <= 1.0):
         raise ValueError(f"loss_quantile must be a number in [0, 1], got {loss_quantile!r}.")
     if not (isinstance(memory_decay, (int, float)) and 0.0 <= memory_decay < 1.0):
