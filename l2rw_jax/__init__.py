@@ -39,6 +39,7 @@ from l2rw_jax.train_state import TrainState
 # Models.
 from l2rw_jax.models import LeNet
 from l2rw_jax.models import MLP
+from l2rw_jax.models import OUTPUT_LAYER
 from l2rw_jax.models import ResNet32
 from l2rw_jax.models import SmallCNN
 from l2rw_jax.models import WideResNet
@@ -46,6 +47,7 @@ from l2rw_jax.models import create_model
 from l2rw_jax.models import init_model
 from l2rw_jax.models import make_apply_fn
 from l2rw_jax.models import make_feature_fn
+from l2rw_jax.models import output_layer_path
 
 # Data.
 from l2rw_jax.corruption import Corrupted

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2rw_jax import models
 from l2rw_jax import reweight
 
 PyTree = Any
@@ -85,7 +86,8 @@ _META_PARAMS = ("all", "last")
 
 def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "optimizer", *,
          memory_decay: float = 0.0, warmup_steps: int = 0, weight_map: str = "clip",
-         normalize: str = "batch", meta_params: str = "all", loss_quantile: float = 0.0
+         normalize: str = "batch", meta_params: str | tuple[str, ...] = "all",
+         loss_quantile: float = 0.0
          ) -> WeighFn:
     r"""Learning to Reweight Examples (Ren et al. 2018, arXiv 1803.09050, Alg. 1), and variants.
 
@@ -121,11 +123,15 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       clean set, which the model never trains on, says which losses a correct label has now.
       Once the model fits its training set, every training loss falls below ``tau`` and the
       gate opens, leaving the meta-gradient in charge.
-    - ``meta_params="last"``: the meta-gradient through the last layer only: ``epsilon`` moves
-      only the parameters of the model's last top-level module (the output layer of every
-      model in :mod:`l2rw_jax.models`), the others enter as constants (``stop_gradient``).
-      Still exact for that restricted look-ahead, and cheaper: the body of the network is run
-      forward once per batch and never differentiated inside the meta-step.
+    - ``meta_params="last"``: the meta-gradient through the output layer only: ``epsilon``
+      moves only ``params["head"]`` (``models.OUTPUT_LAYER``, the output layer of every model
+      in :mod:`l2rw_jax.models`), the others enter as constants (``stop_gradient``). Still
+      exact for that restricted look-ahead, and cheaper: the body of the network is run
+      forward once per batch and never differentiated inside the meta-step. For a module of
+      your own, give the output layer's path instead: ``meta_params =
+      models.output_layer_path(module, input_shape)`` (any tuple of keys ``path`` moves only
+      ``params[path[0]][path[1]]...``). Never "the last entry of params": Flax sorts the keys,
+      so that is whatever name sorts last.
 
     Metrics: ``val_loss`` (at the zero-gradient look-ahead) and the raw meta-gradient ``g_B``.
 
@@ -141,7 +147,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       warmup_steps: steps of uniform weights before reweighting starts (``>= 0``).
       weight_map: ``"clip"`` (paper), ``"sign"`` or ``"one"``.
       normalize: ``"batch"`` (paper), ``"class"`` or ``"class_balanced"``.
-      meta_params: ``"all"`` (paper) or ``"last"``.
+      meta_params: ``"all"`` (paper), ``"last"`` or a path (tuple of keys) in ``params``.
       loss_quantile: ``q`` in ``[0, 1]``; 0 (paper) means no loss gate.
     """
     reweight._check_choice("mode", mode, reweight._MODES)
@@ -149,7 +155,14 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
     reweight._check_choice("lookahead", lookahead, ("optimizer", "sgd"))
     reweight._check_choice("weight_map", weight_map, _WEIGHT_MAPS)
     reweight._check_choice("normalize", normalize, _NORMALIZE)
-    reweight._check_choice("meta_params", meta_params, _META_PARAMS)
+    if isinstance(meta_params, str):
+        reweight._check_choice("meta_params", meta_params, _META_PARAMS)
+    elif not (isinstance(meta_params, (tuple, list)) and meta_params
+              and all(isinstance(k, str) for k in meta_params)):
+        raise ValueError(f"meta_params={meta_params!r} is not supported; allowed: all, last, or "
+                         f"a non-empty tuple of keys (a path in params).")
+    else:
+        meta_params = tuple(meta_params)
     if not (isinstance(loss_quantile, (int, float)) and 0.0 <= loss_quantile <= 1.0):
         raise ValueError(f"loss_quantile must be a number in [0, 1], got {loss_quantile!r}.")
     if not (isinstance(memory_decay, (int, float)) and 0.0 <= memory_decay < 1.0):
@@ -167,8 +180,9 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
             tx, opt_state = ctx.tx, ctx.opt_state
         loss_fn, val_loss_fn = ctx.loss_fn, ctx.val_loss_fn or ctx.loss_fn
         loss_fn_plain, val_loss_fn_plain = loss_fn, val_loss_fn
-        if meta_params == "last":
-            loss_fn, val_loss_fn = _last_layer_only(loss_fn), _last_layer_only(val_loss_fn)
+        if meta_params != "all":
+            loss_fn, val_loss_fn = (_moving_only(loss_fn, meta_params),
+                                    _moving_only(val_loss_fn, meta_params))
         mw = reweight.meta_weights(
             loss_fn, ctx.params, opt_state, tx, ctx.batch, ctx.val_batch,
             mode=mode, axis_name=ctx.axis_name, val_loss_fn=val_loss_fn,
@@ -210,18 +224,44 @@ def _loss_gate(loss_fn, val_loss_fn, ctx: WeighContext, q: float) -> jax.Array:
     return (losses_B <= jnp.quantile(val_losses_G, q)).astype(jnp.float32)
 
 
-def _last_layer_only(loss_fn: reweight.LossFn) -> reweight.LossFn:
-    """``loss_fn`` with every top-level parameter module but the last one held constant."""
+def _moving_only(loss_fn: reweight.LossFn, meta_params: str | tuple[str, ...]
+                 ) -> reweight.LossFn:
+    """``loss_fn`` with every parameter outside the ``meta_params`` subtree held constant.
+
+    ``meta_params`` is ``"last"`` (the subtree ``params[models.OUTPUT_LAYER]``) or a path,
+    a tuple of keys. Raises ValueError (when traced) if ``params`` has no such subtree, so a
+    model whose output layer is named otherwise fails loudly instead of moving another layer.
+    """
+    path = (models.OUTPUT_LAYER,) if meta_params == "last" else tuple(meta_params)
 
     def frozen_loss_fn(params, batch):
-        if not isinstance(params, dict) or not params:
-            raise ValueError(f"meta_params='last' needs the parameters as a dict of modules "
-                             f"(flax), got {type(params).__name__}.")
-        last = list(params)[-1]
-        return loss_fn({k: v if k == last else jax.lax.stop_gradient(v)
-                        for k, v in params.items()}, batch)
+        _check_meta_path(params, path, meta_params)
+
+        def freeze(key_path, x):
+            keys = tuple(getattr(k, "key", None) for k in key_path[:len(path)])
+            return x if keys == path else jax.lax.stop_gradient(x)
+
+        return loss_fn(jax.tree.map_with_path(freeze, params), batch)
 
     return frozen_loss_fn
+
+
+def _check_meta_path(params: PyTree, path: tuple[str, ...], meta_params) -> None:
+    node = params
+    for depth, key in enumerate(path):
+        if not hasattr(node, "keys") or key not in node:
+            keys = sorted(node) if hasattr(node, "keys") else type(node).__name__
+            if meta_params == "last":
+                raise ValueError(
+                    f"meta_params='last' moves params[{models.OUTPUT_LAYER!r}], the output layer "
+                    f"of every l2rw_jax model, but these params have no {models.OUTPUT_LAYER!r} "
+                    f"(top-level: {keys}); pass the output layer's path instead: "
+                    f"meta_params=models.output_layer_path(module, input_shape).")
+            raise ValueError(f"meta_params={meta_params!r}: params has no {key!r} at "
+                             f"{path[:depth]} (keys there: {keys}).")
+        node = node[key]
+    if not jax.tree.leaves(node):
+        raise ValueError(f"meta_params={meta_params!r}: params{list(path)} holds no parameters.")
 
 
 def _gathered(x_B: jax.Array, axis_name: str | None) -> jax.Array:

@@ -12,10 +12,15 @@ conv_delta=None)``. The rest of the library never touches Linen: it builds one w
   and returns ``model_state`` unchanged. ``rng`` feeds dropout (WideResNet only).
 - ``make_feature_fn(module)(params, model_state, x, conv_delta=None)
   -> (logits_BxC, {"penultimate": feats_BxD, "conv": fmap_BxhxwxK})``, evaluation mode.
-  ``"penultimate"`` is the input of the last Dense layer (nearest-neighbour explanations,
+  ``"penultimate"`` is the input of the output layer (nearest-neighbour explanations,
   MMD-critic); ``"conv"`` is the last convolutional feature map (absent for the MLP) and
   ``conv_delta`` is added to it, so Grad-CAM's ``d logit_c / d fmap`` is the gradient with
   respect to ``conv_delta`` at zero.
+
+The output layer of every model here is the Dense named ``OUTPUT_LAYER`` (``"head"``), so its
+parameters are ``params["head"]`` (what ``methods.l2rw(meta_params="last")`` moves).
+``output_layer_path(module, input_shape)`` finds the output layer of any Linen module, ours or
+your own, from what the layers compute rather than from their names.
 
 Why Linen: ``init``/``apply(mutable=...)`` hand out exactly the ``(params, model_state)``
 pytrees the functional core works on, with no split/merge step (ARCHITECTURE.md).
@@ -31,6 +36,12 @@ import jax
 import jax.numpy as jnp
 
 PyTree = Any
+
+# The name of the output layer (the Dense that returns the logits) in every model here. Why a
+# name and not a position: Flax hands the parameters back as a dict with sorted keys, so its
+# last entry is whatever sorts last ("_PreActUnit_2" after "Dense_0", "Dense_2" after
+# "Dense_10"), not the last layer.
+OUTPUT_LAYER = "head"
 
 # BatchNorm: running averages with decay 0.9, epsilon 1e-5 (Flax/PyTorch defaults for CIFAR
 # ResNets); the statistics live in the "batch_stats" collection.
@@ -101,7 +112,7 @@ class LeNet(nn.Module):
         conv = _add_delta(x, conv_delta)
         x = conv.reshape((conv.shape[0], -1))
         penultimate = nn.relu(nn.Dense(100, kernel_init=w_init)(x))
-        logits = nn.Dense(self.num_classes, kernel_init=w_init)(penultimate)
+        logits = nn.Dense(self.num_classes, kernel_init=w_init, name=OUTPUT_LAYER)(penultimate)
         return _outputs(logits, penultimate, conv, features)
 
 
@@ -162,7 +173,7 @@ class ResNet32(nn.Module):
         x = nn.relu(_BN(use_running_average=not train)(x))
         conv = _add_delta(x, conv_delta)
         penultimate = jnp.mean(conv, axis=(1, 2))
-        logits = nn.Dense(self.num_classes)(penultimate)
+        logits = nn.Dense(self.num_classes, name=OUTPUT_LAYER)(penultimate)
         return _outputs(logits, penultimate, conv, features)
 
 
@@ -215,7 +226,7 @@ class WideResNet(nn.Module):
         x = nn.relu(_BN(use_running_average=not train)(x))
         conv = _add_delta(x, conv_delta)
         penultimate = jnp.mean(conv, axis=(1, 2))
-        logits = nn.Dense(self.num_classes)(penultimate)
+        logits = nn.Dense(self.num_classes, name=OUTPUT_LAYER)(penultimate)
         return _outputs(logits, penultimate, conv, features)
 
 
@@ -238,7 +249,7 @@ class SmallCNN(nn.Module):
             x = max_pool_same(nn.relu(x), 2, 2)
         conv = _add_delta(x, conv_delta)
         penultimate = nn.relu(nn.Dense(self.hidden)(jnp.mean(conv, axis=(1, 2))))
-        logits = nn.Dense(self.num_classes)(penultimate)
+        logits = nn.Dense(self.num_classes, name=OUTPUT_LAYER)(penultimate)
         return _outputs(logits, penultimate, conv, features)
 
 
@@ -257,7 +268,7 @@ class MLP(nn.Module):
         x = x.reshape((x.shape[0], -1))
         for units in self.hidden:
             x = nn.relu(nn.Dense(units)(x))
-        logits = nn.Dense(self.num_classes)(x)
+        logits = nn.Dense(self.num_classes, name=OUTPUT_LAYER)(x)
         return _outputs(logits, x, None, features)
 
 
@@ -345,3 +356,71 @@ def make_feature_fn(module: nn.Module) -> Callable[..., tuple[jax.Array, dict]]:
                             conv_delta=conv_delta)
 
     return feature_fn
+
+
+def output_layer_path(module: nn.Module, input_shape: Sequence[int]) -> tuple[str, ...]:
+    """Where the output layer's parameters are in ``params``: the layer that returns the logits.
+
+    ``module(x)`` is traced once on zeros of ``input_shape`` (``jax.eval_shape``: nothing is
+    compiled or run) while every method call of every submodule is recorded; the output layer
+    is the deepest submodule that holds parameters and whose call returned the very array the
+    model returns. Names and their order play no part, so this also finds the output layer of
+    a Linen module of your own (give it to ``methods.l2rw(meta_params=path)``). For every model
+    of this file it is ``(OUTPUT_LAYER,)``.
+
+    Args:
+      module: a Linen module called as ``module(x)`` (for the models here: evaluation mode)
+        that returns the logits as one array.
+      input_shape: with a leading batch dimension, e.g. ``(1, 28, 28, 1)``.
+
+    Returns:
+      ``path``, a tuple of keys: ``params[path[0]][path[1]]...`` are the output layer's
+      parameters.
+
+    Raises:
+      ValueError: ``module`` does not return one array, or no submodule with parameters
+        returns it (e.g. the logits are scaled after the last layer): then no single layer
+        outputs the logits, and the parameters to move must be named by hand.
+
+    Example:
+      >>> output_layer_path(create_model("mlp", 3, hidden=(4,) * 12), (1, 5))
+      ('head',)
+    """
+    if len(input_shape) < 2:
+        raise ValueError(f"input_shape={tuple(input_shape)} needs a leading batch dimension.")
+    calls = []    # (submodule path, returned value) of every method call, in call order
+    matched = []  # paths of the submodules whose call returned the model's output itself
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        calls.append((context.module.path, out))
+        return out
+
+    def trace(x):
+        with nn.intercept_methods(record):
+            out, variables = module.init_with_output(
+                {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+        if not isinstance(out, jax.Array):
+            raise ValueError(f"{type(module).__name__}(x) returns {type(out).__name__}; "
+                             f"output_layer_path needs a module that returns the logits array.")
+        # Identity, not equality: the output layer's result is the very tracer returned.
+        matched.extend(path for path, value in calls if path and value is out)
+        return variables.get("params", {})
+
+    params = jax.eval_shape(trace, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+    found = [path for path in matched if jax.tree.leaves(_subtree(params, path))]
+    if not found:
+        raise ValueError(
+            f"No layer with parameters of {type(module).__name__} returns its output (is it "
+            f"computed after the last layer?); name the parameters to move by hand.")
+    # A wrapper (e.g. nn.Sequential) returns its last layer's output too: the deepest is the layer.
+    return tuple(max(found, key=len))
+
+
+def _subtree(params: PyTree, path: Sequence[str]) -> PyTree:
+    """``params[path[0]][path[1]]...``, or None where the path does not exist."""
+    for key in path:
+        if not hasattr(params, "keys") or key not in params:
+            return None
+        params = params[key]
+    return params

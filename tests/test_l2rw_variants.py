@@ -138,7 +138,8 @@ def test_warmup_gives_uniform_weights_before_step_w_and_reweights_from_it(proble
 @pytest.mark.parametrize("options", [
     dict(memory_decay=1.0), dict(memory_decay=-0.1), dict(warmup_steps=-1),
     dict(warmup_steps=2.5), dict(weight_map="softmax"), dict(normalize="classes"),
-    dict(meta_params="body"), dict(loss_quantile=1.5)])
+    dict(meta_params="body"), dict(meta_params=()), dict(meta_params=("head", 0)),
+    dict(loss_quantile=1.5)])
 def test_bad_options_raise(options):
     key = next(iter(options))
     with pytest.raises(ValueError, match=key):
@@ -197,10 +198,10 @@ def test_last_layer_meta_gradient_is_the_meta_gradient_of_the_head_on_fixed_feat
                                batch=batch, val_batch=val, method_state=(),
                                rng=jax.random.PRNGKey(0), step=jnp.int32(0))
     _, _, metrics = methods.get_weigh_fn("l2rw", mode=mode, meta_params="last")(ctx)
-    assert list(params) == ["Dense_0", "Dense_1"]
+    assert sorted(params) == ["Dense_0", "head"]
     hidden = lambda x: jax.nn.relu(x @ params["Dense_0"]["kernel"]
                                    + params["Dense_0"]["bias"][None, :])
-    head = {"kernel": params["Dense_1"]["kernel"], "bias": params["Dense_1"]["bias"]}
+    head = {"kernel": params["head"]["kernel"], "bias": params["head"]["bias"]}
 
     def head_loss(hp, b):
         logits = b["h"] @ hp["kernel"] + hp["bias"][None, :]

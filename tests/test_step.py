@@ -314,7 +314,7 @@ def test_batchnorm_train_and_eval_modes():
     grad_cam = jax.jit(jax.grad(lambda d: features(params, model_state, x, d)[0][:, 2].sum()),
                        compiler_options=FAST_COMPILE)
     d_fmap = grad_cam(jnp.zeros_like(feats["conv"]))
-    kernel = params["Dense_0"]["kernel"]
+    kernel = params[models.OUTPUT_LAYER]["kernel"]
     h, w = feats["conv"].shape[1:3]
     np.testing.assert_allclose(d_fmap, jnp.broadcast_to(kernel[:, 2] / (h * w), d_fmap.shape),
                                rtol=1e-5)
