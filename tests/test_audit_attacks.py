@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 
 from l2rw_jax.audit import attacks
 from l2rw_jax.audit import common
+from l2rw_jax.audit import criticism
 
 EPS = (0.0, 0.05, 0.1, 0.2, 0.3)
 
@@ -103,6 +104,183 @@ def test_linear_accuracy_curve_is_exact(linear):
         want = np.mean(true_eps > eps)  # no example sits within 1e-5 of these eps (checked below)
         assert not np.any(np.abs(true_eps - eps) < 1e-5)
         assert curve["fgsm_accuracy"][e] == want and curve["pgd_accuracy"][e] == want
+
+
+# ------------------------------------------------- confident logits: issue 11 (the attack stalled)
+# A 2-class linear model fed per-channel-normalised images, with its logits multiplied by 1, 30 and
+# 300 (weights and bias scaled: the same predictions and the same exact adversarial examples). In
+# raw pixels its logit difference is z_1 - z_0 = v . x_raw + c with v_i = (w_1 - w_0)_i / std_c(i),
+# so without the [0, 1] box the smallest L-inf eps that flips the class is
+#     t = |v . x_raw + c| / ||v||_1,
+# reached by moving every pixel by t against sign(v) -- which is exactly the FGSM point, so FGSM
+# and PGD are exact here: accuracy at eps = mean(t > eps), and bisection with eps_max / 2**n
+# brackets returns the dyadic grid point just above t.
+SCALES = (1.0, 30.0, 300.0)
+ISSUE_EPS = (0.0, 0.05, 0.12, 0.2)
+ISSUE_EPS_MAX, ISSUE_BISECTION = 0.5, 8
+ISSUE_WIDTH = ISSUE_EPS_MAX / 2**ISSUE_BISECTION
+ISSUE_MEAN = np.array([0.2, 0.5, 0.7], np.float32)
+ISSUE_STD = np.array([0.1, 0.3, 0.25], np.float32)
+FLIPPED = np.array([3, 10, 21, 32])  # reference labels flipped for the prototype test
+
+
+@pytest.fixture(scope="module")
+def confident():
+    """The issue's input: 40 images, exact minimal eps t <= 0.25, three of them above 0.12.
+
+    Each image is x0 + beta * sign(v) with x0 in [0.45, 0.55]^48 and beta chosen so that t is the
+    centre of a bisection bracket, (k + 1/2) * eps_max / 2**8 for distinct k, so the bisection
+    has a unique right answer and no decision is within float32 rounding of a tie.
+    """
+    rng = np.random.default_rng(11)
+    n, hwc = 40, (4, 4, 3)
+    d = int(np.prod(hwc))
+    std_D = np.tile(ISSUE_STD, 16).astype(np.float64)  # NHWC flattening: channel fastest
+    mean_D = np.tile(ISSUE_MEAN, 16).astype(np.float64)
+    w = (rng.normal(size=(d, 2)) * 0.02).astype(np.float32)
+    b = np.array([0.1, -0.1], np.float32)
+    k = np.concatenate([rng.choice(np.arange(2, 61), 37, replace=False), [70, 90, 120]])
+    y = (np.arange(n) % 2).astype(np.int32)
+    s = np.where(y == 1, 1.0, -1.0)
+    v = (w[:, 1].astype(np.float64) - w[:, 0]) / std_D
+    c = float(b[1] - b[0]) - np.sum((w[:, 1].astype(np.float64) - w[:, 0]) * mean_D / std_D)
+    x0 = rng.uniform(0.45, 0.55, size=(n, d))
+    beta = (s * (k + 0.5) * ISSUE_WIDTH * np.abs(v).sum() - (x0 @ v + c)) / np.abs(v).sum()
+    x_raw = (x0 + beta[:, None] * np.sign(v)[None, :]).reshape(n, *hwc).astype(np.float32)
+    x_norm = common.from_raw(x_raw, ISSUE_MEAN, ISSUE_STD)
+    y_ref = y.copy()
+    y_ref[FLIPPED] = 1 - y_ref[FLIPPED]
+
+    per_scale = {}
+    for scale in SCALES:
+        params = {"w": w * np.float32(scale), "b": b * np.float32(scale)}
+        # The closed form, in float64 from the float32 parameters and images the attack sees.
+        w64, b64 = params["w"].astype(np.float64), params["b"].astype(np.float64)
+        v_s = (w64[:, 1] - w64[:, 0]) / std_D
+        c_s = (b64[1] - b64[0]) - np.sum((w64[:, 1] - w64[:, 0]) * mean_D / std_D)
+        diff = x_raw.reshape(n, d).astype(np.float64) @ v_s + c_s
+        logits = np.asarray(_linear_apply(params, {}, x_norm, False)[0], np.float64)
+        assert np.all(logits.argmax(1) == y)
+        # The audit's defaults: 10 steps of eps / 4 from a random start, the margin objective.
+        curve = attacks.robust_accuracy_curve(
+            _linear_apply,
+            params,
+            {},
+            x_norm,
+            y,
+            ISSUE_EPS,
+            mean=ISSUE_MEAN,
+            std=ISSUE_STD,
+            seed=1,
+            batch_size=64,
+            progress=False,
+        )
+        me = attacks.minimal_adversarial_epsilon(
+            _linear_apply,
+            params,
+            {},
+            x_norm,
+            y_ref,
+            eps_max=ISSUE_EPS_MAX,
+            bisection_steps=ISSUE_BISECTION,
+            mean=ISSUE_MEAN,
+            std=ISSUE_STD,
+            seed=2,
+            batch_size=64,
+            progress=False,
+        )
+        margin_ref = logits[np.arange(n), y_ref] - logits[np.arange(n), 1 - y_ref]
+        per_scale[scale] = {
+            "t": np.abs(diff) / np.abs(v_s).sum(),
+            "median_margin": float(np.median(np.abs(diff))),
+            "curve": curve,
+            "me": me,
+            "margin_ref": margin_ref,
+        }
+    # The [0, 1] box never binds below t: moving every pixel by t against the margin stays inside.
+    direction = -np.where(y == 1, 1.0, -1.0)[:, None] * np.sign(v)[None, :]
+    room = np.where(direction > 0, 1.0 - x_raw.reshape(n, d), x_raw.reshape(n, d)).min(1)
+    assert np.all(room > per_scale[1.0]["t"] + 0.1)
+    return {"k": k, "x_raw": x_raw, "y": y, "y_ref": y_ref, "w": w, "b": b, **per_scale}
+
+
+def test_confident_linear_model_is_exact_at_every_logit_scale(confident):
+    # The issue's numbers: at scale 300 (median |margin| ~113) the cross-entropy attacks gave
+    # PGD accuracy 0.6 at eps 0.12 and 21 infinite minimal eps; the exact values follow.
+    assert confident[30.0]["median_margin"] > 10 and confident[300.0]["median_margin"] > 100
+    for scale in SCALES:
+        t, curve, me = confident[scale]["t"], confident[scale]["curve"], confident[scale]["me"]
+        # Each t is the centre of its bisection bracket (to float rounding of the construction).
+        np.testing.assert_allclose(t, (confident["k"] + 0.5) * ISSUE_WIDTH, rtol=1e-4)
+        for e, eps in enumerate(ISSUE_EPS):
+            assert curve["pgd_accuracy"][e] == curve["fgsm_accuracy"][e] == np.mean(t > eps)
+        assert curve["pgd_accuracy"][ISSUE_EPS.index(0.12)] == 3 / 40 == 0.075
+        # Bisection returns the upper end of the bracket holding t; 0 where the reference label
+        # is already not the prediction; never inf (every t is below eps_max).
+        want = np.where(np.isin(np.arange(40), FLIPPED), 0.0, (confident["k"] + 1) * ISSUE_WIDTH)
+        np.testing.assert_array_equal(me["min_eps"], want)
+
+
+def test_attacks_do_not_depend_on_the_logit_scale(confident):
+    # sign(grad margin) is the same at every positive scale, so the iterates, the fooling images
+    # and every decision are bit-identical (no decision here sits within rounding of a tie).
+    base = confident[1.0]
+    for scale in SCALES[1:]:
+        other = confident[scale]
+        for key in ("pgd_correct_NxE", "fgsm_correct_NxE"):
+            np.testing.assert_array_equal(other["curve"][key], base["curve"][key])
+        np.testing.assert_array_equal(other["me"]["min_eps"], base["me"]["min_eps"])
+        np.testing.assert_array_equal(other["me"]["x_adv"], base["me"]["x_adv"])
+
+
+def test_robustness_prototypes_do_not_depend_on_the_logit_scale(confident):
+    # The flipped examples all have min eps 0 and are ordered by their (negative) clean margin,
+    # the rest by min eps: the expected order follows from the closed form at any scale.
+    t_ref = np.where(np.isin(np.arange(40), FLIPPED), 0.0, confident[1.0]["t"])
+    want = criticism.robustness_prototypes(t_ref, confident[1.0]["margin_ref"], 8, 8)
+    assert set(want["criticisms"][:4]) == set(FLIPPED)
+    for scale in SCALES:
+        got = criticism.robustness_prototypes(
+            confident[scale]["me"]["min_eps"], confident[scale]["margin_ref"], 8, 8
+        )
+        np.testing.assert_array_equal(got["prototypes"], want["prototypes"])
+        np.testing.assert_array_equal(got["criticisms"], want["criticisms"])
+
+
+def test_cross_entropy_objective_stalls_on_confident_logits(confident):
+    # The option kept for comparison reproduces the issue: exact at scale 1 (margins < 2), but at
+    # scale 300 its float32 gradient has vanished and the minimal eps of confidently classified
+    # examples come back too large or infinite (not found up to eps_max = 0.5, though all t <= 0.25).
+    x_norm = common.from_raw(confident["x_raw"], ISSUE_MEAN, ISSUE_STD)
+    for scale, exact in ((1.0, True), (300.0, False)):
+        assert (np.abs(confident[scale]["margin_ref"]).max() < 2) == exact
+        params = {"w": confident["w"] * np.float32(scale), "b": confident["b"] * np.float32(scale)}
+        me = attacks.minimal_adversarial_epsilon(
+            _linear_apply,
+            params,
+            {},
+            x_norm,
+            confident["y_ref"],
+            eps_max=ISSUE_EPS_MAX,
+            bisection_steps=ISSUE_BISECTION,
+            mean=ISSUE_MEAN,
+            std=ISSUE_STD,
+            objective="cross_entropy",
+            seed=2,
+            batch_size=64,
+            progress=False,
+        )  # one more compiled function (the objective is a static argument)
+        right = me["min_eps"] == confident[scale]["me"]["min_eps"]
+        assert right.all() == exact
+        if not exact:
+            assert np.all(me["min_eps"][~right] > confident[scale]["me"]["min_eps"][~right])
+            assert np.isinf(me["min_eps"]).sum() >= 10
+
+
+def test_margin_loss_hand_values():
+    logits = jnp.array([[1.0, 3.0, 2.0], [1.0, 3.0, 2.0], [5.0, 5.0, 0.0]])
+    got = attacks.margin_loss(logits, jnp.array([0, 1, 0]))
+    np.testing.assert_array_equal(np.asarray(got), [2.0, -1.0, 0.0])
 
 
 # ------------------------------------------------------------------ a small trained MLP on digits
@@ -235,3 +413,5 @@ def test_bad_attack_settings_are_clear_errors(mlp):
         attacks.minimal_adversarial_epsilon(_mlp_apply, params, {}, x, y, eps_max=0.0)
     with pytest.raises(ValueError, match="std must be positive"):
         attacks.robust_accuracy_curve(_mlp_apply, params, {}, x, y, EPS, std=0.0)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        attacks.robust_accuracy_curve(_mlp_apply, params, {}, x, y, EPS, objective="ce")

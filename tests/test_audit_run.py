@@ -195,6 +195,9 @@ def test_report_is_one_self_contained_file(planted):
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert not re.search(r'(src|href)="(https?:|file:|/)', page)  # nothing outside the file
+    # The robustness section names what the attacks ascended, as audit.json records it.
+    assert planted["res"]["robustness"]["objective"] == "margin"
+    assert "ascend the logit margin" in page
     assert not [f for f in os.listdir(planted["out_dir"]) if f.startswith(".tmp")]  # atomic writes
 
 
@@ -204,6 +207,10 @@ def test_bad_inputs_fail_before_any_work(planted, tmp_path):
     c = _small_config()
     c.epsilons = (0.1, 0.0)
     with pytest.raises(ValueError, match="ascending"):
+        audit.run_audit(*args, config=c, **kw)
+    c = _small_config()
+    c.attack_objective = "xent"
+    with pytest.raises(ValueError, match="attack_objective must be one of"):
         audit.run_audit(*args, config=c, **kw)
     c = _small_config()
     c.num_prototypes = 30

@@ -4,7 +4,7 @@ Four questions, each a module, all on the pure model interface of `l2rw_jax.mode
 (`apply_fn`, `feature_fn`; see `l2rw_jax.audit.common`) and numpy arrays:
 
   mistakes      per-class/worst-class accuracy, confusion, top-k, ECE, explanations
-  attacks       FGSM / PGD accuracy over epsilon, minimal adversarial epsilon
+  attacks       FGSM / PGD (on the logit margin) accuracy over epsilon, minimal adversarial eps
   criticism     prototypes and criticisms: adversarial robustness and MMD-critic
   label_issues  rankings of suspect training labels, precision@k / recall@k
   report        report.html + audit.json
@@ -19,6 +19,7 @@ from l2rw_jax.audit import label_issues
 from l2rw_jax.audit import mistakes
 from l2rw_jax.audit import report
 from l2rw_jax.audit.attacks import attack_batch
+from l2rw_jax.audit.attacks import margin_loss
 from l2rw_jax.audit.attacks import minimal_adversarial_epsilon
 from l2rw_jax.audit.attacks import robust_accuracy_curve
 from l2rw_jax.audit.criticism import greedy_criticisms

@@ -6,11 +6,31 @@ per-channel box `|x' - x| <= eps / std_C` and the valid range is
 `[(0 - mean_C)/std_C, (1 - mean_C)/std_C]`. Every candidate is projected onto both, so each
 adversarial image is a valid image within eps of the original in raw pixels.
 
-The attacks (Goodfellow et al. 2015; Madry et al. 2018) maximise the cross-entropy of the
-reference label y:
+The attacks (Goodfellow et al. 2015; Madry et al. 2018) take signed-gradient steps on an objective
+J(f(x), y) of the logits z = f(x) and the reference label y:
 
-  FGSM:  x_f = clip(x + eps * sign(grad_x CE(f(x), y)))
-  PGD:   x_0 = x (+ U(-eps, eps) with random start);  x_{t+1} = proj(x_t + a * sign(grad CE(f(x_t), y)))
+  FGSM:  x_f = clip(x + eps * sign(grad_x J(f(x), y)))
+  PGD:   x_0 = x (+ U(-eps, eps) with random start);
+         x_{t+1} = proj(x_t + a * sign(grad_x J(f(x_t), y)))
+
+J is by default the logit margin (Carlini & Wagner 2017, their f_6 without the confidence
+term; the "CW loss" of PGD evaluations):
+
+  J_margin(z, y) = max_{j != y} z_j - z_y          (> 0: x is misclassified)
+
+Why not the cross-entropy (Madry et al. 2018)? `objective="cross_entropy"` is kept for comparison,
+but it saturates: its gradient is sum_c (p_c - 1[c = y]) grad z_c, and in float32 p_y rounds to 1
+once the margin z_y - max_{j != y} z_j exceeds about 17, so the -grad z_y part vanishes (the step
+follows the wrong classes' logits alone); past a margin of about 88 every p_{j != y} falls below
+float32's smallest normal number exp(-87.3), XLA flushes it to 0 (about 103 where subnormals are
+kept), the gradient is exactly 0, sign(0) = 0, and the attack does not move. Confidently
+classified examples then look robust because the attack stalls, not because they are. The
+margin's gradient grad z_j* - grad z_y (j* the runner-up) never saturates, and scaling the logits
+by c > 0 scales it by c, leaving sign(grad) -- hence every iterate -- unchanged; whether a
+candidate fools the model (argmax z != y) does not depend on the scale either. So the results do
+not change when the logits are multiplied by a positive constant, up to float32 rounding of
+gradient components that are zero to working precision and of exact ties (tested exactly on a
+linear model at scales 1, 30 and 300).
 
 An example counts as robust at eps only if *no* candidate the attack visited fools the model:
 for FGSM {x, x_f}; for PGD {x, x_f, x_0, ..., x_T} (PGD keeps the FGSM point as a candidate, so it
@@ -18,7 +38,9 @@ is never weaker than FGSM, by construction). Over an ascending list of epsilons 
 found at smaller eps also lie in the larger ball, so robustness at eps_k requires robustness at
 every eps_j <= eps_k: robust accuracy never rises with eps, and eps = 0 gives the clean accuracy
 (all candidates equal x). Each candidate is a genuine perturbation inside the ball, so the
-reported numbers remain valid upper bounds on the true robust accuracy — only tighter ones.
+reported numbers remain valid upper bounds on the true robust accuracy (and the minimal eps
+upper bounds on the true one, to within the bisection bracket); a weaker attack only loosens
+them, i.e. overstates robustness.
 """
 
 from __future__ import annotations
@@ -35,6 +57,35 @@ import tqdm
 from l2rw_jax.audit import common
 
 
+OBJECTIVES = ("margin", "cross_entropy")
+
+
+def margin_loss(logits_BxC, y_B):
+    """Per-example logit margin `max_{j != y} z_j - z_y` (B,), float32.
+
+    > 0 means argmax z != y (fooled), < 0 means argmax z = y, 0 is a tie.
+
+    Carlini & Wagner 2017 (f_6 with kappa = 0). Needs C >= 2 classes. Ties among the other
+    classes share the gradient equally (the gradient rule of `jnp.max`).
+    """
+    logits_BxC = logits_BxC.astype(jnp.float32)
+    is_y_BxC = jax.nn.one_hot(y_B, logits_BxC.shape[-1], dtype=bool)
+    z_y_B = jnp.sum(jnp.where(is_y_BxC, logits_BxC, 0.0), axis=-1)
+    return jnp.max(jnp.where(is_y_BxC, -jnp.inf, logits_BxC), axis=-1) - z_y_B
+
+
+def attack_objective(logits_BxC, y_B, objective: str = "margin"):
+    """The per-example quantity the attacks ascend (B,): `margin_loss` or the cross-entropy.
+
+    Raises ValueError for an objective not in `OBJECTIVES`.
+    """
+    if objective == "margin":
+        return margin_loss(logits_BxC, y_B)
+    if objective == "cross_entropy":
+        return optax.softmax_cross_entropy_with_integer_labels(logits_BxC.astype(jnp.float32), y_B)
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+
+
 def _bounds(mean_C, std_C):
     inv_std_1x1x1xC = (1.0 / std_C).reshape(1, 1, 1, -1)
     lo_1x1x1xC = ((0.0 - mean_C) / std_C).reshape(1, 1, 1, -1)
@@ -42,7 +93,7 @@ def _bounds(mean_C, std_C):
     return inv_std_1x1x1xC, lo_1x1x1xC, hi_1x1x1xC
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("objective",))
 def attack_batch(
     apply_fn,
     steps: int,
@@ -56,6 +107,8 @@ def attack_batch(
     mean_C,
     std_C,
     key,
+    *,
+    objective: str = "margin",
 ):
     """FGSM and PGD on one batch with a per-example radius `eps_B` (raw pixel units).
 
@@ -67,6 +120,7 @@ def attack_batch(
       eps_B: radius per example; step_size: PGD step as a fraction of eps (a = step_size * eps).
       mean_C, std_C: normalisation of the images (see module docstring).
       key: PRNG key for the random start.
+      objective: what the steps ascend, one of `OBJECTIVES` (static; module docstring).
 
     Returns:
       dict of `clean_correct_B`, `fgsm_correct_B`, `pgd_correct_B` (bool, "not fooled by any
@@ -81,8 +135,9 @@ def attack_batch(
 
     def loss_and_pred(x):
         logits_BxC, _ = apply_fn(params, model_state, x, False)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits_BxC.astype(jnp.float32), y_B)
-        return jnp.sum(loss), jnp.argmax(logits_BxC, axis=-1)
+        # Summed over the batch: each example's input gradient is that of its own term.
+        loss = jnp.sum(attack_objective(logits_BxC, y_B, objective))
+        return loss, jnp.argmax(logits_BxC, axis=-1)
 
     grad_fn = jax.grad(loss_and_pred, has_aux=True)
     g0, pred0 = grad_fn(x_BxHxWxC)
@@ -127,7 +182,9 @@ def attack_batch(
     }
 
 
-def _check_attack_args(x, y, steps, step_size, mean, std):
+def _check_attack_args(x, y, steps, step_size, mean, std, objective):
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
     x = common.check_images(x)
     y = common.check_labels(y, x.shape[0], None, "labels")
     if steps < 0:
@@ -149,6 +206,7 @@ def robust_accuracy_curve(
     steps: int = 10,
     step_size: float = 0.25,
     random_start: bool = True,
+    objective: str = "margin",
     mean=0.0,
     std=1.0,
     seed: int = 0,
@@ -163,7 +221,7 @@ def robust_accuracy_curve(
     Returns dict: `epsilons`, `clean_accuracy`, `fgsm_accuracy` and `pgd_accuracy` (lists, one per
     eps), `n`, and per-example `fgsm_correct_NxE`, `pgd_correct_NxE` (bool arrays).
     """
-    x, y, mean_C, std_C = _check_attack_args(x, y, steps, step_size, mean, std)
+    x, y, mean_C, std_C = _check_attack_args(x, y, steps, step_size, mean, std, objective)
     eps_E = np.asarray(epsilons, np.float32).reshape(-1)
     if eps_E.size == 0 or np.any(eps_E < 0) or np.any(np.diff(eps_E) < 0):
         raise ValueError(
@@ -202,6 +260,7 @@ def robust_accuracy_curve(
                     mean_C,
                     std_C,
                     jax.random.fold_in(jax.random.fold_in(key, e), i),
+                    objective=objective,
                 ),
                 [x[rows], y[rows]],
                 batch_size,
@@ -239,6 +298,7 @@ def minimal_adversarial_epsilon(
     steps: int = 10,
     step_size: float = 0.25,
     random_start: bool = True,
+    objective: str = "margin",
     mean=0.0,
     std=1.0,
     seed: int = 0,
@@ -256,7 +316,7 @@ def minimal_adversarial_epsilon(
     Returns dict: `min_eps` (N, float64, inf = not found), `x_adv` (the fooling image found at
     `min_eps`, or x where none), `eps_max`, `bisection_steps`.
     """
-    x, y_ref, mean_C, std_C = _check_attack_args(x, y_ref, steps, step_size, mean, std)
+    x, y_ref, mean_C, std_C = _check_attack_args(x, y_ref, steps, step_size, mean, std, objective)
     if not eps_max > 0:
         raise ValueError(f"eps_max must be > 0, got {eps_max}.")
     if bisection_steps < 0:
@@ -278,6 +338,7 @@ def minimal_adversarial_epsilon(
             mean_C,
             std_C,
             jax.random.fold_in(kb, i),
+            objective=objective,
         )
         out = jax.device_get(attack(np.full(len(xb), eps_max), 0))
         clean = np.asarray(out["clean_correct"])

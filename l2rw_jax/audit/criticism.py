@@ -3,7 +3,10 @@
 (a) Adversarial robustness (our reading of Stock & Cisse 2018, Sec. 5): within a class, the
     prototypes are the examples hardest to perturb out of the class (largest minimal adversarial
     epsilon), the criticisms the easiest. Ties (e.g. many examples never fooled up to eps_max)
-    are broken by the clean logit margin `f_y(x) - max_{c != y} f_c(x)`.
+    are broken by the clean logit margin `f_y(x) - max_{c != y} f_c(x)`. The minimal eps comes
+    from `attacks.minimal_adversarial_epsilon`, whose PGD ascends the logit margin, so confident
+    examples are not ranked hardest merely because a saturated loss stalled the attack, and the
+    ranking does not change when the logits are multiplied by a positive constant.
 (b) MMD-critic (Kim, Khanna, Koyejo, NeurIPS 2016) in penultimate feature space:
     prototypes greedily minimise MMD^2 between the class and the prototypes; criticisms
     greedily maximise |witness| plus a log-det diversity term.
