@@ -138,8 +138,9 @@ def test_rank_label_issues_equals_the_audit_rankings_on_the_recorded_rows():
     np.testing.assert_array_equal(
         order[: len(seen)], seen[label_issues.rank_by_l2rw_weight(w[seen], loss[seen])]
     )
+    never = np.flatnonzero(count == 0)
     np.testing.assert_array_equal(  # the never-drawn rows follow, by loss
-        order[len(seen) :], np.flatnonzero(count == 0)[label_issues.rank_by_loss(loss[count == 0])]
+        order[len(seen) :], never[label_issues.rank_by_loss(loss[never])]
     )
     probs = rng.dirichlet(np.ones(4), size=n)
     labels = rng.integers(0, 4, n)
