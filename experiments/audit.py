@@ -1,8 +1,9 @@
 """Audit a trained run: `python -m experiments.audit --workdir=<run>`.
 
 Reads the run's workdir (written by `l2rw_jax.train.train_and_evaluate`), rebuilds its data and
-model, and calls `l2rw_jax.audit.run_audit`, which writes `<workdir>/audit/report.html` and
-`<workdir>/audit/audit.json`.
+model, and calls `l2rw_jax.audit.run_audit`, which writes `<workdir>/audit/report.html`,
+`<workdir>/audit/audit.json` and `<workdir>/audit/label_issues.csv` (every training example,
+most suspect label first, with `source_index`: its row in the dataset's own training arrays).
 
   <workdir>/config.json          the training config (dataset, noise, model, seed, ...)
   <workdir>/checkpoints/<step>/  orbax: {"carry": (state, acc, msum), "meta": json}; `state` is a
@@ -174,6 +175,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
             "label": splits.train_labels.astype(np.int32),
             "true_label": splits.train_true_labels.astype(np.int32),
             "is_noisy": splits.train_is_noisy.astype(bool),
+            "source_index": splits.train_source_index.astype(np.int64),
         },
         "example_weights": example_weights,
         "mean": mean,

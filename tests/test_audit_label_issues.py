@@ -1,5 +1,8 @@
 """precision@k / recall@k on constructed rankings; the rankings themselves on hand examples."""
 
+import csv
+import os
+
 import numpy as np
 import pytest
 
@@ -80,3 +83,133 @@ def test_confident_learning_flags_hand_example():
     order = label_issues.rank_by_confident_learning(probs, labels)
     # Flagged first, then by self-confidence ascending: .15 (row 4) | .4 (3), .7 (1), .8 (2), .8 (5), .9 (0).
     assert order.tolist() == [4, 3, 1, 2, 5, 0]
+
+
+# ------------------------------------------------------------------ every example, one ranking
+LOSS = np.array([1.0, 5.0, 0.2, 1.0, 0.3, 2.0])
+META_GRAD = np.array([0.5, 9.0, 2.0, 0.5, -1.0, 0.5])
+COUNT = np.array([3, 0, 1, 2, 4, 1])  # row 1 never drawn: its 9.0 is no recorded score
+
+
+def test_rank_label_issues_hand_example():
+    rank = label_issues.rank_label_issues
+    # Meta-gradient descending: 2.0 (row 2); the 0.5 tie by loss (row 5: 2.0), then by index
+    # (rows 0, 3: 1.0); -1.0 (row 4); the never-drawn row 1 last.
+    expect = [2, 5, 0, 3, 4, 1]
+    assert rank(LOSS, mean_meta_grad_N=META_GRAD, count_N=COUNT)[0].tolist() == expect
+    nan_grad = np.where(COUNT > 0, META_GRAD, np.nan)  # NaN = not recorded, same as count 0
+    order, by = rank(LOSS, mean_meta_grad_N=nan_grad)
+    assert (order.tolist(), by) == (expect, "l2rw_meta_grad")
+    # Mean weight ascending: 0 (rows 5 | 0, 3), 0.1 (row 2), 0.2 (row 4), then row 1.
+    w = np.array([0.0, 0.0, 0.1, 0.0, 0.2, 0.0])
+    order, by = rank(LOSS, mean_weight_N=w, count_N=COUNT)
+    assert (order.tolist(), by) == ([5, 0, 3, 2, 4, 1], "l2rw_weight")
+    # auto prefers the meta-gradient, then the memory, then the weight, then the loss.
+    assert rank(LOSS, mean_weight_N=w, mean_meta_grad_N=META_GRAD)[1] == "l2rw_meta_grad"
+    assert rank(LOSS, mean_weight_N=w, meta_grad_memory_N=META_GRAD)[1] == "l2rw_memory"
+    # The loss ranking ignores count (the model scores every example).
+    order, by = rank(LOSS, count_N=COUNT)
+    assert (order.tolist(), by) == ([1, 5, 0, 3, 4, 2], "final_loss")
+    order, _ = rank(
+        LOSS, flags_N=np.array([0, 1, 0, 1, 0, 0], bool), ranked_by="confident_learning"
+    )
+    assert order.tolist() == [1, 3, 5, 0, 4, 2]  # flagged first, each group by loss
+
+
+def test_rank_label_issues_clear_errors():
+    with pytest.raises(ValueError, match="ranked_by must be 'auto' or one of"):
+        label_issues.rank_label_issues(LOSS, ranked_by="self_confidence")
+    with pytest.raises(ValueError, match="ranked_by='l2rw_weight' needs its score"):
+        label_issues.rank_label_issues(LOSS, ranked_by="l2rw_weight")
+    with pytest.raises(ValueError, match="needs flags"):
+        label_issues.rank_label_issues(LOSS, ranked_by="confident_learning")
+    with pytest.raises(ValueError, match=r"mean_weight must have shape \(6,\)"):
+        label_issues.rank_label_issues(LOSS, mean_weight_N=np.zeros(5))
+
+
+def test_rank_label_issues_equals_the_audit_rankings_on_the_recorded_rows():
+    rng = np.random.default_rng(1)
+    n = 200
+    w = np.where(rng.random(n) < 0.4, 0.0, rng.random(n))  # many exact ties at 0
+    loss = np.round(rng.random(n), 1)  # ties in the loss too
+    count = rng.integers(0, 3, n)
+    seen = np.flatnonzero(count > 0)
+    order, _ = label_issues.rank_label_issues(loss, mean_weight_N=w, count_N=count)
+    np.testing.assert_array_equal(
+        order[: len(seen)], seen[label_issues.rank_by_l2rw_weight(w[seen], loss[seen])]
+    )
+    never = np.flatnonzero(count == 0)
+    np.testing.assert_array_equal(  # the never-drawn rows follow, by loss
+        order[len(seen) :], never[label_issues.rank_by_loss(loss[never])]
+    )
+    probs = rng.dirichlet(np.ones(4), size=n)
+    labels = rng.integers(0, 4, n)
+    flags = label_issues.confident_learning_flags(probs, labels)
+    order, _ = label_issues.rank_label_issues(
+        label_issues.final_loss(probs, labels), flags_N=flags, ranked_by="confident_learning"
+    )
+    np.testing.assert_array_equal(order, label_issues.rank_by_confident_learning(probs, labels))
+
+
+def test_find_label_issues_returns_source_indices_most_suspect_first():
+    probs = np.exp(-LOSS)[:, None] * np.array([1.0, 0.0]) + (1 - np.exp(-LOSS))[:, None] * [0, 1]
+    labels = np.zeros(6, np.int64)  # p(label) = exp(-LOSS): the final loss is LOSS
+    source = np.array([50, 51, 52, 53, 54, 55]) * 10
+    got = label_issues.find_label_issues(
+        labels, probs, source_index=source, mean_meta_grad=META_GRAD, count=COUNT
+    )
+    assert got.tolist() == [520, 550, 500, 530, 540, 510]
+    assert label_issues.find_label_issues(labels, probs).tolist() == [1, 5, 0, 3, 4, 2]
+    with pytest.raises(ValueError, match="source_index must be 6 integers"):
+        label_issues.find_label_issues(labels, probs, source_index=np.arange(5))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+        label_issues.find_label_issues(labels + 2, probs)
+
+
+def _csv_columns(**over):
+    cols = {
+        "source_index": np.array([70, 71, 72]),
+        "train_row": np.arange(3),
+        "given_label": np.array([0, 1, 1]),
+        "predicted_label": np.array([0, 0, 1]),
+        "true_label": None,
+        "count": np.array([2, None, 1], object),
+        "mean_meta_grad": None,
+        "meta_grad_memory": None,
+        "mean_weight": np.array([0.25, np.nan, 0.1]),
+        "loss": np.array([0.1, 2.5, 1 / 3]),
+        "confident_learning": np.array([False, True, False]),
+    }
+    cols.update(over)
+    return cols
+
+
+def test_write_label_issues_csv_rows_in_rank_order_missing_values_empty(tmp_path):
+    path = str(tmp_path / "li.csv")
+    label_issues.write_label_issues_csv(path, np.array([1, 2, 0]), _csv_columns(), ["cat", "dog"])
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == list(label_issues.CSV_COLUMNS) + list(label_issues.CSV_CLASS_COLUMNS)
+    assert rows[1:] == [
+        ["1", "71", "1", "1", "0", "", "", "", "", "", "2.5", "1", "dog", "cat", ""],
+        ["2", "72", "2", "1", "1", "", "1", "", "", "0.1", repr(1 / 3), "0", "dog", "dog", ""],
+        ["3", "70", "0", "0", "0", "", "2", "", "", "0.25", "0.1", "0", "cat", "cat", ""],
+    ]
+    assert float(rows[2][10]) == 1 / 3  # floats round-trip exactly
+    assert os.listdir(tmp_path) == ["li.csv"]  # atomic: no temporary file left
+    label_issues.write_label_issues_csv(path, np.array([0, 1, 2]), _csv_columns())
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == list(label_issues.CSV_COLUMNS)  # no names, no name columns
+
+
+def test_write_label_issues_csv_clear_errors(tmp_path):
+    path = str(tmp_path / "li.csv")
+    with pytest.raises(ValueError, match=r"missing \['mean_weight'\]"):
+        cols = _csv_columns()
+        del cols["mean_weight"]
+        label_issues.write_label_issues_csv(path, np.arange(3), cols)
+    with pytest.raises(ValueError, match=r"column 'loss' must have shape \(3,\)"):
+        label_issues.write_label_issues_csv(path, np.arange(3), _csv_columns(loss=np.zeros(2)))
+    with pytest.raises(ValueError, match="permutation"):
+        label_issues.write_label_issues_csv(path, np.array([0, 0, 1]), _csv_columns())
+    assert os.listdir(tmp_path) == []

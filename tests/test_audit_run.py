@@ -93,7 +93,10 @@ def planted(tmp_path_factory):
     weights["mean_meta_grad"] = np.where(noisy, 1.0, -1.0) * rng.uniform(0.5, 1, len(tr))
     weights["mean_meta_grad"][np.flatnonzero(noisy)[-5:]] *= -1
     out_dir = str(tmp_path_factory.mktemp("audit"))
-    train = {"image": x_tr, "label": y_obs, "true_label": y_true, "is_noisy": noisy}
+    # source_index: the row of sklearn's digits arrays (the user's data) behind each train row.
+    train = {
+        "image": x_tr, "label": y_obs, "true_label": y_true, "is_noisy": noisy, "source_index": tr
+    }
     test = {"image": x_te, "label": y_te}
     res = audit.run_audit(
         apply_fn,
@@ -179,6 +182,58 @@ def test_audit_json_numbers_equal_the_library_functions(planted):
         assert g["top3"][0]["class"] != g["label"]
 
 
+def _read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_label_issues_csv_has_every_row_in_the_suspects_order(planted):
+    res, train, w = planted["res"], planted["train"], planted["weights"]
+    li = res["label_issues"]
+    rows = _read_csv(os.path.join(planted["out_dir"], "label_issues.csv"))
+    n = len(train["label"])
+    assert li["csv"] == {
+        "file": "label_issues.csv", "rows": n, "ranked_by": "l2rw_meta_grad", "empty_columns": []
+    }
+    assert [int(r["rank"]) for r in rows] == list(range(1, n + 1))
+    source = np.array([int(r["source_index"]) for r in rows])
+    train_row = np.array([int(r["train_row"]) for r in rows])
+    np.testing.assert_array_equal(source, train["source_index"][train_row])
+    assert sorted(source) == sorted(train["source_index"])  # every example once
+    # Back to the user's data: the true label is sklearn's target at source_index, and the
+    # given label differs from it exactly at the 110 flips.
+    given = np.array([int(r["given_label"]) for r in rows])
+    true = np.array([int(r["true_label"]) for r in rows])
+    np.testing.assert_array_equal(true, load_digits().target[source])
+    np.testing.assert_array_equal(given != true, train["is_noisy"][train_row])
+    assert (given != true).sum() == 110
+    assert "given_class" not in rows[0]  # no class_names given: label ids only
+    # The order is the library function's on the same inputs, and the suspects are its head.
+    logits = audit.common.predict_logits(  # the audit's batch size: the same numbers
+        planted["apply_fn"], planted["params"], {}, train["image"], batch_size=64
+    )
+    probs = audit.common.softmax(logits)
+    np.testing.assert_array_equal(
+        source,
+        audit.find_label_issues(
+            train["label"], probs, source_index=train["source_index"], count=w["count"],
+            mean_meta_grad=w["mean_meta_grad"], meta_grad_memory=w["meta_grad_memory"],
+            mean_weight=w["mean_weight"],
+        ),
+    )
+    top = li["top_suspects"]
+    assert [s["source_index"] for s in top] == source[: len(top)].tolist()
+    assert [s["train_row"] for s in top] == train_row[: len(top)].tolist()
+    for r, i in zip(rows[:3], train_row):
+        assert float(r["mean_meta_grad"]) == w["mean_meta_grad"][i]  # exact round trip
+        assert float(r["mean_weight"]) == w["mean_weight"][i]
+        assert float(r["loss"]) == -np.log(probs[i, train["label"][i]])
+    flags = label_issues.confident_learning_flags(probs, train["label"])
+    assert [int(r["confident_learning"]) for r in rows] == flags[train_row].astype(int).tolist()
+
+
 def test_report_is_one_self_contained_file(planted):
     with open(os.path.join(planted["out_dir"], "report.html")) as f:
         page = f.read()
@@ -223,6 +278,10 @@ def test_bad_inputs_fail_before_any_work(planted, tmp_path):
             example_weights={"index": np.array([5000]), "mean_weight": np.zeros(1)},
             **kw,
         )
+    with pytest.raises(ValueError, match=r"train\['source_index'\] must be 1300 integers"):
+        audit.run_audit(
+            *args, config=_small_config(), **dict(kw, train=dict(kw["train"], source_index=[1]))
+        )
     with pytest.raises(ValueError, match="attribute 'cue' has 3 values"):
         audit.run_audit(*args, config=_small_config(), attributes={"cue": np.zeros(3)}, **kw)
     train = dict(planted["train"], label=np.where(np.arange(1300) < 5, 3, 4).astype(np.int32))
@@ -249,7 +308,9 @@ def test_experiments_audit_clear_errors(tmp_path):
         audit_main.load_run(str(tmp_path), member=1)
 
 
-def test_experiments_audit_on_a_real_training_run(tmp_path):
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """A 20-step erm run on digits (40% uniform flips) and its audit by experiments.audit."""
     from experiments import audit as audit_main
     from l2rw_jax import train
 
@@ -262,6 +323,7 @@ def test_experiments_audit_on_a_real_training_run(tmp_path):
         noise="uniform",
         noise_ratio=0.4,
         clean_per_class=5,
+        hyper_val_size=100,  # held out of the noisy set: not in the CSV
         batch_size=50,
         clean_batch_size=50,
         num_steps=20,
@@ -271,7 +333,7 @@ def test_experiments_audit_on_a_real_training_run(tmp_path):
         learning_rate=0.05,
         progress_bar=False,
     )
-    workdir = str(tmp_path / "run")
+    workdir = str(tmp_path_factory.mktemp("real") / "run")
     results = train.train_and_evaluate(c, workdir)
     cfg = _small_config()
     cfg.update(
@@ -287,6 +349,11 @@ def test_experiments_audit_on_a_real_training_run(tmp_path):
         ig_steps=4,
     )
     res = audit_main.audit_run(workdir, cfg)
+    return {"config": c, "workdir": workdir, "results": results, "res": res}
+
+
+def test_experiments_audit_on_a_real_training_run(real_run):
+    workdir, results, res = real_run["workdir"], real_run["results"], real_run["res"]
     # The loader rebuilt the same test set, normalisation and parameters the run evaluated.
     assert res["mistakes"]["top_k_accuracy"]["top1"] == pytest.approx(
         results["final_test_accuracy"]["per_seed"][0], abs=1e-6
@@ -297,3 +364,43 @@ def test_experiments_audit_on_a_real_training_run(tmp_path):
         assert res["label_issues"]["n_ranked"] == int(seen.sum()) < len(seen)
     assert res["meta"]["run"]["checkpoint_step"] == 20
     assert os.path.exists(os.path.join(workdir, "audit", "report.html"))
+
+
+def test_label_issues_csv_of_a_real_run_maps_back_to_the_source_data(real_run):
+    from l2rw_jax import datasets
+    from l2rw_jax import train
+
+    workdir, res = real_run["workdir"], real_run["res"]
+    rows = _read_csv(os.path.join(workdir, "audit", "label_issues.csv"))
+    with np.load(os.path.join(workdir, "example_weights.npz")) as z:
+        z = {k: z[k] for k in z.files}
+    n = len(z["index"])  # the noisy training set after the hyper-validation hold-out
+    y_source = datasets.load_arrays("digits").y_train
+    assert n == len(y_source) - 10 * 5 - 100  # minus the clean set and the hold-out
+    assert len(rows) == n and [int(r["rank"]) for r in rows] == list(range(1, n + 1))
+    source = np.array([int(r["source_index"]) for r in rows])
+    assert len(np.unique(source)) == n
+    given = np.array([int(r["given_label"]) for r in rows])
+    true = np.array([int(r["true_label"]) for r in rows])
+    # Independently of the run's records: the source labels and the corruption's flip mask.
+    np.testing.assert_array_equal(true, y_source[source])
+    splits = train.member_data(real_run["config"]).splits
+    flipped = dict(zip(splits.train_source_index.tolist(), splits.train_is_noisy.tolist()))
+    np.testing.assert_array_equal(given != true, [flipped[i] for i in source])
+    assert 0 < (given != true).sum() < n
+    # The same rows as the recorded weights, every recorded value where it was recorded.
+    train_row = np.array([int(r["train_row"]) for r in rows])
+    np.testing.assert_array_equal(source, z["source_index"][train_row])
+    np.testing.assert_array_equal(given, z["label"][train_row])
+    drawn = z["count"][train_row] > 0
+    assert [r["mean_weight"] == "" for r in rows] == (~drawn).tolist()
+    assert [r["count"] for r in rows] == [str(c) for c in z["count"][train_row]]
+    assert all(r["mean_meta_grad"] == "" for r in rows)  # erm records no meta-gradient
+    assert not drawn[drawn.sum() :].any()  # the never-drawn examples come last
+    assert [r["given_class"] for r in rows] == [str(g) for g in given]  # digits: names are ids
+    li = res["label_issues"]
+    assert li["csv"]["ranked_by"] == li["suspects_ranking"] == "l2rw_weight"
+    assert li["csv"]["empty_columns"] == ["mean_meta_grad", "meta_grad_memory"]
+    top = li["top_suspects"]
+    assert [s["source_index"] for s in top] == source[: len(top)].tolist()
+    assert [s["given_label"] for s in top] == given[: len(top)].tolist()

@@ -6,9 +6,12 @@ import pytest
 from l2rw_jax import corruption
 from l2rw_jax import models
 from l2rw_jax import reweight
+from l2rw_jax.audit import label_issues
 
 
-@pytest.mark.parametrize("module", [reweight, corruption, models], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [reweight, corruption, models, label_issues], ids=lambda m: m.__name__
+)
 def test_docstring_examples(module):
     failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert attempted > 0, f"{module.__name__} has no examples to run"

@@ -6,7 +6,7 @@ Four questions, each a module, all on the pure model interface of `l2rw_jax.mode
   mistakes      per-class/worst-class accuracy, confusion, top-k, ECE, explanations
   attacks       FGSM / PGD (on the logit margin) accuracy over epsilon, minimal adversarial eps
   criticism     prototypes and criticisms: adversarial robustness and MMD-critic
-  label_issues  rankings of suspect training labels, precision@k / recall@k
+  label_issues  rankings of suspect training labels, precision@k / recall@k, the CSV
   report        report.html + audit.json
 
 `run_audit` runs them all and writes the report.
@@ -26,6 +26,7 @@ from l2rw_jax.audit.criticism import greedy_criticisms
 from l2rw_jax.audit.criticism import greedy_prototypes
 from l2rw_jax.audit.criticism import mmd_critic
 from l2rw_jax.audit.criticism import robustness_prototypes
+from l2rw_jax.audit.label_issues import find_label_issues
 from l2rw_jax.audit.label_issues import precision_at_k
 from l2rw_jax.audit.label_issues import recall_at_k
 from l2rw_jax.audit.mistakes import confusion_matrix

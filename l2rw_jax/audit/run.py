@@ -7,6 +7,7 @@ runs from a notebook as well as from `python -m experiments.audit --workdir=<run
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable, Mapping
 
@@ -170,18 +171,23 @@ def run_audit(
     title: str = "Model audit",
     run_info: Mapping | None = None,
 ) -> dict:
-    """Audits a trained classifier and writes `<out_dir>/report.html` and `<out_dir>/audit.json`.
+    """Audits a trained classifier and writes `<out_dir>/report.html`, `<out_dir>/audit.json`
+    and `<out_dir>/label_issues.csv` (every training row, most suspect first, in the order of
+    `label_issues.rank_label_issues`; columns `label_issues.CSV_COLUMNS`, class names when
+    `class_names` is given).
 
     Args:
       apply_fn, feature_fn: the pure model interface (`l2rw_jax.audit.common`); for a model
         without a conv feature map Grad-CAM is left out of the gallery, with a note.
       params, model_state: the trained variables.
       test: `image` (normalised N x H x W x C), `label`.
-      train: `image`, `label` (given, maybe noisy), optionally `true_label`, `is_noisy`.
+      train: `image`, `label` (given, maybe noisy), optionally `true_label`, `is_noisy`,
+        `source_index` (each row's index in the user's data; default: the recorded one, else
+        the row itself).
       example_weights: what the run recorded: `index` (row of `train`), `mean_weight`, optionally
-        `count`, `is_noisy`, `mean_meta_grad`, `meta_grad_memory`; enables the L2RW rankings of
-        label issues (the top suspects follow the first of mean_meta_grad, meta_grad_memory,
-        mean_weight that is there).
+        `count`, `is_noisy`, `mean_meta_grad`, `meta_grad_memory`, `source_index`; enables the
+        L2RW rankings of label issues (the top suspects follow the first of mean_meta_grad,
+        meta_grad_memory, mean_weight that is there).
       attributes: optional per-training-row attributes (bool or float), e.g. a planted cue; the bias
         section reports their rate among each class's prototypes and criticisms. `ink` (mean raw
         intensity) and `is_noisy` (when known) are always added.
@@ -194,11 +200,13 @@ def run_audit(
     """
     config = default_config() if config is None else config
     x_test, y_test, x_train, y_train = _validate(test, train, config, example_weights, attributes)
+    source_index = _source_index(train, example_weights, len(x_train))
     num_classes = common.num_classes_of(apply_fn, params, model_state, x_test)
     common.check_labels(y_test, len(y_test), num_classes, "test['label']")
     common.check_labels(y_train, len(y_train), num_classes, "train['label']")
     mean_C, std_C = common.channel_stats(mean, std, x_test.shape[-1])
     common.check_feature_fn(feature_fn, params, model_state, x_test)
+    names_given = class_names is not None  # the CSV gets class-name columns only then
     if class_names is None:
         class_names = [str(k) for k in range(num_classes)]
     if len(class_names) != num_classes:
@@ -526,7 +534,7 @@ def run_audit(
         apply_fn, params, model_state, x_train, batch_size=bs, desc="train logits"
     )
     probs_train = common.softmax(logits_train)
-    loss_train = -np.log(np.maximum(label_issues.self_confidence(probs_train, y_train), 1e-300))
+    loss_train = label_issues.final_loss(probs_train, y_train)
     rows_ranked = np.arange(len(x_train))
     orders = {}
     mean_w = meta_grad = None
@@ -590,6 +598,7 @@ def run_audit(
     l_res["top_suspects"] = [
         {
             "train_row": int(r),
+            "source_index": int(source_index[r]),
             "given_label": int(y_train[r]),
             "predicted_label": int(pred_train[r]),
             "true_label": None if true_train is None else int(true_train[r]),
@@ -600,6 +609,10 @@ def run_audit(
         }
         for r in top
     ]
+    l_res["csv"] = _write_label_issues_csv(
+        out_dir, example_weights, source_index, y_train, probs_train, loss_train, true_train,
+        class_names if names_given else None,
+    )
     results["label_issues"] = l_res
     figs["suspects"] = report.fig_suspects(
         common.to_raw(x_train[top], mean_C, std_C), l_res["top_suspects"], class_names
@@ -643,3 +656,95 @@ def _largest_gaps(attr_res: dict) -> list[dict]:
                     }
                 )
     return out
+
+
+def _source_index(train, example_weights, n: int) -> np.ndarray:
+    """Each training row's index in the user's data: `train['source_index']`, else the recorded
+    `example_weights['source_index']`, else the row itself (`train` is then the user's data)."""
+    from_train = from_weights = None
+    if "source_index" in train:
+        from_train = np.asarray(train["source_index"])
+        if from_train.shape != (n,) or not np.issubdtype(from_train.dtype, np.integer):
+            raise ValueError(
+                f"train['source_index'] must be {n} integers (one per row), got "
+                f"{from_train.dtype} {from_train.shape}."
+            )
+    if example_weights is not None and "source_index" in example_weights:
+        idx = np.asarray(example_weights["index"])
+        src = np.asarray(example_weights["source_index"])
+        if src.shape != idx.shape or not np.issubdtype(src.dtype, np.integer):
+            raise ValueError(
+                f"example_weights['source_index'] must be integers shaped like its index "
+                f"{idx.shape}, got {src.dtype} {src.shape}."
+            )
+        if from_train is not None and not np.array_equal(from_train[idx], src):
+            raise ValueError(
+                "train['source_index'] and example_weights['source_index'] disagree: the "
+                "recorded weights belong to other data."
+            )
+        if from_train is None and len(idx) == n:
+            from_weights = np.empty(n, np.int64)
+            from_weights[idx] = src
+    if from_train is not None:
+        return from_train.astype(np.int64)
+    if from_weights is not None:
+        return from_weights
+    return np.arange(n, dtype=np.int64)
+
+
+def _write_label_issues_csv(
+    out_dir, example_weights, source_index, y_train, probs_train, loss_train, true_train,
+    class_names,
+) -> dict:
+    """`<out_dir>/label_issues.csv`: every training row, ranked as the report's suspects are
+    (`label_issues.rank_label_issues`, ranked_by="auto"); returns its audit.json entry.
+
+    Recorded values are written only for the examples the run recorded them for (count > 0);
+    the confident-learning flag is computed over every training row.
+    """
+    n = len(y_train)
+    recorded = {}
+    count = None
+    if example_weights is not None:
+        idx = np.asarray(example_weights["index"])
+        seen = np.isfinite(np.asarray(example_weights["mean_weight"], np.float64))
+        if "count" in example_weights:
+            c = np.asarray(example_weights["count"])
+            seen &= c > 0
+            count = np.full(n, None, object)
+            count[idx] = [int(v) for v in c]
+        for key in ("mean_meta_grad", "meta_grad_memory", "mean_weight"):
+            if key in example_weights:
+                score = np.full(n, np.nan)
+                score[idx[seen]] = np.asarray(example_weights[key], np.float64)[seen]
+                recorded[key] = score
+    flags = label_issues.confident_learning_flags(probs_train, y_train)
+    order, ranked_by = label_issues.rank_label_issues(
+        loss_train,
+        mean_meta_grad_N=recorded.get("mean_meta_grad"),
+        meta_grad_memory_N=recorded.get("meta_grad_memory"),
+        mean_weight_N=recorded.get("mean_weight"),
+        flags_N=flags,
+    )
+    columns = {
+        "source_index": source_index,
+        "train_row": np.arange(n),
+        "given_label": y_train,
+        "predicted_label": probs_train.argmax(axis=1),
+        "true_label": true_train,
+        "count": count,
+        "mean_meta_grad": recorded.get("mean_meta_grad"),
+        "meta_grad_memory": recorded.get("meta_grad_memory"),
+        "mean_weight": recorded.get("mean_weight"),
+        "loss": loss_train,
+        "confident_learning": flags,
+    }
+    path = label_issues.write_label_issues_csv(
+        os.path.join(out_dir, "label_issues.csv"), order, columns, class_names
+    )
+    return {
+        "file": os.path.basename(path),
+        "rows": n,
+        "ranked_by": ranked_by,
+        "empty_columns": sorted(k for k, v in columns.items() if v is None),
+    }
