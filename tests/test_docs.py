@@ -5,9 +5,11 @@ import pytest
 
 from l2rw_jax import corruption
 from l2rw_jax import reweight
+from l2rw_jax import safe_derivative
 
 
-@pytest.mark.parametrize("module", [reweight, corruption], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [reweight, corruption, safe_derivative],
+                         ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert attempted > 0, f"{module.__name__} has no examples to run"
