@@ -123,7 +123,8 @@ def _finite_rule(prim, params: dict, strict: bool) -> Callable:
             if isinstance(t, SymbolicZero):
                 continue
             p = _partial(prim, params, primals, k)
-            t = lax.broadcast_in_dim(t, out.shape, ()) if t.shape != out.shape else t
+            if t.shape != out.shape:  # a scalar operand (pow's exponent): lax broadcasts it
+                t = lax.broadcast_in_dim(t, out.shape, ())
             if strict:
                 undefined = lax.select(lax.eq(t, zeros), zeros, lax.full_like(out, jnp.nan))
                 term = lax.select(lax.is_finite(p), lax.mul(p, t), undefined)
@@ -137,7 +138,8 @@ def _finite_rule(prim, params: dict, strict: bool) -> Callable:
 
 
 def _eval_jaxpr(jaxpr, consts, args, strict: bool, taps: list | None) -> list:
-    """``jax.core.eval_jaxpr`` with the singular primitives bound through :func:`_finite_rule`.
+    """``jax.core.eval_jaxpr`` with the singular and smooth elementwise primitives bound
+    through :func:`_finite_rule`.
 
     ``taps``: when a list, each singular equation appends ``(eqn, inputs, output)`` to it
     (values of the current trace), for :func:`undefined_derivative` to locate a NaN.
@@ -198,7 +200,7 @@ def finite_derivative(fn: Callable) -> Callable:
     See the module docstring for the rule and why it is exact where an infinite partial
     derivative only meets zero tangents. ``fn`` takes and returns pytrees of arrays; the
     result is traced once per call (cheap elementwise work for an optimizer update) and,
-    when ``fn`` contains no primitive with a possibly infinite partial, is ``fn`` itself.
+    when ``fn`` contains no primitive with a possibly infinite partial, just calls ``fn``.
 
     Example:
       >>> import jax, jax.numpy as jnp
