@@ -18,7 +18,9 @@ figures:
 Each row runs in its own subprocess, which compiles the variants and then times them
 interleaved step by step (plain, reverse, forward, robust, plain, ...), so that on a shared
 machine all see the same background load. Optimizer: the paper's recipe (SGD momentum 0.9, weight
-decay 2e-4); data: random normal images, random labels, already on the device.
+decay 2e-4), or ``--optimizer=adam`` (``optax.adam(1e-3)``: the look-ahead's derivative then
+goes through ``safe_derivative.finite_derivative``); data: random normal images, random labels,
+already on the device.
 
     python -m benchmarks.meta_step            # full run -> benchmarks/results/meta_step.json
     python -m benchmarks.meta_step --quick    # smoke run -> benchmarks/results/meta_step_quick.json
@@ -63,7 +65,8 @@ TARGETS = {  # issue 3 section 5: max ratio to the plain step on this 2-core CPU
 }
 
 
-def run_row(row_name: str, steps: int, warmup: int, quick: bool) -> list[dict]:
+def run_row(row_name: str, steps: int, warmup: int, quick: bool,
+            optimizer: str = "sgd") -> list[dict]:
     """Compiles the variants of one row, then times them interleaved in this process."""
     import jax
     import jax.numpy as jnp
@@ -79,6 +82,8 @@ def run_row(row_name: str, steps: int, warmup: int, quick: bool) -> list[dict]:
     params, model_state = models.init_model(module, jax.random.key(0), (1, *row["image"]))
     apply_fn = models.make_apply_fn(module)
     tx = optax.chain(optax.add_decayed_weights(2e-4), optax.sgd(row["lr"], momentum=0.9))
+    if optimizer == "adam":  # the look-ahead through Adam's moments (finite_derivative's cost)
+        tx = optax.adam(1e-3)
     keys = jax.random.split(jax.random.key(2), 4)
 
     def make_batch(k_image, k_label, size):
@@ -130,6 +135,7 @@ def run_row(row_name: str, steps: int, warmup: int, quick: bool) -> list[dict]:
     return [{
         "row": row_name, "variant": v, "model": row["model"], "model_kw": kw,
         "batch": row["batch"], "clean": row["clean"], "steps": steps, "warmup": warmup,
+        "optimizer": optimizer,
         "median_ms": statistics.median(wall[v]), "min_ms": min(wall[v]), "max_ms": max(wall[v]),
         "cpu_median_ms": statistics.median(cpu[v]), **info[v], "row_rss_mib": rss_mib,
         "finite": finite[v]} for v in VARIANTS]
@@ -169,6 +175,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5)")
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
     parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"),
+                        help="sgd: the paper's recipe (default); adam: optax.adam(1e-3)")
     parser.add_argument("--worker", metavar="ROW", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     steps = args.steps if args.steps is not None else (5 if args.quick else 50)
@@ -181,7 +189,7 @@ def main(argv=None) -> None:
         raise ValueError(f"Unknown rows {unknown}; allowed: {', '.join(ROWS)}.")
 
     if args.worker:
-        print(json.dumps(run_row(args.worker, steps, warmup, args.quick)))
+        print(json.dumps(run_row(args.worker, steps, warmup, args.quick, args.optimizer)))
         return
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,7 +199,8 @@ def main(argv=None) -> None:
     results = []
     for row in tqdm.tqdm(rows, desc="rows"):
         cmd = [sys.executable, "-m", "benchmarks.meta_step", "--worker", row, "--steps",
-               str(steps), "--warmup", str(warmup)] + (["--quick"] if args.quick else [])
+               str(steps), "--warmup", str(warmup), "--optimizer", args.optimizer
+               ] + (["--quick"] if args.quick else [])
         proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"worker {row} failed:\n{proc.stderr[-4000:]}")

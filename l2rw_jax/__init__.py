@@ -12,12 +12,14 @@ from l2rw_jax import input_pipeline
 from l2rw_jax import methods
 from l2rw_jax import models
 from l2rw_jax import reweight
+from l2rw_jax import safe_derivative
 from l2rw_jax import sharding
 from l2rw_jax import step
 from l2rw_jax import train
 
 # The meta-step.
 from l2rw_jax.reweight import MetaWeights
+from l2rw_jax.reweight import check_lookahead
 from l2rw_jax.reweight import meta_gradient
 from l2rw_jax.reweight import meta_weights
 from l2rw_jax.reweight import normalize_weights

@@ -440,7 +440,8 @@ def mwnet(hidden: int = 100, meta_lr: float = 1e-3, meta_weight_decay: float = 1
 
     with ``u`` the training optimizer's update (``tx.update``, the same look-ahead as L2RW;
     the paper uses plain SGD at the current learning rate) and ``w`` then used by the real step.
-    The meta-gradient is computed exactly in forward mode, as in :mod:`l2rw_jax.reweight`:
+    The meta-gradient is computed exactly in forward mode by
+    :func:`l2rw_jax.reweight.meta_gradient` started from ``base_grads = g``:
     ``dL/dw_i = <J_u(g)^T grad L_val(theta'), grad C_i(theta)> = [J_C(theta) v]_i`` (one
     ``jax.jvp`` of the loss vector along ``v``) with ``g = sum_i w_i grad C_i``, then
     ``dL/dphi`` is the ``vjp`` of ``phi -> w(phi)`` applied to ``dL/dw``.
@@ -475,21 +476,18 @@ def _mwnet_meta_gradient(ctx: WeighContext, phi: PyTree, weights: Callable):
     """``(losses_B, L_val(theta'(phi)), d L_val(theta'(phi)) / d phi)`` in forward mode.
 
     ``weights(phi, losses_B) -> w_B``; ``theta'(phi) = theta + u(sum_i w_i(phi) grad C_i)``
-    with ``u = tx.update``; see :func:`mwnet` for the chain rule used.
+    with ``u = tx.update``; see :func:`mwnet` for the chain rule used. ``d L_val / d w`` is
+    :func:`l2rw_jax.reweight.meta_gradient` with ``base_grads = sum_i w_i grad C_i``: the same
+    look-ahead derivative as L2RW's (finite on coordinates whose gradient and Adam moments are
+    0, see there).
     """
-    val_loss_fn = ctx.loss_fn if ctx.val_loss_fn is None else ctx.val_loss_fn
     losses_B, pullback_C = jax.vjp(lambda p: ctx.loss_fn(p, ctx.batch), ctx.params)
     losses_B = jax.lax.stop_gradient(losses_B)
     w_B, pullback_w = jax.vjp(lambda f: weights(f, losses_B), phi)
     (grads,) = pullback_C(w_B)  # sum_i w_i grad C_i(theta), one backward pass.
-    updates, pullback_u = jax.vjp(lambda g: ctx.tx.update(g, ctx.opt_state, ctx.params)[0],
-                                  grads)
-    params1 = optax.apply_updates(ctx.params, updates)
-    val_loss, grad_val = jax.value_and_grad(
-        lambda p: jnp.mean(val_loss_fn(p, ctx.val_batch)))(params1)
-    (v,) = pullback_u(jax.tree.map(lambda c, u: c.astype(u.dtype), grad_val, updates))
-    v = jax.tree.map(lambda t, p: t.astype(p.dtype), v, ctx.params)
-    _, dval_dw_B = jax.jvp(lambda p: ctx.loss_fn(p, ctx.batch), (ctx.params,), (v,))
+    dval_dw_B, val_loss = reweight.meta_gradient(
+        ctx.loss_fn, ctx.params, ctx.opt_state, ctx.tx, ctx.batch, ctx.val_batch,
+        mode="forward", val_loss_fn=ctx.val_loss_fn, base_grads=grads)
     (grad_phi,) = pullback_w(dval_dw_B)
     return losses_B, val_loss, grad_phi
 

@@ -27,7 +27,10 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from l2rw_jax import safe_derivative
 
 PyTree = Any
 
@@ -122,6 +125,7 @@ def meta_gradient(
     mode: str = "forward",
     axis_name: str | None = None,
     val_loss_fn: LossFn | None = None,
+    base_grads: PyTree | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""Meta-gradient of the validation loss after one look-ahead step, per training example.
 
@@ -158,11 +162,21 @@ def meta_gradient(
     Both modes differentiate the loss *vector* as a whole, so models that couple examples
     (BatchNorm in training mode) stay exact.
 
-    Adam / AdamW: ``u`` is nonlinear in the gradient (``m / (sqrt(nu + eps_root) + eps)``), but
-    its derivative at a zero gradient is well defined and both modes compute it exactly,
-    *provided* ``sqrt`` is differentiable there: ``nu_hat + eps_root > 0``. With all second
-    moments still zero (first step) and ``eps_root = 0`` autodiff yields ``0 * inf = nan``;
-    use ``optax.adam(..., eps_root=1e-8)`` (what ``eps_root`` exists for) or take a step first.
+    Adam-type optimizers, clipping: ``u`` is nonlinear in the gradient
+    (``m / (sqrt(nu + eps_root) + eps)``, ``g min(1, c / ||g||)``) but has a derivative at a
+    zero gradient, also on a coordinate whose second moment ``nu`` is 0 (a fresh state; a dead
+    ReLU unit, an unused class row or a masked weight at any step): there ``sqrt(nu)`` only
+    enters multiplied by ``m = 0``. Plain autodiff returns NaN for it (``sqrt``'s partial
+    derivative at 0 is infinite and JAX multiplies it by the zero tangent), and one such
+    coordinate makes every ``g_i`` NaN. Both modes therefore differentiate ``u`` through
+    :func:`l2rw_jax.safe_derivative.finite_derivative`, which drops exactly those ``0 * inf``
+    terms, and so return the derivative (tested against float64 finite differences for adam,
+    adamw, nadam, radam, amsgrad, rmsprop, adagrad, adabelief and global-norm clipping, at a
+    fresh state and with zero second moments). For an update without singular operations
+    (SGD, momentum, weight decay, schedules) ``u`` is differentiated as it is. Where the
+    derivative really is undefined (``adam(eps=0, eps_root=0)`` at a zero moment, ``g / ||g||``
+    without ``eps``) the result is NaN or meaningless: :func:`check_lookahead` says so, and
+    :func:`l2rw_jax.train.train_and_evaluate` calls it before the first step.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> losses_B``, per-example training losses.
@@ -174,10 +188,14 @@ def meta_gradient(
       mode: ``"forward"`` or ``"reverse"``.
       axis_name: mapped axis name inside ``pmap``/``shard_map``, else None.
       val_loss_fn: per-example loss for the validation batch; defaults to ``loss_fn``.
+      base_grads: ``G``, the gradient the look-ahead starts from (a pytree like ``params``;
+        None means 0, the L2RW meta-step): ``g_i`` is then the derivative of
+        ``L_val(theta + u(G + sum_j eps_j grad C_j(theta)))``. Meta-Weight-Net uses
+        ``G = sum_i w_i grad C_i`` to get ``d L_val / d w_i``.
 
     Returns:
       ``(g_B, val_loss)``: the meta-gradient for the local examples and ``L_val(theta'_0)``
-      (global mean under ``axis_name``).
+      (global mean under ``axis_name``), ``theta'_0 = apply_updates(theta, u(G))``.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -191,10 +209,12 @@ def meta_gradient(
     """
     _check_choice("mode", mode, _MODES)
     val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
+    update = _lookahead_update(tx, opt_state, params)
 
     if mode == "forward":
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        updates0, pullback_u = jax.vjp(lambda g: tx.update(g, opt_state, params)[0], zeros)
+        if base_grads is None:
+            base_grads = jax.tree.map(jnp.zeros_like, params)
+        updates0, pullback_u = jax.vjp(update, base_grads)
         params0 = optax.apply_updates(params, updates0)
         val_loss, grad_val = _validation_value_and_grad(val_loss_fn, params0, val_batch, axis_name)
         (v,) = pullback_u(jax.tree.map(lambda c, u: c.astype(u.dtype), grad_val, updates0))
@@ -213,8 +233,9 @@ def meta_gradient(
 
     def lookahead(eps_B):
         (grads,) = pullback_losses(eps_B)
-        updates, _ = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates)
+        if base_grads is not None:
+            grads = jax.tree.map(lambda b, g: b + g.astype(b.dtype), base_grads, grads)
+        return optax.apply_updates(params, update(grads))
 
     # eps is per example, hence device-varying: from a replicated zero, the gradient with
     # respect to it would be summed over the axis under shard_map's check_vma.
@@ -224,6 +245,48 @@ def meta_gradient(
     cotangent = jax.tree.map(lambda c, p: c.astype(p.dtype), grad_val, params0)
     (g_B,) = pullback(_to_varying(cotangent, axis_name))
     return g_B, val_loss
+
+
+def _lookahead_update(tx: optax.GradientTransformation, opt_state: optax.OptState,
+                      params: PyTree):
+    """``u(g) = tx.update(g, opt_state, params)[0]``, differentiable in ``g`` where a zero
+    second moment makes plain autodiff NaN (see :func:`meta_gradient`)."""
+    update = safe_derivative.finite_derivative(lambda g, s, p: tx.update(g, s, p)[0])
+    return lambda grads: update(grads, opt_state, params)
+
+
+def check_lookahead(tx: optax.GradientTransformation, params: PyTree,
+                    opt_state: optax.OptState) -> None:
+    """Raises ValueError when the look-ahead ``u(g) = tx.update(g, opt_state, params)[0]`` has
+    no derivative at a zero gradient, so that :func:`meta_gradient` would be NaN or wrong.
+
+    Evaluates ``u`` at ``g = 0`` and its directional derivative along a fixed pseudo-random
+    direction (every coordinate moves), with the strict rule of
+    :func:`l2rw_jax.safe_derivative.undefined_derivative`: it fails where ``u(0)`` is not
+    finite (e.g. ``adam(eps=0)``: ``0 / 0`` on a zero moment, which the real step would also
+    write into the parameters) or where an infinite partial derivative meets a moving input
+    (e.g. ``cbrt(g)``). Adam-type optimizers with ``eps > 0`` or ``eps_root > 0``, clipping,
+    SGD, momentum and weight-decay chains pass. Eager (not jit-able), cheap: call it once,
+    before the first step, on one member's ``params`` and ``opt_state``.
+
+    Raises:
+      ValueError: naming the problem and the first operation that produced a non-finite number.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    rng = np.random.default_rng(0)
+    probe = jax.tree.unflatten(treedef, [
+        rng.standard_normal(np.shape(x)).astype(x.dtype)
+        if jnp.issubdtype(x.dtype, jnp.floating) else np.zeros(np.shape(x), jax.dtypes.float0)
+        for x in leaves])
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    reason = safe_derivative.undefined_derivative(
+        lambda g, s, p: tx.update(g, s, p)[0], (zeros,), (probe,), args=(opt_state, params))
+    if reason is not None:
+        raise ValueError(
+            f"The optimizer's update tx.update(g, opt_state, params) has no derivative at a zero "
+            f"gradient g, so the L2RW / Meta-Weight-Net look-ahead meta-gradient would be NaN "
+            f"or wrong: at g = 0 {reason}. Use an update that is differentiable there (e.g. "
+            f"adam / rmsprop with eps > 0, or eps_root > 0).")
 
 
 def normalize_weights(

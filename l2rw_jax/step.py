@@ -65,7 +65,11 @@ def make_train_step(
 
     Args:
       apply_fn: ``apply_fn(params, model_state, x, train, rng) -> (logits, new_model_state)``.
-      tx: the optax optimizer (also used for the look-ahead).
+      tx: the optax optimizer (also used for the look-ahead, whose derivative is exact also
+        where Adam-type moments are 0; see :func:`l2rw_jax.reweight.meta_gradient`). For an
+        optimizer whose update has no derivative at a zero gradient the step would write NaN:
+        :func:`l2rw_jax.reweight.check_lookahead` says so before the first step (as
+        :func:`l2rw_jax.train.train_and_evaluate` does).
       weigh_fn: a weighting scheme from :mod:`l2rw_jax.methods`.
       loss: per-example loss, ``"softmax_xent"``.
       axis_name: mapped axis name when the step runs inside ``pmap``/``shard_map``.

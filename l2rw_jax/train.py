@@ -89,6 +89,7 @@ from l2rw_jax import datasets
 from l2rw_jax import input_pipeline
 from l2rw_jax import methods
 from l2rw_jax import models
+from l2rw_jax import reweight
 from l2rw_jax import sharding
 from l2rw_jax import step as step_lib
 from l2rw_jax.train_state import TrainState
@@ -684,6 +685,9 @@ def build_run(config) -> _Run:
     method, options = _weighing(config)
     train_step = step_lib.make_train_step(apply_fn, tx, methods.get_weigh_fn(method, **options))
     state = _init_states(module, tx, members, method, options, image_shape)
+    if method in ("l2rw", "mwnet"):  # they differentiate tx.update: fail before step 1, not NaN
+        params, opt_state = jax.tree.map(lambda x: x[0], (state.params, state.opt_state))
+        reweight.check_lookahead(tx, params, opt_state)
     metrics = jax.eval_shape(train_step, jax.tree.map(lambda x: x[0], state),
                              *_batch_shapes(config, image_shape))[1]
     names = sorted(k for k, v in metrics.items() if not k.endswith("_B") and v.shape == ())

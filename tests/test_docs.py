@@ -6,11 +6,13 @@ import pytest
 from l2rw_jax import corruption
 from l2rw_jax import models
 from l2rw_jax import reweight
+from l2rw_jax import safe_derivative
 from l2rw_jax.audit import label_issues
 
 
 @pytest.mark.parametrize(
-    "module", [reweight, corruption, models, label_issues], ids=lambda m: m.__name__
+    "module", [reweight, corruption, models, safe_derivative, label_issues],
+    ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
     failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
