@@ -3,6 +3,7 @@ import doctest
 
 import pytest
 
+from l2rw_jax import adapter
 from l2rw_jax import corruption
 from l2rw_jax import models
 from l2rw_jax import reweight
@@ -10,7 +11,7 @@ from l2rw_jax.audit import label_issues
 
 
 @pytest.mark.parametrize(
-    "module", [reweight, corruption, models, label_issues], ids=lambda m: m.__name__
+    "module", [reweight, corruption, models, adapter, label_issues], ids=lambda m: m.__name__
 )
 def test_docstring_examples(module):
     failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
