@@ -155,22 +155,27 @@ class Adapted(nn.Module):
             logits = self._check_logits(self._bound(x, **flag), x)
         if not features:
             return logits
+        if "penultimate" not in found:
+            raise ValueError(f"penultimate_layer={feat_path} is not a submodule that "
+                             f"{self._name()} calls.")
         penultimate = found["penultimate"]
         feats = {"penultimate": penultimate.reshape((penultimate.shape[0], -1))}
         if "conv" in found:
             feats["conv"] = found["conv"]
         return logits, feats
 
+    @nn.nowrap  # helpers, not module methods: no setup, no interception
     def _name(self) -> str:
         return type(self.module).__name__
 
+    @nn.nowrap
     def _check_logits(self, logits, x):
         if not isinstance(logits, jax.Array):
             raise _LogitsError(f"{self._name()}(x) returns {type(logits).__name__}; the model "
-                             f"must return the logits, one B x C array.")
+                               f"must return the logits, one B x C array.")
         if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
             raise _LogitsError(f"{self._name()}(x) returns shape {logits.shape} for "
-                             f"{x.shape[0]} inputs; the logits must be B x C.")
+                               f"{x.shape[0]} inputs; the logits must be B x C.")
         if self.num_classes is not None and logits.shape[1] != self.num_classes:
             raise _LogitsError(
                 f"{self._name()}(x) returns {logits.shape[1]} logits for {self.num_classes} "

@@ -220,7 +220,8 @@ def test_named_layers_override_the_automatic_choice():
     with pytest.raises(ValueError, match="Scaled has no convolutional feature map"):
         models.make_feature_fn(flat)(fp, {}, x, np.zeros((2, 8, 8, 1), np.float32))
     for bad, match in ((dict(conv_layer="Dense_0"), r"returns a 2-D array"),
-                       (dict(conv_layer="Conv_9"), r"\('Conv_9',\) is not a submodule")):
+                       (dict(conv_layer="Conv_9"), r"\('Conv_9',\) is not a submodule"),
+                       (dict(penultimate_layer="a/b"), r"\('a', 'b'\) is not a submodule")):
         with pytest.raises(ValueError, match=match):
             models.make_feature_fn(adapter.adapt(module, **bad))(params, {}, x)
 
