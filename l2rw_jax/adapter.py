@@ -32,8 +32,9 @@ sees every submodule call; ``model_options.adapter`` or the keyword arguments of
   added to that output inside the forward pass, so ``d logit / d conv_delta`` at 0 is
   ``d logit / d A`` for ``A`` that map: Grad-CAM's gradient, exact.
 
-Grad-CAM (Selvaraju et al. 2017, Eq. 1-2) weighs "the feature maps A^k of a convolutional
-layer", the last one by default; nothing in it needs ``A >= 0``. The zoo models hand it the
+Grad-CAM (Selvaraju et al. 2017, Eq. 1-2) weighs the feature maps ``A^k`` of a convolutional
+layer, the last one by default, by the spatial mean of ``d y_c / d A^k``; nothing in it needs
+``A >= 0``. The zoo models hand it the
 map after the last conv's nonlinearity (and pooling), as the authors' code does (VGG-16's
 ``relu5_3``); the adapter hands it the last convolution's own output, before whatever follows
 it (bias included, BatchNorm and ReLU not), because that is the last layer it can find in any
