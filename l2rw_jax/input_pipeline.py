@@ -32,22 +32,34 @@ images (`channel_stats`), applied after padding (so zero padding is black, not t
 Multi-host: every process builds the same global batch of positions and keeps its own rows
 `[process_index * B / P, (process_index + 1) * B / P)`; a per-process batch is B / P. Pass
 `jax.process_index()` and `jax.process_count()` (this module does not import JAX).
+
+TensorFlow is imported when a stream is built, not with the module: `channel_stats` and the
+checks are numpy, and `l2rw_jax` must import on machines without TensorFlow (DESIGN §7).
+`l2rw_jax.device_data` draws the same example order on the devices without TensorFlow.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from l2rw_jax import corruption
 from l2rw_jax import datasets
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 PAD_MODES = ("constant", "reflect")
 _TRAIN, _CLEAN = 0, 1  # Stream ids inside the stateless seeds.
+
+
+def _tf():
+    """TensorFlow, imported on first use (about 5 s, and absent on accelerator hosts)."""
+    import tensorflow as tf
+
+    return tf
 
 
 class Streams(NamedTuple):
@@ -176,6 +188,7 @@ def _augment(
     raw_BxHxWxC, step, seed: int, stream: int, global_batch: int, lo: int, pad: int, pad_mode: str
 ):
     """Random pad-crop and horizontal flip of the rows [lo, lo + b) of the global batch `step`."""
+    tf = _tf()
     b = raw_BxHxWxC.shape[0]
     h, w = raw_BxHxWxC.shape[1], raw_BxHxWxC.shape[2]
     seed_t = tf.constant(seed, tf.int64)
@@ -210,6 +223,7 @@ def _augment(
 
 
 def _options() -> tf.data.Options:
+    tf = _tf()
     options = tf.data.Options()
     options.deterministic = True
     return options
@@ -232,6 +246,7 @@ def _shuffled_stream(
     start_step: int,
 ) -> tf.data.Dataset:
     """Infinite per-process batches: reshuffled every epoch, optional augmentation, normalised."""
+    tf = _tf()
     n = len(images)
     local = batch_size // process_count
     lo = process_index * local
@@ -365,6 +380,7 @@ def test_dataset(
     Row j of global batch s is test example `s B + j` when that is < T (`mask` True), else a copy
     of the last example with `mask` False.
     """
+    tf = _tf()
     _check_processes(process_index, process_count)
     _check_batch("eval_batch_size", batch_size, process_count, 1)
     scale_C, shift_C = _normaliser(mean, std, splits.test_x.shape[-1])
@@ -497,6 +513,8 @@ def make_streams(
     train = train_dataset(splits, batch_size=batch_size, **aug, **common)
     clean = clean_dataset(splits, batch_size=clean_batch_size, **aug, **common)
     test = test_dataset(splits, batch_size=eval_batch_size, **common)
+    import tensorflow_datasets as tfds  # Re-iterable numpy view of the test stream.
+
     return Streams(
         train=train.as_numpy_iterator(),
         clean=clean.as_numpy_iterator(),

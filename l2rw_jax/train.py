@@ -73,16 +73,12 @@ import queue
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-import tensorflow as tf
-from ml_collections import config_dict
 
 from l2rw_jax import corruption
 from l2rw_jax import datasets
@@ -92,6 +88,9 @@ from l2rw_jax import models
 from l2rw_jax import sharding
 from l2rw_jax import step as step_lib
 from l2rw_jax.train_state import TrainState
+
+if TYPE_CHECKING:
+    import ml_collections
 
 log = logging.getLogger("l2rw_jax.train")
 
@@ -110,6 +109,11 @@ _EVAL_SPLITS = ("test", "hyperval")
 
 def default_config() -> ml_collections.ConfigDict:
     """Every field ``train_and_evaluate`` reads, with its default (presets: experiments/configs)."""
+    # ml_collections (pure Python, with PyYAML) only when a config is made: `import l2rw_jax`
+    # must work where it is not installed (DESIGN §7); carry it there to train.
+    import ml_collections
+    from ml_collections import config_dict
+
     c = ml_collections.ConfigDict()
     # --- Data (l2rw_jax.datasets, corruption, input_pipeline).
     c.dataset = "digits"            # tfds name (mnist, cifar10...), "digits" or "npz:/path.npz"
@@ -201,6 +205,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
     Unknown fields (typos) are errors, as are values outside what is allowed.
     """
+    import ml_collections
+
     defaults = default_config()
     given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     unknown = sorted(set(given) - set(defaults.keys()))
@@ -379,6 +385,8 @@ def member_data(config, member: int = 0) -> MemberData:
     """Member ``member``'s data (seed ``config.seed + member``) exactly as training saw it:
     the splits after the hyper-validation hold-out and the normalisation statistics. For
     audits and notebooks; ``config`` is a ConfigDict or a dict (e.g. a run's config.json)."""
+    import ml_collections
+
     config = validate_config(ml_collections.ConfigDict(dict(config)))
     if not _is_int(member) or not 0 <= member < config.num_seeds:
         raise ValueError(f"member={member!r} must be an integer in [0, {config.num_seeds}).")
@@ -397,6 +405,8 @@ def _clean_as_training(splits: corruption.Splits) -> corruption.Splits:
 
 def _train_dataset(config, md: MemberData, phase: str, start_step: int):
     """One member's training stream (tf.data) from ``start_step`` (relative to the phase)."""
+    import tensorflow as tf  # Only the tf.data backend imports TensorFlow.
+
     splits, rows = md.splits, None
     if phase == "clean":
         splits = _clean_as_training(splits)
@@ -429,6 +439,8 @@ def _stacked(datasets_K: list):
     Why: one ``next()`` per step instead of one per member and stream (each costs about a
     millisecond of host time, as much as a small model's whole step).
     """
+    import tensorflow as tf
+
     return tf.data.Dataset.zip(tuple(datasets_K)).map(
         lambda *bs: {k: tf.stack([b[k] for b in bs]) for k in bs[0]},
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -456,6 +468,8 @@ def _host_chunks(config, members: list[MemberData], start_step: int, size: int
     steps instead of per step (each costs about a millisecond of host time, as much as a
     small model's whole step).
     """
+    import tensorflow as tf
+
     for phase, first, end in _phases(config):
         if start_step >= end:
             continue
@@ -731,6 +745,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steps)>, "steps_per_s"}`` and ``{"step", "split": "test"|"hyperval", "seed", "accuracy",
     "loss", "per_class_accuracy": [C]}``.
     """
+    import orbax.checkpoint as ocp  # Here: it takes about a second to import.
+
     config = validate_config(config)
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
@@ -788,11 +804,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     kept = _read_jsonl(metrics_path, start_step)
     _atomic_write(metrics_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in kept))
-    from tensorboardX import SummaryWriter  # Imported late: it pulls in protobuf.
     from tqdm import tqdm
     metrics_file = open(metrics_path, "a")
-    tb = SummaryWriter(os.path.join(workdir, "tb"),
-                       purge_step=start_step + 1 if start_step else None)
+    tb = _summary_writer(os.path.join(workdir, "tb"), start_step)
 
     def emit(records: list[dict], scalars: dict, step: int) -> None:
         metrics_file.writelines(json.dumps(r) + "\n" for r in records)
@@ -950,6 +964,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        steps_per_s=timed_steps / loop_s if loop_s > 0 else 0.0, timing=timing)
     write_json(os.path.join(workdir, "results.json"), results)
     return results
+
+
+class _NoSummaryWriter:
+    """Stands in for tensorboardX's writer where it is not installed: metrics.jsonl only."""
+
+    def add_scalar(self, tag, value, step):
+        del tag, value, step
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _summary_writer(logdir: str, start_step: int):
+    """A tensorboardX writer on ``logdir`` (a resumed run purges what follows ``start_step``);
+    without tensorboardX (accelerator hosts), one warning and a writer that does nothing."""
+    try:
+        from tensorboardX import SummaryWriter  # Imported late: it pulls in protobuf.
+    except ImportError:
+        log.warning("tensorboardX is not installed: no TensorBoard files (metrics.jsonl has "
+                    "every metric).")
+        return _NoSummaryWriter()
+    return SummaryWriter(logdir, purge_step=start_step + 1 if start_step else None)
 
 
 def _prefetch(iterator: Iterator, size: int) -> Iterator:
