@@ -52,7 +52,9 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 PAD_MODES = ("constant", "reflect")
-_TRAIN, _CLEAN = 0, 1  # Stream ids inside the stateless seeds.
+# Stream ids inside the stateless seeds (l2rw_jax.device_data draws the same order).
+TRAIN_STREAM, CLEAN_STREAM = 0, 1
+_TRAIN, _CLEAN = TRAIN_STREAM, CLEAN_STREAM
 
 
 def _tf():
@@ -168,8 +170,11 @@ def _check_aug(pad, pad_mode, image_shape=None) -> None:
         )
 
 
-def _normaliser(mean, std, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scale_C, shift_C) with x = raw * scale + shift = (raw / 255 - mean) / std."""
+def normaliser(mean, std, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale_C, shift_C) float32 with x = raw * scale + shift = (raw / 255 - mean) / std.
+
+    Raises ValueError unless mean and std hold 1 or `channels` values, finite, std > 0.
+    """
     mean_C = np.asarray(mean, np.float64).reshape(-1)
     std_C = np.asarray(std, np.float64).reshape(-1)
     if mean_C.size not in (1, channels) or std_C.size not in (1, channels):
@@ -305,7 +310,7 @@ def train_dataset(
     seed = _check_seed(seed)
     _check_start_step(start_step)
     _check_aug(pad, pad_mode, splits.train_x.shape[1:])
-    scale_C, shift_C = _normaliser(mean, std, splits.train_x.shape[-1])
+    scale_C, shift_C = normaliser(mean, std, splits.train_x.shape[-1])
     columns = {
         "label": splits.train_labels.astype(np.int32),
         "true_label": splits.train_true_labels.astype(np.int32),
@@ -348,7 +353,7 @@ def clean_dataset(
     seed = _check_seed(seed)
     _check_start_step(start_step)
     _check_aug(pad, pad_mode, splits.clean_x.shape[1:])
-    scale_C, shift_C = _normaliser(mean, std, splits.clean_x.shape[-1])
+    scale_C, shift_C = normaliser(mean, std, splits.clean_x.shape[-1])
     return _shuffled_stream(
         splits.clean_x,
         {"label": splits.clean_labels.astype(np.int32)},
@@ -383,7 +388,7 @@ def test_dataset(
     tf = _tf()
     _check_processes(process_index, process_count)
     _check_batch("eval_batch_size", batch_size, process_count, 1)
-    scale_C, shift_C = _normaliser(mean, std, splits.test_x.shape[-1])
+    scale_C, shift_C = normaliser(mean, std, splits.test_x.shape[-1])
     t = len(splits.test_x)
     if t == 0:
         raise ValueError("the test set is empty.")
@@ -504,7 +509,7 @@ def make_streams(
     if mean is None:
         mean, std = channel_stats(splits.train_x)
     channels = splits.train_x.shape[-1]
-    scale_C, shift_C = _normaliser(mean, std, channels)  # Validates them.
+    scale_C, shift_C = normaliser(mean, std, channels)  # Validates them.
     del scale_C, shift_C
     mean_C = np.broadcast_to(np.asarray(mean, np.float32).reshape(-1), (channels,)).copy()
     std_C = np.broadcast_to(np.asarray(std, np.float32).reshape(-1), (channels,)).copy()

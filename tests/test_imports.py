@@ -24,6 +24,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_package_imports_with_tf_tfds_ml_collections_sklearn_tensorboardx_absent():
     code = BLOCK.format(names=ABSENT) + (
         "import l2rw_jax\nimport l2rw_jax.train\nimport l2rw_jax.audit\n"
+        "import l2rw_jax.device_data\n"
         "assert l2rw_jax.train_and_evaluate and l2rw_jax.audit.run_audit\n"
         "print('ok')\n")
     out = _python(code)
