@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from l2rw_jax import pooling
+
 PyTree = Any
 
 # BatchNorm: running averages with decay 0.9, epsilon 1e-5 (Flax/PyTorch defaults for CIFAR
@@ -41,28 +43,15 @@ _he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def max_pool_same(x_BxHxWxC: jax.Array, window: int, stride: int) -> jax.Array:
-    """Max-pool with TF/Flax ``"SAME"`` padding, as the max over ``window**2`` strided slices.
+    """Max-pool with TF/Flax ``"SAME"`` padding: :func:`l2rw_jax.pooling.max_pool_same`.
 
     Same values as ``nn.max_pool(x, (window, window), (stride, stride), "SAME")``. Why not
     that: on XLA:CPU the derivatives of ``reduce_window`` (select-and-scatter for the vjp,
-    select-and-gather for the jvp) cost several times the whole rest of a LeNet step, while
-    slices and ``maximum`` are cheap elementwise ops that XLA fuses, in all three of the
-    forward, jvp (the forward-mode meta-step) and vjp passes.
+    select-and-gather for the jvp) cost several times the whole rest of a LeNet step; the
+    separable pool with a custom jvp costs a fraction of it in the forward, jvp (the
+    forward-mode meta-step) and vjp passes (see ``l2rw_jax/pooling.py``).
     """
-    height, width = x_BxHxWxC.shape[1:3]
-    out_h, out_w = -(-height // stride), -(-width // stride)
-    pad_h = max((out_h - 1) * stride + window - height, 0)
-    pad_w = max((out_w - 1) * stride + window - width, 0)
-    x = jnp.pad(x_BxHxWxC, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                            (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
-                constant_values=-jnp.inf)
-    out = None
-    for i in range(window):
-        for j in range(window):
-            part = x[:, i:i + stride * (out_h - 1) + 1:stride,
-                     j:j + stride * (out_w - 1) + 1:stride]
-            out = part if out is None else jnp.maximum(out, part)
-    return out
+    return pooling.max_pool_same(x_BxHxWxC, window, stride)
 
 
 def _outputs(logits, penultimate, conv, features):
