@@ -17,8 +17,9 @@ weight decay 2e-4) it times, interleaved step by step in one run:
 Same everything: the PyTorch models are written here layer for layer like ``l2rw_jax.models``
 (same SAME-padding geometry, NCHW), start from *our* initial parameters (copied over, so the
 init scale is the same by construction), see the same batches, and use as many threads as the
-cores this process may run on (``torch.set_num_threads``; XLA:CPU sizes its pool from the same
-count). Before timing, each framework runs 3 steps of every variant from the same state and the
+cores the workers may run on (both pinned to the same ``--cores`` CPUs with
+``os.sched_setaffinity``; ``torch.set_num_threads`` to that count, and XLA:CPU sizes its thread
+pool from the affinity mask). Before timing, each framework runs 3 steps of every variant from the same state and the
 script reports how far apart the two are (losses, and L2RW weights ``w_B``): it checks that the
 two implementations compute the same thing.
 
@@ -365,8 +366,10 @@ def _torch_worker(row: dict, kw: dict, data: dict, params_in: str, threads: int)
 
 
 def _serve(framework: str, row_name: str, quick: bool, data_path: str, params_path: str,
-           threads: int):
+           cpus: list[int]):
     """Worker loop: set up, print one JSON line, then one line per ``step <variant>``."""
+    os.sched_setaffinity(0, cpus)  # before jax / torch create their thread pools
+    threads = len(cpus)
     row = ROWS[row_name]
     kw = QUICK_KW.get(row["model"], {}) if quick else {}
     data = dict(np.load(data_path))
@@ -386,9 +389,10 @@ def _serve(framework: str, row_name: str, quick: bool, data_path: str, params_pa
 
 
 # ------------------------------------------------------------------------------ parent
-def _spawn(root, framework, row, quick, data_path, params_path, threads):
+def _spawn(root, framework, row, quick, data_path, params_path, cpus):
     cmd = [sys.executable, "-m", "benchmarks.vs_pytorch", "--worker", framework, "--rows", row,
-           "--data", data_path, "--params", params_path, "--threads", str(threads)]
+           "--data", data_path, "--params", params_path,
+           "--worker-cpus", ",".join(map(str, cpus))]
     proc = subprocess.Popen(cmd + (["--quick"] if quick else []), cwd=root,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -411,8 +415,12 @@ def _compare(check_jax: dict, check_torch: dict) -> dict:
     return out
 
 
-def run_row(root: str, row_name: str, steps: int, warmup: int, quick: bool) -> dict:
-    threads = len(os.sched_getaffinity(0))
+def run_row(root: str, row_name: str, steps: int, warmup: int, quick: bool,
+            cores: int | None) -> dict:
+    allowed = sorted(os.sched_getaffinity(0))
+    if cores is not None and not 1 <= cores <= len(allowed):
+        raise ValueError(f"--cores={cores} must be in [1, {len(allowed)}] (CPUs {allowed}).")
+    cpus = allowed[:cores] if cores else allowed
     row = ROWS[row_name]
     rng = np.random.default_rng(0)
     data = {"x": rng.standard_normal((BATCH, *row["image"]), np.float32),
@@ -424,9 +432,9 @@ def run_row(root: str, row_name: str, steps: int, warmup: int, quick: bool) -> d
         np.savez(data_path, **data)
         # JAX first: it writes the initial parameters that PyTorch starts from.
         jax_proc, jax_hello = _spawn(root, "jax", row_name, quick, data_path, params_path,
-                                     threads)
+                                     cpus)
         torch_proc, torch_hello = _spawn(root, "torch", row_name, quick, data_path,
-                                         params_path, threads)
+                                         params_path, cpus)
     procs = {"jax": jax_proc, "torch": torch_proc}
     keys = [(fw, v) for fw in VARIANTS for v in VARIANTS[fw]]
 
@@ -471,7 +479,7 @@ def run_row(root: str, row_name: str, steps: int, warmup: int, quick: bool) -> d
     return {"row": row_name, "model": row["model"],
             "model_kw": QUICK_KW.get(row["model"], {}) if quick else {},
             "image": row["image"], "batch": BATCH, "clean": CLEAN, "lr": row["lr"],
-            "steps": steps, "warmup": warmup, "cores": threads,
+            "steps": steps, "warmup": warmup, "cpus": cpus,
             "loadavg_before": load_before, "loadavg_after": load_after,
             "agreement": _compare(jax_hello["check"], torch_hello["check"]),
             "info": {**jax_hello["info"], **torch_hello["info"]},
@@ -507,18 +515,21 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed rounds (default 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny ResNet, 3 rounds")
+    parser.add_argument("--cores", type=int, default=None,
+                        help="pin both frameworks to this many CPUs (default: all allowed)")
     parser.add_argument("--out", default=None, help="JSON output path")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-cpus", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise ValueError(f"Unknown rows {unknown}; allowed: {', '.join(ROWS)}.")
     if args.worker:
-        _serve(args.worker, rows[0], args.quick, args.data, args.params, args.threads)
+        _serve(args.worker, rows[0], args.quick, args.data, args.params,
+               [int(c) for c in args.worker_cpus.split(",")])
         return
     steps = args.steps if args.steps is not None else (3 if args.quick else 30)
     if steps < 1:
@@ -528,7 +539,7 @@ def main(argv=None) -> None:
                                    "vs_pytorch_quick.json" if args.quick else "vs_pytorch.json")
     results = []
     for row in rows:
-        results.append(run_row(root, row, steps, args.warmup, args.quick))
+        results.append(run_row(root, row, steps, args.warmup, args.quick, args.cores))
         print(_table(results[-1:]).splitlines()[1], flush=True)
     table = _table(results)
     print(table)

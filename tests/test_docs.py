@@ -3,11 +3,14 @@ import doctest
 
 import pytest
 
+from l2rw_jax import conv
 from l2rw_jax import corruption
+from l2rw_jax import pooling
 from l2rw_jax import reweight
 
 
-@pytest.mark.parametrize("module", [reweight, corruption], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [reweight, corruption, conv, pooling],
+                         ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     failed, attempted = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert attempted > 0, f"{module.__name__} has no examples to run"
