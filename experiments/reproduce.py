@@ -55,31 +55,46 @@ test_error_pct (MNIST), all_zero_steps, wall_time_s, steps_per_s, curve, config)
 ``paper``, ``protocol``, ``notes``; ``.md`` the same as a table next to the paper's values;
 ``.png`` error vs majority fraction (MNIST) or test accuracy over training (CIFAR).
 
-On the accelerator machine (one H200; Python 3.12, jax with CUDA, flax, optax, orbax, numpy,
-scipy, pillow, matplotlib, no TensorFlow and no ml_collections; 64 MiB travel with a command;
-the device image installs nothing from a registry). ml_collections: carried as its pure-Python
-wheel and put on PYTHONPATH (Python imports a wheel's modules straight from the zip). Why not
-configs without it: ``train_and_evaluate`` validates every config through
-``ml_collections.ConfigDict``, so dropping it would mean a second config path in the library;
-the wheel is 80 KB and its one dependency besides absl, PyYAML, comes with flax. Prepare here,
-once (``.carry/`` is ignored, see .gitignore)::
+On the accelerator machine (one H200; ``python3`` is Python 3.12 with jax 0.11 (CUDA), flax,
+optax, orbax, chex, numpy, scipy, pillow, matplotlib, tqdm, absl and PyYAML, but no
+TensorFlow, tfds, tensorboardX or ml_collections; nothing installs from a registry there; 64
+MiB travel with a command; at most 8 files come back from $OUT). ml_collections travels as its
+pure-Python wheel, put on PYTHONPATH as it is (Python imports a wheel's modules straight from
+the zip; no pip run there). Why not configs without it: ``train_and_evaluate`` validates
+every config through ``ml_collections.ConfigDict``, so dropping it would mean a second config
+path in the library, while the wheel is 80 KB and needs only absl and PyYAML, both there.
+
+Prepare here, once, from the repository root (``.carry/`` is in .gitignore)::
 
     mkdir -p .carry/wheels
     cp ../shared/data/mnist/mnist.npz ../shared/data/cifar10_dev/cifar10_dev_jpeg.npz .carry/
-    python -m pip download --no-deps --only-binary=:all: ml_collections==1.1.0 -d .carry/wheels
+    python3 -m pip download --no-deps --only-binary=:all: ml_collections==1.1.0 -d .carry/wheels
+    git rev-parse HEAD > .carry/commit
 
-(34.8 MB: mnist.npz 11.5 MB, the JPEG copy of cifar10_dev 23.3 MB, decoded with Pillow on the
-device into ``<workdir>/data/cifar10_dev.npz``, the same pixels as ``cifar10_dev.npz``.) Then
-one ``run`` call, ``carry=[".carry"]``, ``timeout_s=570``, command::
+(34.8 MB: mnist.npz 11.5 MB and the JPEG copy of cifar10_dev 23.3 MB, which the suite decodes
+with Pillow into ``<workdir>/data/cifar10_dev.npz``, the very pixels of ``cifar10_dev.npz``:
+checked here for all 25,000 images, 4 s.) Then one ``run`` call with ``carry=[".carry"]`` and
+``timeout_s=570`` (the budget plus start-up and a margin), command::
 
-    export PYTHONPATH=$(ls .carry/wheels/ml_collections-*.whl) XLA_PYTHON_CLIENT_PREALLOCATE=false; python -m experiments.reproduce --budget_s=480 --data_dir=.carry --results_dir=$OUT --workdir=/tmp/reproduce 2>&1 | grep -v "^WARNING\\|^I0000" | tail -c 11000
+    set -o pipefail; export PYTHONUNBUFFERED=1 PYTHONPATH=$(ls .carry/wheels/ml_collections-*.whl); python3 -m experiments.reproduce --budget_s=480 --data_dir=.carry --workdir=/tmp/reproduce --results_dir=/tmp/reproduce/results --bundle=$OUT/reproduce_results.zip --git_commit=$(cat .carry/commit) 2>&1 | tee $OUT/reproduce_log.txt | grep -v "^[WI]0000"
 
-and afterwards copy the returned ``reproduce_*`` files into ``benchmarks/results`` and commit
-them: the next window then skips the parts they complete. Expected plan on a first window
-(estimates depend on the measured probes): ``mnist_4v9`` probes its 8 methods at p = 0.995
-and plans as many of the 40 programs as fit, in priority order (all of p = 0.995 first);
-the CIFAR parts print "not started: N s left" unless MNIST left them room; a second window
-(MNIST committed) spends its budget on ``cifar_background``, a third on ``cifar_uniform``.
+Afterwards, here: ``unzip -o <files_at>/reproduce_results.zip -d benchmarks/results``, read
+the tables, commit them; the next window skips the parts they complete and continues a
+partial one. Expected plan, first window: the table of parts ("run" for all three), then
+``mnist_4v9`` probes its 8 methods at p = 0.995 (1000 of 8000 steps each) and prints one row
+per program (40: method, majority_fraction, steps 8000, seeds 5, estimate_s, decision), all of
+p = 0.995 first; whatever does not fit is "skip (budget)", the part is written as partial and
+continued by the next window; the CIFAR parts print "not started: N s left" unless MNIST
+left them their floor (120 s). Later windows: ``cifar_background``, then ``cifar_uniform``,
+each printing the step count S it chose (the same for its 4 methods) and their estimates.
+No accelerator window has run this suite yet; the smoke suite's plan (CPU) looks like::
+
+    Plan for cifar_background (smoke: background flip); 3567 s left, safety x1.15:
+    | method     | steps | seeds | estimate_s | decision |
+    |------------|-------|-------|------------|----------|
+    | erm        | 40    | 2     | 4.4        | run      |
+    | l2rw       | 40    | 2     | 6.8        | run      |
+    | proportion | 40    | 2     | 4.4        | run      |
 """
 from __future__ import annotations
 
@@ -87,12 +102,12 @@ import argparse
 import importlib.metadata
 import io
 import json
-import math
 import os
 import platform
 import subprocess
 import sys
 import time
+import traceback
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -423,8 +438,9 @@ def _last_rate(workdir: str) -> float:
     return rate
 
 
-def _probe(ctx: _Ctx, config, workdir: str, steps: int) -> Cost:
-    """Runs ``steps`` steps of ``config`` in ``workdir`` and times them (compile included)."""
+def _probe(ctx: _Ctx, config, workdir: str, steps: int) -> tuple[Cost, float]:
+    """Runs ``steps`` steps of ``config`` in ``workdir`` and times them (compile included):
+    ``(cost, wall seconds)``."""
     c = train.validate_config(config)
     c.stop_after_steps = steps
     t0 = ctx.clock()
@@ -432,7 +448,7 @@ def _probe(ctx: _Ctx, config, workdir: str, steps: int) -> Cost:
     wall = ctx.clock() - t0
     rate = _last_rate(workdir)
     step_s = 1.0 / rate if rate > 0 else wall / steps  # no rate: all of it counted per step
-    return Cost(max(wall - steps * step_s, 0.0), step_s)
+    return Cost(max(wall - steps * step_s, 0.0), step_s), wall
 
 
 def _program_record(method: str, fraction, results: dict, workdir: str, wall: float) -> dict:
@@ -481,15 +497,14 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
             c = _apply(base, m)
             c.majority_fraction, c.num_steps = p, steps
             configs[m, p] = c
-        costs, probed = {}, set()
+        costs, probed = {}, {}      # probed: (method, p) -> the probe's wall seconds
         for m in part.methods:       # probe each method's first missing program
             first = next(((mm, p) for mm, p in keys if mm == m), None)
             if first is None:
                 continue
             ctx.say(f"[{part.name}] probe: {m} p={first[1]}, {part.probe_steps} steps")
-            costs[m] = _probe(ctx, configs[first], os.path.join(workdir, f"p{first[1]}", m),
-                              part.probe_steps)
-            probed.add(first)
+            costs[m], probed[first] = _probe(
+                ctx, configs[first], os.path.join(workdir, f"p{first[1]}", m), part.probe_steps)
         est = lambda k: (costs[k[0]].of(steps - part.probe_steps) if k in probed
                          else costs[k[0]].of(steps))
         plan = plan_sweep([(k, est(k)) for k in keys], ctx.left(), ctx.args.safety)
@@ -511,6 +526,7 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
                 continue
             ctx.say(f"[{part.name}] run: {m} p={p}, {steps} steps (estimate {e:.0f} s)")
             rec = _run_program(ctx, configs[m, p], os.path.join(workdir, f"p{p}", m), m, p)
+            rec["wall_time_s"] += probed.get((m, p), 0.0)  # its first chunk ran as the probe
             programs.append(rec)
             if (m, p) not in probed:  # measured with warm compilation caches: the new estimate
                 costs[m] = Cost(max(rec["wall_time_s"] - steps * costs[m].step_s, 0.0),
@@ -528,7 +544,7 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
             if m not in like:
                 ctx.say(f"[{part.name}] probe: {m}, {part.probe_steps} steps (scratch workdir)")
                 costs[m] = _probe(ctx, _apply(probe_base, m),
-                                  os.path.join(workdir, "probe", m), part.probe_steps)
+                                  os.path.join(workdir, "probe", m), part.probe_steps)[0]
         costs.update({m: costs[other] for m, other in like.items()})
         choice = plan_steps(costs, methods, step_choices, ctx.left(), ctx.args.safety,
                             part.min_methods if not programs else 0)
@@ -589,6 +605,25 @@ def _write_part(ctx: _Ctx, part: Part, programs: list[dict], plan_rows, status: 
         _plot_curves(part, programs, stem + ".png")
     common.write_text(stem + ".md", _markdown(part, record))
     train.write_json(stem + ".json", record)
+    _bundle(ctx.args)
+
+
+def _bundle(args) -> None:
+    """Zips the results dir's ``reproduce_*`` files into ``args.bundle`` (atomically): one
+    file to bring back where few may (the device machine returns at most 8)."""
+    if not args.bundle:
+        return
+    import zipfile
+
+    names = sorted(f for f in os.listdir(args.results_dir) if f.startswith("reproduce_"))
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            for name in names:
+                z.write(os.path.join(args.results_dir, name), name)
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.bundle)), exist_ok=True)
+    train._atomic_write(args.bundle, write, mode="wb")
 
 
 def _markdown(part: Part, record: dict) -> str:
@@ -720,6 +755,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--compilation_cache", default=None,
                    help="JAX persistent compilation cache dir (default <workdir>/jax_cache; "
                         "'' disables)")
+    p.add_argument("--bundle", default="",
+                   help="also zip the results into this file after every write (e.g. "
+                        "$OUT/reproduce_results.zip on the device machine)")
+    p.add_argument("--git_commit", default=None,
+                   help="the commit to record (default: git rev-parse HEAD, if git works)")
     p.add_argument("--safety", type=float, default=1.15,
                    help="estimates are multiplied by this before they are compared with the "
                         "time left")
@@ -755,7 +795,7 @@ def run_suite(argv: Sequence[str], clock: Callable[[], float] = time.monotonic,
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     command = "python -m experiments.reproduce " + " ".join(argv)
     header = {"device": _device(), "versions": _versions(), "command": command.strip(),
-              "git_commit": _git_commit(), "budget_s": args.budget_s}
+              "git_commit": args.git_commit or _git_commit(), "budget_s": args.budget_s}
     ctx = _Ctx(args.suite, args, clock, t0 + args.budget_s, header, say)
     parts = [p for p in SUITES[args.suite] if p.name in args.parts]
     present = {p.name: _present(ctx, p) for p in parts}
@@ -772,6 +812,7 @@ def run_suite(argv: Sequence[str], clock: Callable[[], float] = time.monotonic,
         record["parts"].append({"part": name, "status": status, "notes": notes})
         record["wall_time_s"] = clock() - t0
         train.write_json(os.path.join(args.results_dir, "reproduce_run.json"), record)
+        _bundle(args)
         say(f"[{name}] {status}" + "".join(f"\n  - {n}" for n in notes))
 
     for part in parts:
@@ -783,7 +824,11 @@ def run_suite(argv: Sequence[str], clock: Callable[[], float] = time.monotonic,
             log(part.name, "skipped", [f"not started: {ctx.left():.0f} s left, the part needs "
                                        f"at least {part.floor_s:.0f} s."])
             continue
-        status, notes = run_part(ctx, part, prev)
+        try:
+            status, notes = run_part(ctx, part, prev)
+        except Exception as e:  # noqa: BLE001 -- one broken part must not cost the others
+            say(traceback.format_exc())
+            status, notes = "failed", [f"failed: {type(e).__name__}: {e}"]
         log(part.name, status, notes)
     say(f"Done in {clock() - t0:.0f} s.")
     return record
