@@ -4,6 +4,7 @@ import io
 import json
 import os
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -140,32 +141,31 @@ def data_dir(tmp_path_factory):
     return str(d)
 
 
-class _ClockAfterFirstPart:
-    """Real time until the run log exists (written when the first part ends), then 10^6 s
-    later: every budget is spent there, deterministically."""
+class _ClockAfter:
+    """Real time until ``path`` exists, then 10^6 s later: every budget is spent there."""
 
-    def __init__(self, run_log):
-        self.run_log = run_log
+    def __init__(self, path):
+        self.path = path
 
     def __call__(self):
-        return time.monotonic() + (1e6 if os.path.exists(self.run_log) else 0.0)
+        return time.monotonic() + (1e6 if os.path.exists(self.path) else 0.0)
 
 
 _FIELDS = {"suite", "part", "title", "status", "device", "versions", "command", "git_commit",
            "budget_s", "wall_time_s", "plan", "programs", "paper", "protocol", "notes"}
 
 
-def _check_part_files(results, name):
+def _check_part_files(results, name, status="complete"):
     with open(os.path.join(results, f"reproduce_{name}.json")) as f:
         record = json.load(f)
     assert _FIELDS <= set(record) and record["suite"] == "smoke" and record["part"] == name
-    assert record["status"] == "complete"
+    assert record["status"] == status
     assert record["device"]["platform"] == "cpu" and record["versions"]["jax"]
     assert record["command"].startswith("python -m experiments.reproduce --suite=smoke")
     with open(os.path.join(results, f"reproduce_{name}.md")) as f:
         md = f.read()
-    assert "Command: `python -m experiments.reproduce" in md and "Versions: python" in md
-    assert "wall time" in md and "paper" in md.lower()
+    assert f"Status: **{status}**" in md and "Command: `python -m experiments.reproduce" in md
+    assert "Versions: python" in md and "wall time" in md and "Paper:" in md
     with Image.open(os.path.join(results, f"reproduce_{name}.png")) as im:
         assert im.format == "PNG" and im.size[0] > 100
     return record
@@ -173,39 +173,43 @@ def _check_part_files(results, name):
 
 def test_smoke_suite_cut_off_continue_and_skip(data_dir, tmp_path, capsys):
     work, results = str(tmp_path / "work"), str(tmp_path / "results")
+    bundle = str(tmp_path / "out" / "bundle.zip")
     argv = ["--suite=smoke", f"--data_dir={data_dir}", f"--workdir={work}",
-            f"--results_dir={results}", "--compilation_cache="]
-    run_log = os.path.join(results, "reproduce_run.json")
+            f"--results_dir={results}", "--compilation_cache=", f"--bundle={bundle}"]
+    mnist_json = os.path.join(results, "reproduce_mnist_4v9.json")
 
-    # 1. Time runs out once the first part is done: it is written, the rest skipped with a note.
-    rec = reproduce.run_suite(argv + ["--budget_s=3600"], clock=_ClockAfterFirstPart(run_log))
+    # 1. Time runs out once the first program is written: it stays, the rest is skipped with
+    #    notes, program by program and part by part.
+    rec = reproduce.run_suite(argv + ["--budget_s=3600"], clock=_ClockAfter(mnist_json))
     out = capsys.readouterr().out
     assert "Plan for mnist_4v9" in out and "| method" in out and "estimate_s" in out
     assert [(p["part"], p["status"]) for p in rec["parts"]] == [
-        ("mnist_4v9", "complete"), ("cifar_background", "skipped"), ("cifar_uniform", "skipped")]
+        ("mnist_4v9", "partial"), ("cifar_background", "skipped"), ("cifar_uniform", "skipped")]
+    assert sum("not run: " in n for n in rec["parts"][0]["notes"]) == 3
     assert all("not started" in p["notes"][0] for p in rec["parts"][1:])
+    first = _check_part_files(results, "mnist_4v9", "partial")["programs"]
+    assert [(p["method"], p["majority_fraction"]) for p in first] == [("erm", 0.99)]
+    assert not any(os.path.exists(os.path.join(results, f"reproduce_{n}.json"))
+                   for n in PARTS[1:])
+
+    # 2. A new window continues the partial part (keeping what it has) and runs the others.
+    rec = reproduce.run_suite(argv + ["--budget_s=3600"])
+    out = capsys.readouterr().out
+    assert [(p["part"], p["status"]) for p in rec["parts"]] == [
+        ("mnist_4v9", "complete"), ("cifar_background", "complete"),
+        ("cifar_uniform", "complete")]
     mnist = _check_part_files(results, "mnist_4v9")
+    assert mnist["programs"][0] == first[0]
     cells = {(p["method"], p["majority_fraction"]) for p in mnist["programs"]}
     assert cells == {(m, f) for m in ("erm", "l2rw") for f in (0.99, 0.9)}
     for p in mnist["programs"]:
         assert p["num_steps"] == 40 and p["seeds"] == [0, 1]
         assert p["config"]["vmap_seeds"] and p["config"]["num_seeds"] == 2
-        err = p["test_error_pct"]
         np.testing.assert_allclose(
-            err["per_seed"], 100 * (1 - np.array(p["final_test_accuracy"]["per_seed"])))
+            p["test_error_pct"]["per_seed"],
+            100 * (1 - np.array(p["final_test_accuracy"]["per_seed"])))
     l2rw = next(p for p in mnist["programs"] if p["method"] == "l2rw")
     assert l2rw["config"]["l2rw_weight_map"] == "clip"  # the paper's rule
-    assert not any(os.path.exists(os.path.join(results, f"reproduce_{n}.json"))
-                   for n in PARTS[1:])
-    mtime = os.path.getmtime(os.path.join(results, "reproduce_mnist_4v9.json"))
-
-    # 2. A new window: the present part is skipped, the others run.
-    rec = reproduce.run_suite(argv + ["--budget_s=3600"])
-    out = capsys.readouterr().out
-    assert [(p["part"], p["status"]) for p in rec["parts"]] == [
-        ("mnist_4v9", "present"), ("cifar_background", "complete"),
-        ("cifar_uniform", "complete")]
-    assert os.path.getmtime(os.path.join(results, "reproduce_mnist_4v9.json")) == mtime
     assert "probe: erm" in out and "Plan for cifar_background" in out
     bg = _check_part_files(results, "cifar_background")
     # Ample budget: the largest step count, the schedule (40, 60 of 80) scaled to it.
@@ -217,9 +221,13 @@ def test_smoke_suite_cut_off_continue_and_skip(data_dir, tmp_path, capsys):
     assert bg["paper"]["values"] == {"erm": 59.54, "l2rw": 86.73}
     uni = _check_part_files(results, "cifar_uniform")
     assert {p["config"]["noise"] for p in uni["programs"]} == {"uniform"}
+    mtimes = {f: os.path.getmtime(os.path.join(results, f)) for f in os.listdir(results)}
 
-    # 3. Everything present: nothing is trained.
+    # 3. Everything present: nothing is trained or rewritten but the run log.
     rec = reproduce.run_suite(argv + ["--budget_s=1"])
     assert [p["status"] for p in rec["parts"]] == ["present"] * 3
-    leftovers = [f for f in os.listdir(results) if f.startswith(".") or ".tmp" in f]
-    assert leftovers == []
+    assert {f for f, t in mtimes.items()
+            if os.path.getmtime(os.path.join(results, f)) != t} == {"reproduce_run.json"}
+    assert not [f for f in os.listdir(results) if f.startswith(".") or ".tmp" in f]
+    with zipfile.ZipFile(bundle) as z:
+        assert sorted(z.namelist()) == sorted(os.listdir(results))
