@@ -364,12 +364,12 @@ def plan_steps(costs: dict, methods: Sequence[str], steps: Sequence[int], remain
 
 def scaled_config(base, steps: int):
     """``base`` at ``steps`` training steps: learning-rate boundaries scaled by
-    ``steps / base.num_steps``, evaluation every ``steps / 8``, one checkpoint at the end."""
+    ``steps / base.num_steps``, evaluation every ``steps / 10``, one checkpoint at the end."""
     c = train.validate_config(base)
     ratio = steps / base.num_steps
     c.lr_boundaries = tuple(max(1, int(round(b * ratio))) for b in base.lr_boundaries)
     c.num_steps = steps
-    c.eval_every = max(steps // 8, 1)
+    c.eval_every = max(steps // 10, 1)
     c.checkpoint_every = steps
     return c
 
@@ -536,7 +536,10 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
     else:                            # ---- step count chosen by the plan
         methods = [m for m in part.methods if (m, None) not in done]
         step_choices = (programs[0]["num_steps"],) if programs else part.steps
-        probe_base = scaled_config(base, max(part.steps))  # the paper's schedule; discarded
+        # The paper's schedule, evaluated and checkpointed at the probe's end (so its time
+        # includes both and the loop waits for its last steps); the workdir is discarded.
+        probe_base = scaled_config(base, max(part.steps))
+        probe_base.eval_every = probe_base.checkpoint_every = part.probe_steps
         # A method is probed unless it is costed like another method that is (still) to run.
         like = {m: part.cost_like[m] for m in methods if part.cost_like.get(m) in methods}
         costs = {}

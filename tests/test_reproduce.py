@@ -107,7 +107,7 @@ def test_scaled_config_compresses_the_paper_schedule():
     base = reproduce.cifar_background.get_config("dev")
     c = reproduce.scaled_config(base, 8000)
     assert (c.num_steps, tuple(c.lr_boundaries), c.eval_every, c.checkpoint_every) == (
-        8000, (4000, 6000), 1000, 8000)
+        8000, (4000, 6000), 800, 8000)
     assert base.num_steps == 80000  # not changed in place
 
 
