@@ -89,7 +89,8 @@ left them their floor (120 s). Later windows: ``cifar_background``, then ``cifar
 each printing the step count S it chose (the same for its 4 methods) and their estimates.
 No accelerator window has run this suite yet; the smoke suite's plan (CPU) looks like::
 
-    Plan for cifar_background (smoke: background flip); 3567 s left, safety x1.15:
+    Plan for cifar_background (smoke: background flip); 3567 s left, estimates x1.15 must
+    fit; one program per method at the chosen step count, its seeds vmapped:
     | method     | steps | seeds | estimate_s | decision |
     |------------|-------|-------|------------|----------|
     | erm        | 40    | 2     | 4.4        | run      |
@@ -586,8 +587,12 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
 
 def _print_plan(ctx: _Ctx, part: Part, rows: list[dict]) -> None:
     header = list(rows[0]) if rows else ["method"]
-    ctx.say(f"\nPlan for {part.name} ({part.title}); {ctx.left():.0f} s left, safety "
-            f"x{ctx.args.safety}:\n" + common.markdown_table(
+    how = ("one program per (majority fraction, method), its seeds vmapped: a run's members "
+           "differ by seed only, so fractions cannot be members; programs of one method share "
+           "the compiled step through the persistent compilation cache" if part.fractions
+           else "one program per method at the chosen step count, its seeds vmapped")
+    ctx.say(f"\nPlan for {part.name} ({part.title}); {ctx.left():.0f} s left, estimates x"
+            f"{ctx.args.safety} must fit; {how}:\n" + common.markdown_table(
                 header, [[r[h] for h in header] for r in rows]) + "\n")
 
 
