@@ -5,6 +5,7 @@ The public surface, one name per line. Modules are importable too (`l2rw_jax.cor
 `l2rw_jax.input_pipeline`, `l2rw_jax.audit`, ...); see ARCHITECTURE.md for how they fit.
 """
 # Modules.
+from l2rw_jax import adapter
 from l2rw_jax import audit
 from l2rw_jax import corruption
 from l2rw_jax import datasets
@@ -39,6 +40,7 @@ from l2rw_jax.train import train_and_evaluate
 from l2rw_jax.train_state import TrainState
 
 # Models.
+from l2rw_jax.adapter import adapt
 from l2rw_jax.models import LeNet
 from l2rw_jax.models import MLP
 from l2rw_jax.models import OUTPUT_LAYER

@@ -282,14 +282,19 @@ _MODELS: dict[str, type[nn.Module]] = {
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Builds a model by name: ``lenet``, ``resnet32``, ``wrn``, ``small_cnn``, ``mlp``.
+    """Builds a model by name: ``lenet``, ``resnet32``, ``wrn``, ``small_cnn``, ``mlp``, or a
+    Linen module of your own, ``"package.module:ClassName"`` (``adapter.import_model``).
 
     Example:
       >>> create_model("wrn", 10, depth=10, width=1).depth
       10
     """
+    if isinstance(name, str) and ":" in name:
+        from l2rw_jax import adapter  # adapter imports this module: imported when needed
+        return adapter.import_model(name, num_classes, **kwargs)
     if name not in _MODELS:
-        raise ValueError(f"Unknown model {name!r}; allowed: {', '.join(sorted(_MODELS))}.")
+        raise ValueError(f"Unknown model {name!r}; allowed: {', '.join(sorted(_MODELS))} or "
+                         f"'package.module:ClassName'.")
     cls = _MODELS[name]
     allowed = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "num_classes"}
     unknown = sorted(set(kwargs) - allowed)

@@ -84,6 +84,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 from ml_collections import config_dict
 
+from l2rw_jax import adapter
 from l2rw_jax import corruption
 from l2rw_jax import datasets
 from l2rw_jax import input_pipeline
@@ -134,7 +135,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.clean_batch_size = 100        # clean (validation) batch M of the meta-step
     c.eval_batch_size = 500         # evaluation batch (last one padded and masked)
     # --- Model (l2rw_jax.models.create_model).
-    c.model = "small_cnn"           # lenet | resnet32 | wrn | small_cnn | mlp
+    c.model = "small_cnn"           # lenet | resnet32 | wrn | small_cnn | mlp | pkg.mod:Class
     c.model_options = ml_collections.ConfigDict()  # extra create_model kwargs, e.g. depth / width
     # --- Method (l2rw_jax.methods and the data-level methods above).
     c.method = "l2rw"               # one of METHODS
@@ -683,6 +684,8 @@ def build_run(config) -> _Run:
     apply_fn = models.make_apply_fn(module)
     tx = make_optimizer(config)
     method, options = _weighing(config)
+    # meta_params="last" of a module of the user's: its output layer, wherever it is.
+    options = adapter.resolve_meta_params(module, options, (1,) + tuple(image_shape))
     train_step = step_lib.make_train_step(apply_fn, tx, methods.get_weigh_fn(method, **options))
     state = _init_states(module, tx, members, method, options, image_shape)
     if method in ("l2rw", "mwnet"):  # they differentiate tx.update: fail before step 1, not NaN

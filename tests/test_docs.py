@@ -3,6 +3,7 @@ import doctest
 
 import pytest
 
+from l2rw_jax import adapter
 from l2rw_jax import corruption
 from l2rw_jax import models
 from l2rw_jax import reweight
@@ -11,7 +12,7 @@ from l2rw_jax.audit import label_issues
 
 
 @pytest.mark.parametrize(
-    "module", [reweight, corruption, models, safe_derivative, label_issues],
+    "module", [reweight, corruption, models, adapter, safe_derivative, label_issues],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
