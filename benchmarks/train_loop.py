@@ -6,15 +6,19 @@ For each row, two measurements of the same jitted (vmapped) train step:
   ``steps / 10`` calls (each ended by ``block_until_ready``), 5 before and 5 after the loop's
   run; the median block (compilation excluded);
 - ``loop``: :func:`l2rw_jax.train.train_and_evaluate` for ``--steps`` steps with everything on:
-  the tf.data input pipeline, per-example weight accumulation, metrics read one step late to
-  metrics.jsonl and TensorBoard every 100 steps, an orbax checkpoint every ``steps / 3`` steps
-  (3000-step rows: every 1000, the configs' default) and the tqdm bar; its ``steps_per_s``
-  (first, compiling step and the evaluations excluded). ``--quick`` runs a tenth of the steps
-  with the same number of checkpoints, so it overstates their share.
+  the input backend, per-example weight accumulation, metrics to metrics.jsonl and
+  TensorBoard every 100 steps, an orbax checkpoint every ``steps / 3`` steps (3000-step rows:
+  every 1000, the configs' default) and the tqdm bar; its ``steps_per_s`` (compiling calls
+  and the evaluations excluded), once per input backend: ``tfdata`` (host tf.data pipeline,
+  one dispatch per step, metrics read one step late) and ``device`` (splits resident on the
+  device, ``steps_per_call=100`` steps per jitted ``lax.scan`` call). ``--quick`` runs a tenth
+  of the steps with the same number of checkpoints, so it overstates their share.
 
-The target (issue 4): loop >= 90% of bare. Rows: the quickstart (digits, small CNN, 3 seeds
-vmapped; a dispatch-bound step of a few ms) for ERM and L2RW, and MNIST LeNet L2RW (the
-compute-bound step of the reproduction, 1 seed).
+Targets: tf.data loop >= 90% of bare (issue 4); device loop >= 1.5x the tf.data loop on the
+digits rows and no slower on LeNet (issue 12). Rows: the quickstart (digits, small CNN, 3
+seeds vmapped; a dispatch-bound step of a few ms) for ERM and L2RW, and MNIST LeNet L2RW (the
+compute-bound step of the reproduction, 1 seed). ``--repeats=r`` runs each backend's loop r
+times, alternating which goes first, and keeps the median (the machine may be shared).
 
     python -m benchmarks.train_loop            # -> benchmarks/results/train_loop.json
     python -m benchmarks.train_loop --quick    # fewer steps, smoke check
@@ -29,6 +33,8 @@ import platform
 import statistics
 import tempfile
 import time
+
+import ml_collections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,6 +52,9 @@ ROWS = {
     "digits_small_cnn_l2rw_x3": dict(config=("quickstart", None), method="l2rw", steps=3000),
     "mnist_lenet_l2rw_x1": dict(config=("mnist_imbalance", "0.995"), method="l2rw", steps=200,
                                 overrides=dict(num_seeds=1)),
+    # No convolution: on XLA:CPU the device backend scans this one (device_data.make_train_call).
+    "digits_mlp_erm_x3": dict(config=("quickstart", None), method="erm", steps=3000,
+                              overrides=dict(model="mlp", model_options={"hidden": (64,)})),
 }
 
 
@@ -75,12 +84,17 @@ def bare_step(config):
     return blocks
 
 
-def loop_steps_per_s(config, steps: int) -> tuple[float, dict]:
+BACKENDS = {"tfdata": dict(backend="tfdata"), "device": dict(backend="device", steps_per_call=100)}
+
+
+def loop_steps_per_s(config, steps: int, backend: str) -> tuple[float, dict]:
     from l2rw_jax import train
 
+    config = config.copy_and_resolve_references()
     with tempfile.TemporaryDirectory() as workdir:
         config.update(dict(num_steps=steps, log_every=100, eval_every=steps,
-                           checkpoint_every=max(steps // 3, 1), lr_boundaries=()))
+                           checkpoint_every=max(steps // 3, 1), lr_boundaries=(),
+                           **BACKENDS[backend]))
         results = train.train_and_evaluate(config, workdir)
     return results["steps_per_s"], results["timing_s"]
 
@@ -90,6 +104,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tenth of the steps")
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
     parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument("--repeats", type=int, default=1, help="loop runs per backend")
     args = parser.parse_args()
     out = args.out or os.path.join(ROOT, "benchmarks", "results",
                                    "train_loop_quick.json" if args.quick else "train_loop.json")
@@ -99,34 +114,50 @@ def main() -> None:
         spec = ROWS[name]
         steps = max(spec["steps"] // (10 if args.quick else 1), 20)
         config = _config(*spec["config"])
-        config.update(dict(method=spec["method"], progress_bar=True, **spec.get("overrides", {})))
+        config.update(dict(method=spec["method"], progress_bar=True))
+        for field, value in spec.get("overrides", {}).items():
+            # A dict replaces a nested ConfigDict (update() would merge it into the old one).
+            setattr(config, field, ml_collections.ConfigDict(value) if isinstance(value, dict)
+                    else value)
         load_before = os.getloadavg()
         # Other processes share this CPU: the bare step is timed in blocks before and after
         # the loop, and the median taken, so a change of load hits both sides alike.
         blocks = bare_step(config.copy_and_resolve_references())
         bare_rates = blocks(5, max(steps // 10, 2))
-        loop, timing = loop_steps_per_s(config, steps)
+        runs = {b: [] for b in BACKENDS}
+        for r in range(args.repeats):
+            for backend in (list(BACKENDS) if r % 2 == 0 else list(BACKENDS)[::-1]):
+                runs[backend].append(loop_steps_per_s(config, steps, backend))
         bare_rates += blocks(5, max(steps // 10, 2))
         bare = statistics.median(bare_rates)
+        loop = {b: statistics.median(rate for rate, _ in v) for b, v in runs.items()}
         rows.append(dict(row=name, steps=steps, num_seeds=config.num_seeds,
                          bare_steps_per_s=bare, bare_block_steps_per_s=bare_rates,
-                         loop_steps_per_s=loop, ratio=loop / bare, loop_timing_s=timing,
+                         loop_steps_per_s=loop["tfdata"], ratio=loop["tfdata"] / bare,
+                         device_loop_steps_per_s=loop["device"],
+                         device_over_tfdata=loop["device"] / loop["tfdata"],
+                         loop_runs={b: [dict(steps_per_s=rate, timing_s=t) for rate, t in v]
+                                    for b, v in runs.items()},
                          loadavg=[load_before, os.getloadavg()]))
-        print(f"{name:28s} bare {bare:8.1f} steps/s   loop {loop:8.1f} steps/s   "
-              f"loop/bare {loop / bare:6.1%}", flush=True)
+        print(f"{name:28s} bare {bare:8.1f}   tfdata loop {loop['tfdata']:8.1f} "
+              f"({loop['tfdata'] / bare:6.1%} of bare)   device loop {loop['device']:8.1f} "
+              f"({loop['device'] / loop['tfdata']:.2f}x tfdata) steps/s", flush=True)
     report = dict(machine=dict(platform=platform.platform(), cpu_count=os.cpu_count(),
                                python=platform.python_version()),
                   date=time.strftime("%Y-%m-%d %H:%M:%S"), quick=args.quick, target=0.9,
+                  device_target={"digits": 1.5, "mnist_lenet": 1.0}, repeats=args.repeats,
                   rows=rows)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(report, f, indent=2)
     os.replace(tmp, out)
-    print(f"\n| row | seeds | bare steps/s | loop steps/s | loop / bare |\n|---|---|---|---|---|")
+    print("\n| row | seeds | bare steps/s | tf.data loop steps/s | tf.data loop / bare | "
+          "device loop steps/s | device / tf.data |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['row']} | {r['num_seeds']} | {r['bare_steps_per_s']:.1f} | "
-              f"{r['loop_steps_per_s']:.1f} | {r['ratio']:.1%} |")
+              f"{r['loop_steps_per_s']:.1f} | {r['ratio']:.1%} | "
+              f"{r['device_loop_steps_per_s']:.1f} | {r['device_over_tfdata']:.2f}x |")
     print(f"\n{out}")
 
 

@@ -9,6 +9,7 @@ from l2rw_jax import adapter
 from l2rw_jax import audit
 from l2rw_jax import corruption
 from l2rw_jax import datasets
+from l2rw_jax import device_data
 from l2rw_jax import input_pipeline
 from l2rw_jax import methods
 from l2rw_jax import models
@@ -62,6 +63,11 @@ from l2rw_jax.corruption import imbalance_subset
 from l2rw_jax.corruption import make_splits
 from l2rw_jax.corruption import uniform_flip
 from l2rw_jax.datasets import load_arrays
+from l2rw_jax.device_data import DeviceSplit
+from l2rw_jax.device_data import StreamOrder
+from l2rw_jax.device_data import batch_at
+from l2rw_jax.device_data import index_shuffle
+from l2rw_jax.device_data import place_split
 from l2rw_jax.input_pipeline import Streams
 from l2rw_jax.input_pipeline import make_streams
 from l2rw_jax.sharding import batch_sharding

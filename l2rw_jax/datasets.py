@@ -13,6 +13,9 @@ images and int32 labels, for the corruption and the input pipeline to work on:
   `N x H x W x C`, integer labels), e.g. `npz:../shared/data/mnist/mnist.npz`.
 
 `data_dir=None` means tfds's default (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
+
+tensorflow_datasets (and with it TensorFlow) is imported only when a catalog or digits source is
+loaded: npz sources and the module itself need neither (DESIGN §7).
 """
 
 from __future__ import annotations
@@ -21,9 +24,6 @@ import os
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow_datasets as tfds
-
-from l2rw_jax import digits_builder
 
 CATALOG = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped")
 EMBEDDED = ("digits",)
@@ -91,6 +91,10 @@ def load_arrays(
         raise ValueError(
             f"num_classes={num_classes!r} only applies to npz sources; {name!r} defines its own."
         )
+    import tensorflow_datasets as tfds  # Here, not at the top: npz sources need no TensorFlow.
+
+    from l2rw_jax import digits_builder  # A tfds builder class: imports tfds too.
+
     if name in EMBEDDED:
         builder = digits_builder.Digits(data_dir=data_dir)
         if not builder.is_prepared():
@@ -130,6 +134,8 @@ def _missing_message(name: str, builder) -> str:
 
 
 def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow_datasets as tfds
+
     # In file order (shuffle_files=False), so rows and thus seeded splits are reproducible.
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
     xs, ys = [], []

@@ -32,22 +32,36 @@ images (`channel_stats`), applied after padding (so zero padding is black, not t
 Multi-host: every process builds the same global batch of positions and keeps its own rows
 `[process_index * B / P, (process_index + 1) * B / P)`; a per-process batch is B / P. Pass
 `jax.process_index()` and `jax.process_count()` (this module does not import JAX).
+
+TensorFlow is imported when a stream is built, not with the module: `channel_stats` and the
+checks are numpy, and `l2rw_jax` must import on machines without TensorFlow (DESIGN §7).
+`l2rw_jax.device_data` draws the same example order on the devices without TensorFlow.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from l2rw_jax import corruption
 from l2rw_jax import datasets
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 PAD_MODES = ("constant", "reflect")
-_TRAIN, _CLEAN = 0, 1  # Stream ids inside the stateless seeds.
+# Stream ids inside the stateless seeds (l2rw_jax.device_data draws the same order).
+TRAIN_STREAM, CLEAN_STREAM = 0, 1
+_TRAIN, _CLEAN = TRAIN_STREAM, CLEAN_STREAM
+
+
+def _tf():
+    """TensorFlow, imported on first use (about 5 s, and absent on accelerator hosts)."""
+    import tensorflow as tf
+
+    return tf
 
 
 class Streams(NamedTuple):
@@ -156,8 +170,11 @@ def _check_aug(pad, pad_mode, image_shape=None) -> None:
         )
 
 
-def _normaliser(mean, std, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scale_C, shift_C) with x = raw * scale + shift = (raw / 255 - mean) / std."""
+def normaliser(mean, std, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale_C, shift_C) float32 with x = raw * scale + shift = (raw / 255 - mean) / std.
+
+    Raises ValueError unless mean and std hold 1 or `channels` values, finite, std > 0.
+    """
     mean_C = np.asarray(mean, np.float64).reshape(-1)
     std_C = np.asarray(std, np.float64).reshape(-1)
     if mean_C.size not in (1, channels) or std_C.size not in (1, channels):
@@ -176,6 +193,7 @@ def _augment(
     raw_BxHxWxC, step, seed: int, stream: int, global_batch: int, lo: int, pad: int, pad_mode: str
 ):
     """Random pad-crop and horizontal flip of the rows [lo, lo + b) of the global batch `step`."""
+    tf = _tf()
     b = raw_BxHxWxC.shape[0]
     h, w = raw_BxHxWxC.shape[1], raw_BxHxWxC.shape[2]
     seed_t = tf.constant(seed, tf.int64)
@@ -210,6 +228,7 @@ def _augment(
 
 
 def _options() -> tf.data.Options:
+    tf = _tf()
     options = tf.data.Options()
     options.deterministic = True
     return options
@@ -232,6 +251,7 @@ def _shuffled_stream(
     start_step: int,
 ) -> tf.data.Dataset:
     """Infinite per-process batches: reshuffled every epoch, optional augmentation, normalised."""
+    tf = _tf()
     n = len(images)
     local = batch_size // process_count
     lo = process_index * local
@@ -290,7 +310,7 @@ def train_dataset(
     seed = _check_seed(seed)
     _check_start_step(start_step)
     _check_aug(pad, pad_mode, splits.train_x.shape[1:])
-    scale_C, shift_C = _normaliser(mean, std, splits.train_x.shape[-1])
+    scale_C, shift_C = normaliser(mean, std, splits.train_x.shape[-1])
     columns = {
         "label": splits.train_labels.astype(np.int32),
         "true_label": splits.train_true_labels.astype(np.int32),
@@ -333,7 +353,7 @@ def clean_dataset(
     seed = _check_seed(seed)
     _check_start_step(start_step)
     _check_aug(pad, pad_mode, splits.clean_x.shape[1:])
-    scale_C, shift_C = _normaliser(mean, std, splits.clean_x.shape[-1])
+    scale_C, shift_C = normaliser(mean, std, splits.clean_x.shape[-1])
     return _shuffled_stream(
         splits.clean_x,
         {"label": splits.clean_labels.astype(np.int32)},
@@ -365,9 +385,10 @@ def test_dataset(
     Row j of global batch s is test example `s B + j` when that is < T (`mask` True), else a copy
     of the last example with `mask` False.
     """
+    tf = _tf()
     _check_processes(process_index, process_count)
     _check_batch("eval_batch_size", batch_size, process_count, 1)
-    scale_C, shift_C = _normaliser(mean, std, splits.test_x.shape[-1])
+    scale_C, shift_C = normaliser(mean, std, splits.test_x.shape[-1])
     t = len(splits.test_x)
     if t == 0:
         raise ValueError("the test set is empty.")
@@ -488,7 +509,7 @@ def make_streams(
     if mean is None:
         mean, std = channel_stats(splits.train_x)
     channels = splits.train_x.shape[-1]
-    scale_C, shift_C = _normaliser(mean, std, channels)  # Validates them.
+    scale_C, shift_C = normaliser(mean, std, channels)  # Validates them.
     del scale_C, shift_C
     mean_C = np.broadcast_to(np.asarray(mean, np.float32).reshape(-1), (channels,)).copy()
     std_C = np.broadcast_to(np.asarray(std, np.float32).reshape(-1), (channels,)).copy()
@@ -497,6 +518,8 @@ def make_streams(
     train = train_dataset(splits, batch_size=batch_size, **aug, **common)
     clean = clean_dataset(splits, batch_size=clean_batch_size, **aug, **common)
     test = test_dataset(splits, batch_size=eval_batch_size, **common)
+    import tensorflow_datasets as tfds  # Re-iterable numpy view of the test stream.
+
     return Streams(
         train=train.as_numpy_iterator(),
         clean=clean.as_numpy_iterator(),

@@ -7,6 +7,12 @@ step over such arrays is data parallel with no other change (jit + NamedSharding
 Multi-host: every process passes its own part of the global batch (what
 `input_pipeline` yields for `jax.process_index()`); `shard_batch` assembles the global
 `jax.Array` with `jax.make_array_from_process_local_data`, the same call on one process or many.
+
+Stacked batches: the training loop stacks the batches of K vmapped members (seed axis K) and
+of S steps (a step axis), so the batch axis is not always first. `batch_sharding(mesh,
+leading_axes=a)` splits axis `a` and keeps the `a` axes before it whole: a member-stacked
+`K x B x ...` batch is `leading_axes=1`, a chunk `S x K x B x ...` is `leading_axes=2`, and the
+device-resident splits `K x N x ...` of `l2rw_jax.device_data` are `leading_axes=1`.
 """
 
 from __future__ import annotations
@@ -35,9 +41,15 @@ def _axis(mesh: Mesh) -> str:
     return mesh.axis_names[0]
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over the mesh axis, other axes whole."""
-    return NamedSharding(mesh, PartitionSpec(_axis(mesh)))
+def batch_sharding(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
+    """Batch axis split over the mesh axis, other axes whole.
+
+    The batch axis is axis `leading_axes`: 0 for a plain `B x ...` batch, 1 for the
+    member-stacked `K x B x ...` batches of vmapped seeds, 2 for `S x K x B x ...` chunks.
+    """
+    if isinstance(leading_axes, bool) or not isinstance(leading_axes, int) or leading_axes < 0:
+        raise ValueError(f"leading_axes must be an integer >= 0, got {leading_axes!r}.")
+    return NamedSharding(mesh, PartitionSpec(*(None,) * leading_axes, _axis(mesh)))
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
@@ -45,10 +57,22 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def _batch_axis(sharding: jax.sharding.Sharding) -> int:
+    """The batch axis of `sharding`: its first split axis (0 when none is named)."""
+    if isinstance(sharding, NamedSharding):
+        for axis, entry in enumerate(sharding.spec):
+            if entry is not None:
+                return axis
+    return 0
+
+
 def _batch_splits(sharding: jax.sharding.Sharding) -> int:
-    """How many pieces `sharding` cuts the leading axis into (for error messages)."""
-    if isinstance(sharding, NamedSharding) and len(sharding.spec) and sharding.spec[0] is not None:
-        axes = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+    """How many pieces `sharding` cuts the batch axis into (for error messages)."""
+    axis = _batch_axis(sharding)
+    if isinstance(sharding, NamedSharding) and len(sharding.spec) > axis and (
+            sharding.spec[axis] is not None):
+        entry = sharding.spec[axis]
+        axes = entry if isinstance(entry, tuple) else (entry,)
         return math.prod(sharding.mesh.shape[a] for a in axes)
     return len(sharding.device_set)
 
@@ -56,9 +80,11 @@ def _batch_splits(sharding: jax.sharding.Sharding) -> int:
 def shard_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
     """Places a host batch (a pytree of numpy arrays, this process's rows) on devices.
 
-    Every leaf must share the leading batch size b; the global batch is b * process_count and
-    must divide evenly over the devices `sharding` splits it across. Returns the same pytree of
-    global `jax.Array`s with that sharding.
+    Every leaf must share the batch size b on the batch axis of `sharding` (axis 0, or
+    `leading_axes` of `batch_sharding`; the axes before it are whole: the seed axis of
+    vmapped members, a step axis); the global batch is b * process_count and must divide
+    evenly over the devices `sharding` splits it across. Returns the same pytree of global
+    `jax.Array`s with that sharding.
 
     Raises:
       ValueError: leaves with different batch sizes, or a global batch not divisible by the number
@@ -67,17 +93,21 @@ def shard_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
     leaves, _ = jax.tree.flatten_with_path(batch)
     if not leaves:
         raise ValueError("shard_batch got an empty batch.")
+    a = _batch_axis(sharding)
     sizes = {
-        jax.tree_util.keystr(path): np.shape(x)[0] if np.ndim(x) else None for path, x in leaves
+        jax.tree_util.keystr(path): np.shape(x)[a] if np.ndim(x) > a else None
+        for path, x in leaves
     }
     if None in sizes.values() or len(set(sizes.values())) != 1:
         got = ", ".join(f"{k}: {v}" for k, v in sizes.items())
-        raise ValueError(f"every leaf of the batch needs the same leading batch axis; got {got}.")
+        where = "leading batch axis" if a == 0 else f"batch axis (axis {a})"
+        raise ValueError(f"every leaf of the batch needs the same {where}; got {got}.")
     local = next(iter(sizes.values()))
     global_b = local * jax.process_count()
     for path, x in leaves:
+        shape = tuple(np.shape(x))
         try:
-            sharding.shard_shape((global_b,) + tuple(np.shape(x)[1:]))
+            sharding.shard_shape(shape[:a] + (global_b,) + shape[a + 1:])
         except ValueError:
             n = _batch_splits(sharding)
             raise ValueError(
@@ -85,6 +115,8 @@ def shard_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
                 f"{jax.process_count()} processes) is not divisible by the {n} devices of the batch "
                 f"axis; use a multiple of {n}."
             ) from None
+    if jax.process_count() == 1:  # The same arrays; one batched transfer is faster.
+        return jax.device_put(batch, sharding)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
     )

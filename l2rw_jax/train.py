@@ -33,7 +33,7 @@ The run's workdir (everything written atomically: tmp file, then ``os.replace``)
     config.json            the full config (a re-run with a different config fails)
     metrics.jsonl          one JSON object per line: {"step", "split": "train"|"test"|"hyperval",
                            "seed", metrics...}; see :func:`train_and_evaluate`
-    tb/                    TensorBoard event files (tensorboardX)
+    tb/                    TensorBoard event files (tensorboardX; none where it is not installed)
     checkpoints/<step>/    orbax (atomic), newest keep_checkpoints kept: Composite
                            carry = (state, acc, msum): state a TrainState whose every leaf has
                              a leading seed axis K (also for K = 1); acc = {"w_sum": KxN,
@@ -62,6 +62,15 @@ Resuming: re-running the same command restores the newest checkpoint (state, acc
 weights, pending metric sums, evaluation history) and restarts the input streams at that step
 (they are stateless functions of (seed, step), see :mod:`l2rw_jax.input_pipeline`), so on CPU
 the final metrics equal those of an uninterrupted run.
+
+Input (``config.backend``): ``device`` places every member's noisy and clean splits on the
+devices once and builds each batch there, ``steps_per_call`` steps per jitted call under
+``lax.scan`` (:mod:`l2rw_jax.device_data`; no TensorFlow); ``tfdata`` streams host batches
+from :mod:`l2rw_jax.input_pipeline`, one dispatch per step. Both draw the same examples at each
+(seed, step); without augmentation both train to identical parameters on CPU (tested); the
+device path's crops and flips come from JAX's PRNG instead of TensorFlow's. ``auto`` (default)
+is ``device``, or the backend of the run being resumed (runs from before the field: tfdata).
+Every data-level method, augmentation, vmapped or looped seeds and data parallelism run on both.
 """
 from __future__ import annotations
 
@@ -69,24 +78,22 @@ import json
 import logging
 import math
 import os
+import functools
 import queue
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-import tensorflow as tf
-from ml_collections import config_dict
 
 from l2rw_jax import adapter
 from l2rw_jax import corruption
 from l2rw_jax import datasets
+from l2rw_jax import device_data
 from l2rw_jax import input_pipeline
 from l2rw_jax import methods
 from l2rw_jax import models
@@ -94,6 +101,9 @@ from l2rw_jax import reweight
 from l2rw_jax import sharding
 from l2rw_jax import step as step_lib
 from l2rw_jax.train_state import TrainState
+
+if TYPE_CHECKING:
+    import ml_collections
 
 log = logging.getLogger("l2rw_jax.train")
 
@@ -103,7 +113,8 @@ WEIGHING_METHODS = ("erm", "l2rw", "random", "proportion", "hard_mining", "mwnet
 DATA_METHODS = ("resample", "finetune", "clean_only")
 METHODS = WEIGHING_METHODS + DATA_METHODS
 # Fields that may change between a run and its resumption: they do not change the numbers.
-_RESUMABLE_FIELDS = ("stop_after_steps", "progress_bar", "steps_per_fetch")
+_RESUMABLE_FIELDS = ("stop_after_steps", "progress_bar", "steps_per_fetch", "steps_per_call")
+BACKENDS = ("auto", "device", "tfdata")
 _EVAL_SPLITS = ("test", "hyperval")
 
 
@@ -112,6 +123,11 @@ _EVAL_SPLITS = ("test", "hyperval")
 
 def default_config() -> ml_collections.ConfigDict:
     """Every field ``train_and_evaluate`` reads, with its default (presets: experiments/configs)."""
+    # ml_collections (pure Python, with PyYAML) only when a config is made: `import l2rw_jax`
+    # must work where it is not installed (DESIGN §7); carry it there to train.
+    import ml_collections
+    from ml_collections import config_dict
+
     c = ml_collections.ConfigDict()
     # --- Data (l2rw_jax.datasets, corruption, input_pipeline).
     c.dataset = "digits"            # tfds name (mnist, cifar10...), "digits" or "npz:/path.npz"
@@ -172,7 +188,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.vmap_seeds = True
     # --- Loop.
     c.num_devices = 1               # data-parallel devices (0: all); batches split over them
-    c.steps_per_fetch = 10          # batches read and sent to the devices together
+    # Input backend. device: the splits placed on the devices once, each batch gathered and
+    # augmented there, steps_per_call steps per jitted call (lax.scan); no TensorFlow.
+    # tfdata: input_pipeline's tf.data streams, batches built on the host. Same examples in
+    # the same order; augmentation draws differ (l2rw_jax.device_data). auto: device (every
+    # source is loaded into memory), or what the run being resumed in the workdir used.
+    c.backend = "auto"
+    c.steps_per_call = 100          # device: steps per jitted call (calls also end at evals
+                                    # and checkpoints; each distinct length compiles once)
+    c.steps_per_fetch = 10          # tfdata: batches read and sent to the devices together
     c.log_every = 100               # train metrics (means over the interval) every this many steps
     c.eval_every = 500              # test / hyper-validation evaluation every this many steps
     c.checkpoint_every = 1000       # orbax checkpoint every this many steps (and at the end)
@@ -191,7 +215,8 @@ ROBUST_L2RW = {f"l2rw_{k}": v for k, v in methods.ROBUST_OPTIONS.items()}
 
 
 # Config fields added after the first release, with the behaviour runs had before them.
-_ADDED_FIELDS = {**PAPER_L2RW, "l2rw_lookahead": "optimizer", "pixel_scale": "standardize"}
+_ADDED_FIELDS = {**PAPER_L2RW, "l2rw_lookahead": "optimizer", "pixel_scale": "standardize",
+                 "backend": "tfdata"}
 
 
 def _is_int(x) -> bool:
@@ -203,6 +228,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
     Unknown fields (typos) are errors, as are values outside what is allowed.
     """
+    import ml_collections
+
     defaults = default_config()
     given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     unknown = sorted(set(given) - set(defaults.keys()))
@@ -215,9 +242,12 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
     if c.method not in METHODS:
         raise ValueError(f"method={c.method!r} is not supported; allowed: {', '.join(METHODS)}.")
+    if c.backend not in BACKENDS:
+        raise ValueError(f"backend={c.backend!r} is not supported; allowed: "
+                         f"{', '.join(BACKENDS)}.")
     positive = ("batch_size", "clean_batch_size", "eval_batch_size", "num_steps", "num_seeds",
                 "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-                "steps_per_fetch")
+                "steps_per_fetch", "steps_per_call")
     for name in positive:
         if not _is_int(c[name]) or c[name] < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {c[name]!r}.")
@@ -381,6 +411,8 @@ def member_data(config, member: int = 0) -> MemberData:
     """Member ``member``'s data (seed ``config.seed + member``) exactly as training saw it:
     the splits after the hyper-validation hold-out and the normalisation statistics. For
     audits and notebooks; ``config`` is a ConfigDict or a dict (e.g. a run's config.json)."""
+    import ml_collections
+
     config = validate_config(ml_collections.ConfigDict(dict(config)))
     if not _is_int(member) or not 0 <= member < config.num_seeds:
         raise ValueError(f"member={member!r} must be an integer in [0, {config.num_seeds}).")
@@ -399,6 +431,8 @@ def _clean_as_training(splits: corruption.Splits) -> corruption.Splits:
 
 def _train_dataset(config, md: MemberData, phase: str, start_step: int):
     """One member's training stream (tf.data) from ``start_step`` (relative to the phase)."""
+    import tensorflow as tf  # Only the tf.data backend imports TensorFlow.
+
     splits, rows = md.splits, None
     if phase == "clean":
         splits = _clean_as_training(splits)
@@ -431,6 +465,8 @@ def _stacked(datasets_K: list):
     Why: one ``next()`` per step instead of one per member and stream (each costs about a
     millisecond of host time, as much as a small model's whole step).
     """
+    import tensorflow as tf
+
     return tf.data.Dataset.zip(tuple(datasets_K)).map(
         lambda *bs: {k: tf.stack([b[k] for b in bs]) for k in bs[0]},
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -458,6 +494,8 @@ def _host_chunks(config, members: list[MemberData], start_step: int, size: int
     steps instead of per step (each costs about a millisecond of host time, as much as a
     small model's whole step).
     """
+    import tensorflow as tf
+
     for phase, first, end in _phases(config):
         if start_step >= end:
             continue
@@ -470,6 +508,121 @@ def _host_chunks(config, members: list[MemberData], start_step: int, size: int
         chunks = tf.data.Dataset.zip((train, clean)).take(n_chunks * size).batch(size)
         for c, (train_SxK, clean_SxK) in enumerate(chunks.prefetch(1).as_numpy_iterator()):
             yield phase, min(size, end - begin - c * size), train_SxK, clean_SxK
+
+
+def _resolve_backend(backend: str, workdir: str) -> str:
+    """``backend`` with "auto" resolved: the backend of the run being resumed in ``workdir``
+    (runs from before the field used tf.data), else "device" (``datasets.load_arrays`` loads
+    every source into memory, so every source fits the device-resident path)."""
+    if backend != "auto":
+        return backend
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f).get("backend", _ADDED_FIELDS["backend"])
+    return "device"
+
+
+def _tfdata_advance(step_fn, group_chunks, i, carries):
+    """One step of every group on row ``i`` of its chunks (a call of the tf.data backend)."""
+    return [step_fn(*carry, *chunks, i) for carry, chunks in zip(carries, group_chunks)], None
+
+
+def _eval_arrays(md: MemberData, split: str) -> tuple[np.ndarray, np.ndarray]:
+    splits = md.splits if split == "test" else md.hyperval
+    return splits.test_x, splits.test_labels
+
+
+def _stacked_numpy(batches_K: list[list[dict]]) -> list[dict]:
+    """K members' lists of numpy batches -> one list of batches with a leading seed axis K."""
+    return [{k: np.stack([b[k] for b in bs]) for k in bs[0]} for bs in zip(*batches_K)]
+
+
+def _train_order(config, md: MemberData, phase: str) -> device_data.StreamOrder:
+    """One member's training-stream order on the device path: the rows ``_train_dataset``
+    draws (resample: the balanced rows, mapped back to rows of the noisy training set)."""
+    processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    if phase == "clean":
+        return device_data.StreamOrder(md.seed, device_data.TRAIN_STREAM,
+                                       len(md.splits.clean_labels), config.batch_size,
+                                       **processes)
+    table = None
+    if config.method == "resample":
+        table = balanced_rows(md.splits.train_labels, md.splits.num_classes, md.seed)
+    n = len(md.splits.train_labels) if table is None else len(table)
+    return device_data.StreamOrder(md.seed, device_data.TRAIN_STREAM, n, config.batch_size,
+                                   table=table, **processes)
+
+
+def _device_calls(config, run, groups: list[slice], mesh, start_step: int, stop_at: int
+                  ) -> Iterator[tuple[str, int, Callable]]:
+    """The device backend's calls from ``start_step``: ``(phase, n, advance)``, n <=
+    ``steps_per_call``.
+
+    Every group's noisy training set and clean set are placed on the devices once
+    (:func:`device_data.place_split`). A call ends at the next evaluation, checkpoint, phase
+    end or ``stop_at``, whichever comes first, so the loop sees the state there; its rows
+    come from the same stateless (seed, step) order as the tf.data streams. ``advance
+    (carries)`` dispatches the call of every group and returns ``(carries, msum_S per
+    group)`` without waiting for it.
+    """
+    placed = []
+    for g in groups:
+        mds = run.members[g]
+        stat = dict(mean_KxC=[md.mean for md in mds], std_KxC=[md.std for md in mds],
+                    seeds=[md.seed for md in mds], mesh=mesh)
+        stack = lambda f: np.stack([f(md.splits) for md in mds])
+        noisy = device_data.place_split({
+            "image": stack(lambda s: s.train_x),
+            "label": stack(lambda s: s.train_labels.astype(np.int32)),
+            "true_label": stack(lambda s: s.train_true_labels.astype(np.int32)),
+            "is_noisy": stack(lambda s: s.train_is_noisy.astype(bool))}, **stat)
+        clean = device_data.place_split({
+            "image": stack(lambda s: s.clean_x),
+            "label": stack(lambda s: s.clean_labels.astype(np.int32))}, **stat)
+        placed.append((noisy, clean))
+    rows_sharding = sharding.batch_sharding(mesh, leading_axes=2)  # S x K x B
+    # lax.scan, except for convolutional models on XLA:CPU (see device_data.make_train_call).
+    image_shape = run.members[0].splits.train_x.shape[1:]
+    scan = mesh.devices.flat[0].platform != "cpu" or not device_data.has_convolution(
+        run.train_step, jax.tree.map(lambda x: x[0], run.carry0[0]),
+        *_batch_shapes(config, image_shape))
+    calls = {phase: device_data.make_train_call(
+        make_loop_step(run.train_step, phase == "noisy"), mesh, clean_phase=phase == "clean",
+        augment_images=config.augment, pad=4, pad_mode="constant", log_every=config.log_every,
+        total_steps=run.total_steps, scan=scan) for phase in ("noisy", "clean")}
+
+    def advance(phase, first, steps_S, orders, carries):
+        n = len(steps_S)
+        if not scan:  # Rows of steps_per_call steps (those past n unused): one shape, one compile.
+            steps_S = np.arange(steps_S[0], steps_S[0] + config.steps_per_call)
+        out = []
+        for carry, (noisy, clean), (train_K, clean_K) in zip(carries, placed, orders):
+            # S x K x B and S x K x M: placed apart (B and M may differ).
+            rows_train = sharding.shard_batch(
+                np.stack([o.rows(steps_S - first) for o in train_K], 1), rows_sharding)
+            rows_clean = sharding.shard_batch(
+                np.stack([o.rows(steps_S) for o in clean_K], 1), rows_sharding)
+            out.append(calls[phase](carry, noisy, clean, rows_train, rows_clean,
+                                    steps_S.astype(np.int32), np.int32(first), num_steps=n))
+        return [c for c, _ in out], [m for _, m in out]
+
+    every = (config.eval_every, config.checkpoint_every)
+    for phase, first, end in _phases(config):
+        if start_step >= end:
+            continue
+        orders = [([_train_order(config, md, phase) for md in run.members[g]],
+                   [device_data.StreamOrder(md.seed, device_data.CLEAN_STREAM,
+                                            len(md.splits.clean_labels),
+                                            config.clean_batch_size,
+                                            process_index=jax.process_index(),
+                                            process_count=jax.process_count())
+                    for md in run.members[g]]) for g in groups]
+        t = max(start_step, first)
+        while t < min(end, stop_at):
+            n = min([config.steps_per_call, end - t, stop_at - t] + [e - t % e for e in every])
+            yield phase, n, functools.partial(advance, phase, first, np.arange(t, t + n), orders)
+            t += n
 
 
 # ----------------------------------------------------------------------------- jitted steps
@@ -727,7 +880,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
          "per_class_accuracy": {"per_seed": [K][C], "mean": [C]} (final, test set),
          "all_zero_steps": [K] (steps whose weights were all 0),
          "wall_time_s" (all invocations), "steps_per_s" (training loop of the last invocation,
-         input pipeline, logging and checkpoints included, evaluation and compilation not),
+         input pipeline, logging and checkpoints included, evaluation and compilation not;
+         when every call of the invocation compiled, compilation included),
          "completed": true}
 
       A run stopped by ``stop_after_steps`` returns ``{"completed": False, "step": t}`` and
@@ -738,8 +892,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steps)>, "steps_per_s"}`` and ``{"step", "split": "test"|"hyperval", "seed", "accuracy",
     "loss", "per_class_accuracy": [C]}``.
     """
+    import orbax.checkpoint as ocp  # Here: it takes about a second to import.
+
     config = validate_config(config)
     workdir = os.path.abspath(os.fspath(workdir))
+    config.backend = _resolve_backend(config.backend, workdir)
     os.makedirs(workdir, exist_ok=True)
     _check_or_write_config(workdir, config)
     t_invocation = time.time()
@@ -752,22 +909,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     groups = [slice(0, K)] if config.vmap_seeds else [slice(k, k + 1) for k in range(K)]
     mesh = sharding.data_mesh(jax.devices()[:config.num_devices or len(jax.devices())])
     replicated = sharding.replicated_sharding(mesh)
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
-    place = lambda tree, g: jax.device_put(jax.tree.map(lambda x: x[g], tree), batch_sharding)
+    # Batches stacked over a group's members: leaves K x B x ..., batch axis split.
+    member_batches = sharding.batch_sharding(mesh, leading_axes=1)
+    place = lambda tree, g: sharding.shard_batch(jax.tree.map(lambda x: x[g], tree),
+                                                 member_batches)
     # Training batches come in chunks of S steps: leaves S x K x B x ..., batch axis split.
-    chunk_sharding = jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(None, None, "data"))
-    place_chunk = lambda tree, g: jax.device_put(jax.tree.map(lambda x: x[:, g], tree),
-                                                 chunk_sharding)
+    chunk_sharding = sharding.batch_sharding(mesh, leading_axes=2)
+    place_chunk = lambda tree, g: sharding.shard_batch(jax.tree.map(lambda x: x[:, g], tree),
+                                                       chunk_sharding)
     steps = {acc: jax.jit(jax.vmap(chunk_step(make_loop_step(run.train_step, acc)),
                                    in_axes=(0, 0, 0, 1, 1, None)), donate_argnums=(0, 1))
              for acc in (True, False)}
     eval_fn = jax.jit(jax.vmap(make_eval_fn(run.apply_fn)))
     # Evaluation sets are small and fixed: materialised once, stacked over members.
-    eval_batches = {
-        split: list(_stacked([_eval_dataset(config, md, split) for md in members])
-                    .as_numpy_iterator())
-        for split in _EVAL_SPLITS if split == "test" or config.hyper_val_size}
+    if config.backend == "device":
+        eval_batches = {
+            split: _stacked_numpy([device_data.test_batches(
+                *_eval_arrays(md, split), md.mean, md.std, config.eval_batch_size)
+                for md in members])
+            for split in _EVAL_SPLITS if split == "test" or config.hyper_val_size}
+    else:
+        eval_batches = {
+            split: list(_stacked([_eval_dataset(config, md, split) for md in members])
+                        .as_numpy_iterator())
+            for split in _EVAL_SPLITS if split == "test" or config.hyper_val_size}
 
     # Restore the newest checkpoint, if any.
     manager = ocp.CheckpointManager(
@@ -795,11 +960,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     kept = _read_jsonl(metrics_path, start_step)
     _atomic_write(metrics_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in kept))
-    from tensorboardX import SummaryWriter  # Imported late: it pulls in protobuf.
     from tqdm import tqdm
     metrics_file = open(metrics_path, "a")
-    tb = SummaryWriter(os.path.join(workdir, "tb"),
-                       purge_step=start_step + 1 if start_step else None)
+    tb = _summary_writer(os.path.join(workdir, "tb"), start_step)
 
     def emit(records: list[dict], scalars: dict, step: int) -> None:
         metrics_file.writelines(json.dumps(r) + "\n" for r in records)
@@ -855,51 +1018,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  replicated) for g in groups]
     bar = tqdm(total=run.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                disable=not config.progress_bar, desc=f"{config.method} x{K}", mininterval=1.0)
-    # Timing: the first step of an invocation compiles; evaluations and checkpoints are timed
-    # apart, so steps_per_s is the training loop's own rate (pipeline and logging included).
+    # Timing: a call of a (phase, length) not run before in this invocation compiles
+    # (first_step_s); evaluations and checkpoints are timed apart, so steps_per_s is the
+    # training loop's own rate (pipeline and logging included).
     timing = {"first_step_s": 0.0, "train_loop_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0}
-    pending = None  # (step, msums, steps in the interval, steps/s): read one step late.
+    # [(step, msums, steps in the interval, steps/s)]: read one call (step) late.
+    pending: list[tuple] = []
     step, last_log_step, timed_steps = start_step, start_step, 0
+    compiled: set[tuple[str, int]] = set()
 
     def flush_pending():
-        nonlocal pending
-        if pending is not None:
-            log_train(*pending)
-            pending = None
+        for args in pending:
+            log_train(*args)
+        pending.clear()
 
-    # A background thread reads the streams and places each group's chunk of batches on the
-    # devices, a chunk ahead, so the loop itself only dispatches steps.
-    placed = _prefetch(
-        ((phase, n, [(place_chunk(train_SxK, g), place_chunk(clean_SxK, g)) for g in groups])
-         for phase, n, train_SxK, clean_SxK in _host_chunks(config, members, start_step,
-                                                            config.steps_per_fetch)), size=1)
-    per_step = ((phase, chunks, np.int32(i)) for phase, n, chunks in placed for i in range(n))
+    # The loop advances by calls: (phase, n, advance) with advance(carries) -> (carries
+    # after n steps, msum_S per group or None). tf.data: one step per call; device: up to
+    # steps_per_call steps under lax.scan, ending at every evaluation and checkpoint.
+    if config.backend == "device":
+        placed = None
+        calls = _device_calls(config, run, groups, mesh, start_step, stop_at)
+    else:
+        # A background thread reads the streams and places each group's chunk of batches on
+        # the devices, a chunk ahead, so the loop itself only dispatches steps.
+        placed = _prefetch(
+            ((phase, n, [(place_chunk(train_SxK, g), place_chunk(clean_SxK, g))
+                         for g in groups])
+             for phase, n, train_SxK, clean_SxK in _host_chunks(config, members, start_step,
+                                                                config.steps_per_fetch)),
+            size=1)
+        calls = ((phase, 1, functools.partial(_tfdata_advance, steps[phase == "noisy"], chunks,
+                                              np.int32(i)))
+                 for phase, n, chunks in placed for i in range(n))
     try:
         t_mark = time.time()
-        for phase, group_chunks, i in per_step:
+        for phase, n, advance in calls:
             if step >= stop_at:
                 break
-            carries = [steps[phase == "noisy"](*carry, *chunks, i)
-                       for carry, chunks in zip(carries, group_chunks)]
-            step += 1
-            flush_pending()  # The previous log's metrics: that step is done by now.
-            if step % config.log_every == 0 or step == run.total_steps:
+            carries, msums_S = advance(carries)
+            first, step = step, step + n
+            flush_pending()  # The previous call's logs: those steps are done by now.
+            for t in range(first + 1, step + 1):
+                if t % config.log_every and t != run.total_steps:
+                    continue
                 rate = timed_steps / timing["train_loop_s"] if timed_steps else 0.0
-                pending = (step, [c[2] for c in carries], step - last_log_step, rate)
-                carries = [(s, a, z) for (s, a, _), z in zip(carries, zero_msums)]
-                last_log_step = step
-            bar.update(1)
+                if msums_S is None:  # tf.data: the sums are in the carry; restart them.
+                    msums = [c[2] for c in carries]
+                    carries = [(s, a, z) for (s, a, _), z in zip(carries, zero_msums)]
+                else:  # device: the call restarted them; its row for step t.
+                    msums = [m[t - first - 1] if isinstance(m, list)
+                             else jax.tree.map(lambda y: y[t - first - 1], m) for m in msums_S]
+                pending.append((t, msums, t - last_log_step, rate))
+                last_log_step = t
+            bar.update(n)
             is_eval = step % config.eval_every == 0 or step == run.total_steps
             is_ckpt = step % config.checkpoint_every == 0 or step == run.total_steps
             if is_eval or is_ckpt:
                 # Both need the state; waiting here bills the queued steps to the loop's time.
                 jax.block_until_ready(carries)
             now = time.time()
-            if step == start_step + 1:
+            if (phase, n) not in compiled:
+                compiled.add((phase, n))
                 timing["first_step_s"] += now - t_mark
             else:
                 timing["train_loop_s"] += now - t_mark
-                timed_steps += 1
+                timed_steps += n
             t_mark = now
             if is_eval:
                 flush_pending()
@@ -925,7 +1108,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 t_mark = now
         flush_pending()
     finally:
-        placed.close()
+        if placed is not None:
+            placed.close()
         bar.close()
         manager.wait_until_finished()
         manager.close()
@@ -952,11 +1136,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             _write_npz(os.path.join(workdir, f"example_weights_seed{md.seed}.npz"), **weights)
     # Steps/s of the loop including checkpoint writes (evaluation is separate work).
     loop_s = timing["train_loop_s"] + timing["checkpoint_s"]
+    if not timed_steps:  # Every call compiled (a short run): its rate, compilation included.
+        timed_steps, loop_s = step - start_step, loop_s + timing["first_step_s"]
     results = _results(config, run, history, seeds, acc_host["all_zero_steps"],
                        wall_time=meta["elapsed_s"] + time.time() - t_invocation,
                        steps_per_s=timed_steps / loop_s if loop_s > 0 else 0.0, timing=timing)
     write_json(os.path.join(workdir, "results.json"), results)
     return results
+
+
+class _NoSummaryWriter:
+    """Stands in for tensorboardX's writer where it is not installed: metrics.jsonl only."""
+
+    def add_scalar(self, tag, value, step):
+        del tag, value, step
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _summary_writer(logdir: str, start_step: int):
+    """A tensorboardX writer on ``logdir`` (a resumed run purges what follows ``start_step``);
+    without tensorboardX (accelerator hosts), one warning and a writer that does nothing."""
+    try:
+        from tensorboardX import SummaryWriter  # Imported late: it pulls in protobuf.
+    except ImportError:
+        log.warning("tensorboardX is not installed: no TensorBoard files (metrics.jsonl has "
+                    "every metric).")
+        return _NoSummaryWriter()
+    return SummaryWriter(logdir, purge_step=start_step + 1 if start_step else None)
 
 
 def _prefetch(iterator: Iterator, size: int) -> Iterator:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
-import ml_collections
 import numpy as np
 
 from l2rw_jax.audit import attacks
@@ -21,11 +20,16 @@ from l2rw_jax.audit import label_issues
 from l2rw_jax.audit import mistakes
 from l2rw_jax.audit import report
 
+if TYPE_CHECKING:
+    import ml_collections
+
 log = logging.getLogger("l2rw_jax.audit")
 
 
 def default_config() -> ml_collections.ConfigDict:
     """Audit settings; every field is overridable (`config.pgd_steps = 20`)."""
+    import ml_collections  # Here: `import l2rw_jax` must work without it (DESIGN §7).
+
     c = ml_collections.ConfigDict()
     c.seed = 0  # subsampling and PGD random starts
     c.batch_size = 128  # examples per jitted call (fixed; last batch padded)
