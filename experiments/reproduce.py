@@ -34,8 +34,10 @@ Planning (the plan is printed as a table before anything is trained):
    yet and the learning-rate schedule is compiled in, so that work is not reused);
    proportion is costed like erm and recommended like l2rw (an upper bound: its meta-step
    goes through the last layer only). Cost of a program of S steps: ``fixed + S * step``,
-   with ``step`` the loop's own rate (``steps_per_s`` in metrics.jsonl) and ``fixed`` the
-   rest of the probe (data, compile, evaluation, checkpoint), times ``--safety``.
+   with ``step`` the loop's time per step in the calls that did not compile (the timing a
+   stopped ``train_and_evaluate`` returns) and ``fixed`` the rest of the probe (data,
+   compile, evaluation, checkpoint), times ``--safety``; after each program the method's
+   ``fixed`` becomes what the whole program took beyond ``S * step``.
 3. MNIST: programs in priority order, each run if its estimate fits what is left, else
    skipped with a note (8000 steps and 5 seeds are never cut). CIFAR: the largest step count
    S of ``steps`` (1k ... 80k) at which every method fits, the learning-rate boundaries
@@ -224,7 +226,7 @@ SUITES = {
 def _smoke_mnist(path: str):
     c = _mnist_base(path)
     c.update(dict(num_train=200, model="mlp", num_seeds=2, num_steps=40, log_every=10,
-                  eval_every=20, checkpoint_every=20, eval_batch_size=64))
+                  eval_every=20, checkpoint_every=20, eval_batch_size=64, steps_per_call=10))
     c.model_options = {"hidden": (16,)}
     return c
 
@@ -234,13 +236,15 @@ def _smoke_cifar(noise: str) -> Callable[[str], object]:
         c = _cifar_base(noise)(path)
         c.update(dict(clean_per_class=2, hyper_val_size=20, batch_size=20, clean_batch_size=20,
                       eval_batch_size=50, num_seeds=2, num_steps=80, lr_boundaries=(40, 60),
-                      log_every=10, augment=True))
+                      log_every=10, augment=False, steps_per_call=5))
         c.model = "mlp"
         c.model_options = {"hidden": (16,)}
         return c
     return base
 
 
+# No augmentation: compiling it is most of a smoke call on XLA:CPU (4 of 6 s).
+_SMOKE_CIFAR = "smoke: synthetic 8x8x3 JPEG images, MLP, no augmentation, 2 seeds"
 # Tiny versions of the same parts (synthetic 8x8 data, an MLP, tens of steps) for CI.
 SUITES["smoke"] = (
     Part("mnist_4v9", "smoke: 4 vs 9 imbalance", "mnist", _smoke_mnist,
@@ -249,14 +253,14 @@ SUITES["smoke"] = (
     Part("cifar_background", "smoke: background flip", "cifar10_dev", _smoke_cifar("background"),
          {"erm": dict(method="erm"), "l2rw": dict(method="l2rw"),
           "proportion": dict(method="proportion")}, None, (20, 40), 10,
-         {"proportion": "erm"}, protocol="smoke: synthetic 8x8x3 JPEG images, MLP"),
+         {"proportion": "erm"}, protocol=_SMOKE_CIFAR),
     Part("cifar_uniform", "smoke: uniform flip", "cifar10_dev", _smoke_cifar("uniform"),
          {"erm": dict(method="erm"), "l2rw": dict(method="l2rw")}, None, (20, 40), 10, {},
-         protocol="smoke: synthetic 8x8x3 JPEG images, MLP"),
+         protocol=_SMOKE_CIFAR),
 )
 
 # What every program of the suite sets: the device-resident loop, seeds vmapped.
-_RUN_SETTINGS = dict(progress_bar=False, vmap_seeds=True, num_devices=1)
+_RUN_SETTINGS = dict(progress_bar=False, vmap_seeds=True, num_devices=1, backend="device")
 
 
 # ----------------------------------------------------------------------------- data
@@ -428,27 +432,18 @@ def _present(ctx: _Ctx, part: Part) -> dict | None:
     return None
 
 
-def _last_rate(workdir: str) -> float:
-    """The loop's steps/s in the newest train record of ``metrics.jsonl`` (0 when none)."""
-    rate = 0.0
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("split") == "train":
-                rate = r.get("steps_per_s") or rate
-    return rate
-
-
 def _probe(ctx: _Ctx, config, workdir: str, steps: int) -> tuple[Cost, float]:
     """Runs ``steps`` steps of ``config`` in ``workdir`` and times them (compile included):
     ``(cost, wall seconds)``."""
     c = train.validate_config(config)
     c.stop_after_steps = steps
     t0 = ctx.clock()
-    train.train_and_evaluate(c, workdir)
+    out = train.train_and_evaluate(c, workdir)
     wall = ctx.clock() - t0
-    rate = _last_rate(workdir)
-    step_s = 1.0 / rate if rate > 0 else wall / steps  # no rate: all of it counted per step
+    # The loop's own time per step, from the calls that did not compile; without such calls
+    # the whole probe counts per step (an overestimate: fewer programs, never an overrun).
+    n = out.get("timed_steps", 0)
+    step_s = out["timing_s"]["train_loop_s"] / n if n else wall / steps
     return Cost(max(wall - steps * step_s, 0.0), step_s), wall
 
 
@@ -529,9 +524,10 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
             rec = _run_program(ctx, configs[m, p], os.path.join(workdir, f"p{p}", m), m, p)
             rec["wall_time_s"] += probed.get((m, p), 0.0)  # its first chunk ran as the probe
             programs.append(rec)
-            if (m, p) not in probed:  # measured with warm compilation caches: the new estimate
-                costs[m] = Cost(max(rec["wall_time_s"] - steps * costs[m].step_s, 0.0),
-                                costs[m].step_s)
+            # The measured whole (every evaluation and checkpoint, the compile or the cache
+            # hit) is the method's estimate from now on.
+            costs[m] = Cost(max(rec["wall_time_s"] - steps * costs[m].step_s, 0.0),
+                            costs[m].step_s)
             write(plan_rows, "partial")
         complete = len(programs) == len(part.fractions) * len(part.methods)
     else:                            # ---- step count chosen by the plan
@@ -574,6 +570,8 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
             rec = _run_program(ctx, _apply(config_s, m), os.path.join(workdir, f"S{s}", m), m,
                                None)
             programs.append(rec)
+            measured = Cost(max(rec["wall_time_s"] - s * costs[m].step_s, 0.0), costs[m].step_s)
+            costs.update({x: measured for x in methods if x == m or like.get(x) == m})
             write(plan_rows, "partial")
         complete = len(programs) == len(part.methods)
         if complete and s < max(part.steps):
