@@ -367,6 +367,16 @@ def plan_steps(costs: dict, methods: Sequence[str], steps: Sequence[int], remain
     return None
 
 
+def program_config(part: Part, base, method: str, fraction: float | None = None):
+    """A program's config: ``base`` with ``part.methods[method]``'s overrides, the suite's
+    run settings (device-resident input, seeds vmapped, no progress bar) and, for a sweep,
+    ``majority_fraction = fraction`` and ``num_steps = part.steps[0]``."""
+    c = train.validate_config(dict(base.to_dict(), **part.methods[method], **_RUN_SETTINGS))
+    if fraction is not None:
+        c.majority_fraction, c.num_steps = fraction, part.steps[0]
+    return c
+
+
 def scaled_config(base, steps: int):
     """``base`` at ``steps`` training steps: learning-rate boundaries scaled by
     ``steps / base.num_steps``, evaluation every ``steps / 10``, one checkpoint at the end."""
@@ -477,8 +487,6 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
     done = {(p["method"], p["majority_fraction"]) for p in programs}
     workdir = os.path.join(ctx.args.workdir, part.name)
     base = part.base(data_path(part.data, ctx.args.data_dir, ctx.args.workdir))
-    _apply = lambda c, m: train.validate_config(dict(c.to_dict(), **part.methods[m],
-                                                     **_RUN_SETTINGS))
     if present:
         notes.append(f"continued: {len(programs)} programs from an earlier run kept.")
 
@@ -490,9 +498,7 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
         keys = [(m, p) for p in part.fractions for m in part.methods if (m, p) not in done]
         configs = {}
         for m, p in keys:
-            c = _apply(base, m)
-            c.majority_fraction, c.num_steps = p, steps
-            configs[m, p] = c
+            configs[m, p] = program_config(part, base, m, p)
         costs, probed = {}, {}      # probed: (method, p) -> the probe's wall seconds
         for m in part.methods:       # probe each method's first missing program
             first = next(((mm, p) for mm, p in keys if mm == m), None)
@@ -543,7 +549,7 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
         for m in methods:
             if m not in like:
                 ctx.say(f"[{part.name}] probe: {m}, {part.probe_steps} steps (scratch workdir)")
-                costs[m] = _probe(ctx, _apply(probe_base, m),
+                costs[m] = _probe(ctx, program_config(part, probe_base, m),
                                   os.path.join(workdir, "probe", m), part.probe_steps)[0]
         costs.update({m: costs[other] for m, other in like.items()})
         choice = plan_steps(costs, methods, step_choices, ctx.left(), ctx.args.safety,
@@ -567,7 +573,7 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
                              f"left).")
                 continue
             ctx.say(f"[{part.name}] run: {m}, {s} steps (estimate {e:.0f} s)")
-            rec = _run_program(ctx, _apply(config_s, m), os.path.join(workdir, f"S{s}", m), m,
+            rec = _run_program(ctx, program_config(part, config_s, m), os.path.join(workdir, f"S{s}", m), m,
                                None)
             programs.append(rec)
             measured = Cost(max(rec["wall_time_s"] - s * costs[m].step_s, 0.0), costs[m].step_s)

@@ -111,6 +111,40 @@ def test_scaled_config_compresses_the_paper_schedule():
     assert base.num_steps == 80000  # not changed in place
 
 
+def test_paper_programs_are_the_papers_recipes():
+    """Every program of the paper suite validates, with the recipe the issue names."""
+    parts = {p.name: p for p in reproduce.SUITES["paper"]}
+    assert list(parts) == ["mnist_4v9", "cifar_background", "cifar_uniform"]
+    mnist = parts["mnist_4v9"]
+    base = mnist.base("mnist.npz")
+    configs = {(m, f): reproduce.program_config(mnist, base, m, f)
+               for f in mnist.fractions for m in mnist.methods}
+    assert {m for m, _ in configs} == {"erm", "random", "proportion", "resample", "hard_mining",
+                                       "l2rw", "mwnet", "recommended"}
+    assert mnist.fractions == (0.995, 0.99, 0.98, 0.95, 0.9)
+    for (m, f), c in configs.items():
+        assert (c.majority_fraction, c.num_steps, c.num_seeds, c.model) == (f, 8000, 5, "lenet")
+        assert c.vmap_seeds and c.backend == "device" and c.noise == "imbalance"
+        assert c.batch_size == (500 if m == "hard_mining" else 100)
+    paper = configs["l2rw", 0.995]
+    assert {k: paper[k] for k in reproduce.train.PAPER_L2RW} == reproduce.train.PAPER_L2RW
+    assert paper.l2rw_lookahead == "sgd" and paper.pixel_scale == "unit"
+    rec = configs["recommended", 0.995]
+    assert (rec.method, rec.l2rw_weight_map, rec.l2rw_meta_params, rec.l2rw_lookahead) == (
+        "l2rw", "sign", "last", "optimizer")
+    for name, noise, clean in (("cifar_background", "background", 10),
+                               ("cifar_uniform", "uniform", 100)):
+        part = parts[name]
+        assert list(part.methods) == ["erm", "l2rw", "recommended", "proportion"]
+        c = reproduce.program_config(part, reproduce.scaled_config(part.base("c.npz"), 4000),
+                                     "l2rw")
+        assert (c.noise, c.noise_ratio, c.clean_per_class, c.model, c.num_seeds) == (
+            noise, 0.4, clean, "resnet32", 3)
+        assert (c.num_steps, tuple(c.lr_boundaries), c.weight_decay, c.augment) == (
+            4000, (2000, 3000), 2e-4, True)
+        assert c.l2rw_weight_map == "clip" and c.backend == "device"
+
+
 # ----------------------------------------------------------------------------- the smoke run
 
 
