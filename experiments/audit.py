@@ -36,6 +36,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import common
 from l2rw_jax import audit
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
@@ -244,4 +245,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run_main(main)

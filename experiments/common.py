@@ -3,11 +3,40 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+import sys
+from typing import Callable, Sequence
 
 import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
 
 from l2rw_jax import train
+
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Show INFO logs, and on an error the traceback (default: one line).")
+
+# Errors a user's input causes (a value, a path): one line, no traceback, unless --verbose.
+USER_ERRORS = (ValueError, FileNotFoundError, app.UsageError)
+
+
+def run_main(main: Callable[[Sequence[str]], None]) -> None:
+    """``app.run(main)`` for the entry points: WARNING-level logs (no absl/tfds/jax INFO lines,
+    e.g. jax probing for a TPU) and a user error printed as one line ``error: <message>`` on
+    stderr with exit code 2; ``--verbose`` keeps the INFO logs and the traceback."""
+
+    def wrapped(argv):
+        if not _VERBOSE.value:
+            logging.set_verbosity(logging.WARNING)
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            if _VERBOSE.value:
+                raise
+            print(f"error: {e} (--verbose for the traceback)", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(wrapped)
 
 
 def run_methods(config, workdir: str, methods: Sequence[str], overrides=None) -> dict:
@@ -16,14 +45,19 @@ def run_methods(config, workdir: str, methods: Sequence[str], overrides=None) ->
     ``overrides(method) -> dict`` may change fields per method (e.g. the official code's batch
     of 500 for hard mining). A finished run is not trained again (its results are returned),
     an interrupted one resumes.
+    Every method's config is validated before any is trained (a typo in the last method fails
+    before the first trains), raising ValueError.
     """
-    out = {}
+    if not methods:
+        raise ValueError(f"no methods given; allowed: {', '.join(train.METHODS)}.")
+    configs = {}
     for method in methods:
         cfg = train.validate_config(config)
         cfg.method = method
         cfg.update((overrides or (lambda m: {}))(method))
-        out[method] = train.train_and_evaluate(cfg, os.path.join(workdir, method))
-    return out
+        configs[method] = train.validate_config(cfg)
+    return {method: train.train_and_evaluate(cfg, os.path.join(workdir, method))
+            for method, cfg in configs.items()}
 
 
 def fmt(stats: dict | None, *, error: bool = False) -> str:

@@ -716,7 +716,10 @@ def _write_npz(path: str, **arrays) -> None:
     _atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
 
 
-def _check_or_write_config(workdir: str, config) -> None:
+def _check_or_write_config(workdir: str, config, write: bool = True) -> None:
+    """Raises ValueError if ``workdir`` holds a run of another config, else (``write``) writes
+    config.json. Checked before the data is loaded, written only after it loaded and its sizes
+    passed: a start that fails leaves nothing that blocks the corrected command."""
     path = os.path.join(workdir, "config.json")
     current = json.loads(config.to_json())
     if os.path.exists(path):
@@ -731,7 +734,8 @@ def _check_or_write_config(workdir: str, config) -> None:
                 f"workdir {workdir!r} holds a run with a different config (fields {differ}: "
                 f"{ {k: (previous.get(k), current.get(k)) for k in differ} }); use a new "
                 f"workdir or the same config to resume.")
-    write_json(path, current)
+    if write:
+        write_json(path, current)
 
 
 def _read_jsonl(path: str, max_step: int) -> list[dict]:
@@ -823,6 +827,16 @@ def _batch_shapes(config, image_shape) -> tuple[dict, dict]:
     return train, clean
 
 
+def _check_batch_sizes(config, num_train: int, num_clean: int) -> None:
+    """A batch larger than its set would repeat examples within one step: refused."""
+    for name, size, n, what in (("batch_size", config.batch_size, num_train, "noisy training"),
+                                ("clean_batch_size", config.clean_batch_size, num_clean,
+                                 "clean")):
+        if size > n:
+            raise ValueError(f"{name}={size} exceeds the {what} set ({n} examples after the "
+                             f"splits); allowed: 1..{n}.")
+
+
 def build_run(config) -> _Run:
     """Loads the data once, builds every member's splits, the model, optimizer and step."""
     arrays = datasets.load_arrays(config.dataset, data_dir=config.data_dir)
@@ -831,6 +845,7 @@ def build_run(config) -> _Run:
     if len(sizes) != 1:
         raise ValueError(f"members' training sets differ in size {sorted(sizes)}.")
     num_train, K = sizes.pop(), len(members)
+    _check_batch_sizes(config, num_train, len(members[0].splits.clean_labels))
     num_classes = members[0].splits.num_classes
     image_shape = members[0].splits.train_x.shape[1:]
     module = models.create_model(config.model, num_classes, **config.model_options.to_dict())
@@ -899,10 +914,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config = validate_config(config)
     workdir = os.path.abspath(os.fspath(workdir))
     config.backend = _resolve_backend(config.backend, workdir)
+    _check_or_write_config(workdir, config, write=False)  # Another run's workdir: fail now.
+    t_invocation = time.time()
+    run = build_run(config)  # Loads the data and checks the sizes: may fail, nothing written.
     os.makedirs(workdir, exist_ok=True)
     _check_or_write_config(workdir, config)
-    t_invocation = time.time()
-    run = build_run(config)
     members, K = run.members, len(run.members)
     seeds = [md.seed for md in members]
 

@@ -166,11 +166,12 @@ def test_missing_catalog_data_fails_fast_without_download(tmp_path):
         str(tmp_path),
         "dataset_info.json",
         "data_dir=",
-        "download=True",
         "npz:/path/file.npz",
         "tfds build cifar10",
     ):
         assert part in msg
+    # No config field or flag exposes load_arrays(download=...): the message must not offer it.
+    assert "download=True" not in msg
     assert not any(p.name == "downloads" for p in tmp_path.rglob("*"))  # Nothing was fetched.
 
 
