@@ -899,8 +899,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
          when every call of the invocation compiled, compilation included),
          "completed": true}
 
-      A run stopped by ``stop_after_steps`` returns ``{"completed": False, "step": t}`` and
-      writes no results.json.
+      A run stopped by ``stop_after_steps`` returns ``{"completed": False, "step": t,
+      "timed_steps", "timing_s"}`` (this invocation's loop timing, as in results.json:
+      ``timed_steps`` steps ran in calls that did not compile, in ``timing_s["train_loop_s"]``;
+      the loop waits for the last step first) and writes no results.json.
 
     metrics.jsonl records: ``{"step", "split": "train", "seed", <means of the step metrics
     since the last log, e.g. train_loss, weighted_loss, w_mean_noisy, all_zero (fraction of
@@ -1089,8 +1091,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             bar.update(n)
             is_eval = step % config.eval_every == 0 or step == run.total_steps
             is_ckpt = step % config.checkpoint_every == 0 or step == run.total_steps
-            if is_eval or is_ckpt:
-                # Both need the state; waiting here bills the queued steps to the loop's time.
+            if is_eval or is_ckpt or step >= stop_at:
+                # They need the state (and a stopped run's timing its last steps); waiting
+                # here bills the queued steps to the loop's time.
                 jax.block_until_ready(carries)
             now = time.time()
             if (phase, n) not in compiled:
@@ -1134,7 +1137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     if step < run.total_steps:
         log.info("Stopped at step %d of %d (stop_after_steps).", step, run.total_steps)
-        return {"completed": False, "step": step}
+        return {"completed": False, "step": step, "timed_steps": timed_steps,
+                "timing_s": {k: float(v) for k, v in timing.items()}}
 
     acc_host = _concat(jax.device_get([c[1] for c in carries]))
     method_state = _concat(jax.device_get([c[0].method_state for c in carries]))

@@ -168,7 +168,11 @@ def resumed(npz, tmp_path_factory):
 
 
 def test_resume_after_kill_matches_uninterrupted_run(resumed):
-    assert resumed["stopped"] == {"completed": False, "step": 7}
+    stopped = resumed["stopped"]
+    assert (stopped["completed"], stopped["step"]) == (False, 7)
+    # Calls end at checkpoints (3, 6) and the stop (7): [0, 3) and [6, 7) compile.
+    assert stopped["timed_steps"] == 3
+    assert set(stopped["timing_s"]) == {"first_step_s", "train_loop_s", "eval_s", "checkpoint_s"}
     full, resumed_results = resumed["results_full"], resumed["results_resumed"]
     volatile = {"wall_time_s", "steps_per_s", "timing_s", "config"}
     assert {k: v for k, v in full.items() if k not in volatile} == \

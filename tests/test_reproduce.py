@@ -1,0 +1,267 @@
+"""experiments.reproduce: JPEG data, the planner, and the smoke suite end to end (cut-off,
+continuation, skip of present parts)."""
+import io
+import json
+import os
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import reproduce
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_CIFAR = os.path.join(ROOT, "..", "shared", "data", "cifar10_dev")
+PARTS = [p.name for p in reproduce.SUITES["smoke"]]
+
+
+def _jpeg_npz(path, splits):
+    """Writes the cifar10_dev_jpeg.npz layout; ``splits[s] = (images, labels)``."""
+    arrays = {}
+    for split, (images, labels) in splits.items():
+        files = []
+        for im in images:
+            b = io.BytesIO()
+            Image.fromarray(im).save(b, format="JPEG", quality=75)
+            files.append(np.frombuffer(b.getvalue(), np.uint8))
+        arrays[f"x_{split}_jpeg"] = np.concatenate(files)
+        arrays[f"x_{split}_offsets"] = np.concatenate([[0], np.cumsum([len(f) for f in files])])
+        arrays[f"y_{split}"] = np.asarray(labels, np.uint8)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def _decode_one(arrays, split, i):
+    off = arrays[f"x_{split}_offsets"]
+    data = arrays[f"x_{split}_jpeg"][off[i]:off[i + 1]].tobytes()
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_decode_jpeg_npz_cuts_at_the_offsets(tmp_path):
+    rng = np.random.default_rng(0)
+    # Different sizes of files: an off-by-one in the offsets would break a decode or shift rows.
+    images = [rng.integers(0, 256, (6, 6, 3), np.uint8) if i % 2 else
+              np.full((6, 6, 3), 40 * i, np.uint8) for i in range(5)]
+    arrays = _jpeg_npz(tmp_path / "j.npz", {"train": (images, [0, 1, 2, 3, 4]),
+                                             "test": (images[:2], [7, 8])})
+    reproduce.decode_jpeg_npz(str(tmp_path / "j.npz"), str(tmp_path / "d.npz"))
+    with np.load(tmp_path / "d.npz") as d:
+        assert sorted(d.files) == ["x_test", "x_train", "y_test", "y_train"]
+        assert d["x_train"].shape == (5, 6, 6, 3) and d["x_train"].dtype == np.uint8
+        for i in range(5):
+            np.testing.assert_array_equal(d["x_train"][i], _decode_one(arrays, "train", i))
+        np.testing.assert_array_equal(d["x_test"][1], _decode_one(arrays, "test", 1))
+        np.testing.assert_array_equal(d["y_train"], [0, 1, 2, 3, 4])
+        # The flat images decode to (nearly) themselves: rows are not shifted.
+        assert np.abs(d["x_train"][2].astype(int) - 80).max() <= 2
+
+    bad = dict(arrays, x_train_offsets=arrays["x_train_offsets"][:-1])
+    np.savez(tmp_path / "bad.npz", **bad)
+    with pytest.raises(ValueError, match="x_train_offsets must rise from 0"):
+        reproduce.decode_jpeg_npz(str(tmp_path / "bad.npz"), str(tmp_path / "x.npz"))
+    assert not os.path.exists(tmp_path / "x.npz")
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_CIFAR), reason="../shared/data not here")
+def test_decoded_jpeg_rows_are_the_pixels_of_cifar10_dev(tmp_path):
+    """The first 40 test images of the real JPEG copy decode to the rows of cifar10_dev.npz."""
+    with np.load(os.path.join(SHARED_CIFAR, "cifar10_dev_jpeg.npz")) as f:
+        off = f["x_test_offsets"][:41]
+        sub = {"x_train_jpeg": f["x_train_jpeg"][:f["x_train_offsets"][1]],
+               "x_train_offsets": f["x_train_offsets"][:2], "y_train": f["y_train"][:1],
+               "x_test_jpeg": f["x_test_jpeg"][:off[-1]], "x_test_offsets": off,
+               "y_test": f["y_test"][:40]}
+    np.savez(tmp_path / "sub.npz", **sub)
+    reproduce.decode_jpeg_npz(str(tmp_path / "sub.npz"), str(tmp_path / "dec.npz"))
+    with np.load(os.path.join(SHARED_CIFAR, "cifar10_dev.npz")) as ref, \
+            np.load(tmp_path / "dec.npz") as dec:
+        np.testing.assert_array_equal(dec["x_test"], ref["x_test"][:40])
+        np.testing.assert_array_equal(dec["y_test"], ref["y_test"][:40])
+
+
+def test_plan_sweep_is_greedy_in_priority_order():
+    plan = reproduce.plan_sweep([("a", 40.0), ("b", 50.0), ("c", 10.0), ("d", 30.0)],
+                                remaining_s=115.0, safety=1.5)
+    # a: 60 used; b: 60 + 75 > 115 skipped; c: 75; d: 75 + 45 > 115 skipped.
+    assert [(k, run) for k, _, run in plan] == [("a", True), ("b", False), ("c", True),
+                                               ("d", False)]
+
+
+def test_plan_steps_largest_count_for_all_then_minimal():
+    C = reproduce.Cost
+    costs = {"erm": C(10.0, 0.01), "l2rw": C(20.0, 0.03), "rec": C(20.0, 0.03)}
+    methods, steps = ["erm", "l2rw", "rec"], (1000, 2000, 4000)
+    # all three: 50 + 0.07 S -> S = 2000 costs 190 <= 200; 4000 costs 330.
+    assert reproduce.plan_steps(costs, methods, steps, 200.0, 1.0, 2) == (2000, methods)
+    # 100 s: no S fits all; at 1000: erm 20 + l2rw 50 = 70 fit, rec would make 120.
+    assert reproduce.plan_steps(costs, methods, steps, 100.0, 1.0, 2) == (1000, ["erm", "l2rw"])
+    # 60 s: the minimal run (erm and l2rw at 1000 steps, 70 s) does not fit.
+    assert reproduce.plan_steps(costs, methods, steps, 60.0, 1.0, 2) is None
+    # The safety factor counts: 190 * 1.1 > 200.
+    assert reproduce.plan_steps(costs, methods, steps, 200.0, 1.1, 2) == (1000, methods)
+
+
+def test_scaled_config_compresses_the_paper_schedule():
+    base = reproduce.cifar_background.get_config("dev")
+    c = reproduce.scaled_config(base, 8000)
+    assert (c.num_steps, tuple(c.lr_boundaries), c.eval_every, c.checkpoint_every) == (
+        8000, (4000, 6000), 800, 8000)
+    assert base.num_steps == 80000  # not changed in place
+
+
+def test_paper_programs_are_the_papers_recipes():
+    """Every program of the paper suite validates, with the recipe the issue names."""
+    parts = {p.name: p for p in reproduce.SUITES["paper"]}
+    assert list(parts) == ["mnist_4v9", "cifar_background", "cifar_uniform"]
+    mnist = parts["mnist_4v9"]
+    base = mnist.base("mnist.npz")
+    configs = {(m, f): reproduce.program_config(mnist, base, m, f)
+               for f in mnist.fractions for m in mnist.methods}
+    assert {m for m, _ in configs} == {"erm", "random", "proportion", "resample", "hard_mining",
+                                       "l2rw", "mwnet", "recommended"}
+    assert mnist.fractions == (0.995, 0.99, 0.98, 0.95, 0.9)
+    for (m, f), c in configs.items():
+        assert (c.majority_fraction, c.num_steps, c.num_seeds, c.model) == (f, 8000, 5, "lenet")
+        assert c.vmap_seeds and c.backend == "device" and c.noise == "imbalance"
+        assert c.batch_size == (500 if m == "hard_mining" else 100)
+    paper = configs["l2rw", 0.995]
+    assert {k: paper[k] for k in reproduce.train.PAPER_L2RW} == reproduce.train.PAPER_L2RW
+    assert paper.l2rw_lookahead == "sgd" and paper.pixel_scale == "unit"
+    rec = configs["recommended", 0.995]
+    assert (rec.method, rec.l2rw_weight_map, rec.l2rw_meta_params, rec.l2rw_lookahead) == (
+        "l2rw", "sign", "last", "optimizer")
+    for name, noise, clean in (("cifar_background", "background", 10),
+                               ("cifar_uniform", "uniform", 100)):
+        part = parts[name]
+        assert list(part.methods) == ["erm", "l2rw", "recommended", "proportion"]
+        c = reproduce.program_config(part, reproduce.scaled_config(part.base("c.npz"), 4000),
+                                     "l2rw")
+        assert (c.noise, c.noise_ratio, c.clean_per_class, c.model, c.num_seeds) == (
+            noise, 0.4, clean, "resnet32", 3)
+        assert (c.num_steps, tuple(c.lr_boundaries), c.weight_decay, c.augment) == (
+            4000, (2000, 3000), 2e-4, True)
+        assert c.l2rw_weight_map == "clip" and c.backend == "device"
+
+
+# ----------------------------------------------------------------------------- the smoke run
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Synthetic stand-ins for .carry/: mnist.npz (8x8 digits) and cifar10_dev_jpeg.npz."""
+    d = tmp_path_factory.mktemp("carry")
+    rng = np.random.default_rng(0)
+
+    def digits(counts):
+        y = np.repeat(np.arange(10), counts)
+        x = rng.integers(0, 60, (len(y), 8, 8)).astype(np.uint8)
+        x.reshape(len(y), 64)[np.arange(len(y)), 5 * y] = 255  # learnable: one bright pixel
+        return x, y.astype(np.uint8)
+
+    counts = np.full(10, 10)
+    counts[[4, 9]] = 260   # 4 vs 9 at p = 0.99 of N = 200 needs 198 nines + 5 clean
+    (xt, yt), (xs, ys) = digits(counts), digits(np.full(10, 12))
+    np.savez(d / "mnist.npz", x_train=xt, y_train=yt, x_test=xs, y_test=ys)
+
+    def colour(n):
+        y = np.arange(n) % 10
+        x = rng.integers(0, 80, (n, 8, 8, 3)).astype(np.uint8)
+        x[np.arange(n), y % 8, :, y % 3] = 250
+        return list(x), y
+
+    _jpeg_npz(d / "cifar10_dev_jpeg.npz", {"train": colour(400), "test": colour(100)})
+    return str(d)
+
+
+class _ClockAfter:
+    """Real time until ``path`` exists, then 10^6 s later: every budget is spent there."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self):
+        return time.monotonic() + (1e6 if os.path.exists(self.path) else 0.0)
+
+
+_FIELDS = {"suite", "part", "title", "status", "device", "versions", "command", "git_commit",
+           "budget_s", "wall_time_s", "plan", "programs", "paper", "protocol", "notes"}
+
+
+def _check_part_files(results, name, status="complete"):
+    with open(os.path.join(results, f"reproduce_{name}.json")) as f:
+        record = json.load(f)
+    assert _FIELDS <= set(record) and record["suite"] == "smoke" and record["part"] == name
+    assert record["status"] == status
+    assert record["device"]["platform"] == "cpu" and record["versions"]["jax"]
+    assert record["command"].startswith("python -m experiments.reproduce --suite=smoke")
+    with open(os.path.join(results, f"reproduce_{name}.md")) as f:
+        md = f.read()
+    assert f"Status: **{status}**" in md and "Command: `python -m experiments.reproduce" in md
+    assert "Versions: python" in md and "wall time" in md and "Paper:" in md
+    with Image.open(os.path.join(results, f"reproduce_{name}.png")) as im:
+        assert im.format == "PNG" and im.size[0] > 100
+    return record
+
+
+def test_smoke_suite_cut_off_continue_and_skip(data_dir, tmp_path, capsys):
+    work, results = str(tmp_path / "work"), str(tmp_path / "results")
+    bundle = str(tmp_path / "out" / "bundle.zip")
+    argv = ["--suite=smoke", f"--data_dir={data_dir}", f"--workdir={work}",
+            f"--results_dir={results}", "--compilation_cache=", f"--bundle={bundle}"]
+    mnist_json = os.path.join(results, "reproduce_mnist_4v9.json")
+
+    # 1. Time runs out once the first program is written: it stays, the rest is skipped with
+    #    notes, program by program and part by part.
+    rec = reproduce.run_suite(argv + ["--budget_s=3600"], clock=_ClockAfter(mnist_json))
+    out = capsys.readouterr().out
+    assert "Plan for mnist_4v9" in out and "| method" in out and "estimate_s" in out
+    assert [(p["part"], p["status"]) for p in rec["parts"]] == [
+        ("mnist_4v9", "partial"), ("cifar_background", "skipped"), ("cifar_uniform", "skipped")]
+    assert sum("not run: " in n for n in rec["parts"][0]["notes"]) == 3
+    assert all("not started" in p["notes"][0] for p in rec["parts"][1:])
+    first = _check_part_files(results, "mnist_4v9", "partial")["programs"]
+    assert [(p["method"], p["majority_fraction"]) for p in first] == [("erm", 0.99)]
+    assert not any(os.path.exists(os.path.join(results, f"reproduce_{n}.json"))
+                   for n in PARTS[1:])
+
+    # 2. A new window continues the partial part (keeping what it has) and runs the others.
+    rec = reproduce.run_suite(argv + ["--budget_s=3600"])
+    out = capsys.readouterr().out
+    assert [(p["part"], p["status"]) for p in rec["parts"]] == [
+        ("mnist_4v9", "complete"), ("cifar_background", "complete"),
+        ("cifar_uniform", "complete")]
+    mnist = _check_part_files(results, "mnist_4v9")
+    assert mnist["programs"][0] == first[0]
+    cells = {(p["method"], p["majority_fraction"]) for p in mnist["programs"]}
+    assert cells == {(m, f) for m in ("erm", "l2rw") for f in (0.99, 0.9)}
+    for p in mnist["programs"]:
+        assert p["num_steps"] == 40 and p["seeds"] == [0, 1]
+        assert p["config"]["vmap_seeds"] and p["config"]["num_seeds"] == 2
+        np.testing.assert_allclose(
+            p["test_error_pct"]["per_seed"],
+            100 * (1 - np.array(p["final_test_accuracy"]["per_seed"])))
+    l2rw = next(p for p in mnist["programs"] if p["method"] == "l2rw")
+    assert l2rw["config"]["l2rw_weight_map"] == "clip"  # the paper's rule
+    assert "probe: erm" in out and "Plan for cifar_background" in out
+    bg = _check_part_files(results, "cifar_background")
+    # Ample budget: the largest step count, the schedule (40, 60 of 80) scaled to it.
+    assert [p["method"] for p in bg["programs"]] == ["erm", "l2rw", "proportion"]
+    for p in bg["programs"]:
+        assert p["num_steps"] == 40 and p["config"]["lr_boundaries"] == [20, 30]
+        assert p["config"]["noise"] == "background"
+        assert len(p["curve"]["test_accuracy_per_seed"]) == 2
+    assert bg["paper"]["values"] == {"erm": 59.54, "l2rw": 86.73}
+    uni = _check_part_files(results, "cifar_uniform")
+    assert {p["config"]["noise"] for p in uni["programs"]} == {"uniform"}
+    mtimes = {f: os.path.getmtime(os.path.join(results, f)) for f in os.listdir(results)}
+
+    # 3. Everything present: nothing is trained or rewritten but the run log.
+    rec = reproduce.run_suite(argv + ["--budget_s=1"])
+    assert [p["status"] for p in rec["parts"]] == ["present"] * 3
+    assert {f for f, t in mtimes.items()
+            if os.path.getmtime(os.path.join(results, f)) != t} == {"reproduce_run.json"}
+    assert not [f for f in os.listdir(results) if f.startswith(".") or ".tmp" in f]
+    with zipfile.ZipFile(bundle) as z:
+        assert sorted(z.namelist()) == sorted(os.listdir(results))
