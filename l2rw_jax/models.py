@@ -35,6 +35,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from l2rw_jax import conv as conv_lib
+from l2rw_jax import pooling
+
 PyTree = Any
 
 # The name of the output layer (the Dense that returns the logits) in every model here. Why a
@@ -49,31 +52,21 @@ _BN = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 # He et al. 2015 initialisation, normal with std sqrt(2 / fan_out) as in the official
 # L2RW ResNet code (resnet_module.py: stddev sqrt(2 / (k * k * out_filters))).
 _he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# LeNet's convolutions go through conv.conv_general_dilated: same parameters and values as
+# nn.Conv; the first (1 input channel) is ~7x faster on XLA:CPU (see l2rw_jax/conv.py).
+_Conv = functools.partial(nn.Conv, conv_general_dilated=conv_lib.conv_general_dilated)
 
 
 def max_pool_same(x_BxHxWxC: jax.Array, window: int, stride: int) -> jax.Array:
-    """Max-pool with TF/Flax ``"SAME"`` padding, as the max over ``window**2`` strided slices.
+    """Max-pool with TF/Flax ``"SAME"`` padding: :func:`l2rw_jax.pooling.max_pool_same`.
 
     Same values as ``nn.max_pool(x, (window, window), (stride, stride), "SAME")``. Why not
     that: on XLA:CPU the derivatives of ``reduce_window`` (select-and-scatter for the vjp,
-    select-and-gather for the jvp) cost several times the whole rest of a LeNet step, while
-    slices and ``maximum`` are cheap elementwise ops that XLA fuses, in all three of the
-    forward, jvp (the forward-mode meta-step) and vjp passes.
+    select-and-gather for the jvp) cost several times the whole rest of a LeNet step; the
+    separable pool with a custom jvp costs a fraction of it in the forward, jvp (the
+    forward-mode meta-step) and vjp passes (see ``l2rw_jax/pooling.py``).
     """
-    height, width = x_BxHxWxC.shape[1:3]
-    out_h, out_w = -(-height // stride), -(-width // stride)
-    pad_h = max((out_h - 1) * stride + window - height, 0)
-    pad_w = max((out_w - 1) * stride + window - width, 0)
-    x = jnp.pad(x_BxHxWxC, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                            (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
-                constant_values=-jnp.inf)
-    out = None
-    for i in range(window):
-        for j in range(window):
-            part = x[:, i:i + stride * (out_h - 1) + 1:stride,
-                     j:j + stride * (out_w - 1) + 1:stride]
-            out = part if out is None else jnp.maximum(out, part)
-    return out
+    return pooling.max_pool_same(x_BxHxWxC, window, stride)
 
 
 def _outputs(logits, penultimate, conv, features):
@@ -107,7 +100,7 @@ class LeNet(nn.Module):
         del train  # no BatchNorm, no dropout
         w_init = nn.initializers.truncated_normal(0.1)
         for channels in (16, 32, 64):
-            x = nn.Conv(channels, (5, 5), padding="SAME", kernel_init=w_init)(x)
+            x = _Conv(channels, (5, 5), padding="SAME", kernel_init=w_init)(x)
             x = nn.relu(max_pool_same(x, 3, 2))
         conv = _add_delta(x, conv_delta)
         x = conv.reshape((conv.shape[0], -1))

@@ -4,15 +4,17 @@ import doctest
 import pytest
 
 from l2rw_jax import adapter
+from l2rw_jax import conv
 from l2rw_jax import corruption
 from l2rw_jax import models
+from l2rw_jax import pooling
 from l2rw_jax import reweight
 from l2rw_jax import safe_derivative
 from l2rw_jax.audit import label_issues
 
 
 @pytest.mark.parametrize(
-    "module", [reweight, corruption, models, adapter, safe_derivative, label_issues],
+    "module", [reweight, corruption, models, adapter, safe_derivative, label_issues, conv, pooling],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
