@@ -93,7 +93,8 @@ each printing the step count S it chose (the same for its 4 methods) and their e
 No accelerator window has run this suite yet; the smoke suite's plan (CPU) looks like::
 
     Plan for cifar_background (smoke: background flip); 3567 s left, estimates x1.15 must
-    fit; one program per method at the chosen step count, its seeds vmapped:
+    fit; one program per method at the chosen step count, its seeds vmapped; before it
+    starts, each program is decided again with the time left and the costs measured by then:
     | method     | steps | seeds | estimate_s | decision |
     |------------|-------|-------|------------|----------|
     | erm        | 40    | 2     | 4.4        | run      |
@@ -525,10 +526,9 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
             notes.append(f"skipped: the minimal run {minimal} does not fit in "
                          f"{ctx.left():.0f} s (estimates in the plan).")
             return "skipped", notes
-        for (m, p), e, run in plan:
-            left = ctx.left()
-            e = est((m, p))
-            if not run or ctx.args.safety * e > left:
+        for (m, p), _, _ in plan:  # each decided again with what is left and known now
+            left, e = ctx.left(), est((m, p))
+            if ctx.args.safety * e > left:
                 notes.append(f"not run: {m} p={p} (estimate {e:.0f} s, {left:.0f} s left).")
                 continue
             ctx.say(f"[{part.name}] run: {m} p={p}, {steps} steps (estimate {e:.0f} s)")
@@ -569,17 +569,17 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
             notes.append(f"skipped: the minimal run ({list(part.methods)[:part.min_methods]} "
                          f"at {s} steps) does not fit in {ctx.left():.0f} s.")
             return "skipped", notes
-        s, chosen = choice
+        s = choice[0]
         config_s = scaled_config(base, s)
-        for m in methods:
+        for m in methods:  # each decided again with what is left and known now
             left, e = ctx.left(), costs[m].of(s)
-            if m not in chosen or ctx.args.safety * e > left:
+            if ctx.args.safety * e > left:
                 notes.append(f"not run: {m} at {s} steps (estimate {e:.0f} s, {left:.0f} s "
                              f"left).")
                 continue
             ctx.say(f"[{part.name}] run: {m}, {s} steps (estimate {e:.0f} s)")
-            rec = _run_program(ctx, program_config(part, config_s, m), os.path.join(workdir, f"S{s}", m), m,
-                               None)
+            rec = _run_program(ctx, program_config(part, config_s, m),
+                               os.path.join(workdir, f"S{s}", m), m, None)
             programs.append(rec)
             measured = Cost(max(rec["wall_time_s"] - s * costs[m].step_s, 0.0), costs[m].step_s)
             costs.update({x: measured for x in methods if x == m or like.get(x) == m})
@@ -601,7 +601,8 @@ def _print_plan(ctx: _Ctx, part: Part, rows: list[dict]) -> None:
            "the compiled step through the persistent compilation cache" if part.fractions
            else "one program per method at the chosen step count, its seeds vmapped")
     ctx.say(f"\nPlan for {part.name} ({part.title}); {ctx.left():.0f} s left, estimates x"
-            f"{ctx.args.safety} must fit; {how}:\n" + common.markdown_table(
+            f"{ctx.args.safety} must fit; {how}; before it starts, each program is decided "
+            f"again with the time left and the costs measured by then:\n" + common.markdown_table(
                 header, [[r[h] for h in header] for r in rows]) + "\n")
 
 
