@@ -121,6 +121,7 @@ from experiments import common
 from experiments.configs import cifar_background
 from experiments.configs import mnist_imbalance
 from l2rw_jax import train
+from l2rw_jax import workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED_DIR = os.path.join(ROOT, "benchmarks", "results")
@@ -641,7 +642,7 @@ def _bundle(args) -> None:
                 z.write(os.path.join(args.results_dir, name), name)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.bundle)), exist_ok=True)
-    train._atomic_write(args.bundle, write, mode="wb")
+    workdir.atomic_write(args.bundle, write, mode="wb")
 
 
 def _markdown(part: Part, record: dict) -> str:

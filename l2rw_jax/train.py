@@ -80,7 +80,6 @@ import math
 import os
 import functools
 import queue
-import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
@@ -100,6 +99,7 @@ from l2rw_jax import models
 from l2rw_jax import reweight
 from l2rw_jax import sharding
 from l2rw_jax import step as step_lib
+from l2rw_jax import workdir as workdir_lib
 from l2rw_jax.train_state import TrainState
 
 if TYPE_CHECKING:
@@ -690,30 +690,13 @@ def make_eval_fn(apply_fn) -> Callable[[TrainState, dict], dict]:
 # ----------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Writes via ``write(file)`` to a temporary file next to ``path``, then ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read.
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_json(path: str, obj) -> None:
     """Atomic JSON file."""
-    _atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True))
+    workdir_lib.atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True))
 
 
 def _write_npz(path: str, **arrays) -> None:
-    _atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
+    workdir_lib.atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
 
 
 def _check_or_write_config(workdir: str, config, write: bool = True) -> None:
@@ -977,7 +960,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Logs: keep what the checkpoint covers, drop what a killed run wrote after it.
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     kept = _read_jsonl(metrics_path, start_step)
-    _atomic_write(metrics_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in kept))
+    workdir_lib.atomic_write(metrics_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in kept))
     from tqdm import tqdm
     metrics_file = open(metrics_path, "a")
     tb = _summary_writer(os.path.join(workdir, "tb"), start_step)

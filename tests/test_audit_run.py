@@ -253,7 +253,7 @@ def test_report_is_one_self_contained_file(planted):
     # The robustness section names what the attacks ascended, as audit.json records it.
     assert planted["res"]["robustness"]["objective"] == "margin"
     assert "ascend the logit margin" in page
-    assert not [f for f in os.listdir(planted["out_dir"]) if f.startswith(".tmp")]  # atomic writes
+    assert not [f for f in os.listdir(planted["out_dir"]) if f.startswith(".")]  # no temporary left
 
 
 def test_bad_inputs_fail_before_any_work(planted, tmp_path):

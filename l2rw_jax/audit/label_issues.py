@@ -25,12 +25,11 @@ saves as `<run>/audit/label_issues.csv`.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from l2rw_jax import workdir
 from l2rw_jax.audit import common
 
 
@@ -385,28 +384,18 @@ def write_label_issues_csv(
     def name_of(label) -> str:
         return "" if label == "" else str(class_names[label])
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            for r, i in enumerate(order_N, start=1):
-                row = {"rank": r}
-                for name, a in cols.items():
-                    row[name] = "" if a is None else _cell(a[i])
-                out = [row[c] for c in CSV_COLUMNS]
-                if class_names is not None:
-                    out += [name_of(row[c]) for c in ("given_label", "predicted_label",
-                                                      "true_label")]
-                w.writerow(out)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the table is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    def write_rows(f):
+        w = csv.writer(f)
+        w.writerow(header)
+        for r, i in enumerate(order_N, start=1):
+            row = {"rank": r}
+            for name, a in cols.items():
+                row[name] = "" if a is None else _cell(a[i])
+            out = [row[c] for c in CSV_COLUMNS]
+            if class_names is not None:
+                out += [name_of(row[c]) for c in ("given_label", "predicted_label",
+                                                  "true_label")]
+            w.writerow(out)
+
+    workdir.atomic_write(path, write_rows, newline="")
     return path

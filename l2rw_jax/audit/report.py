@@ -12,10 +12,11 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
+
+from l2rw_jax import workdir
 
 _DPI = 80
 
@@ -47,21 +48,8 @@ _OBJECTIVE_TEXT = {
 
 # ------------------------------------------------------------------------- files
 def write_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same folder and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Writes `text` to `path` atomically (`l2rw_jax.workdir.atomic_write`)."""
+    workdir.atomic_write(path, lambda f: f.write(text))
 
 
 def to_jsonable(obj):
