@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import ml_collections
-import numpy as np
 import pytest
 
+import tiny_data
 from experiments import common
 from l2rw_jax import train
 
@@ -18,18 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
     """400 training / 100 test 8x8 images of 10 classes."""
-    rng = np.random.default_rng(0)
-
-    def make(n):
-        y = np.arange(n) % 10
-        x = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
-        x.reshape(n, 64)[np.arange(n), 3 * y] = 255
-        return x, y.astype(np.int64)
-
-    (x_train, y_train), (x_test, y_test) = make(400), make(100)
-    path = str(tmp_path_factory.mktemp("data") / "tiny.npz")
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
+    return tiny_data.write_tiny_npz(str(tmp_path_factory.mktemp("data") / "tiny.npz"))
 
 
 def _config(npz, **overrides):

@@ -14,6 +14,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+import tiny_data
 from l2rw_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,18 +24,7 @@ NUM_CLASSES, STEPS, B = 10, 6, 8
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
     """A tiny learnable 10-class dataset of 8x8 images (class c: a bright pixel c, plus noise)."""
-    rng = np.random.default_rng(0)
-
-    def make(n):
-        y = np.arange(n) % NUM_CLASSES
-        x = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
-        x.reshape(n, 64)[np.arange(n), 3 * y] = 255
-        return x, y.astype(np.int64)
-
-    (x_train, y_train), (x_test, y_test) = make(400), make(100)
-    path = str(tmp_path_factory.mktemp("data") / "tiny.npz")
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
+    return tiny_data.write_tiny_npz(str(tmp_path_factory.mktemp("data") / "tiny.npz"))
 
 
 def _config(npz, **overrides):

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import tiny_data
 from l2rw_jax import adapter
 from l2rw_jax import models
 from l2rw_jax import train
@@ -229,18 +230,7 @@ def test_named_layers_override_the_automatic_choice():
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
     """A tiny learnable 10-class dataset of 8x8 images (class c: a bright pixel c, plus noise)."""
-    rng = np.random.default_rng(0)
-
-    def make(n):
-        y = np.arange(n) % 10
-        x = rng.integers(0, 60, size=(n, 8, 8)).astype(np.uint8)
-        x.reshape(n, 64)[np.arange(n), 3 * y] = 255
-        return x, y.astype(np.int64)
-
-    (x_train, y_train), (x_test, y_test) = make(300), make(100)
-    path = str(tmp_path_factory.mktemp("data") / "tiny.npz")
-    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    return path
+    return tiny_data.write_tiny_npz(str(tmp_path_factory.mktemp("data") / "tiny.npz"), num_train=300)
 
 
 def _config(npz, model, **options):
