@@ -62,10 +62,11 @@ def bare_step(config):
     """A function ``blocks(n_blocks, steps) -> [steps/s of each block]`` of the bare step."""
     import jax
 
-    from l2rw_jax import train
+    from l2rw_jax import train, xla_options
 
     run = train.build_run(config)
-    step = jax.jit(jax.vmap(train.make_loop_step(run.train_step, True)), donate_argnums=(0, 1))
+    step = jax.jit(jax.vmap(train.make_loop_step(run.train_step, True)), donate_argnums=(0, 1),
+                   compiler_options=xla_options.step_compiler_options())  # as the loop
     _, _, train_SxK, clean_SxK = next(train._host_chunks(config, run.members, 0, 1))
     batch, val_batch = jax.device_put(jax.tree.map(lambda x: x[0], (train_SxK, clean_SxK)))
     carry = [step(*jax.device_put(run.carry0), batch, val_batch)]  # compiles

@@ -12,14 +12,16 @@ weight decay 2e-4) it times, interleaved step by step in one run:
   losses with ``torch.func.functional_call``, ``torch.autograd.grad(sum eps_i C_i, params,
   create_graph=True)``, an SGD-momentum look-ahead written out from the optimizer's momentum
   buffers, the clean loss at the look-ahead, ``torch.autograd.grad`` of it with respect to
-  eps, the paper's clip-and-normalise, then the weighted step above.
+  eps, the paper's clip-and-normalise, then the weighted step above;
+- ``torch plain_cl`` / ``torch reverse_cl``: the same two in channels-last memory format.
 
 Same everything: the PyTorch models are written here layer for layer like ``l2rw_jax.models``
-(same SAME-padding geometry, NCHW), start from *our* initial parameters (copied over, so the
-init scale is the same by construction), see the same batches, and use as many threads as the
-cores the workers may run on (both pinned to the same ``--cores`` CPUs with
-``os.sched_setaffinity``; ``torch.set_num_threads`` to that count, and XLA:CPU sizes its thread
-pool from the affinity mask). Before timing, each framework runs 3 steps of every variant from the same state and the
+(same SAME-padding geometry; timed in NCHW and in channels-last, PyTorch's faster CPU layout),
+start from *our* initial parameters (copied over, so the init scale is the same by
+construction), see the same batches, and use as many threads as the cores the workers may run
+on (both pinned to the same ``--cores`` CPUs with ``os.sched_setaffinity``;
+``torch.set_num_threads`` to that count, and XLA:CPU sizes its thread pool from the affinity
+mask). Before timing, each framework runs 3 steps of every variant from the same state and the
 script reports how far apart the two are (losses, and L2RW weights ``w_B``): it checks that the
 two implementations compute the same thing.
 
@@ -56,7 +58,8 @@ import numpy as np
 ROWS = {
     "lenet": dict(model="lenet", image=(28, 28, 1), lr=1e-3),
     "small_cnn": dict(model="small_cnn", image=(32, 32, 3), lr=0.05),
-    "resnet32": dict(model="resnet32", image=(32, 32, 3), lr=0.1),
+    # 10 timed rounds by default: a PyTorch reverse-mode step takes seconds here.
+    "resnet32": dict(model="resnet32", image=(32, 32, 3), lr=0.1, steps=10),
 }
 BATCH, CLEAN, NUM_CLASSES, MOMENTUM, WEIGHT_DECAY = 100, 100, 10, 0.9, 2e-4
 QUICK_KW = {"resnet32": {"units_per_stage": 1}}
@@ -529,7 +532,8 @@ def _table(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
-    parser.add_argument("--steps", type=int, default=None, help="timed rounds (default 30)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed rounds (default 30; ResNet-32 10)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny ResNet, 3 rounds")
     parser.add_argument("--cores", type=int, default=None,
@@ -548,14 +552,14 @@ def main(argv=None) -> None:
         _serve(args.worker, rows[0], args.quick, args.data, args.params,
                [int(c) for c in args.worker_cpus.split(",")])
         return
-    steps = args.steps if args.steps is not None else (3 if args.quick else 30)
-    if steps < 1:
-        raise ValueError(f"--steps={steps} must be >= 1.")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps={args.steps} must be >= 1.")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = args.out or os.path.join(root, "benchmarks", "results",
                                    "vs_pytorch_quick.json" if args.quick else "vs_pytorch.json")
     results = []
     for row in rows:
+        steps = args.steps or (3 if args.quick else ROWS[row].get("steps", 30))
         results.append(run_row(root, row, steps, args.warmup, args.quick, args.cores))
     table = _table(results)
     print(table)

@@ -50,6 +50,7 @@ import numpy as np
 
 from l2rw_jax import input_pipeline
 from l2rw_jax import sharding
+from l2rw_jax import xla_options
 
 TRAIN_STREAM = input_pipeline.TRAIN_STREAM
 CLEAN_STREAM = input_pipeline.CLEAN_STREAM
@@ -473,8 +474,12 @@ def make_train_call(member_step: Callable, mesh: jax.sharding.Mesh, *, clean_pha
         restart = jax.tree.map(lambda m: jnp.where(ends_log, jnp.zeros_like(m), m), msum)
         return (state, acc, restart), msum
 
+    # The library's step options (on CPU: parallel convolutions), as the tf.data loop's step.
+    jit = functools.partial(jax.jit, donate_argnums=0,
+                            compiler_options=xla_options.step_compiler_options())
+
     if not scan:
-        @functools.partial(jax.jit, donate_argnums=0)
+        @jit
         def one(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first, i):
             return body(carry, noisy, clean, rows_train[i], rows_clean[i], steps_S[i],
                         phase_first)
@@ -492,7 +497,7 @@ def make_train_call(member_step: Callable, mesh: jax.sharding.Mesh, *, clean_pha
 
         return dispatch
 
-    @functools.partial(jax.jit, donate_argnums=0)
+    @jit
     def scanned(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first):
         def scan_body(carry, x):
             return body(carry, noisy, clean, *x, phase_first)

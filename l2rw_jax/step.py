@@ -14,6 +14,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from l2rw_jax import methods
+from l2rw_jax import xla_options
 from l2rw_jax.reweight import _to_varying
 from l2rw_jax.train_state import TrainState
 
@@ -189,15 +190,18 @@ def make_eval_step(apply_fn: ApplyFn) -> Callable[[TrainState, dict], dict]:
 
 
 def jit_train_step(train_step: Callable, mesh: Mesh | None = None) -> Callable:
-    """``jax.jit(train_step, donate_argnums=0)``; with a 1-D data ``mesh``, also the shardings:
+    """``jax.jit(train_step, donate_argnums=0)`` with the library's compiler options
+    (:func:`l2rw_jax.xla_options.step_compiler_options`: on CPU, parallel convolutions); with
+    a 1-D data ``mesh``, also the shardings:
     the state replicated, the training batch sharded on the mesh axis (its size must divide by
     the number of devices), the clean batch taken as placed by the caller (sharded, or
     replicated when its size does not divide), scalar metrics replicated and per-example
     (``_B``) metrics sharded. The global-batch semantics then come from ``jit`` itself: same
     weights and update as on one device for the same global batch.
     """
+    options = xla_options.step_compiler_options()
     if mesh is None:
-        return jax.jit(train_step, donate_argnums=0)
+        return jax.jit(train_step, donate_argnums=0, compiler_options=options)
     if len(mesh.axis_names) != 1:
         raise ValueError(f"mesh must be 1-D (a data axis), got axes {mesh.axis_names}.")
     replicated = NamedSharding(mesh, P())
@@ -210,4 +214,5 @@ def jit_train_step(train_step: Callable, mesh: Mesh | None = None) -> Callable:
         return state, metrics
 
     return jax.jit(sharded_step, in_shardings=(replicated, data, None),
-                   out_shardings=(replicated, None), donate_argnums=0)
+                   out_shardings=(replicated, None), donate_argnums=0,
+                   compiler_options=options)

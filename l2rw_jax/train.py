@@ -100,6 +100,7 @@ from l2rw_jax import reweight
 from l2rw_jax import sharding
 from l2rw_jax import step as step_lib
 from l2rw_jax import workdir as workdir_lib
+from l2rw_jax import xla_options
 from l2rw_jax.train_state import TrainState
 
 if TYPE_CHECKING:
@@ -918,10 +919,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     chunk_sharding = sharding.batch_sharding(mesh, leading_axes=2)
     place_chunk = lambda tree, g: sharding.shard_batch(jax.tree.map(lambda x: x[:, g], tree),
                                                        chunk_sharding)
+    options = xla_options.step_compiler_options()  # on CPU: parallel convolutions
     steps = {acc: jax.jit(jax.vmap(chunk_step(make_loop_step(run.train_step, acc)),
-                                   in_axes=(0, 0, 0, 1, 1, None)), donate_argnums=(0, 1))
+                                   in_axes=(0, 0, 0, 1, 1, None)), donate_argnums=(0, 1),
+                          compiler_options=options)
              for acc in (True, False)}
-    eval_fn = jax.jit(jax.vmap(make_eval_fn(run.apply_fn)))
+    eval_fn = jax.jit(jax.vmap(make_eval_fn(run.apply_fn)), compiler_options=options)
     # Evaluation sets are small and fixed: materialised once, stacked over members.
     if config.backend == "device":
         eval_batches = {

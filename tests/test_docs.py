@@ -10,11 +10,13 @@ from l2rw_jax import models
 from l2rw_jax import pooling
 from l2rw_jax import reweight
 from l2rw_jax import safe_derivative
+from l2rw_jax import xla_options
 from l2rw_jax.audit import label_issues
 
 
 @pytest.mark.parametrize(
-    "module", [reweight, corruption, models, adapter, safe_derivative, label_issues, conv, pooling],
+    "module", [reweight, corruption, models, adapter, safe_derivative, label_issues, conv, pooling,
+                xla_options],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
