@@ -34,7 +34,7 @@ Multi-host: every process builds the same global batch of positions and keeps it
 `jax.process_index()` and `jax.process_count()` (this module does not import JAX).
 
 TensorFlow is imported when a stream is built, not with the module: `channel_stats` and the
-checks are numpy, and `l2rw_jax` must import on machines without TensorFlow (DESIGN §7).
+checks are numpy, and `l2rw_jax` must import on machines without TensorFlow (docs/design.md §7).
 `l2rw_jax.device_data` draws the same example order on the devices without TensorFlow.
 """
 

@@ -1,7 +1,7 @@
 """The L2RW meta-step: example weights from one look-ahead step of the training optimizer.
 
 Learning to Reweight Examples for Robust Deep Learning, Ren, Zeng, Yang, Urtasun, ICML 2018,
-arXiv 1803.09050, Algorithm 1 (DESIGN.md section 2). With per-example training losses
+arXiv 1803.09050, Algorithm 1 (docs/design.md §2). With per-example training losses
 ``C_i(theta)`` on a batch of B examples and a clean validation batch of M examples::
 
     L_f(theta, eps) = sum_i eps_i C_i(theta)                          (eps = 0, length B)
