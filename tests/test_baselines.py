@@ -172,3 +172,46 @@ def test_mwnet_step_updates_phi_with_adam_and_returns_new_weights(mwnet_problem)
     np.testing.assert_allclose(w, v / jnp.sum(v), rtol=1e-5)
     np.testing.assert_allclose(float(jnp.sum(w)), 1.0, rtol=1e-6)
     assert float(metrics["val_loss"]) > 0
+
+
+@pytest.mark.parametrize("name, options, state_type", [
+    ("erm", {}, methods.EmptyState),
+    ("random", {}, methods.EmptyState),
+    ("l2rw", {}, methods.EmptyState),
+    ("l2rw", {"memory_decay": 0.5}, methods.L2RWState),
+    ("proportion", {}, methods.ProportionState),
+    ("hard_mining", {}, methods.HardMiningState),
+    ("mwnet", {"hidden": 6}, methods.MWNetState),
+])
+def test_state_is_the_schemes_namedtuple_and_survives_jit_and_vmap(mwnet_problem, name, options,
+                                                                   state_type):
+    """init gives the scheme's own NamedTuple; K=2 members' states stacked and weighed under
+    jit(vmap(weigh)) come back as the same type and tree, each member equal to its own run."""
+    prob = mwnet_problem
+    scheme = methods.get_scheme(name, **options)
+    batch = dict(prob["batch"], index=jnp.arange(8, dtype=jnp.int32))
+    ctx = _ctx(batch, loss_fn=prob["loss_fn"], params=prob["params"],
+               opt_state=prob["opt_state"], tx=prob["tx"], val_batch=prob["val"])
+    states = [scheme.init(key, [3, 4, 5]) for key in jax.random.split(jax.random.PRNGKey(5), 2)]
+    assert all(type(s) is state_type for s in states)
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    assert type(stacked) is state_type
+
+    # Each member also has its own step key, as in the loop (and a mapped array for vmap when
+    # the state has no leaves).
+    keys_K = jax.random.split(jax.random.PRNGKey(6), 2)
+    weigh = lambda s, key: scheme.weigh(ctx._replace(rng=key), s)
+    w_KxB, new_K, _ = jax.jit(jax.vmap(weigh))(stacked, keys_K)
+    assert type(new_K) is state_type
+    assert jax.tree.structure(new_K) == jax.tree.structure(stacked)
+    assert [(x.shape, x.dtype) for x in jax.tree.leaves(new_K)] == [
+        (x.shape, x.dtype) for x in jax.tree.leaves(stacked)]
+    weigh_one = jax.jit(weigh)
+    for k, state in enumerate(states):
+        w_B, new_state, _ = weigh_one(state, keys_K[k])
+        assert type(new_state) is state_type
+        np.testing.assert_allclose(w_KxB[k], w_B, rtol=1e-5, atol=1e-8)
+        for a, b in zip(jax.tree.leaves(new_K), jax.tree.leaves(new_state)):
+            np.testing.assert_allclose(a[k], b, rtol=1e-5, atol=1e-8)
+    if name in ("mwnet", "random"):  # members with their own phi or key stay apart
+        assert not np.allclose(w_KxB[0], w_KxB[1])
