@@ -298,7 +298,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 def _weighing(config) -> tuple[str, dict]:
-    """(scheme name, options) of the weighting scheme behind ``config.method``."""
+    """(scheme name, options) of the weighting scheme behind ``config.method``: the arguments of
+    ``methods.get_scheme`` (``build_run`` first resolves ``meta_params="last"`` for the model)."""
     if config.method == "l2rw":
         return "l2rw", {"mode": config.l2rw_mode, "all_clipped": config.l2rw_all_clipped,
                         "lookahead": config.l2rw_lookahead,
