@@ -214,10 +214,6 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
 
     Metrics: ``val_loss`` (at the zero-gradient look-ahead) and the raw meta-gradient ``g_B``.
 
-    Returns:
-      A :class:`WeighingScheme`; its state is :class:`L2RWState` when ``memory_decay > 0``,
-      else ``EmptyState()``.
-
     Args:
       mode: ``"forward"`` (default, cheaper) or ``"reverse"``; both exact.
       all_clipped: ``"zero"`` (paper) or ``"uniform"``: weights when every ``w~_i = 0`` (with
@@ -232,6 +228,10 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       normalize: ``"batch"`` (paper), ``"class"`` or ``"class_balanced"``.
       meta_params: ``"all"`` (paper), ``"last"`` or a path (tuple of keys) in ``params``.
       loss_quantile: ``q`` in ``[0, 1]``; 0 (paper) means no loss gate.
+
+    Returns:
+      A :class:`WeighingScheme`; its state is :class:`L2RWState` when ``memory_decay > 0``,
+      else ``EmptyState()``.
     """
     reweight._check_choice("mode", mode, reweight._MODES)
     reweight._check_choice("all_clipped", all_clipped, reweight._ALL_CLIPPED)

@@ -40,8 +40,9 @@ def make_train_step(
     """``train_step(state, batch, val_batch) -> (state, metrics)``, un-jitted.
 
     One step of Ren et al. 2018 (arXiv 1803.09050) Alg. 1 for ``scheme = methods.l2rw(...)``:
-    ``w_B, method_state = scheme.weigh(ctx, state.method_state)``, then ``theta <- apply_updates(theta, tx.update(grad sum_i w_i
-    C_i(theta)))`` with ``w_B`` a constant (``stop_gradient``).
+    ``w_B, method_state, _ = scheme.weigh(ctx, state.method_state)``, then ``theta <-
+    apply_updates(theta, tx.update(grad sum_i w_i C_i(theta)))`` with ``w_B`` a constant
+    (``stop_gradient``).
 
     BatchNorm: every pass here runs the model in training mode, i.e. normalises with the
     statistics of the batch it sees, as the official code does: the look-ahead's training
