@@ -37,13 +37,13 @@ def main() -> None:
                 {"image": rng.normal(size=(8, 5)).astype(np.float32) + 0.3,
                  "label": rng.integers(0, 3, 8).astype(np.int32)}) for _ in range(args.steps)]
     train_step = step_lib.make_train_step(models.make_apply_fn(module), tx,
-                                          methods.get_weigh_fn("l2rw", mode="forward"))
+                                          methods.get_scheme("l2rw", mode="forward"))
     final = {}
     for num_devices in (1, 2, 4):
         mesh = Mesh(np.array(jax.devices()[:num_devices]), ("data",))
         step = step_lib.jit_train_step(train_step, mesh)
         state = TrainState(step=np.int32(0), params=params, model_state={},
-                           opt_state=tx.init(params), method_state=(), rng=jax.random.key(0))
+                           opt_state=tx.init(params), rng=jax.random.key(0))
         state = jax.device_put(state, NamedSharding(mesh, P()))
         for batch, val_batch in batches:
             put = lambda tree: jax.device_put(tree, NamedSharding(mesh, P("data")))

@@ -98,14 +98,14 @@ def run_row(row_name: str, steps: int, warmup: int, quick: bool,
     for variant, (method, options) in VARIANTS.items():
         if options is None:
             options = {k: v for k, v in methods.ROBUST_OPTIONS.items() if k != "warmup_steps"}
-        train_step = step_lib.jit_train_step(step_lib.make_train_step(
-            apply_fn, tx, methods.get_weigh_fn(method, **options)))
+        scheme = methods.get_scheme(method, **options)
+        train_step = step_lib.jit_train_step(step_lib.make_train_step(apply_fn, tx, scheme))
         # Each variant owns a copy of the initial state (the step donates it).
         states[variant] = TrainState(
             step=jnp.zeros([], jnp.int32), params=jax.tree.map(jnp.copy, params),
             model_state=jax.tree.map(jnp.copy, model_state), opt_state=tx.init(params),
-            rng=jax.random.key(1), method_state=methods.init_method_state(
-                method, jax.random.key(3), class_counts_C=[NUM_TRAIN // 10] * 10, **options))
+            rng=jax.random.key(1),
+            method_state=scheme.init(jax.random.key(3), [NUM_TRAIN // 10] * 10))
         t0 = time.perf_counter()
         compiled[variant] = train_step.lower(states[variant], batch, val_batch).compile()
         mem = compiled[variant].memory_analysis()

@@ -108,18 +108,18 @@ def _jax_worker(row: dict, kw: dict, data: dict, params_out: str):
     schemes = {"plain": ("erm", {}), "forward": ("l2rw", {"mode": "forward"}),
                "reverse": ("l2rw", {"mode": "reverse"})}
 
-    def fresh_state(method, options):
+    def fresh_state(scheme):
         return TrainState(
             step=jnp.zeros([], jnp.int32), params=jax.tree.map(jnp.copy, params),
             model_state=jax.tree.map(jnp.copy, model_state), opt_state=tx.init(params),
-            rng=jax.random.key(1), method_state=methods.init_method_state(
-                method, jax.random.key(3), class_counts_C=[10] * NUM_CLASSES, **options))
+            rng=jax.random.key(1),
+            method_state=scheme.init(jax.random.key(3), [10] * NUM_CLASSES))
 
     compiled, states, check = {}, {}, {}
     for variant, (method, options) in schemes.items():
-        fn = step_lib.jit_train_step(step_lib.make_train_step(
-            apply_fn, tx, methods.get_weigh_fn(method, **options)))
-        state = fresh_state(method, options)
+        scheme = methods.get_scheme(method, **options)
+        fn = step_lib.jit_train_step(step_lib.make_train_step(apply_fn, tx, scheme))
+        state = fresh_state(scheme)
         compiled[variant] = fn.lower(state, batch, val_batch).compile()
         losses, weights = [], []
         for _ in range(CHECK_STEPS):

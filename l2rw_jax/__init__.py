@@ -27,9 +27,14 @@ from l2rw_jax.reweight import meta_weights
 from l2rw_jax.reweight import normalize_weights
 
 # Training.
+from l2rw_jax.methods import EmptyState
+from l2rw_jax.methods import HardMiningState
+from l2rw_jax.methods import L2RWState
+from l2rw_jax.methods import MWNetState
+from l2rw_jax.methods import ProportionState
 from l2rw_jax.methods import WeighContext
-from l2rw_jax.methods import get_weigh_fn
-from l2rw_jax.methods import init_method_state
+from l2rw_jax.methods import WeighingScheme
+from l2rw_jax.methods import get_scheme
 from l2rw_jax.step import jit_train_step
 from l2rw_jax.step import make_eval_step
 from l2rw_jax.step import make_train_step

@@ -1,14 +1,20 @@
-"""Example-weighting schemes behind one signature.
+"""Example-weighting schemes as optax-style pairs of pure functions.
 
-A scheme is a constructor ``scheme(**options) -> weigh_fn`` with
+A scheme is one value, :class:`WeighingScheme` ``(init, weigh)`` (as ``optax``'s
+``GradientTransformation(init, update)``), built by one function per scheme from its options
+(``l2rw(mode="reverse")``, ``mwnet(hidden=100)``, ...) or by name with :func:`get_scheme`:
 
-    weigh_fn(ctx: WeighContext) -> (w_B, new_method_state, metrics)
+    state = scheme.init(rng, class_counts_C)
+    w_B, state, metrics = scheme.weigh(ctx, state)
 
-``w_B`` are this step's example weights (the real step minimises ``sum_i w_i C_i`` and treats
-``w_B`` as a constant); ``metrics`` is a dict of scalars, plus per-example ``(B,)`` arrays
-under keys ending in ``_B``. Pure and traceable: no Python branching on traced values (the
-train step is ``jax.vmap``-ed over seeds). To add a scheme, write its constructor and add it
-to ``_METHODS`` (and, if it carries state, its initialiser to ``_INITS``).
+``state`` is the scheme's typed state (a ``NamedTuple``: :class:`L2RWState`,
+:class:`ProportionState`, :class:`HardMiningState`, :class:`MWNetState`, or ``EmptyState()``
+for schemes without one); it lives in ``TrainState.method_state``, so it jits, vmaps over seeds
+and is checkpointed with the rest of the state. ``w_B`` are this step's example weights (the
+real step minimises ``sum_i w_i C_i`` and treats ``w_B`` as a constant); ``metrics`` is a dict
+of scalars, plus per-example ``(B,)`` arrays under keys ending in ``_B``. Pure and traceable: no
+Python branching on traced values (the train step is ``jax.vmap``-ed over seeds). To add a
+scheme, write its constructor returning a ``WeighingScheme`` and add it to ``_SCHEMES``.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ PyTree = Any
 
 
 class WeighContext(NamedTuple):
-    """What a weighting scheme may look at in one step.
+    """What a weighting scheme may look at in one step (its own state is passed beside it).
 
     Attributes:
       loss_fn: ``loss_fn(params, batch) -> losses_B``, per-example training losses in training
@@ -34,7 +40,6 @@ class WeighContext(NamedTuple):
       params, opt_state, tx: current parameters, optimizer state and the optax optimizer.
       batch: the training batch dict (``image``, ``label``, maybe ``is_noisy``, ``index``...).
       val_batch: the clean batch dict.
-      method_state: the scheme's own state (``()`` when it has none).
       rng: a PRNG key for this step and this scheme.
       step: int32 scalar, the number of real steps taken so far.
       axis_name: mapped axis under ``pmap``/``shard_map``, else None.
@@ -47,14 +52,87 @@ class WeighContext(NamedTuple):
     tx: optax.GradientTransformation
     batch: PyTree
     val_batch: PyTree
-    method_state: PyTree
     rng: jax.Array
     step: jax.Array
     axis_name: str | None = None
     val_loss_fn: reweight.LossFn | None = None
 
 
-WeighFn = Callable[[WeighContext], tuple[jax.Array, PyTree, dict]]
+# The state of a scheme without one (erm, random, l2rw without memory): optax's, so that one
+# empty-state type serves the optimizer and the schemes alike.
+EmptyState = optax.EmptyState
+
+
+class L2RWState(NamedTuple):
+    """:func:`l2rw`'s per-example meta-gradient memory (only with ``memory_decay > 0``).
+
+    Attributes:
+      memory_N: float32 ``(N,)``, ``m_i`` of training row ``i`` (0 before its first visit).
+      seen_N: bool ``(N,)``, whether row ``i`` has been in a batch.
+    """
+
+    memory_N: jax.Array
+    seen_N: jax.Array
+
+
+class ProportionState(NamedTuple):
+    """:func:`proportion`'s class weights: ``class_weight_C[c] = 1 / n_c`` (0 when ``n_c = 0``)."""
+
+    class_weight_C: jax.Array
+
+
+class HardMiningState(NamedTuple):
+    """:func:`hard_mining`'s majority class: int32 scalar, the most frequent observed label."""
+
+    majority: jax.Array
+
+
+class MWNetState(NamedTuple):
+    """:func:`mwnet`'s weighting network and its optimizer.
+
+    Attributes:
+      phi: the MLP ``{"w1_H", "b1_H", "w2_H", "b2"}`` (``H`` hidden units).
+      opt_state: state of its optimizer (Adam with L2 weight decay).
+    """
+
+    phi: PyTree
+    opt_state: optax.OptState
+
+
+InitFn = Callable[..., PyTree]
+"""``init(rng, class_counts_C=None) -> state``: ``rng`` a PRNG key, ``class_counts_C`` the
+number of training examples per *observed* class (needed by ``proportion``, ``hard_mining`` and
+``l2rw(memory_decay > 0)``, which sizes its memory by ``N = sum(class_counts_C)``)."""
+
+WeighFn = Callable[[WeighContext, PyTree], tuple[jax.Array, PyTree, dict]]
+"""``weigh(ctx, state) -> (w_B, new_state, metrics)``; ``new_state`` has ``state``'s type."""
+
+
+class WeighingScheme(NamedTuple):
+    """A weighting scheme: a pair of pure functions, as ``optax.GradientTransformation``.
+
+    Attributes:
+      init: ``init(rng, class_counts_C=None) -> state``, the scheme's initial state (a
+        ``NamedTuple``; ``EmptyState()`` when it has none). Raises ValueError when the scheme
+        needs ``class_counts_C`` and it is missing or not a 1-D array of counts.
+      weigh: ``weigh(ctx: WeighContext, state) -> (w_B, new_state, metrics)``: this step's
+        weights ``(B,)``, the next state (same type and shapes as ``state``) and the scheme's
+        metrics. Raises ValueError (when traced) if ``state`` is not the type ``init`` returns.
+    """
+
+    init: InitFn
+    weigh: WeighFn
+
+
+def _init_empty(rng: jax.Array, class_counts_C=None) -> EmptyState:
+    del rng, class_counts_C
+    return EmptyState()
+
+
+def _check_state(name: str, state: PyTree, state_type: type) -> None:
+    if not isinstance(state, state_type):
+        raise ValueError(f"method {name!r} needs its state {state_type.__name__} from its own "
+                         f"init(rng, class_counts_C), got {type(state).__name__}.")
 
 
 def _local_and_global_size(ctx: WeighContext) -> tuple[int, Any]:
@@ -64,14 +142,14 @@ def _local_and_global_size(ctx: WeighContext) -> tuple[int, Any]:
     return local, local * jax.lax.psum(1, ctx.axis_name)
 
 
-def erm() -> WeighFn:
-    """Empirical risk minimisation: ``w_i = 1 / B`` (B the global batch size)."""
+def erm() -> WeighingScheme:
+    """Empirical risk minimisation: ``w_i = 1 / B`` (B the global batch size); no state."""
 
-    def weigh_fn(ctx: WeighContext):
+    def weigh(ctx: WeighContext, state):
         local, total = _local_and_global_size(ctx)
-        return jnp.full((local,), 1.0 / total, jnp.float32), ctx.method_state, {}
+        return jnp.full((local,), 1.0 / total, jnp.float32), state, {}
 
-    return weigh_fn
+    return WeighingScheme(_init_empty, weigh)
 
 
 # The recommended robust variant of :func:`l2rw` (README "Robust reweighting" has the
@@ -88,7 +166,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
          memory_decay: float = 0.0, warmup_steps: int = 0, weight_map: str = "clip",
          normalize: str = "batch", meta_params: str | tuple[str, ...] = "all",
          loss_quantile: float = 0.0
-         ) -> WeighFn:
+         ) -> WeighingScheme:
     r"""Learning to Reweight Examples (Ren et al. 2018, arXiv 1803.09050, Alg. 1), and variants.
 
     With the default options, exactly the paper: weights from
@@ -102,8 +180,9 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       first visit), ``s_i = m_i``, with ``g^ = g / rms(g)`` over the global batch (why: the
       learning-rate schedule and the falling loss change the scale of ``g`` by orders of
       magnitude over training; the sign and the rank within a batch are what carry the
-      signal). Needs ``method_state = init_method_state("l2rw", rng, class_counts_C,
-      memory_decay=d)``: ``{"memory_N", "seen_N"}`` with ``N = sum(class_counts_C)``.
+      signal). The state is :class:`L2RWState` ``(memory_N, seen_N)`` with ``N =
+      sum(class_counts_C)`` (so ``init`` needs ``class_counts_C``); ``EmptyState()`` when
+      ``d = 0``.
     - ``weight_map``: ``"clip"`` (paper: ``w~_i = max(-s_i, 0)``) or ``"sign"`` (``w~_i =
       1[s_i < 0]``: every example the clean batch endorses counts equally, so the effective
       batch does not collapse onto the few largest meta-gradients), or ``"one"`` (``w~_i = 1``:
@@ -149,6 +228,10 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       normalize: ``"batch"`` (paper), ``"class"`` or ``"class_balanced"``.
       meta_params: ``"all"`` (paper), ``"last"`` or a path (tuple of keys) in ``params``.
       loss_quantile: ``q`` in ``[0, 1]``; 0 (paper) means no loss gate.
+
+    Returns:
+      A :class:`WeighingScheme`; its state is :class:`L2RWState` when ``memory_decay > 0``,
+      else ``EmptyState()``.
     """
     reweight._check_choice("mode", mode, reweight._MODES)
     reweight._check_choice("all_clipped", all_clipped, reweight._ALL_CLIPPED)
@@ -173,7 +256,17 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
                  and loss_quantile == 0)
     plain_sgd = optax.sgd(1.0)
 
-    def weigh_fn(ctx: WeighContext):
+    def init(rng: jax.Array, class_counts_C=None):
+        del rng
+        if not memory_decay:
+            return EmptyState()
+        num_train = int(round(float(jnp.sum(_class_counts("l2rw", class_counts_C)))))
+        return L2RWState(memory_N=jnp.zeros((num_train,), jnp.float32),
+                         seen_N=jnp.zeros((num_train,), jnp.bool_))
+
+    def weigh(ctx: WeighContext, state):
+        if memory_decay > 0:
+            _check_state("l2rw", state, L2RWState)
         if lookahead == "sgd":
             tx, opt_state = plain_sgd, plain_sgd.init(ctx.params)
         else:
@@ -187,7 +280,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
             loss_fn, ctx.params, opt_state, tx, ctx.batch, ctx.val_batch,
             mode=mode, axis_name=ctx.axis_name, val_loss_fn=val_loss_fn,
             all_clipped=all_clipped)
-        w_B, state = mw.w, ctx.method_state
+        w_B = mw.w
         if not paper_map:
             score_B = mw.g
             if memory_decay > 0:
@@ -212,7 +305,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
             w_B = jnp.where(ctx.step < warmup_steps, jnp.full_like(w_B, 1.0 / total), w_B)
         return w_B, state, {"val_loss": mw.val_loss, "g_B": mw.g}
 
-    return weigh_fn
+    return WeighingScheme(init, weigh)
 
 
 def _loss_gate(loss_fn, val_loss_fn, ctx: WeighContext, q: float) -> jax.Array:
@@ -287,18 +380,18 @@ def rms_normalized(g_B: jax.Array) -> jax.Array:
     return g_B / jnp.where(rms > 0, rms, 1.0)
 
 
-def _remember(state: PyTree, index_B: jax.Array, g_B: jax.Array, decay: float,
-              axis_name: str | None) -> tuple[jax.Array, PyTree]:
+def _remember(state: L2RWState, index_B: jax.Array, g_B: jax.Array, decay: float,
+              axis_name: str | None) -> tuple[jax.Array, L2RWState]:
     """``(m_B, new_state)``: the per-example memory updated with ``g^ = g / rms(g)`` at rows
     ``index_B`` (see :func:`l2rw`), and its new values there. Every program updates its
     replica with the whole global batch, so the replicas stay equal."""
     index_G, gn_G = _gathered(index_B, axis_name), rms_normalized(_gathered(g_B, axis_name))
-    memory_N, seen_N = state["memory_N"], state["seen_N"]
+    memory_N, seen_N = state.memory_N, state.seen_N
     old_G = memory_N[index_G]
     new_G = jnp.where(seen_N[index_G], decay * old_G + (1.0 - decay) * gn_G, gn_G)
-    state = {"memory_N": memory_N.at[index_G].set(new_G),
-             "seen_N": seen_N.at[index_G].set(True)}
-    return state["memory_N"][index_B], state
+    state = L2RWState(memory_N=memory_N.at[index_G].set(new_G),
+                      seen_N=seen_N.at[index_G].set(True))
+    return state.memory_N[index_B], state
 
 
 def _class_normalized(wt_B: jax.Array, label_B: jax.Array, balanced: bool,
@@ -332,37 +425,45 @@ def _single_device_only(name: str, ctx: WeighContext) -> None:
                          f"(axis_name={ctx.axis_name!r}).")
 
 
-def random_weights() -> WeighFn:
+def random_weights() -> WeighingScheme:
     """Random weights (Ren et al. 2018 §5.1; official code ``reweight_random``).
 
     ``w~_i = max(z_i, 0)`` with ``z_i ~ N(0, 1)`` i.i.d. (a rectified Gaussian), ``w = w~ /
-    sum_k w~_k`` over the global batch (0 if all are clipped, probability ``2^-B``).
+    sum_k w~_k`` over the global batch (0 if all are clipped, probability ``2^-B``). No state;
+    the randomness is ``ctx.rng``.
     """
 
-    def weigh_fn(ctx: WeighContext):
+    def weigh(ctx: WeighContext, state):
         local, _ = _local_and_global_size(ctx)
         key = ctx.rng
         if ctx.axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(ctx.axis_name))
         z_B = jax.random.normal(key, (local,), jnp.float32)
-        return _normalized(jnp.maximum(z_B, 0.0), ctx.axis_name), ctx.method_state, {}
+        return _normalized(jnp.maximum(z_B, 0.0), ctx.axis_name), state, {}
 
-    return weigh_fn
+    return WeighingScheme(_init_empty, weigh)
 
 
-def proportion() -> WeighFn:
+def proportion() -> WeighingScheme:
     """Inverse class frequency (the paper's "Proportion" baseline, Ren et al. 2018 §5.1).
 
     ``w_i = (1 / n_{y_i}) / sum_k (1 / n_{y_k})`` over the global batch, ``n_c`` the number of
-    training examples with *observed* label ``c``. Needs ``method_state =
-    init_method_state("proportion", rng, class_counts_C)``, i.e. ``{"class_weight_C": 1 / n_c}``.
+    training examples with *observed* label ``c``: the state is :class:`ProportionState`
+    ``(class_weight_C = 1 / n_c)``, so ``init`` needs ``class_counts_C``.
     """
 
-    def weigh_fn(ctx: WeighContext):
-        wt_B = ctx.method_state["class_weight_C"][ctx.batch["label"]]
-        return _normalized(wt_B, ctx.axis_name), ctx.method_state, {}
+    def init(rng: jax.Array, class_counts_C=None) -> ProportionState:
+        del rng
+        counts_C = _class_counts("proportion", class_counts_C)
+        return ProportionState(
+            class_weight_C=jnp.where(counts_C > 0, 1.0 / jnp.maximum(counts_C, 1.0), 0.0))
 
-    return weigh_fn
+    def weigh(ctx: WeighContext, state: ProportionState):
+        _check_state("proportion", state, ProportionState)
+        wt_B = state.class_weight_C[ctx.batch["label"]]
+        return _normalized(wt_B, ctx.axis_name), state, {}
+
+    return WeighingScheme(init, weigh)
 
 
 def _class_counts(name: str, class_counts_C) -> jax.Array:
@@ -376,41 +477,35 @@ def _class_counts(name: str, class_counts_C) -> jax.Array:
     return counts_C
 
 
-def _proportion_init(rng: jax.Array, class_counts_C) -> PyTree:
-    del rng
-    counts_C = _class_counts("proportion", class_counts_C)
-    return {"class_weight_C": jnp.where(counts_C > 0, 1.0 / jnp.maximum(counts_C, 1.0), 0.0)}
-
-
-def hard_mining() -> WeighFn:
+def hard_mining() -> WeighingScheme:
     """Class-balanced hard example mining (the official MNIST code's ``reweight_hard_mining``).
 
-    With ``m`` the majority class (most observed training labels; ``method_state =
-    init_method_state("hard_mining", rng, class_counts_C)``): every example of another class
-    is kept, and of the majority class the ``k = max(#{i : y_i != m}, 1)`` examples with the
-    highest loss ``C_i(theta)`` (ties: lower batch position first); ``w_i = 1 / #kept`` on
-    the kept examples, 0 elsewhere. (The official code ranks by the *batch-mean* loss, so it
-    keeps an arbitrary ``k`` majority examples; here each example's own loss is used. It also
-    used batches of 500 for this baseline.)
+    With ``m`` the majority class (most observed training labels; the state is
+    :class:`HardMiningState` ``(majority = m)``, so ``init`` needs ``class_counts_C``): every
+    example of another class is kept, and of the majority class the ``k = max(#{i : y_i != m},
+    1)`` examples with the highest loss ``C_i(theta)`` (ties: lower batch position first); ``w_i
+    = 1 / #kept`` on the kept examples, 0 elsewhere. (The official code ranks by the
+    *batch-mean* loss, so it keeps an arbitrary ``k`` majority examples; here each example's own
+    loss is used. It also used batches of 500 for this baseline.)
     """
 
-    def weigh_fn(ctx: WeighContext):
+    def init(rng: jax.Array, class_counts_C=None) -> HardMiningState:
+        del rng
+        counts_C = _class_counts("hard_mining", class_counts_C)
+        return HardMiningState(majority=jnp.argmax(counts_C).astype(jnp.int32))
+
+    def weigh(ctx: WeighContext, state: HardMiningState):
         _single_device_only("hard_mining", ctx)
+        _check_state("hard_mining", state, HardMiningState)
         losses_B = jax.lax.stop_gradient(ctx.loss_fn(ctx.params, ctx.batch))
-        major_B = ctx.batch["label"] == ctx.method_state["majority"]
+        major_B = ctx.batch["label"] == state.majority
         k = jnp.maximum(jnp.sum(~major_B), 1)
         order_B = jnp.argsort(jnp.where(major_B, -losses_B, jnp.inf), stable=True)
         rank_B = jnp.zeros_like(order_B).at[order_B].set(jnp.arange(order_B.shape[0]))
         keep_B = (~major_B | (rank_B < k)).astype(jnp.float32)
-        return keep_B / jnp.sum(keep_B), ctx.method_state, {}
+        return keep_B / jnp.sum(keep_B), state, {}
 
-    return weigh_fn
-
-
-def _hard_mining_init(rng: jax.Array, class_counts_C) -> PyTree:
-    del rng
-    counts_C = _class_counts("hard_mining", class_counts_C)
-    return {"majority": jnp.argmax(counts_C).astype(jnp.int32)}
+    return WeighingScheme(init, weigh)
 
 
 def _vnet(phi: PyTree, losses_B: jax.Array) -> jax.Array:
@@ -425,7 +520,7 @@ def _mwnet_tx(meta_lr: float, meta_weight_decay: float) -> optax.GradientTransfo
 
 
 def mwnet(hidden: int = 100, meta_lr: float = 1e-3, meta_weight_decay: float = 1e-4,
-          normalize: bool = True) -> WeighFn:
+          normalize: bool = True) -> WeighingScheme:
     r"""Meta-Weight-Net (Shu et al., NeurIPS 2019, arXiv 1902.07379, Alg. 1).
 
     A 1-``hidden``-1 MLP ``V(C; phi)`` (ReLU, sigmoid output) maps an example's loss to its
@@ -446,9 +541,9 @@ def mwnet(hidden: int = 100, meta_lr: float = 1e-3, meta_weight_decay: float = 1
     ``jax.jvp`` of the loss vector along ``v``) with ``g = sum_i w_i grad C_i``, then
     ``dL/dphi`` is the ``vjp`` of ``phi -> w(phi)`` applied to ``dL/dw``.
 
-    Needs ``method_state = init_method_state("mwnet", rng, class_counts_C, hidden=...,
-    meta_lr=..., meta_weight_decay=...)``: ``{"phi": ..., "opt_state": ...}``. ``phi`` is
-    initialised as PyTorch's ``nn.Linear`` (uniform in ``+-1/sqrt(fan_in)``), as in their code.
+    The state is :class:`MWNetState` ``(phi, opt_state)``; ``init(rng)`` draws ``phi`` as
+    PyTorch's ``nn.Linear`` does (uniform in ``+-1/sqrt(fan_in)``), as in their code, and
+    ignores ``class_counts_C``.
     Metrics: ``val_loss`` (clean loss at the look-ahead with the old ``phi``).
     """
     meta_tx = _mwnet_tx(meta_lr, meta_weight_decay)
@@ -460,16 +555,26 @@ def mwnet(hidden: int = 100, meta_lr: float = 1e-3, meta_weight_decay: float = 1
             return v_B / jnp.where(total > 0, total, 1.0)
         return v_B / v_B.shape[0]
 
-    def weigh_fn(ctx: WeighContext):
-        _single_device_only("mwnet", ctx)
-        phi, phi_opt_state = ctx.method_state["phi"], ctx.method_state["opt_state"]
-        losses_B, val_loss, grad_phi = _mwnet_meta_gradient(ctx, phi, weights)
-        phi_updates, phi_opt_state = meta_tx.update(grad_phi, phi_opt_state, phi)
-        phi = optax.apply_updates(phi, phi_updates)
-        new_state = {"phi": phi, "opt_state": phi_opt_state}
-        return weights(phi, losses_B), new_state, {"val_loss": val_loss}
+    def init(rng: jax.Array, class_counts_C=None) -> MWNetState:
+        del class_counts_C
+        k1, k2, k3, k4 = jax.random.split(rng, 4)
+        bound2 = 1.0 / hidden ** 0.5
+        phi = {"w1_H": jax.random.uniform(k1, (hidden,), jnp.float32, -1.0, 1.0),
+               "b1_H": jax.random.uniform(k2, (hidden,), jnp.float32, -1.0, 1.0),
+               "w2_H": jax.random.uniform(k3, (hidden,), jnp.float32, -bound2, bound2),
+               "b2": jax.random.uniform(k4, (), jnp.float32, -bound2, bound2)}
+        return MWNetState(phi=phi, opt_state=meta_tx.init(phi))
 
-    return weigh_fn
+    def weigh(ctx: WeighContext, state: MWNetState):
+        _single_device_only("mwnet", ctx)
+        _check_state("mwnet", state, MWNetState)
+        losses_B, val_loss, grad_phi = _mwnet_meta_gradient(ctx, state.phi, weights)
+        phi_updates, phi_opt_state = meta_tx.update(grad_phi, state.opt_state, state.phi)
+        phi = optax.apply_updates(state.phi, phi_updates)
+        return (weights(phi, losses_B), MWNetState(phi=phi, opt_state=phi_opt_state),
+                {"val_loss": val_loss})
+
+    return WeighingScheme(init, weigh)
 
 
 def _mwnet_meta_gradient(ctx: WeighContext, phi: PyTree, weights: Callable):
@@ -492,55 +597,7 @@ def _mwnet_meta_gradient(ctx: WeighContext, phi: PyTree, weights: Callable):
     return losses_B, val_loss, grad_phi
 
 
-def _mwnet_init(rng: jax.Array, class_counts_C, hidden: int = 100, meta_lr: float = 1e-3,
-                meta_weight_decay: float = 1e-4, normalize: bool = True) -> PyTree:
-    del class_counts_C, normalize
-    k1, k2, k3, k4 = jax.random.split(rng, 4)
-    bound2 = 1.0 / hidden ** 0.5
-    phi = {"w1_H": jax.random.uniform(k1, (hidden,), jnp.float32, -1.0, 1.0),
-           "b1_H": jax.random.uniform(k2, (hidden,), jnp.float32, -1.0, 1.0),
-           "w2_H": jax.random.uniform(k3, (hidden,), jnp.float32, -bound2, bound2),
-           "b2": jax.random.uniform(k4, (), jnp.float32, -bound2, bound2)}
-    return {"phi": phi, "opt_state": _mwnet_tx(meta_lr, meta_weight_decay).init(phi)}
-
-
-def _l2rw_init(rng: jax.Array, class_counts_C, memory_decay: float = 0.0, **options) -> PyTree:
-    del rng, options
-    if not memory_decay:
-        return ()
-    num_train = int(round(float(jnp.sum(_class_counts("l2rw", class_counts_C)))))
-    return {"memory_N": jnp.zeros((num_train,), jnp.float32),
-            "seen_N": jnp.zeros((num_train,), jnp.bool_)}
-
-
-# Initial method_state of the schemes that carry one (the others start from ()).
-_INITS: dict[str, Callable[..., PyTree]] = {
-    "l2rw": _l2rw_init,
-    "proportion": _proportion_init,
-    "hard_mining": _hard_mining_init,
-    "mwnet": _mwnet_init,
-}
-
-
-def init_method_state(name: str, rng: jax.Array, class_counts_C=None, **options) -> PyTree:
-    """The initial ``method_state`` of scheme ``name`` (``()`` for schemes without one).
-
-    Args:
-      name: a scheme of :func:`get_weigh_fn`.
-      rng: a PRNG key (Meta-Weight-Net's initialisation).
-      class_counts_C: training examples per *observed* class (``proportion``, ``hard_mining``).
-      options: the options given to :func:`get_weigh_fn` (``mwnet``: ``hidden``, ...).
-
-    Raises:
-      ValueError: unknown ``name`` or option, or missing ``class_counts_C``.
-    """
-    get_weigh_fn(name, **options)  # Validates name and options.
-    if name not in _INITS:
-        return ()
-    return _INITS[name](rng, class_counts_C, **options)
-
-
-_METHODS: dict[str, Callable[..., WeighFn]] = {
+_SCHEMES: dict[str, Callable[..., WeighingScheme]] = {
     "erm": erm,
     "l2rw": l2rw,
     "random": random_weights,
@@ -550,16 +607,16 @@ _METHODS: dict[str, Callable[..., WeighFn]] = {
 }
 
 
-def get_weigh_fn(name: str, **options) -> WeighFn:
+def get_scheme(name: str, **options) -> WeighingScheme:
     """The weighting scheme ``name`` built with ``options``, e.g.
-    ``get_weigh_fn("l2rw", mode="reverse")``.
+    ``get_scheme("l2rw", mode="reverse")`` is ``l2rw(mode="reverse")``.
 
     Raises:
-      ValueError: unknown ``name`` or an option the scheme does not take.
+      ValueError: unknown ``name``, an option the scheme does not take, or a bad option value.
     """
-    if name not in _METHODS:
-        raise ValueError(f"Unknown weighting method {name!r}; allowed: {', '.join(_METHODS)}.")
-    constructor = _METHODS[name]
+    if name not in _SCHEMES:
+        raise ValueError(f"Unknown weighting method {name!r}; allowed: {', '.join(_SCHEMES)}.")
+    constructor = _SCHEMES[name]
     allowed = list(inspect.signature(constructor).parameters)
     unknown = sorted(set(options) - set(allowed))
     if unknown:

@@ -33,16 +33,17 @@ _LOSSES = {"softmax_xent": softmax_xent}
 def make_train_step(
     apply_fn: ApplyFn,
     tx: optax.GradientTransformation,
-    weigh_fn: methods.WeighFn,
+    scheme: methods.WeighingScheme,
     *,
     loss: str = "softmax_xent",
     axis_name: str | None = None,
 ) -> Callable[[TrainState, dict, dict], tuple[TrainState, dict]]:
     """``train_step(state, batch, val_batch) -> (state, metrics)``, un-jitted.
 
-    One step of Ren et al. 2018 (arXiv 1803.09050) Alg. 1 for ``weigh_fn = l2rw(...)``:
-    ``w_B = weigh_fn(ctx)``, then ``theta <- apply_updates(theta, tx.update(grad sum_i w_i
-    C_i(theta)))`` with ``w_B`` a constant (``stop_gradient``).
+    One step of Ren et al. 2018 (arXiv 1803.09050) Alg. 1 for ``scheme = methods.l2rw(...)``:
+    ``w_B, method_state, _ = scheme.weigh(ctx, state.method_state)``, then ``theta <-
+    apply_updates(theta, tx.update(grad sum_i w_i C_i(theta)))`` with ``w_B`` a constant
+    (``stop_gradient``).
 
     BatchNorm: every pass here runs the model in training mode, i.e. normalises with the
     statistics of the batch it sees, as the official code does: the look-ahead's training
@@ -71,7 +72,8 @@ def make_train_step(
         optimizer whose update has no derivative at a zero gradient the step would write NaN:
         :func:`l2rw_jax.reweight.check_lookahead` says so before the first step (as
         :func:`l2rw_jax.train.train_and_evaluate` does).
-      weigh_fn: a weighting scheme from :mod:`l2rw_jax.methods`.
+      scheme: a weighting scheme from :mod:`l2rw_jax.methods`; ``state.method_state`` must be
+        what its ``init`` returned (or the state a previous step returned).
       loss: per-example loss, ``"softmax_xent"``.
       axis_name: mapped axis name when the step runs inside ``pmap``/``shard_map``.
     """
@@ -101,9 +103,9 @@ def make_train_step(
 
         ctx = methods.WeighContext(
             loss_fn=loss_fn, params=state.params, opt_state=state.opt_state, tx=tx,
-            batch=batch, val_batch=val_batch, method_state=state.method_state,
-            rng=key_method, step=state.step, axis_name=axis_name, val_loss_fn=val_loss_fn)
-        w_B, method_state, method_metrics = weigh_fn(ctx)
+            batch=batch, val_batch=val_batch, rng=key_method, step=state.step,
+            axis_name=axis_name, val_loss_fn=val_loss_fn)
+        w_B, method_state, method_metrics = scheme.weigh(ctx, state.method_state)
         w_B = jax.lax.stop_gradient(w_B)
 
         def weighted_loss(params):

@@ -286,7 +286,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         minority_class=c.minority_class)
     models.create_model(c.model, 2, **c.model_options.to_dict())  # Checks name and options.
     name, options = _weighing(c)
-    methods.get_weigh_fn(name, **options)  # Checks the scheme's options.
+    methods.get_scheme(name, **options)  # Checks the scheme's options.
     if c.num_devices > len(jax.devices()):
         raise ValueError(f"num_devices={c.num_devices} but only {len(jax.devices())} devices "
                          f"exist.")
@@ -299,7 +299,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 def _weighing(config) -> tuple[str, dict]:
-    """(scheme name, options) of the weighting scheme behind ``config.method``."""
+    """(scheme name, options) of the weighting scheme behind ``config.method``: the arguments of
+    ``methods.get_scheme`` (``build_run`` first resolves ``meta_params="last"`` for the model)."""
     if config.method == "l2rw":
         return "l2rw", {"mode": config.l2rw_mode, "all_clipped": config.l2rw_all_clipped,
                         "lookahead": config.l2rw_lookahead,
@@ -769,7 +770,7 @@ class _Run(NamedTuple):
     num_classes: int
 
 
-def _init_states(module, tx, members: list[MemberData], method: str, options: dict,
+def _init_states(module, tx, members: list[MemberData], scheme: methods.WeighingScheme,
                  image_shape) -> TrainState:
     """The K members' initial TrainStates, stacked (numpy).
 
@@ -785,8 +786,7 @@ def _init_states(module, tx, members: list[MemberData], method: str, options: di
 
     # Not jitted here: init_model jits itself with compile-time-saving options.
     params, model_state, opt_state = jax.vmap(init_one)(jnp.stack([k[0] for k in keys]))
-    method_states = [methods.init_method_state(method, k[2], class_counts_C=md.class_counts,
-                                               **options) for k, md in zip(keys, members)]
+    method_states = [scheme.init(k[2], md.class_counts) for k, md in zip(keys, members)]
     state = TrainState(step=np.zeros((len(members),), np.int32), params=params,
                        model_state=model_state, opt_state=opt_state,
                        rng=jnp.stack([k[1] for k in keys]),
@@ -838,8 +838,9 @@ def build_run(config) -> _Run:
     method, options = _weighing(config)
     # meta_params="last" of a module of the user's: its output layer, wherever it is.
     options = adapter.resolve_meta_params(module, options, (1,) + tuple(image_shape))
-    train_step = step_lib.make_train_step(apply_fn, tx, methods.get_weigh_fn(method, **options))
-    state = _init_states(module, tx, members, method, options, image_shape)
+    scheme = methods.get_scheme(method, **options)
+    train_step = step_lib.make_train_step(apply_fn, tx, scheme)
+    state = _init_states(module, tx, members, scheme, image_shape)
     if method in ("l2rw", "mwnet"):  # they differentiate tx.update: fail before step 1, not NaN
         params, opt_state = jax.tree.map(lambda x: x[0], (state.params, state.opt_state))
         reweight.check_lookahead(tx, params, opt_state)
@@ -1133,9 +1134,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if "g_sum" in acc_host:
             weights["mean_meta_grad"] = (acc_host["g_sum"][k]
                                          / np.maximum(acc_host["count"][k], 1)).astype(np.float32)
-        if isinstance(method_state, dict) and "memory_N" in method_state:
+        if isinstance(method_state, methods.L2RWState):
             # l2rw's per-example meta-gradient memory: the variant's own score (low = clean).
-            weights["meta_grad_memory"] = method_state["memory_N"][k].astype(np.float32)
+            weights["meta_grad_memory"] = method_state.memory_N[k].astype(np.float32)
         if k == 0:
             _write_npz(os.path.join(workdir, "example_weights.npz"), **weights)
         if K > 1:

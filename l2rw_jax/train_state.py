@@ -20,7 +20,8 @@ class TrainState(NamedTuple):
       opt_state: state of the optax optimizer.
       rng: base PRNG key; the step's key is ``jax.random.fold_in(rng, step)``, so ``rng``
         itself never changes.
-      method_state: state of the weighting scheme (``()`` for erm and l2rw).
+      method_state: state of the weighting scheme, from its ``init`` (``EmptyState()`` for
+        the schemes without one; see :mod:`l2rw_jax.methods`).
     """
 
     step: jax.Array
@@ -28,4 +29,4 @@ class TrainState(NamedTuple):
     model_state: PyTree
     opt_state: optax.OptState
     rng: jax.Array
-    method_state: PyTree = ()
+    method_state: PyTree = optax.EmptyState()

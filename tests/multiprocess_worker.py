@@ -48,7 +48,7 @@ def initial_state(params, tx):
     from l2rw_jax.train_state import TrainState
 
     return TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state={},
-                      opt_state=tx.init(params), rng=jax.random.key(7), method_state=())
+                      opt_state=tx.init(params), rng=jax.random.key(7))
 
 
 def main(process_id: int, num_processes: int, port: int, out_path: str) -> None:
@@ -82,7 +82,7 @@ def main(process_id: int, num_processes: int, port: int, out_path: str) -> None:
     results = {}
     for mode in MULTIPROCESS_MODES:
         train_step = step_lib.jit_train_step(step_lib.make_train_step(
-            apply_fn, tx, methods.get_weigh_fn("l2rw", mode=mode)), mesh)
+            apply_fn, tx, methods.get_scheme("l2rw", mode=mode)), mesh)
         # Built inside jit straight onto the mesh: identical on every process.
         state = jax.jit(lambda p: initial_state(p, tx), out_shardings=replicated)(params)
         for t, (batch, val_batch) in enumerate(batches):

@@ -44,7 +44,7 @@ def _assert_close(a, b):
 @pytest.fixture(scope="module")
 def reference(problem):
     """Single-device runs, one per mode."""
-    return {mode: _run_single_device(problem, methods.get_weigh_fn("l2rw", mode=mode))
+    return {mode: _run_single_device(problem, methods.get_scheme("l2rw", mode=mode))
             for mode in worker.MODES}
 
 
@@ -55,7 +55,7 @@ def _mesh(num_devices):
 @pytest.mark.parametrize("mode", worker.MODES)
 def test_jit_over_a_data_mesh_1_vs_4_devices(problem, reference, mode):
     apply_fn, tx, params, batches = problem
-    train_step = step_lib.make_train_step(apply_fn, tx, methods.get_weigh_fn("l2rw", mode=mode))
+    train_step = step_lib.make_train_step(apply_fn, tx, methods.get_scheme("l2rw", mode=mode))
     runs = {}
     for num_devices in (1, 4):
         mesh = _mesh(num_devices)
@@ -83,7 +83,7 @@ def test_jit_over_a_data_mesh_with_batchnorm_uses_global_batch_statistics():
     params, model_state = models.init_model(module, jax.random.key(0), (1, 6, 6, 1))
     tx = optax.sgd(0.1, momentum=0.9)
     train_step = step_lib.make_train_step(models.make_apply_fn(module), tx,
-                                          methods.get_weigh_fn("l2rw"))
+                                          methods.get_scheme("l2rw"))
     rng = np.random.default_rng(1)
     batch = {"image": rng.normal(size=(8, 6, 6, 1)).astype(np.float32),
              "label": rng.integers(0, 3, 8).astype(np.int32)}
@@ -145,7 +145,7 @@ def test_meta_weights_with_axis_name_under_pmap_and_shard_map(problem, mode):
 def test_train_step_with_axis_name_under_pmap_and_shard_map(problem, reference, mode, wrapper):
     apply_fn, tx, params, batches = problem
     train_step = step_lib.make_train_step(
-        apply_fn, tx, methods.get_weigh_fn("l2rw", mode=mode), axis_name=AXIS)
+        apply_fn, tx, methods.get_scheme("l2rw", mode=mode), axis_name=AXIS)
     ref_state, ref_weights, ref_metrics = reference[mode]
     if wrapper == "shard_map":
         metric_specs = {k: P(AXIS) if k.endswith("_B") else P() for k in ref_metrics}

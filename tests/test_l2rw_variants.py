@@ -38,36 +38,42 @@ def problem():
                 batch1=batch(range(0, 8), 1), batch2=batch([4, 5, 6, 7, 8, 9, 10, 11], 2))
 
 
-def _ctx(prob, batch, method_state=(), step=0):
+def _ctx(prob, batch, step=0):
     return methods.WeighContext(
         loss_fn=prob["loss_fn"], params=prob["params"], opt_state=prob["opt_state"],
-        tx=prob["tx"], batch=batch, val_batch=prob["val"], method_state=method_state,
+        tx=prob["tx"], batch=batch, val_batch=prob["val"],
         rng=jax.random.PRNGKey(0), step=jnp.int32(step))
 
 
-def _jitted(prob, weigh_fn):
+def _jitted(prob, scheme):
     """``(state, batch, step) -> (w_B, new_state, metrics)``, jitted."""
-    return jax.jit(lambda state, batch, step: weigh_fn(_ctx(prob, batch, state, step)))
+    return jax.jit(lambda state, batch, step: scheme.weigh(_ctx(prob, batch, step), state))
+
+
+def _weigh_once(scheme, ctx):
+    """``scheme.weigh`` from the state its ``init`` gives (N = 12 training rows)."""
+    return scheme.weigh(ctx, scheme.init(jax.random.PRNGKey(0), [5, 4, 3]))
 
 
 def _init(**options):
-    return methods.init_method_state("l2rw", jax.random.PRNGKey(0), [5, 4, 3], **options)
+    return methods.l2rw(**options).init(jax.random.PRNGKey(0), [5, 4, 3])
 
 
 def test_default_options_are_the_papers_algorithm(problem):
-    w, state, metrics = methods.get_weigh_fn("l2rw")(_ctx(problem, problem["batch1"]))
+    w, state, metrics = _weigh_once(methods.get_scheme("l2rw"), _ctx(problem, problem["batch1"]))
     mw = reweight.meta_weights(problem["loss_fn"], problem["params"], problem["opt_state"],
                                problem["tx"], problem["batch1"], problem["val"])
     np.testing.assert_array_equal(w, mw.w)
     np.testing.assert_array_equal(metrics["g_B"], mw.g)
-    assert state == () and _init() == ()
+    assert type(state) is methods.EmptyState and type(_init()) is methods.EmptyState
 
 
 def test_memory_is_an_ema_of_the_normalised_meta_gradient_keyed_by_index(problem):
     d = 0.75
-    weigh = _jitted(problem, methods.get_weigh_fn("l2rw", memory_decay=d, weight_map="clip"))
+    weigh = _jitted(problem, methods.get_scheme("l2rw", memory_decay=d, weight_map="clip"))
     state0 = _init(memory_decay=d)
-    assert state0["memory_N"].shape == (N,) and not bool(jnp.any(state0["seen_N"]))
+    assert type(state0) is methods.L2RWState
+    assert state0.memory_N.shape == (N,) and not bool(jnp.any(state0.seen_N))
     w1, state1, m1 = weigh(state0, problem["batch1"], 0)
     w2, state2, m2 = weigh(state1, problem["batch2"], 1)
     g1, g2 = np.asarray(m1["g_B"], np.float64), np.asarray(m2["g_B"], np.float64)
@@ -76,8 +82,9 @@ def test_memory_is_an_ema_of_the_normalised_meta_gradient_keyed_by_index(problem
     expected[0:8] = gn1
     expected[4:8] = d * gn1[4:8] + (1 - d) * gn2[0:4]  # rows seen twice
     expected[8:12] = gn2[4:8]                         # first visit: the value itself
-    np.testing.assert_allclose(state2["memory_N"], expected, rtol=1e-5, atol=1e-7)
-    np.testing.assert_array_equal(state2["seen_N"], np.ones(N, bool))
+    assert type(state2) is methods.L2RWState
+    np.testing.assert_allclose(state2.memory_N, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(state2.seen_N, np.ones(N, bool))
     # The weights are the paper's map applied to the memory at the batch's rows.
     wt = np.maximum(-expected[4:12], 0.0)
     np.testing.assert_allclose(w2, wt / wt.sum(), rtol=1e-5, atol=1e-7)
@@ -101,8 +108,8 @@ def test_class_normalisation_exact_values():
 @pytest.mark.parametrize("normalize", ["batch", "class", "class_balanced"])
 def test_sign_map_weighs_every_endorsed_example_equally(problem, normalize):
     batch = problem["batch1"]
-    w, _, m = methods.get_weigh_fn("l2rw", weight_map="sign", normalize=normalize)(
-        _ctx(problem, batch))
+    w, _, m = _weigh_once(methods.get_scheme("l2rw", weight_map="sign", normalize=normalize),
+                          _ctx(problem, batch))
     endorsed = np.asarray(m["g_B"]) < 0
     assert 0 < endorsed.sum() < B
     w = np.asarray(w)
@@ -123,7 +130,7 @@ def test_sign_map_weighs_every_endorsed_example_equally(problem, normalize):
 
 def test_warmup_gives_uniform_weights_before_step_w_and_reweights_from_it(problem):
     d, warmup = 0.5, 3
-    weigh = _jitted(problem, methods.get_weigh_fn("l2rw", memory_decay=d, warmup_steps=warmup))
+    weigh = _jitted(problem, methods.get_scheme("l2rw", memory_decay=d, warmup_steps=warmup))
     state = _init(memory_decay=d)
     w_before, state_before, _ = weigh(state, problem["batch1"], warmup - 1)
     w_at, state_at, _ = weigh(state, problem["batch1"], warmup)
@@ -131,8 +138,8 @@ def test_warmup_gives_uniform_weights_before_step_w_and_reweights_from_it(proble
     assert not np.allclose(w_at, 1 / B)
     np.testing.assert_allclose(np.sum(w_at), 1.0, rtol=1e-6)
     # The memory is filled during the warm-up too.
-    np.testing.assert_array_equal(state_before["memory_N"], state_at["memory_N"])
-    assert bool(jnp.all(state_before["seen_N"][:8]))
+    np.testing.assert_array_equal(state_before.memory_N, state_at.memory_N)
+    assert bool(jnp.all(state_before.seen_N[:8]))
 
 
 @pytest.mark.parametrize("options", [
@@ -143,35 +150,39 @@ def test_warmup_gives_uniform_weights_before_step_w_and_reweights_from_it(proble
 def test_bad_options_raise(options):
     key = next(iter(options))
     with pytest.raises(ValueError, match=key):
-        methods.get_weigh_fn("l2rw", **options)
+        methods.get_scheme("l2rw", **options)
 
 
-def test_memory_needs_class_counts_to_size_itself():
+def test_memory_needs_class_counts_to_size_itself_and_its_state(problem):
+    scheme = methods.get_scheme("l2rw", memory_decay=0.5)
     with pytest.raises(ValueError, match="class_counts_C"):
-        methods.init_method_state("l2rw", jax.random.PRNGKey(0), memory_decay=0.5)
+        scheme.init(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="L2RWState"):
+        scheme.weigh(_ctx(problem, problem["batch1"]), methods.EmptyState())
 
 
 def test_variants_under_shard_map_equal_one_device(problem):
     """Memory, sign map and class normalisation over 4 devices: same weights and memory."""
     options = dict(memory_decay=0.5, weight_map="sign", normalize="class_balanced")
-    weigh = methods.get_weigh_fn("l2rw", **options)
+    scheme = methods.get_scheme("l2rw", **options)
     state = _init(memory_decay=0.5)
-    expected = _jitted(problem, weigh)
+    expected = _jitted(problem, scheme)
     w_ref, state_ref, _ = expected(state, problem["batch1"], 0)
     w_ref2, state_ref2, _ = expected(state_ref, problem["batch2"], 1)
 
     def per_device(s, b, v):
-        ctx = _ctx(problem, b, s)._replace(val_batch=v, axis_name=AXIS)
-        return weigh(ctx)[:2]
+        ctx = _ctx(problem, b)._replace(val_batch=v, axis_name=AXIS)
+        return scheme.weigh(ctx, s)[:2]
 
     mesh = Mesh(np.array(jax.devices()[:4]), (AXIS,))
     sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
                                     out_specs=(P(AXIS), P())))
     w1, s1 = sharded(state, problem["batch1"], problem["val"])
     w2, s2 = sharded(s1, problem["batch2"], problem["val"])
-    for a, b in ((w1, w_ref), (w2, w_ref2), (s2["memory_N"], state_ref2["memory_N"])):
+    assert type(s2) is methods.L2RWState
+    for a, b in ((w1, w_ref), (w2, w_ref2), (s2.memory_N, state_ref2.memory_N)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(s2["seen_N"], state_ref2["seen_N"])
+    np.testing.assert_array_equal(s2.seen_N, state_ref2.seen_N)
 
 
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
@@ -195,9 +206,9 @@ def test_last_layer_meta_gradient_is_the_meta_gradient_of_the_head_on_fixed_feat
                                                                b["label"])
 
     ctx = methods.WeighContext(loss_fn=loss_fn, params=params, opt_state=tx.init(params), tx=tx,
-                               batch=batch, val_batch=val, method_state=(),
+                               batch=batch, val_batch=val,
                                rng=jax.random.PRNGKey(0), step=jnp.int32(0))
-    _, _, metrics = methods.get_weigh_fn("l2rw", mode=mode, meta_params="last")(ctx)
+    _, _, metrics = methods.l2rw(mode, meta_params="last").weigh(ctx, methods.EmptyState())
     assert sorted(params) == ["Dense_0", "head"]
     hidden = lambda x: jax.nn.relu(x @ params["Dense_0"]["kernel"]
                                    + params["Dense_0"]["bias"][None, :])
@@ -211,21 +222,22 @@ def test_last_layer_meta_gradient_is_the_meta_gradient_of_the_head_on_fixed_feat
         head_loss, head, tx.init(head), tx, {"h": hidden(batch["image"]), "label": batch["label"]},
         {"h": hidden(val["image"]), "label": val["label"]}, mode=mode)
     np.testing.assert_allclose(metrics["g_B"], g_ref, rtol=1e-5, atol=1e-8)
-    _, _, full = methods.get_weigh_fn("l2rw", mode=mode)(ctx)
+    _, _, full = methods.l2rw(mode).weigh(ctx, methods.EmptyState())
     assert not np.allclose(full["g_B"], g_ref)  # the body's share of the full meta-gradient
 
 
 def test_loss_gate_keeps_examples_below_the_clean_loss_quantile(problem):
     q = 0.5
     ctx = _ctx(problem, problem["batch1"])
-    w, _, m = methods.get_weigh_fn("l2rw", weight_map="sign", loss_quantile=q)(ctx)
+    w, _, m = _weigh_once(methods.get_scheme("l2rw", weight_map="sign", loss_quantile=q), ctx)
     losses = np.asarray(problem["loss_fn"](problem["params"], problem["batch1"]))
     tau = np.quantile(np.asarray(problem["loss_fn"](problem["params"], problem["val"])), q)
     kept = (losses <= tau) & (np.asarray(m["g_B"]) < 0)
     assert 0 < kept.sum() < B and (losses > tau).any()
     np.testing.assert_allclose(w, kept / kept.sum(), rtol=1e-6)
     # q = 1 with a clean batch whose losses are all at least the training ones: no gating.
-    w1, _, m1 = methods.get_weigh_fn("l2rw", weight_map="sign", loss_quantile=1.0)(
+    w1, _, m1 = _weigh_once(
+        methods.get_scheme("l2rw", weight_map="sign", loss_quantile=1.0),
         ctx._replace(val_batch={k: v for k, v in problem["batch1"].items() if k != "index"}))
     endorsed = np.asarray(m1["g_B"]) < 0
     np.testing.assert_allclose(w1, endorsed / endorsed.sum(), rtol=1e-6)

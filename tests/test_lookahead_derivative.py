@@ -191,7 +191,7 @@ def test_mwnet_lookahead_is_finite_and_exact_with_a_zero_gradient_coordinate():
     """Meta-Weight-Net differentiates the look-ahead at g = sum_i w_i grad C_i != 0; the dead
     unit's coordinates have g = 0 and nu = 0 under a fresh Adam state (plain autodiff: NaN)."""
     tx = optax.adam(0.01)
-    phi = methods.init_method_state("mwnet", jax.random.key(1), hidden=4)["phi"]
+    phi = methods.mwnet(hidden=4).init(jax.random.key(1)).phi
 
     def weights(phi, losses_B):
         v_B = methods._vnet(phi, losses_B)
@@ -206,7 +206,7 @@ def test_mwnet_lookahead_is_finite_and_exact_with_a_zero_gradient_coordinate():
     def run(phi, params, batch, val):
         ctx = methods.WeighContext(
             loss_fn=_mlp_loss, params=params, opt_state=tx.init(params), tx=tx, batch=batch,
-            val_batch=val, method_state=(), rng=jax.random.key(0), step=jnp.int32(0))
+            val_batch=val, rng=jax.random.key(0), step=jnp.int32(0))
         _, val_loss, grad_phi = methods._mwnet_meta_gradient(ctx, phi, weights)
         d = jax.tree.map(lambda x: jnp.cos(jnp.arange(x.size).reshape(x.shape) + 1.0), phi)
         h = 1e-6
@@ -266,9 +266,9 @@ def test_one_train_step_with_adam_keeps_the_parameters_finite():
     def apply_fn(params, model_state, x, train, rng=None):
         return _mlp_logits(params, x), model_state
 
-    train_step = step_lib.make_train_step(apply_fn, tx, methods.get_weigh_fn("l2rw"))
+    train_step = step_lib.make_train_step(apply_fn, tx, methods.get_scheme("l2rw"))
     state = TrainState(step=jnp.int32(0), params=params, model_state={},
-                       opt_state=tx.init(params), rng=None, method_state=())
+                       opt_state=tx.init(params), rng=None)
     states = jax.tree.map(lambda x: jnp.stack([x, x]), state)._replace(
         rng=jax.random.split(jax.random.key(0), 2))
     new_states, metrics = jax.jit(jax.vmap(train_step, in_axes=(0, None, None)),

@@ -105,11 +105,12 @@ def test_resnet32_issue_input_meta_gradient_is_the_output_layers_finite_differen
 
     def run(params, batch, val):
         ctx = methods.WeighContext(loss_fn=loss_fn, params=params, opt_state=tx.init(params),
-                                   tx=tx, batch=batch, val_batch=val, method_state=(),
+                                   tx=tx, batch=batch, val_batch=val,
                                    rng=jax.random.PRNGKey(0), step=jnp.int32(0))
-        g = {mode: methods.l2rw(mode, meta_params="last")(ctx)[2]["g_B"]
+        empty = methods.EmptyState()
+        g = {mode: methods.l2rw(mode, meta_params="last").weigh(ctx, empty)[2]["g_B"]
              for mode in ("forward", "reverse")}
-        g["unit"] = methods.l2rw(meta_params=("_PreActUnit_2",))(ctx)[2]["g_B"]
+        g["unit"] = methods.l2rw(meta_params=("_PreActUnit_2",)).weigh(ctx, empty)[2]["g_B"]
         step = 1e-6 * jnp.concatenate([jnp.eye(B), -jnp.eye(B)])
         values = jax.vmap(val_after_lookahead)(step)
         return g, (values[:B] - values[B:]) / 2e-6
@@ -161,9 +162,9 @@ def test_user_module_output_layer_is_found_and_moved_alone():
 
     def run(params, batch, val):
         ctx = methods.WeighContext(loss_fn=loss_fn, params=params, opt_state=tx.init(params),
-                                   tx=tx, batch=batch, val_batch=val, method_state=(),
+                                   tx=tx, batch=batch, val_batch=val,
                                    rng=jax.random.PRNGKey(0), step=jnp.int32(0))
-        g_B = methods.l2rw(meta_params=path)(ctx)[2]["g_B"]
+        g_B = methods.l2rw(meta_params=path).weigh(ctx, methods.EmptyState())[2]["g_B"]
 
         def head_grad(f):
             def of_head(head):
@@ -185,12 +186,12 @@ def test_user_module_output_layer_is_found_and_moved_alone():
 
     # "last" means params["head"]; a module without one fails loudly, naming the way out.
     ctx = methods.WeighContext(loss_fn=loss_fn, params=params, opt_state=tx.init(params), tx=tx,
-                               batch=batch, val_batch=val, method_state=(),
+                               batch=batch, val_batch=val,
                                rng=jax.random.PRNGKey(0), step=jnp.int32(0))
     with pytest.raises(ValueError, match=r"'head'.*output_layer_path"):
-        methods.l2rw(meta_params="last")(ctx)
+        methods.l2rw(meta_params="last").weigh(ctx, methods.EmptyState())
     with pytest.raises(ValueError, match=r"'Dense_9'.*\('blocks',\)"):
-        methods.l2rw(meta_params=("blocks", "Dense_9"))(ctx)
+        methods.l2rw(meta_params=("blocks", "Dense_9")).weigh(ctx, methods.EmptyState())
 
 
 def test_output_computed_after_the_last_layer_has_no_output_layer():

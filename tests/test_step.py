@@ -30,7 +30,7 @@ def _batches(shape, seed=0):
 
 def _state(params, model_state, tx, seed=1):
     return TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=model_state,
-                      opt_state=tx.init(params), rng=jax.random.key(seed), method_state=())
+                      opt_state=tx.init(params), rng=jax.random.key(seed))
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,9 @@ def cnn_bn():
     batch, val_batch = _batches((6, 6, 1))
     steps = {name: jax.jit(step_lib.make_train_step(apply_fn, tx, weigh_fn),
                            compiler_options=FAST_COMPILE)
-             for name, weigh_fn in [("forward", methods.get_weigh_fn("l2rw")),
-                                    ("reverse", methods.get_weigh_fn("l2rw", mode="reverse")),
-                                    ("erm", methods.get_weigh_fn("erm"))]}
+             for name, weigh_fn in [("forward", methods.get_scheme("l2rw")),
+                                    ("reverse", methods.get_scheme("l2rw", mode="reverse")),
+                                    ("erm", methods.get_scheme("erm"))]}
     state, _ = steps["erm"](_state(params, model_state, tx), batch, val_batch)
     return dict(apply_fn=apply_fn, tx=tx, state=state, batch=batch, val_batch=val_batch,
                 steps=steps)
@@ -158,7 +158,7 @@ def test_all_zero_step_has_no_data_term_and_no_nan():
     lr, wd = 0.1, 0.01
     tx = optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr))
     train_step = step_lib.jit_train_step(step_lib.make_train_step(
-        models.make_apply_fn(module), tx, methods.get_weigh_fn("l2rw")))
+        models.make_apply_fn(module), tx, methods.get_scheme("l2rw")))
     # The state is donated: hand it copies, keep `params` for the comparison.
     new_state, metrics = train_step(_state(jax.tree.map(jnp.copy, params), {}, tx), batch,
                                     val_batch)
@@ -178,7 +178,7 @@ def test_train_step_vmaps_over_seeds():
     batch, val_batch = _batches((5,))
     states = [_state(models.init_model(module, jax.random.key(s), (1, 5))[0], {}, tx, seed=s)
               for s in (0, 1)]
-    train_step = step_lib.make_train_step(apply_fn, tx, methods.get_weigh_fn("l2rw"))
+    train_step = step_lib.make_train_step(apply_fn, tx, methods.get_scheme("l2rw"))
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
     vmapped = jax.jit(jax.vmap(train_step, in_axes=(0, None, None)),
                       compiler_options=FAST_COMPILE)
@@ -207,16 +207,17 @@ def test_sgd_lookahead_is_the_official_gradient_dot_product():
 
     @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def weights(state):
-        official = methods.get_weigh_fn("l2rw", lookahead="sgd")
-        optimizer = methods.get_weigh_fn("l2rw")
+        official = methods.get_scheme("l2rw", lookahead="sgd")
+        optimizer = methods.get_scheme("l2rw")
         ctx = methods.WeighContext(loss_fn, state.params, state.opt_state, tx, batch, val_batch,
-                                   (), state.rng, state.step)
+                                   state.rng, state.step)
         flat = lambda tree: jnp.concatenate([x.ravel() for x in jax.tree.leaves(tree)])
         grad_val = flat(jax.grad(lambda p: jnp.mean(loss_fn(p, val_batch)))(state.params))
         per_example = jax.vmap(lambda i: flat(jax.grad(lambda p: loss_fn(p, batch)[i])(
             state.params)))(jnp.arange(B))
         dots_B = jnp.maximum(per_example @ grad_val, 0.0)
-        return official(ctx)[0], optimizer(ctx)[0], dots_B / jnp.sum(dots_B)
+        return (official.weigh(ctx, state.method_state)[0],
+                optimizer.weigh(ctx, state.method_state)[0], dots_B / jnp.sum(dots_B))
 
     w_official, w_optimizer, expected = weights(state)
     np.testing.assert_allclose(w_official, expected, rtol=1e-4, atol=1e-7)
@@ -250,13 +251,13 @@ def test_bad_names_and_options_raise_value_errors():
     with pytest.raises(ValueError, match="loss='mse'.*softmax_xent"):
         step_lib.make_train_step(None, optax.sgd(0.1), methods.erm(), loss="mse")
     with pytest.raises(ValueError, match="'no_such_method'.*erm, l2rw"):
-        methods.get_weigh_fn("no_such_method")
+        methods.get_scheme("no_such_method")
     with pytest.raises(ValueError, match=r"\['lr'\].*'l2rw'"):
-        methods.get_weigh_fn("l2rw", lr=0.1)
+        methods.get_scheme("l2rw", lr=0.1)
     with pytest.raises(ValueError, match="mode='fwd'"):
-        methods.get_weigh_fn("l2rw", mode="fwd")
+        methods.get_scheme("l2rw", mode="fwd")
     with pytest.raises(ValueError, match="lookahead='adam'.*optimizer, sgd"):
-        methods.get_weigh_fn("l2rw", lookahead="adam")
+        methods.get_scheme("l2rw", lookahead="adam")
     with pytest.raises(ValueError, match="'vgg'.*lenet"):
         models.create_model("vgg", 10)
     with pytest.raises(ValueError, match=r"\['dropout'\].*'lenet'"):
@@ -371,7 +372,7 @@ def test_l2rw_downweights_flipped_labels_on_gaussian_blobs():
     params, _ = models.init_model(module, jax.random.key(0), (1, 2))
     tx = optax.sgd(0.1)
     train_step = step_lib.jit_train_step(step_lib.make_train_step(
-        models.make_apply_fn(module), tx, methods.get_weigh_fn("l2rw")))
+        models.make_apply_fn(module), tx, methods.get_scheme("l2rw")))
     state = _state(params, {}, tx)
     weights, noisy = [], []
     for t in range(num_steps):
