@@ -289,3 +289,48 @@ def test_missing_catalog_data_fails_fast_under_mock():
 def test_num_classes_only_for_npz():
     with pytest.raises(ValueError, match="num_classes=10 only applies to npz"):
         datasets.load_arrays("digits", num_classes=10)
+
+
+# ----------------------------------------------------------------------------- any tfds dataset
+
+
+def test_any_tfds_image_classification_dataset_through_tfds_mock(tmp_path):
+    """kmnist is in no list of ours: its features (Image + ClassLabel) make it acceptable."""
+    with tfds.testing.mock_data(num_examples=7):
+        a = datasets.load_arrays("kmnist", data_dir=str(tmp_path), download=True)
+    assert a.x_train.shape == (7, 28, 28, 1) and a.x_test.shape == (7, 28, 28, 1)
+    assert a.x_train.dtype == np.uint8 and a.y_train.dtype == np.int32
+    assert a.num_classes == 10 and 0 <= a.y_train.min() and a.y_train.max() < 10
+    assert a.class_names == tuple(tfds.builder("kmnist").info.features["label"].names)
+    assert a.x_clean is None
+
+
+def test_supervised_keys_name_the_features(tmp_path):
+    """smallnorb's label is `label_category` (its supervised key), next to four other labels."""
+    info = tfds.builder("smallnorb", data_dir=str(tmp_path)).info
+    assert datasets.image_label_keys(info, "smallnorb") == ("image", "label_category")
+
+
+@pytest.mark.parametrize(
+    "name,match",
+    [
+        (
+            "imdb_reviews",
+            r"'imdb_reviews' is not an image classification dataset: need an Image feature and "
+            r"a ClassLabel \(as its supervised keys \('text', 'label'\)\); it has text: "
+            r"Text, label: ClassLabel\.",
+        ),
+        (
+            "cats_vs_dogs",
+            r"'cats_vs_dogs': feature 'image' has images of shape \(None, None, 3\) and dtype "
+            r"uint8; allowed: one fixed size",
+        ),
+    ],
+)
+def test_non_image_classification_tfds_dataset_refused_by_its_features(tmp_path, name, match):
+    # Refused from the builder's info (no data needed), before the missing data is reported.
+    with tfds.testing.mock_data(num_examples=2):
+        with pytest.raises(ValueError, match=match):
+            datasets.load_arrays(name, data_dir=str(tmp_path), download=True)
+    with pytest.raises(ValueError, match=match):
+        datasets.load_arrays(name, data_dir=str(tmp_path))

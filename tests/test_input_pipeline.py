@@ -324,7 +324,7 @@ def test_given_mean_std_are_used(npz_name):
         ({"noise": "imbalance", "majority_fraction": 1.0}, r"majority_fraction.*got 1.0"),
         ({"clean_per_class": -1}, r"clean_per_class must be an integer >= 1, got -1"),
         ({"mean": 0.5}, r"give both mean and std or neither"),
-        ({"dataset": "imagenet"}, r"unknown dataset 'imagenet'; allowed: mnist"),
+        ({"dataset": "Image Net"}, r"unknown dataset 'Image Net'; allowed: a tfds"),
     ],
 )
 def test_bad_settings_raise_before_loading(kw, match):
