@@ -116,3 +116,26 @@ def test_folder_one_class_refused(tmp_path):
     _tree(tmp_path, {"train": {"a": ["1.png"]}, "test": {"a": ["1.png"]}})
     with pytest.raises(ValueError, match=r"train/ has 1 class folder\(s\) \['a'\]; need at least 2"):
         datasets.load_arrays(f"folder:{tmp_path}")
+
+
+def test_folder_and_save_arrays_need_no_tensorflow(tmp_path):
+    """On a host without TensorFlow/tfds (as accelerator hosts often are) both sources load."""
+    import subprocess
+    import sys
+
+    from test_imports import ABSENT, BLOCK, ROOT
+
+    _tree(tmp_path, TREE)
+    code = BLOCK.format(names=ABSENT) + (
+        "import numpy as np\nfrom l2rw_jax import datasets\n"
+        f"a = datasets.load_arrays('folder:{tmp_path}')\n"
+        f"n = datasets.save_arrays('{tmp_path}/a.npz', a.x_train, a.y_train, a.x_test, a.y_test,"
+        " x_clean=a.x_clean, y_clean=a.y_clean, class_names=a.class_names)\n"
+        "b = datasets.load_arrays(n)\n"
+        "assert all(np.array_equal(u, v) for u, v in zip(a[:4], b[:4]))\n"
+        "assert np.array_equal(a.x_clean, b.x_clean) and a.class_names == b.class_names\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
