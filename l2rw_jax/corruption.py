@@ -362,7 +362,8 @@ def _check_images(name: str, x: Any) -> np.ndarray:
 def _check_clean_per_class(k: Any, clean_given: bool | None, noise: str) -> None:
     """`clean_per_class` >= 1 draws the clean set from the training data; 0 or None means none
     is drawn, which is only right when a clean set was given (never both: a conflict raises)."""
-    draws = not (k is None or (not isinstance(k, bool) and isinstance(k, numbers.Integral) and k == 0))
+    zero = not isinstance(k, bool) and isinstance(k, numbers.Integral) and k == 0
+    draws = not (k is None or zero)
     if draws:
         _check_int("clean_per_class", k, minimum=1)
     if noise == "imbalance" and clean_given:

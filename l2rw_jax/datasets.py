@@ -235,9 +235,10 @@ def _missing_message(name: str, builder) -> str:
         f"(looked for {builder.data_dir}/dataset_info.json) and downloading is off. Provide it "
         f"one of these ways: (1) pass data_dir=<dir> holding a prepared copy (e.g. made with "
         f"`tfds build {name} --data_dir <dir>` on a machine with internet access, then copied), or "
-        f"set $TFDS_DATA_DIR; (2) save the arrays as an .npz with keys {', '.join(NPZ_KEYS)} and "
-        f"use the dataset name 'npz:/path/file.npz'; (3) use the embedded 'digits', which "
-        f"needs no files."
+        f"set $TFDS_DATA_DIR; (2) save the arrays as an .npz with keys {', '.join(NPZ_KEYS)} "
+        f"(l2rw_jax.save_arrays writes one) and use the dataset name 'npz:/path/file.npz', or "
+        f"lay the images out as folder:/path (train/<class>/<images>, test/<class>/...); "
+        f"(3) use the embedded 'digits', which needs no files."
     )
 
 

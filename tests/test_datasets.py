@@ -135,7 +135,9 @@ def test_npz_bad_content_raises(tmp_path, overrides, match):
 
 
 def test_npz_labels_out_of_range_raises(tmp_path):
-    with pytest.raises(ValueError, match=r"labels out of range: found label 2 in y_train, allowed \[0, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"labels out of range: found label 2 in y_train, allowed \[0, 2\)"
+    ):
         datasets.load_arrays(_write_npz(tmp_path / "r.npz"), num_classes=2)
 
 
@@ -171,7 +173,7 @@ def test_float_images_in_unit_interval_become_round_255x():
     np.testing.assert_array_equal(a.x_train[0, ..., 0].ravel()[3:], k[3:])
     assert a.x_train[0, 0, :3, 0].tolist() == [128, 127, 1]
     for bad, shown in ((np.nan, "nan"), (1.0 + 1e-6, "1.000001"), (-1e-3, "-0.001")):
-        with pytest.raises(ValueError, match=rf"x_test is float, so it must lie in \[0, 1\].*{shown}"):
+        with pytest.raises(ValueError, match=rf"x_test is float, so it must lie in .*{shown}"):
             datasets.make_arrays(x, [0, 1], np.full((1, 16, 16), bad), [1])
 
 
