@@ -68,6 +68,7 @@ from l2rw_jax.corruption import imbalance_subset
 from l2rw_jax.corruption import make_splits
 from l2rw_jax.corruption import uniform_flip
 from l2rw_jax.datasets import load_arrays
+from l2rw_jax.datasets import save_arrays
 from l2rw_jax.device_data import DeviceSplit
 from l2rw_jax.device_data import StreamOrder
 from l2rw_jax.device_data import batch_at

@@ -2,7 +2,7 @@
 
 No TensorFlow, no JAX: everything here is `np.random.default_rng(seed)` and integer arithmetic,
 so the same seed gives the same split and the same noise on any machine (Ren et al., ICML 2018,
-arXiv 1803.09050, §5; definitions pinned in DESIGN.md §3).
+arXiv 1803.09050, §5; each function's docstring is its definition).
 
 Counting convention (all corruptions): with N examples and ratio r, *exactly*
 `n = floor(r * N + 1/2)` examples are chosen (round half up, computed in float64), uniformly
@@ -12,6 +12,11 @@ without replacement: the first n rows of `rng.permutation(N)`. `uniform_flip` an
 
 Labels are returned as int32; `is_noisy[i]` is True exactly where the observed label differs
 from the true one.
+
+The clean set (`make_splits`) is either drawn from the training data (`clean_per_class` per
+class, the paper's setting on benchmarks) or given by the caller (`x_clean, y_clean`: a set they
+verified, the setting on real noisy data), then used exactly as given and the whole of
+`x_train` is the noisy training set.
 """
 
 from __future__ import annotations
@@ -47,8 +52,12 @@ class Splits(NamedTuple):
     """Everything an experiment trains and evaluates on, as numpy arrays (`make_splits`).
 
     `train_*` rows are the noisy training set (row i is the example with batch `index` i);
-    `*_source_index` are rows in the source train/test arrays, for audits. `source_classes[c]` is
-    the source class id behind label c (the identity except for `imbalance`).
+    `*_source_index` are rows in the source train/test arrays, for audits; `clean_source_index`
+    is a row of the given `x_clean` when `clean_given`, else of the source training arrays.
+    `source_classes[c]` is the source class id behind label c (the identity except for
+    `imbalance`). `train_true_labels` are the labels before *our* corruption: on real data with
+    noisy labels of its own they are the labels as given, not a ground truth, and `train_is_noisy`
+    marks only the synthetic flips.
     """
 
     train_x: np.ndarray  # uint8 N x H x W x C
@@ -58,7 +67,7 @@ class Splits(NamedTuple):
     train_source_index: np.ndarray  # int64 N, row in the source training arrays
     clean_x: np.ndarray  # uint8 M x H x W x C, never corrupted
     clean_labels: np.ndarray  # int32 M
-    clean_source_index: np.ndarray  # int64 M, row in the source training arrays
+    clean_source_index: np.ndarray  # int64 M, row in x_clean if clean_given, else in x_train
     test_x: np.ndarray  # uint8 T x H x W x C
     test_labels: np.ndarray  # int32 T
     test_source_index: np.ndarray  # int64 T, row in the source test arrays
@@ -68,6 +77,7 @@ class Splits(NamedTuple):
     ratio: float
     background_class: int | None
     seed: int
+    clean_given: bool = False  # True: the clean set is the caller's x_clean, y_clean, as given
 
 
 # ----------------------------------------------------------------------------- validation
@@ -349,6 +359,31 @@ def _check_images(name: str, x: Any) -> np.ndarray:
     return x
 
 
+def _check_clean_per_class(k: Any, clean_given: bool | None, noise: str) -> None:
+    """`clean_per_class` >= 1 draws the clean set from the training data; 0 or None means none
+    is drawn, which is only right when a clean set was given (never both: a conflict raises)."""
+    zero = not isinstance(k, bool) and isinstance(k, numbers.Integral) and k == 0
+    draws = not (k is None or zero)
+    if draws:
+        _check_int("clean_per_class", k, minimum=1)
+    if noise == "imbalance" and clean_given:
+        raise ValueError(
+            "noise='imbalance' draws its clean set from the two classes of the training data; "
+            "a given clean set (x_clean, y_clean) cannot be used with it."
+        )
+    if draws and clean_given:
+        raise ValueError(
+            f"clean_per_class={k!r} would draw a clean set from the training data, but a clean "
+            f"set was given (x_clean, y_clean); set clean_per_class to 0 (or None) to use the "
+            f"given one as it is."
+        )
+    if not draws and (clean_given is False or noise == "imbalance"):
+        raise ValueError(
+            f"clean_per_class must be an integer >= 1, got {k!r} (0 or None only with a given "
+            f"clean set x_clean, y_clean, and not for noise 'imbalance')."
+        )
+
+
 def check_split_args(
     *,
     num_classes: int | None,
@@ -362,10 +397,14 @@ def check_split_args(
     num_train: int = 5000,
     majority_class: int = 9,
     minority_class: int = 4,
+    clean_given: bool | None = False,
 ) -> None:
     """Checks `make_splits`'s settings; `num_classes=None` skips the checks that need it.
 
     Lets a caller (e.g. `input_pipeline.make_streams`) reject a bad setting before loading data.
+    `clean_given`: whether a clean set comes with the data (then `clean_per_class` must be 0 or
+    None, and `noise` not `imbalance`); None: not known yet (before the data is loaded), so
+    `clean_per_class` may be 0/None or >= 1, to be checked again by `make_splits`.
     Raises ValueError naming the bad value and what is allowed.
     """
     if noise not in NOISE_TYPES:
@@ -378,7 +417,9 @@ def check_split_args(
             f"ratio={ratio} only applies to noise 'uniform' or 'background', not "
             f"{noise!r}; leave it at 0."
         )
-    _check_int("clean_per_class", clean_per_class, minimum=1)
+    if not (clean_given is None or isinstance(clean_given, bool)):
+        raise ValueError(f"clean_given must be True, False or None, got {clean_given!r}.")
+    _check_clean_per_class(clean_per_class, clean_given, noise)
     _check_int("seed", seed, minimum=0)
     if background_class is not None:
         if noise != "background":
@@ -423,7 +464,7 @@ def make_splits(
     num_classes: int,
     noise: str = "none",
     ratio: float = 0.0,
-    clean_per_class: int,
+    clean_per_class: int | None = None,
     seed: int,
     background_class: int | None = None,
     official_convention: bool = False,
@@ -431,13 +472,21 @@ def make_splits(
     num_train: int = 5000,
     majority_class: int = 9,
     minority_class: int = 4,
+    x_clean: np.ndarray | None = None,
+    y_clean: np.ndarray | None = None,
 ) -> Splits:
     """The clean set, the (corrupted) noisy training set and the test set of one experiment.
 
     1. Clean set: `clean_split` of the source training labels, k = `clean_per_class` per class
        (for `imbalance`: of the two classes only), never corrupted. Sub-seed `[seed, 0]`.
-    2. Noisy training set = the rest of the training pool, then by `noise`:
-       - `none`: clean labels;
+       Or, when `x_clean, y_clean` are given (a trusted set of the user's), exactly those rows,
+       in their order, never corrupted (`clean_source_index = arange(M)`, `clean_given=True`);
+       then `clean_per_class` must be 0 or None (a value >= 1 raises: the two would conflict)
+       and `noise` may not be `imbalance` (it draws its own clean set).
+    2. Noisy training set = the rest of the training pool (ALL of `x_train`, in order, when a
+       clean set was given: `train_source_index = arange(N)`), then by `noise`:
+       - `none`: labels as they came (`train_is_noisy` all False, `train_true_labels` = the
+         given labels: on real data any noise of its own is unknown here);
        - `uniform`: `uniform_flip(ratio)` (sub-seed `[seed, 1]`; `official_convention` passes on);
        - `background`: `background_flip(ratio)` (sub-seed `[seed, 1]`) to `background_class`, or
          when None to `b ~ U{0..C-1}` from sub-seed `[seed, 4]` (`Splits.background_class`);
@@ -452,6 +501,13 @@ def make_splits(
 
     Every argument is checked before any work; a bad one raises ValueError naming it.
     """
+    if (x_clean is None) != (y_clean is None):
+        raise ValueError(
+            f"give both x_clean and y_clean or neither, got x_clean "
+            f"{'None' if x_clean is None else 'given'} and y_clean "
+            f"{'None' if y_clean is None else 'given'}."
+        )
+    clean_given = x_clean is not None
     check_split_args(
         num_classes=num_classes,
         noise=noise,
@@ -464,6 +520,7 @@ def make_splits(
         num_train=num_train,
         majority_class=majority_class,
         minority_class=minority_class,
+        clean_given=clean_given,
     )
     ratio = float(ratio)
     x_train, x_test = _check_images("x_train", x_train), _check_images("x_test", x_test)
@@ -478,6 +535,19 @@ def make_splits(
         raise ValueError(
             f"train and test images differ in shape: {x_train.shape[1:]} vs {x_test.shape[1:]}."
         )
+    if clean_given:
+        x_clean = _check_images("x_clean", x_clean)
+        y_clean = _check_labels(y_clean, num_classes, "y_clean")
+        if len(x_clean) != len(y_clean) or len(x_clean) == 0:
+            raise ValueError(
+                f"the given clean set needs as many labels as images and at least one: x_clean "
+                f"{len(x_clean)} vs y_clean {len(y_clean)}."
+            )
+        if x_clean.shape[1:] != x_train.shape[1:]:
+            raise ValueError(
+                f"clean and train images differ in shape: {x_clean.shape[1:]} vs "
+                f"{x_train.shape[1:]}."
+            )
 
     if noise == "imbalance":
         classes = tuple(sorted((minority_class, majority_class)))
@@ -527,9 +597,14 @@ def make_splits(
         clean_labels = (y_train[clean_idx] == classes[1]).astype(np.int32)
         out_classes, out_num_classes, b = classes, 2, None
     else:
-        clean_idx, train_idx = clean_split(
-            y_train, clean_per_class, [seed, _STAGE_CLEAN], num_classes=num_classes
-        )
+        if clean_given:
+            clean_idx, train_idx = np.arange(len(y_clean)), np.arange(len(y_train))
+        else:
+            clean_idx, train_idx = clean_split(
+                y_train, clean_per_class, [seed, _STAGE_CLEAN], num_classes=num_classes
+            )
+        if train_idx.size == 0 and clean_given:
+            raise ValueError("x_train is empty; nothing to train on.")
         if train_idx.size == 0:
             raise ValueError(
                 f"clean_per_class={clean_per_class} takes every training example "
@@ -552,7 +627,7 @@ def make_splits(
             corrupted = Corrupted(t, t.copy(), np.zeros(t.size, bool))
         test_idx = np.arange(len(y_test))
         test_labels = y_test.astype(np.int32)
-        clean_labels = y_train[clean_idx].astype(np.int32)
+        clean_labels = (y_clean if clean_given else y_train[clean_idx]).astype(np.int32)
         out_classes, out_num_classes = tuple(range(num_classes)), num_classes
 
     return Splits(
@@ -561,7 +636,7 @@ def make_splits(
         train_true_labels=corrupted.true_labels,
         train_is_noisy=corrupted.is_noisy,
         train_source_index=train_idx.astype(np.int64),
-        clean_x=x_train[clean_idx],
+        clean_x=x_clean if clean_given else x_train[clean_idx],
         clean_labels=clean_labels,
         clean_source_index=clean_idx.astype(np.int64),
         test_x=x_test[test_idx],
@@ -573,6 +648,7 @@ def make_splits(
         ratio=ratio,
         background_class=b,
         seed=seed,
+        clean_given=clean_given,
     )
 
 

@@ -1,39 +1,64 @@
-"""Data sources -> numpy arrays: tfds catalog datasets, the embedded digits, a user's npz.
+"""Data sources -> numpy arrays: any tfds image-classification dataset, the embedded digits, a
+user's npz, a folder of image files, or arrays already in memory.
 
-`load_arrays(name)` returns the full train and test sets in memory as uint8 `N x H x W x C`
-images and int32 labels, for the corruption and the input pipeline to work on:
+`load_arrays(name)` returns the full train and test sets (and a trusted clean set where the
+source has one) in memory as uint8 `N x H x W x C` images and int32 labels, for the corruption
+and the input pipeline to work on:
 
-- catalog names `mnist`, `fashion_mnist`, `cifar10`, `cifar100`, `svhn_cropped`: read with
-  `tfds.builder(name, data_dir=...)`. Data that is not prepared in `data_dir` fails fast (no
-  network is touched) unless `download=True` asks tfds to fetch it — which, offline, retries
-  for minutes, so it is never the default.
+- a tfds name (`mnist`, `cifar10`, `kmnist`, `emnist/letters`, `name:1.0.0`, ...): read with
+  `tfds.builder(name, data_dir=...)`. Any dataset whose features hold one fixed-size uint8
+  `Image` and a `ClassLabel` (its supervised keys, else `image` and `label`), with `train` and
+  `test` splits; anything else is refused with the features it has. Data that is not prepared
+  in `data_dir` fails fast (no network is touched) unless `download=True` asks tfds to fetch it
+  (offline, tfds retries for minutes, so it is never the default). Class names come from the
+  `ClassLabel`.
 - `digits`: scikit-learn's bundled 8x8 digits through the in-package tfds builder
   (`l2rw_jax.digits_builder`), built into `data_dir` on first use, offline, in seconds.
-- `npz:<path>`: a `.npz` with `x_train, y_train, x_test, y_test` (uint8 images `N x H x W` or
-  `N x H x W x C`, integer labels), e.g. `npz:../shared/data/mnist/mnist.npz`.
+- `npz:<path>`: a `.npz` with `x_train, y_train, x_test, y_test`, optionally `x_clean, y_clean`
+  (a trusted clean set, used as given: see `corruption.make_splits`), `class_names` (strings,
+  one per class) and `num_classes` (a scalar); `save_arrays` writes one from a notebook.
+- `folder:<root>`: `root/train/<class>/<images>`, `root/test/<class>/...`, optional
+  `root/clean/<class>/...`, read with Pillow (`l2rw_jax.image_folder`, which gives the row
+  order).
+
+Images are uint8 (0..255) `N x H x W` or `N x H x W x C`, or floats in [0, 1], which are stored
+as `round(255 x)` uint8. Labels are integers in [0, num_classes). `num_classes` is
+`len(class_names)` when names are given, else the largest label + 1.
 
 `data_dir=None` means tfds's default (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
 
-tensorflow_datasets (and with it TensorFlow) is imported only when a catalog or digits source is
-loaded: npz sources and the module itself need neither (DESIGN §7).
+tensorflow_datasets (and with it TensorFlow) is imported only when a tfds or digits source is
+loaded, Pillow only for a folder: npz and folder sources and the module itself run on a host
+without TensorFlow (accelerator hosts often have none).
 """
 
 from __future__ import annotations
 
+import numbers
 import os
-from typing import NamedTuple
+import re
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-CATALOG = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped")
 EMBEDDED = ("digits",)
 NPZ_PREFIX = "npz:"
+FOLDER_PREFIX = "folder:"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-ALLOWED = CATALOG + EMBEDDED + (NPZ_PREFIX + "<path>",)
+NPZ_OPTIONAL_KEYS = ("x_clean", "y_clean", "class_names", "num_classes")
+ALLOWED = (
+    "a tfds image-classification dataset name (e.g. mnist, cifar10, kmnist)",
+    "digits",
+    NPZ_PREFIX + "<path>",
+    FOLDER_PREFIX + "<path>",
+)
+# tfds names: `name`, `name/config`, each optionally `:x.y.z`. Community namespaces
+# (`ns:name`) are left out: they would reach the network.
+_TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?(:\d+\.\d+\.\d+)?\Z")
 
 
 class Arrays(NamedTuple):
-    """A source's full train and test sets."""
+    """A source's full train and test sets, and its trusted clean set if it has one."""
 
     x_train: np.ndarray  # uint8 N x H x W x C
     y_train: np.ndarray  # int32 N
@@ -41,14 +66,26 @@ class Arrays(NamedTuple):
     y_test: np.ndarray  # int32 T
     num_classes: int
     name: str
+    x_clean: np.ndarray | None = None  # uint8 M x H x W x C, a trusted clean set, or None
+    y_clean: np.ndarray | None = None  # int32 M, or None
+    class_names: tuple[str, ...] | None = None  # class_names[c] names label c, or None
 
 
 def check_name(name: str) -> str:
-    """Raises ValueError unless `name` is a catalog name, `digits` or `npz:<path>`."""
-    if not isinstance(name, str) or not (
-        name in CATALOG + EMBEDDED or (name.startswith(NPZ_PREFIX) and len(name) > len(NPZ_PREFIX))
-    ):
-        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(ALLOWED)}.")
+    """Raises ValueError unless `name` has the form of a source (see the module docstring).
+
+    Only the form is checked, without importing tfds: that a tfds name exists and is an image
+    classification dataset is checked by `load_arrays`.
+    """
+    ok = isinstance(name, str) and (
+        name in EMBEDDED
+        or any(
+            name.startswith(p) and len(name) > len(p) for p in (NPZ_PREFIX, FOLDER_PREFIX)
+        )
+        or _TFDS_NAME.match(name) is not None
+    )
+    if not ok:
+        raise ValueError(f"unknown dataset {name!r}; allowed: {'; '.join(ALLOWED)}.")
     return name
 
 
@@ -59,30 +96,28 @@ def load_arrays(
     download: bool = False,
     num_classes: int | None = None,
 ) -> Arrays:
-    """Loads a source's train and test sets into memory.
+    """Loads a source's train and test sets (and clean set, if any) into memory.
 
     Args:
-      name: one of `CATALOG`, `digits`, or `npz:<path>`.
-      data_dir: tfds data directory (catalog and digits; ignored for npz). None: tfds's default.
-      download: catalog only: let tfds download and prepare missing data (needs the internet;
+      name: a tfds name, `digits`, `npz:<path>` or `folder:<path>`.
+      data_dir: tfds data directory (tfds and digits; ignored otherwise). None: tfds's default.
+      download: tfds only: let tfds download and prepare missing data (needs the internet;
         offline, tfds retries for minutes). False (default): missing data raises at once.
-      num_classes: npz only: the number of classes (default: largest label + 1).
+      num_classes: npz only: the number of classes (default: the npz's `num_classes` or
+        `len(class_names)`, else the largest label + 1).
 
     Returns:
       `Arrays` with uint8 `N x H x W x C` images and int32 labels.
 
     Raises:
-      ValueError: unknown name, bad npz content, `num_classes` given for a tfds source.
-      FileNotFoundError: catalog data not prepared in `data_dir` (with `download=False`), or a
-        missing npz file; the message says where it looked and how to provide the data.
+      ValueError: bad name, not an image-classification tfds dataset, bad npz or folder
+        content, `num_classes` given for a source that defines its own.
+      FileNotFoundError: tfds data not prepared in `data_dir` (with `download=False`), or a
+        missing npz file or folder; the message says where it looked and how to provide the data.
     """
     check_name(name)
-    if num_classes is not None and (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, (int, np.integer))
-        or num_classes < 2
-    ):
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    if num_classes is not None:
+        _check_num_classes(num_classes)
     if not isinstance(download, bool):
         raise ValueError(f"download must be True or False, got {download!r}.")
     if name.startswith(NPZ_PREFIX):
@@ -91,11 +126,26 @@ def load_arrays(
         raise ValueError(
             f"num_classes={num_classes!r} only applies to npz sources; {name!r} defines its own."
         )
+    if name.startswith(FOLDER_PREFIX):
+        from l2rw_jax import image_folder  # Imports Pillow when reading.
+
+        root = name[len(FOLDER_PREFIX) :]
+        images = image_folder.read_folder(root)
+        clean = images.splits.get("clean", (None, None))
+        return make_arrays(
+            *images.splits["train"],
+            *images.splits["test"],
+            x_clean=clean[0],
+            y_clean=clean[1],
+            class_names=images.class_names,
+            name=name,
+            where=f"image folder {root!r}: ",
+        )
     import tensorflow_datasets as tfds  # Here, not at the top: npz sources need no TensorFlow.
 
-    from l2rw_jax import digits_builder  # A tfds builder class: imports tfds too.
-
     if name in EMBEDDED:
+        from l2rw_jax import digits_builder  # A tfds builder class: imports tfds too.
+
         builder = digits_builder.Digits(data_dir=data_dir)
         if not builder.is_prepared():
             try:
@@ -109,16 +159,74 @@ def load_arrays(
                 if not builder.is_prepared():
                     raise
     else:
-        builder = tfds.builder(name, data_dir=data_dir)
+        from tensorflow_datasets.core import registered
+
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except registered.DatasetNotFoundError:
+            raise ValueError(
+                f"unknown dataset {name!r}: tfds has no dataset of that name (see "
+                f"tfds.list_builders()); allowed: {'; '.join(ALLOWED)}."
+            ) from None
+        # Before the data is looked for: a wrong kind of dataset is the more useful message.
+        image_label_keys(builder.info, name)
         if not builder.is_prepared():
             if not download:
                 raise FileNotFoundError(_missing_message(name, builder))
             builder.download_and_prepare()
-    x_train, y_train = _read_split(builder, "train")
-    x_test, y_test = _read_split(builder, "test")
+        # A prepared dataset lists its splits (tfds's mock_data lists none).
+        have = list(builder.info.splits)
+        if have and not {"train", "test"} <= set(have):
+            raise ValueError(
+                f"dataset {name!r} has splits {sorted(have)}; a 'train' and a 'test' split are "
+                f"needed (save other splits with save_arrays, or as a folder: source)."
+            )
+    keys = image_label_keys(builder.info, name)
+    label = builder.info.features[keys[1]]
+    x_train, y_train = _read_split(builder, "train", keys)
+    x_test, y_test = _read_split(builder, "test", keys)
+    names = tuple(label.names) if label.names else None
     return Arrays(
-        x_train, y_train, x_test, y_test, int(builder.info.features["label"].num_classes), name
+        x_train, y_train, x_test, y_test, int(label.num_classes), name, class_names=names
     )
+
+
+def image_label_keys(info, name: str = "dataset") -> tuple[str, str]:
+    """The (image, label) feature keys of a tfds dataset, checked: an image classification
+    dataset has a fixed-size uint8 `Image` and a `ClassLabel`, found as its supervised keys,
+    else as `image` and `label`.
+
+    Args:
+      info: a `tfds.core.DatasetInfo` (`builder.info`; no data needed).
+      name: the dataset's name, for messages.
+
+    Raises:
+      ValueError: no such pair (the message lists the features it has), or images of varying
+        size or of another dtype.
+    """
+    import tensorflow_datasets as tfds
+
+    features = info.features
+    keys = info.supervised_keys
+    if not (isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)):
+        keys = ("image", "label")
+    image, label = (features[k] if k in features else None for k in keys)
+    if not (
+        isinstance(image, tfds.features.Image) and isinstance(label, tfds.features.ClassLabel)
+    ):
+        have = ", ".join(f"{k}: {type(v).__name__}" for k, v in features.items())
+        raise ValueError(
+            f"dataset {name!r} is not an image classification dataset: need an Image feature "
+            f"and a ClassLabel (as its supervised keys {keys}); it has {have}."
+        )
+    shape = tuple(image.shape)
+    if any(d is None for d in shape) or np.dtype(image.np_dtype) != np.uint8:
+        raise ValueError(
+            f"dataset {name!r}: feature {keys[0]!r} has images of shape {shape} and dtype "
+            f"{np.dtype(image.np_dtype)}; allowed: one fixed size (no None) and uint8. Resize "
+            f"them and pass them through save_arrays or a folder: source."
+        )
+    return keys
 
 
 def _missing_message(name: str, builder) -> str:
@@ -127,25 +235,223 @@ def _missing_message(name: str, builder) -> str:
         f"(looked for {builder.data_dir}/dataset_info.json) and downloading is off. Provide it "
         f"one of these ways: (1) pass data_dir=<dir> holding a prepared copy (e.g. made with "
         f"`tfds build {name} --data_dir <dir>` on a machine with internet access, then copied), or "
-        f"set $TFDS_DATA_DIR; (2) save the arrays as an .npz with keys {', '.join(NPZ_KEYS)} and "
-        f"use the dataset name 'npz:/path/file.npz'; (3) use the embedded 'digits', which "
-        f"needs no files."
+        f"set $TFDS_DATA_DIR; (2) save the arrays as an .npz with keys {', '.join(NPZ_KEYS)} "
+        f"(l2rw_jax.save_arrays writes one) and use the dataset name 'npz:/path/file.npz', or "
+        f"lay the images out as folder:/path (train/<class>/<images>, test/<class>/...); "
+        f"(3) use the embedded 'digits', which needs no files."
     )
 
 
-def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_split(builder, split: str, keys: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow_datasets as tfds
 
-    # In file order (shuffle_files=False), so rows and thus seeded splits are reproducible.
-    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    # In file order (shuffle_files=False), so rows and thus seeded splits are reproducible. Only
+    # the two features are kept: others (file names, boxes) may not batch.
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    ds = ds.map(lambda ex: (ex[keys[0]], ex[keys[1]]))  # Sequential: order kept.
     xs, ys = [], []
     for x, y in tfds.as_numpy(ds.batch(8192)):
         xs.append(x)
         ys.append(y)
-    shape = tuple(builder.info.features["image"].shape)
+    shape = tuple(builder.info.features[keys[0]].shape)
     x = np.concatenate(xs) if xs else np.zeros((0,) + shape, np.uint8)
     y = np.concatenate(ys) if ys else np.zeros((0,), np.int64)
     return x.astype(np.uint8, copy=False), y.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def _check_num_classes(num_classes: Any, where: str = "") -> int:
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or num_classes < 2
+    ):
+        raise ValueError(f"{where}num_classes must be an integer >= 2, got {num_classes!r}.")
+    return int(num_classes)
+
+
+def _images(key: str, x: Any, where: str) -> np.ndarray:
+    """uint8 N x H x W x C from uint8 or [0, 1] float N x H x W (x C)."""
+    x = np.asarray(x)
+    is_float = np.issubdtype(x.dtype, np.floating)
+    if not (x.dtype == np.uint8 or is_float) or x.ndim not in (3, 4):
+        raise ValueError(
+            f"{where}{key} must be uint8 (0..255) or float (in [0, 1]) N x H x W or "
+            f"N x H x W x C, got dtype {x.dtype} and shape {x.shape}."
+        )
+    if is_float:
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if not (lo >= 0.0 and hi <= 1.0):  # Also catches NaN.
+            raise ValueError(
+                f"{where}{key} is float, so it must lie in [0, 1]; found min {lo} and max {hi} "
+                f"(scale 0..255 floats by 1/255, or pass uint8)."
+            )
+        # Stored as uint8: the input pipelines, the device backend and the npz all hold uint8
+        # (4x less memory than float32), and k/255 maps back to exactly k.
+        x = np.rint(x.astype(np.float64) * 255.0).astype(np.uint8)
+    return x[..., None] if x.ndim == 3 else x
+
+
+def _labels(key: str, y: Any, n: int, xkey: str, where: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"{where}{key} must be a 1-D integer array, got dtype {y.dtype} and shape {y.shape}."
+        )
+    if len(y) != n:
+        raise ValueError(f"{where}{xkey} has {n} images but {key} has {len(y)} labels.")
+    if y.size and y.min() < 0:
+        raise ValueError(
+            f"{where}{key} has negative labels, e.g. {int(y.min())}; labels must lie in "
+            f"[0, num_classes)."
+        )
+    return y
+
+
+def _class_names(class_names: Any, where: str) -> tuple[str, ...]:
+    if isinstance(class_names, np.ndarray):
+        class_names = class_names.tolist() if class_names.ndim == 1 else class_names
+    if (
+        isinstance(class_names, (str, bytes))
+        or not isinstance(class_names, Sequence)
+        or not all(isinstance(c, str) and c for c in class_names)
+        or len(set(class_names)) != len(class_names)
+    ):
+        raise ValueError(
+            f"{where}class_names must be a sequence of distinct non-empty strings, one per "
+            f"class, got {class_names!r}."
+        )
+    return tuple(class_names)
+
+
+def make_arrays(
+    x_train: Any,
+    y_train: Any,
+    x_test: Any,
+    y_test: Any,
+    *,
+    x_clean: Any = None,
+    y_clean: Any = None,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    name: str = "arrays",
+    where: str = "",
+) -> Arrays:
+    """Checks numpy arrays and returns them as `Arrays` (uint8 images with a channel axis,
+    int32 labels).
+
+    Args:
+      x_train, x_test, x_clean: images `N x H x W` or `N x H x W x C`, uint8 (0..255) or float
+        in [0, 1] (stored as `round(255 x)`); all of one `H x W x C`.
+      y_train, y_test, y_clean: 1-D integer labels in [0, num_classes).
+      x_clean, y_clean: a trusted clean set (at least one example), both or neither.
+      class_names: one distinct string per class; fixes `num_classes = len(class_names)`.
+      num_classes: default `len(class_names)`, else the largest label + 1.
+      name: `Arrays.name`.
+      where: prefix of every error message (e.g. "npz '/a/b.npz': ").
+
+    Raises:
+      ValueError: naming the key, the value found and what is allowed.
+    """
+    given = {"x_clean": x_clean is not None, "y_clean": y_clean is not None}
+    if given["x_clean"] != given["y_clean"]:
+        missing, present = ("y_clean", "x_clean") if given["x_clean"] else ("x_clean", "y_clean")
+        raise ValueError(f"{where}{present} is given but {missing} is not; give both or neither.")
+    splits = ("train", "test") + (("clean",) if given["x_clean"] else ())
+    raw = {"train": (x_train, y_train), "test": (x_test, y_test), "clean": (x_clean, y_clean)}
+    xs, ys = {}, {}
+    for s in splits:
+        xs[s] = _images(f"x_{s}", raw[s][0], where)
+        ys[s] = _labels(f"y_{s}", raw[s][1], len(xs[s]), f"x_{s}", where)
+    for s in splits[1:]:
+        if xs[s].shape[1:] != xs["train"].shape[1:]:
+            raise ValueError(
+                f"{where}train images are {xs['train'].shape[1:]} but {s} images are "
+                f"{xs[s].shape[1:]}; all must share one H x W x C."
+            )
+    if len(xs["train"]) == 0:
+        raise ValueError(f"{where}x_train is empty.")
+    if "clean" in xs and len(xs["clean"]) == 0:
+        raise ValueError(f"{where}x_clean is empty; give at least one example, or no clean set.")
+    names = None if class_names is None else _class_names(class_names, where)
+    if num_classes is not None:
+        num_classes = _check_num_classes(num_classes, where)
+    if names is not None:
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(
+                f"{where}num_classes={num_classes} but class_names has {len(names)} names; "
+                f"they must agree."
+            )
+        num_classes = len(names)
+    top = max(int(y.max(initial=0)) for y in ys.values())
+    if num_classes is None:
+        num_classes = top + 1
+    if top >= num_classes:
+        key = next(f"y_{s}" for s in splits if ys[s].max(initial=0) == top)
+        raise ValueError(
+            f"{where}labels out of range: found label {top} in {key}, allowed "
+            f"[0, {num_classes}) (num_classes={num_classes})."
+        )
+    if num_classes < 2:
+        raise ValueError(f"{where}labels cover a single class ({top}); need at least 2.")
+    return Arrays(
+        xs["train"],
+        ys["train"].astype(np.int32),
+        xs["test"],
+        ys["test"].astype(np.int32),
+        int(num_classes),
+        name,
+        x_clean=xs.get("clean"),
+        y_clean=ys["clean"].astype(np.int32) if "clean" in ys else None,
+        class_names=names,
+    )
+
+
+def save_arrays(
+    path: str | os.PathLike,
+    x_train: Any,
+    y_train: Any,
+    x_test: Any,
+    y_test: Any,
+    *,
+    x_clean: Any = None,
+    y_clean: Any = None,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+) -> str:
+    """Checks arrays (as `make_arrays`), writes them to an npz and returns its source name.
+
+    For notebooks: the returned `"npz:<absolute path>"` is what `config.dataset` takes, so a run
+    records a JSON-able name and can be resumed from it. The file holds the converted arrays
+    (uint8 with a channel axis, int32 labels) and, when given, `x_clean, y_clean`,
+    `class_names` and `num_classes`; it is written atomically (`workdir.atomic_write`): a
+    reader never sees half a file, and a failure leaves none.
+
+    >>> name = save_arrays("data.npz", x_train, y_train, x_test, y_test,  # doctest: +SKIP
+    ...                    x_clean=x_trusted, y_clean=y_trusted)
+    >>> config.dataset = name  # doctest: +SKIP
+
+    Raises:
+      ValueError: as `make_arrays`, before anything is written.
+    """
+    from l2rw_jax import workdir
+
+    path = os.path.abspath(os.fspath(path))
+    arrays = make_arrays(
+        x_train, y_train, x_test, y_test, x_clean=x_clean, y_clean=y_clean,
+        class_names=class_names, num_classes=num_classes, name=NPZ_PREFIX + path,
+    )
+    out = {k: getattr(arrays, k) for k in NPZ_KEYS}
+    if arrays.x_clean is not None:
+        out.update(x_clean=arrays.x_clean, y_clean=arrays.y_clean)
+    if arrays.class_names is not None:
+        out["class_names"] = np.array(arrays.class_names, dtype=str)
+    if num_classes is not None:
+        out["num_classes"] = np.array(arrays.num_classes, np.int64)
+    workdir.atomic_write(path, lambda f: np.savez(f, **out), mode="wb")
+    return arrays.name
 
 
 def _load_npz(path: str, num_classes: int | None) -> Arrays:
@@ -155,59 +461,39 @@ def _load_npz(path: str, num_classes: int | None) -> Arrays:
             f"{os.path.abspath(path)!r}); expected a .npz with keys "
             f"{', '.join(NPZ_KEYS)}."
         )
+    where = f"npz {path!r}: "
     with np.load(path, allow_pickle=False) as f:
         missing = [k for k in NPZ_KEYS if k not in f.files]
         if missing:
             raise ValueError(
                 f"npz {path!r} is missing key(s) {missing}; it has {sorted(f.files)}, "
-                f"needs {list(NPZ_KEYS)}."
+                f"needs {list(NPZ_KEYS)}, may have {list(NPZ_OPTIONAL_KEYS)}."
             )
-        arrays = {k: f[k] for k in NPZ_KEYS}
-    images = {}
-    for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        unknown = sorted(set(f.files) - set(NPZ_KEYS) - set(NPZ_OPTIONAL_KEYS))
+        if unknown:
             raise ValueError(
-                f"npz {path!r}: x_{split} must be uint8 N x H x W or N x H x W x C, got "
-                f"dtype {x.dtype} and shape {x.shape}."
+                f"npz {path!r} has unknown key(s) {unknown}; allowed: "
+                f"{list(NPZ_KEYS + NPZ_OPTIONAL_KEYS)}."
             )
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        a = {k: f[k] for k in f.files}
+    stored = a.get("num_classes")
+    if stored is not None:
+        if stored.ndim != 0 or not np.issubdtype(stored.dtype, np.integer):
+            raise ValueError(f"{where}num_classes must be a scalar integer, got {stored!r}.")
+        stored = int(stored)
+        if num_classes is not None and num_classes != stored:
             raise ValueError(
-                f"npz {path!r}: y_{split} must be a 1-D integer array, got dtype "
-                f"{y.dtype} and shape {y.shape}."
+                f"{where}num_classes={num_classes} was asked but the file says {stored}."
             )
-        if len(x) != len(y):
-            raise ValueError(
-                f"npz {path!r}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels."
-            )
-        if y.size and y.min() < 0:
-            raise ValueError(
-                f"npz {path!r}: y_{split} has negative labels, e.g. {int(y.min())}; "
-                f"labels must lie in [0, num_classes)."
-            )
-        images[split] = x[..., None] if x.ndim == 3 else x
-    if images["train"].shape[1:] != images["test"].shape[1:]:
+    names = a.get("class_names")
+    if names is not None and (names.ndim != 1 or names.dtype.kind != "U"):
         raise ValueError(
-            f"npz {path!r}: train images are {images['train'].shape[1:]} but test "
-            f"images are {images['test'].shape[1:]}."
+            f"{where}class_names must be a 1-D array of strings, got dtype {names.dtype} and "
+            f"shape {names.shape}."
         )
-    if len(images["train"]) == 0:
-        raise ValueError(f"npz {path!r}: x_train is empty.")
-    top = int(max(arrays["y_train"].max(), arrays["y_test"].max(initial=0)))
-    if num_classes is None:
-        num_classes = top + 1
-    if top >= num_classes:
-        raise ValueError(
-            f"npz {path!r}: labels out of range: found label {top}, allowed "
-            f"[0, {num_classes}) (num_classes={num_classes})."
-        )
-    if num_classes < 2:
-        raise ValueError(f"npz {path!r}: labels cover a single class ({top}); need at least 2.")
-    return Arrays(
-        images["train"],
-        arrays["y_train"].astype(np.int32),
-        images["test"],
-        arrays["y_test"].astype(np.int32),
-        int(num_classes),
-        NPZ_PREFIX + path,
+    return make_arrays(
+        a["x_train"], a["y_train"], a["x_test"], a["y_test"],
+        x_clean=a.get("x_clean"), y_clean=a.get("y_clean"),
+        class_names=names, num_classes=num_classes if stored is None else stored,
+        name=NPZ_PREFIX + path, where=where,
     )

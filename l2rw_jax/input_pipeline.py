@@ -463,6 +463,7 @@ def make_streams(
         num_train=num_train,
         majority_class=majority_class,
         minority_class=minority_class,
+        clean_given=None,  # Known once the data is loaded: make_splits checks again.
     )
     _check_processes(process_index, process_count)
     if (
@@ -505,6 +506,8 @@ def make_streams(
         num_train=num_train,
         majority_class=majority_class,
         minority_class=minority_class,
+        x_clean=arrays.x_clean,
+        y_clean=arrays.y_clean,
     )
     if mean is None:
         mean, std = channel_stats(splits.train_x)

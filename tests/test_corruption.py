@@ -261,6 +261,105 @@ def test_same_seed_same_splits_different_seed_different(source):
     assert not np.array_equal(a.train_is_noisy, c.train_is_noisy)
 
 
+@pytest.fixture(scope="module")
+def given_clean():
+    """A trusted clean set of 37 rows, not in the training data, labels unsorted and unbalanced
+    (class 9 absent): images spell ids 2_000_000 + j."""
+    y = np.random.default_rng(3).integers(0, C - 1, 37)
+    return _id_images(37, 2_000_000), y
+
+
+@pytest.mark.parametrize("clean_per_class", [None, 0])
+def test_make_splits_given_clean_set_is_used_as_given(source, given_clean, clean_per_class):
+    x_tr, y_tr, x_te, y_te = source
+    x_cl, y_cl = given_clean
+    s = _splits(source, noise="uniform", ratio=0.4, clean_per_class=clean_per_class,
+                x_clean=x_cl, y_clean=y_cl)
+    assert s.clean_given
+    # Exactly those rows, in their order, labels untouched.
+    np.testing.assert_array_equal(s.clean_x, x_cl)
+    np.testing.assert_array_equal(s.clean_labels, y_cl)
+    np.testing.assert_array_equal(s.clean_source_index, np.arange(37))
+    # Every training row is in the training set, in order; source_index maps back to it.
+    np.testing.assert_array_equal(s.train_source_index, np.arange(60000))
+    np.testing.assert_array_equal(_ids(s.train_x), s.train_source_index)
+    np.testing.assert_array_equal(s.train_true_labels, y_tr[s.train_source_index])
+    # The known flips: uniform_flip of all of y_train with make_splits's noise sub-seed [0, 1].
+    flips = corruption.uniform_flip(y_tr, C, 0.4, [0, 1])
+    np.testing.assert_array_equal(s.train_labels, flips.labels)
+    np.testing.assert_array_equal(s.train_is_noisy, flips.is_noisy)
+    assert s.train_is_noisy.sum() == 24000
+    np.testing.assert_array_equal(s.train_is_noisy, s.train_labels != y_tr)
+    np.testing.assert_array_equal(s.test_x, x_te)
+    np.testing.assert_array_equal(s.test_labels, y_te)
+    stats = corruption.split_stats(s)
+    assert stats["num_clean"] == 37 and stats["num_train"] == 60000
+
+
+def test_make_splits_given_clean_set_noise_none_keeps_labels_as_they_came(source, given_clean):
+    x_tr, y_tr, _, _ = source
+    s = _splits(source, clean_per_class=None, x_clean=given_clean[0], y_clean=given_clean[1])
+    np.testing.assert_array_equal(s.train_labels, y_tr)
+    np.testing.assert_array_equal(s.train_true_labels, y_tr)
+    assert not s.train_is_noisy.any() and s.train_labels.dtype == np.int32
+    np.testing.assert_array_equal(_ids(s.train_x), np.arange(60000))
+    np.testing.assert_array_equal(_ids(s.clean_x), 2_000_000 + np.arange(37))
+    b = _splits(source, noise="background", ratio=0.4, background_class=2,
+                clean_per_class=0, x_clean=given_clean[0], y_clean=given_clean[1])
+    chosen = corruption.uniform_flip(y_tr, C, 0.4, [0, 1]).is_noisy
+    np.testing.assert_array_equal(b.train_labels, np.where(chosen, 2, y_tr))
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (
+            {"clean_per_class": 100},
+            r"clean_per_class=100 would draw a clean set from the training data, but a clean "
+            r"set was given \(x_clean, y_clean\); set clean_per_class to 0 \(or None\)",
+        ),
+        (
+            {"noise": "imbalance", "majority_fraction": 0.9},
+            r"noise='imbalance' draws its clean set .* cannot be used with it",
+        ),
+        ({"y_clean": None}, r"give both x_clean and y_clean or neither, got x_clean given and "
+                            r"y_clean None"),
+        ({"y_clean": np.full(37, 10)}, r"y_clean must lie in \[0, 10\).*\[10\]"),
+        ({"y_clean": np.zeros(36, int)}, r"x_clean 37 vs y_clean 36"),
+        ({"x_clean": np.zeros((37, 2, 3, 1), np.uint8)},
+         r"clean and train images differ in shape: \(2, 3, 1\) vs \(2, 2, 1\)"),
+        ({"x_clean": np.zeros((37, 2, 2, 1))}, r"x_clean must be a uint8 .* float64"),
+        ({"x_clean": np.zeros((0, 2, 2, 1), np.uint8), "y_clean": np.zeros(0, int)},
+         r"at least one: x_clean 0 vs y_clean 0"),
+    ],
+)
+def test_make_splits_given_clean_set_conflicts_raise(source, given_clean, kw, match):
+    kw = {"clean_per_class": None, "x_clean": given_clean[0], "y_clean": given_clean[1], **kw}
+    with pytest.raises(ValueError, match=match):
+        _splits(source, **kw)
+
+
+def test_no_clean_set_at_all_raises(source):
+    for k in (0, None):
+        with pytest.raises(ValueError, match=rf"clean_per_class must be an integer >= 1, got "
+                                             rf"{k} \(0 or None only with a given clean set"):
+            _splits(source, clean_per_class=k)
+
+
+def test_check_split_args_before_the_data_is_known():
+    """clean_given=None (data not loaded yet): 0/None and >= 1 both pass; the rest still fails."""
+    kw = {"num_classes": None, "noise": "none", "ratio": 0.0, "seed": 0, "clean_given": None}
+    for k in (None, 0, 5):
+        corruption.check_split_args(clean_per_class=k, **kw)
+    with pytest.raises(ValueError, match=r"clean_per_class must be an integer >= 1, got -1"):
+        corruption.check_split_args(clean_per_class=-1, **kw)
+    with pytest.raises(ValueError, match=r"got 0 \(0 or None only .*not for noise 'imbalance'"):
+        corruption.check_split_args(clean_per_class=0, **{**kw, "noise": "imbalance",
+                                                           "majority_fraction": 0.9})
+    with pytest.raises(ValueError, match=r"clean_given must be True, False or None, got 1"):
+        corruption.check_split_args(clean_per_class=1, **{**kw, "clean_given": 1})
+
+
 def test_pinned_outputs_do_not_change_across_runs():
     """Regression pins: these digests were recorded from this code; a change in numpy's streams
     or in our sampling would change the splits of every published run, so it must be noticed."""

@@ -96,7 +96,32 @@ def test_npz_colour(tmp_path):
         ({"y_test": None}, r"missing key\(s\) \['y_test'\]"),
         ({"y_train": np.arange(11) % 3}, r"x_train has 12 images but y_train has 11 labels"),
         ({"y_test": np.array([0, -1, 2, 1])}, r"y_test has negative labels, e.g. -1"),
-        ({"x_train": np.zeros((12, 5, 6), np.float32)}, r"x_train must be uint8 .* float32"),
+        ({"x_train": np.zeros((12, 5, 6), np.int16)}, r"x_train must be uint8 .* int16"),
+        (
+            {"x_train": np.full((12, 5, 6), 255.0, np.float32)},
+            r"x_train is float, so it must lie in \[0, 1\]; found min 255.0 and max 255.0",
+        ),
+        (
+            {"x_test": np.full((4, 5, 6), -0.5)},
+            r"x_test is float, so it must lie in \[0, 1\]; found min -0.5",
+        ),
+        ({"x_clean": np.zeros((2, 5, 6), np.uint8)}, r"x_clean is given but y_clean is not"),
+        ({"y_clean": np.array([0, 1])}, r"y_clean is given but x_clean is not"),
+        (
+            {"x_clean": np.zeros((2, 5, 5), np.uint8), "y_clean": np.array([0, 1])},
+            r"train images are \(5, 6, 1\) but clean images are \(5, 5, 1\)",
+        ),
+        (
+            {"x_clean": np.zeros((2, 5, 6), np.uint8), "y_clean": np.array([0, 1, 1])},
+            r"x_clean has 2 images but y_clean has 3 labels",
+        ),
+        (
+            {"x_clean": np.zeros((0, 5, 6), np.uint8), "y_clean": np.zeros(0, int)},
+            r"x_clean is empty",
+        ),
+        ({"class_names": np.array(["a", "b"])}, r"found label 2 in y_train, allowed \[0, 2\)"),
+        ({"class_names": np.array([1, 2, 3])}, r"class_names must be a 1-D array of strings"),
+        ({"x_valid": np.zeros(3)}, r"unknown key\(s\) \['x_valid'\]"),
         ({"y_train": np.arange(12) / 2}, r"y_train must be a 1-D integer array, got dtype float64"),
         (
             {"x_test": np.zeros((4, 5, 5), np.uint8)},
@@ -110,8 +135,82 @@ def test_npz_bad_content_raises(tmp_path, overrides, match):
 
 
 def test_npz_labels_out_of_range_raises(tmp_path):
-    with pytest.raises(ValueError, match=r"labels out of range: found label 2, allowed \[0, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"labels out of range: found label 2 in y_train, allowed \[0, 2\)"
+    ):
         datasets.load_arrays(_write_npz(tmp_path / "r.npz"), num_classes=2)
+
+
+def test_npz_clean_set_and_class_names(tmp_path):
+    x_clean = np.arange(2 * 5 * 6, dtype=np.uint8).reshape(2, 5, 6)
+    name = _write_npz(
+        tmp_path / "c.npz",
+        x_clean=x_clean,
+        y_clean=np.array([2, 0]),
+        class_names=np.array(["cat", "dog", "eel", "fox"]),
+    )
+    a = datasets.load_arrays(name)
+    np.testing.assert_array_equal(a.x_clean, x_clean[..., None])
+    assert a.y_clean.tolist() == [2, 0] and a.y_clean.dtype == np.int32
+    # class_names fixes num_classes (4), though the labels only reach 2.
+    assert a.class_names == ("cat", "dog", "eel", "fox") and a.num_classes == 4
+    assert datasets.load_arrays(_write_npz(tmp_path / "n.npz")).x_clean is None
+    with pytest.raises(ValueError, match=r"num_classes=5 but class_names has 4 names"):
+        datasets.load_arrays(name, num_classes=5)
+    with pytest.raises(ValueError, match=r"found label 3 in y_clean, allowed \[0, 3\)"):
+        datasets.load_arrays(
+            _write_npz(tmp_path / "b.npz", x_clean=x_clean, y_clean=[3, 0]), num_classes=3
+        )
+
+
+def test_float_images_in_unit_interval_become_round_255x():
+    k = np.arange(256, dtype=np.uint8)
+    x = np.stack([k / 255.0, (k / 255.0).astype(np.float32)]).reshape(2, 16, 16)
+    x[0, 0, :3] = [0.5, 0.4999, 1.0 / 510 + 1e-9]  # 127.5 -> 128 (half to even), 127.47 -> 127.
+    a = datasets.make_arrays(x, [0, 1], x[:1], [1])
+    assert a.x_train.dtype == np.uint8 and a.x_train.shape == (2, 16, 16, 1)
+    np.testing.assert_array_equal(a.x_train[1, ..., 0].ravel(), k)  # k / 255 -> k exactly.
+    np.testing.assert_array_equal(a.x_train[0, ..., 0].ravel()[3:], k[3:])
+    assert a.x_train[0, 0, :3, 0].tolist() == [128, 127, 1]
+    for bad, shown in ((np.nan, "nan"), (1.0 + 1e-6, "1.000001"), (-1e-3, "-0.001")):
+        with pytest.raises(ValueError, match=rf"x_test is float, so it must lie in .*{shown}"):
+            datasets.make_arrays(x, [0, 1], np.full((1, 16, 16), bad), [1])
+
+
+def test_save_arrays_round_trip_atomic_and_checked_first(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.random((10, 4, 4, 3))
+    y = np.arange(10) % 3
+    name = datasets.save_arrays(
+        tmp_path / "d" / "s.npz", x, y, x[:4], y[:4], x_clean=x[:2], y_clean=y[:2],
+        class_names=["a", "b", "c"], num_classes=3,
+    )
+    path = str(tmp_path / "d" / "s.npz")
+    assert name == "npz:" + path and datasets.check_name(name) == name
+    a = datasets.load_arrays(name)
+    np.testing.assert_array_equal(a.x_train, np.rint(x * 255).astype(np.uint8))
+    np.testing.assert_array_equal(a.x_clean, a.x_train[:2])
+    assert a.y_clean.tolist() == [0, 1] and a.class_names == ("a", "b", "c")
+    assert a.num_classes == 3 and a.name == name
+    with np.load(path) as f:
+        assert sorted(f.files) == sorted(datasets.NPZ_KEYS + datasets.NPZ_OPTIONAL_KEYS)
+        assert f["x_train"].dtype == np.uint8 and int(f["num_classes"]) == 3
+    # A stored num_classes is the file's own: no class 3 appears, yet it holds.
+    name4 = datasets.save_arrays(tmp_path / "f.npz", x, y, x[:4], y[:4], num_classes=4)
+    assert datasets.load_arrays(name4).num_classes == 4
+    with pytest.raises(ValueError, match=r"num_classes=5 was asked but the file says 4"):
+        datasets.load_arrays(name4, num_classes=5)
+    # Checked before writing: nothing appears, not even a temporary file.
+    with pytest.raises(ValueError, match=r"y_test has negative labels"):
+        datasets.save_arrays(tmp_path / "e" / "bad.npz", x, y, x[:4], -y[:4] - 1)
+    assert not (tmp_path / "e").exists() or not list((tmp_path / "e").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f.npz"]
+
+
+def test_save_arrays_is_exported():
+    import l2rw_jax
+
+    assert l2rw_jax.save_arrays is datasets.save_arrays
 
 
 def test_npz_missing_file_raises(tmp_path):
@@ -119,14 +218,21 @@ def test_npz_missing_file_raises(tmp_path):
         datasets.load_arrays(f"npz:{tmp_path}/nope.npz")
 
 
-@pytest.mark.parametrize("name", ["imagenet", "MNIST", "npz:", "", 3])
-def test_unknown_dataset_lists_allowed_names(name):
+@pytest.mark.parametrize("name", ["MNIST", "npz:", "folder:", "", 3, "hf:mnist", "a b"])
+def test_malformed_name_lists_allowed_sources(name):
     with pytest.raises(
         ValueError,
-        match=r"unknown dataset .*allowed: mnist, fashion_mnist, cifar10, "
-        r"cifar100, svhn_cropped, digits, npz:<path>",
+        match=r"unknown dataset .*allowed: a tfds image-classification dataset name "
+        r"\(e.g. mnist, cifar10, kmnist\); digits; npz:<path>; folder:<path>\.",
     ):
+        datasets.check_name(name)  # The form alone: no tfds import.
+    with pytest.raises(ValueError, match="unknown dataset"):
         datasets.load_arrays(name)
+
+
+def test_name_tfds_does_not_know_is_refused():
+    with pytest.raises(ValueError, match=r"unknown dataset 'imagenet': tfds has no dataset"):
+        datasets.load_arrays("imagenet")
 
 
 # ----------------------------------------------------------------------------- tfds catalog
@@ -185,3 +291,48 @@ def test_missing_catalog_data_fails_fast_under_mock():
 def test_num_classes_only_for_npz():
     with pytest.raises(ValueError, match="num_classes=10 only applies to npz"):
         datasets.load_arrays("digits", num_classes=10)
+
+
+# ----------------------------------------------------------------------------- any tfds dataset
+
+
+def test_any_tfds_image_classification_dataset_through_tfds_mock(tmp_path):
+    """kmnist is in no list of ours: its features (Image + ClassLabel) make it acceptable."""
+    with tfds.testing.mock_data(num_examples=7):
+        a = datasets.load_arrays("kmnist", data_dir=str(tmp_path), download=True)
+    assert a.x_train.shape == (7, 28, 28, 1) and a.x_test.shape == (7, 28, 28, 1)
+    assert a.x_train.dtype == np.uint8 and a.y_train.dtype == np.int32
+    assert a.num_classes == 10 and 0 <= a.y_train.min() and a.y_train.max() < 10
+    assert a.class_names == tuple(tfds.builder("kmnist").info.features["label"].names)
+    assert a.x_clean is None
+
+
+def test_supervised_keys_name_the_features(tmp_path):
+    """smallnorb's label is `label_category` (its supervised key), next to four other labels."""
+    info = tfds.builder("smallnorb", data_dir=str(tmp_path)).info
+    assert datasets.image_label_keys(info, "smallnorb") == ("image", "label_category")
+
+
+@pytest.mark.parametrize(
+    "name,match",
+    [
+        (
+            "imdb_reviews",
+            r"'imdb_reviews' is not an image classification dataset: need an Image feature and "
+            r"a ClassLabel \(as its supervised keys \('text', 'label'\)\); it has text: "
+            r"Text, label: ClassLabel\.",
+        ),
+        (
+            "cats_vs_dogs",
+            r"'cats_vs_dogs': feature 'image' has images of shape \(None, None, 3\) and dtype "
+            r"uint8; allowed: one fixed size",
+        ),
+    ],
+)
+def test_non_image_classification_tfds_dataset_refused_by_its_features(tmp_path, name, match):
+    # Refused from the builder's info (no data needed), before the missing data is reported.
+    with tfds.testing.mock_data(num_examples=2):
+        with pytest.raises(ValueError, match=match):
+            datasets.load_arrays(name, data_dir=str(tmp_path), download=True)
+    with pytest.raises(ValueError, match=match):
+        datasets.load_arrays(name, data_dir=str(tmp_path))

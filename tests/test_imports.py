@@ -24,7 +24,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_package_imports_with_tf_tfds_ml_collections_sklearn_tensorboardx_absent():
     code = BLOCK.format(names=ABSENT) + (
         "import l2rw_jax\nimport l2rw_jax.train\nimport l2rw_jax.audit\n"
-        "import l2rw_jax.device_data\n"
+        "import l2rw_jax.device_data\nimport l2rw_jax.image_folder\n"
         "assert l2rw_jax.train_and_evaluate and l2rw_jax.audit.run_audit\n"
         "print('ok')\n")
     out = _python(code)
@@ -33,7 +33,7 @@ def test_package_imports_with_tf_tfds_ml_collections_sklearn_tensorboardx_absent
 
 def test_import_loads_none_of_the_heavy_optional_modules():
     # With everything installed: importing the package must still not load them.
-    heavy = ABSENT + ("orbax", "matplotlib", "scipy")
+    heavy = ABSENT + ("orbax", "matplotlib", "scipy", "PIL")  # PIL: only folder: sources.
     out = _python("import sys\nimport l2rw_jax\n"
                   f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n")
     assert out.returncode == 0, out.stderr[-3000:]

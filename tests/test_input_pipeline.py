@@ -324,7 +324,7 @@ def test_given_mean_std_are_used(npz_name):
         ({"noise": "imbalance", "majority_fraction": 1.0}, r"majority_fraction.*got 1.0"),
         ({"clean_per_class": -1}, r"clean_per_class must be an integer >= 1, got -1"),
         ({"mean": 0.5}, r"give both mean and std or neither"),
-        ({"dataset": "imagenet"}, r"unknown dataset 'imagenet'; allowed: mnist"),
+        ({"dataset": "Image Net"}, r"unknown dataset 'Image Net'; allowed: a tfds"),
     ],
 )
 def test_bad_settings_raise_before_loading(kw, match):
@@ -339,6 +339,27 @@ def test_bad_mean_std_length_raises(npz_name):
         ip.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=[0.1, 0.2], std=[1, 1])
     with pytest.raises(ValueError, match=r"std positive.*std=0"):
         ip.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=0.1, std=0)
+
+
+def test_npz_clean_set_feeds_the_clean_stream(tmp_path):
+    """An npz's x_clean, y_clean are the clean stream's rows; all of x_train is trained on."""
+    from l2rw_jax import datasets
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (40, 4, 4, 1), dtype=np.uint8)
+    y = np.arange(40) % 3
+    x_clean, y_clean = rng.integers(0, 256, (5, 4, 4, 1), dtype=np.uint8), np.array([2, 0, 2, 1, 0])
+    name = datasets.save_arrays(tmp_path / "c.npz", x, y, x[:6], y[:6], x_clean=x_clean,
+                                y_clean=y_clean)
+    s = ip.make_streams(name, batch_size=8, clean_per_class=0, seed=0, mean=0.0, std=1.0)
+    assert s.num_train == 40 and s.num_clean == 5
+    np.testing.assert_array_equal(s.splits.train_source_index, np.arange(40))
+    batch = next(s.clean)
+    np.testing.assert_array_equal(batch["label"], y_clean[batch["index"]])
+    np.testing.assert_allclose(batch["image"], x_clean[batch["index"]] / 255.0, atol=1e-6)
+    assert batch["index"].max() < 5
+    with pytest.raises(ValueError, match=r"clean_per_class=2 would draw a clean set"):
+        ip.make_streams(name, batch_size=8, clean_per_class=2, seed=0)
 
 
 def test_clean_per_class_larger_than_a_class_raises(npz_name):
