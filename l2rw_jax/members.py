@@ -130,7 +130,7 @@ def member_data(config, member: int = 0) -> MemberData:
     also one written before the config had groups)."""
     from l2rw_jax import config as config_lib
 
-    c = config_lib.validate(config_lib.upgrade(config, fill_added=True))
+    c = config_lib.validate(config_lib.upgrade(config, fill_added=True), check_devices=False)
     if isinstance(member, bool) or not isinstance(member, (int, np.integer)) or not (
             0 <= member < c.num_seeds):
         raise ValueError(f"member={member!r} must be an integer in [0, {c.num_seeds}).")

@@ -130,7 +130,8 @@ def read_config(workdir: PathLike):
     if not p.exists():
         raise ValueError(f"workdir {os.fspath(workdir)!r} has no config.json; is it a training "
                          f"run's workdir?")
-    return config_lib.validate(config_lib.upgrade(read_json(p), fill_added=True))
+    return config_lib.validate(config_lib.upgrade(read_json(p), fill_added=True),
+                               check_devices=False)
 
 
 def resolve_backend(backend: str, workdir: PathLike) -> str:
