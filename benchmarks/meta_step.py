@@ -98,8 +98,8 @@ def run_row(row_name: str, steps: int, warmup: int, quick: bool,
     for variant, (method, options) in VARIANTS.items():
         if options is None:
             options = {k: v for k, v in methods.ROBUST_OPTIONS.items() if k != "warmup_steps"}
-        train_step = step_lib.jit_train_step(step_lib.make_train_step(
-            apply_fn, tx, methods.get_weigh_fn(method, **options)))
+        train_step = jax.jit(step_lib.make_train_step(
+            apply_fn, tx, methods.get_weigh_fn(method, **options)), donate_argnums=0)
         # Each variant owns a copy of the initial state (the step donates it).
         states[variant] = TrainState(
             step=jnp.zeros([], jnp.int32), params=jax.tree.map(jnp.copy, params),

@@ -114,8 +114,8 @@ def _jax_worker(row: dict, kw: dict, data: dict, params_out: str):
 
     compiled, states, check = {}, {}, {}
     for variant, (method, options) in schemes.items():
-        fn = step_lib.jit_train_step(step_lib.make_train_step(
-            apply_fn, tx, methods.get_weigh_fn(method, **options)))
+        fn = jax.jit(step_lib.make_train_step(
+            apply_fn, tx, methods.get_weigh_fn(method, **options)), donate_argnums=0)
         state = fresh_state(method, options)
         compiled[variant] = fn.lower(state, batch, val_batch).compile()
         losses, weights = [], []

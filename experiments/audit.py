@@ -26,7 +26,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 

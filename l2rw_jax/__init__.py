@@ -37,8 +37,6 @@ from l2rw_jax.reweight import normalize_weights
 from l2rw_jax.methods import WeighContext
 from l2rw_jax.methods import get_weigh_fn
 from l2rw_jax.methods import init_method_state
-from l2rw_jax.step import jit_train_step
-from l2rw_jax.step import make_eval_step
 from l2rw_jax.step import make_train_step
 from l2rw_jax.step import softmax_xent
 from l2rw_jax.config import METHODS
@@ -76,11 +74,10 @@ from l2rw_jax.device_data import StreamOrder
 from l2rw_jax.device_data import batch_at
 from l2rw_jax.device_data import index_shuffle
 from l2rw_jax.device_data import place_split
-from l2rw_jax.input_pipeline import Streams
-from l2rw_jax.input_pipeline import make_streams
 from l2rw_jax.sharding import batch_sharding
 from l2rw_jax.sharding import data_mesh
 from l2rw_jax.sharding import replicated_sharding
 from l2rw_jax.sharding import shard_batch
+from l2rw_jax.sharding import shard_members
 
 __version__ = "0.1.0"
