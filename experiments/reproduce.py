@@ -562,7 +562,7 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
         # The paper's schedule, evaluated and checkpointed at the probe's end (so its time
         # includes both and the loop waits for its last steps); the workdir is discarded.
         probe_base = scaled_config(base, max(part.steps))
-        probe_base.eval_every = probe_base.checkpoint_every = part.probe_steps
+        probe_base.loop.eval_every = probe_base.loop.checkpoint_every = part.probe_steps
         # A method is probed unless it is costed like another method that is (still) to run.
         like = {m: part.cost_like[m] for m in methods if part.cost_like.get(m) in methods}
         costs = {}
