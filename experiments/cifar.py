@@ -39,7 +39,8 @@ def main(argv):
     common.write_json(os.path.join(workdir, "summary.json"), results)
     common.plot_curves({m: common.test_curve(os.path.join(workdir, m)) for m in results},
                        os.path.join(workdir, "accuracy.png"),
-                       f"{config.data.dataset}: {config.data.noise_ratio:.0%} {config.data.noise} flip")
+                       f"{config.data.dataset}: {config.data.noise_ratio:.0%} "
+                       f"{config.data.noise} flip")
 
 
 if __name__ == "__main__":

@@ -365,7 +365,7 @@ def check_split_args(
 ) -> None:
     """Checks `make_splits`'s settings; `num_classes=None` skips the checks that need it.
 
-    Lets a caller (e.g. `input_pipeline.make_streams`) reject a bad setting before loading data.
+    Lets a caller (e.g. `config.validate`) reject a bad setting before loading data.
     Raises ValueError naming the bad value and what is allowed.
     """
     if noise not in NOISE_TYPES:

@@ -167,7 +167,7 @@ def training_rows(md: MemberData, phase: str, resample: bool) -> tuple[corruptio
 
 
 def example_weights(md: MemberData, w_sum_N: np.ndarray, count_N: np.ndarray) -> dict:
-    """The columns of a member's example_weights.npz (see :mod:`l2rw_jax.train`)."""
+    """The columns of a member's example_weights.npz (ARCHITECTURE.md "The run's workdir")."""
     s = md.splits
     return {
         "index": np.arange(len(s.train_labels), dtype=np.int32),

@@ -1,8 +1,9 @@
-"""The train step: weights from a scheme, then the weighted update (the evaluation: l2rw_jax.evaluate).
+"""The train step: weights from a scheme, then the weighted update.
 
-Both are pure functions of arrays, ``jax.vmap``-able over a leading seed axis of the state and
-the batches, and work unchanged on one device, under ``jax.jit`` over a data ``Mesh``, and (with
-``axis_name``) inside ``jax.pmap`` / ``jax.shard_map``.
+A pure function of arrays, ``jax.vmap``-able over a leading seed axis of the state and the
+batches; it works unchanged on one device, under ``jax.jit`` over a data ``Mesh`` (the inputs
+placed by :mod:`l2rw_jax.sharding`), and (with ``axis_name``) inside ``jax.pmap`` /
+``jax.shard_map``. The evaluation is :mod:`l2rw_jax.evaluate`.
 """
 from __future__ import annotations
 

@@ -41,8 +41,9 @@ def test_failed_starts_leave_nothing_and_the_corrected_command_runs(npz, tmp_pat
         train.train_and_evaluate(
             _config(npz, {"data": {"dataset": f"npz:{tmp_path}/missing.npz"}}), workdir)
     assert not os.path.exists(workdir)
-    with pytest.raises(ValueError, match=r"^data\.batch_size=400 exceeds the noisy training set "
-                                         r"\(360 examples after the splits\); allowed: 1\.\.360\.$"):
+    with pytest.raises(ValueError, match=r"^data\.batch_size=400 exceeds the noisy training "
+                                         r"set \(360 examples after the splits\); allowed: "
+                                         r"1\.\.360\.$"):
         train.train_and_evaluate(_config(npz, {"data": {"batch_size": 400}}), workdir)
     with pytest.raises(ValueError, match=r"^data\.clean_batch_size=24 exceeds the clean set \(20 "
                                          r"examples after the splits\); allowed: 1\.\.20\.$"):
