@@ -72,7 +72,7 @@ def run_row(row_name: str, steps: int, warmup: int, quick: bool,
     import jax.numpy as jnp
     import optax
 
-    from l2rw_jax import methods, models
+    from l2rw_jax import methods, models, xla_options
     from l2rw_jax import step as step_lib
     from l2rw_jax.train_state import TrainState
 
@@ -99,7 +99,9 @@ def run_row(row_name: str, steps: int, warmup: int, quick: bool,
         if options is None:
             options = {k: v for k, v in methods.ROBUST_OPTIONS.items() if k != "warmup_steps"}
         scheme = methods.get_scheme(method, **options)
-        train_step = step_lib.jit_train_step(step_lib.make_train_step(apply_fn, tx, scheme))
+        # As the loop compiles its steps (on CPU: Eigen convolutions).
+        train_step = xla_options.jit(step_lib.make_train_step(apply_fn, tx, scheme),
+                                     donate_argnums=0)
         # Each variant owns a copy of the initial state (the step donates it).
         states[variant] = TrainState(
             step=jnp.zeros([], jnp.int32), params=jax.tree.map(jnp.copy, params),

@@ -5,7 +5,7 @@ For each row, two measurements of the same jitted (vmapped) train step:
 - ``bare``: the step alone on one batch already on the device, timed in 10 blocks of
   ``steps / 10`` calls (each ended by ``block_until_ready``), 5 before and 5 after the loop's
   run; the median block (compilation excluded);
-- ``loop``: :func:`l2rw_jax.train.train_and_evaluate` for ``--steps`` steps with everything on:
+- ``loop``: :func:`l2rw_jax.train_and_evaluate` for ``--steps`` steps with everything on:
   the input backend, per-example weight accumulation, metrics to metrics.jsonl and
   TensorBoard every 100 steps, an orbax checkpoint every ``steps / 3`` steps (3000-step rows:
   every 1000, the configs' default) and the tqdm bar; its ``steps_per_s`` (compiling calls
@@ -51,10 +51,10 @@ ROWS = {
     "digits_small_cnn_erm_x3": dict(config=("quickstart", None), method="erm", steps=3000),
     "digits_small_cnn_l2rw_x3": dict(config=("quickstart", None), method="l2rw", steps=3000),
     "mnist_lenet_l2rw_x1": dict(config=("mnist_imbalance", "0.995"), method="l2rw", steps=200,
-                                overrides=dict(num_seeds=1)),
+                                overrides={"num_seeds": 1}),
     # No convolution: on XLA:CPU the device backend scans this one (device_data.make_train_call).
     "digits_mlp_erm_x3": dict(config=("quickstart", None), method="erm", steps=3000,
-                              overrides=dict(model="mlp", model_options={"hidden": (64,)})),
+                              overrides={"model": {"name": "mlp", "options": {"hidden": (64,)}}}),
 }
 
 
@@ -62,12 +62,17 @@ def bare_step(config):
     """A function ``blocks(n_blocks, steps) -> [steps/s of each block]`` of the bare step."""
     import jax
 
-    from l2rw_jax import train, xla_options
+    from l2rw_jax import backends
+    from l2rw_jax import build
+    from l2rw_jax import config as config_lib
+    from l2rw_jax import train
+    from l2rw_jax import xla_options
 
     run = train.build_run(config)
-    step = jax.jit(jax.vmap(train.make_loop_step(run.train_step, True)), donate_argnums=(0, 1),
-                   compiler_options=xla_options.step_compiler_options())  # as the loop
-    _, _, train_SxK, clean_SxK = next(train._host_chunks(config, run.members, 0, 1))
+    step = xla_options.jit(jax.vmap(build.make_loop_step(run.train_step, True)),
+                           donate_argnums=(0, 1))  # as the loop compiles it
+    feed = config_lib.feed(config, "tfdata")
+    _, _, train_SxK, clean_SxK = next(backends.host_chunks(run.members, feed, 0, 1))
     batch, val_batch = jax.device_put(jax.tree.map(lambda x: x[0], (train_SxK, clean_SxK)))
     carry = [step(*jax.device_put(run.carry0), batch, val_batch)]  # compiles
     jax.block_until_ready(carry)
@@ -89,14 +94,14 @@ BACKENDS = {"tfdata": dict(backend="tfdata"), "device": dict(backend="device", s
 
 
 def loop_steps_per_s(config, steps: int, backend: str) -> tuple[float, dict]:
-    from l2rw_jax import train
+    import l2rw_jax
 
     config = config.copy_and_resolve_references()
     with tempfile.TemporaryDirectory() as workdir:
-        config.update(dict(num_steps=steps, log_every=100, eval_every=steps,
-                           checkpoint_every=max(steps // 3, 1), lr_boundaries=(),
-                           **BACKENDS[backend]))
-        results = train.train_and_evaluate(config, workdir)
+        config.update(dict(num_steps=steps, optim=dict(lr_boundaries=()),
+                           loop=dict(log_every=100, eval_every=steps,
+                                     checkpoint_every=max(steps // 3, 1), **BACKENDS[backend])))
+        results = l2rw_jax.train_and_evaluate(config, workdir)
     return results["steps_per_s"], results["timing_s"]
 
 
@@ -115,11 +120,13 @@ def main() -> None:
         spec = ROWS[name]
         steps = max(spec["steps"] // (10 if args.quick else 1), 20)
         config = _config(*spec["config"])
-        config.update(dict(method=spec["method"], progress_bar=True))
+        config.method.name = spec["method"]
+        config.loop.progress_bar = True
         for field, value in spec.get("overrides", {}).items():
-            # A dict replaces a nested ConfigDict (update() would merge it into the old one).
-            setattr(config, field, ml_collections.ConfigDict(value) if isinstance(value, dict)
-                    else value)
+            if field == "model":  # A new model: its options replace the old model's.
+                config.model = ml_collections.ConfigDict(value)
+            else:
+                config.update({field: value})
         load_before = os.getloadavg()
         # Other processes share this CPU: the bare step is timed in blocks before and after
         # the loop, and the median taken, so a change of load hits both sides alike.

@@ -81,7 +81,7 @@ def _jax_worker(row: dict, kw: dict, data: dict, params_out: str):
     import jax.numpy as jnp
     import optax
 
-    from l2rw_jax import methods, models
+    from l2rw_jax import methods, models, xla_options
     from l2rw_jax import step as step_lib
     from l2rw_jax.train_state import TrainState
 
@@ -118,7 +118,8 @@ def _jax_worker(row: dict, kw: dict, data: dict, params_out: str):
     compiled, states, check = {}, {}, {}
     for variant, (method, options) in schemes.items():
         scheme = methods.get_scheme(method, **options)
-        fn = step_lib.jit_train_step(step_lib.make_train_step(apply_fn, tx, scheme))
+        # As the loop compiles its steps (on CPU: Eigen convolutions).
+        fn = xla_options.jit(step_lib.make_train_step(apply_fn, tx, scheme), donate_argnums=0)
         state = fresh_state(scheme)
         compiled[variant] = fn.lower(state, batch, val_batch).compile()
         losses, weights = [], []

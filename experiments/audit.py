@@ -26,7 +26,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
@@ -104,9 +103,10 @@ def load_run(workdir: str, member: int = 0) -> dict:
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
         raise ValueError(f"workdir {workdir!r} has no config.json; is it a training run's workdir?")
-    with open(config_path) as f:
-        cfg = json.load(f)
-    num_seeds = int(cfg.get("num_seeds", 1))
+    from l2rw_jax import workdir as workdir_lib
+
+    cfg = workdir_lib.read_config(workdir)  # Grouped; flat config.json files are upgraded.
+    num_seeds = int(cfg.num_seeds)
     if not 0 <= member < num_seeds:
         raise ValueError(f"member={member} must be in [0, {num_seeds}) (the run's num_seeds).")
     state, step = _restore_state(workdir)
@@ -114,10 +114,11 @@ def load_run(workdir: str, member: int = 0) -> dict:
     # The data modules pull in TensorFlow: imported only once the cheap checks passed.
     import jax
     from l2rw_jax import models
-    from l2rw_jax import train as train_lib
+    from l2rw_jax import config as config_lib
+    from l2rw_jax import members
 
     # The member's data exactly as training rebuilt it (splits, hold-out, normalisation).
-    md = train_lib.member_data(cfg, member)
+    md = members.member_data(cfg, member)
     seed, splits, mean, std = md.seed, md.splits, md.mean, md.std
 
     weights_path = os.path.join(
@@ -149,7 +150,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
         )
 
     module = models.create_model(
-        cfg["model"], splits.num_classes, **dict(cfg.get("model_options") or {})
+        cfg.model.name, splits.num_classes, **config_lib.model_kwargs(cfg.model)
     )
     pick = lambda t: jax.tree.map(lambda x: np.asarray(x)[member], t)
     params = pick(state["params"])
@@ -161,7 +162,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
             / std.reshape(1, 1, 1, -1)
         ).astype(np.float32)
 
-    if cfg["dataset"] == "cifar10":
+    if cfg.data.dataset == "cifar10":
         class_names = list(CIFAR10_NAMES)
     else:
         class_names = [str(c) for c in splits.source_classes]
@@ -184,11 +185,11 @@ def load_run(workdir: str, member: int = 0) -> dict:
         "class_names": class_names,
         "run_info": {
             "workdir": workdir,
-            "dataset": cfg["dataset"],
-            "model": cfg["model"],
-            "method": cfg.get("method"),
-            "noise": cfg["noise"],
-            "noise_ratio": cfg["noise_ratio"],
+            "dataset": cfg.data.dataset,
+            "model": cfg.model.name,
+            "method": cfg.method.name,
+            "noise": cfg.data.noise,
+            "noise_ratio": cfg.data.noise_ratio,
             "seed": seed,
             "checkpoint_step": int(step),
         },

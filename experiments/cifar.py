@@ -7,8 +7,8 @@
 
 Each method runs in `<workdir>/<method>` (resumed if interrupted); prints the table of test
 accuracy (mean +- 95% CI over the seeds) and writes `table.md`, `summary.json`, `accuracy.png`.
-Catalog datasets must be prepared in the tfds data_dir (`--config.data_dir`), or given as
-`--config.dataset=npz:/path/file.npz`.
+Catalog datasets must be prepared in the tfds data_dir (`--config.data.data_dir`), or given as
+`--config.data.dataset=npz:/path/file.npz`.
 """
 from __future__ import annotations
 
@@ -32,14 +32,15 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.quiet_checkpoint_logs()
     config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
-    results = common.run_methods(config, workdir, _METHODS.value or [config.method])
+    results = common.run_methods(config, workdir, _METHODS.value or [config.method.name])
     table = common.method_table(results)
     print(table)
     common.write_text(os.path.join(workdir, "table.md"), table + "\n")
     common.write_json(os.path.join(workdir, "summary.json"), results)
     common.plot_curves({m: common.test_curve(os.path.join(workdir, m)) for m in results},
                        os.path.join(workdir, "accuracy.png"),
-                       f"{config.dataset}: {config.noise_ratio:.0%} {config.noise} flip")
+                       f"{config.data.dataset}: {config.data.noise_ratio:.0%} "
+                       f"{config.data.noise} flip")
 
 
 if __name__ == "__main__":

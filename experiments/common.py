@@ -11,7 +11,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from l2rw_jax import train
+import l2rw_jax
+from l2rw_jax import config as config_lib
+from l2rw_jax import workdir as workdir_lib
 
 _VERBOSE = flags.DEFINE_bool(
     "verbose", False, "Show INFO logs, and on an error the traceback (default: one line).")
@@ -49,14 +51,14 @@ def run_methods(config, workdir: str, methods: Sequence[str], overrides=None) ->
     before the first trains), raising ValueError.
     """
     if not methods:
-        raise ValueError(f"no methods given; allowed: {', '.join(train.METHODS)}.")
+        raise ValueError(f"no methods given; allowed: {', '.join(config_lib.METHODS)}.")
     configs = {}
     for method in methods:
-        cfg = train.validate_config(config)
-        cfg.method = method
+        cfg = config_lib.validate(config)
+        cfg.method.name = method
         cfg.update((overrides or (lambda m: {}))(method))
-        configs[method] = train.validate_config(cfg)
-    return {method: train.train_and_evaluate(cfg, os.path.join(workdir, method))
+        configs[method] = config_lib.validate(cfg)
+    return {method: l2rw_jax.train_and_evaluate(cfg, os.path.join(workdir, method))
             for method, cfg in configs.items()}
 
 
@@ -161,7 +163,7 @@ def _save(fig, path: str) -> None:
 
 
 def write_json(path: str, obj) -> None:
-    train.write_json(path, obj)
+    workdir_lib.write_json(path, obj)
 
 
 def quiet_checkpoint_logs() -> None:

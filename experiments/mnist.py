@@ -13,7 +13,7 @@ seeds, and writes `summary.json`, `table.md` and a plot into the workdir.
         --workdir=workdirs/mnist_uniform --methods=erm,l2rw,mwnet
 
 Run from the repository root (the configs read ../shared/data/mnist/mnist.npz); any config
-field can be overridden, e.g. `--config.num_seeds=10 --config.dataset=mnist`.
+field can be overridden, e.g. `--config.num_seeds=10 --config.data.dataset=mnist`.
 """
 from __future__ import annotations
 
@@ -46,25 +46,25 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.quiet_checkpoint_logs()
     config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
-    methods = _METHODS.value or [config.method]
-    hm = lambda m: {"batch_size": _HM_BATCH.value} if m == "hard_mining" else {}
-    if config.noise != "imbalance":
+    methods = _METHODS.value or [config.method.name]
+    hm = lambda m: {"data": {"batch_size": _HM_BATCH.value}} if m == "hard_mining" else {}
+    if config.data.noise != "imbalance":
         if _FRACTIONS.value:
             raise app.UsageError("--majority_fractions only applies to the imbalance config.")
         results = common.run_methods(config, workdir, methods, hm)
         print(common.method_table(results))
         common.plot_curves({m: common.test_curve(os.path.join(workdir, m)) for m in results},
                            os.path.join(workdir, "accuracy.png"),
-                           f"MNIST, {config.noise_ratio:.0%} {config.noise} flip")
+                           f"MNIST, {config.data.noise_ratio:.0%} {config.data.noise} flip")
         common.write_text(os.path.join(workdir, "table.md"), common.method_table(results) + "\n")
         common.write_json(os.path.join(workdir, "summary.json"), results)
         return
 
-    fractions = [float(p) for p in (_FRACTIONS.value or [config.majority_fraction])]
+    fractions = [float(p) for p in (_FRACTIONS.value or [config.data.majority_fraction])]
     results = {}
     for p in fractions:
         cfg = config.copy_and_resolve_references()
-        cfg.majority_fraction = p
+        cfg.data.majority_fraction = p
         results[p] = common.run_methods(cfg, os.path.join(workdir, f"p{p}"), methods, hm)
     header = ["method"] + [f"p = {p}" for p in fractions]
     rows = [[m] + [common.fmt(results[p][m]["final_test_accuracy"], error=True)

@@ -31,12 +31,13 @@ def main(argv):
     workdir = os.path.abspath(_WORKDIR.value)
     results = common.run_methods(_CONFIG.value, workdir, _METHODS.value)
     config = _CONFIG.value
-    print(f"\n{config.dataset}, {config.noise} flip {config.noise_ratio:.0%}, "
-          f"{config.clean_per_class} clean per class, {config.model}, {config.num_steps} steps")
+    d = config.data
+    print(f"\n{d.dataset}, {d.noise} flip {d.noise_ratio:.0%}, {d.clean_per_class} clean per "
+          f"class, {config.model.name}, {config.num_steps} steps")
     print(common.method_table(results))
     path = os.path.join(workdir, "accuracy.png")
     common.plot_curves({m: common.test_curve(os.path.join(workdir, m)) for m in results}, path,
-                       f"{config.dataset}: {config.noise_ratio:.0%} {config.noise} label noise")
+                       f"{d.dataset}: {d.noise_ratio:.0%} {d.noise} label noise")
     print(f"\nplot: {path}\nruns: {', '.join(os.path.join(workdir, m) for m in results)}")
 
 

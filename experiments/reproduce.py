@@ -9,7 +9,7 @@ Parts, in priority order (Ren et al. 2018, arXiv 1803.09050; DESIGN.md §4):
   per (method, majority fraction)). Methods in priority order: erm, l2rw (paper-exact:
   ``experiments/configs/mnist_imbalance.py``), hard_mining (batch 500, as the official code)
   — the three of the paper's figure — then ``recommended`` (l2rw with every ``l2rw_*`` field
-  at its ``train.default_config()`` value), mwnet, proportion, resample, random; at p =
+  at its ``config.default_config()`` value), mwnet, proportion, resample, random; at p =
   0.995, 0.99, 0.98, 0.95, 0.9 (that order: all of p = 0.995 first). Paper at 0.995: ERM
   ~18.2% error, hard mining ~7.7%, L2RW ~3.6%.
 - ``cifar_background`` — Table 2: cifar10_dev (20,000 / 5,000 real CIFAR-10 images), 40%
@@ -20,7 +20,7 @@ Parts, in priority order (Ren et al. 2018, arXiv 1803.09050; DESIGN.md §4):
   L2RW 86.92 +- 0.19.
 
 Majority fractions are not vmapped members: a run's members differ only by seed
-(``train.train_and_evaluate``: member k is seed + k, one ``majority_fraction`` per config), so
+(``l2rw_jax.train_and_evaluate``: member k is seed + k, one ``majority_fraction`` per config), so
 each fraction is its own program with its seeds vmapped; they share compiled code through
 JAX's persistent compilation cache (``--compilation_cache``; same shapes, same program).
 
@@ -120,16 +120,18 @@ import numpy as np
 from experiments import common
 from experiments.configs import cifar_background
 from experiments.configs import mnist_imbalance
-from l2rw_jax import train
+import l2rw_jax
+from l2rw_jax import config as config_lib
+from l2rw_jax import results as results_lib
 from l2rw_jax import workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED_DIR = os.path.join(ROOT, "benchmarks", "results")
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
-# The recommended default: every l2rw_* field at its default_config() value (train.ROBUST_L2RW
+# The recommended default: every method.l2rw option at its default_config() value (ROBUST_L2RW
 # and the library's look-ahead), whatever the part's paper config sets.
-RECOMMENDED = {k: v for k, v in train.default_config().items() if k.startswith("l2rw_")}
+RECOMMENDED = config_lib.default_config().method.l2rw.to_dict()
 LABELS = {"l2rw": "l2rw (paper)", "recommended": "l2rw recommended"}
 
 # Ren et al. 2018 (DESIGN.md §4). Keys are this suite's method names.
@@ -174,30 +176,35 @@ class Part(NamedTuple):
 
 def _mnist_base(path: str):
     c = mnist_imbalance.get_config("0.995")
-    c.dataset = f"npz:{path}"
+    c.data.dataset = f"npz:{path}"
     return c
 
 
 def _cifar_base(noise: str) -> Callable[[str], object]:
     def base(path: str):
         c = cifar_background.get_config("dev")
-        c.dataset = f"npz:{path}"
-        c.noise = noise
+        c.data.dataset = f"npz:{path}"
+        c.data.noise = noise
         if noise == "uniform":
-            c.clean_per_class = 100   # the paper's uniform-flip protocol: 1000 clean images
+            c.data.clean_per_class = 100   # the paper's uniform-flip protocol: 1000 clean images
         c.num_seeds = 3
         return c
     return base
 
 
-_MNIST_METHODS = {"erm": dict(method="erm"), "l2rw": dict(method="l2rw"),
-                  "hard_mining": dict(method="hard_mining", batch_size=500),
-                  "recommended": dict(method="l2rw", **RECOMMENDED),
-                  "mwnet": dict(method="mwnet"), "proportion": dict(method="proportion"),
-                  "resample": dict(method="resample"), "random": dict(method="random")}
-_CIFAR_METHODS = {"erm": dict(method="erm"), "l2rw": dict(method="l2rw"),
-                  "recommended": dict(method="l2rw", **RECOMMENDED),
-                  "proportion": dict(method="proportion")}
+def _method(name: str, **changes) -> dict:
+    """Config overrides of a method: ``method.name = name`` and ``changes`` (nested)."""
+    return {**changes, "method": {"name": name, **changes.get("method", {})}}
+
+
+_MNIST_METHODS = {"erm": _method("erm"), "l2rw": _method("l2rw"),
+                  "hard_mining": _method("hard_mining", data={"batch_size": 500}),
+                  "recommended": _method("l2rw", method={"l2rw": RECOMMENDED}),
+                  "mwnet": _method("mwnet"), "proportion": _method("proportion"),
+                  "resample": _method("resample"), "random": _method("random")}
+_CIFAR_METHODS = {"erm": _method("erm"), "l2rw": _method("l2rw"),
+                  "recommended": _method("l2rw", method={"l2rw": RECOMMENDED}),
+                  "proportion": _method("proportion")}
 _CIFAR_STEPS = (1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 24000, 32000, 40000, 60000,
                 80000)
 _CIFAR_PROTOCOL = ("cifar10_dev: 20,000 training / 5,000 test images of CIFAR-10 (JPEG "
@@ -228,20 +235,22 @@ SUITES = {
 
 def _smoke_mnist(path: str):
     c = _mnist_base(path)
-    c.update(dict(num_train=200, model="mlp", num_seeds=2, num_steps=40, log_every=10,
-                  eval_every=20, checkpoint_every=20, eval_batch_size=64, steps_per_call=10))
-    c.model_options = {"hidden": (16,)}
+    c.update(dict(data=dict(num_train=200, eval_batch_size=64), num_seeds=2, num_steps=40,
+                  loop=dict(log_every=10, eval_every=20, checkpoint_every=20, steps_per_call=10)))
+    c.model.name = "mlp"
+    c.model.options = {"hidden": (16,)}
     return c
 
 
 def _smoke_cifar(noise: str) -> Callable[[str], object]:
     def base(path: str):
         c = _cifar_base(noise)(path)
-        c.update(dict(clean_per_class=2, hyper_val_size=20, batch_size=20, clean_batch_size=20,
-                      eval_batch_size=50, num_seeds=2, num_steps=80, lr_boundaries=(40, 60),
-                      log_every=10, augment=False, steps_per_call=5))
-        c.model = "mlp"
-        c.model_options = {"hidden": (16,)}
+        c.update(dict(data=dict(clean_per_class=2, hyper_val_size=20, batch_size=20,
+                                clean_batch_size=20, eval_batch_size=50, augment=False),
+                      num_seeds=2, num_steps=80, optim=dict(lr_boundaries=(40, 60)),
+                      loop=dict(log_every=10, steps_per_call=5)))
+        c.model.name = "mlp"
+        c.model.options = {"hidden": (16,)}
         return c
     return base
 
@@ -251,19 +260,20 @@ _SMOKE_CIFAR = "smoke: synthetic 8x8x3 JPEG images, MLP, no augmentation, 2 seed
 # Tiny versions of the same parts (synthetic 8x8 data, an MLP, tens of steps) for CI.
 SUITES["smoke"] = (
     Part("mnist_4v9", "smoke: 4 vs 9 imbalance", "mnist", _smoke_mnist,
-         {"erm": dict(method="erm"), "l2rw": dict(method="l2rw")}, (0.99, 0.9), (40,), 20, {},
+         {"erm": _method("erm"), "l2rw": _method("l2rw")}, (0.99, 0.9), (40,), 20, {},
          protocol="smoke: synthetic 8x8 digits, MLP, 40 steps, 2 seeds"),
     Part("cifar_background", "smoke: background flip", "cifar10_dev", _smoke_cifar("background"),
-         {"erm": dict(method="erm"), "l2rw": dict(method="l2rw"),
-          "proportion": dict(method="proportion")}, None, (20, 40), 10,
+         {"erm": _method("erm"), "l2rw": _method("l2rw"),
+          "proportion": _method("proportion")}, None, (20, 40), 10,
          {"proportion": "erm"}, protocol=_SMOKE_CIFAR),
     Part("cifar_uniform", "smoke: uniform flip", "cifar10_dev", _smoke_cifar("uniform"),
-         {"erm": dict(method="erm"), "l2rw": dict(method="l2rw")}, None, (20, 40), 10, {},
+         {"erm": _method("erm"), "l2rw": _method("l2rw")}, None, (20, 40), 10, {},
          protocol=_SMOKE_CIFAR),
 )
 
 # What every program of the suite sets: the device-resident loop, seeds vmapped.
-_RUN_SETTINGS = dict(progress_bar=False, vmap_seeds=True, num_devices=1, backend="device")
+_RUN_SETTINGS = {"loop": dict(progress_bar=False, vmap_seeds=True, num_devices=1,
+                              backend="device")}
 
 
 # ----------------------------------------------------------------------------- data
@@ -304,7 +314,7 @@ def decode_jpeg_npz(src: str, dst: str) -> None:
                 raise ValueError(f"{src!r}: x_{split} images differ in shape: {sorted(shapes)}.")
             out[f"x_{split}"], out[f"y_{split}"] = np.stack(images), y
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    train._write_npz(dst, **out)
+    workdir.write_npz(dst, **out)
 
 
 def data_path(name: str, data_dir: str, workdir: str) -> str:
@@ -374,21 +384,25 @@ def program_config(part: Part, base, method: str, fraction: float | None = None)
     """A program's config: ``base`` with ``part.methods[method]``'s overrides, the suite's
     run settings (device-resident input, seeds vmapped, no progress bar) and, for a sweep,
     ``majority_fraction = fraction`` and ``num_steps = part.steps[0]``."""
-    c = train.validate_config(dict(base.to_dict(), **part.methods[method], **_RUN_SETTINGS))
+    c = config_lib.validate(base)
+    c.update(part.methods[method])
+    c.update(_RUN_SETTINGS)
+    c = config_lib.validate(c)
     if fraction is not None:
-        c.majority_fraction, c.num_steps = fraction, part.steps[0]
+        c.data.majority_fraction, c.num_steps = fraction, part.steps[0]
     return c
 
 
 def scaled_config(base, steps: int):
     """``base`` at ``steps`` training steps: learning-rate boundaries scaled by
     ``steps / base.num_steps``, evaluation every ``steps / 10``, one checkpoint at the end."""
-    c = train.validate_config(base)
+    c = config_lib.validate(base)
     ratio = steps / base.num_steps
-    c.lr_boundaries = tuple(max(1, int(round(b * ratio))) for b in base.lr_boundaries)
+    c.optim.lr_boundaries = tuple(max(1, int(round(b * ratio)))
+                                  for b in base.optim.lr_boundaries)
     c.num_steps = steps
-    c.eval_every = max(steps // 10, 1)
-    c.checkpoint_every = steps
+    c.loop.eval_every = max(steps // 10, 1)
+    c.loop.checkpoint_every = steps
     return c
 
 
@@ -448,10 +462,10 @@ def _present(ctx: _Ctx, part: Part) -> dict | None:
 def _probe(ctx: _Ctx, config, workdir: str, steps: int) -> tuple[Cost, float]:
     """Runs ``steps`` steps of ``config`` in ``workdir`` and times them (compile included):
     ``(cost, wall seconds)``."""
-    c = train.validate_config(config)
-    c.stop_after_steps = steps
+    c = config_lib.validate(config)
+    c.loop.stop_after_steps = steps
     t0 = ctx.clock()
-    out = train.train_and_evaluate(c, workdir)
+    out = l2rw_jax.train_and_evaluate(c, workdir)
     wall = ctx.clock() - t0
     # The loop's own time per step, from the calls that did not compile; without such calls
     # the whole probe counts per step (an overestimate: fewer programs, never an overrun).
@@ -472,13 +486,13 @@ def _program_record(method: str, fraction, results: dict, workdir: str, wall: fl
            "curve": {"steps": steps.tolist(), "test_accuracy_per_seed": acc.tolist()}}
     if fraction is not None:
         acc_K = np.array(results["final_test_accuracy"]["per_seed"])
-        out["test_error_pct"] = train.mean_ci95(100 * (1 - acc_K))
+        out["test_error_pct"] = results_lib.mean_ci95(100 * (1 - acc_K))
     return out
 
 
 def _run_program(ctx: _Ctx, config, workdir: str, method: str, fraction) -> dict:
     t0 = ctx.clock()
-    results = train.train_and_evaluate(config, workdir)
+    results = l2rw_jax.train_and_evaluate(config, workdir)
     return _program_record(method, fraction, results, workdir, ctx.clock() - t0)
 
 
@@ -548,7 +562,7 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
         # The paper's schedule, evaluated and checkpointed at the probe's end (so its time
         # includes both and the loop waits for its last steps); the workdir is discarded.
         probe_base = scaled_config(base, max(part.steps))
-        probe_base.eval_every = probe_base.checkpoint_every = part.probe_steps
+        probe_base.loop.eval_every = probe_base.loop.checkpoint_every = part.probe_steps
         # A method is probed unless it is costed like another method that is (still) to run.
         like = {m: part.cost_like[m] for m in methods if part.cost_like.get(m) in methods}
         costs = {}
@@ -623,7 +637,7 @@ def _write_part(ctx: _Ctx, part: Part, programs: list[dict], plan_rows, status: 
     else:
         _plot_curves(part, programs, stem + ".png")
     common.write_text(stem + ".md", _markdown(part, record))
-    train.write_json(stem + ".json", record)
+    workdir.write_json(stem + ".json", record)
     _bundle(ctx.args)
 
 
@@ -830,7 +844,7 @@ def run_suite(argv: Sequence[str], clock: Callable[[], float] = time.monotonic,
     def log(name, status, notes):
         record["parts"].append({"part": name, "status": status, "notes": notes})
         record["wall_time_s"] = clock() - t0
-        train.write_json(os.path.join(args.results_dir, "reproduce_run.json"), record)
+        workdir.write_json(os.path.join(args.results_dir, "reproduce_run.json"), record)
         _bundle(args)
         say(f"[{name}] {status}" + "".join(f"\n  - {n}" for n in notes))
 

@@ -30,7 +30,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
-from l2rw_jax import train
+import l2rw_jax
+from l2rw_jax import config as config_lib
+from l2rw_jax import results as results_lib
 from l2rw_jax.audit import label_issues
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -47,36 +49,34 @@ _RESULTS_DIR = flags.DEFINE_string(
     "results_dir", "benchmarks/results", "Where the table, summary and plot are copied "
     "(empty: not copied).")
 
-def _paper(**changes) -> dict:
-    return dict(train.PAPER_L2RW, **changes)
+def _l2rw(base=config_lib.PAPER_L2RW, **changes) -> dict:
+    """Overrides of an l2rw variant: method.l2rw options ``base`` with ``changes``."""
+    return {"method": {"name": "l2rw", "l2rw": dict(base, **changes)}}
 
 
 # name -> config overrides. The L2RW rows go from the paper's algorithm to the recommended one,
 # one option at a time (methods.l2rw documents each option).
 VARIANTS = {
-    "erm": dict(method="erm"),
-    "proportion": dict(method="proportion"),
-    "random": dict(method="random"),
-    "resample": dict(method="resample"),
-    "hard_mining": dict(method="hard_mining"),
-    "finetune": dict(method="finetune", finetune_steps=300),
-    "clean_only": dict(method="clean_only"),
-    "mwnet": dict(method="mwnet"),
-    "l2rw": dict(method="l2rw", **train.PAPER_L2RW),
-    "l2rw_last": dict(method="l2rw", **_paper(l2rw_meta_params="last")),
-    "l2rw_last_mem": dict(method="l2rw", **_paper(l2rw_meta_params="last",
-                                                  l2rw_memory_decay=0.9)),
-    "l2rw_last_mem_sign_class": dict(method="l2rw", **_paper(
-        l2rw_meta_params="last", l2rw_memory_decay=0.9, l2rw_weight_map="sign",
-        l2rw_normalize="class_balanced")),
-    "l2rw_robust": dict(method="l2rw", **train.ROBUST_L2RW),  # ... and a 200-step warm-up
-    "l2rw_robust_gate": dict(method="l2rw", **dict(train.ROBUST_L2RW, l2rw_loss_quantile=0.7)),
-    "gate_only": dict(method="l2rw", **dict(train.ROBUST_L2RW, l2rw_loss_quantile=0.7,
-                                            l2rw_weight_map="one")),
+    "erm": {"method": {"name": "erm"}},
+    "proportion": {"method": {"name": "proportion"}},
+    "random": {"method": {"name": "random"}},
+    "resample": {"method": {"name": "resample"}},
+    "hard_mining": {"method": {"name": "hard_mining"}},
+    "finetune": {"method": {"name": "finetune", "finetune_steps": 300}},
+    "clean_only": {"method": {"name": "clean_only"}},
+    "mwnet": {"method": {"name": "mwnet"}},
+    "l2rw": _l2rw(),
+    "l2rw_last": _l2rw(meta_params="last"),
+    "l2rw_last_mem": _l2rw(meta_params="last", memory_decay=0.9),
+    "l2rw_last_mem_sign_class": _l2rw(meta_params="last", memory_decay=0.9, weight_map="sign",
+                                      normalize="class_balanced"),
+    "l2rw_robust": _l2rw(config_lib.ROBUST_L2RW),  # ... and a 200-step warm-up
+    "l2rw_robust_gate": _l2rw(config_lib.ROBUST_L2RW, loss_quantile=0.7),
+    "gate_only": _l2rw(config_lib.ROBUST_L2RW, loss_quantile=0.7, weight_map="one"),
 }
-SETTINGS = {"uniform": dict(noise="uniform", noise_ratio=0.4),
-            "background": dict(noise="background", noise_ratio=0.4),
-            "none": dict(noise="none", noise_ratio=0.0)}
+SETTINGS = {"uniform": {"data": dict(noise="uniform", noise_ratio=0.4)},
+            "background": {"data": dict(noise="background", noise_ratio=0.4)},
+            "none": {"data": dict(noise="none", noise_ratio=0.0)}}
 
 
 def precision_at_noisy(workdir: str, seeds, key: str, suspect_high: bool) -> list[float] | None:
@@ -106,15 +106,15 @@ def summarize(results: dict, run_dir: str, erm_rate: float | None) -> dict:
         per_class = np.array(results["per_class_accuracy"]["per_seed"])
         k = np.arange(len(bg))
         others = (per_class.sum(1) - per_class[k, bg]) / (per_class.shape[1] - 1)
-        out["background_accuracy"] = train.mean_ci95(per_class[k, bg])
-        out["other_classes_accuracy"] = train.mean_ci95(others)
+        out["background_accuracy"] = results_lib.mean_ci95(per_class[k, bg])
+        out["other_classes_accuracy"] = results_lib.mean_ci95(others)
     if results["method"] in ("l2rw", "mwnet", "hard_mining"):
         p = precision_at_noisy(run_dir, results["seeds"], "mean_weight", suspect_high=False)
-        out["precision_weight"] = None if p is None else train.mean_ci95(p)
+        out["precision_weight"] = None if p is None else results_lib.mean_ci95(p)
     for key, name in (("mean_meta_grad", "precision_meta_grad"),
                       ("meta_grad_memory", "precision_memory")):
         p = precision_at_noisy(run_dir, results["seeds"], key, suspect_high=True)
-        out[name] = None if p is None else train.mean_ci95(p)
+        out[name] = None if p is None else results_lib.mean_ci95(p)
     return out
 
 
@@ -191,11 +191,12 @@ def main(argv):
     configs = {}
     for s in _SETTINGS.value:
         for v in variants:
-            cfg = train.validate_config(config)
+            cfg = config_lib.validate(config)
             cfg.update(SETTINGS[s])
-            cfg.update(train.PAPER_L2RW)  # every l2rw field explicit: independent of defaults
+            # Every l2rw option explicit: independent of the defaults.
+            cfg.method.l2rw.update(config_lib.PAPER_L2RW)
             cfg.update(VARIANTS[v])
-            configs[s, v] = train.validate_config(cfg)
+            configs[s, v] = config_lib.validate(cfg)
     summary = {s: {} for s in _SETTINGS.value}
     for s in _SETTINGS.value:
         erm_rate = None
@@ -204,20 +205,21 @@ def main(argv):
             if not _TRAIN.value and not os.path.exists(os.path.join(run_dir, "results.json")):
                 continue
             print(f"--- {s} / {v}", flush=True)
-            results = train.train_and_evaluate(configs[s, v], run_dir)
+            results = l2rw_jax.train_and_evaluate(configs[s, v], run_dir)
             erm_rate = results["steps_per_s"] if v == "erm" else erm_rate
             summary[s][v] = summarize(results, run_dir, erm_rate)
     text = table(summary, _SETTINGS.value, variants)
-    source = os.path.basename(config.dataset).split(".")[0]
-    head = (f"{source}: {config.model}, {config.num_steps} steps, batch {config.batch_size} + "
-            f"{config.clean_batch_size} clean, {config.clean_per_class} clean per class, "
+    source = os.path.basename(config.data.dataset).split(".")[0]
+    head = (f"{source}: {config.model.name}, {config.num_steps} steps, batch "
+            f"{config.data.batch_size} + {config.data.clean_batch_size} clean, "
+            f"{config.data.clean_per_class} clean per class, "
             f"{config.num_seeds} seeds; final test accuracy mean +- 95% CI")
     print(head + "\n" + text)
     common.write_text(os.path.join(workdir, "table.md"), head + "\n\n" + text + "\n")
     common.write_json(os.path.join(workdir, "summary.json"),
                       {"config": json.loads(config.to_json()), "summary": summary})
     plot(summary, _SETTINGS.value, variants, os.path.join(workdir, "robust.png"),
-         f"{source}, {config.model}, {config.num_steps} steps, {config.num_seeds} seeds")
+         f"{source}, {config.model.name}, {config.num_steps} steps, {config.num_seeds} seeds")
     if _RESULTS_DIR.value:
         os.makedirs(_RESULTS_DIR.value, exist_ok=True)
         for name, ext in (("table.md", "md"), ("summary.json", "json"), ("robust.png", "png")):

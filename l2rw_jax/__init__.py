@@ -7,17 +7,26 @@ The public surface, one name per line. Modules are importable too (`l2rw_jax.cor
 # Modules.
 from l2rw_jax import adapter
 from l2rw_jax import audit
+from l2rw_jax import backends
+from l2rw_jax import build
+from l2rw_jax import config
 from l2rw_jax import corruption
 from l2rw_jax import datasets
 from l2rw_jax import device_data
+from l2rw_jax import evaluate
+from l2rw_jax import image_folder
 from l2rw_jax import input_pipeline
+from l2rw_jax import members
 from l2rw_jax import methods
 from l2rw_jax import models
+from l2rw_jax import results
 from l2rw_jax import reweight
 from l2rw_jax import safe_derivative
 from l2rw_jax import sharding
 from l2rw_jax import step
 from l2rw_jax import train
+from l2rw_jax import workdir
+from l2rw_jax import xla_options
 
 # The meta-step.
 from l2rw_jax.reweight import MetaWeights
@@ -35,13 +44,12 @@ from l2rw_jax.methods import ProportionState
 from l2rw_jax.methods import WeighContext
 from l2rw_jax.methods import WeighingScheme
 from l2rw_jax.methods import get_scheme
-from l2rw_jax.step import jit_train_step
-from l2rw_jax.step import make_eval_step
 from l2rw_jax.step import make_train_step
 from l2rw_jax.step import softmax_xent
-from l2rw_jax.train import METHODS
-from l2rw_jax.train import default_config
-from l2rw_jax.train import member_data
+from l2rw_jax.config import METHODS
+from l2rw_jax.config import default_config
+from l2rw_jax.evaluate import make_eval_fn
+from l2rw_jax.members import member_data
 from l2rw_jax.train import train_and_evaluate
 from l2rw_jax.train_state import TrainState
 
@@ -74,11 +82,10 @@ from l2rw_jax.device_data import StreamOrder
 from l2rw_jax.device_data import batch_at
 from l2rw_jax.device_data import index_shuffle
 from l2rw_jax.device_data import place_split
-from l2rw_jax.input_pipeline import Streams
-from l2rw_jax.input_pipeline import make_streams
 from l2rw_jax.sharding import batch_sharding
 from l2rw_jax.sharding import data_mesh
 from l2rw_jax.sharding import replicated_sharding
 from l2rw_jax.sharding import shard_batch
+from l2rw_jax.sharding import shard_members
 
 __version__ = "0.1.0"

@@ -401,7 +401,7 @@ def check_split_args(
 ) -> None:
     """Checks `make_splits`'s settings; `num_classes=None` skips the checks that need it.
 
-    Lets a caller (e.g. `input_pipeline.make_streams`) reject a bad setting before loading data.
+    Lets a caller (e.g. `config.validate`) reject a bad setting before loading data.
     `clean_given`: whether a clean set comes with the data (then `clean_per_class` must be 0 or
     None, and `noise` not `imbalance`); None: not known yet (before the data is loaded), so
     `clean_per_class` may be 0/None or >= 1, to be checked again by `make_splits`.

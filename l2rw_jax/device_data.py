@@ -5,7 +5,7 @@ the devices; for splits that fit in device memory (every source here: `datasets.
 reads them whole) this module places the uint8 images and their columns on the devices once
 and builds each step's batch there: gather by row, pad-crop + flip, normalise. The training
 loop runs `steps_per_call` such steps per jitted call under `lax.scan`
-(`l2rw_jax.train`, `backend="device"`). No TensorFlow is imported.
+(`l2rw_jax.backends`, `loop.backend="device"`). No TensorFlow is imported.
 
 Order: the same examples as the tf.data streams. Global step s of a stream of N examples and
 global batch B holds positions `p = s B + j` (j < B) and position p is example
@@ -406,7 +406,7 @@ def make_batch(split: DeviceSplit, rows_KxB: jax.Array, step, mesh: jax.sharding
     `K x B x H x W x C`, the split's columns (`label`, and for the noisy training set
     `true_label`, `is_noisy` bool) and `index` (= the rows). `as_training` adds
     `true_label = label` and `is_noisy = False` (the clean set trained on, as
-    `train._clean_as_training` does).
+    `members.clean_as_training` does).
     """
     cols = gather(split, rows_KxB, mesh)
     raw = cols.pop("image")
@@ -443,12 +443,13 @@ def make_train_call(member_step: Callable, mesh: jax.sharding.Mesh, *, clean_pha
 
     `call(carry, noisy, clean, rows_train_SxKxB, rows_clean_SxKxM, steps_S, phase_first,
     num_steps=S) -> (carry, msum_S)`, with `carry = (state, acc, msum)` of the loop
-    (`train.make_loop_step`; every leaf with a leading member axis K), `noisy` / `clean` the placed splits, the rows of
-    each step from :class:`StreamOrder` (placed) and `steps_S` the global steps. Step i
-    trains on the noisy split (or, `clean_phase`, on the clean split as training data) at
-    stream step `steps_S[i] - phase_first` and on the clean split at `steps_S[i]`, then adds
-    its metrics to `msum`; after a step that ends a logging interval (`(t + 1) % log_every
-    == 0` or `t + 1 == total_steps`) `msum` restarts from zero, as the tf.data loop resets it.
+    (`build.make_loop_step`; every leaf with a leading member axis K), `noisy` / `clean` the
+    placed splits, the rows of each step from :class:`StreamOrder` (placed) and `steps_S` the
+    global steps. Step i trains on the noisy split (or, `clean_phase`, on the clean split as
+    training data) at stream step `steps_S[i] - phase_first` and on the clean split at
+    `steps_S[i]`, then adds its metrics to `msum`; after a step that ends a logging interval
+    (`(t + 1) % log_every == 0` or `t + 1 == total_steps`) `msum` restarts from zero, as the
+    tf.data loop resets it.
     `msum_S[i]` is `msum` after step i, before that reset: the host reads the rows of the
     logging steps. The carry is donated.
 
@@ -475,8 +476,7 @@ def make_train_call(member_step: Callable, mesh: jax.sharding.Mesh, *, clean_pha
         return (state, acc, restart), msum
 
     # The library's step options (on CPU: parallel convolutions), as the tf.data loop's step.
-    jit = functools.partial(jax.jit, donate_argnums=0,
-                            compiler_options=xla_options.step_compiler_options())
+    jit = functools.partial(xla_options.jit, donate_argnums=0)
 
     if not scan:
         @jit

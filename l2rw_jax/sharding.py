@@ -120,3 +120,24 @@ def shard_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
     )
+
+
+def shard_members(batch: Any, mesh: Mesh, members: slice = slice(None), *,
+                  step_axis: bool = False) -> Any:
+    """Places members ``members`` of a host batch stacked over the run's K members.
+
+    The loop's batches carry the members' seed axis K before the batch axis (``K x B x
+    ...``), and chunks of S steps a step axis before that (``S x K x B x ...``,
+    ``step_axis=True``). This takes the members of one vmapped group along the seed axis and
+    places the result with the batch axis split over ``mesh`` (:func:`shard_batch`, so also
+    multi-host), the seed and step axes whole.
+    """
+    seed_axis = 1 if step_axis else 0
+    picked = jax.tree.map(
+        lambda x: x[(slice(None),) * seed_axis + (members,)], batch)
+    return shard_batch(picked, batch_sharding(mesh, leading_axes=seed_axis + 1))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """A full copy of ``tree`` on every device of ``mesh`` (states, accumulators)."""
+    return jax.device_put(tree, replicated_sharding(mesh))

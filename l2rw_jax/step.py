@@ -1,8 +1,9 @@
-"""The train step (weights from a scheme, then the weighted update) and the eval step.
+"""The train step: weights from a scheme, then the weighted update.
 
-Both are pure functions of arrays, ``jax.vmap``-able over a leading seed axis of the state and
-the batches, and work unchanged on one device, under ``jax.jit`` over a data ``Mesh``, and (with
-``axis_name``) inside ``jax.pmap`` / ``jax.shard_map``.
+A pure function of arrays, ``jax.vmap``-able over a leading seed axis of the state and the
+batches; it works unchanged on one device, under ``jax.jit`` over a data ``Mesh`` (the inputs
+placed by :mod:`l2rw_jax.sharding`), and (with ``axis_name``) inside ``jax.pmap`` /
+``jax.shard_map``. The evaluation is :mod:`l2rw_jax.evaluate`.
 """
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from l2rw_jax import methods
-from l2rw_jax import xla_options
 from l2rw_jax.reweight import _to_varying
 from l2rw_jax.train_state import TrainState
 
@@ -162,59 +161,3 @@ def _weight_metrics(w_B, batch, axis_name) -> dict:
             metrics[f"w_mean_{name}"] = (_global_sum(w_B * mask_B, axis_name)
                                          / jnp.maximum(count, 1.0))
     return metrics
-
-
-def make_eval_step(apply_fn: ApplyFn) -> Callable[[TrainState, dict], dict]:
-    """``eval_step(state, batch) -> counts`` in evaluation mode (running BatchNorm statistics).
-
-    Returns sums, to be added over batches: ``correct`` (top-1), ``correct_top5`` (label among
-    the 5 highest logits; ties count in the label's favour), ``loss_sum`` (softmax
-    cross-entropy) and ``count``, all over the rows with ``batch["mask"]`` True (every row when
-    there is no mask), so a padded last batch is counted exactly.
-    """
-
-    def eval_step(state: TrainState, batch: dict) -> dict:
-        logits_BxC, _ = apply_fn(state.params, state.model_state, batch["image"], False)
-        labels_B = batch["label"]
-        mask_B = batch.get("mask", jnp.ones(labels_B.shape, bool))
-        label_logit_B = jnp.take_along_axis(logits_BxC, labels_B[:, None], axis=1)[:, 0]
-        rank_B = jnp.sum(logits_BxC > label_logit_B[:, None], axis=1)
-        correct_B = jnp.argmax(logits_BxC, axis=1) == labels_B
-        losses_B = softmax_xent(logits_BxC, labels_B)
-        return {
-            "correct": jnp.sum(correct_B & mask_B, dtype=jnp.int32),
-            "correct_top5": jnp.sum((rank_B < 5) & mask_B, dtype=jnp.int32),
-            "loss_sum": jnp.sum(jnp.where(mask_B, losses_B, 0.0)),
-            "count": jnp.sum(mask_B, dtype=jnp.int32),
-        }
-
-    return eval_step
-
-
-def jit_train_step(train_step: Callable, mesh: Mesh | None = None) -> Callable:
-    """``jax.jit(train_step, donate_argnums=0)`` with the library's compiler options
-    (:func:`l2rw_jax.xla_options.step_compiler_options`: on CPU, parallel convolutions); with
-    a 1-D data ``mesh``, also the shardings:
-    the state replicated, the training batch sharded on the mesh axis (its size must divide by
-    the number of devices), the clean batch taken as placed by the caller (sharded, or
-    replicated when its size does not divide), scalar metrics replicated and per-example
-    (``_B``) metrics sharded. The global-batch semantics then come from ``jit`` itself: same
-    weights and update as on one device for the same global batch.
-    """
-    options = xla_options.step_compiler_options()
-    if mesh is None:
-        return jax.jit(train_step, donate_argnums=0, compiler_options=options)
-    if len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh must be 1-D (a data axis), got axes {mesh.axis_names}.")
-    replicated = NamedSharding(mesh, P())
-    data = NamedSharding(mesh, P(mesh.axis_names[0]))
-
-    def sharded_step(state, batch, val_batch):
-        state, metrics = train_step(state, batch, val_batch)
-        metrics = {k: jax.lax.with_sharding_constraint(v, data if k.endswith("_B") else replicated)
-                   for k, v in metrics.items()}
-        return state, metrics
-
-    return jax.jit(sharded_step, in_shardings=(replicated, data, None),
-                   out_shardings=(replicated, None), donate_argnums=0,
-                   compiler_options=options)

@@ -1,36 +1,86 @@
-"""Files a run writes: one atomic writer for every result, checkpoint side file and report.
+"""A run's workdir: its paths, atomic writes, process-0-only writes, checkpoints, and the readers
+the loop, the audit and the experiments use.
 
-Why one function: a reader (the audit, a resumed run, a plot script, a person) must never see
-a half-written file, and three copies of this logic had grown apart (permissions, fsync,
-cleanup). Orbax writes the checkpoints themselves atomically on its own.
+Paths go through ``etils.epath``, so a ``gs://bucket/run`` workdir is a bucket path (not
+``<cwd>/gs:/bucket/run``) and local ones are plain files. Why one atomic writer: a reader (the
+audit, a resumed run, a plot script, a person) must never see a half-written file, and three
+copies of this logic had grown apart (permissions, fsync, cleanup). Orbax writes the
+checkpoints themselves atomically (and coordinates the processes of a multi-host job).
+
+Multi-host: every process runs the same loop, but only :func:`is_primary` (process 0) writes
+the run's files (config.json, metrics.jsonl, TensorBoard, example weights, results.json);
+that gate lives here, in the writers, not in the loop.
 """
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import tempfile
 from typing import IO, Any, Callable
 
+import numpy as np
+from etils import epath
 
-def atomic_write(path: str, write: Callable[[IO[Any]], None], mode: str = "w",
+log = logging.getLogger("l2rw_jax.workdir")
+
+PathLike = str | os.PathLike
+
+
+def path(p: PathLike) -> epath.Path:
+    """``p`` as an ``epath.Path``: URIs (``gs://...``) keep their scheme, local paths are made
+    absolute."""
+    s = os.fspath(p)
+    return epath.Path(s if is_remote(s) else os.path.abspath(s))
+
+
+def is_remote(p: PathLike) -> bool:
+    """True for a URI (``gs://``, ``s3://``...), False for a local path."""
+    return "://" in os.fspath(p)
+
+
+def is_primary() -> bool:
+    """True on the process that writes the run's files (process 0; the only one when local)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def atomic_write(p: PathLike, write: Callable[[IO[Any]], None], mode: str = "w",
                  newline: str | None = None) -> str:
-    """Writes ``path`` through ``write(file)`` on a temporary file in the same folder, then
-    ``os.replace``: the file appears whole or not at all, and a failure leaves nothing behind.
+    """Writes ``p`` through ``write(file)`` so that it appears whole or not at all.
+
+    Local: on a temporary file in the same folder, fsync, then ``os.replace``; a failure
+    leaves nothing behind. URIs (``gs://``): ``write`` fills a buffer uploaded as one object
+    (an object store shows an object only once its upload completes).
 
     Args:
-      path: the file to write; its folder is created if missing.
-      write: called once with the open temporary file.
+      p: the file to write; its folder is created if missing.
+      write: called once with the open (temporary) file.
       mode: ``"w"`` (text, UTF-8) or ``"wb"`` (binary).
       newline: passed to ``open`` in text mode (``""`` for the csv module).
 
     Returns:
-      ``path``. The file gets the usual permissions (``0o666`` less the umask), not
-      ``mkstemp``'s private ``0o600``: results are meant to be read.
+      ``p`` as a string. A local file gets the usual permissions (``0o666`` less the umask),
+      not ``mkstemp``'s private ``0o600``: results are meant to be read.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode={mode!r} is not supported; allowed: 'w', 'wb'.")
-    folder = os.path.dirname(os.path.abspath(path))
+    if is_remote(p):
+        target = epath.Path(os.fspath(p))
+        buf = io.BytesIO() if mode == "wb" else io.StringIO(newline=newline)
+        write(buf)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "wb":
+            target.write_bytes(buf.getvalue())
+        else:
+            target.write_text(buf.getvalue(), encoding="utf-8")
+        return os.fspath(p)
+    p = os.fspath(p)
+    folder = os.path.dirname(os.path.abspath(p))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(p) + ".")
     text = {} if mode == "wb" else {"encoding": "utf-8", "newline": newline}
     try:
         with os.fdopen(fd, mode, **text) as f:
@@ -40,9 +90,221 @@ def atomic_write(path: str, write: Callable[[IO[Any]], None], mode: str = "w",
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return path
+    return p
+
+
+def write_json(p: PathLike, obj) -> None:
+    """Atomic JSON file (sorted keys, indented); on process 0 only (:func:`is_primary`)."""
+    if is_primary():
+        atomic_write(p, lambda f: json.dump(obj, f, indent=2, sort_keys=True))
+
+
+def write_npz(p: PathLike, **arrays) -> None:
+    """Atomic ``np.savez`` file; on process 0 only (:func:`is_primary`)."""
+    if is_primary():
+        atomic_write(p, lambda f: np.savez(f, **arrays), mode="wb")
+
+
+def read_json(p: PathLike):
+    return json.loads(epath.Path(os.fspath(p)).read_text())
+
+
+# ----------------------------------------------------------------------------- config.json
+
+
+def read_config(workdir: PathLike):
+    """The validated config (a ConfigDict) of the run in ``workdir``; flat config.json files
+    from before the config had groups are upgraded (``config.upgrade``).
+
+    Raises:
+      ValueError: no config.json in ``workdir``.
+    """
+    from l2rw_jax import config as config_lib
+
+    p = path(workdir) / "config.json"
+    if not p.exists():
+        raise ValueError(f"workdir {os.fspath(workdir)!r} has no config.json; is it a training "
+                         f"run's workdir?")
+    return config_lib.validate(config_lib.upgrade(read_json(p), fill_added=True),
+                               check_devices=False)
+
+
+def resolve_backend(backend: str, workdir: PathLike) -> str:
+    """``backend`` with "auto" resolved: the backend of the run being resumed in ``workdir``
+    (runs from before the field used tf.data), else "device" (``datasets.load_arrays`` loads
+    every source into memory, so every source fits the device-resident path)."""
+    from l2rw_jax import config as config_lib
+
+    p = path(workdir) / "config.json"
+    if backend != "auto":
+        return backend
+    if not p.exists():
+        return "device"
+    return config_lib.upgrade(read_json(p), fill_added=True)["loop"]["backend"]
+
+
+def check_or_write_config(workdir: PathLike, config, write: bool = True) -> None:
+    """Raises ValueError if ``workdir`` holds a run of another config, else (``write``, on
+    process 0) writes config.json. Checked before the data is loaded, written only after it
+    loaded and its sizes passed: a start that fails leaves nothing that blocks the corrected
+    command. Fields in ``config.RESUMABLE_FIELDS`` may differ."""
+    from l2rw_jax import config as config_lib
+
+    p = path(workdir) / "config.json"
+    current = json.loads(config.to_json())
+    if p.exists():
+        differ = config_lib.config_differences(read_json(p), current)
+        if differ:
+            raise ValueError(
+                f"workdir {os.fspath(workdir)!r} holds a run with a different config (fields "
+                f"{sorted(differ)}: {differ}); use a new workdir or the same config to resume.")
+    if write:
+        write_json(p, current)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def read_jsonl(p: PathLike, max_step: float = float("inf")) -> list[dict]:
+    """Records with ``step <= max_step`` (a torn last line from a kill is dropped)."""
+    p = epath.Path(os.fspath(p))
+    if not p.exists():
+        return []
+    records = []
+    for line in p.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= max_step:
+            records.append(record)
+    return records
+
+
+class _NoSummaryWriter:
+    """Stands in for tensorboardX's writer where it is not installed (or on processes other
+    than 0): metrics.jsonl only."""
+
+    def add_scalar(self, tag, value, step):
+        del tag, value, step
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _summary_writer(logdir: str, start_step: int):
+    """A tensorboardX writer on ``logdir`` (a resumed run purges what follows ``start_step``);
+    without tensorboardX (accelerator hosts), one warning and a writer that does nothing."""
+    try:
+        from tensorboardX import SummaryWriter  # Imported late: it pulls in protobuf.
+    except ImportError:
+        log.warning("tensorboardX is not installed: no TensorBoard files (metrics.jsonl has "
+                    "every metric).")
+        return _NoSummaryWriter()
+    return SummaryWriter(logdir, purge_step=start_step + 1 if start_step else None)
+
+
+class MetricsWriter:
+    """metrics.jsonl (one JSON object per line) and TensorBoard scalars of a run, from
+    ``start_step`` on: records past it (written by a killed run after its last checkpoint)
+    are dropped first. Writes on process 0 only; elsewhere every call does nothing.
+
+    Local files are appended to (``tail -f`` shows progress); on a URI, where objects cannot
+    be appended to, the whole file is rewritten (atomically) at each :meth:`flush`.
+    """
+
+    def __init__(self, workdir: PathLike, start_step: int):
+        self._on = is_primary()
+        self._path = path(workdir) / "metrics.jsonl"
+        self._remote = is_remote(self._path)
+        self._lines: list[str] = []
+        self._file = None
+        self._tb = _NoSummaryWriter()
+        if not self._on:
+            return
+        kept = [json.dumps(r) + "\n" for r in read_jsonl(self._path, start_step)]
+        atomic_write(self._path, lambda f: f.writelines(kept))
+        if self._remote:
+            self._lines = kept
+        else:
+            self._file = open(self._path, "a")
+        self._tb = _summary_writer(os.fspath(path(workdir) / "tb"), start_step)
+
+    def write(self, records: list[dict], scalars: dict, step: int) -> None:
+        """Appends ``records`` to metrics.jsonl and ``scalars`` ({tag: value}) to TensorBoard."""
+        if not self._on:
+            return
+        lines = [json.dumps(r) + "\n" for r in records]
+        if self._remote:
+            self._lines.extend(lines)
+        else:
+            self._file.writelines(lines)
+            self._file.flush()  # Every log_every steps: cheap, and tail -f shows progress.
+        for tag, value in scalars.items():
+            self._tb.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        if not self._on:
+            return
+        if self._remote:
+            atomic_write(self._path, lambda f: f.writelines(self._lines))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if not self._on:
+            return
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+        self._tb.close()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(workdir: PathLike, keep: int):
+    """An orbax CheckpointManager on ``<workdir>/checkpoints`` keeping the newest ``keep``."""
+    import orbax.checkpoint as ocp  # Here: it takes about a second to import.
+
+    return ocp.CheckpointManager(
+        path(workdir) / "checkpoints", options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True))
+
+
+def save_checkpoint(manager, step: int, carry, meta: dict) -> None:
+    """Saves ``carry`` (a pytree of host arrays) and ``meta`` (JSON) as checkpoint ``step``."""
+    import orbax.checkpoint as ocp
+
+    manager.save(step, args=ocp.args.Composite(carry=ocp.args.StandardSave(carry),
+                                               meta=ocp.args.JsonSave(meta)))
+
+
+def restore_checkpoint(manager, step: int, like) -> tuple[Any, dict]:
+    """(carry shaped like ``like``, meta) of checkpoint ``step``."""
+    import orbax.checkpoint as ocp
+
+    abstract = jax_tree_abstract(like)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        carry=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return restored.carry, restored.meta
+
+
+def jax_tree_abstract(tree):
+    import jax
+    import orbax.checkpoint as ocp
+
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def read_results(workdir: PathLike) -> dict | None:
+    """The run's results.json, or None before it finished."""
+    p = path(workdir) / "results.json"
+    return read_json(p) if p.exists() else None

@@ -50,3 +50,10 @@ def step_compiler_options(backend: str | None = None,
     if backend == "cpu" and jaxlib_version.split(".")[:2] == ["0", "10"]:
         return dict(_CPU_JAXLIB_0_10)
     return {}
+
+
+def jit(fun, **jit_kwargs):
+    """``jax.jit(fun, compiler_options=step_compiler_options(), **jit_kwargs)``: how the library
+    compiles its train and eval steps (the loop on both input backends, the benchmarks), so a
+    step timed alone is the step the loop runs."""
+    return jax.jit(fun, compiler_options=step_compiler_options(), **jit_kwargs)

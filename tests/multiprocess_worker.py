@@ -81,8 +81,9 @@ def main(process_id: int, num_processes: int, port: int, out_path: str) -> None:
     apply_fn, tx, params, batches = make_problem()
     results = {}
     for mode in MULTIPROCESS_MODES:
-        train_step = step_lib.jit_train_step(step_lib.make_train_step(
-            apply_fn, tx, methods.get_scheme("l2rw", mode=mode)), mesh)
+        # As the loop does: jit follows the placement of its inputs.
+        train_step = jax.jit(step_lib.make_train_step(
+            apply_fn, tx, methods.get_scheme("l2rw", mode=mode)), donate_argnums=0)
         # Built inside jit straight onto the mesh: identical on every process.
         state = jax.jit(lambda p: initial_state(p, tx), out_shardings=replicated)(params)
         for t, (batch, val_batch) in enumerate(batches):

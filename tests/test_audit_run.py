@@ -312,26 +312,28 @@ def test_experiments_audit_clear_errors(tmp_path):
 def real_run(tmp_path_factory):
     """A 20-step erm run on digits (40% uniform flips) and its audit by experiments.audit."""
     from experiments import audit as audit_main
+    from l2rw_jax import config as config_lib
     from l2rw_jax import train
 
-    c = train.default_config()
+    c = config_lib.default_config()
     # erm: the workdir format does not depend on the method, and its step compiles faster.
     c.update(
-        dataset="digits",
-        model="small_cnn",
-        method="erm",
-        noise="uniform",
-        noise_ratio=0.4,
-        clean_per_class=5,
-        hyper_val_size=100,  # held out of the noisy set: not in the CSV
-        batch_size=50,
-        clean_batch_size=50,
-        num_steps=20,
-        eval_every=20,
-        checkpoint_every=20,
-        log_every=10,
-        learning_rate=0.05,
-        progress_bar=False,
+        {
+            "data": dict(
+                dataset="digits",
+                noise="uniform",
+                noise_ratio=0.4,
+                clean_per_class=5,
+                hyper_val_size=100,  # held out of the noisy set: not in the CSV
+                batch_size=50,
+                clean_batch_size=50,
+            ),
+            "model": {"name": "small_cnn"},
+            "method": {"name": "erm"},
+            "optim": {"learning_rate": 0.05},
+            "num_steps": 20,
+            "loop": dict(eval_every=20, checkpoint_every=20, log_every=10, progress_bar=False),
+        }
     )
     workdir = str(tmp_path_factory.mktemp("real") / "run")
     results = train.train_and_evaluate(c, workdir)
@@ -368,7 +370,7 @@ def test_experiments_audit_on_a_real_training_run(real_run):
 
 def test_label_issues_csv_of_a_real_run_maps_back_to_the_source_data(real_run):
     from l2rw_jax import datasets
-    from l2rw_jax import train
+    from l2rw_jax import members
 
     workdir, res = real_run["workdir"], real_run["res"]
     rows = _read_csv(os.path.join(workdir, "audit", "label_issues.csv"))
@@ -384,7 +386,7 @@ def test_label_issues_csv_of_a_real_run_maps_back_to_the_source_data(real_run):
     true = np.array([int(r["true_label"]) for r in rows])
     # Independently of the run's records: the source labels and the corruption's flip mask.
     np.testing.assert_array_equal(true, y_source[source])
-    splits = train.member_data(real_run["config"]).splits
+    splits = members.member_data(real_run["config"]).splits
     flipped = dict(zip(splits.train_source_index.tolist(), splits.train_is_noisy.tolist()))
     np.testing.assert_array_equal(given != true, [flipped[i] for i in source])
     assert 0 < (given != true).sum() < n

@@ -15,7 +15,7 @@ from l2rw_jax import corruption
 from l2rw_jax import device_data as dd
 from l2rw_jax import input_pipeline as ip
 from l2rw_jax import sharding
-from l2rw_jax import train
+from l2rw_jax import workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,11 +134,14 @@ def test_augmentation_is_a_pad_crop_flip_keyed_by_seed_stream_step_row(splits):
 
 
 def test_auto_backend_is_device_or_the_resumed_runs_backend(tmp_path):
-    assert train._resolve_backend("auto", str(tmp_path)) == "device"
-    assert train._resolve_backend("tfdata", str(tmp_path)) == "tfdata"
+    assert workdir.resolve_backend("auto", str(tmp_path)) == "device"
+    assert workdir.resolve_backend("tfdata", str(tmp_path)) == "tfdata"
     with open(tmp_path / "config.json", "w") as f:
-        json.dump({"method": "erm"}, f)  # a run from before the backend field
-    assert train._resolve_backend("auto", str(tmp_path)) == "tfdata"
+        json.dump({"method": "erm"}, f)  # a flat run from before the backend field
+    assert workdir.resolve_backend("auto", str(tmp_path)) == "tfdata"
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"method": {"name": "erm"}, "loop": {"backend": "device"}}, f)
+    assert workdir.resolve_backend("auto", str(tmp_path)) == "device"
 
 
 def test_trains_from_an_npz_with_tensorflow_absent(tmp_path):
@@ -152,14 +155,16 @@ def test_trains_from_an_npz_with_tensorflow_absent(tmp_path):
         "import sys\n"
         "for name in ('tensorflow', 'tensorflow_datasets', 'sklearn', 'tensorboardX'):\n"
         "    sys.modules[name] = None\n"
-        "from l2rw_jax import train\n"
-        "c = train.default_config()\n"
-        f"c.update(dataset='npz:{path}', clean_per_class=2, batch_size=8, clean_batch_size=8,\n"
-        "         eval_batch_size=24, model='mlp', num_steps=4, eval_every=2, log_every=2,\n"
-        "         checkpoint_every=4, augment=True, progress_bar=False, l2rw_warmup_steps=0)\n"
-        "c.model_options.hidden = (8,)\n"
-        f"r = train.train_and_evaluate(c, {str(tmp_path / 'run')!r})\n"
-        "assert r['completed'] and r['config']['backend'] == 'device'\n"
+        "import l2rw_jax\n"
+        "from l2rw_jax import config\n"
+        "c = config.default_config()\n"
+        f"c.data.update(dataset='npz:{path}', clean_per_class=2, batch_size=8,\n"
+        "              clean_batch_size=8, eval_batch_size=24, augment=True)\n"
+        "c.model.name, c.model.options.hidden, c.num_steps = 'mlp', (8,), 4\n"
+        "c.loop.update(eval_every=2, log_every=2, checkpoint_every=4, progress_bar=False)\n"
+        "c.method.l2rw.warmup_steps = 0\n"
+        f"r = l2rw_jax.train_and_evaluate(c, {str(tmp_path / 'run')!r})\n"
+        "assert r['completed'] and r['config']['loop']['backend'] == 'device'\n"
         "assert 'tensorflow' not in sys.modules or sys.modules['tensorflow'] is None\n"
         "print('trained', r['num_steps'])\n")
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import multiprocess_worker as worker
-from l2rw_jax import methods, models, reweight
+from l2rw_jax import methods, models, reweight, sharding
 from l2rw_jax import step as step_lib
 from l2rw_jax.train_state import TrainState
 
@@ -59,11 +59,12 @@ def test_jit_over_a_data_mesh_1_vs_4_devices(problem, reference, mode):
     runs = {}
     for num_devices in (1, 4):
         mesh = _mesh(num_devices)
-        step = step_lib.jit_train_step(train_step, mesh)
-        state = jax.device_put(worker.initial_state(params, tx), NamedSharding(mesh, P()))
+        # As the loop does: jit follows the placement of its inputs (l2rw_jax.sharding).
+        step = jax.jit(train_step, donate_argnums=0)
+        state = sharding.replicate(worker.initial_state(params, tx), mesh)
         weights = []
         for batch, val_batch in batches:
-            put = lambda tree: jax.device_put(tree, NamedSharding(mesh, P(AXIS)))
+            put = lambda tree: sharding.shard_batch(tree, sharding.batch_sharding(mesh))
             state, metrics = step(state, put(batch), put(val_batch))
             weights.append(metrics["w_B"])
         assert len(state.params["Dense_0"]["kernel"].sharding.device_set) == num_devices
@@ -92,7 +93,7 @@ def test_jit_over_a_data_mesh_with_batchnorm_uses_global_batch_statistics():
     runs = {}
     for num_devices in (1, 4):
         mesh = _mesh(num_devices)
-        step = step_lib.jit_train_step(train_step, mesh)
+        step = jax.jit(train_step, donate_argnums=0)
         # Copies: the step donates the state, and device_put may alias arrays already there.
         state = jax.device_put(jax.tree.map(jnp.copy, TrainState(
             jnp.zeros([], jnp.int32), params, model_state, tx.init(params), jax.random.key(0),

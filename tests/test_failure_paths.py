@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 
-import ml_collections
 import pytest
 
 import tiny_data
 from experiments import common
+from l2rw_jax import config as config_lib
 from l2rw_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,39 +21,43 @@ def npz(tmp_path_factory):
     return tiny_data.write_tiny_npz(str(tmp_path_factory.mktemp("data") / "tiny.npz"))
 
 
-def _config(npz, **overrides):
+def _config(npz, *overrides):
     # 400 rows - 20 clean (2 per class) - 20 hyper-validation = 360 noisy training examples.
-    c = train.default_config()
-    c.update(dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4, clean_per_class=2,
-                  hyper_val_size=20, batch_size=8, clean_batch_size=8, eval_batch_size=64,
-                  model="mlp", model_options=ml_collections.ConfigDict({"hidden": (8,)}),
-                  method="erm", num_steps=2, log_every=1, eval_every=2, checkpoint_every=2,
-                  progress_bar=False))
-    c.update(overrides)
+    c = config_lib.default_config()
+    c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
+                           clean_per_class=2, hyper_val_size=20, batch_size=8,
+                           clean_batch_size=8, eval_batch_size=64),
+              "model": {"name": "mlp", "options": {"hidden": (8,)}}, "method": {"name": "erm"},
+              "num_steps": 2,
+              "loop": dict(log_every=1, eval_every=2, checkpoint_every=2, progress_bar=False)})
+    for o in overrides:
+        c.update(o)
     return c
 
 
 def test_failed_starts_leave_nothing_and_the_corrected_command_runs(npz, tmp_path):
     workdir = str(tmp_path / "run")
     with pytest.raises(FileNotFoundError):  # Data missing.
-        train.train_and_evaluate(_config(npz, dataset=f"npz:{tmp_path}/missing.npz"), workdir)
+        train.train_and_evaluate(
+            _config(npz, {"data": {"dataset": f"npz:{tmp_path}/missing.npz"}}), workdir)
     assert not os.path.exists(workdir)
-    with pytest.raises(ValueError, match=r"^batch_size=400 exceeds the noisy training set "
-                                         r"\(360 examples after the splits\); allowed: 1\.\.360\.$"):
-        train.train_and_evaluate(_config(npz, batch_size=400), workdir)
-    with pytest.raises(ValueError, match=r"^clean_batch_size=24 exceeds the clean set \(20 "
+    with pytest.raises(ValueError, match=r"^data\.batch_size=400 exceeds the noisy training "
+                                         r"set \(360 examples after the splits\); allowed: "
+                                         r"1\.\.360\.$"):
+        train.train_and_evaluate(_config(npz, {"data": {"batch_size": 400}}), workdir)
+    with pytest.raises(ValueError, match=r"^data\.clean_batch_size=24 exceeds the clean set \(20 "
                                          r"examples after the splits\); allowed: 1\.\.20\.$"):
-        train.train_and_evaluate(_config(npz, clean_batch_size=24), workdir)
+        train.train_and_evaluate(_config(npz, {"data": {"clean_batch_size": 24}}), workdir)
     assert not os.path.exists(os.path.join(workdir, "config.json"))
     results = train.train_and_evaluate(_config(npz), workdir)  # The corrected command.
     assert results["completed"] and results["num_steps"] == 2
     # The protection stays for real runs: another config in this workdir is refused.
     with pytest.raises(ValueError, match="holds a run with a different config"):
-        train.train_and_evaluate(_config(npz, learning_rate=0.5), workdir)
+        train.train_and_evaluate(_config(npz, {"optim": {"learning_rate": 0.5}}), workdir)
 
 
 def test_every_method_is_checked_before_any_trains(npz, tmp_path):
-    with pytest.raises(ValueError, match=r"^method='l2wr' is not supported; allowed: .*l2rw"):
+    with pytest.raises(ValueError, match=r"^method\.name='l2wr' is not supported; allowed: .*l2rw"):
         common.run_methods(_config(npz), str(tmp_path / "runs"), ["erm", "l2wr"])
     assert not os.path.exists(tmp_path / "runs")  # erm was not trained, nothing was written.
 
@@ -69,10 +73,10 @@ def test_entry_point_error_is_one_line_and_the_traceback_is_behind_verbose(tmp_p
     lines = [line for line in quiet.stderr.splitlines() if line.strip()]
     assert quiet.returncode == 2, quiet.stderr
     # One line: no traceback and no INFO logs (jax's backend probing runs before the check).
-    assert len(lines) == 1 and lines[0].startswith("error: method='l2wr' is not supported; "
+    assert len(lines) == 1 and lines[0].startswith("error: method.name='l2wr' is not supported; "
                                                    "allowed: "), quiet.stderr
     assert quiet.stdout == ""
     assert not os.path.exists(tmp_path / "qs")
     verbose = _quickstart(tmp_path, "--verbose")
     assert verbose.returncode not in (0, 2)
-    assert "Traceback" in verbose.stderr and "method='l2wr' is not supported" in verbose.stderr
+    assert "Traceback" in verbose.stderr and "method.name='l2wr' is not supported" in verbose.stderr

@@ -8,6 +8,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import streams
+
 from l2rw_jax import corruption
 from l2rw_jax import input_pipeline as ip
 
@@ -39,7 +41,7 @@ def npz_name(tmp_path_factory):
 @pytest.fixture(scope="module")
 def npz_streams(npz_name):
     # 230 - 20 clean = 210 train rows; batch 16 does not divide it, nor 8 the 37 test rows.
-    return ip.make_streams(
+    return streams.make_streams(
         npz_name,
         batch_size=16,
         clean_per_class=2,
@@ -53,7 +55,7 @@ def npz_streams(npz_name):
 @pytest.fixture(scope="module")
 def cifar_streams():
     with tfds.testing.mock_data(num_examples=200):
-        return ip.make_streams(
+        return streams.make_streams(
             "cifar10",
             batch_size=32,
             clean_per_class=2,
@@ -68,7 +70,7 @@ def cifar_streams():
 
 @pytest.fixture(scope="module")
 def digits_streams(tmp_path_factory):
-    return ip.make_streams(
+    return streams.make_streams(
         "digits",
         data_dir=str(tmp_path_factory.mktemp("tfds")),
         batch_size=50,
@@ -137,7 +139,7 @@ def test_train_and_clean_rows_carry_their_index(source, request):
 
 
 def test_every_epoch_is_a_permutation_and_reshuffled(npz_name):
-    s = ip.make_streams(
+    s = streams.make_streams(
         npz_name, batch_size=16, clean_per_class=2, noise="uniform", ratio=0.4, seed=0
     )
     n, m = s.num_train, s.num_clean
@@ -229,10 +231,10 @@ def test_reflect_padding(npz_streams):
 
 def test_same_seed_same_stream_different_seed_different(npz_name):
     kw = dict(batch_size=16, clean_per_class=2, noise="uniform", ratio=0.4, augment=True)
-    a = ip.make_streams(npz_name, seed=0, **kw)
+    a = streams.make_streams(npz_name, seed=0, **kw)
     tf.random.set_seed(1234)  # Global tf seeds must not matter: everything is stateless.
-    b = ip.make_streams(npz_name, seed=0, **kw)
-    c = ip.make_streams(npz_name, seed=1, **kw)
+    b = streams.make_streams(npz_name, seed=0, **kw)
+    c = streams.make_streams(npz_name, seed=1, **kw)
     for x, y in zip(_take(a.train, 4) + _take(a.clean, 2), _take(b.train, 4) + _take(b.clean, 2)):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
@@ -295,7 +297,7 @@ def test_channel_stats_exact():
 
 
 def test_given_mean_std_are_used(npz_name):
-    s = ip.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=0.5, std=0.25)
+    s = streams.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=0.5, std=0.25)
     batch = next(s.train)
     np.testing.assert_allclose(
         batch["image"], (s.splits.train_x[batch["index"]] / 255.0 - 0.5) / 0.25, atol=1e-5
@@ -331,14 +333,14 @@ def test_bad_settings_raise_before_loading(kw, match):
     # The npz does not exist: each error must come from the checks that run before any loading.
     kw = {"dataset": "npz:/nonexistent/never.npz", "batch_size": 16, "clean_per_class": 1, **kw}
     with pytest.raises(ValueError, match=match):
-        ip.make_streams(kw.pop("dataset"), **kw)
+        streams.make_streams(kw.pop("dataset"), **kw)
 
 
 def test_bad_mean_std_length_raises(npz_name):
     with pytest.raises(ValueError, match=r"mean and std need 1 or 1 values .*mean=\[0.1, 0.2\]"):
-        ip.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=[0.1, 0.2], std=[1, 1])
+        streams.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=[0.1, 0.2], std=[1, 1])
     with pytest.raises(ValueError, match=r"std positive.*std=0"):
-        ip.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=0.1, std=0)
+        streams.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=0.1, std=0)
 
 
 def test_npz_clean_set_feeds_the_clean_stream(tmp_path):
@@ -351,7 +353,7 @@ def test_npz_clean_set_feeds_the_clean_stream(tmp_path):
     x_clean, y_clean = rng.integers(0, 256, (5, 4, 4, 1), dtype=np.uint8), np.array([2, 0, 2, 1, 0])
     name = datasets.save_arrays(tmp_path / "c.npz", x, y, x[:6], y[:6], x_clean=x_clean,
                                 y_clean=y_clean)
-    s = ip.make_streams(name, batch_size=8, clean_per_class=0, seed=0, mean=0.0, std=1.0)
+    s = streams.make_streams(name, batch_size=8, clean_per_class=0, seed=0, mean=0.0, std=1.0)
     assert s.num_train == 40 and s.num_clean == 5
     np.testing.assert_array_equal(s.splits.train_source_index, np.arange(40))
     batch = next(s.clean)
@@ -359,9 +361,9 @@ def test_npz_clean_set_feeds_the_clean_stream(tmp_path):
     np.testing.assert_allclose(batch["image"], x_clean[batch["index"]] / 255.0, atol=1e-6)
     assert batch["index"].max() < 5
     with pytest.raises(ValueError, match=r"clean_per_class=2 would draw a clean set"):
-        ip.make_streams(name, batch_size=8, clean_per_class=2, seed=0)
+        streams.make_streams(name, batch_size=8, clean_per_class=2, seed=0)
 
 
 def test_clean_per_class_larger_than_a_class_raises(npz_name):
     with pytest.raises(ValueError, match=r"k_per_class=24 is larger than class \d has \(23"):
-        ip.make_streams(npz_name, batch_size=16, clean_per_class=24)
+        streams.make_streams(npz_name, batch_size=16, clean_per_class=24)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from experiments import reproduce
+from l2rw_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_CIFAR = os.path.join(ROOT, "..", "shared", "data", "cifar10_dev")
@@ -106,7 +107,8 @@ def test_plan_steps_largest_count_for_all_then_minimal():
 def test_scaled_config_compresses_the_paper_schedule():
     base = reproduce.cifar_background.get_config("dev")
     c = reproduce.scaled_config(base, 8000)
-    assert (c.num_steps, tuple(c.lr_boundaries), c.eval_every, c.checkpoint_every) == (
+    assert (c.num_steps, tuple(c.optim.lr_boundaries), c.loop.eval_every,
+            c.loop.checkpoint_every) == (
         8000, (4000, 6000), 800, 8000)
     assert base.num_steps == 80000  # not changed in place
 
@@ -123,26 +125,28 @@ def test_paper_programs_are_the_papers_recipes():
                                        "l2rw", "mwnet", "recommended"}
     assert mnist.fractions == (0.995, 0.99, 0.98, 0.95, 0.9)
     for (m, f), c in configs.items():
-        assert (c.majority_fraction, c.num_steps, c.num_seeds, c.model) == (f, 8000, 5, "lenet")
-        assert c.vmap_seeds and c.backend == "device" and c.noise == "imbalance"
-        assert c.batch_size == (500 if m == "hard_mining" else 100)
-    paper = configs["l2rw", 0.995]
-    assert {k: paper[k] for k in reproduce.train.PAPER_L2RW} == reproduce.train.PAPER_L2RW
-    assert paper.l2rw_lookahead == "sgd" and paper.pixel_scale == "unit"
+        assert (c.data.majority_fraction, c.num_steps, c.num_seeds, c.model.name) == (
+            f, 8000, 5, "lenet")
+        assert c.loop.vmap_seeds and c.loop.backend == "device" and c.data.noise == "imbalance"
+        assert c.data.batch_size == (500 if m == "hard_mining" else 100)
+        assert c.method.name == ("l2rw" if m == "recommended" else m)
+    paper = configs["l2rw", 0.995].method.l2rw
+    assert {k: paper[k] for k in config_lib.PAPER_L2RW} == config_lib.PAPER_L2RW
+    assert paper.lookahead == "sgd" and configs["l2rw", 0.995].data.pixel_scale == "unit"
     rec = configs["recommended", 0.995]
-    assert (rec.method, rec.l2rw_weight_map, rec.l2rw_meta_params, rec.l2rw_lookahead) == (
-        "l2rw", "sign", "last", "optimizer")
+    assert (rec.method.name, rec.method.l2rw.weight_map, rec.method.l2rw.meta_params,
+            rec.method.l2rw.lookahead) == ("l2rw", "sign", "last", "optimizer")
     for name, noise, clean in (("cifar_background", "background", 10),
                                ("cifar_uniform", "uniform", 100)):
         part = parts[name]
         assert list(part.methods) == ["erm", "l2rw", "recommended", "proportion"]
         c = reproduce.program_config(part, reproduce.scaled_config(part.base("c.npz"), 4000),
                                      "l2rw")
-        assert (c.noise, c.noise_ratio, c.clean_per_class, c.model, c.num_seeds) == (
-            noise, 0.4, clean, "resnet32", 3)
-        assert (c.num_steps, tuple(c.lr_boundaries), c.weight_decay, c.augment) == (
-            4000, (2000, 3000), 2e-4, True)
-        assert c.l2rw_weight_map == "clip" and c.backend == "device"
+        assert (c.data.noise, c.data.noise_ratio, c.data.clean_per_class, c.model.name,
+                c.num_seeds) == (noise, 0.4, clean, "resnet32", 3)
+        assert (c.num_steps, tuple(c.optim.lr_boundaries), c.optim.weight_decay,
+                c.data.augment) == (4000, (2000, 3000), 2e-4, True)
+        assert c.method.l2rw.weight_map == "clip" and c.loop.backend == "device"
 
 
 # ----------------------------------------------------------------------------- the smoke run
@@ -238,23 +242,23 @@ def test_smoke_suite_cut_off_continue_and_skip(data_dir, tmp_path, capsys):
     assert cells == {(m, f) for m in ("erm", "l2rw") for f in (0.99, 0.9)}
     for p in mnist["programs"]:
         assert p["num_steps"] == 40 and p["seeds"] == [0, 1]
-        assert p["config"]["vmap_seeds"] and p["config"]["num_seeds"] == 2
+        assert p["config"]["loop"]["vmap_seeds"] and p["config"]["num_seeds"] == 2
         np.testing.assert_allclose(
             p["test_error_pct"]["per_seed"],
             100 * (1 - np.array(p["final_test_accuracy"]["per_seed"])))
     l2rw = next(p for p in mnist["programs"] if p["method"] == "l2rw")
-    assert l2rw["config"]["l2rw_weight_map"] == "clip"  # the paper's rule
+    assert l2rw["config"]["method"]["l2rw"]["weight_map"] == "clip"  # the paper's rule
     assert "probe: erm" in out and "Plan for cifar_background" in out
     bg = _check_part_files(results, "cifar_background")
     # Ample budget: the largest step count, the schedule (40, 60 of 80) scaled to it.
     assert [p["method"] for p in bg["programs"]] == ["erm", "l2rw", "proportion"]
     for p in bg["programs"]:
-        assert p["num_steps"] == 40 and p["config"]["lr_boundaries"] == [20, 30]
-        assert p["config"]["noise"] == "background"
+        assert p["num_steps"] == 40 and p["config"]["optim"]["lr_boundaries"] == [20, 30]
+        assert p["config"]["data"]["noise"] == "background"
         assert len(p["curve"]["test_accuracy_per_seed"]) == 2
     assert bg["paper"]["values"] == {"erm": 59.54, "l2rw": 86.73}
     uni = _check_part_files(results, "cifar_uniform")
-    assert {p["config"]["noise"] for p in uni["programs"]} == {"uniform"}
+    assert {p["config"]["data"]["noise"] for p in uni["programs"]} == {"uniform"}
     mtimes = {f: os.path.getmtime(os.path.join(results, f)) for f in os.listdir(results)}
 
     # 3. Everything present: nothing is trained or rewritten but the run log.

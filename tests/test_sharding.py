@@ -82,3 +82,21 @@ def test_mesh_errors():
     mesh2d = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(2, 2), ("a", "b"))
     with pytest.raises(ValueError, match=r"1-D data mesh, got axes \('a', 'b'\)"):
         sharding.batch_sharding(mesh2d)
+
+
+def test_shard_members_keeps_the_seed_and_step_axes_whole():
+    mesh = sharding.data_mesh(jax.devices()[:2])
+    x_KxB = np.arange(3 * 4, dtype=np.float32).reshape(3, 4)  # 3 members, batch 4
+    placed = sharding.shard_members({"x": x_KxB}, mesh, slice(1, 3))["x"]
+    np.testing.assert_array_equal(placed, x_KxB[1:3])  # members 1 and 2
+    assert placed.sharding.spec == jax.sharding.PartitionSpec(None, "data")
+    # Each device holds every member's half of the batch.
+    assert {s.data.shape for s in placed.addressable_shards} == {(2, 2)}
+    x_SxKxB = np.arange(5 * 3 * 4, dtype=np.float32).reshape(5, 3, 4)  # a chunk of 5 steps
+    chunk = sharding.shard_members({"x": x_SxKxB}, mesh, slice(0, 1), step_axis=True)["x"]
+    np.testing.assert_array_equal(chunk, x_SxKxB[:, :1])
+    assert chunk.sharding.spec == jax.sharding.PartitionSpec(None, None, "data")
+    with pytest.raises(ValueError, match="not divisible by the 2 devices"):
+        sharding.shard_members({"x": np.zeros((3, 5))}, mesh)
+    state = sharding.replicate({"w": np.ones(3)}, mesh)
+    assert state["w"].sharding.is_fully_replicated

@@ -15,6 +15,9 @@ from absl import flags
 from ml_collections import config_flags
 
 import tiny_data
+from l2rw_jax import config as config_lib
+from l2rw_jax import members
+from l2rw_jax import results as results_lib
 from l2rw_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,14 +30,17 @@ def npz(tmp_path_factory):
     return tiny_data.write_tiny_npz(str(tmp_path_factory.mktemp("data") / "tiny.npz"))
 
 
-def _config(npz, **overrides):
-    c = train.default_config()
-    c.update(dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4, clean_per_class=2,
-                  hyper_val_size=20, batch_size=B, clean_batch_size=B, eval_batch_size=64,
-                  model="mlp", model_options=ml_collections.ConfigDict({"hidden": (16,)}),
-                  learning_rate=0.1, num_steps=STEPS, log_every=2, eval_every=3,
-                  checkpoint_every=2, progress_bar=False))
-    c.update(overrides)
+def _config(npz, *overrides):
+    """The tests' tiny config, then each of ``overrides`` (nested dicts, merged in order)."""
+    c = config_lib.default_config()
+    c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
+                           clean_per_class=2, hyper_val_size=20, batch_size=B,
+                           clean_batch_size=B, eval_batch_size=64),
+              "model": {"name": "mlp", "options": {"hidden": (16,)}},
+              "optim": {"learning_rate": 0.1}, "num_steps": STEPS,
+              "loop": dict(log_every=2, eval_every=3, checkpoint_every=2, progress_bar=False)})
+    for o in overrides:
+        c.update(o)
     return c
 
 
@@ -58,10 +64,11 @@ def _records(workdir):
 
 # Weighing methods normalise each step's weights to sum 1 (or all 0), so the per-example
 # weight sums add up to the number of non-zero steps.
-@pytest.mark.parametrize("method", train.METHODS)
+@pytest.mark.parametrize("method", config_lib.METHODS)
 def test_every_method_trains_and_records_its_weights(npz, tmp_path, method):
     finetune = 2 if method == "finetune" else 0
-    config = _config(npz, method=method, finetune_steps=finetune, num_seeds=2)
+    config = _config(npz, {"method": {"name": method, "finetune_steps": finetune},
+                           "num_seeds": 2})
     results = train.train_and_evaluate(config, str(tmp_path))
 
     assert results["completed"] and results["num_steps"] == STEPS + finetune
@@ -92,8 +99,9 @@ def test_every_method_trains_and_records_its_weights(npz, tmp_path, method):
 def test_l2rw_records_the_meta_gradient_its_weights_are_made_of(npz, tmp_path):
     # One step of the paper's L2RW: every drawn example is seen once, so its mean_meta_grad is
     # its g_i / rms(g) and its weight must be max(-g_i, 0) / sum_k max(-g_k, 0).
-    config = _config(npz, method="l2rw", num_steps=1, eval_every=1, checkpoint_every=1,
-                     log_every=1, **train.PAPER_L2RW)
+    config = _config(npz, {"method": {"name": "l2rw", "l2rw": config_lib.PAPER_L2RW},
+                           "num_steps": 1,
+                           "loop": dict(eval_every=1, checkpoint_every=1, log_every=1)})
     train.train_and_evaluate(config, str(tmp_path))
     w = _weights(tmp_path / "example_weights.npz")
     seen = w["count"] > 0
@@ -109,10 +117,10 @@ def test_l2rw_records_the_meta_gradient_its_weights_are_made_of(npz, tmp_path):
 
 def test_balanced_rows_and_hold_out_are_exact_and_seeded():
     labels = np.array([0] * 7 + [1] * 2 + [3] * 4)
-    rows = train.balanced_rows(labels, 4, seed=0)
+    rows = members.balanced_rows(labels, 4, seed=0)
     assert np.bincount(labels[rows], minlength=4).tolist() == [7, 7, 0, 7]
     assert set(rows[labels[rows] == 1]) == {7, 8}  # every row of a class is used
-    np.testing.assert_array_equal(rows, train.balanced_rows(labels, 4, seed=0))
+    np.testing.assert_array_equal(rows, members.balanced_rows(labels, 4, seed=0))
 
     from l2rw_jax import corruption
     rng = np.random.default_rng(0)
@@ -120,7 +128,7 @@ def test_balanced_rows_and_hold_out_are_exact_and_seeded():
     y = np.arange(60) % 3
     splits = corruption.make_splits(x, y, x[:9], y[:9], num_classes=3, noise="uniform",
                                     ratio=0.5, clean_per_class=2, seed=4)
-    kept, held = train.hold_out(splits, 10, seed=4)
+    kept, held = members.hold_out(splits, 10, seed=4)
     assert len(kept.train_labels) == len(splits.train_labels) - 10
     assert len(held.test_labels) == 10
     union = np.concatenate([kept.train_source_index, held.test_source_index])
@@ -128,10 +136,10 @@ def test_balanced_rows_and_hold_out_are_exact_and_seeded():
     # Held-out rows keep their observed (noisy) labels.
     rows = np.searchsorted(splits.train_source_index, held.test_source_index)
     np.testing.assert_array_equal(held.test_labels, splits.train_labels[rows])
-    again, _ = train.hold_out(splits, 10, seed=4)
+    again, _ = members.hold_out(splits, 10, seed=4)
     np.testing.assert_array_equal(again.train_source_index, kept.train_source_index)
     with pytest.raises(ValueError, match="hyper_val_size"):
-        train.hold_out(splits, len(splits.train_labels), seed=4)
+        members.hold_out(splits, len(splits.train_labels), seed=4)
 
 
 @pytest.fixture(scope="module")
@@ -140,21 +148,23 @@ def resumed(npz, tmp_path_factory):
 
     L2RW with the robust options: the per-example memory lives in the checkpointed state. The
     device-resident input with augmentation: its draws are keyed by (seed, step, row)."""
-    base = dict(method="l2rw", num_seeds=2, num_steps=8, checkpoint_every=3, log_every=1,
-                l2rw_memory_decay=0.5, l2rw_warmup_steps=2, l2rw_weight_map="sign",
-                l2rw_normalize="class", l2rw_meta_params="last", backend="device",
-                augment=True)
+    base = {"method": {"name": "l2rw", "l2rw": dict(
+                memory_decay=0.5, warmup_steps=2, weight_map="sign", normalize="class",
+                meta_params="last")},
+            "num_seeds": 2, "num_steps": 8, "data": {"augment": True},
+            "loop": dict(checkpoint_every=3, log_every=1, backend="device")}
     full = str(tmp_path_factory.mktemp("full"))
     killed = str(tmp_path_factory.mktemp("killed"))
-    results_full = train.train_and_evaluate(_config(npz, **base), full)
-    stopped = train.train_and_evaluate(_config(npz, stop_after_steps=7, **base), killed)
+    results_full = train.train_and_evaluate(_config(npz, base), full)
+    stopped = train.train_and_evaluate(_config(npz, base, {"loop": {"stop_after_steps": 7}}),
+                                       killed)
     # What a kill leaves: a torn last line and an unfinished checkpoint directory.
     with open(os.path.join(killed, "metrics.jsonl"), "a") as f:
         f.write('{"step": 7, "split": "tr')
     os.makedirs(os.path.join(killed, "checkpoints", "7.orbax-checkpoint-tmp-1234"))
-    results_resumed = train.train_and_evaluate(_config(npz, **base), killed)
+    results_resumed = train.train_and_evaluate(_config(npz, base), killed)
     return dict(full=full, killed=killed, results_full=results_full, stopped=stopped,
-                results_resumed=results_resumed, config=_config(npz, **base))
+                results_resumed=results_resumed, config=_config(npz, base))
 
 
 def test_resume_after_kill_matches_uninterrupted_run(resumed):
@@ -197,7 +207,7 @@ def test_results_json_schema(resumed):
         assert r[key]["ci95_low"] < r[key]["mean"] < r[key]["ci95_high"] or \
             r[key]["per_seed"][0] == r[key]["per_seed"][1]
     assert r["method"] == "l2rw" and r["seeds"] == [0, 1] and r["num_seeds"] == 2
-    assert r["config"]["num_steps"] == 8 and r["config"]["method"] == "l2rw"
+    assert r["config"]["num_steps"] == 8 and r["config"]["method"]["name"] == "l2rw"
     assert len(r["per_class_accuracy"]["per_seed"]) == 2
     assert len(r["per_class_accuracy"]["mean"]) == r["num_classes"] == NUM_CLASSES
     assert r["num_train"] + r["num_hyperval"] + r["num_clean"] == 400
@@ -206,21 +216,22 @@ def test_results_json_schema(resumed):
     assert r["wall_time_s"] > 0 and r["steps_per_s"] > 0 and r["completed"] is True
     assert all(0 <= a <= 1 for a in r["final_test_accuracy"]["per_seed"])
     # The 95% interval: mean +- t_{0.975, K-1} s / sqrt(K); t_{0.975, 1} = 12.7062.
-    ci = train.mean_ci95([0.5, 0.7])
+    ci = results_lib.mean_ci95([0.5, 0.7])
     np.testing.assert_allclose(ci["ci95"], 12.7062 * np.std([0.5, 0.7], ddof=1) / np.sqrt(2),
                                rtol=1e-4)
-    assert train.mean_ci95([0.5])["ci95"] is None
+    assert results_lib.mean_ci95([0.5])["ci95"] is None
 
 
 def test_seeds_in_one_step_and_data_parallel_equal_separate_runs(npz, tmp_path):
-    base = dict(method="l2rw", num_steps=4, checkpoint_every=4, eval_every=4)
+    base = {"method": {"name": "l2rw"}, "num_steps": 4,
+            "loop": {"checkpoint_every": 4, "eval_every": 4}}
     runs = {}
-    variants = {"vmap": dict(num_seeds=2), "loop": dict(num_seeds=2, vmap_seeds=False),
+    variants = {"vmap": {"num_seeds": 2}, "loop": {"num_seeds": 2, "loop": {"vmap_seeds": False}},
                 # Data parallel: each batch split over 2 of the 4 fake CPU devices.
-                "mesh2": dict(num_seeds=2, num_devices=2),
-                "seed0": dict(seed=0), "seed1": dict(seed=1)}
+                "mesh2": {"num_seeds": 2, "loop": {"num_devices": 2}},
+                "seed0": {"seed": 0}, "seed1": {"seed": 1}}
     for name, kw in variants.items():
-        runs[name] = (train.train_and_evaluate(_config(npz, **base, **kw), str(tmp_path / name)),
+        runs[name] = (train.train_and_evaluate(_config(npz, base, kw), str(tmp_path / name)),
                       _final_params(str(tmp_path / name)))
     for name in ("vmap", "loop", "mesh2"):
         results, params = runs[name]
@@ -238,21 +249,23 @@ def test_seeds_in_one_step_and_data_parallel_equal_separate_runs(npz, tmp_path):
 
 
 @pytest.mark.parametrize("variant", [
-    dict(method="l2rw", num_seeds=2, num_devices=2),  # vmapped seeds, batches on 2 devices
-    dict(method="finetune", finetune_steps=3, vmap_seeds=False, num_seeds=2),
+    # vmapped seeds, batches on 2 devices
+    {"method": {"name": "l2rw"}, "num_seeds": 2, "loop": {"num_devices": 2}},
+    {"method": {"name": "finetune", "finetune_steps": 3}, "loop": {"vmap_seeds": False},
+     "num_seeds": 2},
     # A convolutional model: on CPU its device calls dispatch step by step (no scan).
-    dict(method="resample", model="small_cnn",
-         model_options={"channels": (4,), "hidden": 8, "batch_norm": True})])
+    {"method": {"name": "resample"}, "model": {"name": "small_cnn", "options": {
+        "channels": (4,), "hidden": 8, "batch_norm": True}}}])
 def test_device_and_tfdata_backends_train_identically(npz, tmp_path, variant):
     # Without augmentation the two backends feed the same examples, bit for bit (same order,
     # same float32 normalisation), and on CPU the scanned (or dispatched) steps compute what
     # the per-step calls compute: identical parameters, metrics and recorded weights.
     runs, variant = {}, dict(variant)
-    model_options = variant.pop("model_options", None)
+    model = variant.pop("model", None)
     for backend in ("tfdata", "device"):
-        config = _config(npz, backend=backend, steps_per_call=4, **variant)
-        if model_options is not None:  # replaced, not merged into the MLP's options
-            config.model_options = ml_collections.ConfigDict(model_options)
+        config = _config(npz, variant, {"loop": {"backend": backend, "steps_per_call": 4}})
+        if model is not None:  # replaced: its options are not merged into the MLP's
+            config.model = ml_collections.ConfigDict(model)
         runs[backend] = (train.train_and_evaluate(config, str(tmp_path / backend)),
                          _final_params(str(tmp_path / backend)), _records(tmp_path / backend),
                          _weights(tmp_path / backend / "example_weights.npz"))
@@ -261,41 +274,44 @@ def test_device_and_tfdata_backends_train_identically(npz, tmp_path, variant):
     assert m_dev == m_tf
     chex.assert_trees_all_equal(w_dev, w_tf)
     assert r_dev["final_test_accuracy"] == r_tf["final_test_accuracy"]
-    assert (r_dev["config"]["backend"], r_tf["config"]["backend"]) == ("device", "tfdata")
+    assert (r_dev["config"]["loop"]["backend"], r_tf["config"]["loop"]["backend"]) == (
+        "device", "tfdata")
 
 
 def test_bad_configs_fail_before_any_work(npz, tmp_path):
     workdir = tmp_path / "run"
-    for bad, match in [(dict(num_stepz=3), "num_stepz"), (dict(method="mentornet"), "mentornet"),
-                       (dict(method="finetune"), "finetune_steps"),
-                       (dict(model="vgg"), "vgg"), (dict(noise_ratio=1.5), "ratio"),
-                       (dict(batch_size=0), "batch_size"), (dict(lr_boundaries=(5, 2)), "lr_b"),
-                       (dict(l2rw_mode="sideways"), "sideways"),
-                       (dict(l2rw_memory_decay=1.0), "memory_decay"),
-                       (dict(l2rw_normalize="global"), "global"),
-                       (dict(pixel_scale="minmax"), "pixel_scale"),
-                       (dict(backend="tpu"), "backend"), (dict(steps_per_call=0), "steps_per"),
-                       (dict(dataset="imagenet"), "imagenet"), (dict(batch_size=6, num_devices=4),
-                                                                "divisible")]:
-        cfg = _config(npz)
-        if "num_stepz" in bad:
-            cfg = ml_collections.ConfigDict({**cfg.to_dict(), **bad})
-        else:
-            cfg.update(bad)
+    for bad, match in [
+            ({"num_stepz": 3}, r"num_stepz"), ({"data": {"batchsize": 3}}, r"data\.batchsize"),
+            ({"batch_size": 3}, r"moved: \{'batch_size': 'data\.batch_size'\}"),
+            ({"method": {"name": "mentornet"}}, "method.name='mentornet'"),
+            ({"method": {"name": "finetune"}}, "method.finetune_steps"),
+            ({"model": {"name": "vgg"}}, "vgg"), ({"data": {"noise_ratio": 1.5}}, "ratio"),
+            ({"data": {"batch_size": 0}}, "data.batch_size must be"),
+            ({"optim": {"lr_boundaries": (5, 2)}}, "optim.lr_boundaries"),
+            ({"method": {"l2rw": {"mode": "sideways"}}}, "sideways"),
+            ({"method": {"l2rw": {"memory_decay": 1.0}}}, "memory_decay"),
+            ({"method": {"l2rw": {"normalize": "global"}}}, "global"),
+            ({"data": {"pixel_scale": "minmax"}}, "data.pixel_scale"),
+            ({"loop": {"backend": "tpu"}}, "loop.backend"),
+            ({"loop": {"steps_per_call": 0}}, "loop.steps_per_call"),
+            ({"data": {"dataset": "imagenet"}}, "imagenet"),
+            ({"data": {"batch_size": 6}, "loop": {"num_devices": 4}}, "divisible")]:
+        cfg = _config(npz, bad)  # update() adds unknown keys: validation must refuse them
         with pytest.raises(ValueError, match=match):
             train.train_and_evaluate(cfg, str(workdir))
         assert not workdir.exists()
-    train.train_and_evaluate(_config(npz, num_steps=2, eval_every=2), str(workdir))
-    with pytest.raises(ValueError, match="different config"):
-        train.train_and_evaluate(_config(npz, num_steps=2, eval_every=2, learning_rate=0.3),
+    short = {"num_steps": 2, "loop": {"eval_every": 2}}
+    train.train_and_evaluate(_config(npz, short), str(workdir))
+    with pytest.raises(ValueError, match=r"different config.*optim\.learning_rate"):
+        train.train_and_evaluate(_config(npz, short, {"optim": {"learning_rate": 0.3}}),
                                  str(workdir))
 
 
 def test_unit_pixel_scale_feeds_raw_pixels_over_255(npz):
-    md = train.member_data(_config(npz, pixel_scale="unit"))
+    md = members.member_data(_config(npz, {"data": {"pixel_scale": "unit"}}))
     np.testing.assert_array_equal(md.mean, [0.0])
     np.testing.assert_array_equal(md.std, [1.0])
-    standard = train.member_data(_config(npz))
+    standard = members.member_data(_config(npz))
     assert 0.1 < float(standard.mean[0]) < 0.5 and float(standard.std[0]) > 0.05
 
 
@@ -317,8 +333,9 @@ def test_preset_configs_are_valid(name, args):
     module = _load_config_module(name)
     assert "python -m experiments." in module.__doc__ and "Expected" in module.__doc__
     for a in args:
-        config = train.validate_config(module.get_config(*a))
-        assert config.to_dict().keys() == train.default_config().to_dict().keys()
+        config = config_lib.validate(module.get_config(*a))
+        assert config_lib.flatten(config.to_dict()).keys() == config_lib.flatten(
+            config_lib.default_config().to_dict()).keys()
     if name != "quickstart":
         with pytest.raises(ValueError):
             module.get_config("nonsense")
@@ -335,10 +352,14 @@ def test_command_line_overrides_fail_on_typos():
         fv(["prog", *argv])
         return fv.config
 
-    config = parse(f"--config={path}:0.95", "--config.num_steps=20", "--config.method=mwnet")
-    assert (config.num_steps, config.method, config.majority_fraction) == (20, "mwnet", 0.95)
+    config = parse(f"--config={path}:0.95", "--config.num_steps=20",
+                   "--config.method.name=mwnet", "--config.method.mwnet.hidden=7")
+    assert (config.num_steps, config.method.name, config.data.majority_fraction,
+            config.method.mwnet.hidden) == (20, "mwnet", 0.95, 7)
     with pytest.raises(AttributeError, match="num_stepz"):
         parse("--config.num_stepz=20")
+    with pytest.raises(AttributeError, match="batch_size"):
+        parse("--config.batch_size=20")  # moved to data.batch_size
     with pytest.raises(flags.IllegalFlagValueError):
         parse("--config.num_steps=twenty")
 
@@ -347,10 +368,10 @@ def test_mnist_entry_point_sweeps_methods_and_fractions(npz, tmp_path):
     workdir = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "experiments.mnist", f"--workdir={workdir}",
            "--methods=erm,l2rw", "--majority_fractions=0.6,0.5",
-           f"--config.dataset=npz:{npz}", "--config.num_train=40", "--config.model=mlp",
-           "--config.batch_size=20",
-           "--config.num_steps=4", "--config.num_seeds=2", "--config.eval_every=2",
-           "--config.eval_batch_size=40", "--config.progress_bar=False",
+           f"--config.data.dataset=npz:{npz}", "--config.data.num_train=40",
+           "--config.model.name=mlp", "--config.data.batch_size=20",
+           "--config.num_steps=4", "--config.num_seeds=2", "--config.loop.eval_every=2",
+           "--config.data.eval_batch_size=40", "--config.loop.progress_bar=False",
            "--hard_mining_batch_size=20"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -358,7 +379,7 @@ def test_mnist_entry_point_sweeps_methods_and_fractions(npz, tmp_path):
     for p in ("0.6", "0.5"):
         for m in ("erm", "l2rw"):
             with open(workdir / f"p{p}" / m / "results.json") as f:
-                assert json.load(f)["config"]["majority_fraction"] == float(p)
+                assert json.load(f)["config"]["data"]["majority_fraction"] == float(p)
     assert (workdir / "error.png").stat().st_size > 0
     with open(workdir / "summary.json") as f:
         assert set(json.load(f)) == {"0.6", "0.5"}

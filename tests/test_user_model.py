@@ -19,6 +19,7 @@ import pytest
 
 import tiny_data
 from l2rw_jax import adapter
+from l2rw_jax import config as config_lib
 from l2rw_jax import models
 from l2rw_jax import train
 
@@ -234,12 +235,14 @@ def npz(tmp_path_factory):
 
 
 def _config(npz, model, **options):
-    c = train.default_config()
-    c.update(dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4, clean_per_class=2,
-                  batch_size=8, clean_batch_size=8, eval_batch_size=50, model=model,
-                  model_options=ml_collections.ConfigDict(options), method="l2rw",
-                  l2rw_warmup_steps=0, learning_rate=0.1, num_steps=4, log_every=2,
-                  eval_every=4, checkpoint_every=4, progress_bar=False))
+    c = config_lib.default_config()
+    c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
+                           clean_per_class=2, batch_size=8, clean_batch_size=8,
+                           eval_batch_size=50),
+              "model": {"name": model, "options": ml_collections.ConfigDict(options)},
+              "method": {"name": "l2rw", "l2rw": {"warmup_steps": 0}},
+              "optim": {"learning_rate": 0.1}, "num_steps": 4,
+              "loop": dict(log_every=2, eval_every=4, checkpoint_every=4, progress_bar=False)})
     return c
 
 
@@ -251,7 +254,7 @@ def test_import_string_module_trains_with_l2rw_and_is_audited(npz, tmp_path):
     # meta_params="last" (the config's default) must move the user's output layer, "out":
     # with "last" read as params["head"] this run fails.
     config = _config(npz, SPEC, classes=10)
-    assert config.l2rw_meta_params == "last"
+    assert config.method.l2rw.meta_params == "last"
     workdir = str(tmp_path / "run")
     results = train.train_and_evaluate(config, workdir)
     assert results["completed"] and results["num_steps"] == 4
@@ -295,7 +298,7 @@ def test_bad_models_fail_with_one_clear_line(npz, tmp_path):
         with pytest.raises(ValueError, match=match):
             models.create_model(spec, 3, **options)
     with pytest.raises(ValueError, match=r"no_such_package_xyz"):  # before any work
-        train.validate_config(_config(npz, "no_such_package_xyz:Net"))
+        config_lib.validate(_config(npz, "no_such_package_xyz:Net"))
 
     class TwoFlags(nn.Module):
         @nn.compact

@@ -13,7 +13,7 @@ hyper-validation (2000 for `dev`).
 Expected (paper, test accuracy): CIFAR-10 ERM 59.54, L2RW 86.73 +- 0.48; CIFAR-100 ERM 37.82,
 L2RW 59.30 +- 0.60.
 """
-from l2rw_jax import train
+from l2rw_jax import config as config_lib
 
 _SOURCES = {"cifar10": ("cifar10", 5000), "cifar100": ("cifar100", 5000),
             "dev": ("npz:../shared/data/cifar10_dev/cifar10_dev.npz", 2000)}
@@ -24,28 +24,28 @@ def get_config(source: str = "cifar10"):
         raise ValueError(f"cifar_background config argument must be one of {sorted(_SOURCES)}, "
                          f"got {source!r}.")
     dataset, hyper_val = _SOURCES[source]
-    c = train.default_config()
-    c.dataset = dataset
-    c.noise = "background"          # chosen labels all become one seeded background class
-    c.noise_ratio = 0.4
-    c.clean_per_class = 10          # paper: 10 per class
-    c.hyper_val_size = hyper_val
-    c.augment = True
-    c.batch_size = 100
-    c.clean_batch_size = 100        # CIFAR-10: the whole clean set every step
-    c.eval_batch_size = 500
-    c.model = "resnet32"            # pre-activation ResNet with BatchNorm
-    c.model_options.units_per_stage = 5  # 3 stages x 5 units x 2 convs + 2 = 32 layers
-    c.model_options.widths = (16, 32, 64)  # channels per stage
-    c.method = "l2rw"
-    c.update(train.PAPER_L2RW)      # the paper's L2RW (Ren et al. 2018, Alg. 1)
-    c.learning_rate = 0.1
-    c.momentum = 0.9
-    c.weight_decay = 2e-4
-    c.lr_boundaries = (40000, 60000)
+    c = config_lib.default_config()
+    c.data.dataset = dataset
+    c.data.noise = "background"     # chosen labels all become one seeded background class
+    c.data.noise_ratio = 0.4
+    c.data.clean_per_class = 10     # paper: 10 per class
+    c.data.hyper_val_size = hyper_val
+    c.data.augment = True
+    c.data.batch_size = 100
+    c.data.clean_batch_size = 100   # CIFAR-10: the whole clean set every step
+    c.data.eval_batch_size = 500
+    c.model.name = "resnet32"       # pre-activation ResNet with BatchNorm
+    c.model.options.units_per_stage = 5  # 3 stages x 5 units x 2 convs + 2 = 32 layers
+    c.model.options.widths = (16, 32, 64)  # channels per stage
+    c.method.name = "l2rw"
+    c.method.l2rw.update(config_lib.PAPER_L2RW)  # the paper's L2RW (Ren et al. 2018, Alg. 1)
+    c.optim.learning_rate = 0.1
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 2e-4
+    c.optim.lr_boundaries = (40000, 60000)
     c.num_steps = 80000
     c.num_seeds = 1
-    c.log_every = 100
-    c.eval_every = 2000
-    c.checkpoint_every = 2000
+    c.loop.log_every = 100
+    c.loop.eval_every = 2000
+    c.loop.checkpoint_every = 2000
     return c

@@ -12,7 +12,7 @@ Recipe: SmallCNN (3x3 convs of 16 and 32 channels, each ReLU + 2x2 max-pool, glo
 pool, 64 hidden units), SGD momentum 0.9, lr 0.05 (x0.1 at 2/3 and 5/6 of the budget), weight
 decay 5e-4, batch 100 + 100 clean, pad-4 crop + flip on CIFAR, 1000 noisy examples held out
 for hyper-validation, 3 seeds (one per split and noise draw). The learning-rate boundaries are
-set from the default budget: with `--config.num_steps`, also set `--config.lr_boundaries`.
+set from the default budget: with `--config.num_steps`, also set `--config.optim.lr_boundaries`.
 
 Expected (measured; the full tables are benchmarks/results/robust_<source>.md): on cifar10_dev
 the small CNN underfits in this budget (plain training ends near 38% at 40% uniform flip), so
@@ -21,12 +21,13 @@ matches plain training there and the class-balanced baseline at 40% background f
 the paper's L2RW loses 10-15 points to both. Training on the 1000 clean images alone
 (`clean_only`) beats every method that uses the noisy ones at both flips on cifar10_dev.
 """
-from l2rw_jax import train
+from l2rw_jax import config as config_lib
 
 _SOURCES = {
-    "cifar10_dev": dict(dataset="npz:../shared/data/cifar10_dev/cifar10_dev.npz", augment=True,
-                        num_steps=1500),
-    "mnist": dict(dataset="npz:../shared/data/mnist/mnist.npz", augment=False, num_steps=1500),
+    "cifar10_dev": dict(data=dict(dataset="npz:../shared/data/cifar10_dev/cifar10_dev.npz",
+                                  augment=True), num_steps=1500),
+    "mnist": dict(data=dict(dataset="npz:../shared/data/mnist/mnist.npz", augment=False),
+                  num_steps=1500),
 }
 
 
@@ -34,24 +35,24 @@ def get_config(source: str = "cifar10_dev"):
     if source not in _SOURCES:
         raise ValueError(f"robust_protocol config argument must be one of {sorted(_SOURCES)}, "
                          f"got {source!r}.")
-    c = train.default_config()
+    c = config_lib.default_config()
     c.update(_SOURCES[source])
-    c.noise = "uniform"             # set per setting by experiments/robust.py
-    c.noise_ratio = 0.4
-    c.clean_per_class = 100         # 1000 clean images
-    c.hyper_val_size = 1000
-    c.batch_size = 100
-    c.clean_batch_size = 100
-    c.eval_batch_size = 1000
-    c.model = "small_cnn"
-    c.method = "erm"                # set per variant by experiments/robust.py
-    c.learning_rate = 0.05
-    c.momentum = 0.9
-    c.weight_decay = 5e-4
-    c.lr_boundaries = (c.num_steps * 2 // 3, c.num_steps * 5 // 6)
+    c.data.noise = "uniform"        # set per setting by experiments/robust.py
+    c.data.noise_ratio = 0.4
+    c.data.clean_per_class = 100    # 1000 clean images
+    c.data.hyper_val_size = 1000
+    c.data.batch_size = 100
+    c.data.clean_batch_size = 100
+    c.data.eval_batch_size = 1000
+    c.model.name = "small_cnn"
+    c.method.name = "erm"           # set per variant by experiments/robust.py
+    c.optim.learning_rate = 0.05
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 5e-4
+    c.optim.lr_boundaries = (c.num_steps * 2 // 3, c.num_steps * 5 // 6)
     c.num_seeds = 3
-    c.vmap_seeds = False            # convnets on a CPU: one call per seed
-    c.log_every = 100
-    c.eval_every = 500
-    c.checkpoint_every = 500
+    c.loop.vmap_seeds = False       # convnets on a CPU: one call per seed
+    c.loop.log_every = 100
+    c.loop.eval_every = 500
+    c.loop.checkpoint_every = 500
     return c

@@ -1,0 +1,160 @@
+"""What the training loop needs, built once: the model, the step of one member with its
+per-example accumulators, and the K members' initial carry.
+
+The carry of a group of members is ``(state, acc, msum)``: ``state`` a :class:`TrainState`
+whose every leaf has a leading seed axis K (also for K = 1); ``acc = {"w_sum": KxN, "count":
+KxN, "all_zero_steps": K}`` (and for l2rw ``"g_sum": KxN``), the per-example weights summed
+over training (example_weights.npz); ``msum`` the scalar metrics summed since the last log.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from l2rw_jax import adapter
+from l2rw_jax import methods
+from l2rw_jax import models
+from l2rw_jax import reweight
+from l2rw_jax import step as step_lib
+from l2rw_jax.members import MemberData
+from l2rw_jax.train_state import TrainState
+
+
+class Run(NamedTuple):
+    """What the loop needs, built once."""
+    members: list[MemberData]
+    apply_fn: Callable
+    train_step: Callable          # one member, un-jitted
+    carry0: tuple                 # host (numpy) initial (state, acc, msum), stacked over K
+    metric_names: list[str]
+    total_steps: int
+    num_classes: int
+
+
+def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
+    """One member's step plus the per-example weight accumulation and the metric sums.
+
+    ``acc = {"w_sum": (N,), "count": (N,)}`` is scatter-added at ``batch["index"]`` (the row in
+    the noisy training set) with this step's ``w_B`` (when ``accumulate``; and ``acc["g_sum"]``,
+    when present, with the RMS-normalised meta-gradient ``g_B``), ``acc
+    ["all_zero_steps"]`` counts the steps whose weights were all 0, and ``msum`` adds up the
+    scalar metrics of the steps since the last log.
+    """
+
+    def member_step(state, acc, msum, batch, val_batch):
+        state, metrics = train_step(state, batch, val_batch)
+        acc = dict(acc, all_zero_steps=acc["all_zero_steps"] + metrics["all_zero"])
+        if accumulate:
+            index_B = batch["index"]
+            acc.update(w_sum=acc["w_sum"].at[index_B].add(metrics["w_B"]),
+                       count=acc["count"].at[index_B].add(1))
+            if "g_sum" in acc:  # l2rw: the meta-gradient before it is clipped and normalised
+                gn_B = methods.rms_normalized(metrics["g_B"])
+                acc.update(g_sum=acc["g_sum"].at[index_B].add(gn_B))
+        msum = {k: msum[k] + metrics[k].astype(jnp.float32) for k in msum}
+        return state, acc, msum
+
+    return member_step
+
+
+def init_states(module, tx, members: list[MemberData], scheme: methods.WeighingScheme,
+                image_shape) -> TrainState:
+    """The K members' initial TrainStates, stacked (numpy).
+
+    Member keys: ``split(PRNGKey(seed), 3)`` -> (model init, step rng, method state). The
+    model is initialised for all members in one vmapped call (one compilation, and the same
+    numbers as K separate calls: the random bits are a function of each key alone).
+    """
+    keys = [jax.random.split(jax.random.PRNGKey(md.seed), 3) for md in members]
+
+    def init_one(key):
+        params, model_state = models.init_model(module, key, (1,) + tuple(image_shape))
+        return params, model_state, tx.init(params)
+
+    # Not jitted here: init_model jits itself with compile-time-saving options.
+    params, model_state, opt_state = jax.vmap(init_one)(jnp.stack([k[0] for k in keys]))
+    method_states = [scheme.init(k[2], md.class_counts) for k, md in zip(keys, members)]
+    state = TrainState(step=np.zeros((len(members),), np.int32), params=params,
+                       model_state=model_state, opt_state=opt_state,
+                       rng=jnp.stack([k[1] for k in keys]),
+                       method_state=jax.tree.map(lambda *xs: jnp.stack(xs), *method_states))
+    return to_host(state)
+
+
+def to_host(tree):
+    # np.array copies: the host copy must outlive the donated device buffers.
+    return jax.tree.map(lambda x: np.array(x), tree)
+
+
+def batch_shapes(batch_size: int, clean_batch_size: int, image_shape) -> tuple[dict, dict]:
+    """Abstract (train, clean) batches of one member, as the streams yield them."""
+    sds = jax.ShapeDtypeStruct
+    b, m = batch_size, clean_batch_size
+    train = {"image": sds((b,) + tuple(image_shape), jnp.float32), "label": sds((b,), jnp.int32),
+             "true_label": sds((b,), jnp.int32), "is_noisy": sds((b,), jnp.bool_),
+             "index": sds((b,), jnp.int32)}
+    clean = {"image": sds((m,) + tuple(image_shape), jnp.float32), "label": sds((m,), jnp.int32),
+             "index": sds((m,), jnp.int32)}
+    return train, clean
+
+
+def build_run(members: list[MemberData], *, model: str, model_kwargs: dict,
+              tx: optax.GradientTransformation, scheme: str, options: dict, batch_size: int,
+              clean_batch_size: int, total_steps: int) -> Run:
+    """The model, optimizer step and initial carry of ``members`` (same-size training sets).
+
+    Args:
+      members: the members' data (``members.make_member``).
+      model, model_kwargs: ``models.create_model(model, num_classes, **model_kwargs)``.
+      tx: the optimizer; ``scheme``, ``options``: ``methods.get_scheme(scheme, **options)``.
+      batch_size, clean_batch_size: B and M of one member's step.
+      total_steps: training steps of the run (the finetune phase included).
+
+    Raises:
+      ValueError: members with training sets of different sizes; an optimizer whose update
+        the look-ahead schemes (l2rw, mwnet) cannot differentiate (before step 1, not NaN).
+    """
+    sizes = {len(md.splits.train_labels) for md in members}
+    if len(sizes) != 1:
+        raise ValueError(f"members' training sets differ in size {sorted(sizes)}.")
+    num_train, K = sizes.pop(), len(members)
+    num_classes = members[0].splits.num_classes
+    image_shape = members[0].splits.train_x.shape[1:]
+    module = models.create_model(model, num_classes, **model_kwargs)
+    apply_fn = models.make_apply_fn(module)
+    # meta_params="last" of a module of the user's: its output layer, wherever it is.
+    options = adapter.resolve_meta_params(module, options, (1,) + tuple(image_shape))
+    weighing = methods.get_scheme(scheme, **options)
+    train_step = step_lib.make_train_step(apply_fn, tx, weighing)
+    state = init_states(module, tx, members, weighing, image_shape)
+    if scheme in ("l2rw", "mwnet"):  # they differentiate tx.update: fail before step 1, not NaN
+        params, opt_state = jax.tree.map(lambda x: x[0], (state.params, state.opt_state))
+        reweight.check_lookahead(tx, params, opt_state)
+    metrics = jax.eval_shape(train_step, jax.tree.map(lambda x: x[0], state),
+                             *batch_shapes(batch_size, clean_batch_size, image_shape))[1]
+    names = sorted(k for k, v in metrics.items() if not k.endswith("_B") and v.shape == ())
+    acc = {"w_sum": np.zeros((K, num_train), np.float32),
+           "count": np.zeros((K, num_train), np.int32),
+           "all_zero_steps": np.zeros((K,), np.int32)}
+    if "g_B" in metrics:
+        acc["g_sum"] = np.zeros((K, num_train), np.float32)
+    msum = {k: np.zeros((K,), np.float32) for k in names}
+    return Run(members, apply_fn, train_step, (state, acc, msum), names, total_steps,
+               num_classes)
+
+
+def use_scan(run: Run, mesh, batch_size: int, clean_batch_size: int) -> bool:
+    """Whether the device backend runs its calls under ``lax.scan``: yes, except for
+    convolutional models on XLA:CPU (see ``device_data.make_train_call``)."""
+    from l2rw_jax import device_data
+
+    if mesh.devices.flat[0].platform != "cpu":
+        return True
+    image_shape = run.members[0].splits.train_x.shape[1:]
+    return not device_data.has_convolution(
+        run.train_step, jax.tree.map(lambda x: x[0], run.carry0[0]),
+        *batch_shapes(batch_size, clean_batch_size, image_shape))

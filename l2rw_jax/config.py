@@ -1,0 +1,437 @@
+"""The training config: its schema (a tree of groups), defaults, validation, and the one place
+where it turns into library arguments.
+
+Why groups: 52 flat fields, 13 of them prefixed by a method's name, hid which part of the
+library reads what. Here every group feeds one part (big_vision ``configs/*.py`` style)::
+
+    seed, num_seeds, num_steps    member k uses seed + k for everything (l2rw_jax.members)
+    data.*                        datasets, corruption, hold-out, batches (l2rw_jax.members)
+    model.name, model.options     models.create_model(name, num_classes, **options)
+    optim.*                       the optimizer (make_optimizer, as big_vision's optax.make)
+    method.name                   a weighting scheme or a data-level method (METHODS)
+    method.l2rw.*, method.mwnet.* each scheme's own options: exactly methods.l2rw/mwnet's
+                                  keyword arguments, so `weighing` hands them on unchanged
+    method.finetune_steps         the finetune method's clean-set steps
+    loop.*                        the loop: devices, input backend, logging, checkpoints
+
+Entry points and configs import this module, never the loop. Below it, no function takes the
+whole config: :func:`weighing`, :func:`make_optimizer`, :func:`split_options` and
+:func:`model_kwargs` hand the library what it needs. Command-line overrides use the dotted
+paths (``--config.optim.learning_rate=0.05``).
+
+Old runs: a config.json written before the groups (flat fields) is read through
+:func:`upgrade`, which maps every flat field to its group (``LEGACY_FIELDS``), so such runs
+resume and can be audited; fields added later take the behaviour runs had before them
+(``ADDED_FIELDS``).
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import optax
+
+from l2rw_jax import corruption
+from l2rw_jax import datasets
+from l2rw_jax import methods
+from l2rw_jax import models
+
+if TYPE_CHECKING:
+    import ml_collections
+
+WEIGHING_METHODS = ("erm", "l2rw", "random", "proportion", "hard_mining", "mwnet")
+DATA_METHODS = ("resample", "finetune", "clean_only")
+METHODS = WEIGHING_METHODS + DATA_METHODS
+BACKENDS = ("auto", "device", "tfdata")
+GROUPS = ("data", "model", "optim", "method", "loop")
+# Fields that may change between a run and its resumption: they do not change the numbers.
+RESUMABLE_FIELDS = ("loop.stop_after_steps", "loop.progress_bar", "loop.steps_per_fetch",
+                    "loop.steps_per_call")
+# Free-form groups: any keys (models.create_model checks them).
+_OPEN_GROUPS = ("model.options",)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field ``train_and_evaluate`` reads, with its default (presets: experiments/configs)."""
+    # ml_collections (pure Python, with PyYAML) only when a config is made: `import l2rw_jax`
+    # must work where it is not installed (DESIGN §7); carry it there to train.
+    import ml_collections
+    from ml_collections import config_dict
+
+    c = ml_collections.ConfigDict()
+    c.seed = 0                      # member k uses seed + k for split, noise, order, init
+    c.num_seeds = 1                 # K members trained in one run
+    c.num_steps = 1000              # training steps (before method.finetune_steps)
+
+    # --- Data (l2rw_jax.datasets, corruption, members, input_pipeline / device_data).
+    c.data = d = ml_collections.ConfigDict()
+    d.dataset = "digits"            # tfds name (mnist, cifar10...), "digits" or "npz:/path.npz"
+    # tfds data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    d.data_dir = config_dict.placeholder(str)
+    d.noise = "uniform"             # none | uniform | background | imbalance (DESIGN §3)
+    d.noise_ratio = 0.4             # fraction flipped (uniform / background); 0 otherwise
+    d.background_class = config_dict.placeholder(int)  # background flip target; None: seeded
+    d.official_convention = False   # official code's flip (label in 0..C-2): comparisons only
+    d.majority_fraction = config_dict.placeholder(float)  # imbalance: majority fraction p
+    d.num_train = 5000              # imbalance: size N of the training set
+    d.majority_class = 9            # imbalance: majority source class (label 1 after relabelling)
+    d.minority_class = 4            # imbalance: source class of the minority (label 0)
+    d.clean_per_class = 10          # clean (trusted) examples per class, never corrupted
+    d.hyper_val_size = 0            # noisy training examples held out for hyper-validation
+    d.augment = False               # CIFAR pad-4 random crop + flip on the training streams
+    # Input scaling: standardize ((x / 255 - mean_C) / std_C, statistics of the member's
+    # training images) | unit (x / 255 in [0, 1], as the official MNIST code feeds LeNet).
+    d.pixel_scale = "standardize"
+    d.batch_size = 100              # noisy training batch B
+    d.clean_batch_size = 100        # clean (validation) batch M of the meta-step
+    d.eval_batch_size = 500         # evaluation batch (last one padded and masked)
+
+    # --- Model (l2rw_jax.models.create_model).
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "small_cnn"      # lenet | resnet32 | wrn | small_cnn | mlp | pkg.mod:Class
+    c.model.options = ml_collections.ConfigDict()  # create_model kwargs, e.g. depth / width
+
+    # --- Optimizer: add_decayed_weights(weight_decay) -> sgd(schedule, momentum, nesterov).
+    c.optim = o = ml_collections.ConfigDict()
+    o.learning_rate = 0.1           # initial learning rate
+    o.momentum = 0.9                # SGD momentum (0: plain SGD)
+    o.nesterov = False              # Nesterov momentum
+    o.weight_decay = 0.0            # L2 coefficient (gradient += weight_decay * params)
+    o.lr_boundaries = ()            # steps at which the learning rate is multiplied by lr_decay
+    o.lr_decay = 0.1                # factor applied at each boundary
+
+    # --- Method (l2rw_jax.methods, and the data-level methods of l2rw_jax.members).
+    c.method = ml_collections.ConfigDict()
+    c.method.name = "l2rw"          # one of METHODS
+    # methods.l2rw's options. The defaults are the recommended robust variant (ROBUST_L2RW,
+    # README "Robust reweighting"); the paper's algorithm is PAPER_L2RW (reproduction configs).
+    c.method.l2rw = l = ml_collections.ConfigDict()
+    l.mode = "forward"              # meta-gradient: forward | reverse (both exact)
+    l.all_clipped = "zero"          # weights when every -g_i <= 0: zero (paper) | uniform
+    l.lookahead = "optimizer"       # look-ahead: optimizer (DESIGN §2) | sgd (official code)
+    l.memory_decay = 0.9            # per-example EMA of the meta-gradient, keyed by row; 0: off
+    l.warmup_steps = 200            # uniform weights for the first steps
+    l.weight_map = "sign"           # sign: 1[g < 0] | clip: max(-g, 0) (paper) | one (ablation)
+    l.normalize = "class_balanced"  # class_balanced | class | batch (paper)
+    l.meta_params = "last"          # last: meta-gradient through the last layer | all (paper)
+    l.loss_quantile = 0.0           # loss gate: keep C_i <= q-quantile of clean losses; 0: off
+    # methods.mwnet's options (Meta-Weight-Net, Shu et al. 2019).
+    c.method.mwnet = m = ml_collections.ConfigDict()
+    m.hidden = 100                  # hidden units (Shu et al. 2019: 100)
+    m.meta_lr = 1e-3                # Adam learning rate of the weighting net
+    m.meta_weight_decay = 1e-4      # its L2 weight decay
+    m.normalize = True              # weights V(C_i) / sum_j V(C_j) (True) or V(C_i) / B (False)
+    c.method.finetune_steps = 0     # finetune only: clean-set steps after num_steps of ERM
+
+    # --- Loop (l2rw_jax.train).
+    c.loop = p = ml_collections.ConfigDict()
+    # True: one jitted step vmapped over the K members (dispatch-bound models: small CNNs on a
+    # CPU). False: one call per member of the same step (convnets on a CPU, where vmapping
+    # the kernels turns convolutions into slow grouped ones: LeNet 3-4x slower per member).
+    p.vmap_seeds = True
+    p.num_devices = 1               # data-parallel devices (0: all); batches split over them
+    # Input backend. device: the splits placed on the devices once, each batch gathered and
+    # augmented there, steps_per_call steps per jitted call (lax.scan); no TensorFlow.
+    # tfdata: input_pipeline's tf.data streams, batches built on the host. Same examples in
+    # the same order; augmentation draws differ (l2rw_jax.device_data). auto: device (every
+    # source is loaded into memory), or what the run being resumed in the workdir used.
+    p.backend = "auto"
+    p.steps_per_call = 100          # device: steps per jitted call (calls also end at evals
+                                    # and checkpoints; each distinct length compiles once)
+    p.steps_per_fetch = 10          # tfdata: batches read and sent to the devices together
+    p.log_every = 100               # train metrics (means over the interval) every this many
+    p.eval_every = 500              # test / hyper-validation evaluation every this many steps
+    p.checkpoint_every = 1000       # orbax checkpoint every this many steps (and at the end)
+    p.keep_checkpoints = 3          # newest checkpoints kept
+    p.stop_after_steps = config_dict.placeholder(int)  # stop (as if killed) after it: tests
+    p.progress_bar = True           # tqdm bar with steps/s and ETA
+    return c
+
+
+# method.l2rw options of the paper's algorithm (Ren et al. 2018, Alg. 1; DESIGN.md section 2):
+# what the reproduction configs use (`c.method.l2rw.update(PAPER_L2RW)`).
+PAPER_L2RW = {"memory_decay": 0.0, "warmup_steps": 0, "weight_map": "clip",
+              "normalize": "batch", "meta_params": "all", "loss_quantile": 0.0}
+# The robust variant (methods.ROBUST_OPTIONS; README "Robust reweighting" has the evidence).
+ROBUST_L2RW = dict(methods.ROBUST_OPTIONS)
+
+# Flat fields of configs written before the groups -> their place now.
+LEGACY_FIELDS = {
+    **{f: f"data.{f}" for f in (
+        "dataset", "data_dir", "noise", "noise_ratio", "background_class",
+        "official_convention", "majority_fraction", "num_train", "majority_class",
+        "minority_class", "clean_per_class", "hyper_val_size", "augment", "pixel_scale",
+        "batch_size", "clean_batch_size", "eval_batch_size")},
+    "model": "model.name", "model_options": "model.options",
+    **{f: f"optim.{f}" for f in ("learning_rate", "momentum", "nesterov", "weight_decay",
+                                 "lr_boundaries", "lr_decay")},
+    "method": "method.name", "finetune_steps": "method.finetune_steps",
+    **{f"l2rw_{f}": f"method.l2rw.{f}" for f in (
+        "mode", "all_clipped", "lookahead", "memory_decay", "warmup_steps", "weight_map",
+        "normalize", "meta_params", "loss_quantile")},
+    "mwnet_hidden": "method.mwnet.hidden", "mwnet_lr": "method.mwnet.meta_lr",
+    "mwnet_weight_decay": "method.mwnet.meta_weight_decay",
+    "mwnet_normalize": "method.mwnet.normalize",
+    **{f: f"loop.{f}" for f in (
+        "vmap_seeds", "num_devices", "backend", "steps_per_call", "steps_per_fetch",
+        "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "stop_after_steps",
+        "progress_bar")},
+    "seed": "seed", "num_seeds": "num_seeds", "num_steps": "num_steps",
+}
+# Fields added after the first release, with the behaviour runs had before them.
+ADDED_FIELDS = {**{f"method.l2rw.{k}": v for k, v in PAPER_L2RW.items()},
+                "method.l2rw.lookahead": "optimizer", "data.pixel_scale": "standardize",
+                "loop.backend": "tfdata"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; the free-form groups (model.options) stay one value."""
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path not in _OPEN_GROUPS:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        *groups, name = path.split(".")
+        node = tree
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[name] = value
+    return tree
+
+
+def is_legacy(given: dict) -> bool:
+    """True for a config written before the groups (flat fields; e.g. an old config.json)."""
+    return any(k in given and not isinstance(given[k], dict) for k in GROUPS)
+
+
+def upgrade(given, *, fill_added: bool = False) -> dict:
+    """A config (ConfigDict or dict) as a nested dict of the current schema.
+
+    Flat configs from before the groups (:func:`is_legacy`) are mapped through
+    ``LEGACY_FIELDS``; with ``fill_added`` (a stored run's config), fields it lacks that were
+    added later take their old behaviour (``ADDED_FIELDS``). Current configs pass through.
+    """
+    given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
+    if is_legacy(given):
+        unknown = sorted(set(given) - set(LEGACY_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown} in a flat (pre-group) config; "
+                             f"allowed: {sorted(LEGACY_FIELDS)}.")
+        flat = {LEGACY_FIELDS[k]: v for k, v in given.items()}
+    else:
+        flat = flatten(given)
+    if fill_added:
+        flat = {**ADDED_FIELDS, **flat}
+    return _unflatten(flat)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def validate(config, *, check_devices: bool = True) -> ml_collections.ConfigDict:
+    """The config completed with defaults and checked; raises ValueError before any work.
+
+    Accepts a ConfigDict or a dict, grouped, or flat from before the groups (:func:`upgrade`).
+    Unknown fields (typos) are errors naming the field and the allowed ones, as are values
+    outside what is allowed (one line each). ``check_devices=False`` skips the checks against
+    this machine's devices (``loop.num_devices``, batch divisibility): for reading a stored
+    run's config elsewhere (the audit).
+    """
+    import ml_collections
+
+    defaults = flatten(default_config().to_dict())
+    given = flatten(upgrade(config))
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        moved = {k: v for k, v in LEGACY_FIELDS.items() if k in unknown}
+        hint = f" (moved: {moved})" if moved else ""
+        raise ValueError(f"unknown config field(s) {unknown}{hint}; allowed fields: "
+                         f"{sorted(defaults)}.")
+    c = ml_collections.ConfigDict(_unflatten({**defaults, **given}))
+    if not isinstance(c.model.options, ml_collections.ConfigDict):
+        c.model.options = ml_collections.ConfigDict(dict(c.model.options or {}))
+    _check(c, check_devices)
+    return c
+
+
+def _check(c, check_devices: bool) -> None:
+    d, o, p = c.data, c.optim, c.loop
+    if c.method.name not in METHODS:
+        raise ValueError(f"method.name={c.method.name!r} is not supported; allowed: "
+                         f"{', '.join(METHODS)}.")
+    if p.backend not in BACKENDS:
+        raise ValueError(f"loop.backend={p.backend!r} is not supported; allowed: "
+                         f"{', '.join(BACKENDS)}.")
+    positive = [("num_steps", c.num_steps), ("num_seeds", c.num_seeds)]
+    positive += [(f"data.{n}", d[n]) for n in ("batch_size", "clean_batch_size",
+                                               "eval_batch_size")]
+    positive += [(f"loop.{n}", p[n]) for n in ("log_every", "eval_every", "checkpoint_every",
+                                               "keep_checkpoints", "steps_per_fetch",
+                                               "steps_per_call")]
+    for name, value in positive:
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    for name, value in (("seed", c.seed), ("data.hyper_val_size", d.hyper_val_size),
+                        ("method.finetune_steps", c.method.finetune_steps),
+                        ("loop.num_devices", p.num_devices)):
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+    if c.method.name == "finetune" and c.method.finetune_steps < 1:
+        raise ValueError("method.name='finetune' needs method.finetune_steps >= 1, got "
+                         f"{c.method.finetune_steps}.")
+    if p.stop_after_steps is not None and (not _is_int(p.stop_after_steps)
+                                           or p.stop_after_steps < 1):
+        raise ValueError(f"loop.stop_after_steps must be None or an integer >= 1, got "
+                         f"{p.stop_after_steps!r}.")
+    if not (_is_number(o.learning_rate) and o.learning_rate > 0):
+        raise ValueError(f"optim.learning_rate must be a positive number, got "
+                         f"{o.learning_rate!r}.")
+    if not (_is_number(o.momentum) and 0 <= o.momentum < 1):
+        raise ValueError(f"optim.momentum must be a number in [0, 1), got {o.momentum!r}.")
+    if not (_is_number(o.weight_decay) and o.weight_decay >= 0):
+        raise ValueError(f"optim.weight_decay must be a number >= 0, got {o.weight_decay!r}.")
+    if not (_is_number(o.lr_decay) and o.lr_decay > 0):
+        raise ValueError(f"optim.lr_decay must be a positive number, got {o.lr_decay!r}.")
+    bounds = tuple(o.lr_boundaries)
+    if any(not _is_int(b) or b < 1 for b in bounds) or list(bounds) != sorted(set(bounds)):
+        raise ValueError(f"optim.lr_boundaries must be increasing integers >= 1, got "
+                         f"{bounds!r}.")
+    if o.nesterov and o.momentum == 0:
+        raise ValueError("optim.nesterov=True needs optim.momentum > 0.")
+    if d.pixel_scale not in ("standardize", "unit"):
+        raise ValueError(f"data.pixel_scale must be 'standardize' or 'unit', got "
+                         f"{d.pixel_scale!r}.")
+    datasets.check_name(d.dataset)
+    # Whether the data brings its own clean set is known once it is loaded: make_splits checks
+    # clean_per_class against it again then.
+    corruption.check_split_args(num_classes=None, seed=c.seed, clean_given=None,
+                                **split_options(d))
+    models.create_model(c.model.name, 2, **model_kwargs(c.model))  # Checks name and options.
+    scheme, options = weighing(c.method)
+    methods.get_scheme(scheme, **options)  # Checks the scheme's options.
+    if not check_devices:
+        return
+    import jax  # Here: the device count is the only thing validation asks JAX.
+
+    if p.num_devices > len(jax.devices()):
+        raise ValueError(f"loop.num_devices={p.num_devices} but only {len(jax.devices())} "
+                         f"devices exist.")
+    n_dev = p.num_devices or len(jax.devices())
+    for name in ("batch_size", "clean_batch_size", "eval_batch_size"):
+        if d[name] % n_dev:
+            raise ValueError(f"data.{name}={d[name]} is not divisible by the {n_dev} devices "
+                             f"(loop.num_devices={p.num_devices}); use a multiple of {n_dev}.")
+
+
+def check_batch_sizes(data, num_train: int, num_clean: int) -> None:
+    """A batch larger than its set would repeat examples within one step: refused.
+
+    ``data`` is the config's data group; the set sizes are known once the splits are built.
+    """
+    for name, size, n, what in (("batch_size", data.batch_size, num_train, "noisy training"),
+                                ("clean_batch_size", data.clean_batch_size, num_clean,
+                                 "clean")):
+        if size > n:
+            raise ValueError(f"data.{name}={size} exceeds the {what} set ({n} examples after "
+                             f"the splits); allowed: 1..{n}.")
+
+
+# ----------------------------------------------------------------------------- translation
+
+
+def split_options(data) -> dict:
+    """``corruption.make_splits`` keyword arguments (all but the seed) of the data group."""
+    return dict(noise=data.noise, ratio=data.noise_ratio, clean_per_class=data.clean_per_class,
+                background_class=data.background_class,
+                official_convention=data.official_convention,
+                majority_fraction=data.majority_fraction, num_train=data.num_train,
+                majority_class=data.majority_class, minority_class=data.minority_class)
+
+
+def model_kwargs(model) -> dict:
+    """``models.create_model(model.name, num_classes, **model_kwargs(model))``."""
+    options = model.options
+    return dict(options.to_dict() if hasattr(options, "to_dict") else options or {})
+
+
+def weighing(method) -> tuple[str, dict]:
+    """(scheme name, its options) behind the method group: ``methods.get_scheme(name,
+    **options)``. The data-level methods weigh with ``erm``."""
+    if method.name in ("l2rw", "mwnet"):
+        return method.name, method[method.name].to_dict()
+    if method.name in DATA_METHODS:
+        return "erm", {}
+    return method.name, {}
+
+
+def make_optimizer(optim) -> optax.GradientTransformation:
+    """The paper's recipe from the optim group: SGD with momentum, piecewise-constant learning
+    rate, L2 weight decay.
+
+    ``lr(t) = learning_rate * lr_decay ** #{b in lr_boundaries : t >= b}`` and
+    ``update = -lr(t) * momentum_trace(grad + weight_decay * params)``: ``add_decayed_weights``
+    before ``sgd`` is the gradient of ``weight_decay / 2 * ||params||^2`` added to the loss.
+    """
+    schedule = optax.piecewise_constant_schedule(
+        optim.learning_rate, {int(b): float(optim.lr_decay) for b in optim.lr_boundaries})
+    return optax.chain(
+        optax.add_decayed_weights(optim.weight_decay),
+        optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov))
+
+
+def as_json(config) -> dict:
+    """The config as plain JSON values (what config.json and results.json hold)."""
+    return json.loads(config.to_json())
+
+
+def total_steps(config) -> int:
+    """Training steps of the run, the finetune phase included."""
+    extra = config.method.finetune_steps if config.method.name == "finetune" else 0
+    return config.num_steps + extra
+
+
+def config_differences(previous: dict, current) -> dict[str, tuple[Any, Any]]:
+    """{dotted field: (previous, current)} of the fields that differ, ``RESUMABLE_FIELDS``
+    aside; ``previous`` is a stored config.json (flat ones from before the groups too)."""
+    before = flatten(upgrade(previous, fill_added=True))
+    now = flatten(upgrade(current))
+    return {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
+            if k not in RESUMABLE_FIELDS and before.get(k) != now.get(k)}
+
+
+def member_options(config) -> dict:
+    """``members.make_member`` keyword arguments (all but the arrays and the seed)."""
+    return dict(split_options=split_options(config.data),
+                hyper_val_size=config.data.hyper_val_size, pixel_scale=config.data.pixel_scale)
+
+
+def feed(config, backend: str):
+    """The ``backends.Feed`` of the run: what the input backends need (``backend`` resolved:
+    "device" or "tfdata")."""
+    from l2rw_jax import backends
+    from l2rw_jax import members
+
+    d, p = config.data, config.loop
+    return backends.Feed(
+        backend=backend,
+        phases=members.phases(config.method.name, config.num_steps,
+                              config.method.finetune_steps),
+        batch_size=d.batch_size, clean_batch_size=d.clean_batch_size,
+        eval_batch_size=d.eval_batch_size, augment=d.augment,
+        resample=config.method.name == "resample", hyperval=d.hyper_val_size > 0,
+        log_every=p.log_every, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
+        steps_per_call=p.steps_per_call, steps_per_fetch=p.steps_per_fetch)

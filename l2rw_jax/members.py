@@ -1,0 +1,183 @@
+"""The run's members (one per seed) and their data, and the data-level methods' phases.
+
+Member ``k`` of a run uses seed ``s_k = seed + k`` for *everything*: the clean / noisy split
+and the corruption (``corruption.make_splits(seed=s_k)``), the hyper-validation hold-out, the
+batch order and augmentation, the model initialisation and the step keys. So member ``k`` of a
+K-seed run is the run ``seed = s_k, num_seeds = 1``, and a K-seed run is K splits, as in the
+paper's "mean over 5 splits" (Ren et al. 2018, arXiv 1803.09050, §5).
+
+Data-level methods (they all weigh with ``erm``) are phases and row tables here, the same on
+both input backends:
+
+- ``resample`` trains on a class-balanced oversampling of the noisy training set (every
+  observed class cycled to the size of the largest one, :func:`balanced_rows`);
+- ``finetune`` (the paper's "+FT") trains ``num_steps`` steps of ERM on the noisy set, then
+  ``finetune_steps`` more on the clean set (:func:`phases`; optimizer state and schedule
+  continue);
+- ``clean_only`` trains ``num_steps`` steps on the clean set alone.
+
+Nothing here takes the config: the loop hands each function its values (DESIGN: below
+``l2rw_jax.config`` no function reads the whole config).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from l2rw_jax import corruption
+from l2rw_jax import datasets
+
+
+class MemberData(NamedTuple):
+    """One member's (one seed's) data: its splits after the hyper-validation hold-out."""
+    seed: int
+    splits: corruption.Splits      # training rows = the noisy training set minus the hold-out
+    hyperval: corruption.Splits | None  # test_* = the held-out noisy rows (observed labels)
+    mean: np.ndarray
+    std: np.ndarray
+    class_counts: np.ndarray       # observed labels of the training rows, per class
+
+
+def seeds(seed: int, num_seeds: int) -> list[int]:
+    """The members' seeds ``seed, seed + 1, ..., seed + num_seeds - 1``."""
+    return [seed + k for k in range(num_seeds)]
+
+
+def hold_out(splits: corruption.Splits, size: int, seed: int
+             ) -> tuple[corruption.Splits, corruption.Splits | None]:
+    """Moves ``size`` seeded random rows of the noisy training set into a hyper-validation set.
+
+    The rows are the first ``size`` of ``default_rng([seed, 100]).permutation(N)``; both parts
+    keep ascending row order. Returns ``(splits without them, hyperval)`` where ``hyperval`` is a
+    ``Splits`` whose ``test_*`` fields hold the held-out images and *observed* labels
+    (``test_source_index`` their rows in the source training set); None when ``size == 0``.
+    """
+    n = len(splits.train_labels)
+    if size == 0:
+        return splits, None
+    if size >= n:
+        raise ValueError(f"hyper_val_size={size} must be smaller than the noisy training set "
+                         f"({n} examples).")
+    perm = np.random.default_rng([seed, 100]).permutation(n)
+    held, kept = np.sort(perm[:size]), np.sort(perm[size:])
+    train = take_training_rows(splits, kept)
+    hyperval = splits._replace(
+        test_x=splits.train_x[held], test_labels=splits.train_labels[held],
+        test_source_index=splits.train_source_index[held])
+    return train, hyperval
+
+
+def take_training_rows(splits: corruption.Splits, rows: np.ndarray) -> corruption.Splits:
+    """``splits`` with its training fields reduced (or repeated) to ``rows``."""
+    return splits._replace(
+        train_x=splits.train_x[rows], train_labels=splits.train_labels[rows],
+        train_true_labels=splits.train_true_labels[rows],
+        train_is_noisy=splits.train_is_noisy[rows],
+        train_source_index=splits.train_source_index[rows])
+
+
+def balanced_rows(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """Rows of a class-balanced oversampling of ``labels`` (the ``resample`` method).
+
+    Every class c present with ``n_c`` rows contributes ``n_max = max_c n_c`` rows: its rows
+    in a seeded random order (``default_rng([seed, 101, c])``), cycled. The stream then shuffles
+    these rows every epoch, so each batch is class-balanced in expectation.
+    """
+    counts = np.bincount(labels, minlength=num_classes)
+    n_max = int(counts.max())
+    rows = []
+    for c in np.flatnonzero(counts):
+        rows_c = np.flatnonzero(labels == c)
+        rows_c = rows_c[np.random.default_rng([seed, 101, int(c)]).permutation(rows_c.size)]
+        rows.append(np.resize(rows_c, n_max))
+    return np.concatenate(rows)
+
+
+def clean_as_training(splits: corruption.Splits) -> corruption.Splits:
+    """The clean set in the training fields (``clean_only`` and the ``finetune`` phase)."""
+    labels = splits.clean_labels.astype(np.int32)
+    return splits._replace(
+        train_x=splits.clean_x, train_labels=labels, train_true_labels=labels,
+        train_is_noisy=np.zeros(labels.shape, bool),
+        train_source_index=splits.clean_source_index)
+
+
+def make_member(arrays: datasets.Arrays, seed: int, *, split_options: dict,
+                hyper_val_size: int, pixel_scale: str) -> MemberData:
+    """One member's data from the loaded ``arrays``: ``corruption.make_splits(seed=seed,
+    **split_options)`` (with the clean set of ``arrays`` when the data brings one), the hold-out, and the input normalisation (``pixel_scale``:
+    ``standardize``, the training images' per-channel statistics, or ``unit``, x / 255)."""
+    from l2rw_jax import input_pipeline  # channel_stats; the module imports TF lazily.
+
+    splits = corruption.make_splits(
+        arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test,
+        num_classes=arrays.num_classes, seed=seed, x_clean=arrays.x_clean, y_clean=arrays.y_clean,
+        **split_options)
+    splits, hyperval = hold_out(splits, hyper_val_size, seed)
+    if pixel_scale == "unit":
+        channels = splits.train_x.shape[-1]
+        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    else:
+        mean, std = input_pipeline.channel_stats(splits.train_x)
+    counts = np.bincount(splits.train_labels, minlength=splits.num_classes)
+    return MemberData(seed, splits, hyperval, mean, std, counts)
+
+
+def member_data(config, member: int = 0) -> MemberData:
+    """Member ``member``'s data (seed ``config.seed + member``) exactly as training saw it:
+    the splits after the hyper-validation hold-out and the normalisation statistics. For
+    audits and notebooks; ``config`` is a ConfigDict or a dict (e.g. a run's config.json,
+    also one written before the config had groups)."""
+    from l2rw_jax import config as config_lib
+
+    c = config_lib.validate(config_lib.upgrade(config, fill_added=True), check_devices=False)
+    if isinstance(member, bool) or not isinstance(member, (int, np.integer)) or not (
+            0 <= member < c.num_seeds):
+        raise ValueError(f"member={member!r} must be an integer in [0, {c.num_seeds}).")
+    arrays = datasets.load_arrays(c.data.dataset, data_dir=c.data.data_dir)
+    return make_member(arrays, c.seed + int(member),
+                       split_options=config_lib.split_options(c.data),
+                       hyper_val_size=c.data.hyper_val_size, pixel_scale=c.data.pixel_scale)
+
+
+def phases(method: str, num_steps: int, finetune_steps: int) -> list[tuple[str, int, int]]:
+    """[(phase, first global step, last global step + 1)] of a run: phase ``noisy`` trains on
+    the noisy set (resample: on its balanced rows), ``clean`` on the clean set."""
+    if method == "clean_only":
+        return [("clean", 0, num_steps)]
+    out = [("noisy", 0, num_steps)]
+    if method == "finetune":
+        out.append(("clean", num_steps, num_steps + finetune_steps))
+    return out
+
+
+def training_rows(md: MemberData, phase: str, resample: bool) -> tuple[corruption.Splits,
+                                                                         np.ndarray | None]:
+    """(splits whose training fields a phase trains on, row table or None).
+
+    The table maps the stream's rows back to rows of the noisy training set (``resample``),
+    so per-example weights accumulate per example.
+    """
+    if phase == "clean":
+        return clean_as_training(md.splits), None
+    if resample:
+        rows = balanced_rows(md.splits.train_labels, md.splits.num_classes, md.seed)
+        return take_training_rows(md.splits, rows), rows
+    return md.splits, None
+
+
+def example_weights(md: MemberData, w_sum_N: np.ndarray, count_N: np.ndarray) -> dict:
+    """The columns of a member's example_weights.npz (ARCHITECTURE.md "The run's workdir")."""
+    s = md.splits
+    return {
+        "index": np.arange(len(s.train_labels), dtype=np.int32),
+        "mean_weight": (w_sum_N / np.maximum(count_N, 1)).astype(np.float32),
+        "count": count_N.astype(np.int32),
+        "weight_sum": w_sum_N.astype(np.float32),
+        "is_noisy": s.train_is_noisy.astype(bool),
+        "label": s.train_labels.astype(np.int32),
+        "true_label": s.train_true_labels.astype(np.int32),
+        "source_index": s.train_source_index.astype(np.int64),
+        "seed": np.int64(md.seed),
+    }

@@ -1,0 +1,102 @@
+"""The grouped config: the flat (pre-group) names map one-to-one onto it, old config.json files
+resume and are read, errors name the field's path, and the translation hands each library
+function exactly its group."""
+import json
+
+import numpy as np
+import optax
+import pytest
+
+import tiny_data
+from l2rw_jax import config as config_lib
+from l2rw_jax import members
+from l2rw_jax import workdir
+
+
+def _schema():
+    return config_lib.flatten(config_lib.default_config().to_dict())
+
+
+def test_every_field_has_exactly_one_flat_name():
+    targets = list(config_lib.LEGACY_FIELDS.values())
+    assert sorted(targets) == sorted(_schema())  # a bijection onto the schema
+    assert set(config_lib.ADDED_FIELDS) <= set(_schema())
+
+
+def _flat(config) -> dict:
+    """The config as a pre-group config.json held it."""
+    inverse = {v: k for k, v in config_lib.LEGACY_FIELDS.items()}
+    return {inverse[k]: v for k, v in config_lib.flatten(config_lib.as_json(config)).items()}
+
+
+def test_a_flat_config_upgrades_to_the_same_grouped_config():
+    c = config_lib.validate(config_lib.default_config())
+    c.method.name, c.method.mwnet.meta_lr, c.data.batch_size = "mwnet", 0.5, 20
+    c.model.options = {"hidden": [3]}
+    flat = _flat(c)
+    assert flat["mwnet_lr"] == 0.5 and flat["batch_size"] == 20 and flat["method"] == "mwnet"
+    assert config_lib.upgrade(flat) == config_lib.as_json(c)
+    assert config_lib.as_json(config_lib.validate(flat)) == config_lib.as_json(c)
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['mwnet_rate'\]"):
+        config_lib.upgrade({**flat, "mwnet_rate": 1.0})
+
+
+def test_resuming_checks_a_flat_config_json_field_by_field(tmp_path):
+    c = config_lib.validate(config_lib.default_config())
+    c.method.l2rw.update(config_lib.PAPER_L2RW)  # what runs did before these fields existed
+    c.method.l2rw.lookahead, c.loop.backend = "optimizer", "tfdata"
+    flat = _flat(c)
+    for name in ("l2rw_memory_decay", "l2rw_weight_map", "backend", "l2rw_lookahead"):
+        del flat[name]  # written before the field was added
+    (tmp_path / "config.json").write_text(json.dumps(flat))
+    workdir.check_or_write_config(str(tmp_path), c, write=False)  # the same run: resumes
+    assert workdir.resolve_backend("auto", str(tmp_path)) == "tfdata"
+    c.optim.learning_rate = 0.3
+    c.loop.progress_bar = False  # may change between invocations
+    with pytest.raises(ValueError, match=r"fields \['optim\.learning_rate'\]"):
+        workdir.check_or_write_config(str(tmp_path), c, write=False)
+    assert workdir.read_config(str(tmp_path)).method.l2rw.weight_map == "clip"
+
+
+def test_member_data_reads_a_flat_config_json(tmp_path):
+    npz = tiny_data.write_tiny_npz(str(tmp_path / "tiny.npz"), num_train=100, num_test=20)
+    c = config_lib.default_config()
+    c.data.update(dataset=f"npz:{npz}", clean_per_class=2, hyper_val_size=10)
+    c.num_seeds = 2
+    a, b = members.member_data(c, 1), members.member_data(_flat(c), 1)
+    assert a.seed == b.seed == 1
+    np.testing.assert_array_equal(a.splits.train_source_index, b.splits.train_source_index)
+    np.testing.assert_array_equal(a.hyperval.test_labels, b.hyperval.test_labels)
+    with pytest.raises(ValueError, match=r"member=2 must be an integer in \[0, 2\)"):
+        members.member_data(c, 2)
+
+
+def test_translation_hands_each_library_call_its_group():
+    c = config_lib.validate(config_lib.default_config())
+    assert config_lib.weighing(c.method) == ("l2rw", c.method.l2rw.to_dict())
+    c.method.name = "mwnet"
+    assert config_lib.weighing(c.method) == ("mwnet", dict(
+        hidden=100, meta_lr=1e-3, meta_weight_decay=1e-4, normalize=True))
+    c.method.name = "resample"
+    assert config_lib.weighing(c.method) == ("erm", {})
+    c.optim.update(learning_rate=0.5, lr_boundaries=(2, 4), lr_decay=0.1, momentum=0.0,
+                   weight_decay=0.0)
+    tx = config_lib.make_optimizer(c.optim)
+    params, grads = np.zeros(1, np.float32), np.ones(1, np.float32)
+    state, steps = tx.init(params), []
+    for _ in range(5):
+        updates, state = tx.update(grads, state, params)
+        steps.append(-float(updates[0]))
+    np.testing.assert_allclose(steps, [0.5, 0.5, 0.05, 0.05, 0.005], rtol=1e-6)
+    assert isinstance(tx, optax.GradientTransformation)
+    c.method.name, c.method.finetune_steps, c.num_steps = "finetune", 3, 10
+    assert config_lib.total_steps(c) == 13
+    feed = config_lib.feed(c, "device")
+    assert feed.phases == [("noisy", 0, 10), ("clean", 10, 13)] and feed.total_steps == 13
+
+
+def test_workdir_paths_keep_a_uri_scheme(tmp_path):
+    run = workdir.path("gs://bucket/run")
+    assert str(run / "config.json") == "gs://bucket/run/config.json"
+    assert workdir.is_remote("gs://bucket/run") and not workdir.is_remote(str(tmp_path))
+    assert str(workdir.path("rel/run")).startswith("/")  # local paths are made absolute
