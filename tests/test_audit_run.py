@@ -256,6 +256,28 @@ def test_report_is_one_self_contained_file(planted):
     assert not [f for f in os.listdir(planted["out_dir"]) if f.startswith(".")]  # no temporary left
 
 
+def test_report_renders_section_by_section(planted):
+    # The sections run_audit returned are its audit.json keys, in order; a section of a kind the
+    # report has no renderer for is drawn by the generic one (scalars, figures, notes).
+    from l2rw_jax.audit import report
+    from l2rw_jax.audit import sections
+
+    res = planted["res"]
+    assert list(res) == ["meta", "mistakes", "robustness", "biases", "label_issues"]
+    assert list(res["meta"]["seconds"]) == [*list(res)[1:], "total"]
+    png = report.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
+                            "pgd_accuracy": [1, 0.4], "clean_accuracy": 1.0})
+    extra = sections.Section(
+        "shift", "Distribution shift", {"auc": 0.625, "per_class": [1, 2]}, {"roc": png},
+        ["Only 3 batches were scored."],
+    )
+    page = report.render_html(report.to_jsonable(res["meta"]), [extra])
+    assert "<h2 id='shift'>1. Distribution shift</h2>" in page
+    assert "<a href='#shift'>1. Distribution shift</a>" in page
+    assert "<td class=\"l\">auc</td><td>0.6250</td>" in page
+    assert f"data:image/png;base64,{png}" in page and "Only 3 batches were scored." in page
+
+
 def test_bad_inputs_fail_before_any_work(planted, tmp_path):
     kw = dict(test=planted["test"], train=planted["train"], out_dir=str(tmp_path))
     args = (planted["apply_fn"], planted["feature_fn"], planted["params"], {})
