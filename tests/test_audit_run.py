@@ -1,4 +1,4 @@
-"""End to end: run_audit on a model with a planted bias, the report files, experiments.audit."""
+"""End to end: run_audit on a model with a planted bias, the report files, a run's workdir."""
 
 import base64
 import json
@@ -312,28 +312,29 @@ def test_bad_inputs_fail_before_any_work(planted, tmp_path):
     assert os.listdir(tmp_path) == []  # nothing was written
 
 
-# ------------------------------------------------------------------ experiments/audit.py
-def test_experiments_audit_clear_errors(tmp_path):
+# ------------------------------------------------------------------ a run's workdir
+def test_workdir_audit_clear_errors(tmp_path):
     from experiments import audit as audit_main
 
+    # The entry point is a thin wrapper over the library's workdir audit.
+    assert audit_main.load_run is audit.load_run and audit_main.audit_run is audit.audit_run
     with pytest.raises(ValueError, match="does not exist"):
-        audit_main.load_run(str(tmp_path / "nope"))
+        audit.load_run(str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="no config.json"):
-        audit_main.load_run(str(tmp_path))
+        audit.load_run(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"seed": 0, "num_seeds": 1}))
     with pytest.raises(ValueError, match="has no checkpoint"):
-        audit_main.load_run(str(tmp_path))
+        audit.load_run(str(tmp_path))
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(ValueError, match="has no checkpoint"):
-        audit_main.load_run(str(tmp_path))
+        audit.load_run(str(tmp_path))
     with pytest.raises(ValueError, match=r"member=1 must be in \[0, 1\)"):
-        audit_main.load_run(str(tmp_path), member=1)
+        audit.load_run(str(tmp_path), member=1)
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    """A 20-step erm run on digits (40% uniform flips) and its audit by experiments.audit."""
-    from experiments import audit as audit_main
+    """A 20-step erm run on digits (40% uniform flips) and its audit by `audit.audit_run`."""
     from l2rw_jax import train
 
     c = train.default_config()
@@ -370,11 +371,11 @@ def real_run(tmp_path_factory):
         num_mistakes=2,
         ig_steps=4,
     )
-    res = audit_main.audit_run(workdir, cfg)
+    res = audit.audit_run(workdir, cfg)
     return {"config": c, "workdir": workdir, "results": results, "res": res}
 
 
-def test_experiments_audit_on_a_real_training_run(real_run):
+def test_workdir_audit_on_a_real_training_run(real_run):
     workdir, results, res = real_run["workdir"], real_run["results"], real_run["res"]
     # The loader rebuilt the same test set, normalisation and parameters the run evaluated.
     assert res["mistakes"]["top_k_accuracy"]["top1"] == pytest.approx(
