@@ -37,6 +37,9 @@ class MemberData(NamedTuple):
     mean: np.ndarray
     std: np.ndarray
     class_counts: np.ndarray       # observed labels of the training rows, per class
+    # The source's class names (tfds ClassLabel, an npz's class_names, folder: directories),
+    # indexed by source class id (see splits.source_classes); None when the source has none.
+    class_names: tuple[str, ...] | None = None
 
 
 def seeds(seed: int, num_seeds: int) -> list[int]:
@@ -121,7 +124,7 @@ def make_member(arrays: datasets.Arrays, seed: int, *, split_options: dict,
     else:
         mean, std = input_pipeline.channel_stats(splits.train_x)
     counts = np.bincount(splits.train_labels, minlength=splits.num_classes)
-    return MemberData(seed, splits, hyperval, mean, std, counts)
+    return MemberData(seed, splits, hyperval, mean, std, counts, arrays.class_names)
 
 
 def member_data(config, member: int = 0) -> MemberData:

@@ -39,16 +39,12 @@ def linear():
 def test_minimal_eps_matches_the_linear_closed_form(linear):
     params, x, y, true_eps = linear
     out = attacks.minimal_adversarial_epsilon(
-        _linear_apply,
-        params,
-        {},
+        common.Model(_linear_apply, params, {}),
         x,
         y,
+        attacks.AttackConfig(steps=3, random_start=False, batch_size=32),
         eps_max=0.5,
         bisection_steps=10,
-        steps=3,
-        random_start=False,
-        batch_size=32,
         progress=False,
     )
     width = 0.5 / 2**10
@@ -69,18 +65,12 @@ def test_epsilon_is_in_raw_pixels_under_per_channel_normalisation(linear):
         return _linear_apply(p, s, x * std.reshape(1, 1, 1, 3) + mean.reshape(1, 1, 1, 3), train)
 
     out = attacks.minimal_adversarial_epsilon(
-        norm_apply,
-        params,
-        {},
+        common.Model(norm_apply, params, {}),
         x_norm,
         y,
+        attacks.AttackConfig(steps=3, random_start=False, mean=mean, std=std, batch_size=32),
         eps_max=0.5,
         bisection_steps=10,
-        steps=3,
-        random_start=False,
-        mean=mean,
-        std=std,
-        batch_size=32,
         progress=False,
     )
     assert np.all(np.abs(out["min_eps"] - true_eps) <= 0.5 / 2**10 + 1e-5)
@@ -89,15 +79,11 @@ def test_epsilon_is_in_raw_pixels_under_per_channel_normalisation(linear):
 def test_linear_accuracy_curve_is_exact(linear):
     params, x, y, true_eps = linear
     curve = attacks.robust_accuracy_curve(
-        _linear_apply,
-        params,
-        {},
+        common.Model(_linear_apply, params, {}),
         x,
         y,
         EPS,
-        steps=5,
-        random_start=True,
-        batch_size=32,
+        attacks.AttackConfig(steps=5, random_start=True, batch_size=32),
         progress=False,
     )
     for e, eps in enumerate(EPS):
@@ -163,30 +149,20 @@ def confident():
         assert np.all(logits.argmax(1) == y)
         # The audit's defaults: 10 steps of eps / 4 from a random start, the margin objective.
         curve = attacks.robust_accuracy_curve(
-            _linear_apply,
-            params,
-            {},
+            common.Model(_linear_apply, params, {}),
             x_norm,
             y,
             ISSUE_EPS,
-            mean=ISSUE_MEAN,
-            std=ISSUE_STD,
-            seed=1,
-            batch_size=64,
+            attacks.AttackConfig(mean=ISSUE_MEAN, std=ISSUE_STD, seed=1, batch_size=64),
             progress=False,
         )
         me = attacks.minimal_adversarial_epsilon(
-            _linear_apply,
-            params,
-            {},
+            common.Model(_linear_apply, params, {}),
             x_norm,
             y_ref,
+            attacks.AttackConfig(mean=ISSUE_MEAN, std=ISSUE_STD, seed=2, batch_size=64),
             eps_max=ISSUE_EPS_MAX,
             bisection_steps=ISSUE_BISECTION,
-            mean=ISSUE_MEAN,
-            std=ISSUE_STD,
-            seed=2,
-            batch_size=64,
             progress=False,
         )
         margin_ref = logits[np.arange(n), y_ref] - logits[np.arange(n), 1 - y_ref]
@@ -256,18 +232,14 @@ def test_cross_entropy_objective_stalls_on_confident_logits(confident):
         assert (np.abs(confident[scale]["margin_ref"]).max() < 2) == exact
         params = {"w": confident["w"] * np.float32(scale), "b": confident["b"] * np.float32(scale)}
         me = attacks.minimal_adversarial_epsilon(
-            _linear_apply,
-            params,
-            {},
+            common.Model(_linear_apply, params, {}),
             x_norm,
             confident["y_ref"],
+            attacks.AttackConfig(
+                mean=ISSUE_MEAN, std=ISSUE_STD, objective="cross_entropy", seed=2, batch_size=64
+            ),
             eps_max=ISSUE_EPS_MAX,
             bisection_steps=ISSUE_BISECTION,
-            mean=ISSUE_MEAN,
-            std=ISSUE_STD,
-            objective="cross_entropy",
-            seed=2,
-            batch_size=64,
             progress=False,
         )  # one more compiled function (the objective is a static argument)
         right = me["min_eps"] == confident[scale]["me"]["min_eps"]
@@ -324,17 +296,11 @@ def mlp():
 def mlp_curve(mlp):
     params, x, y = mlp
     return attacks.robust_accuracy_curve(
-        _mlp_apply,
-        params,
-        {},
+        common.Model(_mlp_apply, params, {}),
         x,
         y,
         EPS,
-        steps=10,
-        step_size=0.25,
-        random_start=True,
-        seed=3,
-        batch_size=128,
+        attacks.AttackConfig(steps=10, step_size=0.25, random_start=True, seed=3, batch_size=128),
         progress=False,
     )
 
@@ -374,7 +340,12 @@ def test_pgd_stays_in_the_ball_and_the_valid_range(mlp):
 
     eps_B = np.linspace(0.0, 0.5, 128).astype(np.float32)
     out = attacks.attack_batch(
-        norm_apply, 10, True, params, {}, x_n, y[:128], eps_B, 0.25, mean, std, jax.random.key(0)
+        common.Model(norm_apply, params, {}),
+        attacks.AttackConfig(steps=10, step_size=0.25, random_start=True, mean=mean, std=std),
+        x_n,
+        y[:128],
+        eps_B,
+        jax.random.key(0),
     )
     x_adv_raw = np.asarray(out["x_adv"]) * std[0] + mean[0]
     assert x_adv_raw.min() >= -1e-6 and x_adv_raw.max() <= 1 + 1e-6
@@ -384,17 +355,11 @@ def test_pgd_stays_in_the_ball_and_the_valid_range(mlp):
 def test_same_seed_same_numbers(mlp, mlp_curve):
     params, x, y = mlp
     again = attacks.robust_accuracy_curve(
-        _mlp_apply,
-        params,
-        {},
+        common.Model(_mlp_apply, params, {}),
         x,
         y,
         EPS,
-        steps=10,
-        step_size=0.25,
-        random_start=True,
-        seed=3,
-        batch_size=128,
+        attacks.AttackConfig(steps=10, step_size=0.25, random_start=True, seed=3, batch_size=128),
         progress=False,
     )
     np.testing.assert_array_equal(again["pgd_correct_NxE"], mlp_curve["pgd_correct_NxE"])
@@ -404,14 +369,20 @@ def test_same_seed_same_numbers(mlp, mlp_curve):
 def test_bad_epsilons_are_clear_errors(mlp, eps):
     params, x, y = mlp
     with pytest.raises(ValueError, match="ascending list"):
-        attacks.robust_accuracy_curve(_mlp_apply, params, {}, x, y, eps)
+        attacks.robust_accuracy_curve(common.Model(_mlp_apply, params, {}), x, y, eps)
 
 
 def test_bad_attack_settings_are_clear_errors(mlp):
     params, x, y = mlp
+    model = common.Model(_mlp_apply, params, {})
     with pytest.raises(ValueError, match="eps_max must be > 0"):
-        attacks.minimal_adversarial_epsilon(_mlp_apply, params, {}, x, y, eps_max=0.0)
+        attacks.minimal_adversarial_epsilon(model, x, y, eps_max=0.0)
     with pytest.raises(ValueError, match="std must be positive"):
-        attacks.robust_accuracy_curve(_mlp_apply, params, {}, x, y, EPS, std=0.0)
+        attacks.robust_accuracy_curve(model, x, y, EPS, attacks.AttackConfig(std=0.0))
     with pytest.raises(ValueError, match="objective must be one of"):
-        attacks.robust_accuracy_curve(_mlp_apply, params, {}, x, y, EPS, objective="ce")
+        attacks.robust_accuracy_curve(model, x, y, EPS, attacks.AttackConfig(objective="ce"))
+    # The bundles are checked: the old long argument list, or a dict of settings, is refused.
+    with pytest.raises(TypeError, match="model must be an l2rw_jax.audit.common.Model"):
+        attacks.robust_accuracy_curve(_mlp_apply, params, {}, x, y)
+    with pytest.raises(TypeError, match="attack must be an AttackConfig, got dict"):
+        attacks.robust_accuracy_curve(model, x, y, EPS, {"steps": 1})

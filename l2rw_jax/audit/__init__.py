@@ -7,25 +7,33 @@ Four questions, each a module, all on the pure model interface of `l2rw_jax.mode
   attacks       FGSM / PGD (on the logit margin) accuracy over epsilon, minimal adversarial eps
   criticism     prototypes and criticisms: adversarial robustness and MMD-critic
   label_issues  rankings of suspect training labels, precision@k / recall@k, the CSV
-  report        report.html + audit.json
+  sections      each analysis on the checked inputs -> a `Section` (results, figures, notes)
+  report        report.html (one renderer per section) + audit.json
 
-`run_audit` runs them all and writes the report.
+`run_audit` runs the sections and writes the report; `audit_run(workdir)` audits a trained run's
+workdir (`from_workdir`).
 """
 
 from l2rw_jax.audit import attacks
 from l2rw_jax.audit import common
 from l2rw_jax.audit import criticism
+from l2rw_jax.audit import from_workdir
 from l2rw_jax.audit import label_issues
 from l2rw_jax.audit import mistakes
 from l2rw_jax.audit import report
+from l2rw_jax.audit import sections
+from l2rw_jax.audit.attacks import AttackConfig
 from l2rw_jax.audit.attacks import attack_batch
 from l2rw_jax.audit.attacks import margin_loss
 from l2rw_jax.audit.attacks import minimal_adversarial_epsilon
 from l2rw_jax.audit.attacks import robust_accuracy_curve
+from l2rw_jax.audit.common import Model
 from l2rw_jax.audit.criticism import greedy_criticisms
 from l2rw_jax.audit.criticism import greedy_prototypes
 from l2rw_jax.audit.criticism import mmd_critic
 from l2rw_jax.audit.criticism import robustness_prototypes
+from l2rw_jax.audit.from_workdir import audit_run
+from l2rw_jax.audit.from_workdir import load_run
 from l2rw_jax.audit.label_issues import find_label_issues
 from l2rw_jax.audit.label_issues import precision_at_k
 from l2rw_jax.audit.label_issues import recall_at_k
@@ -38,3 +46,4 @@ from l2rw_jax.audit.mistakes import per_class_accuracy
 from l2rw_jax.audit.mistakes import top_k_accuracy
 from l2rw_jax.audit.run import default_config
 from l2rw_jax.audit.run import run_audit
+from l2rw_jax.audit.sections import Section

@@ -46,18 +46,42 @@ them, i.e. overstates robustness.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
+from tqdm import auto as tqdm  # a widget in notebooks, a text bar in a terminal
 
 from l2rw_jax.audit import common
 
 
 OBJECTIVES = ("margin", "cross_entropy")
+
+
+class AttackConfig(NamedTuple):
+    """How FGSM / PGD search, and the pixel space they search in (module docstring).
+
+    Attributes:
+      steps: PGD iterations T (>= 0).
+      step_size: PGD step as a fraction of eps (a = step_size * eps, > 0).
+      random_start: start PGD from a uniform point of the ball instead of x.
+      objective: what the steps ascend, one of `OBJECTIVES`.
+      mean, std: per-channel normalisation of the images the model eats (scalars or C values;
+        raw = x * std + mean lies in [0, 1]); epsilons are in raw pixel units.
+      seed: PRNG seed of the random starts.
+      batch_size: examples per jitted call (the last batch is padded).
+    """
+
+    steps: int = 10
+    step_size: float = 0.25
+    random_start: bool = True
+    objective: str = "margin"
+    mean: float | Sequence[float] = 0.0
+    std: float | Sequence[float] = 1.0
+    seed: int = 0
+    batch_size: int = 256
 
 
 def margin_loss(logits_BxC, y_B):
@@ -93,8 +117,50 @@ def _bounds(mean_C, std_C):
     return inv_std_1x1x1xC, lo_1x1x1xC, hi_1x1x1xC
 
 
+def attack_batch(model: common.Model, attack: AttackConfig, x_BxHxWxC, y_B, eps_B, key) -> dict:
+    """FGSM and PGD on one batch with a per-example radius `eps_B` (raw pixel units).
+
+    Args:
+      model: the model (`apply_fn`, `params`, `model_state`; `feature_fn` unused).
+      attack: steps, step size, start, objective and pixel space (`attack.seed` and
+        `attack.batch_size` unused: the batch is this one and `key` drives the random start).
+      x_BxHxWxC: normalised images; y_B: reference labels (the class to push the example out of).
+      eps_B: radius per example.
+      key: PRNG key for the random start.
+
+    Returns:
+      dict of `clean_correct`, `fgsm_correct`, `pgd_correct` (bool B, "not fooled by any
+      candidate so far", so pgd <= fgsm <= clean elementwise) and `x_adv` (the first candidate
+      that fooled the model -- the FGSM point first, then the PGD iterates in order -- else the last
+      PGD iterate).
+
+    Raises:
+      ValueError: an objective not in `OBJECTIVES`, or a non-positive std.
+    """
+    if attack.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {attack.objective!r}.")
+    mean_C, std_C = common.channel_stats(attack.mean, attack.std, np.shape(x_BxHxWxC)[-1])
+    return _attack_batch(
+        model.apply_fn,
+        attack.steps,
+        attack.random_start,
+        model.params,
+        model.model_state,
+        x_BxHxWxC,
+        y_B,
+        eps_B,
+        attack.step_size,
+        mean_C,
+        std_C,
+        key,
+        objective=attack.objective,
+    )
+
+
+# The jitted core keeps positional arguments: the static ones (function, steps, flag, objective)
+# key the compilation cache, everything else is traced.
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("objective",))
-def attack_batch(
+def _attack_batch(
     apply_fn,
     steps: int,
     random_start: bool,
@@ -110,7 +176,7 @@ def attack_batch(
     *,
     objective: str = "margin",
 ):
-    """FGSM and PGD on one batch with a per-example radius `eps_B` (raw pixel units).
+    """`attack_batch` with its bundles unpacked (mean_C, std_C already per channel).
 
     Args:
       apply_fn: pure apply function (static: one compilation per function, steps, flag and shape).
@@ -182,38 +248,41 @@ def attack_batch(
     }
 
 
-def _check_attack_args(x, y, steps, step_size, mean, std, objective):
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+def _check_attack_args(model, x, y, attack: AttackConfig):
+    if not isinstance(model, common.Model):
+        raise TypeError(
+            f"model must be an l2rw_jax.audit.common.Model(apply_fn, params, model_state), got "
+            f"{type(model).__name__}."
+        )
+    if not isinstance(attack, AttackConfig):
+        raise TypeError(f"attack must be an AttackConfig, got {type(attack).__name__}.")
+    if attack.objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {attack.objective!r}.")
     x = common.check_images(x)
     y = common.check_labels(y, x.shape[0], None, "labels")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}.")
-    if not step_size > 0:
-        raise ValueError(f"step_size (a fraction of eps) must be > 0, got {step_size}.")
-    mean_C, std_C = common.channel_stats(mean, std, x.shape[-1])
+    if attack.steps < 0:
+        raise ValueError(f"steps must be >= 0, got {attack.steps}.")
+    if not attack.step_size > 0:
+        raise ValueError(f"step_size (a fraction of eps) must be > 0, got {attack.step_size}.")
+    if attack.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {attack.batch_size}.")
+    mean_C, std_C = common.channel_stats(attack.mean, attack.std, x.shape[-1])
     return x, y, mean_C, std_C
 
 
 def robust_accuracy_curve(
-    apply_fn,
-    params,
-    model_state,
+    model: common.Model,
     x: np.ndarray,
     y: np.ndarray,
     epsilons: Sequence[float],
+    attack: AttackConfig = AttackConfig(),
     *,
-    steps: int = 10,
-    step_size: float = 0.25,
-    random_start: bool = True,
-    objective: str = "margin",
-    mean=0.0,
-    std=1.0,
-    seed: int = 0,
-    batch_size: int = 256,
     progress: bool = True,
 ) -> dict:
     """Accuracy under FGSM and PGD for each epsilon in an ascending list (raw pixel units).
+
+    `model` gives apply_fn, params and model_state; `attack` how to search (`AttackConfig`);
+    x are normalised images N x H x W x C, y their labels.
 
     Robust at eps_k = not fooled by any candidate at any eps_j <= eps_k (module docstring), so the
     curves start at the clean accuracy for eps = 0, never rise, and PGD <= FGSM pointwise.
@@ -221,13 +290,13 @@ def robust_accuracy_curve(
     Returns dict: `epsilons`, `clean_accuracy`, `fgsm_accuracy` and `pgd_accuracy` (lists, one per
     eps), `n`, and per-example `fgsm_correct_NxE`, `pgd_correct_NxE` (bool arrays).
     """
-    x, y, mean_C, std_C = _check_attack_args(x, y, steps, step_size, mean, std, objective)
+    x, y, mean_C, std_C = _check_attack_args(model, x, y, attack)
     eps_E = np.asarray(epsilons, np.float32).reshape(-1)
     if eps_E.size == 0 or np.any(eps_E < 0) or np.any(np.diff(eps_E) < 0):
         raise ValueError(
             f"epsilons must be a non-empty ascending list of values >= 0, got {list(epsilons)}."
         )
-    key = jax.random.key(seed)
+    key = jax.random.key(attack.seed)
     n = len(x)
     clean_N = None
     fgsm_ok, pgd_ok = np.ones(n, bool), np.ones(n, bool)
@@ -239,7 +308,7 @@ def robust_accuracy_curve(
         # Only examples not yet fooled need attacking (robustness is cumulative over eps): PGD (with
         # its FGSM candidate) where PGD has not won yet, FGSM alone where only FGSM has not.
         # At eps = 0 every PGD iterate is x itself: no iteration needed (same result, no cost).
-        pgd_steps = steps if eps > 0 else 0
+        pgd_steps = attack.steps if eps > 0 else 0
         for rows, k, is_pgd in (
             (np.flatnonzero(pgd_ok), pgd_steps, True),
             (np.flatnonzero(fgsm_ok & ~pgd_ok), 0, False),
@@ -247,23 +316,23 @@ def robust_accuracy_curve(
             if rows.size == 0:
                 continue
             out = common.map_batched(
-                lambda i, xb, yb, k=k: attack_batch(
-                    apply_fn,
+                lambda i, xb, yb, k=k: _attack_batch(
+                    model.apply_fn,
                     k,
-                    random_start,
-                    params,
-                    model_state,
+                    attack.random_start,
+                    model.params,
+                    model.model_state,
                     xb,
                     yb,
                     np.full(len(xb), eps, np.float32),
-                    step_size,
+                    attack.step_size,
                     mean_C,
                     std_C,
                     jax.random.fold_in(jax.random.fold_in(key, e), i),
-                    objective=objective,
+                    objective=attack.objective,
                 ),
                 [x[rows], y[rows]],
-                batch_size,
+                attack.batch_size,
                 with_index=True,
             )
             if clean_N is None:  # first call: every row, clean predictions
@@ -287,25 +356,18 @@ def robust_accuracy_curve(
 
 
 def minimal_adversarial_epsilon(
-    apply_fn,
-    params,
-    model_state,
+    model: common.Model,
     x: np.ndarray,
     y_ref: np.ndarray,
+    attack: AttackConfig = AttackConfig(),
     *,
     eps_max: float = 0.5,
     bisection_steps: int = 8,
-    steps: int = 10,
-    step_size: float = 0.25,
-    random_start: bool = True,
-    objective: str = "margin",
-    mean=0.0,
-    std=1.0,
-    seed: int = 0,
-    batch_size: int = 256,
     progress: bool = True,
 ) -> dict:
     """Per-example smallest eps (raw pixel units) at which PGD pushes x out of class `y_ref`.
+
+    `model` gives apply_fn, params and model_state; `attack` how to search (`AttackConfig`).
 
     Bisection on [0, eps_max] with the batched PGD attack above (per-example radii, one compiled
     function): `fooled(eps)` = some candidate within eps is not classified as y_ref. Examples
@@ -316,31 +378,31 @@ def minimal_adversarial_epsilon(
     Returns dict: `min_eps` (N, float64, inf = not found), `x_adv` (the fooling image found at
     `min_eps`, or x where none), `eps_max`, `bisection_steps`.
     """
-    x, y_ref, mean_C, std_C = _check_attack_args(x, y_ref, steps, step_size, mean, std, objective)
+    x, y_ref, mean_C, std_C = _check_attack_args(model, x, y_ref, attack)
     if not eps_max > 0:
         raise ValueError(f"eps_max must be > 0, got {eps_max}.")
     if bisection_steps < 0:
         raise ValueError(f"bisection_steps must be >= 0, got {bisection_steps}.")
-    key = jax.random.key(seed)
+    key = jax.random.key(attack.seed)
 
     def run(number, xb, yb):
         kb = jax.random.fold_in(key, number)
-        attack = lambda eps, i: attack_batch(
-            apply_fn,
-            steps,
-            random_start,
-            params,
-            model_state,
+        run_pgd = lambda eps, i: _attack_batch(
+            model.apply_fn,
+            attack.steps,
+            attack.random_start,
+            model.params,
+            model.model_state,
             xb,
             yb,
             eps.astype(np.float32),
-            step_size,
+            attack.step_size,
             mean_C,
             std_C,
             jax.random.fold_in(kb, i),
-            objective=objective,
+            objective=attack.objective,
         )
-        out = jax.device_get(attack(np.full(len(xb), eps_max), 0))
+        out = jax.device_get(run_pgd(np.full(len(xb), eps_max), 0))
         clean = np.asarray(out["clean_correct"])
         found = ~np.asarray(out["pgd_correct"])
         x_adv = np.where(found.reshape(-1, 1, 1, 1), np.asarray(out["x_adv"]), xb)
@@ -351,7 +413,7 @@ def minimal_adversarial_epsilon(
             if not active.any():
                 break
             mid = 0.5 * (lo + hi)
-            out = jax.device_get(attack(np.where(active, mid, hi), i + 1))
+            out = jax.device_get(run_pgd(np.where(active, mid, hi), i + 1))
             fooled = ~np.asarray(out["pgd_correct"]) & active
             hi = np.where(fooled, mid, hi)
             lo = np.where(active & ~fooled, mid, lo)
@@ -363,7 +425,7 @@ def minimal_adversarial_epsilon(
     min_eps, x_adv = common.map_batched(
         run,
         [x, y_ref],
-        batch_size,
+        attack.batch_size,
         desc="minimal adversarial eps" if progress else None,
         with_index=True,
     )

@@ -24,15 +24,27 @@ are raw [0, 1] pixels already.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
+from tqdm import auto as tqdm  # a widget in notebooks, a text bar in a terminal
 
 ApplyFn = Callable[..., Any]
 FeatureFn = Callable[..., Any]
+
+
+class Model(NamedTuple):
+    """A trained model as the audit sees it: the pure interface above and its variables.
+
+    `feature_fn` may be None for the analyses that only need logits (the attacks).
+    """
+
+    apply_fn: ApplyFn
+    params: Any
+    model_state: Any
+    feature_fn: FeatureFn | None = None
 
 
 def check_images(x: np.ndarray, name: str = "x") -> np.ndarray:

@@ -69,13 +69,18 @@ def to_jsonable(obj):
     return obj
 
 
-def write_report(out_dir: str, results: dict, figs: dict) -> tuple[str, str]:
-    """Writes `<out_dir>/audit.json` and `<out_dir>/report.html`; returns their paths."""
+def write_report(out_dir: str, results: dict, sections: Sequence) -> tuple[str, str]:
+    """Writes `<out_dir>/audit.json` (`results`), `<out_dir>/report.html` (`render_html` of
+    `results["meta"]` and `sections`) and each section's `files`; returns the first two paths."""
     os.makedirs(out_dir, exist_ok=True)
+    for s in sections:
+        for name, write in s.files.items():
+            write(os.path.join(out_dir, name))
     json_path = os.path.join(out_dir, "audit.json")
     html_path = os.path.join(out_dir, "report.html")
-    write_atomic(json_path, json.dumps(to_jsonable(results), indent=1, allow_nan=False))
-    write_atomic(html_path, render_html(to_jsonable(results), figs))
+    jsonable = to_jsonable(results)
+    write_atomic(json_path, json.dumps(jsonable, indent=1, allow_nan=False))
+    write_atomic(html_path, render_html(jsonable["meta"], sections))
     return json_path, html_path
 
 
@@ -428,73 +433,18 @@ def _fmt(v, spec=".3f"):
     return "—" if v is None else format(v, spec)
 
 
-def render_html(results: dict, figs: dict) -> str:
-    """The report page: summary cards, then mistakes, robustness, biases, label issues."""
-    meta, m, r = results["meta"], results["mistakes"], results["robustness"]
-    b, li = results["biases"], results["label_issues"]
-    names = meta["class_names"]
-    out = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(meta['title'])}</title>"
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(meta['title'])}</h1>",
-        "<p class='caption'>A trained classifier looked at beyond its accuracy (Stock &amp; Cissé, ECCV "
-        "2018): its mistakes, its robustness to adversarial perturbation, the biases its prototypes and "
-        "criticisms reveal, and the training labels it finds suspect. Written by "
-        "<code>l2rw_jax.audit.run_audit</code>.</p>",
-    ]
-    run = meta.get("run") or {}
-    if run:
-        out.append(
-            "<p class='caption'>"
-            + " · ".join(
-                f"<b>{html.escape(str(k))}</b>: {html.escape(str(v))}" for k, v in run.items()
-            )
-            + "</p>"
-        )
-    out.append(
-        "<nav><a href='#mistakes'>1. Mistakes</a><a href='#robustness'>2. Robustness</a>"
-        "<a href='#biases'>3. Biases</a><a href='#labels'>4. Label issues</a></nav>"
-    )
+# One renderer per section kind: (summary cards, HTML of the section's body). A section whose
+# name has no renderer here is shown by `_render_generic`.
+def _render_mistakes(m: dict, figs: dict, names: Sequence[str]) -> tuple[list[str], list[str]]:
     cards = [_card(f"{m['top_k_accuracy']['top1']:.4f}", "top-1 accuracy")]
     if "top5" in m["top_k_accuracy"]:
         cards.append(_card(f"{m['top_k_accuracy']['top5']:.4f}", "top-5 accuracy"))
-    cards.append(
-        _card(
-            f"{m['calibration']['ece']:.4f}",
-            "ECE (15 bins)"
-            if m["calibration"]["num_bins"] == 15
-            else f"ECE ({m['calibration']['num_bins']} bins)",
-        )
-    )
+    bins = m["calibration"]["num_bins"]
+    cards.append(_card(f"{m['calibration']['ece']:.4f}", f"ECE ({bins} bins)"))
     cards.append(
         _card(f"{names[m['worst_class']]}: {m['worst_class_accuracy']:.3f}", "worst class accuracy")
     )
-    mid = len(r["epsilons"]) // 2
-    cards.append(
-        _card(f"{r['pgd_accuracy'][mid]:.3f}", f"PGD accuracy at eps={r['epsilons'][mid]:g}")
-    )
-    cards.append(_card(_fmt(r["min_eps"]["median"]), "median minimal adversarial eps"))
-    main = li.get("suspects_ranking")
-    if li["rankings"].get(main):
-        first = next(iter(li["rankings"][main].values()))
-        cards.append(_card(f"{first['precision']:.3f}", f"precision@{first['k']} ({main})"))
-    out.append("<div class='cards'>" + "".join(cards) + "</div>")
-    secs = meta["seconds"]
-    out.append(
-        f"<p class='caption'>{meta['n_test']} test and {meta['n_train']} training examples; "
-        f"audit took {secs.get('total', 0):.0f} s (mistakes {secs.get('mistakes', 0):.0f} s, robustness "
-        f"{secs.get('robustness', 0):.0f} s, biases {secs.get('biases', 0):.0f} s, label issues "
-        f"{secs.get('label_issues', 0):.0f} s). Every number on this page is in <code>audit.json</code>.</p>"
-    )
-    if meta.get("notes"):
-        out.append(
-            "<div class='notes'><b>Notes</b><ul>"
-            + "".join(f"<li>{html.escape(n)}</li>" for n in meta["notes"])
-            + "</ul></div>"
-        )
-
-    # 1. Mistakes
-    out.append("<h2 id='mistakes'>1. Understanding mistakes</h2>")
+    out = []
     out.append(
         "<p class='caption'>Accuracy per class on the whole test set, the confusion matrix (rows: "
         "true class, colour: fraction of the row, numbers: counts) and calibration: the expected "
@@ -543,8 +493,16 @@ def render_html(results: dict, figs: dict) -> str:
         for b64 in figs.get("gallery", []):
             out.append(f"<figure>{_img(b64, 'mistake')}</figure>")
 
-    # 2. Robustness
-    out.append("<h2 id='robustness'>2. Robustness</h2>")
+    return cards, out
+
+
+def _render_robustness(r: dict, figs: dict, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    mid = len(r["epsilons"]) // 2
+    cards = [
+        _card(f"{r['pgd_accuracy'][mid]:.3f}", f"PGD accuracy at eps={r['epsilons'][mid]:g}"),
+        _card(_fmt(r["min_eps"]["median"]), "median minimal adversarial eps"),
+    ]
+    out = []
     out.append(
         f"<p class='caption'>FGSM and PGD (L-inf, {r['pgd_steps']} steps of {r['pgd_step_size_fraction_of_eps']:g}·eps, "
         f"random start {'on' if r['random_start'] else 'off'}) on {r['n_curve_examples']} test images; "
@@ -599,16 +557,19 @@ def render_html(results: dict, figs: dict) -> str:
         )
     )
 
-    # 3. Biases
-    out.append("<h2 id='biases'>3. Uncovering biases</h2>")
+    return cards, out
+
+
+def _render_biases(b_res: dict, figs: dict, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    out = []
     out.append(
         "<p class='caption'>For each class (training images, grouped by their given label, "
-        f"{', '.join(f'{names[int(k)]}: {v}' for k, v in b['examples_per_class'].items())} per class): "
+        f"{', '.join(f'{names[int(k)]}: {v}' for k, v in b_res['examples_per_class'].items())} per class): "
         "<b>robust</b> prototypes are the images hardest to push out of the class (largest minimal PGD "
         "eps; ties by logit margin) and criticisms the easiest; <b>MMD</b> prototypes greedily minimise "
         "MMD² to the class in penultimate-feature space, and criticisms maximise |witness| plus a "
         "log-det diversity term (Kim et al. 2016; "
-        + html.escape(b["kernel"])
+        + html.escape(b_res["kernel"])
         + "). The last column is "
         "the mean image of the row. A bias shows as an attribute shared by one side only; the table "
         "gives, per attribute, the class where its rate among prototypes and criticisms differs most "
@@ -624,7 +585,7 @@ def render_html(results: dict, figs: dict) -> str:
             g["criticisms"],
             g["prototype_minus_criticism"],
         ]
-        for g in b["largest_over_representation"]
+        for g in b_res["largest_over_representation"]
     ]
     out.append(
         _table(
@@ -641,7 +602,7 @@ def render_html(results: dict, figs: dict) -> str:
             left_cols=3,
         )
     )
-    for name, per_class in b["attributes"].items():
+    for name, per_class in b_res["attributes"].items():
         if name == "ink":
             continue
         gap = lambda v: max(
@@ -684,14 +645,14 @@ def render_html(results: dict, figs: dict) -> str:
             )
         )
     bias_figs = figs.get("bias_classes", {})
-    if len(bias_figs) < len(b["per_class"]):
+    if len(bias_figs) < len(b_res["per_class"]):
         out.append(
-            f"<p class='caption'>Image grids for {len(bias_figs)} of {len(b['per_class'])} classes "
+            f"<p class='caption'>Image grids for {len(bias_figs)} of {len(b_res['per_class'])} classes "
             "(those with the largest attribute differences first); all indices are in audit.json.</p>"
         )
     out.append("<div class='row'>")
     for k, b64 in bias_figs.items():
-        pc = b["per_class"][str(k)]
+        pc = b_res["per_class"][str(k)]
         out.append(
             _figure(
                 b64,
@@ -703,8 +664,16 @@ def render_html(results: dict, figs: dict) -> str:
         )
     out.append("</div>")
 
-    # 4. Label issues
-    out.append("<h2 id='labels'>4. Finding mislabeled examples</h2>")
+    return [], out
+
+
+def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[str]]:
+    cards = []
+    main = li.get("suspects_ranking")
+    if li["rankings"].get(main):
+        first = next(iter(li["rankings"][main].values()))
+        cards.append(_card(f"{first['precision']:.3f}", f"precision@{first['k']} ({main})"))
+    out = []
     out.append(
         "<p class='caption'>Training examples ranked from most to least suspect: by the mean L2RW "
         "weight recorded over training (<code>l2rw_weight</code>, low first; ties by final loss), by "
@@ -759,5 +728,85 @@ def render_html(results: dict, figs: dict) -> str:
             "suspects",
         )
     )
+    return cards, out
+
+
+def _render_generic(results: dict, figs: dict, names) -> tuple[list[str], list[str]]:
+    """Any other section: its scalar results as a table, then its figures."""
+    rows = [[k, v] for k, v in results.items() if isinstance(v, (int, float, str)) or v is None]
+    out = [_table(["", "value"], rows)] if rows else []
+    pngs = [(k, v) for k, v in figs.items() if isinstance(v, str)]
+    out.append(
+        "<div class='row'>" + "".join(_figure(v, html.escape(k), k) for k, v in pngs) + "</div>"
+    )
+    return [], out
+
+
+RENDERERS = {
+    "mistakes": _render_mistakes,
+    "robustness": _render_robustness,
+    "biases": _render_biases,
+    "label_issues": _render_label_issues,
+}
+
+
+def render_html(meta: dict, sections: Sequence) -> str:
+    """The report page: a header with summary cards, then one block per section, in order.
+
+    Args:
+      meta: `audit.json["meta"]` (title, run, sizes, seconds, class_names).
+      sections: `l2rw_jax.audit.sections.Section`s (name, title, results, figures, notes); each
+        is drawn by `RENDERERS[name]`, or by a generic renderer (scalars and figures).
+    """
+    names = meta["class_names"]
+    title = html.escape(meta["title"])
+    out = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{title}</h1>",
+        "<p class='caption'>A trained classifier looked at beyond its accuracy (Stock &amp; Cissé, "
+        "ECCV 2018): its mistakes, its robustness to adversarial perturbation, the biases its "
+        "prototypes and criticisms reveal, and the training labels it finds suspect. Written by "
+        "<code>l2rw_jax.audit.run_audit</code>.</p>",
+    ]
+    run = meta.get("run") or {}
+    if run:
+        out.append(
+            "<p class='caption'>"
+            + " · ".join(
+                f"<b>{html.escape(str(k))}</b>: {html.escape(str(v))}" for k, v in run.items()
+            )
+            + "</p>"
+        )
+    out.append(
+        "<nav>"
+        + "".join(
+            f"<a href='#{s.name}'>{i}. {html.escape(s.title)}</a>"
+            for i, s in enumerate(sections, 1)
+        )
+        + "</nav>"
+    )
+    cards, bodies = [], []
+    for i, s in enumerate(sections, 1):
+        render = RENDERERS.get(s.name, _render_generic)
+        c, body = render(to_jsonable(s.results), s.figures, names)
+        cards += c
+        bodies.append(f"<h2 id='{html.escape(s.name)}'>{i}. {html.escape(s.title)}</h2>")
+        if s.notes:
+            bodies.append(
+                "<div class='notes'><b>Notes</b><ul>"
+                + "".join(f"<li>{html.escape(n)}</li>" for n in s.notes)
+                + "</ul></div>"
+            )
+        bodies += body
+    out.append("<div class='cards'>" + "".join(cards) + "</div>")
+    secs = meta["seconds"]
+    parts = ", ".join(f"{s.title.lower()} {secs.get(s.name, 0):.0f} s" for s in sections)
+    out.append(
+        f"<p class='caption'>{meta['n_test']} test and {meta['n_train']} training examples; "
+        f"audit took {secs.get('total', 0):.0f} s ({parts}). Every number on this page is in "
+        "<code>audit.json</code>.</p>"
+    )
+    out += bodies
     out.append("</body></html>")
     return "\n".join(out)
