@@ -20,8 +20,8 @@ seeds vmapped; a dispatch-bound step of a few ms) for ERM and L2RW, and MNIST Le
 compute-bound step of the reproduction, 1 seed). ``--repeats=r`` runs each backend's loop r
 times, alternating which goes first, and keeps the median (the machine may be shared).
 
-    python -m benchmarks.train_loop            # -> benchmarks/results/train_loop.json
-    python -m benchmarks.train_loop --quick    # fewer steps, smoke check
+    L2RW_DEV_DATA=../shared/data python -m benchmarks.train_loop   # -> benchmarks/results/train_loop.json
+    L2RW_DEV_DATA=../shared/data python -m benchmarks.train_loop --quick   # fewer steps, smoke check
 """
 from __future__ import annotations
 
@@ -50,8 +50,9 @@ def _config(name: str, arg: str | None = None):
 ROWS = {
     "digits_small_cnn_erm_x3": dict(config=("quickstart", None), method="erm", steps=3000),
     "digits_small_cnn_l2rw_x3": dict(config=("quickstart", None), method="l2rw", steps=3000),
+    # MNIST from the development copy ($L2RW_DEV_DATA, experiments/configs/dev_data.py).
     "mnist_lenet_l2rw_x1": dict(config=("mnist_imbalance", "0.995"), method="l2rw", steps=200,
-                                overrides={"num_seeds": 1}),
+                                overrides={"num_seeds": 1}, dev_copy="mnist"),
     # No convolution: on XLA:CPU the device backend scans this one (device_data.make_train_call).
     "digits_mlp_erm_x3": dict(config=("quickstart", None), method="erm", steps=3000,
                               overrides={"model": {"name": "mlp", "options": {"hidden": (64,)}}}),
@@ -114,13 +115,17 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or os.path.join(ROOT, "benchmarks", "results",
                                    "train_loop_quick.json" if args.quick else "train_loop.json")
-    os.chdir(ROOT)  # the configs name ../shared/... relative to the repository root
+    os.chdir(ROOT)  # $L2RW_DEV_DATA may be relative to the repository root
     rows = []
     for name in args.rows.split(","):
         spec = ROWS[name]
         steps = max(spec["steps"] // (10 if args.quick else 1), 20)
         config = _config(*spec["config"])
         config.method.name = spec["method"]
+        if "dev_copy" in spec:
+            from experiments.configs import dev_data
+
+            config.data.dataset = dev_data.source(spec["dev_copy"])
         config.loop.progress_bar = True
         for field, value in spec.get("overrides", {}).items():
             if field == "model":  # A new model: its options replace the old model's.

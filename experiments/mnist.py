@@ -12,8 +12,9 @@ seeds, and writes `summary.json`, `table.md` and a plot into the workdir.
     python -m experiments.mnist --config=experiments/configs/mnist_noisy.py:uniform \\
         --workdir=workdirs/mnist_uniform --methods=erm,l2rw,mwnet
 
-Run from the repository root (the configs read ../shared/data/mnist/mnist.npz); any config
-field can be overridden, e.g. `--config.num_seeds=10 --config.data.dataset=mnist`.
+Run from the repository root. The configs read tfds `mnist` (prepared in `data.data_dir`); a
+copy as npz: `--config.data.dataset=npz:/path/mnist.npz`. Any config field can be overridden,
+e.g. `--config.num_seeds=10`.
 """
 from __future__ import annotations
 

@@ -329,7 +329,8 @@ def _load_config_module(name):
     ("cifar_uniform", [("cifar10",), ("cifar100",), ("dev",)]),
     ("cifar_background", [("cifar10",), ("cifar100",), ("dev",)]),
     ("robust_protocol", [("cifar10_dev",), ("mnist",)])])
-def test_preset_configs_are_valid(name, args):
+def test_preset_configs_are_valid(name, args, monkeypatch):
+    monkeypatch.setenv("L2RW_DEV_DATA", "/dev-copies")  # The dev variants read it (dev_data.py).
     module = _load_config_module(name)
     assert "python -m experiments." in module.__doc__ and "Expected" in module.__doc__
     for a in args:
@@ -339,6 +340,20 @@ def test_preset_configs_are_valid(name, args):
     if name != "quickstart":
         with pytest.raises(ValueError):
             module.get_config("nonsense")
+    if name in ("mnist_imbalance", "mnist_noisy", "cifar_uniform", "cifar_background"):
+        assert module.get_config(*args[0]).data.dataset in ("mnist", "cifar10")  # Real sources.
+
+
+@pytest.mark.parametrize("name, arg", [("cifar_uniform", "dev"), ("cifar_background", "dev"),
+                                       ("robust_protocol", "mnist")])
+def test_development_copies_come_from_the_environment(name, arg, monkeypatch):
+    module = _load_config_module(name)
+    monkeypatch.delenv("L2RW_DEV_DATA", raising=False)
+    with pytest.raises(ValueError, match=r"L2RW_DEV_DATA is not set"):
+        module.get_config(arg)
+    monkeypatch.setenv("L2RW_DEV_DATA", "/somewhere")
+    copy = "mnist" if arg == "mnist" else "cifar10_dev"
+    assert module.get_config(arg).data.dataset == f"npz:/somewhere/{copy}/{copy}.npz"
 
 
 def test_command_line_overrides_fail_on_typos():

@@ -1,7 +1,7 @@
 """CIFAR background flip 40%, 10 clean images per class, ResNet-32 (Ren et al. 2018, Table 2).
 
 Config argument: `cifar10` (default), `cifar100` (tfds catalog, prepared in data_dir), or `dev`
-(the CIFAR-10 development subset at ../shared/data/cifar10_dev/cifar10_dev.npz). Recipe:
+(the CIFAR-10 development subset in `$L2RW_DEV_DATA/cifar10_dev/cifar10_dev.npz`: experiments/configs/dev_data.py). Recipe:
 ResNet-32 with BatchNorm, SGD momentum 0.9, lr 0.1, x0.1 at 40k and 60k of 80k steps, weight
 decay 2e-4, batch 100 + 100 clean, pad-4 crop + flip; 40% of the labels flipped to one seeded
 background class; 10 clean images per class; 5000 noisy examples held out for
@@ -13,10 +13,11 @@ hyper-validation (2000 for `dev`).
 Expected (paper, test accuracy): CIFAR-10 ERM 59.54, L2RW 86.73 +- 0.48; CIFAR-100 ERM 37.82,
 L2RW 59.30 +- 0.60.
 """
+from experiments.configs import dev_data
 from l2rw_jax import config as config_lib
 
 _SOURCES = {"cifar10": ("cifar10", 5000), "cifar100": ("cifar100", 5000),
-            "dev": ("npz:../shared/data/cifar10_dev/cifar10_dev.npz", 2000)}
+            "dev": (None, 2000)}
 
 
 def get_config(source: str = "cifar10"):
@@ -25,7 +26,7 @@ def get_config(source: str = "cifar10"):
                          f"got {source!r}.")
     dataset, hyper_val = _SOURCES[source]
     c = config_lib.default_config()
-    c.data.dataset = dataset
+    c.data.dataset = dataset or dev_data.source("cifar10_dev")
     c.data.noise = "background"     # chosen labels all become one seeded background class
     c.data.noise_ratio = 0.4
     c.data.clean_per_class = 10     # paper: 10 per class

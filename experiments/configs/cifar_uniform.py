@@ -2,7 +2,7 @@
 
 Config argument: `cifar10` (default), `cifar100` (tfds catalog: prepared in data_dir, or
 `--config.data.dataset=npz:/path/cifar.npz`), or `dev` (the 20,000 / 5,000 CIFAR-10 development
-subset at ../shared/data/cifar10_dev/cifar10_dev.npz). Recipe: WRN-28-10 with dropout 0.3,
+subset in `$L2RW_DEV_DATA/cifar10_dev/cifar10_dev.npz`: experiments/configs/dev_data.py). Recipe: WRN-28-10 with dropout 0.3,
 SGD momentum 0.9, lr 0.1, x0.1 at 40k and 50k of 60k steps, weight decay 2e-4, batch 100 +
 100 clean, pad-4 crop + flip augmentation; 1000 clean images (10 per class for CIFAR-100),
 5000 noisy examples held out for hyper-validation (2000 for `dev`).
@@ -13,10 +13,11 @@ SGD momentum 0.9, lr 0.1, x0.1 at 40k and 50k of 60k steps, weight decay 2e-4, b
 Expected (paper, test accuracy): CIFAR-10 ERM 67.97, L2RW 86.92 +- 0.19; CIFAR-100 ERM 50.66,
 L2RW 61.34 +- 2.06. A GPU job: the step of WRN-28-10 takes seconds on a CPU.
 """
+from experiments.configs import dev_data
 from l2rw_jax import config as config_lib
 
 _SOURCES = {"cifar10": ("cifar10", 100, 5000), "cifar100": ("cifar100", 10, 5000),
-            "dev": ("npz:../shared/data/cifar10_dev/cifar10_dev.npz", 100, 2000)}
+            "dev": (None, 100, 2000)}
 
 
 def get_config(source: str = "cifar10"):
@@ -25,7 +26,7 @@ def get_config(source: str = "cifar10"):
                          f"{source!r}.")
     dataset, clean_per_class, hyper_val = _SOURCES[source]
     c = config_lib.default_config()
-    c.data.dataset = dataset
+    c.data.dataset = dataset or dev_data.source("cifar10_dev")
     c.data.noise = "uniform"        # each chosen label moves to one of the C-1 other classes
     c.data.noise_ratio = 0.4
     c.data.clean_per_class = clean_per_class  # 1000 clean images in total

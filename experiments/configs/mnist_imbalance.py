@@ -31,7 +31,7 @@ from l2rw_jax import config as config_lib
 
 def get_config(majority_fraction: str = "0.995"):
     c = config_lib.default_config()
-    c.data.dataset = "npz:../shared/data/mnist/mnist.npz"  # genuine MNIST (any tfds name works too)
+    c.data.dataset = "mnist"        # tfds; the npz copy: --config.data.dataset=npz:<path>
     c.data.noise = "imbalance"      # 4 vs 9, relabelled 4 -> 0, 9 -> 1
     c.data.noise_ratio = 0.0        # no label flips
     c.data.majority_fraction = float(majority_fraction)  # fraction p of 9s in the training set

@@ -26,7 +26,7 @@ def get_config(noise: str = "uniform"):
     if noise not in _NOISES:
         raise ValueError(f"mnist_noisy config argument must be one of {_NOISES}, got {noise!r}.")
     c = config_lib.default_config()
-    c.data.dataset = "npz:../shared/data/mnist/mnist.npz"  # genuine MNIST (or "mnist" via tfds)
+    c.data.dataset = "mnist"        # tfds; the npz copy: --config.data.dataset=npz:<path>
     c.data.noise = noise            # uniform | background (DESIGN §3)
     c.data.noise_ratio = 0.4        # exactly round(0.4 N) labels chosen
     c.data.clean_per_class = 100    # 1000 clean images

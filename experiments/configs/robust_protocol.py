@@ -2,10 +2,11 @@
 
 One CPU-sized CNN, a fixed step budget, 100 clean images per class, the same recipe for every
 method; `experiments/robust.py` runs it at 40% uniform flip, 40% background flip and 0% noise.
-Config argument: `cifar10_dev` (default: the 20,000 / 5,000 real CIFAR-10 images at
-../shared/data/cifar10_dev/cifar10_dev.npz) or `mnist` (../shared/data/mnist/mnist.npz).
+Config argument: `cifar10_dev` (default: the 20,000 / 5,000 real CIFAR-10 images) or `mnist`
+(the genuine MNIST), both development copies read from `$L2RW_DEV_DATA/<name>/<name>.npz`
+(experiments/configs/dev_data.py; here `L2RW_DEV_DATA=../shared/data`).
 
-    python -m experiments.robust --config=experiments/configs/robust_protocol.py:cifar10_dev \\
+    L2RW_DEV_DATA=../shared/data python -m experiments.robust --config=experiments/configs/robust_protocol.py:cifar10_dev \\
         --workdir=workdirs/robust_cifar10_dev
 
 Recipe: SmallCNN (3x3 convs of 16 and 32 channels, each ReLU + 2x2 max-pool, global average
@@ -21,12 +22,12 @@ matches plain training there and the class-balanced baseline at 40% background f
 the paper's L2RW loses 10-15 points to both. Training on the 1000 clean images alone
 (`clean_only`) beats every method that uses the noisy ones at both flips on cifar10_dev.
 """
+from experiments.configs import dev_data
 from l2rw_jax import config as config_lib
 
 _SOURCES = {
-    "cifar10_dev": dict(data=dict(dataset="npz:../shared/data/cifar10_dev/cifar10_dev.npz",
-                                  augment=True), num_steps=1500),
-    "mnist": dict(data=dict(dataset="npz:../shared/data/mnist/mnist.npz", augment=False),
+    "cifar10_dev": dict(data=dict(augment=True), num_steps=1500),
+    "mnist": dict(data=dict(augment=False),
                   num_steps=1500),
 }
 
@@ -37,6 +38,7 @@ def get_config(source: str = "cifar10_dev"):
                          f"got {source!r}.")
     c = config_lib.default_config()
     c.update(_SOURCES[source])
+    c.data.dataset = dev_data.source(source)  # Development copies: $L2RW_DEV_DATA (dev_data.py).
     c.data.noise = "uniform"        # set per setting by experiments/robust.py
     c.data.noise_ratio = 0.4
     c.data.clean_per_class = 100    # 1000 clean images
