@@ -3,7 +3,7 @@
     python -m experiments.reproduce                      # suite "paper", --budget_s=480
     python -m experiments.reproduce --suite=smoke --workdir=/tmp/smoke --data_dir=<tiny data>
 
-Parts, in priority order (Ren et al. 2018, arXiv 1803.09050; DESIGN.md §4):
+Parts, in priority order (Ren et al. 2018, arXiv 1803.09050; docs/design.md §4):
 
 - ``mnist_4v9`` — Figure 3: MNIST 4 vs 9, LeNet, 8000 steps, 5 seeds vmapped (one program
   per (method, majority fraction)). Methods in priority order: erm, l2rw (paper-exact:
@@ -134,7 +134,7 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 RECOMMENDED = config_lib.default_config().method.l2rw.to_dict()
 LABELS = {"l2rw": "l2rw (paper)", "recommended": "l2rw recommended"}
 
-# Ren et al. 2018 (DESIGN.md §4). Keys are this suite's method names.
+# Ren et al. 2018 (docs/design.md §4). Keys are this suite's method names.
 PAPER = {
     "mnist_4v9": {"source": "Ren et al. 2018, Figure 3 (read off the figure), LeNet, "
                             "mean of 10 runs", "metric": "test error %",

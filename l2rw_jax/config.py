@@ -55,7 +55,7 @@ _OPEN_GROUPS = ("model.options",)
 def default_config() -> ml_collections.ConfigDict:
     """Every field ``train_and_evaluate`` reads, with its default (presets: experiments/configs)."""
     # ml_collections (pure Python, with PyYAML) only when a config is made: `import l2rw_jax`
-    # must work where it is not installed (DESIGN §7); carry it there to train.
+    # must work where it is not installed (docs/design.md §7); carry it there to train.
     import ml_collections
     from ml_collections import config_dict
 
@@ -69,7 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.dataset = "digits"            # tfds name (mnist, cifar10...), "digits" or "npz:/path.npz"
     # tfds data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
     d.data_dir = config_dict.placeholder(str)
-    d.noise = "uniform"             # none | uniform | background | imbalance (DESIGN §3)
+    d.noise = "uniform"             # none | uniform | background | imbalance (docs/design.md §3)
     d.noise_ratio = 0.4             # fraction flipped (uniform / background); 0 otherwise
     d.background_class = config_dict.placeholder(int)  # background flip target; None: seeded
     d.official_convention = False   # official code's flip (label in 0..C-2): comparisons only
@@ -109,7 +109,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.method.l2rw = l = ml_collections.ConfigDict()
     l.mode = "forward"              # meta-gradient: forward | reverse (both exact)
     l.all_clipped = "zero"          # weights when every -g_i <= 0: zero (paper) | uniform
-    l.lookahead = "optimizer"       # look-ahead: optimizer (DESIGN §2) | sgd (official code)
+    l.lookahead = "optimizer"       # look-ahead: optimizer (docs/design.md §2) | sgd (official code)
     l.memory_decay = 0.9            # per-example EMA of the meta-gradient, keyed by row; 0: off
     l.warmup_steps = 200            # uniform weights for the first steps
     l.weight_map = "sign"           # sign: 1[g < 0] | clip: max(-g, 0) (paper) | one (ablation)
@@ -149,7 +149,7 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-# method.l2rw options of the paper's algorithm (Ren et al. 2018, Alg. 1; DESIGN.md section 2):
+# method.l2rw options of the paper's algorithm (Ren et al. 2018, Alg. 1; docs/design.md §2):
 # what the reproduction configs use (`c.method.l2rw.update(PAPER_L2RW)`).
 PAPER_L2RW = {"memory_decay": 0.0, "warmup_steps": 0, "weight_map": "clip",
               "normalize": "batch", "meta_params": "all", "loss_quantile": 0.0}

@@ -16,7 +16,7 @@ both input backends:
   continue);
 - ``clean_only`` trains ``num_steps`` steps on the clean set alone.
 
-Nothing here takes the config: the loop hands each function its values (DESIGN: below
+Nothing here takes the config: the loop hands each function its values (ARCHITECTURE.md: below
 ``l2rw_jax.config`` no function reads the whole config).
 """
 from __future__ import annotations

@@ -171,7 +171,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
 
     With the default options, exactly the paper: weights from
     :func:`l2rw_jax.reweight.meta_weights` (validation on the clean batch after a look-ahead
-    step), ``w_i = max(-g_i, 0) / sum_k max(-g_k, 0)``. The options (DESIGN.md section 2 stays
+    step), ``w_i = max(-g_i, 0) / sum_k max(-g_k, 0)``. The options (docs/design.md §2 stays
     the reference; README "Robust reweighting" has the measured effect of each) replace the
     single-batch score ``s_i = g_i`` and the map from scores to weights:
 
@@ -218,7 +218,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       mode: ``"forward"`` (default, cheaper) or ``"reverse"``; both exact.
       all_clipped: ``"zero"`` (paper) or ``"uniform"``: weights when every ``w~_i = 0`` (with
         ``normalize="batch"``).
-      lookahead: ``"optimizer"`` (DESIGN.md section 2: the training optimizer with its state, so
+      lookahead: ``"optimizer"`` (docs/design.md §2: the training optimizer with its state, so
         momentum moves the look-ahead point to ``theta'_0 != theta``) or ``"sgd"`` (the official
         code: ``theta' = theta - grad L_f``, no momentum or weight decay, evaluated at
         ``theta`` itself; its learning rate cancels in the normalisation).

@@ -1,4 +1,4 @@
-"""CIFAR uniform flip 40%, 1000 clean images, WRN-28-10 (Ren et al. 2018, Table 1, DESIGN §4).
+"""CIFAR uniform flip 40%, 1000 clean images, WRN-28-10 (Ren et al. 2018, Table 1, docs/design.md §4).
 
 Config argument: `cifar10` (default), `cifar100` (tfds catalog: prepared in data_dir, or
 `--config.data.dataset=npz:/path/cifar.npz`), or `dev` (the 20,000 / 5,000 CIFAR-10 development

@@ -5,7 +5,7 @@ MNIST so that it runs on a CPU: 100 clean images per class from the training poo
 other 59,000 training labels flipped (the config argument: `uniform`, each to one of the 9
 other classes, or `background`, all to one seeded class), 1000 of them held out (with their
 noisy labels) for hyper-validation. LeNet, SGD momentum 0.9, learning rate 0.01 (x0.1 at 6000),
-weight decay 2e-4 (DESIGN §4), batch 100 + 100 clean, 8000 steps, 3 seeds.
+weight decay 2e-4 (docs/design.md §4), batch 100 + 100 clean, 8000 steps, 3 seeds.
 
     python -m experiments.mnist --config=experiments/configs/mnist_noisy.py:uniform \\
         --workdir=workdirs/mnist_uniform --methods=erm,l2rw,mwnet
@@ -27,7 +27,7 @@ def get_config(noise: str = "uniform"):
         raise ValueError(f"mnist_noisy config argument must be one of {_NOISES}, got {noise!r}.")
     c = config_lib.default_config()
     c.data.dataset = "mnist"        # tfds; the npz copy: --config.data.dataset=npz:<path>
-    c.data.noise = noise            # uniform | background (DESIGN §3)
+    c.data.noise = noise            # uniform | background (docs/design.md §3)
     c.data.noise_ratio = 0.4        # exactly round(0.4 N) labels chosen
     c.data.clean_per_class = 100    # 1000 clean images
     c.data.hyper_val_size = 1000    # noisy examples held out for hyper-validation

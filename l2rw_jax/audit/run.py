@@ -27,7 +27,7 @@ log = logging.getLogger("l2rw_jax.audit")
 
 def default_config() -> ml_collections.ConfigDict:
     """Audit settings; every field is overridable (`config.pgd_steps = 20`)."""
-    import ml_collections  # Here: `import l2rw_jax` must work without it (DESIGN §7).
+    import ml_collections  # Here: `import l2rw_jax` must work without it (docs/design.md §7).
 
     c = ml_collections.ConfigDict()
     c.seed = 0  # subsampling and PGD random starts
