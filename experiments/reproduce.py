@@ -182,8 +182,11 @@ def _mnist_base(path: str):
 
 def _cifar_base(noise: str) -> Callable[[str], object]:
     def base(path: str):
-        c = cifar_background.get_config("dev")
+        # The recipe of cifar_background.py's "dev" variant (which finds its data through
+        # $L2RW_DEV_DATA); this suite finds the copy itself (data_path).
+        c = cifar_background.get_config("cifar10")
         c.data.dataset = f"npz:{path}"
+        c.data.hyper_val_size = 2000
         c.data.noise = noise
         if noise == "uniform":
             c.data.clean_per_class = 100   # the paper's uniform-flip protocol: 1000 clean images

@@ -114,7 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     steps)>, "steps_per_s"}`` and ``{"step", "split": "test"|"hyperval", "seed", "accuracy",
     "loss", "per_class_accuracy": [C]}``.
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # A notebook widget in Jupyter, a console bar elsewhere.
 
     config = config_lib.validate(config)
     wd = workdir_lib.path(workdir)

@@ -105,7 +105,7 @@ def test_plan_steps_largest_count_for_all_then_minimal():
 
 
 def test_scaled_config_compresses_the_paper_schedule():
-    base = reproduce.cifar_background.get_config("dev")
+    base = reproduce.cifar_background.get_config("cifar10")
     c = reproduce.scaled_config(base, 8000)
     assert (c.num_steps, tuple(c.optim.lr_boundaries), c.loop.eval_every,
             c.loop.checkpoint_every) == (
