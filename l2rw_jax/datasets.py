@@ -12,8 +12,10 @@ and the input pipeline to work on:
   in `data_dir` fails fast (no network is touched) unless `download=True` asks tfds to fetch it
   (offline, tfds retries for minutes, so it is never the default). Class names come from the
   `ClassLabel`.
-- `digits`: scikit-learn's bundled 8x8 digits through the in-package tfds builder
-  (`l2rw_jax.digits_builder`), built into `data_dir` on first use, offline, in seconds.
+- `digits`: scikit-learn's bundled 8x8 digits (1797 real images), read directly from
+  scikit-learn with a fixed stratified split (`digits_arrays`): offline, in well under a second,
+  without TensorFlow. The same arrays as a tfds dataset: `l2rw_jax.digits_builder.Digits`
+  (tested equal).
 - `npz:<path>`: a `.npz` with `x_train, y_train, x_test, y_test`, optionally `x_clean, y_clean`
   (a trusted clean set, used as given: see `corruption.make_splits`), `class_names` (strings,
   one per class) and `num_classes` (a scalar); `save_arrays` writes one from a notebook.
@@ -27,9 +29,9 @@ as `round(255 x)` uint8. Labels are integers in [0, num_classes). `num_classes` 
 
 `data_dir=None` means tfds's default (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
 
-tensorflow_datasets (and with it TensorFlow) is imported only when a tfds or digits source is
-loaded, Pillow only for a folder: npz and folder sources and the module itself run on a host
-without TensorFlow (accelerator hosts often have none).
+tensorflow_datasets (and with it TensorFlow) is imported only when a tfds source is loaded,
+Pillow only for a folder, scikit-learn only for digits: the other sources and the module itself
+run on a host without TensorFlow (accelerator hosts often have none).
 """
 
 from __future__ import annotations
@@ -71,6 +73,48 @@ class Arrays(NamedTuple):
     class_names: tuple[str, ...] | None = None  # class_names[c] names label c, or None
 
 
+DIGITS_NUM_CLASSES = 10
+DIGITS_TEST_PER_CLASS = 36
+DIGITS_SPLIT_SEED = 0
+
+
+def digits_split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The digits' fixed stratified split: (train_rows, test_rows), each ascending.
+
+    Test takes `DIGITS_TEST_PER_CLASS` rows of each class, the first ones of a per-class
+    permutation drawn from `np.random.default_rng(DIGITS_SPLIT_SEED)` (classes visited in order
+    0..9); train is the rest. Part of the dataset's definition: these rows never move.
+    """
+    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+    test_rows = []
+    for c in range(DIGITS_NUM_CLASSES):
+        rows = np.flatnonzero(labels == c)
+        test_rows.append(rows[rng.permutation(rows.size)[:DIGITS_TEST_PER_CLASS]])
+    test = np.sort(np.concatenate(test_rows))
+    train = np.setdiff1d(np.arange(labels.size), test)
+    return train, test
+
+
+def digits_pixels_uint8(images: np.ndarray) -> np.ndarray:
+    """0..16 grey counts (any float/int array) -> uint8 0..255 by `(v * 255 + 8) // 16`."""
+    v = np.rint(images).astype(np.int64)
+    return ((v * 255 + 8) // 16).astype(np.uint8)
+
+
+def digits_arrays() -> Arrays:
+    """The `digits` source: scikit-learn's `load_digits` (1797 images, 8x8x1, pixels
+    `digits_pixels_uint8`), train 1437 / test 360 by `digits_split_indices`, rows in
+    `load_digits` order within each split, class names "0".."9"."""
+    from sklearn.datasets import load_digits  # Only for this source.
+
+    bunch = load_digits()
+    images = digits_pixels_uint8(bunch.images)[..., None]
+    labels = bunch.target.astype(np.int32)
+    train, test = digits_split_indices(labels)
+    return Arrays(images[train], labels[train], images[test], labels[test], DIGITS_NUM_CLASSES,
+                  "digits", class_names=tuple(str(c) for c in range(DIGITS_NUM_CLASSES)))
+
+
 def check_name(name: str) -> str:
     """Raises ValueError unless `name` has the form of a source (see the module docstring).
 
@@ -100,7 +144,7 @@ def load_arrays(
 
     Args:
       name: a tfds name, `digits`, `npz:<path>` or `folder:<path>`.
-      data_dir: tfds data directory (tfds and digits; ignored otherwise). None: tfds's default.
+      data_dir: tfds data directory (tfds sources; ignored otherwise). None: tfds's default.
       download: tfds only: let tfds download and prepare missing data (needs the internet;
         offline, tfds retries for minutes). False (default): missing data raises at once.
       num_classes: npz only: the number of classes (default: the npz's `num_classes` or
@@ -141,46 +185,32 @@ def load_arrays(
             name=name,
             where=f"image folder {root!r}: ",
         )
-    import tensorflow_datasets as tfds  # Here, not at the top: npz sources need no TensorFlow.
-
     if name in EMBEDDED:
-        from l2rw_jax import digits_builder  # A tfds builder class: imports tfds too.
+        return digits_arrays()  # No tfds: the same arrays as digits_builder.Digits (tested).
+    import tensorflow_datasets as tfds  # Here, not at the top: other sources need no TensorFlow.
 
-        builder = digits_builder.Digits(data_dir=data_dir)
-        if not builder.is_prepared():
-            try:
-                # Local build from scikit-learn's bundled files; never ask GCS for a prepared copy.
-                builder.download_and_prepare(
-                    download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-                )
-            except OSError:
-                # Another process building the same data_dir may have renamed its copy in first.
-                builder = digits_builder.Digits(data_dir=data_dir)
-                if not builder.is_prepared():
-                    raise
-    else:
-        from tensorflow_datasets.core import registered
+    from tensorflow_datasets.core import registered
 
-        try:
-            builder = tfds.builder(name, data_dir=data_dir)
-        except registered.DatasetNotFoundError:
-            raise ValueError(
-                f"unknown dataset {name!r}: tfds has no dataset of that name (see "
-                f"tfds.list_builders()); allowed: {'; '.join(ALLOWED)}."
-            ) from None
-        # Before the data is looked for: a wrong kind of dataset is the more useful message.
-        image_label_keys(builder.info, name)
-        if not builder.is_prepared():
-            if not download:
-                raise FileNotFoundError(_missing_message(name, builder))
-            builder.download_and_prepare()
-        # A prepared dataset lists its splits (tfds's mock_data lists none).
-        have = list(builder.info.splits)
-        if have and not {"train", "test"} <= set(have):
-            raise ValueError(
-                f"dataset {name!r} has splits {sorted(have)}; a 'train' and a 'test' split are "
-                f"needed (save other splits with save_arrays, or as a folder: source)."
-            )
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except registered.DatasetNotFoundError:
+        raise ValueError(
+            f"unknown dataset {name!r}: tfds has no dataset of that name (see "
+            f"tfds.list_builders()); allowed: {'; '.join(ALLOWED)}."
+        ) from None
+    # Before the data is looked for: a wrong kind of dataset is the more useful message.
+    image_label_keys(builder.info, name)
+    if not builder.is_prepared():
+        if not download:
+            raise FileNotFoundError(_missing_message(name, builder))
+        builder.download_and_prepare()
+    # A prepared dataset lists its splits (tfds's mock_data lists none).
+    have = list(builder.info.splits)
+    if have and not {"train", "test"} <= set(have):
+        raise ValueError(
+            f"dataset {name!r} has splits {sorted(have)}; a 'train' and a 'test' split are "
+            f"needed (save other splits with save_arrays, or as a folder: source)."
+        )
     keys = image_label_keys(builder.info, name)
     label = builder.info.features[keys[1]]
     x_train, y_train = _read_split(builder, "train", keys)

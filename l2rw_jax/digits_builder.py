@@ -12,37 +12,17 @@ this dataset builds offline, with no download and no file outside the install, i
   order. The split is part of the dataset version: changing it means a new `VERSION`.
 
 The builder is not registered in the tfds catalog (so it cannot clash with a future catalog
-name); `l2rw_jax.datasets.load_arrays("digits")` instantiates it directly.
+name). `l2rw_jax.datasets.load_arrays("digits")` does not use it: it reads the same arrays from
+scikit-learn without TensorFlow (`datasets.digits_arrays`, the split and pixel functions shared
+with this builder); the builder serves users who want the digits as a tfds dataset.
 """
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-NUM_CLASSES = 10
-TEST_PER_CLASS = 36
-SPLIT_SEED = 0
-
-
-def digits_split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed stratified split: (train_rows, test_rows), each ascending.
-
-    Test takes `TEST_PER_CLASS` rows of each class, the first ones of a per-class permutation drawn
-    from `np.random.default_rng(SPLIT_SEED)` (classes visited in order 0..9); train is the rest.
-    """
-    rng = np.random.default_rng(SPLIT_SEED)
-    test_rows = []
-    for c in range(NUM_CLASSES):
-        rows = np.flatnonzero(labels == c)
-        test_rows.append(rows[rng.permutation(rows.size)[:TEST_PER_CLASS]])
-    test = np.sort(np.concatenate(test_rows))
-    train = np.setdiff1d(np.arange(labels.size), test)
-    return train, test
-
-
-def digits_pixels_uint8(images: np.ndarray) -> np.ndarray:
-    """0..16 grey counts (any float/int array) -> uint8 0..255 by `(v * 255 + 8) // 16`."""
-    v = np.rint(images).astype(np.int64)
-    return ((v * 255 + 8) // 16).astype(np.uint8)
+from l2rw_jax.datasets import DIGITS_NUM_CLASSES as NUM_CLASSES
+from l2rw_jax.datasets import digits_pixels_uint8
+from l2rw_jax.datasets import digits_split_indices
 
 
 class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -2,6 +2,8 @@
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,12 +20,11 @@ def digits_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def digits(digits_dir):
-    return datasets.load_arrays("digits", data_dir=digits_dir)
+def digits():
+    return datasets.load_arrays("digits")
 
 
-def test_digits_builds_offline_into_data_dir_and_matches_sklearn(digits, digits_dir):
-    assert os.path.isfile(os.path.join(digits_dir, "digits", "1.0.0", "dataset_info.json"))
+def test_digits_match_sklearn(digits):
     assert digits.x_train.shape == (1437, 8, 8, 1) and digits.x_test.shape == (360, 8, 8, 1)
     assert digits.x_train.dtype == np.uint8 and digits.y_train.dtype == np.int32
     assert digits.num_classes == 10 and digits.name == "digits"
@@ -40,12 +41,33 @@ def test_digits_builds_offline_into_data_dir_and_matches_sklearn(digits, digits_
     assert digits.x_train.max() == 255 and digits.x_train.min() == 0
 
 
-def test_digits_second_load_reads_the_prepared_copy(digits, digits_dir):
-    prepared = digits_builder.Digits(data_dir=digits_dir)
-    assert prepared.is_prepared()
-    again = datasets.load_arrays("digits", data_dir=digits_dir)
-    for a, b in zip(again[:4], digits[:4]):
-        np.testing.assert_array_equal(a, b)
+def test_digits_tfds_builder_gives_the_same_arrays(digits, digits_dir):
+    """load_arrays("digits") reads scikit-learn directly; the tfds builder builds offline into
+    data_dir and yields the same rows in the same order."""
+    builder = digits_builder.Digits(data_dir=digits_dir)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    assert os.path.isfile(os.path.join(digits_dir, "digits", "1.0.0", "dataset_info.json"))
+    for split, x, y in (("train", digits.x_train, digits.y_train),
+                        ("test", digits.x_test, digits.y_test)):
+        ds = tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True,
+                                              shuffle_files=False).batch(2000))
+        bx, by = next(iter(ds))
+        np.testing.assert_array_equal(bx, x)
+        np.testing.assert_array_equal(by, y)
+    assert digits.class_names == tuple(builder.info.features["label"].names)
+
+
+def test_digits_need_no_tensorflow(tmp_path):
+    code = ("import sys\n"
+            "for m in ('tensorflow', 'tensorflow_datasets'):\n"
+            "    sys.modules[m] = None\n"
+            "from l2rw_jax import datasets\n"
+            "a = datasets.load_arrays('digits')\n"
+            "print(a.x_train.shape, a.x_test.shape)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "(1437, 8, 8, 1) (360, 8, 8, 1)" in out.stdout, out.stderr
 
 
 def test_digits_split_is_pinned():
