@@ -14,6 +14,7 @@ import pytest
 import multihost_worker as worker
 import tiny_data
 from l2rw_jax import config as config_lib
+from l2rw_jax import device_data
 from l2rw_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,8 +86,10 @@ def _files(workdir):
 
 
 def _leaves(tree, prefix=""):
+    """{path: numpy value} of a tree of dicts, lists and values."""
     if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}/{key}").items()}
+        return {k: v for key, sub in tree.items()
+                for k, v in _leaves(sub, f"{prefix}/{key}").items()}
     if isinstance(tree, (list, tuple)):
         return {k: v for i, sub in enumerate(tree)
                 for k, v in _leaves(sub, f"{prefix}/{i}").items()}
@@ -106,7 +109,7 @@ def _assert_same(got, expected, drop=(), rtol=1e-6):
             np.testing.assert_array_equal(a[name], x, err_msg=name)
 
 
-@pytest.mark.parametrize("backend", ["device"])
+@pytest.mark.parametrize("backend", ["device", "tfdata"])
 def test_two_processes_train_as_one(tmp_path, backend):
     npz = tiny_data.write_tiny_npz(str(tmp_path / "tiny.npz"), num_train=200, num_test=50)
     config = _config(npz, backend)
@@ -138,3 +141,17 @@ def test_two_processes_train_as_one(tmp_path, backend):
             for k in a.files:
                 np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
     print(f"two processes: {t_two:.1f} s")
+
+
+def test_each_process_gets_its_rows_of_every_evaluation_batch():
+    # The processes' rows, side by side, are the one-process batches (no example twice).
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (11, 3, 3, 1)).astype(np.uint8), np.arange(11) % 3
+    args = (images, labels, [0.5], [0.25], 8)
+    one = device_data.test_batches(*args)
+    parts = [device_data.test_batches(*args, process_index=p, process_count=2) for p in (0, 1)]
+    assert len(one) == len(parts[0]) == len(parts[1]) == 2
+    for b, (b0, b1) in zip(one, zip(*parts)):
+        for key in ("image", "label", "mask"):
+            np.testing.assert_array_equal(np.concatenate([b0[key], b1[key]]), b[key])
+    assert parts[1][1]["mask"].tolist() == [False] * 4  # rows 12-15 of 11: padding
