@@ -17,6 +17,19 @@ from l2rw_jax import workdir as workdir_lib
 
 _VERBOSE = flags.DEFINE_bool(
     "verbose", False, "Show INFO logs, and on an error the traceback (default: one line).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host job: join the other processes "
+    "(l2rw_jax.distributed.initialize) before any JAX work; run the same command on every "
+    "host with a shared workdir (gs:// or a network file system) and "
+    "--config.loop.num_devices=0. Cloud TPU, Slurm and Open MPI are detected; elsewhere give "
+    "the three flags below or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "--distributed: host:port of process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "--distributed: the number of processes.", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "--distributed: this process's index, 0 .. num_processes - 1.",
+    lower_bound=0)
 
 # Errors a user's input causes (a value, a path): one line, no traceback, unless --verbose.
 USER_ERRORS = (ValueError, FileNotFoundError, app.UsageError)
@@ -25,12 +38,14 @@ USER_ERRORS = (ValueError, FileNotFoundError, app.UsageError)
 def run_main(main: Callable[[Sequence[str]], None]) -> None:
     """``app.run(main)`` for the entry points: WARNING-level logs (no absl/tfds/jax INFO lines,
     e.g. jax probing for a TPU) and a user error printed as one line ``error: <message>`` on
-    stderr with exit code 2; ``--verbose`` keeps the INFO logs and the traceback."""
+    stderr with exit code 2; ``--verbose`` keeps the INFO logs and the traceback.
+    ``--distributed`` joins the multi-host job first (:func:`initialize_distributed`)."""
 
     def wrapped(argv):
         if not _VERBOSE.value:
             logging.set_verbosity(logging.WARNING)
         try:
+            initialize_distributed()
             return main(argv)
         except USER_ERRORS as e:
             if _VERBOSE.value:
@@ -39,6 +54,23 @@ def run_main(main: Callable[[Sequence[str]], None]) -> None:
             sys.exit(2)
 
     app.run(wrapped)
+
+
+def initialize_distributed() -> None:
+    """For ``--distributed``: ``l2rw_jax.distributed.initialize`` with the flags' values (before
+    ``main``: the configs do no JAX work when the flags are parsed). Without it, the three
+    address flags are a usage error (they would be silently ignored)."""
+    given = {f.name: f.value for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)
+             if f.value is not None}
+    if not _DISTRIBUTED.value:
+        if given:
+            raise app.UsageError(f"--{', --'.join(sorted(given))} need --distributed.")
+        return
+    from l2rw_jax import distributed
+
+    index, count = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                          _PROCESS_ID.value)
+    logging.info("Process %d of %d.", index, count)
 
 
 def run_methods(config, workdir: str, methods: Sequence[str], overrides=None) -> dict:
@@ -156,6 +188,9 @@ def plot_error_vs_fraction(results: dict, methods: Sequence[str], path: str,
 def _save(fig, path: str) -> None:
     import matplotlib.pyplot as plt
 
+    if not workdir_lib.is_primary():  # Multi-host: process 0 writes the files.
+        plt.close(fig)
+        return
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
@@ -177,6 +212,8 @@ def quiet_checkpoint_logs() -> None:
 
 
 def write_text(path: str, text: str) -> None:
+    if not workdir_lib.is_primary():  # Multi-host: process 0 writes the files.
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)

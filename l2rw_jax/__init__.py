@@ -13,6 +13,7 @@ from l2rw_jax import config
 from l2rw_jax import corruption
 from l2rw_jax import datasets
 from l2rw_jax import device_data
+from l2rw_jax import distributed
 from l2rw_jax import evaluate
 from l2rw_jax import image_folder
 from l2rw_jax import input_pipeline

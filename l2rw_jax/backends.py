@@ -73,18 +73,24 @@ def _stacked(datasets_K: list):
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def _processes() -> dict:
+    """This process's share of every global batch (multi-host: each process reads its rows)."""
+    return dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+
 def eval_batches(members: list[members_lib.MemberData], feed: Feed) -> dict[str, list[dict]]:
     """{split: numpy batches stacked over the members} of the test set (and the hold-out):
-    small and fixed, materialised once; the last batch padded and masked."""
+    small and fixed, materialised once; the last batch padded and masked. This process's
+    rows of each global batch (``sharding.shard_batch`` assembles them)."""
     splits = [s for s in EVAL_SPLITS if s == "test" or feed.hyperval]
     pick = lambda md, split: md.splits if split == "test" else md.hyperval
     if feed.backend == "device":
         return {split: _stacked_numpy([device_data.test_batches(
             pick(md, split).test_x, pick(md, split).test_labels, md.mean, md.std,
-            feed.eval_batch_size) for md in members]) for split in splits}
+            feed.eval_batch_size, **_processes()) for md in members]) for split in splits}
     return {split: list(_stacked([input_pipeline.test_dataset(
-        pick(md, split), batch_size=feed.eval_batch_size, mean=md.mean, std=md.std)
-        for md in members]).as_numpy_iterator()) for split in splits}
+        pick(md, split), batch_size=feed.eval_batch_size, mean=md.mean, std=md.std,
+        **_processes()) for md in members]).as_numpy_iterator()) for split in splits}
 
 
 # ----------------------------------------------------------------------------- tf.data
@@ -97,7 +103,7 @@ def _train_dataset(md: members_lib.MemberData, phase: str, start_step: int, feed
     splits, rows = members_lib.training_rows(md, phase, feed.resample)
     ds = input_pipeline.train_dataset(
         splits, batch_size=feed.batch_size, seed=md.seed, mean=md.mean, std=md.std,
-        augment=feed.augment, start_step=start_step)
+        augment=feed.augment, start_step=start_step, **_processes())
     if rows is not None:
         # Back to rows of the noisy training set, so weights accumulate per example.
         rows_t = tf.constant(rows.astype(np.int32))
@@ -124,7 +130,8 @@ def host_chunks(members: list[members_lib.MemberData], feed: Feed, start_step: i
         train = _stacked([_train_dataset(md, phase, begin - first, feed) for md in members])
         clean = _stacked([input_pipeline.clean_dataset(
             md.splits, batch_size=feed.clean_batch_size, seed=md.seed, mean=md.mean,
-            std=md.std, augment=feed.augment, start_step=begin) for md in members])
+            std=md.std, augment=feed.augment, start_step=begin, **_processes())
+            for md in members])
         n_chunks = -(-(end - begin) // size)
         chunks = tf.data.Dataset.zip((train, clean)).take(n_chunks * size).batch(size)
         for c, (train_SxK, clean_SxK) in enumerate(chunks.prefetch(1).as_numpy_iterator()):
@@ -219,7 +226,7 @@ def _train_order(md: members_lib.MemberData, phase: str, feed: Feed
                  ) -> device_data.StreamOrder:
     """One member's training-stream order on the device path: the rows ``_train_dataset``
     draws (resample: the balanced rows, mapped back to rows of the noisy training set)."""
-    processes = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    processes = _processes()
     if phase == "clean":
         return device_data.StreamOrder(md.seed, device_data.TRAIN_STREAM,
                                        len(md.splits.clean_labels), feed.batch_size,
@@ -281,8 +288,7 @@ def _device_calls(make_member_step, members, groups, mesh, feed, start_step, sto
         orders = [([_train_order(md, phase, feed) for md in members[g]],
                    [device_data.StreamOrder(md.seed, device_data.CLEAN_STREAM,
                                             len(md.splits.clean_labels), feed.clean_batch_size,
-                                            process_index=jax.process_index(),
-                                            process_count=jax.process_count())
+                                            **_processes())
                     for md in members[g]]) for g in groups]
         t = max(start_step, first)
         while t < min(end, stop_at):

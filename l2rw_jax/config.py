@@ -330,6 +330,11 @@ def _check(c, check_devices: bool) -> None:
     if p.num_devices > len(jax.devices()):
         raise ValueError(f"loop.num_devices={p.num_devices} but only {len(jax.devices())} "
                          f"devices exist.")
+    if jax.process_count() > 1 and p.num_devices not in (0, len(jax.devices())):
+        # Every process must hold part of the mesh: each places its own rows on its devices.
+        raise ValueError(f"loop.num_devices={p.num_devices} in a job of {jax.process_count()} "
+                         f"processes; a multi-host run trains on every process's devices: use "
+                         f"loop.num_devices=0 (all {len(jax.devices())}).")
     n_dev = p.num_devices or len(jax.devices())
     for name in ("batch_size", "clean_batch_size", "eval_batch_size"):
         if d[name] % n_dev:

@@ -296,22 +296,28 @@ def augmentation_keys(seeds) -> np.ndarray:
 
 
 def test_batches(images_TxHxWxC: np.ndarray, labels_T: np.ndarray, mean_C, std_C,
-                 batch_size: int) -> list[dict]:
+                 batch_size: int, *, process_index: int = 0, process_count: int = 1
+                 ) -> list[dict]:
     """`input_pipeline.test_dataset`'s batches in numpy: `image, label, mask`, in order.
 
-    ceil(T / B) batches; row j of batch s is example `s B + j` when that is < T (`mask`
-    True), else a copy of the last example (`mask` False). Images normalised with the same
-    float32 arithmetic (:func:`normalization_table`), so the values are the stream's.
+    ceil(T / B) global batches; row j of batch s is example `s B + j` when that is < T
+    (`mask` True), else a copy of the last example (`mask` False). Each process gets its
+    rows `[process_index b, (process_index + 1) b)` of every batch, `b = B / process_count`
+    (as the stream). Images normalised with the same float32 arithmetic
+    (:func:`normalization_table`), so the values are the stream's.
     """
     t = len(labels_T)
     if t == 0:
         raise ValueError("the test set is empty.")
-    input_pipeline._check_batch("eval_batch_size", batch_size, 1, 1)
+    input_pipeline._check_processes(process_index, process_count)
+    input_pipeline._check_batch("eval_batch_size", batch_size, process_count, 1)
+    local = batch_size // process_count
     table_256xC = normalization_table([mean_C], [std_C], images_TxHxWxC.shape[-1])[0]
     channel = np.arange(images_TxHxWxC.shape[-1])
     out = []
     for start in range(0, t, batch_size):
-        pos_B = np.arange(start, start + batch_size)
+        pos_B = np.arange(start, start + batch_size)[process_index * local:
+                                                     (process_index + 1) * local]
         row_B = np.minimum(pos_B, t - 1)
         out.append({"image": table_256xC[images_TxHxWxC[row_B], channel],
                     "label": labels_T[row_B].astype(np.int32), "mask": pos_B < t})

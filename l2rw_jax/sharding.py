@@ -26,8 +26,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = "data") -> Mesh:
-    """A 1-D mesh over `devices` (default: all of `jax.devices()`, every process's)."""
+    """A 1-D mesh over `devices` (default: all of `jax.devices()`, every process's).
+
+    The devices are ordered by process (stable: each process's in the given order), so
+    process p holds block p of every batch axis split over the mesh: the rows
+    `[p B / P, (p + 1) B / P)` that the input streams give process p.
+    """
     devices = jax.devices() if devices is None else list(devices)
+    devices = sorted(devices, key=lambda d: d.process_index)
     if not devices:
         raise ValueError("data_mesh needs at least one device, got an empty list.")
     if not isinstance(axis_name, str) or not axis_name:
@@ -141,3 +147,22 @@ def shard_members(batch: Any, mesh: Mesh, members: slice = slice(None), *,
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """A full copy of ``tree`` on every device of ``mesh`` (states, accumulators)."""
     return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of ``tree``'s arrays with their global values, on every process.
+
+    A fully replicated or fully addressable array is copied from this process's devices;
+    an array split over several processes' devices is gathered
+    (``multihost_utils.process_allgather``, a collective: every process calls this in the
+    same order, as the training loop does). Copies, so they outlive donated buffers.
+    """
+    def get(x):
+        if (not isinstance(x, jax.Array) or x.is_fully_addressable
+                or x.is_fully_replicated):
+            return np.array(x)
+        from jax.experimental import multihost_utils
+
+        return np.array(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(get, tree)

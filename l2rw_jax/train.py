@@ -154,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     writer = workdir_lib.MetricsWriter(wd, start_step)
 
     def log_train(step: int, msums: list, n_steps: int, rate: float) -> None:
-        msum = _concat(jax.device_get(msums))
+        msum = _concat(sharding.to_host(msums))
         means = {name: np.asarray(msum[name], np.float64) / n_steps for name in run.metric_names}
         bad = sorted(name for name, v in means.items() if not np.all(np.isfinite(v)))
         if bad:
@@ -169,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     def evaluate_all(step: int) -> dict:
         out = {}
         for split, batches in eval_sets.items():
-            sums = _concat(jax.device_get([
+            sums = _concat(sharding.to_host([
                 evaluate.evaluate(eval_fn, state, batches,
                                   lambda b, g=g: sharding.shard_members(b, mesh, g))
                 for (state, _, _), g in zip(carries, groups)]))
@@ -190,7 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     zero_msums = [sharding.replicate(jax.tree.map(lambda x: np.zeros_like(x[g]), host_carry[2]),
                                      mesh) for g in groups]
     bar = tqdm(total=run.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-               disable=not loop.progress_bar, desc=f"{config.method.name} x{K}", mininterval=1.0)
+               disable=not (loop.progress_bar and workdir_lib.is_primary()),  # one bar per job
+               desc=f"{config.method.name} x{K}", mininterval=1.0)
     # Timing: a call of a (phase, length) not run before in this invocation compiles
     # (first_step_s); evaluations and checkpoints are timed apart, so steps_per_s is the
     # training loop's own rate (pipeline and logging included).
@@ -257,7 +258,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             if is_ckpt:
                 flush_pending()
                 writer.flush()
-                workdir_lib.save_checkpoint(manager, step, _concat(build.to_host(carries)), {
+                # Every process saves (orbax coordinates them; process 0 writes the numpy
+                # carry): the carry is gathered on each, a collective.
+                workdir_lib.save_checkpoint(manager, step, _concat(sharding.to_host(carries)), {
                     "history": history, "seeds": seeds, "num_classes": run.num_classes,
                     "mean": [md.mean.tolist() for md in members],
                     "std": [md.std.tolist() for md in members],
@@ -278,8 +281,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         return {"completed": False, "step": step, "timed_steps": timed_steps,
                 "timing_s": {k: float(v) for k, v in timing.items()}}
 
-    acc_host = _concat(jax.device_get([c[1] for c in carries]))
-    method_state = _concat(jax.device_get([c[0].method_state for c in carries]))
+    acc_host = _concat(sharding.to_host([c[1] for c in carries]))
+    method_state = _concat(sharding.to_host([c[0].method_state for c in carries]))
     for k, md in enumerate(members):
         weights = members_lib.example_weights(md, acc_host["w_sum"][k], acc_host["count"][k])
         if "g_sum" in acc_host:
