@@ -153,7 +153,7 @@ def erm() -> WeighingScheme:
 
 
 # The recommended robust variant of :func:`l2rw` (README "Robust reweighting" has the
-# evidence); ``train.ROBUST_L2RW`` is the same as config fields.
+# evidence); ``config.ROBUST_L2RW`` is the same as config fields (``method.l2rw.*``).
 ROBUST_OPTIONS = {"memory_decay": 0.9, "warmup_steps": 200, "weight_map": "sign",
                   "normalize": "class_balanced", "meta_params": "last"}
 
