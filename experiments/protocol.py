@@ -84,8 +84,9 @@ def setting_config(setting: str, method: str, num_steps: int = 0, num_seeds: int
         scale = num_steps / cfg.num_steps
         cfg.optim.lr_boundaries = tuple(max(1, round(b * scale)) for b in cfg.optim.lr_boundaries)
         cfg.num_steps = num_steps
-        cfg.loop.eval_every = min(cfg.loop.eval_every, num_steps)
-        cfg.loop.log_every = min(cfg.loop.log_every, num_steps)
+        # At least 10 evaluations on a short budget: best and final stay distinct points.
+        cfg.loop.eval_every = min(cfg.loop.eval_every, max(1, num_steps // 10))
+        cfg.loop.log_every = min(cfg.loop.log_every, max(1, num_steps // 10))
     if num_seeds:
         cfg.num_seeds = num_seeds
     cfg = config_lib.validate(cfg)
