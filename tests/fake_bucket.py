@@ -3,13 +3,15 @@
 does not (``open``, ``os.path``) would create ``<cwd>/gs:/...`` or fail, which the tests see.
 
 etils sends ``gs://`` to its TensorFlow backend whenever TensorFlow is installed, bypassing the
-mock, unless ``EPATH_USE_TF=false``: :func:`fake_gs` needs that set (it checks).
+mock, unless ``EPATH_USE_TF=false`` was set before the process's first path operation (the
+choice is cached): tests/conftest.py sets it, and :func:`fake_gs` checks that the mock is used.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 
+from etils import epath
 from etils.epath import testing as epath_testing
 
 PREFIX = "gs://"
@@ -18,9 +20,6 @@ PREFIX = "gs://"
 @contextlib.contextmanager
 def fake_gs(root: str):
     """Inside, ``epath.Path("gs://b/x")`` reads and writes ``<root>/b/x``."""
-    if os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0"):
-        raise RuntimeError("set EPATH_USE_TF=false: with TensorFlow installed etils sends gs:// "
-                           "to tf.io.gfile, past the mock.")
     root = os.path.abspath(root)
 
     def local(p) -> str:
@@ -46,4 +45,7 @@ def fake_gs(root: str):
     with epath_testing.mock_epath(
             copy=two, exists=one, glob=glob, isdir=one, listdir=one, makedirs=one, mkdir=one,
             open=one, remove=one, rename=two, replace=two, rmtree=one, stat=one, walk=walk):
+        if type(epath.Path(PREFIX + "b")._backend).__name__ != "_MockBackend":
+            raise RuntimeError("gs:// is not faked: set EPATH_USE_TF=false before the process's "
+                               "first epath call (etils sends gs:// to tf.io.gfile otherwise).")
         yield

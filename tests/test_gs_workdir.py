@@ -48,7 +48,6 @@ def _config(npz):
 @pytest.fixture
 def bucket(tmp_path, monkeypatch):
     """(the folder behind gs://, an empty current directory), the fake bucket on."""
-    monkeypatch.setenv("EPATH_USE_TF", "false")  # Else etils sends gs:// to tf.io.gfile.
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -129,7 +128,7 @@ def test_quickstart_on_gs_writes_only_into_the_bucket_then_stops_at_orbax(npz, t
              "--config.loop.progress_bar=False"]
     out = subprocess.run([sys.executable, "-c", code, "--workdir=gs://b/run", "--methods=erm",
                           *flags], cwd=cwd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "EPATH_USE_TF": "false",
+                         env={**os.environ, "EPATH_USE_TF": "false",  # As conftest.py.
                               "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])})
     assert out.returncode != 0
     assert ("ImportError: workdir 'gs://b/run/erm': orbax checkpoints on gs:// need "
