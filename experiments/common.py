@@ -72,7 +72,8 @@ def initialize_distributed() -> None:
     logging.info("Process %d of %d.", index, count)
 
 
-def run_methods(config, workdir: workdir_lib.PathLike, methods: Sequence[str], overrides=None) -> dict:
+def run_methods(config, workdir: workdir_lib.PathLike, methods: Sequence[str],
+                overrides=None) -> dict:
     """Trains ``config`` once per method, each in ``<workdir>/<method>``; {method: results}.
 
     ``overrides(method) -> dict`` may change fields per method (e.g. the official code's batch
