@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
+from l2rw_jax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "cifar_uniform.py"),
@@ -31,14 +32,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.quiet_checkpoint_logs()
-    config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    config, workdir = _CONFIG.value, workdir_lib.path(_WORKDIR.value)  # gs:// stays a URI.
     results = common.run_methods(config, workdir, _METHODS.value or [config.method.name])
     table = common.method_table(results)
     print(table)
-    common.write_text(os.path.join(workdir, "table.md"), table + "\n")
-    common.write_json(os.path.join(workdir, "summary.json"), results)
-    common.plot_curves({m: common.test_curve(os.path.join(workdir, m)) for m in results},
-                       os.path.join(workdir, "accuracy.png"),
+    common.write_text(workdir / "table.md", table + "\n")
+    common.write_json(workdir / "summary.json", results)
+    common.plot_curves({m: common.test_curve(workdir / m) for m in results},
+                       workdir / "accuracy.png",
                        f"{config.data.dataset}: {config.data.noise_ratio:.0%} "
                        f"{config.data.noise} flip")
 

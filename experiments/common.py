@@ -1,8 +1,7 @@
 """What the entry points share: running several methods of one config, tables, curves, plots."""
 from __future__ import annotations
 
-import json
-import os
+import io
 import sys
 from typing import Callable, Sequence
 
@@ -73,7 +72,8 @@ def initialize_distributed() -> None:
     logging.info("Process %d of %d.", index, count)
 
 
-def run_methods(config, workdir: str, methods: Sequence[str], overrides=None) -> dict:
+def run_methods(config, workdir: workdir_lib.PathLike, methods: Sequence[str],
+                overrides=None) -> dict:
     """Trains ``config`` once per method, each in ``<workdir>/<method>``; {method: results}.
 
     ``overrides(method) -> dict`` may change fields per method (e.g. the official code's batch
@@ -90,7 +90,8 @@ def run_methods(config, workdir: str, methods: Sequence[str], overrides=None) ->
         cfg.method.name = method
         cfg.update((overrides or (lambda m: {}))(method))
         configs[method] = config_lib.validate(cfg)
-    return {method: l2rw_jax.train_and_evaluate(cfg, os.path.join(workdir, method))
+    root = workdir_lib.path(workdir)  # gs:// keeps its scheme; a local path is made absolute.
+    return {method: l2rw_jax.train_and_evaluate(cfg, root / method)
             for method, cfg in configs.items()}
 
 
@@ -121,19 +122,18 @@ def method_table(results: dict) -> str:
     return markdown_table(header, rows)
 
 
-def test_curve(workdir: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps_E, accuracy_KxE) of the test evaluations in ``<workdir>/metrics.jsonl``."""
+def test_curve(workdir: workdir_lib.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(steps_E, accuracy_KxE) of the test evaluations in ``<workdir>/metrics.jsonl`` (local or
+    a URI)."""
     by_seed: dict[int, dict[int, float]] = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if r["split"] == "test":
-                by_seed.setdefault(r["seed"], {})[r["step"]] = r["accuracy"]
+    for r in workdir_lib.read_jsonl(workdir_lib.path(workdir) / "metrics.jsonl"):
+        if r["split"] == "test":
+            by_seed.setdefault(r["seed"], {})[r["step"]] = r["accuracy"]
     steps = np.array(sorted(next(iter(by_seed.values()))))
     return steps, np.array([[accs[s] for s in steps] for _, accs in sorted(by_seed.items())])
 
 
-def plot_curves(curves: dict, path: str, title: str) -> None:
+def plot_curves(curves: dict, path: workdir_lib.PathLike, title: str) -> None:
     """Test accuracy over training: the mean over seeds, shaded from the min to the max seed."""
     import matplotlib
     matplotlib.use("Agg")
@@ -153,7 +153,7 @@ def plot_curves(curves: dict, path: str, title: str) -> None:
     _save(fig, path)
 
 
-def plot_error_vs_fraction(results: dict, methods: Sequence[str], path: str,
+def plot_error_vs_fraction(results: dict, methods: Sequence[str], path: workdir_lib.PathLike,
                            paper: dict | None = None) -> None:
     """Test error (%) against the majority fraction p, mean with 95% CI bars, per method;
     ``paper = {p: {method: error}}`` adds the paper's values as crosses."""
@@ -185,19 +185,22 @@ def plot_error_vs_fraction(results: dict, methods: Sequence[str], path: str,
     _save(fig, path)
 
 
-def _save(fig, path: str) -> None:
+def _save(fig, path: workdir_lib.PathLike) -> None:
+    """``fig`` as a PNG at ``path`` (local or a URI) through the one atomic writer; closes it."""
     import matplotlib.pyplot as plt
 
     if not workdir_lib.is_primary():  # Multi-host: process 0 writes the files.
         plt.close(fig)
         return
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    # Rendered to bytes first: matplotlib writes only local files, the writer also gs://.
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    workdir_lib.atomic_write(path, lambda f: f.write(buf.getvalue()), mode="wb")
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: workdir_lib.PathLike, obj) -> None:
+    """Atomic JSON file, local or a URI; on process 0 only."""
     workdir_lib.write_json(path, obj)
 
 
@@ -211,10 +214,7 @@ def quiet_checkpoint_logs() -> None:
         lambda record: record.levelno >= std_logging.WARNING or "orbax" not in record.pathname)
 
 
-def write_text(path: str, text: str) -> None:
-    if not workdir_lib.is_primary():  # Multi-host: process 0 writes the files.
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def write_text(path: workdir_lib.PathLike, text: str) -> None:
+    """Atomic text file, local or a URI; on process 0 only."""
+    if workdir_lib.is_primary():  # Multi-host: process 0 writes the files.
+        workdir_lib.atomic_write(path, lambda f: f.write(text))

@@ -16,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
+from l2rw_jax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "quickstart.py"),
@@ -28,17 +29,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.quiet_checkpoint_logs()
-    workdir = os.path.abspath(_WORKDIR.value)
+    workdir = workdir_lib.path(_WORKDIR.value)  # gs:// stays a URI; local: absolute.
     results = common.run_methods(_CONFIG.value, workdir, _METHODS.value)
     config = _CONFIG.value
     d = config.data
     print(f"\n{d.dataset}, {d.noise} flip {d.noise_ratio:.0%}, {d.clean_per_class} clean per "
           f"class, {config.model.name}, {config.num_steps} steps")
     print(common.method_table(results))
-    path = os.path.join(workdir, "accuracy.png")
-    common.plot_curves({m: common.test_curve(os.path.join(workdir, m)) for m in results}, path,
+    path = workdir / "accuracy.png"
+    common.plot_curves({m: common.test_curve(workdir / m) for m in results}, path,
                        f"{d.dataset}: {d.noise_ratio:.0%} {d.noise} label noise")
-    print(f"\nplot: {path}\nruns: {', '.join(os.path.join(workdir, m) for m in results)}")
+    print(f"\nplot: {path}\nruns: {', '.join(str(workdir / m) for m in results)}")
 
 
 if __name__ == "__main__":
