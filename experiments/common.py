@@ -1,6 +1,7 @@
 """What the entry points share: running several methods of one config, tables, curves, plots."""
 from __future__ import annotations
 
+import difflib
 import io
 import sys
 from typing import Callable, Sequence
@@ -9,6 +10,7 @@ import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 import l2rw_jax
 from l2rw_jax import config as config_lib
@@ -52,7 +54,55 @@ def run_main(main: Callable[[Sequence[str]], None]) -> None:
             print(f"error: {e} (--verbose for the traceback)", file=sys.stderr)
             sys.exit(2)
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=_parse_flags)
+
+
+def define_config(default_path: str, help_text: str):
+    """``--config``: a ``get_config()`` file with overridable fields (``--config.num_steps=20``),
+    locked (a typo is an error, not a new field). A bad override is a one-line error naming the
+    field, with the closest field or the new place of a field of the old flat config
+    (traceback with ``--verbose``)."""
+    try:
+        # config_flags reads the --config.* overrides from sys.argv here, at definition.
+        return config_flags.DEFINE_config_file("config", default_path, help_text,
+                                               lock_config=True)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        _config_error(e, sys.argv)
+
+
+def _parse_flags(argv):
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # --config.* overrides
+        _config_error(e, argv)
+
+
+def _config_error(error: Exception, argv: Sequence[str]) -> None:
+    if "--verbose" in argv:
+        raise error
+    print(f"error: {_override_message(error, argv)} (--verbose for the traceback)",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+def _override_message(error: Exception, argv: Sequence[str]) -> str:
+    """The first ``--config.<field>`` of ``argv`` that the config does not have, with the
+    field it moved to (old flat config) or the closest one; else ``error``'s own text."""
+    known = set(config_lib.flatten(config_lib.default_config().to_dict()))
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        field = arg[len("--config."):].split("=", 1)[0]
+        if field in known or any(field.startswith(k + ".") for k in known) or ".options." in (
+                f"{field}."):  # model.options takes the model's own keyword arguments
+            continue
+        if field in config_lib.LEGACY_FIELDS:
+            return (f"--config.{field}: no such config field; it moved to "
+                    f"--config.{config_lib.LEGACY_FIELDS[field]}.")
+        close = difflib.get_close_matches(field, sorted(known), n=1)
+        hint = f"; did you mean --config.{close[0]}?" if close else ""
+        return f"--config.{field}: no such config field{hint}"
+    return " ".join(str(error).replace("\\n", " ").split()).strip("'\"")
 
 
 def initialize_distributed() -> None:

@@ -22,14 +22,13 @@ import os
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 from l2rw_jax import workdir as workdir_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "mnist_imbalance.py"),
-    "Training config; fields overridable (--config.num_seeds=10).", lock_config=True)
+_CONFIG = common.define_config(
+    os.path.join(os.path.dirname(__file__), "configs", "mnist_imbalance.py"),
+    "Training config; fields overridable (--config.num_seeds=10).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
 _METHODS = flags.DEFINE_list("methods", None, "Methods to run (default: the config's).")
 _FRACTIONS = flags.DEFINE_list(

@@ -27,7 +27,6 @@ import os
 import numpy as np
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 import l2rw_jax
@@ -36,9 +35,9 @@ from l2rw_jax import results as results_lib
 from l2rw_jax import workdir as workdir_lib
 from l2rw_jax.audit import label_issues
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "robust_protocol.py"),
-    "Protocol config; fields overridable (--config.num_seeds=5).", lock_config=True)
+_CONFIG = common.define_config(
+    os.path.join(os.path.dirname(__file__), "configs", "robust_protocol.py"),
+    "Protocol config; fields overridable (--config.num_seeds=5).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
 _SETTINGS = flags.DEFINE_list("settings", ["uniform", "background", "none"],
                               "Noise settings: uniform, background (40% each) and none.")

@@ -316,13 +316,19 @@ def _check(c, check_devices: bool) -> None:
         raise ValueError(f"data.pixel_scale must be 'standardize' or 'unit', got "
                          f"{d.pixel_scale!r}.")
     datasets.check_name(d.dataset)
+    if d.noise not in ("uniform", "background") and d.noise_ratio != 0:
+        raise ValueError(f"data.noise_ratio={d.noise_ratio} only applies to data.noise 'uniform' "
+                         f"or 'background'; with data.noise={d.noise!r} set data.noise_ratio=0.")
     # Whether the data brings its own clean set is known once it is loaded: make_splits checks
     # clean_per_class against it again then.
     corruption.check_split_args(num_classes=None, seed=c.seed, clean_given=None,
                                 **split_options(d))
     models.create_model(c.model.name, 2, **model_kwargs(c.model))  # Checks name and options.
     scheme, options = weighing(c.method)
-    methods.get_scheme(scheme, **options)  # Checks the scheme's options.
+    try:
+        methods.get_scheme(scheme, **options)  # Checks the scheme's options.
+    except ValueError as e:  # Named by its config group: the message says the option.
+        raise ValueError(f"method.{scheme}: {e}") from None
     if not check_devices:
         return
     import jax  # Here: the device count is the only thing validation asks JAX.
