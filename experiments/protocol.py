@@ -1,0 +1,226 @@
+"""The two-regime CPU protocol (issue 15 §2): ERM, class-balanced training, the paper's L2RW and
+the recommended default, in settings where plain training memorises the flipped labels.
+
+    L2RW_DEV_DATA=../shared/data python -m experiments.protocol --workdir=workdirs/protocol \\
+        [--settings=digits_uniform40,mnist_mlp_uniform40] [--num_steps=8000] [--num_seeds=5]
+
+Settings: experiments/configs/protocol.py. Each (setting, method) trains the setting's seeds
+(5) in `<workdir>/<setting>/steps<N>/<method>`, resumed if interrupted, skipped if finished.
+Per setting it prints and writes `<workdir>/<setting>/steps<N>/table.md`, `summary.json` and
+`accuracy.png` (test accuracy over training, one line per method: the mean over seeds, shaded
+from the lowest to the highest seed), and copies them to
+`<results_dir>/protocol_<setting>.{md,json,png}` (default results_dir: benchmarks/results),
+with the command, the date and the versions.
+
+Columns: final and best test accuracy over the evaluations (mean +- 95% CI over seeds, Student
+t), the drop from each seed's best to its final accuracy (memorisation shows as a large ERM
+drop), steps per second. Under the table: the recommended default's final accuracy minus
+ERM's, class-balanced training's and the paper rule's (issue 15 §3's criteria).
+
+Methods: `erm`; `resample` (class-balanced plain training: batches drawn class-balanced from
+the noisy labels); `l2rw` (the paper's algorithm, config.PAPER_L2RW); `recommended` (the
+library's default method.l2rw options, config.ROBUST_L2RW).
+
+Why a command of its own rather than settings of experiments/robust.py: robust.py varies the
+noise of one config and tabulates final accuracy and detection precision; here each setting
+is its own dataset, model and budget, and the protocol's point is the curve over training
+(best vs final).
+
+`--num_steps` shortens (or lengthens) every setting's budget; the learning-rate boundaries
+scale with it and the table says the budget is not the setting's own.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shutil
+import sys
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from experiments import common
+from experiments.configs import protocol as protocol_config
+import l2rw_jax
+from l2rw_jax import config as config_lib
+from l2rw_jax import results as results_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
+_SETTINGS = flags.DEFINE_list(
+    "settings", ["digits_uniform40", "mnist_mlp_uniform40", "mnist_mlp_background40"],
+    f"Settings to run, of {list(protocol_config.SETTINGS)}.")
+_METHODS = flags.DEFINE_list("methods", None, "Methods (default: erm,resample,l2rw,recommended).")
+_NUM_STEPS = flags.DEFINE_integer(
+    "num_steps", 0, "Step budget of every setting (0: each setting's own; lr boundaries scale).",
+    lower_bound=0)
+_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 0, "Seeds per run (0: the setting's, 5).",
+                                  lower_bound=0)
+_TRAIN = flags.DEFINE_bool(
+    "train", True, "Train what is missing (--notrain: only tabulate the finished runs).")
+_RESULTS_DIR = flags.DEFINE_string(
+    "results_dir", "benchmarks/results", "Where the table, summary and plot are copied as "
+    "protocol_<setting>.{md,json,png} (empty: not copied).")
+
+# name -> config overrides. Every l2rw option explicit, so the rows do not move with defaults.
+_DEFAULT_L2RW = dict(config_lib.default_config().method.l2rw.to_dict())
+METHODS = {
+    "erm": {"method": {"name": "erm"}},
+    "resample": {"method": {"name": "resample"}},
+    "l2rw": {"method": {"name": "l2rw", "l2rw": dict(_DEFAULT_L2RW, **config_lib.PAPER_L2RW)}},
+    "recommended": {"method": {"name": "l2rw",
+                               "l2rw": dict(_DEFAULT_L2RW, **config_lib.ROBUST_L2RW)}},
+}
+COLUMNS = ["method", "seeds", "final test acc %", "best test acc %", "best - final (points)",
+           "best step (median)", "steps/s"]
+
+
+def setting_config(setting: str, method: str, num_steps: int = 0, num_seeds: int = 0):
+    """The validated config of one (setting, method) run; ``num_steps`` / ``num_seeds`` 0 keep
+    the setting's (the lr boundaries scale with ``num_steps``)."""
+    cfg = protocol_config.get_config(setting)
+    if num_steps:
+        scale = num_steps / cfg.num_steps
+        cfg.optim.lr_boundaries = tuple(max(1, round(b * scale)) for b in cfg.optim.lr_boundaries)
+        cfg.num_steps = num_steps
+        # At least 10 evaluations on a short budget: best and final stay distinct points.
+        cfg.loop.eval_every = min(cfg.loop.eval_every, max(1, num_steps // 10))
+        cfg.loop.log_every = min(cfg.loop.log_every, max(1, num_steps // 10))
+    if num_seeds:
+        cfg.num_seeds = num_seeds
+    cfg = config_lib.validate(cfg)
+    cfg.update(METHODS[method])
+    return config_lib.validate(cfg)
+
+
+def summarize(results: dict, run_dir: str) -> dict:
+    """One method's row: final / best accuracy, the per-seed best-to-final drop, the curve."""
+    steps_E, acc_KxE = common.test_curve(run_dir)
+    final_K = np.array(results["final_test_accuracy"]["per_seed"])
+    best_K = np.array(results["best_test_accuracy"]["per_seed"])
+    return {"final_test_accuracy": results["final_test_accuracy"],
+            "best_test_accuracy": results["best_test_accuracy"],
+            "drop": results_lib.mean_ci95(best_K - final_K),
+            "best_step": results["best_step"],
+            "selected_test_accuracy": results["selected_test_accuracy"],
+            "steps_per_s": results["steps_per_s"], "wall_time_s": results["wall_time_s"],
+            "num_seeds": results["num_seeds"],
+            "curve": {"steps": steps_E.tolist(), "accuracy_per_seed": acc_KxE.tolist()}}
+
+
+def table(rows: dict) -> str:
+    """The markdown table of one setting: one row per method (COLUMNS)."""
+    body = []
+    for m, r in rows.items():
+        drop = r["drop"]
+        body.append([m, r["num_seeds"], common.fmt(r["final_test_accuracy"]),
+                     common.fmt(r["best_test_accuracy"]),
+                     f"{100 * drop['mean']:.2f}" + (f" +- {100 * drop['ci95']:.2f}"
+                                                    if drop["ci95"] is not None else ""),
+                     f"{int(np.median(r['best_step']))}", f"{r['steps_per_s']:.1f}"])
+    return common.markdown_table(COLUMNS, body)
+
+
+def criteria(rows: dict) -> str:
+    """Issue 15 §3: the recommended default's final accuracy minus the others' (points)."""
+    if "recommended" not in rows:
+        return ""
+    rec = rows["recommended"]["final_test_accuracy"]
+    parts = []
+    for m in ("erm", "resample", "l2rw"):
+        if m in rows:
+            other = rows[m]["final_test_accuracy"]
+            diff = 100 * (rec["mean"] - other["mean"])
+            parts.append(f"{m} {diff:+.2f}")
+    return "recommended minus (final test accuracy, points): " + ", ".join(parts)
+
+
+def _provenance(argv) -> dict:
+    import flax
+    import jax
+    import optax
+
+    return {"command": "python -m experiments.protocol " + " ".join(argv[1:]),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                         "flax": flax.__version__, "optax": optax.__version__,
+                         "numpy": np.__version__, "l2rw_jax": l2rw_jax.__version__},
+            "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}, "
+                      f"{os.cpu_count()} CPU cores"}
+
+
+def run_setting(setting: str, methods, workdir: str, num_steps: int, num_seeds: int,
+                train: bool, provenance: dict) -> tuple[str, dict]:
+    """Trains (or reads) one setting's methods; writes and returns (table text, summary)."""
+    configs = {m: setting_config(setting, m, num_steps, num_seeds) for m in methods}
+    cfg0 = next(iter(configs.values()))
+    own_steps = protocol_config.get_config(setting).num_steps
+    setting_dir = os.path.join(workdir, setting, f"steps{cfg0.num_steps}")
+    rows = {}
+    for m, cfg in configs.items():
+        run_dir = os.path.join(setting_dir, m)
+        if not train and not os.path.exists(os.path.join(run_dir, "results.json")):
+            continue
+        print(f"--- {setting} / {m}", flush=True)
+        rows[m] = summarize(l2rw_jax.train_and_evaluate(cfg, run_dir), run_dir)
+    d = cfg0.data
+    budget = (f"{cfg0.num_steps} steps" if cfg0.num_steps == own_steps else
+              f"{cfg0.num_steps} steps (SHORTENED budget: the setting's own is {own_steps})")
+    head = (f"{setting}: {os.path.basename(d.dataset)}, {cfg0.model.name} "
+            f"{dict(cfg0.model.options)}, {d.noise} flip {d.noise_ratio:.0%}, "
+            f"{d.clean_per_class} clean per class, batch {d.batch_size} + {d.clean_batch_size} "
+            f"clean, SGD momentum {cfg0.optim.momentum} lr {cfg0.optim.learning_rate}, {budget}, "
+            f"{cfg0.num_seeds} seeds; test accuracy mean +- 95% CI over seeds "
+            f"(best: the highest of the evaluations every {cfg0.loop.eval_every} steps)")
+    text = table(rows)
+    crit = criteria(rows)
+    foot = (f"\n\n{crit}" if crit else "") + (
+        f"\n\ncommand: `{provenance['command']}`; {provenance['date']}; {provenance['device']}; "
+        + ", ".join(f"{k} {v}" for k, v in provenance["versions"].items()))
+    full = head + "\n\n" + text + foot + "\n"
+    summary = {"setting": setting, "num_steps": cfg0.num_steps, "setting_num_steps": own_steps,
+               "shortened": cfg0.num_steps < own_steps, **provenance,
+               "configs": {m: c.to_dict() for m, c in configs.items()}, "methods": rows}
+    common.write_text(os.path.join(setting_dir, "table.md"), full)
+    common.write_json(os.path.join(setting_dir, "summary.json"), summary)
+    if rows:
+        common.plot_curves(
+            {m: (np.array(r["curve"]["steps"]), np.array(r["curve"]["accuracy_per_seed"]))
+             for m, r in rows.items()}, os.path.join(setting_dir, "accuracy.png"),
+            f"{setting}, {cfg0.num_steps} steps")
+    return full, summary
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    methods = _METHODS.value or list(METHODS)
+    bad = ([s for s in _SETTINGS.value if s not in protocol_config.SETTINGS],
+           [m for m in methods if m not in METHODS])
+    if any(bad):
+        raise app.UsageError(f"unknown settings {bad[0]} / methods {bad[1]}; allowed: "
+                             f"{list(protocol_config.SETTINGS)} / {list(METHODS)}.")
+    common.quiet_checkpoint_logs()
+    workdir = os.path.abspath(_WORKDIR.value)
+    # Every run's config is built (and validated) before the first trains: a typo fails now.
+    for s in _SETTINGS.value:
+        for m in methods:
+            setting_config(s, m, _NUM_STEPS.value, _NUM_SEEDS.value)
+    provenance = _provenance(sys.argv)
+    for s in _SETTINGS.value:
+        text, summary = run_setting(s, methods, workdir, _NUM_STEPS.value, _NUM_SEEDS.value,
+                                    _TRAIN.value, provenance)
+        print("\n" + text, flush=True)
+        if _RESULTS_DIR.value and summary["methods"]:
+            os.makedirs(_RESULTS_DIR.value, exist_ok=True)
+            setting_dir = os.path.join(workdir, s, f"steps{summary['num_steps']}")
+            for name, ext in (("table.md", "md"), ("summary.json", "json"),
+                              ("accuracy.png", "png")):
+                dst = os.path.join(_RESULTS_DIR.value, f"protocol_{s}.{ext}")
+                shutil.copyfile(os.path.join(setting_dir, name), dst + ".tmp")
+                os.replace(dst + ".tmp", dst)
+
+
+if __name__ == "__main__":
+    common.run_main(main)

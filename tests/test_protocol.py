@@ -1,0 +1,69 @@
+"""experiments.protocol: the command end to end on a tiny budget, and its per-method configs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import protocol
+from experiments.configs import protocol as protocol_config
+from l2rw_jax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_method_configs_are_the_paper_rule_and_the_library_default():
+    default = config_lib.default_config().method.l2rw.to_dict()
+    paper = protocol.setting_config("digits_uniform40", "l2rw")
+    rec = protocol.setting_config("digits_uniform40", "recommended")
+    assert paper.method.name == rec.method.name == "l2rw"
+    assert paper.method.l2rw.to_dict() == dict(default, **config_lib.PAPER_L2RW)
+    # "recommended" is the library's default (so the protocol measures what users get).
+    assert rec.method.l2rw.to_dict() == default
+    assert protocol.setting_config("digits_uniform40", "resample").method.name == "resample"
+    # A shortened budget scales the lr boundaries (1000 of 1500 -> 20 of 30) and the seeds.
+    short = protocol.setting_config("digits_uniform40", "erm", num_steps=30, num_seeds=2)
+    assert (short.num_steps, tuple(short.optim.lr_boundaries), short.num_seeds) == (30, (20,), 2)
+    assert protocol_config.get_config("digits_uniform40").num_seeds == 5
+    with pytest.raises(ValueError, match=r"protocol config argument must be one of .*'digi'"):
+        protocol_config.get_config("digi")
+
+
+def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
+    res = tmp_path / "res"
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.protocol", f"--workdir={tmp_path}/w",
+         "--settings=digits_uniform40", "--num_steps=20", "--num_seeds=2",
+         f"--results_dir={res}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    methods = list(protocol.METHODS)
+    for ext in ("md", "json", "png"):
+        assert (res / f"protocol_digits_uniform40.{ext}").stat().st_size > 0
+    summary = json.loads((res / "protocol_digits_uniform40.json").read_text())
+    assert sorted(summary["methods"]) == sorted(methods)  # written with sorted keys
+    assert summary["shortened"] and summary["num_steps"] == 20
+    assert summary["command"].startswith("python -m experiments.protocol --workdir=")
+    for m, r in summary["methods"].items():
+        acc_KxE = np.array(r["curve"]["accuracy_per_seed"])
+        # 2 seeds x 10 evaluations (a short budget is evaluated at least 10 times).
+        assert acc_KxE.shape == (2, 10) and r["curve"]["steps"] == list(range(2, 21, 2))
+        # Final, best and drop are the curve's last point, its max and their difference.
+        np.testing.assert_allclose(r["final_test_accuracy"]["per_seed"], acc_KxE[:, -1])
+        np.testing.assert_allclose(r["best_test_accuracy"]["per_seed"], acc_KxE.max(1))
+        np.testing.assert_allclose(r["drop"]["per_seed"], acc_KxE.max(1) - acc_KxE[:, -1])
+        run = json.loads((tmp_path / "w" / "digits_uniform40" / "steps20" / m /
+                          "results.json").read_text())
+        assert run["final_test_accuracy"] == r["final_test_accuracy"]
+    lines = (res / "protocol_digits_uniform40.md").read_text().splitlines()
+    assert "SHORTENED budget" in lines[0]
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert header == protocol.COLUMNS
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[4:4 + len(methods)]]
+    assert [r[0] for r in rows] == methods
+    for row, m in zip(rows, methods):
+        final = summary["methods"][m]["final_test_accuracy"]
+        assert row[1] == "2" and row[2] == (f"{100 * final['mean']:.2f} +- "
+                                            f"{100 * final['ci95']:.2f}")
+    assert lines[4 + len(methods) + 1].startswith("recommended minus (final test accuracy")
