@@ -9,8 +9,9 @@ Settings: experiments/configs/protocol.py. Each (setting, method) trains the set
 Per setting it prints and writes `<workdir>/<setting>/steps<N>/table.md`, `summary.json` and
 `accuracy.png` (test accuracy over training, one line per method: the mean over seeds, shaded
 from the lowest to the highest seed), and copies them to
-`<results_dir>/protocol_<setting>.{md,json,png}` (default results_dir: benchmarks/results),
-with the command, the date and the versions.
+`<results_dir>/protocol_<setting>.{md,json,png}` (default results_dir: benchmarks/results;
+`protocol_<setting>_steps<N>.*` for a budget other than the setting's own), with the command,
+the date and the versions.
 
 Columns: final and best test accuracy over the evaluations (mean +- 95% CI over seeds, Student
 t), the drop from each seed's best to its final accuracy (memorisation shows as a large ERM
@@ -215,9 +216,13 @@ def main(argv):
         if _RESULTS_DIR.value and summary["methods"]:
             os.makedirs(_RESULTS_DIR.value, exist_ok=True)
             setting_dir = os.path.join(workdir, s, f"steps{summary['num_steps']}")
+            # A budget other than the setting's own is named by it: it never replaces the
+            # full-budget results (nor another budget's).
+            stem = f"protocol_{s}" + ("" if summary["num_steps"] == summary["setting_num_steps"]
+                                      else f"_steps{summary['num_steps']}")
             for name, ext in (("table.md", "md"), ("summary.json", "json"),
                               ("accuracy.png", "png")):
-                dst = os.path.join(_RESULTS_DIR.value, f"protocol_{s}.{ext}")
+                dst = os.path.join(_RESULTS_DIR.value, f"{stem}.{ext}")
                 shutil.copyfile(os.path.join(setting_dir, name), dst + ".tmp")
                 os.replace(dst + ".tmp", dst)
 

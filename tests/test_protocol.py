@@ -40,8 +40,10 @@ def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     methods = list(protocol.METHODS)
     for ext in ("md", "json", "png"):
-        assert (res / f"protocol_digits_uniform40.{ext}").stat().st_size > 0
-    summary = json.loads((res / "protocol_digits_uniform40.json").read_text())
+        assert (res / f"protocol_digits_uniform40_steps20.{ext}").stat().st_size > 0
+        # A shortened budget never takes the name of the setting's own (full-budget) results.
+        assert not (res / f"protocol_digits_uniform40.{ext}").exists()
+    summary = json.loads((res / "protocol_digits_uniform40_steps20.json").read_text())
     assert sorted(summary["methods"]) == sorted(methods)  # written with sorted keys
     assert summary["shortened"] and summary["num_steps"] == 20
     assert summary["command"].startswith("python -m experiments.protocol --workdir=")
@@ -56,7 +58,7 @@ def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
         run = json.loads((tmp_path / "w" / "digits_uniform40" / "steps20" / m /
                           "results.json").read_text())
         assert run["final_test_accuracy"] == r["final_test_accuracy"]
-    lines = (res / "protocol_digits_uniform40.md").read_text().splitlines()
+    lines = (res / "protocol_digits_uniform40_steps20.md").read_text().splitlines()
     assert "SHORTENED budget" in lines[0]
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     assert header == protocol.COLUMNS

@@ -328,7 +328,9 @@ def _load_config_module(name):
     ("mnist_noisy", [("uniform",), ("background",)]),
     ("cifar_uniform", [("cifar10",), ("cifar100",), ("dev",)]),
     ("cifar_background", [("cifar10",), ("cifar100",), ("dev",)]),
-    ("robust_protocol", [("cifar10_dev",), ("mnist",)])])
+    ("robust_protocol", [("cifar10_dev",), ("mnist",)]),
+    ("protocol", [("digits_uniform40",), ("mnist_mlp_uniform40",), ("mnist_mlp_background40",),
+                  ("cifar_fit_uniform40",)])])
 def test_preset_configs_are_valid(name, args, monkeypatch):
     monkeypatch.setenv("L2RW_DEV_DATA", "/dev-copies")  # The dev variants read it (dev_data.py).
     module = _load_config_module(name)
