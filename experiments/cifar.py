@@ -16,13 +16,13 @@ import os
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
+from l2rw_jax import workdir as workdir_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "cifar_uniform.py"),
-    "Training config; fields overridable (--config.num_steps=2000).", lock_config=True)
+_CONFIG = common.define_config(
+    os.path.join(os.path.dirname(__file__), "configs", "cifar_uniform.py"),
+    "Training config; fields overridable (--config.num_steps=2000).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
 _METHODS = flags.DEFINE_list("methods", None, "Methods to run (default: the config's).")
 
@@ -31,14 +31,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.quiet_checkpoint_logs()
-    config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    config, workdir = _CONFIG.value, workdir_lib.path(_WORKDIR.value)  # gs:// stays a URI.
     results = common.run_methods(config, workdir, _METHODS.value or [config.method.name])
     table = common.method_table(results)
     print(table)
-    common.write_text(os.path.join(workdir, "table.md"), table + "\n")
-    common.write_json(os.path.join(workdir, "summary.json"), results)
-    common.plot_curves({m: common.test_curve(os.path.join(workdir, m)) for m in results},
-                       os.path.join(workdir, "accuracy.png"),
+    common.write_text(workdir / "table.md", table + "\n")
+    common.write_json(workdir / "summary.json", results)
+    common.plot_curves({m: common.test_curve(workdir / m) for m in results},
+                       workdir / "accuracy.png",
                        f"{config.data.dataset}: {config.data.noise_ratio:.0%} "
                        f"{config.data.noise} flip")
 

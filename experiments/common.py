@@ -1,8 +1,8 @@
 """What the entry points share: running several methods of one config, tables, curves, plots."""
 from __future__ import annotations
 
-import json
-import os
+import difflib
+import io
 import sys
 from typing import Callable, Sequence
 
@@ -10,6 +10,7 @@ import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 import l2rw_jax
 from l2rw_jax import config as config_lib
@@ -53,7 +54,55 @@ def run_main(main: Callable[[Sequence[str]], None]) -> None:
             print(f"error: {e} (--verbose for the traceback)", file=sys.stderr)
             sys.exit(2)
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=_parse_flags)
+
+
+def define_config(default_path: str, help_text: str):
+    """``--config``: a ``get_config()`` file with overridable fields (``--config.num_steps=20``),
+    locked (a typo is an error, not a new field). A bad override is a one-line error naming the
+    field, with the closest field or the new place of a field of the old flat config
+    (traceback with ``--verbose``)."""
+    try:
+        # config_flags reads the --config.* overrides from sys.argv here, at definition.
+        return config_flags.DEFINE_config_file("config", default_path, help_text,
+                                               lock_config=True)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        _config_error(e, sys.argv)
+
+
+def _parse_flags(argv):
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # --config.* overrides
+        _config_error(e, argv)
+
+
+def _config_error(error: Exception, argv: Sequence[str]) -> None:
+    if "--verbose" in argv:
+        raise error
+    print(f"error: {_override_message(error, argv)} (--verbose for the traceback)",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+def _override_message(error: Exception, argv: Sequence[str]) -> str:
+    """The first ``--config.<field>`` of ``argv`` that the config does not have, with the
+    field it moved to (old flat config) or the closest one; else ``error``'s own text."""
+    known = set(config_lib.flatten(config_lib.default_config().to_dict()))
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        field = arg[len("--config."):].split("=", 1)[0]
+        if field in known or any(field.startswith(k + ".") for k in known) or ".options." in (
+                f"{field}."):  # model.options takes the model's own keyword arguments
+            continue
+        if field in config_lib.LEGACY_FIELDS:
+            return (f"--config.{field}: no such config field; it moved to "
+                    f"--config.{config_lib.LEGACY_FIELDS[field]}.")
+        close = difflib.get_close_matches(field, sorted(known), n=1)
+        hint = f"; did you mean --config.{close[0]}?" if close else ""
+        return f"--config.{field}: no such config field{hint}"
+    return " ".join(str(error).replace("\\n", " ").split()).strip("'\"")
 
 
 def initialize_distributed() -> None:
@@ -73,7 +122,8 @@ def initialize_distributed() -> None:
     logging.info("Process %d of %d.", index, count)
 
 
-def run_methods(config, workdir: str, methods: Sequence[str], overrides=None) -> dict:
+def run_methods(config, workdir: workdir_lib.PathLike, methods: Sequence[str],
+                overrides=None) -> dict:
     """Trains ``config`` once per method, each in ``<workdir>/<method>``; {method: results}.
 
     ``overrides(method) -> dict`` may change fields per method (e.g. the official code's batch
@@ -90,7 +140,8 @@ def run_methods(config, workdir: str, methods: Sequence[str], overrides=None) ->
         cfg.method.name = method
         cfg.update((overrides or (lambda m: {}))(method))
         configs[method] = config_lib.validate(cfg)
-    return {method: l2rw_jax.train_and_evaluate(cfg, os.path.join(workdir, method))
+    root = workdir_lib.path(workdir)  # gs:// keeps its scheme; a local path is made absolute.
+    return {method: l2rw_jax.train_and_evaluate(cfg, root / method)
             for method, cfg in configs.items()}
 
 
@@ -121,19 +172,18 @@ def method_table(results: dict) -> str:
     return markdown_table(header, rows)
 
 
-def test_curve(workdir: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps_E, accuracy_KxE) of the test evaluations in ``<workdir>/metrics.jsonl``."""
+def test_curve(workdir: workdir_lib.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(steps_E, accuracy_KxE) of the test evaluations in ``<workdir>/metrics.jsonl`` (local or
+    a URI)."""
     by_seed: dict[int, dict[int, float]] = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            r = json.loads(line)
-            if r["split"] == "test":
-                by_seed.setdefault(r["seed"], {})[r["step"]] = r["accuracy"]
+    for r in workdir_lib.read_jsonl(workdir_lib.path(workdir) / "metrics.jsonl"):
+        if r["split"] == "test":
+            by_seed.setdefault(r["seed"], {})[r["step"]] = r["accuracy"]
     steps = np.array(sorted(next(iter(by_seed.values()))))
     return steps, np.array([[accs[s] for s in steps] for _, accs in sorted(by_seed.items())])
 
 
-def plot_curves(curves: dict, path: str, title: str) -> None:
+def plot_curves(curves: dict, path: workdir_lib.PathLike, title: str) -> None:
     """Test accuracy over training: the mean over seeds, shaded from the min to the max seed."""
     import matplotlib
     matplotlib.use("Agg")
@@ -153,7 +203,7 @@ def plot_curves(curves: dict, path: str, title: str) -> None:
     _save(fig, path)
 
 
-def plot_error_vs_fraction(results: dict, methods: Sequence[str], path: str,
+def plot_error_vs_fraction(results: dict, methods: Sequence[str], path: workdir_lib.PathLike,
                            paper: dict | None = None) -> None:
     """Test error (%) against the majority fraction p, mean with 95% CI bars, per method;
     ``paper = {p: {method: error}}`` adds the paper's values as crosses."""
@@ -185,19 +235,22 @@ def plot_error_vs_fraction(results: dict, methods: Sequence[str], path: str,
     _save(fig, path)
 
 
-def _save(fig, path: str) -> None:
+def _save(fig, path: workdir_lib.PathLike) -> None:
+    """``fig`` as a PNG at ``path`` (local or a URI) through the one atomic writer; closes it."""
     import matplotlib.pyplot as plt
 
     if not workdir_lib.is_primary():  # Multi-host: process 0 writes the files.
         plt.close(fig)
         return
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    # Rendered to bytes first: matplotlib writes only local files, the writer also gs://.
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    workdir_lib.atomic_write(path, lambda f: f.write(buf.getvalue()), mode="wb")
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: workdir_lib.PathLike, obj) -> None:
+    """Atomic JSON file, local or a URI; on process 0 only."""
     workdir_lib.write_json(path, obj)
 
 
@@ -211,10 +264,7 @@ def quiet_checkpoint_logs() -> None:
         lambda record: record.levelno >= std_logging.WARNING or "orbax" not in record.pathname)
 
 
-def write_text(path: str, text: str) -> None:
-    if not workdir_lib.is_primary():  # Multi-host: process 0 writes the files.
-        return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def write_text(path: workdir_lib.PathLike, text: str) -> None:
+    """Atomic text file, local or a URI; on process 0 only."""
+    if workdir_lib.is_primary():  # Multi-host: process 0 writes the files.
+        workdir_lib.atomic_write(path, lambda f: f.write(text))

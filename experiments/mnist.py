@@ -22,13 +22,13 @@ import os
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
+from l2rw_jax import workdir as workdir_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "mnist_imbalance.py"),
-    "Training config; fields overridable (--config.num_seeds=10).", lock_config=True)
+_CONFIG = common.define_config(
+    os.path.join(os.path.dirname(__file__), "configs", "mnist_imbalance.py"),
+    "Training config; fields overridable (--config.num_seeds=10).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
 _METHODS = flags.DEFINE_list("methods", None, "Methods to run (default: the config's).")
 _FRACTIONS = flags.DEFINE_list(
@@ -46,7 +46,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.quiet_checkpoint_logs()
-    config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    config, workdir = _CONFIG.value, workdir_lib.path(_WORKDIR.value)  # gs:// stays a URI.
     methods = _METHODS.value or [config.method.name]
     hm = lambda m: {"data": {"batch_size": _HM_BATCH.value}} if m == "hard_mining" else {}
     if config.data.noise != "imbalance":
@@ -54,11 +54,11 @@ def main(argv):
             raise app.UsageError("--majority_fractions only applies to the imbalance config.")
         results = common.run_methods(config, workdir, methods, hm)
         print(common.method_table(results))
-        common.plot_curves({m: common.test_curve(os.path.join(workdir, m)) for m in results},
-                           os.path.join(workdir, "accuracy.png"),
+        common.plot_curves({m: common.test_curve(workdir / m) for m in results},
+                           workdir / "accuracy.png",
                            f"MNIST, {config.data.noise_ratio:.0%} {config.data.noise} flip")
-        common.write_text(os.path.join(workdir, "table.md"), common.method_table(results) + "\n")
-        common.write_json(os.path.join(workdir, "summary.json"), results)
+        common.write_text(workdir / "table.md", common.method_table(results) + "\n")
+        common.write_json(workdir / "summary.json", results)
         return
 
     fractions = [float(p) for p in (_FRACTIONS.value or [config.data.majority_fraction])]
@@ -66,7 +66,7 @@ def main(argv):
     for p in fractions:
         cfg = config.copy_and_resolve_references()
         cfg.data.majority_fraction = p
-        results[p] = common.run_methods(cfg, os.path.join(workdir, f"p{p}"), methods, hm)
+        results[p] = common.run_methods(cfg, workdir / f"p{p}", methods, hm)
     header = ["method"] + [f"p = {p}" for p in fractions]
     rows = [[m] + [common.fmt(results[p][m]["final_test_accuracy"], error=True)
                    for p in fractions] for m in methods]
@@ -77,10 +77,10 @@ def main(argv):
     table = common.markdown_table(header, rows)
     print(f"\nMNIST 4 vs 9, test error % (final, mean +- 95% CI over {config.num_seeds} seeds)")
     print(table)
-    common.write_text(os.path.join(workdir, "table.md"), table + "\n")
-    common.write_json(os.path.join(workdir, "summary.json"),
+    common.write_text(workdir / "table.md", table + "\n")
+    common.write_json(workdir / "summary.json",
                       {str(p): r for p, r in results.items()})
-    common.plot_error_vs_fraction(results, methods, os.path.join(workdir, "error.png"),
+    common.plot_error_vs_fraction(results, methods, workdir / "error.png",
                                   paper={0.995: PAPER_ERROR_0995})
 
 

@@ -45,7 +45,6 @@ from absl import flags
 from experiments import common
 from experiments.configs import protocol as protocol_config
 import l2rw_jax
-from l2rw_jax import config as config_lib
 from l2rw_jax import results as results_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
@@ -64,35 +63,12 @@ _RESULTS_DIR = flags.DEFINE_string(
     "results_dir", "benchmarks/results", "Where the table, summary and plot are copied as "
     "protocol_<setting>.{md,json,png} (empty: not copied).")
 
-# name -> config overrides. Every l2rw option explicit, so the rows do not move with defaults.
-_DEFAULT_L2RW = dict(config_lib.default_config().method.l2rw.to_dict())
-METHODS = {
-    "erm": {"method": {"name": "erm"}},
-    "resample": {"method": {"name": "resample"}},
-    "l2rw": {"method": {"name": "l2rw", "l2rw": dict(_DEFAULT_L2RW, **config_lib.PAPER_L2RW)}},
-    "recommended": {"method": {"name": "l2rw",
-                               "l2rw": dict(_DEFAULT_L2RW, **config_lib.ROBUST_L2RW)}},
-}
+# The methods and the config of one (setting, method) run live with the settings (no flags
+# there, so tests and notebooks can import them).
+METHODS = protocol_config.METHODS
+setting_config = protocol_config.setting_config
 COLUMNS = ["method", "seeds", "final test acc %", "best test acc %", "best - final (points)",
            "best step (median)", "steps/s"]
-
-
-def setting_config(setting: str, method: str, num_steps: int = 0, num_seeds: int = 0):
-    """The validated config of one (setting, method) run; ``num_steps`` / ``num_seeds`` 0 keep
-    the setting's (the lr boundaries scale with ``num_steps``)."""
-    cfg = protocol_config.get_config(setting)
-    if num_steps:
-        scale = num_steps / cfg.num_steps
-        cfg.optim.lr_boundaries = tuple(max(1, round(b * scale)) for b in cfg.optim.lr_boundaries)
-        cfg.num_steps = num_steps
-        # At least 10 evaluations on a short budget: best and final stay distinct points.
-        cfg.loop.eval_every = min(cfg.loop.eval_every, max(1, num_steps // 10))
-        cfg.loop.log_every = min(cfg.loop.log_every, max(1, num_steps // 10))
-    if num_seeds:
-        cfg.num_seeds = num_seeds
-    cfg = config_lib.validate(cfg)
-    cfg.update(METHODS[method])
-    return config_lib.validate(cfg)
 
 
 def summarize(results: dict, run_dir: str) -> dict:

@@ -20,24 +20,24 @@ after the other) relative to `erm`.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 
 import numpy as np
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 import l2rw_jax
 from l2rw_jax import config as config_lib
 from l2rw_jax import results as results_lib
+from l2rw_jax import workdir as workdir_lib
 from l2rw_jax.audit import label_issues
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "robust_protocol.py"),
-    "Protocol config; fields overridable (--config.num_seeds=5).", lock_config=True)
+_CONFIG = common.define_config(
+    os.path.join(os.path.dirname(__file__), "configs", "robust_protocol.py"),
+    "Protocol config; fields overridable (--config.num_seeds=5).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
 _SETTINGS = flags.DEFINE_list("settings", ["uniform", "background", "none"],
                               "Noise settings: uniform, background (40% each) and none.")
@@ -79,15 +79,16 @@ SETTINGS = {"uniform": {"data": dict(noise="uniform", noise_ratio=0.4)},
             "none": {"data": dict(noise="none", noise_ratio=0.0)}}
 
 
-def precision_at_noisy(workdir: str, seeds, key: str, suspect_high: bool) -> list[float] | None:
+def precision_at_noisy(workdir: workdir_lib.PathLike, seeds, key: str,
+                       suspect_high: bool) -> list[float] | None:
     """Per seed: precision@k of ranking the training examples by ``key`` of the run's
     example_weights (k = number of flipped examples); None when not recorded or no noise."""
     out = []
     for s in seeds:
-        path = os.path.join(workdir, f"example_weights_seed{s}.npz")
-        if not os.path.exists(path):
-            path = os.path.join(workdir, "example_weights.npz")
-        with np.load(path) as z:
+        path = workdir_lib.path(workdir) / f"example_weights_seed{s}.npz"
+        if not path.exists():
+            path = workdir_lib.path(workdir) / "example_weights.npz"
+        with np.load(io.BytesIO(path.read_bytes())) as z:  # Local or gs://.
             if key not in z.files or not z["is_noisy"].any():
                 return None
             score, is_noisy = z[key].astype(np.float64), z["is_noisy"]
@@ -96,7 +97,7 @@ def precision_at_noisy(workdir: str, seeds, key: str, suspect_high: bool) -> lis
     return out
 
 
-def summarize(results: dict, run_dir: str, erm_rate: float | None) -> dict:
+def summarize(results: dict, run_dir: workdir_lib.PathLike, erm_rate: float | None) -> dict:
     """The numbers of one (setting, variant) run for the table."""
     out = {"test_accuracy": results["final_test_accuracy"],
            "steps_per_s": results["steps_per_s"],
@@ -148,7 +149,7 @@ def table(summary: dict, settings, variants) -> str:
     return common.markdown_table(header, rows)
 
 
-def plot(summary: dict, settings, variants, path: str, title: str) -> None:
+def plot(summary: dict, settings, variants, path: workdir_lib.PathLike, title: str) -> None:
     """Grouped bars: test accuracy per setting, one bar per variant, 95% CI whiskers."""
     import matplotlib
     matplotlib.use("Agg")
@@ -186,7 +187,7 @@ def main(argv):
         raise app.UsageError(f"unknown variants {unknown} / settings {bad_settings}; allowed: "
                              f"{list(VARIANTS)} / {list(SETTINGS)}.")
     common.quiet_checkpoint_logs()
-    config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    config, workdir = _CONFIG.value, workdir_lib.path(_WORKDIR.value)  # gs:// stays a URI.
     # Every run is validated before the first one starts: a typo fails now, not in an hour.
     configs = {}
     for s in _SETTINGS.value:
@@ -201,8 +202,8 @@ def main(argv):
     for s in _SETTINGS.value:
         erm_rate = None
         for v in (["erm"] if "erm" in variants else []) + [v for v in variants if v != "erm"]:
-            run_dir = os.path.join(workdir, s, v)
-            if not _TRAIN.value and not os.path.exists(os.path.join(run_dir, "results.json")):
+            run_dir = workdir / s / v
+            if not _TRAIN.value and not (run_dir / "results.json").exists():
                 continue
             print(f"--- {s} / {v}", flush=True)
             results = l2rw_jax.train_and_evaluate(configs[s, v], run_dir)
@@ -215,17 +216,16 @@ def main(argv):
             f"{config.data.clean_per_class} clean per class, "
             f"{config.num_seeds} seeds; final test accuracy mean +- 95% CI")
     print(head + "\n" + text)
-    common.write_text(os.path.join(workdir, "table.md"), head + "\n\n" + text + "\n")
-    common.write_json(os.path.join(workdir, "summary.json"),
+    common.write_text(workdir / "table.md", head + "\n\n" + text + "\n")
+    common.write_json(workdir / "summary.json",
                       {"config": json.loads(config.to_json()), "summary": summary})
-    plot(summary, _SETTINGS.value, variants, os.path.join(workdir, "robust.png"),
+    plot(summary, _SETTINGS.value, variants, workdir / "robust.png",
          f"{source}, {config.model.name}, {config.num_steps} steps, {config.num_seeds} seeds")
-    if _RESULTS_DIR.value:
-        os.makedirs(_RESULTS_DIR.value, exist_ok=True)
+    if _RESULTS_DIR.value and workdir_lib.is_primary():
         for name, ext in (("table.md", "md"), ("summary.json", "json"), ("robust.png", "png")):
-            dst = os.path.join(_RESULTS_DIR.value, f"robust_{source}.{ext}")
-            shutil.copyfile(os.path.join(workdir, name), dst + ".tmp")
-            os.replace(dst + ".tmp", dst)
+            data = (workdir / name).read_bytes()
+            dst = workdir_lib.path(_RESULTS_DIR.value) / f"robust_{source}.{ext}"
+            workdir_lib.atomic_write(dst, lambda f: f.write(data), mode="wb")
 
 
 if __name__ == "__main__":

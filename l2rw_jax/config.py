@@ -246,7 +246,7 @@ def validate(config, *, check_devices: bool = True) -> ml_collections.ConfigDict
     """The config completed with defaults and checked; raises ValueError before any work.
 
     Accepts a ConfigDict or a dict, grouped, or flat from before the groups (:func:`upgrade`).
-    Unknown fields (typos) are errors naming the field and the allowed ones, as are values
+    Unknown fields (typos) are errors naming the field and the closest known one, as are values
     outside what is allowed (one line each). ``check_devices=False`` skips the checks against
     this machine's devices (``loop.num_devices``, batch divisibility): for reading a stored
     run's config elsewhere (the audit).
@@ -257,10 +257,16 @@ def validate(config, *, check_devices: bool = True) -> ml_collections.ConfigDict
     given = flatten(upgrade(config))
     unknown = sorted(set(given) - set(defaults))
     if unknown:
+        import difflib
+
         moved = {k: v for k, v in LEGACY_FIELDS.items() if k in unknown}
-        hint = f" (moved: {moved})" if moved else ""
-        raise ValueError(f"unknown config field(s) {unknown}{hint}; allowed fields: "
-                         f"{sorted(defaults)}.")
+        close = {k: m[0] for k in unknown if k not in moved
+                 for m in [difflib.get_close_matches(k, sorted(defaults), n=1)] if m}
+        hints = ([f"moved: {moved}"] if moved else []) + (
+            [f"did you mean: {close}"] if close else [])
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        raise ValueError(f"unknown config field(s) {unknown}{hint}; the fields are those of "
+                         f"l2rw_jax.config.default_config() (print it).")
     c = ml_collections.ConfigDict(_unflatten({**defaults, **given}))
     if not isinstance(c.model.options, ml_collections.ConfigDict):
         c.model.options = ml_collections.ConfigDict(dict(c.model.options or {}))
@@ -316,13 +322,19 @@ def _check(c, check_devices: bool) -> None:
         raise ValueError(f"data.pixel_scale must be 'standardize' or 'unit', got "
                          f"{d.pixel_scale!r}.")
     datasets.check_name(d.dataset)
+    if d.noise not in ("uniform", "background") and d.noise_ratio != 0:
+        raise ValueError(f"data.noise_ratio={d.noise_ratio} only applies to data.noise 'uniform' "
+                         f"or 'background'; with data.noise={d.noise!r} set data.noise_ratio=0.")
     # Whether the data brings its own clean set is known once it is loaded: make_splits checks
     # clean_per_class against it again then.
     corruption.check_split_args(num_classes=None, seed=c.seed, clean_given=None,
                                 **split_options(d))
     models.create_model(c.model.name, 2, **model_kwargs(c.model))  # Checks name and options.
     scheme, options = weighing(c.method)
-    methods.get_scheme(scheme, **options)  # Checks the scheme's options.
+    try:
+        methods.get_scheme(scheme, **options)  # Checks the scheme's options.
+    except ValueError as e:  # Named by its config group: the message says the option.
+        raise ValueError(f"method.{scheme}: {e}") from None
     if not check_devices:
         return
     import jax  # Here: the device count is the only thing validation asks JAX.

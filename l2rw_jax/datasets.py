@@ -453,7 +453,7 @@ def save_arrays(
 ) -> str:
     """Checks arrays (as `make_arrays`), writes them to an npz and returns its source name.
 
-    For notebooks: the returned `"npz:<absolute path>"` is what `config.dataset` takes, so a run
+    For notebooks: the returned `"npz:<absolute path>"` is what `config.data.dataset` takes, so a run
     records a JSON-able name and can be resumed from it. The file holds the converted arrays
     (uint8 with a channel axis, int32 labels) and, when given, `x_clean, y_clean`,
     `class_names` and `num_classes`; it is written atomically (`workdir.atomic_write`): a
@@ -461,7 +461,7 @@ def save_arrays(
 
     >>> name = save_arrays("data.npz", x_train, y_train, x_test, y_test,  # doctest: +SKIP
     ...                    x_clean=x_trusted, y_clean=y_trusted)
-    >>> config.dataset = name  # doctest: +SKIP
+    >>> config.data.dataset = name  # doctest: +SKIP
 
     Raises:
       ValueError: as `make_arrays`, before anything is written.

@@ -202,14 +202,29 @@ class _NoSummaryWriter:
 
 def _summary_writer(logdir: str, start_step: int):
     """A tensorboardX writer on ``logdir`` (a resumed run purges what follows ``start_step``);
-    without tensorboardX (accelerator hosts), one warning and a writer that does nothing."""
+    without tensorboardX (accelerator hosts), or on a ``gs://`` logdir without
+    google-cloud-storage, one warning and a writer that does nothing."""
     try:
         from tensorboardX import SummaryWriter  # Imported late: it pulls in protobuf.
     except ImportError:
         log.warning("tensorboardX is not installed: no TensorBoard files (metrics.jsonl has "
                     "every metric).")
         return _NoSummaryWriter()
+    if logdir.startswith("gs://") and not _has_gcs_client():
+        # tensorboardX writes gs:// with google-cloud-storage (not through epath).
+        log.warning("google-cloud-storage is not installed: no TensorBoard files in %s "
+                    "(metrics.jsonl has every metric).", logdir)
+        return _NoSummaryWriter()
     return SummaryWriter(logdir, purge_step=start_step + 1 if start_step else None)
+
+
+def _has_gcs_client() -> bool:
+    """Whether google-cloud-storage is installed: orbax and tensorboardX use it for gs://."""
+    try:
+        from google.cloud import storage  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class MetricsWriter:
@@ -271,8 +286,17 @@ class MetricsWriter:
 
 
 def checkpoint_manager(workdir: PathLike, keep: int):
-    """An orbax CheckpointManager on ``<workdir>/checkpoints`` keeping the newest ``keep``."""
+    """An orbax CheckpointManager on ``<workdir>/checkpoints`` keeping the newest ``keep``.
+
+    Raises:
+      ImportError: ``workdir`` is ``gs://`` and google-cloud-storage is not installed (orbax
+        asks the bucket for its layout with it; without it, a deep traceback).
+    """
     import orbax.checkpoint as ocp  # Here: it takes about a second to import.
+
+    if os.fspath(workdir).startswith("gs://") and not _has_gcs_client():
+        raise ImportError(f"workdir {os.fspath(workdir)!r}: orbax checkpoints on gs:// need "
+                          f"google-cloud-storage; pip install google-cloud-storage.")
 
     return ocp.CheckpointManager(
         path(workdir) / "checkpoints", options=ocp.CheckpointManagerOptions(

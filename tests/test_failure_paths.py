@@ -80,3 +80,24 @@ def test_entry_point_error_is_one_line_and_the_traceback_is_behind_verbose(tmp_p
     verbose = _quickstart(tmp_path, "--verbose")
     assert verbose.returncode not in (0, 2)
     assert "Traceback" in verbose.stderr and "method.name='l2wr' is not supported" in verbose.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.num_step=3", "error: --config.num_step: no such config field; did you mean "
+                            "--config.num_steps?"),
+    ("--config.dataset=digits", "error: --config.dataset: no such config field; it moved to "
+                                "--config.data.dataset."),
+    ("--config.method.l2rw.mode=backward", "error: method.l2rw: mode='backward' is not "
+                                           "supported; allowed: forward, reverse."),
+    ("--config.data.noise=none", "error: data.noise_ratio=0.4 only applies to data.noise "
+                                 "'uniform' or 'background'; with data.noise='none' set "
+                                 "data.noise_ratio=0."),
+])
+def test_bad_config_overrides_are_one_line_naming_the_field(tmp_path, override, message):
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.quickstart", f"--workdir={tmp_path}/qs", override],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and lines == [f"{message} (--verbose for the traceback)"], \
+        out.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "qs")

@@ -74,6 +74,11 @@ def test_notebook_arrays_with_a_trusted_clean_set_train_on_exactly_those_rows(tm
     np.testing.assert_array_equal(md.splits.train_x[..., 0], x_train[md.splits.train_source_index])
     np.testing.assert_array_equal(md.splits.train_labels,
                                   y_train_noisy[md.splits.train_source_index])
+    # The audit reads this run as one whose ground truth is unknown (noise="none": the user's
+    # labels as they came), so label_issues.csv leaves true_label and is_noisy empty.
+    run = l2rw_jax.audit.load_run(workdir)
+    assert "true_label" not in run["train"] and "is_noisy" not in run["train"]
+    assert not {"true_label", "is_noisy"} & set(run["example_weights"])
 
 
 def test_a_drawn_clean_set_is_refused_when_the_data_brings_one(tmp_path):

@@ -125,3 +125,31 @@ def get_config(setting: str = "digits_uniform40"):
     c.method.name = "erm"           # set per method by experiments/protocol.py
     c.num_seeds = 5                 # seeds 0..4: split, noise draw, order and init per seed
     return c
+
+
+# name -> config overrides. Every l2rw option explicit, so the rows do not move with defaults.
+_DEFAULT_L2RW = dict(config_lib.default_config().method.l2rw.to_dict())
+METHODS = {
+    "erm": {"method": {"name": "erm"}},
+    "resample": {"method": {"name": "resample"}},
+    "l2rw": {"method": {"name": "l2rw", "l2rw": dict(_DEFAULT_L2RW, **config_lib.PAPER_L2RW)}},
+    "recommended": {"method": {"name": "l2rw",
+                               "l2rw": dict(_DEFAULT_L2RW, **config_lib.ROBUST_L2RW)}},
+}
+
+def setting_config(setting: str, method: str, num_steps: int = 0, num_seeds: int = 0):
+    """The validated config of one (setting, method) run; ``num_steps`` / ``num_seeds`` 0 keep
+    the setting's (the lr boundaries scale with ``num_steps``)."""
+    cfg = get_config(setting)
+    if num_steps:
+        scale = num_steps / cfg.num_steps
+        cfg.optim.lr_boundaries = tuple(max(1, round(b * scale)) for b in cfg.optim.lr_boundaries)
+        cfg.num_steps = num_steps
+        # At least 10 evaluations on a short budget: best and final stay distinct points.
+        cfg.loop.eval_every = min(cfg.loop.eval_every, max(1, num_steps // 10))
+        cfg.loop.log_every = min(cfg.loop.log_every, max(1, num_steps // 10))
+    if num_seeds:
+        cfg.num_seeds = num_seeds
+    cfg = config_lib.validate(cfg)
+    cfg.update(METHODS[method])
+    return config_lib.validate(cfg)

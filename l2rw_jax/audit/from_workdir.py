@@ -143,19 +143,27 @@ def load_run(workdir: str, member: int = 0) -> dict:
         class_names = [md.class_names[c] for c in splits.source_classes]
     else:
         class_names = [str(c) for c in splits.source_classes]
+    train = {
+        "image": normalise(splits.train_x),
+        "label": splits.train_labels.astype(np.int32),
+        "true_label": splits.train_true_labels.astype(np.int32),
+        "is_noisy": splits.train_is_noisy.astype(bool),
+        "source_index": splits.train_source_index.astype(np.int64),
+    }
+    if cfg.data.noise == "none":
+        # No corruption of ours: the given labels are all we know, so the ground truth is
+        # unknown (label_issues.csv leaves true_label and is_noisy empty), not "all correct".
+        del train["true_label"], train["is_noisy"]
+        if example_weights is not None:
+            example_weights = {k: v for k, v in example_weights.items()
+                               if k not in ("true_label", "is_noisy")}
     return {
         "apply_fn": models.make_apply_fn(module),
         "feature_fn": models.make_feature_fn(module),
         "params": params,
         "model_state": model_state,
         "test": {"image": normalise(splits.test_x), "label": splits.test_labels.astype(np.int32)},
-        "train": {
-            "image": normalise(splits.train_x),
-            "label": splits.train_labels.astype(np.int32),
-            "true_label": splits.train_true_labels.astype(np.int32),
-            "is_noisy": splits.train_is_noisy.astype(bool),
-            "source_index": splits.train_source_index.astype(np.int64),
-        },
+        "train": train,
         "example_weights": example_weights,
         "mean": mean,
         "std": std,
@@ -175,7 +183,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
 
 def audit_run(workdir: str, config=None, out_dir: str | None = None, member: int = 0) -> dict:
     """Loads the run (`load_run`) and writes its audit to `out_dir` (default `<workdir>/audit`):
-    report.html, audit.json, label_issues.csv. `config`: `run.default_config()` when None.
+    report.html, audit.json, label_issues.csv. `config`: `l2rw_jax.audit.default_config()` when None.
 
     Returns the audit.json dict (`run_audit`). Raises ValueError as `load_run` and `run_audit` do.
     """
