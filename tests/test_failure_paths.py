@@ -9,7 +9,6 @@ import pytest
 
 import tiny_data
 from experiments import common
-from l2rw_jax import config as config_lib
 from l2rw_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,18 +20,7 @@ def npz(tmp_path_factory):
     return tiny_data.write_tiny_npz(str(tmp_path_factory.mktemp("data") / "tiny.npz"))
 
 
-def _config(npz, *overrides):
-    # 400 rows - 20 clean (2 per class) - 20 hyper-validation = 360 noisy training examples.
-    c = config_lib.default_config()
-    c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
-                           clean_per_class=2, hyper_val_size=20, batch_size=8,
-                           clean_batch_size=8, eval_batch_size=64),
-              "model": {"name": "mlp", "options": {"hidden": (8,)}}, "method": {"name": "erm"},
-              "num_steps": 2,
-              "loop": dict(log_every=1, eval_every=2, checkpoint_every=2, progress_bar=False)})
-    for o in overrides:
-        c.update(o)
-    return c
+_config = tiny_data.tiny_config
 
 
 def test_failed_starts_leave_nothing_and_the_corrected_command_runs(npz, tmp_path):

@@ -31,17 +31,13 @@ def npz(tmp_path_factory):
 
 
 def _config(npz, *overrides):
-    """The tests' tiny config, then each of ``overrides`` (nested dicts, merged in order)."""
-    c = config_lib.default_config()
-    c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
-                           clean_per_class=2, hyper_val_size=20, batch_size=B,
-                           clean_batch_size=B, eval_batch_size=64),
-              "model": {"name": "mlp", "options": {"hidden": (16,)}},
-              "optim": {"learning_rate": 0.1}, "num_steps": STEPS,
-              "loop": dict(log_every=2, eval_every=3, checkpoint_every=2, progress_bar=False)})
-    for o in overrides:
-        c.update(o)
-    return c
+    """The tests' tiny config (tiny_data.tiny_config) with this file's model, learning rate,
+    steps and logging, then each of ``overrides``."""
+    base = {"data": {"batch_size": B, "clean_batch_size": B},
+            "model": {"options": {"hidden": (16,)}}, "method": {"name": "l2rw"},
+            "optim": {"learning_rate": 0.1},
+            "num_steps": STEPS, "loop": dict(log_every=2, eval_every=3, checkpoint_every=2)}
+    return tiny_data.tiny_config(npz, base, *overrides)
 
 
 def _final_params(workdir):
