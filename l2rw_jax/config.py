@@ -27,6 +27,7 @@ resume and can be audited; fields added later take the behaviour runs had before
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +49,8 @@ GROUPS = ("data", "model", "optim", "method", "loop")
 # Fields that may change between a run and its resumption: they do not change the numbers.
 RESUMABLE_FIELDS = ("loop.stop_after_steps", "loop.progress_bar", "loop.steps_per_fetch",
                     "loop.steps_per_call")
+# The method groups holding one scheme's options (config.weighing hands them to the scheme).
+_SCHEME_GROUPS = ("l2rw", "mwnet")
 # Free-form groups: any keys (models.create_model checks them).
 _OPEN_GROUPS = ("model.options",)
 
@@ -112,10 +115,11 @@ def default_config() -> ml_collections.ConfigDict:
     l.lookahead = "optimizer"       # look-ahead: optimizer (docs/design.md §2) | sgd (official code)
     l.memory_decay = 0.9            # per-example EMA of the meta-gradient, keyed by row; 0: off
     l.warmup_steps = 200            # uniform weights for the first steps
-    l.weight_map = "sign"           # sign: 1[g < 0] | clip: max(-g, 0) (paper) | one (ablation)
+    l.weight_map = "sign"           # sign: 1[g < 0] | clip: max(-g, 0) (paper) | capped | one
     l.normalize = "class_balanced"  # class_balanced | class | batch (paper)
     l.meta_params = "last"          # last: meta-gradient through the last layer | all (paper)
     l.loss_quantile = 0.0           # loss gate: keep C_i <= q-quantile of clean losses; 0: off
+    l.mix = "reliability_classes"   # paper-map weights mixed in by split-half rho | reliability | none
     # methods.mwnet's options (Meta-Weight-Net, Shu et al. 2019).
     c.method.mwnet = m = ml_collections.ConfigDict()
     m.hidden = 100                  # hidden units (Shu et al. 2019: 100)
@@ -152,7 +156,8 @@ def default_config() -> ml_collections.ConfigDict:
 # method.l2rw options of the paper's algorithm (Ren et al. 2018, Alg. 1; docs/design.md §2):
 # what the reproduction configs use (`c.method.l2rw.update(PAPER_L2RW)`).
 PAPER_L2RW = {"memory_decay": 0.0, "warmup_steps": 0, "weight_map": "clip",
-              "normalize": "batch", "meta_params": "all", "loss_quantile": 0.0}
+              "normalize": "batch", "meta_params": "all", "loss_quantile": 0.0,
+              "mix": "none"}
 # The robust variant (methods.ROBUST_OPTIONS; README "Robust reweighting" has the evidence).
 ROBUST_L2RW = dict(methods.ROBUST_OPTIONS)
 
@@ -169,7 +174,7 @@ LEGACY_FIELDS = {
     "method": "method.name", "finetune_steps": "method.finetune_steps",
     **{f"l2rw_{f}": f"method.l2rw.{f}" for f in (
         "mode", "all_clipped", "lookahead", "memory_decay", "warmup_steps", "weight_map",
-        "normalize", "meta_params", "loss_quantile")},
+        "normalize", "meta_params", "loss_quantile", "mix")},
     "mwnet_hidden": "method.mwnet.hidden", "mwnet_lr": "method.mwnet.meta_lr",
     "mwnet_weight_decay": "method.mwnet.meta_weight_decay",
     "mwnet_normalize": "method.mwnet.normalize",
@@ -335,6 +340,10 @@ def _check(c, check_devices: bool) -> None:
         methods.get_scheme(scheme, **options)  # Checks the scheme's options.
     except ValueError as e:  # Named by its config group: the message says the option.
         raise ValueError(f"method.{scheme}: {e}") from None
+    mixes = scheme == "l2rw" and options.get("mix", "none") != "none"
+    if mixes and d.clean_batch_size % 2:
+        raise ValueError(f"method.l2rw.mix='reliability' splits the clean batch in two halves: "
+                         f"data.clean_batch_size must be even, got {d.clean_batch_size}.")
     if not check_devices:
         return
     import jax  # Here: the device count is the only thing validation asks JAX.
@@ -352,6 +361,10 @@ def _check(c, check_devices: bool) -> None:
         if d[name] % n_dev:
             raise ValueError(f"data.{name}={d[name]} is not divisible by the {n_dev} devices "
                              f"(loop.num_devices={p.num_devices}); use a multiple of {n_dev}.")
+    if mixes and (d.clean_batch_size // n_dev) % 2:
+        raise ValueError(f"method.l2rw.mix='reliability' splits each device's clean batch in two "
+                         f"halves: data.clean_batch_size={d.clean_batch_size} over {n_dev} devices "
+                         f"is odd per device; use a multiple of {2 * n_dev}.")
 
 
 def check_batch_sizes(data, num_train: int, num_clean: int) -> None:
@@ -423,11 +436,34 @@ def total_steps(config) -> int:
 
 def config_differences(previous: dict, current) -> dict[str, tuple[Any, Any]]:
     """{dotted field: (previous, current)} of the fields that differ, ``RESUMABLE_FIELDS``
-    aside; ``previous`` is a stored config.json (flat ones from before the groups too)."""
+    and the options of the schemes the run does not use aside (``method.mwnet.*`` of an l2rw
+    run, ``method.l2rw.*`` of an ERM run: a changed library default there changes nothing the
+    run computes); ``previous`` is a stored config.json (flat ones from before the groups too).
+    """
     before = flatten(upgrade(previous, fill_added=True))
     now = flatten(upgrade(current))
+    unused = tuple(f"method.{name}." for name in _SCHEME_GROUPS
+                   if name != now.get("method.name"))
     return {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
-            if k not in RESUMABLE_FIELDS and before.get(k) != now.get(k)}
+            if k not in RESUMABLE_FIELDS and not k.startswith(unused)
+            and before.get(k) != now.get(k)
+            and not (k == "data.dataset" and _same_file(before.get(k), now.get(k)))}
+
+
+def _same_file(source_a, source_b) -> bool:
+    """Whether two ``npz:`` / ``folder:`` sources name the same existing file or folder (a
+    development copy reached by another path, say ``../shared`` from another checkout)."""
+    kinds = ("npz:", "folder:")
+    if not (isinstance(source_a, str) and isinstance(source_b, str)):
+        return False
+    kind = next((k for k in kinds if source_a.startswith(k)), None)
+    if kind is None or not source_b.startswith(kind):
+        return False
+    a, b = source_a[len(kind):], source_b[len(kind):]
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist (here): not known to be the same
+        return False
 
 
 def member_options(config) -> dict:

@@ -155,17 +155,22 @@ def erm() -> WeighingScheme:
 # The recommended robust variant of :func:`l2rw` (README "Robust reweighting" has the
 # evidence); ``config.ROBUST_L2RW`` is the same as config fields (``method.l2rw.*``).
 ROBUST_OPTIONS = {"memory_decay": 0.9, "warmup_steps": 200, "weight_map": "sign",
-                  "normalize": "class_balanced", "meta_params": "last"}
+                  "normalize": "class_balanced", "meta_params": "last",
+                  "mix": "reliability_classes"}
+# The recommended variant before issue 15 (no mix): what benchmarks/results/robust_*.md's
+# `l2rw_robust` rows and the meta-step table's earlier "recommended" rows measured.
+ROBUST_OPTIONS_V1 = dict(ROBUST_OPTIONS, mix="none")
 
-_WEIGHT_MAPS = ("clip", "sign", "one")
-_NORMALIZE = ("batch", "class", "class_balanced")
+_WEIGHT_MAPS = ("clip", "sign", "capped", "one")
+_NORMALIZE = ("batch", "class", "class_balanced", "endorsed_classes")
 _META_PARAMS = ("all", "last")
+_MIXES = ("none", "reliability", "reliability_classes")
 
 
 def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "optimizer", *,
          memory_decay: float = 0.0, warmup_steps: int = 0, weight_map: str = "clip",
          normalize: str = "batch", meta_params: str | tuple[str, ...] = "all",
-         loss_quantile: float = 0.0
+         loss_quantile: float = 0.0, mix: str = "none"
          ) -> WeighingScheme:
     r"""Learning to Reweight Examples (Ren et al. 2018, arXiv 1803.09050, Alg. 1), and variants.
 
@@ -185,14 +190,24 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       ``d = 0``.
     - ``weight_map``: ``"clip"`` (paper: ``w~_i = max(-s_i, 0)``) or ``"sign"`` (``w~_i =
       1[s_i < 0]``: every example the clean batch endorses counts equally, so the effective
-      batch does not collapse onto the few largest meta-gradients), or ``"one"`` (``w~_i = 1``:
-      the meta-gradient is ignored; an ablation for the loss gate below).
+      batch does not collapse onto the few largest meta-gradients), ``"capped"`` (``w~_i =
+      min(max(-s_i, 0), tau)``, ``tau`` the median of the positive ``-s`` of the global batch:
+      graded like the paper's map, but no example outweighs half of the endorsed ones), or
+      ``"one"`` (``w~_i = 1``: the meta-gradient is ignored; an ablation for the loss gate
+      below).
     - ``normalize``: ``"batch"`` (paper: ``w = w~ / sum w~`` over the batch), ``"class"`` (per
       observed label ``c`` present in the batch with ``n_c`` of its ``B`` examples: ``w_i =
       (n_c / B) w~_i / sum_{k: y_k = c} w~_k``, so no class can be switched off as a whole) or
       ``"class_balanced"`` (the same with an equal share ``1 / #classes present`` per class: the
       ``proportion`` baseline's class balance, redistributed within each class by L2RW). A
       class whose ``w~`` are all 0 gets its share spread uniformly over its examples.
+      ``"endorsed_classes"``: an equal share ``1 / K`` for each of the ``K`` classes with a
+      positive ``w~`` sum, spread by ``w~`` within the class; a class with none gets 0, as in
+      the paper. Why: with the paper's batch normalisation the weight mass of a class follows
+      the clean batch's verdict of the moment, and when a flip moves many labels into one
+      class (background flip) the class mass swings from step to step until training diverges
+      (measured: README "Two regimes"); ``"class_balanced"`` stops the swing but re-admits,
+      uniformly, a class whose examples were all judged harmful.
     - ``warmup_steps = W``: uniform weights ``1 / B`` while ``step < W`` (the meta-gradient is
       still computed, and fills the memory).
     - ``loss_quantile = q > 0``: a loss gate calibrated on the clean batch: ``w~_i`` is
@@ -212,6 +227,25 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       ``params[path[0]][path[1]]...``). Never "the last entry of params": Flax sorts the keys,
       so that is whatever name sorts last.
 
+    - ``mix="reliability"``: ``w = rho w_paper + (1 - rho) w_options``, the paper's weights
+      (this batch's ``g``, clip, batch normalisation; with ``"reliability_classes"`` the clip
+      map normalised per endorsed class, as ``normalize="endorsed_classes"``) mixed with the
+      weights the options above give, by how reproducible the per-example meta-gradient is on
+      this step's clean batch. The clean batch is split in halves ``A``, ``B``, its even and
+      odd rows (the same split on any number of programs, as each program's share has an even
+      size); ``g^A`` is the meta-gradient on ``A`` alone and ``g^B = 2 g - g^A`` (exact: the
+      clean loss is a mean over equal halves, and ``g`` is linear in it); ``r`` is the Pearson
+      correlation of ``g^A`` and ``g^B`` over the global batch and ``rho = clip(2 r / (1 + r),
+      0, 1)`` its Spearman-Brown value for the whole clean batch (the reliability of the
+      scores ``g``). Why: the paper's map concentrates the weights on the largest ``-g``; that
+      pays where the clean set separates the flipped examples reproducibly (a model memorising
+      them), and throws away data where ``g`` is mostly the clean batch's sampling noise (a
+      model that underfits). The clean set decides per step; nobody has to guess the regime.
+      Measured (README "Two regimes"): it recovers most of the paper's gain where the model
+      memorises, but ``rho`` separates the regimes only partly, and on an underfitting model
+      it still costs up to 5 points against class-balanced training. Costs one more
+      meta-gradient (on half the clean batch). Metric ``reliability`` (``rho``).
+
     Metrics: ``val_loss`` (at the zero-gradient look-ahead) and the raw meta-gradient ``g_B``.
 
     Args:
@@ -224,10 +258,17 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
         ``theta`` itself; its learning rate cancels in the normalisation).
       memory_decay: ``d`` in ``[0, 1)``; 0 (paper) uses this batch's ``g`` alone.
       warmup_steps: steps of uniform weights before reweighting starts (``>= 0``).
-      weight_map: ``"clip"`` (paper), ``"sign"`` or ``"one"``.
-      normalize: ``"batch"`` (paper), ``"class"`` or ``"class_balanced"``.
+      weight_map: ``"clip"`` (paper), ``"sign"``, ``"capped"`` or ``"one"``.
+      normalize: ``"batch"`` (paper), ``"class"``, ``"class_balanced"`` or
+        ``"endorsed_classes"``.
       meta_params: ``"all"`` (paper), ``"last"`` or a path (tuple of keys) in ``params``.
       loss_quantile: ``q`` in ``[0, 1]``; 0 (paper) means no loss gate.
+      mix: ``"none"`` (paper: the options' weights alone), ``"reliability"`` or
+        ``"reliability_classes"``.
+
+    Raises:
+      ValueError: an option outside the values above; with a ``mix`` (when traced), a clean
+        batch whose per-program size is odd.
 
     Returns:
       A :class:`WeighingScheme`; its state is :class:`L2RWState` when ``memory_decay > 0``,
@@ -246,6 +287,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
                          f"a non-empty tuple of keys (a path in params).")
     else:
         meta_params = tuple(meta_params)
+    reweight._check_choice("mix", mix, _MIXES)
     if not (isinstance(loss_quantile, (int, float)) and 0.0 <= loss_quantile <= 1.0):
         raise ValueError(f"loss_quantile must be a number in [0, 1], got {loss_quantile!r}.")
     if not (isinstance(memory_decay, (int, float)) and 0.0 <= memory_decay < 1.0):
@@ -253,7 +295,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}.")
     paper_map = (memory_decay == 0 and weight_map == "clip" and normalize == "batch"
-                 and loss_quantile == 0)
+                 and loss_quantile == 0 and mix == "none")
     plain_sgd = optax.sgd(1.0)
 
     def init(rng: jax.Array, class_counts_C=None):
@@ -281,6 +323,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
             mode=mode, axis_name=ctx.axis_name, val_loss_fn=val_loss_fn,
             all_clipped=all_clipped)
         w_B = mw.w
+        metrics = {"val_loss": mw.val_loss, "g_B": mw.g}
         if not paper_map:
             score_B = mw.g
             if memory_decay > 0:
@@ -290,6 +333,8 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
                 wt_B = jnp.maximum(-score_B, 0.0)
             elif weight_map == "sign":
                 wt_B = (score_B < 0).astype(jnp.float32)
+            elif weight_map == "capped":
+                wt_B = _capped(jnp.maximum(-score_B, 0.0), ctx.axis_name)
             else:  # "one": the ablation without the meta-gradient (only the gate decides)
                 wt_B = jnp.ones_like(score_B)
             if loss_quantile > 0:
@@ -298,14 +343,55 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
                 w_B = reweight.normalize_weights(-wt_B, axis_name=ctx.axis_name,
                                                  all_clipped=all_clipped)[0]
             else:
-                w_B = _class_normalized(wt_B, ctx.batch["label"], normalize == "class_balanced",
-                                        ctx.axis_name)
+                w_B = _class_normalized(wt_B, ctx.batch["label"], normalize, ctx.axis_name)
+            if mix != "none":
+                g_half_B = reweight.meta_gradient(
+                    loss_fn, ctx.params, opt_state, tx, ctx.batch, _even_rows(ctx.val_batch),
+                    mode=mode, axis_name=ctx.axis_name, val_loss_fn=val_loss_fn)[0]
+                rho = split_half_reliability(g_half_B, 2.0 * mw.g - g_half_B, ctx.axis_name)
+                w_graded_B = mw.w
+                if mix == "reliability_classes":
+                    w_graded_B = _class_normalized(jnp.maximum(-mw.g, 0.0), ctx.batch["label"],
+                                                   "endorsed_classes", ctx.axis_name)
+                w_B = rho * w_graded_B + (1.0 - rho) * w_B
+                metrics["reliability"] = rho
         if warmup_steps:
             _, total = _local_and_global_size(ctx)
             w_B = jnp.where(ctx.step < warmup_steps, jnp.full_like(w_B, 1.0 / total), w_B)
-        return w_B, state, {"val_loss": mw.val_loss, "g_B": mw.g}
+        return w_B, state, metrics
 
     return WeighingScheme(init, weigh)
+
+
+def _even_rows(val_batch: PyTree) -> PyTree:
+    sizes = {x.shape[0] for x in jax.tree.leaves(val_batch)}
+    if len(sizes) != 1 or next(iter(sizes)) % 2:
+        raise ValueError(f"mix='reliability*' splits the clean batch in two equal halves; its "
+                         f"per-program size must be even, got {sorted(sizes)}.")
+    return jax.tree.map(lambda x: x[0::2], val_batch)
+
+
+def split_half_reliability(gA_B: jax.Array, gB_B: jax.Array,
+                           axis_name: str | None = None) -> jax.Array:
+    """``clip(2 r / (1 + r), 0, 1)``, ``r`` the Pearson correlation of the meta-gradients on
+    two halves of the clean batch over the global training batch (0 when either is constant):
+    the Spearman-Brown reliability of the whole clean batch's meta-gradient (Spearman 1910,
+    Brown 1910). A float32 scalar in [0, 1]."""
+    a_G, b_G = _gathered(gA_B, axis_name), _gathered(gB_B, axis_name)
+    a_G, b_G = a_G - jnp.mean(a_G), b_G - jnp.mean(b_G)
+    denom = jnp.sqrt(jnp.sum(a_G * a_G) * jnp.sum(b_G * b_G))
+    r = jnp.where(denom > 0, jnp.sum(a_G * b_G) / jnp.where(denom > 0, denom, 1.0), 0.0)
+    r = jnp.maximum(r, 0.0)
+    return jnp.clip(2.0 * r / (1.0 + r), 0.0, 1.0)
+
+
+def _capped(wt_B: jax.Array, axis_name: str | None) -> jax.Array:
+    """``min(wt_i, tau)`` with ``tau`` the median of the positive ``wt`` of the global batch
+    (``wt`` itself when none is positive)."""
+    wt_G = _gathered(wt_B, axis_name)
+    pos_G = wt_G > 0
+    tau = jnp.nanmedian(jnp.where(pos_G, wt_G, jnp.nan))
+    return jnp.where(jnp.any(pos_G), jnp.minimum(wt_B, tau), wt_B)
 
 
 def _loss_gate(loss_fn, val_loss_fn, ctx: WeighContext, q: float) -> jax.Array:
@@ -394,22 +480,27 @@ def _remember(state: L2RWState, index_B: jax.Array, g_B: jax.Array, decay: float
     return state.memory_N[index_B], state
 
 
-def _class_normalized(wt_B: jax.Array, label_B: jax.Array, balanced: bool,
+def _class_normalized(wt_B: jax.Array, label_B: jax.Array, normalize: str,
                       axis_name: str | None) -> jax.Array:
-    """``w_i = share_{y_i} wt_i / sum_{k: y_k = y_i} wt_k`` over the global batch, with
-    ``share_c = n_c / B`` (or ``1 / #classes present`` when ``balanced``); a class whose
-    ``wt`` sum to 0 gets ``share_c / n_c`` on each of its examples. Sums to 1."""
+    """``w_i = share_{y_i} wt_i / sum_{k: y_k = y_i} wt_k`` over the global batch. ``normalize``
+    sets the shares: ``"class"``: ``n_c / B``; ``"class_balanced"``: ``1 / #classes present``,
+    a class whose ``wt`` sum to 0 getting ``share_c / n_c`` on each of its examples (both sum
+    to 1); ``"endorsed_classes"``: ``1 / K`` for each of the ``K`` classes with a positive
+    ``wt`` sum, 0 for the others (all 0 when nothing is endorsed)."""
     wt_G, label_G = _gathered(wt_B, axis_name), _gathered(label_B, axis_name)
     same_BxG = (label_B[:, None] == label_G[None, :]).astype(jnp.float32)
+    same_GxG = (label_G[:, None] == label_G[None, :]).astype(jnp.float32)
     count_B = jnp.sum(same_BxG, axis=1)           # n_{y_i}, >= 1
     total_B = same_BxG @ wt_G                     # sum of wt over the class of example i
-    num_present = jnp.sum(1.0 / jnp.sum(
-        (label_G[:, None] == label_G[None, :]).astype(jnp.float32), axis=1))
-    share_B = 1.0 / num_present if balanced else count_B / label_G.shape[0]
     switched_off_B = total_B <= 0
-    within_B = jnp.where(switched_off_B, 1.0 / count_B,
-                         wt_B / jnp.where(switched_off_B, 1.0, total_B))
-    return share_B * within_B
+    within_B = wt_B / jnp.where(switched_off_B, 1.0, total_B)
+    if normalize == "endorsed_classes":
+        endorsed_G = (same_GxG @ wt_G) > 0
+        num_endorsed = jnp.sum(jnp.where(endorsed_G, 1.0 / jnp.sum(same_GxG, axis=1), 0.0))
+        return jnp.where(switched_off_B, 0.0, within_B) / jnp.maximum(num_endorsed, 1.0)
+    num_present = jnp.sum(1.0 / jnp.sum(same_GxG, axis=1))
+    share_B = 1.0 / num_present if normalize == "class_balanced" else count_B / label_G.shape[0]
+    return share_B * jnp.where(switched_off_B, 1.0 / count_B, within_B)
 
 
 def _normalized(wt_B: jax.Array, axis_name: str | None) -> jax.Array:

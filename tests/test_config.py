@@ -100,3 +100,47 @@ def test_workdir_paths_keep_a_uri_scheme(tmp_path):
     assert str(run / "config.json") == "gs://bucket/run/config.json"
     assert workdir.is_remote("gs://bucket/run") and not workdir.is_remote(str(tmp_path))
     assert str(workdir.path("rel/run")).startswith("/")  # local paths are made absolute
+
+
+def test_reliability_mix_needs_an_even_clean_batch_per_device():
+    c = config_lib.default_config()
+    c.method.l2rw.mix = "reliability"
+    c.data.clean_batch_size = 7
+    with pytest.raises(ValueError, match=r"clean_batch_size must be even, got 7"):
+        config_lib.validate(c)
+    c.data.clean_batch_size, c.data.batch_size, c.data.eval_batch_size = 12, 8, 8
+    c.loop.num_devices = 4  # 3 clean rows per device
+    with pytest.raises(ValueError, match=r"odd per device; use a multiple of 8"):
+        config_lib.validate(c)
+    c.data.clean_batch_size = 16
+    config_lib.validate(c)
+    c.method.l2rw.mix = "mean"
+    with pytest.raises(ValueError, match=r"method.l2rw: mix"):
+        config_lib.validate(c)
+
+
+def test_resuming_ignores_the_options_of_schemes_the_run_does_not_use():
+    before = config_lib.default_config()
+    before.method.name = "erm"
+    stored = config_lib.as_json(before)
+    now = config_lib.default_config()
+    now.method.name = "erm"
+    now.method.l2rw.mix, now.method.mwnet.hidden = "none", 7  # unused by ERM: same run
+    assert config_lib.config_differences(stored, config_lib.as_json(now)) == {}
+    now.method.name = "l2rw"  # now the l2rw group is used, the mwnet one still not
+    assert config_lib.config_differences(stored, config_lib.as_json(now)) == {
+        "method.name": ("erm", "l2rw"), "method.l2rw.mix": ("reliability_classes", "none")}
+
+
+def test_resuming_accepts_the_same_data_file_under_another_path(tmp_path):
+    (tmp_path / "d").mkdir()
+    np.savez(tmp_path / "d" / "x.npz", x=np.zeros(1))
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    before, now = config_lib.default_config(), config_lib.default_config()
+    before.data.dataset = f"npz:{tmp_path}/d/x.npz"
+    now.data.dataset = f"npz:{tmp_path}/link/x.npz"
+    stored = config_lib.as_json(before)
+    assert config_lib.config_differences(stored, config_lib.as_json(now)) == {}
+    now.data.dataset = f"npz:{tmp_path}/d/missing.npz"  # another (here: absent) file differs
+    assert list(config_lib.config_differences(stored, config_lib.as_json(now))) == [
+        "data.dataset"]

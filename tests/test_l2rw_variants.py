@@ -95,14 +95,19 @@ def test_class_normalisation_exact_values():
     label = jnp.array([0, 0, 0, 1, 1, 2, 2, 2], jnp.int32)
     wt = jnp.array([1.0, 3.0, 0.0, 0.0, 0.0, 2.0, 2.0, 4.0])
     # "class": class c keeps its batch share n_c / B; class 1 is all clipped -> uniform inside.
-    w = methods._class_normalized(wt, label, balanced=False, axis_name=None)
+    w = methods._class_normalized(wt, label, "class", None)
     np.testing.assert_allclose(w, [3 / 8 * 0.25, 3 / 8 * 0.75, 0, 1 / 8, 1 / 8,
                                    3 / 8 * 0.25, 3 / 8 * 0.25, 3 / 8 * 0.5], rtol=1e-6)
     # "class_balanced": each of the 3 classes present gets 1/3.
-    w = methods._class_normalized(wt, label, balanced=True, axis_name=None)
+    w = methods._class_normalized(wt, label, "class_balanced", None)
     np.testing.assert_allclose(w, [1 / 12, 0.25, 0, 1 / 6, 1 / 6, 1 / 12, 1 / 12, 1 / 6],
                                rtol=1e-6)
     assert abs(float(jnp.sum(w)) - 1) < 1e-6
+    # "endorsed_classes": the 2 classes with an endorsed example get 1/2 each, class 1 none.
+    w = methods._class_normalized(wt, label, "endorsed_classes", None)
+    np.testing.assert_allclose(w, [1 / 8, 3 / 8, 0, 0, 0, 1 / 8, 1 / 8, 1 / 4], rtol=1e-6)
+    np.testing.assert_array_equal(methods._class_normalized(
+        jnp.zeros(8), label, "endorsed_classes", None), np.zeros(8))
 
 
 @pytest.mark.parametrize("normalize", ["batch", "class", "class_balanced"])
@@ -241,3 +246,87 @@ def test_loss_gate_keeps_examples_below_the_clean_loss_quantile(problem):
         ctx._replace(val_batch={k: v for k, v in problem["batch1"].items() if k != "index"}))
     endorsed = np.asarray(m1["g_B"]) < 0
     np.testing.assert_allclose(w1, endorsed / endorsed.sum(), rtol=1e-6)
+
+
+def test_capped_map_caps_at_the_median_of_the_positive_scores():
+    wt = jnp.array([0.0, 1.0, 2.0, 3.0, 5.0])  # positives 1, 2, 3, 5: median 2.5
+    np.testing.assert_allclose(methods._capped(wt, None), [0, 1, 2, 2.5, 2.5], rtol=1e-6)
+    np.testing.assert_array_equal(methods._capped(jnp.zeros(4), None), np.zeros(4))
+
+
+def test_split_half_reliability_is_the_spearman_brown_correlation():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=64)
+    assert float(methods.split_half_reliability(jnp.asarray(a), jnp.asarray(3 * a + 1))) == 1.0
+    assert float(methods.split_half_reliability(jnp.asarray(a), jnp.asarray(-a))) == 0.0
+    assert float(methods.split_half_reliability(jnp.asarray(a), jnp.ones(64))) == 0.0
+    c = a + rng.normal(size=64)  # positively correlated with a
+    r = np.corrcoef(a, c)[0, 1]
+    assert 0 < r < 1
+    np.testing.assert_allclose(methods.split_half_reliability(jnp.asarray(a), jnp.asarray(c)),
+                               2 * r / (1 + r), rtol=1e-5)
+
+
+def _val8():
+    """8 clean rows whose odd rows are the even ones perturbed: halves that agree in part."""
+    r = np.random.default_rng(7)
+    x = np.repeat(r.normal(size=(4, 5)), 2, axis=0)
+    x[1::2] += 0.7 * r.normal(size=(4, 5))
+    return {"x": jnp.asarray(x, jnp.float32),
+            "label": jnp.asarray(np.repeat(r.integers(0, C, 4), 2), jnp.int32)}
+
+
+@pytest.mark.parametrize("mix", ["reliability", "reliability_classes"])
+def test_reliability_mix_weighs_the_papers_weights_by_the_split_half_reliability(problem, mix):
+    options = dict(weight_map="sign", normalize="class_balanced")
+    val = _val8()
+    ctx = _ctx(problem, problem["batch1"])._replace(val_batch=val)
+    w, _, metrics = _weigh_once(methods.get_scheme("l2rw", mix=mix, **options), ctx)
+    w_options = _weigh_once(methods.get_scheme("l2rw", **options), ctx)[0]
+    args = (problem["loss_fn"], problem["params"], problem["opt_state"], problem["tx"],
+            problem["batch1"])
+    mw = reweight.meta_weights(*args, val)
+    # Each half's meta-gradient computed on its own: checks g^B = 2 g - g^A as well.
+    g_even = reweight.meta_gradient(*args, jax.tree.map(lambda x: x[0::2], val))[0]
+    g_odd = reweight.meta_gradient(*args, jax.tree.map(lambda x: x[1::2], val))[0]
+    np.testing.assert_allclose((g_even + g_odd) / 2, mw.g, rtol=1e-5, atol=1e-7)
+    rho = methods.split_half_reliability(g_even, g_odd)
+    assert 0 < float(rho) < 1  # a real mixture on this problem
+    np.testing.assert_allclose(metrics["reliability"], rho, rtol=1e-4)
+    w_graded = mw.w  # the paper's map, normalised over the batch or per endorsed class
+    if mix == "reliability_classes":
+        w_graded = methods._class_normalized(
+            jnp.maximum(-mw.g, 0), problem["batch1"]["label"], "endorsed_classes", None)
+        assert not np.allclose(w_graded, mw.w)
+    np.testing.assert_allclose(w, rho * w_graded + (1 - rho) * w_options, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.sum(w), 1.0, rtol=1e-6)
+
+
+def test_reliability_mix_needs_an_even_clean_batch(problem):
+    scheme = methods.get_scheme("l2rw", mix="reliability", weight_map="sign")
+    odd = jax.tree.map(lambda x: x[:3], problem["val"])
+    with pytest.raises(ValueError, match="even, got \\[3\\]"):
+        _weigh_once(scheme, _ctx(problem, problem["batch1"])._replace(val_batch=odd))
+    with pytest.raises(ValueError, match="mix"):
+        methods.get_scheme("l2rw", mix="softmax")
+
+
+def test_reliability_mix_under_shard_map_equals_one_device(problem):
+    """The even/odd split is the same on 4 programs (2 clean rows each) as on one."""
+    scheme = methods.get_scheme("l2rw", mix="reliability_classes", weight_map="sign",
+                                normalize="class_balanced")
+    val = _val8()
+    w_ref, _, m_ref = jax.jit(lambda b: scheme.weigh(
+        _ctx(problem, b)._replace(val_batch=val), methods.EmptyState()))(problem["batch1"])
+
+    def per_device(b, v):
+        w, _, m = scheme.weigh(_ctx(problem, b)._replace(val_batch=v, axis_name=AXIS),
+                               methods.EmptyState())
+        return w, m["reliability"]
+
+    mesh = Mesh(np.array(jax.devices()[:4]), (AXIS,))
+    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS)),
+                                    out_specs=(P(AXIS), P())))
+    w, rho = sharded(problem["batch1"], val)
+    np.testing.assert_allclose(rho, m_ref["reliability"], rtol=1e-5)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-5, atol=1e-6)
