@@ -2,7 +2,8 @@
 
 For each row (model, batch B, clean batch M) and each variant (``plain``: the same jitted train
 step with ERM weights 1/B; ``reverse`` / ``forward``: the paper's L2RW step in that mode;
-``robust``: the recommended variant, ``methods.ROBUST_OPTIONS``, forward mode) it reports the
+``robust``: the recommended variant, ``methods.ROBUST_OPTIONS``, forward mode; ``robust_v1``:
+the recommended variant before issue 15, ``methods.ROBUST_OPTIONS_V1``) it reports the
 median wall-clock ms per step over ``--steps`` (>= 50) steps after ``--warmup`` steps, the
 median process CPU time per step (``time.process_time``, all threads: less sensitive than wall
 time to other processes on a shared machine), their ratios to the plain step, and two memory
@@ -52,11 +53,13 @@ ROWS = {
 NUM_TRAIN = 20000  # rows of the per-example memory (the robust variant): cifar10_dev's size
 # --quick: the same code paths on a tiny ResNet, to check the script end to end in seconds.
 QUICK_KW = {"resnet32": {"units_per_stage": 1}}
-# "robust": methods.ROBUST_OPTIONS (last-layer meta-gradient, memory, sign map, class balance)
-# without the warm-up, which does not change the cost of a step; filled in by run_row, where
-# l2rw_jax is imported.
+# "robust": methods.ROBUST_OPTIONS (last-layer meta-gradient, memory, sign map, class balance,
+# the reliability mix) and "robust_v1": the default before issue 15 (no mix), both without the
+# warm-up, which does not change the cost of a step; filled in by run_row, where l2rw_jax is
+# imported.
 VARIANTS = {"plain": ("erm", {}), "reverse": ("l2rw", {"mode": "reverse"}),
-            "forward": ("l2rw", {"mode": "forward"}), "robust": ("l2rw", None)}
+            "forward": ("l2rw", {"mode": "forward"}), "robust": ("l2rw", "ROBUST_OPTIONS"),
+            "robust_v1": ("l2rw", "ROBUST_OPTIONS_V1")}
 TARGETS = {  # issue 3 section 5: max ratio to the plain step on this 2-core CPU
     ("lenet_clean10", "forward"): 1.4, ("lenet_clean100", "forward"): 2.2,
     ("lenet_clean10", "reverse"): 2.0, ("lenet_clean100", "reverse"): 2.7,
@@ -96,8 +99,8 @@ def run_row(row_name: str, steps: int, warmup: int, quick: bool,
 
     compiled, states, info = {}, {}, {}
     for variant, (method, options) in VARIANTS.items():
-        if options is None:
-            options = {k: v for k, v in methods.ROBUST_OPTIONS.items() if k != "warmup_steps"}
+        if isinstance(options, str):
+            options = {k: v for k, v in getattr(methods, options).items() if k != "warmup_steps"}
         scheme = methods.get_scheme(method, **options)
         # As the loop compiles its steps (on CPU: Eigen convolutions).
         train_step = xla_options.jit(step_lib.make_train_step(apply_fn, tx, scheme),

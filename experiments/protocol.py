@@ -15,12 +15,17 @@ the date and the versions.
 
 Columns: final and best test accuracy over the evaluations (mean +- 95% CI over seeds, Student
 t), the drop from each seed's best to its final accuracy (memorisation shows as a large ERM
-drop), steps per second. Under the table: the recommended default's final accuracy minus
-ERM's, class-balanced training's and the paper rule's (issue 15 §3's criteria).
+drop), steps per second. Under the table, for the recommended default and every other
+candidate: its final accuracy minus ERM's, class-balanced training's and the paper rule's,
+paired over seeds (each seed is one split, noise draw and data order shared by the methods),
+mean +- 95% CI (issue 15 §3's criteria).
 
 Methods: `erm`; `resample` (class-balanced plain training: batches drawn class-balanced from
 the noisy labels); `l2rw` (the paper's algorithm, config.PAPER_L2RW); `recommended` (the
-library's default method.l2rw options, config.ROBUST_L2RW).
+library's default method.l2rw options, config.ROBUST_L2RW); and ablations, one option of
+`methods.l2rw` switched at a time: `l2rw+<token>...` (the paper's rule with options on),
+`recommended-<token>...` (the default with options back at the paper's value),
+`recommended+<token>` (tokens: experiments/configs/protocol.ABLATIONS).
 
 Why a command of its own rather than settings of experiments/robust.py: robust.py varies the
 noise of one config and tabulates final accuracy and detection precision; here each setting
@@ -51,7 +56,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", r
 _SETTINGS = flags.DEFINE_list(
     "settings", ["digits_uniform40", "mnist_mlp_uniform40", "mnist_mlp_background40"],
     f"Settings to run, of {list(protocol_config.SETTINGS)}.")
-_METHODS = flags.DEFINE_list("methods", None, "Methods (default: erm,resample,l2rw,recommended).")
+_METHODS = flags.DEFINE_list(
+    "methods", None, "Methods (default: erm,resample,l2rw,recommended), or ablations "
+    "l2rw+<token>[+...] / recommended-<token>[-...] (experiments/configs/protocol.py).")
 _NUM_STEPS = flags.DEFINE_integer(
     "num_steps", 0, "Step budget of every setting (0: each setting's own; lr boundaries scale).",
     lower_bound=0)
@@ -99,18 +106,41 @@ def table(rows: dict) -> str:
     return common.markdown_table(COLUMNS, body)
 
 
+def paired_difference(rows: dict, method: str, other: str) -> dict | None:
+    """``method``'s final test accuracy minus ``other``'s, seed by seed (the seeds share the
+    split, the noise draw and the data order, so the difference is paired): mean +- 95% CI
+    (results.mean_ci95, in points). None when either is missing or the seeds differ."""
+    if method not in rows or other not in rows:
+        return None
+    a = np.array(rows[method]["final_test_accuracy"]["per_seed"])
+    b = np.array(rows[other]["final_test_accuracy"]["per_seed"])
+    if a.shape != b.shape:
+        return None
+    return results_lib.mean_ci95(100 * (a - b))
+
+
+REFERENCES = ("erm", "resample", "l2rw")
+
+
 def criteria(rows: dict) -> str:
-    """Issue 15 §3: the recommended default's final accuracy minus the others' (points)."""
-    if "recommended" not in rows:
+    """Issue 15 §3: each candidate's (the recommended default's, then every other
+    non-reference method's) final accuracy minus ERM's, class-balanced training's and the
+    paper rule's, paired over seeds (points, mean +- 95% CI); one line per candidate."""
+    lines = []
+    for cand in sorted((m for m in rows if m not in REFERENCES),
+                       key=lambda m: (m != "recommended", list(rows).index(m))):
+        parts = []
+        for m in REFERENCES:
+            d = paired_difference(rows, cand, m)
+            if d is not None:
+                ci = f" +- {d['ci95']:.2f}" if d["ci95"] is not None else ""
+                parts.append(f"{m} {d['mean']:+.2f}{ci}")
+        if parts:
+            lines.append(f"{cand} minus: " + ", ".join(parts))
+    if not lines:
         return ""
-    rec = rows["recommended"]["final_test_accuracy"]
-    parts = []
-    for m in ("erm", "resample", "l2rw"):
-        if m in rows:
-            other = rows[m]["final_test_accuracy"]
-            diff = 100 * (rec["mean"] - other["mean"])
-            parts.append(f"{m} {diff:+.2f}")
-    return "recommended minus (final test accuracy, points): " + ", ".join(parts)
+    return ("Final test accuracy minus the references' (points, paired over seeds, mean +- 95% "
+            "CI):\n\n" + "\n".join(f"- {line}" for line in lines))
 
 
 def _provenance(argv) -> dict:
@@ -173,11 +203,15 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     methods = _METHODS.value or list(METHODS)
-    bad = ([s for s in _SETTINGS.value if s not in protocol_config.SETTINGS],
-           [m for m in methods if m not in METHODS])
-    if any(bad):
-        raise app.UsageError(f"unknown settings {bad[0]} / methods {bad[1]}; allowed: "
-                             f"{list(protocol_config.SETTINGS)} / {list(METHODS)}.")
+    bad = [s for s in _SETTINGS.value if s not in protocol_config.SETTINGS]
+    if bad:
+        raise app.UsageError(f"unknown settings {bad}; allowed: "
+                             f"{list(protocol_config.SETTINGS)}.")
+    for m in methods:
+        try:
+            protocol_config.method_overrides(m)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
     common.quiet_checkpoint_logs()
     workdir = os.path.abspath(_WORKDIR.value)
     # Every run's config is built (and validated) before the first trains: a typo fails now.

@@ -32,6 +32,36 @@ def test_method_configs_are_the_paper_rule_and_the_library_default():
         protocol_config.get_config("digi")
 
 
+def test_ablation_names_switch_one_option_each():
+    paper = dict(protocol_config.METHODS["l2rw"]["method"]["l2rw"])
+    rec = dict(protocol_config.METHODS["recommended"]["method"]["l2rw"])
+    got = protocol_config.method_overrides("l2rw+sign+last")["method"]["l2rw"]
+    assert got == dict(paper, weight_map="sign", meta_params="last")
+    got = protocol_config.method_overrides("recommended-memory+reliability")["method"]["l2rw"]
+    assert got == dict(rec, memory_decay=0.0, mix="reliability")
+    for bad, match in (("l2rw+softmax", "unknown ablation token 'softmax'"),
+                       ("erm+sign", "unknown method 'erm\\+sign'"), ("l2rw", None)):
+        if match is None:  # a plain METHODS name is not an ablation
+            assert protocol_config.method_overrides(bad) == protocol_config.METHODS[bad]
+            continue
+        with pytest.raises(ValueError, match=match):
+            protocol_config.method_overrides(bad)
+
+
+def test_underfit_cifar_settings_are_the_robust_protocol_recipe_with_five_seeds(monkeypatch):
+    from experiments.configs import robust_protocol
+
+    monkeypatch.setenv("L2RW_DEV_DATA", "/dev-copies")  # only named, never read here
+
+    ref = robust_protocol.get_config("cifar10_dev")
+    for noise in ("uniform", "background"):
+        cfg = protocol_config.get_config(f"cifar_underfit_{noise}40")
+        assert (cfg.data.noise, cfg.data.noise_ratio, cfg.num_seeds) == (noise, 0.4, 5)
+        for field in ("num_steps", "model", "optim"):
+            assert cfg[field] == ref[field]
+        assert cfg.data.augment and cfg.data.dataset == ref.data.dataset
+
+
 def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
     res = tmp_path / "res"
     out = subprocess.run(
@@ -70,4 +100,13 @@ def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
         final = summary["methods"][m]["final_test_accuracy"]
         assert row[1] == "2" and row[2] == (f"{100 * final['mean']:.2f} +- "
                                             f"{100 * final['ci95']:.2f}")
-    assert lines[4 + len(methods) + 1].startswith("recommended minus (final test accuracy")
+    assert lines[4 + len(methods) + 1].startswith("Final test accuracy minus the references' "
+                                                  "(points, paired over seeds")
+    crit = lines[4 + len(methods) + 3]
+    assert crit.startswith("- recommended minus: ")
+    # The paired difference: per seed, then mean +- CI (not the difference of the means' CIs).
+    rec = np.array(summary["methods"]["recommended"]["final_test_accuracy"]["per_seed"])
+    erm = np.array(summary["methods"]["erm"]["final_test_accuracy"]["per_seed"])
+    d = 100 * (rec - erm)
+    h = 12.706 * d.std(ddof=1) / np.sqrt(2)  # t_{0.975, 1}
+    assert f"erm {d.mean():+.2f} +- {h:.2f}" in crit

@@ -17,7 +17,8 @@ set from the default budget: with `--config.num_steps`, also set `--config.optim
 
 Expected (measured; the full tables are benchmarks/results/robust_<source>.md): on cifar10_dev
 the small CNN underfits in this budget (plain training ends near 38% at 40% uniform flip), so
-the meta-gradient carries little signal; the recommended L2RW variant (train.ROBUST_L2RW)
+the meta-gradient carries little signal; the recommended L2RW variant of the time
+(methods.ROBUST_OPTIONS_V1, the `l2rw_robust` rows)
 matches plain training there and the class-balanced baseline at 40% background flip, where
 the paper's L2RW loses 10-15 points to both. Training on the 1000 clean images alone
 (`clean_only`) beats every method that uses the noisy ones at both flips on cifar10_dev.
