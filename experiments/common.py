@@ -218,13 +218,14 @@ def plot_error_vs_fraction(results: dict, methods: Sequence[str], path: workdir_
         stats = [results[p][m]["final_test_accuracy"] for p in fractions]
         err = [100 * (1 - s["mean"]) for s in stats]
         ci = [100 * (s["ci95"] or 0.0) for s in stats]
-        line = ax.errorbar(x + (i - len(methods) / 2) * 0.04, err, yerr=ci, marker="o",
-                           capsize=3, label=m)
+        dodge = (i - (len(methods) - 1) / 2) * 0.04  # side by side, centred on the tick
+        line = ax.errorbar(x + dodge, err, yerr=ci, marker="o", capsize=3, label=m)
         for p, values in (paper or {}).items():
             if p in fractions and m in values:
-                ax.plot(fractions.index(p), values[m], "x", markersize=9,
+                ax.plot(fractions.index(p) + dodge, values[m], "x", markersize=9,
                         color=line[0].get_color())
     ax.set_xticks(x, [str(p) for p in fractions])
+    ax.set_xlim(-0.5, len(fractions) - 0.5)  # a single fraction too: the dodge stays small
     ax.set_xlabel("fraction of the majority class (9) in training")
     ax.set_ylabel("test error (%)")
     ax.set_yscale("log")
