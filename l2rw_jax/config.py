@@ -27,7 +27,6 @@ resume and can be audited; fields added later take the behaviour runs had before
 from __future__ import annotations
 
 import json
-import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -340,9 +339,10 @@ def _check(c, check_devices: bool) -> None:
         methods.get_scheme(scheme, **options)  # Checks the scheme's options.
     except ValueError as e:  # Named by its config group: the message says the option.
         raise ValueError(f"method.{scheme}: {e}") from None
-    mixes = scheme == "l2rw" and options.get("mix", "none") != "none"
+    mix = options.get("mix", "none") if scheme == "l2rw" else "none"
+    mixes = mix != "none"
     if mixes and d.clean_batch_size % 2:
-        raise ValueError(f"method.l2rw.mix='reliability' splits the clean batch in two halves: "
+        raise ValueError(f"method.l2rw.mix={mix!r} splits the clean batch in two halves: "
                          f"data.clean_batch_size must be even, got {d.clean_batch_size}.")
     if not check_devices:
         return
@@ -362,7 +362,7 @@ def _check(c, check_devices: bool) -> None:
             raise ValueError(f"data.{name}={d[name]} is not divisible by the {n_dev} devices "
                              f"(loop.num_devices={p.num_devices}); use a multiple of {n_dev}.")
     if mixes and (d.clean_batch_size // n_dev) % 2:
-        raise ValueError(f"method.l2rw.mix='reliability' splits each device's clean batch in two "
+        raise ValueError(f"method.l2rw.mix={mix!r} splits each device's clean batch in two "
                          f"halves: data.clean_batch_size={d.clean_batch_size} over {n_dev} devices "
                          f"is odd per device; use a multiple of {2 * n_dev}.")
 
@@ -401,7 +401,7 @@ def model_kwargs(model) -> dict:
 def weighing(method) -> tuple[str, dict]:
     """(scheme name, its options) behind the method group: ``methods.get_scheme(name,
     **options)``. The data-level methods weigh with ``erm``."""
-    if method.name in ("l2rw", "mwnet"):
+    if method.name in _SCHEME_GROUPS:
         return method.name, method[method.name].to_dict()
     if method.name in DATA_METHODS:
         return "erm", {}
@@ -447,23 +447,8 @@ def config_differences(previous: dict, current) -> dict[str, tuple[Any, Any]]:
     return {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
             if k not in RESUMABLE_FIELDS and not k.startswith(unused)
             and before.get(k) != now.get(k)
-            and not (k == "data.dataset" and _same_file(before.get(k), now.get(k)))}
-
-
-def _same_file(source_a, source_b) -> bool:
-    """Whether two ``npz:`` / ``folder:`` sources name the same existing file or folder (a
-    development copy reached by another path, say ``../shared`` from another checkout)."""
-    kinds = ("npz:", "folder:")
-    if not (isinstance(source_a, str) and isinstance(source_b, str)):
-        return False
-    kind = next((k for k in kinds if source_a.startswith(k)), None)
-    if kind is None or not source_b.startswith(kind):
-        return False
-    a, b = source_a[len(kind):], source_b[len(kind):]
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # either does not exist (here): not known to be the same
-        return False
+            and not (k == "data.dataset"
+                     and datasets.same_local_source(before.get(k), now.get(k)))}
 
 
 def member_options(config) -> dict:

@@ -133,6 +133,21 @@ def check_name(name: str) -> str:
     return name
 
 
+def same_local_source(name_a, name_b) -> bool:
+    """Whether two ``npz:`` / ``folder:`` sources name the same existing file or folder, by
+    ``os.path.samefile`` (a copy reached by another path, say ``../shared`` from another
+    checkout); False for other sources or a path that does not exist here."""
+    if not (isinstance(name_a, str) and isinstance(name_b, str)):
+        return False
+    for prefix in (NPZ_PREFIX, FOLDER_PREFIX):
+        if name_a.startswith(prefix) and name_b.startswith(prefix):
+            try:
+                return os.path.samefile(name_a[len(prefix):], name_b[len(prefix):])
+            except OSError:
+                return False
+    return False
+
+
 def load_arrays(
     name: str,
     *,
