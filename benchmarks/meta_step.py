@@ -54,7 +54,7 @@ NUM_TRAIN = 20000  # rows of the per-example memory (the robust variant): cifar1
 # --quick: the same code paths on a tiny ResNet, to check the script end to end in seconds.
 QUICK_KW = {"resnet32": {"units_per_stage": 1}}
 # "robust": methods.ROBUST_OPTIONS (last-layer meta-gradient, memory, sign map, class balance,
-# the reliability mix) and "robust_v1": the default before issue 15 (no mix), both without the
+# the excess-loss mix) and "robust_v1": the default before issue 15 (no mix), both without the
 # warm-up, which does not change the cost of a step; filled in by run_row, where l2rw_jax is
 # imported.
 VARIANTS = {"plain": ("erm", {}), "reverse": ("l2rw", {"mode": "reverse"}),

@@ -115,10 +115,11 @@ def default_config() -> ml_collections.ConfigDict:
     l.memory_decay = 0.9            # per-example EMA of the meta-gradient, keyed by row; 0: off
     l.warmup_steps = 200            # uniform weights for the first steps
     l.weight_map = "sign"           # sign: 1[g < 0] | clip: max(-g, 0) (paper) | capped | one
-    l.normalize = "class_balanced"  # class_balanced | class | batch (paper)
+    l.normalize = "class_balanced"  # class_balanced | class | endorsed_classes | batch (paper)
     l.meta_params = "last"          # last: meta-gradient through the last layer | all (paper)
     l.loss_quantile = 0.0           # loss gate: keep C_i <= q-quantile of clean losses; 0: off
-    l.mix = "reliability_classes"   # paper-map weights mixed in by split-half rho | reliability | none
+    l.mix = "excess_loss"           # graded weights mixed in by the training loss's excess over
+    #                                 the clean loss | reliability_classes | reliability | none
     # methods.mwnet's options (Meta-Weight-Net, Shu et al. 2019).
     c.method.mwnet = m = ml_collections.ConfigDict()
     m.hidden = 100                  # hidden units (Shu et al. 2019: 100)
@@ -340,7 +341,7 @@ def _check(c, check_devices: bool) -> None:
     except ValueError as e:  # Named by its config group: the message says the option.
         raise ValueError(f"method.{scheme}: {e}") from None
     mix = options.get("mix", "none") if scheme == "l2rw" else "none"
-    mixes = mix != "none"
+    mixes = mix.startswith("reliability")  # the split-half mixes: an even clean batch
     if mixes and d.clean_batch_size % 2:
         raise ValueError(f"method.l2rw.mix={mix!r} splits the clean batch in two halves: "
                          f"data.clean_batch_size must be even, got {d.clean_batch_size}.")

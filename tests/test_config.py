@@ -129,7 +129,7 @@ def test_resuming_ignores_the_options_of_schemes_the_run_does_not_use():
     assert config_lib.config_differences(stored, config_lib.as_json(now)) == {}
     now.method.name = "l2rw"  # now the l2rw group is used, the mwnet one still not
     assert config_lib.config_differences(stored, config_lib.as_json(now)) == {
-        "method.name": ("erm", "l2rw"), "method.l2rw.mix": ("reliability_classes", "none")}
+        "method.name": ("erm", "l2rw"), "method.l2rw.mix": ("excess_loss", "none")}
 
 
 def test_resuming_accepts_the_same_data_file_under_another_path(tmp_path):

@@ -311,9 +311,52 @@ def test_reliability_mix_needs_an_even_clean_batch(problem):
         methods.get_scheme("l2rw", mix="softmax")
 
 
-def test_reliability_mix_under_shard_map_equals_one_device(problem):
-    """The even/odd split is the same on 4 programs (2 clean rows each) as on one."""
-    scheme = methods.get_scheme("l2rw", mix="reliability_classes", weight_map="sign",
+def test_excess_loss_share_is_the_relative_excess_of_the_training_loss(problem):
+    train_loss = float(np.mean(problem["loss_fn"](problem["params"], problem["batch1"])))
+    clean_loss = float(np.mean(problem["loss_fn"](problem["params"], problem["val"])))
+    ctx = _ctx(problem, problem["batch1"])
+    expected = min(max(train_loss / clean_loss - 1, 0.0), 1.0)
+    assert 0 < expected < 1  # neither clip is active on this problem
+    np.testing.assert_allclose(methods.excess_loss_share(problem["loss_fn"], problem["loss_fn"],
+                                                         ctx), expected, rtol=1e-5)
+    # The clean batch as the training batch: no excess. Logits scaled up: the relative excess
+    # grows past 1 and is clipped; scaled to 0, both losses are log C: 0.
+    same = ctx._replace(batch=dict(problem["val"], index=jnp.arange(M)))
+    assert float(methods.excess_loss_share(problem["loss_fn"], problem["loss_fn"], same)) == 0
+    big = ctx._replace(params=jax.tree.map(lambda x: 50 * x, problem["params"]))
+    assert float(methods.excess_loss_share(problem["loss_fn"], problem["loss_fn"], big)) == 1
+    flat = ctx._replace(params=jax.tree.map(jnp.zeros_like, problem["params"]))
+    assert float(methods.excess_loss_share(problem["loss_fn"], problem["loss_fn"], flat)) == 0
+
+
+def test_excess_loss_mix_weighs_the_graded_weights_by_the_excess(problem):
+    options = dict(weight_map="sign", normalize="class_balanced")
+    ctx = _ctx(problem, problem["batch1"])
+    w, _, metrics = _weigh_once(methods.get_scheme("l2rw", mix="excess_loss", **options), ctx)
+    w_options = _weigh_once(methods.get_scheme("l2rw", **options), ctx)[0]
+    share = methods.excess_loss_share(problem["loss_fn"], problem["loss_fn"], ctx)
+    np.testing.assert_allclose(metrics["excess_loss_share"], share, rtol=1e-6)
+    mw = reweight.meta_weights(problem["loss_fn"], problem["params"], problem["opt_state"],
+                               problem["tx"], problem["batch1"], problem["val"])
+    w_graded = methods._class_normalized(jnp.maximum(-mw.g, 0), problem["batch1"]["label"],
+                                         "endorsed_classes", None)
+    assert not np.allclose(w_graded, w_options)
+    np.testing.assert_allclose(w, share * w_graded + (1 - share) * w_options, rtol=1e-4,
+                               atol=1e-7)
+    np.testing.assert_allclose(np.sum(w), 1.0, rtol=1e-6)
+    assert "reliability" not in metrics  # no second meta-gradient
+    # An odd clean batch is fine: nothing is split.
+    odd = jax.tree.map(lambda x: x[:3], problem["val"])
+    _weigh_once(methods.get_scheme("l2rw", mix="excess_loss", **options),
+                ctx._replace(val_batch=odd))
+
+
+@pytest.mark.parametrize("mix,metric", [("reliability_classes", "reliability"),
+                                        ("excess_loss", "excess_loss_share")])
+def test_mixes_under_shard_map_equal_one_device(problem, mix, metric):
+    """The even/odd split is the same on 4 programs (2 clean rows each) as on one; the losses
+    of the excess are means over the global batches."""
+    scheme = methods.get_scheme("l2rw", mix=mix, weight_map="sign",
                                 normalize="class_balanced")
     val = _val8()
     w_ref, _, m_ref = jax.jit(lambda b: scheme.weigh(
@@ -322,11 +365,11 @@ def test_reliability_mix_under_shard_map_equals_one_device(problem):
     def per_device(b, v):
         w, _, m = scheme.weigh(_ctx(problem, b)._replace(val_batch=v, axis_name=AXIS),
                                methods.EmptyState())
-        return w, m["reliability"]
+        return w, m[metric]
 
     mesh = Mesh(np.array(jax.devices()[:4]), (AXIS,))
     sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS)),
                                     out_specs=(P(AXIS), P())))
     w, rho = sharded(problem["batch1"], val)
-    np.testing.assert_allclose(rho, m_ref["reliability"], rtol=1e-5)
+    np.testing.assert_allclose(rho, m_ref[metric], rtol=1e-5)
     np.testing.assert_allclose(w, w_ref, rtol=1e-5, atol=1e-6)
