@@ -359,23 +359,24 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
                                                  all_clipped=all_clipped)[0]
             else:
                 w_B = _class_normalized(wt_B, ctx.batch["label"], normalize, ctx.axis_name)
-            if mix == "excess_loss":
-                share = excess_loss_share(loss_fn_plain, val_loss_fn_plain, ctx)
-                w_graded_B = _class_normalized(jnp.maximum(-mw.g, 0.0), ctx.batch["label"],
-                                               "endorsed_classes", ctx.axis_name)
-                w_B = share * w_graded_B + (1.0 - share) * w_B
-                metrics["excess_loss_share"] = share
-            elif mix != "none":
-                g_half_B = reweight.meta_gradient(
-                    loss_fn, ctx.params, opt_state, tx, ctx.batch, _even_rows(ctx.val_batch),
-                    mode=mode, axis_name=ctx.axis_name, val_loss_fn=val_loss_fn)[0]
-                rho = split_half_reliability(g_half_B, 2.0 * mw.g - g_half_B, ctx.axis_name)
-                w_graded_B = mw.w
-                if mix == "reliability_classes":
-                    w_graded_B = _class_normalized(jnp.maximum(-mw.g, 0.0), ctx.batch["label"],
-                                                   "endorsed_classes", ctx.axis_name)
-                w_B = rho * w_graded_B + (1.0 - rho) * w_B
-                metrics["reliability"] = rho
+            if mix != "none":
+                # The graded weights: the paper's map, normalised over the batch (paper) or per
+                # endorsed class; mixed in by a weight the clean set gives at this step.
+                w_graded_B = mw.w if mix == "reliability" else _class_normalized(
+                    jnp.maximum(-mw.g, 0.0), ctx.batch["label"], "endorsed_classes",
+                    ctx.axis_name)
+                if mix == "excess_loss":
+                    mix_weight = excess_loss_share(loss_fn_plain, val_loss_fn_plain, ctx)
+                    metrics["excess_loss_share"] = mix_weight
+                else:
+                    g_half_B = reweight.meta_gradient(
+                        loss_fn, ctx.params, opt_state, tx, ctx.batch,
+                        _even_rows(ctx.val_batch), mode=mode, axis_name=ctx.axis_name,
+                        val_loss_fn=val_loss_fn)[0]
+                    mix_weight = split_half_reliability(g_half_B, 2.0 * mw.g - g_half_B,
+                                                        ctx.axis_name)
+                    metrics["reliability"] = mix_weight
+                w_B = mix_weight * w_graded_B + (1.0 - mix_weight) * w_B
         if warmup_steps:
             _, total = _local_and_global_size(ctx)
             w_B = jnp.where(ctx.step < warmup_steps, jnp.full_like(w_B, 1.0 / total), w_B)
