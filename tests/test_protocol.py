@@ -62,6 +62,17 @@ def test_underfit_cifar_settings_are_the_robust_protocol_recipe_with_five_seeds(
         assert cfg.data.augment and cfg.data.dataset == ref.data.dataset
 
 
+def test_cifar_mlp_setting_is_the_mnist_mlp_recipe_on_cifar10_dev(monkeypatch):
+    monkeypatch.setenv("L2RW_DEV_DATA", "/dev-copies")  # only named, never read here
+    mnist = protocol_config.get_config("mnist_mlp_uniform40")
+    cfg = protocol_config.get_config("cifar_mlp_uniform40")
+    assert cfg.data.dataset == "npz:/dev-copies/cifar10_dev/cifar10_dev.npz"
+    assert (cfg.data.noise, cfg.data.noise_ratio, cfg.data.augment) == ("uniform", 0.4, False)
+    assert (cfg.num_steps, cfg.num_seeds) == (6000, 5)
+    for field in ("model", "optim", "loop"):
+        assert cfg[field] == mnist[field]
+
+
 def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
     res = tmp_path / "res"
     out = subprocess.run(
