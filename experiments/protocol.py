@@ -57,8 +57,10 @@ _SETTINGS = flags.DEFINE_list(
     "settings", ["digits_uniform40", "mnist_mlp_uniform40", "mnist_mlp_background40"],
     f"Settings to run, of {list(protocol_config.SETTINGS)}.")
 _METHODS = flags.DEFINE_list(
-    "methods", None, "Methods (default: erm,resample,l2rw,recommended), or ablations "
-    "l2rw+<token>[+...] / recommended-<token>[-...] (experiments/configs/protocol.py).")
+    "methods", None, "Methods (default: erm,resample,l2rw,recommended), or ablations: l2rw or "
+    "recommended followed by any number of +<token> (set that option; a mix token replaces "
+    "the mix) and -<token> (back to the paper's value), tokens in "
+    "experiments/configs/protocol.py ABLATIONS.")
 _NUM_STEPS = flags.DEFINE_integer(
     "num_steps", 0, "Step budget of every setting (0: each setting's own; lr boundaries scale).",
     lower_bound=0)

@@ -261,7 +261,8 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       class-balanced training and within 2 points of the paper's rule where that works.
       Metric ``excess_loss_share`` (``e``).
 
-    Metrics: ``val_loss`` (at the zero-gradient look-ahead) and the raw meta-gradient ``g_B``.
+    Metrics: ``val_loss`` (at the zero-gradient look-ahead) and the raw meta-gradient ``g_B``;
+    with a mix, ``excess_loss_share`` or ``reliability``.
 
     Args:
       mode: ``"forward"`` (default, cheaper) or ``"reverse"``; both exact.
@@ -410,15 +411,20 @@ def split_half_reliability(gA_B: jax.Array, gB_B: jax.Array,
 def excess_loss_share(loss_fn: reweight.LossFn, val_loss_fn: reweight.LossFn,
                       ctx: WeighContext) -> jax.Array:
     """``clip(L_train / L_clean - 1, 0, 1)`` at ``theta``: the training loss's relative excess
-    over the clean loss, the graded weights' share in ``l2rw(mix="excess_loss")``. ``L_train`` is the mean training loss (unweighted, against the
-    observed labels) over the global batch, ``L_clean`` the clean batch's mean loss. A float32
-    scalar in [0, 1]; 0 when ``L_clean <= 0``.
+    over the clean loss, the graded weights' share in ``l2rw(mix="excess_loss")``.
+    ``L_train`` is the mean training loss (unweighted, against the observed labels) over the
+    global batch, ``L_clean`` the clean batch's mean loss. A float32 scalar in [0, 1]; 0 when
+    ``L_clean <= 0``.
 
     With a noise rate ``eta``, a model that has learnt the task without memorising the flips
     has ``L_train ~ (1 - eta) l_correct + eta l_flipped`` and ``L_clean ~ l_correct``, so the
     excess is ``eta (l_flipped / l_correct - 1)``: large when the flips stand out by their loss
     (the model is confident on the true classes), near 0 while the model's own error dominates
-    both losses (it underfits, or early in training) and 0 once it has memorised the flips."""
+    both losses (it underfits, or early in training). It also falls to 0 when the model fits
+    the flips anyway (``L_train`` drops to ``L_clean``): then the mix leaves the options'
+    weights in charge, which slow that memorisation without stopping it (README "Two
+    regimes", the CIFAR MLP setting). Where the graded weights keep the flips out (digits,
+    MNIST), ``L_train`` stays high and the excess at 1."""
     params = jax.lax.stop_gradient(ctx.params)
     train_loss = jnp.mean(_gathered(loss_fn(params, ctx.batch), ctx.axis_name))
     clean_loss = jnp.mean(_gathered(val_loss_fn(params, ctx.val_batch), ctx.axis_name))
