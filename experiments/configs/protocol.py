@@ -39,8 +39,10 @@ method per run):
 
 Expected (measured, 5 seeds, final test accuracy; the tables are
 benchmarks/results/protocol_<setting>*.md, README "Two regimes"): digits ERM 69.4%,
-class-balanced 72.6%, paper L2RW 90.7%, recommended 88.3%; MNIST MLP uniform at a shortened
-15,000 steps: ERM 68.8%, paper 93.0%, recommended 94.0%; background at 8000 steps: ERM 63.9%,
+class-balanced 72.6%, paper L2RW 90.7%, recommended 88.3%; MNIST MLP uniform at 30,000 steps:
+ERM 65.4%, paper L2RW 75.8% (one seed of five diverges near step 20,500, the others end at
+90.9-93.2%), recommended 92.4%; at a shortened 15,000 steps: ERM 68.8%, paper 93.0%,
+recommended 94.0%; background at 8000 steps: ERM 63.9%,
 class-balanced 95.6%, paper L2RW collapses to chance (9.8%), recommended 96.8%; underfit
 CIFAR: ERM 37.8% / 15.1% (uniform / background), class-balanced 37.7% / 44.7%, recommended
 37.7% / 43.0%; CIFAR MLP: ERM 29.9% (peak 40.1%), class-balanced 29.3%, paper L2RW collapses
