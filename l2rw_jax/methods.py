@@ -425,9 +425,9 @@ def excess_loss_share(loss_fn: reweight.LossFn, val_loss_fn: reweight.LossFn,
     weights in charge, which slow that memorisation without stopping it (README "Two
     regimes", the CIFAR MLP setting). Where the graded weights keep the flips out (digits,
     MNIST), ``L_train`` stays high and the excess at 1."""
-    params = jax.lax.stop_gradient(ctx.params)
-    train_loss = jnp.mean(_gathered(loss_fn(params, ctx.batch), ctx.axis_name))
-    clean_loss = jnp.mean(_gathered(val_loss_fn(params, ctx.val_batch), ctx.axis_name))
+    losses_B, val_losses_G = _losses_at_theta(loss_fn, val_loss_fn, ctx)
+    train_loss = jnp.mean(_gathered(losses_B, ctx.axis_name))
+    clean_loss = jnp.mean(val_losses_G)
     excess = train_loss / jnp.where(clean_loss > 0, clean_loss, 1.0) - 1.0
     return jnp.where(clean_loss > 0, jnp.clip(excess, 0.0, 1.0), 0.0)
 
@@ -444,10 +444,16 @@ def _capped(wt_B: jax.Array, axis_name: str | None) -> jax.Array:
 def _loss_gate(loss_fn, val_loss_fn, ctx: WeighContext, q: float) -> jax.Array:
     """``1[C_i(theta) <= tau]`` (float, shape B), ``tau`` the ``q``-quantile of the clean
     batch's losses at ``theta`` over the global clean batch."""
-    params = jax.lax.stop_gradient(ctx.params)
-    losses_B = loss_fn(params, ctx.batch)
-    val_losses_G = _gathered(val_loss_fn(params, ctx.val_batch), ctx.axis_name)
+    losses_B, val_losses_G = _losses_at_theta(loss_fn, val_loss_fn, ctx)
     return (losses_B <= jnp.quantile(val_losses_G, q)).astype(jnp.float32)
+
+
+def _losses_at_theta(loss_fn, val_loss_fn, ctx: WeighContext) -> tuple[jax.Array, jax.Array]:
+    """``(losses_B, val_losses_G)``: this program's training losses and the global clean
+    batch's losses at ``theta`` (constants: nothing differentiates through them)."""
+    params = jax.lax.stop_gradient(ctx.params)
+    return (loss_fn(params, ctx.batch),
+            _gathered(val_loss_fn(params, ctx.val_batch), ctx.axis_name))
 
 
 def _moving_only(loss_fn: reweight.LossFn, meta_params: str | tuple[str, ...]
