@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 WEIGHING_METHODS = ("erm", "l2rw", "random", "proportion", "hard_mining", "mwnet")
 DATA_METHODS = ("resample", "finetune", "clean_only")
+CORRECTIONS = ("none", "glc")
 METHODS = WEIGHING_METHODS + DATA_METHODS
 BACKENDS = ("auto", "device", "tfdata")
 GROUPS = ("data", "model", "optim", "method", "loop")
@@ -127,6 +128,11 @@ def default_config() -> ml_collections.ConfigDict:
     m.meta_weight_decay = 1e-4      # its L2 weight decay
     m.normalize = True              # weights V(C_i) / sum_j V(C_j) (True) or V(C_i) / B (False)
     c.method.finetune_steps = 0     # finetune only: clean-set steps after num_steps of ERM
+    # Loss correction from the trusted set, around any weighing method (l2rw_jax.correction):
+    # none | glc (Gold Loss Correction: plain training until correction_at * num_steps, the
+    # transition matrix estimated on the clean set then, the forward-corrected loss after).
+    c.method.correction = "none"
+    c.method.correction_at = 0.2    # glc: share of num_steps trained plainly before the estimate
 
     # --- Loop (l2rw_jax.train).
     c.loop = p = ml_collections.ConfigDict()
@@ -187,7 +193,8 @@ LEGACY_FIELDS = {
 # Fields added after the first release, with the behaviour runs had before them.
 ADDED_FIELDS = {**{f"method.l2rw.{k}": v for k, v in PAPER_L2RW.items()},
                 "method.l2rw.lookahead": "optimizer", "data.pixel_scale": "standardize",
-                "loop.backend": "tfdata"}
+                "loop.backend": "tfdata", "method.correction": "none",
+                "method.correction_at": 0.2}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -340,6 +347,15 @@ def _check(c, check_devices: bool) -> None:
         methods.get_scheme(scheme, **options)  # Checks the scheme's options.
     except ValueError as e:  # Named by its config group: the message says the option.
         raise ValueError(f"method.{scheme}: {e}") from None
+    if c.method.correction not in CORRECTIONS:
+        raise ValueError(f"method.correction={c.method.correction!r} is not supported; allowed: "
+                         f"{', '.join(CORRECTIONS)}.")
+    if not (_is_number(c.method.correction_at) and 0 < c.method.correction_at < 1):
+        raise ValueError(f"method.correction_at must be a number in (0, 1), got "
+                         f"{c.method.correction_at!r}.")
+    if c.method.correction != "none" and c.method.name in DATA_METHODS:
+        raise ValueError(f"method.correction={c.method.correction!r} needs a weighing method "
+                         f"({', '.join(WEIGHING_METHODS)}), got method.name={c.method.name!r}.")
     mix = options.get("mix", "none") if scheme == "l2rw" else "none"
     mixes = mix.startswith("reliability")  # the split-half mixes: an even clean batch
     if mixes and d.clean_batch_size % 2:
@@ -407,6 +423,14 @@ def weighing(method) -> tuple[str, dict]:
     if method.name in DATA_METHODS:
         return "erm", {}
     return method.name, {}
+
+
+def correction_steps(config) -> int:
+    """The step at which a loss correction is estimated and starts (0: no correction):
+    ``max(1, round(correction_at * num_steps))``."""
+    if config.method.correction == "none":
+        return 0
+    return max(1, round(config.method.correction_at * config.num_steps))
 
 
 def make_optimizer(optim) -> optax.GradientTransformation:

@@ -44,6 +44,8 @@ class WeighContext(NamedTuple):
       step: int32 scalar, the number of real steps taken so far.
       axis_name: mapped axis under ``pmap``/``shard_map``, else None.
       val_loss_fn: per-example loss for the clean batch (defaults to ``loss_fn``).
+      val_logits_fn: ``val_logits_fn(params, batch) -> logits_MxC`` of the clean batch in
+        training mode (what ``val_loss_fn`` scores), or None.
     """
 
     loss_fn: reweight.LossFn
@@ -56,6 +58,7 @@ class WeighContext(NamedTuple):
     step: jax.Array
     axis_name: str | None = None
     val_loss_fn: reweight.LossFn | None = None
+    val_logits_fn: Callable[[PyTree, PyTree], jax.Array] | None = None
 
 
 # The state of a scheme without one (erm, random, l2rw without memory): optax's, so that one
@@ -118,10 +121,17 @@ class WeighingScheme(NamedTuple):
       weigh: ``weigh(ctx: WeighContext, state) -> (w_B, new_state, metrics)``: this step's
         weights ``(B,)``, the next state (same type and shapes as ``state``) and the scheme's
         metrics. Raises ValueError (when traced) if ``state`` is not the type ``init`` returns.
+      correction: None (the training loss is the cross-entropy against the observed label), or
+        ``correction(state, step) -> (T_CxC, clean_share)``: the train step then minimises
+        ``(1 - clean_share) sum_i w_i l^T_i + clean_share mean_j C^v_j`` with the forward-
+        corrected loss ``l^T_i = -log sum_j softmax(z_i)_j T[j, y_i]`` (Patrini et al., CVPR
+        2017) and the clean batch's cross-entropy ``C^v_j`` (:mod:`l2rw_jax.correction`).
+        ``state`` is the state before this step's ``weigh``.
     """
 
     init: InitFn
     weigh: WeighFn
+    correction: Callable[[PyTree, jax.Array], tuple[jax.Array, jax.Array]] | None = None
 
 
 def _init_empty(rng: jax.Array, class_counts_C=None) -> EmptyState:

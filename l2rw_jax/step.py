@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from l2rw_jax import correction as correction_lib
 from l2rw_jax import methods
 from l2rw_jax.reweight import _to_varying
 from l2rw_jax.train_state import TrainState
@@ -88,28 +89,45 @@ def make_train_step(
             index = jax.lax.axis_index(axis_name)
             key_train, key_val = (jax.random.fold_in(k, index) for k in (key_train, key_val))
 
+        if scheme.correction is None:
+            train_loss_B, clean_share = loss_B, None
+        else:
+            T_CxC, clean_share = scheme.correction(state.method_state, state.step)
+
+            def train_loss_B(logits, labels):
+                return correction_lib.forward_corrected_xent(logits, labels, T_CxC)
+
         def losses_and_state(params, b):
             logits, new_model_state = apply_fn(params, state.model_state, b["image"], True,
                                                key_train)
-            return loss_B(logits, b["label"]), new_model_state
+            return train_loss_B(logits, b["label"]), new_model_state
 
         def loss_fn(params, b):
             return losses_and_state(params, b)[0]
 
+        def val_logits_fn(params, b):
+            return apply_fn(params, state.model_state, b["image"], True, key_val)[0]
+
         def val_loss_fn(params, b):
-            logits, _ = apply_fn(params, state.model_state, b["image"], True, key_val)
-            return loss_B(logits, b["label"])
+            return loss_B(val_logits_fn(params, b), b["label"])
 
         ctx = methods.WeighContext(
             loss_fn=loss_fn, params=state.params, opt_state=state.opt_state, tx=tx,
             batch=batch, val_batch=val_batch, rng=key_method, step=state.step,
-            axis_name=axis_name, val_loss_fn=val_loss_fn)
+            axis_name=axis_name, val_loss_fn=val_loss_fn, val_logits_fn=val_logits_fn)
         w_B, method_state, method_metrics = scheme.weigh(ctx, state.method_state)
         w_B = jax.lax.stop_gradient(w_B)
 
         def weighted_loss(params):
             losses_B, new_model_state = losses_and_state(params, batch)
-            return jnp.sum(w_B.astype(losses_B.dtype) * losses_B), (losses_B, new_model_state)
+            total = jnp.sum(w_B.astype(losses_B.dtype) * losses_B)
+            if clean_share is not None:
+                # The clean batch trained on at its share; its global mean is the sum of the
+                # programs' sums over the global clean batch size (the psum below adds them).
+                val_losses_M = val_loss_fn(params, val_batch)
+                _, global_m = _local_and_global(val_losses_M, axis_name)
+                total = (1.0 - clean_share) * total + clean_share * jnp.sum(val_losses_M) / global_m
+            return total, (losses_B, new_model_state)
 
         (wloss, (losses_B, model_state)), grads = jax.value_and_grad(
             weighted_loss, has_aux=True)(_to_varying(state.params, axis_name))
@@ -129,6 +147,11 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def _local_and_global(x_B, axis_name):
+    local = x_B.shape[0]
+    return local, local if axis_name is None else local * jax.lax.psum(1, axis_name)
 
 
 def _global_sum(x, axis_name):

@@ -67,7 +67,8 @@ def build_run(config: ml_collections.ConfigDict) -> build.Run:
         mds, model=config.model.name, model_kwargs=config_lib.model_kwargs(config.model),
         tx=config_lib.make_optimizer(config.optim), scheme=scheme, options=options,
         batch_size=config.data.batch_size, clean_batch_size=config.data.clean_batch_size,
-        total_steps=config_lib.total_steps(config))
+        total_steps=config_lib.total_steps(config),
+        correction_steps=config_lib.correction_steps(config))
 
 
 def _concat(trees: list):

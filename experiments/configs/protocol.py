@@ -175,6 +175,17 @@ METHODS = {
     "l2rw": {"method": {"name": "l2rw", "l2rw": dict(_DEFAULT_L2RW, **config_lib.PAPER_L2RW)}},
     "recommended": {"method": {"name": "l2rw",
                                "l2rw": dict(_DEFAULT_L2RW, **config_lib.ROBUST_L2RW)}},
+    "mwnet": {"method": {"name": "mwnet"}},
+    "clean_only": {"method": {"name": "clean_only"}},
+    # The paper's "+FT": ERM for the setting's steps, then a tenth of them on the clean set
+    # (setting_config sets finetune_steps; the budget is 1.1x the others').
+    "finetune": {"method": {"name": "finetune"}},
+    # Gold Loss Correction (l2rw_jax.correction) around plain weights and the paper's rule.
+    "glc": {"method": {"name": "erm", "correction": "glc"}},
+    "glc_l2rw": {"method": {"name": "l2rw", "correction": "glc",
+                            "l2rw": dict(_DEFAULT_L2RW, **config_lib.PAPER_L2RW)}},
+    "glc_recommended": {"method": {"name": "l2rw", "correction": "glc",
+                                   "l2rw": dict(_DEFAULT_L2RW, **config_lib.ROBUST_L2RW)}},
 }
 # Ablation tokens: option name -> (method.l2rw field, its non-paper value). A method name
 # `<base>(+|-)<token>...` with base l2rw (the paper's rule) or recommended (the default):
@@ -235,4 +246,6 @@ def setting_config(setting: str, method: str, num_steps: int = 0, num_seeds: int
         cfg.num_seeds = num_seeds
     cfg = config_lib.validate(cfg)
     cfg.update(method_overrides(method))
+    if cfg.method.name == "finetune":
+        cfg.method.finetune_steps = max(1, cfg.num_steps // 10)
     return config_lib.validate(cfg)

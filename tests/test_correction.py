@@ -1,0 +1,176 @@
+"""Gold Loss Correction (l2rw_jax.correction): the corrected loss, the transition estimate from
+the clean set, the estimation window, and the train step's objective, on hand-checkable problems."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, PartitionSpec as P
+
+from l2rw_jax import correction, methods
+from l2rw_jax import step as step_lib
+from l2rw_jax.train_state import TrainState
+
+B, M, C, D = 8, 4, 3, 5
+AXIS = "data"
+
+
+def test_forward_corrected_loss_is_the_hand_formula_and_the_cross_entropy_at_identity():
+    z_BxC = jnp.array([[1.0, 2.0, 0.5], [0.1, -1.0, 3.0]])
+    y_B = jnp.array([1, 2])
+    T_CxC = jnp.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    p_BxC = np.asarray(jax.nn.softmax(z_BxC))
+    hand_B = -np.log([p_BxC[0] @ np.asarray(T_CxC)[:, 1], p_BxC[1] @ np.asarray(T_CxC)[:, 2]])
+    np.testing.assert_allclose(correction.forward_corrected_xent(z_BxC, y_B, T_CxC), hand_B,
+                               rtol=1e-6)
+    np.testing.assert_allclose(correction.forward_corrected_xent(z_BxC, y_B, jnp.eye(C)),
+                               optax.softmax_cross_entropy_with_integer_labels(z_BxC, y_B),
+                               rtol=1e-5)  # float32: log-sum-exp vs optax's log-softmax
+
+
+def test_transition_estimate_recovers_a_known_T_within_its_standard_error():
+    """Predictions that are one-hot draws of the observed label from T's row of the true class
+    (a model that has learnt p(observed | x) exactly, sampled): every entry of the estimate
+    within 4 standard errors of T (binomial, n = 3000 per class)."""
+    T_CxC = np.array([[0.6, 0.4, 0.0], [0.0, 0.55, 0.45], [0.45, 0.0, 0.55]])  # pair flip 45%
+    rng = np.random.default_rng(0)
+    y_N = np.repeat(np.arange(C), 3000)
+    noisy_N = np.array([rng.choice(C, p=T_CxC[y]) for y in y_N])
+    onehot_y, onehot_noisy = np.eye(C)[y_N], np.eye(C)[noisy_N]
+    T_hat = np.asarray(correction.transition_estimate(
+        jnp.asarray(onehot_y.T @ onehot_noisy, jnp.float32),
+        jnp.asarray(onehot_y.sum(0), jnp.float32)))
+    se = np.sqrt(T_CxC * (1 - T_CxC) / 3000)
+    assert np.all(np.abs(T_hat - T_CxC) <= 4 * se + 1e-7)
+    np.testing.assert_allclose(T_hat.sum(1), 1.0, rtol=1e-6)
+    # A class the window never saw keeps the identity's row.
+    T_hat = correction.transition_estimate(jnp.ones((C, C)), jnp.array([3.0, 0.0, 3.0]))
+    np.testing.assert_allclose(T_hat[1], [0.0, 1.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """A linear softmax model, batches of B training rows and M clean rows."""
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(D, C)), jnp.float32),
+              "b": jnp.zeros(C, jnp.float32)}
+
+    def batch(n, seed, index=True):
+        r = np.random.default_rng(seed)
+        b = {"image": jnp.asarray(r.normal(size=(n, D)), jnp.float32),
+             "label": jnp.asarray(r.integers(0, C, n), jnp.int32)}
+        if index:
+            b["index"] = jnp.arange(n, dtype=jnp.int32)
+        return b
+
+    def apply_fn(p, model_state, x, train, rng=None):
+        del train, rng
+        return x @ p["w"] + p["b"][None, :], model_state
+
+    return dict(params=params, apply_fn=apply_fn, batch=batch(B, 1),
+                val=batch(M, 2, index=False), val2=batch(M, 3, index=False))
+
+
+def _ctx(prob, step, val):
+    def logits_fn(p, b):
+        return prob["apply_fn"](p, {}, b["image"], True)[0]
+
+    def loss_fn(p, b):
+        return optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, b), b["label"])
+
+    tx = optax.sgd(0.1)
+    return methods.WeighContext(
+        loss_fn=loss_fn, params=prob["params"], opt_state=tx.init(prob["params"]), tx=tx,
+        batch=prob["batch"], val_batch=val, rng=jax.random.PRNGKey(0), step=jnp.int32(step),
+        val_loss_fn=loss_fn, val_logits_fn=logits_fn)
+
+
+def test_window_accumulates_the_clean_softmax_per_label_just_before_the_estimate(problem):
+    """num_clean = 8, M = 4: a window of 2 steps, [E - 2, E) with E = 5. Before E the weights
+    are ERM's and the correction is (I, 0); from E on the inner scheme's weights and (T^, s)."""
+    inner = methods.get_scheme("random")
+    scheme = correction.gold_correction(inner, estimate_steps=5, num_clean=8, num_train=24)
+    state = scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8]))
+    weigh = jax.jit(lambda s, t, v: scheme.weigh(_ctx(problem, t, v), s))
+    expected_sum, expected_n = np.zeros((C, C)), np.zeros(C)
+    for t, val in enumerate([problem["val"], problem["val2"]] * 3):
+        T_CxC, share = scheme.correction(state, jnp.int32(t))
+        w_B, state, metrics = weigh(state, t, val)
+        if t < 5:
+            np.testing.assert_allclose(w_B, np.full(B, 1 / B))
+            np.testing.assert_array_equal(T_CxC, np.eye(C))
+            assert float(share) == 0.0
+        else:
+            w_inner = inner.weigh(_ctx(problem, t, val), methods.EmptyState())[0]
+            np.testing.assert_allclose(w_B, w_inner, rtol=1e-6)
+            T_hat = expected_sum / expected_n[:, None]
+            np.testing.assert_allclose(T_CxC, T_hat, rtol=1e-5)
+            np.testing.assert_allclose(metrics["transition_diag"], np.mean(np.diag(T_hat)),
+                                       rtol=1e-5)
+            assert float(share) == pytest.approx(8 / 32)
+        if t in (3, 4):  # the window
+            p = np.asarray(jax.nn.softmax(val["image"] @ problem["params"]["w"]))
+            onehot = np.eye(C)[np.asarray(val["label"])]
+            expected_sum += onehot.T @ p
+            expected_n += onehot.sum(0)
+        np.testing.assert_allclose(state.confusion_sum_CxC, expected_sum, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(state.count_C, expected_n)
+
+
+def test_train_step_minimises_the_corrected_loss_plus_the_clean_share(problem):
+    """After the estimate, one SGD step equals the gradient step of
+    (1 - s) sum_i w_i l^T_i + s mean_j CE_j, computed by hand."""
+    scheme = correction.gold_correction(methods.get_scheme("erm"), estimate_steps=1,
+                                        num_clean=8, num_train=24)
+    tx = optax.sgd(0.5)
+    params = problem["params"]
+    T_CxC = jnp.array([[0.6, 0.2, 0.2], [0.1, 0.8, 0.1], [0.3, 0.0, 0.7]])
+    gold = correction.GoldCorrectionState(methods.EmptyState(), T_CxC * 4.0, jnp.full((C,), 4.0))
+    state = TrainState(step=jnp.int32(1), params=params, model_state={},
+                       opt_state=tx.init(params), rng=jax.random.key(0), method_state=gold)
+    train_step = step_lib.make_train_step(problem["apply_fn"], tx, scheme)
+    new_state, metrics = jax.jit(train_step)(state, problem["batch"], problem["val"])
+
+    def objective(p):
+        z = problem["batch"]["image"] @ p["w"] + p["b"][None, :]
+        zv = problem["val"]["image"] @ p["w"] + p["b"][None, :]
+        p_BxC = jax.nn.softmax(z)
+        noisy_B = -jnp.log(jnp.sum(p_BxC * T_CxC[:, problem["batch"]["label"]].T, axis=1))
+        clean_M = optax.softmax_cross_entropy_with_integer_labels(zv, problem["val"]["label"])
+        return 0.75 * jnp.mean(noisy_B) + 0.25 * jnp.mean(clean_M)
+
+    grads = jax.grad(objective)(params)
+    expected = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
+    for k in params:
+        np.testing.assert_allclose(new_state.params[k], expected[k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["weighted_loss"], objective(params), rtol=1e-5)
+    np.testing.assert_allclose(new_state.method_state.confusion_sum_CxC, gold.confusion_sum_CxC)
+
+
+def test_gold_correction_under_shard_map_equals_one_device(problem):
+    scheme = correction.gold_correction(methods.get_scheme("l2rw"), estimate_steps=1,
+                                        num_clean=4, num_train=8)
+    state = scheme.init(jax.random.PRNGKey(0), np.array([3, 3, 2]))
+    w_ref, s_ref, _ = jax.jit(lambda s: scheme.weigh(_ctx(problem, 0, problem["val"]), s))(state)
+
+    def per_device(s, b, v):
+        ctx = _ctx(problem, 0, v)._replace(batch=b, axis_name=AXIS)
+        return scheme.weigh(ctx, s)[:2]
+
+    mesh = Mesh(np.array(jax.devices()[:2]), (AXIS,))
+    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
+                                    out_specs=(P(AXIS), P())))
+    w, s = sharded(state, problem["batch"], problem["val"])
+    np.testing.assert_allclose(w, w_ref, rtol=1e-5)
+    np.testing.assert_allclose(s.confusion_sum_CxC, s_ref.confusion_sum_CxC, rtol=1e-5)
+    np.testing.assert_allclose(s.count_C, s_ref.count_C)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(estimate_steps=0, num_clean=4, num_train=8), "estimate_steps"),
+    (dict(estimate_steps=2, num_clean=0, num_train=8), "num_clean"),
+    (dict(estimate_steps=2, num_clean=4, num_train=True), "num_train"),
+])
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        correction.gold_correction(methods.get_scheme("erm"), **kwargs)
