@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 WEIGHING_METHODS = ("erm", "l2rw", "random", "proportion", "hard_mining", "mwnet")
 DATA_METHODS = ("resample", "finetune", "clean_only")
 CORRECTIONS = ("none", "glc")
+# Fields of a scheme's group that configure the loss correction around it (config.weighing
+# leaves them out of the scheme's options; config.correction_steps reads them).
+_CORRECTION_FIELDS = {"l2rw": ("correction", "correction_at")}
 METHODS = WEIGHING_METHODS + DATA_METHODS
 BACKENDS = ("auto", "device", "tfdata")
 GROUPS = ("data", "model", "optim", "method", "loop")
@@ -121,6 +124,11 @@ def default_config() -> ml_collections.ConfigDict:
     l.loss_quantile = 0.0           # loss gate: keep C_i <= q-quantile of clean losses; 0: off
     l.mix = "excess_loss"           # graded weights mixed in by the training loss's excess over
     #                                 the clean loss | reliability_classes | reliability | none
+    # Loss correction from the clean set (l2rw_jax.correction; not options of methods.l2rw):
+    # glc (Gold Loss Correction: plain training until correction_at * num_steps, the label
+    # transition matrix estimated on the clean set then, the corrected loss after) | none.
+    l.correction = "glc"
+    l.correction_at = 0.1           # glc: share of num_steps trained plainly before the estimate
     # methods.mwnet's options (Meta-Weight-Net, Shu et al. 2019).
     c.method.mwnet = m = ml_collections.ConfigDict()
     m.hidden = 100                  # hidden units (Shu et al. 2019: 100)
@@ -128,11 +136,6 @@ def default_config() -> ml_collections.ConfigDict:
     m.meta_weight_decay = 1e-4      # its L2 weight decay
     m.normalize = True              # weights V(C_i) / sum_j V(C_j) (True) or V(C_i) / B (False)
     c.method.finetune_steps = 0     # finetune only: clean-set steps after num_steps of ERM
-    # Loss correction from the trusted set, around any weighing method (l2rw_jax.correction):
-    # none | glc (Gold Loss Correction: plain training until correction_at * num_steps, the
-    # transition matrix estimated on the clean set then, the forward-corrected loss after).
-    c.method.correction = "none"
-    c.method.correction_at = 0.2    # glc: share of num_steps trained plainly before the estimate
 
     # --- Loop (l2rw_jax.train).
     c.loop = p = ml_collections.ConfigDict()
@@ -163,9 +166,9 @@ def default_config() -> ml_collections.ConfigDict:
 # what the reproduction configs use (`c.method.l2rw.update(PAPER_L2RW)`).
 PAPER_L2RW = {"memory_decay": 0.0, "warmup_steps": 0, "weight_map": "clip",
               "normalize": "batch", "meta_params": "all", "loss_quantile": 0.0,
-              "mix": "none"}
+              "mix": "none", "correction": "none", "correction_at": 0.1}
 # The robust variant (methods.ROBUST_OPTIONS; README "Robust reweighting" has the evidence).
-ROBUST_L2RW = dict(methods.ROBUST_OPTIONS)
+ROBUST_L2RW = dict(methods.ROBUST_OPTIONS, correction="glc", correction_at=0.1)
 
 # Flat fields of configs written before the groups -> their place now.
 LEGACY_FIELDS = {
@@ -180,7 +183,7 @@ LEGACY_FIELDS = {
     "method": "method.name", "finetune_steps": "method.finetune_steps",
     **{f"l2rw_{f}": f"method.l2rw.{f}" for f in (
         "mode", "all_clipped", "lookahead", "memory_decay", "warmup_steps", "weight_map",
-        "normalize", "meta_params", "loss_quantile", "mix")},
+        "normalize", "meta_params", "loss_quantile", "mix", "correction", "correction_at")},
     "mwnet_hidden": "method.mwnet.hidden", "mwnet_lr": "method.mwnet.meta_lr",
     "mwnet_weight_decay": "method.mwnet.meta_weight_decay",
     "mwnet_normalize": "method.mwnet.normalize",
@@ -193,8 +196,7 @@ LEGACY_FIELDS = {
 # Fields added after the first release, with the behaviour runs had before them.
 ADDED_FIELDS = {**{f"method.l2rw.{k}": v for k, v in PAPER_L2RW.items()},
                 "method.l2rw.lookahead": "optimizer", "data.pixel_scale": "standardize",
-                "loop.backend": "tfdata", "method.correction": "none",
-                "method.correction_at": 0.2}
+                "loop.backend": "tfdata"}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -347,15 +349,13 @@ def _check(c, check_devices: bool) -> None:
         methods.get_scheme(scheme, **options)  # Checks the scheme's options.
     except ValueError as e:  # Named by its config group: the message says the option.
         raise ValueError(f"method.{scheme}: {e}") from None
-    if c.method.correction not in CORRECTIONS:
-        raise ValueError(f"method.correction={c.method.correction!r} is not supported; allowed: "
+    l = c.method.l2rw
+    if l.correction not in CORRECTIONS:
+        raise ValueError(f"method.l2rw.correction={l.correction!r} is not supported; allowed: "
                          f"{', '.join(CORRECTIONS)}.")
-    if not (_is_number(c.method.correction_at) and 0 < c.method.correction_at < 1):
-        raise ValueError(f"method.correction_at must be a number in (0, 1), got "
-                         f"{c.method.correction_at!r}.")
-    if c.method.correction != "none" and c.method.name in DATA_METHODS:
-        raise ValueError(f"method.correction={c.method.correction!r} needs a weighing method "
-                         f"({', '.join(WEIGHING_METHODS)}), got method.name={c.method.name!r}.")
+    if not (_is_number(l.correction_at) and 0 < l.correction_at < 1):
+        raise ValueError(f"method.l2rw.correction_at must be a number in (0, 1), got "
+                         f"{l.correction_at!r}.")
     mix = options.get("mix", "none") if scheme == "l2rw" else "none"
     mixes = mix.startswith("reliability")  # the split-half mixes: an even clean batch
     if mixes and d.clean_batch_size % 2:
@@ -419,18 +419,22 @@ def weighing(method) -> tuple[str, dict]:
     """(scheme name, its options) behind the method group: ``methods.get_scheme(name,
     **options)``. The data-level methods weigh with ``erm``."""
     if method.name in _SCHEME_GROUPS:
-        return method.name, method[method.name].to_dict()
+        options = method[method.name].to_dict()
+        for field in _CORRECTION_FIELDS.get(method.name, ()):
+            options.pop(field)
+        return method.name, options
     if method.name in DATA_METHODS:
         return "erm", {}
     return method.name, {}
 
 
 def correction_steps(config) -> int:
-    """The step at which a loss correction is estimated and starts (0: no correction):
-    ``max(1, round(correction_at * num_steps))``."""
-    if config.method.correction == "none":
+    """The step ``E`` at which the l2rw method's loss correction is estimated and starts, 0
+    without one: ``max(1, round(correction_at * num_steps))``."""
+    l = config.method.l2rw
+    if config.method.name != "l2rw" or l.correction == "none":
         return 0
-    return max(1, round(config.method.correction_at * config.num_steps))
+    return max(1, round(l.correction_at * config.num_steps))
 
 
 def make_optimizer(optim) -> optax.GradientTransformation:

@@ -73,7 +73,15 @@ def test_member_data_reads_a_flat_config_json(tmp_path):
 
 def test_translation_hands_each_library_call_its_group():
     c = config_lib.validate(config_lib.default_config())
-    assert config_lib.weighing(c.method) == ("l2rw", c.method.l2rw.to_dict())
+    scheme_options = c.method.l2rw.to_dict()
+    correction = {k: scheme_options.pop(k) for k in ("correction", "correction_at")}
+    assert config_lib.weighing(c.method) == ("l2rw", scheme_options)
+    # The loss correction is not a scheme option: it wraps the scheme from step E on.
+    assert correction == {"correction": "glc", "correction_at": 0.1}
+    c.num_steps = 1500
+    assert config_lib.correction_steps(c) == 150
+    c.method.l2rw.correction = "none"
+    assert config_lib.correction_steps(c) == 0
     c.method.name = "mwnet"
     assert config_lib.weighing(c.method) == ("mwnet", dict(
         hidden=100, meta_lr=1e-3, meta_weight_decay=1e-4, normalize=True))

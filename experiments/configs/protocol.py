@@ -180,12 +180,12 @@ METHODS = {
     # The paper's "+FT": ERM for the setting's steps, then a tenth of them on the clean set
     # (setting_config sets finetune_steps; the budget is 1.1x the others').
     "finetune": {"method": {"name": "finetune"}},
-    # Gold Loss Correction (l2rw_jax.correction) around plain weights and the paper's rule.
-    "glc": {"method": {"name": "erm", "correction": "glc"}},
-    "glc_l2rw": {"method": {"name": "l2rw", "correction": "glc",
-                            "l2rw": dict(_DEFAULT_L2RW, **config_lib.PAPER_L2RW)}},
-    "glc_recommended": {"method": {"name": "l2rw", "correction": "glc",
-                                   "l2rw": dict(_DEFAULT_L2RW, **config_lib.ROBUST_L2RW)}},
+    # Gold Loss Correction (l2rw_jax.correction) with plain weights (weight_map "one": every
+    # w_i = 1 / B, the meta-gradient ignored) and around the paper's rule.
+    "glc": {"method": {"name": "l2rw", "l2rw": dict(
+        _DEFAULT_L2RW, **dict(config_lib.PAPER_L2RW, weight_map="one", correction="glc"))}},
+    "glc_l2rw": {"method": {"name": "l2rw", "l2rw": dict(
+        _DEFAULT_L2RW, **dict(config_lib.PAPER_L2RW, correction="glc"))}},
 }
 # Ablation tokens: option name -> (method.l2rw field, its non-paper value). A method name
 # `<base>(+|-)<token>...` with base l2rw (the paper's rule) or recommended (the default):
@@ -203,6 +203,7 @@ ABLATIONS = {
     "reliability": ("mix", "reliability"),
     "reliability_classes": ("mix", "reliability_classes"),
     "excess_loss": ("mix", "excess_loss"),
+    "glc": ("correction", "glc"),
 }
 
 
