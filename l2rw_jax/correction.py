@@ -16,8 +16,10 @@ Reweighting can only drop examples; with a trusted set a scheme can also use the
    ``(1 - s) sum_i w_i l^T_i + s mean_j C^v_j``:
    the inner scheme's weights on the forward-corrected loss
    ``l^T_i = -log sum_j softmax(z_i)_j T^[j, y_i]`` (Patrini et al., CVPR 2017), plus the
-   clean batch's cross-entropy at the clean set's natural share ``s = n_clean / (n_clean +
-   n_train)`` (GLC trains on the union of the trusted and the corrected untrusted data).
+   clean set's cross-entropy at its natural share ``s = n_clean / (n_clean + n_train)`` (GLC
+   trains on the union of the trusted and the corrected untrusted data): a mean over the
+   rows of the clean batch that the natural rate gives, about ``B n_clean / n_train`` of
+   them (:func:`l2rw_jax.step.clean_rows`), so that it costs a few rows' backward pass.
    The inner scheme's meta-gradient (l2rw) sees the corrected loss.
 
 Unlike the paper's two runs (a first model for the estimate, then a fresh one), training goes
@@ -146,4 +148,4 @@ def gold_correction(scheme: methods.WeighingScheme, *, estimate_steps: int, num_
         metrics = dict(metrics, transition_diag=jnp.mean(jnp.diagonal(T_CxC)))
         return w_B, new_state, metrics
 
-    return methods.WeighingScheme(init, weigh, correction)
+    return methods.WeighingScheme(init, weigh, correction, clean_share)

@@ -122,16 +122,20 @@ class WeighingScheme(NamedTuple):
         weights ``(B,)``, the next state (same type and shapes as ``state``) and the scheme's
         metrics. Raises ValueError (when traced) if ``state`` is not the type ``init`` returns.
       correction: None (the training loss is the cross-entropy against the observed label), or
-        ``correction(state, step) -> (T_CxC, clean_share)``: the train step then minimises
-        ``(1 - clean_share) sum_i w_i l^T_i + clean_share mean_j C^v_j`` with the forward-
-        corrected loss ``l^T_i = -log sum_j softmax(z_i)_j T[j, y_i]`` (Patrini et al., CVPR
-        2017) and the clean batch's cross-entropy ``C^v_j`` (:mod:`l2rw_jax.correction`).
-        ``state`` is the state before this step's ``weigh``.
+        ``correction(state, step) -> (T_CxC, s)``: the train step then minimises
+        ``(1 - s) sum_i w_i l^T_i + s mean_{j in R} C^v_j`` with the forward-corrected loss
+        ``l^T_i = -log sum_j softmax(z_i)_j T[j, y_i]`` (Patrini et al., CVPR 2017) and the
+        cross-entropy ``C^v_j`` of the rows ``R`` of the clean batch that the clean set's
+        natural rate gives (:func:`l2rw_jax.step.clean_rows`; :mod:`l2rw_jax.correction`).
+        ``state`` is the state before this step's ``weigh``; ``s`` is 0 or ``clean_share``.
+      clean_share: the clean set's share of all training examples, ``n_clean / (n_clean +
+        n_train)``, when the scheme trains on the clean batch (with a ``correction``); else 0.
     """
 
     init: InitFn
     weigh: WeighFn
     correction: Callable[[PyTree, jax.Array], tuple[jax.Array, jax.Array]] | None = None
+    clean_share: float = 0.0
 
 
 def _init_empty(rng: jax.Array, class_counts_C=None) -> EmptyState:

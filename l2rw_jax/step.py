@@ -45,6 +45,12 @@ def make_train_step(
     apply_updates(theta, tx.update(grad sum_i w_i C_i(theta)))`` with ``w_B`` a constant
     (``stop_gradient``).
 
+    With a scheme that corrects its loss (``scheme.correction``, e.g.
+    :func:`l2rw_jax.correction.gold_correction`), ``(T, s) = scheme.correction(method_state,
+    step)`` before the weights, the training losses ``C_i`` (the scheme's meta-gradient
+    included) are the forward-corrected ones, and the real step minimises ``(1 - s) sum_i w_i
+    C_i + s mean_j C^v_j`` (the clean batch trained on at share ``s``).
+
     BatchNorm: every pass here runs the model in training mode, i.e. normalises with the
     statistics of the batch it sees, as the official code does: the look-ahead's training
     losses, the validation pass at the look-ahead (clean-batch statistics) and the real step.
@@ -122,11 +128,12 @@ def make_train_step(
             losses_B, new_model_state = losses_and_state(params, batch)
             total = jnp.sum(w_B.astype(losses_B.dtype) * losses_B)
             if clean_share is not None:
-                # The clean batch trained on at its share; its global mean is the sum of the
-                # programs' sums over the global clean batch size (the psum below adds them).
-                val_losses_M = val_loss_fn(params, val_batch)
-                _, global_m = _local_and_global(val_losses_M, axis_name)
-                total = (1.0 - clean_share) * total + clean_share * jnp.sum(val_losses_M) / global_m
+                # The clean rows trained on at their share: a global mean, as the sum of the
+                # programs' sums over the global row count (the psum below adds them).
+                rows, mask_R, count = clean_rows(batch, val_batch, scheme.clean_share,
+                                                 axis_name)
+                val_losses_R = val_loss_fn(params, rows) * mask_R
+                total = (1.0 - clean_share) * total + clean_share * jnp.sum(val_losses_R) / count
             return total, (losses_B, new_model_state)
 
         (wloss, (losses_B, model_state)), grads = jax.value_and_grad(
@@ -149,9 +156,36 @@ def make_train_step(
     return train_step
 
 
-def _local_and_global(x_B, axis_name):
-    local = x_B.shape[0]
-    return local, local if axis_name is None else local * jax.lax.psum(1, axis_name)
+def clean_rows(batch: dict, val_batch: dict, clean_share: float, axis_name: str | None = None
+               ) -> tuple[dict, jax.Array, int]:
+    """The rows of the clean batch that a loss-correcting scheme trains on: every ``k``-th row
+    of the global clean batch (``j % k == 0``), ``k = max(1, M // m)``, ``m = max(1,
+    round(B r))`` the clean examples that ``B`` training examples bring at the clean set's
+    natural rate ``r = clean_share / (1 - clean_share) = n_clean / n_train``.
+
+    Why a subset: the clean term's gradient has the same expectation from these rows as from
+    the whole batch (the clean stream is shuffled), at the cost of a few rows' backward pass.
+    The same global rows on any number of programs (row ``j`` of the global batch is row ``j
+    - p M_local`` of program ``p``): sliced ``[::k]`` on one program or where ``M_local % k ==
+    0``, else masked.
+
+    Returns:
+      ``(rows, mask_R, count)``: this program's rows (a batch dict), a float32 mask over them
+      (0 on rows outside the subset) and the global number of rows in the subset.
+    """
+    programs = 1 if axis_name is None else jax.lax.axis_size(axis_name)  # static
+    global_b = jax.tree.leaves(batch)[0].shape[0] * programs
+    local_m = jax.tree.leaves(val_batch)[0].shape[0]
+    global_m = local_m * programs
+    rate = clean_share / (1.0 - clean_share)
+    k = max(1, global_m // max(1, round(global_b * rate)))
+    count = -(-global_m // k)  # ceil
+    if programs == 1 or local_m % k == 0:  # every program's first row is a multiple of k
+        rows = jax.tree.map(lambda x: x[::k], val_batch)
+        return rows, jnp.ones((-(-local_m // k),), jnp.float32), count
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_m
+    mask_M = ((offset + jnp.arange(local_m)) % k == 0).astype(jnp.float32)
+    return val_batch, mask_M, count
 
 
 def _global_sum(x, axis_name):

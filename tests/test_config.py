@@ -152,3 +152,17 @@ def test_resuming_accepts_the_same_data_file_under_another_path(tmp_path):
     now.data.dataset = f"npz:{tmp_path}/d/missing.npz"  # another (here: absent) file differs
     assert list(config_lib.config_differences(stored, config_lib.as_json(now))) == [
         "data.dataset"]
+
+
+def test_the_default_l2rw_options_are_spelled_once():
+    """default_config's method.l2rw literals are config.ROBUST_L2RW, which is methods'
+    ROBUST_OPTIONS plus the loss correction: no second copy can drift."""
+    from l2rw_jax import methods
+
+    defaults = config_lib.default_config().method.l2rw.to_dict()
+    assert {k: defaults[k] for k in config_lib.ROBUST_L2RW} == config_lib.ROBUST_L2RW
+    assert {k: config_lib.ROBUST_L2RW[k] for k in methods.ROBUST_OPTIONS} == methods.ROBUST_OPTIONS
+    assert set(config_lib.ROBUST_L2RW) - set(methods.ROBUST_OPTIONS) == {"correction",
+                                                                          "correction_at"}
+    # The paper's rule sets every option the default changes.
+    assert set(config_lib.ROBUST_L2RW) <= set(config_lib.PAPER_L2RW)

@@ -174,3 +174,26 @@ def test_gold_correction_under_shard_map_equals_one_device(problem):
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         correction.gold_correction(methods.get_scheme("erm"), **kwargs)
+
+
+def test_clean_rows_are_every_kth_global_row_at_the_natural_rate_on_any_number_of_programs():
+    """B = M = 100, 1000 clean vs 17000 training rows: m = round(100 / 17) = 6 rows at the
+    natural rate, k = 100 // 6 = 16: global rows 0, 16, ..., 96 (7 rows), sliced on one
+    program, masked on 2 or 4 (50 or 25 rows each, not multiples of 16), the same rows."""
+    share = 1000 / 18000
+    batch = {"label": jnp.zeros((100,), jnp.int32)}
+    val = {"label": jnp.arange(100, dtype=jnp.int32)}
+    rows, mask, count = step_lib.clean_rows(batch, val, share)
+    np.testing.assert_array_equal(rows["label"], np.arange(0, 100, 16))
+    assert count == 7 and float(mask.sum()) == 7
+
+    def per_device(b, v):
+        rows, mask, count = step_lib.clean_rows(b, v, share, AXIS)
+        kept = jnp.sum(mask * (rows["label"] + 1))  # sum of (global row + 1) over the subset
+        return jax.lax.psum(kept, AXIS), jnp.int32(count)
+
+    for n in (2, 4):
+        mesh = Mesh(np.array(jax.devices()[:n]), (AXIS,))
+        total, count = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS)),
+                                             out_specs=(P(), P())))(batch, val)
+        assert int(count) == 7 and int(total) == sum(range(0, 100, 16)) + 7
