@@ -3,7 +3,7 @@
 For each row (model, batch B, clean batch M) and each variant (``plain``: the same jitted train
 step with ERM weights 1/B; ``reverse`` / ``forward``: the paper's L2RW step in that mode;
 ``robust``: the recommended variant, ``methods.ROBUST_OPTIONS``, forward mode; ``robust_v1``:
-the recommended variant before issue 15, ``methods.ROBUST_OPTIONS_V1``) it reports the
+the no-mix variant, ``methods.ROBUST_OPTIONS_V1``) it reports the
 median wall-clock ms per step over ``--steps`` (>= 50) steps after ``--warmup`` steps, the
 median process CPU time per step (``time.process_time``, all threads: less sensitive than wall
 time to other processes on a shared machine), their ratios to the plain step, and two memory
@@ -54,7 +54,7 @@ NUM_TRAIN = 20000  # rows of the per-example memory (the robust variant): cifar1
 # --quick: the same code paths on a tiny ResNet, to check the script end to end in seconds.
 QUICK_KW = {"resnet32": {"units_per_stage": 1}}
 # "robust": methods.ROBUST_OPTIONS (last-layer meta-gradient, memory, sign map, class balance,
-# the excess-loss mix) and "robust_v1": the default before issue 15 (no mix), both without the
+# the excess-loss mix) and "robust_v1": the no-mix variant (ROBUST_OPTIONS_V1), both without the
 # warm-up, which does not change the cost of a step; filled in by run_row, where l2rw_jax is
 # imported.
 VARIANTS = {"plain": ("erm", {}), "reverse": ("l2rw", {"mode": "reverse"}),
@@ -63,10 +63,10 @@ VARIANTS = {"plain": ("erm", {}), "reverse": ("l2rw", {"mode": "reverse"}),
             # The library's default: "robust" inside Gold Loss Correction, timed after its
             # estimate (the corrected loss and the clean batch's share in the real step).
             "default": ("l2rw+glc", "ROBUST_OPTIONS")}
-TARGETS = {  # issue 3 section 5: max ratio to the plain step on this 2-core CPU
+TARGETS = {  # the paper-exact steps' targets: max ratio to the plain step on this 2-core CPU
     ("lenet_clean10", "forward"): 1.4, ("lenet_clean100", "forward"): 2.2,
     ("lenet_clean10", "reverse"): 2.0, ("lenet_clean100", "reverse"): 2.7,
-    # issue 6: the recommended variant at most 2x a plain step with a clean batch of 100
+    # the recommended variant at most 2x a plain step with a clean batch of 100
     ("small_cnn_clean100", "robust"): 2.0, ("lenet_clean100", "robust"): 2.0,
     ("small_cnn_clean100", "default"): 2.0, ("lenet_clean100", "default"): 2.0,
 }

@@ -14,8 +14,8 @@ For each row, two measurements of the same jitted (vmapped) train step:
   device, ``steps_per_call=100`` steps per jitted ``lax.scan`` call). ``--quick`` runs a tenth
   of the steps with the same number of checkpoints, so it overstates their share.
 
-Targets: tf.data loop >= 90% of bare (issue 4); device loop >= 1.5x the tf.data loop on the
-digits rows and no slower on LeNet (issue 12). Rows: the quickstart (digits, small CNN, 3
+Targets: tf.data loop >= 90% of bare; device loop >= 1.5x the tf.data loop on the
+digits rows and no slower on LeNet. Rows: the quickstart (digits, small CNN, 3
 seeds vmapped; a dispatch-bound step of a few ms) for ERM and L2RW, and MNIST LeNet L2RW (the
 compute-bound step of the reproduction, 1 seed). ``--repeats=r`` runs each backend's loop r
 times, alternating which goes first, and keeps the median (the machine may be shared).

@@ -66,7 +66,7 @@ QUICK_KW = {"resnet32": {"units_per_stage": 1}}
 VARIANTS = {"jax": ("plain", "forward", "reverse"),
             "torch": ("plain", "reverse", "plain_cl", "reverse_cl")}
 CHECK_STEPS = 3
-# Issue 13: our plain step <= 1.0x PyTorch's plain step; our paper-exact L2RW step (forward
+# Targets: our plain step <= 1.0x PyTorch's plain step; our paper-exact L2RW step (forward
 # mode) <= 0.5x PyTorch's reverse-mode meta-step.
 TARGETS = {("jax plain", "torch plain"): 1.0, ("jax forward", "torch reverse"): 0.5}
 RATIOS = [("jax plain", "torch plain"), ("jax plain", "torch plain_cl"),

@@ -1,4 +1,4 @@
-"""The two-regime CPU protocol (issue 15 §2): ERM, class-balanced training, the paper's L2RW and
+"""The two-regime CPU protocol (docs/protocol.md): ERM, class-balanced training, the paper's L2RW and
 the recommended default, in settings where plain training memorises the flipped labels.
 
     L2RW_DEV_DATA=../shared/data python -m experiments.protocol --workdir=workdirs/protocol \\
@@ -18,7 +18,8 @@ t), the drop from each seed's best to its final accuracy (memorisation shows as 
 drop), steps per second. Under the table, for the recommended default and every other
 candidate: its final accuracy minus ERM's, class-balanced training's and the paper rule's,
 paired over seeds (each seed is one split, noise draw and data order shared by the methods),
-mean +- 95% CI (issue 15 §3's criteria).
+mean +- 95% CI (the protocol's criteria: the default at least as accurate as ERM and as
+class-balanced training, and within 2 points of the paper's rule where it works).
 
 Methods: `erm`; `resample` (class-balanced plain training: batches drawn class-balanced from
 the noisy labels); `l2rw` (the paper's algorithm, config.PAPER_L2RW); `recommended` (the
@@ -125,7 +126,7 @@ REFERENCES = ("erm", "resample", "l2rw")
 
 
 def criteria(rows: dict) -> str:
-    """Issue 15 §3: each candidate's (the recommended default's, then every other
+    """The protocol's criteria: each candidate's (the recommended default's, then every other
     non-reference method's) final accuracy minus ERM's, class-balanced training's and the
     paper rule's, paired over seeds (points, mean +- 95% CI); one line per candidate."""
     lines = []

@@ -9,7 +9,7 @@
 Each (setting, variant) trains `config.num_seeds` seeds in `<workdir>/<setting>/<variant>`
 (resumed if interrupted, skipped if finished). Prints and writes `<workdir>/table.md`,
 `summary.json` and `robust.png`; with `--results_dir` (default `benchmarks/results`) also
-copies them there as `robust_<source>.{md,json,png}`, the versions the README quotes.
+copies them there as `robust_<source>.{md,json,png}`, the versions docs/robust_default.md quotes.
 
 Columns: final test accuracy (mean +- 95% CI over seeds); at background flip the background
 class's test accuracy and the mean of the other classes'; precision@k (k = number of flipped
@@ -71,8 +71,8 @@ VARIANTS = {
     "l2rw_last_mem": _l2rw(meta_params="last", memory_decay=0.9),
     "l2rw_last_mem_sign_class": _l2rw(meta_params="last", memory_decay=0.9, weight_map="sign",
                                       normalize="class_balanced"),
-    # ... and a 200-step warm-up: the recommended variant before issue 15 (its tables were
-    # measured with it; `recommended` below is today's default, which adds the mix).
+    # ... and a 200-step warm-up: the no-mix variant, the default before the excess-loss mix
+    # (its tables were measured with it; `recommended` below is the default, with the mix).
     "l2rw_robust": _l2rw(methods.ROBUST_OPTIONS_V1),
     "l2rw_robust_gate": _l2rw(methods.ROBUST_OPTIONS_V1, loss_quantile=0.7),
     "gate_only": _l2rw(methods.ROBUST_OPTIONS_V1, loss_quantile=0.7, weight_map="one"),

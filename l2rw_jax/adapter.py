@@ -1,4 +1,4 @@
-"""Any Flax Linen classifier behind the library's model contract (issue 14).
+"""Any Flax Linen classifier behind the library's model contract.
 
 The models of :mod:`l2rw_jax.models` are called as ``module(x, train, *, features=False,
 conv_delta=None)``. A module of your own needs none of that: ``adapt(module)`` wraps it in

@@ -111,7 +111,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.method = ml_collections.ConfigDict()
     c.method.name = "l2rw"          # one of METHODS
     # methods.l2rw's options. The defaults are the recommended robust variant (ROBUST_L2RW,
-    # README "Robust reweighting"); the paper's algorithm is PAPER_L2RW (reproduction configs).
+    # docs/robust_default.md); the paper's algorithm is PAPER_L2RW (reproduction configs).
     c.method.l2rw = l = ml_collections.ConfigDict()
     l.mode = "forward"              # meta-gradient: forward | reverse (both exact)
     l.all_clipped = "zero"          # weights when every -g_i <= 0: zero (paper) | uniform
@@ -167,7 +167,8 @@ def default_config() -> ml_collections.ConfigDict:
 PAPER_L2RW = {"memory_decay": 0.0, "warmup_steps": 0, "weight_map": "clip",
               "normalize": "batch", "meta_params": "all", "loss_quantile": 0.0,
               "mix": "none", "correction": "none", "correction_at": 0.1}
-# The robust variant (methods.ROBUST_OPTIONS; README "Robust reweighting" has the evidence).
+# The default (methods.ROBUST_OPTIONS inside Gold Loss Correction; docs/robust_default.md has
+# the evidence).
 ROBUST_L2RW = dict(methods.ROBUST_OPTIONS, correction="glc", correction_at=0.1)
 
 # Flat fields of configs written before the groups -> their place now.

@@ -13,7 +13,7 @@ kernel-gradient convolution (cheap: 1.4 ms for LeNet's first layer), whereas tra
 shifted-plane sum would reduce over the batch once per kernel tap (~80 ms). Forward mode
 (``jax.jvp``, the forward-mode meta-step) evaluates the tangent as XLA's convolution, so a
 jvp costs what it did before; the primal pass is the cheap one. Numbers: 1 CPU core, batch
-100, see README "Speed against PyTorch".
+100, see docs/speed.md "Against PyTorch".
 
 Anything else (strides, dilation, groups, other layouts, more than ``MAX_TAP_CHANNELS`` input
 channels, explicit precision) goes to ``lax.conv_general_dilated`` unchanged.

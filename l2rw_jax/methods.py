@@ -166,12 +166,11 @@ def erm() -> WeighingScheme:
     return WeighingScheme(_init_empty, weigh)
 
 
-# The recommended robust variant of :func:`l2rw` (README "Robust reweighting" has the
-# evidence); ``config.ROBUST_L2RW`` is the same as config fields (``method.l2rw.*``).
+# The recommended robust variant of :func:`l2rw` (docs/robust_default.md has the evidence); ``config.ROBUST_L2RW`` is the same as config fields (``method.l2rw.*``).
 ROBUST_OPTIONS = {"memory_decay": 0.9, "warmup_steps": 200, "weight_map": "sign",
                   "normalize": "class_balanced", "meta_params": "last",
                   "mix": "excess_loss"}
-# The recommended variant before issue 15 (no mix): what benchmarks/results/robust_*.md's
+# The no-mix variant (the default before the excess-loss mix): what benchmarks/results/robust_*.md's
 # `l2rw_robust` rows and the meta-step table's earlier "recommended" rows measured.
 ROBUST_OPTIONS_V1 = dict(ROBUST_OPTIONS, mix="none")
 
@@ -191,7 +190,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
     With the default options, exactly the paper: weights from
     :func:`l2rw_jax.reweight.meta_weights` (validation on the clean batch after a look-ahead
     step), ``w_i = max(-g_i, 0) / sum_k max(-g_k, 0)``. The options (docs/design.md §2 stays
-    the reference; README "Robust reweighting" has the measured effect of each) replace the
+    the reference; docs/robust_default.md has the measured effect of each) replace the
     single-batch score ``s_i = g_i`` and the map from scores to weights:
 
     - ``memory_decay = d > 0``: a per-example memory of the meta-gradient, keyed by the example's
@@ -220,7 +219,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       the paper. Why: with the paper's batch normalisation the weight mass of a class follows
       the clean batch's verdict of the moment, and when a flip moves many labels into one
       class (background flip) the class mass swings from step to step until training diverges
-      (measured: README "Two regimes"); ``"class_balanced"`` stops the swing but re-admits,
+      (measured: docs/protocol.md); ``"class_balanced"`` stops the swing but re-admits,
       uniformly, a class whose examples were all judged harmful.
     - ``warmup_steps = W``: uniform weights ``1 / B`` while ``step < W`` (the meta-gradient is
       still computed, and fills the memory).
@@ -255,7 +254,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       pays where the clean set separates the flipped examples reproducibly (a model memorising
       them), and throws away data where ``g`` is mostly the clean batch's sampling noise (a
       model that underfits). The clean set decides per step; nobody has to guess the regime.
-      Measured (README "Two regimes"): it recovers most of the paper's gain where the model
+      Measured (docs/protocol.md): it recovers most of the paper's gain where the model
       memorises, but ``rho`` separates the regimes only partly, and on an underfitting model
       it still costs up to 5 points against class-balanced training. Costs one more
       meta-gradient (on half the clean batch). Metric ``reliability`` (``rho``).
@@ -270,7 +269,7 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
       dominates both losses (early in training, or a model that underfits: ``e`` is 0 at
       first and rises to 0.22-0.25 by the end of the underfit CIFAR settings, so the options'
       weights lead). It needs no second meta-gradient, only a forward pass of both batches at
-      ``theta``. Measured (README "Two regimes"): the only variant we measured that is, in
+      ``theta``. Measured (docs/protocol.md): the only variant we measured that is, in
       every setting of the protocol and within the seeds' CI, at least plain and
       class-balanced training and within 2 points of the paper's rule where that works.
       Metric ``excess_loss_share`` (``e``).
@@ -436,8 +435,8 @@ def excess_loss_share(loss_fn: reweight.LossFn, val_loss_fn: reweight.LossFn,
     (the model is confident on the true classes), near 0 while the model's own error dominates
     both losses (it underfits, or early in training). It also falls to 0 when the model fits
     the flips anyway (``L_train`` drops to ``L_clean``): then the mix leaves the options'
-    weights in charge, which slow that memorisation without stopping it (README "Two
-    regimes", the CIFAR MLP setting). Where the graded weights keep the flips out (digits,
+    weights in charge, which slow that memorisation without stopping it (docs/protocol.md,
+    the CIFAR MLP setting). Where the graded weights keep the flips out (digits,
     MNIST), ``L_train`` stays high and the excess at 1."""
     losses_B, val_losses_G = _losses_at_theta(loss_fn, val_loss_fn, ctx)
     train_loss = jnp.mean(_gathered(losses_B, ctx.axis_name))

@@ -12,7 +12,7 @@ step; the max over ``window**2`` strided slices with ``jnp.maximum`` (this libra
 pool) differentiates through a chain of ``maximum`` ops whose tie-splitting selects XLA
 recomputes in each of many full-size padded buffers: about half of a LeNet training step. The
 separable custom-jvp pool cuts the plain LeNet step by about 45% on a 2-core CPU
-(``benchmarks/vs_pytorch.py``, README "Speed against PyTorch"); its derivative is one linear
+(``benchmarks/vs_pytorch.py``, docs/speed.md "Against PyTorch"); its derivative is one linear
 ``select`` chain per 1-D pool, which ``jax.jvp`` (the forward-mode meta-step) evaluates as is
 and reverse mode transposes into one fused loop per pool.
 

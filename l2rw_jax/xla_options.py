@@ -1,5 +1,5 @@
-"""XLA compiler options for the library's jitted steps, per backend (measured, see README
-"Speed against PyTorch").
+"""XLA compiler options for the library's jitted steps, per backend (measured, see docs/speed.md
+"Against PyTorch").
 
 CPU, jaxlib 0.10: convolutions go to XLA's Eigen kernels instead of YNNPACK (dots and
 reductions stay on YNNPACK, XLA's default). In jaxlib 0.10.2 YNNPACK's convolutions do not run

@@ -92,7 +92,7 @@ def test_linear_accuracy_curve_is_exact(linear):
         assert curve["fgsm_accuracy"][e] == want and curve["pgd_accuracy"][e] == want
 
 
-# ------------------------------------------------- confident logits: issue 11 (the attack stalled)
+# --------------------------------------------- confident logits: the cross-entropy attack stalled
 # A 2-class linear model fed per-channel-normalised images, with its logits multiplied by 1, 30 and
 # 300 (weights and bias scaled: the same predictions and the same exact adversarial examples). In
 # raw pixels its logit difference is z_1 - z_0 = v . x_raw + c with v_i = (w_1 - w_0)_i / std_c(i),
@@ -112,7 +112,7 @@ FLIPPED = np.array([3, 10, 21, 32])  # reference labels flipped for the prototyp
 
 @pytest.fixture(scope="module")
 def confident():
-    """The issue's input: 40 images, exact minimal eps t <= 0.25, three of them above 0.12.
+    """The reported input: 40 images, exact minimal eps t <= 0.25, three of them above 0.12.
 
     Each image is x0 + beta * sign(v) with x0 in [0.45, 0.55]^48 and beta chosen so that t is the
     centre of a bisection bracket, (k + 1/2) * eps_max / 2**8 for distinct k, so the bisection
@@ -181,7 +181,7 @@ def confident():
 
 
 def test_confident_linear_model_is_exact_at_every_logit_scale(confident):
-    # The issue's numbers: at scale 300 (median |margin| ~113) the cross-entropy attacks gave
+    # The reported numbers: at scale 300 (median |margin| ~113) the cross-entropy attacks gave
     # PGD accuracy 0.6 at eps 0.12 and 21 infinite minimal eps; the exact values follow.
     assert confident[30.0]["median_margin"] > 10 and confident[300.0]["median_margin"] > 100
     for scale in SCALES:

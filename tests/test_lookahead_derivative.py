@@ -1,6 +1,6 @@
 """The look-ahead derivative through Adam-type optimizers and clipping is finite and exact where
-second moments are zero (issue 11): a fresh state, a dead ReLU unit after training steps, the
-optimizers of the README, Meta-Weight-Net's look-ahead, one real train step; float64 finite
+second moments are zero: a fresh state, a dead ReLU unit after training steps, the
+optimizers of docs/meta_step.md, Meta-Weight-Net's look-ahead, one real train step; float64 finite
 differences and closed forms. Where the derivative is undefined, check_lookahead says so."""
 import functools
 
@@ -90,7 +90,7 @@ def _assert_matches(g, g_fd, rtol):
 
 
 def test_issue_input_fresh_adam_both_modes_are_finite_and_exact():
-    """The issue's input: linear least squares, params [0.2, -0.1, 0.3], 4 training rows,
+    """The reported input: linear least squares, params [0.2, -0.1, 0.3], 4 training rows,
     2 clean rows, optax.adam(0.1) with a fresh state. With every moment 0, ``m_hat = g`` and
     ``u'(0) = -lr / eps``: the closed form is ``g_i = -(lr / eps) <grad L_val, grad C_i>``."""
     rng = np.random.default_rng(11)
@@ -113,7 +113,7 @@ def test_issue_input_fresh_adam_both_modes_are_finite_and_exact():
     assert np.all(np.isnan(g_naive))  # what plain autodiff gave (the issue)
     np.testing.assert_allclose(g_fwd, closed_form, rtol=1e-10)
     np.testing.assert_allclose(g_rev, closed_form, rtol=1e-10)
-    _assert_matches(g_fwd, g_fd, 5e-5)  # the issue's tolerance
+    _assert_matches(g_fwd, g_fd, 5e-5)  # the reported tolerance
     for mw in weights.values():
         np.testing.assert_allclose(np.asarray(mw.g), closed_form, rtol=1e-10)
         w = np.maximum(-closed_form, 0) / np.sum(np.maximum(-closed_form, 0))
@@ -258,7 +258,7 @@ def test_check_lookahead_accepts_defined_and_rejects_undefined_derivatives():
 
 
 def test_one_train_step_with_adam_keeps_the_parameters_finite():
-    """The issue's symptom: one make_train_step step with optax.adam(1e-3) (fresh state, a
+    """The reported symptom: one make_train_step step with optax.adam(1e-3) (fresh state, a
     dead unit) made every parameter NaN. Two seeds under jax.vmap, as the training loop runs."""
     tx = optax.adam(1e-3)
     params, batch, val = _mlp_problem(np.float32)

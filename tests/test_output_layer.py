@@ -2,7 +2,7 @@
 
 Flax returns the parameters as a dict with sorted keys, so "the last entry" was
 ``_PreActUnit_2`` on ResNet-32, ``_WideBasic_k`` on WRN and ``Dense_2`` on a 12-layer MLP
-(issue 11): ``meta_params="last"`` moved a residual block and froze the output layer. These
+: ``meta_params="last"`` moved a residual block and froze the output layer. These
 tests pin, for every model of the zoo and for a module of a user's own, that the layer the
 selector moves is the one whose output is the logits, fed by the audit's penultimate features,
 and that the meta-gradient is the finite-difference one of the output layer alone.
@@ -75,7 +75,7 @@ def test_zoo_output_layer_is_head_fed_by_the_penultimate_and_the_only_one_moved(
 
 
 def test_resnet32_issue_input_meta_gradient_is_the_output_layers_finite_differences():
-    """Issue 11's input: tiny ResNet-32, 6 training and 4 clean images, SGD lr 0.1. The
+    """The reported input: tiny ResNet-32, 6 training and 4 clean images, SGD lr 0.1. The
     meta-gradient with meta_params="last" (both modes) equals float64 central finite
     differences of L_val(theta'(eps)) where only the output layer moves; moving the last
     residual unit (what sorting the keys picked) gives another vector."""

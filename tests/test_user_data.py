@@ -1,4 +1,4 @@
-"""A user's own data trains end to end (issue 14 part 1): arrays from a notebook with a trusted
+"""A user's own data trains end to end: arrays from a notebook with a trusted
 clean set, a folder of PNGs, and a tfds dataset outside any list of ours.
 
 Each run is a few steps of a tiny MLP; what is checked is that the data the loop trained on is

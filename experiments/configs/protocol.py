@@ -1,4 +1,4 @@
-"""The two-regime CPU protocol (issue 15 §2): settings where plain training memorises the flips.
+"""The two-regime CPU protocol (docs/protocol.md): settings where plain training memorises the flips.
 
 Config argument: the setting (run them all with `experiments/protocol.py`, which also sets the
 method per run):
@@ -10,10 +10,10 @@ method per run):
   (the development copy, `$L2RW_DEV_DATA/mnist/mnist.npz`, experiments/configs/dev_data.py),
   40% uniform / background flip, 100 clean images per class, batch 100 + clean batch 100,
   SGD momentum 0.9, lr 0.02 (constant), no weight decay, 30,000 steps, seeds vmapped (no
-  convolution: the device backend scans the vmapped step). Issue 15 measured plain training
+  convolution: the device backend scans the vmapped step). An outside measurement had plain training
   at 40% uniform peaking at 95.9% near step 2,500 and falling to 67.9% by step 30,000.
   The MLP's layers are flax `nn.Dense` with its default init, LeCun normal (variance scaling
-  1/fan_in, truncated normal), not He (2/fan_in) as in the issue's outside measurement.
+  1/fan_in, truncated normal), not He (2/fan_in) as in that outside measurement.
 - `cifar_underfit_uniform40`, `cifar_underfit_background40`: the other regime, where the model
   never memorises the flips within the budget: experiments/configs/robust_protocol.py's
   cifar10_dev recipe (SmallCNN 16-32 channels, pad-4 crop + flip, weight decay 5e-4, lr 0.05
@@ -38,7 +38,7 @@ method per run):
 5 seeds per setting (`num_seeds`, vmapped where the model has no convolution or is tiny).
 
 Expected (measured, 5 seeds, final test accuracy; the tables are
-benchmarks/results/protocol_<setting>*.md, README "Two regimes"): digits ERM 69.4%,
+benchmarks/results/protocol_<setting>*.md, docs/protocol.md): digits ERM 69.4%,
 class-balanced 72.6%, paper L2RW 90.7%, recommended 88.3%; MNIST MLP uniform at 30,000 steps:
 ERM 65.4%, paper L2RW 75.8% (one seed of five diverges near step 20,500, the others end at
 90.9-93.2%), recommended 92.4%; at a shortened 15,000 steps: ERM 68.8%, paper 93.0%,

@@ -12,8 +12,8 @@ their labels flipped uniformly to another class. Prints a table and saves
 
 Expected (measured on a 2-core CPU, 25-40 s in all; deterministic on CPU): final test
 accuracy (360 test images, mean +- 95% CI over the 3 seeds) ERM 68.43 +- 4.16% -- it peaks near
-90% around step 300, then memorises the flipped labels -- and L2RW 90.19 +- 4.22% (README
-"Two commands" says why these moved from the earlier 64.91 / 89.44).
+90% around step 300, then memorises the flipped labels -- and L2RW 90.19 +- 4.22% (CHANGELOG.md
+says why these moved from the earlier 64.91 / 89.44).
 """
 from l2rw_jax import config as config_lib
 

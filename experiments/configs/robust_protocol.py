@@ -1,4 +1,4 @@
-"""The small-compute robustness protocol (issue: reweighting that pays off at every scale).
+"""The small-compute robustness protocol (reweighting that pays off at every scale).
 
 One CPU-sized CNN, a fixed step budget, 100 clean images per class, the same recipe for every
 method; `experiments/robust.py` runs it at 40% uniform flip, 40% background flip and 0% noise.
