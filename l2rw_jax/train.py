@@ -98,7 +98,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             without a hold-out; "selected" = test accuracy at the evaluation with the best
             hyper-validation accuracy, else at the final step),
          "best_step": [K] (step of the best test accuracy),
-         "per_class_accuracy": {"per_seed": [K][C], "mean": [C]} (final, test set),
+         "per_class_accuracy": {"per_seed": [K][C], "mean": [C]} (final, test set; null for
+            a class with no test example, 0/0 being undefined, not 0; "mean" over the members
+            whose test split has the class),
+         "mean_class_accuracy", "worst_class_accuracy": {"per_seed", "mean", "ci95", ...} of
+            each member's mean and lowest per-class accuracy over the classes present in its
+            test split (absent ones left out; None if a member has no class),
+         "worst_class": [K] (that lowest class; the lower index on ties),
          "all_zero_steps": [K] (steps whose weights were all 0),
          "wall_time_s" (all invocations), "steps_per_s" (training loop of the last invocation,
          input pipeline, logging and checkpoints included, evaluation and compilation not;
@@ -112,7 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     metrics.jsonl records: ``{"step", "split": "train", "seed", <means of the step metrics
     since the last log, e.g. train_loss, weighted_loss, w_mean_noisy, all_zero (fraction of
     steps)>, "steps_per_s"}`` and ``{"step", "split": "test"|"hyperval", "seed", "accuracy",
-    "loss", "per_class_accuracy": [C]}``.
+    "loss", "per_class_accuracy": [C]}`` (null for a class without examples in the split).
     """
     from tqdm.auto import tqdm  # A notebook widget in Jupyter, a console bar elsewhere.
 
@@ -179,11 +185,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             if K > 1:
                 scalars.update({f"{split}/accuracy/seed_{sd}": float(a)
                                 for sd, a in zip(seeds, s["accuracy"])})
+            per_class = results_lib.undefined_to_none(s["per_class_accuracy"])  # null: absent
             writer.write([{"step": step, "split": split, "seed": seeds[k],
                            "accuracy": float(s["accuracy"][k]), "loss": float(s["loss"][k]),
-                           "per_class_accuracy": s["per_class_accuracy"][k].tolist()}
+                           "per_class_accuracy": per_class[k]}
                           for k in range(K)], scalars, step)
-            out[split] = {k: v.tolist() for k, v in s.items()}
+            out[split] = {"accuracy": s["accuracy"].tolist(), "loss": s["loss"].tolist(),
+                          "per_class_accuracy": per_class}
         return out
 
     stop_at = min(run.total_steps, loop.stop_after_steps or run.total_steps)
