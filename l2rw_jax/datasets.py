@@ -307,6 +307,38 @@ def _read_split(builder, split: str, keys: tuple[str, str]) -> tuple[np.ndarray,
     return x.astype(np.uint8, copy=False), y.astype(np.int32)
 
 
+# ----------------------------------------------------------------------------- fingerprint
+
+FINGERPRINT_SAMPLE_ROWS = 64  # rows of each split whose pixels are hashed
+
+
+def fingerprint(arrays: Arrays) -> dict:
+    """A cheap summary of the loaded data that changes when the data does: recorded with a
+    run (`<workdir>/data_fingerprint.json`) so that resuming on other data is refused.
+
+    Returns:
+      `{"shapes": {"x_train": [N, H, W, C], "y_train": [N], ...} (each split present),
+      "labels": sha256 hex of every label array, num_classes and class_names,
+      "pixels": sha256 hex of FINGERPRINT_SAMPLE_ROWS rows of each image array, evenly
+      strided (`np.linspace(0, N - 1, 64)` rounded down; all rows when N <= 64)}`.
+      Hashing every label and a fixed sample of pixels costs milliseconds even on ImageNet
+      sizes; a change confined to pixels of rows outside the sample goes unseen.
+    """
+    import hashlib
+
+    splits = [k for k in ("train", "test", "clean") if getattr(arrays, f"x_{k}") is not None]
+    shapes, labels, pixels = {}, hashlib.sha256(), hashlib.sha256()
+    for k in splits:
+        x, y = getattr(arrays, f"x_{k}"), getattr(arrays, f"y_{k}")
+        shapes[f"x_{k}"], shapes[f"y_{k}"] = list(x.shape), list(y.shape)
+        labels.update(np.ascontiguousarray(y, np.int64).tobytes())
+        rows = np.unique(np.linspace(0, len(x) - 1, min(len(x), FINGERPRINT_SAMPLE_ROWS))
+                         .astype(np.int64)) if len(x) else np.zeros(0, np.int64)
+        pixels.update(np.ascontiguousarray(x[rows], np.uint8).tobytes())
+    labels.update(repr((int(arrays.num_classes), arrays.class_names)).encode())
+    return {"shapes": shapes, "labels": labels.hexdigest(), "pixels": pixels.hexdigest()}
+
+
 # ----------------------------------------------------------------------------- arrays
 
 

@@ -55,9 +55,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("l2rw_jax.train")
 
 
-def build_run(config: ml_collections.ConfigDict) -> build.Run:
-    """Loads the data once and builds every member's splits, the model, optimizer and step."""
-    arrays = datasets.load_arrays(config.data.dataset, data_dir=config.data.data_dir)
+def build_run(config: ml_collections.ConfigDict,
+              arrays: datasets.Arrays | None = None) -> build.Run:
+    """Builds every member's splits, the model, optimizer and step from ``arrays`` (the
+    source loaded once; default: ``config.data.dataset`` loaded here)."""
+    if arrays is None:
+        arrays = datasets.load_arrays(config.data.dataset, data_dir=config.data.data_dir)
     mds = [members_lib.make_member(arrays, s, **config_lib.member_options(config))
            for s in members_lib.seeds(config.seed, config.num_seeds)]
     config_lib.check_batch_sizes(config.data, len(mds[0].splits.train_labels),
@@ -127,9 +130,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     config.loop.backend = workdir_lib.resolve_backend(config.loop.backend, wd)
     workdir_lib.check_or_write_config(wd, config, write=False)  # Another run's workdir: fail now.
     t_invocation = time.time()
-    run = build_run(config)  # Loads the data and checks the sizes: may fail, nothing written.
+    arrays = datasets.load_arrays(config.data.dataset, data_dir=config.data.data_dir)
+    # Resuming on data regenerated at the same path (other rows): fail now.
+    data_fingerprint = datasets.fingerprint(arrays)
+    workdir_lib.check_or_write_fingerprint(wd, data_fingerprint, write=False)
+    run = build_run(config, arrays)  # Checks the sizes: may fail, nothing written.
+    del arrays  # The members hold their splits.
     wd.mkdir(parents=True, exist_ok=True)
     workdir_lib.check_or_write_config(wd, config)
+    workdir_lib.check_or_write_fingerprint(wd, data_fingerprint)
     loop, feed = config.loop, config_lib.feed(config, config.loop.backend)
     members, K = run.members, len(run.members)
     seeds = [md.seed for md in members]
@@ -145,12 +154,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     manager = workdir_lib.checkpoint_manager(wd, loop.keep_checkpoints)
     host_carry, start_step, meta = run.carry0, 0, {"history": [], "elapsed_s": 0.0}
     if manager.latest_step() is not None:
-        start_step = manager.latest_step()
         finished = workdir_lib.read_results(wd)
-        if start_step == run.total_steps and finished is not None:
+        if manager.latest_step() == run.total_steps and finished is not None:
             manager.close()
             return finished  # Finished before: nothing to do.
-        carry, meta = workdir_lib.restore_checkpoint(manager, start_step, host_carry)
+        # The newest step that restores (a damaged one is skipped, with a warning).
+        start_step, carry, meta = workdir_lib.restore_latest(manager, host_carry)
         host_carry = tuple(carry)
         log.info("Resuming %s from step %d.", wd, start_step)
     carries = [sharding.replicate(jax.tree.map(lambda x: x[g], host_carry), mesh)
