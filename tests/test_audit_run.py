@@ -351,6 +351,30 @@ def test_whole_report_escapes_every_user_string(planted):
     assert written.tags <= REPORT_TAGS and not [a for a in written.attrs if a.startswith("on")]
 
 
+def test_a_class_absent_from_the_test_split_is_left_out_of_the_audit_accuracies(planted):
+    # Its accuracy is undefined (0/0), not 0: no entry, not the worst class, not in the mean.
+    from l2rw_jax.audit import run as run_lib
+    from l2rw_jax.audit import sections
+
+    keep = planted["test"]["label"] != 3
+    test = {"image": planted["test"]["image"][keep], "label": planted["test"]["label"][keep]}
+    c = _small_config()
+    c.num_mistakes = 1
+    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                             test, planted["train"], c, None, None, 0.0, 1.0, None)
+    s = sections.mistakes_section(inputs, c, np.random.default_rng(0))
+    m = s.results
+    pred = inputs.logits_test.argmax(1)
+    y = test["label"]
+    expected = {str(k): float(np.mean(pred[y == k] == k)) for k in range(10) if k != 3}
+    assert m["per_class_accuracy"] == pytest.approx(expected)
+    assert m["mean_class_accuracy"] == pytest.approx(np.mean(list(expected.values())))
+    worst = min(expected, key=lambda k: (expected[k], int(k)))
+    assert m["worst_class"] == int(worst) != 3
+    assert m["worst_class_accuracy"] == pytest.approx(expected[worst])
+    assert any("[3]" in note and "no test example" in note for note in s.notes)
+
+
 def test_bad_inputs_fail_before_any_work(planted, tmp_path):
     kw = dict(test=planted["test"], train=planted["train"], out_dir=str(tmp_path))
     args = (planted["apply_fn"], planted["feature_fn"], planted["params"], {})
