@@ -25,8 +25,9 @@ and the input pipeline to work on:
 
 Images are uint8 (0..255) `N x H x W` or `N x H x W x C` (channel-last; a channel-first
 `N x C x H x W` array is refused with the transpose that fixes it), or floats in [0, 1] (no NaN),
-which are stored as `round(255 x)` uint8. docs/inputs.md states every source's rules. Labels are integers in [0, num_classes). `num_classes` is
-`len(class_names)` when names are given, else the largest label + 1.
+which are stored as `round(255 x)` uint8. Labels are integers in [0, num_classes).
+`num_classes` is `len(class_names)` when names are given, else the largest label + 1.
+docs/inputs.md states every source's rules.
 
 `data_dir=None` means tfds's default (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
 

@@ -18,14 +18,16 @@ is a table of contents; each part has its module:
 Evaluation every ``loop.eval_every`` steps on the test set and on a noisy hyper-validation
 hold-out (``data.hyper_val_size`` noisy training examples scored against their observed
 labels). The workdir (ARCHITECTURE.md "The run's workdir" has every file's schema): config.json,
+data_fingerprint.json (``datasets.fingerprint``: a resume on other data is refused),
 metrics.jsonl, tb/, checkpoints/<step>/ (orbax: carry = (state, acc, msum) of
 :mod:`l2rw_jax.build`, meta = evaluation history, seeds, normalisation, elapsed time),
 example_weights.npz (member 0) and example_weights_seed<s>.npz (every member when K > 1),
 results.json (schema in :func:`train_and_evaluate`).
 
-Resuming: re-running the same command restores the newest checkpoint and restarts the input
-streams at that step (stateless functions of (seed, step)), so on CPU the final metrics equal
-those of an uninterrupted run. Multi-host: every process runs this loop on its own rows;
+Resuming: re-running the same command restores the newest checkpoint (the newest that
+restores: a damaged step is skipped with a warning, ``workdir.restore_latest``) and restarts
+the input streams at that step (stateless functions of (seed, step)), so on CPU the final
+metrics equal those of an uninterrupted run. Multi-host: every process runs this loop on its own rows;
 only process 0 writes files (:mod:`l2rw_jax.workdir`).
 """
 from __future__ import annotations

@@ -167,7 +167,7 @@ def check_or_write_config(workdir: PathLike, config, write: bool = True) -> None
         write_json(p, current)
 
 
-# ----------------------------------------------------------------------------- data_fingerprint.json
+# ----------------------------------------------------------------------------- data fingerprint
 
 DATA_FINGERPRINT = "data_fingerprint.json"
 _FINGERPRINT_PARTS = ("shapes", "labels", "pixels")
