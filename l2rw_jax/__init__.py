@@ -55,6 +55,7 @@ from l2rw_jax.train import train_and_evaluate
 from l2rw_jax.train_state import TrainState
 
 # Models.
+from l2rw_jax.adapter import ModelOutputError
 from l2rw_jax.adapter import adapt
 from l2rw_jax.models import LeNet
 from l2rw_jax.models import MLP

@@ -23,9 +23,11 @@ and the input pipeline to work on:
   `root/clean/<class>/...`, read with Pillow (`l2rw_jax.image_folder`, which gives the row
   order).
 
-Images are uint8 (0..255) `N x H x W` or `N x H x W x C`, or floats in [0, 1], which are stored
-as `round(255 x)` uint8. Labels are integers in [0, num_classes). `num_classes` is
-`len(class_names)` when names are given, else the largest label + 1.
+Images are uint8 (0..255) `N x H x W` or `N x H x W x C` (channel-last; a channel-first
+`N x C x H x W` array is refused with the transpose that fixes it), or floats in [0, 1] (no NaN),
+which are stored as `round(255 x)` uint8. Labels are integers in [0, num_classes).
+`num_classes` is `len(class_names)` when names are given, else the largest label + 1.
+docs/inputs.md states every source's rules.
 
 `data_dir=None` means tfds's default (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
 
@@ -54,6 +56,8 @@ ALLOWED = (
     NPZ_PREFIX + "<path>",
     FOLDER_PREFIX + "<path>",
 )
+# Channel counts of common images (grey, RGB, RGBA): how a channel axis is recognised.
+CHANNEL_COUNTS = (1, 3, 4)
 # tfds names: `name`, `name/config`, each optionally `:x.y.z`. Community namespaces
 # (`ns:name`) are left out: they would reach the network.
 _TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?(:\d+\.\d+\.\d+)?\Z")
@@ -304,6 +308,38 @@ def _read_split(builder, split: str, keys: tuple[str, str]) -> tuple[np.ndarray,
     return x.astype(np.uint8, copy=False), y.astype(np.int32)
 
 
+# ----------------------------------------------------------------------------- fingerprint
+
+FINGERPRINT_SAMPLE_ROWS = 64  # rows of each split whose pixels are hashed
+
+
+def fingerprint(arrays: Arrays) -> dict:
+    """A cheap summary of the loaded data that changes when the data does: recorded with a
+    run (`<workdir>/data_fingerprint.json`) so that resuming on other data is refused.
+
+    Returns:
+      `{"shapes": {"x_train": [N, H, W, C], "y_train": [N], ...} (each split present),
+      "labels": sha256 hex of every label array, num_classes and class_names,
+      "pixels": sha256 hex of FINGERPRINT_SAMPLE_ROWS rows of each image array, evenly
+      strided (`np.linspace(0, N - 1, 64)` rounded down; all rows when N <= 64)}`.
+      Hashing every label and a fixed sample of pixels costs milliseconds even on ImageNet
+      sizes; a change confined to pixels of rows outside the sample goes unseen.
+    """
+    import hashlib
+
+    splits = [k for k in ("train", "test", "clean") if getattr(arrays, f"x_{k}") is not None]
+    shapes, labels, pixels = {}, hashlib.sha256(), hashlib.sha256()
+    for k in splits:
+        x, y = getattr(arrays, f"x_{k}"), getattr(arrays, f"y_{k}")
+        shapes[f"x_{k}"], shapes[f"y_{k}"] = list(x.shape), list(y.shape)
+        labels.update(np.ascontiguousarray(y, np.int64).tobytes())
+        rows = np.unique(np.linspace(0, len(x) - 1, min(len(x), FINGERPRINT_SAMPLE_ROWS))
+                         .astype(np.int64)) if len(x) else np.zeros(0, np.int64)
+        pixels.update(np.ascontiguousarray(x[rows], np.uint8).tobytes())
+    labels.update(repr((int(arrays.num_classes), arrays.class_names)).encode())
+    return {"shapes": shapes, "labels": labels.hexdigest(), "pixels": pixels.hexdigest()}
+
+
 # ----------------------------------------------------------------------------- arrays
 
 
@@ -318,7 +354,14 @@ def _check_num_classes(num_classes: Any, where: str = "") -> int:
 
 
 def _images(key: str, x: Any, where: str) -> np.ndarray:
-    """uint8 N x H x W x C from uint8 or [0, 1] float N x H x W (x C)."""
+    """uint8 N x H x W x C from uint8 or [0, 1] float N x H x W (x C).
+
+    Refused: another dtype or rank; NaN or values outside [0, 1] in a float array; and a 4-D
+    array that is channel-first (N x C x H x W, PyTorch's layout): dimension 1 is a channel
+    count (`CHANNEL_COUNTS`: grey, RGB, RGBA), the last dimension is not, and dimension 2 is
+    larger than any channel count (an image height). Read as channel-last, such an array would
+    be C-pixel-high images with W channels and would train without a word.
+    """
     x = np.asarray(x)
     is_float = np.issubdtype(x.dtype, np.floating)
     if not (x.dtype == np.uint8 or is_float) or x.ndim not in (3, 4):
@@ -326,9 +369,24 @@ def _images(key: str, x: Any, where: str) -> np.ndarray:
             f"{where}{key} must be uint8 (0..255) or float (in [0, 1]) N x H x W or "
             f"N x H x W x C, got dtype {x.dtype} and shape {x.shape}."
         )
+    if (x.ndim == 4 and x.shape[1] in CHANNEL_COUNTS and x.shape[3] not in CHANNEL_COUNTS
+            and x.shape[2] > max(CHANNEL_COUNTS)):
+        # N x C x H x W (PyTorch's layout) would pass as C-pixel-high images with W channels.
+        raise ValueError(
+            f"{where}{key} has shape {x.shape}, which is channel-first (N x C x H x W, PyTorch's "
+            f"layout); images must be channel-last N x H x W x C: pass "
+            f"{key}.transpose(0, 2, 3, 1) (shape {(x.shape[0], *x.shape[2:], x.shape[1])})."
+        )
     if is_float:
+        nan = np.isnan(x)
+        if nan.any():
+            first = np.unravel_index(int(np.argmax(nan)), x.shape)
+            raise ValueError(
+                f"{where}{key} holds {int(nan.sum())} NaN pixel value(s) (first at index "
+                f"{tuple(int(i) for i in first)}); float images must lie in [0, 1]."
+            )
         lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
-        if not (lo >= 0.0 and hi <= 1.0):  # Also catches NaN.
+        if not (lo >= 0.0 and hi <= 1.0):  # -inf / inf show as such.
             raise ValueError(
                 f"{where}{key} is float, so it must lie in [0, 1]; found min {lo} and max {hi} "
                 f"(scale 0..255 floats by 1/255, or pass uint8)."
@@ -388,8 +446,9 @@ def make_arrays(
     int32 labels).
 
     Args:
-      x_train, x_test, x_clean: images `N x H x W` or `N x H x W x C`, uint8 (0..255) or float
-        in [0, 1] (stored as `round(255 x)`); all of one `H x W x C`.
+      x_train, x_test, x_clean: images `N x H x W` or `N x H x W x C` (channel-last; a
+        channel-first `N x C x H x W` array is refused, see `_images`), uint8 (0..255) or
+        float in [0, 1] without NaN (stored as `round(255 x)`); all of one `H x W x C`.
       y_train, y_test, y_clean: 1-D integer labels in [0, num_classes).
       x_clean, y_clean: a trusted clean set (at least one example), both or neither.
       class_names: one distinct string per class; fixes `num_classes = len(class_names)`.
