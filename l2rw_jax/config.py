@@ -125,9 +125,10 @@ def default_config() -> ml_collections.ConfigDict:
     l.mix = "excess_loss"           # graded weights mixed in by the training loss's excess over
     #                                 the clean loss | reliability_classes | reliability | none
     # Loss correction from the clean set (l2rw_jax.correction; not options of methods.l2rw):
-    # glc (Gold Loss Correction: plain training until correction_at * num_steps, the label
-    # transition matrix estimated on the clean set then, the corrected loss after) | none.
-    l.correction = "glc"
+    # none | glc (Gold Loss Correction: plain training until correction_at * num_steps, the
+    # label transition matrix estimated on the clean set then, the corrected loss after; pays
+    # where the model memorises the flips, costs much where it underfits: docs/robust_default.md).
+    l.correction = "none"
     l.correction_at = 0.1           # glc: share of num_steps trained plainly before the estimate
     # methods.mwnet's options (Meta-Weight-Net, Shu et al. 2019).
     c.method.mwnet = m = ml_collections.ConfigDict()
@@ -167,9 +168,9 @@ def default_config() -> ml_collections.ConfigDict:
 PAPER_L2RW = {"memory_decay": 0.0, "warmup_steps": 0, "weight_map": "clip",
               "normalize": "batch", "meta_params": "all", "loss_quantile": 0.0,
               "mix": "none", "correction": "none", "correction_at": 0.1}
-# The default (methods.ROBUST_OPTIONS inside Gold Loss Correction; docs/robust_default.md has
-# the evidence).
-ROBUST_L2RW = dict(methods.ROBUST_OPTIONS, correction="glc", correction_at=0.1)
+# The default (methods.ROBUST_OPTIONS, no loss correction; docs/robust_default.md has the
+# evidence).
+ROBUST_L2RW = dict(methods.ROBUST_OPTIONS, correction="none", correction_at=0.1)
 
 # Flat fields of configs written before the groups -> their place now.
 LEGACY_FIELDS = {

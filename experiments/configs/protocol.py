@@ -181,11 +181,10 @@ METHODS = {
     # (setting_config sets finetune_steps; the budget is 1.1x the others').
     "finetune": {"method": {"name": "finetune"}},
     # Gold Loss Correction (l2rw_jax.correction) with plain weights (weight_map "one": every
-    # w_i = 1 / B, the meta-gradient ignored) and around the paper's rule.
+    # w_i = 1 / B, the meta-gradient ignored). Around the paper's rule or the default: the
+    # ablation token glc (`l2rw+glc`, `recommended+glc`).
     "glc": {"method": {"name": "l2rw", "l2rw": dict(
         _DEFAULT_L2RW, **dict(config_lib.PAPER_L2RW, weight_map="one", correction="glc"))}},
-    "glc_l2rw": {"method": {"name": "l2rw", "l2rw": dict(
-        _DEFAULT_L2RW, **dict(config_lib.PAPER_L2RW, correction="glc"))}},
 }
 # Ablation tokens: option name -> (method.l2rw field, its non-paper value). A method name
 # `<base>(+|-)<token>...` with base l2rw (the paper's rule) or recommended (the default):
