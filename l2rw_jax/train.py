@@ -57,7 +57,7 @@ log = logging.getLogger("l2rw_jax.train")
 
 def build_run(config: ml_collections.ConfigDict) -> build.Run:
     """Loads the data once and builds every member's splits, the model, optimizer and step."""
-    arrays = datasets.load_arrays(config.data.dataset, data_dir=config.data.data_dir)
+    arrays = datasets.load_arrays(config.data.dataset, **config_lib.load_options(config.data))
     mds = [members_lib.make_member(arrays, s, **config_lib.member_options(config))
            for s in members_lib.seeds(config.seed, config.num_seeds)]
     config_lib.check_batch_sizes(config.data, len(mds[0].splits.train_labels),
