@@ -398,7 +398,7 @@ def check_transition(matrix: Any, num_classes: int | None = None) -> np.ndarray:
     if not np.all(np.isfinite(t)) or t.min() < 0:
         i, j = np.argwhere(~(np.isfinite(t) & (t >= 0)))[0]
         raise ValueError(
-            f"noise_matrix entries must be finite and >= 0, got T[{i}, {j}] = {t[i, j]}."
+            f"noise_matrix entries must be finite and >= 0, got T[{i}, {j}] = {float(t[i, j])}."
         )
     sums = t.sum(axis=1)
     bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-6)
@@ -406,7 +406,7 @@ def check_transition(matrix: Any, num_classes: int | None = None) -> np.ndarray:
         i = int(bad[0])
         hint = f" (put T[{i}, {i}] = 1 to keep class {i} clean)" if sums[i] == 0 else ""
         raise ValueError(
-            f"noise_matrix rows must sum to 1 within 1e-6; row {i} sums to {sums[i]!r}{hint}."
+            f"noise_matrix rows must sum to 1 within 1e-6; row {i} sums to {float(sums[i])}{hint}."
         )
     return t
 
