@@ -324,6 +324,8 @@ def _load_config_module(name):
     ("mnist_noisy", [("uniform",), ("background",)]),
     ("cifar_uniform", [("cifar10",), ("cifar100",), ("dev",)]),
     ("cifar_background", [("cifar10",), ("cifar100",), ("dev",)]),
+    ("cifar_noise", [("pair45",), ("asymmetric40",), ("cifar10n_worse",), ("cifar10n_aggre",),
+                     ("cifar10n_random1",), ("cifar100n",)]),
     ("robust_protocol", [("cifar10_dev",), ("mnist",)]),
     ("protocol", [("digits_uniform40",), ("mnist_mlp_uniform40",), ("mnist_mlp_background40",),
                   ("cifar_fit_uniform40",)])])
