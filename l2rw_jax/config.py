@@ -51,7 +51,7 @@ RESUMABLE_FIELDS = ("loop.stop_after_steps", "loop.progress_bar", "loop.steps_pe
 # The method groups holding one scheme's options (config.weighing hands them to the scheme).
 _SCHEME_GROUPS = ("l2rw", "mwnet")
 # Free-form groups: any keys (models.create_model checks them).
-_OPEN_GROUPS = ("model.options",)
+_OPEN_GROUPS = ("model.options", "data.noise_map")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -72,15 +72,16 @@ def default_config() -> ml_collections.ConfigDict:
     # tfds data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
     d.data_dir = config_dict.placeholder(str)
     # none | given | uniform | background | pair | asymmetric | transition | imbalance
-    # (docs/noise.md). Default "given" when data.label_key is set.
+    # (docs/noise.md). Left at uniform 0.4, it becomes "given" when data.label_key is set or
+    # the npz holds y_train_true.
     d.noise = "uniform"
     d.noise_ratio = 0.4             # fraction flipped (uniform/background/pair/asymmetric); else 0
     # asymmetric: {true: observed} class map, a preset (cifar10 | mnist) or "9:1,3:5,5:3";
     # None: cifar10 (Patrini et al. 2017).
-    d.noise_map = None
+    d.noise_map = config_dict.placeholder(object)
     # transition: C x C row-stochastic T[i][j] = P(observed j | true i), a nested tuple or the
     # path of a .npy file holding it.
-    d.noise_matrix = None
+    d.noise_matrix = config_dict.placeholder(object)
     # tfds: the feature holding the observed labels (e.g. worse_label of cifar10_n); None: the
     # dataset's supervised label. true_label_key: the feature holding the truth, read only
     # with label_key (None there: the truth is unknown).
@@ -287,13 +288,16 @@ def validate(config, *, check_devices: bool = True) -> ml_collections.ConfigDict
         raise ValueError(f"unknown config field(s) {unknown}{hint}; the fields are those of "
                          f"l2rw_jax.config.default_config() (print it).")
     filled = {**defaults, **given}
-    # Labels read as given (a label key) default to no synthetic noise on top; a noise without
-    # a ratio defaults to ratio 0 rather than the uniform default's 0.4.
-    if "data.noise" not in given and (given.get("data.label_key") is not None
-                                      or datasets.npz_has_truth(filled["data.dataset"])):
+    # The default noise (uniform, 0.4) is the default of synthetic benchmarks only: labels read
+    # as given (a label key, an npz with y_train_true) default to no noise on top, and a noise
+    # without a ratio (given, transition) takes ratio 0 instead of the uniform default's.
+    noise_default = (filled["data.noise"], filled["data.noise_ratio"]) == (
+        defaults["data.noise"], defaults["data.noise_ratio"])
+    if noise_default and (filled["data.label_key"] is not None
+                          or datasets.npz_has_truth(filled["data.dataset"])):
         filled["data.noise"] = "given"
     if (filled["data.noise"] in ("given", "transition")
-            and "data.noise_ratio" not in given):
+            and filled["data.noise_ratio"] == defaults["data.noise_ratio"]):
         filled["data.noise_ratio"] = 0.0
     c = ml_collections.ConfigDict(_unflatten(filled))
     if not isinstance(c.model.options, ml_collections.ConfigDict):

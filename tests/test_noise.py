@@ -162,3 +162,71 @@ def test_cifar_n_label_features_train_with_is_noisy_from_the_two_keys(
     np.testing.assert_array_equal(w["true_label"], ds_true[rows])
     np.testing.assert_array_equal(w["is_noisy"], arrays.y_train[rows] != ds_true[rows])
     assert w["is_noisy"].any()  # Random mock labels disagree somewhere.
+
+
+def test_config_noise_fields_translate_and_bad_values_fail_in_one_line(tmp_path):
+    c = config_lib.default_config()
+    c.data.noise, c.data.noise_map = "asymmetric", {"9": 1, "3": 5}
+    v = config_lib.validate(c, check_devices=False)
+    assert config_lib.split_options(v.data)["noise_map"] == {"9": 1, "3": 5}
+    # Through config.json (JSON) and back: the same map.
+    again = config_lib.validate(config_lib.as_json(v), check_devices=False)
+    assert config_lib.split_options(again.data)["noise_map"] == {"9": 1, "3": 5}
+
+    t = np.full((C, C), 1 / C)
+    np.save(tmp_path / "T.npy", t)
+    c = config_lib.default_config()
+    c.data.noise, c.data.noise_matrix = "transition", str(tmp_path / "T.npy")
+    v = config_lib.validate(c, check_devices=False)
+    assert v.data.noise_ratio == 0.0  # A noise without a ratio: 0, not the uniform default.
+    np.testing.assert_array_equal(config_lib.split_options(v.data)["noise_matrix"], t)
+
+    c = config_lib.default_config()
+    c.data.label_key = "worse_label"
+    v = config_lib.validate(c, check_devices=False)
+    assert (v.data.noise, v.data.noise_ratio) == ("given", 0.0)
+
+    for data, match in (
+            (dict(noise="transition", noise_matrix=str(tmp_path / "missing.npy")),
+             r"data.noise_matrix='.*missing.npy' is not a readable .npy file"),
+            (dict(noise="transition", noise_matrix=((0.5, 0.6), (0.0, 1.0))),
+             r"row 0 sums to 1.1"),
+            (dict(noise="pair", noise_ratio=1.0), r"\[0, 1\) for noise 'pair', got 1.0"),
+            (dict(noise="uniform", noise_ratio=0.2, label_key="worse_label"),
+             r"data.label_key='worse_label' .* must be 'given'"),
+            (dict(noise="none", noise_ratio=0.0, noise_map="cifar10"),
+             r"noise_map='cifar10' only applies to noise 'asymmetric'"),
+    ):
+        c = config_lib.default_config()
+        c.data.update(data)
+        with pytest.raises(ValueError, match=match) as e:
+            config_lib.validate(c, check_devices=False)
+        assert "\n" not in str(e.value)
+    c = config_lib.default_config()
+    c.data.noise, c.data.noise_ratio, c.method.name = "none", 0.0, "oracle"
+    with pytest.raises(ValueError, match="method.name='oracle' .* data.noise='none'"):
+        config_lib.validate(c, check_devices=False)
+
+
+def test_bad_label_keys_and_true_labels_fail_before_anything_is_written(tmp_path):
+    import tensorflow_datasets as tfds
+
+    data_dir = str(tmp_path / "tfds")
+    builder = tfds.builder("cifar100_n", data_dir=data_dir)
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+    with tfds.testing.mock_data(num_examples=4, data_dir=data_dir):
+        for key, match in (("coarse_label", r"label_key='coarse_label' is not an integer class "
+                                            r"label of dataset 'cifar100_n' with 100 classes; "
+                                            r"allowed: label, noise_label"),
+                           ("worker_id", r"label_key='worker_id' is not an integer class")):
+            with pytest.raises(ValueError, match=match):
+                datasets.load_arrays("cifar100_n", data_dir=data_dir, label_key=key)
+    with pytest.raises(ValueError, match=r"label_key='x' only applies to tfds datasets"):
+        datasets.load_arrays("digits", label_key="x")
+    x = np.zeros((6, 2, 2), np.uint8)
+    y = np.arange(6) % 3
+    with pytest.raises(ValueError, match=r"x_train has 6 images but y_train_true has 4 labels"):
+        datasets.make_arrays(x, y, x, y, y_train_true=y[:4])
+    with pytest.raises(ValueError, match=r"y_train_true has label 5, allowed \[0, 3\)"):
+        datasets.make_arrays(x, y, x, y, y_train_true=np.full(6, 5))
