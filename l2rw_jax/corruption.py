@@ -926,10 +926,14 @@ def make_splits(
 
 
 def split_stats(splits: Splits) -> dict:
-    """Counts that describe a `Splits` (all computed from its arrays), e.g. for a summary table."""
+    """Counts that describe a `Splits` (all computed from its arrays), e.g. for a summary table.
+
+    The counts that need the truth (`num_noisy`, `noise_fraction`, `train_true_per_class`,
+    `noisy_per_true_class`) are None when `splits.truth_known` is False: unknown, not zero.
+    """
     c = splits.num_classes
     noisy = splits.train_is_noisy
-    return {
+    out = {
         "num_classes": c,
         "image_shape": tuple(splits.train_x.shape[1:]),
         "num_train": int(splits.train_labels.size),
@@ -943,3 +947,7 @@ def split_stats(splits: Splits) -> dict:
         "num_test": int(splits.test_labels.size),
         "test_per_class": np.bincount(splits.test_labels, minlength=c).tolist(),
     }
+    if not splits.truth_known:
+        out.update(num_noisy=None, noise_fraction=None, train_true_per_class=None,
+                   noisy_per_true_class=None)
+    return out

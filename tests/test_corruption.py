@@ -603,6 +603,11 @@ def test_make_splits_given_labels_with_truth():
                                clean_per_class=2, seed=1)
     assert not u.truth_known and not u.train_is_noisy.any()
     np.testing.assert_array_equal(u.train_labels, y_obs[u.train_source_index])
+    # The counts that need the truth: known with it, absent (None, not 0) without.
+    assert corruption.split_stats(s)["num_noisy"] == int(s.train_is_noisy.sum()) > 0
+    stats = corruption.split_stats(u)
+    assert stats["num_noisy"] is None and stats["noisy_per_true_class"] is None
+    assert stats["num_train"] == len(u.train_labels)
 
 
 @pytest.mark.parametrize("kw,match", [
