@@ -93,7 +93,7 @@ def precision_at_noisy(workdir: workdir_lib.PathLike, seeds, key: str,
         if not path.exists():
             path = workdir_lib.path(workdir) / "example_weights.npz"
         with np.load(io.BytesIO(path.read_bytes())) as z:  # Local or gs://.
-            if key not in z.files or not z["is_noisy"].any():
+            if key not in z.files or "is_noisy" not in z.files or not z["is_noisy"].any():
                 return None
             score, is_noisy = z[key].astype(np.float64), z["is_noisy"]
         order = np.lexsort((np.arange(len(score)), -score if suspect_high else score))

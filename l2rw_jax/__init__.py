@@ -72,10 +72,13 @@ from l2rw_jax.models import output_layer_path
 # Data.
 from l2rw_jax.corruption import Corrupted
 from l2rw_jax.corruption import Splits
+from l2rw_jax.corruption import asymmetric_flip
 from l2rw_jax.corruption import background_flip
 from l2rw_jax.corruption import clean_split
 from l2rw_jax.corruption import imbalance_subset
 from l2rw_jax.corruption import make_splits
+from l2rw_jax.corruption import pair_flip
+from l2rw_jax.corruption import transition_flip
 from l2rw_jax.corruption import uniform_flip
 from l2rw_jax.datasets import load_arrays
 from l2rw_jax.datasets import save_arrays

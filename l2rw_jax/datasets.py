@@ -18,10 +18,16 @@ and the input pipeline to work on:
   (tested equal).
 - `npz:<path>`: a `.npz` with `x_train, y_train, x_test, y_test`, optionally `x_clean, y_clean`
   (a trusted clean set, used as given: see `corruption.make_splits`), `class_names` (strings,
-  one per class) and `num_classes` (a scalar); `save_arrays` writes one from a notebook.
+  one per class), `num_classes` (a scalar) and `y_train_true` (the true labels of `x_train`
+  when `y_train` holds the labels as observed, benchmarks only: docs/noise.md); `save_arrays`
+  writes one from a notebook.
 - `folder:<root>`: `root/train/<class>/<images>`, `root/test/<class>/...`, optional
   `root/clean/<class>/...`, read with Pillow (`l2rw_jax.image_folder`, which gives the row
   order).
+
+tfds sources with several label features (cifar10_n: `worse_label`, `aggre_label`, ...) take
+`label_key` (the observed training labels) and `true_label_key` (the truth, `Arrays.y_train_true`,
+and the test labels); see docs/noise.md.
 
 Images are uint8 (0..255) `N x H x W` or `N x H x W x C` (channel-last; a channel-first
 `N x C x H x W` array is refused with the transpose that fixes it), or floats in [0, 1] (no NaN),
@@ -49,7 +55,7 @@ EMBEDDED = ("digits",)
 NPZ_PREFIX = "npz:"
 FOLDER_PREFIX = "folder:"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-NPZ_OPTIONAL_KEYS = ("x_clean", "y_clean", "class_names", "num_classes")
+NPZ_OPTIONAL_KEYS = ("x_clean", "y_clean", "class_names", "num_classes", "y_train_true")
 ALLOWED = (
     "a tfds image-classification dataset name (e.g. mnist, cifar10, kmnist)",
     "digits",
@@ -75,6 +81,7 @@ class Arrays(NamedTuple):
     x_clean: np.ndarray | None = None  # uint8 M x H x W x C, a trusted clean set, or None
     y_clean: np.ndarray | None = None  # int32 M, or None
     class_names: tuple[str, ...] | None = None  # class_names[c] names label c, or None
+    y_train_true: np.ndarray | None = None  # int32 N, true labels of x_train when known
 
 
 DIGITS_NUM_CLASSES = 10
@@ -158,6 +165,8 @@ def load_arrays(
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     num_classes: int | None = None,
+    label_key: str | None = None,
+    true_label_key: str | None = "label",
 ) -> Arrays:
     """Loads a source's train and test sets (and clean set, if any) into memory.
 
@@ -168,6 +177,11 @@ def load_arrays(
         offline, tfds retries for minutes). False (default): missing data raises at once.
       num_classes: npz only: the number of classes (default: the npz's `num_classes` or
         `len(class_names)`, else the largest label + 1).
+      label_key: tfds only: the `ClassLabel` feature holding the observed training labels
+        (e.g. `worse_label` of `cifar10_n`); None: the dataset's label (supervised key).
+      true_label_key: tfds only, read with `label_key`: the `ClassLabel` feature holding the
+        true labels (`Arrays.y_train_true`, and the test labels); None: the truth is unknown
+        (the test labels are then the dataset's label).
 
     Returns:
       `Arrays` with uint8 `N x H x W x C` images and int32 labels.
@@ -183,6 +197,12 @@ def load_arrays(
         _check_num_classes(num_classes)
     if not isinstance(download, bool):
         raise ValueError(f"download must be True or False, got {download!r}.")
+    if label_key is not None and (name.startswith((NPZ_PREFIX, FOLDER_PREFIX))
+                                  or name in EMBEDDED):
+        raise ValueError(
+            f"label_key={label_key!r} only applies to tfds datasets; {name!r} has one label per "
+            f"split (an npz gives its true labels as y_train_true)."
+        )
     if name.startswith(NPZ_PREFIX):
         return _load_npz(name[len(NPZ_PREFIX) :], num_classes)
     if num_classes is not None:
@@ -218,7 +238,9 @@ def load_arrays(
             f"tfds.list_builders()); allowed: {'; '.join(ALLOWED)}."
         ) from None
     # Before the data is looked for: a wrong kind of dataset is the more useful message.
-    image_label_keys(builder.info, name)
+    keys = image_label_keys(builder.info, name)
+    if label_key is not None:
+        label_feature_keys(builder.info, name, keys[1], label_key, true_label_key)
     if not builder.is_prepared():
         if not download:
             raise FileNotFoundError(_missing_message(name, builder))
@@ -231,13 +253,51 @@ def load_arrays(
             f"needed (save other splits with save_arrays, or as a folder: source)."
         )
     keys = image_label_keys(builder.info, name)
-    label = builder.info.features[keys[1]]
-    x_train, y_train = _read_split(builder, "train", keys)
-    x_test, y_test = _read_split(builder, "test", keys)
+    if label_key is None:
+        label = builder.info.features[keys[1]]
+        x_train, (y_train,) = _read_split(builder, "train", keys)
+        x_test, (y_test,) = _read_split(builder, "test", keys)
+        y_true = None
+    else:
+        test_key = keys[1] if true_label_key is None else true_label_key
+        label = builder.info.features[test_key]
+        train_keys = (keys[0], label_key) + (() if true_label_key is None else (true_label_key,))
+        x_train, ys = _read_split(builder, "train", train_keys)
+        y_train, y_true = ys[0], (ys[1] if len(ys) > 1 else None)
+        # The test split's labels are the truth (cifar10_n stores -1 as its human labels there).
+        x_test, (y_test,) = _read_split(builder, "test", (keys[0], test_key))
     names = tuple(label.names) if label.names else None
     return Arrays(
-        x_train, y_train, x_test, y_test, int(label.num_classes), name, class_names=names
+        x_train, y_train, x_test, y_test, int(label.num_classes), name, class_names=names,
+        y_train_true=y_true,
     )
+
+
+def label_feature_keys(info, name: str, default_key: str, label_key: str,
+                       true_label_key: str | None) -> None:
+    """Checks that `label_key` and `true_label_key` (if not None) name distinct `ClassLabel`
+    features of `info` with as many classes as the dataset's label `default_key`.
+
+    Raises:
+      ValueError: naming the key and the integer class labels the dataset has.
+    """
+    import tensorflow_datasets as tfds
+
+    features = info.features
+    labels = {k: v for k, v in features.items() if isinstance(v, tfds.features.ClassLabel)}
+    c = labels[default_key].num_classes
+    allowed = [k for k, v in labels.items() if v.num_classes == c]
+    for what, key in (("label_key", label_key), ("true_label_key", true_label_key)):
+        if key is not None and key not in allowed:
+            raise ValueError(
+                f"{what}={key!r} is not an integer class label of dataset {name!r} with "
+                f"{c} classes; allowed: {', '.join(allowed)}."
+            )
+    if label_key == true_label_key:
+        raise ValueError(
+            f"label_key and true_label_key are both {label_key!r}; the observed labels and the "
+            f"truth are two different features (true_label_key=None: truth unknown)."
+        )
 
 
 def image_label_keys(info, name: str = "dataset") -> tuple[str, str]:
@@ -291,21 +351,24 @@ def _missing_message(name: str, builder) -> str:
     )
 
 
-def _read_split(builder, split: str, keys: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+def _read_split(builder, split: str, keys: tuple[str, ...]
+                ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """(images, (labels of keys[1], labels of keys[2], ...)) of one split, in file order."""
     import tensorflow_datasets as tfds
 
     # In file order (shuffle_files=False), so rows and thus seeded splits are reproducible. Only
-    # the two features are kept: others (file names, boxes) may not batch.
+    # the named features are kept: others (file names, boxes) may not batch.
     ds = builder.as_dataset(split=split, shuffle_files=False)
-    ds = ds.map(lambda ex: (ex[keys[0]], ex[keys[1]]))  # Sequential: order kept.
-    xs, ys = [], []
-    for x, y in tfds.as_numpy(ds.batch(8192)):
-        xs.append(x)
-        ys.append(y)
+    ds = ds.map(lambda ex: tuple(ex[k] for k in keys))  # Sequential: order kept.
+    cols = [[] for _ in keys]
+    for batch in tfds.as_numpy(ds.batch(8192)):
+        for col, a in zip(cols, batch):
+            col.append(a)
     shape = tuple(builder.info.features[keys[0]].shape)
-    x = np.concatenate(xs) if xs else np.zeros((0,) + shape, np.uint8)
-    y = np.concatenate(ys) if ys else np.zeros((0,), np.int64)
-    return x.astype(np.uint8, copy=False), y.astype(np.int32)
+    x = np.concatenate(cols[0]) if cols[0] else np.zeros((0,) + shape, np.uint8)
+    ys = tuple((np.concatenate(c) if c else np.zeros((0,), np.int64)).astype(np.int32)
+               for c in cols[1:])
+    return x.astype(np.uint8, copy=False), ys
 
 
 # ----------------------------------------------------------------------------- fingerprint
@@ -441,6 +504,7 @@ def make_arrays(
     num_classes: int | None = None,
     name: str = "arrays",
     where: str = "",
+    y_train_true: Any = None,
 ) -> Arrays:
     """Checks numpy arrays and returns them as `Arrays` (uint8 images with a channel axis,
     int32 labels).
@@ -454,6 +518,8 @@ def make_arrays(
       class_names: one distinct string per class; fixes `num_classes = len(class_names)`.
       num_classes: default `len(class_names)`, else the largest label + 1.
       name: `Arrays.name`.
+      y_train_true: the true labels of `x_train` (1-D, same length as `y_train`, in
+        [0, num_classes)) when `y_train` holds labels as observed; benchmarks only.
       where: prefix of every error message (e.g. "npz '/a/b.npz': ").
 
     Raises:
@@ -500,6 +566,14 @@ def make_arrays(
         )
     if num_classes < 2:
         raise ValueError(f"{where}labels cover a single class ({top}); need at least 2.")
+    if y_train_true is not None:
+        y_train_true = _labels("y_train_true", y_train_true, len(xs["train"]), "x_train", where)
+        if y_train_true.max(initial=0) >= num_classes:
+            raise ValueError(
+                f"{where}y_train_true has label {int(y_train_true.max())}, allowed "
+                f"[0, {num_classes}) (num_classes={num_classes})."
+            )
+        y_train_true = y_train_true.astype(np.int32)
     return Arrays(
         xs["train"],
         ys["train"].astype(np.int32),
@@ -510,6 +584,7 @@ def make_arrays(
         x_clean=xs.get("clean"),
         y_clean=ys["clean"].astype(np.int32) if "clean" in ys else None,
         class_names=names,
+        y_train_true=y_train_true,
     )
 
 
@@ -524,6 +599,7 @@ def save_arrays(
     y_clean: Any = None,
     class_names: Sequence[str] | None = None,
     num_classes: int | None = None,
+    y_train_true: Any = None,
 ) -> str:
     """Checks arrays (as `make_arrays`), writes them to an npz and returns its source name.
 
@@ -546,8 +622,11 @@ def save_arrays(
     arrays = make_arrays(
         x_train, y_train, x_test, y_test, x_clean=x_clean, y_clean=y_clean,
         class_names=class_names, num_classes=num_classes, name=NPZ_PREFIX + path,
+        y_train_true=y_train_true,
     )
     out = {k: getattr(arrays, k) for k in NPZ_KEYS}
+    if arrays.y_train_true is not None:
+        out["y_train_true"] = arrays.y_train_true
     if arrays.x_clean is not None:
         out.update(x_clean=arrays.x_clean, y_clean=arrays.y_clean)
     if arrays.class_names is not None:
@@ -599,5 +678,20 @@ def _load_npz(path: str, num_classes: int | None) -> Arrays:
         a["x_train"], a["y_train"], a["x_test"], a["y_test"],
         x_clean=a.get("x_clean"), y_clean=a.get("y_clean"),
         class_names=names, num_classes=num_classes if stored is None else stored,
-        name=NPZ_PREFIX + path, where=where,
+        name=NPZ_PREFIX + path, where=where, y_train_true=a.get("y_train_true"),
     )
+
+
+def npz_has_truth(name: str) -> bool:
+    """True when `name` is an `npz:` source whose file exists and holds `y_train_true` (read
+    from the zip directory only; no array is loaded)."""
+    if not (isinstance(name, str) and name.startswith(NPZ_PREFIX)):
+        return False
+    path = name[len(NPZ_PREFIX) :]
+    if not os.path.isfile(path):
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return "y_train_true" in f.files
+    except (OSError, ValueError):
+        return False

@@ -65,6 +65,18 @@ def class_accuracy(per_class_KxC) -> dict:
             "worst_class": worst_K}
 
 
+def gap_closed(acc_K, erm_K, oracle_K) -> dict | None:
+    """The share of the gap between plain training and the oracle that a method closes, paired
+    over seeds: ``g_k = (acc_k - erm_k) / (oracle_k - erm_k)``, then :func:`mean_ci95` over k
+    (a fraction: 0 is ERM, 1 the oracle, above 1 beyond it). None when the arrays differ in
+    shape or some seed has ``oracle_k == erm_k`` (no gap to close there).
+    """
+    a, e, o = (np.asarray(v, np.float64) for v in (acc_K, erm_K, oracle_K))
+    if not a.shape == e.shape == o.shape or a.ndim != 1 or np.any(o == e):
+        return None
+    return mean_ci95((a - e) / (o - e))
+
+
 def summary(*, method: str, config: dict, members: list, history: list[dict],
             num_steps: int, all_zero_steps_K, wall_time: float, steps_per_s: float,
             timing: dict) -> dict:

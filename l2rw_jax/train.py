@@ -62,7 +62,7 @@ def build_run(config: ml_collections.ConfigDict,
     """Builds every member's splits, the model, optimizer and step from ``arrays`` (the
     source loaded once; default: ``config.data.dataset`` loaded here)."""
     if arrays is None:
-        arrays = datasets.load_arrays(config.data.dataset, data_dir=config.data.data_dir)
+        arrays = datasets.load_arrays(config.data.dataset, **config_lib.load_options(config.data))
     mds = [members_lib.make_member(arrays, s, **config_lib.member_options(config))
            for s in members_lib.seeds(config.seed, config.num_seeds)]
     config_lib.check_batch_sizes(config.data, len(mds[0].splits.train_labels),
@@ -133,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     config.loop.backend = workdir_lib.resolve_backend(config.loop.backend, wd)
     workdir_lib.check_or_write_config(wd, config, write=False)  # Another run's workdir: fail now.
     t_invocation = time.time()
-    arrays = datasets.load_arrays(config.data.dataset, data_dir=config.data.data_dir)
+    arrays = datasets.load_arrays(config.data.dataset, **config_lib.load_options(config.data))
     # Resuming on data regenerated at the same path (other rows): fail now.
     data_fingerprint = datasets.fingerprint(arrays)
     workdir_lib.check_or_write_fingerprint(wd, data_fingerprint, write=False)

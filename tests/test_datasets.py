@@ -258,7 +258,7 @@ def test_save_arrays_round_trip_atomic_and_checked_first(tmp_path):
     y = np.arange(10) % 3
     name = datasets.save_arrays(
         tmp_path / "d" / "s.npz", x, y, x[:4], y[:4], x_clean=x[:2], y_clean=y[:2],
-        class_names=["a", "b", "c"], num_classes=3,
+        class_names=["a", "b", "c"], num_classes=3, y_train_true=(y + 1) % 3,
     )
     path = str(tmp_path / "d" / "s.npz")
     assert name == "npz:" + path and datasets.check_name(name) == name
@@ -267,6 +267,7 @@ def test_save_arrays_round_trip_atomic_and_checked_first(tmp_path):
     np.testing.assert_array_equal(a.x_clean, a.x_train[:2])
     assert a.y_clean.tolist() == [0, 1] and a.class_names == ("a", "b", "c")
     assert a.num_classes == 3 and a.name == name
+    np.testing.assert_array_equal(a.y_train_true, (y + 1) % 3)
     with np.load(path) as f:
         assert sorted(f.files) == sorted(datasets.NPZ_KEYS + datasets.NPZ_OPTIONAL_KEYS)
         assert f["x_train"].dtype == np.uint8 and int(f["num_classes"]) == 3
