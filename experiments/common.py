@@ -34,12 +34,15 @@ _PROCESS_ID = flags.DEFINE_integer(
 
 # Errors a user's input causes (a value, a path): one line, no traceback, unless --verbose.
 USER_ERRORS = (ValueError, FileNotFoundError, app.UsageError)
+# A run that failed (training diverged): one line too, exit code 1.
+RUN_ERRORS = (FloatingPointError,)
 
 
 def run_main(main: Callable[[Sequence[str]], None]) -> None:
     """``app.run(main)`` for the entry points: WARNING-level logs (no absl/tfds/jax INFO lines,
     e.g. jax probing for a TPU) and a user error printed as one line ``error: <message>`` on
-    stderr with exit code 2; ``--verbose`` keeps the INFO logs and the traceback.
+    stderr with exit code 2 (a run that failed, e.g. diverged: the same line, exit code 1);
+    ``--verbose`` keeps the INFO logs and the traceback.
     ``--distributed`` joins the multi-host job first (:func:`initialize_distributed`)."""
 
     def wrapped(argv):
@@ -48,11 +51,11 @@ def run_main(main: Callable[[Sequence[str]], None]) -> None:
         try:
             initialize_distributed()
             return main(argv)
-        except USER_ERRORS as e:
+        except USER_ERRORS + RUN_ERRORS as e:
             if _VERBOSE.value:
                 raise
             print(f"error: {e} (--verbose for the traceback)", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(2 if isinstance(e, USER_ERRORS) else 1)
 
     app.run(wrapped, flags_parser=_parse_flags)
 
