@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from l2rw_jax import config as config_lib
 from l2rw_jax import workdir as workdir_lib
 
 _CONFIG = common.define_config(
@@ -39,8 +40,7 @@ def main(argv):
     common.write_json(workdir / "summary.json", results)
     common.plot_curves({m: common.test_curve(workdir / m) for m in results},
                        workdir / "accuracy.png",
-                       f"{config.data.dataset}: {config.data.noise_ratio:.0%} "
-                       f"{config.data.noise} flip")
+                       config_lib.describe_data(config.data))
 
 
 if __name__ == "__main__":

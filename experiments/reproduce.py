@@ -177,6 +177,7 @@ class Part(NamedTuple):
 def _mnist_base(path: str):
     c = mnist_imbalance.get_config("0.995")
     c.data.dataset = f"npz:{path}"
+    c.data.corrupt_given_labels = True  # the npz copy of MNIST: the protocol's subsampling
     return c
 
 
@@ -186,6 +187,7 @@ def _cifar_base(noise: str) -> Callable[[str], object]:
         # $L2RW_DEV_DATA); this suite finds the copy itself (data_path).
         c = cifar_background.get_config("cifar10")
         c.data.dataset = f"npz:{path}"
+        c.data.corrupt_given_labels = True  # the npz copy of CIFAR-10: the protocol's flips
         c.data.hyper_val_size = 2000
         c.data.noise = noise
         if noise == "uniform":

@@ -73,6 +73,10 @@ def default_config() -> ml_collections.ConfigDict:
     d.data_dir = config_dict.placeholder(str)
     d.noise = "uniform"             # none | uniform | background | imbalance (docs/design.md §3)
     d.noise_ratio = 0.4             # fraction flipped (uniform / background); 0 otherwise
+    # A source of your own (npz:, folder:) keeps its labels as given unless this is True: the
+    # synthetic noise above (uniform / background / imbalance) is then applied to it too (an
+    # npz copy of a benchmark, say). Either way the run says what it does (a warning line).
+    d.corrupt_given_labels = False
     d.background_class = config_dict.placeholder(int)  # background flip target; None: seeded
     d.official_convention = False   # official code's flip (label in 0..C-2): comparisons only
     d.majority_fraction = config_dict.placeholder(float)  # imbalance: majority fraction p
@@ -171,7 +175,7 @@ LEGACY_FIELDS = {
         "dataset", "data_dir", "noise", "noise_ratio", "background_class",
         "official_convention", "majority_fraction", "num_train", "majority_class",
         "minority_class", "clean_per_class", "hyper_val_size", "augment", "pixel_scale",
-        "batch_size", "clean_batch_size", "eval_batch_size")},
+        "batch_size", "clean_batch_size", "eval_batch_size", "corrupt_given_labels")},
     "model": "model.name", "model_options": "model.options",
     **{f: f"optim.{f}" for f in ("learning_rate", "momentum", "nesterov", "weight_decay",
                                  "lr_boundaries", "lr_decay")},
@@ -191,7 +195,12 @@ LEGACY_FIELDS = {
 # Fields added after the first release, with the behaviour runs had before them.
 ADDED_FIELDS = {**{f"method.l2rw.{k}": v for k, v in PAPER_L2RW.items()},
                 "method.l2rw.lookahead": "optimizer", "data.pixel_scale": "standardize",
-                "loop.backend": "tfdata"}
+                "loop.backend": "tfdata", "data.corrupt_given_labels": True}
+# The data.noise values that corrupt the labels (or, imbalance, subsample the classes) of the
+# source; the one a source of the user's own gets instead, unless data.corrupt_given_labels:
+# labels as given, no synthetic corruption.
+SYNTHETIC_NOISES = ("uniform", "background", "imbalance")
+LABELS_AS_GIVEN = "none"
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -388,13 +397,61 @@ def check_batch_sizes(data, num_train: int, num_clean: int) -> None:
 # ----------------------------------------------------------------------------- translation
 
 
+def labels_as_given(data) -> bool:
+    """Whether the data group's synthetic noise is left out: ``data.noise`` is one of
+    ``SYNTHETIC_NOISES``, the source is the user's own (``npz:``, ``folder:``) and
+    ``data.corrupt_given_labels`` is False. Then the run trains on the labels as given."""
+    return (data.noise in SYNTHETIC_NOISES and not data.corrupt_given_labels
+            and datasets.is_own_source(data.dataset))
+
+
 def split_options(data) -> dict:
-    """``corruption.make_splits`` keyword arguments (all but the seed) of the data group."""
-    return dict(noise=data.noise, ratio=data.noise_ratio, clean_per_class=data.clean_per_class,
-                background_class=data.background_class,
-                official_convention=data.official_convention,
-                majority_fraction=data.majority_fraction, num_train=data.num_train,
-                majority_class=data.majority_class, minority_class=data.minority_class)
+    """``corruption.make_splits`` keyword arguments (all but the seed) of the data group; the
+    noise options are those of ``LABELS_AS_GIVEN`` when :func:`labels_as_given`."""
+    options = dict(noise=data.noise, ratio=data.noise_ratio,
+                   clean_per_class=data.clean_per_class,
+                   background_class=data.background_class,
+                   official_convention=data.official_convention,
+                   majority_fraction=data.majority_fraction, num_train=data.num_train,
+                   majority_class=data.majority_class, minority_class=data.minority_class)
+    if labels_as_given(data):
+        options.update(noise=LABELS_AS_GIVEN, ratio=0.0, background_class=None,
+                       official_convention=False, majority_fraction=None)
+    return options
+
+
+def noise_note(data) -> str | None:
+    """The line a run prints about the labels of a source of the user's own (``npz:``,
+    ``folder:``) when its config names a synthetic noise; None otherwise."""
+    if data.noise not in SYNTHETIC_NOISES or not datasets.is_own_source(data.dataset):
+        return None
+    what = (f"data.noise={data.noise!r}" + (f", data.noise_ratio={data.noise_ratio:g}"
+                                            if data.noise != "imbalance" else ""))
+    if labels_as_given(data):
+        return (f"{data.dataset}: labels as given; the config's synthetic {what} is not applied "
+                f"to a source of your own (data.corrupt_given_labels=True applies it).")
+    return (f"{data.dataset}: synthetic {what} applied to these labels "
+            f"(data.corrupt_given_labels=True).")
+
+
+def describe_data(data) -> str:
+    """The data of a run for titles: the source (a path's file or folder name for a source of
+    the user's own) and :func:`noise_description`, e.g. ``"mnist.npz, labels as given"``."""
+    name = data.dataset
+    if datasets.is_own_source(name):
+        name = name.split(":", 1)[1].rstrip("/").rsplit("/", 1)[-1]
+    return f"{name}, {noise_description(data)}"
+
+
+def noise_description(data) -> str:
+    """A short description of the training labels for titles: ``"40% uniform flip"``,
+    ``"labels as given"``, ``"imbalance p=0.995"``."""
+    options = split_options(data)
+    if options["noise"] in ("uniform", "background"):
+        return f"{options['ratio']:.0%} {options['noise']} flip"
+    if options["noise"] == "imbalance":
+        return f"imbalance p={options['majority_fraction']}"
+    return "labels as given"
 
 
 def model_kwargs(model) -> dict:
@@ -452,6 +509,9 @@ def config_differences(previous: dict, current) -> dict[str, tuple[Any, Any]]:
     return {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
             if k not in RESUMABLE_FIELDS and not k.startswith(unused)
             and before.get(k) != now.get(k)
+            and not (k == "data.corrupt_given_labels"  # only read for an own noisy source
+                     and (now.get("data.noise") not in SYNTHETIC_NOISES
+                          or not datasets.is_own_source(now.get("data.dataset"))))
             and not (k == "data.dataset"
                      and datasets.same_local_source(before.get(k), now.get(k)))}
 

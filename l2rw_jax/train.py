@@ -156,6 +156,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     from tqdm.auto import tqdm  # A notebook widget in Jupyter, a console bar elsewhere.
 
     config = config_lib.validate(config)
+    note = config_lib.noise_note(config.data)  # Whether a source of the user's own is corrupted.
+    if note and workdir_lib.is_primary():
+        log.warning(note)
     wd = workdir_lib.path(workdir)
     config.loop.backend = workdir_lib.resolve_backend(config.loop.backend, wd)
     workdir_lib.check_or_write_config(wd, config, write=False)  # Another run's workdir: fail now.

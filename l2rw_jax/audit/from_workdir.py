@@ -150,7 +150,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
         "is_noisy": splits.train_is_noisy.astype(bool),
         "source_index": splits.train_source_index.astype(np.int64),
     }
-    if cfg.data.noise == "none":
+    if config_lib.split_options(cfg.data)["noise"] in ("none", config_lib.LABELS_AS_GIVEN):
         # No corruption of ours: the given labels are all we know, so the ground truth is
         # unknown (label_issues.csv leaves true_label and is_noisy empty), not "all correct".
         del train["true_label"], train["is_noisy"]
@@ -175,6 +175,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
             "method": cfg.method.name,
             "noise": cfg.data.noise,
             "noise_ratio": cfg.data.noise_ratio,
+            "data": config_lib.describe_data(cfg.data),
             "seed": seed,
             "checkpoint_step": int(step),
         },
@@ -189,9 +190,7 @@ def audit_run(workdir: str, config=None, out_dir: str | None = None, member: int
     """
     loaded = load_run(workdir, member)
     info = loaded["run_info"]
-    title = (
-        f"Audit: {info['method']} on {info['dataset']} ({info['noise']} {info['noise_ratio']:g})"
-    )
+    title = f"Audit: {info['method']} on {info['data']}"
     return run.run_audit(
         loaded["apply_fn"],
         loaded["feature_fn"],
