@@ -46,10 +46,10 @@ def stripes(tmp_path_factory):
 
 
 def _config(npz, model, **overrides):
-    """The default config on ``npz`` (labels as given), small batches, ``model`` (tiny widths
+    """The default config on ``npz`` (its labels as given: a source of your own), small batches, ``model`` (tiny widths
     for the deep ones), ERM; optimizer, input scaling and the rest at their defaults."""
     c = config_lib.default_config()
-    c.update({"data": dict(dataset=f"npz:{npz}", noise="none", noise_ratio=0.0,
+    c.update({"data": dict(dataset=f"npz:{npz}",
                            clean_per_class=4, batch_size=16, clean_batch_size=16,
                            eval_batch_size=100),
               "model": {"name": model, "options": TINY.get(model, {})},
