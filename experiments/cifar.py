@@ -8,8 +8,9 @@
 
 The `dev` variants read the 20,000 / 5,000 CIFAR-10 development copy from
 `$L2RW_DEV_DATA/cifar10_dev/cifar10_dev.npz` (experiments/configs/dev_data.py); unset, the
-command stops with a one-line error saying so. Each method runs in `<workdir>/<method>` (resumed if interrupted); prints the table of test
-accuracy (mean +- 95% CI over the seeds) and writes `table.md`, `summary.json`, `accuracy.png`.
+command stops with a one-line error saying so. Each method runs in `<workdir>/<method>`
+(resumed if interrupted); prints the table of test accuracy (mean +- 95% CI over the seeds)
+and writes `table.md`, `summary.json`, `accuracy.png`.
 Catalog datasets must be prepared in the tfds data_dir (`--config.data.data_dir`), or given as
 `--config.data.dataset=npz:/path/file.npz`.
 """
