@@ -284,7 +284,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                              else jax.tree.map(lambda y: y[t - first - 1], m) for m in msums_S]
                 pending.append((t, msums, t - last_log_step, rate))
                 last_log_step = t
-            bar.update(n)
             is_eval = step % loop.eval_every == 0 or step == run.total_steps
             is_ckpt = step % loop.checkpoint_every == 0 or step == run.total_steps
             if is_eval or is_ckpt or step >= stop_at:
@@ -303,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                 flush_pending()
                 history.append({"step": step, **evaluate_all(step)})
                 bar.set_postfix(test_acc=f"{np.mean(history[-1]['test']['accuracy']):.4f}",
-                                refresh=False)
+                                refresh=False)  # shown by the update below: this evaluation's
                 now = time.time()
                 timing["eval_s"] += now - t_mark
                 t_mark = now
@@ -320,6 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                 now = time.time()
                 timing["checkpoint_s"] += now - t_mark
                 t_mark = now
+            bar.update(n)  # After the evaluation: the bar's last postfix is the final one.
         flush_pending()
     except FloatingPointError as e:
         # A diverged run: results.json says so (and why); re-running the command resumes
