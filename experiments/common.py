@@ -222,15 +222,21 @@ def test_curve(workdir: workdir_lib.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.array([[accs[s] for s in steps] for _, accs in sorted(by_seed.items())])
 
 
+MARKERS_UP_TO = 20
+
+
 def plot_curves(curves: dict, path: workdir_lib.PathLike, title: str) -> None:
-    """Test accuracy over training: the mean over seeds, shaded from the min to the max seed."""
+    """Test accuracy over training: the mean over seeds, shaded from the min to the max seed;
+    a curve of at most ``MARKERS_UP_TO`` evaluations also gets markers (one evaluation, a
+    short run's, is a point that a line alone would not draw)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (steps, acc_KxE) in curves.items():
-        line, = ax.plot(steps, 100 * acc_KxE.mean(0), label=f"{name} ({len(acc_KxE)} seeds)")
+        line, = ax.plot(steps, 100 * acc_KxE.mean(0), label=f"{name} ({len(acc_KxE)} seeds)",
+                        marker="o" if len(steps) <= MARKERS_UP_TO else None)
         ax.fill_between(steps, 100 * acc_KxE.min(0), 100 * acc_KxE.max(0), alpha=0.2,
                         color=line.get_color())
     ax.set_xlabel("training step")

@@ -759,7 +759,8 @@ def _plot_curves(part: Part, programs: list[dict], path: str) -> None:
     for p in programs:
         steps = np.array(p["curve"]["steps"])
         acc = 100 * np.array(p["curve"]["test_accuracy_per_seed"])
-        line, = ax.plot(steps, acc.mean(0), label=f"{p['label']} ({len(acc)} seeds)")
+        line, = ax.plot(steps, acc.mean(0), label=f"{p['label']} ({len(acc)} seeds)",
+                        marker="o" if len(steps) <= common.MARKERS_UP_TO else None)
         ax.fill_between(steps, acc.min(0), acc.max(0), alpha=0.2, color=line.get_color())
         if p["method"] in paper:
             ax.axhline(paper[p["method"]], ls="--", color=line.get_color(), lw=1)

@@ -148,3 +148,16 @@ def test_in_a_two_process_job_process_0_alone_prints_the_table(tmp_path):
     assert "| erm    | 1     |" in outs[0][0] and "plot:" in outs[0][0]
     # Process 1 prints nothing of its own (gloo's C++ connection line is not ours to keep).
     assert "| erm" not in outs[1][0] and "plot:" not in outs[1][0], outs[1][0]
+
+
+def test_a_curve_of_one_evaluation_is_drawn(tmp_path, monkeypatch):
+    import numpy as np
+
+    figures = []
+    monkeypatch.setattr(common, "_save", lambda fig, path: figures.append(fig))
+    common.plot_curves({"erm": (np.array([20]), np.array([[0.5], [0.7]])),
+                        "long": (np.arange(1, 50), np.full((1, 49), 0.5))},
+                       tmp_path / "a.png", "t")
+    short, long = figures[0].axes[0].lines
+    assert short.get_marker() == "o" and list(short.get_ydata()) == [60.0]
+    assert long.get_marker() in (None, "None", "")
