@@ -345,8 +345,9 @@ def _check(c, check_devices: bool) -> None:
                          f"or 'background'; with data.noise={d.noise!r} set data.noise_ratio=0.")
     # Whether the data brings its own clean set is known once it is loaded: make_splits checks
     # clean_per_class against it again then.
-    corruption.check_split_args(num_classes=None, seed=c.seed, clean_given=None,
-                                **split_options(d))
+    for as_written in (True, False):
+        corruption.check_split_args(num_classes=None, seed=c.seed, clean_given=None,
+                                    **split_options(d, as_written=as_written))
     models.create_model(c.model.name, 2, **model_kwargs(c.model))  # Checks name and options.
     scheme, options = weighing(c.method)
     try:
@@ -405,16 +406,17 @@ def labels_as_given(data) -> bool:
             and datasets.is_own_source(data.dataset))
 
 
-def split_options(data) -> dict:
+def split_options(data, *, as_written: bool = False) -> dict:
     """``corruption.make_splits`` keyword arguments (all but the seed) of the data group; the
-    noise options are those of ``LABELS_AS_GIVEN`` when :func:`labels_as_given`."""
+    noise options are those of ``LABELS_AS_GIVEN`` when :func:`labels_as_given`, unless
+    ``as_written`` (validation checks those too: a bad value fails even where unused)."""
     options = dict(noise=data.noise, ratio=data.noise_ratio,
                    clean_per_class=data.clean_per_class,
                    background_class=data.background_class,
                    official_convention=data.official_convention,
                    majority_fraction=data.majority_fraction, num_train=data.num_train,
                    majority_class=data.majority_class, minority_class=data.minority_class)
-    if labels_as_given(data):
+    if labels_as_given(data) and not as_written:
         options.update(noise=LABELS_AS_GIVEN, ratio=0.0, background_class=None,
                        official_convention=False, majority_fraction=None)
     return options

@@ -196,3 +196,10 @@ def test_runs_from_before_the_flag_resume_as_they_were_trained():
         "data.corrupt_given_labels": (True, False)}
     now.data.corrupt_given_labels = True
     assert config_lib.config_differences(old, now) == {}
+
+
+def test_noise_options_not_applied_to_your_data_are_still_checked():
+    c = config_lib.default_config()
+    c.data.update(dataset="npz:/data/mine.npz", noise_ratio=1.5)
+    with pytest.raises(ValueError, match=r"^ratio must be a number in \[0, 1\], got 1\.5\.$"):
+        config_lib.validate(c)
