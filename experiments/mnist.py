@@ -53,7 +53,11 @@ def main(argv):
     hm = lambda m: {"data": {"batch_size": _HM_BATCH.value}} if m == "hard_mining" else {}
     if config_lib.split_options(config.data)["noise"] != "imbalance":  # labels as given: none
         if _FRACTIONS.value:
-            raise app.UsageError("--majority_fractions only applies to the imbalance config.")
+            given = (f" (data.dataset={config.data.dataset} is a source of your own: its labels "
+                     f"are taken as given; --config.data.corrupt_given_labels=True applies "
+                     f"the imbalance)" if config_lib.labels_as_given(config.data) else "")
+            raise app.UsageError(f"--majority_fractions only applies to the imbalance "
+                                 f"config{given}.")
         results = common.run_methods(config, workdir, methods, hm)
         print(common.method_table(results))
         common.plot_curves({m: common.test_curve(workdir / m) for m in results},
