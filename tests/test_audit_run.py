@@ -388,6 +388,7 @@ def test_workdir_audit_on_a_real_training_run(real_run):
         assert res["label_issues"]["n_noisy"] == int(z["is_noisy"][seen].sum())
         assert res["label_issues"]["n_ranked"] == int(seen.sum()) < len(seen)
     assert res["meta"]["run"]["checkpoint_step"] == 20
+    assert res["meta"]["title"] == "Audit: erm on digits, 40% uniform flip"
     assert os.path.exists(os.path.join(workdir, "audit", "report.html"))
 
 
