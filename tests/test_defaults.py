@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+import tiny_data
 from l2rw_jax import config as config_lib
 from l2rw_jax import train
 
@@ -137,3 +138,24 @@ def test_the_entry_point_fails_with_one_line_and_a_nonzero_exit_code(tmp_path):
     with open(tmp_path / "qs" / "erm" / "results.json") as f:
         results = json.load(f)
     assert results["completed"] is False and results["error"].startswith("training diverged")
+
+
+def test_the_progress_bar_ends_on_the_final_evaluation(tmp_path, monkeypatch):
+    """Every update of the bar shows the evaluation of the step it reaches (the last one: the
+    final accuracy the table prints), not the one before."""
+    import tqdm.auto
+
+    shown = []
+
+    class Recording(tqdm.auto.tqdm):
+        def update(self, n=1):
+            shown.append((self.n + n, self.postfix))
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    npz = tiny_data.write_tiny_npz(str(tmp_path / "tiny.npz"))
+    cfg = tiny_data.tiny_config(npz, {"num_steps": 6, "loop": dict(
+        eval_every=3, checkpoint_every=6, log_every=3, steps_per_call=3, progress_bar=True)})
+    results = train.train_and_evaluate(cfg, str(tmp_path / "run"))
+    final = results["final_test_accuracy"]["mean"]
+    assert shown[-1] == (6, f"test_acc={final:.4f}")
