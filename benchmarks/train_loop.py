@@ -126,6 +126,7 @@ def main() -> None:
             from experiments.configs import dev_data
 
             config.data.dataset = dev_data.source(spec["dev_copy"])
+            config.data.corrupt_given_labels = True  # a benchmark's copy: its protocol applies
         config.loop.progress_bar = True
         for field, value in spec.get("overrides", {}).items():
             if field == "model":  # A new model: its options replace the old model's.

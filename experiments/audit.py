@@ -7,8 +7,13 @@ most suspect label first, with `source_index`: its row in the dataset's own trai
 
 Run it from the directory training ran from (configs may name data by relative path).
 
+`--preset=quick` runs the same sections with fewer attack steps, epsilons and examples
+(`l2rw_jax.audit.run.QUICK`; the quickstart's run in under a CPU-minute); `--audit.<field>`
+overrides apply on top of the preset. A bar follows the sections.
+
 Examples:
   python -m experiments.audit --workdir=workdirs/mnist_uniform/l2rw
+  python -m experiments.audit --workdir=workdirs/quickstart/l2rw --preset=quick
   python -m experiments.audit --workdir=workdirs/mnist_uniform/l2rw --audit.robust_examples=0 \\
       --audit.pgd_steps=20          # every test image, stronger PGD
 """
@@ -16,6 +21,7 @@ Examples:
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
 
 from absl import app
@@ -24,6 +30,7 @@ from ml_collections import config_flags
 
 from experiments import common
 from l2rw_jax import audit
+from l2rw_jax.audit.run import PRESETS
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
 _OUT = flags.DEFINE_string("out_dir", None, "Where to write the audit; default <workdir>/audit.")
@@ -31,16 +38,27 @@ _MEMBER = flags.DEFINE_integer(
     "member", 0, "Which member (seed = config.seed + member) of a multi-seed run to audit."
 )
 _AUDIT = config_flags.DEFINE_config_dict("audit", audit.default_config(), "Audit settings.")
+_PRESET = flags.DEFINE_enum(
+    "preset", "full", PRESETS, "full: the default settings; quick: the same sections with "
+    "fewer attack steps, epsilons and examples. --audit.<field> overrides apply on top.")
 
 # The library's functions, under the names this script always had (tests, notebooks).
 load_run = audit.load_run
 audit_run = audit.audit_run
 
 
+def _config(argv: Sequence[str]):
+    """The preset's settings with the command line's ``--audit.<field>`` overrides on top."""
+    config = audit.default_config(_PRESET.value)
+    given = {a[len("--audit."):].split("=", 1)[0] for a in argv if a.startswith("--audit.")}
+    config.update({field: _AUDIT.value[field] for field in given if field in config})
+    return config
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    res = audit_run(_WORKDIR.value, _AUDIT.value, _OUT.value, _MEMBER.value)
+    res = audit_run(_WORKDIR.value, _config(sys.argv), _OUT.value, _MEMBER.value)
     out = _OUT.value or os.path.join(os.path.abspath(_WORKDIR.value), "audit")
     m, r, li = res["mistakes"], res["robustness"], res["label_issues"]
     print(f"report: {os.path.join(out, 'report.html')}")

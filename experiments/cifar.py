@@ -2,11 +2,15 @@
 
     python -m experiments.cifar --config=experiments/configs/cifar_uniform.py:cifar10 \\
         --workdir=workdirs/cifar10_uniform --methods=erm,l2rw
-    python -m experiments.cifar --config=experiments/configs/cifar_background.py:dev \\
+    L2RW_DEV_DATA=../shared/data python -m experiments.cifar \\
+        --config=experiments/configs/cifar_background.py:dev \\
         --workdir=workdirs/cifar_dev_background --config.num_steps=2000
 
-Each method runs in `<workdir>/<method>` (resumed if interrupted); prints the table of test
-accuracy (mean +- 95% CI over the seeds) and writes `table.md`, `summary.json`, `accuracy.png`.
+The `dev` variants read the 20,000 / 5,000 CIFAR-10 development copy from
+`$L2RW_DEV_DATA/cifar10_dev/cifar10_dev.npz` (experiments/configs/dev_data.py); unset, the
+command stops with a one-line error saying so. Each method runs in `<workdir>/<method>`
+(resumed if interrupted); prints the table of test accuracy (mean +- 95% CI over the seeds)
+and writes `table.md`, `summary.json`, `accuracy.png`.
 Catalog datasets must be prepared in the tfds data_dir (`--config.data.data_dir`), or given as
 `--config.data.dataset=npz:/path/file.npz`.
 """
@@ -18,6 +22,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from l2rw_jax import config as config_lib
 from l2rw_jax import workdir as workdir_lib
 
 _CONFIG = common.define_config(
@@ -39,8 +44,7 @@ def main(argv):
     common.write_json(workdir / "summary.json", results)
     common.plot_curves({m: common.test_curve(workdir / m) for m in results},
                        workdir / "accuracy.png",
-                       f"{config.data.dataset}: {config.data.noise_ratio:.0%} "
-                       f"{config.data.noise} flip")
+                       config_lib.describe_data(config.data))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """What the entry points share: running several methods of one config, tables, curves, plots."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import io
+import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -35,25 +38,34 @@ _PROCESS_ID = flags.DEFINE_integer(
 
 # Errors a user's input causes (a value, a path): one line, no traceback, unless --verbose.
 USER_ERRORS = (ValueError, FileNotFoundError, app.UsageError)
+# A run that failed (training diverged): one line too, exit code 1.
+RUN_ERRORS = (FloatingPointError,)
 
 
 def run_main(main: Callable[[Sequence[str]], None]) -> None:
     """``app.run(main)`` for the entry points: WARNING-level logs (no absl/tfds/jax INFO lines,
     e.g. jax probing for a TPU) and a user error printed as one line ``error: <message>`` on
-    stderr with exit code 2; ``--verbose`` keeps the INFO logs and the traceback.
-    ``--distributed`` joins the multi-host job first (:func:`initialize_distributed`)."""
+    stderr with exit code 2 (a run that failed, e.g. diverged: the same line, exit code 1);
+    ``--verbose`` keeps the INFO logs and the traceback.
+    ``--distributed`` joins the multi-host job first (:func:`initialize_distributed`); then
+    only process 0 prints (tables, paths) on its standard output."""
 
     def wrapped(argv):
         if not _VERBOSE.value:
             logging.set_verbosity(logging.WARNING)
         try:
             initialize_distributed()
-            return main(argv)
-        except USER_ERRORS as e:
+            if not _DISTRIBUTED.value or workdir_lib.is_primary():
+                return main(argv)
+            # One table per job: the other processes run the same code (the training is a
+            # collective) and keep their standard output to themselves; errors still show.
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                return main(argv)
+        except USER_ERRORS + RUN_ERRORS as e:
             if _VERBOSE.value:
                 raise
             print(f"error: {e} (--verbose for the traceback)", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(2 if isinstance(e, USER_ERRORS) else 1)
 
     app.run(wrapped, flags_parser=_parse_flags)
 
@@ -72,16 +84,43 @@ def define_config(default_path: str, help_text: str):
 
 
 def _parse_flags(argv):
+    """``absl.flags.FLAGS(argv)`` with every parsing error as one line ``error: ...``, exit 2
+    (absl's own answer is a ``FATAL Flags parsing error`` with the traceback of the config
+    file, exit 1): a config file whose ``get_config`` raised (e.g. a development copy with
+    ``L2RW_DEV_DATA`` unset) gives its own message, an override before ``--config=`` says so."""
+    _check_config_order(argv)
     try:
-        return app.parse_flags_with_usage(argv)
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _config_error(e, argv, _flag_message(str(e)))
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # --config.* overrides
         _config_error(e, argv)
 
 
-def _config_error(error: Exception, argv: Sequence[str]) -> None:
+def _check_config_order(argv: Sequence[str]) -> None:
+    """``--config.<field>`` overrides apply to the file given by ``--config=``: it must come
+    first (config_flags refuses the other order with an unclear message)."""
+    given = [i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")]
+    early = [a for a in argv[1:given[0]] if a.startswith("--config.")] if given else []
+    if early:
+        _config_error(ValueError(early[0]), argv,
+                      f"--config=... must come before any --config.<field> override; "
+                      f"found {early[0]} before {argv[given[0]]}.")
+
+
+def _flag_message(message: str) -> str:
+    """One line of an absl flags error: for a config file's error, the exception its
+    ``get_config`` raised (the last line of the traceback config_flags puts in the text)."""
+    if "Error whilst parsing config file" in message:
+        last = [line.strip() for line in message.splitlines() if line.strip()][-1]
+        return last.split(": ", 1)[1] if re.match(r"^\w+(Error|Exception): ", last) else last
+    return " ".join(message.split())
+
+
+def _config_error(error: Exception, argv: Sequence[str], message: str | None = None) -> None:
     if "--verbose" in argv:
         raise error
-    print(f"error: {_override_message(error, argv)} (--verbose for the traceback)",
+    print(f"error: {message or _override_message(error, argv)} (--verbose for the traceback)",
           file=sys.stderr)
     sys.exit(2)
 
@@ -201,15 +240,21 @@ def test_curve(workdir: workdir_lib.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.array([[accs[s] for s in steps] for _, accs in sorted(by_seed.items())])
 
 
+MARKERS_UP_TO = 20
+
+
 def plot_curves(curves: dict, path: workdir_lib.PathLike, title: str) -> None:
-    """Test accuracy over training: the mean over seeds, shaded from the min to the max seed."""
+    """Test accuracy over training: the mean over seeds, shaded from the min to the max seed;
+    a curve of at most ``MARKERS_UP_TO`` evaluations also gets markers (one evaluation, a
+    short run's, is a point that a line alone would not draw)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (steps, acc_KxE) in curves.items():
-        line, = ax.plot(steps, 100 * acc_KxE.mean(0), label=f"{name} ({len(acc_KxE)} seeds)")
+        line, = ax.plot(steps, 100 * acc_KxE.mean(0), label=f"{name} ({len(acc_KxE)} seeds)",
+                        marker="o" if len(steps) <= MARKERS_UP_TO else None)
         ax.fill_between(steps, 100 * acc_KxE.min(0), 100 * acc_KxE.max(0), alpha=0.2,
                         color=line.get_color())
     ax.set_xlabel("training step")

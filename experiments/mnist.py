@@ -13,8 +13,9 @@ seeds, and writes `summary.json`, `table.md` and a plot into the workdir.
         --workdir=workdirs/mnist_uniform --methods=erm,l2rw,mwnet
 
 Run from the repository root. The configs read tfds `mnist` (prepared in `data.data_dir`); a
-copy as npz: `--config.data.dataset=npz:/path/mnist.npz`. Any config field can be overridden,
-e.g. `--config.num_seeds=10`.
+copy as npz: `--config.data.dataset=npz:/path/mnist.npz --config.data.corrupt_given_labels=True`
+(without the flag an npz's labels are taken as given: your own data is never corrupted unless
+asked; docs/your_data.md). Any config field can be overridden, e.g. `--config.num_seeds=10`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from l2rw_jax import config as config_lib
 from l2rw_jax import workdir as workdir_lib
 
 _CONFIG = common.define_config(
@@ -49,14 +51,18 @@ def main(argv):
     config, workdir = _CONFIG.value, workdir_lib.path(_WORKDIR.value)  # gs:// stays a URI.
     methods = _METHODS.value or [config.method.name]
     hm = lambda m: {"data": {"batch_size": _HM_BATCH.value}} if m == "hard_mining" else {}
-    if config.data.noise != "imbalance":
+    if config_lib.split_options(config.data)["noise"] != "imbalance":  # labels as given: none
         if _FRACTIONS.value:
-            raise app.UsageError("--majority_fractions only applies to the imbalance config.")
+            given = (f" (data.dataset={config.data.dataset} is a source of your own: its labels "
+                     f"are taken as given; --config.data.corrupt_given_labels=True applies "
+                     f"the imbalance)" if config_lib.labels_as_given(config.data) else "")
+            raise app.UsageError(f"--majority_fractions only applies to the imbalance "
+                                 f"config{given}.")
         results = common.run_methods(config, workdir, methods, hm)
         print(common.method_table(results))
         common.plot_curves({m: common.test_curve(workdir / m) for m in results},
                            workdir / "accuracy.png",
-                           f"MNIST, {config.data.noise_ratio:.0%} {config.data.noise} flip")
+                           config_lib.describe_data(config.data))
         common.write_text(workdir / "table.md", common.method_table(results) + "\n")
         common.write_json(workdir / "summary.json", results)
         return

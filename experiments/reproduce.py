@@ -48,7 +48,13 @@ Planning (the plan is printed as a table before anything is trained):
    with less than its ``floor_s`` left.
 4. Each part's ``reproduce_<part>.{md,json,png}`` is rewritten (atomically: tmp file, then
    rename) after every finished program, so a run cut off by the command's time limit still
-   returns everything finished; ``reproduce_run.json`` records every part's status and notes.
+   returns everything finished; ``reproduce_run.json`` records every part's status, notes,
+   probes and plan, and is rewritten (with the bundle) after every probe and plan of the
+   running part (``running``).
+5. The budget bounds the probes too: a probe still running when it runs out is cut (SIGALRM;
+   within one jitted call), recorded with ``cut_after_s`` and a note, and nothing more of
+   the part runs. SIGTERM (a job's time limit) writes ``reproduce_run.json`` with
+   ``interrupted`` and the bundle, then exits with code 143.
 
 Files (``--results_dir``): ``reproduce_<part>.json`` with ``suite``, ``part``, ``status``
 (complete | partial), ``device``, ``versions``, ``command``, ``git_commit``, ``budget_s``,
@@ -104,13 +110,16 @@ No accelerator window has run this suite yet; the smoke suite's plan (CPU) looks
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import io
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from typing import Callable, NamedTuple, Sequence
@@ -177,6 +186,7 @@ class Part(NamedTuple):
 def _mnist_base(path: str):
     c = mnist_imbalance.get_config("0.995")
     c.data.dataset = f"npz:{path}"
+    c.data.corrupt_given_labels = True  # the npz copy of MNIST: the protocol's subsampling
     return c
 
 
@@ -186,6 +196,7 @@ def _cifar_base(noise: str) -> Callable[[str], object]:
         # $L2RW_DEV_DATA); this suite finds the copy itself (data_path).
         c = cifar_background.get_config("cifar10")
         c.data.dataset = f"npz:{path}"
+        c.data.corrupt_given_labels = True  # the npz copy of CIFAR-10: the protocol's flips
         c.data.hyper_val_size = 2000
         c.data.noise = noise
         if noise == "uniform":
@@ -419,9 +430,39 @@ class _Ctx(NamedTuple):
     deadline: float
     header: dict                     # device, versions, command, git_commit, budget_s
     say: Callable[[str], None]
+    # progress(part, probes, plan_rows): the running part's probes and plan so far, written
+    # into reproduce_run.json and the bundle at once (an interrupted run keeps them).
+    progress: Callable[[str, dict, list | None], None] = lambda part, probes, plan: None
 
     def left(self) -> float:
         return self.deadline - self.clock()
+
+
+class BudgetSpent(Exception):
+    """The budget ran out while a probe was running (raised by :func:`_budget_alarm`)."""
+
+
+@contextlib.contextmanager
+def _budget_alarm(seconds: float):
+    """Raises :class:`BudgetSpent` in the block once ``seconds`` have passed (SIGALRM; the
+    jitted calls return to Python every few steps, so the block stops within a call). Only
+    in the main thread (signals go there); elsewhere the block runs unbounded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if seconds <= 0:
+        raise BudgetSpent()
+
+    def ring(signum, frame):
+        raise BudgetSpent()
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _versions() -> dict:
@@ -464,11 +505,13 @@ def _present(ctx: _Ctx, part: Part) -> dict | None:
 
 def _probe(ctx: _Ctx, config, workdir: str, steps: int) -> tuple[Cost, float]:
     """Runs ``steps`` steps of ``config`` in ``workdir`` and times them (compile included):
-    ``(cost, wall seconds)``."""
+    ``(cost, wall seconds)``. Bounded by the budget: :class:`BudgetSpent` when it runs out
+    first (or before it starts)."""
     c = config_lib.validate(config)
     c.loop.stop_after_steps = steps
     t0 = ctx.clock()
-    out = l2rw_jax.train_and_evaluate(c, workdir)
+    with _budget_alarm(ctx.left()):
+        out = l2rw_jax.train_and_evaluate(c, workdir)
     wall = ctx.clock() - t0
     # The loop's own time per step, from the calls that did not compile; without such calls
     # the whole probe counts per step (an overestimate: fewer programs, never an overrun).
@@ -510,8 +553,25 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
     if present:
         notes.append(f"continued: {len(programs)} programs from an earlier run kept.")
 
+    probes: dict = {}  # method -> its probe: steps, wall_s, fixed_s, step_s (or cut_after_s)
+
     def write(plan_rows, status):
-        _write_part(ctx, part, programs, plan_rows, status, notes, ctx.clock() - t_part)
+        _write_part(ctx, part, programs, plan_rows, status, notes, ctx.clock() - t_part, probes)
+
+    def probe(m, config, probe_dir, label) -> Cost | None:
+        """The probe of ``m``, recorded (and written at once); None when the budget cut it."""
+        t0 = ctx.clock()
+        try:
+            cost, wall = _probe(ctx, config, probe_dir, part.probe_steps)
+        except BudgetSpent:
+            probes[m] = {**label, "steps": part.probe_steps, "cut_after_s": ctx.clock() - t0}
+            notes.append(f"probe of {m} cut by the budget after {ctx.clock() - t0:.0f} s.")
+            ctx.progress(part.name, probes, None)
+            return None
+        probes[m] = {**label, "steps": part.probe_steps, "wall_s": wall,
+                     "fixed_s": cost.fixed_s, "step_s": cost.step_s}
+        ctx.progress(part.name, probes, None)
+        return cost
 
     if part.fractions is not None:   # ---- sweep: fixed steps, one program per (p, method)
         steps = part.steps[0]
@@ -528,8 +588,11 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
                 notes.append(f"not probed (budget spent): {m}.")
                 continue
             ctx.say(f"[{part.name}] probe: {m} p={first[1]}, {part.probe_steps} steps")
-            costs[m], probed[first] = _probe(
-                ctx, configs[first], os.path.join(workdir, f"p{first[1]}", m), part.probe_steps)
+            cost = probe(m, configs[first], os.path.join(workdir, f"p{first[1]}", m),
+                         {"majority_fraction": first[1]})
+            if cost is None:
+                break
+            costs[m], probed[first] = cost, probes[m]["wall_s"]
         est = lambda k: (costs[k[0]].of(steps - part.probe_steps) if k in probed
                          else costs[k[0]].of(steps))
         keys = [k for k in keys if k[0] in costs]
@@ -540,6 +603,7 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
                       "seeds": configs[m, p].num_seeds, "estimate_s": round(e, 1),
                       "decision": "run" if r else "skip (budget)"} for (m, p), e, r in plan]
         _print_plan(ctx, part, plan_rows)
+        ctx.progress(part.name, probes, plan_rows)
         if not all(k in runs or k in done for k in minimal):
             notes.append(f"skipped: the minimal run {minimal} does not fit in "
                          f"{ctx.left():.0f} s (estimates in the plan).")
@@ -572,9 +636,13 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
         for m in methods:
             if m not in like:
                 ctx.say(f"[{part.name}] probe: {m}, {part.probe_steps} steps (scratch workdir)")
-                costs[m] = _probe(ctx, program_config(part, probe_base, m),
-                                  os.path.join(workdir, "probe", m), part.probe_steps)[0]
-        costs.update({m: costs[other] for m, other in like.items()})
+                cost = probe(m, program_config(part, probe_base, m),
+                             os.path.join(workdir, "probe", m), {})
+                if cost is None:
+                    break
+                costs[m] = cost
+        costs.update({m: costs[other] for m, other in like.items() if other in costs})
+        methods = [m for m in methods if m in costs]  # a method not costed is not planned
         choice = plan_steps(costs, methods, step_choices, ctx.left(), ctx.args.safety,
                             part.min_methods if not programs else 0)
         s = choice[0] if choice else min(step_choices)
@@ -583,6 +651,7 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
                       "decision": "run" if choice and m in choice[1] else "skip (budget)"}
                      for m in methods]
         _print_plan(ctx, part, plan_rows)
+        ctx.progress(part.name, probes, plan_rows)
         if choice is None:
             notes.append(f"skipped: the minimal run ({list(part.methods)[:part.min_methods]} "
                          f"at {s} steps) does not fit in {ctx.left():.0f} s.")
@@ -628,13 +697,14 @@ def _print_plan(ctx: _Ctx, part: Part, rows: list[dict]) -> None:
 
 
 def _write_part(ctx: _Ctx, part: Part, programs: list[dict], plan_rows, status: str,
-                notes: list[str], wall: float) -> None:
+                notes: list[str], wall: float, probes: dict | None = None) -> None:
     """reproduce_<part>.png, .md, then .json (the marker of a finished part), each atomic."""
     d = ctx.args.results_dir
     stem = os.path.join(d, f"reproduce_{part.name}")
     record = {"suite": ctx.suite, "part": part.name, "title": part.title, "status": status,
               **ctx.header, "wall_time_s": wall, "plan": plan_rows, "programs": programs,
-              "paper": PAPER.get(part.name), "protocol": part.protocol, "notes": notes}
+              "probes": probes or {}, "paper": PAPER.get(part.name),
+              "protocol": part.protocol, "notes": notes}
     if part.fractions is not None:
         _plot_sweep(part, programs, stem + ".png")
     else:
@@ -757,7 +827,8 @@ def _plot_curves(part: Part, programs: list[dict], path: str) -> None:
     for p in programs:
         steps = np.array(p["curve"]["steps"])
         acc = 100 * np.array(p["curve"]["test_accuracy_per_seed"])
-        line, = ax.plot(steps, acc.mean(0), label=f"{p['label']} ({len(acc)} seeds)")
+        line, = ax.plot(steps, acc.mean(0), label=f"{p['label']} ({len(acc)} seeds)",
+                        marker="o" if len(steps) <= common.MARKERS_UP_TO else None)
         ax.fill_between(steps, acc.min(0), acc.max(0), alpha=0.2, color=line.get_color())
         if p["method"] in paper:
             ax.axhline(paper[p["method"]], ls="--", color=line.get_color(), lw=1)
@@ -832,7 +903,21 @@ def run_suite(argv: Sequence[str], clock: Callable[[], float] = time.monotonic,
     command = "python -m experiments.reproduce " + " ".join(argv)
     header = {"device": _device(), "versions": _versions(), "command": command.strip(),
               "git_commit": args.git_commit or _git_commit(), "budget_s": args.budget_s}
-    ctx = _Ctx(args.suite, args, clock, t0 + args.budget_s, header, say)
+    record = {"suite": args.suite, **header, "parts": [], "running": None}
+    run_json = os.path.join(args.results_dir, "reproduce_run.json")
+
+    def save():
+        record["wall_time_s"] = clock() - t0
+        workdir.write_json(run_json, record)
+        _bundle(args)
+
+    def progress(name, probes, plan):
+        running = record["running"] if (record["running"] or {}).get("part") == name else {}
+        record["running"] = {"part": name, "probes": dict(probes),
+                             "plan": plan if plan is not None else running.get("plan")}
+        save()
+
+    ctx = _Ctx(args.suite, args, clock, t0 + args.budget_s, header, say, progress)
     parts = [p for p in SUITES[args.suite] if p.name in args.parts]
     present = {p.name: _present(ctx, p) for p in parts}
     rows = [[p.name, p.title, "present: skip" if (present[p.name] or {}).get("status") ==
@@ -842,15 +927,38 @@ def run_suite(argv: Sequence[str], clock: Callable[[], float] = time.monotonic,
         f"{header['device']['kind']}; results in {args.results_dir}\n"
         + common.markdown_table(["part", "what", "status", "needs at least (s)"], rows)
         + "\nEach part: time its first chunk, print its plan, run, write its files.\n")
-    record = {"suite": args.suite, **header, "parts": []}
 
     def log(name, status, notes):
-        record["parts"].append({"part": name, "status": status, "notes": notes})
-        record["wall_time_s"] = clock() - t0
-        workdir.write_json(os.path.join(args.results_dir, "reproduce_run.json"), record)
-        _bundle(args)
+        running = record["running"] if (record["running"] or {}).get("part") == name else {}
+        record["parts"].append({"part": name, "status": status, "notes": notes,
+                                "probes": running.get("probes", {}),
+                                "plan": running.get("plan")})
+        record["running"] = None
+        save()
         say(f"[{name}] {status}" + "".join(f"\n  - {n}" for n in notes))
 
+    def on_sigterm(signum, frame):
+        # Whatever finished is on disk already (each program, probe and plan is written when
+        # it ends); the run log says where it stopped, then the bundle is rewritten.
+        record["interrupted"] = f"SIGTERM after {clock() - t0:.0f} s"
+        save()
+        say(f"Interrupted (SIGTERM) after {clock() - t0:.0f} s; results in {args.results_dir}.")
+        sys.stdout.flush()
+        os._exit(128 + signum)  # now: the loop's cleanup could outlast the sender's patience
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    try:
+        _run_parts(ctx, parts, present, log)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    say(f"Done in {clock() - t0:.0f} s.")
+    return record
+
+
+def _run_parts(ctx: _Ctx, parts, present: dict, log) -> None:
+    say = ctx.say
     for part in parts:
         prev = present[part.name]
         if prev and prev.get("status") == "complete":
@@ -866,8 +974,6 @@ def run_suite(argv: Sequence[str], clock: Callable[[], float] = time.monotonic,
             say(traceback.format_exc())
             status, notes = "failed", [f"failed: {type(e).__name__}: {e}"]
         log(part.name, status, notes)
-    say(f"Done in {clock() - t0:.0f} s.")
-    return record
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -91,6 +91,10 @@ def default_config() -> ml_collections.ConfigDict:
     # with label_key (None there: the truth is unknown).
     d.label_key = config_dict.placeholder(str)
     d.true_label_key = "label"
+    # A source of your own (npz:, folder:) keeps its labels as given unless this is True: the
+    # synthetic noise above is then applied to it too (an npz copy of a benchmark, say). Either
+    # way the run says what it does (a warning line).
+    d.corrupt_given_labels = False
     d.background_class = config_dict.placeholder(int)  # background flip target; None: seeded
     d.official_convention = False   # official code's flip (label in 0..C-2): comparisons only
     d.majority_fraction = config_dict.placeholder(float)  # imbalance: majority fraction p
@@ -114,7 +118,11 @@ def default_config() -> ml_collections.ConfigDict:
 
     # --- Optimizer: add_decayed_weights(weight_decay) -> sgd(schedule, momentum, nesterov).
     c.optim = o = ml_collections.ConfigDict()
-    o.learning_rate = 0.1           # initial learning rate
+    # Initial learning rate. 0.01 trains every model of l2rw_jax.models on 28x28 and 32x32
+    # images; at 0.1 (momentum 0.9: steps of 1.0) LeNet, whose official initialisation (stddev
+    # 0.1 whatever the fan-in) starts at a loss of ~8 on MNIST, blows up in its first steps
+    # and ends at chance. The presets (experiments/configs) set their own.
+    o.learning_rate = 0.01
     o.momentum = 0.9                # SGD momentum (0: plain SGD)
     o.nesterov = False              # Nesterov momentum
     o.weight_decay = 0.0            # L2 coefficient (gradient += weight_decay * params)
@@ -193,7 +201,7 @@ LEGACY_FIELDS = {
         "official_convention", "majority_fraction", "num_train", "majority_class",
         "minority_class", "clean_per_class", "hyper_val_size", "augment", "pixel_scale",
         "batch_size", "clean_batch_size", "eval_batch_size", "noise_map", "noise_matrix",
-        "label_key", "true_label_key")},
+        "label_key", "true_label_key", "corrupt_given_labels")},
     "model": "model.name", "model_options": "model.options",
     **{f: f"optim.{f}" for f in ("learning_rate", "momentum", "nesterov", "weight_decay",
                                  "lr_boundaries", "lr_decay")},
@@ -213,7 +221,12 @@ LEGACY_FIELDS = {
 # Fields added after the first release, with the behaviour runs had before them.
 ADDED_FIELDS = {**{f"method.l2rw.{k}": v for k, v in PAPER_L2RW.items()},
                 "method.l2rw.lookahead": "optimizer", "data.pixel_scale": "standardize",
-                "loop.backend": "tfdata"}
+                "loop.backend": "tfdata", "data.corrupt_given_labels": True}
+# The data.noise values that corrupt the labels (or, imbalance, subsample the classes) of the
+# source; the one a source of the user's own gets instead, unless data.corrupt_given_labels:
+# labels as given, no synthetic corruption.
+SYNTHETIC_NOISES = ("uniform", "background", "pair", "asymmetric", "transition", "imbalance")
+LABELS_AS_GIVEN = "given"
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -383,8 +396,9 @@ def _check(c, check_devices: bool) -> None:
                          "labels with their truth (y_train_true, data.true_label_key).")
     # Whether the data brings its own clean set is known once it is loaded: make_splits checks
     # clean_per_class against it again then.
-    corruption.check_split_args(num_classes=None, seed=c.seed, clean_given=None,
-                                **split_options(d))
+    for as_written in (True, False):
+        corruption.check_split_args(num_classes=None, seed=c.seed, clean_given=None,
+                                    **split_options(d, as_written=as_written))
     models.create_model(c.model.name, 2, **model_kwargs(c.model))  # Checks name and options.
     scheme, options = weighing(c.method)
     try:
@@ -442,8 +456,18 @@ def check_batch_sizes(data, num_train: int, num_clean: int) -> None:
 # ----------------------------------------------------------------------------- translation
 
 
-def split_options(data) -> dict:
-    """``corruption.make_splits`` keyword arguments (all but the seed) of the data group.
+def labels_as_given(data) -> bool:
+    """Whether the data group's synthetic noise is left out: ``data.noise`` is one of
+    ``SYNTHETIC_NOISES``, the source is the user's own (``npz:``, ``folder:``) and
+    ``data.corrupt_given_labels`` is False. Then the run trains on the labels as given."""
+    return (data.noise in SYNTHETIC_NOISES and not data.corrupt_given_labels
+            and datasets.is_own_source(data.dataset))
+
+
+def split_options(data, *, as_written: bool = False) -> dict:
+    """``corruption.make_splits`` keyword arguments (all but the seed) of the data group; the
+    noise options are those of ``LABELS_AS_GIVEN`` when :func:`labels_as_given`, unless
+    ``as_written`` (validation checks those too: a bad value fails even where unused).
 
     ``data.noise_map`` a mapping -> a plain dict; ``data.noise_matrix`` a string -> the array
     in that .npy file (a one-line error if it cannot be read)."""
@@ -457,18 +481,60 @@ def split_options(data) -> dict:
             raise ValueError(f"data.noise_matrix={matrix!r} is not a readable .npy file "
                              f"({type(e).__name__}); allowed: a .npy path or a nested tuple "
                              f"C x C.") from None
-    return dict(noise=data.noise, ratio=data.noise_ratio, clean_per_class=data.clean_per_class,
-                background_class=data.background_class,
-                official_convention=data.official_convention,
-                majority_fraction=data.majority_fraction, num_train=data.num_train,
-                majority_class=data.majority_class, minority_class=data.minority_class,
-                noise_map=noise_map, noise_matrix=matrix)
+    options = dict(noise=data.noise, ratio=data.noise_ratio,
+                   clean_per_class=data.clean_per_class,
+                   background_class=data.background_class,
+                   official_convention=data.official_convention,
+                   majority_fraction=data.majority_fraction, num_train=data.num_train,
+                   majority_class=data.majority_class, minority_class=data.minority_class,
+                   noise_map=noise_map, noise_matrix=matrix)
+    if labels_as_given(data) and not as_written:
+        options.update(noise=LABELS_AS_GIVEN, ratio=0.0, background_class=None,
+                       official_convention=False, majority_fraction=None, noise_map=None,
+                       noise_matrix=None)
+    return options
 
 
 def load_options(data) -> dict:
     """``datasets.load_arrays(data.dataset, **load_options(data))`` keyword arguments."""
     return dict(data_dir=data.data_dir, label_key=data.label_key,
                 true_label_key=data.true_label_key)
+
+
+def noise_note(data) -> str | None:
+    """The line a run prints about the labels of a source of the user's own (``npz:``,
+    ``folder:``) when its config names a synthetic noise; None otherwise."""
+    if data.noise not in SYNTHETIC_NOISES or not datasets.is_own_source(data.dataset):
+        return None
+    what = (f"data.noise={data.noise!r}" + (f", data.noise_ratio={data.noise_ratio:g}"
+                                            if data.noise != "imbalance" else ""))
+    if labels_as_given(data):
+        return (f"{data.dataset}: labels as given; the config's synthetic {what} is not applied "
+                f"to a source of your own (data.corrupt_given_labels=True applies it).")
+    return (f"{data.dataset}: synthetic {what} applied to these labels "
+            f"(data.corrupt_given_labels=True).")
+
+
+def describe_data(data) -> str:
+    """The data of a run for titles: the source (a path's file or folder name for a source of
+    the user's own) and :func:`noise_description`, e.g. ``"mnist.npz, labels as given"``."""
+    name = data.dataset
+    if datasets.is_own_source(name):
+        name = name.split(":", 1)[1].rstrip("/").rsplit("/", 1)[-1]
+    return f"{name}, {noise_description(data)}"
+
+
+def noise_description(data) -> str:
+    """A short description of the training labels for titles: ``"40% uniform flip"``,
+    ``"labels as given"``, ``"imbalance p=0.995"``."""
+    options = split_options(data)
+    if options["noise"] in ("uniform", "background", "pair", "asymmetric"):
+        return f"{options['ratio']:.0%} {options['noise']} flip"
+    if options["noise"] == "transition":
+        return "flips drawn from a transition matrix"
+    if options["noise"] == "imbalance":
+        return f"imbalance p={options['majority_fraction']}"
+    return "labels as given"
 
 
 def model_kwargs(model) -> dict:
@@ -538,6 +604,9 @@ def config_differences(previous: dict, current) -> dict[str, tuple[Any, Any]]:
     return {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
             if k not in RESUMABLE_FIELDS and not k.startswith(unused)
             and before.get(k) != now.get(k)
+            and not (k == "data.corrupt_given_labels"  # only read for an own noisy source
+                     and (now.get("data.noise") not in SYNTHETIC_NOISES
+                          or not datasets.is_own_source(now.get("data.dataset"))))
             and not (k == "data.dataset"
                      and datasets.same_local_source(before.get(k), now.get(k)))}
 

@@ -144,6 +144,12 @@ def check_name(name: str) -> str:
     return name
 
 
+def is_own_source(name) -> bool:
+    """Whether ``name`` is a source of the user's own (``npz:`` or ``folder:``), not a
+    benchmark (a tfds name, ``digits``)."""
+    return isinstance(name, str) and name.startswith((NPZ_PREFIX, FOLDER_PREFIX))
+
+
 def same_local_source(name_a, name_b) -> bool:
     """Whether two ``npz:`` / ``folder:`` sources name the same existing file or folder, by
     ``os.path.samefile`` (a copy reached by another path, say ``../shared`` from another

@@ -56,6 +56,37 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("l2rw_jax.train")
 
+# Divergence: a logged training loss (the mean over the log interval, per member) above
+# DIVERGENCE_FACTOR x the member's first logged loss of this invocation (floored at 1, so a
+# resumed run whose loss is already small keeps a sane bound) or above DIVERGENCE_LOSS stops
+# the run with FloatingPointError, as a non-finite one does. Why these bounds: a diverging run
+# jumps by orders of magnitude within a few steps (LeNet at learning rate 0.1: above 1e5),
+# while a healthy cross-entropy starts near ln C and, even memorising flipped labels, stays
+# within a few tens.
+DIVERGENCE_FACTOR = 1e3
+DIVERGENCE_LOSS = 1e4
+
+
+def divergence(step: int, loss_K: np.ndarray, first_K: np.ndarray, seeds, learning_rate
+               ) -> str | None:
+    """The one-line error of a diverged run, or None: some member's logged ``train_loss``
+    exceeds ``min(DIVERGENCE_FACTOR * max(first_K, 1), DIVERGENCE_LOSS)``.
+
+    Args:
+      step: the logged step. loss_K, first_K: ``[K]`` the members' logged training losses
+        (means over the log interval) now and at the first log of this invocation.
+      seeds: ``[K]`` the members' seeds. learning_rate: the config's, named in the message.
+    """
+    limit_K = np.minimum(DIVERGENCE_FACTOR * np.maximum(first_K, 1.0), DIVERGENCE_LOSS)
+    over = np.flatnonzero(np.asarray(loss_K) > limit_K)
+    if not over.size:
+        return None
+    k = int(over[0])
+    return (f"training diverged at step {step}: train_loss {loss_K[k]:.4g} (seed {seeds[k]}, "
+            f"mean since the last log) > {limit_K[k]:.4g} (the bound: {DIVERGENCE_FACTOR:g} x "
+            f"the first logged loss, at most {DIVERGENCE_LOSS:g}) with "
+            f"optim.learning_rate={learning_rate}; lower optim.learning_rate.")
+
 
 def build_run(config: ml_collections.ConfigDict,
               arrays: datasets.Arrays | None = None) -> build.Run:
@@ -121,6 +152,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       "timed_steps", "timing_s"}`` (this invocation's loop timing, as in results.json) and
       writes no results.json.
 
+    Raises:
+      FloatingPointError: the training diverged: a logged training metric is not finite, or
+        the logged ``train_loss`` of a member exceeds ``DIVERGENCE_FACTOR`` (1e3) x its first
+        logged one (floored at 1) or ``DIVERGENCE_LOSS`` (1e4). The one-line message names the
+        step, the loss and the learning rate; results.json then holds ``{"method", "config",
+        "seeds", "num_seeds", "num_steps", "completed": false, "error": <the message>,
+        "step"}`` (the step the loop had reached; the metrics are read one call late).
+
     metrics.jsonl records: ``{"step", "split": "train", "seed", <means of the step metrics
     since the last log, e.g. train_loss, weighted_loss, w_mean_noisy, all_zero (fraction of
     steps)>, "steps_per_s"}`` and ``{"step", "split": "test"|"hyperval", "seed", "accuracy",
@@ -129,6 +168,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     from tqdm.auto import tqdm  # A notebook widget in Jupyter, a console bar elsewhere.
 
     config = config_lib.validate(config)
+    note = config_lib.noise_note(config.data)  # Whether a source of the user's own is corrupted.
+    if note and workdir_lib.is_primary():
+        log.warning(note)
     wd = workdir_lib.path(workdir)
     config.loop.backend = workdir_lib.resolve_backend(config.loop.backend, wd)
     workdir_lib.check_or_write_config(wd, config, write=False)  # Another run's workdir: fail now.
@@ -158,7 +200,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     host_carry, start_step, meta = run.carry0, 0, {"history": [], "elapsed_s": 0.0}
     if manager.latest_step() is not None:
         finished = workdir_lib.read_results(wd)
-        if manager.latest_step() == run.total_steps and finished is not None:
+        if manager.latest_step() == run.total_steps and finished is not None \
+                and finished.get("completed", True):
             manager.close()
             return finished  # Finished before: nothing to do.
         # The newest step that restores (a damaged one is skipped, with a warning).
@@ -171,13 +214,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # Logs: keep what the checkpoint covers, drop what a killed run wrote after it.
     writer = workdir_lib.MetricsWriter(wd, start_step)
 
+    first_loss: dict = {}  # "K": each member's first logged train_loss of this invocation
+    lr = config.optim.learning_rate
+
     def log_train(step: int, msums: list, n_steps: int, rate: float) -> None:
         msum = _concat(sharding.to_host(msums))
         means = {name: np.asarray(msum[name], np.float64) / n_steps for name in run.metric_names}
         bad = sorted(name for name, v in means.items() if not np.all(np.isfinite(v)))
         if bad:
-            raise FloatingPointError(f"non-finite training metrics {bad} at step {step}: "
-                                     f"{ {n: means[n].tolist() for n in bad} }.")
+            raise FloatingPointError(
+                f"training diverged at step {step}: non-finite training metrics "
+                f"{ {n: means[n].tolist() for n in bad} } with optim.learning_rate={lr}; "
+                f"lower optim.learning_rate.")
+        loss_K = means["train_loss"]
+        message = divergence(step, loss_K, first_loss.setdefault("K", loss_K), seeds, lr)
+        if message:
+            raise FloatingPointError(message)
         writer.write([{"step": step, "split": "train", "seed": seeds[k],
                        **{name: float(v[k]) for name, v in means.items()}, "steps_per_s": rate}
                       for k in range(K)],
@@ -252,7 +304,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                              else jax.tree.map(lambda y: y[t - first - 1], m) for m in msums_S]
                 pending.append((t, msums, t - last_log_step, rate))
                 last_log_step = t
-            bar.update(n)
             is_eval = step % loop.eval_every == 0 or step == run.total_steps
             is_ckpt = step % loop.checkpoint_every == 0 or step == run.total_steps
             if is_eval or is_ckpt or step >= stop_at:
@@ -271,7 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                 flush_pending()
                 history.append({"step": step, **evaluate_all(step)})
                 bar.set_postfix(test_acc=f"{np.mean(history[-1]['test']['accuracy']):.4f}",
-                                refresh=False)
+                                refresh=False)  # shown by the update below: this evaluation's
                 now = time.time()
                 timing["eval_s"] += now - t_mark
                 t_mark = now
@@ -288,7 +339,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                 now = time.time()
                 timing["checkpoint_s"] += now - t_mark
                 t_mark = now
+            bar.update(n)  # After the evaluation: the bar's last postfix is the final one.
         flush_pending()
+    except FloatingPointError as e:
+        # A diverged run: results.json says so (and why); re-running the command resumes
+        # from the last checkpoint, saved only after its logged losses were checked.
+        workdir_lib.write_json(wd / "results.json", {
+            "method": config.method.name, "config": config_lib.as_json(config),
+            "seeds": seeds, "num_seeds": K, "num_steps": run.total_steps,
+            "completed": False, "error": str(e), "step": step})
+        raise
     finally:
         close_calls()
         bar.close()

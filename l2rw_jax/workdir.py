@@ -396,6 +396,7 @@ def jax_tree_abstract(tree):
 
 
 def read_results(workdir: PathLike) -> dict | None:
-    """The run's results.json, or None before it finished."""
+    """The run's results.json, or None before it ended (a run stopped by an error has
+    ``"completed": false`` and the ``"error"``: see ``train.train_and_evaluate``)."""
     p = path(workdir) / "results.json"
     return read_json(p) if p.exists() else None

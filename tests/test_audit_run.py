@@ -485,6 +485,7 @@ def test_workdir_audit_on_a_real_training_run(real_run):
         assert res["label_issues"]["n_noisy"] == int(z["is_noisy"][seen].sum())
         assert res["label_issues"]["n_ranked"] == int(seen.sum()) < len(seen)
     assert res["meta"]["run"]["checkpoint_step"] == 20
+    assert res["meta"]["title"] == "Audit: erm on digits, 40% uniform flip"
     assert os.path.exists(os.path.join(workdir, "audit", "report.html"))
 
 
@@ -526,3 +527,16 @@ def test_label_issues_csv_of_a_real_run_maps_back_to_the_source_data(real_run):
     top = li["top_suspects"]
     assert [s["source_index"] for s in top] == source[: len(top)].tolist()
     assert [s["given_label"] for s in top] == given[: len(top)].tolist()
+
+
+def test_the_quick_preset_changes_only_the_costly_fields():
+    from l2rw_jax.audit import run as run_lib
+
+    full, quick = audit.default_config().to_dict(), audit.default_config("quick").to_dict()
+    assert {k for k in full if full[k] != quick[k]} == set(run_lib.QUICK)
+    assert quick["pgd_steps"] == 5 and quick["robust_examples"] == 200
+    assert all(quick[k] <= full[k] for k in run_lib.QUICK if k != "epsilons")
+    assert set(quick["epsilons"]) < set(full["epsilons"])
+    with pytest.raises(ValueError, match=r"^preset='fast' is not supported; allowed: full, "
+                                         r"quick\.$"):
+        audit.default_config("fast")

@@ -166,3 +166,62 @@ def test_the_default_l2rw_options_are_spelled_once():
                                                                           "correction_at"}
     # The paper's rule sets every option the default changes.
     assert set(config_lib.ROBUST_L2RW) <= set(config_lib.PAPER_L2RW)
+
+
+def test_a_source_of_your_own_keeps_its_labels_unless_asked():
+    c = config_lib.default_config()  # noise uniform 0.4
+    c.data.update(dataset="npz:/data/mine.npz", background_class=None)
+    assert config_lib.labels_as_given(c.data)
+    opts = config_lib.split_options(c.data)
+    assert (opts["noise"], opts["ratio"]) == (config_lib.LABELS_AS_GIVEN, 0.0)
+    assert config_lib.noise_note(c.data) == (
+        "npz:/data/mine.npz: labels as given; the config's synthetic data.noise='uniform', "
+        "data.noise_ratio=0.4 is not applied to a source of your own "
+        "(data.corrupt_given_labels=True applies it).")
+    assert config_lib.describe_data(c.data) == "mine.npz, labels as given"
+    # A preset's background flip and its class, or the imbalance subsampling: dropped too.
+    c.data.update(noise="background", background_class=3)
+    assert config_lib.split_options(c.data)["background_class"] is None
+    config_lib.validate(c)
+    c.data.update(dataset="folder:/data/my_images/", noise="imbalance", noise_ratio=0.0,
+                  background_class=None, majority_fraction=0.9)
+    assert config_lib.split_options(c.data)["majority_fraction"] is None
+    assert config_lib.describe_data(c.data) == "my_images, labels as given"
+    # Opt in: the noise applies, and the run says so.
+    c.data.update(dataset="npz:/data/mine.npz", noise="uniform", noise_ratio=0.4,
+                  majority_fraction=None, corrupt_given_labels=True)
+    assert config_lib.split_options(c.data)["noise"] == "uniform"
+    assert config_lib.noise_note(c.data) == (
+        "npz:/data/mine.npz: synthetic data.noise='uniform', data.noise_ratio=0.4 applied to "
+        "these labels (data.corrupt_given_labels=True).")
+    assert config_lib.describe_data(c.data) == "mine.npz, 40% uniform flip"
+    # Benchmarks always get the config's noise, and nothing is printed.
+    c.data.update(dataset="digits", corrupt_given_labels=False)
+    assert not config_lib.labels_as_given(c.data) and config_lib.noise_note(c.data) is None
+    assert config_lib.describe_data(c.data) == "digits, 40% uniform flip"
+    c.data.update(noise="none", noise_ratio=0.0, dataset="npz:/data/mine.npz")
+    assert config_lib.noise_note(c.data) is None
+    assert config_lib.describe_data(c.data) == "mine.npz, labels as given"
+
+
+def test_runs_from_before_the_flag_resume_as_they_were_trained():
+    old = config_lib.flatten(config_lib.default_config().to_dict())
+    del old["data.corrupt_given_labels"]
+    old = config_lib.upgrade(config_lib._unflatten(old))
+    # A benchmark run: the flag changes nothing it computes.
+    assert config_lib.config_differences(old, config_lib.default_config()) == {}
+    # An own source with noise: it was corrupted; resuming it needs the flag.
+    old["data"]["dataset"] = "npz:/data/mine.npz"
+    now = config_lib.default_config()
+    now.data.dataset = "npz:/data/mine.npz"
+    assert config_lib.config_differences(old, now) == {
+        "data.corrupt_given_labels": (True, False)}
+    now.data.corrupt_given_labels = True
+    assert config_lib.config_differences(old, now) == {}
+
+
+def test_noise_options_not_applied_to_your_data_are_still_checked():
+    c = config_lib.default_config()
+    c.data.update(dataset="npz:/data/mine.npz", noise_ratio=1.5)
+    with pytest.raises(ValueError, match=r"^ratio must be a number in \[0, 1\], got 1\.5\.$"):
+        config_lib.validate(c)

@@ -78,8 +78,8 @@ def test_entry_point_error_is_one_line_and_the_traceback_is_behind_verbose(tmp_p
     ("--config.method.l2rw.mode=backward", "error: method.l2rw: mode='backward' is not "
                                            "supported; allowed: forward, reverse."),
     ("--config.data.noise=none", "error: data.noise_ratio=0.4 only applies to data.noise "
-                                 "'uniform' or 'background'; with data.noise='none' set "
-                                 "data.noise_ratio=0."),
+                                 "uniform, background, pair, asymmetric; with data.noise='none' "
+                                 "set data.noise_ratio=0."),
 ])
 def test_bad_config_overrides_are_one_line_naming_the_field(tmp_path, override, message):
     out = subprocess.run(
@@ -89,3 +89,75 @@ def test_bad_config_overrides_are_one_line_naming_the_field(tmp_path, override, 
     assert out.returncode == 2 and lines == [f"{message} (--verbose for the traceback)"], \
         out.stderr[-2000:]
     assert not os.path.exists(tmp_path / "qs")
+
+
+def _entry(module, *flags, env=None):
+    return subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_an_unset_dev_data_variable_is_a_one_line_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "L2RW_DEV_DATA"}
+    out = _entry("experiments.cifar", "--config=experiments/configs/cifar_background.py:dev",
+                 f"--workdir={tmp_path}/x", env=env)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == [
+        "error: the development copy 'cifar10_dev' is read from "
+        "$L2RW_DEV_DATA/cifar10_dev/cifar10_dev.npz and L2RW_DEV_DATA is not set; set it to the "
+        "folder holding cifar10_dev/ (here: ../shared/data), or pass "
+        "--config.data.dataset=npz:/path/cifar10_dev.npz. (--verbose for the traceback)"]
+    assert not os.path.exists(tmp_path / "x")
+
+
+def test_an_override_before_the_config_file_is_a_one_line_error(tmp_path):
+    out = _entry("experiments.quickstart", f"--workdir={tmp_path}/qs", "--config.num_steps=3",
+                 "--config=experiments/configs/quickstart.py")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == [
+        "error: --config=... must come before any --config.<field> override; found "
+        "--config.num_steps=3 before --config=experiments/configs/quickstart.py. "
+        "(--verbose for the traceback)"]
+    unknown = _entry("experiments.quickstart", f"--workdir={tmp_path}/qs", "--no_such_flag=1")
+    assert unknown.returncode == 2 and len(unknown.stderr.splitlines()) == 1
+    assert unknown.stderr.startswith("error: Unknown command line flag 'no_such_flag'")
+
+
+def test_in_a_two_process_job_process_0_alone_prints_the_table(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    flags = [f"--workdir={tmp_path}/qs", "--methods=erm", "--distributed",
+             f"--coordinator_address=localhost:{port}", "--num_processes=2",
+             "--config.num_steps=4", "--config.num_seeds=1", "--config.loop.num_devices=0",
+             "--config.loop.log_every=2", "--config.loop.eval_every=2",
+             "--config.loop.checkpoint_every=4", "--config.loop.progress_bar=False"]
+    procs = [subprocess.Popen([sys.executable, "-m", "experiments.quickstart", *flags,
+                               f"--process_id={i}"], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert "| erm    | 1     |" in outs[0][0] and "plot:" in outs[0][0]
+    # Process 1 prints nothing of its own (gloo's C++ connection line is not ours to keep).
+    assert "| erm" not in outs[1][0] and "plot:" not in outs[1][0], outs[1][0]
+
+
+def test_a_curve_of_one_evaluation_is_drawn(tmp_path, monkeypatch):
+    import numpy as np
+
+    figures = []
+    monkeypatch.setattr(common, "_save", lambda fig, path: figures.append(fig))
+    common.plot_curves({"erm": (np.array([20]), np.array([[0.5], [0.7]])),
+                        "long": (np.arange(1, 50), np.full((1, 49), 0.5))},
+                       tmp_path / "a.png", "t")
+    short, long = figures[0].axes[0].lines
+    assert short.get_marker() == "o" and list(short.get_ydata()) == [60.0]
+    assert long.get_marker() in (None, "None", "")

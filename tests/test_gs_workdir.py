@@ -37,6 +37,7 @@ def npz(tmp_path_factory):
 def _config(npz):
     c = config_lib.default_config()
     c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
+                           corrupt_given_labels=True,
                            clean_per_class=2, hyper_val_size=20, batch_size=8,
                            clean_batch_size=8, eval_batch_size=64),
               "model": {"name": "mlp", "options": {"hidden": (8,)}}, "method": {"name": "erm"},

@@ -26,6 +26,7 @@ TIMED = ("wall_time_s", "steps_per_s", "timing_s")
 def _config(npz, backend):
     c = config_lib.default_config()
     c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
+                           corrupt_given_labels=True,
                            clean_per_class=2, hyper_val_size=20, batch_size=8,
                            clean_batch_size=8, eval_batch_size=32),
               "model": {"name": "mlp", "options": {"hidden": (16,)}},

@@ -269,3 +269,57 @@ def test_smoke_suite_cut_off_continue_and_skip(data_dir, tmp_path, capsys):
     assert not [f for f in os.listdir(results) if f.startswith(".") or ".tmp" in f]
     with zipfile.ZipFile(bundle) as z:
         assert sorted(z.namelist()) == sorted(os.listdir(results))
+
+
+def _smoke_argv(data_dir, tmp_path):
+    return ["--suite=smoke", f"--data_dir={data_dir}", f"--workdir={tmp_path / 'work'}",
+            f"--results_dir={tmp_path / 'results'}", "--compilation_cache=",
+            f"--bundle={tmp_path / 'out' / 'bundle.zip'}"]
+
+
+def test_probes_are_bounded_by_the_budget(data_dir, tmp_path):
+    """A budget of 2 s ends inside the first probe (start-up and compilation alone take
+    longer): the probe is cut, recorded, and nothing else runs."""
+    t0 = time.monotonic()
+    rec = reproduce.run_suite(_smoke_argv(data_dir, tmp_path) + ["--budget_s=2"])
+    assert time.monotonic() - t0 < 2 + 30  # the budget, then the cut call and the file writes
+    first = rec["parts"][0]
+    assert first["status"] == "skipped" and "cut_after_s" in first["probes"]["erm"]
+    assert any(n.startswith("probe of erm cut by the budget") for n in first["notes"])
+    assert all(p["status"] == "skipped" for p in rec["parts"][1:])
+    with zipfile.ZipFile(tmp_path / "out" / "bundle.zip") as z:
+        assert json.loads(z.read("reproduce_run.json"))["parts"] == rec["parts"]
+
+
+def test_sigterm_writes_what_finished_into_the_bundle_and_exits(data_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.reproduce", *_smoke_argv(data_dir, tmp_path),
+         "--budget_s=3600"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    run_json = tmp_path / "results" / "reproduce_run.json"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            running = (json.loads(run_json.read_text()) if run_json.exists() else {}).get(
+                "running") or {}
+            if "wall_s" in running.get("probes", {}).get("erm", {}):  # a probe has finished
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "Interrupted (SIGTERM)" in out
+    with zipfile.ZipFile(tmp_path / "out" / "bundle.zip") as z:
+        record = json.loads(z.read("reproduce_run.json"))
+    assert record["interrupted"].startswith("SIGTERM after ")
+    erm = record["running"]["probes"]["erm"]
+    assert record["running"]["part"] == "mnist_4v9" and erm["majority_fraction"] == 0.99
+    assert erm["wall_s"] > 0 and erm["step_s"] > 0 and erm["steps"] > 0

@@ -386,7 +386,8 @@ def test_mnist_entry_point_sweeps_methods_and_fractions(npz, tmp_path):
     workdir = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "experiments.mnist", f"--workdir={workdir}",
            "--methods=erm,l2rw", "--majority_fractions=0.6,0.5",
-           f"--config.data.dataset=npz:{npz}", "--config.data.num_train=40",
+           f"--config.data.dataset=npz:{npz}", "--config.data.corrupt_given_labels=True",
+           "--config.data.num_train=40",
            "--config.model.name=mlp", "--config.data.batch_size=20",
            "--config.num_steps=4", "--config.num_seeds=2", "--config.loop.eval_every=2",
            "--config.data.eval_batch_size=40", "--config.loop.progress_bar=False",

@@ -14,6 +14,8 @@ from l2rw_jax import config as config_lib
 from l2rw_jax import members
 from l2rw_jax import train
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def _config(dataset, *overrides):
     c = config_lib.default_config()
@@ -146,3 +148,45 @@ def test_a_tfds_dataset_outside_any_list_trains(tmp_path):
     assert (results["num_train"], results["num_clean"], results["num_test"]) == (110, 10, 120)
     assert md.splits.train_is_noisy.sum() == 44  # floor(0.4 * 110 + 1/2) flipped.
     assert len(_trained_rows(workdir)["source_index"]) == 110
+
+
+def test_a_benchmark_preset_on_your_npz_takes_your_labels_as_given(tmp_path):
+    """experiments/configs/mnist_noisy.py flips 40% of MNIST's labels; pointed at your npz it
+    trains on your labels exactly (no row flipped), unless data.corrupt_given_labels."""
+    import importlib.util
+
+    rng = np.random.default_rng(0)
+    x, y = _digits(60, rng)
+    path = str(tmp_path / "mine.npz")
+    np.savez(path, x_train=x, y_train=y, x_test=x[:12], y_test=y[:12])
+    spec = importlib.util.spec_from_file_location(
+        "mnist_noisy", os.path.join(ROOT, "experiments", "configs", "mnist_noisy.py"))
+    preset = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(preset)
+    c = preset.get_config("uniform")
+    c.data.update(dataset=f"npz:{path}", clean_per_class=2, hyper_val_size=0)
+    md = members.member_data(c, 0)
+    assert not md.splits.train_is_noisy.any()
+    np.testing.assert_array_equal(md.splits.train_labels, y[md.splits.train_source_index])
+    c.data.corrupt_given_labels = True  # Opted in: the preset's 40% uniform flip.
+    flipped = members.member_data(c, 0).splits.train_is_noisy
+    assert flipped.sum() == round(0.4 * len(flipped))
+
+
+def test_the_your_data_page_block_runs_as_written(tmp_path):
+    """docs/your_data.md's first python block, run as a user would, in an empty folder."""
+    import re
+    import subprocess
+    import sys
+
+    with open(os.path.join(ROOT, "docs", "your_data.md")) as f:
+        block = re.search(r"## My npz with my own clean set.*?```python\n(.*?)```", f.read(),
+                          re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600,
+                         env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-1] == "my_data.npz, labels as given 1.0"
+    assert "labels as given; the config's synthetic data.noise='uniform'" in out.stderr
+    with open(tmp_path / "workdirs" / "my_data" / "results.json") as f:
+        assert json.load(f)["num_clean"] == 30

@@ -239,6 +239,7 @@ def npz(tmp_path_factory):
 def _config(npz, model, **options):
     c = config_lib.default_config()
     c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
+                           corrupt_given_labels=True,
                            clean_per_class=2, batch_size=8, clean_batch_size=8,
                            eval_batch_size=50),
               "model": {"name": model, "options": ml_collections.ConfigDict(options)},

@@ -27,6 +27,9 @@ def get_config(source: str = "cifar10"):
     dataset, hyper_val = _SOURCES[source]
     c = config_lib.default_config()
     c.data.dataset = dataset or dev_data.source("cifar10_dev")
+    # The dev copy (npz) of CIFAR-10 gets the synthetic noise; a source of your own given with
+    # --config.data.dataset keeps its labels unless --config.data.corrupt_given_labels=True.
+    c.data.corrupt_given_labels = dataset is None
     c.data.noise = "background"     # chosen labels all become one seeded background class
     c.data.noise_ratio = 0.4
     c.data.clean_per_class = 10     # paper: 10 per class

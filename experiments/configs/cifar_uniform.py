@@ -27,6 +27,9 @@ def get_config(source: str = "cifar10"):
     dataset, clean_per_class, hyper_val = _SOURCES[source]
     c = config_lib.default_config()
     c.data.dataset = dataset or dev_data.source("cifar10_dev")
+    # The dev copy (npz) of CIFAR-10 gets the synthetic noise; a source of your own given with
+    # --config.data.dataset keeps its labels unless --config.data.corrupt_given_labels=True.
+    c.data.corrupt_given_labels = dataset is None
     c.data.noise = "uniform"        # each chosen label moves to one of the C-1 other classes
     c.data.noise_ratio = 0.4
     c.data.clean_per_class = clean_per_class  # 1000 clean images in total

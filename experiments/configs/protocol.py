@@ -189,6 +189,7 @@ def get_config(setting: str = "digits_uniform40"):
     else:
         _mnist_mlp(c, "uniform" if setting == "mnist_mlp_uniform40" else "background")
     c.method.name = "erm"           # set per method by experiments/protocol.py
+    c.data.corrupt_given_labels = True  # the npz development copies get the synthetic flips
     c.num_seeds = 5                 # seeds 0..4: split, noise draw, order and init per seed
     return c
 

@@ -40,6 +40,7 @@ def get_config(source: str = "cifar10_dev"):
     c = config_lib.default_config()
     c.update(_SOURCES[source])
     c.data.dataset = dev_data.source(source)  # Development copies: $L2RW_DEV_DATA (dev_data.py).
+    c.data.corrupt_given_labels = True  # an npz copy of a benchmark: the synthetic noise applies
     c.data.noise = "uniform"        # set per setting by experiments/robust.py
     c.data.noise_ratio = 0.4
     c.data.clean_per_class = 100    # 1000 clean images

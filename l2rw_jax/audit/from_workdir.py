@@ -176,6 +176,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
             "method": cfg.method.name,
             "noise": cfg.data.noise,
             "noise_ratio": cfg.data.noise_ratio,
+            "data": config_lib.describe_data(cfg.data),
             "seed": seed,
             "checkpoint_step": int(step),
         },
@@ -190,9 +191,7 @@ def audit_run(workdir: str, config=None, out_dir: str | None = None, member: int
     """
     loaded = load_run(workdir, member)
     info = loaded["run_info"]
-    title = (
-        f"Audit: {info['method']} on {info['dataset']} ({info['noise']} {info['noise_ratio']:g})"
-    )
+    title = f"Audit: {info['method']} on {info['data']}"
     return run.run_audit(
         loaded["apply_fn"],
         loaded["feature_fn"],

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
+from tqdm import auto as tqdm  # a widget in notebooks, a text bar in a terminal
+
 from l2rw_jax.audit import attacks
 from l2rw_jax.audit import common
 from l2rw_jax.audit import report
@@ -25,9 +27,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("l2rw_jax.audit")
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Audit settings; every field is overridable (`config.pgd_steps = 20`)."""
+# Presets of `default_config`: "full" (the fields' values below) and "quick" (the same
+# sections with fewer attack steps, epsilons and examples: a few times faster; on the digits
+# quickstart run well under a CPU-minute).
+QUICK = {
+    "ig_steps": 16,
+    "neighbor_pool": 5000,
+    "epsilons": (0.0, 0.05, 0.1, 0.2, 0.3),
+    "pgd_steps": 5,
+    "robust_examples": 200,
+    "min_eps_examples": 64,
+    "bisection_steps": 4,
+    "bias_examples_per_class": 20,
+}
+PRESETS = ("full", "quick")
+
+
+def default_config(preset: str = "full") -> ml_collections.ConfigDict:
+    """Audit settings; every field is overridable (`config.pgd_steps = 20`).
+
+    `preset`: "full" (the values below) or "quick" (`QUICK`'s fewer attack steps, epsilons
+    and examples, the same sections). ValueError for another preset.
+    """
     import ml_collections  # Here: `import l2rw_jax` must work without it (docs/design.md §7).
+
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is not supported; allowed: {', '.join(PRESETS)}.")
 
     c = ml_collections.ConfigDict()
     c.seed = 0  # subsampling and PGD random starts
@@ -60,6 +85,8 @@ def default_config() -> ml_collections.ConfigDict:
     # 4. Label issues.
     c.suspect_ks = (100,)  # k for precision/recall@k, besides k = number of noisy
     c.num_suspects = 24  # top suspects shown
+    if preset == "quick":
+        c.update(QUICK)
     c.lock()
     return c
 
@@ -154,6 +181,7 @@ def run_audit(
     class_names=None,
     title: str = "Model audit",
     run_info: Mapping | None = None,
+    progress: bool = True,
 ) -> dict:
     """Audits a trained classifier and writes `<out_dir>/report.html`, `<out_dir>/audit.json`
     and `<out_dir>/label_issues.csv` (every training row, most suspect first, in the order of
@@ -178,6 +206,7 @@ def run_audit(
       mean, std: per-channel normalisation of the images (raw = x * std + mean lies in [0, 1]).
       class_names: optional names for the report.
       run_info: free-form facts about the run, copied into `audit.json["meta"]`.
+      progress: a tqdm bar over the sections (besides the bars of their own loops).
 
     Returns:
       The dict written to `audit.json` (every number in the report).
@@ -212,15 +241,21 @@ def run_audit(
     # The table of contents. One generator, drawn from in this order, picks every random subset.
     rng = np.random.default_rng(config.seed)
     done = []
-    for section in (
-        sections.mistakes_section,
-        sections.robustness_section,
-        sections.bias_section,
-        sections.label_issues_section,
-    ):
+    todo = (
+        ("mistakes", sections.mistakes_section),
+        ("robustness", sections.robustness_section),
+        ("biases", sections.bias_section),
+        ("label issues", sections.label_issues_section),
+    )
+    # One bar over the sections, named by the one running (its own loops have bars below it).
+    bar = tqdm.tqdm(total=len(todo), unit="section", desc="audit", disable=not progress)
+    for name, section in todo:
+        bar.set_description(f"audit: {name}")
         t = time.time()
         done.append(section(inputs, config, rng))
         meta["seconds"][done[-1].name] = time.time() - t
+        bar.update()
+    bar.close()
     meta["seconds"]["total"] = time.time() - t0
     meta["notes"] = [note for s in done for note in s.notes]
     results = {"meta": meta, **{s.name: s.results for s in done}}
