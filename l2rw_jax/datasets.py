@@ -31,7 +31,9 @@ as `round(255 x)` uint8. Labels are integers in [0, num_classes). `num_classes` 
 
 tensorflow_datasets (and with it TensorFlow) is imported only when a tfds source is loaded,
 Pillow only for a folder, scikit-learn only for digits: the other sources and the module itself
-run on a host without TensorFlow (accelerator hosts often have none).
+run on a host without TensorFlow (accelerator hosts often have none). tfds sources need the
+package's `[tfds]` extra and `digits` its `[digits]` extra (`pip install "l2rw_jax[tfds]"`);
+without them loading fails at once with an ImportError that names the extra.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ import re
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
+
+from l2rw_jax import _optional
 
 EMBEDDED = ("digits",)
 NPZ_PREFIX = "npz:"
@@ -105,7 +109,7 @@ def digits_arrays() -> Arrays:
     """The `digits` source: scikit-learn's `load_digits` (1797 images, 8x8x1, pixels
     `digits_pixels_uint8`), train 1437 / test 360 by `digits_split_indices`, rows in
     `load_digits` order within each split, class names "0".."9"."""
-    from sklearn.datasets import load_digits  # Only for this source.
+    load_digits = _optional.require("sklearn.datasets", "the digits source").load_digits
 
     bunch = load_digits()
     images = digits_pixels_uint8(bunch.images)[..., None]
@@ -202,9 +206,9 @@ def load_arrays(
         )
     if name in EMBEDDED:
         return digits_arrays()  # No tfds: the same arrays as digits_builder.Digits (tested).
-    import tensorflow_datasets as tfds  # Here, not at the top: other sources need no TensorFlow.
-
-    from tensorflow_datasets.core import registered
+    # Here, not at the top: other sources need no TensorFlow.
+    tfds = _optional.require("tensorflow_datasets", f"the tfds source {name!r}")
+    registered = tfds.core.registered
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -249,8 +253,7 @@ def image_label_keys(info, name: str = "dataset") -> tuple[str, str]:
       ValueError: no such pair (the message lists the features it has), or images of varying
         size or of another dtype.
     """
-    import tensorflow_datasets as tfds
-
+    tfds = _optional.require("tensorflow_datasets", "image_label_keys")
     features = info.features
     keys = info.supervised_keys
     if not (isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)):
@@ -288,8 +291,7 @@ def _missing_message(name: str, builder) -> str:
 
 
 def _read_split(builder, split: str, keys: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    import tensorflow_datasets as tfds
-
+    tfds = _optional.require("tensorflow_datasets", f"the tfds source {builder.name!r}")
     # In file order (shuffle_files=False), so rows and thus seeded splits are reproducible. Only
     # the two features are kept: others (file names, boxes) may not batch.
     ds = builder.as_dataset(split=split, shuffle_files=False)

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
+from l2rw_jax import _optional
 from l2rw_jax import backends
 from l2rw_jax import build
 from l2rw_jax import config as config_lib
@@ -120,6 +121,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     config = config_lib.validate(config)
     wd = workdir_lib.path(workdir)
     config.loop.backend = workdir_lib.resolve_backend(config.loop.backend, wd)
+    if config.loop.backend == "tfdata":
+        _optional.require("tensorflow", backends.TFDATA)  # Now, not after loading the data.
     workdir_lib.check_or_write_config(wd, config, write=False)  # Another run's workdir: fail now.
     t_invocation = time.time()
     run = build_run(config)  # Loads the data and checks the sizes: may fail, nothing written.
