@@ -1,5 +1,5 @@
-"""The two-regime CPU protocol (docs/protocol.md): ERM, class-balanced training, the paper's L2RW and
-the recommended default, in settings where plain training memorises the flipped labels.
+"""The two-regime CPU protocol (docs/protocol.md): ERM, class-balanced training, the paper's L2RW
+and the recommended default, in settings where plain training memorises the flipped labels.
 
     L2RW_DEV_DATA=../shared/data python -m experiments.protocol --workdir=workdirs/protocol \\
         [--settings=digits_uniform40,mnist_mlp_uniform40] [--num_steps=8000] [--num_seeds=5]

@@ -470,8 +470,8 @@ def save_arrays(
 ) -> str:
     """Checks arrays (as `make_arrays`), writes them to an npz and returns its source name.
 
-    For notebooks: the returned `"npz:<absolute path>"` is what `config.data.dataset` takes, so a run
-    records a JSON-able name and can be resumed from it. The file holds the converted arrays
+    For notebooks: the returned `"npz:<absolute path>"` is what `config.data.dataset` takes, so a
+    run records a JSON-able name and can be resumed from it. The file holds the converted arrays
     (uint8 with a channel axis, int32 labels) and, when given, `x_clean, y_clean`,
     `class_names` and `num_classes`; it is written atomically (`workdir.atomic_write`): a
     reader never sees half a file, and a failure leaves none.

@@ -109,7 +109,8 @@ def clean_as_training(splits: corruption.Splits) -> corruption.Splits:
 def make_member(arrays: datasets.Arrays, seed: int, *, split_options: dict,
                 hyper_val_size: int, pixel_scale: str) -> MemberData:
     """One member's data from the loaded ``arrays``: ``corruption.make_splits(seed=seed,
-    **split_options)`` (with the clean set of ``arrays`` when the data brings one), the hold-out, and the input normalisation (``pixel_scale``:
+    **split_options)`` (with the clean set of ``arrays`` when the data brings one), the hold-out,
+    and the input normalisation (``pixel_scale``:
     ``standardize``, the training images' per-channel statistics, or ``unit``, x / 255)."""
     from l2rw_jax import input_pipeline  # channel_stats; the module imports TF lazily.
 

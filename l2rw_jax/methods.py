@@ -166,7 +166,8 @@ def erm() -> WeighingScheme:
     return WeighingScheme(_init_empty, weigh)
 
 
-# The recommended robust variant of :func:`l2rw` (docs/robust_default.md has the evidence); ``config.ROBUST_L2RW`` is the same as config fields (``method.l2rw.*``).
+# The recommended robust variant of :func:`l2rw` (docs/robust_default.md has the evidence);
+# ``config.ROBUST_L2RW`` is the same as config fields (``method.l2rw.*``).
 ROBUST_OPTIONS = {"memory_decay": 0.9, "warmup_steps": 200, "weight_map": "sign",
                   "normalize": "class_balanced", "meta_params": "last",
                   "mix": "excess_loss"}

@@ -388,8 +388,8 @@ PINNED_DIGEST = "c04762c963032be4"
         ({"noise": "salt"}, r"noise must be one of .*'salt'"),
         (
             {"clean_per_class": 6001},
-            r"k_per_class=6001 is larger than class 0 has \(6000 examples\); allowed: 1 <= k_per_class "
-            r"<= 6000",
+            r"k_per_class=6001 is larger than class 0 has \(6000 examples\); allowed: "
+            r"1 <= k_per_class <= 6000",
         ),
         ({"clean_per_class": 0}, r"clean_per_class must be an integer >= 1, got 0"),
         ({"seed": -1}, r"seed must be an integer >= 0, got -1"),

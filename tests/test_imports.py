@@ -1,8 +1,9 @@
 """`import l2rw_jax` needs no TensorFlow, tfds, ml_collections, scikit-learn or tensorboardX.
 
 Accelerator hosts have jax, flax, optax, orbax, chex, numpy, scipy and matplotlib only
-(docs/design.md §7), so these modules must be imported where they are used, never at import time. Each check
-runs in a fresh interpreter: this test process has imported TensorFlow through other tests.
+(docs/design.md §7), so these modules must be imported where they are used, never at import
+time. Each check runs in a fresh interpreter: this test process has imported TensorFlow through
+other tests.
 """
 import os
 import subprocess

@@ -90,7 +90,8 @@ def test_install_requires_has_no_optional_package_and_the_extras_hold_them():
 
 # Import name -> distribution, for the library's non-optional third-party imports.
 INSTALLED_DISTS = {"jax": "jax", "flax": "flax", "optax": "optax", "chex": "chex",
-                   "orbax": "orbax-checkpoint", "etils": "etils", "ml_collections": "ml-collections",
+                   "orbax": "orbax-checkpoint", "etils": "etils",
+                   "ml_collections": "ml-collections",
                    "absl": "absl-py", "numpy": "numpy", "matplotlib": "matplotlib",
                    "PIL": "pillow", "tqdm": "tqdm",
                    "jaxlib": "jax", "scipy": "jax"}  # jaxlib, scipy: dependencies of jax.
