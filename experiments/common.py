@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 import l2rw_jax
 from l2rw_jax import config as config_lib
+from l2rw_jax import results as results_lib
 from l2rw_jax import workdir as workdir_lib
 
 _VERBOSE = flags.DEFINE_bool(
@@ -153,6 +154,23 @@ def fmt(stats: dict | None, *, error: bool = False) -> str:
     if stats["ci95"] is None:
         return f"{mean:.2f}"
     return f"{mean:.2f} +- {100 * stats['ci95']:.2f}"
+
+
+def background_accuracies(per_class_KxC, bg_K) -> dict:
+    """The background class's test accuracy and the mean of the other classes', per member
+    (``mean_ci95``); a class absent from a member's test split (null) is left out, and a
+    figure no member has is None."""
+    acc_KxC = results_lib.as_float(per_class_KxC)
+    k = np.arange(len(bg_K))
+    bg = acc_KxC[k, bg_K]
+    others_KxC = acc_KxC.copy()
+    others_KxC[k, bg_K] = np.nan
+    present_KxC = ~np.isnan(others_KxC)
+    others = np.where(present_KxC, others_KxC, 0.0).sum(1) / np.maximum(present_KxC.sum(1), 1)
+    others = others[present_KxC.any(1)]
+    bg = bg[~np.isnan(bg)]
+    return {"background_accuracy": results_lib.mean_ci95(bg) if bg.size else None,
+            "other_classes_accuracy": results_lib.mean_ci95(others) if others.size else None}
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -21,8 +21,15 @@ paired over seeds (each seed is one split, noise draw and data order shared by t
 mean +- 95% CI (the protocol's criteria: the default at least as accurate as ERM and as
 class-balanced training, and within 2 points of the paper's rule where it works).
 
-Methods: `erm`; `resample` (class-balanced plain training: batches drawn class-balanced from
-the noisy labels); `l2rw` (the paper's algorithm, config.PAPER_L2RW); `recommended` (the
+`gap closed %` (shown when both `erm` and `oracle` ran): the share of the gap between plain
+training and the oracle that a method closes, per seed `(acc - acc_erm) / (acc_oracle -
+acc_erm)` on final test accuracies, then mean +- 95% CI over seeds (also `gap_closed` per
+method in summary.json); 0 is ERM, 100 the oracle.
+
+Methods: `erm`; `oracle` (plain training on exactly the correctly labelled rows and the clean
+set: the reference a reweighting could reach at best); `resample` (class-balanced plain
+training: batches drawn class-balanced from the noisy labels); `l2rw` (the paper's algorithm,
+config.PAPER_L2RW); `recommended` (the
 library's default method.l2rw options, config.ROBUST_L2RW); and ablations, one option of
 `methods.l2rw` switched at a time: `l2rw+<token>...` (the paper's rule with options on),
 `recommended-<token>...` (the default with options back at the paper's value),
@@ -96,8 +103,21 @@ def summarize(results: dict, run_dir: str) -> dict:
             "curve": {"steps": steps_E.tolist(), "accuracy_per_seed": acc_KxE.tolist()}}
 
 
+def gap_closed(rows: dict, method: str) -> dict | None:
+    """The share of the ERM-to-oracle gap ``method`` closes, paired over seeds: per seed k
+    ``g_k = (acc_k - erm_k) / (oracle_k - erm_k)`` on final test accuracies, then
+    results.mean_ci95 over k (results.gap_closed). None when erm or oracle is missing, the
+    seeds differ, or some seed's oracle equals its ERM (no gap to close)."""
+    if method not in rows or "erm" not in rows or "oracle" not in rows:
+        return None
+    return results_lib.gap_closed(*(rows[m]["final_test_accuracy"]["per_seed"]
+                                    for m in (method, "erm", "oracle")))
+
+
 def table(rows: dict) -> str:
-    """The markdown table of one setting: one row per method (COLUMNS)."""
+    """The markdown table of one setting: one row per method (COLUMNS, then `gap closed %`
+    when both erm and oracle ran)."""
+    show_gap = "erm" in rows and "oracle" in rows
     body = []
     for m, r in rows.items():
         drop = r["drop"]
@@ -105,8 +125,9 @@ def table(rows: dict) -> str:
                      common.fmt(r["best_test_accuracy"]),
                      f"{100 * drop['mean']:.2f}" + (f" +- {100 * drop['ci95']:.2f}"
                                                     if drop["ci95"] is not None else ""),
-                     f"{int(np.median(r['best_step']))}", f"{r['steps_per_s']:.1f}"])
-    return common.markdown_table(COLUMNS, body)
+                     f"{int(np.median(r['best_step']))}", f"{r['steps_per_s']:.1f}"]
+                    + ([common.fmt(gap_closed(rows, m))] if show_gap else []))
+    return common.markdown_table(COLUMNS + (["gap closed %"] if show_gap else []), body)
 
 
 def paired_difference(rows: dict, method: str, other: str) -> dict | None:
@@ -174,6 +195,8 @@ def run_setting(setting: str, methods, workdir: str, num_steps: int, num_seeds: 
             continue
         print(f"--- {setting} / {m}", flush=True)
         rows[m] = summarize(l2rw_jax.train_and_evaluate(cfg, run_dir), run_dir)
+    for m in rows:
+        rows[m]["gap_closed"] = gap_closed(rows, m)
     d = cfg0.data
     budget = (f"{cfg0.num_steps} steps" if cfg0.num_steps == own_steps else
               f"{cfg0.num_steps} steps (SHORTENED budget: the setting's own is {own_steps})")

@@ -93,7 +93,7 @@ def precision_at_noisy(workdir: workdir_lib.PathLike, seeds, key: str,
         if not path.exists():
             path = workdir_lib.path(workdir) / "example_weights.npz"
         with np.load(io.BytesIO(path.read_bytes())) as z:  # Local or gs://.
-            if key not in z.files or not z["is_noisy"].any():
+            if key not in z.files or "is_noisy" not in z.files or not z["is_noisy"].any():
                 return None
             score, is_noisy = z[key].astype(np.float64), z["is_noisy"]
         order = np.lexsort((np.arange(len(score)), -score if suspect_high else score))
@@ -108,11 +108,7 @@ def summarize(results: dict, run_dir: workdir_lib.PathLike, erm_rate: float | No
            "time_vs_erm": erm_rate / results["steps_per_s"] if erm_rate else None}
     bg = results["background_class"]
     if bg[0] is not None:
-        per_class = np.array(results["per_class_accuracy"]["per_seed"])
-        k = np.arange(len(bg))
-        others = (per_class.sum(1) - per_class[k, bg]) / (per_class.shape[1] - 1)
-        out["background_accuracy"] = results_lib.mean_ci95(per_class[k, bg])
-        out["other_classes_accuracy"] = results_lib.mean_ci95(others)
+        out.update(common.background_accuracies(results["per_class_accuracy"]["per_seed"], bg))
     if results["method"] in ("l2rw", "mwnet", "hard_mining"):
         p = precision_at_noisy(run_dir, results["seeds"], "mean_weight", suspect_high=False)
         out["precision_weight"] = None if p is None else results_lib.mean_ci95(p)
@@ -139,8 +135,9 @@ def table(summary: dict, settings, variants) -> str:
             r = summary[s].get(v)
             row.append(common.fmt(r and r["test_accuracy"]))
             if s == "background":
-                row.append("-" if not r else f"{100 * r['background_accuracy']['mean']:.1f} / "
-                                             f"{100 * r['other_classes_accuracy']['mean']:.1f}")
+                pct = lambda stats: "-" if stats is None else f"{100 * stats['mean']:.1f}"
+                row.append("-" if not r else f"{pct(r['background_accuracy'])} / "
+                                             f"{pct(r['other_classes_accuracy'])}")
             if s != "none":
                 ps = [r and r.get(k) for k in ("precision_weight", "precision_meta_grad",
                                                "precision_memory")]

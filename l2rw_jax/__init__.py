@@ -42,6 +42,7 @@ from l2rw_jax.step import softmax_xent
 from l2rw_jax.train_state import TrainState
 
 # Models.
+from l2rw_jax.adapter import ModelOutputError
 from l2rw_jax.adapter import adapt
 from l2rw_jax.models import MLP
 from l2rw_jax.models import LeNet
@@ -56,10 +57,13 @@ from l2rw_jax.models import output_layer_path
 
 # Data: sources as arrays, and the corruptions (pure numpy functions of a seed).
 from l2rw_jax.corruption import Splits
+from l2rw_jax.corruption import asymmetric_flip
 from l2rw_jax.corruption import background_flip
 from l2rw_jax.corruption import clean_split
 from l2rw_jax.corruption import imbalance_subset
 from l2rw_jax.corruption import make_splits
+from l2rw_jax.corruption import pair_flip
+from l2rw_jax.corruption import transition_flip
 from l2rw_jax.corruption import uniform_flip
 from l2rw_jax.datasets import load_arrays
 from l2rw_jax.datasets import save_arrays
@@ -99,6 +103,7 @@ __all__ = [
     "softmax_xent",
     "TrainState",
     # Models.
+    "ModelOutputError",
     "adapt",
     "MLP",
     "LeNet",
@@ -112,10 +117,13 @@ __all__ = [
     "output_layer_path",
     # Data.
     "Splits",
+    "asymmetric_flip",
     "background_flip",
     "clean_split",
     "imbalance_subset",
     "make_splits",
+    "pair_flip",
+    "transition_flip",
     "uniform_flip",
     "load_arrays",
     "save_arrays",

@@ -69,8 +69,14 @@ CONV_LAYERS = (nn.Conv, nn.ConvLocal, nn.ConvTranspose)
 ADAPTER_OPTIONS = ("train_kwarg", "output_layer", "penultimate_layer", "conv_layer")
 
 
-class _LogitsError(ValueError):
-    """The wrapped module's output is not the logits (raised while it is traced)."""
+class ModelOutputError(ValueError):
+    """A user's module does not return the logits: its output is not one ``B x C`` array (a
+    tuple, a dict, another shape), or ``C`` is not the data's number of classes.
+
+    Raised by :class:`Adapted` when the module is first called (``init_model``, a trace), and
+    by :func:`output_layer` unchanged. A ``ValueError``, so ``except ValueError`` catches it
+    with every other bad input; exported as ``l2rw_jax.ModelOutputError``.
+    """
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -172,13 +178,13 @@ class Adapted(nn.Module):
     @nn.nowrap
     def _check_logits(self, logits, x):
         if not isinstance(logits, jax.Array):
-            raise _LogitsError(f"{self._name()}(x) returns {type(logits).__name__}; the model "
-                               f"must return the logits, one B x C array.")
+            raise ModelOutputError(f"{self._name()}(x) returns {type(logits).__name__}; the "
+                                   f"model must return the logits, one B x C array.")
         if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise _LogitsError(f"{self._name()}(x) returns shape {logits.shape} for "
-                               f"{x.shape[0]} inputs; the logits must be B x C.")
+            raise ModelOutputError(f"{self._name()}(x) returns shape {logits.shape} for "
+                                   f"{x.shape[0]} inputs; the logits must be B x C.")
         if self.num_classes is not None and logits.shape[1] != self.num_classes:
-            raise _LogitsError(
+            raise ModelOutputError(
                 f"{self._name()}(x) returns {logits.shape[1]} logits for {self.num_classes} "
                 f"classes; give the module its number of classes through its own option in "
                 f"model_options (its constructor has no num_classes).")
@@ -210,6 +216,9 @@ def adapt(module: nn.Module, *, num_classes: int | None = None, train_kwarg: str
       ValueError: ``module`` is not a Linen module instance, ``__call__`` takes several
         training flags (name one) or a required argument besides the input, an unknown
         ``train_kwarg``, a malformed path.
+      ModelOutputError (a ValueError): later, when the adapted module is first called
+        (``init_model``), if the module does not return ``B x C`` logits with ``C =
+        num_classes``.
 
     Example:
       >>> class Net(nn.Module):
@@ -295,7 +304,8 @@ def output_layer(module: Adapted, input_shape: Sequence[int]) -> Path:
     """The output layer's path in ``params``: ``module.output_layer`` if named, else
     ``models.output_layer_path`` (traced on zeros of ``input_shape``, batch first).
 
-    Raises ValueError (naming the way out) when no layer with parameters returns the logits.
+    Raises ValueError (naming the way out) when no layer with parameters returns the logits,
+    and :class:`ModelOutputError` when the module's output is not ``B x C`` logits.
     """
     if module.output_layer is not None:
         return module.output_layer
@@ -303,7 +313,7 @@ def output_layer(module: Adapted, input_shape: Sequence[int]) -> Path:
         raise ValueError(f"input_shape={tuple(input_shape)} needs a leading batch dimension.")
     try:
         return models.output_layer_path(module, input_shape)
-    except _LogitsError:
+    except ModelOutputError:
         raise
     except ValueError as e:  # what is left: no layer with parameters returns the logits
         raise ValueError(

@@ -233,7 +233,7 @@ def _train_order(md: members_lib.MemberData, phase: str, feed: Feed
         return device_data.StreamOrder(md.seed, device_data.TRAIN_STREAM,
                                        len(md.splits.clean_labels), feed.batch_size,
                                        **processes)
-    table = None
+    table = md.row_table
     if feed.resample:
         table = members_lib.balanced_rows(md.splits.train_labels, md.splits.num_classes,
                                           md.seed)

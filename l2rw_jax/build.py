@@ -86,6 +86,10 @@ def init_states(module, tx, members: list[MemberData], scheme: methods.WeighingS
     return to_host(state)
 
 
+# Step metrics that need the true labels (absent from runs whose truth is unknown).
+TRUTH_METRICS = ("w_mean_noisy", "w_mean_clean")
+
+
 def to_host(tree):
     # np.array copies: the host copy must outlive the donated device buffers.
     return jax.tree.map(lambda x: np.array(x), tree)
@@ -144,6 +148,9 @@ def build_run(members: list[MemberData], *, model: str, model_kwargs: dict,
     metrics = jax.eval_shape(train_step, jax.tree.map(lambda x: x[0], state),
                              *batch_shapes(batch_size, clean_batch_size, image_shape))[1]
     names = sorted(k for k, v in metrics.items() if not k.endswith("_B") and v.shape == ())
+    if not members[0].splits.truth_known:
+        # is_noisy is all False there, not a truth: the noisy-vs-clean means are left out.
+        names = [k for k in names if k not in TRUTH_METRICS]
     acc = {"w_sum": np.zeros((K, num_train), np.float32),
            "count": np.zeros((K, num_train), np.int32),
            "all_zero_steps": np.zeros((K,), np.int32)}

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import ml_collections
 
 WEIGHING_METHODS = ("erm", "l2rw", "random", "proportion", "hard_mining", "mwnet")
-DATA_METHODS = ("resample", "finetune", "clean_only")
+DATA_METHODS = ("resample", "finetune", "clean_only", "oracle")
 CORRECTIONS = ("none", "glc")
 # Fields of a scheme's group that configure the loss correction around it (config.weighing
 # leaves them out of the scheme's options; config.correction_steps reads them).
@@ -55,7 +55,7 @@ RESUMABLE_FIELDS = ("loop.stop_after_steps", "loop.progress_bar", "loop.steps_pe
 # The method groups holding one scheme's options (config.weighing hands them to the scheme).
 _SCHEME_GROUPS = ("l2rw", "mwnet")
 # Free-form groups: any keys (models.create_model checks them).
-_OPEN_GROUPS = ("model.options",)
+_OPEN_GROUPS = ("model.options", "data.noise_map")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -75,8 +75,22 @@ def default_config() -> ml_collections.ConfigDict:
     d.dataset = "digits"            # tfds name (mnist, cifar10...), "digits" or "npz:/path.npz"
     # tfds data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
     d.data_dir = config_dict.placeholder(str)
-    d.noise = "uniform"             # none | uniform | background | imbalance (docs/design.md §3)
-    d.noise_ratio = 0.4             # fraction flipped (uniform / background); 0 otherwise
+    # none | given | uniform | background | pair | asymmetric | transition | imbalance
+    # (docs/noise.md). Left at uniform 0.4, it becomes "given" when data.label_key is set or
+    # the npz holds y_train_true.
+    d.noise = "uniform"
+    d.noise_ratio = 0.4             # fraction flipped (uniform/background/pair/asymmetric); else 0
+    # asymmetric: {true: observed} class map, a preset (cifar10 | mnist) or "9:1,3:5,5:3";
+    # None: cifar10 (Patrini et al. 2017).
+    d.noise_map = config_dict.placeholder(object)
+    # transition: C x C row-stochastic T[i][j] = P(observed j | true i), a nested tuple or the
+    # path of a .npy file holding it.
+    d.noise_matrix = config_dict.placeholder(object)
+    # tfds: the feature holding the observed labels (e.g. worse_label of cifar10_n); None: the
+    # dataset's supervised label. true_label_key: the feature holding the truth, read only
+    # with label_key (None there: the truth is unknown).
+    d.label_key = config_dict.placeholder(str)
+    d.true_label_key = "label"
     d.background_class = config_dict.placeholder(int)  # background flip target; None: seeded
     d.official_convention = False   # official code's flip (label in 0..C-2): comparisons only
     d.majority_fraction = config_dict.placeholder(float)  # imbalance: majority fraction p
@@ -126,9 +140,10 @@ def default_config() -> ml_collections.ConfigDict:
     l.mix = "excess_loss"           # graded weights mixed in by the training loss's excess over
     #                                 the clean loss | reliability_classes | reliability | none
     # Loss correction from the clean set (l2rw_jax.correction; not options of methods.l2rw):
-    # glc (Gold Loss Correction: plain training until correction_at * num_steps, the label
-    # transition matrix estimated on the clean set then, the corrected loss after) | none.
-    l.correction = "glc"
+    # none | glc (Gold Loss Correction: plain training until correction_at * num_steps, the
+    # label transition matrix estimated on the clean set then, the corrected loss after; pays
+    # where the model memorises the flips, costs much where it underfits: docs/robust_default.md).
+    l.correction = "none"
     l.correction_at = 0.1           # glc: share of num_steps trained plainly before the estimate
     # methods.mwnet's options (Meta-Weight-Net, Shu et al. 2019).
     c.method.mwnet = m = ml_collections.ConfigDict()
@@ -168,9 +183,9 @@ def default_config() -> ml_collections.ConfigDict:
 PAPER_L2RW = {"memory_decay": 0.0, "warmup_steps": 0, "weight_map": "clip",
               "normalize": "batch", "meta_params": "all", "loss_quantile": 0.0,
               "mix": "none", "correction": "none", "correction_at": 0.1}
-# The default (methods.ROBUST_OPTIONS inside Gold Loss Correction; docs/robust_default.md has
-# the evidence).
-ROBUST_L2RW = dict(methods.ROBUST_OPTIONS, correction="glc", correction_at=0.1)
+# The default (methods.ROBUST_OPTIONS, no loss correction; docs/robust_default.md has the
+# evidence).
+ROBUST_L2RW = dict(methods.ROBUST_OPTIONS, correction="none", correction_at=0.1)
 
 # Flat fields of configs written before the groups -> their place now.
 LEGACY_FIELDS = {
@@ -178,7 +193,8 @@ LEGACY_FIELDS = {
         "dataset", "data_dir", "noise", "noise_ratio", "background_class",
         "official_convention", "majority_fraction", "num_train", "majority_class",
         "minority_class", "clean_per_class", "hyper_val_size", "augment", "pixel_scale",
-        "batch_size", "clean_batch_size", "eval_batch_size")},
+        "batch_size", "clean_batch_size", "eval_batch_size", "noise_map", "noise_matrix",
+        "label_key", "true_label_key")},
     "model": "model.name", "model_options": "model.options",
     **{f: f"optim.{f}" for f in ("learning_rate", "momentum", "nesterov", "weight_decay",
                                  "lr_boundaries", "lr_decay")},
@@ -283,7 +299,19 @@ def validate(config, *, check_devices: bool = True) -> ml_collections.ConfigDict
         hint = f" ({'; '.join(hints)})" if hints else ""
         raise ValueError(f"unknown config field(s) {unknown}{hint}; the fields are those of "
                          f"l2rw_jax.config.default_config() (print it).")
-    c = ml_collections.ConfigDict(_unflatten({**defaults, **given}))
+    filled = {**defaults, **given}
+    # The default noise (uniform, 0.4) is the default of synthetic benchmarks only: labels read
+    # as given (a label key, an npz with y_train_true) default to no noise on top, and a noise
+    # without a ratio (given, transition) takes ratio 0 instead of the uniform default's.
+    noise_default = (filled["data.noise"], filled["data.noise_ratio"]) == (
+        defaults["data.noise"], defaults["data.noise_ratio"])
+    if noise_default and (filled["data.label_key"] is not None
+                          or datasets.npz_has_truth(filled["data.dataset"])):
+        filled["data.noise"] = "given"
+    if (filled["data.noise"] in ("given", "transition")
+            and filled["data.noise_ratio"] == defaults["data.noise_ratio"]):
+        filled["data.noise_ratio"] = 0.0
+    c = ml_collections.ConfigDict(_unflatten(filled))
     if not isinstance(c.model.options, ml_collections.ConfigDict):
         c.model.options = ml_collections.ConfigDict(dict(c.model.options or {}))
     _check(c, check_devices)
@@ -338,9 +366,22 @@ def _check(c, check_devices: bool) -> None:
         raise ValueError(f"data.pixel_scale must be 'standardize' or 'unit', got "
                          f"{d.pixel_scale!r}.")
     datasets.check_name(d.dataset)
-    if d.noise not in ("uniform", "background") and d.noise_ratio != 0:
-        raise ValueError(f"data.noise_ratio={d.noise_ratio} only applies to data.noise 'uniform' "
-                         f"or 'background'; with data.noise={d.noise!r} set data.noise_ratio=0.")
+    if d.noise not in corruption.RATIO_NOISE_TYPES and d.noise_ratio != 0:
+        raise ValueError(f"data.noise_ratio={d.noise_ratio} only applies to data.noise "
+                         f"{', '.join(corruption.RATIO_NOISE_TYPES)}; with data.noise="
+                         f"{d.noise!r} set data.noise_ratio=0.")
+    if d.label_key is not None and d.noise != "given":
+        raise ValueError(f"data.label_key={d.label_key!r} reads labels as the user observed "
+                         f"them: data.noise must be 'given' (no synthetic noise on top), got "
+                         f"{d.noise!r}.")
+    for name in ("label_key", "true_label_key"):
+        if d[name] is not None and not (isinstance(d[name], str) and d[name]):
+            raise ValueError(f"data.{name} must be a feature name (a non-empty string) or "
+                             f"None, got {d[name]!r}.")
+    if c.method.name == "oracle" and d.noise == "none":
+        raise ValueError("method.name='oracle' trains on the correctly labelled rows, which "
+                         "data.noise='none' does not know; use a synthetic noise or 'given' "
+                         "labels with their truth (y_train_true, data.true_label_key).")
     # Whether the data brings its own clean set is known once it is loaded: make_splits checks
     # clean_per_class against it again then.
     corruption.check_split_args(num_classes=None, seed=c.seed, clean_given=None,
@@ -403,12 +444,32 @@ def check_batch_sizes(data, num_train: int, num_clean: int) -> None:
 
 
 def split_options(data) -> dict:
-    """``corruption.make_splits`` keyword arguments (all but the seed) of the data group."""
+    """``corruption.make_splits`` keyword arguments (all but the seed) of the data group.
+
+    ``data.noise_map`` a mapping -> a plain dict; ``data.noise_matrix`` a string -> the array
+    in that .npy file (a one-line error if it cannot be read)."""
+    noise_map, matrix = data.noise_map, data.noise_matrix
+    if hasattr(noise_map, "to_dict"):
+        noise_map = noise_map.to_dict()
+    if isinstance(matrix, str):
+        try:
+            matrix = np.load(matrix, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"data.noise_matrix={matrix!r} is not a readable .npy file "
+                             f"({type(e).__name__}); allowed: a .npy path or a nested tuple "
+                             f"C x C.") from None
     return dict(noise=data.noise, ratio=data.noise_ratio, clean_per_class=data.clean_per_class,
                 background_class=data.background_class,
                 official_convention=data.official_convention,
                 majority_fraction=data.majority_fraction, num_train=data.num_train,
-                majority_class=data.majority_class, minority_class=data.minority_class)
+                majority_class=data.majority_class, minority_class=data.minority_class,
+                noise_map=noise_map, noise_matrix=matrix)
+
+
+def load_options(data) -> dict:
+    """``datasets.load_arrays(data.dataset, **load_options(data))`` keyword arguments."""
+    return dict(data_dir=data.data_dir, label_key=data.label_key,
+                true_label_key=data.true_label_key)
 
 
 def model_kwargs(model) -> dict:
@@ -485,7 +546,8 @@ def config_differences(previous: dict, current) -> dict[str, tuple[Any, Any]]:
 def member_options(config) -> dict:
     """``members.make_member`` keyword arguments (all but the arrays and the seed)."""
     return dict(split_options=split_options(config.data),
-                hyper_val_size=config.data.hyper_val_size, pixel_scale=config.data.pixel_scale)
+                hyper_val_size=config.data.hyper_val_size, pixel_scale=config.data.pixel_scale,
+                oracle=config.method.name == "oracle")
 
 
 def feed(config, backend: str):

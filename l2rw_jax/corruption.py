@@ -26,7 +26,22 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-NOISE_TYPES = ("none", "uniform", "background", "imbalance")
+NOISE_TYPES = ("none", "given", "uniform", "background", "pair", "asymmetric", "transition",
+               "imbalance")
+# Noise types whose `ratio` is a fraction of examples flipped.
+RATIO_NOISE_TYPES = ("uniform", "background", "pair", "asymmetric")
+
+# Named class maps of `asymmetric_flip` (true class -> observed class).
+NOISE_MAPS = {
+    # Patrini et al., "Making deep neural networks robust to label noise: a loss correction
+    # approach", CVPR 2017, §6 (CIFAR-10): truck -> automobile, bird -> airplane,
+    # deer -> horse, cat <-> dog.
+    "cifar10": {9: 1, 2: 0, 4: 7, 3: 5, 5: 3},
+    # Patrini et al. CVPR 2017, §6 (MNIST): 2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1 (digits that look
+    # alike; the same map as Hendrycks et al., GLC, NeurIPS 2018).
+    "mnist": {2: 7, 3: 8, 5: 6, 6: 5, 7: 1},
+}
+
 
 # Sub-seeds of `make_splits`: `default_rng([seed, stage])`, so that one stage never shifts another.
 _STAGE_CLEAN, _STAGE_NOISE, _STAGE_TRAIN_SUBSET, _STAGE_TEST_SUBSET, _STAGE_BACKGROUND = range(5)
@@ -57,7 +72,10 @@ class Splits(NamedTuple):
     `source_classes[c]` is the source class id behind label c (the identity except for
     `imbalance`). `train_true_labels` are the labels before *our* corruption: on real data with
     noisy labels of its own they are the labels as given, not a ground truth, and `train_is_noisy`
-    marks only the synthetic flips.
+    marks only the synthetic flips. `truth_known` says whether `train_true_labels` and
+    `train_is_noisy` are a ground truth: False for `none` and for `given` without true labels
+    (then they are the observed labels and all False, and every metric that needs the truth is
+    left out, not zero).
     """
 
     train_x: np.ndarray  # uint8 N x H x W x C
@@ -78,6 +96,7 @@ class Splits(NamedTuple):
     background_class: int | None
     seed: int
     clean_given: bool = False  # True: the clean set is the caller's x_clean, y_clean, as given
+    truth_known: bool = True  # False: train_true_labels / train_is_noisy are not a ground truth
 
 
 # ----------------------------------------------------------------------------- validation
@@ -226,6 +245,199 @@ def _check_background(background_class: Any, num_classes: int) -> int:
             f"background_class must be an integer in [0, {num_classes}), got {background_class!r}."
         )
     return int(background_class)
+
+
+def _check_pair_ratio(ratio: Any) -> float:
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, numbers.Real)
+        or not 0.0 <= float(ratio) < 1.0
+    ):
+        raise ValueError(f"ratio must be a number in [0, 1) for noise 'pair', got {ratio!r}.")
+    return float(ratio)
+
+
+def _flip_within_classes(
+    true: np.ndarray, targets: dict, ratio: float, seed
+) -> Corrupted:
+    """For each source class c of `targets` (ascending): exactly `num_chosen(ratio, n_c)` of its
+    rows (first of `rng.permutation(n_c)`, one generator for all classes) get `targets[c]`."""
+    rng = np.random.default_rng(_check_seed(seed))
+    observed = true.copy()
+    for c in sorted(targets):
+        rows = np.flatnonzero(true == c)
+        observed[rows[rng.permutation(rows.size)[: num_chosen(ratio, rows.size)]]] = targets[c]
+    return Corrupted(observed, true, observed != true)
+
+
+def pair_flip(labels: np.ndarray, num_classes: int, ratio: float, seed) -> Corrupted:
+    """Pair flip: a fraction r of each class c moves to the next class, c -> (c + 1) mod C.
+
+    For every class c (ascending) with n_c examples, exactly `K_c = floor(r n_c + 1/2)` of its
+    rows (the first K_c of `rng.permutation(n_c)`, `rng = default_rng(seed)` shared by the
+    classes in order) get label `(c + 1) mod C`; never the true class. The transition matrix
+    has `1 - r` on the diagonal and r on the superdiagonal (Han et al., "Co-teaching",
+    NeurIPS 2018, §4: "pair flipping").
+
+    Args:
+      labels: int N true labels in [0, num_classes).
+      num_classes: C >= 2.
+      ratio: r in [0, 1) (at r >= 1/2 the flipped class outnumbers the true one).
+      seed: int >= 0 (or a sequence of them).
+
+    Returns:
+      `Corrupted(labels, true_labels, is_noisy)`; `is_noisy.sum() == sum_c K_c`.
+
+    >>> c = pair_flip(np.repeat(np.arange(3), 4), 3, 0.5, seed=0)
+    >>> np.bincount(c.true_labels[c.is_noisy]).tolist(), c.labels[c.is_noisy].tolist()
+    ([2, 2, 2], [1, 1, 2, 2, 0, 0])
+    """
+    num_classes = _check_int("num_classes", num_classes, minimum=2)
+    true = _check_labels(labels, num_classes).astype(np.int32)
+    ratio = _check_pair_ratio(ratio)
+    return _flip_within_classes(
+        true, {c: (c + 1) % num_classes for c in range(num_classes)}, ratio, seed
+    )
+
+
+def class_map(spec: Any, num_classes: int | None = None) -> dict[int, int]:
+    """The class map {true class: observed class} of `asymmetric_flip`, checked.
+
+    `spec` is a preset name of `NOISE_MAPS` ("cifar10", "mnist"), a mapping {c: c'} (keys and
+    values integers, or strings of integers as a JSON config stores them), or a string
+    "c:c',c:c'" (e.g. "9:1,3:5,5:3", from the command line). Every c != c', and with
+    `num_classes` both lie in [0, num_classes).
+
+    Raises:
+      ValueError: an unknown preset, a malformed entry, a class outside [0, C), or c -> c.
+    """
+    if isinstance(spec, str):
+        if spec in NOISE_MAPS:
+            spec = NOISE_MAPS[spec]
+        else:
+            try:
+                spec = dict(item.split(":") for item in spec.replace(" ", "").split(",") if item)
+            except ValueError:
+                spec = None
+    items = getattr(spec, "items", None)
+    if not callable(items) or not spec:
+        raise ValueError(
+            f"noise_map must be a preset ({', '.join(NOISE_MAPS)}), a non-empty mapping "
+            f"{{true class: observed class}} or a string like '9:1,3:5', got {spec!r}."
+        )
+    out = {}
+    for k, v in items():
+        try:
+            kc, vc = int(str(k)), int(str(v))
+        except ValueError:
+            raise ValueError(
+                f"noise_map entry {k!r}: {v!r} is not a pair of integer classes."
+            ) from None
+        for c in (kc, vc):
+            if c < 0 or (num_classes is not None and c >= num_classes):
+                hi = "num_classes" if num_classes is None else num_classes
+                raise ValueError(
+                    f"noise_map {dict(items())!r} names class {c}, outside [0, {hi})."
+                )
+        if kc == vc:
+            raise ValueError(f"noise_map maps class {kc} to itself; every c -> c' needs c != c'.")
+        out[kc] = vc
+    return out
+
+
+def asymmetric_flip(
+    labels: np.ndarray, num_classes: int, ratio: float, seed, *, noise_map: Any = "cifar10"
+) -> Corrupted:
+    """Asymmetric (class-dependent) flip: a fraction r of each mapped class c gets `map[c]`.
+
+    For every class c of the map (ascending) with n_c examples, exactly `floor(r n_c + 1/2)` of
+    its rows (the first of `rng.permutation(n_c)`, `rng = default_rng(seed)` shared by the
+    classes in order) get label `map[c] != c`; classes outside the map stay clean. The CIFAR-10
+    preset "cifar10" is Patrini et al. CVPR 2017's truck -> automobile, bird -> airplane,
+    deer -> horse, cat <-> dog; "mnist" their 2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1.
+
+    Args:
+      labels: int N true labels in [0, num_classes).
+      num_classes: C >= 2.
+      ratio: r in [0, 1].
+      seed: int >= 0 (or a sequence of them).
+      noise_map: see `class_map`.
+
+    Returns:
+      `Corrupted(labels, true_labels, is_noisy)`.
+
+    >>> c = asymmetric_flip(np.repeat(np.arange(10), 5), 10, 0.4, seed=0)
+    >>> sorted(set(zip(c.true_labels[c.is_noisy].tolist(), c.labels[c.is_noisy].tolist())))
+    [(2, 0), (3, 5), (4, 7), (5, 3), (9, 1)]
+    """
+    num_classes = _check_int("num_classes", num_classes, minimum=2)
+    true = _check_labels(labels, num_classes).astype(np.int32)
+    ratio = _check_ratio(ratio)
+    return _flip_within_classes(true, class_map(noise_map, num_classes), ratio, seed)
+
+
+def check_transition(matrix: Any, num_classes: int | None = None) -> np.ndarray:
+    """The transition matrix T (float64 C x C) of `transition_flip`, checked.
+
+    `T[i, j] = P(observed j | true i)`: finite, non-negative, each row summing to 1 within 1e-6.
+
+    Raises:
+      ValueError: naming the shape, entry or row that breaks this.
+    """
+    try:
+        t = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"noise_matrix must be a C x C array of numbers, got {matrix!r}."
+        ) from None
+    want = "C x C" if num_classes is None else f"{num_classes} x {num_classes}"
+    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] < 2 or (
+        num_classes is not None and t.shape[0] != num_classes
+    ):
+        raise ValueError(f"noise_matrix must be {want} (C >= 2), got shape {t.shape}.")
+    if not np.all(np.isfinite(t)) or t.min() < 0:
+        i, j = np.argwhere(~(np.isfinite(t) & (t >= 0)))[0]
+        raise ValueError(
+            f"noise_matrix entries must be finite and >= 0, got T[{i}, {j}] = {float(t[i, j])}."
+        )
+    sums = t.sum(axis=1)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-6)
+    if bad.size:
+        i = int(bad[0])
+        hint = f" (put T[{i}, {i}] = 1 to keep class {i} clean)" if sums[i] == 0 else ""
+        raise ValueError(
+            f"noise_matrix rows must sum to 1 within 1e-6; row {i} sums to {float(sums[i])}{hint}."
+        )
+    return t
+
+
+def transition_flip(labels: np.ndarray, matrix: Any, seed) -> Corrupted:
+    """Noise from a transition matrix: example i's observed label is drawn from row T[y_i].
+
+    `T[i, j] = P(observed j | true i)` (C x C, row-stochastic, `check_transition`). With
+    `u_i ~ U[0, 1)` (`default_rng(seed).random(N)`), the observed label is the first j whose
+    cumulative row sum `sum_{k <= j} T[y_i, k]` exceeds u_i. The number flipped is random
+    (binomial per class), unlike the other flips.
+
+    Args:
+      labels: int N true labels in [0, C).
+      matrix: T, C x C (C = num_classes).
+      seed: int >= 0 (or a sequence of them).
+
+    Returns:
+      `Corrupted(labels, true_labels, is_noisy)`.
+    """
+    t = check_transition(matrix)
+    num_classes = t.shape[0]
+    true = _check_labels(labels, num_classes).astype(np.int32)
+    u = np.random.default_rng(_check_seed(seed)).random(true.size)
+    cdf = np.cumsum(t, axis=1)
+    observed = np.sum(cdf[true] <= u[:, None], axis=1)
+    # Rounding in the cumulative sum: u close to 1 may pass the last entry; keep it in range,
+    # on the last class with mass.
+    last = num_classes - 1 - np.argmax(t[:, ::-1] > 0, axis=1)
+    observed = np.minimum(observed, last[true]).astype(np.int32)
+    return Corrupted(observed, true, observed != true)
 
 
 def _check_fraction(majority_fraction: Any) -> float:
@@ -398,6 +610,8 @@ def check_split_args(
     majority_class: int = 9,
     minority_class: int = 4,
     clean_given: bool | None = False,
+    noise_map: Any = None,
+    noise_matrix: Any = None,
 ) -> None:
     """Checks `make_splits`'s settings; `num_classes=None` skips the checks that need it.
 
@@ -412,11 +626,25 @@ def check_split_args(
     if num_classes is not None:
         _check_int("num_classes", num_classes, minimum=2)
     ratio = _check_ratio(ratio)
-    if noise not in ("uniform", "background") and ratio != 0.0:
+    if noise not in RATIO_NOISE_TYPES and ratio != 0.0:
         raise ValueError(
-            f"ratio={ratio} only applies to noise 'uniform' or 'background', not "
+            f"ratio={ratio} only applies to noise {', '.join(RATIO_NOISE_TYPES)}, not "
             f"{noise!r}; leave it at 0."
         )
+    if noise == "pair":
+        _check_pair_ratio(ratio)
+    if noise == "asymmetric":
+        class_map("cifar10" if noise_map is None else noise_map, num_classes)
+    elif noise_map is not None:
+        raise ValueError(f"noise_map={noise_map!r} only applies to noise 'asymmetric', not "
+                         f"{noise!r}.")
+    if noise == "transition":
+        if noise_matrix is None:
+            raise ValueError("noise 'transition' needs noise_matrix (a C x C row-stochastic "
+                             "matrix), got None.")
+        check_transition(noise_matrix, num_classes)
+    elif noise_matrix is not None:
+        raise ValueError(f"noise_matrix only applies to noise 'transition', not {noise!r}.")
     if not (clean_given is None or isinstance(clean_given, bool)):
         raise ValueError(f"clean_given must be True, False or None, got {clean_given!r}.")
     _check_clean_per_class(clean_per_class, clean_given, noise)
@@ -474,6 +702,9 @@ def make_splits(
     minority_class: int = 4,
     x_clean: np.ndarray | None = None,
     y_clean: np.ndarray | None = None,
+    noise_map: Any = None,
+    noise_matrix: Any = None,
+    y_train_true: np.ndarray | None = None,
 ) -> Splits:
     """The clean set, the (corrupted) noisy training set and the test set of one experiment.
 
@@ -486,7 +717,13 @@ def make_splits(
     2. Noisy training set = the rest of the training pool (ALL of `x_train`, in order, when a
        clean set was given: `train_source_index = arange(N)`), then by `noise`:
        - `none`: labels as they came (`train_is_noisy` all False, `train_true_labels` = the
-         given labels: on real data any noise of its own is unknown here);
+         given labels: on real data any noise of its own is unknown here; `truth_known=False`);
+       - `given`: the labels as the user observed them, no synthetic noise on top. With
+         `y_train_true` (the true labels of `x_train`, benchmarks only) `train_is_noisy =
+         y_train != y_train_true` and `truth_known=True`; without it as `none`;
+       - `pair`: `pair_flip(ratio)`; `asymmetric`: `asymmetric_flip(ratio, noise_map)` (None:
+         the "cifar10" preset); `transition`: `transition_flip(noise_matrix)` (all sub-seed
+         `[seed, 1]`);
        - `uniform`: `uniform_flip(ratio)` (sub-seed `[seed, 1]`; `official_convention` passes on);
        - `background`: `background_flip(ratio)` (sub-seed `[seed, 1]`) to `background_class`, or
          when None to `b ~ U{0..C-1}` from sub-seed `[seed, 4]` (`Splits.background_class`);
@@ -498,6 +735,10 @@ def make_splits(
 
     Paper sizes: uniform flip 1000 clean images (CIFAR-10: 100 per class, CIFAR-100: 10),
     background flip 10 per class, MNIST imbalance 5 per class with N = 5000.
+
+    With `y_train_true` the clean set is drawn by the true labels and carries them (a clean
+    set is verified); `y_train_true` needs `noise='given'` (noise on top of noisy labels would
+    have no single truth).
 
     Every argument is checked before any work; a bad one raises ValueError naming it.
     """
@@ -521,11 +762,25 @@ def make_splits(
         majority_class=majority_class,
         minority_class=minority_class,
         clean_given=clean_given,
+        noise_map=noise_map,
+        noise_matrix=noise_matrix,
     )
     ratio = float(ratio)
     x_train, x_test = _check_images("x_train", x_train), _check_images("x_test", x_test)
     y_train = _check_labels(y_train, num_classes, "y_train")
     y_test = _check_labels(y_test, num_classes, "y_test")
+    if y_train_true is not None:
+        if noise != "given":
+            raise ValueError(
+                f"true labels (y_train_true) come only with noise 'given' (the observed labels "
+                f"as they are), got noise={noise!r}."
+            )
+        y_train_true = _check_labels(y_train_true, num_classes, "y_train_true")
+        if len(y_train_true) != len(y_train):
+            raise ValueError(
+                f"y_train_true has {len(y_train_true)} labels, y_train {len(y_train)}; they "
+                f"must have the same length."
+            )
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise ValueError(
             f"images and labels must have the same length: x_train {len(x_train)} vs "
@@ -601,7 +856,8 @@ def make_splits(
             clean_idx, train_idx = np.arange(len(y_clean)), np.arange(len(y_train))
         else:
             clean_idx, train_idx = clean_split(
-                y_train, clean_per_class, [seed, _STAGE_CLEAN], num_classes=num_classes
+                y_train if y_train_true is None else y_train_true, clean_per_class,
+                [seed, _STAGE_CLEAN], num_classes=num_classes,
             )
         if train_idx.size == 0 and clean_given:
             raise ValueError("x_train is empty; nothing to train on.")
@@ -610,10 +866,22 @@ def make_splits(
                 f"clean_per_class={clean_per_class} takes every training example "
                 f"({len(y_train)}); nothing is left to train on."
             )
-        true = y_train[train_idx]
+        true = (y_train if y_train_true is None else y_train_true)[train_idx].astype(np.int32)
         noise_seed = [seed, _STAGE_NOISE]
         b = None
-        if noise == "uniform":
+        if noise == "given" and y_train_true is not None:
+            observed = y_train[train_idx].astype(np.int32)
+            corrupted = Corrupted(observed, true, observed != true)
+        elif noise == "pair":
+            corrupted = pair_flip(true, num_classes, ratio, noise_seed)
+        elif noise == "asymmetric":
+            corrupted = asymmetric_flip(
+                true, num_classes, ratio, noise_seed,
+                noise_map="cifar10" if noise_map is None else noise_map,
+            )
+        elif noise == "transition":
+            corrupted = transition_flip(true, noise_matrix, noise_seed)
+        elif noise == "uniform":
             corrupted = uniform_flip(
                 true, num_classes, ratio, noise_seed, official_convention=official_convention
             )
@@ -627,7 +895,11 @@ def make_splits(
             corrupted = Corrupted(t, t.copy(), np.zeros(t.size, bool))
         test_idx = np.arange(len(y_test))
         test_labels = y_test.astype(np.int32)
-        clean_labels = (y_clean if clean_given else y_train[clean_idx]).astype(np.int32)
+        if clean_given:
+            clean_labels = y_clean.astype(np.int32)
+        else:
+            clean_labels = (y_train if y_train_true is None else y_train_true)[clean_idx]
+            clean_labels = clean_labels.astype(np.int32)
         out_classes, out_num_classes = tuple(range(num_classes)), num_classes
 
     return Splits(
@@ -649,14 +921,19 @@ def make_splits(
         background_class=b,
         seed=seed,
         clean_given=clean_given,
+        truth_known=not (noise == "none" or (noise == "given" and y_train_true is None)),
     )
 
 
 def split_stats(splits: Splits) -> dict:
-    """Counts that describe a `Splits` (all computed from its arrays), e.g. for a summary table."""
+    """Counts that describe a `Splits` (all computed from its arrays), e.g. for a summary table.
+
+    The counts that need the truth (`num_noisy`, `noise_fraction`, `train_true_per_class`,
+    `noisy_per_true_class`) are None when `splits.truth_known` is False: unknown, not zero.
+    """
     c = splits.num_classes
     noisy = splits.train_is_noisy
-    return {
+    out = {
         "num_classes": c,
         "image_shape": tuple(splits.train_x.shape[1:]),
         "num_train": int(splits.train_labels.size),
@@ -670,3 +947,7 @@ def split_stats(splits: Splits) -> dict:
         "num_test": int(splits.test_labels.size),
         "test_per_class": np.bincount(splits.test_labels, minlength=c).tolist(),
     }
+    if not splits.truth_known:
+        out.update(num_noisy=None, noise_fraction=None, train_true_per_class=None,
+                   noisy_per_true_class=None)
+    return out

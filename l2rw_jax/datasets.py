@@ -18,14 +18,22 @@ and the input pipeline to work on:
   (tested equal).
 - `npz:<path>`: a `.npz` with `x_train, y_train, x_test, y_test`, optionally `x_clean, y_clean`
   (a trusted clean set, used as given: see `corruption.make_splits`), `class_names` (strings,
-  one per class) and `num_classes` (a scalar); `save_arrays` writes one from a notebook.
+  one per class), `num_classes` (a scalar) and `y_train_true` (the true labels of `x_train`
+  when `y_train` holds the labels as observed, benchmarks only: docs/noise.md); `save_arrays`
+  writes one from a notebook.
 - `folder:<root>`: `root/train/<class>/<images>`, `root/test/<class>/...`, optional
   `root/clean/<class>/...`, read with Pillow (`l2rw_jax.image_folder`, which gives the row
   order).
 
-Images are uint8 (0..255) `N x H x W` or `N x H x W x C`, or floats in [0, 1], which are stored
-as `round(255 x)` uint8. Labels are integers in [0, num_classes). `num_classes` is
-`len(class_names)` when names are given, else the largest label + 1.
+tfds sources with several label features (cifar10_n: `worse_label`, `aggre_label`, ...) take
+`label_key` (the observed training labels) and `true_label_key` (the truth, `Arrays.y_train_true`,
+and the test labels); see docs/noise.md.
+
+Images are uint8 (0..255) `N x H x W` or `N x H x W x C` (channel-last; a channel-first
+`N x C x H x W` array is refused with the transpose that fixes it), or floats in [0, 1] (no NaN),
+which are stored as `round(255 x)` uint8. Labels are integers in [0, num_classes).
+`num_classes` is `len(class_names)` when names are given, else the largest label + 1.
+docs/inputs.md states every source's rules.
 
 `data_dir=None` means tfds's default (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
 
@@ -51,13 +59,15 @@ EMBEDDED = ("digits",)
 NPZ_PREFIX = "npz:"
 FOLDER_PREFIX = "folder:"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-NPZ_OPTIONAL_KEYS = ("x_clean", "y_clean", "class_names", "num_classes")
+NPZ_OPTIONAL_KEYS = ("x_clean", "y_clean", "class_names", "num_classes", "y_train_true")
 ALLOWED = (
     "a tfds image-classification dataset name (e.g. mnist, cifar10, kmnist)",
     "digits",
     NPZ_PREFIX + "<path>",
     FOLDER_PREFIX + "<path>",
 )
+# Channel counts of common images (grey, RGB, RGBA): how a channel axis is recognised.
+CHANNEL_COUNTS = (1, 3, 4)
 # tfds names: `name`, `name/config`, each optionally `:x.y.z`. Community namespaces
 # (`ns:name`) are left out: they would reach the network.
 _TFDS_NAME = re.compile(r"[a-z][a-z0-9_]*(/[A-Za-z0-9_.+-]+)?(:\d+\.\d+\.\d+)?\Z")
@@ -75,6 +85,7 @@ class Arrays(NamedTuple):
     x_clean: np.ndarray | None = None  # uint8 M x H x W x C, a trusted clean set, or None
     y_clean: np.ndarray | None = None  # int32 M, or None
     class_names: tuple[str, ...] | None = None  # class_names[c] names label c, or None
+    y_train_true: np.ndarray | None = None  # int32 N, true labels of x_train when known
 
 
 DIGITS_NUM_CLASSES = 10
@@ -158,6 +169,8 @@ def load_arrays(
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     num_classes: int | None = None,
+    label_key: str | None = None,
+    true_label_key: str | None = "label",
 ) -> Arrays:
     """Loads a source's train and test sets (and clean set, if any) into memory.
 
@@ -168,6 +181,11 @@ def load_arrays(
         offline, tfds retries for minutes). False (default): missing data raises at once.
       num_classes: npz only: the number of classes (default: the npz's `num_classes` or
         `len(class_names)`, else the largest label + 1).
+      label_key: tfds only: the `ClassLabel` feature holding the observed training labels
+        (e.g. `worse_label` of `cifar10_n`); None: the dataset's label (supervised key).
+      true_label_key: tfds only, read with `label_key`: the `ClassLabel` feature holding the
+        true labels (`Arrays.y_train_true`, and the test labels); None: the truth is unknown
+        (the test labels are then the dataset's label).
 
     Returns:
       `Arrays` with uint8 `N x H x W x C` images and int32 labels.
@@ -183,6 +201,12 @@ def load_arrays(
         _check_num_classes(num_classes)
     if not isinstance(download, bool):
         raise ValueError(f"download must be True or False, got {download!r}.")
+    if label_key is not None and (name.startswith((NPZ_PREFIX, FOLDER_PREFIX))
+                                  or name in EMBEDDED):
+        raise ValueError(
+            f"label_key={label_key!r} only applies to tfds datasets; {name!r} has one label per "
+            f"split (an npz gives its true labels as y_train_true)."
+        )
     if name.startswith(NPZ_PREFIX):
         return _load_npz(name[len(NPZ_PREFIX) :], num_classes)
     if num_classes is not None:
@@ -218,7 +242,9 @@ def load_arrays(
             f"tfds.list_builders()); allowed: {'; '.join(ALLOWED)}."
         ) from None
     # Before the data is looked for: a wrong kind of dataset is the more useful message.
-    image_label_keys(builder.info, name)
+    keys = image_label_keys(builder.info, name)
+    if label_key is not None:
+        label_feature_keys(builder.info, name, keys[1], label_key, true_label_key)
     if not builder.is_prepared():
         if not download:
             raise FileNotFoundError(_missing_message(name, builder))
@@ -231,13 +257,50 @@ def load_arrays(
             f"needed (save other splits with save_arrays, or as a folder: source)."
         )
     keys = image_label_keys(builder.info, name)
-    label = builder.info.features[keys[1]]
-    x_train, y_train = _read_split(builder, "train", keys)
-    x_test, y_test = _read_split(builder, "test", keys)
+    if label_key is None:
+        label = builder.info.features[keys[1]]
+        x_train, (y_train,) = _read_split(builder, "train", keys)
+        x_test, (y_test,) = _read_split(builder, "test", keys)
+        y_true = None
+    else:
+        test_key = keys[1] if true_label_key is None else true_label_key
+        label = builder.info.features[test_key]
+        train_keys = (keys[0], label_key) + (() if true_label_key is None else (true_label_key,))
+        x_train, ys = _read_split(builder, "train", train_keys)
+        y_train, y_true = ys[0], (ys[1] if len(ys) > 1 else None)
+        # The test split's labels are the truth (cifar10_n stores -1 as its human labels there).
+        x_test, (y_test,) = _read_split(builder, "test", (keys[0], test_key))
     names = tuple(label.names) if label.names else None
     return Arrays(
-        x_train, y_train, x_test, y_test, int(label.num_classes), name, class_names=names
+        x_train, y_train, x_test, y_test, int(label.num_classes), name, class_names=names,
+        y_train_true=y_true,
     )
+
+
+def label_feature_keys(info, name: str, default_key: str, label_key: str,
+                       true_label_key: str | None) -> None:
+    """Checks that `label_key` and `true_label_key` (if not None) name distinct `ClassLabel`
+    features of `info` with as many classes as the dataset's label `default_key`.
+
+    Raises:
+      ValueError: naming the key and the integer class labels the dataset has.
+    """
+    tfds = _optional.require("tensorflow_datasets", "label_feature_keys")
+    features = info.features
+    labels = {k: v for k, v in features.items() if isinstance(v, tfds.features.ClassLabel)}
+    c = labels[default_key].num_classes
+    allowed = [k for k, v in labels.items() if v.num_classes == c]
+    for what, key in (("label_key", label_key), ("true_label_key", true_label_key)):
+        if key is not None and key not in allowed:
+            raise ValueError(
+                f"{what}={key!r} is not an integer class label of dataset {name!r} with "
+                f"{c} classes; allowed: {', '.join(allowed)}."
+            )
+    if label_key == true_label_key:
+        raise ValueError(
+            f"label_key and true_label_key are both {label_key!r}; the observed labels and the "
+            f"truth are two different features (true_label_key=None: truth unknown)."
+        )
 
 
 def image_label_keys(info, name: str = "dataset") -> tuple[str, str]:
@@ -290,20 +353,55 @@ def _missing_message(name: str, builder) -> str:
     )
 
 
-def _read_split(builder, split: str, keys: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+def _read_split(builder, split: str, keys: tuple[str, ...]
+                ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """(images, (labels of keys[1], labels of keys[2], ...)) of one split, in file order."""
     tfds = _optional.require("tensorflow_datasets", f"the tfds source {builder.name!r}")
     # In file order (shuffle_files=False), so rows and thus seeded splits are reproducible. Only
-    # the two features are kept: others (file names, boxes) may not batch.
+    # the named features are kept: others (file names, boxes) may not batch.
     ds = builder.as_dataset(split=split, shuffle_files=False)
-    ds = ds.map(lambda ex: (ex[keys[0]], ex[keys[1]]))  # Sequential: order kept.
-    xs, ys = [], []
-    for x, y in tfds.as_numpy(ds.batch(8192)):
-        xs.append(x)
-        ys.append(y)
+    ds = ds.map(lambda ex: tuple(ex[k] for k in keys))  # Sequential: order kept.
+    cols = [[] for _ in keys]
+    for batch in tfds.as_numpy(ds.batch(8192)):
+        for col, a in zip(cols, batch):
+            col.append(a)
     shape = tuple(builder.info.features[keys[0]].shape)
-    x = np.concatenate(xs) if xs else np.zeros((0,) + shape, np.uint8)
-    y = np.concatenate(ys) if ys else np.zeros((0,), np.int64)
-    return x.astype(np.uint8, copy=False), y.astype(np.int32)
+    x = np.concatenate(cols[0]) if cols[0] else np.zeros((0,) + shape, np.uint8)
+    ys = tuple((np.concatenate(c) if c else np.zeros((0,), np.int64)).astype(np.int32)
+               for c in cols[1:])
+    return x.astype(np.uint8, copy=False), ys
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+FINGERPRINT_SAMPLE_ROWS = 64  # rows of each split whose pixels are hashed
+
+
+def fingerprint(arrays: Arrays) -> dict:
+    """A cheap summary of the loaded data that changes when the data does: recorded with a
+    run (`<workdir>/data_fingerprint.json`) so that resuming on other data is refused.
+
+    Returns:
+      `{"shapes": {"x_train": [N, H, W, C], "y_train": [N], ...} (each split present),
+      "labels": sha256 hex of every label array, num_classes and class_names,
+      "pixels": sha256 hex of FINGERPRINT_SAMPLE_ROWS rows of each image array, evenly
+      strided (`np.linspace(0, N - 1, 64)` rounded down; all rows when N <= 64)}`.
+      Hashing every label and a fixed sample of pixels costs milliseconds even on ImageNet
+      sizes; a change confined to pixels of rows outside the sample goes unseen.
+    """
+    import hashlib
+
+    splits = [k for k in ("train", "test", "clean") if getattr(arrays, f"x_{k}") is not None]
+    shapes, labels, pixels = {}, hashlib.sha256(), hashlib.sha256()
+    for k in splits:
+        x, y = getattr(arrays, f"x_{k}"), getattr(arrays, f"y_{k}")
+        shapes[f"x_{k}"], shapes[f"y_{k}"] = list(x.shape), list(y.shape)
+        labels.update(np.ascontiguousarray(y, np.int64).tobytes())
+        rows = np.unique(np.linspace(0, len(x) - 1, min(len(x), FINGERPRINT_SAMPLE_ROWS))
+                         .astype(np.int64)) if len(x) else np.zeros(0, np.int64)
+        pixels.update(np.ascontiguousarray(x[rows], np.uint8).tobytes())
+    labels.update(repr((int(arrays.num_classes), arrays.class_names)).encode())
+    return {"shapes": shapes, "labels": labels.hexdigest(), "pixels": pixels.hexdigest()}
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -320,7 +418,14 @@ def _check_num_classes(num_classes: Any, where: str = "") -> int:
 
 
 def _images(key: str, x: Any, where: str) -> np.ndarray:
-    """uint8 N x H x W x C from uint8 or [0, 1] float N x H x W (x C)."""
+    """uint8 N x H x W x C from uint8 or [0, 1] float N x H x W (x C).
+
+    Refused: another dtype or rank; NaN or values outside [0, 1] in a float array; and a 4-D
+    array that is channel-first (N x C x H x W, PyTorch's layout): dimension 1 is a channel
+    count (`CHANNEL_COUNTS`: grey, RGB, RGBA), the last dimension is not, and dimension 2 is
+    larger than any channel count (an image height). Read as channel-last, such an array would
+    be C-pixel-high images with W channels and would train without a word.
+    """
     x = np.asarray(x)
     is_float = np.issubdtype(x.dtype, np.floating)
     if not (x.dtype == np.uint8 or is_float) or x.ndim not in (3, 4):
@@ -328,9 +433,24 @@ def _images(key: str, x: Any, where: str) -> np.ndarray:
             f"{where}{key} must be uint8 (0..255) or float (in [0, 1]) N x H x W or "
             f"N x H x W x C, got dtype {x.dtype} and shape {x.shape}."
         )
+    if (x.ndim == 4 and x.shape[1] in CHANNEL_COUNTS and x.shape[3] not in CHANNEL_COUNTS
+            and x.shape[2] > max(CHANNEL_COUNTS)):
+        # N x C x H x W (PyTorch's layout) would pass as C-pixel-high images with W channels.
+        raise ValueError(
+            f"{where}{key} has shape {x.shape}, which is channel-first (N x C x H x W, PyTorch's "
+            f"layout); images must be channel-last N x H x W x C: pass "
+            f"{key}.transpose(0, 2, 3, 1) (shape {(x.shape[0], *x.shape[2:], x.shape[1])})."
+        )
     if is_float:
+        nan = np.isnan(x)
+        if nan.any():
+            first = np.unravel_index(int(np.argmax(nan)), x.shape)
+            raise ValueError(
+                f"{where}{key} holds {int(nan.sum())} NaN pixel value(s) (first at index "
+                f"{tuple(int(i) for i in first)}); float images must lie in [0, 1]."
+            )
         lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
-        if not (lo >= 0.0 and hi <= 1.0):  # Also catches NaN.
+        if not (lo >= 0.0 and hi <= 1.0):  # -inf / inf show as such.
             raise ValueError(
                 f"{where}{key} is float, so it must lie in [0, 1]; found min {lo} and max {hi} "
                 f"(scale 0..255 floats by 1/255, or pass uint8)."
@@ -385,18 +505,22 @@ def make_arrays(
     num_classes: int | None = None,
     name: str = "arrays",
     where: str = "",
+    y_train_true: Any = None,
 ) -> Arrays:
     """Checks numpy arrays and returns them as `Arrays` (uint8 images with a channel axis,
     int32 labels).
 
     Args:
-      x_train, x_test, x_clean: images `N x H x W` or `N x H x W x C`, uint8 (0..255) or float
-        in [0, 1] (stored as `round(255 x)`); all of one `H x W x C`.
+      x_train, x_test, x_clean: images `N x H x W` or `N x H x W x C` (channel-last; a
+        channel-first `N x C x H x W` array is refused, see `_images`), uint8 (0..255) or
+        float in [0, 1] without NaN (stored as `round(255 x)`); all of one `H x W x C`.
       y_train, y_test, y_clean: 1-D integer labels in [0, num_classes).
       x_clean, y_clean: a trusted clean set (at least one example), both or neither.
       class_names: one distinct string per class; fixes `num_classes = len(class_names)`.
       num_classes: default `len(class_names)`, else the largest label + 1.
       name: `Arrays.name`.
+      y_train_true: the true labels of `x_train` (1-D, same length as `y_train`, in
+        [0, num_classes)) when `y_train` holds labels as observed; benchmarks only.
       where: prefix of every error message (e.g. "npz '/a/b.npz': ").
 
     Raises:
@@ -443,6 +567,14 @@ def make_arrays(
         )
     if num_classes < 2:
         raise ValueError(f"{where}labels cover a single class ({top}); need at least 2.")
+    if y_train_true is not None:
+        y_train_true = _labels("y_train_true", y_train_true, len(xs["train"]), "x_train", where)
+        if y_train_true.max(initial=0) >= num_classes:
+            raise ValueError(
+                f"{where}y_train_true has label {int(y_train_true.max())}, allowed "
+                f"[0, {num_classes}) (num_classes={num_classes})."
+            )
+        y_train_true = y_train_true.astype(np.int32)
     return Arrays(
         xs["train"],
         ys["train"].astype(np.int32),
@@ -453,6 +585,7 @@ def make_arrays(
         x_clean=xs.get("clean"),
         y_clean=ys["clean"].astype(np.int32) if "clean" in ys else None,
         class_names=names,
+        y_train_true=y_train_true,
     )
 
 
@@ -467,6 +600,7 @@ def save_arrays(
     y_clean: Any = None,
     class_names: Sequence[str] | None = None,
     num_classes: int | None = None,
+    y_train_true: Any = None,
 ) -> str:
     """Checks arrays (as `make_arrays`), writes them to an npz and returns its source name.
 
@@ -489,8 +623,11 @@ def save_arrays(
     arrays = make_arrays(
         x_train, y_train, x_test, y_test, x_clean=x_clean, y_clean=y_clean,
         class_names=class_names, num_classes=num_classes, name=NPZ_PREFIX + path,
+        y_train_true=y_train_true,
     )
     out = {k: getattr(arrays, k) for k in NPZ_KEYS}
+    if arrays.y_train_true is not None:
+        out["y_train_true"] = arrays.y_train_true
     if arrays.x_clean is not None:
         out.update(x_clean=arrays.x_clean, y_clean=arrays.y_clean)
     if arrays.class_names is not None:
@@ -542,5 +679,20 @@ def _load_npz(path: str, num_classes: int | None) -> Arrays:
         a["x_train"], a["y_train"], a["x_test"], a["y_test"],
         x_clean=a.get("x_clean"), y_clean=a.get("y_clean"),
         class_names=names, num_classes=num_classes if stored is None else stored,
-        name=NPZ_PREFIX + path, where=where,
+        name=NPZ_PREFIX + path, where=where, y_train_true=a.get("y_train_true"),
     )
+
+
+def npz_has_truth(name: str) -> bool:
+    """True when `name` is an `npz:` source whose file exists and holds `y_train_true` (read
+    from the zip directory only; no array is loaded)."""
+    if not (isinstance(name, str) and name.startswith(NPZ_PREFIX)):
+        return False
+    path = name[len(NPZ_PREFIX) :]
+    if not os.path.isfile(path):
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return "y_train_true" in f.files
+    except (OSError, ValueError):
+        return False

@@ -56,10 +56,14 @@ def evaluate(eval_fn: Callable, state, batches: Iterable, place: Callable = lamb
 
 def summarize(sums: dict) -> dict:
     """Host sums (any leading axes, e.g. K members) -> ``accuracy``, ``loss`` (means over the
-    examples) and ``per_class_accuracy`` (``... x C``; 0 for a class without examples)."""
+    examples) and ``per_class_accuracy`` (``... x C`` float64; NaN for a class without examples
+    in the split: 0/0 is undefined, not 0. Written as JSON null by
+    ``results.undefined_to_none``)."""
     sums = jax.device_get(sums)
     count = np.asarray(sums["count_C"]).sum(-1)
+    correct_C = np.asarray(sums["correct_C"], np.float64)
+    count_C = np.asarray(sums["count_C"], np.float64)
     return {"accuracy": np.asarray(sums["correct_C"]).sum(-1) / count,
             "loss": np.asarray(sums["loss_sum"]) / count,
-            "per_class_accuracy": np.asarray(sums["correct_C"])
-            / np.maximum(np.asarray(sums["count_C"]), 1)}
+            "per_class_accuracy": np.where(count_C > 0, correct_C / np.maximum(count_C, 1),
+                                           np.nan)}

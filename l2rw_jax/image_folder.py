@@ -15,6 +15,12 @@ Every file Pillow recognises by its extension (PNG, JPEG, BMP, ...) is read; hid
 (names starting with '.') are skipped; anything else (another file, a nested folder) is an error
 rather than silently left out. All images of the tree must have one size and one mode, 'L'
 (grey, read as H x W x 1) or 'RGB' (H x W x 3); the error names the first file that differs.
+
+EXIF orientation: cameras and phones store many JPEGs with their pixels rotated or mirrored and
+an EXIF Orientation tag (values 2..8) that tells viewers how to show them. Every image is turned
+upright first, as a viewer shows it (Pillow's `ImageOps.exif_transpose`), so the model sees what
+a person sees; the size check applies to the upright image (a portrait photo stored as
+W x H with Orientation 6 or 8 counts as H x W).
 """
 
 from __future__ import annotations
@@ -146,8 +152,10 @@ def read_folder(root: str | os.PathLike) -> FolderImages:
     Raises:
       FileNotFoundError / ValueError: see `list_images`; ValueError also for an image of another
         size or mode than the first one read (train/<first class>/<first file>), naming both.
+        Sizes are those after the EXIF orientation is applied (module docstring).
     """
     from PIL import Image
+    from PIL import ImageOps
 
     root = os.fspath(root)
     classes = class_names(root)
@@ -160,7 +168,10 @@ def read_folder(root: str | os.PathLike) -> FolderImages:
         xs = []
         for path, _ in items:
             rel = os.path.relpath(path, root)
-            with Image.open(path) as im:
+            with Image.open(path) as stored:
+                # Upright as a viewer shows it (EXIF Orientation 2..8 rotates or mirrors);
+                # a copy without the tag otherwise.
+                im = ImageOps.exif_transpose(stored)
                 if im.mode not in MODES:
                     raise ValueError(
                         f"image folder {root!r}: {rel} has mode {im.mode!r}; allowed: "
@@ -172,7 +183,7 @@ def read_folder(root: str | os.PathLike) -> FolderImages:
                     expected = got + (rel,)
                 elif got != expected[:3]:
                     raise ValueError(
-                        f"image folder {root!r}: {rel} is {got[0]}x{got[1]} (HxW) mode "
+                        f"image folder {root!r}: {rel} is {got[0]}x{got[1]} (HxW, upright) mode "
                         f"{got[2]!r}; expected {expected[0]}x{expected[1]} mode "
                         f"{expected[2]!r} like {expected[3]} (all images must share one size "
                         f"and mode)."

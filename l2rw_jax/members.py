@@ -14,7 +14,12 @@ both input backends:
 - ``finetune`` (the paper's "+FT") trains ``num_steps`` steps of ERM on the noisy set, then
   ``finetune_steps`` more on the clean set (:func:`phases`; optimizer state and schedule
   continue);
-- ``clean_only`` trains ``num_steps`` steps on the clean set alone.
+- ``clean_only`` trains ``num_steps`` steps on the clean set alone;
+- ``oracle`` (a reference for benchmarks, where the truth is known) trains plain ERM on exactly
+  the training rows whose observed label is correct, plus the clean set: the clean set is
+  appended to the training fields and the stream draws from a row table (as ``resample``) of
+  the correct rows and the clean rows (:func:`oracle_rows`). The table differs in length
+  between members; the placed training set does not, so the members still train vmapped.
 
 Nothing here takes the config: the loop hands each function its values (ARCHITECTURE.md: below
 ``l2rw_jax.config`` no function reads the whole config).
@@ -40,6 +45,8 @@ class MemberData(NamedTuple):
     # The source's class names (tfds ClassLabel, an npz's class_names, folder: directories),
     # indexed by source class id (see splits.source_classes); None when the source has none.
     class_names: tuple[str, ...] | None = None
+    # Rows of splits' training fields the noisy phase draws from (the oracle's), or None: all.
+    row_table: np.ndarray | None = None
 
 
 def seeds(seed: int, num_seeds: int) -> list[int]:
@@ -106,26 +113,54 @@ def clean_as_training(splits: corruption.Splits) -> corruption.Splits:
         train_source_index=splits.clean_source_index)
 
 
+def oracle_rows(splits: corruption.Splits) -> tuple[corruption.Splits, np.ndarray]:
+    """The ``oracle`` method's data: (splits with the clean set appended to the training fields,
+    row table). The clean rows come after the N noisy training rows, with their labels as
+    observed and true labels and ``clean_source_index`` as source rows; the table holds the
+    rows whose observed label is correct (``train_is_noisy`` False, ascending), the clean rows
+    N..N+M-1 among them.
+
+    Raises:
+      ValueError: the truth is unknown (``splits.truth_known`` False).
+    """
+    if not splits.truth_known:
+        raise ValueError(
+            f"method 'oracle' needs the true training labels, which noise={splits.noise!r} "
+            f"without true labels does not know; give y_train_true (npz) or "
+            f"data.true_label_key (tfds), or use a synthetic noise.")
+    clean = clean_as_training(splits)
+    both = splits._replace(**{
+        f: np.concatenate([getattr(splits, f), getattr(clean, f)])
+        for f in ("train_x", "train_labels", "train_true_labels", "train_is_noisy",
+                  "train_source_index")})
+    return both, np.flatnonzero(~both.train_is_noisy)
+
+
 def make_member(arrays: datasets.Arrays, seed: int, *, split_options: dict,
-                hyper_val_size: int, pixel_scale: str) -> MemberData:
+                hyper_val_size: int, pixel_scale: str, oracle: bool = False) -> MemberData:
     """One member's data from the loaded ``arrays``: ``corruption.make_splits(seed=seed,
-    **split_options)`` (with the clean set of ``arrays`` when the data brings one), the hold-out,
-    and the input normalisation (``pixel_scale``:
-    ``standardize``, the training images' per-channel statistics, or ``unit``, x / 255)."""
+    **split_options)`` (with the clean set and true labels of ``arrays`` when the data brings
+    them), the hold-out, with ``oracle`` the oracle's training rows (:func:`oracle_rows`), and
+    the input normalisation (``pixel_scale``: ``standardize``, the training images'
+    per-channel statistics, or ``unit``, x / 255)."""
     from l2rw_jax import input_pipeline  # channel_stats; the module imports TF lazily.
 
     splits = corruption.make_splits(
         arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test,
         num_classes=arrays.num_classes, seed=seed, x_clean=arrays.x_clean, y_clean=arrays.y_clean,
-        **split_options)
+        y_train_true=arrays.y_train_true, **split_options)
     splits, hyperval = hold_out(splits, hyper_val_size, seed)
+    table = None
+    if oracle:
+        splits, table = oracle_rows(splits)
+    rows = slice(None) if table is None else table
     if pixel_scale == "unit":
         channels = splits.train_x.shape[-1]
         mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
     else:
-        mean, std = input_pipeline.channel_stats(splits.train_x)
-    counts = np.bincount(splits.train_labels, minlength=splits.num_classes)
-    return MemberData(seed, splits, hyperval, mean, std, counts, arrays.class_names)
+        mean, std = input_pipeline.channel_stats(splits.train_x[rows])
+    counts = np.bincount(splits.train_labels[rows], minlength=splits.num_classes)
+    return MemberData(seed, splits, hyperval, mean, std, counts, arrays.class_names, table)
 
 
 def member_data(config, member: int = 0) -> MemberData:
@@ -139,10 +174,8 @@ def member_data(config, member: int = 0) -> MemberData:
     if isinstance(member, bool) or not isinstance(member, (int, np.integer)) or not (
             0 <= member < c.num_seeds):
         raise ValueError(f"member={member!r} must be an integer in [0, {c.num_seeds}).")
-    arrays = datasets.load_arrays(c.data.dataset, data_dir=c.data.data_dir)
-    return make_member(arrays, c.seed + int(member),
-                       split_options=config_lib.split_options(c.data),
-                       hyper_val_size=c.data.hyper_val_size, pixel_scale=c.data.pixel_scale)
+    arrays = datasets.load_arrays(c.data.dataset, **config_lib.load_options(c.data))
+    return make_member(arrays, c.seed + int(member), **config_lib.member_options(c))
 
 
 def phases(method: str, num_steps: int, finetune_steps: int) -> list[tuple[str, int, int]]:
@@ -160,11 +193,13 @@ def training_rows(md: MemberData, phase: str, resample: bool) -> tuple[corruptio
                                                                          np.ndarray | None]:
     """(splits whose training fields a phase trains on, row table or None).
 
-    The table maps the stream's rows back to rows of the noisy training set (``resample``),
-    so per-example weights accumulate per example.
+    The table maps the stream's rows back to rows of the noisy training set (``resample``;
+    the oracle's ``md.row_table``), so per-example weights accumulate per example.
     """
     if phase == "clean":
         return clean_as_training(md.splits), None
+    if md.row_table is not None:
+        return take_training_rows(md.splits, md.row_table), md.row_table
     if resample:
         rows = balanced_rows(md.splits.train_labels, md.splits.num_classes, md.seed)
         return take_training_rows(md.splits, rows), rows
@@ -174,7 +209,7 @@ def training_rows(md: MemberData, phase: str, resample: bool) -> tuple[corruptio
 def example_weights(md: MemberData, w_sum_N: np.ndarray, count_N: np.ndarray) -> dict:
     """The columns of a member's example_weights.npz (ARCHITECTURE.md "The run's workdir")."""
     s = md.splits
-    return {
+    out = {
         "index": np.arange(len(s.train_labels), dtype=np.int32),
         "mean_weight": (w_sum_N / np.maximum(count_N, 1)).astype(np.float32),
         "count": count_N.astype(np.int32),
@@ -185,3 +220,6 @@ def example_weights(md: MemberData, w_sum_N: np.ndarray, count_N: np.ndarray) ->
         "source_index": s.train_source_index.astype(np.int64),
         "seed": np.int64(md.seed),
     }
+    if not s.truth_known:  # Unknown, not "all correct": the columns are left out.
+        del out["is_noisy"], out["true_label"]
+    return out

@@ -18,15 +18,17 @@ is a table of contents; each part has its module:
 Evaluation every ``loop.eval_every`` steps on the test set and on a noisy hyper-validation
 hold-out (``data.hyper_val_size`` noisy training examples scored against their observed
 labels). The workdir (ARCHITECTURE.md "The run's workdir" has every file's schema): config.json,
+data_fingerprint.json (``datasets.fingerprint``: a resume on other data is refused),
 metrics.jsonl, tb/, checkpoints/<step>/ (orbax: carry = (state, acc, msum) of
 :mod:`l2rw_jax.build`, meta = evaluation history, seeds, normalisation, elapsed time),
 example_weights.npz (member 0) and example_weights_seed<s>.npz (every member when K > 1),
 results.json (schema in :func:`train_and_evaluate`).
 
-Resuming: re-running the same command restores the newest checkpoint and restarts the input
-streams at that step (stateless functions of (seed, step)), so on CPU the final metrics equal
-those of an uninterrupted run. Multi-host: every process runs this loop on its own rows;
-only process 0 writes files (:mod:`l2rw_jax.workdir`).
+Resuming: re-running the same command restores the newest checkpoint (the newest that
+restores: a damaged step is skipped with a warning, ``workdir.restore_latest``) and restarts
+the input streams at that step (stateless functions of (seed, step)), so on CPU the final
+metrics equal those of an uninterrupted run. Multi-host: every process runs this loop on its own
+rows; only process 0 writes files (:mod:`l2rw_jax.workdir`).
 """
 from __future__ import annotations
 
@@ -56,9 +58,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("l2rw_jax.train")
 
 
-def build_run(config: ml_collections.ConfigDict) -> build.Run:
-    """Loads the data once and builds every member's splits, the model, optimizer and step."""
-    arrays = datasets.load_arrays(config.data.dataset, data_dir=config.data.data_dir)
+def build_run(config: ml_collections.ConfigDict,
+              arrays: datasets.Arrays | None = None) -> build.Run:
+    """Builds every member's splits, the model, optimizer and step from ``arrays`` (the
+    source loaded once; default: ``config.data.dataset`` loaded here)."""
+    if arrays is None:
+        arrays = datasets.load_arrays(config.data.dataset, **config_lib.load_options(config.data))
     mds = [members_lib.make_member(arrays, s, **config_lib.member_options(config))
            for s in members_lib.seeds(config.seed, config.num_seeds)]
     config_lib.check_batch_sizes(config.data, len(mds[0].splits.train_labels),
@@ -100,7 +105,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             without a hold-out; "selected" = test accuracy at the evaluation with the best
             hyper-validation accuracy, else at the final step),
          "best_step": [K] (step of the best test accuracy),
-         "per_class_accuracy": {"per_seed": [K][C], "mean": [C]} (final, test set),
+         "per_class_accuracy": {"per_seed": [K][C], "mean": [C]} (final, test set; null for
+            a class with no test example, 0/0 being undefined, not 0; "mean" over the members
+            whose test split has the class),
+         "mean_class_accuracy", "worst_class_accuracy": {"per_seed", "mean", "ci95", ...} of
+            each member's mean and lowest per-class accuracy over the classes present in its
+            test split (absent ones left out; None if a member has no class),
+         "worst_class": [K] (that lowest class; the lower index on ties),
          "all_zero_steps": [K] (steps whose weights were all 0),
          "wall_time_s" (all invocations), "steps_per_s" (training loop of the last invocation,
          input pipeline, logging and checkpoints included, evaluation and compilation not;
@@ -114,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     metrics.jsonl records: ``{"step", "split": "train", "seed", <means of the step metrics
     since the last log, e.g. train_loss, weighted_loss, w_mean_noisy, all_zero (fraction of
     steps)>, "steps_per_s"}`` and ``{"step", "split": "test"|"hyperval", "seed", "accuracy",
-    "loss", "per_class_accuracy": [C]}``.
+    "loss", "per_class_accuracy": [C]}`` (null for a class without examples in the split).
     """
     from tqdm.auto import tqdm  # A notebook widget in Jupyter, a console bar elsewhere.
 
@@ -125,9 +136,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         _optional.require("tensorflow", backends.TFDATA)  # Now, not after loading the data.
     workdir_lib.check_or_write_config(wd, config, write=False)  # Another run's workdir: fail now.
     t_invocation = time.time()
-    run = build_run(config)  # Loads the data and checks the sizes: may fail, nothing written.
+    arrays = datasets.load_arrays(config.data.dataset, **config_lib.load_options(config.data))
+    # Resuming on data regenerated at the same path (other rows): fail now.
+    data_fingerprint = datasets.fingerprint(arrays)
+    workdir_lib.check_or_write_fingerprint(wd, data_fingerprint, write=False)
+    run = build_run(config, arrays)  # Checks the sizes: may fail, nothing written.
+    del arrays  # The members hold their splits.
     wd.mkdir(parents=True, exist_ok=True)
     workdir_lib.check_or_write_config(wd, config)
+    workdir_lib.check_or_write_fingerprint(wd, data_fingerprint)
     loop, feed = config.loop, config_lib.feed(config, config.loop.backend)
     members, K = run.members, len(run.members)
     seeds = [md.seed for md in members]
@@ -143,12 +160,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     manager = workdir_lib.checkpoint_manager(wd, loop.keep_checkpoints)
     host_carry, start_step, meta = run.carry0, 0, {"history": [], "elapsed_s": 0.0}
     if manager.latest_step() is not None:
-        start_step = manager.latest_step()
         finished = workdir_lib.read_results(wd)
-        if start_step == run.total_steps and finished is not None:
+        if manager.latest_step() == run.total_steps and finished is not None:
             manager.close()
             return finished  # Finished before: nothing to do.
-        carry, meta = workdir_lib.restore_checkpoint(manager, start_step, host_carry)
+        # The newest step that restores (a damaged one is skipped, with a warning).
+        start_step, carry, meta = workdir_lib.restore_latest(manager, host_carry)
         host_carry = tuple(carry)
         log.info("Resuming %s from step %d.", wd, start_step)
     carries = [sharding.replicate(jax.tree.map(lambda x: x[g], host_carry), mesh)
@@ -183,11 +200,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             if K > 1:
                 scalars.update({f"{split}/accuracy/seed_{sd}": float(a)
                                 for sd, a in zip(seeds, s["accuracy"])})
+            per_class = results_lib.undefined_to_none(s["per_class_accuracy"])  # null: absent
             writer.write([{"step": step, "split": split, "seed": seeds[k],
                            "accuracy": float(s["accuracy"][k]), "loss": float(s["loss"][k]),
-                           "per_class_accuracy": s["per_class_accuracy"][k].tolist()}
+                           "per_class_accuracy": per_class[k]}
                           for k in range(K)], scalars, step)
-            out[split] = {k: v.tolist() for k, v in s.items()}
+            out[split] = {"accuracy": s["accuracy"].tolist(), "loss": s["loss"].tolist(),
+                          "per_class_accuracy": per_class}
         return out
 
     stop_at = min(run.total_steps, loop.stop_after_steps or run.total_steps)

@@ -169,6 +169,39 @@ def check_or_write_config(workdir: PathLike, config, write: bool = True) -> None
         write_json(p, current)
 
 
+# ----------------------------------------------------------------------------- data fingerprint
+
+DATA_FINGERPRINT = "data_fingerprint.json"
+_FINGERPRINT_PARTS = ("shapes", "labels", "pixels")
+
+
+def check_or_write_fingerprint(workdir: PathLike, fingerprint: dict, write: bool = True) -> None:
+    """Raises ValueError if ``workdir`` records a run trained on other data than
+    ``fingerprint`` (``datasets.fingerprint`` of the loaded data), else (``write``, on process
+    0, atomically) records it in ``<workdir>/data_fingerprint.json``. A run recorded before
+    the file existed gets it at its next start (nothing to compare then).
+
+    The error is one line naming what changed: the shapes (with the old and new ones), the
+    labels (any label, the class count or names), the pixels (a fixed sample of rows).
+    """
+    p = path(workdir) / DATA_FINGERPRINT
+    if p.exists():
+        recorded = read_json(p)
+        changed = [k for k in _FINGERPRINT_PARTS if recorded.get(k) != fingerprint[k]]
+        if changed:
+            old, new = recorded.get("shapes") or {}, fingerprint["shapes"]
+            shapes = "; ".join(f"{k} {tuple(old[k]) if k in old else 'absent'} -> "
+                               f"{tuple(new[k]) if k in new else 'absent'}"
+                               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            raise ValueError(
+                f"workdir {os.fspath(workdir)!r} holds a run trained on other data: its "
+                f"{' and '.join(changed)} changed since{f' ({shapes})' if shapes else ''}; "
+                f"resume with the data the run was trained on, or use a new workdir.")
+        return
+    if write:
+        write_json(p, fingerprint)
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -320,6 +353,40 @@ def restore_checkpoint(manager, step: int, like) -> tuple[Any, dict]:
     restored = manager.restore(step, args=ocp.args.Composite(
         carry=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored.carry, restored.meta
+
+
+def restore_latest(manager, like) -> tuple[int, Any, dict] | None:
+    """``(step, carry, meta)`` of the newest checkpoint that restores; None without any.
+
+    A step that cannot be restored (files cut short or damaged) is skipped with one warning
+    naming it and the step restored instead, and deleted: orbax saves no step at or before
+    its newest one, so a damaged newest step would otherwise stop the run from checkpointing
+    again until it passes that step.
+
+    Raises:
+      ValueError: checkpoints exist but none restores (one line, naming the steps).
+    """
+    failed = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            carry, meta = restore_checkpoint(manager, step, like)
+        except Exception as e:  # noqa: BLE001 -- orbax raises many kinds for damaged files.
+            failed.append((step, " ".join(f"{type(e).__name__}: {e}".split())[:200]))
+            continue
+        if failed:
+            log.warning("Checkpoint step(s) %s in %s cannot be restored (%s); resuming from "
+                        "step %d instead, and deleting them.",
+                        ", ".join(str(f) for f, _ in failed), manager.directory, failed[0][1],
+                        step)
+            for bad, _ in failed:
+                manager.delete(bad)
+        return step, carry, meta
+    if failed:
+        raise ValueError(
+            f"no checkpoint in {os.fspath(manager.directory)!r} can be restored (steps "
+            f"{', '.join(str(f) for f, _ in failed)}; newest: {failed[0][1]}); move the "
+            f"checkpoints/ folder away to start over.")
+    return None
 
 
 def jax_tree_abstract(tree):

@@ -4,6 +4,8 @@ import base64
 import json
 import os
 import re
+from html.parser import HTMLParser
+from unittest import mock
 
 import jax
 import numpy as np
@@ -98,21 +100,26 @@ def planted(tmp_path_factory):
         "image": x_tr, "label": y_obs, "true_label": y_true, "is_noisy": noisy, "source_index": tr
     }
     test = {"image": x_te, "label": y_te}
-    res = audit.run_audit(
-        apply_fn,
-        feature_fn,
-        params,
-        model_state,
-        test=test,
-        train=train,
-        out_dir=out_dir,
-        config=_small_config(),
-        example_weights=weights,
-        attributes={"corner_patch": cue},
-        title="planted-bias check",
-    )
+    from l2rw_jax.audit import report
+
+    # The Sections as run_audit hands them to the report (to re-render them cheaply).
+    with mock.patch.object(report, "write_report", wraps=report.write_report) as written:
+        res = audit.run_audit(
+            apply_fn,
+            feature_fn,
+            params,
+            model_state,
+            test=test,
+            train=train,
+            out_dir=out_dir,
+            config=_small_config(),
+            example_weights=weights,
+            attributes={"corner_patch": cue},
+            title="planted-bias check",
+        )
     return {
         "res": res,
+        "sections": written.call_args.args[2],
         "out_dir": out_dir,
         "apply_fn": apply_fn,
         "feature_fn": feature_fn,
@@ -276,6 +283,96 @@ def test_report_renders_section_by_section(planted):
     assert "<a href='#shift'>1. Distribution shift</a>" in page
     assert "<td class=\"l\">auc</td><td>0.6250</td>" in page
     assert f"data:image/png;base64,{png}" in page and "Only 3 batches were scored." in page
+
+
+HOSTILE = ("<script>alert(1)</script>", '"><img src=x onerror=y>', "&amp;", "<b onmouseover='z'>")
+# The tags the report writes itself, and no event-handler attribute anywhere.
+REPORT_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "b",
+               "code", "nav", "a", "div", "ul", "li", "table", "tr", "th", "td", "figure", "img",
+               "figcaption", "sub"}
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.attrs, self.text = set(), [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attrs += [name for name, _ in attrs]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_whole_report_escapes_every_user_string(planted):
+    # Class names (folder names, npz class_names), the title, run facts, attribute names, notes
+    # and a section of the user's own: all hostile. The page shows each as text and none as
+    # markup.
+    from l2rw_jax.audit import report
+    from l2rw_jax.audit import sections
+
+    names = [HOSTILE[k % len(HOSTILE)] + (f" {k}" if k >= len(HOSTILE) else "")
+             for k in range(10)]
+    res = report.to_jsonable(planted["res"])
+    meta = {**res["meta"], "class_names": names, "title": HOSTILE[0],
+            "run": {HOSTILE[1]: HOSTILE[2], "dataset": f"folder:/data/{HOSTILE[3]}"}}
+    attr = HOSTILE[1]
+    done = []
+    for s in planted["sections"]:
+        results = report.to_jsonable(s.results)
+        if s.name == "biases":
+            results["attributes"] = {(attr if k == "corner_patch" else k): v
+                                     for k, v in results["attributes"].items()}
+            for g in results["largest_over_representation"]:
+                g["attribute"] = attr if g["attribute"] == "corner_patch" else g["attribute"]
+        done.append(s._replace(results=results, notes=[*s.notes, HOSTILE[3]]))
+    png = report.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
+                            "pgd_accuracy": [1, 0.4], "clean_accuracy": 1.0})
+    done.append(sections.Section("mine", HOSTILE[0], {HOSTILE[1]: HOSTILE[2], "n": 3},
+                                 {HOSTILE[3]: png}, [HOSTILE[0]]))
+    page = report.render_html(meta, done)
+    parsed = _Page()
+    parsed.feed(page)
+    assert parsed.tags <= REPORT_TAGS, parsed.tags - REPORT_TAGS
+    assert not [a for a in parsed.attrs if a.startswith("on")]
+    for raw in ("<script", "<img src=x", "onerror=y>", "<b onmouseover"):
+        assert raw not in page
+    text = "".join(parsed.text)
+    for hostile in HOSTILE:  # shown literally ("&amp;" as the five characters, not as "&")
+        assert hostile in text
+    # Every class's name is on the page as text (the biases caption lists them all).
+    for name in names:
+        assert f"{name}: " in text
+    # The report written by run_audit (no hostile strings) holds only the report's own tags.
+    with open(os.path.join(planted["out_dir"], "report.html")) as f:
+        written = _Page()
+        written.feed(f.read())
+    assert written.tags <= REPORT_TAGS and not [a for a in written.attrs if a.startswith("on")]
+
+
+def test_a_class_absent_from_the_test_split_is_left_out_of_the_audit_accuracies(planted):
+    # Its accuracy is undefined (0/0), not 0: no entry, not the worst class, not in the mean.
+    from l2rw_jax.audit import run as run_lib
+    from l2rw_jax.audit import sections
+
+    keep = planted["test"]["label"] != 3
+    test = {"image": planted["test"]["image"][keep], "label": planted["test"]["label"][keep]}
+    c = _small_config()
+    c.num_mistakes = 1
+    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                             test, planted["train"], c, None, None, 0.0, 1.0, None)
+    s = sections.mistakes_section(inputs, c, np.random.default_rng(0))
+    m = s.results
+    pred = inputs.logits_test.argmax(1)
+    y = test["label"]
+    expected = {str(k): float(np.mean(pred[y == k] == k)) for k in range(10) if k != 3}
+    assert m["per_class_accuracy"] == pytest.approx(expected)
+    assert m["mean_class_accuracy"] == pytest.approx(np.mean(list(expected.values())))
+    worst = min(expected, key=lambda k: (expected[k], int(k)))
+    assert m["worst_class"] == int(worst) != 3
+    assert m["worst_class_accuracy"] == pytest.approx(expected[worst])
+    assert any("[3]" in note and "no test example" in note for note in s.notes)
 
 
 def test_bad_inputs_fail_before_any_work(planted, tmp_path):

@@ -77,11 +77,11 @@ def test_translation_hands_each_library_call_its_group():
     correction = {k: scheme_options.pop(k) for k in ("correction", "correction_at")}
     assert config_lib.weighing(c.method) == ("l2rw", scheme_options)
     # The loss correction is not a scheme option: it wraps the scheme from step E on.
-    assert correction == {"correction": "glc", "correction_at": 0.1}
-    c.num_steps = 1500
-    assert config_lib.correction_steps(c) == 150
-    c.method.l2rw.correction = "none"
+    assert correction == {"correction": "none", "correction_at": 0.1}
     assert config_lib.correction_steps(c) == 0
+    c.num_steps, c.method.l2rw.correction = 1500, "glc"
+    assert config_lib.correction_steps(c) == 150
+    assert config_lib.weighing(c.method) == ("l2rw", scheme_options)
     c.method.name = "mwnet"
     assert config_lib.weighing(c.method) == ("mwnet", dict(
         hidden=100, meta_lr=1e-3, meta_weight_decay=1e-4, normalize=True))

@@ -448,3 +448,186 @@ def test_flip_ratio_outside_unit_interval_raises(fn, ratio):
 def test_flip_labels_out_of_range_raise():
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\).*\[7\]"):
         corruption.uniform_flip(np.array([0, 1, 7]), 5, 0.5, 0)
+
+
+# ----------------------------------------------------------------------------- pair, asymmetric,
+# transition, labels as given
+
+
+def _uneven_labels(seed: int = 0) -> np.ndarray:
+    """Classes of different sizes (7, 13, 20, ..., 7 + 13 c, shuffled) so per-class counts
+    matter."""
+    sizes = 7 + 13 * np.arange(C)
+    return np.random.default_rng(seed).permutation(np.repeat(np.arange(C), sizes))
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.2, 0.45, 0.5, 0.999])
+def test_pair_flip_exact_per_class_counts_against_brute_force(ratio):
+    true = _uneven_labels()
+    c = corruption.pair_flip(true, C, ratio, seed=5)
+    np.testing.assert_array_equal(c.true_labels, true)
+    np.testing.assert_array_equal(c.is_noisy, c.labels != true)
+    for k in range(C):
+        n_k = int(np.sum(true == k))
+        # Brute force of round half up: the smallest integer m with |m - r n| minimal, ties up.
+        want = min(range(n_k + 1), key=lambda m: (abs(m - ratio * n_k), -m))
+        assert int(np.sum(c.is_noisy & (true == k))) == want
+        # Every flipped example of class k reads k + 1 mod C; never its own class.
+        assert set(c.labels[c.is_noisy & (true == k)].tolist()) <= {(k + 1) % C}
+    assert not np.any(c.labels[c.is_noisy] == true[c.is_noisy])
+
+
+def test_asymmetric_flip_exact_counts_only_mapped_classes_and_the_presets():
+    true = _uneven_labels(1)
+    c = corruption.asymmetric_flip(true, C, 0.4, seed=2, noise_map="cifar10")
+    assert corruption.class_map("cifar10") == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+    for k in range(C):
+        n_k = int(np.sum(true == k))
+        flipped = c.is_noisy & (true == k)
+        if k in corruption.NOISE_MAPS["cifar10"]:
+            assert int(flipped.sum()) == int(np.floor(0.4 * n_k + 0.5))
+            assert set(c.labels[flipped].tolist()) == {corruption.NOISE_MAPS["cifar10"][k]}
+        else:
+            assert not flipped.any()
+    # A map given as a mapping (string keys, as a JSON config stores them) or a string.
+    m = corruption.asymmetric_flip(true, C, 0.4, seed=2, noise_map={"9": 1, "2": 0, "4": 7,
+                                                                    "3": 5, "5": 3})
+    np.testing.assert_array_equal(m.labels, c.labels)
+    s = corruption.asymmetric_flip(true, C, 0.4, seed=2, noise_map="9:1, 2:0,4:7,3:5,5:3")
+    np.testing.assert_array_equal(s.labels, c.labels)
+    assert corruption.class_map("mnist") == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
+
+
+def test_transition_flip_empirical_matrix_within_three_standard_errors():
+    t = np.array([[0.7, 0.2, 0.1, 0.0], [0.0, 0.9, 0.05, 0.05], [0.25, 0.25, 0.25, 0.25],
+                  [0.0, 0.0, 0.0, 1.0]])
+    true = np.arange(100_000) % 4
+    c = corruption.transition_flip(true, t, seed=11)
+    for i in range(4):
+        rows = c.labels[true == i]
+        emp = np.bincount(rows, minlength=4) / rows.size
+        se = np.sqrt(t[i] * (1 - t[i]) / rows.size)
+        assert np.all(np.abs(emp - t[i]) <= 3 * se + 1e-12), (i, emp, t[i])
+    assert not np.any(c.labels[true == 3] != 3)  # A row with all its mass on the diagonal.
+    np.testing.assert_array_equal(c.is_noisy, c.labels != true)
+
+
+def test_new_flips_same_seed_same_labels_pinned():
+    y = np.arange(20) % 4
+    assert corruption.pair_flip(y, 4, 0.5, seed=7).labels.tolist() == [
+        1, 2, 2, 0, 0, 2, 2, 3, 1, 1, 3, 0, 0, 1, 3, 0, 1, 2, 3, 3]
+    assert corruption.asymmetric_flip(np.arange(20) % 10, 10, 0.5, seed=7).labels.tolist() == [
+        0, 1, 0, 5, 7, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 3, 6, 7, 8, 1]
+    t = [[0.8, 0.2, 0, 0], [0, 0.7, 0.3, 0], [0.1, 0.1, 0.7, 0.1], [0, 0, 0, 1]]
+    assert corruption.transition_flip(y, t, seed=7).labels.tolist() == [
+        0, 2, 2, 3, 0, 2, 0, 3, 0, 1, 2, 3, 0, 1, 2, 3, 1, 2, 2, 3]
+    for fn in (lambda s: corruption.pair_flip(y, 4, 0.3, s),
+               lambda s: corruption.transition_flip(y, t, s)):
+        np.testing.assert_array_equal(fn(3).labels, fn(3).labels)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: corruption.pair_flip(np.arange(10) % 5, 5, 1.0, 0), r"ratio .* \[0, 1\) .*1\.0"),
+        (lambda: corruption.pair_flip(np.arange(10) % 5, 5, -0.1, 0), r"\[0, 1\)"),
+        (lambda: corruption.asymmetric_flip(np.arange(10) % 5, 5, 0.2, 0, noise_map={3: 7}),
+         r"names class 7, outside \[0, 5\)"),
+        (lambda: corruption.asymmetric_flip(np.arange(10) % 5, 5, 0.2, 0, noise_map={2: 2}),
+         r"maps class 2 to itself"),
+        (lambda: corruption.class_map("cifar100"), r"preset \(cifar10, mnist\)"),
+        (lambda: corruption.class_map("1:x"), r"'1': 'x' is not a pair of integer"),
+        (lambda: corruption.check_transition(np.eye(3), 4), r"4 x 4 .*got shape \(3, 3\)"),
+        (lambda: corruption.check_transition(np.ones(3)), r"C x C .*got shape \(3,\)"),
+        (lambda: corruption.check_transition([[1.2, -0.2], [0, 1]]),
+         r"T\[0, 1\] = -0\.2"),
+        (lambda: corruption.check_transition([[0.5, 0.4], [0, 1]]), r"row 0 sums to 0\.9"),
+        (lambda: corruption.check_transition([[1, 0], [0, 0]]),
+         r"row 1 sums to 0\.0 \(put T\[1, 1\] = 1"),
+    ],
+)
+def test_new_flips_bad_input_one_line_errors(call, match):
+    with pytest.raises(ValueError, match=match) as e:
+        call()
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("noise,kw", [
+    ("pair", dict(ratio=0.45)),
+    ("asymmetric", dict(ratio=0.4, noise_map="cifar10")),
+    ("transition", dict(noise_matrix=np.full((C, C), 1 / C))),
+])
+def test_make_splits_new_noise_clean_set_balanced_never_corrupted(noise, kw):
+    y = _balanced_labels(30)
+    x = _id_images(len(y), 0)
+    s = corruption.make_splits(x, y, x[:10], y[:10], num_classes=C, noise=noise,
+                               clean_per_class=3, seed=4, **kw)
+    assert np.bincount(s.clean_labels, minlength=C).tolist() == [3] * C
+    np.testing.assert_array_equal(s.clean_labels, y[_ids(s.clean_x)])  # Never corrupted.
+    np.testing.assert_array_equal(s.train_true_labels, y[s.train_source_index])
+    assert s.truth_known and s.train_is_noisy.any()
+    assert not np.intersect1d(s.clean_source_index, s.train_source_index).size
+
+
+def test_hyper_validation_is_corrupted_like_the_training_set():
+    from l2rw_jax import members
+
+    y = _balanced_labels(30)
+    x = _id_images(len(y), 0)
+    s = corruption.make_splits(x, y, x[:10], y[:10], num_classes=C, noise="pair", ratio=0.45,
+                               clean_per_class=3, seed=4)
+    train, hv = members.hold_out(s, 60, seed=4)
+    # The held-out rows keep their observed (pair-flipped) labels: noisy at the same rate.
+    rows = np.searchsorted(s.train_source_index, hv.test_source_index)
+    np.testing.assert_array_equal(hv.test_labels, s.train_labels[rows])
+    flipped = hv.test_labels != y[hv.test_source_index]
+    assert flipped.any()
+    np.testing.assert_array_equal(hv.test_labels[flipped],
+                                  (y[hv.test_source_index][flipped] + 1) % C)
+
+
+def test_make_splits_given_labels_with_truth():
+    y_true = _balanced_labels(30)
+    y_obs = y_true.copy()
+    y_obs[::4] = (y_obs[::4] + 3) % C
+    x = _id_images(len(y_true), 0)
+    s = corruption.make_splits(x, y_obs, x[:10], y_true[:10], num_classes=C, noise="given",
+                               clean_per_class=2, seed=1, y_train_true=y_true)
+    assert s.truth_known
+    np.testing.assert_array_equal(s.train_labels, y_obs[s.train_source_index])
+    np.testing.assert_array_equal(s.train_true_labels, y_true[s.train_source_index])
+    np.testing.assert_array_equal(s.train_is_noisy, s.train_labels != s.train_true_labels)
+    # The clean set is drawn (class-balanced) by the truth and carries it.
+    np.testing.assert_array_equal(s.clean_labels, y_true[s.clean_source_index])
+    assert np.bincount(s.clean_labels, minlength=C).tolist() == [2] * C
+    # Without the truth: labels as given, the truth unknown.
+    u = corruption.make_splits(x, y_obs, x[:10], y_true[:10], num_classes=C, noise="given",
+                               clean_per_class=2, seed=1)
+    assert not u.truth_known and not u.train_is_noisy.any()
+    np.testing.assert_array_equal(u.train_labels, y_obs[u.train_source_index])
+    # The counts that need the truth: known with it, absent (None, not 0) without.
+    assert corruption.split_stats(s)["num_noisy"] == int(s.train_is_noisy.sum()) > 0
+    stats = corruption.split_stats(u)
+    assert stats["num_noisy"] is None and stats["noisy_per_true_class"] is None
+    assert stats["num_train"] == len(u.train_labels)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(noise="given", y_train_true=np.zeros(5, int)), r"y_train_true has 5 labels, y_train 300"),
+    (dict(noise="given", y_train_true=np.full(300, C)), r"y_train_true must lie in \[0, 10\)"),
+    (dict(noise="uniform", ratio=0.2, y_train_true=np.zeros(300, int)),
+     r"only with noise 'given'.*'uniform'"),
+    (dict(noise="transition", noise_matrix=np.eye(3)), r"10 x 10 .*\(3, 3\)"),
+    (dict(noise="transition"), r"needs noise_matrix"),
+    (dict(noise="pair", ratio=1.0), r"\[0, 1\) for noise 'pair'"),
+    (dict(noise="asymmetric", ratio=0.2, noise_map={1: 10}), r"class 10, outside \[0, 10\)"),
+    (dict(noise="uniform", ratio=0.2, noise_map="cifar10"), r"only applies to noise 'asymm"),
+    (dict(noise="given", ratio=0.2), r"ratio=0.2 only applies"),
+])
+def test_make_splits_new_noise_bad_input(kw, match):
+    y = _balanced_labels(30)
+    x = _id_images(len(y), 0)
+    with pytest.raises(ValueError, match=match) as e:
+        corruption.make_splits(x, y, x[:10], y[:10], num_classes=C, clean_per_class=2, seed=0,
+                               **kw)
+    assert "\n" not in str(e.value)

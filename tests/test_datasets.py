@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -194,9 +195,61 @@ def test_float_images_in_unit_interval_become_round_255x():
     np.testing.assert_array_equal(a.x_train[1, ..., 0].ravel(), k)  # k / 255 -> k exactly.
     np.testing.assert_array_equal(a.x_train[0, ..., 0].ravel()[3:], k[3:])
     assert a.x_train[0, 0, :3, 0].tolist() == [128, 127, 1]
-    for bad, shown in ((np.nan, "nan"), (1.0 + 1e-6, "1.000001"), (-1e-3, "-0.001")):
+    for bad, shown in ((1.0 + 1e-6, "1.000001"), (-1e-3, "-0.001"), (np.inf, "max inf")):
         with pytest.raises(ValueError, match=rf"x_test is float, so it must lie in .*{shown}"):
             datasets.make_arrays(x, [0, 1], np.full((1, 16, 16), bad), [1])
+
+
+def test_nan_pixels_are_named_as_nan():
+    x = np.full((2, 4, 4), 0.5)
+    x[1, 2, 3] = np.nan
+    x[1, 3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"^x_train holds 2 NaN pixel value\(s\) \(first at index "
+                                         r"\(1, 2, 3\)\); float images must lie in \[0, 1\]\.$"):
+        datasets.make_arrays(x, [0, 1], x[:1], [1])
+
+
+CHANNEL_FIRST = [
+    ((6, 1, 28, 28), (6, 28, 28, 1)),  # MNIST as torchvision gives it
+    ((6, 3, 32, 32), (6, 32, 32, 3)),  # CIFAR
+    ((6, 4, 9, 7), (6, 9, 7, 4)),  # RGBA, not square
+]
+
+
+@pytest.mark.parametrize("shape,fixed", CHANNEL_FIRST)
+def test_channel_first_arrays_are_refused_with_the_transpose(tmp_path, shape, fixed):
+    x = np.zeros(shape, np.uint8)
+    y = np.arange(6) % 2
+    message = re.escape(
+        f"x_train has shape {shape}, which is channel-first (N x C x H x W, PyTorch's layout); "
+        f"images must be channel-last N x H x W x C: pass x_train.transpose(0, 2, 3, 1) (shape "
+        f"{fixed}).") + "$"
+    good = np.zeros(fixed, np.uint8)
+    # make_arrays (notebooks), save_arrays (nothing written), an npz written by other code.
+    with pytest.raises(ValueError, match="^" + message):
+        datasets.make_arrays(x, y, good, y)
+    with pytest.raises(ValueError, match="^" + message):
+        datasets.save_arrays(tmp_path / "s.npz", x, y, good, y)
+    assert not list(tmp_path.iterdir())
+    np.savez(tmp_path / "t.npz", x_train=x, y_train=y, x_test=good, y_test=y)
+    with pytest.raises(ValueError, match=rf"^npz '{re.escape(str(tmp_path))}/t.npz': " + message):
+        datasets.load_arrays(f"npz:{tmp_path}/t.npz")
+    # The transpose the message names is the fix.
+    a = datasets.make_arrays(x.transpose(0, 2, 3, 1), y, good, y)
+    assert a.x_train.shape == fixed
+    # The test split is checked too, by its own name.
+    with pytest.raises(ValueError, match=r"^x_test has shape .* pass x_test.transpose"):
+        datasets.make_arrays(good, y, x, y)
+
+
+@pytest.mark.parametrize("shape", [(5, 28, 28, 1), (5, 32, 32, 3), (5, 3, 3, 3), (5, 1, 8, 1),
+                                   (5, 4, 4, 4), (5, 3, 4, 2)])
+def test_channel_last_arrays_are_not_taken_for_channel_first(shape):
+    # Channel-last shapes, also tiny or odd ones: their last axis is a channel count, or
+    # axis 2 is too small to be an image height.
+    a = datasets.make_arrays(np.zeros(shape, np.uint8), np.arange(5) % 2,
+                             np.zeros(shape, np.uint8)[:2], [0, 1])
+    assert a.x_train.shape == shape
 
 
 def test_save_arrays_round_trip_atomic_and_checked_first(tmp_path):
@@ -205,7 +258,7 @@ def test_save_arrays_round_trip_atomic_and_checked_first(tmp_path):
     y = np.arange(10) % 3
     name = datasets.save_arrays(
         tmp_path / "d" / "s.npz", x, y, x[:4], y[:4], x_clean=x[:2], y_clean=y[:2],
-        class_names=["a", "b", "c"], num_classes=3,
+        class_names=["a", "b", "c"], num_classes=3, y_train_true=(y + 1) % 3,
     )
     path = str(tmp_path / "d" / "s.npz")
     assert name == "npz:" + path and datasets.check_name(name) == name
@@ -214,6 +267,7 @@ def test_save_arrays_round_trip_atomic_and_checked_first(tmp_path):
     np.testing.assert_array_equal(a.x_clean, a.x_train[:2])
     assert a.y_clean.tolist() == [0, 1] and a.class_names == ("a", "b", "c")
     assert a.num_classes == 3 and a.name == name
+    np.testing.assert_array_equal(a.y_train_true, (y + 1) % 3)
     with np.load(path) as f:
         assert sorted(f.files) == sorted(datasets.NPZ_KEYS + datasets.NPZ_OPTIONAL_KEYS)
         assert f["x_train"].dtype == np.uint8 and int(f["num_classes"]) == 3

@@ -80,9 +80,10 @@ def test_folder_jpeg(tmp_path):
     "change,match",
     [
         (lambda r: Image.fromarray(np.zeros((5, 5), np.uint8)).save(r / "test/a_cat/v.png"),
-         r"test/a_cat/v.png is 5x5 \(HxW\) mode 'L'; expected 5x4 mode 'L' like train/a_cat/a.png"),
+         r"test/a_cat/v.png is 5x5 \(HxW, upright\) mode 'L'; expected 5x4 mode 'L' like "
+         r"train/a_cat/a.png"),
         (lambda r: Image.fromarray(np.zeros((5, 4, 3), np.uint8)).save(r / "train/b_dog/3.png"),
-         r"train/b_dog/3.png is 5x4 \(HxW\) mode 'RGB'; expected 5x4 mode 'L'"),
+         r"train/b_dog/3.png is 5x4 \(HxW, upright\) mode 'RGB'; expected 5x4 mode 'L'"),
         (lambda r: Image.fromarray(np.zeros((5, 4, 4), np.uint8)).save(r / "train/a_cat/0.png"),
          r"train/a_cat/0.png has mode 'RGBA'; allowed: 'L', 'RGB'"),
         (lambda r: (r / "train/a_cat/notes.txt").write_text("hi"),
@@ -139,3 +140,91 @@ def test_folder_and_save_arrays_need_no_tensorflow(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+# What a viewer shows for each EXIF Orientation value, from the tag's definition (EXIF 2.32,
+# Orientation: where the stored row 0 and column 0 are displayed), written out with numpy
+# rather than through Pillow: 1 row 0 top / column 0 left, 2 top / right, 3 bottom / right,
+# 4 bottom / left, 5 left / top, 6 right / top, 7 right / bottom, 8 left / bottom.
+_SHOWN = {
+    1: lambda s: s,
+    2: lambda s: s[:, ::-1],
+    3: lambda s: s[::-1, ::-1],
+    4: lambda s: s[::-1, :],
+    5: lambda s: s.swapaxes(0, 1),
+    6: lambda s: np.rot90(s, k=-1),  # clockwise
+    7: lambda s: np.rot90(s, k=-1)[::-1, :],
+    8: lambda s: np.rot90(s, k=1),  # counter-clockwise
+}
+_ORIENTATION = 0x0112
+
+
+def _save_oriented(path, stored, orientation, mode, **save_kw):
+    exif = Image.Exif()
+    exif[_ORIENTATION] = orientation
+    Image.fromarray(stored, mode).save(path, exif=exif.tobytes(), **save_kw)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_folder_exif_orientation_png_reads_upright(tmp_path, mode):
+    # Upright 5 x 4 (H x W) for every file; the 5..8 files are stored 4 x 5 (turned a quarter),
+    # so the tree loads only if sizes are checked after the orientation is applied.
+    rng = np.random.default_rng(0)
+    expected = {}
+    for o, show in _SHOWN.items():
+        stored_shape = (5, 4) if o <= 4 else (4, 5)
+        stored = rng.integers(0, 256, stored_shape + ((3,) if mode == "RGB" else ()), np.uint8)
+        expected[o] = show(stored)
+        assert expected[o].shape[:2] == (5, 4)
+        cls = "a" if o % 2 else "b"
+        os.makedirs(tmp_path / "train" / cls, exist_ok=True)
+        _save_oriented(tmp_path / "train" / cls / f"{o}.png", stored, o, mode)
+        if o > 1:  # The test can fail: what is stored is not what is shown.
+            assert stored.shape != expected[o].shape or not np.array_equal(stored, expected[o])
+    for cls in ("a", "b"):
+        os.makedirs(tmp_path / "test" / cls, exist_ok=True)
+        Image.fromarray(expected[1], mode).save(tmp_path / "test" / cls / "t.png")
+    a = datasets.load_arrays(f"folder:{tmp_path}")
+    files = [os.path.basename(p) for p, _ in image_folder.list_images(tmp_path, "train")]
+    assert files == ["1.png", "3.png", "5.png", "7.png", "2.png", "4.png", "6.png", "8.png"]
+    assert a.x_train.shape == (8, 5, 4, 1 if mode == "L" else 3)
+    for i, f in enumerate(files):
+        got = a.x_train[i, ..., 0] if mode == "L" else a.x_train[i]
+        np.testing.assert_array_equal(got, expected[int(f[0])])  # PNG: lossless, exact.
+
+
+def test_folder_exif_orientation_jpeg_phone_photos(tmp_path):
+    # JPEG is lossy, so the grid is made of constant 8 x 8 blocks on JPEG's own block grid with
+    # levels 0, 85, 170, 255: at quality 95 a constant block is coded by its DC term alone and
+    # comes back within a few grey levels (measured max error here: <= 1), while a wrong
+    # orientation moves blocks of other levels (errors >= 85). Tolerance 4 separates the two.
+    blocks = np.array([[0, 85, 170], [255, 170, 0]], np.uint8)  # 2 x 3 blocks: not symmetric
+    upright = np.kron(blocks, np.ones((8, 8), np.uint8))  # 16 x 24
+    inverse = {1: upright, 3: upright[::-1, ::-1], 6: np.rot90(upright, k=1),
+               8: np.rot90(upright, k=-1)}  # stored so that _SHOWN[o](stored) is upright
+    for o, stored in inverse.items():
+        np.testing.assert_array_equal(_SHOWN[o](stored), upright)
+        for split in ("train", "test"):
+            cls = "a" if o in (1, 3) else "b"
+            os.makedirs(tmp_path / split / cls, exist_ok=True)
+            _save_oriented(tmp_path / split / cls / f"{o}.jpg", np.ascontiguousarray(stored), o,
+                           "L", quality=95)
+    a = datasets.load_arrays(f"folder:{tmp_path}")
+    assert a.x_train.shape == (4, 16, 24, 1)
+    for x in (a.x_train, a.x_test):
+        err = np.abs(x[..., 0].astype(int) - upright.astype(int))
+        assert err.max() <= 4
+
+
+def test_folder_size_is_checked_upright(tmp_path):
+    # Stored 5 x 4 like the first file, but Orientation 6 shows it 4 x 5: refused, naming it.
+    os.makedirs(tmp_path / "train" / "a")
+    os.makedirs(tmp_path / "train" / "b")
+    os.makedirs(tmp_path / "test" / "a")
+    grid = np.zeros((5, 4), np.uint8)
+    Image.fromarray(grid, "L").save(tmp_path / "train" / "a" / "1.png")
+    Image.fromarray(grid, "L").save(tmp_path / "test" / "a" / "1.png")
+    _save_oriented(tmp_path / "train" / "b" / "r.png", grid, 6, "L")
+    with pytest.raises(ValueError, match=r"train/b/r\.png is 4x5 \(HxW, upright\) mode 'L'; "
+                                         r"expected 5x4"):
+        datasets.load_arrays(f"folder:{tmp_path}")

@@ -79,10 +79,10 @@ def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "experiments.protocol", f"--workdir={tmp_path}/w",
          "--settings=digits_uniform40", "--num_steps=20", "--num_seeds=2",
-         "--methods=erm,l2rw,recommended,finetune", f"--results_dir={res}"],
+         "--methods=erm,l2rw,recommended,finetune,oracle", f"--results_dir={res}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    methods = ["erm", "l2rw", "recommended", "finetune"]
+    methods = ["erm", "l2rw", "recommended", "finetune", "oracle"]
     for ext in ("md", "json", "png"):
         assert (res / f"protocol_digits_uniform40_steps20.{ext}").stat().st_size > 0
         # A shortened budget never takes the name of the setting's own (full-budget) results.
@@ -109,13 +109,18 @@ def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
     assert "SHORTENED budget" in lines[0]
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     assert header == ["method", "seeds", "final test acc %", "best test acc %",
-                      "best - final (points)", "best step (median)", "steps/s"]
+                      "best - final (points)", "best step (median)", "steps/s", "gap closed %"]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[4:4 + len(methods)]]
     assert [r[0] for r in rows] == methods
     for row, m in zip(rows, methods):
         final = summary["methods"][m]["final_test_accuracy"]
         assert row[1] == "2" and row[2] == (f"{100 * final['mean']:.2f} +- "
                                             f"{100 * final['ci95']:.2f}")
+        gap = summary["methods"][m]["gap_closed"]
+        assert row[-1] == ("-" if gap is None else
+                           f"{100 * gap['mean']:.2f} +- {100 * gap['ci95']:.2f}")
+    gap_erm = summary["methods"]["erm"]["gap_closed"]
+    assert gap_erm is None or gap_erm["per_seed"] == [0.0, 0.0]
     assert lines[4 + len(methods) + 1].startswith("Final test accuracy minus the references' "
                                                   "(points, paired over seeds")
     crit = lines[4 + len(methods) + 3]
@@ -129,3 +134,37 @@ def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
     printed = re.search(r"erm ([+-][0-9.]+) \+- ([0-9.]+)", crit)
     assert printed and abs(float(printed[1]) - d.mean()) <= 0.011
     assert abs(float(printed[2]) - h) <= 0.011
+
+
+def test_gap_closed_against_a_hand_computation():
+    from l2rw_jax import results
+
+    # Seeds: erm 0.50 / 0.60, oracle 0.90 / 0.80, method 0.80 / 0.65:
+    # per seed (0.80 - 0.50) / 0.40 = 0.75 and (0.65 - 0.60) / 0.20 = 0.25.
+    g = results.gap_closed([0.80, 0.65], [0.50, 0.60], [0.90, 0.80])
+    np.testing.assert_allclose(g["per_seed"], [0.75, 0.25])
+    assert g["mean"] == pytest.approx(0.5)
+    # t_{0.975, 1} = 12.706; s = |0.75 - 0.25| / sqrt(2); h = t s / sqrt(2) = 12.706 * 0.25.
+    assert g["ci95"] == pytest.approx(12.7062 * 0.25, rel=1e-4)
+    assert results.gap_closed([0.8], [0.5], [0.5]) is None  # no gap on a seed
+    assert results.gap_closed([0.8, 0.7], [0.5], [0.9]) is None  # seeds differ
+
+
+def test_noise_settings_and_the_oracle_row(monkeypatch):
+    monkeypatch.setenv("L2RW_DEV_DATA", "/dev-copies")
+    for setting, noise, ratio in (("digits_pair45", "pair", 0.45),
+                                  ("digits_uniform20", "uniform", 0.2),
+                                  ("digits_uniform60", "uniform", 0.6),
+                                  ("mnist_mlp_pair45", "pair", 0.45),
+                                  ("mnist_mlp_asymmetric40", "asymmetric", 0.4),
+                                  ("cifar_mlp_pair45", "pair", 0.45)):
+        c = protocol_config.setting_config(setting, "oracle")
+        assert (c.data.noise, c.data.noise_ratio, c.method.name) == (noise, ratio, "oracle")
+        recipe = {"digits": "digits_uniform40", "mnist": "mnist_mlp_uniform40",
+                  "cifar": "cifar_mlp_uniform40"}[setting.split("_")[0]]
+        base = protocol_config.setting_config(recipe, "oracle")
+        # The same recipe: only the noise differs.
+        diff = config_lib.config_differences(base.to_dict(), c)
+        assert set(diff) <= {"data.noise", "data.noise_ratio", "data.noise_map"}, diff
+    asym = protocol_config.setting_config("mnist_mlp_asymmetric40", "erm")
+    assert asym.data.noise_map == "mnist"

@@ -17,6 +17,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+import l2rw_jax
+
 import tiny_data
 from l2rw_jax import adapter
 from l2rw_jax import config as config_lib
@@ -318,9 +320,13 @@ def test_bad_models_fail_with_one_clear_line(npz, tmp_path):
         adapter.adapt(NeedsMode())
     with pytest.raises(ValueError, match="takes a module instance, got the class PlainCNN"):
         adapter.adapt(PlainCNN)
-    with pytest.raises(ValueError, match=r"returns 3 logits for 10 classes"):
+    # The wrong output format is a public exception (a ValueError), exported at the top.
+    with pytest.raises(l2rw_jax.ModelOutputError, match=r"returns 3 logits for 10 classes"):
         models.init_model(models.create_model(SPEC, 10, classes=3), jax.random.key(0),
                           (1, *SHAPE))
+    assert issubclass(l2rw_jax.ModelOutputError, ValueError)
+    assert l2rw_jax.ModelOutputError is adapter.ModelOutputError
+    assert not l2rw_jax.ModelOutputError.__name__.startswith("_")
 
     # No layer returns the logits: the error names the way out, in the library and in training.
     scaled = adapter.adapt(Scaled())

@@ -27,6 +27,13 @@ method per run):
   Measured before it was added (1 seed, 10,000 steps): plain training's training loss falls
   to 0.36 by step 6000 and 0.28 by 10,000 (it fits the flipped labels); its test accuracy
   peaks at 38.8% and is below 31% from step 3500 on.
+- The field's other noises on the same recipes (docs/noise.md), DEFINED, NOT YET RUN:
+  `digits_pair45`, `digits_uniform20`, `digits_uniform60` (the digits recipe);
+  `mnist_mlp_pair45` (pair flip c -> c + 1 mod 10, 45%: Han et al., Co-teaching, NeurIPS
+  2018), `mnist_mlp_asymmetric40` (40% of each of the digits 2, 3, 5, 6, 7 flipped to
+  2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1: the MNIST map of Patrini et al., CVPR 2017, §6, also used by
+  the GLC of Hendrycks et al., NeurIPS 2018; corruption.NOISE_MAPS["mnist"]) (the MNIST MLP
+  recipe); `cifar_mlp_pair45` (the CIFAR MLP recipe).
 - `cifar_fit_uniform40`: DEFINED, NOT RUN (hours on this CPU): cifar10_dev at 40% uniform
   with a wider SmallCNN (32-64-128 channels, 256 hidden), no augmentation and 20,000 steps
   (100 epochs of its ~18,000 noisy images), so that the model can fit (memorise) its training
@@ -56,13 +63,29 @@ from l2rw_jax import config as config_lib
 
 SETTINGS = ("digits_uniform40", "mnist_mlp_uniform40", "mnist_mlp_background40",
             "cifar_underfit_uniform40", "cifar_underfit_background40", "cifar_mlp_uniform40",
-            "cifar_fit_uniform40")
+            "cifar_fit_uniform40", "digits_pair45", "digits_uniform20", "digits_uniform60",
+            "mnist_mlp_pair45", "mnist_mlp_asymmetric40", "cifar_mlp_pair45")
+# The settings on the field's other noises: setting -> (recipe, data.noise, data.noise_ratio).
+_NOISE_SETTINGS = {
+    "digits_pair45": ("digits", "pair", 0.45),
+    "digits_uniform20": ("digits", "uniform", 0.2),
+    "digits_uniform60": ("digits", "uniform", 0.6),
+    "mnist_mlp_pair45": ("mnist_mlp", "pair", 0.45),
+    "mnist_mlp_asymmetric40": ("mnist_mlp", "asymmetric", 0.4),
+    "cifar_mlp_pair45": ("cifar_mlp", "pair", 0.45),
+}
 
 
-def _digits(c):
+def _set_noise(c, noise, ratio):
+    c.data.noise = noise
+    c.data.noise_ratio = ratio
+    if noise == "asymmetric":
+        c.data.noise_map = "mnist"  # 2->7, 3->8, 5<->6, 7->1 (Patrini et al. 2017, §6)
+
+
+def _digits(c, noise="uniform", ratio=0.4):
     c.data.dataset = "digits"       # embedded: sklearn's 8x8 digits (no download)
-    c.data.noise = "uniform"
-    c.data.noise_ratio = 0.4
+    _set_noise(c, noise, ratio)
     c.data.clean_per_class = 10     # 100 trusted examples
     c.data.hyper_val_size = 100
     c.data.batch_size = 50
@@ -83,10 +106,9 @@ def _digits(c):
     c.loop.checkpoint_every = 500
 
 
-def _mnist_mlp(c, noise):
+def _mnist_mlp(c, noise, ratio=0.4):
     c.data.dataset = dev_data.source("mnist")  # genuine MNIST, 60,000 / 10,000
-    c.data.noise = noise
-    c.data.noise_ratio = 0.4
+    _set_noise(c, noise, ratio)
     c.data.clean_per_class = 100    # 1000 clean images
     c.data.hyper_val_size = 1000    # noisy examples held out for hyper-validation
     c.data.batch_size = 100
@@ -105,8 +127,8 @@ def _mnist_mlp(c, noise):
     c.loop.checkpoint_every = 1000
 
 
-def _cifar_mlp(c):
-    _mnist_mlp(c, "uniform")
+def _cifar_mlp(c, noise="uniform", ratio=0.4):
+    _mnist_mlp(c, noise, ratio)
     c.data.dataset = dev_data.source("cifar10_dev")  # 20,000 / 5,000 real CIFAR-10 images
     c.data.augment = False          # as on MNIST: nothing stops it fitting the flips
     c.num_steps = 6000
@@ -152,7 +174,11 @@ def get_config(setting: str = "digits_uniform40"):
         c = robust_protocol.get_config("cifar10_dev")
     else:
         c = config_lib.default_config()
-    if setting == "digits_uniform40":
+    if setting in _NOISE_SETTINGS:
+        recipe, noise, ratio = _NOISE_SETTINGS[setting]
+        {"digits": _digits, "mnist_mlp": _mnist_mlp, "cifar_mlp": _cifar_mlp}[recipe](
+            c, noise, ratio)
+    elif setting == "digits_uniform40":
         _digits(c)
     elif setting == "cifar_fit_uniform40":
         _cifar_fit(c)
@@ -175,17 +201,18 @@ METHODS = {
     "l2rw": {"method": {"name": "l2rw", "l2rw": dict(_DEFAULT_L2RW, **config_lib.PAPER_L2RW)}},
     "recommended": {"method": {"name": "l2rw",
                                "l2rw": dict(_DEFAULT_L2RW, **config_lib.ROBUST_L2RW)}},
+    # The reference: plain training on exactly the correctly labelled rows + the clean set.
+    "oracle": {"method": {"name": "oracle"}},
     "mwnet": {"method": {"name": "mwnet"}},
     "clean_only": {"method": {"name": "clean_only"}},
     # The paper's "+FT": ERM for the setting's steps, then a tenth of them on the clean set
     # (setting_config sets finetune_steps; the budget is 1.1x the others').
     "finetune": {"method": {"name": "finetune"}},
     # Gold Loss Correction (l2rw_jax.correction) with plain weights (weight_map "one": every
-    # w_i = 1 / B, the meta-gradient ignored) and around the paper's rule.
+    # w_i = 1 / B, the meta-gradient ignored). Around the paper's rule or the default: the
+    # ablation token glc (`l2rw+glc`, `recommended+glc`).
     "glc": {"method": {"name": "l2rw", "l2rw": dict(
         _DEFAULT_L2RW, **dict(config_lib.PAPER_L2RW, weight_map="one", correction="glc"))}},
-    "glc_l2rw": {"method": {"name": "l2rw", "l2rw": dict(
-        _DEFAULT_L2RW, **dict(config_lib.PAPER_L2RW, correction="glc"))}},
 }
 # Ablation tokens: option name -> (method.l2rw field, its non-paper value). A method name
 # `<base>(+|-)<token>...` with base l2rw (the paper's rule) or recommended (the default):

@@ -150,9 +150,10 @@ def load_run(workdir: str, member: int = 0) -> dict:
         "is_noisy": splits.train_is_noisy.astype(bool),
         "source_index": splits.train_source_index.astype(np.int64),
     }
-    if cfg.data.noise == "none":
-        # No corruption of ours: the given labels are all we know, so the ground truth is
-        # unknown (label_issues.csv leaves true_label and is_noisy empty), not "all correct".
+    if not splits.truth_known:
+        # No corruption of ours and no true labels: the given labels are all we know, so the
+        # ground truth is unknown (label_issues.csv leaves true_label and is_noisy empty), not
+        # "all correct".
         del train["true_label"], train["is_noisy"]
         if example_weights is not None:
             example_weights = {k: v for k, v in example_weights.items()

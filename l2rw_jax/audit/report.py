@@ -402,7 +402,7 @@ nav a{margin-right:14px}
 
 
 def _img(b64: str, alt: str) -> str:
-    return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}">'
+    return f'<img src="data:image/png;base64,{html.escape(b64)}" alt="{html.escape(alt)}">'
 
 
 def _figure(b64: str | None, caption: str, alt: str) -> str:
@@ -564,7 +564,9 @@ def _render_biases(b_res: dict, figs: dict, names: Sequence[str]) -> tuple[list[
     out = []
     out.append(
         "<p class='caption'>For each class (training images, grouped by their given label, "
-        f"{', '.join(f'{names[int(k)]}: {v}' for k, v in b_res['examples_per_class'].items())} per class): "
+        + html.escape(", ".join(f"{names[int(k)]}: {v}"
+                                for k, v in b_res["examples_per_class"].items()))
+        + " per class): "
         "<b>robust</b> prototypes are the images hardest to push out of the class (largest minimal PGD "
         "eps; ties by logit margin) and criticisms the easiest; <b>MMD</b> prototypes greedily minimise "
         "MMD² to the class in penultimate-feature space, and criticisms maximise |witness| plus a "
@@ -801,9 +803,11 @@ def render_html(meta: dict, sections: Sequence) -> str:
         bodies += body
     out.append("<div class='cards'>" + "".join(cards) + "</div>")
     secs = meta["seconds"]
-    parts = ", ".join(f"{s.title.lower()} {secs.get(s.name, 0):.0f} s" for s in sections)
+    parts = html.escape(", ".join(f"{s.title.lower()} {secs.get(s.name, 0):.0f} s"
+                                  for s in sections))
     out.append(
-        f"<p class='caption'>{meta['n_test']} test and {meta['n_train']} training examples; "
+        f"<p class='caption'>{int(meta['n_test'])} test and {int(meta['n_train'])} training "
+        f"examples; "
         f"audit took {secs.get('total', 0):.0f} s ({parts}). Every number on this page is in "
         "<code>audit.json</code>.</p>"
     )
