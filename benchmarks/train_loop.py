@@ -20,8 +20,10 @@ seeds vmapped; a dispatch-bound step of a few ms) for ERM and L2RW, and MNIST Le
 compute-bound step of the reproduction, 1 seed). ``--repeats=r`` runs each backend's loop r
 times, alternating which goes first, and keeps the median (the machine may be shared).
 
-    L2RW_DEV_DATA=../shared/data python -m benchmarks.train_loop   # -> benchmarks/results/train_loop.json
-    L2RW_DEV_DATA=../shared/data python -m benchmarks.train_loop --quick   # fewer steps, smoke check
+    # -> benchmarks/results/train_loop.json
+    L2RW_DEV_DATA=../shared/data python -m benchmarks.train_loop
+    # fewer steps, a smoke check
+    L2RW_DEV_DATA=../shared/data python -m benchmarks.train_loop --quick
 """
 from __future__ import annotations
 

@@ -40,7 +40,8 @@ _HM_BATCH = flags.DEFINE_integer(
     "hard_mining_batch_size", 500, "Batch size of hard_mining (the official MNIST code mines "
     "batches of 500; the other methods keep the config's).")
 
-# Ren et al. 2018, Figure 3 at p = 0.995 (docs/design.md §4): test error in percent, read off the figure.
+# Ren et al. 2018, Figure 3 at p = 0.995 (docs/design.md §4): test error in percent, read off
+# the figure.
 PAPER_ERROR_0995 = {"erm": 18.2, "hard_mining": 7.7, "l2rw": 3.6}
 
 

@@ -1,5 +1,5 @@
-"""The two-regime CPU protocol (docs/protocol.md): ERM, class-balanced training, the paper's L2RW and
-the recommended default, in settings where plain training memorises the flipped labels.
+"""The two-regime CPU protocol (docs/protocol.md): ERM, class-balanced training, the paper's L2RW
+and the recommended default, in settings where plain training memorises the flipped labels.
 
     L2RW_DEV_DATA=../shared/data python -m experiments.protocol --workdir=workdirs/protocol \\
         [--settings=digits_uniform40,mnist_mlp_uniform40] [--num_steps=8000] [--num_seeds=5]
@@ -27,8 +27,9 @@ acc_erm)` on final test accuracies, then mean +- 95% CI over seeds (also `gap_cl
 method in summary.json); 0 is ERM, 100 the oracle.
 
 Methods: `erm`; `oracle` (plain training on exactly the correctly labelled rows and the clean
-set: the reference a reweighting could reach at best); `resample` (class-balanced plain training: batches drawn class-balanced from
-the noisy labels); `l2rw` (the paper's algorithm, config.PAPER_L2RW); `recommended` (the
+set: the reference a reweighting could reach at best); `resample` (class-balanced plain
+training: batches drawn class-balanced from the noisy labels); `l2rw` (the paper's algorithm,
+config.PAPER_L2RW); `recommended` (the
 library's default method.l2rw options, config.ROBUST_L2RW); and ablations, one option of
 `methods.l2rw` switched at a time: `l2rw+<token>...` (the paper's rule with options on),
 `recommended-<token>...` (the default with options back at the paper's value),

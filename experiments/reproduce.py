@@ -85,7 +85,11 @@ with Pillow into ``<workdir>/data/cifar10_dev.npz``, the very pixels of ``cifar1
 checked here for all 25,000 images, 4 s.) Then one ``run`` call with ``carry=[".carry"]`` and
 ``timeout_s=570`` (the budget plus start-up and a margin), command::
 
-    set -o pipefail; export PYTHONUNBUFFERED=1 PYTHONPATH=$(ls .carry/wheels/ml_collections-*.whl); python3 -m experiments.reproduce --budget_s=480 --data_dir=.carry --workdir=/tmp/reproduce --results_dir=/tmp/reproduce/results --bundle=$OUT/reproduce_results.zip --git_commit=$(cat .carry/commit) 2>&1 | tee $OUT/reproduce_log.txt | grep -v "^[WI]0000"
+    set -o pipefail; export PYTHONUNBUFFERED=1 \\
+      PYTHONPATH=$(ls .carry/wheels/ml_collections-*.whl); \\
+    python3 -m experiments.reproduce --budget_s=480 --data_dir=.carry --workdir=/tmp/reproduce \\
+      --results_dir=/tmp/reproduce/results --bundle=$OUT/reproduce_results.zip \\
+      --git_commit=$(cat .carry/commit) 2>&1 | tee $OUT/reproduce_log.txt | grep -v "^[WI]0000"
 
 Afterwards, here: ``unzip -o <files_at>/reproduce_results.zip -d benchmarks/results``, read
 the tables, commit them; the next window skips the parts they complete and continues a
@@ -754,7 +758,7 @@ def _markdown(part: Part, record: dict) -> str:
                 row.append("-" if r is None else _pm(r["test_error_pct"], 1.0))
             v = paper["values"].get("0.995", {}).get(m)
             rows.append(row + [f"~{v}" if v is not None else "-"])
-        body = [f"Test error % (final step, mean +- 95% CI over seeds; '-': not run).", "",
+        body = ["Test error % (final step, mean +- 95% CI over seeds; '-': not run).", "",
                 common.markdown_table(header, rows)]
     else:
         header = ["method", "steps", "seeds", "final test acc %", "selected (hyper-val) %",

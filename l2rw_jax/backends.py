@@ -25,6 +25,7 @@ from typing import Callable, Iterator, NamedTuple
 import jax
 import numpy as np
 
+from l2rw_jax import _optional
 from l2rw_jax import device_data
 from l2rw_jax import input_pipeline
 from l2rw_jax import members as members_lib
@@ -32,6 +33,7 @@ from l2rw_jax import sharding
 from l2rw_jax import xla_options
 
 EVAL_SPLITS = ("test", "hyperval")
+TFDATA = "the tfdata input backend (loop.backend='tfdata')"  # what needs TensorFlow
 
 
 class Feed(NamedTuple):
@@ -66,7 +68,7 @@ def _stacked(datasets_K: list):
     Why: one ``next()`` per step instead of one per member and stream (each costs about a
     millisecond of host time, as much as a small model's whole step).
     """
-    import tensorflow as tf  # Only the tf.data backend imports TensorFlow.
+    tf = _optional.require("tensorflow", TFDATA)  # Only the tf.data backend imports it.
 
     return tf.data.Dataset.zip(tuple(datasets_K)).map(
         lambda *bs: {k: tf.stack([b[k] for b in bs]) for k in bs[0]},
@@ -98,7 +100,7 @@ def eval_batches(members: list[members_lib.MemberData], feed: Feed) -> dict[str,
 
 def _train_dataset(md: members_lib.MemberData, phase: str, start_step: int, feed: Feed):
     """One member's training stream (tf.data) from ``start_step`` (relative to the phase)."""
-    import tensorflow as tf
+    tf = _optional.require("tensorflow", TFDATA)
 
     splits, rows = members_lib.training_rows(md, phase, feed.resample)
     ds = input_pipeline.train_dataset(
@@ -121,7 +123,7 @@ def host_chunks(members: list[members_lib.MemberData], feed: Feed, start_step: i
     steps instead of per step (each costs about a millisecond of host time, as much as a
     small model's whole step).
     """
-    import tensorflow as tf
+    tf = _optional.require("tensorflow", TFDATA)
 
     for phase, first, end in feed.phases:
         if start_step >= end:

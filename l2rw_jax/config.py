@@ -137,7 +137,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.method.l2rw = l = ml_collections.ConfigDict()
     l.mode = "forward"              # meta-gradient: forward | reverse (both exact)
     l.all_clipped = "zero"          # weights when every -g_i <= 0: zero (paper) | uniform
-    l.lookahead = "optimizer"       # look-ahead: optimizer (docs/design.md §2) | sgd (official code)
+    l.lookahead = "optimizer"       # look-ahead: optimizer (docs/design.md §2) | sgd (the
+                                    # official code)
     l.memory_decay = 0.9            # per-example EMA of the meta-gradient, keyed by row; 0: off
     l.warmup_steps = 200            # uniform weights for the first steps
     l.weight_map = "sign"           # sign: 1[g < 0] | clip: max(-g, 0) (paper) | capped | one

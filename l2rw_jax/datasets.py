@@ -39,7 +39,9 @@ docs/inputs.md states every source's rules.
 
 tensorflow_datasets (and with it TensorFlow) is imported only when a tfds source is loaded,
 Pillow only for a folder, scikit-learn only for digits: the other sources and the module itself
-run on a host without TensorFlow (accelerator hosts often have none).
+run on a host without TensorFlow (accelerator hosts often have none). tfds sources need the
+package's `[tfds]` extra and `digits` its `[digits]` extra (`pip install "l2rw_jax[tfds]"`);
+without them loading fails at once with an ImportError that names the extra.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ import re
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
+
+from l2rw_jax import _optional
 
 EMBEDDED = ("digits",)
 NPZ_PREFIX = "npz:"
@@ -116,7 +120,7 @@ def digits_arrays() -> Arrays:
     """The `digits` source: scikit-learn's `load_digits` (1797 images, 8x8x1, pixels
     `digits_pixels_uint8`), train 1437 / test 360 by `digits_split_indices`, rows in
     `load_digits` order within each split, class names "0".."9"."""
-    from sklearn.datasets import load_digits  # Only for this source.
+    load_digits = _optional.require("sklearn.datasets", "the digits source").load_digits
 
     bunch = load_digits()
     images = digits_pixels_uint8(bunch.images)[..., None]
@@ -232,9 +236,9 @@ def load_arrays(
         )
     if name in EMBEDDED:
         return digits_arrays()  # No tfds: the same arrays as digits_builder.Digits (tested).
-    import tensorflow_datasets as tfds  # Here, not at the top: other sources need no TensorFlow.
-
-    from tensorflow_datasets.core import registered
+    # Here, not at the top: other sources need no TensorFlow.
+    tfds = _optional.require("tensorflow_datasets", f"the tfds source {name!r}")
+    registered = tfds.core.registered
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -287,8 +291,7 @@ def label_feature_keys(info, name: str, default_key: str, label_key: str,
     Raises:
       ValueError: naming the key and the integer class labels the dataset has.
     """
-    import tensorflow_datasets as tfds
-
+    tfds = _optional.require("tensorflow_datasets", "label_feature_keys")
     features = info.features
     labels = {k: v for k, v in features.items() if isinstance(v, tfds.features.ClassLabel)}
     c = labels[default_key].num_classes
@@ -319,8 +322,7 @@ def image_label_keys(info, name: str = "dataset") -> tuple[str, str]:
       ValueError: no such pair (the message lists the features it has), or images of varying
         size or of another dtype.
     """
-    import tensorflow_datasets as tfds
-
+    tfds = _optional.require("tensorflow_datasets", "image_label_keys")
     features = info.features
     keys = info.supervised_keys
     if not (isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)):
@@ -360,8 +362,7 @@ def _missing_message(name: str, builder) -> str:
 def _read_split(builder, split: str, keys: tuple[str, ...]
                 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """(images, (labels of keys[1], labels of keys[2], ...)) of one split, in file order."""
-    import tensorflow_datasets as tfds
-
+    tfds = _optional.require("tensorflow_datasets", f"the tfds source {builder.name!r}")
     # In file order (shuffle_files=False), so rows and thus seeded splits are reproducible. Only
     # the named features are kept: others (file names, boxes) may not batch.
     ds = builder.as_dataset(split=split, shuffle_files=False)
@@ -609,8 +610,8 @@ def save_arrays(
 ) -> str:
     """Checks arrays (as `make_arrays`), writes them to an npz and returns its source name.
 
-    For notebooks: the returned `"npz:<absolute path>"` is what `config.data.dataset` takes, so a run
-    records a JSON-able name and can be resumed from it. The file holds the converted arrays
+    For notebooks: the returned `"npz:<absolute path>"` is what `config.data.dataset` takes, so a
+    run records a JSON-able name and can be resumed from it. The file holds the converted arrays
     (uint8 with a channel axis, int32 labels) and, when given, `x_clean, y_clean`,
     `class_names` and `num_classes`; it is written atomically (`workdir.atomic_write`): a
     reader never sees half a file, and a failure leaves none.

@@ -15,14 +15,19 @@ The builder is not registered in the tfds catalog (so it cannot clash with a fut
 name). `l2rw_jax.datasets.load_arrays("digits")` does not use it: it reads the same arrays from
 scikit-learn without TensorFlow (`datasets.digits_arrays`, the split and pixel functions shared
 with this builder); the builder serves users who want the digits as a tfds dataset.
+
+Needs the `[tfds]` extra to import and the `[digits]` extra to build
+(`pip install "l2rw_jax[tfds,digits]"`).
 """
 
 import numpy as np
-import tensorflow_datasets as tfds
 
+from l2rw_jax import _optional
 from l2rw_jax.datasets import DIGITS_NUM_CLASSES as NUM_CLASSES
 from l2rw_jax.datasets import digits_pixels_uint8
 from l2rw_jax.datasets import digits_split_indices
+
+tfds = _optional.require("tensorflow_datasets", "l2rw_jax.digits_builder")
 
 
 class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -51,7 +56,8 @@ class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download: the data ships with scikit-learn.
-        from sklearn.datasets import load_digits  # Only needed to build.
+        # Only needed to build.
+        load_digits = _optional.require("sklearn.datasets", "the digits builder").load_digits
 
         bunch = load_digits()
         images = digits_pixels_uint8(bunch.images)[..., None]

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from l2rw_jax import _optional
 from l2rw_jax import corruption
 
 if TYPE_CHECKING:
@@ -57,9 +58,7 @@ _TRAIN, _CLEAN = TRAIN_STREAM, CLEAN_STREAM
 
 def _tf():
     """TensorFlow, imported on first use (about 5 s, and absent on accelerator hosts)."""
-    import tensorflow as tf
-
-    return tf
+    return _optional.require("tensorflow", "the tf.data input pipeline (loop.backend='tfdata')")
 
 
 def channel_stats(x_NxHxWxC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ def mean_ci95(values) -> dict:
     ``h = t_{0.975, K-1} * s / sqrt(K)`` with ``s`` the sample standard deviation; ``ci95`` is
     None for a single value.
     """
-    from scipy import stats  # scipy comes with scikit-learn.
+    from scipy import stats  # scipy comes with jax (one of its dependencies).
 
     x = np.asarray(values, np.float64)
     out = {"per_seed": x.tolist(), "mean": float(x.mean()), "ci95": None,

@@ -118,8 +118,8 @@ def shard_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
             n = _batch_splits(sharding)
             raise ValueError(
                 f"batch size {global_b} (leaf {jax.tree_util.keystr(path)}, {local} per process x "
-                f"{jax.process_count()} processes) is not divisible by the {n} devices of the batch "
-                f"axis; use a multiple of {n}."
+                f"{jax.process_count()} processes) is not divisible by the {n} devices of the "
+                f"batch axis; use a multiple of {n}."
             ) from None
     if jax.process_count() == 1:  # The same arrays; one batched transfer is faster.
         return jax.device_put(batch, sharding)

@@ -27,8 +27,8 @@ results.json (schema in :func:`train_and_evaluate`).
 Resuming: re-running the same command restores the newest checkpoint (the newest that
 restores: a damaged step is skipped with a warning, ``workdir.restore_latest``) and restarts
 the input streams at that step (stateless functions of (seed, step)), so on CPU the final
-metrics equal those of an uninterrupted run. Multi-host: every process runs this loop on its own rows;
-only process 0 writes files (:mod:`l2rw_jax.workdir`).
+metrics equal those of an uninterrupted run. Multi-host: every process runs this loop on its own
+rows; only process 0 writes files (:mod:`l2rw_jax.workdir`).
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
+from l2rw_jax import _optional
 from l2rw_jax import backends
 from l2rw_jax import build
 from l2rw_jax import config as config_lib
@@ -173,6 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         log.warning(note)
     wd = workdir_lib.path(workdir)
     config.loop.backend = workdir_lib.resolve_backend(config.loop.backend, wd)
+    if config.loop.backend == "tfdata":
+        _optional.require("tensorflow", backends.TFDATA)  # Now, not after loading the data.
     workdir_lib.check_or_write_config(wd, config, write=False)  # Another run's workdir: fail now.
     t_invocation = time.time()
     arrays = datasets.load_arrays(config.data.dataset, **config_lib.load_options(config.data))

@@ -23,6 +23,8 @@ from typing import IO, Any, Callable
 import numpy as np
 from etils import epath
 
+from l2rw_jax import _optional
+
 log = logging.getLogger("l2rw_jax.workdir")
 
 PathLike = str | os.PathLike
@@ -237,18 +239,17 @@ def _summary_writer(logdir: str, start_step: int):
     """A tensorboardX writer on ``logdir`` (a resumed run purges what follows ``start_step``);
     without tensorboardX (accelerator hosts), or on a ``gs://`` logdir without
     google-cloud-storage, one warning and a writer that does nothing."""
-    try:
-        from tensorboardX import SummaryWriter  # Imported late: it pulls in protobuf.
-    except ImportError:
-        log.warning("tensorboardX is not installed: no TensorBoard files (metrics.jsonl has "
-                    "every metric).")
+    try:  # Imported late: it pulls in protobuf.
+        tensorboardx = _optional.require("tensorboardX", "writing TensorBoard files (<workdir>/tb)")
+    except ImportError as err:
+        log.warning("%s; metrics.jsonl has every metric.", err)
         return _NoSummaryWriter()
     if logdir.startswith("gs://") and not _has_gcs_client():
         # tensorboardX writes gs:// with google-cloud-storage (not through epath).
         log.warning("google-cloud-storage is not installed: no TensorBoard files in %s "
                     "(metrics.jsonl has every metric).", logdir)
         return _NoSummaryWriter()
-    return SummaryWriter(logdir, purge_step=start_step + 1 if start_step else None)
+    return tensorboardx.SummaryWriter(logdir, purge_step=start_step + 1 if start_step else None)
 
 
 def _has_gcs_client() -> bool:

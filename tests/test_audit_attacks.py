@@ -226,7 +226,8 @@ def test_robustness_prototypes_do_not_depend_on_the_logit_scale(confident):
 def test_cross_entropy_objective_stalls_on_confident_logits(confident):
     # The option kept for comparison reproduces the issue: exact at scale 1 (margins < 2), but at
     # scale 300 its float32 gradient has vanished and the minimal eps of confidently classified
-    # examples come back too large or infinite (not found up to eps_max = 0.5, though all t <= 0.25).
+    # examples come back too large or infinite (not found up to eps_max = 0.5, though all
+    # t <= 0.25).
     x_norm = common.from_raw(confident["x_raw"], ISSUE_MEAN, ISSUE_STD)
     for scale, exact in ((1.0, True), (300.0, False)):
         assert (np.abs(confident[scale]["margin_ref"]).max() < 2) == exact

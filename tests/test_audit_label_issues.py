@@ -81,7 +81,8 @@ def test_confident_learning_flags_hand_example():
     flags = label_issues.confident_learning_flags(probs, labels)
     assert flags.tolist() == [False, False, False, False, True, False]
     order = label_issues.rank_by_confident_learning(probs, labels)
-    # Flagged first, then by self-confidence ascending: .15 (row 4) | .4 (3), .7 (1), .8 (2), .8 (5), .9 (0).
+    # Flagged first, then by self-confidence ascending:
+    # .15 (row 4) | .4 (3), .7 (1), .8 (2), .8 (5), .9 (0).
     assert order.tolist() == [4, 3, 1, 2, 5, 0]
 
 

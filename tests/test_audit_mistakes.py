@@ -73,7 +73,8 @@ def test_ece_hand_computed_15_bins():
 
 
 def test_ece_bins_are_closed_on_the_right():
-    # Dyadic confidences on bin edges with 4 bins: 0.25 -> bin 0, 0.5 -> bin 1, 0.75 -> bin 2, 1 -> bin 3.
+    # Dyadic confidences on bin edges with 4 bins:
+    # 0.25 -> bin 0, 0.5 -> bin 1, 0.75 -> bin 2, 1 -> bin 3.
     probs = np.array(
         [[0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0, 0], [0.75, 0.25, 0, 0], [1.0, 0, 0, 0]]
     )
@@ -150,7 +151,8 @@ def test_integrated_gradients_completeness_error_shrinks_with_steps():
 
 # ------------------------------------------------------------------ Grad-CAM
 def _gap_feature_fn(params, model_state, x, conv_delta=None):
-    """A 1x1-conv net with a global-average-pool head: Grad-CAM reduces to CAM (Zhou et al. 2016)."""
+    """A 1x1-conv net with a global-average-pool head: Grad-CAM reduces to CAM (Zhou et al.
+    2016)."""
     fmap = jax.nn.relu(jnp.einsum("bhwc,ck->bhwk", x, params["conv"]))
     if conv_delta is not None:
         fmap = fmap + conv_delta

@@ -388,8 +388,8 @@ PINNED_DIGEST = "c04762c963032be4"
         ({"noise": "salt"}, r"noise must be one of .*'salt'"),
         (
             {"clean_per_class": 6001},
-            r"k_per_class=6001 is larger than class 0 has \(6000 examples\); allowed: 1 <= k_per_class "
-            r"<= 6000",
+            r"k_per_class=6001 is larger than class 0 has \(6000 examples\); allowed: "
+            r"1 <= k_per_class <= 6000",
         ),
         ({"clean_per_class": 0}, r"clean_per_class must be an integer >= 1, got 0"),
         ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
@@ -455,7 +455,8 @@ def test_flip_labels_out_of_range_raise():
 
 
 def _uneven_labels(seed: int = 0) -> np.ndarray:
-    """Classes of different sizes (7, 13, 20, ..., 7 + 13 c, shuffled) so per-class counts matter."""
+    """Classes of different sizes (7, 13, 20, ..., 7 + 13 c, shuffled) so per-class counts
+    matter."""
     sizes = 7 + 13 * np.arange(C)
     return np.random.default_rng(seed).permutation(np.repeat(np.arange(C), sizes))
 
@@ -581,7 +582,8 @@ def test_hyper_validation_is_corrupted_like_the_training_set():
     np.testing.assert_array_equal(hv.test_labels, s.train_labels[rows])
     flipped = hv.test_labels != y[hv.test_source_index]
     assert flipped.any()
-    np.testing.assert_array_equal(hv.test_labels[flipped], (y[hv.test_source_index][flipped] + 1) % C)
+    np.testing.assert_array_equal(hv.test_labels[flipped],
+                                  (y[hv.test_source_index][flipped] + 1) % C)
 
 
 def test_make_splits_given_labels_with_truth():

@@ -171,6 +171,7 @@ def test_trains_from_an_npz_with_tensorflow_absent(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0 and "trained 4" in out.stdout, out.stderr[-3000:]
-    assert "tensorboardX is not installed" in out.stderr
+    assert ('writing TensorBoard files (<workdir>/tb) needs tensorboardX: '
+            'pip install "l2rw_jax[tensorboard]"') in out.stderr
     with open(tmp_path / "run" / "metrics.jsonl") as f:
         assert [json.loads(line)["split"] for line in f] == ["train", "test"] * 2

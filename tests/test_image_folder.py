@@ -80,7 +80,8 @@ def test_folder_jpeg(tmp_path):
     "change,match",
     [
         (lambda r: Image.fromarray(np.zeros((5, 5), np.uint8)).save(r / "test/a_cat/v.png"),
-         r"test/a_cat/v.png is 5x5 \(HxW, upright\) mode 'L'; expected 5x4 mode 'L' like train/a_cat/a.png"),
+         r"test/a_cat/v.png is 5x5 \(HxW, upright\) mode 'L'; expected 5x4 mode 'L' like "
+         r"train/a_cat/a.png"),
         (lambda r: Image.fromarray(np.zeros((5, 4, 3), np.uint8)).save(r / "train/b_dog/3.png"),
          r"train/b_dog/3.png is 5x4 \(HxW, upright\) mode 'RGB'; expected 5x4 mode 'L'"),
         (lambda r: Image.fromarray(np.zeros((5, 4, 4), np.uint8)).save(r / "train/a_cat/0.png"),

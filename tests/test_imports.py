@@ -1,8 +1,9 @@
 """`import l2rw_jax` needs no TensorFlow, tfds, ml_collections, scikit-learn or tensorboardX.
 
 Accelerator hosts have jax, flax, optax, orbax, chex, numpy, scipy and matplotlib only
-(docs/design.md §7), so these modules must be imported where they are used, never at import time. Each check
-runs in a fresh interpreter: this test process has imported TensorFlow through other tests.
+(docs/design.md §7), so these modules must be imported where they are used, never at import
+time. Each check runs in a fresh interpreter: this test process has imported TensorFlow through
+other tests.
 """
 import os
 import subprocess
@@ -38,3 +39,21 @@ def test_import_loads_none_of_the_heavy_optional_modules():
                   f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n")
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_public_surface_is_all_and_leaves_out_the_loop_internals():
+    import ast
+
+    import l2rw_jax
+
+    with open(os.path.join(ROOT, "l2rw_jax", "__init__.py")) as f:
+        tree = ast.parse(f.read())
+    imported = [a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                for a in node.names]
+    # Every name imported is listed once in __all__, and every listed name exists.
+    assert sorted(imported) == sorted(l2rw_jax.__all__)
+    assert len(set(l2rw_jax.__all__)) == len(l2rw_jax.__all__)
+    assert all(hasattr(l2rw_jax, name) for name in l2rw_jax.__all__)
+    internals = {"DeviceSplit", "StreamOrder", "batch_at", "place_split", "index_shuffle",
+                 "backends", "build", "device_data", "workdir", "xla_options", "members"}
+    assert not internals & set(l2rw_jax.__all__)

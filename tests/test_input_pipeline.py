@@ -10,7 +10,6 @@ import tensorflow_datasets as tfds
 
 import streams
 
-from l2rw_jax import corruption
 from l2rw_jax import input_pipeline as ip
 
 TRAIN_KEYS = {
@@ -338,7 +337,8 @@ def test_bad_settings_raise_before_loading(kw, match):
 
 def test_bad_mean_std_length_raises(npz_name):
     with pytest.raises(ValueError, match=r"mean and std need 1 or 1 values .*mean=\[0.1, 0.2\]"):
-        streams.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=[0.1, 0.2], std=[1, 1])
+        streams.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=[0.1, 0.2],
+                             std=[1, 1])
     with pytest.raises(ValueError, match=r"std positive.*std=0"):
         streams.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=0.1, std=0)
 

@@ -15,7 +15,8 @@ AXIS = "data"
 
 @pytest.fixture(scope="module")
 def problem():
-    """A linear softmax model one momentum step in, a batch of rows ``index`` of N, a clean batch."""
+    """A linear softmax model one momentum step in, a batch of rows ``index`` of N, a clean
+    batch."""
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.normal(size=(5, C)), jnp.float32),
               "b": jnp.zeros(C, jnp.float32)}

@@ -235,7 +235,7 @@ def test_mwnet_lookahead_is_finite_and_exact_with_a_zero_gradient_coordinate():
 def test_check_lookahead_accepts_defined_and_rejects_undefined_derivatives():
     params, _, _ = _mlp_problem(np.float32)
     params = jax.tree.map(jnp.asarray, params)
-    for name, (make_tx, _) in OPTIMIZERS.items():
+    for make_tx, _ in OPTIMIZERS.values():
         tx = make_tx()
         reweight.check_lookahead(tx, params, tx.init(params))  # no error
     sgd = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))

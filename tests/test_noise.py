@@ -67,7 +67,8 @@ def test_npz_with_true_labels_trains_and_its_suspects_are_scored_against_them(
     rows = w["source_index"]
     np.testing.assert_array_equal(w["label"], given_npz["y_obs"][rows])
     np.testing.assert_array_equal(w["true_label"], given_npz["y_true"][rows])
-    np.testing.assert_array_equal(w["is_noisy"], given_npz["y_obs"][rows] != given_npz["y_true"][rows])
+    np.testing.assert_array_equal(w["is_noisy"],
+                                  given_npz["y_obs"][rows] != given_npz["y_true"][rows])
     assert all("w_mean_noisy" in r for r in _records(workdir) if r["split"] == "train")
 
     cfg = audit.default_config()

@@ -1,7 +1,11 @@
-"""Packaging: the wheel holds only l2rw_jax, the extras exist, constraints.txt pins everything."""
+"""Packaging: the wheel holds only l2rw_jax, `pip install l2rw_jax` brings what the library
+imports and nothing an accelerator host lacks, the extras hold the rest, constraints.txt pins
+everything."""
 
+import ast
 import configparser
 import os
+import sys
 
 import setuptools
 from packaging.requirements import Requirement
@@ -39,7 +43,7 @@ def test_extras_and_constraints_pin_every_requirement():
     extras = {
         k: [Requirement(r) for r in _lines(v)] for k, v in opts["options.extras_require"].items()
     }
-    assert set(extras) == {"cuda", "tpu", "tensorboard", "test"}
+    assert set(extras) == {"cuda", "tpu", "tfds", "digits", "tensorboard", "all", "test"}
     assert [(r.name, r.extras) for r in extras["cuda"]] == [("jax", {"cuda12"})]
     assert [(r.name, r.extras) for r in extras["tpu"]] == [("jax", {"tpu"})]
     with open(os.path.join(ROOT, "constraints.txt")) as f:
@@ -56,3 +60,74 @@ def test_extras_and_constraints_pin_every_requirement():
         assert name in pins, f"{r.name} has no pin in constraints.txt"
         assert r.specifier.contains(pins[name]), f"pin {name}=={pins[name]} violates {r}"
     assert pins["jaxlib"] == pins["jax"]  # jax[cuda12] / jax[tpu] need jaxlib == jax
+
+
+def _names(reqs):
+    return {Requirement(r).name.lower().replace("_", "-") for r in reqs}
+
+
+# The optional packages (l2rw_jax._optional.EXTRAS' modules) as distributions.
+OPTIONAL_DISTS = {"tensorflow": "tensorflow-cpu", "tensorflow_datasets": "tensorflow-datasets",
+                  "sklearn": "scikit-learn", "tensorboardX": "tensorboardx"}
+
+
+def test_install_requires_has_no_optional_package_and_the_extras_hold_them():
+    from l2rw_jax import _optional
+
+    opts = _setup_cfg()
+    install = _names(_lines(opts["options"]["install_requires"]))
+    extras = {k: _names(_lines(v)) for k, v in opts["options.extras_require"].items()}
+    assert not install & {"tensorflow", "tensorflow-cpu", "tensorflow-datasets", "scikit-learn",
+                          "tensorboardx", "tensorboard", "importlib-resources"}
+    assert set(OPTIONAL_DISTS) == set(_optional.EXTRAS)
+    for module, (_, extra) in _optional.EXTRAS.items():  # the extra the message names has it
+        assert OPTIONAL_DISTS[module] in extras[extra], (module, extra)
+    assert extras["tfds"] == {"tensorflow-cpu", "tensorflow-datasets", "importlib-resources"}
+    assert extras["digits"] == {"scikit-learn"}
+    assert extras["tensorboard"] == {"tensorboardx", "tensorboard"}
+    assert extras["all"] == extras["tfds"] | extras["digits"] | extras["tensorboard"]
+
+
+# Import name -> distribution, for the library's non-optional third-party imports.
+INSTALLED_DISTS = {"jax": "jax", "flax": "flax", "optax": "optax", "chex": "chex",
+                   "orbax": "orbax-checkpoint", "etils": "etils",
+                   "ml_collections": "ml-collections",
+                   "absl": "absl-py", "numpy": "numpy", "matplotlib": "matplotlib",
+                   "PIL": "pillow", "tqdm": "tqdm",
+                   "jaxlib": "jax", "scipy": "jax"}  # jaxlib, scipy: dependencies of jax.
+# Imported inside `try: ... except ImportError` (a gs:// workdir's client), never required.
+GUARDED = {"google"}
+
+
+def _imports(tree):
+    """Top-level module names of the absolute imports in ``tree``, outside
+    ``if TYPE_CHECKING:`` blocks."""
+    out = set()
+
+    def visit(node):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            return
+        if isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            out.add(node.module.split(".")[0])
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return out
+
+
+def test_every_library_import_is_installed_or_goes_through_the_optional_helper():
+    install = _names(_lines(_setup_cfg()["options"]["install_requires"]))
+    assert set(INSTALLED_DISTS.values()) <= install
+    for d, _, files in os.walk(os.path.join(ROOT, "l2rw_jax")):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(d, f)
+                with open(path) as fh:
+                    names = _imports(ast.parse(fh.read()))
+                third_party = names - set(sys.stdlib_module_names) - {"l2rw_jax"}
+                # TensorFlow & co only through l2rw_jax._optional.require (one-line errors).
+                assert not third_party & set(OPTIONAL_DISTS), (path, third_party)
+                assert third_party <= set(INSTALLED_DISTS) | GUARDED, (path, third_party)

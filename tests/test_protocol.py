@@ -96,7 +96,8 @@ def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
         # 2 seeds x 10 evaluations (a short budget is evaluated at least 10 times); finetune
         # adds a tenth of the budget on the clean set (2 steps, one more evaluation).
         last = 22 if m == "finetune" else 20
-        assert acc_KxE.shape == (2, last // 2) and r["curve"]["steps"] == list(range(2, last + 1, 2))
+        assert acc_KxE.shape == (2, last // 2)
+        assert r["curve"]["steps"] == list(range(2, last + 1, 2))
         # Final, best and drop are the curve's last point, its max and their difference.
         np.testing.assert_allclose(r["final_test_accuracy"]["per_seed"], acc_KxE[:, -1])
         np.testing.assert_allclose(r["best_test_accuracy"]["per_seed"], acc_KxE.max(1))

@@ -349,7 +349,7 @@ def test_l2rw_downweights_flipped_labels_on_gaussian_blobs():
         models.make_apply_fn(module), tx, methods.get_scheme("l2rw")), donate_argnums=0)
     state = _state(params, {}, tx)
     weights, noisy = [], []
-    for t in range(num_steps):
+    for _ in range(num_steps):
         rows = rng.choice(n, batch_size, replace=False)
         batch = {"image": x[rows].astype(np.float32), "label": observed[rows].astype(np.int32),
                  "is_noisy": flipped[rows]}

@@ -233,7 +233,8 @@ def test_named_layers_override_the_automatic_choice():
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
     """A tiny learnable 10-class dataset of 8x8 images (class c: a bright pixel c, plus noise)."""
-    return tiny_data.write_tiny_npz(str(tmp_path_factory.mktemp("data") / "tiny.npz"), num_train=300)
+    return tiny_data.write_tiny_npz(str(tmp_path_factory.mktemp("data") / "tiny.npz"),
+                                    num_train=300)
 
 
 def _config(npz, model, **options):

@@ -1,7 +1,8 @@
 """CIFAR background flip 40%, 10 clean images per class, ResNet-32 (Ren et al. 2018, Table 2).
 
 Config argument: `cifar10` (default), `cifar100` (tfds catalog, prepared in data_dir), or `dev`
-(the CIFAR-10 development subset in `$L2RW_DEV_DATA/cifar10_dev/cifar10_dev.npz`: experiments/configs/dev_data.py). Recipe:
+(the CIFAR-10 development subset in `$L2RW_DEV_DATA/cifar10_dev/cifar10_dev.npz`:
+experiments/configs/dev_data.py). Recipe:
 ResNet-32 with BatchNorm, SGD momentum 0.9, lr 0.1, x0.1 at 40k and 60k of 80k steps, weight
 decay 2e-4, batch 100 + 100 clean, pad-4 crop + flip; 40% of the labels flipped to one seeded
 background class; 10 clean images per class; 5000 noisy examples held out for

@@ -1,8 +1,10 @@
-"""CIFAR uniform flip 40%, 1000 clean images, WRN-28-10 (Ren et al. 2018, Table 1, docs/design.md §4).
+"""CIFAR uniform flip 40%, 1000 clean images, WRN-28-10 (Ren et al. 2018, Table 1,
+docs/design.md §4).
 
 Config argument: `cifar10` (default), `cifar100` (tfds catalog: prepared in data_dir, or
 `--config.data.dataset=npz:/path/cifar.npz`), or `dev` (the 20,000 / 5,000 CIFAR-10 development
-subset in `$L2RW_DEV_DATA/cifar10_dev/cifar10_dev.npz`: experiments/configs/dev_data.py). Recipe: WRN-28-10 with dropout 0.3,
+subset in `$L2RW_DEV_DATA/cifar10_dev/cifar10_dev.npz`: experiments/configs/dev_data.py).
+Recipe: WRN-28-10 with dropout 0.3,
 SGD momentum 0.9, lr 0.1, x0.1 at 40k and 50k of 60k steps, weight decay 2e-4, batch 100 +
 100 clean, pad-4 crop + flip augmentation; 1000 clean images (10 per class for CIFAR-100),
 5000 noisy examples held out for hyper-validation (2000 for `dev`).

@@ -1,4 +1,4 @@
-"""The two-regime CPU protocol (docs/protocol.md): settings where plain training memorises the flips.
+"""The two-regime CPU protocol (docs/protocol.md): settings where plain training memorises flips.
 
 Config argument: the setting (run them all with `experiments/protocol.py`, which also sets the
 method per run):

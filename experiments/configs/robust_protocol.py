@@ -6,7 +6,8 @@ Config argument: `cifar10_dev` (default: the 20,000 / 5,000 real CIFAR-10 images
 (the genuine MNIST), both development copies read from `$L2RW_DEV_DATA/<name>/<name>.npz`
 (experiments/configs/dev_data.py; here `L2RW_DEV_DATA=../shared/data`).
 
-    L2RW_DEV_DATA=../shared/data python -m experiments.robust --config=experiments/configs/robust_protocol.py:cifar10_dev \\
+    L2RW_DEV_DATA=../shared/data python -m experiments.robust \\
+        --config=experiments/configs/robust_protocol.py:cifar10_dev \\
         --workdir=workdirs/robust_cifar10_dev
 
 Recipe: SmallCNN (3x3 convs of 16 and 32 channels, each ReLU + 2x2 max-pool, global average

@@ -1,4 +1,4 @@
-"""Robustness: FGSM and PGD (L-inf), accuracy over epsilon, minimal adversarial epsilon by bisection.
+"""Robustness: FGSM and PGD (L-inf), accuracy over epsilon, minimal adversarial epsilon (bisection).
 
 Pixel space (see `l2rw_jax.audit.common`): epsilons are in raw pixel units (images in [0, 1]);
 the attack runs on the normalised images the model eats, where the ball of radius eps is the

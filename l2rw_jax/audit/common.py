@@ -184,7 +184,8 @@ def num_classes_of(apply_fn: ApplyFn, params, model_state, x: np.ndarray) -> int
 
 
 def check_feature_fn(feature_fn: FeatureFn, params, model_state, x: np.ndarray) -> dict:
-    """Shapes of `feature_fn`'s features on one example; ValueError unless it follows the contract."""
+    """Shapes of `feature_fn`'s features on one example; ValueError unless it follows the
+    contract."""
     out = jax.eval_shape(lambda xx: feature_fn(params, model_state, xx), x[:1])
     if not (
         isinstance(out, tuple)

@@ -23,7 +23,8 @@ import numpy as np
 
 
 def median_heuristic_bandwidth(x_NxD: np.ndarray) -> float:
-    """sigma = median of the pairwise Euclidean distances between distinct rows (Gretton et al. 2012).
+    """sigma = median of the pairwise Euclidean distances between distinct rows (Gretton et al.
+    2012).
 
     Falls back to 1.0 when every distance is 0 (all rows equal).
     """
@@ -64,7 +65,8 @@ def mmd2(k_NxN: np.ndarray, proto_idx: Sequence[int]) -> float:
 def greedy_prototypes(k_NxN: np.ndarray, m: int) -> np.ndarray:
     """Greedy MMD^2 prototypes (Kim et al. 2016, Alg. 1).
 
-    Maximises J(S) = 2/(N|S|) sum_{i in [N], j in S} k(x_i, x_j) - 1/|S|^2 sum_{i,j in S} k(x_i, x_j)
+    Maximises
+    J(S) = 2/(N|S|) sum_{i in [N], j in S} k(x_i, x_j) - 1/|S|^2 sum_{i,j in S} k(x_i, x_j)
     (= constant - MMD^2), adding at each step the point with the largest J(S + {c}). Each step is
     O(N) with running sums: colsum_c = sum_i k(x_i, x_c), a_c = sum_{j in S} k(x_j, x_c).
     Ties go to the lowest index. Returns the m indices in the order chosen.

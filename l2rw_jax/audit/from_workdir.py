@@ -185,7 +185,8 @@ def load_run(workdir: str, member: int = 0) -> dict:
 
 def audit_run(workdir: str, config=None, out_dir: str | None = None, member: int = 0) -> dict:
     """Loads the run (`load_run`) and writes its audit to `out_dir` (default `<workdir>/audit`):
-    report.html, audit.json, label_issues.csv. `config`: `l2rw_jax.audit.default_config()` when None.
+    report.html, audit.json, label_issues.csv. `config`: `l2rw_jax.audit.default_config()` when
+    None.
 
     Returns the audit.json dict (`run_audit`). Raises ValueError as `load_run` and `run_audit` do.
     """

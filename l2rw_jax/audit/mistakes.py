@@ -102,7 +102,8 @@ def expected_calibration_error(
     (None for empty bins).
 
     Example (one right at confidence .9, one wrong at .6: (|1 - .9| + |0 - .6|) / 2):
-      >>> round(expected_calibration_error(np.array([[.9, .1], [.6, .4]]), np.array([0, 1]))["ece"], 6)
+      >>> ece = expected_calibration_error(np.array([[.9, .1], [.6, .4]]), np.array([0, 1]))
+      >>> round(ece["ece"], 6)
       0.35
     """
     probs_NxC = np.asarray(probs_NxC, np.float64)
@@ -135,7 +136,8 @@ def expected_calibration_error(
 
 
 def most_confident_mistakes(probs_NxC: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the (up to) n misclassified examples with the highest confidence, most confident first."""
+    """Indices of the (up to) n misclassified examples with the highest confidence, most
+    confident first."""
     probs_NxC = np.asarray(probs_NxC)
     labels = common.check_labels(labels, probs_NxC.shape[0], probs_NxC.shape[1])
     wrong = np.flatnonzero(probs_NxC.argmax(axis=1) != labels)
@@ -153,7 +155,8 @@ def top_predictions(probs_NxC: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.n
 def nearest_neighbors(
     query_QxD: np.ndarray, ref_NxD: np.ndarray, k: int, chunk: int = 8192
 ) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest rows of `ref` for each query row in Euclidean distance: (indices Q x k, distances Q x k).
+    """k nearest rows of `ref` for each query row in Euclidean distance: (indices Q x k,
+    distances Q x k).
 
     Example-based explanation (Stock & Cisse 2018, Sec. 4): the training images closest to a test
     image in the penultimate feature space are the model's "reasons by analogy".
