@@ -47,8 +47,9 @@ def stripes(tmp_path_factory):
 
 
 def _config(npz, model, **overrides):
-    """The default config on ``npz`` (its labels as given: a source of your own), small batches, ``model`` (tiny widths
-    for the deep ones), ERM; optimizer, input scaling and the rest at their defaults."""
+    """The default config on ``npz`` (its labels as given: a source of your own), small
+    batches, ``model`` (tiny widths for the deep ones), ERM; optimizer, input scaling and the
+    rest at their defaults."""
     c = config_lib.default_config()
     c.update({"data": dict(dataset=f"npz:{npz}",
                            clean_per_class=4, batch_size=16, clean_batch_size=16,

@@ -22,8 +22,9 @@ def write_tiny_npz(path: str, num_train: int = 400, num_test: int = 100) -> str:
 
 def tiny_config(npz: str, *overrides):
     """The training tests' tiny config on ``write_tiny_npz``'s data, then each of ``overrides``
-    (nested dicts, merged in order); learning rate 0.1. 400 rows - 20 clean (2 per class) - 20 hyper-validation =
-    360 noisy training examples; an MLP with 8 hidden units, ERM, 2 steps."""
+    (nested dicts, merged in order); learning rate 0.1. 400 rows - 20 clean (2 per class) -
+    20 hyper-validation = 360 noisy training examples; an MLP with 8 hidden units, ERM, 2
+    steps."""
     from l2rw_jax import config as config_lib
 
     c = config_lib.default_config()
