@@ -25,7 +25,7 @@ Reweighting can only drop examples; with a trusted set a scheme can also use the
 Unlike the paper's two runs (a first model for the estimate, then a fresh one), training goes
 on from the model at step ``E``: the budget stays ``num_steps``. The state is
 :class:`GoldCorrectionState`; the train step reads ``(T^, s)`` through the scheme's
-``correction`` (:class:`l2rw_jax.methods.WeighingScheme`).
+``correction`` (:class:`l2rw_jax.weighing.WeighingScheme`).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from l2rw_jax import methods
+from l2rw_jax import weighing
 
 PyTree = Any
 
@@ -75,8 +75,8 @@ def forward_corrected_xent(logits_BxC: jax.Array, labels_B: jax.Array,
     return -jax.nn.logsumexp(log_p_BxC + log_T_CxC[:, labels_B].T, axis=-1)
 
 
-def gold_correction(scheme: methods.WeighingScheme, *, estimate_steps: int, num_clean: int,
-                    num_train: int) -> methods.WeighingScheme:
+def gold_correction(scheme: weighing.WeighingScheme, *, estimate_steps: int, num_clean: int,
+                    num_train: int) -> weighing.WeighingScheme:
     """``scheme`` with Gold Loss Correction (module docstring: the update and the estimate).
 
     Args:
@@ -88,7 +88,7 @@ def gold_correction(scheme: methods.WeighingScheme, *, estimate_steps: int, num_
         ``ceil(num_clean / M)``).
 
     Returns:
-      A :class:`l2rw_jax.methods.WeighingScheme` with a ``correction``; its state is
+      A :class:`l2rw_jax.weighing.WeighingScheme` with a ``correction``; its state is
       :class:`GoldCorrectionState` (``init`` needs ``class_counts_C``, whose length is C).
       Metrics: the inner scheme's, plus ``transition_diag`` (the mean diagonal of the ``T``
       in use: 1 before ``E``).
@@ -119,13 +119,13 @@ def gold_correction(scheme: methods.WeighingScheme, *, estimate_steps: int, num_
                           jnp.eye(state.count_C.shape[0], dtype=jnp.float32))
         return T_CxC, jnp.where(on, clean_share, 0.0).astype(jnp.float32)
 
-    def weigh(ctx: methods.WeighContext, state: GoldCorrectionState):
-        methods._check_state("gold_correction", state, GoldCorrectionState)
+    def weigh(ctx: weighing.WeighContext, state: GoldCorrectionState):
+        weighing.check_state("gold_correction", state, GoldCorrectionState)
         if ctx.val_logits_fn is None:
             raise ValueError("gold_correction needs ctx.val_logits_fn (the clean batch's "
                              "logits), which l2rw_jax.step passes.")
         w_inner_B, inner, metrics = scheme.weigh(ctx, state.inner)
-        local, total = methods._local_and_global_size(ctx)
+        local, total = weighing.local_and_global_size(ctx)
         w_B = jnp.where(ctx.step < estimate_steps, jnp.full((local,), 1.0 / total, jnp.float32),
                         w_inner_B)
         # The window: one pass of the clean stream just before the estimate is used.
@@ -148,4 +148,4 @@ def gold_correction(scheme: methods.WeighingScheme, *, estimate_steps: int, num_
         metrics = dict(metrics, transition_diag=jnp.mean(jnp.diagonal(T_CxC)))
         return w_B, new_state, metrics
 
-    return methods.WeighingScheme(init, weigh, correction, clean_share)
+    return weighing.WeighingScheme(init, weigh, correction, clean_share)
