@@ -96,7 +96,7 @@ class _Ctx(NamedTuple):
     args: Args
     clock: Callable[[], float]
     deadline: float
-    header: dict                     # device, versions, command, git_commit, budget_s
+    header: dict                     # provenance.record(...) and budget_s
     say: Callable[[str], None]
     # progress(part, probes, plan_rows): the running part's probes and plan so far, written
     # into reproduce_run.json and the bundle at once (an interrupted run keeps them).

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 
 import numpy as np
 from absl import app
@@ -30,6 +31,7 @@ from absl import flags
 
 from experiments import common
 from experiments import plots
+from experiments import provenance
 import l2rw_jax
 from l2rw_jax import config as config_lib
 from l2rw_jax import methods
@@ -190,11 +192,14 @@ def main(argv):
             f"{config.data.clean_per_class} clean per class, "
             f"{config.num_seeds} seeds; final test accuracy mean +- 95% CI")
     print(head + "\n" + text)
-    common.write_text(workdir / "table.md", head + "\n\n" + text + "\n")
-    common.write_json(workdir / "summary.json",
-                      {"config": json.loads(config.to_json()), "summary": summary})
-    plots.plot_bars(summary, _SETTINGS.value, variants, workdir / "robust.png",
-         f"{source}, {config.model.name}, {config.num_steps} steps, {config.num_seeds} seeds")
+    record = provenance.record("experiments.robust", sys.argv[1:])
+    common.write_text(workdir / "table.md", head + "\n\n" + text + "\n\n"
+                      + provenance.describe(record) + "\n")
+    common.write_json(workdir / "summary.json", {"config": json.loads(config.to_json()),
+                                                 "summary": summary, "provenance": record})
+    plots.plot_bars(
+        summary, _SETTINGS.value, variants, workdir / "robust.png",
+        f"{source}, {config.model.name}, {config.num_steps} steps, {config.num_seeds} seeds")
     if _RESULTS_DIR.value and workdir_lib.is_primary():
         for name, ext in (("table.md", "md"), ("summary.json", "json"), ("robust.png", "png")):
             data = (workdir / name).read_bytes()
