@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from experiments import plots
 from l2rw_jax import config as config_lib
 from l2rw_jax import workdir as workdir_lib
 
@@ -42,7 +43,7 @@ def main(argv):
     print(table)
     common.write_text(workdir / "table.md", table + "\n")
     common.write_json(workdir / "summary.json", results)
-    common.plot_curves({m: common.test_curve(workdir / m) for m in results},
+    plots.plot_curves({m: common.test_curve(workdir / m) for m in results},
                        workdir / "accuracy.png",
                        config_lib.describe_data(config.data))
 

@@ -1,9 +1,9 @@
-"""What the entry points share: running several methods of one config, tables, curves, plots."""
+"""What the entry points share: flags and errors, running several methods of one config, tables,
+curves (figures: experiments/plots.py; provenance: experiments/provenance.py)."""
 from __future__ import annotations
 
 import contextlib
 import difflib
-import io
 import os
 import re
 import sys
@@ -238,79 +238,6 @@ def test_curve(workdir: workdir_lib.PathLike) -> tuple[np.ndarray, np.ndarray]:
             by_seed.setdefault(r["seed"], {})[r["step"]] = r["accuracy"]
     steps = np.array(sorted(next(iter(by_seed.values()))))
     return steps, np.array([[accs[s] for s in steps] for _, accs in sorted(by_seed.items())])
-
-
-MARKERS_UP_TO = 20
-
-
-def plot_curves(curves: dict, path: workdir_lib.PathLike, title: str) -> None:
-    """Test accuracy over training: the mean over seeds, shaded from the min to the max seed;
-    a curve of at most ``MARKERS_UP_TO`` evaluations also gets markers (one evaluation, a
-    short run's, is a point that a line alone would not draw)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (steps, acc_KxE) in curves.items():
-        line, = ax.plot(steps, 100 * acc_KxE.mean(0), label=f"{name} ({len(acc_KxE)} seeds)",
-                        marker="o" if len(steps) <= MARKERS_UP_TO else None)
-        ax.fill_between(steps, 100 * acc_KxE.min(0), 100 * acc_KxE.max(0), alpha=0.2,
-                        color=line.get_color())
-    ax.set_xlabel("training step")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def plot_error_vs_fraction(results: dict, methods: Sequence[str], path: workdir_lib.PathLike,
-                           paper: dict | None = None) -> None:
-    """Test error (%) against the majority fraction p, mean with 95% CI bars, per method;
-    ``paper = {p: {method: error}}`` adds the paper's values as crosses."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fractions = sorted(results)
-    x = np.arange(len(fractions))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, m in enumerate(methods):
-        stats = [results[p][m]["final_test_accuracy"] for p in fractions]
-        err = [100 * (1 - s["mean"]) for s in stats]
-        ci = [100 * (s["ci95"] or 0.0) for s in stats]
-        dodge = (i - (len(methods) - 1) / 2) * 0.04  # side by side, centred on the tick
-        line = ax.errorbar(x + dodge, err, yerr=ci, marker="o", capsize=3, label=m)
-        for p, values in (paper or {}).items():
-            if p in fractions and m in values:
-                ax.plot(fractions.index(p) + dodge, values[m], "x", markersize=9,
-                        color=line[0].get_color())
-    ax.set_xticks(x, [str(p) for p in fractions])
-    ax.set_xlim(-0.5, len(fractions) - 0.5)  # a single fraction too: the dodge stays small
-    ax.set_xlabel("fraction of the majority class (9) in training")
-    ax.set_ylabel("test error (%)")
-    ax.set_yscale("log")
-    ax.set_title("MNIST 4 vs 9 (x: paper, Figure 3)" if paper else "MNIST 4 vs 9")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path: workdir_lib.PathLike) -> None:
-    """``fig`` as a PNG at ``path`` (local or a URI) through the one atomic writer; closes it."""
-    import matplotlib.pyplot as plt
-
-    if not workdir_lib.is_primary():  # Multi-host: process 0 writes the files.
-        plt.close(fig)
-        return
-    # Rendered to bytes first: matplotlib writes only local files, the writer also gs://.
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    workdir_lib.atomic_write(path, lambda f: f.write(buf.getvalue()), mode="wb")
 
 
 def write_json(path: workdir_lib.PathLike, obj) -> None:

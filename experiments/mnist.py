@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from experiments import plots
 from l2rw_jax import config as config_lib
 from l2rw_jax import workdir as workdir_lib
 
@@ -61,7 +62,7 @@ def main(argv):
                                  f"config{given}.")
         results = common.run_methods(config, workdir, methods, hm)
         print(common.method_table(results))
-        common.plot_curves({m: common.test_curve(workdir / m) for m in results},
+        plots.plot_curves({m: common.test_curve(workdir / m) for m in results},
                            workdir / "accuracy.png",
                            config_lib.describe_data(config.data))
         common.write_text(workdir / "table.md", common.method_table(results) + "\n")
@@ -87,7 +88,7 @@ def main(argv):
     common.write_text(workdir / "table.md", table + "\n")
     common.write_json(workdir / "summary.json",
                       {str(p): r for p, r in results.items()})
-    common.plot_error_vs_fraction(results, methods, workdir / "error.png",
+    plots.plot_error_vs_fraction(results, methods, workdir / "error.png",
                                   paper={0.995: PAPER_ERROR_0995})
 
 

@@ -45,9 +45,7 @@ scale with it and the table says the budget is not the setting's own.
 """
 from __future__ import annotations
 
-import datetime
 import os
-import platform
 import shutil
 import sys
 
@@ -56,6 +54,8 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from experiments import plots
+from experiments import provenance as provenance_lib
 from experiments.configs import protocol as protocol_config
 import l2rw_jax
 from l2rw_jax import results as results_lib
@@ -167,20 +167,6 @@ def criteria(rows: dict) -> str:
             "CI):\n\n" + "\n".join(f"- {line}" for line in lines))
 
 
-def _provenance(argv) -> dict:
-    import flax
-    import jax
-    import optax
-
-    return {"command": "python -m experiments.protocol " + " ".join(argv[1:]),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                         "flax": flax.__version__, "optax": optax.__version__,
-                         "numpy": np.__version__, "l2rw_jax": l2rw_jax.__version__},
-            "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}, "
-                      f"{os.cpu_count()} CPU cores"}
-
-
 def run_setting(setting: str, methods, workdir: str, num_steps: int, num_seeds: int,
                 train: bool, provenance: dict) -> tuple[str, dict]:
     """Trains (or reads) one setting's methods; writes and returns (table text, summary)."""
@@ -209,8 +195,7 @@ def run_setting(setting: str, methods, workdir: str, num_steps: int, num_seeds: 
     text = table(rows)
     crit = criteria(rows)
     foot = (f"\n\n{crit}" if crit else "") + (
-        f"\n\ncommand: `{provenance['command']}`; {provenance['date']}; {provenance['device']}; "
-        + ", ".join(f"{k} {v}" for k, v in provenance["versions"].items()))
+        "\n\n" + provenance_lib.describe(provenance))
     full = head + "\n\n" + text + foot + "\n"
     summary = {"setting": setting, "num_steps": cfg0.num_steps, "setting_num_steps": own_steps,
                "shortened": cfg0.num_steps < own_steps, **provenance,
@@ -218,7 +203,7 @@ def run_setting(setting: str, methods, workdir: str, num_steps: int, num_seeds: 
     common.write_text(os.path.join(setting_dir, "table.md"), full)
     common.write_json(os.path.join(setting_dir, "summary.json"), summary)
     if rows:
-        common.plot_curves(
+        plots.plot_curves(
             {m: (np.array(r["curve"]["steps"]), np.array(r["curve"]["accuracy_per_seed"]))
              for m, r in rows.items()}, os.path.join(setting_dir, "accuracy.png"),
             f"{setting}, {cfg0.num_steps} steps")
@@ -244,7 +229,7 @@ def main(argv):
     for s in _SETTINGS.value:
         for m in methods:
             setting_config(s, m, _NUM_STEPS.value, _NUM_SEEDS.value)
-    provenance = _provenance(sys.argv)
+    provenance = provenance_lib.record("experiments.protocol", sys.argv[1:])
     for s in _SETTINGS.value:
         text, summary = run_setting(s, methods, workdir, _NUM_STEPS.value, _NUM_SEEDS.value,
                                     _TRAIN.value, provenance)

@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from experiments import plots
 from l2rw_jax import config as config_lib
 from l2rw_jax import workdir as workdir_lib
 
@@ -39,7 +40,7 @@ def main(argv):
           f"class, {config.model.name}, {config.num_steps} steps")
     print(common.method_table(results))
     path = workdir / "accuracy.png"
-    common.plot_curves({m: common.test_curve(workdir / m) for m in results}, path,
+    plots.plot_curves({m: common.test_curve(workdir / m) for m in results}, path,
                        config_lib.describe_data(d))
     print(f"\nplot: {path}\nruns: {', '.join(str(workdir / m) for m in results)}")
 

@@ -23,12 +23,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 
 import numpy as np
 from absl import app
 from absl import flags
 
 from experiments import common
+from experiments import plots
+from experiments import provenance
 import l2rw_jax
 from l2rw_jax import config as config_lib
 from l2rw_jax import methods
@@ -150,34 +153,6 @@ def table(summary: dict, settings, variants) -> str:
     return common.markdown_table(header, rows)
 
 
-def plot(summary: dict, settings, variants, path: workdir_lib.PathLike, title: str) -> None:
-    """Grouped bars: test accuracy per setting, one bar per variant, 95% CI whiskers."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(variants) * len(settings) / 3), 4.5))
-    width = 0.8 / len(variants)
-    for i, v in enumerate(variants):
-        means = [100 * summary[s][v]["test_accuracy"]["mean"] if v in summary[s] else np.nan
-                 for s in settings]
-        cis = [100 * (summary[s][v]["test_accuracy"]["ci95"] or 0) if v in summary[s] else 0
-               for s in settings]
-        ax.bar(np.arange(len(settings)) + (i - (len(variants) - 1) / 2) * width, means, width,
-               yerr=cis, capsize=2, label=v)
-    ax.set_xticks(np.arange(len(settings)), [f"{s} flip" if s != "none" else "no noise"
-                                             for s in settings])
-    ax.set_ylabel("final test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    lows = [100 * summary[s][v]["test_accuracy"]["mean"] for s in settings for v in variants
-            if v in summary[s]]
-    ax.set_ylim(max(0, min(lows) - 10), min(100, max(lows) + 5))
-    fig.tight_layout()
-    common._save(fig, path)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -217,11 +192,14 @@ def main(argv):
             f"{config.data.clean_per_class} clean per class, "
             f"{config.num_seeds} seeds; final test accuracy mean +- 95% CI")
     print(head + "\n" + text)
-    common.write_text(workdir / "table.md", head + "\n\n" + text + "\n")
-    common.write_json(workdir / "summary.json",
-                      {"config": json.loads(config.to_json()), "summary": summary})
-    plot(summary, _SETTINGS.value, variants, workdir / "robust.png",
-         f"{source}, {config.model.name}, {config.num_steps} steps, {config.num_seeds} seeds")
+    record = provenance.record("experiments.robust", sys.argv[1:])
+    common.write_text(workdir / "table.md", head + "\n\n" + text + "\n\n"
+                      + provenance.describe(record) + "\n")
+    common.write_json(workdir / "summary.json", {"config": json.loads(config.to_json()),
+                                                 "summary": summary, "provenance": record})
+    plots.plot_bars(
+        summary, _SETTINGS.value, variants, workdir / "robust.png",
+        f"{source}, {config.model.name}, {config.num_steps} steps, {config.num_seeds} seeds")
     if _RESULTS_DIR.value and workdir_lib.is_primary():
         for name, ext in (("table.md", "md"), ("summary.json", "json"), ("robust.png", "png")):
             data = (workdir / name).read_bytes()

@@ -9,6 +9,7 @@ import pytest
 
 import tiny_data
 from experiments import common
+from experiments import plots
 from l2rw_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,8 +155,8 @@ def test_a_curve_of_one_evaluation_is_drawn(tmp_path, monkeypatch):
     import numpy as np
 
     figures = []
-    monkeypatch.setattr(common, "_save", lambda fig, path: figures.append(fig))
-    common.plot_curves({"erm": (np.array([20]), np.array([[0.5], [0.7]])),
+    monkeypatch.setattr(plots, "save", lambda fig, path: figures.append(fig))
+    plots.plot_curves({"erm": (np.array([20]), np.array([[0.5], [0.7]])),
                         "long": (np.arange(1, 50), np.full((1, 49), 0.5))},
                        tmp_path / "a.png", "t")
     short, long = figures[0].axes[0].lines

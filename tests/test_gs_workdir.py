@@ -21,6 +21,7 @@ from etils import epath
 
 import tiny_data
 from experiments import common
+from experiments import plots
 from fake_bucket import fake_gs
 from l2rw_jax import config as config_lib
 from l2rw_jax import workdir as workdir_lib
@@ -72,7 +73,7 @@ def test_writers_and_readers_put_everything_in_the_bucket(npz, tmp_path, bucket)
     np.testing.assert_array_equal(curve[1], local_curve[1])
     workdir = workdir_lib.path(run)
     assert str(workdir / "erm") == "gs://b/run/erm"
-    common.plot_curves({"erm": curve}, workdir / "accuracy.png", "title")
+    plots.plot_curves({"erm": curve}, workdir / "accuracy.png", "title")
     common.write_text(workdir / "table.md", common.method_table(results) + "\n")
     common.write_json(workdir / "summary.json", results)
     assert (gcs / "b/run/accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

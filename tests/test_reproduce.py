@@ -1,4 +1,4 @@
-"""experiments.reproduce: JPEG data, the planner, and the smoke suite end to end (cut-off,
+"""experiments.reproduce: JPEG data, the suites, flags, and the smoke suite end to end (cut-off,
 continuation, skip of present parts)."""
 import io
 import json
@@ -11,11 +11,14 @@ import pytest
 from PIL import Image
 
 from experiments import reproduce
+from experiments import reproduce_data
+from experiments.configs import cifar_background
+from experiments.configs import reproduce as suites
 from l2rw_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_CIFAR = os.path.join(ROOT, "..", "shared", "data", "cifar10_dev")
-PARTS = [p.name for p in reproduce.SUITES["smoke"]]
+PARTS = [p.name for p in suites.SUITES["smoke"]]
 
 
 def _jpeg_npz(path, splits):
@@ -47,7 +50,7 @@ def test_decode_jpeg_npz_cuts_at_the_offsets(tmp_path):
               np.full((6, 6, 3), 40 * i, np.uint8) for i in range(5)]
     arrays = _jpeg_npz(tmp_path / "j.npz", {"train": (images, [0, 1, 2, 3, 4]),
                                              "test": (images[:2], [7, 8])})
-    reproduce.decode_jpeg_npz(str(tmp_path / "j.npz"), str(tmp_path / "d.npz"))
+    reproduce_data.decode_jpeg_npz(str(tmp_path / "j.npz"), str(tmp_path / "d.npz"))
     with np.load(tmp_path / "d.npz") as d:
         assert sorted(d.files) == ["x_test", "x_train", "y_test", "y_train"]
         assert d["x_train"].shape == (5, 6, 6, 3) and d["x_train"].dtype == np.uint8
@@ -61,7 +64,7 @@ def test_decode_jpeg_npz_cuts_at_the_offsets(tmp_path):
     bad = dict(arrays, x_train_offsets=arrays["x_train_offsets"][:-1])
     np.savez(tmp_path / "bad.npz", **bad)
     with pytest.raises(ValueError, match="x_train_offsets must rise from 0"):
-        reproduce.decode_jpeg_npz(str(tmp_path / "bad.npz"), str(tmp_path / "x.npz"))
+        reproduce_data.decode_jpeg_npz(str(tmp_path / "bad.npz"), str(tmp_path / "x.npz"))
     assert not os.path.exists(tmp_path / "x.npz")
 
 
@@ -75,38 +78,38 @@ def test_decoded_jpeg_rows_are_the_pixels_of_cifar10_dev(tmp_path):
                "x_test_jpeg": f["x_test_jpeg"][:off[-1]], "x_test_offsets": off,
                "y_test": f["y_test"][:40]}
     np.savez(tmp_path / "sub.npz", **sub)
-    reproduce.decode_jpeg_npz(str(tmp_path / "sub.npz"), str(tmp_path / "dec.npz"))
+    reproduce_data.decode_jpeg_npz(str(tmp_path / "sub.npz"), str(tmp_path / "dec.npz"))
     with np.load(os.path.join(SHARED_CIFAR, "cifar10_dev.npz")) as ref, \
             np.load(tmp_path / "dec.npz") as dec:
         np.testing.assert_array_equal(dec["x_test"], ref["x_test"][:40])
         np.testing.assert_array_equal(dec["y_test"], ref["y_test"][:40])
 
 
-def test_plan_sweep_is_greedy_in_priority_order():
-    plan = reproduce.plan_sweep([("a", 40.0), ("b", 50.0), ("c", 10.0), ("d", 30.0)],
-                                remaining_s=115.0, safety=1.5)
-    # a: 60 used; b: 60 + 75 > 115 skipped; c: 75; d: 75 + 45 > 115 skipped.
-    assert [(k, run) for k, _, run in plan] == [("a", True), ("b", False), ("c", True),
-                                               ("d", False)]
-
-
-def test_plan_steps_largest_count_for_all_then_minimal():
-    C = reproduce.Cost
-    costs = {"erm": C(10.0, 0.01), "l2rw": C(20.0, 0.03), "rec": C(20.0, 0.03)}
-    methods, steps = ["erm", "l2rw", "rec"], (1000, 2000, 4000)
-    # all three: 50 + 0.07 S -> S = 2000 costs 190 <= 200; 4000 costs 330.
-    assert reproduce.plan_steps(costs, methods, steps, 200.0, 1.0, 2) == (2000, methods)
-    # 100 s: no S fits all; at 1000: erm 20 + l2rw 50 = 70 fit, rec would make 120.
-    assert reproduce.plan_steps(costs, methods, steps, 100.0, 1.0, 2) == (1000, ["erm", "l2rw"])
-    # 60 s: the minimal run (erm and l2rw at 1000 steps, 70 s) does not fit.
-    assert reproduce.plan_steps(costs, methods, steps, 60.0, 1.0, 2) is None
-    # The safety factor counts: 190 * 1.1 > 200.
-    assert reproduce.plan_steps(costs, methods, steps, 200.0, 1.1, 2) == (1000, methods)
+def test_flags_defaults_and_one_line_errors(tmp_path):
+    args = reproduce.parse_args([f"--workdir={tmp_path}"])
+    assert (args.suite, args.budget_s, args.safety, args.bundle, args.git_commit) == (
+        "paper", 480.0, 1.15, "", None)
+    assert args.parts == [p.name for p in suites.SUITES["paper"]]
+    assert args.results_dir == reproduce.COMMITTED_DIR
+    assert args.compilation_cache == os.path.join(str(tmp_path), "jax_cache")
+    smoke = reproduce.parse_args(["--suite=smoke", f"--workdir={tmp_path}", "--parts=cifar_uniform",
+                                  "--compilation_cache="])
+    assert (smoke.parts, smoke.results_dir, smoke.compilation_cache) == (
+        ["cifar_uniform"], os.path.join(str(tmp_path), "results"), "")
+    for argv, match in ((["--parts=mnist_4v9,cifar"], r"unknown part\(s\) \['cifar'\]"),
+                        (["--budget_s=0"], "--budget_s must be > 0"),
+                        (["--safety=0.9"], "--safety >= 1"),
+                        (["--suite=big"], "suite"), (["--budget=3"], "budget")):
+        with pytest.raises(ValueError, match=match):
+            reproduce.parse_args(argv)
+    with pytest.raises(ValueError, match="unknown suite 'big'"):
+        suites.get_config("big")
+    assert suites.get_config("smoke") is suites.SUITES["smoke"]
 
 
 def test_scaled_config_compresses_the_paper_schedule():
-    base = reproduce.cifar_background.get_config("cifar10")
-    c = reproduce.scaled_config(base, 8000)
+    base = cifar_background.get_config("cifar10")
+    c = suites.scaled_config(base, 8000)
     assert (c.num_steps, tuple(c.optim.lr_boundaries), c.loop.eval_every,
             c.loop.checkpoint_every) == (
         8000, (4000, 6000), 800, 8000)
@@ -115,11 +118,11 @@ def test_scaled_config_compresses_the_paper_schedule():
 
 def test_paper_programs_are_the_papers_recipes():
     """Every program of the paper suite validates, with the recipe the issue names."""
-    parts = {p.name: p for p in reproduce.SUITES["paper"]}
+    parts = {p.name: p for p in suites.SUITES["paper"]}
     assert list(parts) == ["mnist_4v9", "cifar_background", "cifar_uniform"]
     mnist = parts["mnist_4v9"]
     base = mnist.base("mnist.npz")
-    configs = {(m, f): reproduce.program_config(mnist, base, m, f)
+    configs = {(m, f): suites.program_config(mnist, base, m, f)
                for f in mnist.fractions for m in mnist.methods}
     assert {m for m, _ in configs} == {"erm", "random", "proportion", "resample", "hard_mining",
                                        "l2rw", "mwnet", "recommended"}
@@ -140,7 +143,7 @@ def test_paper_programs_are_the_papers_recipes():
                                ("cifar_uniform", "uniform", 100)):
         part = parts[name]
         assert list(part.methods) == ["erm", "l2rw", "recommended", "proportion"]
-        c = reproduce.program_config(part, reproduce.scaled_config(part.base("c.npz"), 4000),
+        c = suites.program_config(part, suites.scaled_config(part.base("c.npz"), 4000),
                                      "l2rw")
         assert (c.data.noise, c.data.noise_ratio, c.data.clean_per_class, c.model.name,
                 c.num_seeds) == (noise, 0.4, clean, "resnet32", 3)
