@@ -14,7 +14,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from l2rw_jax import audit
-from l2rw_jax import models
+from l2rw_jax import model_factory, models
 from l2rw_jax.audit import label_issues
 from l2rw_jax.audit import mistakes
 
@@ -65,7 +65,7 @@ def planted(tmp_path_factory):
     noisy = y_obs != y_true
     assert noisy.sum() == 110 and not np.any(y_obs[flip] == CUE_CLASS)
 
-    module = models.create_model("small_cnn", 10, channels=(16, 32), hidden=32)
+    module = model_factory.create_model("small_cnn", 10, channels=(16, 32), hidden=32)
     apply_fn, feature_fn = models.make_apply_fn(module), models.make_feature_fn(module)
     params, model_state = models.init_model(module, jax.random.key(0), (1, 8, 8, 1))
     tx = optax.adam(1e-2)

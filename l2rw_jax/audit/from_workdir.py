@@ -90,6 +90,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
     import jax
     from l2rw_jax import config as config_lib
     from l2rw_jax import members
+    from l2rw_jax import model_factory
     from l2rw_jax import models
 
     # The member's data exactly as training rebuilt it (splits, hold-out, normalisation).
@@ -124,7 +125,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
             weights_path,
         )
 
-    module = models.create_model(
+    module = model_factory.create_model(
         cfg.model.name, splits.num_classes, **config_lib.model_kwargs(cfg.model)
     )
     pick = lambda t: jax.tree.map(lambda x: np.asarray(x)[member], t)
