@@ -20,7 +20,7 @@ from l2rw_jax import sharding
 # A run: a config in, a workdir and its results out.
 from l2rw_jax.config import METHODS
 from l2rw_jax.config import default_config
-from l2rw_jax.members import member_data
+from l2rw_jax.compose import member_data
 from l2rw_jax.train import train_and_evaluate
 
 # The meta-step.

@@ -617,21 +617,3 @@ def member_options(config) -> dict:
     return dict(split_options=split_options(config.data),
                 hyper_val_size=config.data.hyper_val_size, pixel_scale=config.data.pixel_scale,
                 oracle=config.method.name == "oracle")
-
-
-def feed(config, backend: str):
-    """The ``backends.Feed`` of the run: what the input backends need (``backend`` resolved:
-    "device" or "tfdata")."""
-    from l2rw_jax import backends
-    from l2rw_jax import members
-
-    d, p = config.data, config.loop
-    return backends.Feed(
-        backend=backend,
-        phases=members.phases(config.method.name, config.num_steps,
-                              config.method.finetune_steps),
-        batch_size=d.batch_size, clean_batch_size=d.clean_batch_size,
-        eval_batch_size=d.eval_batch_size, augment=d.augment,
-        resample=config.method.name == "resample", hyperval=d.hyper_val_size > 0,
-        log_every=p.log_every, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
-        steps_per_call=p.steps_per_call, steps_per_fetch=p.steps_per_fetch)
