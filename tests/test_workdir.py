@@ -165,7 +165,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(stopped_run,
                 f.write(b"\0garbage")
     with caplog.at_level("WARNING", logger="l2rw_jax.workdir"):
         results = train.train_and_evaluate(_config(stopped_run["npz"]), workdir)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and r.name == "l2rw_jax.workdir"]
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert warnings[0].startswith("Checkpoint step(s) 4 in ")
     assert "resuming from step 2 instead, and deleting them." in warnings[0]
