@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
-from l2rw_jax import methods, models  # noqa: E402
+from l2rw_jax import methods, model_factory, models  # noqa: E402
 from l2rw_jax import step as step_lib  # noqa: E402
 from l2rw_jax.train_state import TrainState  # noqa: E402
 
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
     rng = np.random.default_rng(1)
-    module = models.create_model("mlp", 3, hidden=(8,))
+    module = model_factory.create_model("mlp", 3, hidden=(8,))
     params, _ = models.init_model(module, jax.random.key(0), (1, 5))
     params = jax.tree.map(np.asarray, params)
     tx = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.1, momentum=0.9))

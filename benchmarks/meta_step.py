@@ -79,13 +79,13 @@ def run_row(row_name: str, steps: int, warmup: int, quick: bool,
     import jax.numpy as jnp
     import optax
 
-    from l2rw_jax import correction, methods, models, xla_options
+    from l2rw_jax import correction, methods, model_factory, models, xla_options
     from l2rw_jax import step as step_lib
     from l2rw_jax.train_state import TrainState
 
     row = ROWS[row_name]
     kw = dict(row["kw"], **(QUICK_KW.get(row["model"], {}) if quick else {}))
-    module = models.create_model(row["model"], 10, **kw)
+    module = model_factory.create_model(row["model"], 10, **kw)
     params, model_state = models.init_model(module, jax.random.key(0), (1, *row["image"]))
     apply_fn = models.make_apply_fn(module)
     tx = optax.chain(optax.add_decayed_weights(2e-4), optax.sgd(row["lr"], momentum=0.9))

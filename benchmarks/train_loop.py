@@ -67,14 +67,14 @@ def bare_step(config):
 
     from l2rw_jax import backends
     from l2rw_jax import build
-    from l2rw_jax import config as config_lib
+    from l2rw_jax import compose
     from l2rw_jax import train
     from l2rw_jax import xla_options
 
     run = train.build_run(config)
     step = xla_options.jit(jax.vmap(build.make_loop_step(run.train_step, True)),
                            donate_argnums=(0, 1))  # as the loop compiles it
-    feed = config_lib.feed(config, "tfdata")
+    feed = compose.feed(config, "tfdata")
     _, _, train_SxK, clean_SxK = next(backends.host_chunks(run.members, feed, 0, 1))
     batch, val_batch = jax.device_put(jax.tree.map(lambda x: x[0], (train_SxK, clean_SxK)))
     carry = [step(*jax.device_put(run.carry0), batch, val_batch)]  # compiles

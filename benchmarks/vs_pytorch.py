@@ -81,11 +81,11 @@ def _jax_worker(row: dict, kw: dict, data: dict, params_out: str):
     import jax.numpy as jnp
     import optax
 
-    from l2rw_jax import methods, models, xla_options
+    from l2rw_jax import methods, model_factory, models, xla_options
     from l2rw_jax import step as step_lib
     from l2rw_jax.train_state import TrainState
 
-    module = models.create_model(row["model"], NUM_CLASSES, **kw)
+    module = model_factory.create_model(row["model"], NUM_CLASSES, **kw)
     params, model_state = models.init_model(module, jax.random.key(0), (1, *row["image"]))
     flat = {}
 

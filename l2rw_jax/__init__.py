@@ -20,7 +20,7 @@ from l2rw_jax import sharding
 # A run: a config in, a workdir and its results out.
 from l2rw_jax.config import METHODS
 from l2rw_jax.config import default_config
-from l2rw_jax.members import member_data
+from l2rw_jax.compose import member_data
 from l2rw_jax.train import train_and_evaluate
 
 # The meta-step.
@@ -49,11 +49,11 @@ from l2rw_jax.models import LeNet
 from l2rw_jax.models import ResNet32
 from l2rw_jax.models import SmallCNN
 from l2rw_jax.models import WideResNet
-from l2rw_jax.models import create_model
 from l2rw_jax.models import init_model
 from l2rw_jax.models import make_apply_fn
 from l2rw_jax.models import make_feature_fn
 from l2rw_jax.models import output_layer_path
+from l2rw_jax.model_factory import create_model
 
 # Data: sources as arrays, and the corruptions (pure numpy functions of a seed).
 from l2rw_jax.corruption import Splits

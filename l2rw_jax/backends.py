@@ -37,7 +37,7 @@ TFDATA = "the tfdata input backend (loop.backend='tfdata')"  # what needs Tensor
 
 
 class Feed(NamedTuple):
-    """What the backends need to know of the run (built by ``config.feed``)."""
+    """What the backends need to know of the run (built by ``compose.feed``)."""
     backend: str                    # "device" or "tfdata"
     phases: list                    # members.phases: [(phase, first step, end step)]
     batch_size: int

@@ -18,6 +18,7 @@ import optax
 from l2rw_jax import adapter
 from l2rw_jax import correction
 from l2rw_jax import methods
+from l2rw_jax import model_factory
 from l2rw_jax import models
 from l2rw_jax import reweight
 from l2rw_jax import step as step_lib
@@ -114,7 +115,7 @@ def build_run(members: list[MemberData], *, model: str, model_kwargs: dict,
 
     Args:
       members: the members' data (``members.make_member``).
-      model, model_kwargs: ``models.create_model(model, num_classes, **model_kwargs)``.
+      model, model_kwargs: ``model_factory.create_model(model, num_classes, **model_kwargs)``.
       tx: the optimizer; ``scheme``, ``options``: ``methods.get_scheme(scheme, **options)``.
       batch_size, clean_batch_size: B and M of one member's step.
       total_steps: training steps of the run (the finetune phase included).
@@ -131,7 +132,7 @@ def build_run(members: list[MemberData], *, model: str, model_kwargs: dict,
     num_train, K = sizes.pop(), len(members)
     num_classes = members[0].splits.num_classes
     image_shape = members[0].splits.train_x.shape[1:]
-    module = models.create_model(model, num_classes, **model_kwargs)
+    module = model_factory.create_model(model, num_classes, **model_kwargs)
     apply_fn = models.make_apply_fn(module)
     # meta_params="last" of a module of the user's: its output layer, wherever it is.
     options = adapter.resolve_meta_params(module, options, (1,) + tuple(image_shape))

@@ -6,7 +6,7 @@ library reads what. Here every group feeds one part (big_vision ``configs/*.py``
 
     seed, num_seeds, num_steps    member k uses seed + k for everything (l2rw_jax.members)
     data.*                        datasets, corruption, hold-out, batches (l2rw_jax.members)
-    model.name, model.options     models.create_model(name, num_classes, **options)
+    model.name, model.options     model_factory.create_model(name, num_classes, **options)
     optim.*                       the optimizer (make_optimizer, as big_vision's optax.make)
     method.name                   a weighting scheme or a data-level method (METHODS)
     method.l2rw.*, method.mwnet.* each scheme's own options: exactly methods.l2rw/mwnet's
@@ -35,7 +35,7 @@ import optax
 from l2rw_jax import corruption
 from l2rw_jax import datasets
 from l2rw_jax import methods
-from l2rw_jax import models
+from l2rw_jax import model_factory
 
 if TYPE_CHECKING:
     import ml_collections
@@ -54,7 +54,7 @@ RESUMABLE_FIELDS = ("loop.stop_after_steps", "loop.progress_bar", "loop.steps_pe
                     "loop.steps_per_call")
 # The method groups holding one scheme's options (config.weighing hands them to the scheme).
 _SCHEME_GROUPS = ("l2rw", "mwnet")
-# Free-form groups: any keys (models.create_model checks them).
+# Free-form groups: any keys (model_factory.create_model checks them).
 _OPEN_GROUPS = ("model.options", "data.noise_map")
 
 
@@ -111,7 +111,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.clean_batch_size = 100        # clean (validation) batch M of the meta-step
     d.eval_batch_size = 500         # evaluation batch (last one padded and masked)
 
-    # --- Model (l2rw_jax.models.create_model).
+    # --- Model (l2rw_jax.model_factory.create_model).
     c.model = ml_collections.ConfigDict()
     c.model.name = "small_cnn"      # lenet | resnet32 | wrn | small_cnn | mlp | pkg.mod:Class
     c.model.options = ml_collections.ConfigDict()  # create_model kwargs, e.g. depth / width
@@ -400,7 +400,7 @@ def _check(c, check_devices: bool) -> None:
     for as_written in (True, False):
         corruption.check_split_args(num_classes=None, seed=c.seed, clean_given=None,
                                     **split_options(d, as_written=as_written))
-    models.create_model(c.model.name, 2, **model_kwargs(c.model))  # Checks name and options.
+    model_factory.create_model(c.model.name, 2, **model_kwargs(c.model))  # Checks name and options.
     scheme, options = weighing(c.method)
     try:
         methods.get_scheme(scheme, **options)  # Checks the scheme's options.
@@ -539,7 +539,7 @@ def noise_description(data) -> str:
 
 
 def model_kwargs(model) -> dict:
-    """``models.create_model(model.name, num_classes, **model_kwargs(model))``."""
+    """``model_factory.create_model(model.name, num_classes, **model_kwargs(model))``."""
     options = model.options
     return dict(options.to_dict() if hasattr(options, "to_dict") else options or {})
 
@@ -617,21 +617,3 @@ def member_options(config) -> dict:
     return dict(split_options=split_options(config.data),
                 hyper_val_size=config.data.hyper_val_size, pixel_scale=config.data.pixel_scale,
                 oracle=config.method.name == "oracle")
-
-
-def feed(config, backend: str):
-    """The ``backends.Feed`` of the run: what the input backends need (``backend`` resolved:
-    "device" or "tfdata")."""
-    from l2rw_jax import backends
-    from l2rw_jax import members
-
-    d, p = config.data, config.loop
-    return backends.Feed(
-        backend=backend,
-        phases=members.phases(config.method.name, config.num_steps,
-                              config.method.finetune_steps),
-        batch_size=d.batch_size, clean_batch_size=d.clean_batch_size,
-        eval_batch_size=d.eval_batch_size, augment=d.augment,
-        resample=config.method.name == "resample", hyperval=d.hyper_val_size > 0,
-        log_every=p.log_every, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
-        steps_per_call=p.steps_per_call, steps_per_fetch=p.steps_per_fetch)

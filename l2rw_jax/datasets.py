@@ -54,6 +54,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from l2rw_jax import _optional
+from l2rw_jax import files
 
 EMBEDDED = ("digits",)
 NPZ_PREFIX = "npz:"
@@ -613,7 +614,7 @@ def save_arrays(
     For notebooks: the returned `"npz:<absolute path>"` is what `config.data.dataset` takes, so a
     run records a JSON-able name and can be resumed from it. The file holds the converted arrays
     (uint8 with a channel axis, int32 labels) and, when given, `x_clean, y_clean`,
-    `class_names` and `num_classes`; it is written atomically (`workdir.atomic_write`): a
+    `class_names` and `num_classes`; it is written atomically (`files.atomic_write`): a
     reader never sees half a file, and a failure leaves none.
 
     >>> name = save_arrays("data.npz", x_train, y_train, x_test, y_test,  # doctest: +SKIP
@@ -623,8 +624,6 @@ def save_arrays(
     Raises:
       ValueError: as `make_arrays`, before anything is written.
     """
-    from l2rw_jax import workdir
-
     path = os.path.abspath(os.fspath(path))
     arrays = make_arrays(
         x_train, y_train, x_test, y_test, x_clean=x_clean, y_clean=y_clean,
@@ -640,7 +639,7 @@ def save_arrays(
         out["class_names"] = np.array(arrays.class_names, dtype=str)
     if num_classes is not None:
         out["num_classes"] = np.array(arrays.num_classes, np.int64)
-    workdir.atomic_write(path, lambda f: np.savez(f, **out), mode="wb")
+    files.atomic_write(path, lambda f: np.savez(f, **out), mode="wb")
     return arrays.name
 
 

@@ -163,21 +163,6 @@ def make_member(arrays: datasets.Arrays, seed: int, *, split_options: dict,
     return MemberData(seed, splits, hyperval, mean, std, counts, arrays.class_names, table)
 
 
-def member_data(config, member: int = 0) -> MemberData:
-    """Member ``member``'s data (seed ``config.seed + member``) exactly as training saw it:
-    the splits after the hyper-validation hold-out and the normalisation statistics. For
-    audits and notebooks; ``config`` is a ConfigDict or a dict (e.g. a run's config.json,
-    also one written before the config had groups)."""
-    from l2rw_jax import config as config_lib
-
-    c = config_lib.validate(config_lib.upgrade(config, fill_added=True), check_devices=False)
-    if isinstance(member, bool) or not isinstance(member, (int, np.integer)) or not (
-            0 <= member < c.num_seeds):
-        raise ValueError(f"member={member!r} must be an integer in [0, {c.num_seeds}).")
-    arrays = datasets.load_arrays(c.data.dataset, **config_lib.load_options(c.data))
-    return make_member(arrays, c.seed + int(member), **config_lib.member_options(c))
-
-
 def phases(method: str, num_steps: int, finetune_steps: int) -> list[tuple[str, int, int]]:
     """[(phase, first global step, last global step + 1)] of a run: phase ``noisy`` trains on
     the noisy set (resample: on its balanced rows), ``clean`` on the clean set."""

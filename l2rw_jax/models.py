@@ -2,7 +2,7 @@
 
 Every model here is a Linen module called as ``module(x_BxHxWxC, train, *, features=False,
 conv_delta=None)``. The rest of the library never touches Linen: it builds one with
-``create_model(name, num_classes, **options)`` and then uses three pure functions:
+``model_factory.create_model(name, num_classes, **options)`` and then uses three pure functions:
 
 - ``init_model(module, rng, input_shape) -> (params, model_state)``
 - ``make_apply_fn(module)(params, model_state, x, train, rng=None)
@@ -27,7 +27,6 @@ pytrees the functional core works on, with no split/merge step (ARCHITECTURE.md)
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
@@ -265,38 +264,14 @@ class MLP(nn.Module):
         return _outputs(logits, x, None, features)
 
 
-_MODELS: dict[str, type[nn.Module]] = {
+# The zoo by name (model_factory.create_model builds from it).
+MODELS: dict[str, type[nn.Module]] = {
     "lenet": LeNet,
     "resnet32": ResNet32,
     "wrn": WideResNet,
     "small_cnn": SmallCNN,
     "mlp": MLP,
 }
-
-
-def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Builds a model by name: ``lenet``, ``resnet32``, ``wrn``, ``small_cnn``, ``mlp``, or a
-    Linen module of your own, ``"package.module:ClassName"`` (``adapter.import_model``).
-
-    Example:
-      >>> create_model("wrn", 10, depth=10, width=1).depth
-      10
-    """
-    if isinstance(name, str) and ":" in name:
-        from l2rw_jax import adapter  # adapter imports this module: imported when needed
-        return adapter.import_model(name, num_classes, **kwargs)
-    if name not in _MODELS:
-        raise ValueError(f"Unknown model {name!r}; allowed: {', '.join(sorted(_MODELS))} or "
-                         f"'package.module:ClassName'.")
-    cls = _MODELS[name]
-    allowed = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "num_classes"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ValueError(
-            f"Unknown option(s) {unknown} for model {name!r}; allowed: {sorted(allowed)}.")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r} must be a positive int.")
-    return cls(num_classes=num_classes, **kwargs)
 
 
 def init_model(module: nn.Module, rng: jax.Array, input_shape: Sequence[int]
@@ -381,7 +356,7 @@ def output_layer_path(module: nn.Module, input_shape: Sequence[int]) -> tuple[st
         outputs the logits, and the parameters to move must be named by hand.
 
     Example:
-      >>> output_layer_path(create_model("mlp", 3, hidden=(4,) * 12), (1, 5))
+      >>> output_layer_path(MLP(num_classes=3, hidden=(4,) * 12), (1, 5))
       ('head',)
     """
     if len(input_shape) < 2:

@@ -7,12 +7,13 @@ jitted, ``jax.vmap``-ed step; without it the same step is called once per member
 is a table of contents; each part has its module:
 
     l2rw_jax.config      the config: schema, validation, translation into library arguments
+    l2rw_jax.compose     the config wired to the members, the feed and the workdir's config.json
     l2rw_jax.members     seeds, each member's splits, the data-level methods' phases
     l2rw_jax.build       model, step of one member with its accumulators, initial carry
     l2rw_jax.backends    the input backends (device / tfdata) as calls of the step
     l2rw_jax.sharding    placement of every batch (seed and step axes whole, batch split)
     l2rw_jax.evaluate    the masked evaluation
-    l2rw_jax.workdir     config.json, metrics.jsonl, checkpoints, npz and JSON files
+    l2rw_jax.workdir     metrics.jsonl, checkpoints, npz and JSON files
     l2rw_jax.results     statistics over members and results.json
 
 Evaluation every ``loop.eval_every`` steps on the test set and on a noisy hyper-validation
@@ -42,6 +43,7 @@ import numpy as np
 from l2rw_jax import _optional
 from l2rw_jax import backends
 from l2rw_jax import build
+from l2rw_jax import compose
 from l2rw_jax import config as config_lib
 from l2rw_jax import datasets
 from l2rw_jax import evaluate
@@ -95,8 +97,7 @@ def build_run(config: ml_collections.ConfigDict,
     source loaded once; default: ``config.data.dataset`` loaded here)."""
     if arrays is None:
         arrays = datasets.load_arrays(config.data.dataset, **config_lib.load_options(config.data))
-    mds = [members_lib.make_member(arrays, s, **config_lib.member_options(config))
-           for s in members_lib.seeds(config.seed, config.num_seeds)]
+    mds = compose.members(config, arrays)
     config_lib.check_batch_sizes(config.data, len(mds[0].splits.train_labels),
                                  len(mds[0].splits.clean_labels))
     scheme, options = config_lib.weighing(config.method)
@@ -173,10 +174,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     if note and workdir_lib.is_primary():
         log.warning(note)
     wd = workdir_lib.path(workdir)
-    config.loop.backend = workdir_lib.resolve_backend(config.loop.backend, wd)
+    config.loop.backend = compose.resolve_backend(config.loop.backend, wd)
     if config.loop.backend == "tfdata":
         _optional.require("tensorflow", backends.TFDATA)  # Now, not after loading the data.
-    workdir_lib.check_or_write_config(wd, config, write=False)  # Another run's workdir: fail now.
+    compose.check_or_write_config(wd, config, write=False)  # Another run's workdir: fail now.
     t_invocation = time.time()
     arrays = datasets.load_arrays(config.data.dataset, **config_lib.load_options(config.data))
     # Resuming on data regenerated at the same path (other rows): fail now.
@@ -185,9 +186,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     run = build_run(config, arrays)  # Checks the sizes: may fail, nothing written.
     del arrays  # The members hold their splits.
     wd.mkdir(parents=True, exist_ok=True)
-    workdir_lib.check_or_write_config(wd, config)
+    compose.check_or_write_config(wd, config)
     workdir_lib.check_or_write_fingerprint(wd, data_fingerprint)
-    loop, feed = config.loop, config_lib.feed(config, config.loop.backend)
+    loop, feed = config.loop, compose.feed(config, config.loop.backend)
     members, K = run.members, len(run.members)
     seeds = [md.seed for md in members]
 

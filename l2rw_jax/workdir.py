@@ -2,9 +2,9 @@
 the loop, the audit and the experiments use.
 
 Paths go through ``etils.epath``, so a ``gs://bucket/run`` workdir is a bucket path (not
-``<cwd>/gs:/bucket/run``) and local ones are plain files. Why one atomic writer: a reader (the
-audit, a resumed run, a plot script, a person) must never see a half-written file, and three
-copies of this logic had grown apart (permissions, fsync, cleanup). Orbax writes the
+``<cwd>/gs:/bucket/run``) and local ones are plain files. Every file is written through the one
+atomic writer, ``files.atomic_write`` (also ``workdir.atomic_write``): a reader (the audit, a
+resumed run, a plot script, a person) must never see a half-written file. Orbax writes the
 checkpoints themselves atomically (and coordinates the processes of a multi-host job).
 
 Multi-host: every process runs the same loop, but only :func:`is_primary` (process 0) writes
@@ -13,17 +13,17 @@ that gate lives here, in the writers, not in the loop.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import tempfile
-from typing import IO, Any, Callable
+from typing import Any
 
 import numpy as np
 from etils import epath
 
 from l2rw_jax import _optional
+from l2rw_jax.files import atomic_write
+from l2rw_jax.files import is_remote
 
 log = logging.getLogger("l2rw_jax.workdir")
 
@@ -37,67 +37,11 @@ def path(p: PathLike) -> epath.Path:
     return epath.Path(s if is_remote(s) else os.path.abspath(s))
 
 
-def is_remote(p: PathLike) -> bool:
-    """True for a URI (``gs://``, ``s3://``...), False for a local path."""
-    return "://" in os.fspath(p)
-
-
 def is_primary() -> bool:
     """True on the process that writes the run's files (process 0; the only one when local)."""
     import jax
 
     return jax.process_index() == 0
-
-
-def atomic_write(p: PathLike, write: Callable[[IO[Any]], None], mode: str = "w",
-                 newline: str | None = None) -> str:
-    """Writes ``p`` through ``write(file)`` so that it appears whole or not at all.
-
-    Local: on a temporary file in the same folder, fsync, then ``os.replace``; a failure
-    leaves nothing behind. URIs (``gs://``): ``write`` fills a buffer uploaded as one object
-    (an object store shows an object only once its upload completes).
-
-    Args:
-      p: the file to write; its folder is created if missing.
-      write: called once with the open (temporary) file.
-      mode: ``"w"`` (text, UTF-8) or ``"wb"`` (binary).
-      newline: passed to ``open`` in text mode (``""`` for the csv module).
-
-    Returns:
-      ``p`` as a string. A local file gets the usual permissions (``0o666`` less the umask),
-      not ``mkstemp``'s private ``0o600``: results are meant to be read.
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"mode={mode!r} is not supported; allowed: 'w', 'wb'.")
-    if is_remote(p):
-        target = epath.Path(os.fspath(p))
-        buf = io.BytesIO() if mode == "wb" else io.StringIO(newline=newline)
-        write(buf)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if mode == "wb":
-            target.write_bytes(buf.getvalue())
-        else:
-            target.write_text(buf.getvalue(), encoding="utf-8")
-        return os.fspath(p)
-    p = os.fspath(p)
-    folder = os.path.dirname(os.path.abspath(p))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(p) + ".")
-    text = {} if mode == "wb" else {"encoding": "utf-8", "newline": newline}
-    try:
-        with os.fdopen(fd, mode, **text) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return p
 
 
 def write_json(p: PathLike, obj) -> None:
@@ -114,59 +58,6 @@ def write_npz(p: PathLike, **arrays) -> None:
 
 def read_json(p: PathLike):
     return json.loads(epath.Path(os.fspath(p)).read_text())
-
-
-# ----------------------------------------------------------------------------- config.json
-
-
-def read_config(workdir: PathLike):
-    """The validated config (a ConfigDict) of the run in ``workdir``; flat config.json files
-    from before the config had groups are upgraded (``config.upgrade``).
-
-    Raises:
-      ValueError: no config.json in ``workdir``.
-    """
-    from l2rw_jax import config as config_lib
-
-    p = path(workdir) / "config.json"
-    if not p.exists():
-        raise ValueError(f"workdir {os.fspath(workdir)!r} has no config.json; is it a training "
-                         f"run's workdir?")
-    return config_lib.validate(config_lib.upgrade(read_json(p), fill_added=True),
-                               check_devices=False)
-
-
-def resolve_backend(backend: str, workdir: PathLike) -> str:
-    """``backend`` with "auto" resolved: the backend of the run being resumed in ``workdir``
-    (runs from before the field used tf.data), else "device" (``datasets.load_arrays`` loads
-    every source into memory, so every source fits the device-resident path)."""
-    from l2rw_jax import config as config_lib
-
-    p = path(workdir) / "config.json"
-    if backend != "auto":
-        return backend
-    if not p.exists():
-        return "device"
-    return config_lib.upgrade(read_json(p), fill_added=True)["loop"]["backend"]
-
-
-def check_or_write_config(workdir: PathLike, config, write: bool = True) -> None:
-    """Raises ValueError if ``workdir`` holds a run of another config, else (``write``, on
-    process 0) writes config.json. Checked before the data is loaded, written only after it
-    loaded and its sizes passed: a start that fails leaves nothing that blocks the corrected
-    command. Fields in ``config.RESUMABLE_FIELDS`` may differ."""
-    from l2rw_jax import config as config_lib
-
-    p = path(workdir) / "config.json"
-    current = json.loads(config.to_json())
-    if p.exists():
-        differ = config_lib.config_differences(read_json(p), current)
-        if differ:
-            raise ValueError(
-                f"workdir {os.fspath(workdir)!r} holds a run with a different config (fields "
-                f"{sorted(differ)}: {differ}); use a new workdir or the same config to resume.")
-    if write:
-        write_json(p, current)
 
 
 # ----------------------------------------------------------------------------- data fingerprint

@@ -23,9 +23,9 @@ def make_problem():
     import numpy as np
     import optax
 
-    from l2rw_jax import models
+    from l2rw_jax import model_factory, models
 
-    module = models.create_model("mlp", NUM_CLASSES, hidden=(8,))
+    module = model_factory.create_model("mlp", NUM_CLASSES, hidden=(8,))
     params, _ = models.init_model(module, jax.random.key(0), (1, FEATURES))
     params = jax.tree.map(np.asarray, params)
     tx = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.1, momentum=0.9))

@@ -211,14 +211,14 @@ def test_map_batched_pads_and_keeps_every_row():
 
 def test_grad_cam_on_the_project_models():
     import jax.random as jr
-    from l2rw_jax import models
+    from l2rw_jax import model_factory, models
 
     x = np.random.default_rng(4).normal(size=(2, 8, 8, 1)).astype(np.float32)
-    mlp = models.create_model("mlp", 3, hidden=(4,))
+    mlp = model_factory.create_model("mlp", 3, hidden=(4,))
     params, state = models.init_model(mlp, jr.key(0), (1, 8, 8, 1))
     with pytest.raises(ValueError, match="no conv layers"):
         mistakes.grad_cam(models.make_feature_fn(mlp), params, state, x, np.array([0, 1]))
-    cnn = models.create_model("small_cnn", 3, channels=(4,), hidden=4)
+    cnn = model_factory.create_model("small_cnn", 3, channels=(4,), hidden=4)
     params, state = models.init_model(cnn, jr.key(0), (1, 8, 8, 1))
     out = mistakes.grad_cam(models.make_feature_fn(cnn), params, state, x, np.array([0, 2]))
     assert out["cam"].shape == (2, 4, 4) and out["cam_upsampled"].shape == (2, 8, 8)

@@ -14,7 +14,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from l2rw_jax import audit
-from l2rw_jax import models
+from l2rw_jax import model_factory, models
 from l2rw_jax.audit import label_issues
 from l2rw_jax.audit import mistakes
 
@@ -65,7 +65,7 @@ def planted(tmp_path_factory):
     noisy = y_obs != y_true
     assert noisy.sum() == 110 and not np.any(y_obs[flip] == CUE_CLASS)
 
-    module = models.create_model("small_cnn", 10, channels=(16, 32), hidden=32)
+    module = model_factory.create_model("small_cnn", 10, channels=(16, 32), hidden=32)
     apply_fn, feature_fn = models.make_apply_fn(module), models.make_feature_fn(module)
     params, model_state = models.init_model(module, jax.random.key(0), (1, 8, 8, 1))
     tx = optax.adam(1e-2)
@@ -491,7 +491,7 @@ def test_workdir_audit_on_a_real_training_run(real_run):
 
 def test_label_issues_csv_of_a_real_run_maps_back_to_the_source_data(real_run):
     from l2rw_jax import datasets
-    from l2rw_jax import members
+    from l2rw_jax import compose
 
     workdir, res = real_run["workdir"], real_run["res"]
     rows = _read_csv(os.path.join(workdir, "audit", "label_issues.csv"))
@@ -507,7 +507,7 @@ def test_label_issues_csv_of_a_real_run_maps_back_to_the_source_data(real_run):
     true = np.array([int(r["true_label"]) for r in rows])
     # Independently of the run's records: the source labels and the corruption's flip mask.
     np.testing.assert_array_equal(true, y_source[source])
-    splits = members.member_data(real_run["config"]).splits
+    splits = compose.member_data(real_run["config"]).splits
     flipped = dict(zip(splits.train_source_index.tolist(), splits.train_is_noisy.tolist()))
     np.testing.assert_array_equal(given != true, [flipped[i] for i in source])
     assert 0 < (given != true).sum() < n

@@ -8,8 +8,8 @@ import optax
 import pytest
 
 import tiny_data
+from l2rw_jax import compose
 from l2rw_jax import config as config_lib
-from l2rw_jax import members
 from l2rw_jax import workdir
 
 
@@ -49,13 +49,13 @@ def test_resuming_checks_a_flat_config_json_field_by_field(tmp_path):
     for name in ("l2rw_memory_decay", "l2rw_weight_map", "backend", "l2rw_lookahead"):
         del flat[name]  # written before the field was added
     (tmp_path / "config.json").write_text(json.dumps(flat))
-    workdir.check_or_write_config(str(tmp_path), c, write=False)  # the same run: resumes
-    assert workdir.resolve_backend("auto", str(tmp_path)) == "tfdata"
+    compose.check_or_write_config(str(tmp_path), c, write=False)  # the same run: resumes
+    assert compose.resolve_backend("auto", str(tmp_path)) == "tfdata"
     c.optim.learning_rate = 0.3
     c.loop.progress_bar = False  # may change between invocations
     with pytest.raises(ValueError, match=r"fields \['optim\.learning_rate'\]"):
-        workdir.check_or_write_config(str(tmp_path), c, write=False)
-    assert workdir.read_config(str(tmp_path)).method.l2rw.weight_map == "clip"
+        compose.check_or_write_config(str(tmp_path), c, write=False)
+    assert compose.read_config(str(tmp_path)).method.l2rw.weight_map == "clip"
 
 
 def test_member_data_reads_a_flat_config_json(tmp_path):
@@ -63,12 +63,12 @@ def test_member_data_reads_a_flat_config_json(tmp_path):
     c = config_lib.default_config()
     c.data.update(dataset=f"npz:{npz}", clean_per_class=2, hyper_val_size=10)
     c.num_seeds = 2
-    a, b = members.member_data(c, 1), members.member_data(_flat(c), 1)
+    a, b = compose.member_data(c, 1), compose.member_data(_flat(c), 1)
     assert a.seed == b.seed == 1
     np.testing.assert_array_equal(a.splits.train_source_index, b.splits.train_source_index)
     np.testing.assert_array_equal(a.hyperval.test_labels, b.hyperval.test_labels)
     with pytest.raises(ValueError, match=r"member=2 must be an integer in \[0, 2\)"):
-        members.member_data(c, 2)
+        compose.member_data(c, 2)
 
 
 def test_translation_hands_each_library_call_its_group():
@@ -99,7 +99,7 @@ def test_translation_hands_each_library_call_its_group():
     assert isinstance(tx, optax.GradientTransformation)
     c.method.name, c.method.finetune_steps, c.num_steps = "finetune", 3, 10
     assert config_lib.total_steps(c) == 13
-    feed = config_lib.feed(c, "device")
+    feed = compose.feed(c, "device")
     assert feed.phases == [("noisy", 0, 10), ("clean", 10, 13)] and feed.total_steps == 13
 
 

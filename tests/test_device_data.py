@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from l2rw_jax import compose
 from l2rw_jax import corruption
 from l2rw_jax import device_data as dd
 from l2rw_jax import input_pipeline as ip
 from l2rw_jax import sharding
-from l2rw_jax import workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,14 +134,14 @@ def test_augmentation_is_a_pad_crop_flip_keyed_by_seed_stream_step_row(splits):
 
 
 def test_auto_backend_is_device_or_the_resumed_runs_backend(tmp_path):
-    assert workdir.resolve_backend("auto", str(tmp_path)) == "device"
-    assert workdir.resolve_backend("tfdata", str(tmp_path)) == "tfdata"
+    assert compose.resolve_backend("auto", str(tmp_path)) == "device"
+    assert compose.resolve_backend("tfdata", str(tmp_path)) == "tfdata"
     with open(tmp_path / "config.json", "w") as f:
         json.dump({"method": "erm"}, f)  # a flat run from before the backend field
-    assert workdir.resolve_backend("auto", str(tmp_path)) == "tfdata"
+    assert compose.resolve_backend("auto", str(tmp_path)) == "tfdata"
     with open(tmp_path / "config.json", "w") as f:
         json.dump({"method": {"name": "erm"}, "loop": {"backend": "device"}}, f)
-    assert workdir.resolve_backend("auto", str(tmp_path)) == "device"
+    assert compose.resolve_backend("auto", str(tmp_path)) == "device"
 
 
 def test_trains_from_an_npz_with_tensorflow_absent(tmp_path):

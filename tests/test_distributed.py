@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import multiprocess_worker as worker
-from l2rw_jax import methods, models, reweight, sharding
+from l2rw_jax import methods, model_factory, models, reweight, sharding
 from l2rw_jax import step as step_lib
 from l2rw_jax.train_state import TrainState
 
@@ -80,7 +80,7 @@ def test_jit_over_a_data_mesh_1_vs_4_devices(problem, reference, mode):
 def test_jit_over_a_data_mesh_with_batchnorm_uses_global_batch_statistics():
     """BatchNorm under jit + sharding normalises with the statistics of the global batch, so
     weights, parameters and running statistics match one device."""
-    module = models.create_model("small_cnn", 3, channels=(4,), hidden=8, batch_norm=True)
+    module = model_factory.create_model("small_cnn", 3, channels=(4,), hidden=8, batch_norm=True)
     params, model_state = models.init_model(module, jax.random.key(0), (1, 6, 6, 1))
     tx = optax.sgd(0.1, momentum=0.9)
     train_step = step_lib.make_train_step(models.make_apply_fn(module), tx,

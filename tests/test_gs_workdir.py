@@ -23,6 +23,7 @@ import tiny_data
 from experiments import common
 from experiments import plots
 from fake_bucket import fake_gs
+from l2rw_jax import compose
 from l2rw_jax import config as config_lib
 from l2rw_jax import workdir as workdir_lib
 
@@ -84,17 +85,17 @@ def test_writers_and_readers_put_everything_in_the_bucket(npz, tmp_path, bucket)
 
     # The workdir's readers and writers on the same run.
     assert workdir_lib.read_results(f"{run}/erm") == workdir_lib.read_results(local / "erm")
-    assert workdir_lib.read_config(f"{run}/erm").to_json() == \
-        workdir_lib.read_config(local / "erm").to_json()
-    assert workdir_lib.resolve_backend("auto", f"{run}/erm") == \
-        workdir_lib.resolve_backend("auto", local / "erm")
+    assert compose.read_config(f"{run}/erm").to_json() == \
+        compose.read_config(local / "erm").to_json()
+    assert compose.resolve_backend("auto", f"{run}/erm") == \
+        compose.resolve_backend("auto", local / "erm")
     # The same config: resumable (no error; config.json rewritten in the bucket).
-    workdir_lib.check_or_write_config(f"{run}/erm", workdir_lib.read_config(local / "erm"))
-    other = workdir_lib.read_config(local / "erm")
+    compose.check_or_write_config(f"{run}/erm", compose.read_config(local / "erm"))
+    other = compose.read_config(local / "erm")
     other.optim.learning_rate = 0.5
     with pytest.raises(ValueError, match=r"^workdir 'gs://b/run/erm' holds a run with a "
                                          r"different config \(fields \['optim.learning_rate'\]"):
-        workdir_lib.check_or_write_config(f"{run}/erm", other)
+        compose.check_or_write_config(f"{run}/erm", other)
 
     # metrics.jsonl rewritten as one object: a resume from step 2 drops the later records.
     all_records = workdir_lib.read_jsonl(local / "erm/metrics.jsonl")

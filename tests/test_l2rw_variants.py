@@ -195,9 +195,9 @@ def test_variants_under_shard_map_equal_one_device(problem):
 def test_last_layer_meta_gradient_is_the_meta_gradient_of_the_head_on_fixed_features(mode):
     """meta_params="last" on an MLP equals L2RW on the output layer alone, fed the hidden
     features as constant inputs (plain SGD: the look-ahead leaves the body where it is)."""
-    from l2rw_jax import models
+    from l2rw_jax import model_factory, models
 
-    module = models.create_model("mlp", C, hidden=(6,))
+    module = model_factory.create_model("mlp", C, hidden=(6,))
     params, _ = models.init_model(module, jax.random.key(0), (1, 5))
     apply_fn = models.make_apply_fn(module)
     rng = np.random.default_rng(1)

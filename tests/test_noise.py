@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import tiny_data
+from l2rw_jax import compose
 from l2rw_jax import config as config_lib
 from l2rw_jax import datasets
-from l2rw_jax import members
 from l2rw_jax import train
 
 C = 10
@@ -118,7 +118,7 @@ def test_oracle_trains_only_on_correct_rows_and_the_clean_set(tmp_path, noise):
                                                                    "checkpoint_every": 40}})
     workdir = str(tmp_path / "run")
     results = train.train_and_evaluate(config, workdir)
-    md = members.member_data(json.load(open(os.path.join(workdir, "config.json"))))
+    md = compose.member_data(json.load(open(os.path.join(workdir, "config.json"))))
     w = _weights(workdir)
     n_noisy = len(md.splits.train_labels) - len(md.splits.clean_labels)
     assert results["num_train"] == len(w["index"]) == n_noisy + len(md.splits.clean_labels)

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from l2rw_jax import methods, models
+from l2rw_jax import methods, model_factory, models
 
 C = 3
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -43,7 +43,7 @@ def _xent(logits_BxC, labels_B):
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_output_layer_is_head_fed_by_the_penultimate_and_the_only_one_moved(name):
     model, kw, shape = ZOO[name]
-    module = models.create_model(model, C, **kw)
+    module = model_factory.create_model(model, C, **kw)
     path = models.output_layer_path(module, (2, *shape))
     assert path == (models.OUTPUT_LAYER,)
     params, model_state = models.init_model(module, jax.random.key(0), (1, *shape))
@@ -80,7 +80,7 @@ def test_resnet32_issue_input_meta_gradient_is_the_output_layers_finite_differen
     differences of L_val(theta'(eps)) where only the output layer moves; moving the last
     residual unit (what sorting the keys picked) gives another vector."""
     B, M, shape = 6, 4, (8, 8, 3)
-    module = models.create_model("resnet32", C, units_per_stage=1, widths=(4, 4, 4))
+    module = model_factory.create_model("resnet32", C, units_per_stage=1, widths=(4, 4, 4))
     params, model_state = models.init_model(module, jax.random.key(0), (1, *shape))
     to64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
     params, model_state = to64(params), to64(model_state)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from l2rw_jax import models, reweight
+from l2rw_jax import model_factory, models, reweight
 
 B, M, NUM_CLASSES = 6, 4, 3
 # Tiny graphs: XLA's backend optimisations cost more compile time than they save here.
@@ -40,7 +40,7 @@ OPTIMIZERS = {
 def _problem(model_name):
     """Model, float64 numpy parameters and data, shared by the tests of one model."""
     name, kw, shape = MODELS[model_name]
-    module = models.create_model(name, NUM_CLASSES, **kw)
+    module = model_factory.create_model(name, NUM_CLASSES, **kw)
     params, model_state = models.init_model(module, jax.random.key(0), (1, *shape))
     to64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
     rng = np.random.default_rng(0)
@@ -162,7 +162,7 @@ def test_all_clipped_gives_zero_or_uniform_weights_without_nan():
 def _all_clipped_problem():
     """Every training example is a clean validation point with the wrong label: descending on
     any of them raises the validation loss, so every g_i > 0."""
-    module = models.create_model("mlp", 2, hidden=())
+    module = model_factory.create_model("mlp", 2, hidden=())
     params, _ = models.init_model(module, jax.random.key(0), (1, 2))
     params = jax.tree.map(jnp.zeros_like, params)
     apply_fn = models.make_apply_fn(module)

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from l2rw_jax import methods, models, reweight
+from l2rw_jax import methods, model_factory, models, reweight
 from l2rw_jax import step as step_lib
 from l2rw_jax.train_state import TrainState
 
@@ -37,7 +37,7 @@ def _state(params, model_state, tx, seed=1):
 def cnn_bn():
     """A BatchNorm CNN taken one momentum step away from its initialisation (non-zero trace,
     non-trivial running statistics), and jitted l2rw/erm steps for it."""
-    module = models.create_model("small_cnn", NUM_CLASSES, channels=(4,), hidden=8,
+    module = model_factory.create_model("small_cnn", NUM_CLASSES, channels=(4,), hidden=8,
                                  batch_norm=True)
     params, model_state = models.init_model(module, jax.random.key(0), (1, 6, 6, 1))
     apply_fn = models.make_apply_fn(module)
@@ -149,7 +149,7 @@ def test_erm_step_is_plain_sgd_on_the_mean_loss(cnn_bn):
 def test_all_zero_step_has_no_data_term_and_no_nan():
     """Every example would raise the clean loss: w = 0, and the real step applies only the
     regulariser (weight decay), with no NaN anywhere."""
-    module = models.create_model("mlp", 2, hidden=())
+    module = model_factory.create_model("mlp", 2, hidden=())
     params, _ = models.init_model(module, jax.random.key(0), (1, 2))
     params = jax.tree.map(lambda x: jnp.full_like(x, 0.1), params)
     x = np.array([[1.0, 0.5], [0.8, 0.2], [1.2, 0.4]], np.float32)
@@ -172,7 +172,7 @@ def test_all_zero_step_has_no_data_term_and_no_nan():
 
 
 def test_train_step_vmaps_over_seeds():
-    module = models.create_model("mlp", NUM_CLASSES, hidden=(8,))
+    module = model_factory.create_model("mlp", NUM_CLASSES, hidden=(8,))
     apply_fn = models.make_apply_fn(module)
     tx = optax.sgd(0.1, momentum=0.9)
     batch, val_batch = _batches((5,))
@@ -195,7 +195,7 @@ def test_train_step_vmaps_over_seeds():
 def test_sgd_lookahead_is_the_official_gradient_dot_product():
     """l2rw(lookahead="sgd"): w ~ max(<grad L_val(theta), grad C_i(theta)>, 0), whatever the
     training optimizer (here momentum with a non-zero trace)."""
-    module = models.create_model("mlp", NUM_CLASSES, hidden=(8,))
+    module = model_factory.create_model("mlp", NUM_CLASSES, hidden=(8,))
     apply_fn = models.make_apply_fn(module)
     params, _ = models.init_model(module, jax.random.key(0), (1, 5))
     batch, val_batch = _batches((5,))
@@ -236,11 +236,11 @@ def test_bad_names_and_options_raise_value_errors():
     with pytest.raises(ValueError, match="lookahead='adam'.*optimizer, sgd"):
         methods.get_scheme("l2rw", lookahead="adam")
     with pytest.raises(ValueError, match="'vgg'.*lenet"):
-        models.create_model("vgg", 10)
+        model_factory.create_model("vgg", 10)
     with pytest.raises(ValueError, match=r"\['dropout'\].*'lenet'"):
-        models.create_model("lenet", 10, dropout=0.5)
+        model_factory.create_model("lenet", 10, dropout=0.5)
     with pytest.raises(ValueError, match="depth=12"):
-        models.init_model(models.create_model("wrn", 10, depth=12), jax.random.key(0),
+        models.init_model(model_factory.create_model("wrn", 10, depth=12), jax.random.key(0),
                           (1, 8, 8, 3))
 
 
@@ -254,7 +254,7 @@ def test_bad_names_and_options_raise_value_errors():
 def test_paper_models_have_the_published_sizes(name, kw, shape, num_params, conv_shape,
                                                 feat_dim):
     """Shapes only (jax.eval_shape: traced, never compiled)."""
-    module = models.create_model(name, 10, **kw)
+    module = model_factory.create_model(name, 10, **kw)
     variables = jax.eval_shape(lambda k: module.init(k, jnp.zeros((2, *shape)), train=False),
                                jax.random.key(0))
     assert sum(np.prod(x.shape) for x in jax.tree.leaves(variables["params"])) == num_params
@@ -269,7 +269,7 @@ def test_paper_models_have_the_published_sizes(name, kw, shape, num_params, conv
 
 
 def test_batchnorm_train_and_eval_modes():
-    module = models.create_model("resnet32", 5, units_per_stage=1, widths=(4, 8, 8))
+    module = model_factory.create_model("resnet32", 5, units_per_stage=1, widths=(4, 8, 8))
     params, model_state = models.init_model(module, jax.random.key(0), (1, 8, 8, 3))
     apply_fn = jax.jit(models.make_apply_fn(module), static_argnums=3,
                        compiler_options=FAST_COMPILE)
@@ -296,7 +296,7 @@ def test_batchnorm_train_and_eval_modes():
 
 
 def test_wide_resnet_dropout_needs_and_uses_rng():
-    module = models.create_model("wrn", 4, depth=10, width=1, dropout_rate=0.5)
+    module = model_factory.create_model("wrn", 4, depth=10, width=1, dropout_rate=0.5)
     params, model_state = models.init_model(module, jax.random.key(0), (1, 8, 8, 3))
     apply_fn = jax.jit(models.make_apply_fn(module), static_argnums=3,
                        compiler_options=FAST_COMPILE)
@@ -342,7 +342,7 @@ def test_l2rw_downweights_flipped_labels_on_gaussian_blobs():
     # A linear (logistic-regression) model under plain SGD. (Under momentum 0.9 the model
     # fits the 10 clean points within a few steps, after which the clean gradient, and with it
     # the meta-signal, is mostly noise: the flipped/clean ratio then varies a lot with the seed.)
-    module = models.create_model("mlp", 2, hidden=())
+    module = model_factory.create_model("mlp", 2, hidden=())
     params, _ = models.init_model(module, jax.random.key(0), (1, 2))
     tx = optax.sgd(0.1)
     train_step = jax.jit(step_lib.make_train_step(

@@ -15,6 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import tiny_data
+from l2rw_jax import compose
 from l2rw_jax import config as config_lib
 from l2rw_jax import members
 from l2rw_jax import results as results_lib
@@ -307,10 +308,10 @@ def test_bad_configs_fail_before_any_work(npz, tmp_path):
 
 
 def test_unit_pixel_scale_feeds_raw_pixels_over_255(npz):
-    md = members.member_data(_config(npz, {"data": {"pixel_scale": "unit"}}))
+    md = compose.member_data(_config(npz, {"data": {"pixel_scale": "unit"}}))
     np.testing.assert_array_equal(md.mean, [0.0])
     np.testing.assert_array_equal(md.std, [1.0])
-    standard = members.member_data(_config(npz))
+    standard = compose.member_data(_config(npz))
     assert 0.1 < float(standard.mean[0]) < 0.5 and float(standard.std[0]) > 0.05
 
 

@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
+from l2rw_jax import compose
 from l2rw_jax import config as config_lib
-from l2rw_jax import members
 from l2rw_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,7 @@ def test_notebook_arrays_with_a_trusted_clean_set_train_on_exactly_those_rows(tm
     results = train.train_and_evaluate(config, workdir)
     assert (results["num_train"], results["num_clean"], results["num_test"]) == (60, 9, 12)
 
-    md = members.member_data(json.load(open(os.path.join(workdir, "config.json"))))
+    md = compose.member_data(json.load(open(os.path.join(workdir, "config.json"))))
     # The clean set is the given one, row for row, and no training row is in it.
     np.testing.assert_array_equal(md.splits.clean_x[..., 0], x_clean)
     np.testing.assert_array_equal(md.splits.clean_labels, y_clean)
@@ -119,7 +119,7 @@ def test_a_folder_of_pngs_trains(tmp_path):
     results = train.train_and_evaluate(_config(f"folder:{root}"), workdir)
     assert (results["num_train"], results["num_clean"], results["num_test"]) == (30, 6, 9)
 
-    md = members.member_data(json.load(open(os.path.join(workdir, "config.json"))))
+    md = compose.member_data(json.load(open(os.path.join(workdir, "config.json"))))
     # Rows go class by class, files by name: row r of class c is the r-th PNG written for c.
     expected = np.concatenate([x_train[y_train == c] for c in range(3)])
     np.testing.assert_array_equal(md.splits.train_x[..., 0], expected[md.splits.train_source_index])
@@ -142,7 +142,7 @@ def test_a_tfds_dataset_outside_any_list_trains(tmp_path):
     workdir = str(tmp_path / "run")
     with tfds.testing.mock_data(num_examples=120, data_dir=data_dir):
         results = train.train_and_evaluate(config, workdir)
-        md = members.member_data(json.load(open(os.path.join(workdir, "config.json"))))
+        md = compose.member_data(json.load(open(os.path.join(workdir, "config.json"))))
     assert md.splits.train_x.shape[1:] == (28, 28, 1)
     assert len(md.splits.clean_labels) == 10  # One per class, drawn from the training pool.
     assert (results["num_train"], results["num_clean"], results["num_test"]) == (110, 10, 120)
@@ -165,11 +165,11 @@ def test_a_benchmark_preset_on_your_npz_takes_your_labels_as_given(tmp_path):
     spec.loader.exec_module(preset)
     c = preset.get_config("uniform")
     c.data.update(dataset=f"npz:{path}", clean_per_class=2, hyper_val_size=0)
-    md = members.member_data(c, 0)
+    md = compose.member_data(c, 0)
     assert not md.splits.train_is_noisy.any()
     np.testing.assert_array_equal(md.splits.train_labels, y[md.splits.train_source_index])
     c.data.corrupt_given_labels = True  # Opted in: the preset's 40% uniform flip.
-    flipped = members.member_data(c, 0).splits.train_is_noisy
+    flipped = compose.member_data(c, 0).splits.train_is_noisy
     assert flipped.sum() == round(0.4 * len(flipped))
 
 

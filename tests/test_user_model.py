@@ -22,7 +22,7 @@ import l2rw_jax
 import tiny_data
 from l2rw_jax import adapter
 from l2rw_jax import config as config_lib
-from l2rw_jax import models
+from l2rw_jax import model_factory, models
 from l2rw_jax import train
 
 SHAPE = (8, 8, 1)
@@ -148,7 +148,7 @@ def test_plain_module_is_its_own_apply_with_exact_features_and_grad_cam_gradient
 
 def test_batchnorm_dropout_module_with_a_train_flag():
     module = BNDropNet(classes=3)
-    adapted = models.create_model(SPEC, 3, classes=3)
+    adapted = model_factory.create_model(SPEC, 3, classes=3)
     assert isinstance(adapted, adapter.Adapted) and adapted.train_kwarg == "train"
     key = jax.random.key(1)
     params, state = models.init_model(adapted, key, (1, *SHAPE))
@@ -300,7 +300,7 @@ def test_bad_models_fail_with_one_clear_line(npz, tmp_path):
     ]
     for spec, options, match in cases:
         with pytest.raises(ValueError, match=match):
-            models.create_model(spec, 3, **options)
+            model_factory.create_model(spec, 3, **options)
     with pytest.raises(ValueError, match=r"no_such_package_xyz"):  # before any work
         config_lib.validate(_config(npz, "no_such_package_xyz:Net"))
 
@@ -323,7 +323,7 @@ def test_bad_models_fail_with_one_clear_line(npz, tmp_path):
         adapter.adapt(PlainCNN)
     # The wrong output format is a public exception (a ValueError), exported at the top.
     with pytest.raises(l2rw_jax.ModelOutputError, match=r"returns 3 logits for 10 classes"):
-        models.init_model(models.create_model(SPEC, 10, classes=3), jax.random.key(0),
+        models.init_model(model_factory.create_model(SPEC, 10, classes=3), jax.random.key(0),
                           (1, *SHAPE))
     assert issubclass(l2rw_jax.ModelOutputError, ValueError)
     assert l2rw_jax.ModelOutputError is adapter.ModelOutputError

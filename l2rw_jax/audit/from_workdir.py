@@ -78,9 +78,9 @@ def load_run(workdir: str, member: int = 0) -> dict:
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
         raise ValueError(f"workdir {workdir!r} has no config.json; is it a training run's workdir?")
-    from l2rw_jax import workdir as workdir_lib
+    from l2rw_jax import compose
 
-    cfg = workdir_lib.read_config(workdir)  # Grouped; flat config.json files are upgraded.
+    cfg = compose.read_config(workdir)  # Grouped; flat config.json files are upgraded.
     num_seeds = int(cfg.num_seeds)
     if not 0 <= member < num_seeds:
         raise ValueError(f"member={member} must be in [0, {num_seeds}) (the run's num_seeds).")
@@ -89,11 +89,11 @@ def load_run(workdir: str, member: int = 0) -> dict:
     # The data modules pull in TensorFlow: imported only once the cheap checks passed.
     import jax
     from l2rw_jax import config as config_lib
-    from l2rw_jax import members
+    from l2rw_jax import model_factory
     from l2rw_jax import models
 
     # The member's data exactly as training rebuilt it (splits, hold-out, normalisation).
-    md = members.member_data(cfg, member)
+    md = compose.member_data(cfg, member)
     seed, splits, mean, std = md.seed, md.splits, md.mean, md.std
 
     weights_path = os.path.join(
@@ -124,7 +124,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
             weights_path,
         )
 
-    module = models.create_model(
+    module = model_factory.create_model(
         cfg.model.name, splits.num_classes, **config_lib.model_kwargs(cfg.model)
     )
     pick = lambda t: jax.tree.map(lambda x: np.asarray(x)[member], t)
