@@ -222,7 +222,9 @@ LEGACY_FIELDS = {
 # Fields added after the first release, with the behaviour runs had before them.
 ADDED_FIELDS = {**{f"method.l2rw.{k}": v for k, v in PAPER_L2RW.items()},
                 "method.l2rw.lookahead": "optimizer", "data.pixel_scale": "standardize",
-                "loop.backend": "tfdata", "data.corrupt_given_labels": True}
+                "loop.backend": "tfdata", "data.corrupt_given_labels": True,
+                "data.noise_map": None, "data.noise_matrix": None, "data.label_key": None,
+                "data.true_label_key": "label"}
 # The data.noise values that corrupt the labels (or, imbalance, subsample the classes) of the
 # source; the one a source of the user's own gets instead, unless data.corrupt_given_labels:
 # labels as given, no synthetic corruption.

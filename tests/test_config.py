@@ -225,3 +225,18 @@ def test_noise_options_not_applied_to_your_data_are_still_checked():
     c.data.update(dataset="npz:/data/mine.npz", noise_ratio=1.5)
     with pytest.raises(ValueError, match=r"^ratio must be a number in \[0, 1\], got 1\.5\.$"):
         config_lib.validate(c)
+
+
+def test_a_config_json_written_before_added_fields_resumes_unchanged():
+    """A stored config.json without the fields added since (each in ADDED_FIELDS with the
+    behaviour runs had before it) has no difference from today's config of the same run."""
+    now = config_lib.default_config()
+    now.data.corrupt_given_labels = True  # what runs before the field did to every source
+    stored = config_lib.flatten(config_lib.as_json(now))
+    for field in ("data.noise_map", "data.noise_matrix", "data.label_key",
+                  "data.true_label_key", "data.corrupt_given_labels", "method.l2rw.correction",
+                  "method.l2rw.correction_at"):
+        assert field in config_lib.ADDED_FIELDS
+        del stored[field]
+    assert config_lib.config_differences(config_lib._unflatten(stored),
+                                         config_lib.as_json(now)) == {}
