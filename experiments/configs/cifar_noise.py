@@ -32,6 +32,7 @@ for the ordering of methods, not numbers to match. Compare methods with `--confi
 Expected: no run of ours yet (a GPU job: the WRN step takes seconds on a CPU); the papers'
 tables give the cross-entropy baselines to compare the `erm` row against.
 """
+from experiments.configs import cifar_uniform
 from l2rw_jax import config as config_lib
 
 # argument: (dataset, noise group fields, clean per class)
@@ -55,28 +56,13 @@ def get_config(setting: str = "pair45"):
         raise ValueError(f"cifar_noise config argument must be one of {sorted(_SETTINGS)}, got "
                          f"{setting!r}.")
     dataset, noise, clean_per_class = _SETTINGS[setting]
-    c = config_lib.default_config()
+    # The paper's WRN-28-10 recipe of the uniform-flip reproduction (cifar_uniform.py: data
+    # pipeline, model, optimizer, schedule, loop), with this table's data and noise.
+    c = cifar_uniform.get_config("cifar10")
     c.data.dataset = dataset
+    c.data.corrupt_given_labels = False
     c.data.update(noise)            # the noise of the paper's table (module docstring)
     c.data.true_label_key = "label"  # CIFAR-N: the original CIFAR label is the truth
     c.data.clean_per_class = clean_per_class  # 1000 clean images in total
-    c.data.hyper_val_size = 5000    # noisy examples held out for hyper-validation
-    c.data.augment = True           # pad 4 + random 32x32 crop + horizontal flip
-    c.data.batch_size = 100
-    c.data.clean_batch_size = 100
-    c.data.eval_batch_size = 500
-    c.model.name = "wrn"            # WRN-28-10 (Ren et al. 2018)
-    c.model.options.depth = 28
-    c.model.options.width = 10
-    c.model.options.dropout_rate = 0.3
-    c.method.name = "l2rw"          # the library's default L2RW; erm / oracle for the references
-    c.optim.learning_rate = 0.1
-    c.optim.momentum = 0.9
-    c.optim.weight_decay = 2e-4
-    c.optim.lr_boundaries = (40000, 50000)
-    c.num_steps = 60000
-    c.num_seeds = 1
-    c.loop.log_every = 100
-    c.loop.eval_every = 2000
-    c.loop.checkpoint_every = 2000
+    c.method.l2rw.update(config_lib.ROBUST_L2RW)  # the library's default L2RW; erm / oracle
     return c
