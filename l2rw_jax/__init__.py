@@ -57,14 +57,14 @@ from l2rw_jax.model_factory import create_model
 
 # Data: sources as arrays, and the corruptions (pure numpy functions of a seed).
 from l2rw_jax.corruption import Splits
-from l2rw_jax.corruption import asymmetric_flip
-from l2rw_jax.corruption import background_flip
-from l2rw_jax.corruption import clean_split
-from l2rw_jax.corruption import imbalance_subset
 from l2rw_jax.corruption import make_splits
-from l2rw_jax.corruption import pair_flip
-from l2rw_jax.corruption import transition_flip
-from l2rw_jax.corruption import uniform_flip
+from l2rw_jax.flips import asymmetric_flip
+from l2rw_jax.flips import background_flip
+from l2rw_jax.flips import pair_flip
+from l2rw_jax.flips import transition_flip
+from l2rw_jax.flips import uniform_flip
+from l2rw_jax.subsets import clean_split
+from l2rw_jax.subsets import imbalance_subset
 from l2rw_jax.datasets import load_arrays
 from l2rw_jax.datasets import save_arrays
 

@@ -1,17 +1,9 @@
-"""Label corruptions, class imbalance and clean splits: pure numpy functions of a seed.
+"""The splits of one experiment: the clean set, the (corrupted) noisy training set, the test set.
 
-No TensorFlow, no JAX: everything here is `np.random.default_rng(seed)` and integer arithmetic,
-so the same seed gives the same split and the same noise on any machine (Ren et al., ICML 2018,
-arXiv 1803.09050, §5; each function's docstring is its definition).
-
-Counting convention (all corruptions): with N examples and ratio r, *exactly*
-`n = floor(r * N + 1/2)` examples are chosen (round half up, computed in float64), uniformly
-without replacement: the first n rows of `rng.permutation(N)`. `uniform_flip` and
-`background_flip` draw this chosen set first from the same generator, so for the same
-(labels, ratio, seed) they choose the same examples.
-
-Labels are returned as int32; `is_noisy[i]` is True exactly where the observed label differs
-from the true one.
+`make_splits` draws the clean set (`subsets.clean_split`), then corrupts the rest by
+`noise` (the flips of `l2rw_jax.flips`, labels as given, or the `subsets.imbalance_subset`),
+all pure numpy functions of a seed: no TensorFlow, no JAX, so the same seed gives the same split
+and the same noise on any machine (Ren et al., ICML 2018, arXiv 1803.09050, §5).
 
 The clean set (`make_splits`) is either drawn from the training data (`clean_per_class` per
 class, the paper's setting on benchmarks) or given by the caller (`x_clean, y_clean`: a set they
@@ -26,41 +18,30 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from l2rw_jax.flips import Corrupted
+from l2rw_jax.flips import asymmetric_flip
+from l2rw_jax.flips import background_flip
+from l2rw_jax.flips import check_background
+from l2rw_jax.flips import check_pair_ratio
+from l2rw_jax.flips import check_transition
+from l2rw_jax.flips import class_map
+from l2rw_jax.flips import pair_flip
+from l2rw_jax.flips import transition_flip
+from l2rw_jax.flips import uniform_flip
+from l2rw_jax.label_checks import check_int
+from l2rw_jax.label_checks import check_labels
+from l2rw_jax.label_checks import check_ratio
+from l2rw_jax.subsets import check_fraction
+from l2rw_jax.subsets import clean_split
+from l2rw_jax.subsets import imbalance_subset
+
 NOISE_TYPES = ("none", "given", "uniform", "background", "pair", "asymmetric", "transition",
                "imbalance")
 # Noise types whose `ratio` is a fraction of examples flipped.
 RATIO_NOISE_TYPES = ("uniform", "background", "pair", "asymmetric")
 
-# Named class maps of `asymmetric_flip` (true class -> observed class).
-NOISE_MAPS = {
-    # Patrini et al., "Making deep neural networks robust to label noise: a loss correction
-    # approach", CVPR 2017, §6 (CIFAR-10): truck -> automobile, bird -> airplane,
-    # deer -> horse, cat <-> dog.
-    "cifar10": {9: 1, 2: 0, 4: 7, 3: 5, 5: 3},
-    # Patrini et al. CVPR 2017, §6 (MNIST): 2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1 (digits that look
-    # alike; the same map as Hendrycks et al., GLC, NeurIPS 2018).
-    "mnist": {2: 7, 3: 8, 5: 6, 6: 5, 7: 1},
-}
-
-
 # Sub-seeds of `make_splits`: `default_rng([seed, stage])`, so that one stage never shifts another.
 _STAGE_CLEAN, _STAGE_NOISE, _STAGE_TRAIN_SUBSET, _STAGE_TEST_SUBSET, _STAGE_BACKGROUND = range(5)
-
-
-class Corrupted(NamedTuple):
-    """A corrupted label set: observed `labels`, `true_labels`, and `is_noisy = labels != true`."""
-
-    labels: np.ndarray  # int32 N, observed (maybe noisy)
-    true_labels: np.ndarray  # int32 N
-    is_noisy: np.ndarray  # bool N
-
-
-class Subset(NamedTuple):
-    """A class subset: `index` rows of the source (ascending) and their relabelled `labels`."""
-
-    index: np.ndarray  # int64 n, rows of the labels passed in
-    labels: np.ndarray  # int32 n, position of the source class in `classes`
-    classes: tuple  # source class ids; new label c means source class classes[c]
 
 
 class Splits(NamedTuple):
@@ -98,467 +79,6 @@ class Splits(NamedTuple):
     clean_given: bool = False  # True: the clean set is the caller's x_clean, y_clean, as given
     truth_known: bool = True  # False: train_true_labels / train_is_noisy are not a ground truth
 
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_ratio(ratio: Any) -> float:
-    if (
-        isinstance(ratio, bool)
-        or not isinstance(ratio, numbers.Real)
-        or not 0.0 <= float(ratio) <= 1.0
-    ):
-        raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}.")
-    return float(ratio)
-
-
-def _check_labels(labels: Any, num_classes: int, name: str = "labels") -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"{name} must be a 1-D integer array, got dtype {labels.dtype} and shape "
-            f"{labels.shape}."
-        )
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)]
-        raise ValueError(
-            f"{name} must lie in [0, {num_classes}) (num_classes={num_classes}); found "
-            f"{np.unique(bad)[:5].tolist()}."
-        )
-    return labels
-
-
-def _check_seed(seed: Any) -> Any:
-    """An int >= 0 or a sequence of them (anything `default_rng` takes as entropy)."""
-    items = seed if isinstance(seed, (tuple, list)) else (seed,)
-    for s in items:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
-            raise ValueError(f"seed must be an integer >= 0 (or a sequence of them), got {seed!r}.")
-    return seed
-
-
-def num_chosen(ratio: float, n: int) -> int:
-    """The number of examples a corruption of ratio r over n examples picks: floor(r n + 1/2)."""
-    return int(np.floor(_check_ratio(ratio) * n + 0.5))
-
-
-def _choose(rng: np.random.Generator, n: int, ratio: float) -> np.ndarray:
-    return rng.permutation(n)[: num_chosen(ratio, n)]
-
-
-# ----------------------------------------------------------------------------- corruptions
-
-
-def uniform_flip(
-    labels: np.ndarray, num_classes: int, ratio: float, seed, *, official_convention: bool = False
-) -> Corrupted:
-    """Uniform label flip: exactly round(r N) examples get a label drawn from the other classes.
-
-    With `K = floor(r N + 1/2)` chosen rows i (first K of `rng.permutation(N)`,
-    `rng = default_rng(seed)`) and an offset `o_i ~ U{1, ..., C-1}`:
-
-      y~_i = (y_i + o_i) mod C,
-
-    i.e. uniform over the C-1 classes != y_i; never the true class, so `is_noisy.sum() == K`.
-
-    `official_convention=True` reproduces the official code
-    (uber-research/learning-to-reweight-examples, `_flip_data`): `y~_i ~ U{0, ..., C-2}`, which can
-    keep the true label and never produces class C-1. For comparisons only. Then `is_noisy` is True
-    only where the label actually changed (so it counts fewer than K).
-
-    Args:
-      labels: int N, the true labels in [0, num_classes).
-      num_classes: C >= 2.
-      ratio: r in [0, 1].
-      seed: int >= 0 (or a sequence of them) for `np.random.default_rng`.
-      official_convention: see above.
-
-    Returns:
-      `Corrupted(labels, true_labels, is_noisy)`, labels int32.
-
-    >>> c = uniform_flip(np.arange(10) % 5, 5, 0.4, seed=0)
-    >>> int(c.is_noisy.sum()), bool(np.all(c.labels[c.is_noisy] != c.true_labels[c.is_noisy]))
-    (4, True)
-    """
-    num_classes = _check_int("num_classes", num_classes, minimum=2)
-    true = _check_labels(labels, num_classes).astype(np.int32)
-    ratio = _check_ratio(ratio)
-    rng = np.random.default_rng(_check_seed(seed))
-    chosen = _choose(rng, true.size, ratio)
-    observed = true.copy()
-    if official_convention:
-        observed[chosen] = rng.integers(0, num_classes - 1, size=chosen.size)
-    else:
-        observed[chosen] = (
-            true[chosen] + rng.integers(1, num_classes, size=chosen.size)
-        ) % num_classes
-    return Corrupted(observed, true, observed != true)
-
-
-def background_flip(
-    labels: np.ndarray, num_classes: int, ratio: float, seed, *, background_class: int | None = None
-) -> Corrupted:
-    """Background flip: exactly round(r N) chosen examples all get one background class b.
-
-    The chosen rows are the same as `uniform_flip`'s for the same seed (drawn first); then
-    `b = background_class`, or when None `b ~ U{0, ..., C-1}` drawn next from the same generator.
-    Chosen examples whose true class is b keep it and are *not* noisy, so
-    `is_noisy.sum() == K - #{chosen i : y_i = b}` and class b never holds a noisy example. (The
-    official code chooses the same way but draws b from 0..C-2.)
-
-    Args:
-      labels: int N true labels in [0, num_classes).
-      num_classes: C >= 2.
-      ratio: r in [0, 1].
-      seed: int >= 0 (or a sequence of them).
-      background_class: b in [0, C), or None to draw it from the seed.
-
-    Returns:
-      `Corrupted(labels, true_labels, is_noisy)`; `b` is the only observed label of noisy rows.
-    """
-    num_classes = _check_int("num_classes", num_classes, minimum=2)
-    true = _check_labels(labels, num_classes).astype(np.int32)
-    ratio = _check_ratio(ratio)
-    if background_class is not None:
-        _check_background(background_class, num_classes)
-    rng = np.random.default_rng(_check_seed(seed))
-    chosen = _choose(rng, true.size, ratio)
-    b = int(rng.integers(num_classes)) if background_class is None else int(background_class)
-    observed = true.copy()
-    observed[chosen] = b
-    return Corrupted(observed, true, observed != true)
-
-
-def _check_background(background_class: Any, num_classes: int) -> int:
-    if (
-        isinstance(background_class, bool)
-        or not isinstance(background_class, numbers.Integral)
-        or not 0 <= background_class < num_classes
-    ):
-        raise ValueError(
-            f"background_class must be an integer in [0, {num_classes}), got {background_class!r}."
-        )
-    return int(background_class)
-
-
-def _check_pair_ratio(ratio: Any) -> float:
-    if (
-        isinstance(ratio, bool)
-        or not isinstance(ratio, numbers.Real)
-        or not 0.0 <= float(ratio) < 1.0
-    ):
-        raise ValueError(f"ratio must be a number in [0, 1) for noise 'pair', got {ratio!r}.")
-    return float(ratio)
-
-
-def _flip_within_classes(
-    true: np.ndarray, targets: dict, ratio: float, seed
-) -> Corrupted:
-    """For each source class c of `targets` (ascending): exactly `num_chosen(ratio, n_c)` of its
-    rows (first of `rng.permutation(n_c)`, one generator for all classes) get `targets[c]`."""
-    rng = np.random.default_rng(_check_seed(seed))
-    observed = true.copy()
-    for c in sorted(targets):
-        rows = np.flatnonzero(true == c)
-        observed[rows[rng.permutation(rows.size)[: num_chosen(ratio, rows.size)]]] = targets[c]
-    return Corrupted(observed, true, observed != true)
-
-
-def pair_flip(labels: np.ndarray, num_classes: int, ratio: float, seed) -> Corrupted:
-    """Pair flip: a fraction r of each class c moves to the next class, c -> (c + 1) mod C.
-
-    For every class c (ascending) with n_c examples, exactly `K_c = floor(r n_c + 1/2)` of its
-    rows (the first K_c of `rng.permutation(n_c)`, `rng = default_rng(seed)` shared by the
-    classes in order) get label `(c + 1) mod C`; never the true class. The transition matrix
-    has `1 - r` on the diagonal and r on the superdiagonal (Han et al., "Co-teaching",
-    NeurIPS 2018, §4: "pair flipping").
-
-    Args:
-      labels: int N true labels in [0, num_classes).
-      num_classes: C >= 2.
-      ratio: r in [0, 1) (at r >= 1/2 the flipped class outnumbers the true one).
-      seed: int >= 0 (or a sequence of them).
-
-    Returns:
-      `Corrupted(labels, true_labels, is_noisy)`; `is_noisy.sum() == sum_c K_c`.
-
-    >>> c = pair_flip(np.repeat(np.arange(3), 4), 3, 0.5, seed=0)
-    >>> np.bincount(c.true_labels[c.is_noisy]).tolist(), c.labels[c.is_noisy].tolist()
-    ([2, 2, 2], [1, 1, 2, 2, 0, 0])
-    """
-    num_classes = _check_int("num_classes", num_classes, minimum=2)
-    true = _check_labels(labels, num_classes).astype(np.int32)
-    ratio = _check_pair_ratio(ratio)
-    return _flip_within_classes(
-        true, {c: (c + 1) % num_classes for c in range(num_classes)}, ratio, seed
-    )
-
-
-def class_map(spec: Any, num_classes: int | None = None) -> dict[int, int]:
-    """The class map {true class: observed class} of `asymmetric_flip`, checked.
-
-    `spec` is a preset name of `NOISE_MAPS` ("cifar10", "mnist"), a mapping {c: c'} (keys and
-    values integers, or strings of integers as a JSON config stores them), or a string
-    "c:c',c:c'" (e.g. "9:1,3:5,5:3", from the command line). Every c != c', and with
-    `num_classes` both lie in [0, num_classes).
-
-    Raises:
-      ValueError: an unknown preset, a malformed entry, a class outside [0, C), or c -> c.
-    """
-    if isinstance(spec, str):
-        if spec in NOISE_MAPS:
-            spec = NOISE_MAPS[spec]
-        else:
-            try:
-                spec = dict(item.split(":") for item in spec.replace(" ", "").split(",") if item)
-            except ValueError:
-                spec = None
-    items = getattr(spec, "items", None)
-    if not callable(items) or not spec:
-        raise ValueError(
-            f"noise_map must be a preset ({', '.join(NOISE_MAPS)}), a non-empty mapping "
-            f"{{true class: observed class}} or a string like '9:1,3:5', got {spec!r}."
-        )
-    out = {}
-    for k, v in items():
-        try:
-            kc, vc = int(str(k)), int(str(v))
-        except ValueError:
-            raise ValueError(
-                f"noise_map entry {k!r}: {v!r} is not a pair of integer classes."
-            ) from None
-        for c in (kc, vc):
-            if c < 0 or (num_classes is not None and c >= num_classes):
-                hi = "num_classes" if num_classes is None else num_classes
-                raise ValueError(
-                    f"noise_map {dict(items())!r} names class {c}, outside [0, {hi})."
-                )
-        if kc == vc:
-            raise ValueError(f"noise_map maps class {kc} to itself; every c -> c' needs c != c'.")
-        out[kc] = vc
-    return out
-
-
-def asymmetric_flip(
-    labels: np.ndarray, num_classes: int, ratio: float, seed, *, noise_map: Any = "cifar10"
-) -> Corrupted:
-    """Asymmetric (class-dependent) flip: a fraction r of each mapped class c gets `map[c]`.
-
-    For every class c of the map (ascending) with n_c examples, exactly `floor(r n_c + 1/2)` of
-    its rows (the first of `rng.permutation(n_c)`, `rng = default_rng(seed)` shared by the
-    classes in order) get label `map[c] != c`; classes outside the map stay clean. The CIFAR-10
-    preset "cifar10" is Patrini et al. CVPR 2017's truck -> automobile, bird -> airplane,
-    deer -> horse, cat <-> dog; "mnist" their 2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1.
-
-    Args:
-      labels: int N true labels in [0, num_classes).
-      num_classes: C >= 2.
-      ratio: r in [0, 1].
-      seed: int >= 0 (or a sequence of them).
-      noise_map: see `class_map`.
-
-    Returns:
-      `Corrupted(labels, true_labels, is_noisy)`.
-
-    >>> c = asymmetric_flip(np.repeat(np.arange(10), 5), 10, 0.4, seed=0)
-    >>> sorted(set(zip(c.true_labels[c.is_noisy].tolist(), c.labels[c.is_noisy].tolist())))
-    [(2, 0), (3, 5), (4, 7), (5, 3), (9, 1)]
-    """
-    num_classes = _check_int("num_classes", num_classes, minimum=2)
-    true = _check_labels(labels, num_classes).astype(np.int32)
-    ratio = _check_ratio(ratio)
-    return _flip_within_classes(true, class_map(noise_map, num_classes), ratio, seed)
-
-
-def check_transition(matrix: Any, num_classes: int | None = None) -> np.ndarray:
-    """The transition matrix T (float64 C x C) of `transition_flip`, checked.
-
-    `T[i, j] = P(observed j | true i)`: finite, non-negative, each row summing to 1 within 1e-6.
-
-    Raises:
-      ValueError: naming the shape, entry or row that breaks this.
-    """
-    try:
-        t = np.asarray(matrix, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"noise_matrix must be a C x C array of numbers, got {matrix!r}."
-        ) from None
-    want = "C x C" if num_classes is None else f"{num_classes} x {num_classes}"
-    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] < 2 or (
-        num_classes is not None and t.shape[0] != num_classes
-    ):
-        raise ValueError(f"noise_matrix must be {want} (C >= 2), got shape {t.shape}.")
-    if not np.all(np.isfinite(t)) or t.min() < 0:
-        i, j = np.argwhere(~(np.isfinite(t) & (t >= 0)))[0]
-        raise ValueError(
-            f"noise_matrix entries must be finite and >= 0, got T[{i}, {j}] = {float(t[i, j])}."
-        )
-    sums = t.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-6)
-    if bad.size:
-        i = int(bad[0])
-        hint = f" (put T[{i}, {i}] = 1 to keep class {i} clean)" if sums[i] == 0 else ""
-        raise ValueError(
-            f"noise_matrix rows must sum to 1 within 1e-6; row {i} sums to {float(sums[i])}{hint}."
-        )
-    return t
-
-
-def transition_flip(labels: np.ndarray, matrix: Any, seed) -> Corrupted:
-    """Noise from a transition matrix: example i's observed label is drawn from row T[y_i].
-
-    `T[i, j] = P(observed j | true i)` (C x C, row-stochastic, `check_transition`). With
-    `u_i ~ U[0, 1)` (`default_rng(seed).random(N)`), the observed label is the first j whose
-    cumulative row sum `sum_{k <= j} T[y_i, k]` exceeds u_i. The number flipped is random
-    (binomial per class), unlike the other flips.
-
-    Args:
-      labels: int N true labels in [0, C).
-      matrix: T, C x C (C = num_classes).
-      seed: int >= 0 (or a sequence of them).
-
-    Returns:
-      `Corrupted(labels, true_labels, is_noisy)`.
-    """
-    t = check_transition(matrix)
-    num_classes = t.shape[0]
-    true = _check_labels(labels, num_classes).astype(np.int32)
-    u = np.random.default_rng(_check_seed(seed)).random(true.size)
-    cdf = np.cumsum(t, axis=1)
-    observed = np.sum(cdf[true] <= u[:, None], axis=1)
-    # Rounding in the cumulative sum: u close to 1 may pass the last entry; keep it in range,
-    # on the last class with mass.
-    last = num_classes - 1 - np.argmax(t[:, ::-1] > 0, axis=1)
-    observed = np.minimum(observed, last[true]).astype(np.int32)
-    return Corrupted(observed, true, observed != true)
-
-
-def _check_fraction(majority_fraction: Any) -> float:
-    if (
-        isinstance(majority_fraction, bool)
-        or not isinstance(majority_fraction, numbers.Real)
-        or not 0.0 < float(majority_fraction) < 1.0
-    ):
-        raise ValueError(
-            f"majority_fraction must be a number in the open interval (0, 1), got "
-            f"{majority_fraction!r}."
-        )
-    return float(majority_fraction)
-
-
-def imbalance_subset(
-    labels: np.ndarray,
-    *,
-    majority_fraction: float,
-    seed,
-    num_examples: int = 5000,
-    majority_class: int = 9,
-    minority_class: int = 4,
-) -> Subset:
-    """Class imbalance (the paper's MNIST 4-vs-9): n examples, a fraction p of the majority class.
-
-    Exactly `n_maj = floor(p n + 1/2)` rows of `majority_class` and `n - n_maj` of
-    `minority_class`, each drawn uniformly without replacement (`rng.permutation` of that class's
-    rows, majority first, `rng = default_rng(seed)`). Labels are relabelled to 0..1 by sorted source
-    class id (4 -> 0, 9 -> 1 by default; `Subset.classes` keeps the map). Nothing is mislabeled.
-    A balanced set is `majority_fraction=0.5, num_examples=2 * m`.
-
-    Args:
-      labels: 1-D int source labels (any non-negative ids).
-      majority_fraction: p in (0, 1) (paper: 0.9, 0.95, 0.98, 0.99, 0.995).
-      seed: int >= 0 (or a sequence of them).
-      num_examples: n >= 1 (paper: 5000).
-      majority_class, minority_class: distinct source class ids.
-
-    Returns:
-      `Subset(index, labels, classes)`: `index` ascending rows of `labels`, new labels int32.
-
-    >>> s = imbalance_subset(np.array([4, 9] * 50), majority_fraction=0.9, seed=0, num_examples=20)
-    >>> np.bincount(s.labels).tolist(), s.classes
-    ([2, 18], (4, 9))
-    """
-    p = _check_fraction(majority_fraction)
-    n = _check_int("num_examples", num_examples, minimum=1)
-    majority_class = _check_int("majority_class", majority_class, minimum=0)
-    minority_class = _check_int("minority_class", minority_class, minimum=0)
-    if majority_class == minority_class:
-        raise ValueError(
-            f"majority_class and minority_class must differ, both are {majority_class}."
-        )
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"labels must be a 1-D integer array, got dtype {labels.dtype} and shape "
-            f"{labels.shape}."
-        )
-    n_major = int(np.floor(p * n + 0.5))
-    counts = {majority_class: n_major, minority_class: n - n_major}
-    for c, k in counts.items():
-        have = int(np.sum(labels == c))
-        if k > have:
-            raise ValueError(
-                f"imbalance of {n} examples with majority_fraction={p} needs {k} examples "
-                f"of class {c}, but only {have} are available."
-            )
-    rng = np.random.default_rng(_check_seed(seed))
-    index = []
-    for c in (majority_class, minority_class):
-        rows = np.flatnonzero(labels == c)
-        index.append(rows[rng.permutation(rows.size)[: counts[c]]])
-    index = np.sort(np.concatenate(index))
-    classes = tuple(sorted((minority_class, majority_class)))
-    new_labels = (labels[index] == classes[1]).astype(np.int32)
-    return Subset(index, new_labels, classes)
-
-
-def clean_split(
-    labels: np.ndarray, k_per_class: int, seed, *, num_classes: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """A class-balanced clean set of k per class, and the rest: (clean_idx, rest_idx), disjoint.
-
-    For every class c (0..num_classes-1 if given, else the classes present, ascending), the first
-    k rows of `rng.permutation` of that class's rows, `rng = default_rng(seed)`. Both outputs are
-    ascending and together cover `range(N)` exactly once.
-
-    Raises:
-      ValueError: k_per_class < 1, or larger than some class has.
-    """
-    k = _check_int("k_per_class", k_per_class, minimum=1)
-    labels = np.asarray(labels)
-    if num_classes is None:
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"labels must be a 1-D integer array, got dtype {labels.dtype} and shape "
-                f"{labels.shape}."
-            )
-        classes = np.unique(labels)
-    else:
-        labels = _check_labels(labels, _check_int("num_classes", num_classes, minimum=1))
-        classes = np.arange(num_classes)
-    counts = np.array([np.sum(labels == c) for c in classes])
-    if counts.size and counts.min() < k:
-        c = int(classes[np.argmin(counts)])
-        raise ValueError(
-            f"k_per_class={k} is larger than class {c} has ({counts.min()} examples); "
-            f"allowed: 1 <= k_per_class <= {counts.min()}."
-        )
-    rng = np.random.default_rng(_check_seed(seed))
-    clean = [
-        rows[rng.permutation(rows.size)[:k]]
-        for rows in (np.flatnonzero(labels == c) for c in classes)
-    ]
-    clean = np.sort(np.concatenate(clean)) if clean else np.zeros(0, np.int64)
-    rest = np.setdiff1d(np.arange(labels.size), clean)
-    return clean, rest
-
-
 # ----------------------------------------------------------------------------- splits
 
 
@@ -577,7 +97,7 @@ def _check_clean_per_class(k: Any, clean_given: bool | None, noise: str) -> None
     zero = not isinstance(k, bool) and isinstance(k, numbers.Integral) and k == 0
     draws = not (k is None or zero)
     if draws:
-        _check_int("clean_per_class", k, minimum=1)
+        check_int("clean_per_class", k, minimum=1)
     if noise == "imbalance" and clean_given:
         raise ValueError(
             "noise='imbalance' draws its clean set from the two classes of the training data; "
@@ -624,15 +144,15 @@ def check_split_args(
     if noise not in NOISE_TYPES:
         raise ValueError(f"noise must be one of {NOISE_TYPES}, got {noise!r}.")
     if num_classes is not None:
-        _check_int("num_classes", num_classes, minimum=2)
-    ratio = _check_ratio(ratio)
+        check_int("num_classes", num_classes, minimum=2)
+    ratio = check_ratio(ratio)
     if noise not in RATIO_NOISE_TYPES and ratio != 0.0:
         raise ValueError(
             f"ratio={ratio} only applies to noise {', '.join(RATIO_NOISE_TYPES)}, not "
             f"{noise!r}; leave it at 0."
         )
     if noise == "pair":
-        _check_pair_ratio(ratio)
+        check_pair_ratio(ratio)
     if noise == "asymmetric":
         class_map("cifar10" if noise_map is None else noise_map, num_classes)
     elif noise_map is not None:
@@ -648,7 +168,7 @@ def check_split_args(
     if not (clean_given is None or isinstance(clean_given, bool)):
         raise ValueError(f"clean_given must be True, False or None, got {clean_given!r}.")
     _check_clean_per_class(clean_per_class, clean_given, noise)
-    _check_int("seed", seed, minimum=0)
+    check_int("seed", seed, minimum=0)
     if background_class is not None:
         if noise != "background":
             raise ValueError(
@@ -656,18 +176,18 @@ def check_split_args(
                 f"'background', not {noise!r}."
             )
         if num_classes is None:
-            _check_int("background_class", background_class, minimum=0)
+            check_int("background_class", background_class, minimum=0)
         else:
-            _check_background(background_class, num_classes)
+            check_background(background_class, num_classes)
     if official_convention and noise != "uniform":
         raise ValueError(
             f"official_convention=True only applies to noise 'uniform', not {noise!r}."
         )
     if noise == "imbalance":
-        _check_fraction(majority_fraction)
-        _check_int("num_train", num_train, minimum=1)
+        check_fraction(majority_fraction)
+        check_int("num_train", num_train, minimum=1)
         for name, c in (("majority_class", majority_class), ("minority_class", minority_class)):
-            _check_int(name, c, minimum=0)
+            check_int(name, c, minimum=0)
             if num_classes is not None and c >= num_classes:
                 raise ValueError(
                     f"{name} must be in [0, {num_classes}) (num_classes={num_classes}), got {c!r}."
@@ -767,15 +287,15 @@ def make_splits(
     )
     ratio = float(ratio)
     x_train, x_test = _check_images("x_train", x_train), _check_images("x_test", x_test)
-    y_train = _check_labels(y_train, num_classes, "y_train")
-    y_test = _check_labels(y_test, num_classes, "y_test")
+    y_train = check_labels(y_train, num_classes, "y_train")
+    y_test = check_labels(y_test, num_classes, "y_test")
     if y_train_true is not None:
         if noise != "given":
             raise ValueError(
                 f"true labels (y_train_true) come only with noise 'given' (the observed labels "
                 f"as they are), got noise={noise!r}."
             )
-        y_train_true = _check_labels(y_train_true, num_classes, "y_train_true")
+        y_train_true = check_labels(y_train_true, num_classes, "y_train_true")
         if len(y_train_true) != len(y_train):
             raise ValueError(
                 f"y_train_true has {len(y_train_true)} labels, y_train {len(y_train)}; they "
@@ -792,7 +312,7 @@ def make_splits(
         )
     if clean_given:
         x_clean = _check_images("x_clean", x_clean)
-        y_clean = _check_labels(y_clean, num_classes, "y_clean")
+        y_clean = check_labels(y_clean, num_classes, "y_clean")
         if len(x_clean) != len(y_clean) or len(x_clean) == 0:
             raise ValueError(
                 f"the given clean set needs as many labels as images and at least one: x_clean "

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from l2rw_jax import corruption
+from l2rw_jax import flips
+from l2rw_jax import subsets
 
 C = 10
 
@@ -50,8 +52,8 @@ def _digest(*arrays) -> str:
 )
 def test_uniform_flip_exact_count_and_never_true_label(n, ratio, expected):
     true = np.arange(n) % C
-    c = corruption.uniform_flip(true, C, ratio, seed=3)
-    assert corruption.num_chosen(ratio, n) == expected
+    c = flips.uniform_flip(true, C, ratio, seed=3)
+    assert flips.num_chosen(ratio, n) == expected
     assert int(c.is_noisy.sum()) == expected
     np.testing.assert_array_equal(c.true_labels, true)
     np.testing.assert_array_equal(c.is_noisy, c.labels != c.true_labels)
@@ -62,7 +64,7 @@ def test_uniform_flip_exact_count_and_never_true_label(n, ratio, expected):
 
 def test_uniform_flip_every_other_class_receives_flips():
     true = _balanced_labels(1000)
-    c = corruption.uniform_flip(true, C, 0.4, seed=0)
+    c = flips.uniform_flip(true, C, 0.4, seed=0)
     pairs = np.zeros((C, C), np.int64)
     np.add.at(pairs, (c.true_labels[c.is_noisy], c.labels[c.is_noisy]), 1)
     assert np.all(np.diag(pairs) == 0)
@@ -72,8 +74,8 @@ def test_uniform_flip_every_other_class_receives_flips():
 
 def test_official_convention_draws_from_0_to_c_minus_2_and_may_keep_label():
     true = _balanced_labels(500)
-    ours = corruption.uniform_flip(true, C, 0.4, seed=5)
-    official = corruption.uniform_flip(true, C, 0.4, seed=5, official_convention=True)
+    ours = flips.uniform_flip(true, C, 0.4, seed=5)
+    official = flips.uniform_flip(true, C, 0.4, seed=5, official_convention=True)
     chosen = ours.is_noisy  # Same seed -> same chosen rows; ours always changes the label.
     assert chosen.sum() == 2000
     np.testing.assert_array_equal(official.labels[~chosen], true[~chosen])
@@ -90,8 +92,8 @@ def test_official_convention_draws_from_0_to_c_minus_2_and_may_keep_label():
 def test_background_flip_counts_and_class_b_stays_clean():
     true = _balanced_labels(300)
     b = 3
-    c = corruption.background_flip(true, C, 0.4, seed=7, background_class=b)
-    chosen = corruption.uniform_flip(true, C, 0.4, seed=7).is_noisy  # Same chosen rows.
+    c = flips.background_flip(true, C, 0.4, seed=7, background_class=b)
+    chosen = flips.uniform_flip(true, C, 0.4, seed=7).is_noisy  # Same chosen rows.
     assert chosen.sum() == 1200
     np.testing.assert_array_equal(c.labels[chosen], np.full(1200, b))
     np.testing.assert_array_equal(c.labels[~chosen], true[~chosen])
@@ -103,13 +105,13 @@ def test_background_flip_counts_and_class_b_stays_clean():
 
 def test_background_flip_seeded_class():
     true = _balanced_labels(100)
-    a = corruption.background_flip(true, C, 0.5, seed=11)
-    again = corruption.background_flip(true, C, 0.5, seed=11)
+    a = flips.background_flip(true, C, 0.5, seed=11)
+    again = flips.background_flip(true, C, 0.5, seed=11)
     np.testing.assert_array_equal(a.labels, again.labels)
     assert np.unique(a.labels[a.is_noisy]).size == 1  # One background class ...
     backgrounds = set()
     for seed in range(20):
-        c = corruption.background_flip(true, C, 0.5, seed=seed)
+        c = flips.background_flip(true, C, 0.5, seed=seed)
         backgrounds.add(int(c.labels[c.is_noisy][0]))
     assert len(backgrounds) > 1  # ... picked by the seed.
 
@@ -122,7 +124,7 @@ def test_background_flip_seeded_class():
 )
 def test_imbalance_subset_exact_counts(p, n_nine):
     labels = _balanced_labels(6000)
-    s = corruption.imbalance_subset(labels, majority_fraction=p, seed=0)
+    s = subsets.imbalance_subset(labels, majority_fraction=p, seed=0)
     assert s.classes == (4, 9)
     assert s.index.size == 5000 and np.unique(s.index).size == 5000
     assert np.all(np.diff(s.index) > 0)
@@ -134,19 +136,19 @@ def test_imbalance_subset_exact_counts(p, n_nine):
 
 def test_imbalance_balanced_is_half_half():
     labels = _balanced_labels(50)
-    s = corruption.imbalance_subset(labels, majority_fraction=0.5, seed=1, num_examples=100)
+    s = subsets.imbalance_subset(labels, majority_fraction=0.5, seed=1, num_examples=100)
     np.testing.assert_array_equal(np.bincount(s.labels), [50, 50])
 
 
 @pytest.mark.parametrize("p", [0.0, 1.0, 1.5, -0.1, True])
 def test_imbalance_fraction_outside_open_interval_raises(p):
     with pytest.raises(ValueError, match=rf"majority_fraction.*\(0, 1\).*{p!r}"):
-        corruption.imbalance_subset(_balanced_labels(10), majority_fraction=p, seed=0)
+        subsets.imbalance_subset(_balanced_labels(10), majority_fraction=p, seed=0)
 
 
 def test_imbalance_not_enough_examples_raises():
     with pytest.raises(ValueError, match="needs 4500 examples of class 9, but only 100"):
-        corruption.imbalance_subset(_balanced_labels(100), majority_fraction=0.9, seed=0)
+        subsets.imbalance_subset(_balanced_labels(100), majority_fraction=0.9, seed=0)
 
 
 # ----------------------------------------------------------------------------- clean split
@@ -154,7 +156,7 @@ def test_imbalance_not_enough_examples_raises():
 
 def test_clean_split_balanced_disjoint_and_complete():
     labels = _balanced_labels(37)
-    clean, rest = corruption.clean_split(labels, 10, seed=2)
+    clean, rest = subsets.clean_split(labels, 10, seed=2)
     np.testing.assert_array_equal(np.bincount(labels[clean], minlength=C), np.full(C, 10))
     assert np.intersect1d(clean, rest).size == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([clean, rest])), np.arange(labels.size))
@@ -163,11 +165,11 @@ def test_clean_split_balanced_disjoint_and_complete():
 def test_clean_split_k_larger_than_a_class_raises():
     labels = np.concatenate([np.zeros(5, int), np.ones(3, int)])
     with pytest.raises(ValueError, match=r"k_per_class=4 is larger than class 1 has \(3"):
-        corruption.clean_split(labels, 4, seed=0)
+        subsets.clean_split(labels, 4, seed=0)
     with pytest.raises(ValueError, match=r"k_per_class.*>= 1.*got 0"):
-        corruption.clean_split(labels, 0, seed=0)
+        subsets.clean_split(labels, 0, seed=0)
     with pytest.raises(ValueError, match="class 2 has"):  # A class with no example at all.
-        corruption.clean_split(labels, 1, seed=0, num_classes=3)
+        subsets.clean_split(labels, 1, seed=0, num_classes=3)
 
 
 # ----------------------------------------------------------------------------- make_splits
@@ -226,7 +228,7 @@ def test_make_splits_background(source):
     true = s.train_true_labels
     assert len(true) == 59900
     # make_splits corrupts with sub-seed [seed, 1]; uniform_flip with it marks the chosen rows.
-    chosen = corruption.uniform_flip(true, C, 0.4, [0, 1]).is_noisy
+    chosen = flips.uniform_flip(true, C, 0.4, [0, 1]).is_noisy
     assert chosen.sum() == 23960
     np.testing.assert_array_equal(s.train_labels[chosen], np.full(23960, b))
     np.testing.assert_array_equal(s.train_labels[~chosen], true[~chosen])
@@ -285,9 +287,9 @@ def test_make_splits_given_clean_set_is_used_as_given(source, given_clean, clean
     np.testing.assert_array_equal(_ids(s.train_x), s.train_source_index)
     np.testing.assert_array_equal(s.train_true_labels, y_tr[s.train_source_index])
     # The known flips: uniform_flip of all of y_train with make_splits's noise sub-seed [0, 1].
-    flips = corruption.uniform_flip(y_tr, C, 0.4, [0, 1])
-    np.testing.assert_array_equal(s.train_labels, flips.labels)
-    np.testing.assert_array_equal(s.train_is_noisy, flips.is_noisy)
+    known = flips.uniform_flip(y_tr, C, 0.4, [0, 1])
+    np.testing.assert_array_equal(s.train_labels, known.labels)
+    np.testing.assert_array_equal(s.train_is_noisy, known.is_noisy)
     assert s.train_is_noisy.sum() == 24000
     np.testing.assert_array_equal(s.train_is_noisy, s.train_labels != y_tr)
     np.testing.assert_array_equal(s.test_x, x_te)
@@ -306,7 +308,7 @@ def test_make_splits_given_clean_set_noise_none_keeps_labels_as_they_came(source
     np.testing.assert_array_equal(_ids(s.clean_x), 2_000_000 + np.arange(37))
     b = _splits(source, noise="background", ratio=0.4, background_class=2,
                 clean_per_class=0, x_clean=given_clean[0], y_clean=given_clean[1])
-    chosen = corruption.uniform_flip(y_tr, C, 0.4, [0, 1]).is_noisy
+    chosen = flips.uniform_flip(y_tr, C, 0.4, [0, 1]).is_noisy
     np.testing.assert_array_equal(b.train_labels, np.where(chosen, 2, y_tr))
 
 
@@ -364,10 +366,10 @@ def test_pinned_outputs_do_not_change_across_runs():
     """Regression pins: these digests were recorded from this code; a change in numpy's streams
     or in our sampling would change the splits of every published run, so it must be noticed."""
     true = np.arange(60) % 6
-    u = corruption.uniform_flip(true, 6, 0.4, seed=123)
-    bg = corruption.background_flip(true, 6, 0.4, seed=123)
-    clean, rest = corruption.clean_split(true, 3, seed=123)
-    imb = corruption.imbalance_subset(
+    u = flips.uniform_flip(true, 6, 0.4, seed=123)
+    bg = flips.background_flip(true, 6, 0.4, seed=123)
+    clean, rest = subsets.clean_split(true, 3, seed=123)
+    imb = subsets.imbalance_subset(
         np.arange(200) % 10, majority_fraction=0.9, seed=123, num_examples=20
     )
     assert _digest(u.labels, bg.labels, clean, rest, imb.index) == PINNED_DIGEST
@@ -438,7 +440,7 @@ def test_make_splits_bad_arrays_raise(source):
         corruption.make_splits(x_tr, y_tr.astype(float), x_te, y_te, **kw)
 
 
-@pytest.mark.parametrize("fn", [corruption.uniform_flip, corruption.background_flip])
+@pytest.mark.parametrize("fn", [flips.uniform_flip, flips.background_flip])
 @pytest.mark.parametrize("ratio", [1.01, -0.5, float("nan"), "0.4"])
 def test_flip_ratio_outside_unit_interval_raises(fn, ratio):
     with pytest.raises(ValueError, match=r"ratio must be a number in \[0, 1\]"):
@@ -447,7 +449,7 @@ def test_flip_ratio_outside_unit_interval_raises(fn, ratio):
 
 def test_flip_labels_out_of_range_raise():
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\).*\[7\]"):
-        corruption.uniform_flip(np.array([0, 1, 7]), 5, 0.5, 0)
+        flips.uniform_flip(np.array([0, 1, 7]), 5, 0.5, 0)
 
 
 # ----------------------------------------------------------------------------- pair, asymmetric,
@@ -464,7 +466,7 @@ def _uneven_labels(seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("ratio", [0.0, 0.2, 0.45, 0.5, 0.999])
 def test_pair_flip_exact_per_class_counts_against_brute_force(ratio):
     true = _uneven_labels()
-    c = corruption.pair_flip(true, C, ratio, seed=5)
+    c = flips.pair_flip(true, C, ratio, seed=5)
     np.testing.assert_array_equal(c.true_labels, true)
     np.testing.assert_array_equal(c.is_noisy, c.labels != true)
     for k in range(C):
@@ -479,30 +481,30 @@ def test_pair_flip_exact_per_class_counts_against_brute_force(ratio):
 
 def test_asymmetric_flip_exact_counts_only_mapped_classes_and_the_presets():
     true = _uneven_labels(1)
-    c = corruption.asymmetric_flip(true, C, 0.4, seed=2, noise_map="cifar10")
-    assert corruption.class_map("cifar10") == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+    c = flips.asymmetric_flip(true, C, 0.4, seed=2, noise_map="cifar10")
+    assert flips.class_map("cifar10") == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
     for k in range(C):
         n_k = int(np.sum(true == k))
         flipped = c.is_noisy & (true == k)
-        if k in corruption.NOISE_MAPS["cifar10"]:
+        if k in flips.NOISE_MAPS["cifar10"]:
             assert int(flipped.sum()) == int(np.floor(0.4 * n_k + 0.5))
-            assert set(c.labels[flipped].tolist()) == {corruption.NOISE_MAPS["cifar10"][k]}
+            assert set(c.labels[flipped].tolist()) == {flips.NOISE_MAPS["cifar10"][k]}
         else:
             assert not flipped.any()
     # A map given as a mapping (string keys, as a JSON config stores them) or a string.
-    m = corruption.asymmetric_flip(true, C, 0.4, seed=2, noise_map={"9": 1, "2": 0, "4": 7,
+    m = flips.asymmetric_flip(true, C, 0.4, seed=2, noise_map={"9": 1, "2": 0, "4": 7,
                                                                     "3": 5, "5": 3})
     np.testing.assert_array_equal(m.labels, c.labels)
-    s = corruption.asymmetric_flip(true, C, 0.4, seed=2, noise_map="9:1, 2:0,4:7,3:5,5:3")
+    s = flips.asymmetric_flip(true, C, 0.4, seed=2, noise_map="9:1, 2:0,4:7,3:5,5:3")
     np.testing.assert_array_equal(s.labels, c.labels)
-    assert corruption.class_map("mnist") == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
+    assert flips.class_map("mnist") == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
 
 
 def test_transition_flip_empirical_matrix_within_three_standard_errors():
     t = np.array([[0.7, 0.2, 0.1, 0.0], [0.0, 0.9, 0.05, 0.05], [0.25, 0.25, 0.25, 0.25],
                   [0.0, 0.0, 0.0, 1.0]])
     true = np.arange(100_000) % 4
-    c = corruption.transition_flip(true, t, seed=11)
+    c = flips.transition_flip(true, t, seed=11)
     for i in range(4):
         rows = c.labels[true == i]
         emp = np.bincount(rows, minlength=4) / rows.size
@@ -514,35 +516,35 @@ def test_transition_flip_empirical_matrix_within_three_standard_errors():
 
 def test_new_flips_same_seed_same_labels_pinned():
     y = np.arange(20) % 4
-    assert corruption.pair_flip(y, 4, 0.5, seed=7).labels.tolist() == [
+    assert flips.pair_flip(y, 4, 0.5, seed=7).labels.tolist() == [
         1, 2, 2, 0, 0, 2, 2, 3, 1, 1, 3, 0, 0, 1, 3, 0, 1, 2, 3, 3]
-    assert corruption.asymmetric_flip(np.arange(20) % 10, 10, 0.5, seed=7).labels.tolist() == [
+    assert flips.asymmetric_flip(np.arange(20) % 10, 10, 0.5, seed=7).labels.tolist() == [
         0, 1, 0, 5, 7, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 3, 6, 7, 8, 1]
     t = [[0.8, 0.2, 0, 0], [0, 0.7, 0.3, 0], [0.1, 0.1, 0.7, 0.1], [0, 0, 0, 1]]
-    assert corruption.transition_flip(y, t, seed=7).labels.tolist() == [
+    assert flips.transition_flip(y, t, seed=7).labels.tolist() == [
         0, 2, 2, 3, 0, 2, 0, 3, 0, 1, 2, 3, 0, 1, 2, 3, 1, 2, 2, 3]
-    for fn in (lambda s: corruption.pair_flip(y, 4, 0.3, s),
-               lambda s: corruption.transition_flip(y, t, s)):
+    for fn in (lambda s: flips.pair_flip(y, 4, 0.3, s),
+               lambda s: flips.transition_flip(y, t, s)):
         np.testing.assert_array_equal(fn(3).labels, fn(3).labels)
 
 
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: corruption.pair_flip(np.arange(10) % 5, 5, 1.0, 0), r"ratio .* \[0, 1\) .*1\.0"),
-        (lambda: corruption.pair_flip(np.arange(10) % 5, 5, -0.1, 0), r"\[0, 1\)"),
-        (lambda: corruption.asymmetric_flip(np.arange(10) % 5, 5, 0.2, 0, noise_map={3: 7}),
+        (lambda: flips.pair_flip(np.arange(10) % 5, 5, 1.0, 0), r"ratio .* \[0, 1\) .*1\.0"),
+        (lambda: flips.pair_flip(np.arange(10) % 5, 5, -0.1, 0), r"\[0, 1\)"),
+        (lambda: flips.asymmetric_flip(np.arange(10) % 5, 5, 0.2, 0, noise_map={3: 7}),
          r"names class 7, outside \[0, 5\)"),
-        (lambda: corruption.asymmetric_flip(np.arange(10) % 5, 5, 0.2, 0, noise_map={2: 2}),
+        (lambda: flips.asymmetric_flip(np.arange(10) % 5, 5, 0.2, 0, noise_map={2: 2}),
          r"maps class 2 to itself"),
-        (lambda: corruption.class_map("cifar100"), r"preset \(cifar10, mnist\)"),
-        (lambda: corruption.class_map("1:x"), r"'1': 'x' is not a pair of integer"),
-        (lambda: corruption.check_transition(np.eye(3), 4), r"4 x 4 .*got shape \(3, 3\)"),
-        (lambda: corruption.check_transition(np.ones(3)), r"C x C .*got shape \(3,\)"),
-        (lambda: corruption.check_transition([[1.2, -0.2], [0, 1]]),
+        (lambda: flips.class_map("cifar100"), r"preset \(cifar10, mnist\)"),
+        (lambda: flips.class_map("1:x"), r"'1': 'x' is not a pair of integer"),
+        (lambda: flips.check_transition(np.eye(3), 4), r"4 x 4 .*got shape \(3, 3\)"),
+        (lambda: flips.check_transition(np.ones(3)), r"C x C .*got shape \(3,\)"),
+        (lambda: flips.check_transition([[1.2, -0.2], [0, 1]]),
          r"T\[0, 1\] = -0\.2"),
-        (lambda: corruption.check_transition([[0.5, 0.4], [0, 1]]), r"row 0 sums to 0\.9"),
-        (lambda: corruption.check_transition([[1, 0], [0, 0]]),
+        (lambda: flips.check_transition([[0.5, 0.4], [0, 1]]), r"row 0 sums to 0\.9"),
+        (lambda: flips.check_transition([[1, 0], [0, 0]]),
          r"row 1 sums to 0\.0 \(put T\[1, 1\] = 1"),
     ],
 )

@@ -5,19 +5,20 @@ import pytest
 
 from l2rw_jax import adapter
 from l2rw_jax import conv
-from l2rw_jax import corruption
+from l2rw_jax import flips
 from l2rw_jax import model_factory
 from l2rw_jax import models
 from l2rw_jax import pooling
 from l2rw_jax import reweight
 from l2rw_jax import safe_derivative
+from l2rw_jax import subsets
 from l2rw_jax import xla_options
 from l2rw_jax.audit import label_issues
 
 
 @pytest.mark.parametrize(
-    "module", [reweight, corruption, models, model_factory, adapter, safe_derivative, label_issues,
-               conv, pooling, xla_options],
+    "module", [reweight, flips, subsets, models, model_factory, adapter, safe_derivative,
+               label_issues, conv, pooling, xla_options],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):

@@ -32,7 +32,7 @@ method per run):
   `mnist_mlp_pair45` (pair flip c -> c + 1 mod 10, 45%: Han et al., Co-teaching, NeurIPS
   2018), `mnist_mlp_asymmetric40` (40% of each of the digits 2, 3, 5, 6, 7 flipped to
   2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1: the MNIST map of Patrini et al., CVPR 2017, §6, also used by
-  the GLC of Hendrycks et al., NeurIPS 2018; corruption.NOISE_MAPS["mnist"]) (the MNIST MLP
+  the GLC of Hendrycks et al., NeurIPS 2018; flips.NOISE_MAPS["mnist"]) (the MNIST MLP
   recipe); `cifar_mlp_pair45` (the CIFAR MLP recipe).
 - `cifar_fit_uniform40`: DEFINED, NOT RUN (hours on this CPU): cifar10_dev at 40% uniform
   with a wider SmallCNN (32-64-128 channels, 256 hidden), no augmentation and 20,000 steps
