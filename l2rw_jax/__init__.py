@@ -56,6 +56,7 @@ from l2rw_jax.models import output_layer_path
 from l2rw_jax.model_factory import create_model
 
 # Data: sources as arrays, and the corruptions (pure numpy functions of a seed).
+from l2rw_jax.array_source import save_arrays
 from l2rw_jax.corruption import Splits
 from l2rw_jax.corruption import make_splits
 from l2rw_jax.flips import asymmetric_flip
@@ -66,7 +67,6 @@ from l2rw_jax.flips import uniform_flip
 from l2rw_jax.subsets import clean_split
 from l2rw_jax.subsets import imbalance_subset
 from l2rw_jax.datasets import load_arrays
-from l2rw_jax.datasets import save_arrays
 
 __version__ = "0.1.0"
 

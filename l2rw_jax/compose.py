@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from l2rw_jax import array_source
 from l2rw_jax import backends
 from l2rw_jax import config as config_lib
 from l2rw_jax import datasets
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import ml_collections
 
 
-def members(config: ml_collections.ConfigDict, arrays: datasets.Arrays,
+def members(config: ml_collections.ConfigDict, arrays: array_source.Arrays,
             which: Sequence[int] | None = None) -> list[members_lib.MemberData]:
     """The data of the run's members ``which`` (default: all ``config.num_seeds``; member ``k``
     has seed ``config.seed + k``) from the loaded ``arrays``: what training and the audit

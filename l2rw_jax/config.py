@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optax
 
+from l2rw_jax import array_source
 from l2rw_jax import corruption
 from l2rw_jax import datasets
 from l2rw_jax import methods
@@ -321,7 +322,7 @@ def validate(config, *, check_devices: bool = True) -> ml_collections.ConfigDict
     noise_default = (filled["data.noise"], filled["data.noise_ratio"]) == (
         defaults["data.noise"], defaults["data.noise_ratio"])
     if noise_default and (filled["data.label_key"] is not None
-                          or datasets.npz_has_truth(filled["data.dataset"])):
+                          or array_source.npz_has_truth(filled["data.dataset"])):
         filled["data.noise"] = "given"
     if (filled["data.noise"] in ("given", "transition")
             and filled["data.noise_ratio"] == defaults["data.noise_ratio"]):

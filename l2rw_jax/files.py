@@ -1,7 +1,7 @@
 """Files that appear whole or not at all, local or at a URI (``gs://``): :func:`atomic_write`.
 
 Why a module of its own, at the bottom: the run's workdir (:mod:`l2rw_jax.workdir`), the data
-(``datasets.save_arrays``) and the audit's reports all write files a reader must never see half
+(``array_source.save_arrays``) and the audit's reports all write files a reader must never see half
 written, and one writer keeps them alike (permissions, fsync, cleanup); the data must not import
 the workdir to get it.
 """

@@ -30,8 +30,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from l2rw_jax import array_source
 from l2rw_jax import corruption
-from l2rw_jax import datasets
 
 
 class MemberData(NamedTuple):
@@ -136,7 +136,7 @@ def oracle_rows(splits: corruption.Splits) -> tuple[corruption.Splits, np.ndarra
     return both, np.flatnonzero(~both.train_is_noisy)
 
 
-def make_member(arrays: datasets.Arrays, seed: int, *, split_options: dict,
+def make_member(arrays: array_source.Arrays, seed: int, *, split_options: dict,
                 hyper_val_size: int, pixel_scale: str, oracle: bool = False) -> MemberData:
     """One member's data from the loaded ``arrays``: ``corruption.make_splits(seed=seed,
     **split_options)`` (with the clean set and true labels of ``arrays`` when the data brings

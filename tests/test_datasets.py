@@ -11,8 +11,10 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
+from l2rw_jax import array_source
 from l2rw_jax import datasets
 from l2rw_jax import digits_builder
+from l2rw_jax import tfds_source
 
 
 @pytest.fixture(scope="module")
@@ -190,14 +192,14 @@ def test_float_images_in_unit_interval_become_round_255x():
     k = np.arange(256, dtype=np.uint8)
     x = np.stack([k / 255.0, (k / 255.0).astype(np.float32)]).reshape(2, 16, 16)
     x[0, 0, :3] = [0.5, 0.4999, 1.0 / 510 + 1e-9]  # 127.5 -> 128 (half to even), 127.47 -> 127.
-    a = datasets.make_arrays(x, [0, 1], x[:1], [1])
+    a = array_source.make_arrays(x, [0, 1], x[:1], [1])
     assert a.x_train.dtype == np.uint8 and a.x_train.shape == (2, 16, 16, 1)
     np.testing.assert_array_equal(a.x_train[1, ..., 0].ravel(), k)  # k / 255 -> k exactly.
     np.testing.assert_array_equal(a.x_train[0, ..., 0].ravel()[3:], k[3:])
     assert a.x_train[0, 0, :3, 0].tolist() == [128, 127, 1]
     for bad, shown in ((1.0 + 1e-6, "1.000001"), (-1e-3, "-0.001"), (np.inf, "max inf")):
         with pytest.raises(ValueError, match=rf"x_test is float, so it must lie in .*{shown}"):
-            datasets.make_arrays(x, [0, 1], np.full((1, 16, 16), bad), [1])
+            array_source.make_arrays(x, [0, 1], np.full((1, 16, 16), bad), [1])
 
 
 def test_nan_pixels_are_named_as_nan():
@@ -206,7 +208,7 @@ def test_nan_pixels_are_named_as_nan():
     x[1, 3, 0] = np.nan
     with pytest.raises(ValueError, match=r"^x_train holds 2 NaN pixel value\(s\) \(first at index "
                                          r"\(1, 2, 3\)\); float images must lie in \[0, 1\]\.$"):
-        datasets.make_arrays(x, [0, 1], x[:1], [1])
+        array_source.make_arrays(x, [0, 1], x[:1], [1])
 
 
 CHANNEL_FIRST = [
@@ -227,19 +229,19 @@ def test_channel_first_arrays_are_refused_with_the_transpose(tmp_path, shape, fi
     good = np.zeros(fixed, np.uint8)
     # make_arrays (notebooks), save_arrays (nothing written), an npz written by other code.
     with pytest.raises(ValueError, match="^" + message):
-        datasets.make_arrays(x, y, good, y)
+        array_source.make_arrays(x, y, good, y)
     with pytest.raises(ValueError, match="^" + message):
-        datasets.save_arrays(tmp_path / "s.npz", x, y, good, y)
+        array_source.save_arrays(tmp_path / "s.npz", x, y, good, y)
     assert not list(tmp_path.iterdir())
     np.savez(tmp_path / "t.npz", x_train=x, y_train=y, x_test=good, y_test=y)
     with pytest.raises(ValueError, match=rf"^npz '{re.escape(str(tmp_path))}/t.npz': " + message):
         datasets.load_arrays(f"npz:{tmp_path}/t.npz")
     # The transpose the message names is the fix.
-    a = datasets.make_arrays(x.transpose(0, 2, 3, 1), y, good, y)
+    a = array_source.make_arrays(x.transpose(0, 2, 3, 1), y, good, y)
     assert a.x_train.shape == fixed
     # The test split is checked too, by its own name.
     with pytest.raises(ValueError, match=r"^x_test has shape .* pass x_test.transpose"):
-        datasets.make_arrays(good, y, x, y)
+        array_source.make_arrays(good, y, x, y)
 
 
 @pytest.mark.parametrize("shape", [(5, 28, 28, 1), (5, 32, 32, 3), (5, 3, 3, 3), (5, 1, 8, 1),
@@ -247,7 +249,7 @@ def test_channel_first_arrays_are_refused_with_the_transpose(tmp_path, shape, fi
 def test_channel_last_arrays_are_not_taken_for_channel_first(shape):
     # Channel-last shapes, also tiny or odd ones: their last axis is a channel count, or
     # axis 2 is too small to be an image height.
-    a = datasets.make_arrays(np.zeros(shape, np.uint8), np.arange(5) % 2,
+    a = array_source.make_arrays(np.zeros(shape, np.uint8), np.arange(5) % 2,
                              np.zeros(shape, np.uint8)[:2], [0, 1])
     assert a.x_train.shape == shape
 
@@ -256,7 +258,7 @@ def test_save_arrays_round_trip_atomic_and_checked_first(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.random((10, 4, 4, 3))
     y = np.arange(10) % 3
-    name = datasets.save_arrays(
+    name = array_source.save_arrays(
         tmp_path / "d" / "s.npz", x, y, x[:4], y[:4], x_clean=x[:2], y_clean=y[:2],
         class_names=["a", "b", "c"], num_classes=3, y_train_true=(y + 1) % 3,
     )
@@ -269,16 +271,16 @@ def test_save_arrays_round_trip_atomic_and_checked_first(tmp_path):
     assert a.num_classes == 3 and a.name == name
     np.testing.assert_array_equal(a.y_train_true, (y + 1) % 3)
     with np.load(path) as f:
-        assert sorted(f.files) == sorted(datasets.NPZ_KEYS + datasets.NPZ_OPTIONAL_KEYS)
+        assert sorted(f.files) == sorted(array_source.NPZ_KEYS + array_source.NPZ_OPTIONAL_KEYS)
         assert f["x_train"].dtype == np.uint8 and int(f["num_classes"]) == 3
     # A stored num_classes is the file's own: no class 3 appears, yet it holds.
-    name4 = datasets.save_arrays(tmp_path / "f.npz", x, y, x[:4], y[:4], num_classes=4)
+    name4 = array_source.save_arrays(tmp_path / "f.npz", x, y, x[:4], y[:4], num_classes=4)
     assert datasets.load_arrays(name4).num_classes == 4
     with pytest.raises(ValueError, match=r"num_classes=5 was asked but the file says 4"):
         datasets.load_arrays(name4, num_classes=5)
     # Checked before writing: nothing appears, not even a temporary file.
     with pytest.raises(ValueError, match=r"y_test has negative labels"):
-        datasets.save_arrays(tmp_path / "e" / "bad.npz", x, y, x[:4], -y[:4] - 1)
+        array_source.save_arrays(tmp_path / "e" / "bad.npz", x, y, x[:4], -y[:4] - 1)
     assert not (tmp_path / "e").exists() or not list((tmp_path / "e").iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f.npz"]
 
@@ -286,7 +288,7 @@ def test_save_arrays_round_trip_atomic_and_checked_first(tmp_path):
 def test_save_arrays_is_exported():
     import l2rw_jax
 
-    assert l2rw_jax.save_arrays is datasets.save_arrays
+    assert l2rw_jax.save_arrays is array_source.save_arrays
 
 
 def test_npz_missing_file_raises(tmp_path):
@@ -386,7 +388,7 @@ def test_any_tfds_image_classification_dataset_through_tfds_mock(tmp_path):
 def test_supervised_keys_name_the_features(tmp_path):
     """smallnorb's label is `label_category` (its supervised key), next to four other labels."""
     info = tfds.builder("smallnorb", data_dir=str(tmp_path)).info
-    assert datasets.image_label_keys(info, "smallnorb") == ("image", "label_category")
+    assert tfds_source.image_label_keys(info, "smallnorb") == ("image", "label_category")
 
 
 @pytest.mark.parametrize(

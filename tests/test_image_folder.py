@@ -128,10 +128,10 @@ def test_folder_and_save_arrays_need_no_tensorflow(tmp_path):
 
     _tree(tmp_path, TREE)
     code = BLOCK.format(names=ABSENT) + (
-        "import numpy as np\nfrom l2rw_jax import datasets\n"
+        "import numpy as np\nfrom l2rw_jax import array_source, datasets\n"
         f"a = datasets.load_arrays('folder:{tmp_path}')\n"
-        f"n = datasets.save_arrays('{tmp_path}/a.npz', a.x_train, a.y_train, a.x_test, a.y_test,"
-        " x_clean=a.x_clean, y_clean=a.y_clean, class_names=a.class_names)\n"
+        f"n = array_source.save_arrays('{tmp_path}/a.npz', a.x_train, a.y_train, a.x_test,"
+        " a.y_test, x_clean=a.x_clean, y_clean=a.y_clean, class_names=a.class_names)\n"
         "b = datasets.load_arrays(n)\n"
         "assert all(np.array_equal(u, v) for u, v in zip(a[:4], b[:4]))\n"
         "assert np.array_equal(a.x_clean, b.x_clean) and a.class_names == b.class_names\n"

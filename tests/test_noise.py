@@ -13,6 +13,7 @@ import pytest
 import tiny_data
 from l2rw_jax import compose
 from l2rw_jax import config as config_lib
+from l2rw_jax import array_source
 from l2rw_jax import datasets
 from l2rw_jax import train
 
@@ -31,7 +32,7 @@ def given_npz(tmp_path_factory):
     y_obs = y_true.copy()
     y_obs[::3] = (y_obs[::3] + 3) % C
     path = str(d / "given.npz")
-    datasets.save_arrays(path, a["x_train"], y_obs, a["x_test"], a["y_test"],
+    array_source.save_arrays(path, a["x_train"], y_obs, a["x_test"], a["y_test"],
                          y_train_true=y_true)
     return {"path": path, "y_obs": y_obs, "y_true": y_true}
 
@@ -228,6 +229,6 @@ def test_bad_label_keys_and_true_labels_fail_before_anything_is_written(tmp_path
     x = np.zeros((6, 2, 2), np.uint8)
     y = np.arange(6) % 3
     with pytest.raises(ValueError, match=r"x_train has 6 images but y_train_true has 4 labels"):
-        datasets.make_arrays(x, y, x, y, y_train_true=y[:4])
+        array_source.make_arrays(x, y, x, y, y_train_true=y[:4])
     with pytest.raises(ValueError, match=r"y_train_true has label 5, allowed \[0, 3\)"):
-        datasets.make_arrays(x, y, x, y, y_train_true=np.full(6, 5))
+        array_source.make_arrays(x, y, x, y, y_train_true=np.full(6, 5))
