@@ -13,11 +13,12 @@ from l2rw_jax import reweight
 from l2rw_jax import safe_derivative
 from l2rw_jax import xla_options
 from l2rw_jax.audit import label_issues
+from l2rw_jax.audit import noise_estimate
 
 
 @pytest.mark.parametrize(
     "module", [reweight, corruption, models, model_factory, adapter, safe_derivative, label_issues,
-               conv, pooling, xla_options],
+               noise_estimate, conv, pooling, xla_options],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
