@@ -104,6 +104,7 @@ def test_transition_error_by_hand():
      "partly NaN"),
     (lambda: noise_estimate.transition_error(np.eye(2), np.ones((2, 2))), "sum to 1"),
     (lambda: noise_estimate.calibrate_confident_joint(-np.eye(2), np.zeros(2, int)), ">= 0"),
+    (lambda: noise_estimate.calibrate_confident_joint(np.eye(2), 3), "1-D"),
 ])
 def test_bad_input_is_a_one_line_value_error(call, match):
     with pytest.raises(ValueError, match=match) as e:

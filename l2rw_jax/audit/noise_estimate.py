@@ -169,7 +169,9 @@ def calibrate_confident_joint(cj_CxC: np.ndarray, labels: np.ndarray) -> np.ndar
         raise ValueError("the confident joint's entries must be finite counts >= 0.")
     c = cj.shape[0]
     labels = np.asarray(labels)
-    labels = common.check_labels(labels, labels.shape[0] if labels.ndim == 1 else -1, c)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D (one per example), got shape {labels.shape}.")
+    labels = common.check_labels(labels, labels.shape[0], c)
     label_count_C = np.bincount(labels, minlength=c)
     row_C = cj.sum(axis=1)
     return np.where(row_C[:, None] > 0, cj / np.maximum(row_C, 1e-300)[:, None], 0.0) * (
