@@ -13,12 +13,16 @@ from l2rw_jax import reweight
 from l2rw_jax import safe_derivative
 from l2rw_jax import subsets
 from l2rw_jax import xla_options
+from l2rw_jax.audit import data_maps
 from l2rw_jax.audit import label_issues
+from l2rw_jax.audit import noise_estimate
+from l2rw_jax.audit import ranking_quality
 
 
 @pytest.mark.parametrize(
     "module", [reweight, flips, subsets, models, model_factory, adapter, safe_derivative,
-               label_issues, conv, pooling, xla_options],
+               label_issues, noise_estimate, ranking_quality, data_maps, conv, pooling,
+               xla_options],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):

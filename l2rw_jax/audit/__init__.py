@@ -7,6 +7,10 @@ Four questions, each a module, all on the pure model interface of `l2rw_jax.mode
   attacks       FGSM / PGD (on the logit margin) accuracy over epsilon, minimal adversarial eps
   criticism     prototypes and criticisms: adversarial robustness and MMD-critic
   label_issues  rankings of suspect training labels, precision@k / recall@k, the CSV
+  ranking_quality  AUROC / average precision / precision@k of every ranking against is_noisy
+  noise_estimate   the transition matrix from the trusted set (GLC) or the noisy set
+                   (confident learning), and its error against a known one
+  data_maps     per-example weight statistics over training, beside confidence / variability
   sections      each analysis on the checked inputs -> a `Section` (results, figures, notes)
   report        report.html (one renderer per section) + audit.json
 
@@ -17,9 +21,12 @@ workdir (`from_workdir`).
 from l2rw_jax.audit import attacks
 from l2rw_jax.audit import common
 from l2rw_jax.audit import criticism
+from l2rw_jax.audit import data_maps
 from l2rw_jax.audit import from_workdir
 from l2rw_jax.audit import label_issues
 from l2rw_jax.audit import mistakes
+from l2rw_jax.audit import noise_estimate
+from l2rw_jax.audit import ranking_quality
 from l2rw_jax.audit import report
 from l2rw_jax.audit import sections
 from l2rw_jax.audit.attacks import AttackConfig
@@ -32,6 +39,7 @@ from l2rw_jax.audit.criticism import greedy_criticisms
 from l2rw_jax.audit.criticism import greedy_prototypes
 from l2rw_jax.audit.criticism import mmd_critic
 from l2rw_jax.audit.criticism import robustness_prototypes
+from l2rw_jax.audit.data_maps import data_map
 from l2rw_jax.audit.from_workdir import audit_run
 from l2rw_jax.audit.from_workdir import load_run
 from l2rw_jax.audit.label_issues import find_label_issues
@@ -44,6 +52,12 @@ from l2rw_jax.audit.mistakes import has_conv_map
 from l2rw_jax.audit.mistakes import integrated_gradients
 from l2rw_jax.audit.mistakes import per_class_accuracy
 from l2rw_jax.audit.mistakes import top_k_accuracy
+from l2rw_jax.audit.noise_estimate import confident_transition
+from l2rw_jax.audit.noise_estimate import glc_transition
+from l2rw_jax.audit.noise_estimate import transition_error
+from l2rw_jax.audit.ranking_quality import auroc
+from l2rw_jax.audit.ranking_quality import average_precision
+from l2rw_jax.audit.ranking_quality import score_rankings
 from l2rw_jax.audit.run import default_config
 from l2rw_jax.audit.run import run_audit
 from l2rw_jax.audit.sections import Section
@@ -52,9 +66,12 @@ __all__ = [
     "attacks",
     "common",
     "criticism",
+    "data_maps",
     "from_workdir",
     "label_issues",
     "mistakes",
+    "noise_estimate",
+    "ranking_quality",
     "report",
     "sections",
     "AttackConfig",
@@ -67,6 +84,7 @@ __all__ = [
     "greedy_prototypes",
     "mmd_critic",
     "robustness_prototypes",
+    "data_map",
     "audit_run",
     "load_run",
     "find_label_issues",
@@ -79,6 +97,12 @@ __all__ = [
     "integrated_gradients",
     "per_class_accuracy",
     "top_k_accuracy",
+    "confident_transition",
+    "glc_transition",
+    "transition_error",
+    "auroc",
+    "average_precision",
+    "score_rankings",
     "default_config",
     "run_audit",
     "Section",

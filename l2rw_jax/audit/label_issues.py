@@ -80,20 +80,40 @@ def self_confidence(probs_NxC: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return probs_NxC[np.arange(len(labels)), labels]
 
 
-def confident_learning_flags(probs_NxC: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Off-diagonal membership of the confident joint (Northcutt et al. 2021, Eq. 1-2).
+def confident_thresholds(probs_NxC: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-class thresholds t_j = mean of p_j(x) over the examples labelled j (float64 C).
 
-    Classes with no labelled example get threshold +inf (no example is confidently in them).
+    Northcutt, Jiang, Chuang, JAIR 2021, Eq. 2. A class with no labelled example gets +inf (no
+    example is confidently in it).
     """
     probs_NxC = np.asarray(probs_NxC, np.float64)
     n, c = probs_NxC.shape
     labels = common.check_labels(labels, n, c)
     count_C = np.bincount(labels, minlength=c)
     sum_C = np.bincount(labels, weights=probs_NxC[np.arange(n), labels], minlength=c)
-    t_C = np.where(count_C > 0, sum_C / np.maximum(count_C, 1), np.inf)
-    above_NxC = probs_NxC >= t_C[None, :]
+    return np.where(count_C > 0, sum_C / np.maximum(count_C, 1), np.inf)
+
+
+def confident_guess(probs_NxC: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(guess_N, confident_N): each example's confident class and whether it has one.
+
+    The confident class is the most probable among {j : p_j(x) >= t_j} (`confident_thresholds`;
+    Northcutt et al. 2021, Eq. 1); `confident_N` is False where that set is empty (then
+    `guess_N` is meaningless and the example is in no cell of the confident joint).
+    """
+    probs_NxC = np.asarray(probs_NxC, np.float64)
+    above_NxC = probs_NxC >= confident_thresholds(probs_NxC, labels)[None, :]
     guess_N = np.argmax(np.where(above_NxC, probs_NxC, -np.inf), axis=1)
-    return above_NxC.any(axis=1) & (guess_N != labels)
+    return guess_N, above_NxC.any(axis=1)
+
+
+def confident_learning_flags(probs_NxC: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Off-diagonal membership of the confident joint (Northcutt et al. 2021, Eq. 1-2).
+
+    Classes with no labelled example get threshold +inf (no example is confidently in them).
+    """
+    guess_N, confident_N = confident_guess(probs_NxC, labels)
+    return confident_N & (guess_N != np.asarray(labels))
 
 
 def rank_by_l2rw_weight(mean_weight_N: np.ndarray, loss_N: np.ndarray) -> np.ndarray:

@@ -1,0 +1,112 @@
+"""Data-map coordinates equal a hand computation on a tiny saved weight history."""
+
+import numpy as np
+import pytest
+
+from l2rw_jax.audit import data_maps
+
+# 4 steps, batches of 2, 5 examples; example 4 is never drawn.
+ROWS = np.array([[0, 1], [2, 0], [1, 3], [0, 2]])
+WEIGHTS = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.25, 0.75]])
+
+
+def saved_history(tmp_path):
+    path = tmp_path / "weight_history.npz"
+    np.savez(path, weights=data_maps.weight_history_from_batches(ROWS, WEIGHTS, 5))
+    with np.load(path) as z:
+        return z["weights"]
+
+
+def test_weight_history_marks_the_steps_that_did_not_draw(tmp_path):
+    W = saved_history(tmp_path)
+    nan = np.nan
+    np.testing.assert_array_equal(W, [[1.0, 0.0, nan, nan, nan],
+                                      [0.0, nan, 1.0, nan, nan],
+                                      [nan, 0.0, nan, 1.0, nan],
+                                      [0.25, nan, 0.75, nan, nan]])
+
+
+def test_weight_map_by_hand(tmp_path):
+    out = data_maps.weight_map(saved_history(tmp_path))
+    # ex 0: weights 1, 0, 0.25 at the 3 steps that drew it (not 4: step 2 did not draw it):
+    #   mean 5/12; deviations 7/12, -5/12, -2/12 -> variance (49 + 25 + 4) / 144 / 3 = 26/144.
+    # ex 1: 0, 0. ex 2: 1, 0.75. ex 3: 1. ex 4: never drawn -> NaN (unknown), 0 draws.
+    np.testing.assert_allclose(out["mean_weight"], [5 / 12, 0.0, 0.875, 1.0, np.nan],
+                               rtol=1e-15)
+    np.testing.assert_allclose(out["weight_std"], [np.sqrt(26) / 12, 0.0, 0.125, 0.0, np.nan],
+                               rtol=1e-15)
+    np.testing.assert_array_equal(out["nonzero_share"], [2 / 3, 0.0, 1.0, 1.0, np.nan])
+    assert out["draws"].tolist() == [3, 2, 2, 1, 0]
+
+
+def test_mean_weight_and_draws_are_example_weights_npz_columns():
+    # The run's accumulators (members.example_weights): weight_sum and count per example.
+    w_sum, count = np.zeros(5), np.zeros(5, int)
+    np.add.at(w_sum, ROWS, WEIGHTS)
+    np.add.at(count, ROWS, 1)
+    out = data_maps.weight_map(data_maps.weight_history_from_batches(ROWS, WEIGHTS, 5))
+    seen = count > 0
+    np.testing.assert_allclose(out["mean_weight"][seen], (w_sum / np.maximum(count, 1))[seen])
+    np.testing.assert_array_equal(out["draws"], count)
+
+
+def test_a_dense_history_with_its_mask_equals_the_nan_one(tmp_path):
+    W = saved_history(tmp_path)
+    drawn = ~np.isnan(W)
+    dense = np.where(drawn, W, 0.0)  # 0 where not drawn: wrong without the mask
+    with_mask = data_maps.weight_map(dense, drawn)
+    for key, value in data_maps.weight_map(W).items():
+        np.testing.assert_array_equal(with_mask[key], value)
+    assert data_maps.weight_map(dense)["mean_weight"][0] == 1.25 / 4  # what the mask prevents
+
+
+def test_twice_in_one_step_sums():
+    W = data_maps.weight_history_from_batches(np.array([[1, 1]]), np.array([[0.25, 0.5]]), 2)
+    np.testing.assert_array_equal(W, [[np.nan, 0.75]])
+
+
+def test_confidence_map_and_data_map_by_hand(tmp_path):
+    labels = np.array([0, 1, 0, 1, 0])
+    # p(given label) per evaluation: ex 0: 0.75, 0.25; ex 1: 0.5, 0.5; ex 2: 1, 0.5;
+    # ex 3: 0.25, 0.25; ex 4: 0.5, 1.
+    p0 = np.array([0.75, 0.5, 1.0, 0.25, 0.5])
+    p1 = np.array([0.25, 0.5, 0.5, 0.25, 1.0])
+
+    def probs(pg):  # two classes: the given label gets pg
+        out = np.empty((5, 2))
+        out[np.arange(5), labels] = pg
+        out[np.arange(5), 1 - labels] = 1 - pg
+        return out
+
+    history = np.stack([probs(p0), probs(p1)])
+    out = data_maps.data_map(saved_history(tmp_path), history, labels)
+    np.testing.assert_array_equal(out["confidence"], [0.5, 0.5, 0.75, 0.25, 0.75])
+    np.testing.assert_array_equal(out["variability"], [0.25, 0.0, 0.25, 0.0, 0.25])
+    # argmax on the given label: ex 0 at e=0 only; ex 1: a 0.5 tie goes to class 0 (not its
+    # label 1); ex 2: both (at e=1 a tie, class 0 = its label); ex 3: never; ex 4: both.
+    np.testing.assert_array_equal(out["correctness"], [0.5, 0.0, 1.0, 0.0, 1.0])
+    assert out["draws"].tolist() == [3, 2, 2, 1, 0]
+    assert set(data_maps.data_map(saved_history(tmp_path))) == {
+        "mean_weight", "weight_std", "nonzero_share", "draws"}
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS[:, :1], 5), "one shape"),
+    (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS, 3), r"\[0, 3\)"),
+    (lambda: data_maps.weight_history_from_batches(ROWS * 1.0, WEIGHTS, 5), "integers"),
+    (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS * np.nan, 5), "finite"),
+    (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS, 0), ">= 1"),
+    (lambda: data_maps.weight_map(np.zeros(3)), "T x N"),
+    (lambda: data_maps.weight_map(np.full((1, 2), np.inf)), "infinite"),
+    (lambda: data_maps.weight_map(np.zeros((1, 2)), np.ones((1, 2))), "bool"),
+    (lambda: data_maps.weight_map(np.full((1, 2), np.nan), np.ones((1, 2), bool)), "NaN"),
+    (lambda: data_maps.confidence_map(np.zeros((2, 3)), np.zeros(2, int)), "E x N x C"),
+    (lambda: data_maps.confidence_map(np.zeros((1, 2, 2)), np.array([0, 2])), r"\[0, 2\)"),
+    (lambda: data_maps.data_map(np.zeros((1, 2)), np.zeros((1, 2, 2))), "together"),
+    (lambda: data_maps.data_map(np.zeros((1, 2)), np.zeros((1, 3, 2)), np.zeros(3, int)),
+     "E x 2 x C"),
+])
+def test_bad_input_is_a_one_line_value_error(call, match):
+    with pytest.raises(ValueError, match=match) as e:
+        call()
+    assert "\n" not in str(e.value)
