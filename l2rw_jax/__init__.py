@@ -2,7 +2,7 @@
 beyond accuracy (Stock & Cisse, ECCV 2018).
 
 The public surface, one name per line (`__all__`): what a user trains, weighs, builds models,
-loads data and audits with. Every module stays importable for the rest (`l2rw_jax.device_data`,
+loads data and audits with. Every module stays importable for the rest (`l2rw_jax.backends`,
 `l2rw_jax.input_pipeline`, `l2rw_jax.workdir`, ...: the training loop's parts, see
 ARCHITECTURE.md), but only these names are the package's interface.
 """

@@ -1,11 +1,17 @@
-"""The loop's two input backends, as the loop sees them: evaluation batches, and a sequence of
-training calls ``(phase, n, advance)`` where ``advance(carries) -> (carries after n steps,
-msum_S per group or None)``.
+"""The loop's two input backends behind one interface, :class:`Backend` (a NamedTuple of
+functions, as optax's ``GradientTransformation``): ``require()`` fails at once where the
+backend's packages are missing, ``eval_batches(members, feed)`` gives the evaluation batches and
+``train_calls(...)`` the training calls, each a :class:`Call` whose ``advance(carries) ->
+(carries after num_steps steps, msum_S per group)``: ``msum_S`` holds the step metrics summed
+since the last log after each of the call's steps (read with :func:`step_sums`), and the
+carries' ``msum`` restarts from zero after every step that ends a logging interval. The loop
+picks one by name (:func:`get`) and never asks which it runs.
 
-- ``device`` (:mod:`l2rw_jax.device_data`): every group's noisy and clean splits are placed
-  on the devices once; each call builds its batches there and runs up to ``steps_per_call``
-  steps (``lax.scan``), ending at every evaluation, checkpoint, phase end and stop. No
-  TensorFlow.
+- ``device`` (:mod:`l2rw_jax.device_splits`, :mod:`l2rw_jax.device_batches`,
+  :mod:`l2rw_jax.stream_order`): every group's noisy and clean splits are placed on the
+  devices once; each call builds its batches there and runs up to ``steps_per_call`` steps
+  (``lax.scan``, :func:`make_train_call`), ending at every evaluation, checkpoint, phase end
+  and stop. No TensorFlow.
 - ``tfdata`` (:mod:`l2rw_jax.input_pipeline`): the members' tf.data streams are stacked over
   the seed axis, read in chunks of ``steps_per_fetch`` steps by a background thread
   (:func:`prefetch`) which places each chunk on the devices a chunk ahead; one step per call.
@@ -23,13 +29,16 @@ import threading
 from typing import Callable, Iterator, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from l2rw_jax import _optional
-from l2rw_jax import device_data
+from l2rw_jax import device_batches
+from l2rw_jax import device_splits
 from l2rw_jax import input_pipeline
 from l2rw_jax import members as members_lib
 from l2rw_jax import sharding
+from l2rw_jax import stream_order
 from l2rw_jax import xla_options
 
 EVAL_SPLITS = ("test", "hyperval")
@@ -38,7 +47,7 @@ TFDATA = "the tfdata input backend (loop.backend='tfdata')"  # what needs Tensor
 
 class Feed(NamedTuple):
     """What the backends need to know of the run (built by ``compose.feed``)."""
-    backend: str                    # "device" or "tfdata"
+    backend: str                    # "device" or "tfdata": the name of its Backend (get)
     phases: list                    # members.phases: [(phase, first step, end step)]
     batch_size: int
     clean_batch_size: int
@@ -55,6 +64,58 @@ class Feed(NamedTuple):
     @property
     def total_steps(self) -> int:
         return self.phases[-1][2]
+
+
+class Call(NamedTuple):
+    """One training call of the loop: ``num_steps`` steps of ``phase`` ("noisy" or "clean").
+
+    ``advance(carries) -> (carries, msum_S per group)``: every group's carry ``(state, acc,
+    msum)`` after the call's steps (dispatched, not waited for), and per group the metric sums
+    after each step (:func:`step_sums`).
+    """
+    phase: str
+    num_steps: int
+    advance: Callable
+
+
+class Backend(NamedTuple):
+    """An input backend as the training loop sees it; both backends are one (:func:`get`).
+
+    require: ``() -> None``; raises the extra's one-line ImportError where a package the
+      backend imports is missing (call it before loading data).
+    eval_batches: ``(members, feed) -> {split: numpy batches stacked over the members}`` of the
+      test set (and the hold-out): small and fixed, materialised once; the last batch padded
+      and masked; this process's rows of each global batch (``sharding.shard_batch``
+      assembles them).
+    train_calls: ``(make_member_step, members, groups, mesh, feed, start_step, stop_at, scan)
+      -> (calls, close)``: an iterator of :class:`Call` from ``start_step`` up to ``stop_at``,
+      and a function that stops the backend's work (the tf.data reader thread). Arguments:
+      ``make_member_step``: ``accumulate -> member_step(state, acc, msum, batch, val_batch)``
+      (``build.make_loop_step``; ``accumulate`` is False on the clean phase); ``members``:
+      every member's data; ``groups``: slices of it trained as one vmapped group; ``mesh``:
+      the 1-D data mesh; ``scan``: ``() -> bool``, asked by the device backend only (it traces
+      the step): run a call's steps under ``lax.scan`` (:func:`make_train_call` says when).
+    """
+    require: Callable[[], None]
+    eval_batches: Callable[..., dict]
+    train_calls: Callable[..., tuple]
+
+
+def get(name: str) -> Backend:
+    """The backend called ``name`` ("device" or "tfdata").
+
+    Raises:
+      ValueError: another name.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend={name!r} must be one of {sorted(BACKENDS)}.")
+    return BACKENDS[name]
+
+
+def step_sums(msums_S: list, i: int) -> list:
+    """Every group's metric sums after step ``i`` of a call (row ``i`` of its ``msum_S``: a
+    list of pytrees, or a pytree with a leading step axis)."""
+    return [m[i] if isinstance(m, list) else jax.tree.map(lambda y: y[i], m) for m in msums_S]
 
 
 def _stacked_numpy(batches_K: list[list[dict]]) -> list[dict]:
@@ -80,22 +141,26 @@ def _processes() -> dict:
     return dict(process_index=jax.process_index(), process_count=jax.process_count())
 
 
-def eval_batches(members: list[members_lib.MemberData], feed: Feed) -> dict[str, list[dict]]:
-    """{split: numpy batches stacked over the members} of the test set (and the hold-out):
-    small and fixed, materialised once; the last batch padded and masked. This process's
-    rows of each global batch (``sharding.shard_batch`` assembles them)."""
-    splits = [s for s in EVAL_SPLITS if s == "test" or feed.hyperval]
-    pick = lambda md, split: md.splits if split == "test" else md.hyperval
-    if feed.backend == "device":
-        return {split: _stacked_numpy([device_data.test_batches(
-            pick(md, split).test_x, pick(md, split).test_labels, md.mean, md.std,
-            feed.eval_batch_size, **_processes()) for md in members]) for split in splits}
-    return {split: list(_stacked([input_pipeline.test_dataset(
-        pick(md, split), batch_size=feed.eval_batch_size, mean=md.mean, std=md.std,
-        **_processes()) for md in members]).as_numpy_iterator()) for split in splits}
+def _eval_pick(md: members_lib.MemberData, split: str):
+    return md.splits if split == "test" else md.hyperval
+
+
+def _eval_splits(feed: Feed) -> list[str]:
+    return [s for s in EVAL_SPLITS if s == "test" or feed.hyperval]
 
 
 # ----------------------------------------------------------------------------- tf.data
+
+
+def _tfdata_require() -> None:
+    _optional.require("tensorflow", TFDATA)
+
+
+def _tfdata_eval_batches(members: list[members_lib.MemberData], feed: Feed
+                         ) -> dict[str, list[dict]]:
+    return {split: list(_stacked([input_pipeline.test_dataset(
+        _eval_pick(md, split), batch_size=feed.eval_batch_size, mean=md.mean, std=md.std,
+        **_processes()) for md in members]).as_numpy_iterator()) for split in _eval_splits(feed)}
 
 
 def _train_dataset(md: members_lib.MemberData, phase: str, start_step: int, feed: Feed):
@@ -198,12 +263,19 @@ def chunk_step(member_step: Callable) -> Callable:
     return step
 
 
-def _tfdata_advance(step_fn, group_chunks, i, carries):
-    """One step of every group on row ``i`` of its chunks (a call of the tf.data backend)."""
-    return [step_fn(*carry, *chunks, i) for carry, chunks in zip(carries, group_chunks)], None
+def _tfdata_advance(step_fn, group_chunks, i, ends_log, zeros, carries):
+    """One step of every group on row ``i`` of its chunks (a call of the tf.data backend); after
+    a step that ends a logging interval the carry's ``msum`` restarts from ``zeros(g, msum)``."""
+    out, msums_S = [], []
+    for g, (carry, chunks) in enumerate(zip(carries, group_chunks)):
+        state, acc, msum = step_fn(*carry, *chunks, i)
+        msums_S.append([msum])
+        out.append((state, acc, zeros(g, msum) if ends_log else msum))
+    return out, msums_S
 
 
-def _tfdata_calls(make_member_step, members, groups, mesh, feed, start_step):
+def _tfdata_calls(make_member_step, members, groups, mesh, feed, start_step, stop_at, scan):
+    del scan  # One dispatch per step: nothing to scan.
     steps = {phase: xla_options.jit(jax.vmap(chunk_step(make_member_step(phase == "noisy")),
                                              in_axes=(0, 0, 0, 1, 1, None)),
                                     donate_argnums=(0, 1))
@@ -216,43 +288,71 @@ def _tfdata_calls(make_member_step, members, groups, mesh, feed, start_step):
          for phase, n, train_SxK, clean_SxK in host_chunks(members, feed, start_step,
                                                            feed.steps_per_fetch)),
         size=1)
-    calls = ((phase, 1, functools.partial(_tfdata_advance, steps[phase], chunks, np.int32(i)))
-             for phase, n, chunks in placed for i in range(n))
-    return calls, placed.close
+    zero_msums: dict = {}  # per group, placed once: the sums after a logging interval ends
+
+    def zeros(g, msum):
+        if g not in zero_msums:
+            zero_msums[g] = sharding.replicate(
+                jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), msum), mesh)
+        return zero_msums[g]
+
+    def calls():
+        t = start_step
+        for phase, n, chunks in placed:
+            for i in range(n):
+                if t >= stop_at:
+                    return
+                t += 1  # the steps done after this call
+                ends_log = t % feed.log_every == 0 or t == feed.total_steps
+                yield Call(phase, 1, functools.partial(_tfdata_advance, steps[phase], chunks,
+                                                       np.int32(i), ends_log, zeros))
+
+    return calls(), placed.close
 
 
 # ----------------------------------------------------------------------------- device
 
 
+def _device_require() -> None:
+    """The device backend imports no optional package."""
+
+
+def _device_eval_batches(members: list[members_lib.MemberData], feed: Feed
+                         ) -> dict[str, list[dict]]:
+    return {split: _stacked_numpy([stream_order.test_batches(
+        _eval_pick(md, split).test_x, _eval_pick(md, split).test_labels, md.mean, md.std,
+        feed.eval_batch_size, **_processes()) for md in members]) for split in _eval_splits(feed)}
+
+
 def _train_order(md: members_lib.MemberData, phase: str, feed: Feed
-                 ) -> device_data.StreamOrder:
+                 ) -> stream_order.StreamOrder:
     """One member's training-stream order on the device path: the rows ``_train_dataset``
     draws (resample: the balanced rows, mapped back to rows of the noisy training set)."""
     processes = _processes()
     if phase == "clean":
-        return device_data.StreamOrder(md.seed, device_data.TRAIN_STREAM,
-                                       len(md.splits.clean_labels), feed.batch_size,
-                                       **processes)
+        return stream_order.StreamOrder(md.seed, stream_order.TRAIN_STREAM,
+                                        len(md.splits.clean_labels), feed.batch_size,
+                                        **processes)
     table = md.row_table
     if feed.resample:
         table = members_lib.balanced_rows(md.splits.train_labels, md.splits.num_classes,
                                           md.seed)
     n = len(md.splits.train_labels) if table is None else len(table)
-    return device_data.StreamOrder(md.seed, device_data.TRAIN_STREAM, n, feed.batch_size,
-                                   table=table, **processes)
+    return stream_order.StreamOrder(md.seed, stream_order.TRAIN_STREAM, n, feed.batch_size,
+                                    table=table, **processes)
 
 
 def _place_group(mds: list[members_lib.MemberData], mesh):
-    """(noisy, clean) ``DeviceSplit``s of a group's members, placed once."""
+    """(noisy, clean) ``device_splits.DeviceSplit``s of a group's members, placed once."""
     stat = dict(mean_KxC=[md.mean for md in mds], std_KxC=[md.std for md in mds],
                 seeds=[md.seed for md in mds], mesh=mesh)
     stack = lambda f: np.stack([f(md.splits) for md in mds])
-    noisy = device_data.place_split({
+    noisy = device_splits.place_split({
         "image": stack(lambda s: s.train_x),
         "label": stack(lambda s: s.train_labels.astype(np.int32)),
         "true_label": stack(lambda s: s.train_true_labels.astype(np.int32)),
         "is_noisy": stack(lambda s: s.train_is_noisy.astype(bool))}, **stat)
-    clean = device_data.place_split({
+    clean = device_splits.place_split({
         "image": stack(lambda s: s.clean_x),
         "label": stack(lambda s: s.clean_labels.astype(np.int32))}, **stat)
     return noisy, clean
@@ -262,8 +362,15 @@ def _device_calls(make_member_step, members, groups, mesh, feed, start_step, sto
     """The device backend's calls from ``start_step``: a call ends at the next evaluation,
     checkpoint, phase end or ``stop_at``, so the loop sees the state there; ``advance``
     dispatches every group's call without waiting for it."""
+    scan = scan()  # Decided now, before the first call (it traces the step).
+    return _device_call_iter(make_member_step, members, groups, mesh, feed, start_step,
+                             stop_at, scan), lambda: None
+
+
+def _device_call_iter(make_member_step, members, groups, mesh, feed, start_step, stop_at,
+                      scan):
     placed = [_place_group(members[g], mesh) for g in groups]
-    calls = {phase: device_data.make_train_call(
+    calls = {phase: make_train_call(
         make_member_step(phase == "noisy"), mesh, clean_phase=phase == "clean",
         augment_images=feed.augment, pad=4, pad_mode="constant", log_every=feed.log_every,
         total_steps=feed.total_steps, scan=scan) for phase in ("noisy", "clean")}
@@ -288,32 +395,116 @@ def _device_calls(make_member_step, members, groups, mesh, feed, start_step, sto
         if start_step >= end:
             continue
         orders = [([_train_order(md, phase, feed) for md in members[g]],
-                   [device_data.StreamOrder(md.seed, device_data.CLEAN_STREAM,
-                                            len(md.splits.clean_labels), feed.clean_batch_size,
-                                            **_processes())
+                   [stream_order.StreamOrder(md.seed, stream_order.CLEAN_STREAM,
+                                             len(md.splits.clean_labels), feed.clean_batch_size,
+                                             **_processes())
                     for md in members[g]]) for g in groups]
         t = max(start_step, first)
         while t < min(end, stop_at):
             n = min([feed.steps_per_call, end - t, stop_at - t] + [e - t % e for e in every])
-            yield phase, n, functools.partial(advance, phase, first, np.arange(t, t + n), orders)
+            yield Call(phase, n, functools.partial(advance, phase, first, np.arange(t, t + n),
+                                                   orders))
             t += n
 
 
-def train_calls(make_member_step: Callable[[bool], Callable], members, groups: list[slice],
-                mesh, feed: Feed, start_step: int, stop_at: int, *, scan: bool = True
-                ) -> tuple[Iterator[tuple[str, int, Callable]], Callable[[], None]]:
-    """(calls, close): the training calls of ``feed.backend`` from ``start_step`` up to
-    ``stop_at``, and a function that stops the backend's work (the tf.data reader thread).
+def make_train_call(member_step: Callable, mesh: jax.sharding.Mesh, *, clean_phase: bool,
+                    augment_images: bool, pad: int, pad_mode: str, log_every: int,
+                    total_steps: int, scan: bool = True) -> Callable:
+    """The training loop's call: S steps of K vmapped members, batches built on the devices.
 
-    Args:
-      make_member_step: ``accumulate -> member_step(state, acc, msum, batch, val_batch)``
-        (``build.make_loop_step``; ``accumulate`` is False on the clean phase).
-      members: every member's data; ``groups``: slices of it trained as one vmapped group.
-      mesh: the 1-D data mesh.
-      scan: device backend, run a call's steps under ``lax.scan`` (else one dispatch per step;
-        ``device_data.make_train_call`` says when).
+    `call(carry, noisy, clean, rows_train_SxKxB, rows_clean_SxKxM, steps_S, phase_first,
+    num_steps=S) -> (carry, msum_S)`, with `carry = (state, acc, msum)` of the loop
+    (`build.make_loop_step`; every leaf with a leading member axis K), `noisy` / `clean` the
+    placed splits, the rows of each step from `stream_order.StreamOrder` (placed) and
+    `steps_S` the global steps. Step i trains on the noisy split (or, `clean_phase`, on the
+    clean split as training data) at stream step `steps_S[i] - phase_first` and on the clean
+    split at `steps_S[i]`, then adds its metrics to `msum`; after a step that ends a logging
+    interval (`(t + 1) % log_every == 0` or `t + 1 == total_steps`) `msum` restarts from
+    zero, as the tf.data backend's calls restart it. `msum_S[i]` is `msum` after step i,
+    before that reset: the host reads the rows of the logging steps. The carry is donated.
+
+    `scan=True`: one jitted call runs the S steps under `lax.scan` (one dispatch per call;
+    `num_steps` must be S: each S compiles once).
+    `scan=False`: the call dispatches a jitted single step for the first `num_steps` of the S
+    rows (`msum_S` is then a list; pad the rows to one S and nothing recompiles);
+    for XLA:CPU with convolutional models, where a convolution inside a loop body misses the
+    fast kernels (XLA's CPU ConvCanonicalization rewrites top-level convolutions only, so the
+    kernel-gradient convolution of a loop body runs on a generic path, 10-50x slower:
+    jax-ml/jax#12868) and a scan would be slower than dispatching. Same numbers either way.
     """
-    if feed.backend == "device":
-        return (_device_calls(make_member_step, members, groups, mesh, feed, start_step,
-                              stop_at, scan), lambda: None)
-    return _tfdata_calls(make_member_step, members, groups, mesh, feed, start_step)
+    step_K = jax.vmap(member_step)
+    batch_options = dict(augment_images=augment_images, pad=pad, pad_mode=pad_mode)
+
+    def body(carry, noisy, clean, rows_train_Kxb, rows_clean_Kxm, t, phase_first):
+        batch = device_batches.make_batch(
+            clean if clean_phase else noisy, rows_train_Kxb, t - phase_first, mesh,
+            stream=stream_order.TRAIN_STREAM, as_training=clean_phase, **batch_options)
+        val_batch = device_batches.make_batch(clean, rows_clean_Kxm, t, mesh,
+                                              stream=stream_order.CLEAN_STREAM, **batch_options)
+        state, acc, msum = step_K(*carry, batch, val_batch)
+        ends_log = ((t + 1) % log_every == 0) | (t + 1 == total_steps)
+        restart = jax.tree.map(lambda m: jnp.where(ends_log, jnp.zeros_like(m), m), msum)
+        return (state, acc, restart), msum
+
+    # The library's step options (on CPU: parallel convolutions), as the tf.data loop's step.
+    jit = functools.partial(xla_options.jit, donate_argnums=0)
+
+    if not scan:
+        @jit
+        def one(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first, i):
+            return body(carry, noisy, clean, rows_train[i], rows_clean[i], steps_S[i],
+                        phase_first)
+
+        def dispatch(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first,
+                     num_steps=None):
+            num_steps = len(steps_S) if num_steps is None else num_steps
+            steps_S, phase_first = jax.device_put((steps_S, phase_first))  # Sent once.
+            msum_S = []
+            for i in range(num_steps):
+                carry, msum = one(carry, noisy, clean, rows_train, rows_clean, steps_S,
+                                  phase_first, np.int32(i))
+                msum_S.append(msum)
+            return carry, msum_S
+
+        return dispatch
+
+    @jit
+    def scanned(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first):
+        def scan_body(carry, x):
+            return body(carry, noisy, clean, *x, phase_first)
+
+        return jax.lax.scan(scan_body, carry, (rows_train, rows_clean, steps_S))
+
+    def call(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first,
+             num_steps=None):
+        if num_steps not in (None, len(steps_S)):
+            raise ValueError(f"a scanned call runs all its {len(steps_S)} steps, got "
+                             f"num_steps={num_steps}.")
+        return scanned(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first)
+
+    return call
+
+
+def has_convolution(fn: Callable, *args) -> bool:
+    """Whether `fn(*args)` traces to a convolution, sub-computations (vmap, cond, grad) included.
+
+    Arguments may be `jax.ShapeDtypeStruct`s: only the jaxpr is built.
+    """
+
+    def found(jaxpr) -> bool:
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                return True
+            for param in eqn.params.values():
+                for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+                    if hasattr(sub, "eqns") and found(sub):  # a (closed) sub-jaxpr
+                        return True
+        return False
+
+    return found(jax.make_jaxpr(fn)(*args))
+
+
+BACKENDS = {
+    "device": Backend(_device_require, _device_eval_batches, _device_calls),
+    "tfdata": Backend(_tfdata_require, _tfdata_eval_batches, _tfdata_calls),
+}

@@ -71,7 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_seeds = 1                 # K members trained in one run
     c.num_steps = 1000              # training steps (before method.finetune_steps)
 
-    # --- Data (l2rw_jax.datasets, corruption, members, input_pipeline / device_data).
+    # --- Data (l2rw_jax.datasets, corruption, members, input_pipeline, backends).
     c.data = d = ml_collections.ConfigDict()
     d.dataset = "digits"            # tfds name (mnist, cifar10...), "digits" or "npz:/path.npz"
     # tfds data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
@@ -172,7 +172,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Input backend. device: the splits placed on the devices once, each batch gathered and
     # augmented there, steps_per_call steps per jitted call (lax.scan); no TensorFlow.
     # tfdata: input_pipeline's tf.data streams, batches built on the host. Same examples in
-    # the same order; augmentation draws differ (l2rw_jax.device_data). auto: device (every
+    # the same order; augmentation draws differ (l2rw_jax.device_batches). auto: device (every
     # source is loaded into memory), or what the run being resumed in the workdir used.
     p.backend = "auto"
     p.steps_per_call = 100          # device: steps per jitted call (calls also end at evals

@@ -2,7 +2,7 @@
 per-class accuracy.
 
 Evaluation never drops examples: the last batch is padded and its padding rows carry
-``mask = False`` (``input_pipeline.test_dataset``, ``device_data.test_batches``), so the sums
+``mask = False`` (``input_pipeline.test_dataset``, ``stream_order.test_batches``), so the sums
 count every example exactly once (big_vision ``evaluators/classification.py``). The loop
 evaluates K members at once (``jax.vmap`` over a leading seed axis); the same functions serve
 one model (the audit): :func:`evaluate` on un-stacked batches.

@@ -35,7 +35,7 @@ Multi-host: every process builds the same global batch of positions and keeps it
 
 TensorFlow is imported when a stream is built, not with the module: `channel_stats` and the
 checks are numpy, and `l2rw_jax` must import on machines without TensorFlow (docs/design.md §7).
-`l2rw_jax.device_data` draws the same example order on the devices without TensorFlow.
+`l2rw_jax.stream_order` computes the same example order without TensorFlow.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 PAD_MODES = ("constant", "reflect")
-# Stream ids inside the stateless seeds (l2rw_jax.device_data draws the same order).
+# Stream ids inside the stateless seeds (l2rw_jax.stream_order draws the same order).
 TRAIN_STREAM, CLEAN_STREAM = 0, 1
 _TRAIN, _CLEAN = TRAIN_STREAM, CLEAN_STREAM
 

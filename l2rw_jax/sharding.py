@@ -12,7 +12,7 @@ Stacked batches: the training loop stacks the batches of K vmapped members (seed
 of S steps (a step axis), so the batch axis is not always first. `batch_sharding(mesh,
 leading_axes=a)` splits axis `a` and keeps the `a` axes before it whole: a member-stacked
 `K x B x ...` batch is `leading_axes=1`, a chunk `S x K x B x ...` is `leading_axes=2`, and the
-device-resident splits `K x N x ...` of `l2rw_jax.device_data` are `leading_axes=1`.
+device-resident splits `K x N x ...` of `l2rw_jax.device_splits` are `leading_axes=1`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ is a table of contents; each part has its module:
     l2rw_jax.compose     the config wired to the members, the feed and the workdir's config.json
     l2rw_jax.members     seeds, each member's splits, the data-level methods' phases
     l2rw_jax.build       model, step of one member with its accumulators, initial carry
-    l2rw_jax.backends    the input backends (device / tfdata) as calls of the step
+    l2rw_jax.backends    the input backends (device / tfdata) behind one interface
+    l2rw_jax.chrono      where the invocation's time went (compilation, loop, eval, checkpoints)
     l2rw_jax.sharding    placement of every batch (seed and step axes whole, batch split)
     l2rw_jax.evaluate    the masked evaluation
     l2rw_jax.workdir     metrics.jsonl, checkpoints, npz and JSON files
@@ -34,15 +35,14 @@ rows; only process 0 writes files (:mod:`l2rw_jax.workdir`).
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
-from l2rw_jax import _optional
 from l2rw_jax import backends
 from l2rw_jax import build
+from l2rw_jax import chrono as chrono_lib
 from l2rw_jax import compose
 from l2rw_jax import config as config_lib
 from l2rw_jax import datasets
@@ -175,10 +175,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         log.warning(note)
     wd = workdir_lib.path(workdir)
     config.loop.backend = compose.resolve_backend(config.loop.backend, wd)
-    if config.loop.backend == "tfdata":
-        _optional.require("tensorflow", backends.TFDATA)  # Now, not after loading the data.
+    backend = backends.get(config.loop.backend)
+    backend.require()  # Its packages: now, not after loading the data.
     compose.check_or_write_config(wd, config, write=False)  # Another run's workdir: fail now.
-    t_invocation = time.time()
+    chrono = chrono_lib.Chrono()  # The invocation starts: its time counts in wall_time_s.
     arrays = datasets.load_arrays(config.data.dataset, **config_lib.load_options(config.data))
     # Resuming on data regenerated at the same path (other rows): fail now.
     data_fingerprint = datasets.fingerprint(arrays)
@@ -197,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     groups = [slice(0, K)] if loop.vmap_seeds else [slice(k, k + 1) for k in range(K)]
     mesh = sharding.data_mesh(jax.devices()[:loop.num_devices or len(jax.devices())])
     eval_fn = xla_options.jit(jax.vmap(evaluate.make_eval_fn(run.apply_fn)))
-    eval_sets = backends.eval_batches(members, feed)
+    eval_sets = backend.eval_batches(members, feed)
 
     # Restore the newest checkpoint, if any.
     manager = workdir_lib.checkpoint_manager(wd, loop.keep_checkpoints)
@@ -263,50 +263,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         return out
 
     stop_at = min(run.total_steps, loop.stop_after_steps or run.total_steps)
-    zero_msums = [sharding.replicate(jax.tree.map(lambda x: np.zeros_like(x[g]), host_carry[2]),
-                                     mesh) for g in groups]
     bar = tqdm(total=run.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                disable=not (loop.progress_bar and workdir_lib.is_primary()),  # one bar per job
                desc=f"{config.method.name} x{K}", mininterval=1.0)
-    # Timing: a call of a (phase, length) not run before in this invocation compiles
-    # (first_step_s); evaluations and checkpoints are timed apart, so steps_per_s is the
-    # training loop's own rate (pipeline and logging included).
-    timing = {"first_step_s": 0.0, "train_loop_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0}
+    # Timing (l2rw_jax.chrono): a call of a (phase, length) not run before in this invocation
+    # compiles (first_step_s); evaluations and checkpoints are timed apart, so steps_per_s is
+    # the training loop's own rate (pipeline and logging included).
     pending: list[tuple] = []  # [(step, msums, steps in the interval, steps/s)]: read late.
-    step, last_log_step, timed_steps = start_step, start_step, 0
-    compiled: set[tuple[str, int]] = set()
+    step, last_log_step = start_step, start_step
 
     def flush_pending():
         for args in pending:
             log_train(*args)
         pending.clear()
 
-    # The loop advances by calls: (phase, n, advance) with advance(carries) -> (carries after
-    # n steps, msum_S per group or None); l2rw_jax.backends.
-    scan = feed.backend != "device" or build.use_scan(run, mesh, feed.batch_size,
-                                                      feed.clean_batch_size)
-    calls, close_calls = backends.train_calls(
+    # The loop advances by calls (backends.Call): advance(carries) -> (carries after its
+    # num_steps steps, the metric sums after each step per group), whichever backend runs.
+    calls, close_calls = backend.train_calls(
         lambda accumulate: build.make_loop_step(run.train_step, accumulate), members, groups,
-        mesh, feed, start_step, stop_at, scan=scan)
+        mesh, feed, start_step, stop_at,
+        lambda: build.use_scan(run, mesh, feed.batch_size, feed.clean_batch_size))
     try:
-        t_mark = time.time()
-        for phase, n, advance in calls:
+        chrono.mark()
+        for call in calls:
             if step >= stop_at:
                 break
-            carries, msums_S = advance(carries)
-            first, step = step, step + n
+            carries, msums_S = call.advance(carries)
+            first, step = step, step + call.num_steps
             flush_pending()  # The previous call's logs: those steps are done by now.
             for t in range(first + 1, step + 1):
                 if t % loop.log_every and t != run.total_steps:
                     continue
-                rate = timed_steps / timing["train_loop_s"] if timed_steps else 0.0
-                if msums_S is None:  # tf.data: the sums are in the carry; restart them.
-                    msums = [c[2] for c in carries]
-                    carries = [(s, a, z) for (s, a, _), z in zip(carries, zero_msums)]
-                else:  # device: the call restarted them; its row for step t.
-                    msums = [m[t - first - 1] if isinstance(m, list)
-                             else jax.tree.map(lambda y: y[t - first - 1], m) for m in msums_S]
-                pending.append((t, msums, t - last_log_step, rate))
+                # The sums after step t (the backend restarted them after it).
+                msums = backends.step_sums(msums_S, t - first - 1)
+                pending.append((t, msums, t - last_log_step, chrono.rate()))
                 last_log_step = t
             is_eval = step % loop.eval_every == 0 or step == run.total_steps
             is_ckpt = step % loop.checkpoint_every == 0 or step == run.total_steps
@@ -314,22 +304,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                 # They need the state (and a stopped run's timing its last steps); waiting
                 # here bills the queued steps to the loop's time.
                 jax.block_until_ready(carries)
-            now = time.time()
-            if (phase, n) not in compiled:
-                compiled.add((phase, n))
-                timing["first_step_s"] += now - t_mark
-            else:
-                timing["train_loop_s"] += now - t_mark
-                timed_steps += n
-            t_mark = now
+            chrono.train_call((call.phase, call.num_steps), call.num_steps)
             if is_eval:
                 flush_pending()
                 history.append({"step": step, **evaluate_all(step)})
                 bar.set_postfix(test_acc=f"{np.mean(history[-1]['test']['accuracy']):.4f}",
                                 refresh=False)  # shown by the update below: this evaluation's
-                now = time.time()
-                timing["eval_s"] += now - t_mark
-                t_mark = now
+                chrono.lap("eval_s")
             if is_ckpt:
                 flush_pending()
                 writer.flush()
@@ -339,11 +320,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                     "history": history, "seeds": seeds, "num_classes": run.num_classes,
                     "mean": [md.mean.tolist() for md in members],
                     "std": [md.std.tolist() for md in members],
-                    "elapsed_s": meta["elapsed_s"] + time.time() - t_invocation})
-                now = time.time()
-                timing["checkpoint_s"] += now - t_mark
-                t_mark = now
-            bar.update(n)  # After the evaluation: the bar's last postfix is the final one.
+                    "elapsed_s": meta["elapsed_s"] + chrono.elapsed_s()})
+                chrono.lap("checkpoint_s")
+            bar.update(call.num_steps)  # After the evaluation: its postfix is the last shown.
         flush_pending()
     except FloatingPointError as e:
         # A diverged run: results.json says so (and why); re-running the command resumes
@@ -362,8 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
     if step < run.total_steps:
         log.info("Stopped at step %d of %d (stop_after_steps).", step, run.total_steps)
-        return {"completed": False, "step": step, "timed_steps": timed_steps,
-                "timing_s": {k: float(v) for k, v in timing.items()}}
+        return {"completed": False, "step": step, "timed_steps": chrono.timed_steps,
+                "timing_s": {k: float(v) for k, v in chrono.timing.items()}}
 
     acc_host = _concat(sharding.to_host([c[1] for c in carries]))
     method_state = _concat(sharding.to_host([c[0].method_state for c in carries]))
@@ -379,14 +358,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             workdir_lib.write_npz(wd / "example_weights.npz", **weights)
         if K > 1:
             workdir_lib.write_npz(wd / f"example_weights_seed{md.seed}.npz", **weights)
-    # Steps/s of the loop including checkpoint writes (evaluation is separate work).
-    loop_s = timing["train_loop_s"] + timing["checkpoint_s"]
-    if not timed_steps:  # Every call compiled (a short run): its rate, compilation included.
-        timed_steps, loop_s = step - start_step, loop_s + timing["first_step_s"]
+    # Steps/s of the loop including checkpoint writes (evaluation is separate work); a short
+    # run whose every call compiled: its rate, compilation included.
     results = results_lib.summary(
         method=config.method.name, config=config_lib.as_json(config), members=members,
         history=history, num_steps=run.total_steps, all_zero_steps_K=acc_host["all_zero_steps"],
-        wall_time=meta["elapsed_s"] + time.time() - t_invocation,
-        steps_per_s=timed_steps / loop_s if loop_s > 0 else 0.0, timing=timing)
+        wall_time=meta["elapsed_s"] + chrono.elapsed_s(),
+        steps_per_s=chrono.steps_per_s(step - start_step), timing=chrono.timing)
     workdir_lib.write_json(wd / "results.json", results)
     return results

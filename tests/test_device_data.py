@@ -13,9 +13,11 @@ import tensorflow as tf
 
 from l2rw_jax import compose
 from l2rw_jax import corruption
-from l2rw_jax import device_data as dd
+from l2rw_jax import device_batches
+from l2rw_jax import device_splits
 from l2rw_jax import input_pipeline as ip
 from l2rw_jax import sharding
+from l2rw_jax import stream_order as so
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,10 +32,10 @@ def test_index_shuffle_is_tensorflows_random_index_shuffle(n):
         want = tf.raw_ops.RandomIndexShuffle(
             index=tf.constant(idx, tf.int64), seed=tf.constant([seed, word, 0], tf.int64),
             max_index=tf.constant(n - 1, tf.int64), rounds=rounds).numpy()
-        got = dd.index_shuffle(idx, (seed, word, 0), n - 1, rounds)
+        got = so.index_shuffle(idx, (seed, word, 0), n - 1, rounds)
         np.testing.assert_array_equal(got, want)
     if n <= 65536:
-        assert sorted(dd.index_shuffle(idx, (3, 1, 0), n - 1)) == list(range(n))
+        assert sorted(so.index_shuffle(idx, (3, 1, 0), n - 1)) == list(range(n))
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +59,18 @@ def test_first_batches_are_the_tfdata_streams_batches(splits, n_devices):
     # 15 clean rows), with the rows split over 1 or 4 devices.
     mesh = sharding.data_mesh(jax.devices()[:n_devices])
     mean, std = ip.channel_stats(splits.train_x)
-    noisy = dd.place_split(_noisy_columns(splits), [mean], [std], [3], mesh)
-    clean = dd.place_split({"image": splits.clean_x[None],
+    noisy = device_splits.place_split(_noisy_columns(splits), [mean], [std], [3], mesh)
+    clean = device_splits.place_split({"image": splits.clean_x[None],
                             "label": splits.clean_labels[None].astype(np.int32)},
                            [mean], [std], [3], mesh)
     streams = [
-        (noisy, dd.StreamOrder(3, dd.TRAIN_STREAM, len(splits.train_x), 8),
+        (noisy, so.StreamOrder(3, so.TRAIN_STREAM, len(splits.train_x), 8),
          ip.train_dataset(splits, batch_size=8, seed=3, mean=mean, std=std, start_step=2)),
-        (clean, dd.StreamOrder(3, dd.CLEAN_STREAM, len(splits.clean_x), 4),
+        (clean, so.StreamOrder(3, so.CLEAN_STREAM, len(splits.clean_x), 4),
          ip.clean_dataset(splits, batch_size=4, seed=3, mean=mean, std=std, start_step=2))]
     for split, order, ds in streams:
         for step, want in zip(range(2, 62), ds.as_numpy_iterator()):
-            got = dd.batch_at(split, [order], step, mesh)
+            got = device_batches.batch_at(split, [order], step, mesh)
             assert set(got) == set(want)
             for key, value in want.items():
                 g = np.asarray(got[key])[0]
@@ -84,20 +86,20 @@ def test_process_shares_and_tables_follow_the_tfdata_rows(splits):
         ds = ip.train_dataset(splits, batch_size=8, seed=5, mean=mean, std=std,
                               process_index=process_index, process_count=2)
         want = np.stack([b["index"] for _, b in zip(range(30), ds.as_numpy_iterator())])
-        order = dd.StreamOrder(5, dd.TRAIN_STREAM, n, 8, process_index=process_index,
+        order = so.StreamOrder(5, so.TRAIN_STREAM, n, 8, process_index=process_index,
                                process_count=2)
         np.testing.assert_array_equal(order.rows(np.arange(30)), want)
     table = np.random.default_rng(1).integers(0, n, 2 * n)  # e.g. resample's balanced rows
-    plain = dd.StreamOrder(5, dd.TRAIN_STREAM, 2 * n, 8).rows(np.arange(40))
+    plain = so.StreamOrder(5, so.TRAIN_STREAM, 2 * n, 8).rows(np.arange(40))
     np.testing.assert_array_equal(
-        dd.StreamOrder(5, dd.TRAIN_STREAM, 2 * n, 8, table=table).rows(np.arange(40)),
+        so.StreamOrder(5, so.TRAIN_STREAM, 2 * n, 8, table=table).rows(np.arange(40)),
         table[plain])
 
 
 def test_test_batches_are_the_tfdata_test_stream(splits):
     mean, std = ip.channel_stats(splits.train_x)
     want = list(ip.test_dataset(splits, batch_size=10, mean=mean, std=std).as_numpy_iterator())
-    got = dd.test_batches(splits.test_x, splits.test_labels, mean, std, 10)
+    got = so.test_batches(splits.test_x, splits.test_labels, mean, std, 10)
     assert len(got) == len(want) == 3  # 23 examples: the last batch padded and masked
     chex.assert_trees_all_equal(got, want)
 
@@ -106,12 +108,12 @@ def test_augmentation_is_a_pad_crop_flip_keyed_by_seed_stream_step_row(splits):
     pad = 2
     raw = splits.train_x[:16]
     images = np.stack([raw, raw[::-1]])  # K = 2 members
-    keys = dd.augmentation_keys([0, 1])
+    keys = device_splits.augmentation_keys([0, 1])
     out = {}
     for n_devices in (1, 4):
         mesh = sharding.data_mesh(jax.devices()[:n_devices])
         placed = sharding.shard_batch(images, sharding.batch_sharding(mesh, leading_axes=1))
-        out[n_devices] = np.asarray(dd.augment(placed, keys, dd.TRAIN_STREAM, 7, pad))
+        out[n_devices] = np.asarray(device_batches.augment(placed, keys, so.TRAIN_STREAM, 7, pad))
     np.testing.assert_array_equal(out[1], out[4])  # not a function of the device count
     padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)))
     h, w = raw.shape[1:3]
@@ -125,11 +127,11 @@ def test_augmentation_is_a_pad_crop_flip_keyed_by_seed_stream_step_row(splits):
             assert match, (k, j)  # every row is one of the pad-crop-flips of its image
             seen.add(match[0])
     assert len(seen) > 12  # offsets and flips vary over rows and members
-    again = np.asarray(dd.augment(images, keys, dd.TRAIN_STREAM, 7, pad))
+    again = np.asarray(device_batches.augment(images, keys, so.TRAIN_STREAM, 7, pad))
     np.testing.assert_array_equal(again, out[1])
-    for other in [dd.augment(images, keys, dd.TRAIN_STREAM, 8, pad),
-                  dd.augment(images, keys, dd.CLEAN_STREAM, 7, pad),
-                  dd.augment(images, keys[::-1], dd.TRAIN_STREAM, 7, pad)]:
+    for other in [device_batches.augment(images, keys, so.TRAIN_STREAM, 8, pad),
+                  device_batches.augment(images, keys, so.CLEAN_STREAM, 7, pad),
+                  device_batches.augment(images, keys[::-1], so.TRAIN_STREAM, 7, pad)]:
         assert not np.array_equal(np.asarray(other), out[1])
 
 

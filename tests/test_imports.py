@@ -25,7 +25,9 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_package_imports_with_tf_tfds_ml_collections_sklearn_tensorboardx_absent():
     code = BLOCK.format(names=ABSENT) + (
         "import l2rw_jax\nimport l2rw_jax.train\nimport l2rw_jax.audit\n"
-        "import l2rw_jax.device_data\nimport l2rw_jax.image_folder\n"
+        "import l2rw_jax.backends\nimport l2rw_jax.stream_order\n"
+        "import l2rw_jax.device_splits\nimport l2rw_jax.device_batches\n"
+        "import l2rw_jax.image_folder\nimport l2rw_jax.chrono\n"
         "assert l2rw_jax.train_and_evaluate and l2rw_jax.audit.run_audit\n"
         "print('ok')\n")
     out = _python(code)
@@ -55,5 +57,7 @@ def test_public_surface_is_all_and_leaves_out_the_loop_internals():
     assert len(set(l2rw_jax.__all__)) == len(l2rw_jax.__all__)
     assert all(hasattr(l2rw_jax, name) for name in l2rw_jax.__all__)
     internals = {"DeviceSplit", "StreamOrder", "batch_at", "place_split", "index_shuffle",
-                 "backends", "build", "device_data", "workdir", "xla_options", "members"}
+                 "backends", "build", "stream_order", "device_splits", "device_batches",
+                 "chrono", "Chrono", "Backend", "Call", "Feed", "workdir", "xla_options",
+                 "members"}
     assert not internals & set(l2rw_jax.__all__)

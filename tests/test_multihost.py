@@ -14,7 +14,7 @@ import pytest
 import multihost_worker as worker
 import tiny_data
 from l2rw_jax import config as config_lib
-from l2rw_jax import device_data
+from l2rw_jax import stream_order
 from l2rw_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,8 +149,8 @@ def test_each_process_gets_its_rows_of_every_evaluation_batch():
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 255, (11, 3, 3, 1)).astype(np.uint8), np.arange(11) % 3
     args = (images, labels, [0.5], [0.25], 8)
-    one = device_data.test_batches(*args)
-    parts = [device_data.test_batches(*args, process_index=p, process_count=2) for p in (0, 1)]
+    one = stream_order.test_batches(*args)
+    parts = [stream_order.test_batches(*args, process_index=p, process_count=2) for p in (0, 1)]
     assert len(one) == len(parts[0]) == len(parts[1]) == 2
     for b, (b0, b1) in zip(one, zip(*parts)):
         for key in ("image", "label", "mask"):
