@@ -266,13 +266,14 @@ def test_report_is_one_self_contained_file(planted):
 def test_report_renders_section_by_section(planted):
     # The sections run_audit returned are its audit.json keys, in order; a section of a kind the
     # report has no renderer for is drawn by the generic one (scalars, figures, notes).
+    from l2rw_jax.audit import figures
     from l2rw_jax.audit import report
     from l2rw_jax.audit import sections
 
     res = planted["res"]
     assert list(res) == ["meta", "mistakes", "robustness", "biases", "label_issues"]
     assert list(res["meta"]["seconds"]) == [*list(res)[1:], "total"]
-    png = report.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
+    png = figures.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
                             "pgd_accuracy": [1, 0.4], "clean_accuracy": 1.0})
     extra = sections.Section(
         "shift", "Distribution shift", {"auc": 0.625, "per_class": [1, 2]}, {"roc": png},
@@ -309,6 +310,7 @@ def test_whole_report_escapes_every_user_string(planted):
     # Class names (folder names, npz class_names), the title, run facts, attribute names, notes
     # and a section of the user's own: all hostile. The page shows each as text and none as
     # markup.
+    from l2rw_jax.audit import figures
     from l2rw_jax.audit import report
     from l2rw_jax.audit import sections
 
@@ -327,7 +329,7 @@ def test_whole_report_escapes_every_user_string(planted):
             for g in results["largest_over_representation"]:
                 g["attribute"] = attr if g["attribute"] == "corner_patch" else g["attribute"]
         done.append(s._replace(results=results, notes=[*s.notes, HOSTILE[3]]))
-    png = report.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
+    png = figures.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
                             "pgd_accuracy": [1, 0.4], "clean_accuracy": 1.0})
     done.append(sections.Section("mine", HOSTILE[0], {HOSTILE[1]: HOSTILE[2], "n": 3},
                                  {HOSTILE[3]: png}, [HOSTILE[0]]))

@@ -8,7 +8,9 @@ Four questions, each a module, all on the pure model interface of `l2rw_jax.mode
   criticism     prototypes and criticisms: adversarial robustness and MMD-critic
   label_issues  rankings of suspect training labels, precision@k / recall@k, the CSV
   sections      each analysis on the checked inputs -> a `Section` (results, figures, notes)
-  report        report.html (one renderer per section) + audit.json
+  figures       the sections' matplotlib figures as base64 PNG
+  renderers     one HTML renderer per section (summary cards, body)
+  report        report.html (the page around the renderers) + audit.json
 
 `run_audit` runs the sections and writes the report; `audit_run(workdir)` audits a trained run's
 workdir (`from_workdir`).
@@ -17,9 +19,11 @@ workdir (`from_workdir`).
 from l2rw_jax.audit import attacks
 from l2rw_jax.audit import common
 from l2rw_jax.audit import criticism
+from l2rw_jax.audit import figures
 from l2rw_jax.audit import from_workdir
 from l2rw_jax.audit import label_issues
 from l2rw_jax.audit import mistakes
+from l2rw_jax.audit import renderers
 from l2rw_jax.audit import report
 from l2rw_jax.audit import sections
 from l2rw_jax.audit.attacks import AttackConfig
@@ -52,9 +56,11 @@ __all__ = [
     "attacks",
     "common",
     "criticism",
+    "figures",
     "from_workdir",
     "label_issues",
     "mistakes",
+    "renderers",
     "report",
     "sections",
     "AttackConfig",

@@ -2,7 +2,7 @@
 
 `run_audit` is their table of contents: it checks the inputs once (`Inputs`), calls the sections
 in order and hands them to `report.write_report`, which renders each with its own renderer
-(`report.RENDERERS`). In the spirit of big_vision's evaluators (each one `run`s and yields its
+(`renderers.RENDERERS`). In the spirit of big_vision's evaluators (each one `run`s and yields its
 metrics; the trainer only writes them) and clu's metric writers (scalars, images and text kept
 apart from where they are written):
 
@@ -27,14 +27,14 @@ from l2rw_jax.audit import common
 from l2rw_jax.audit import criticism
 from l2rw_jax.audit import label_issues
 from l2rw_jax.audit import mistakes
-from l2rw_jax.audit import report
+from l2rw_jax.audit import figures
 
 
 class Section(NamedTuple):
     """One analysis of the audit, ready to be written.
 
     Attributes:
-      name: its key in `audit.json` (and its renderer in `report.RENDERERS`).
+      name: its key in `audit.json` (and its renderer in `renderers.RENDERERS`).
       title: its heading in the report.
       results: every number it reports (JSON-able after `report.to_jsonable`).
       figures: name -> base64 PNG, or a list / dict of them (galleries, per-class grids).
@@ -191,7 +191,7 @@ def mistakes_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
                 }
             )
         figs["gallery"] = [
-            report.fig_mistake(
+            figures.fig_mistake(
                 common.to_raw(x_test[row : row + 1], inp.mean_C, inp.std_C)[0],
                 ig["attributions"][j],
                 None if cams is None else cams[j],
@@ -212,9 +212,9 @@ def mistakes_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
         notes.append("The model makes no mistake on the test set: the mistakes gallery is empty.")
     m_res["gallery"] = gallery
     m_res["neighbor_pool_size"] = int(len(pool))
-    figs["confusion"] = report.fig_confusion(cm, class_names)
-    figs["reliability"] = report.fig_reliability(ece)
-    figs["per_class"] = report.fig_per_class(acc_k, class_names)
+    figs["confusion"] = figures.fig_confusion(cm, class_names)
+    figs["reliability"] = figures.fig_reliability(ece)
+    figs["per_class"] = figures.fig_per_class(acc_k, class_names)
     return Section("mistakes", "Understanding mistakes", m_res, figs, notes)
 
 
@@ -269,9 +269,9 @@ def robustness_section(inp: Inputs, config, rng: np.random.Generator) -> Section
             "per_true_class_median": per_class_median,
         },
     }
-    figs["curve"] = report.fig_curve(curve)
-    figs["min_eps_hist"] = report.fig_min_eps(min_eps, config.eps_max)
-    figs["min_eps_per_class"] = report.fig_class_bars(
+    figs["curve"] = figures.fig_curve(curve)
+    figs["min_eps_hist"] = figures.fig_min_eps(min_eps, config.eps_max)
+    figs["min_eps_per_class"] = figures.fig_class_bars(
         per_class_median, class_names, "median minimal eps"
     )
     fragile = np.argsort(min_eps, kind="stable")
@@ -283,7 +283,7 @@ def robustness_section(inp: Inputs, config, rng: np.random.Generator) -> Section
                 model.apply_fn, model.params, model.model_state, x_adv, batch_size=config.batch_size
             )
         ).argmax(axis=1)
-        figs["adversarial"] = report.fig_adversarial(
+        figs["adversarial"] = figures.fig_adversarial(
             common.to_raw(x_test[me_rows[fragile]], inp.mean_C, inp.std_C),
             common.to_raw(x_adv, inp.mean_C, inp.std_C),
             pred_test[me_rows[fragile]],
@@ -377,7 +377,7 @@ def bias_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
     flagged = [g["class"] for g in b_res["largest_over_representation"] if g["attribute"] != "ink"]
     shown = list(dict.fromkeys(flagged + sorted(groups)))[: config.max_classes_shown]
     for k in sorted(shown):
-        figs["bias_classes"][k] = report.fig_prototypes(
+        figs["bias_classes"][k] = figures.fig_prototypes(
             {side: raw_b[r] for side, r in bias_sides[k].items()},
             class_names[k],
         )
@@ -482,15 +482,15 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
         class_names if inp.names_given else None,
     )
     figs = {}
-    figs["suspects"] = report.fig_suspects(
+    figs["suspects"] = figures.fig_suspects(
         common.to_raw(x_train[top], inp.mean_C, inp.std_C), l_res["top_suspects"], class_names
     )
     if mean_w is not None and is_noisy_train is not None:
-        figs["weight_hist"] = report.fig_weight_hist(
+        figs["weight_hist"] = figures.fig_weight_hist(
             mean_w[rows_ranked], is_noisy_train[rows_ranked]
         )
         if meta_grad is not None:
-            figs["meta_grad_hist"] = report.fig_weight_hist(
+            figs["meta_grad_hist"] = figures.fig_weight_hist(
                 meta_grad[rows_ranked],
                 is_noisy_train[rows_ranked],
                 xlabel="mean normalised L2RW meta-gradient",
