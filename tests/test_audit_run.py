@@ -355,8 +355,8 @@ def test_whole_report_escapes_every_user_string(planted):
 
 def test_a_class_absent_from_the_test_split_is_left_out_of_the_audit_accuracies(planted):
     # Its accuracy is undefined (0/0), not 0: no entry, not the worst class, not in the mean.
+    from l2rw_jax.audit import mistakes_section
     from l2rw_jax.audit import run as run_lib
-    from l2rw_jax.audit import sections
 
     keep = planted["test"]["label"] != 3
     test = {"image": planted["test"]["image"][keep], "label": planted["test"]["label"][keep]}
@@ -364,7 +364,7 @@ def test_a_class_absent_from_the_test_split_is_left_out_of_the_audit_accuracies(
     c.num_mistakes = 1
     inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
                              test, planted["train"], c, None, None, 0.0, 1.0, None)
-    s = sections.mistakes_section(inputs, c, np.random.default_rng(0))
+    s = mistakes_section.mistakes_section(inputs, c, np.random.default_rng(0))
     m = s.results
     pred = inputs.logits_test.argmax(1)
     y = test["label"]
