@@ -266,13 +266,14 @@ def test_report_is_one_self_contained_file(planted):
 def test_report_renders_section_by_section(planted):
     # The sections run_audit returned are its audit.json keys, in order; a section of a kind the
     # report has no renderer for is drawn by the generic one (scalars, figures, notes).
+    from l2rw_jax.audit import figures
     from l2rw_jax.audit import report
     from l2rw_jax.audit import sections
 
     res = planted["res"]
     assert list(res) == ["meta", "mistakes", "robustness", "biases", "label_issues"]
     assert list(res["meta"]["seconds"]) == [*list(res)[1:], "total"]
-    png = report.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
+    png = figures.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
                             "pgd_accuracy": [1, 0.4], "clean_accuracy": 1.0})
     extra = sections.Section(
         "shift", "Distribution shift", {"auc": 0.625, "per_class": [1, 2]}, {"roc": png},
@@ -309,6 +310,7 @@ def test_whole_report_escapes_every_user_string(planted):
     # Class names (folder names, npz class_names), the title, run facts, attribute names, notes
     # and a section of the user's own: all hostile. The page shows each as text and none as
     # markup.
+    from l2rw_jax.audit import figures
     from l2rw_jax.audit import report
     from l2rw_jax.audit import sections
 
@@ -327,7 +329,7 @@ def test_whole_report_escapes_every_user_string(planted):
             for g in results["largest_over_representation"]:
                 g["attribute"] = attr if g["attribute"] == "corner_patch" else g["attribute"]
         done.append(s._replace(results=results, notes=[*s.notes, HOSTILE[3]]))
-    png = report.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
+    png = figures.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
                             "pgd_accuracy": [1, 0.4], "clean_accuracy": 1.0})
     done.append(sections.Section("mine", HOSTILE[0], {HOSTILE[1]: HOSTILE[2], "n": 3},
                                  {HOSTILE[3]: png}, [HOSTILE[0]]))
@@ -353,8 +355,8 @@ def test_whole_report_escapes_every_user_string(planted):
 
 def test_a_class_absent_from_the_test_split_is_left_out_of_the_audit_accuracies(planted):
     # Its accuracy is undefined (0/0), not 0: no entry, not the worst class, not in the mean.
+    from l2rw_jax.audit import mistakes_section
     from l2rw_jax.audit import run as run_lib
-    from l2rw_jax.audit import sections
 
     keep = planted["test"]["label"] != 3
     test = {"image": planted["test"]["image"][keep], "label": planted["test"]["label"][keep]}
@@ -362,7 +364,7 @@ def test_a_class_absent_from_the_test_split_is_left_out_of_the_audit_accuracies(
     c.num_mistakes = 1
     inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
                              test, planted["train"], c, None, None, 0.0, 1.0, None)
-    s = sections.mistakes_section(inputs, c, np.random.default_rng(0))
+    s = mistakes_section.mistakes_section(inputs, c, np.random.default_rng(0))
     m = s.results
     pred = inputs.logits_test.argmax(1)
     y = test["label"]

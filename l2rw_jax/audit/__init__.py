@@ -7,27 +7,38 @@ Four questions, each a module, all on the pure model interface of `l2rw_jax.mode
   attacks       FGSM / PGD (on the logit margin) accuracy over epsilon, minimal adversarial eps
   criticism     prototypes and criticisms: adversarial robustness and MMD-critic
   label_issues  rankings of suspect training labels, precision@k / recall@k, the CSV
+  sections      what each analysis takes (`Inputs`) and returns (`Section`: results, figures,
+                notes), and the helpers they share
+  mistakes_section, robustness_section, bias_section, label_issues_section
+                each analysis on the checked inputs -> a `Section`
+  figures       the sections' matplotlib figures as base64 PNG
+  renderers     one HTML renderer per section (summary cards, body)
   ranking_quality  AUROC / average precision / precision@k of every ranking against is_noisy
   noise_estimate   the transition matrix from the trusted set (GLC) or the noisy set
                    (confident learning), and its error against a known one
   data_maps     per-example weight statistics over training, beside confidence / variability
-  sections      each analysis on the checked inputs -> a `Section` (results, figures, notes)
-  report        report.html (one renderer per section) + audit.json
+  report        report.html (the page around the renderers) + audit.json
 
 `run_audit` runs the sections and writes the report; `audit_run(workdir)` audits a trained run's
 workdir (`from_workdir`).
 """
 
 from l2rw_jax.audit import attacks
+from l2rw_jax.audit import bias_section
 from l2rw_jax.audit import common
 from l2rw_jax.audit import criticism
 from l2rw_jax.audit import data_maps
+from l2rw_jax.audit import figures
 from l2rw_jax.audit import from_workdir
 from l2rw_jax.audit import label_issues
+from l2rw_jax.audit import label_issues_section
 from l2rw_jax.audit import mistakes
+from l2rw_jax.audit import mistakes_section
 from l2rw_jax.audit import noise_estimate
 from l2rw_jax.audit import ranking_quality
+from l2rw_jax.audit import renderers
 from l2rw_jax.audit import report
+from l2rw_jax.audit import robustness_section
 from l2rw_jax.audit import sections
 from l2rw_jax.audit.attacks import AttackConfig
 from l2rw_jax.audit.attacks import attack_batch
@@ -64,15 +75,21 @@ from l2rw_jax.audit.sections import Section
 
 __all__ = [
     "attacks",
+    "bias_section",
     "common",
     "criticism",
     "data_maps",
+    "figures",
     "from_workdir",
     "label_issues",
+    "label_issues_section",
     "mistakes",
     "noise_estimate",
     "ranking_quality",
+    "mistakes_section",
+    "renderers",
     "report",
+    "robustness_section",
     "sections",
     "AttackConfig",
     "attack_batch",

@@ -2,8 +2,9 @@
 
 Works on any model behind the pure interface of `l2rw_jax.audit.common` and numpy arrays, so it
 runs from a notebook as well as from `python -m experiments.audit --workdir=<run>`. The analyses
-are the sections of `l2rw_jax.audit.sections`; `run_audit` checks the inputs once, runs the
-sections in order and writes what they return.
+are the sections (`mistakes_section`, `robustness_section`, `bias_section`,
+`label_issues_section`; their contract is `l2rw_jax.audit.sections`); `run_audit` checks the
+inputs once, runs the sections in order and writes what they return.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ import numpy as np
 from tqdm import auto as tqdm  # a widget in notebooks, a text bar in a terminal
 
 from l2rw_jax.audit import attacks
+from l2rw_jax.audit import bias_section
 from l2rw_jax.audit import common
+from l2rw_jax.audit import label_issues_section
+from l2rw_jax.audit import mistakes_section
 from l2rw_jax.audit import report
+from l2rw_jax.audit import robustness_section
 from l2rw_jax.audit import sections
 
 if TYPE_CHECKING:
@@ -242,10 +247,10 @@ def run_audit(
     rng = np.random.default_rng(config.seed)
     done = []
     todo = (
-        ("mistakes", sections.mistakes_section),
-        ("robustness", sections.robustness_section),
-        ("biases", sections.bias_section),
-        ("label issues", sections.label_issues_section),
+        ("mistakes", mistakes_section.mistakes_section),
+        ("robustness", robustness_section.robustness_section),
+        ("biases", bias_section.bias_section),
+        ("label issues", label_issues_section.label_issues_section),
     )
     # One bar over the sections, named by the one running (its own loops have bars below it).
     bar = tqdm.tqdm(total=len(todo), unit="section", desc="audit", disable=not progress)
