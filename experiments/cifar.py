@@ -23,7 +23,7 @@ from absl import flags
 
 from experiments import common
 from experiments import plots
-from l2rw_jax import config as config_lib
+from l2rw_jax import from_config
 from l2rw_jax import workdir as workdir_lib
 
 _CONFIG = common.define_config(
@@ -45,7 +45,7 @@ def main(argv):
     common.write_json(workdir / "summary.json", results)
     plots.plot_curves({m: common.test_curve(workdir / m) for m in results},
                        workdir / "accuracy.png",
-                       config_lib.describe_data(config.data))
+                       from_config.describe_data(config.data))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from absl import flags
 
 from experiments import common
 from experiments import plots
-from l2rw_jax import config as config_lib
+from l2rw_jax import from_config
 from l2rw_jax import workdir as workdir_lib
 
 _CONFIG = common.define_config(
@@ -53,18 +53,18 @@ def main(argv):
     config, workdir = _CONFIG.value, workdir_lib.path(_WORKDIR.value)  # gs:// stays a URI.
     methods = _METHODS.value or [config.method.name]
     hm = lambda m: {"data": {"batch_size": _HM_BATCH.value}} if m == "hard_mining" else {}
-    if config_lib.split_options(config.data)["noise"] != "imbalance":  # labels as given: none
+    if from_config.split_options(config.data)["noise"] != "imbalance":  # labels as given: none
         if _FRACTIONS.value:
             given = (f" (data.dataset={config.data.dataset} is a source of your own: its labels "
                      f"are taken as given; --config.data.corrupt_given_labels=True applies "
-                     f"the imbalance)" if config_lib.labels_as_given(config.data) else "")
+                     f"the imbalance)" if from_config.labels_as_given(config.data) else "")
             raise app.UsageError(f"--majority_fractions only applies to the imbalance "
                                  f"config{given}.")
         results = common.run_methods(config, workdir, methods, hm)
         print(common.method_table(results))
         plots.plot_curves({m: common.test_curve(workdir / m) for m in results},
                            workdir / "accuracy.png",
-                           config_lib.describe_data(config.data))
+                           from_config.describe_data(config.data))
         common.write_text(workdir / "table.md", common.method_table(results) + "\n")
         common.write_json(workdir / "summary.json", results)
         return

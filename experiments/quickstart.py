@@ -16,7 +16,7 @@ from absl import flags
 
 from experiments import common
 from experiments import plots
-from l2rw_jax import config as config_lib
+from l2rw_jax import from_config
 from l2rw_jax import workdir as workdir_lib
 
 _CONFIG = common.define_config(
@@ -34,14 +34,14 @@ def main(argv):
     results = common.run_methods(_CONFIG.value, workdir, _METHODS.value)
     config = _CONFIG.value
     d = config.data
-    labels = (config_lib.describe_data(d) if config_lib.labels_as_given(d)
+    labels = (from_config.describe_data(d) if from_config.labels_as_given(d)
               else f"{d.dataset}, {d.noise} flip {d.noise_ratio:.0%}")
     print(f"\n{labels}, {d.clean_per_class} clean per "
           f"class, {config.model.name}, {config.num_steps} steps")
     print(common.method_table(results))
     path = workdir / "accuracy.png"
     plots.plot_curves({m: common.test_curve(workdir / m) for m in results}, path,
-                       config_lib.describe_data(d))
+                       from_config.describe_data(d))
     print(f"\nplot: {path}\nruns: {', '.join(str(workdir / m) for m in results)}")
 
 

@@ -20,6 +20,7 @@ from l2rw_jax import array_source
 from l2rw_jax import backends
 from l2rw_jax import config as config_lib
 from l2rw_jax import datasets
+from l2rw_jax import from_config
 from l2rw_jax import members as members_lib
 from l2rw_jax import workdir as workdir_lib
 
@@ -34,7 +35,7 @@ def members(config: ml_collections.ConfigDict, arrays: array_source.Arrays,
     both rebuild (``config`` validated)."""
     which = range(config.num_seeds) if which is None else which
     return [members_lib.make_member(arrays, config.seed + int(k),
-                                    **config_lib.member_options(config)) for k in which]
+                                    **from_config.member_options(config)) for k in which]
 
 
 def member_data(config, member: int = 0) -> members_lib.MemberData:
@@ -50,7 +51,7 @@ def member_data(config, member: int = 0) -> members_lib.MemberData:
     if isinstance(member, bool) or not isinstance(member, (int, np.integer)) or not (
             0 <= member < c.num_seeds):
         raise ValueError(f"member={member!r} must be an integer in [0, {c.num_seeds}).")
-    arrays = datasets.load_arrays(c.data.dataset, **config_lib.load_options(c.data))
+    arrays = datasets.load_arrays(c.data.dataset, **from_config.load_options(c.data))
     return members(c, arrays, [member])[0]
 
 

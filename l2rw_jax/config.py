@@ -1,5 +1,5 @@
-"""The training config: its schema (a tree of groups), defaults, validation, and the one place
-where it turns into library arguments.
+"""The training config: its schema (a tree of groups), defaults, validation and the upgrade of
+old configs. Its translations into library arguments are :mod:`l2rw_jax.from_config`.
 
 Why groups: 52 flat fields, 13 of them prefixed by a method's name, hid which part of the
 library reads what. Here every group feeds one part (big_vision ``configs/*.py`` style)::
@@ -7,16 +7,18 @@ library reads what. Here every group feeds one part (big_vision ``configs/*.py``
     seed, num_seeds, num_steps    member k uses seed + k for everything (l2rw_jax.members)
     data.*                        datasets, corruption, hold-out, batches (l2rw_jax.members)
     model.name, model.options     model_factory.create_model(name, num_classes, **options)
-    optim.*                       the optimizer (make_optimizer, as big_vision's optax.make)
+    optim.*                       the optimizer (from_config.make_optimizer, as big_vision's
+                                  optax.make)
     method.name                   a weighting scheme or a data-level method (METHODS)
     method.l2rw.*, method.mwnet.* each scheme's own options: exactly methods.l2rw/mwnet's
-                                  keyword arguments, so `weighing` hands them on unchanged
+                                  keyword arguments, so from_config.weighing hands them on
+                                  unchanged
     method.finetune_steps         the finetune method's clean-set steps
     loop.*                        the loop: devices, input backend, logging, checkpoints
 
 Entry points and configs import this module, never the loop. Below it, no function takes the
-whole config: :func:`weighing`, :func:`make_optimizer`, :func:`split_options` and
-:func:`model_kwargs` hand the library what it needs. Command-line overrides use the dotted
+whole config: :mod:`l2rw_jax.from_config` (``weighing``, ``make_optimizer``, ``split_options``,
+``model_kwargs``, ...) hands the library what it needs. Command-line overrides use the dotted
 paths (``--config.optim.learning_rate=0.05``).
 
 Old runs: a config.json written before the groups (flat fields) is read through
@@ -26,15 +28,14 @@ resume and can be audited; fields added later take the behaviour runs had before
 """
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import optax
 
 from l2rw_jax import array_source
 from l2rw_jax import corruption
 from l2rw_jax import datasets
+from l2rw_jax import from_config
 from l2rw_jax import methods
 from l2rw_jax import model_factory
 
@@ -42,19 +43,13 @@ if TYPE_CHECKING:
     import ml_collections
 
 WEIGHING_METHODS = ("erm", "l2rw", "random", "proportion", "hard_mining", "mwnet")
-DATA_METHODS = ("resample", "finetune", "clean_only", "oracle")
 CORRECTIONS = ("none", "glc")
-# Fields of a scheme's group that configure the loss correction around it (config.weighing
-# leaves them out of the scheme's options; config.correction_steps reads them).
-_CORRECTION_FIELDS = {"l2rw": ("correction", "correction_at")}
-METHODS = WEIGHING_METHODS + DATA_METHODS
+METHODS = WEIGHING_METHODS + from_config.DATA_METHODS
 BACKENDS = ("auto", "device", "tfdata")
 GROUPS = ("data", "model", "optim", "method", "loop")
 # Fields that may change between a run and its resumption: they do not change the numbers.
 RESUMABLE_FIELDS = ("loop.stop_after_steps", "loop.progress_bar", "loop.steps_per_fetch",
                     "loop.steps_per_call")
-# The method groups holding one scheme's options (config.weighing hands them to the scheme).
-_SCHEME_GROUPS = ("l2rw", "mwnet")
 # Free-form groups: any keys (model_factory.create_model checks them).
 _OPEN_GROUPS = ("model.options", "data.noise_map")
 
@@ -226,11 +221,6 @@ ADDED_FIELDS = {**{f"method.l2rw.{k}": v for k, v in PAPER_L2RW.items()},
                 "loop.backend": "tfdata", "data.corrupt_given_labels": True,
                 "data.noise_map": None, "data.noise_matrix": None, "data.label_key": None,
                 "data.true_label_key": "label"}
-# The data.noise values that corrupt the labels (or, imbalance, subsample the classes) of the
-# source; the one a source of the user's own gets instead, unless data.corrupt_given_labels:
-# labels as given, no synthetic corruption.
-SYNTHETIC_NOISES = ("uniform", "background", "pair", "asymmetric", "transition", "imbalance")
-LABELS_AS_GIVEN = "given"
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -402,9 +392,10 @@ def _check(c, check_devices: bool) -> None:
     # clean_per_class against it again then.
     for as_written in (True, False):
         corruption.check_split_args(num_classes=None, seed=c.seed, clean_given=None,
-                                    **split_options(d, as_written=as_written))
-    model_factory.create_model(c.model.name, 2, **model_kwargs(c.model))  # Checks name and options.
-    scheme, options = weighing(c.method)
+                                    **from_config.split_options(d, as_written=as_written))
+    # Checks the model's name and options.
+    model_factory.create_model(c.model.name, 2, **from_config.model_kwargs(c.model))
+    scheme, options = from_config.weighing(c.method)
     try:
         methods.get_scheme(scheme, **options)  # Checks the scheme's options.
     except ValueError as e:  # Named by its config group: the message says the option.
@@ -457,144 +448,6 @@ def check_batch_sizes(data, num_train: int, num_clean: int) -> None:
                              f"the splits); allowed: 1..{n}.")
 
 
-# ----------------------------------------------------------------------------- translation
-
-
-def labels_as_given(data) -> bool:
-    """Whether the data group's synthetic noise is left out: ``data.noise`` is one of
-    ``SYNTHETIC_NOISES``, the source is the user's own (``npz:``, ``folder:``) and
-    ``data.corrupt_given_labels`` is False. Then the run trains on the labels as given."""
-    return (data.noise in SYNTHETIC_NOISES and not data.corrupt_given_labels
-            and datasets.is_own_source(data.dataset))
-
-
-def split_options(data, *, as_written: bool = False) -> dict:
-    """``corruption.make_splits`` keyword arguments (all but the seed) of the data group; the
-    noise options are those of ``LABELS_AS_GIVEN`` when :func:`labels_as_given`, unless
-    ``as_written`` (validation checks those too: a bad value fails even where unused).
-
-    ``data.noise_map`` a mapping -> a plain dict; ``data.noise_matrix`` a string -> the array
-    in that .npy file (a one-line error if it cannot be read)."""
-    noise_map, matrix = data.noise_map, data.noise_matrix
-    if hasattr(noise_map, "to_dict"):
-        noise_map = noise_map.to_dict()
-    if isinstance(matrix, str):
-        try:
-            matrix = np.load(matrix, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"data.noise_matrix={matrix!r} is not a readable .npy file "
-                             f"({type(e).__name__}); allowed: a .npy path or a nested tuple "
-                             f"C x C.") from None
-    options = dict(noise=data.noise, ratio=data.noise_ratio,
-                   clean_per_class=data.clean_per_class,
-                   background_class=data.background_class,
-                   official_convention=data.official_convention,
-                   majority_fraction=data.majority_fraction, num_train=data.num_train,
-                   majority_class=data.majority_class, minority_class=data.minority_class,
-                   noise_map=noise_map, noise_matrix=matrix)
-    if labels_as_given(data) and not as_written:
-        options.update(noise=LABELS_AS_GIVEN, ratio=0.0, background_class=None,
-                       official_convention=False, majority_fraction=None, noise_map=None,
-                       noise_matrix=None)
-    return options
-
-
-def load_options(data) -> dict:
-    """``datasets.load_arrays(data.dataset, **load_options(data))`` keyword arguments."""
-    return dict(data_dir=data.data_dir, label_key=data.label_key,
-                true_label_key=data.true_label_key)
-
-
-def noise_note(data) -> str | None:
-    """The line a run prints about the labels of a source of the user's own (``npz:``,
-    ``folder:``) when its config names a synthetic noise; None otherwise."""
-    if data.noise not in SYNTHETIC_NOISES or not datasets.is_own_source(data.dataset):
-        return None
-    what = (f"data.noise={data.noise!r}" + (f", data.noise_ratio={data.noise_ratio:g}"
-                                            if data.noise != "imbalance" else ""))
-    if labels_as_given(data):
-        return (f"{data.dataset}: labels as given; the config's synthetic {what} is not applied "
-                f"to a source of your own (data.corrupt_given_labels=True applies it).")
-    return (f"{data.dataset}: synthetic {what} applied to these labels "
-            f"(data.corrupt_given_labels=True).")
-
-
-def describe_data(data) -> str:
-    """The data of a run for titles: the source (a path's file or folder name for a source of
-    the user's own) and :func:`noise_description`, e.g. ``"mnist.npz, labels as given"``."""
-    name = data.dataset
-    if datasets.is_own_source(name):
-        name = name.split(":", 1)[1].rstrip("/").rsplit("/", 1)[-1]
-    return f"{name}, {noise_description(data)}"
-
-
-def noise_description(data) -> str:
-    """A short description of the training labels for titles: ``"40% uniform flip"``,
-    ``"labels as given"``, ``"imbalance p=0.995"``."""
-    options = split_options(data)
-    if options["noise"] in ("uniform", "background", "pair", "asymmetric"):
-        return f"{options['ratio']:.0%} {options['noise']} flip"
-    if options["noise"] == "transition":
-        return "flips drawn from a transition matrix"
-    if options["noise"] == "imbalance":
-        return f"imbalance p={options['majority_fraction']}"
-    return "labels as given"
-
-
-def model_kwargs(model) -> dict:
-    """``model_factory.create_model(model.name, num_classes, **model_kwargs(model))``."""
-    options = model.options
-    return dict(options.to_dict() if hasattr(options, "to_dict") else options or {})
-
-
-def weighing(method) -> tuple[str, dict]:
-    """(scheme name, its options) behind the method group: ``methods.get_scheme(name,
-    **options)``. The data-level methods weigh with ``erm``."""
-    if method.name in _SCHEME_GROUPS:
-        options = method[method.name].to_dict()
-        for field in _CORRECTION_FIELDS.get(method.name, ()):
-            options.pop(field)
-        return method.name, options
-    if method.name in DATA_METHODS:
-        return "erm", {}
-    return method.name, {}
-
-
-def correction_steps(config) -> int:
-    """The step ``E`` at which the l2rw method's loss correction is estimated and starts, 0
-    without one: ``max(1, round(correction_at * num_steps))``."""
-    l = config.method.l2rw
-    if config.method.name != "l2rw" or l.correction == "none":
-        return 0
-    return max(1, round(l.correction_at * config.num_steps))
-
-
-def make_optimizer(optim) -> optax.GradientTransformation:
-    """The paper's recipe from the optim group: SGD with momentum, piecewise-constant learning
-    rate, L2 weight decay.
-
-    ``lr(t) = learning_rate * lr_decay ** #{b in lr_boundaries : t >= b}`` and
-    ``update = -lr(t) * momentum_trace(grad + weight_decay * params)``: ``add_decayed_weights``
-    before ``sgd`` is the gradient of ``weight_decay / 2 * ||params||^2`` added to the loss.
-    """
-    schedule = optax.piecewise_constant_schedule(
-        optim.learning_rate, {int(b): float(optim.lr_decay) for b in optim.lr_boundaries})
-    return optax.chain(
-        optax.add_decayed_weights(optim.weight_decay),
-        optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov))
-
-
-def as_json(config) -> dict:
-    """The config as plain JSON values (what config.json and results.json hold)."""
-    return json.loads(config.to_json())
-
-
-def total_steps(config) -> int:
-    """Training steps of the run, the finetune phase included."""
-    extra = config.method.finetune_steps if config.method.name == "finetune" else 0
-    return config.num_steps + extra
-
-
 def config_differences(previous: dict, current) -> dict[str, tuple[Any, Any]]:
     """{dotted field: (previous, current)} of the fields that differ, ``RESUMABLE_FIELDS``
     and the options of the schemes the run does not use aside (``method.mwnet.*`` of an l2rw
@@ -603,20 +456,13 @@ def config_differences(previous: dict, current) -> dict[str, tuple[Any, Any]]:
     """
     before = flatten(upgrade(previous, fill_added=True))
     now = flatten(upgrade(current))
-    unused = tuple(f"method.{name}." for name in _SCHEME_GROUPS
+    unused = tuple(f"method.{name}." for name in from_config.SCHEME_GROUPS
                    if name != now.get("method.name"))
     return {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
             if k not in RESUMABLE_FIELDS and not k.startswith(unused)
             and before.get(k) != now.get(k)
             and not (k == "data.corrupt_given_labels"  # only read for an own noisy source
-                     and (now.get("data.noise") not in SYNTHETIC_NOISES
+                     and (now.get("data.noise") not in from_config.SYNTHETIC_NOISES
                           or not datasets.is_own_source(now.get("data.dataset"))))
             and not (k == "data.dataset"
                      and datasets.same_local_source(before.get(k), now.get(k)))}
-
-
-def member_options(config) -> dict:
-    """``members.make_member`` keyword arguments (all but the arrays and the seed)."""
-    return dict(split_options=split_options(config.data),
-                hyper_val_size=config.data.hyper_val_size, pixel_scale=config.data.pixel_scale,
-                oracle=config.method.name == "oracle")

@@ -47,6 +47,7 @@ from l2rw_jax import compose
 from l2rw_jax import config as config_lib
 from l2rw_jax import datasets
 from l2rw_jax import evaluate
+from l2rw_jax import from_config
 from l2rw_jax import members as members_lib
 from l2rw_jax import methods
 from l2rw_jax import results as results_lib
@@ -96,17 +97,17 @@ def build_run(config: ml_collections.ConfigDict,
     """Builds every member's splits, the model, optimizer and step from ``arrays`` (the
     source loaded once; default: ``config.data.dataset`` loaded here)."""
     if arrays is None:
-        arrays = datasets.load_arrays(config.data.dataset, **config_lib.load_options(config.data))
+        arrays = datasets.load_arrays(config.data.dataset, **from_config.load_options(config.data))
     mds = compose.members(config, arrays)
     config_lib.check_batch_sizes(config.data, len(mds[0].splits.train_labels),
                                  len(mds[0].splits.clean_labels))
-    scheme, options = config_lib.weighing(config.method)
+    scheme, options = from_config.weighing(config.method)
     return build.build_run(
-        mds, model=config.model.name, model_kwargs=config_lib.model_kwargs(config.model),
-        tx=config_lib.make_optimizer(config.optim), scheme=scheme, options=options,
+        mds, model=config.model.name, model_kwargs=from_config.model_kwargs(config.model),
+        tx=from_config.make_optimizer(config.optim), scheme=scheme, options=options,
         batch_size=config.data.batch_size, clean_batch_size=config.data.clean_batch_size,
-        total_steps=config_lib.total_steps(config),
-        correction_steps=config_lib.correction_steps(config))
+        total_steps=from_config.total_steps(config),
+        correction_steps=from_config.correction_steps(config))
 
 
 def _concat(trees: list):
@@ -170,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     from tqdm.auto import tqdm  # A notebook widget in Jupyter, a console bar elsewhere.
 
     config = config_lib.validate(config)
-    note = config_lib.noise_note(config.data)  # Whether a source of the user's own is corrupted.
+    note = from_config.noise_note(config.data)  # Whether a source of the user's own is corrupted.
     if note and workdir_lib.is_primary():
         log.warning(note)
     wd = workdir_lib.path(workdir)
@@ -179,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     backend.require()  # Its packages: now, not after loading the data.
     compose.check_or_write_config(wd, config, write=False)  # Another run's workdir: fail now.
     chrono = chrono_lib.Chrono()  # The invocation starts: its time counts in wall_time_s.
-    arrays = datasets.load_arrays(config.data.dataset, **config_lib.load_options(config.data))
+    arrays = datasets.load_arrays(config.data.dataset, **from_config.load_options(config.data))
     # Resuming on data regenerated at the same path (other rows): fail now.
     data_fingerprint = datasets.fingerprint(arrays)
     workdir_lib.check_or_write_fingerprint(wd, data_fingerprint, write=False)
@@ -328,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         # A diverged run: results.json says so (and why); re-running the command resumes
         # from the last checkpoint, saved only after its logged losses were checked.
         workdir_lib.write_json(wd / "results.json", {
-            "method": config.method.name, "config": config_lib.as_json(config),
+            "method": config.method.name, "config": from_config.as_json(config),
             "seeds": seeds, "num_seeds": K, "num_steps": run.total_steps,
             "completed": False, "error": str(e), "step": step})
         raise
@@ -361,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # Steps/s of the loop including checkpoint writes (evaluation is separate work); a short
     # run whose every call compiled: its rate, compilation included.
     results = results_lib.summary(
-        method=config.method.name, config=config_lib.as_json(config), members=members,
+        method=config.method.name, config=from_config.as_json(config), members=members,
         history=history, num_steps=run.total_steps, all_zero_steps_K=acc_host["all_zero_steps"],
         wall_time=meta["elapsed_s"] + chrono.elapsed_s(),
         steps_per_s=chrono.steps_per_s(step - start_step), timing=chrono.timing)

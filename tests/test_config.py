@@ -10,6 +10,7 @@ import pytest
 import tiny_data
 from l2rw_jax import compose
 from l2rw_jax import config as config_lib
+from l2rw_jax import from_config
 from l2rw_jax import workdir
 
 
@@ -26,7 +27,7 @@ def test_every_field_has_exactly_one_flat_name():
 def _flat(config) -> dict:
     """The config as a pre-group config.json held it."""
     inverse = {v: k for k, v in config_lib.LEGACY_FIELDS.items()}
-    return {inverse[k]: v for k, v in config_lib.flatten(config_lib.as_json(config)).items()}
+    return {inverse[k]: v for k, v in config_lib.flatten(from_config.as_json(config)).items()}
 
 
 def test_a_flat_config_upgrades_to_the_same_grouped_config():
@@ -35,8 +36,8 @@ def test_a_flat_config_upgrades_to_the_same_grouped_config():
     c.model.options = {"hidden": [3]}
     flat = _flat(c)
     assert flat["mwnet_lr"] == 0.5 and flat["batch_size"] == 20 and flat["method"] == "mwnet"
-    assert config_lib.upgrade(flat) == config_lib.as_json(c)
-    assert config_lib.as_json(config_lib.validate(flat)) == config_lib.as_json(c)
+    assert config_lib.upgrade(flat) == from_config.as_json(c)
+    assert from_config.as_json(config_lib.validate(flat)) == from_config.as_json(c)
     with pytest.raises(ValueError, match=r"unknown config field\(s\) \['mwnet_rate'\]"):
         config_lib.upgrade({**flat, "mwnet_rate": 1.0})
 
@@ -75,21 +76,21 @@ def test_translation_hands_each_library_call_its_group():
     c = config_lib.validate(config_lib.default_config())
     scheme_options = c.method.l2rw.to_dict()
     correction = {k: scheme_options.pop(k) for k in ("correction", "correction_at")}
-    assert config_lib.weighing(c.method) == ("l2rw", scheme_options)
+    assert from_config.weighing(c.method) == ("l2rw", scheme_options)
     # The loss correction is not a scheme option: it wraps the scheme from step E on.
     assert correction == {"correction": "none", "correction_at": 0.1}
-    assert config_lib.correction_steps(c) == 0
+    assert from_config.correction_steps(c) == 0
     c.num_steps, c.method.l2rw.correction = 1500, "glc"
-    assert config_lib.correction_steps(c) == 150
-    assert config_lib.weighing(c.method) == ("l2rw", scheme_options)
+    assert from_config.correction_steps(c) == 150
+    assert from_config.weighing(c.method) == ("l2rw", scheme_options)
     c.method.name = "mwnet"
-    assert config_lib.weighing(c.method) == ("mwnet", dict(
+    assert from_config.weighing(c.method) == ("mwnet", dict(
         hidden=100, meta_lr=1e-3, meta_weight_decay=1e-4, normalize=True))
     c.method.name = "resample"
-    assert config_lib.weighing(c.method) == ("erm", {})
+    assert from_config.weighing(c.method) == ("erm", {})
     c.optim.update(learning_rate=0.5, lr_boundaries=(2, 4), lr_decay=0.1, momentum=0.0,
                    weight_decay=0.0)
-    tx = config_lib.make_optimizer(c.optim)
+    tx = from_config.make_optimizer(c.optim)
     params, grads = np.zeros(1, np.float32), np.ones(1, np.float32)
     state, steps = tx.init(params), []
     for _ in range(5):
@@ -98,7 +99,7 @@ def test_translation_hands_each_library_call_its_group():
     np.testing.assert_allclose(steps, [0.5, 0.5, 0.05, 0.05, 0.005], rtol=1e-6)
     assert isinstance(tx, optax.GradientTransformation)
     c.method.name, c.method.finetune_steps, c.num_steps = "finetune", 3, 10
-    assert config_lib.total_steps(c) == 13
+    assert from_config.total_steps(c) == 13
     feed = compose.feed(c, "device")
     assert feed.phases == [("noisy", 0, 10), ("clean", 10, 13)] and feed.total_steps == 13
 
@@ -130,13 +131,13 @@ def test_reliability_mix_needs_an_even_clean_batch_per_device():
 def test_resuming_ignores_the_options_of_schemes_the_run_does_not_use():
     before = config_lib.default_config()
     before.method.name = "erm"
-    stored = config_lib.as_json(before)
+    stored = from_config.as_json(before)
     now = config_lib.default_config()
     now.method.name = "erm"
     now.method.l2rw.mix, now.method.mwnet.hidden = "none", 7  # unused by ERM: same run
-    assert config_lib.config_differences(stored, config_lib.as_json(now)) == {}
+    assert config_lib.config_differences(stored, from_config.as_json(now)) == {}
     now.method.name = "l2rw"  # now the l2rw group is used, the mwnet one still not
-    assert config_lib.config_differences(stored, config_lib.as_json(now)) == {
+    assert config_lib.config_differences(stored, from_config.as_json(now)) == {
         "method.name": ("erm", "l2rw"), "method.l2rw.mix": ("excess_loss", "none")}
 
 
@@ -147,10 +148,10 @@ def test_resuming_accepts_the_same_data_file_under_another_path(tmp_path):
     before, now = config_lib.default_config(), config_lib.default_config()
     before.data.dataset = f"npz:{tmp_path}/d/x.npz"
     now.data.dataset = f"npz:{tmp_path}/link/x.npz"
-    stored = config_lib.as_json(before)
-    assert config_lib.config_differences(stored, config_lib.as_json(now)) == {}
+    stored = from_config.as_json(before)
+    assert config_lib.config_differences(stored, from_config.as_json(now)) == {}
     now.data.dataset = f"npz:{tmp_path}/d/missing.npz"  # another (here: absent) file differs
-    assert list(config_lib.config_differences(stored, config_lib.as_json(now))) == [
+    assert list(config_lib.config_differences(stored, from_config.as_json(now))) == [
         "data.dataset"]
 
 
@@ -171,37 +172,37 @@ def test_the_default_l2rw_options_are_spelled_once():
 def test_a_source_of_your_own_keeps_its_labels_unless_asked():
     c = config_lib.default_config()  # noise uniform 0.4
     c.data.update(dataset="npz:/data/mine.npz", background_class=None)
-    assert config_lib.labels_as_given(c.data)
-    opts = config_lib.split_options(c.data)
-    assert (opts["noise"], opts["ratio"]) == (config_lib.LABELS_AS_GIVEN, 0.0)
-    assert config_lib.noise_note(c.data) == (
+    assert from_config.labels_as_given(c.data)
+    opts = from_config.split_options(c.data)
+    assert (opts["noise"], opts["ratio"]) == (from_config.LABELS_AS_GIVEN, 0.0)
+    assert from_config.noise_note(c.data) == (
         "npz:/data/mine.npz: labels as given; the config's synthetic data.noise='uniform', "
         "data.noise_ratio=0.4 is not applied to a source of your own "
         "(data.corrupt_given_labels=True applies it).")
-    assert config_lib.describe_data(c.data) == "mine.npz, labels as given"
+    assert from_config.describe_data(c.data) == "mine.npz, labels as given"
     # A preset's background flip and its class, or the imbalance subsampling: dropped too.
     c.data.update(noise="background", background_class=3)
-    assert config_lib.split_options(c.data)["background_class"] is None
+    assert from_config.split_options(c.data)["background_class"] is None
     config_lib.validate(c)
     c.data.update(dataset="folder:/data/my_images/", noise="imbalance", noise_ratio=0.0,
                   background_class=None, majority_fraction=0.9)
-    assert config_lib.split_options(c.data)["majority_fraction"] is None
-    assert config_lib.describe_data(c.data) == "my_images, labels as given"
+    assert from_config.split_options(c.data)["majority_fraction"] is None
+    assert from_config.describe_data(c.data) == "my_images, labels as given"
     # Opt in: the noise applies, and the run says so.
     c.data.update(dataset="npz:/data/mine.npz", noise="uniform", noise_ratio=0.4,
                   majority_fraction=None, corrupt_given_labels=True)
-    assert config_lib.split_options(c.data)["noise"] == "uniform"
-    assert config_lib.noise_note(c.data) == (
+    assert from_config.split_options(c.data)["noise"] == "uniform"
+    assert from_config.noise_note(c.data) == (
         "npz:/data/mine.npz: synthetic data.noise='uniform', data.noise_ratio=0.4 applied to "
         "these labels (data.corrupt_given_labels=True).")
-    assert config_lib.describe_data(c.data) == "mine.npz, 40% uniform flip"
+    assert from_config.describe_data(c.data) == "mine.npz, 40% uniform flip"
     # Benchmarks always get the config's noise, and nothing is printed.
     c.data.update(dataset="digits", corrupt_given_labels=False)
-    assert not config_lib.labels_as_given(c.data) and config_lib.noise_note(c.data) is None
-    assert config_lib.describe_data(c.data) == "digits, 40% uniform flip"
+    assert not from_config.labels_as_given(c.data) and from_config.noise_note(c.data) is None
+    assert from_config.describe_data(c.data) == "digits, 40% uniform flip"
     c.data.update(noise="none", noise_ratio=0.0, dataset="npz:/data/mine.npz")
-    assert config_lib.noise_note(c.data) is None
-    assert config_lib.describe_data(c.data) == "mine.npz, labels as given"
+    assert from_config.noise_note(c.data) is None
+    assert from_config.describe_data(c.data) == "mine.npz, labels as given"
 
 
 def test_runs_from_before_the_flag_resume_as_they_were_trained():
@@ -232,11 +233,11 @@ def test_a_config_json_written_before_added_fields_resumes_unchanged():
     behaviour runs had before it) has no difference from today's config of the same run."""
     now = config_lib.default_config()
     now.data.corrupt_given_labels = True  # what runs before the field did to every source
-    stored = config_lib.flatten(config_lib.as_json(now))
+    stored = config_lib.flatten(from_config.as_json(now))
     for field in ("data.noise_map", "data.noise_matrix", "data.label_key",
                   "data.true_label_key", "data.corrupt_given_labels", "method.l2rw.correction",
                   "method.l2rw.correction_at"):
         assert field in config_lib.ADDED_FIELDS
         del stored[field]
     assert config_lib.config_differences(config_lib._unflatten(stored),
-                                         config_lib.as_json(now)) == {}
+                                         from_config.as_json(now)) == {}

@@ -13,6 +13,7 @@ import pytest
 import tiny_data
 from l2rw_jax import compose
 from l2rw_jax import config as config_lib
+from l2rw_jax import from_config
 from l2rw_jax import array_source
 from l2rw_jax import datasets
 from l2rw_jax import train
@@ -170,10 +171,10 @@ def test_config_noise_fields_translate_and_bad_values_fail_in_one_line(tmp_path)
     c = config_lib.default_config()
     c.data.noise, c.data.noise_map = "asymmetric", {"9": 1, "3": 5}
     v = config_lib.validate(c, check_devices=False)
-    assert config_lib.split_options(v.data)["noise_map"] == {"9": 1, "3": 5}
+    assert from_config.split_options(v.data)["noise_map"] == {"9": 1, "3": 5}
     # Through config.json (JSON) and back: the same map.
-    again = config_lib.validate(config_lib.as_json(v), check_devices=False)
-    assert config_lib.split_options(again.data)["noise_map"] == {"9": 1, "3": 5}
+    again = config_lib.validate(from_config.as_json(v), check_devices=False)
+    assert from_config.split_options(again.data)["noise_map"] == {"9": 1, "3": 5}
 
     t = np.full((C, C), 1 / C)
     np.save(tmp_path / "T.npy", t)
@@ -181,7 +182,7 @@ def test_config_noise_fields_translate_and_bad_values_fail_in_one_line(tmp_path)
     c.data.noise, c.data.noise_matrix = "transition", str(tmp_path / "T.npy")
     v = config_lib.validate(c, check_devices=False)
     assert v.data.noise_ratio == 0.0  # A noise without a ratio: 0, not the uniform default.
-    np.testing.assert_array_equal(config_lib.split_options(v.data)["noise_matrix"], t)
+    np.testing.assert_array_equal(from_config.split_options(v.data)["noise_matrix"], t)
 
     c = config_lib.default_config()
     c.data.label_key = "worse_label"

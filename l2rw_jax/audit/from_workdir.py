@@ -88,7 +88,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
 
     # The data modules pull in TensorFlow: imported only once the cheap checks passed.
     import jax
-    from l2rw_jax import config as config_lib
+    from l2rw_jax import from_config
     from l2rw_jax import model_factory
     from l2rw_jax import models
 
@@ -125,7 +125,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
         )
 
     module = model_factory.create_model(
-        cfg.model.name, splits.num_classes, **config_lib.model_kwargs(cfg.model)
+        cfg.model.name, splits.num_classes, **from_config.model_kwargs(cfg.model)
     )
     pick = lambda t: jax.tree.map(lambda x: np.asarray(x)[member], t)
     params = pick(state["params"])
@@ -176,7 +176,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
             "method": cfg.method.name,
             "noise": cfg.data.noise,
             "noise_ratio": cfg.data.noise_ratio,
-            "data": config_lib.describe_data(cfg.data),
+            "data": from_config.describe_data(cfg.data),
             "seed": seed,
             "checkpoint_step": int(step),
         },
