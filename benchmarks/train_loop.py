@@ -55,7 +55,7 @@ ROWS = {
     # MNIST from the development copy ($L2RW_DEV_DATA, experiments/configs/dev_data.py).
     "mnist_lenet_l2rw_x1": dict(config=("mnist_imbalance", "0.995"), method="l2rw", steps=200,
                                 overrides={"num_seeds": 1}, dev_copy="mnist"),
-    # No convolution: on XLA:CPU the device backend scans this one (backends.make_train_call).
+    # No convolution: on XLA:CPU the device backend scans this one (device_call.make_train_call).
     "digits_mlp_erm_x3": dict(config=("quickstart", None), method="erm", steps=3000,
                               overrides={"model": {"name": "mlp", "options": {"hidden": (64,)}}}),
 }

@@ -8,10 +8,10 @@ carries' ``msum`` restarts from zero after every step that ends a logging interv
 picks one by name (:func:`get`) and never asks which it runs.
 
 - ``device`` (:mod:`l2rw_jax.device_splits`, :mod:`l2rw_jax.device_batches`,
-  :mod:`l2rw_jax.stream_order`): every group's noisy and clean splits are placed on the
-  devices once; each call builds its batches there and runs up to ``steps_per_call`` steps
-  (``lax.scan``, :func:`make_train_call`), ending at every evaluation, checkpoint, phase end
-  and stop. No TensorFlow.
+  :mod:`l2rw_jax.stream_order`, :mod:`l2rw_jax.device_call`): every group's noisy and clean
+  splits are placed on the devices once; each call builds its batches there and runs up to
+  ``steps_per_call`` steps (``lax.scan``, ``device_call.make_train_call``), ending at every
+  evaluation, checkpoint, phase end and stop. No TensorFlow.
 - ``tfdata`` (:mod:`l2rw_jax.input_pipeline`): the members' tf.data streams are stacked over
   the seed axis, read in chunks of ``steps_per_fetch`` steps by a background thread
   (:func:`prefetch`) which places each chunk on the devices a chunk ahead; one step per call.
@@ -29,11 +29,10 @@ import threading
 from typing import Callable, Iterator, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from l2rw_jax import _optional
-from l2rw_jax import device_batches
+from l2rw_jax import device_call
 from l2rw_jax import device_splits
 from l2rw_jax import input_pipeline
 from l2rw_jax import members as members_lib
@@ -94,7 +93,7 @@ class Backend(NamedTuple):
       (``build.make_loop_step``; ``accumulate`` is False on the clean phase); ``members``:
       every member's data; ``groups``: slices of it trained as one vmapped group; ``mesh``:
       the 1-D data mesh; ``scan``: ``() -> bool``, asked by the device backend only (it traces
-      the step): run a call's steps under ``lax.scan`` (:func:`make_train_call` says when).
+      the step): run a call's steps under ``lax.scan`` (``device_call.make_train_call`` says when).
     """
     require: Callable[[], None]
     eval_batches: Callable[..., dict]
@@ -370,7 +369,7 @@ def _device_calls(make_member_step, members, groups, mesh, feed, start_step, sto
 def _device_call_iter(make_member_step, members, groups, mesh, feed, start_step, stop_at,
                       scan):
     placed = [_place_group(members[g], mesh) for g in groups]
-    calls = {phase: make_train_call(
+    calls = {phase: device_call.make_train_call(
         make_member_step(phase == "noisy"), mesh, clean_phase=phase == "clean",
         augment_images=feed.augment, pad=4, pad_mode="constant", log_every=feed.log_every,
         total_steps=feed.total_steps, scan=scan) for phase in ("noisy", "clean")}
@@ -405,103 +404,6 @@ def _device_call_iter(make_member_step, members, groups, mesh, feed, start_step,
             yield Call(phase, n, functools.partial(advance, phase, first, np.arange(t, t + n),
                                                    orders))
             t += n
-
-
-def make_train_call(member_step: Callable, mesh: jax.sharding.Mesh, *, clean_phase: bool,
-                    augment_images: bool, pad: int, pad_mode: str, log_every: int,
-                    total_steps: int, scan: bool = True) -> Callable:
-    """The training loop's call: S steps of K vmapped members, batches built on the devices.
-
-    `call(carry, noisy, clean, rows_train_SxKxB, rows_clean_SxKxM, steps_S, phase_first,
-    num_steps=S) -> (carry, msum_S)`, with `carry = (state, acc, msum)` of the loop
-    (`build.make_loop_step`; every leaf with a leading member axis K), `noisy` / `clean` the
-    placed splits, the rows of each step from `stream_order.StreamOrder` (placed) and
-    `steps_S` the global steps. Step i trains on the noisy split (or, `clean_phase`, on the
-    clean split as training data) at stream step `steps_S[i] - phase_first` and on the clean
-    split at `steps_S[i]`, then adds its metrics to `msum`; after a step that ends a logging
-    interval (`(t + 1) % log_every == 0` or `t + 1 == total_steps`) `msum` restarts from
-    zero, as the tf.data backend's calls restart it. `msum_S[i]` is `msum` after step i,
-    before that reset: the host reads the rows of the logging steps. The carry is donated.
-
-    `scan=True`: one jitted call runs the S steps under `lax.scan` (one dispatch per call;
-    `num_steps` must be S: each S compiles once).
-    `scan=False`: the call dispatches a jitted single step for the first `num_steps` of the S
-    rows (`msum_S` is then a list; pad the rows to one S and nothing recompiles);
-    for XLA:CPU with convolutional models, where a convolution inside a loop body misses the
-    fast kernels (XLA's CPU ConvCanonicalization rewrites top-level convolutions only, so the
-    kernel-gradient convolution of a loop body runs on a generic path, 10-50x slower:
-    jax-ml/jax#12868) and a scan would be slower than dispatching. Same numbers either way.
-    """
-    step_K = jax.vmap(member_step)
-    batch_options = dict(augment_images=augment_images, pad=pad, pad_mode=pad_mode)
-
-    def body(carry, noisy, clean, rows_train_Kxb, rows_clean_Kxm, t, phase_first):
-        batch = device_batches.make_batch(
-            clean if clean_phase else noisy, rows_train_Kxb, t - phase_first, mesh,
-            stream=stream_order.TRAIN_STREAM, as_training=clean_phase, **batch_options)
-        val_batch = device_batches.make_batch(clean, rows_clean_Kxm, t, mesh,
-                                              stream=stream_order.CLEAN_STREAM, **batch_options)
-        state, acc, msum = step_K(*carry, batch, val_batch)
-        ends_log = ((t + 1) % log_every == 0) | (t + 1 == total_steps)
-        restart = jax.tree.map(lambda m: jnp.where(ends_log, jnp.zeros_like(m), m), msum)
-        return (state, acc, restart), msum
-
-    # The library's step options (on CPU: parallel convolutions), as the tf.data loop's step.
-    jit = functools.partial(xla_options.jit, donate_argnums=0)
-
-    if not scan:
-        @jit
-        def one(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first, i):
-            return body(carry, noisy, clean, rows_train[i], rows_clean[i], steps_S[i],
-                        phase_first)
-
-        def dispatch(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first,
-                     num_steps=None):
-            num_steps = len(steps_S) if num_steps is None else num_steps
-            steps_S, phase_first = jax.device_put((steps_S, phase_first))  # Sent once.
-            msum_S = []
-            for i in range(num_steps):
-                carry, msum = one(carry, noisy, clean, rows_train, rows_clean, steps_S,
-                                  phase_first, np.int32(i))
-                msum_S.append(msum)
-            return carry, msum_S
-
-        return dispatch
-
-    @jit
-    def scanned(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first):
-        def scan_body(carry, x):
-            return body(carry, noisy, clean, *x, phase_first)
-
-        return jax.lax.scan(scan_body, carry, (rows_train, rows_clean, steps_S))
-
-    def call(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first,
-             num_steps=None):
-        if num_steps not in (None, len(steps_S)):
-            raise ValueError(f"a scanned call runs all its {len(steps_S)} steps, got "
-                             f"num_steps={num_steps}.")
-        return scanned(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first)
-
-    return call
-
-
-def has_convolution(fn: Callable, *args) -> bool:
-    """Whether `fn(*args)` traces to a convolution, sub-computations (vmap, cond, grad) included.
-
-    Arguments may be `jax.ShapeDtypeStruct`s: only the jaxpr is built.
-    """
-
-    def found(jaxpr) -> bool:
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                return True
-            for param in eqn.params.values():
-                for sub in (param if isinstance(param, (tuple, list)) else (param,)):
-                    if hasattr(sub, "eqns") and found(sub):  # a (closed) sub-jaxpr
-                        return True
-        return False
-
-    return found(jax.make_jaxpr(fn)(*args))
 
 
 BACKENDS = {

@@ -164,12 +164,12 @@ def build_run(members: list[MemberData], *, model: str, model_kwargs: dict,
 
 def use_scan(run: Run, mesh, batch_size: int, clean_batch_size: int) -> bool:
     """Whether the device backend runs its calls under ``lax.scan``: yes, except for
-    convolutional models on XLA:CPU (see ``backends.make_train_call``)."""
-    from l2rw_jax import backends
+    convolutional models on XLA:CPU (see ``device_call.make_train_call``)."""
+    from l2rw_jax import device_call
 
     if mesh.devices.flat[0].platform != "cpu":
         return True
     image_shape = run.members[0].splits.train_x.shape[1:]
-    return not backends.has_convolution(
+    return not device_call.has_convolution(
         run.train_step, jax.tree.map(lambda x: x[0], run.carry0[0]),
         *batch_shapes(batch_size, clean_batch_size, image_shape))

@@ -1,7 +1,7 @@
 """The config's pure translations into plain values: each function takes one group of a
 validated config (``config.data``, ``config.method``, ``config.optim``, ...; the whole config
-only where a value needs two groups) and returns what a library function takes, so nothing
-below the config reads it::
+where a value reads more than one group, or is the whole config: ``as_json``) and returns what a
+library function takes, so nothing below the config reads it::
 
     data    split_options, load_options, member_options -> corruption.make_splits,
             datasets.load_arrays, members.make_member keyword arguments; labels_as_given,

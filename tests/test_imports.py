@@ -27,6 +27,7 @@ def test_package_imports_with_tf_tfds_ml_collections_sklearn_tensorboardx_absent
         "import l2rw_jax\nimport l2rw_jax.train\nimport l2rw_jax.audit\n"
         "import l2rw_jax.backends\nimport l2rw_jax.stream_order\n"
         "import l2rw_jax.device_splits\nimport l2rw_jax.device_batches\n"
+        "import l2rw_jax.device_call\nimport l2rw_jax.from_config\n"
         "import l2rw_jax.image_folder\nimport l2rw_jax.chrono\n"
         "assert l2rw_jax.train_and_evaluate and l2rw_jax.audit.run_audit\n"
         "print('ok')\n")
@@ -59,5 +60,5 @@ def test_public_surface_is_all_and_leaves_out_the_loop_internals():
     internals = {"DeviceSplit", "StreamOrder", "batch_at", "place_split", "index_shuffle",
                  "backends", "build", "stream_order", "device_splits", "device_batches",
                  "chrono", "Chrono", "Backend", "Call", "Feed", "workdir", "xla_options",
-                 "members"}
+                 "members", "device_call", "make_train_call"}
     assert not internals & set(l2rw_jax.__all__)
