@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from l2rw_jax import adapter
-from l2rw_jax import correction
+from l2rw_jax import correction as correction_lib
 from l2rw_jax import methods
 from l2rw_jax import model_factory
 from l2rw_jax import models
@@ -110,7 +110,8 @@ def batch_shapes(batch_size: int, clean_batch_size: int, image_shape) -> tuple[d
 
 def build_run(members: list[MemberData], *, model: str, model_kwargs: dict,
               tx: optax.GradientTransformation, scheme: str, options: dict, batch_size: int,
-              clean_batch_size: int, total_steps: int, correction_steps: int = 0) -> Run:
+              clean_batch_size: int, total_steps: int, correction: str = "none",
+              correction_steps: int = 0) -> Run:
     """The model, optimizer step and initial carry of ``members`` (same-size training sets).
 
     Args:
@@ -119,8 +120,10 @@ def build_run(members: list[MemberData], *, model: str, model_kwargs: dict,
       tx: the optimizer; ``scheme``, ``options``: ``methods.get_scheme(scheme, **options)``.
       batch_size, clean_batch_size: B and M of one member's step.
       total_steps: training steps of the run (the finetune phase included).
-      correction_steps: 0, or ``E >= 1``: the scheme wrapped in Gold Loss Correction
-        estimated at step ``E`` (``correction.gold_correction``).
+      correction, correction_steps: ``"none"``; ``"glc"``: the scheme wrapped in Gold Loss
+        Correction estimated at step ``correction_steps`` (``correction.gold_correction``);
+        ``"glc_plateau"``: estimated once the clean accuracy has not risen for
+        ``correction_steps`` steps (``correction.plateau_gold_correction``).
 
     Raises:
       ValueError: members with training sets of different sizes; an optimizer whose update
@@ -137,8 +140,15 @@ def build_run(members: list[MemberData], *, model: str, model_kwargs: dict,
     # meta_params="last" of a module of the user's: its output layer, wherever it is.
     options = adapter.resolve_meta_params(module, options, (1,) + tuple(image_shape))
     weighing = methods.get_scheme(scheme, **options)
-    if correction_steps:
-        weighing = correction.gold_correction(
+    if correction not in ("none", "glc", "glc_plateau"):
+        raise ValueError(f"correction={correction!r} is not supported; allowed: none, glc, "
+                         "glc_plateau.")
+    if correction == "glc_plateau":
+        weighing = correction_lib.plateau_gold_correction(
+            weighing, patience=correction_steps,
+            num_clean=len(members[0].splits.clean_labels), num_train=num_train)
+    elif correction == "glc":
+        weighing = correction_lib.gold_correction(
             weighing, estimate_steps=correction_steps,
             num_clean=len(members[0].splits.clean_labels), num_train=num_train)
     train_step = step_lib.make_train_step(apply_fn, tx, weighing)

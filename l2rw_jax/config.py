@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import ml_collections
 
 WEIGHING_METHODS = ("erm", "l2rw", "random", "proportion", "hard_mining", "mwnet")
-CORRECTIONS = ("none", "glc")
+CORRECTIONS = ("none", "glc", "glc_plateau")
 METHODS = WEIGHING_METHODS + from_config.DATA_METHODS
 BACKENDS = ("auto", "device", "tfdata")
 GROUPS = ("data", "model", "optim", "method", "loop")
@@ -143,12 +143,15 @@ def default_config() -> ml_collections.ConfigDict:
     l.loss_quantile = 0.0           # loss gate: keep C_i <= q-quantile of clean losses; 0: off
     l.mix = "excess_loss"           # graded weights mixed in by the training loss's excess over
     #                                 the clean loss | reliability_classes | reliability | none
-    # Loss correction from the clean set (l2rw_jax.correction; not options of methods.l2rw):
-    # none | glc (Gold Loss Correction: plain training until correction_at * num_steps, the
-    # label transition matrix estimated on the clean set then, the corrected loss after; pays
-    # where the model memorises the flips, costs much where it underfits: docs/robust_default.md).
+    # Loss correction from the clean set (l2rw_jax.correction; not options of methods.l2rw;
+    # docs/correction.md): none | glc (Gold Loss Correction: plain training until
+    # correction_at * num_steps, the label transition matrix estimated on the clean set then,
+    # the corrected loss after) | glc_plateau (class-balanced plain training until the clean
+    # accuracy has not risen for correction_at * num_steps steps, the matrix from the model at
+    # its best clean accuracy, the corrected loss after; never corrected while it keeps rising).
     l.correction = "none"
-    l.correction_at = 0.1           # glc: share of num_steps trained plainly before the estimate
+    l.correction_at = 0.1           # glc: share of num_steps before the estimate; glc_plateau:
+    #                                 the patience, as a share of num_steps
     # methods.mwnet's options (Meta-Weight-Net, Shu et al. 2019).
     c.method.mwnet = m = ml_collections.ConfigDict()
     m.hidden = 100                  # hidden units (Shu et al. 2019: 100)

@@ -26,6 +26,16 @@ Unlike the paper's two runs (a first model for the estimate, then a fresh one), 
 on from the model at step ``E``: the budget stays ``num_steps``. The state is
 :class:`GoldCorrectionState`; the train step reads ``(T^, s)`` through the scheme's
 ``correction`` (:class:`l2rw_jax.weighing.WeighingScheme`).
+
+A fixed ``E`` is a guess about the model: early enough that it has not yet memorised the
+flips, late enough that its predictions say something. Where the model underfits (a short
+budget, augmentation) the model at ``E`` predicts little, ``T^`` comes out close to "every
+label is random", and the corrected loss barely trains. :func:`plateau_gold_correction` lets
+the run say when: it trains class-balanced plain weights, watches the clean batches' accuracy
+(an EMA) and estimates ``T^`` from the model at its best clean accuracy once that has not
+risen for ``patience`` steps, the point where plain training starts to memorise (the paper
+trains its first model to that point too). A run whose clean accuracy keeps rising is never
+corrected.
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from l2rw_jax import l2rw_stages
 from l2rw_jax import weighing
 
 PyTree = Any
@@ -146,6 +157,133 @@ def gold_correction(scheme: weighing.WeighingScheme, *, estimate_steps: int, num
             jnp.where(in_window, state.count_C + add_C, state.count_C))
         T_CxC, _ = correction(state, ctx.step)
         metrics = dict(metrics, transition_diag=jnp.mean(jnp.diagonal(T_CxC)))
+        return w_B, new_state, metrics
+
+    return weighing.WeighingScheme(init, weigh, correction, clean_share)
+
+
+class PlateauCorrectionState(NamedTuple):
+    """:func:`plateau_gold_correction`'s state (float32 scalars but ``since_best``, int32).
+
+    Attributes:
+      inner: the wrapped scheme's state.
+      acc_ema: EMA of the clean batches' accuracy at the current parameters.
+      best_acc: the highest ``acc_ema`` so far.
+      since_best: steps since ``best_acc`` last rose.
+      confusion_ema_CxC, count_ema_C: EMAs (same decay) of the clean batches' softmax summed
+        per clean label and of the per-label counts.
+      confusion_best_CxC, count_best_C: their values when ``best_acc`` last rose.
+      on: bool, the correction is in use (frozen once set).
+    """
+
+    inner: PyTree
+    acc_ema: jax.Array
+    best_acc: jax.Array
+    since_best: jax.Array
+    confusion_ema_CxC: jax.Array
+    count_ema_C: jax.Array
+    confusion_best_CxC: jax.Array
+    count_best_C: jax.Array
+    on: jax.Array
+
+
+def plateau_gold_correction(scheme: weighing.WeighingScheme, *, patience: int, num_clean: int,
+                            num_train: int) -> weighing.WeighingScheme:
+    """``scheme`` with Gold Loss Correction that starts only once the model stops improving on
+    the clean set (module docstring: why).
+
+    Until the trigger the weights are class-balanced plain ones (each observed class of the
+    global batch the same mass, split evenly among its rows: a model of ``p(observed | x)``
+    that a class swollen by the flips, as under background flips, does not take over) and the
+    loss is the cross-entropy; the clean set is not trained on. Each step the clean batch's
+    accuracy ``a_t`` at ``theta`` and its per-label softmax sums and counts (as in
+    :func:`gold_correction`'s window) enter EMAs of decay ``1 - 1 / max(1, patience // 4)``;
+    the EMAs of the sums are kept (``S_best``, ``n_best``) at each new best of the accuracy
+    EMA. When ``patience`` steps have passed without a new best, ``T^ = S_best / n_best`` is
+    frozen and from the next step on the inner scheme's weights apply to the corrected loss
+    with the clean term, as in :func:`gold_correction`. A run whose clean accuracy keeps
+    rising (a model that underfits, with nothing memorised) is never corrected.
+
+    Args:
+      scheme: the inner weighting scheme (its weights apply once the correction is on; it
+        weighs, and updates its own state, every step).
+      patience: ``P >= 1`` steps without a new best accuracy EMA.
+      num_clean, num_train: as in :func:`gold_correction` (the clean share ``s``).
+
+    Returns:
+      A :class:`l2rw_jax.weighing.WeighingScheme` with a ``correction``; its state is
+      :class:`PlateauCorrectionState`. Metrics: the inner scheme's, ``transition_diag`` (1
+      before the trigger), ``clean_acc_ema`` and ``correction_on`` (0 / 1).
+
+    Raises:
+      ValueError: ``patience < 1``, ``num_clean < 1`` or ``num_train < 1``; a scheme that
+        already has a correction.
+    """
+    for name, value in (("patience", patience), ("num_clean", num_clean),
+                        ("num_train", num_train)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"plateau_gold_correction: {name} must be an integer >= 1, got "
+                             f"{value!r}.")
+    if scheme.correction is not None:
+        raise ValueError("plateau_gold_correction: the scheme already corrects its loss.")
+    clean_share = num_clean / (num_clean + num_train)
+    decay = 1.0 - 1.0 / max(1, patience // 4)
+
+    def init(rng: jax.Array, class_counts_C=None) -> PlateauCorrectionState:
+        if class_counts_C is None:
+            raise ValueError("plateau_gold_correction needs class_counts_C (its length is the "
+                             "number of classes).")
+        C = int(jnp.shape(class_counts_C)[0])
+        zero, zeros_CxC, zeros_C = (jnp.zeros((), jnp.float32),
+                                    jnp.zeros((C, C), jnp.float32), jnp.zeros((C,), jnp.float32))
+        return PlateauCorrectionState(scheme.init(rng, class_counts_C), zero, zero,
+                                      jnp.zeros((), jnp.int32), zeros_CxC, zeros_C, zeros_CxC,
+                                      zeros_C, jnp.zeros((), jnp.bool_))
+
+    def correction(state: PlateauCorrectionState, step: jax.Array):
+        del step
+        C = state.count_best_C.shape[0]
+        T_CxC = jnp.where(state.on, transition_estimate(state.confusion_best_CxC,
+                                                        state.count_best_C),
+                          jnp.eye(C, dtype=jnp.float32))
+        return T_CxC, jnp.where(state.on, clean_share, 0.0).astype(jnp.float32)
+
+    def weigh(ctx: weighing.WeighContext, state: PlateauCorrectionState):
+        weighing.check_state("plateau_gold_correction", state, PlateauCorrectionState)
+        if ctx.val_logits_fn is None:
+            raise ValueError("plateau_gold_correction needs ctx.val_logits_fn (the clean "
+                             "batch's logits), which l2rw_jax.step passes.")
+        w_inner_B, inner, metrics = scheme.weigh(ctx, state.inner)
+        # Until the trigger: class-balanced plain training (every observed class of the batch
+        # the same mass), a model of p(observed label | x) that a flipped-to class's excess
+        # does not bend (background flips).
+        w_plain_B = l2rw_stages.class_normalize(jnp.ones_like(w_inner_B), ctx.batch["label"],
+                                                "class_balanced", ctx.axis_name)
+        w_B = jnp.where(state.on, w_inner_B, w_plain_B)
+        C = state.count_best_C.shape[0]
+        logits_MxC = ctx.val_logits_fn(jax.lax.stop_gradient(ctx.params), ctx.val_batch)
+        p_MxC = jax.nn.softmax(logits_MxC)
+        onehot_MxC = jax.nn.one_hot(ctx.val_batch["label"], C, dtype=jnp.float32)
+        add_CxC, add_C = onehot_MxC.T @ p_MxC, jnp.sum(onehot_MxC, axis=0)
+        hits = jnp.sum(jnp.argmax(logits_MxC, -1) == ctx.val_batch["label"]).astype(jnp.float32)
+        size = jnp.asarray(onehot_MxC.shape[0], jnp.float32)
+        if ctx.axis_name is not None:
+            add_CxC, add_C, hits, size = jax.lax.psum((add_CxC, add_C, hits, size),
+                                                      ctx.axis_name)
+        acc_ema = decay * state.acc_ema + (1 - decay) * hits / size
+        conf_ema = decay * state.confusion_ema_CxC + (1 - decay) * add_CxC
+        count_ema = decay * state.count_ema_C + (1 - decay) * add_C
+        rose = acc_ema > state.best_acc
+        since = jnp.where(rose, 0, state.since_best + 1).astype(jnp.int32)
+        watching = ~state.on
+        new_state = PlateauCorrectionState(
+            inner, acc_ema, jnp.maximum(acc_ema, state.best_acc), since, conf_ema, count_ema,
+            jnp.where(rose & watching, conf_ema, state.confusion_best_CxC),
+            jnp.where(rose & watching, count_ema, state.count_best_C),
+            state.on | (since >= patience))
+        T_CxC, _ = correction(state, ctx.step)
+        metrics = dict(metrics, transition_diag=jnp.mean(jnp.diagonal(T_CxC)),
+                       clean_acc_ema=acc_ema, correction_on=state.on.astype(jnp.float32))
         return w_B, new_state, metrics
 
     return weighing.WeighingScheme(init, weigh, correction, clean_share)

@@ -8,7 +8,7 @@ library function takes, so nothing below the config reads it::
             noise_note, describe_data, noise_description (what a run says of its labels)
     model   model_kwargs -> model_factory.create_model keyword arguments
     optim   make_optimizer -> the optax optimizer
-    method  weighing -> (scheme, options) of methods.get_scheme; correction_steps
+    method  weighing -> (scheme, options) of methods.get_scheme; correction, correction_steps
     run     total_steps, as_json (config.json and results.json)
 
 The schema, its defaults and checks are :mod:`l2rw_jax.config`, which imports this module (its
@@ -137,9 +137,15 @@ def weighing(method) -> tuple[str, dict]:
     return method.name, {}
 
 
+def correction(config) -> str:
+    """The l2rw method's loss correction (``method.l2rw.correction``), ``"none"`` for the other
+    methods."""
+    return config.method.l2rw.correction if config.method.name == "l2rw" else "none"
+
+
 def correction_steps(config) -> int:
-    """The step ``E`` at which the l2rw method's loss correction is estimated and starts, 0
-    without one: ``max(1, round(correction_at * num_steps))``."""
+    """``max(1, round(correction_at * num_steps))`` for an l2rw method with a loss correction
+    (glc: the step at which it is estimated and starts; glc_plateau: the patience), else 0."""
     l2rw = config.method.l2rw
     if config.method.name != "l2rw" or l2rw.correction == "none":
         return 0

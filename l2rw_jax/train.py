@@ -107,6 +107,7 @@ def build_run(config: ml_collections.ConfigDict,
         tx=from_config.make_optimizer(config.optim), scheme=scheme, options=options,
         batch_size=config.data.batch_size, clean_batch_size=config.data.clean_batch_size,
         total_steps=from_config.total_steps(config),
+        correction=from_config.correction(config),
         correction_steps=from_config.correction_steps(config))
 
 

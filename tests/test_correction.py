@@ -197,3 +197,107 @@ def test_clean_rows_are_every_kth_global_row_at_the_natural_rate_on_any_number_o
         total, count = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS)),
                                              out_specs=(P(), P())))(batch, val)
         assert int(count) == 7 and int(total) == sum(range(0, 100, 16)) + 7
+
+
+def _val_with_accuracy(prob, hit_M):
+    """The clean batch ``val`` with labels set so that the model's argmax is right exactly
+    where ``hit_M`` is True (wrong ones get the next class)."""
+    z = prob["val"]["image"] @ prob["params"]["w"]
+    pred = np.argmax(np.asarray(z), axis=1)
+    return dict(prob["val"], label=jnp.asarray(np.where(hit_M, pred, (pred + 1) % C),
+                                                jnp.int32))
+
+
+def test_plateau_correction_starts_after_patience_steps_without_a_new_best(problem):
+    """patience 4: the accuracy EMA's time constant is 1 step (decay 0), so the EMA is the
+    batch's accuracy. Accuracies 0.25, 0.5, 0.5, 0.5, 0.5, 0.5, ...: the best is set at
+    step 1 and not beaten; at step 5 four steps have passed without a new best, so the state
+    that step 5 returns has the correction on, and from step 6 the weights are the inner
+    scheme's and (T^, s) the softmax sums of step 1's clean batch per label. Until then the
+    weights are class-balanced plain ones: every observed class of the batch the same mass."""
+    inner = methods.get_scheme("random")
+    scheme = correction.plateau_gold_correction(inner, patience=4, num_clean=8, num_train=24)
+    state = scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8]))
+    weigh = jax.jit(lambda s, t, v: scheme.weigh(_ctx(problem, t, v), s))
+    vals = [_val_with_accuracy(problem, np.arange(M) < 1)] + [
+        _val_with_accuracy(problem, np.arange(M) < 2)] * 8
+    labels = np.asarray(problem["batch"]["label"])
+    counts = {c: np.sum(labels == c) for c in set(labels.tolist())}
+    balanced = np.array([1 / (len(counts) * counts[y]) for y in labels])
+    p1 = np.asarray(jax.nn.softmax(vals[1]["image"] @ problem["params"]["w"]))
+    onehot1 = np.eye(C)[np.asarray(vals[1]["label"])]
+    n1 = onehot1.sum(0)
+    T_hat = np.where(n1[:, None] > 0, (onehot1.T @ p1) / np.maximum(n1, 1)[:, None], np.eye(C))
+    for t, val in enumerate(vals):
+        T_CxC, share = scheme.correction(state, jnp.int32(t))
+        w_B, state, metrics = weigh(state, t, val)
+        assert bool(state.on) == (t >= 5), t
+        if t <= 5:
+            np.testing.assert_allclose(w_B, balanced, rtol=1e-6)
+            np.testing.assert_array_equal(T_CxC, np.eye(C))
+            assert float(share) == 0.0
+        else:
+            w_inner = inner.weigh(_ctx(problem, t, val), methods.EmptyState())[0]
+            np.testing.assert_allclose(w_B, w_inner, rtol=1e-6)
+            np.testing.assert_allclose(T_CxC, T_hat, rtol=1e-5, atol=1e-7)
+            assert float(share) == pytest.approx(8 / 32)
+        assert float(metrics["clean_acc_ema"]) == pytest.approx(0.25 if t == 0 else 0.5)
+
+
+def test_plateau_correction_ema_and_snapshot_follow_the_hand_recursion(problem):
+    """patience 8: time constant 2 steps (decay 1/2). The EMA, best, steps-since-best and
+    the snapshot of the softmax-sum EMAs at the last new best, against the recursion in
+    numpy; a run whose accuracy keeps rising is never corrected."""
+    scheme = correction.plateau_gold_correction(methods.get_scheme("erm"), patience=8,
+                                                num_clean=8, num_train=24)
+    state = scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8]))
+    weigh = jax.jit(lambda s, t, v: scheme.weigh(_ctx(problem, t, v), s))
+    hits = [1, 2, 4, 3, 4, 2, 4, 4]  # correct rows of the M = 4 per step
+    acc = best = 0.0
+    conf, cnt = np.zeros((C, C)), np.zeros(C)
+    since = 0
+    for t, h in enumerate(hits):
+        val = _val_with_accuracy(problem, np.arange(M) < h)
+        _, state, _ = weigh(state, t, val)
+        p = np.asarray(jax.nn.softmax(val["image"] @ problem["params"]["w"]))
+        onehot = np.eye(C)[np.asarray(val["label"])]
+        acc = 0.5 * acc + 0.5 * h / M
+        conf, cnt = 0.5 * conf + 0.5 * onehot.T @ p, 0.5 * cnt + 0.5 * onehot.sum(0)
+        if acc > best:
+            best, since, conf_best, cnt_best = acc, 0, conf.copy(), cnt.copy()
+        else:
+            since += 1
+        assert float(state.acc_ema) == pytest.approx(acc)
+        assert float(state.best_acc) == pytest.approx(best)
+        assert int(state.since_best) == since
+        np.testing.assert_allclose(state.confusion_best_CxC, conf_best, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(state.count_best_C, cnt_best, rtol=1e-6)
+        assert not bool(state.on)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(patience=0, num_clean=4, num_train=8), "patience"),
+    (dict(patience=2, num_clean=0, num_train=8), "num_clean"),
+])
+def test_plateau_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        correction.plateau_gold_correction(methods.get_scheme("erm"), **kwargs)
+
+
+def test_plateau_correction_under_shard_map_equals_one_device(problem):
+    scheme = correction.plateau_gold_correction(methods.get_scheme("l2rw"), patience=4,
+                                                num_clean=4, num_train=8)
+    state = scheme.init(jax.random.PRNGKey(0), np.array([3, 3, 2]))
+    w_ref, s_ref, _ = jax.jit(lambda s: scheme.weigh(_ctx(problem, 0, problem["val"]), s))(state)
+
+    def per_device(s, b, v):
+        ctx = _ctx(problem, 0, v)._replace(batch=b, axis_name=AXIS)
+        return scheme.weigh(ctx, s)[:2]
+
+    mesh = Mesh(np.array(jax.devices()[:2]), (AXIS,))
+    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
+                                    out_specs=(P(AXIS), P())))
+    w, s = sharded(state, problem["batch"], problem["val"])
+    np.testing.assert_allclose(w, w_ref, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(s_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

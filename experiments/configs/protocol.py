@@ -215,7 +215,8 @@ METHODS = {
     "glc": {"method": {"name": "l2rw", "l2rw": dict(
         _DEFAULT_L2RW, **dict(config_lib.PAPER_L2RW, weight_map="one", correction="glc"))}},
 }
-# Ablation tokens: option name -> (method.l2rw field, its non-paper value). A method name
+# Ablation tokens: option name -> (method.l2rw field, its non-paper value), or a tuple of such
+# pairs set together. A method name
 # `<base>(+|-)<token>...` with base l2rw (the paper's rule) or recommended (the default):
 # `+token` switches the option on, `-token` back to the paper's value; e.g. `l2rw+sign+last`,
 # `recommended-memory`, `recommended+reliability_classes`.
@@ -232,6 +233,8 @@ ABLATIONS = {
     "reliability_classes": ("mix", "reliability_classes"),
     "excess_loss": ("mix", "excess_loss"),
     "glc": ("correction", "glc"),
+    # GLC estimated at the clean accuracy's plateau, patience 5% of the budget.
+    "glcp": (("correction", "glc_plateau"), ("correction_at", 0.05)),
 }
 
 
@@ -255,8 +258,9 @@ def method_overrides(name: str) -> dict:
         if token not in ABLATIONS:
             raise ValueError(f"method {name!r}: unknown ablation token {token!r}; allowed: "
                              f"{list(ABLATIONS)}.")
-        field, value = ABLATIONS[token]
-        options[field] = value if sign == "+" else config_lib.PAPER_L2RW[field]
+        pairs = ABLATIONS[token]
+        for field, value in (pairs if isinstance(pairs[0], tuple) else (pairs,)):
+            options[field] = value if sign == "+" else config_lib.PAPER_L2RW[field]
     return {"method": {"name": "l2rw", "l2rw": options}}
 
 
