@@ -83,6 +83,12 @@ def test_translation_hands_each_library_call_its_group():
     c.num_steps, c.method.l2rw.correction = 1500, "glc"
     assert from_config.correction_steps(c) == 150
     assert from_config.weighing(c.method) == ("l2rw", scheme_options)
+    # glc_plateau: correction_at is the patience (a share of num_steps).
+    c.method.l2rw.update(correction="glc_plateau", correction_at=0.05)
+    assert (from_config.correction(c), from_config.correction_steps(c)) == ("glc_plateau", 75)
+    c.method.name = "erm"
+    assert (from_config.correction(c), from_config.correction_steps(c)) == ("none", 0)
+    c.method.l2rw.update(correction="none", correction_at=0.1)
     c.method.name = "mwnet"
     assert from_config.weighing(c.method) == ("mwnet", dict(
         hidden=100, meta_lr=1e-3, meta_weight_decay=1e-4, normalize=True))
