@@ -233,7 +233,9 @@ ABLATIONS = {
     "reliability_classes": ("mix", "reliability_classes"),
     "excess_loss": ("mix", "excess_loss"),
     "glc": ("correction", "glc"),
-    # GLC estimated at the clean accuracy's plateau, patience 5% of the budget.
+    # GLC estimated at the clean accuracy's plateau: patience correction_at = 10% of the
+    # budget (plateau), 5% (glcp).
+    "plateau": ("correction", "glc_plateau"),
     "glcp": (("correction", "glc_plateau"), ("correction_at", 0.05)),
 }
 
