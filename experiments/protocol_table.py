@@ -26,6 +26,8 @@ from absl import flags
 
 from experiments import common
 from experiments import plots
+from experiments.configs import protocol as protocol_config
+from l2rw_jax import config as config_lib
 from l2rw_jax import results as results_lib
 
 _RESULTS_DIR = flags.DEFINE_string("results_dir", "benchmarks/results",
@@ -34,8 +36,11 @@ _OUT = flags.DEFINE_string("out", None, "Write the markdown here as well as prin
 _PLOT = flags.DEFINE_string("plot", None, "Write the gap-closed heat map (png) here.")
 
 # The methods tabulated, in this order (ablations other than these stay in their own files).
+# A row is labelled by its recorded config, not by the name it ran under: the first of these
+# whose method config (experiments.configs.protocol, today's definitions) equals the row's, so
+# that `recommended` is always today's default; a row that matches none keeps its name.
 COLUMNS = ("erm", "resample", "oracle", "l2rw", "mwnet", "finetune", "clean_only",
-           "recommended", "recommended+glc", "glc")
+           "recommended", "recommended-plateau", "recommended+glc", "glc")
 
 
 def gap_closed(rows: dict, method: str) -> dict | None:
@@ -66,8 +71,28 @@ def load(results_dir: str) -> dict:
     settings: dict = {}
     for d in sorted(files, key=lambda d: d["date"]):
         key = (d["setting"], d["num_steps"], d["setting_num_steps"])
-        settings.setdefault(key, {}).update(d["methods"])
+        configs = d.get("configs", {})
+        settings.setdefault(key, {}).update(
+            {label(d["setting"], m, configs.get(m)): row for m, row in d["methods"].items()})
     return settings
+
+
+def label(setting: str, name: str, config: dict | None) -> str:
+    """The name of COLUMNS whose method today (``experiments.configs.protocol``) is the one
+    ``config`` ran: the same ``method.name`` and, for ``l2rw``, the same ``method.l2rw``
+    options (fields added since it ran at their old behaviour, ``config.upgrade``); else
+    ``name`` (also without a recorded config)."""
+    del setting
+    if config is None:
+        return name
+    # A config recorded before a field existed gets that field's old behaviour.
+    ran = config_lib.upgrade(config, fill_added=True)["method"]
+    for m in COLUMNS:
+        today = protocol_config.method_overrides(m)["method"]
+        if today["name"] == ran["name"] and (ran["name"] != "l2rw"
+                                             or today["l2rw"] == ran["l2rw"]):
+            return m
+    return name
 
 
 def cell(rows: dict, method: str) -> str:

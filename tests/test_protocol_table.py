@@ -62,3 +62,26 @@ def test_plot_is_written_and_an_empty_folder_is_one_line_error(tmp_path):
                          timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: no protocol_*.json in")
+
+
+def test_rows_are_labelled_by_their_recorded_config_not_their_name():
+    from experiments import protocol_table
+    from experiments.configs import protocol as protocol_config
+    from l2rw_jax import config as config_lib
+
+    def recorded(method):
+        return {"method": protocol_config.method_overrides(method)["method"]}
+
+    # A row that ran under another name is labelled by what it ran.
+    assert protocol_table.label("s", "foo", recorded("recommended+glc")) == "recommended+glc"
+    assert protocol_table.label("s", "bar", recorded("erm")) == "erm"
+    # A config recorded before the correction fields existed: they take their old behaviour
+    # (none), so the paper's options without them are the paper's rule.
+    old = dict(protocol_config.METHODS["l2rw"]["method"]["l2rw"])
+    old.pop("correction"), old.pop("correction_at")
+    assert protocol_table.label("s", "x", {"method": {"name": "l2rw", "l2rw": old}}) == "l2rw"
+    assert config_lib.PAPER_L2RW["correction"] == "none"
+    # Options no column has keep the name; so does a row without a recorded config.
+    odd = dict(old, memory_decay=0.5)
+    assert protocol_table.label("s", "odd", {"method": {"name": "l2rw", "l2rw": odd}}) == "odd"
+    assert protocol_table.label("s", "plain", None) == "plain"
