@@ -149,7 +149,7 @@ def default_config() -> ml_collections.ConfigDict:
     # the corrected loss after) | glc_plateau (class-balanced plain training until the clean
     # accuracy has not risen for correction_at * num_steps steps, the matrix from the model at
     # its best clean accuracy, the corrected loss after; never corrected while it keeps rising).
-    l.correction = "none"
+    l.correction = "glc_plateau"
     l.correction_at = 0.1           # glc: share of num_steps before the estimate; glc_plateau:
     #                                 the patience, as a share of num_steps
     # methods.mwnet's options (Meta-Weight-Net, Shu et al. 2019).
@@ -190,9 +190,9 @@ def default_config() -> ml_collections.ConfigDict:
 PAPER_L2RW = {"memory_decay": 0.0, "warmup_steps": 0, "weight_map": "clip",
               "normalize": "batch", "meta_params": "all", "loss_quantile": 0.0,
               "mix": "none", "correction": "none", "correction_at": 0.1}
-# The default (methods.ROBUST_OPTIONS, no loss correction; docs/robust_default.md has the
-# evidence).
-ROBUST_L2RW = dict(methods.ROBUST_OPTIONS, correction="none", correction_at=0.1)
+# The default: methods.ROBUST_OPTIONS and Gold Loss Correction estimated at the clean
+# accuracy's plateau (docs/robust_default.md and docs/correction.md have the evidence).
+ROBUST_L2RW = dict(methods.ROBUST_OPTIONS, correction="glc_plateau", correction_at=0.1)
 
 # Flat fields of configs written before the groups -> their place now.
 LEGACY_FIELDS = {

@@ -234,11 +234,13 @@ def plateau_gold_correction(scheme: weighing.WeighingScheme, *, patience: int, n
             raise ValueError("plateau_gold_correction needs class_counts_C (its length is the "
                              "number of classes).")
         C = int(jnp.shape(class_counts_C)[0])
-        zero, zeros_CxC, zeros_C = (jnp.zeros((), jnp.float32),
-                                    jnp.zeros((C, C), jnp.float32), jnp.zeros((C,), jnp.float32))
-        return PlateauCorrectionState(scheme.init(rng, class_counts_C), zero, zero,
-                                      jnp.zeros((), jnp.int32), zeros_CxC, zeros_C, zeros_CxC,
-                                      zeros_C, jnp.zeros((), jnp.bool_))
+        # Every field its own buffer: a train step that donates its state (the loop's, the
+        # benchmark's) may not be given one buffer twice.
+        return PlateauCorrectionState(
+            scheme.init(rng, class_counts_C), jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((C, C), jnp.float32),
+            jnp.zeros((C,), jnp.float32), jnp.zeros((C, C), jnp.float32),
+            jnp.zeros((C,), jnp.float32), jnp.zeros((), jnp.bool_))
 
     def correction(state: PlateauCorrectionState, step: jax.Array):
         del step

@@ -301,3 +301,21 @@ def test_plateau_correction_under_shard_map_equals_one_device(problem):
     np.testing.assert_allclose(w, w_ref, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(s_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_plateau_state_trains_under_a_donating_jit(problem):
+    """The initial state holds no buffer twice: a train step that donates its state runs."""
+    from l2rw_jax import xla_options
+
+    scheme = correction.plateau_gold_correction(methods.get_scheme("erm"), patience=2,
+                                                num_clean=8, num_train=24)
+    tx = optax.sgd(0.1)
+    params = problem["params"]
+    state = TrainState(step=jnp.int32(0), params=jax.tree.map(jnp.copy, params),
+                       model_state={}, opt_state=tx.init(params), rng=jax.random.key(0),
+                       method_state=scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8])))
+    train_step = xla_options.jit(step_lib.make_train_step(problem["apply_fn"], tx, scheme),
+                                 donate_argnums=0)
+    for _ in range(3):
+        state, _ = train_step(state, problem["batch"], problem["val"])
+    assert int(state.step) == 3
