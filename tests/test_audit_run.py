@@ -100,6 +100,10 @@ def planted(tmp_path_factory):
         "image": x_tr, "label": y_obs, "true_label": y_true, "is_noisy": noisy, "source_index": tr
     }
     test = {"image": x_te, "label": y_te}
+    # A trusted set: 8 training images per class with their true labels (the noise section's
+    # GLC estimate; never the test set).
+    clean_rows = np.concatenate([np.flatnonzero(y_true == k)[:8] for k in range(10)])
+    clean = {"image": x_tr[clean_rows], "label": y_true[clean_rows]}
     from l2rw_jax.audit import report
 
     # The Sections as run_audit hands them to the report (to re-render them cheaply).
@@ -111,6 +115,7 @@ def planted(tmp_path_factory):
             model_state,
             test=test,
             train=train,
+            clean=clean,
             out_dir=out_dir,
             config=_small_config(),
             example_weights=weights,
@@ -126,6 +131,7 @@ def planted(tmp_path_factory):
         "params": params,
         "train": train,
         "test": test,
+        "clean": clean,
         "weights": weights,
         "cue": cue,
     }
@@ -189,6 +195,64 @@ def test_audit_json_numbers_equal_the_library_functions(planted):
         assert g["top3"][0]["class"] != g["label"]
 
 
+def test_noise_section_equals_the_library_estimates(planted):
+    from l2rw_jax.audit import noise_estimate
+
+    with open(os.path.join(planted["out_dir"], "audit.json")) as f:
+        nz = json.load(f)["noise"]
+    train, clean = planted["train"], planted["clean"]
+    logits = lambda x: audit.common.predict_logits(  # the audit's batch size: the same numbers
+        planted["apply_fn"], planted["params"], {}, x, batch_size=64)
+    glc = noise_estimate.glc_transition(audit.common.softmax(logits(clean["image"])),
+                                        clean["label"])
+    cl = noise_estimate.confident_transition(audit.common.softmax(logits(train["image"])),
+                                             train["label"])
+    # The truth by hand: the 110 flips among 1300 rows, row by true class.
+    counts = np.zeros((10, 10))
+    np.add.at(counts, (train["true_label"], train["label"]), 1)
+    true_T = counts / counts.sum(axis=1, keepdims=True)
+    assert np.trace(counts) == 1300 - 110
+    np.testing.assert_allclose(nz["true"]["T"], true_T, rtol=1e-12)
+    assert nz["true"]["count"] == np.bincount(train["true_label"], minlength=10).tolist()
+    est = nz["estimates"]
+    assert list(est) == ["glc", "confident_learning"]
+    np.testing.assert_allclose(est["glc"]["T"], glc.T_CxC, rtol=1e-12)
+    np.testing.assert_allclose(est["confident_learning"]["T"], cl.T_CxC, rtol=1e-12)
+    assert (est["glc"]["n"], est["confident_learning"]["n"]) == (80, 1300)
+    assert est["glc"]["split"].startswith("clean")
+    assert est["confident_learning"]["split"].startswith("training")
+    for key, T_hat in (("glc", glc.T_CxC), ("confident_learning", cl.T_CxC)):
+        want = noise_estimate.transition_error(T_hat, true_T)
+        assert est[key]["error"] == pytest.approx(want, rel=1e-12)
+        assert est[key]["error"]["rows_compared"] == 10
+    # Class 0 was never flipped: the truth's row 0 is the identity's.
+    assert nz["true"]["T"][0] == [1.0] + [0.0] * 9
+
+
+def test_noise_section_without_the_truth_or_a_clean_set(planted):
+    # Truth unknown: no true T and no errors (absent, not 0); no clean set: no GLC estimate.
+    from l2rw_jax.audit import noise_section
+    from l2rw_jax.audit import report
+    from l2rw_jax.audit import run as run_lib
+
+    c = _small_config()
+    train = {k: v for k, v in planted["train"].items() if k not in ("true_label", "is_noisy")}
+    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                             planted["test"], train, c, None, None, 0.0, 1.0, None)
+    assert inputs.x_clean is None and inputs.true_train is None
+    s = noise_section.noise_section(inputs, c, np.random.default_rng(0))
+    assert "true" not in s.results and list(s.results["estimates"]) == ["confident_learning"]
+    assert "error" not in s.results["estimates"]["confident_learning"]
+    assert any("true labels are unknown" in n for n in s.notes)
+    assert any("No clean (trusted) set" in n for n in s.notes)
+    page = report.render_html(report.to_jsonable(planted["res"]["meta"]), [s])
+    assert "T̂ − T" not in page and "data:image/png;base64," in page
+    with pytest.raises(ValueError, match=r"clean\['label'\] must lie in \[0, 10\)"):
+        run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                        planted["test"], train, c, None, None, 0.0, 1.0, None,
+                        dict(planted["clean"], label=planted["clean"]["label"] + 10))
+
+
 def _read_csv(path):
     import csv
 
@@ -249,6 +313,7 @@ def test_report_is_one_self_contained_file(planted):
         "2. Robustness",
         "3. Uncovering biases",
         "4. Finding mislabeled examples",
+        "5. Estimating the label noise",
     ):
         assert heading in page
     srcs = re.findall(r'<img src="([^"]*)"', page)
@@ -271,7 +336,7 @@ def test_report_renders_section_by_section(planted):
     from l2rw_jax.audit import sections
 
     res = planted["res"]
-    assert list(res) == ["meta", "mistakes", "robustness", "biases", "label_issues"]
+    assert list(res) == ["meta", "mistakes", "robustness", "biases", "label_issues", "noise"]
     assert list(res["meta"]["seconds"]) == [*list(res)[1:], "total"]
     png = figures.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
                             "pgd_accuracy": [1, 0.4], "clean_accuracy": 1.0})
@@ -487,6 +552,10 @@ def test_workdir_audit_on_a_real_training_run(real_run):
         assert res["label_issues"]["n_noisy"] == int(z["is_noisy"][seen].sum())
         assert res["label_issues"]["n_ranked"] == int(seen.sum()) < len(seen)
     assert res["meta"]["run"]["checkpoint_step"] == 20
+    # The noise section reads the run's own clean set (5 per class), never the test set.
+    assert res["meta"]["n_clean"] == res["noise"]["estimates"]["glc"]["n"] == 50
+    assert np.asarray(res["noise"]["estimates"]["glc"]["count"]).tolist() == [5] * 10
+    assert res["noise"]["estimates"]["glc"]["error"]["rows_compared"] == 10
     assert res["meta"]["title"] == "Audit: erm on digits, 40% uniform flip"
     assert os.path.exists(os.path.join(workdir, "audit", "report.html"))
 

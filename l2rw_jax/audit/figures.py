@@ -316,3 +316,33 @@ def fig_weight_hist(
     ax.set_ylabel("training examples")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def fig_transitions(mats: dict, class_names: Sequence[str]) -> str:
+    """Transition matrices side by side as heat maps on one colour scale [0, 1] (rows = true
+    class, columns = observed label); an unknown (NaN) row is left blank, entries are printed
+    for up to 12 classes."""
+    n = len(mats)
+    k = next(iter(mats.values())).shape[0]
+    size = min(max(3.0, 0.3 * k + 1.4), 7.0)
+    fig = Figure(figsize=(size * n + 0.9, size + 0.3))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    ticks = list(range(k)) if k <= 30 else list(range(0, k, max(1, k // 20)))
+    im = None
+    for ax, (title, T) in zip(axes, mats.items()):
+        T = np.asarray(T, np.float64)
+        im = ax.imshow(np.ma.masked_invalid(T), cmap="viridis", vmin=0.0, vmax=1.0)
+        if k <= 12:
+            for i in range(k):
+                for j in range(k):
+                    if np.isfinite(T[i, j]):
+                        ax.text(j, i, f"{T[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                                color="black" if T[i, j] > 0.6 else "white")
+        ax.set_xticks(ticks, [class_names[t] for t in ticks], fontsize=7,
+                      rotation=90 if k > 10 else 0)
+        ax.set_yticks(ticks, [class_names[t] for t in ticks], fontsize=7)
+        ax.set_xlabel("observed label")
+        ax.set_title(title, fontsize=9)
+    axes[0].set_ylabel("true class")
+    fig.colorbar(im, ax=list(axes), fraction=0.02, label="P(observed | true)")
+    return _png(fig)

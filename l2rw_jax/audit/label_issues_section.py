@@ -20,15 +20,11 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
     final loss, confident learning), scored against the noise mask when known; the ranked CSV of
     every training row (`label_issues.rank_label_issues`) as the section's file."""
     del rng  # no random subset: every training row is ranked
-    apply_fn, params, model_state, _ = inp.model
     x_train, y_train, class_names = inp.x_train, inp.y_train, inp.class_names
     example_weights, is_noisy_train = inp.example_weights, inp.is_noisy_train
     true_train, source_index = inp.true_train, inp.source_index
     notes = []
-    logits_train = common.predict_logits(
-        apply_fn, params, model_state, x_train, batch_size=config.batch_size, desc="train logits"
-    )
-    probs_train = common.softmax(logits_train)
+    probs_train = common.softmax(inp.logits_train)
     loss_train = label_issues.final_loss(probs_train, y_train)
     rows_ranked = np.arange(len(x_train))
     orders = {}

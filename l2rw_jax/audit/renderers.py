@@ -359,6 +359,57 @@ def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[s
     return cards, out
 
 
+_ESTIMATE_NAMES = {"glc": "GLC (Hendrycks et al. 2018)",
+                   "confident_learning": "confident learning (Northcutt et al. 2021)"}
+
+
+def _render_noise(nz: dict, figs: dict, names) -> tuple[list[str], list[str]]:
+    ests = nz["estimates"]
+    known = "true" in nz
+    cards = []
+    if known:
+        for key in ("glc", "confident_learning"):
+            err = ests.get(key, {}).get("error") or {}
+            if err.get("mean_abs_error") is not None:
+                cards.append(_card(f"{err['mean_abs_error']:.4f}",
+                                   f"T̂ mean abs error ({'GLC' if key == 'glc' else 'CL'})"))
+    out = [
+        "<p class='caption'>The label noise as a transition matrix T[i, j] = P(observed label j "
+        "| true label i) (rows: true class, columns: observed label), estimated two ways from the "
+        "trained model: <b>GLC</b> (Gold Loss Correction, Hendrycks et al. 2018) averages the "
+        "model's probabilities over the trusted (clean) examples of each class, their labels "
+        "taken as the true ones; <b>confident learning</b> (Northcutt et al. 2021) counts the "
+        "confident joint of the given labels and the confidently predicted classes on the "
+        "training set (per-class thresholds from the training set), calibrates it to the label "
+        "counts and normalises it. Both read a model trained on the noisy labels; the confident "
+        "joint wants out-of-sample probabilities, and a model that memorised its training labels "
+        "makes the training set look cleaner than it is; GLC wants a model never trained on the "
+        "clean set (not a finetune, clean_only or oracle run). A row without examples is unknown "
+        "(blank). "
+        + ("The training set's own T (its true labels against the given ones) is the reference; "
+           "the errors are over the rows both know."
+           if known else "The true labels are unknown here: no reference, no error.")
+        + " The test set is not used.</p>"
+    ]
+    rows = []
+    for key, est in ests.items():
+        err = est.get("error") or {}
+        rows.append([_ESTIMATE_NAMES.get(key, key), est["split"], est["n"],
+                     err.get("mean_abs_error"), err.get("max_abs_error"),
+                     err.get("frobenius_error")])
+    header = ["estimate", "from", "examples", "mean |T̂ − T|", "max |T̂ − T|", "‖T̂ − T‖_F"]
+    if not known:
+        header, rows = header[:3], [r[:3] for r in rows]
+    out.append(_table(header, rows, left_cols=2))
+    out.append(_figure(
+        figs.get("transitions"),
+        "Transition matrices on one colour scale: the estimates side by side"
+        + (", then the training set's true T." if known else "."),
+        "transition matrices",
+    ))
+    return cards, out
+
+
 def render_generic(results: dict, figs: dict, names) -> tuple[list[str], list[str]]:
     """Any other section: its scalar results as a table, then its figures."""
     rows = [[k, v] for k, v in results.items() if isinstance(v, (int, float, str)) or v is None]
@@ -375,4 +426,5 @@ RENDERERS = {
     "robustness": _render_robustness,
     "biases": _render_biases,
     "label_issues": _render_label_issues,
+    "noise": _render_noise,
 }
