@@ -265,8 +265,11 @@ def test_label_issues_csv_has_every_row_in_the_suspects_order(planted):
     li = res["label_issues"]
     rows = _read_csv(os.path.join(planted["out_dir"], "label_issues.csv"))
     n = len(train["label"])
+    rankings = ["l2rw_meta_grad", "l2rw_memory", "l2rw_weight", "final_loss",
+                "confident_learning"]
     assert li["csv"] == {
-        "file": "label_issues.csv", "rows": n, "ranked_by": "l2rw_meta_grad", "empty_columns": []
+        "file": "label_issues.csv", "rows": n, "ranked_by": "l2rw_meta_grad",
+        "rank_columns": {f"rank_{r}": r for r in rankings}, "empty_columns": []
     }
     assert [int(r["rank"]) for r in rows] == list(range(1, n + 1))
     source = np.array([int(r["source_index"]) for r in rows])
@@ -303,6 +306,50 @@ def test_label_issues_csv_has_every_row_in_the_suspects_order(planted):
         assert float(r["loss"]) == -np.log(probs[i, train["label"][i]])
     flags = label_issues.confident_learning_flags(probs, train["label"])
     assert [int(r["confident_learning"]) for r in rows] == flags[train_row].astype(int).tolist()
+    # Each rank_<ranking> column is that ranking's own order (the file's is the meta-gradient's).
+    assert list(rows[0])[12:17] == [f"rank_{r}" for r in rankings]
+    assert [int(r["rank_l2rw_meta_grad"]) for r in rows] == list(range(1, n + 1))
+    for name in rankings:
+        rank = np.array([int(r[f"rank_{name}"]) for r in rows])
+        order = train_row[np.argsort(rank)]  # rows by this ranking, most suspect first
+        np.testing.assert_array_equal(
+            train["source_index"][order],
+            audit.find_label_issues(
+                train["label"], probs, source_index=train["source_index"],
+                mean_meta_grad=w["mean_meta_grad"], meta_grad_memory=w["meta_grad_memory"],
+                mean_weight=w["mean_weight"], return_indices_ranked_by=name,
+            ),
+        )
+
+
+def test_every_ranking_scored_against_the_flips(planted):
+    # AUROC, AP and precision / recall@k of each ranking: the library's functions on the
+    # section's orders (over the ranked rows; every row is drawn here), AUROC by brute force.
+    from l2rw_jax.audit import ranking_quality
+
+    li, train, w = planted["res"]["label_issues"], planted["train"], planted["weights"]
+    noisy = train["is_noisy"]
+    probs = audit.common.softmax(audit.common.predict_logits(
+        planted["apply_fn"], planted["params"], {}, train["image"], batch_size=64))
+    loss = label_issues.final_loss(probs, train["label"])
+    orders = {
+        "l2rw_weight": label_issues.rank_by_l2rw_weight(w["mean_weight"], loss),
+        "final_loss": label_issues.rank_by_loss(loss),
+        "confident_learning": label_issues.rank_by_confident_learning(probs, train["label"]),
+    }
+    q = li["ranking_quality"]
+    assert list(q) == ["l2rw_weight", "l2rw_meta_grad", "l2rw_memory", "final_loss",
+                       "confident_learning"]
+    for name, order in orders.items():
+        score = ranking_quality.order_score(order)
+        pairs = (score[noisy][:, None] > score[~noisy][None, :]).mean()  # no ties: strict order
+        assert q[name]["auroc"] == pytest.approx(pairs, rel=1e-12)
+        assert q[name]["average_precision"] == ranking_quality.average_precision(score, noisy)
+        assert q[name]["at_k"] == li["rankings"][name]  # the same precision / recall@k
+    # The synthetic weights put every flip below every clean example's weight.
+    assert q["l2rw_weight"]["auroc"] == 1.0 == q["l2rw_weight"]["average_precision"]
+    page = open(os.path.join(planted["out_dir"], "report.html")).read()
+    assert "<th>AUROC</th><th>AP</th>" in page and "AUROC (l2rw_meta_grad)" in page
 
 
 def test_report_is_one_self_contained_file(planted):
@@ -594,7 +641,9 @@ def test_label_issues_csv_of_a_real_run_maps_back_to_the_source_data(real_run):
     assert [r["given_class"] for r in rows] == [str(g) for g in given]  # digits: names are ids
     li = res["label_issues"]
     assert li["csv"]["ranked_by"] == li["suspects_ranking"] == "l2rw_weight"
-    assert li["csv"]["empty_columns"] == ["mean_meta_grad", "meta_grad_memory"]
+    assert li["csv"]["empty_columns"] == ["mean_meta_grad", "meta_grad_memory",
+                                          "rank_l2rw_memory", "rank_l2rw_meta_grad"]
+    assert [r["rank_l2rw_weight"] for r in rows] == [r["rank"] for r in rows]
     top = li["top_suspects"]
     assert [s["source_index"] for s in top] == source[: len(top)].tolist()
     assert [s["given_label"] for s in top] == given[: len(top)].tolist()

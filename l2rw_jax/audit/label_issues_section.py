@@ -11,6 +11,7 @@ import numpy as np
 from l2rw_jax.audit import common
 from l2rw_jax.audit import figures
 from l2rw_jax.audit import label_issues
+from l2rw_jax.audit import ranking_quality
 from l2rw_jax.audit.sections import Inputs
 from l2rw_jax.audit.sections import Section
 
@@ -74,10 +75,13 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
         l_res["n_noisy"] = n_noisy
         for name, order in orders.items():
             l_res["rankings"][name] = label_issues.score_ranking(order, noisy_r, ks)
+        # The field's standard (Northcutt et al. 2021, Sec. 5): AUROC, AP, precision/recall@k
+        # of each ranking as the strict order it gives, over the same ranked rows.
+        l_res["ranking_quality"] = ranking_quality.score_rankings(orders, noisy_r, ks)
     else:
         notes.append(
-            "No example is marked noisy (is_noisy missing or all False): precision@k and "
-            "recall@k are not computed."
+            "No example is marked noisy (is_noisy missing or all False): AUROC, average "
+            "precision, precision@k and recall@k are not computed."
         )
     main = next(
         n for n in ("l2rw_meta_grad", "l2rw_memory", "l2rw_weight", "final_loss") if n in orders
@@ -130,8 +134,9 @@ def _label_issues_csv(
     example_weights, source_index, y_train, probs_train, loss_train, true_train, class_names
 ) -> tuple[dict, Callable[[str], str]]:
     """`label_issues.csv`: every training row, ranked as the report's suspects are
-    (`label_issues.rank_label_issues`, ranked_by="auto"); returns its audit.json entry and the
-    function that writes it at a path.
+    (`label_issues.rank_label_issues`, ranked_by="auto"), with each ranking's rank of the row in
+    its `rank_<ranking>` column (`ranking_quality.suspect_rankings`); returns its audit.json
+    entry and the function that writes it at a path.
 
     Recorded values are written only for the examples the run recorded them for (count > 0);
     the confident-learning flag is computed over every training row.
@@ -153,6 +158,14 @@ def _label_issues_csv(
                 score[idx[seen]] = np.asarray(example_weights[key], np.float64)[seen]
                 recorded[key] = score
     flags = label_issues.confident_learning_flags(probs_train, y_train)
+    # Every ranking over every row, each in its own `rank_<ranking>` column.
+    ranks = ranking_quality.suspect_rankings(
+        probs_train,
+        y_train,
+        mean_weight=recorded.get("mean_weight"),
+        mean_meta_grad=recorded.get("mean_meta_grad"),
+        meta_grad_memory=recorded.get("meta_grad_memory"),
+    )
     order, ranked_by = label_issues.rank_label_issues(
         loss_train,
         mean_meta_grad_N=recorded.get("mean_meta_grad"),
@@ -177,8 +190,12 @@ def _label_issues_csv(
         "file": "label_issues.csv",
         "rows": n,
         "ranked_by": ranked_by,
-        "empty_columns": sorted(k for k, v in columns.items() if v is None),
+        "rank_columns": {f"rank_{name}": name for name in ranks},
+        "empty_columns": sorted(
+            [k for k, v in columns.items() if v is None]
+            + [f"rank_{name}" for name in label_issues.RANKINGS if name not in ranks]
+        ),
     }
     return entry, lambda path: label_issues.write_label_issues_csv(
-        path, order, columns, class_names
+        path, order, columns, class_names, ranks
     )

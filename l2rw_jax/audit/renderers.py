@@ -301,6 +301,9 @@ def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[s
     if li["rankings"].get(main):
         first = next(iter(li["rankings"][main].values()))
         cards.append(_card(f"{first['precision']:.3f}", f"precision@{first['k']} ({main})"))
+    main_quality = (li.get("ranking_quality") or {}).get(main) or {}
+    if main_quality.get("auroc") is not None:
+        cards.append(_card(f"{main_quality['auroc']:.3f}", f"AUROC ({main})"))
     out = []
     out.append(
         "<p class='caption'>Training examples ranked from most to least suspect: by the mean L2RW "
@@ -312,10 +315,35 @@ def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[s
         "given label (high first; the same order as self-confidence p(given label|x) ascending), and by "
         "confident learning (Northcutt et al. 2021: examples whose confidently predicted class, with "
         "per-class thresholds = mean self-confidence of the class, differs from the given label come "
-        "first, then by self-confidence). Scored against the injected-noise mask: precision@k = noisy "
-        "among the top k / k, recall@k = noisy among the top k / all noisy.</p>"
+        "first, then by self-confidence). Scored against the injected-noise mask: AUROC = the share "
+        "of (noisy, clean) pairs the ranking orders noisy first, AP = average precision over the "
+        "ranking (both as scikit-learn computes them, on the strict order the ranking gives), "
+        "precision@k = noisy among the top k / k, recall@k = noisy among the top k / all noisy. "
+        "Where the truth is unknown none of these is computed. <code>label_issues.csv</code> "
+        "gives every ranking's rank of each row in its <code>rank_&lt;ranking&gt;</code> "
+        "column.</p>"
     )
-    if li["rankings"]:
+    quality = li.get("ranking_quality")
+    if quality:
+        ks = list(next(iter(quality.values()))["at_k"].keys())
+        header = ["ranking", "AUROC", "AP"] + [
+            f"{s}@{k[2:]}" for k in ks for s in ("precision", "recall")
+        ]
+        out.append(
+            _table(
+                header,
+                [
+                    [name, v["auroc"], v["average_precision"]]
+                    + [v["at_k"][k][s] for k in ks for s in ("precision", "recall")]
+                    for name, v in quality.items()
+                ],
+            )
+        )
+        out.append(
+            f"<p class='caption'>{li['n_ranked']} training examples ranked, {li.get('n_noisy')} of them "
+            "noisy.</p>"
+        )
+    elif li["rankings"]:
         ks = list(next(iter(li["rankings"].values())).keys())
         header = ["ranking"] + [f"{s}@{k[2:]}" for k in ks for s in ("precision", "recall")]
         out.append(
