@@ -253,6 +253,41 @@ def test_noise_section_without_the_truth_or_a_clean_set(planted):
                         dict(planted["clean"], label=planted["clean"]["label"] + 10))
 
 
+def test_weight_data_map_from_the_recorded_running_sums(planted):
+    # The planted record has no running sums of squares: no data map, a note. With them (mean m,
+    # std sd over 5 draws, k of them non-zero), the map's medians are the hand values.
+    from l2rw_jax.audit import label_issues_section
+    from l2rw_jax.audit import report
+    from l2rw_jax.audit import run as run_lib
+
+    li = planted["res"]["label_issues"]
+    assert "data_map" not in li
+    assert any("no data map" in n for s in planted["sections"] for n in s.notes)
+    w, noisy = planted["weights"], planted["train"]["is_noisy"]
+    n = len(noisy)
+    sd = np.where(noisy, 0.01, 0.2)
+    nonzero = np.where(noisy, 1, 5)
+    record = dict(w, weight_sum=w["mean_weight"] * 5, nonzero_count=nonzero,
+                  weight_sq_sum=5 * (w["mean_weight"] ** 2 + sd**2))
+    c = _small_config()
+    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                             planted["test"], planted["train"], c, record, None, 0.0, 1.0, None)
+    s = label_issues_section.label_issues_section(inputs, c, np.random.default_rng(0))
+    dm = s.results["data_map"]
+    assert dm["n_drawn"] == n and dm["noisy"]["n"] == 110 and dm["clean"]["n"] == n - 110
+    assert dm["noisy"]["median_weight_std"] == pytest.approx(0.01, rel=1e-6)
+    assert dm["clean"]["median_weight_std"] == pytest.approx(0.2, rel=1e-9)
+    assert (dm["noisy"]["median_nonzero_share"], dm["clean"]["median_nonzero_share"]) == (0.2, 1)
+    assert dm["noisy"]["median_mean_weight"] == pytest.approx(
+        np.median(w["mean_weight"][noisy]), rel=1e-12)
+    page = report.render_html(report.to_jsonable(planted["res"]["meta"]), [s])
+    assert "Data map of the L2RW weights" in page
+    with pytest.raises(ValueError, match=r"example_weights\['weight_sq_sum'\] has shape \(3,\)"):
+        run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                        planted["test"], planted["train"], c,
+                        dict(record, weight_sq_sum=np.zeros(3)), None, 0.0, 1.0, None)
+
+
 def _read_csv(path):
     import csv
 
@@ -603,6 +638,11 @@ def test_workdir_audit_on_a_real_training_run(real_run):
     assert res["meta"]["n_clean"] == res["noise"]["estimates"]["glc"]["n"] == 50
     assert np.asarray(res["noise"]["estimates"]["glc"]["count"]).tolist() == [5] * 10
     assert res["noise"]["estimates"]["glc"]["error"]["rows_compared"] == 10
+    # The data map from the run's running sums: erm weighs every draw 1 / B, no spread.
+    dm = res["label_issues"]["data_map"]
+    assert dm["n_drawn"] == res["label_issues"]["n_ranked"]
+    assert dm["all"]["median_weight_std"] == 0.0 and dm["all"]["median_nonzero_share"] == 1.0
+    assert dm["all"]["median_mean_weight"] == pytest.approx(1 / 50, rel=1e-6)
     assert res["meta"]["title"] == "Audit: erm on digits, 40% uniform flip"
     assert os.path.exists(os.path.join(workdir, "audit", "report.html"))
 

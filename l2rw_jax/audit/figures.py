@@ -346,3 +346,25 @@ def fig_transitions(mats: dict, class_names: Sequence[str]) -> str:
     axes[0].set_ylabel("true class")
     fig.colorbar(im, ax=list(axes), fraction=0.02, label="P(observed | true)")
     return _png(fig)
+
+
+def fig_data_map(mean_w: np.ndarray, std_w: np.ndarray, is_noisy: np.ndarray | None,
+                 nonzero_share: np.ndarray) -> str:
+    """The weight data map: per training example, the std of its L2RW weight over its draws (x)
+    against its mean weight (y), coloured clean / noisy where known, else by the share of its
+    draws with a non-zero weight."""
+    fig = Figure(figsize=(5.2, 3.8))
+    ax = fig.add_subplot()
+    kw = dict(s=6, alpha=0.5, linewidths=0)
+    if is_noisy is not None:
+        for mask, color, name in ((~is_noisy, "#4c72b0", "clean"), (is_noisy, "#c44e52", "noisy")):
+            ax.scatter(std_w[mask], mean_w[mask], color=color, label=f"{name} ({int(mask.sum())})",
+                       **kw)
+        ax.legend(fontsize=8, markerscale=2)
+    else:
+        sc = ax.scatter(std_w, mean_w, c=nonzero_share, cmap="viridis", vmin=0, vmax=1, **kw)
+        fig.colorbar(sc, ax=ax, label="share of draws with weight > 0")
+    ax.set_xlabel("std of the L2RW weight over the example's draws")
+    ax.set_ylabel("mean L2RW weight")
+    ax.grid(alpha=0.3)
+    return _png(fig)

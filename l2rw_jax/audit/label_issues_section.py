@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from l2rw_jax.audit import common
+from l2rw_jax.audit import data_maps
 from l2rw_jax.audit import figures
 from l2rw_jax.audit import label_issues
 from l2rw_jax.audit import ranking_quality
@@ -126,8 +127,43 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
                 is_noisy_train[rows_ranked],
                 xlabel="mean normalised L2RW meta-gradient",
             )
+    dmap = None if example_weights is None else data_maps.weight_map_from_record(example_weights)
+    if dmap is not None:
+        l_res["data_map"], figs["data_map"] = _data_map(dmap, example_weights, is_noisy_train,
+                                                        len(x_train))
+    elif example_weights is not None:
+        notes.append(
+            "The recorded weights carry no weight_sq_sum / nonzero_count (a run recorded before "
+            "they were kept): no data map."
+        )
     files = {l_res["csv"]["file"]: write_csv}
     return Section("label_issues", "Finding mislabeled examples", l_res, figs, notes, files)
+
+
+def _data_map(dmap: dict, example_weights, is_noisy_train, n: int) -> tuple[dict, str]:
+    """The weight data map's summary for audit.json (medians over the drawn examples, per
+    clean / noisy group where the truth is known) and its figure."""
+    idx = np.asarray(example_weights["index"])
+    drawn = dmap["draws"] > 0
+    rows = idx[drawn]
+    cols = {k: np.asarray(dmap[k])[drawn] for k in ("mean_weight", "weight_std",
+                                                    "nonzero_share")}
+
+    def medians(mask):
+        return {"n": int(mask.sum()),
+                **{f"median_{k}": float(np.median(v[mask])) if mask.any() else None
+                   for k, v in cols.items()}}
+
+    res = {"source": "example_weights running sums (weight_sum, weight_sq_sum, nonzero_count, "
+                     "count)",
+           "n_drawn": int(drawn.sum()), "all": medians(np.ones(len(rows), bool))}
+    noisy = None
+    if is_noisy_train is not None:
+        noisy = np.asarray(is_noisy_train, bool)[rows]
+        res["clean"], res["noisy"] = medians(~noisy), medians(noisy)
+    fig = figures.fig_data_map(cols["mean_weight"], cols["weight_std"], noisy,
+                               cols["nonzero_share"])
+    return res, fig
 
 
 def _label_issues_csv(

@@ -367,6 +367,13 @@ def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[s
             "weights",
         )
         + _figure(
+            figs.get("data_map"),
+            "Data map of the L2RW weights (after Swayamdipta et al. 2020): each drawn training "
+            "example at the std of its weight over its draws (x) and its mean weight (y), from "
+            "the run's running sums (no history); medians per group in audit.json.",
+            "weight data map",
+        )
+        + _figure(
             figs.get("meta_grad_hist"),
             "Mean normalised L2RW meta-gradient of clean and noisy training examples "
             "(positive = harmful to the clean loss).",

@@ -141,6 +141,12 @@ def _validate(test, train, config, example_weights, attributes, clean=None):
             )
         if len(np.unique(idx)) != len(idx):
             raise ValueError("example_weights['index'] has duplicate rows.")
+        for key in ("mean_weight", "count", "weight_sum", "weight_sq_sum", "nonzero_count"):
+            if key in example_weights and np.shape(example_weights[key]) != idx.shape:
+                raise ValueError(
+                    f"example_weights[{key!r}] has shape {np.shape(example_weights[key])}, its "
+                    f"index {idx.shape}."
+                )
     for name, a in (attributes or {}).items():
         if len(a) != len(x_train):
             raise ValueError(
