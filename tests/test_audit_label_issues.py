@@ -178,6 +178,8 @@ def _csv_columns(**over):
         "mean_meta_grad": None,
         "meta_grad_memory": None,
         "mean_weight": np.array([0.25, np.nan, 0.1]),
+        "weight_std": np.array([0.0, np.nan, 0.05]),
+        "nonzero_share": None,
         "loss": np.array([0.1, 2.5, 1 / 3]),
         "confident_learning": np.array([False, True, False]),
     }
@@ -194,13 +196,14 @@ def test_write_label_issues_csv_rows_in_rank_order_missing_values_empty(tmp_path
                        + list(label_issues.CSV_CLASS_COLUMNS))
     no_ranks = [""] * len(label_issues.RANKINGS)  # no ranking given: every rank column empty
     assert rows[1:] == [
-        ["1", "71", "1", "1", "0", "", "", "", "", "", "2.5", "1", *no_ranks, "dog", "cat", ""],
-        ["2", "72", "2", "1", "1", "", "1", "", "", "0.1", repr(1 / 3), "0", *no_ranks, "dog",
-         "dog", ""],
-        ["3", "70", "0", "0", "0", "", "2", "", "", "0.25", "0.1", "0", *no_ranks, "cat", "cat",
-         ""],
+        ["1", "71", "1", "1", "0", "", "", "", "", "", "", "", "2.5", "1", *no_ranks, "dog",
+         "cat", ""],
+        ["2", "72", "2", "1", "1", "", "1", "", "", "0.1", "0.05", "", repr(1 / 3), "0",
+         *no_ranks, "dog", "dog", ""],
+        ["3", "70", "0", "0", "0", "", "2", "", "", "0.25", "0.0", "", "0.1", "0", *no_ranks,
+         "cat", "cat", ""],
     ]
-    assert float(rows[2][10]) == 1 / 3  # floats round-trip exactly
+    assert float(rows[2][12]) == 1 / 3  # floats round-trip exactly
     assert os.listdir(tmp_path) == ["li.csv"]  # atomic: no temporary file left
     label_issues.write_label_issues_csv(path, np.array([0, 1, 2]), _csv_columns())
     with open(path, newline="") as f:

@@ -304,7 +304,8 @@ def test_label_issues_csv_has_every_row_in_the_suspects_order(planted):
                 "confident_learning"]
     assert li["csv"] == {
         "file": "label_issues.csv", "rows": n, "ranked_by": "l2rw_meta_grad",
-        "rank_columns": {f"rank_{r}": r for r in rankings}, "empty_columns": []
+        "rank_columns": {f"rank_{r}": r for r in rankings},
+        "empty_columns": ["nonzero_share", "weight_std"],  # no running sums in this record
     }
     assert [int(r["rank"]) for r in rows] == list(range(1, n + 1))
     source = np.array([int(r["source_index"]) for r in rows])
@@ -342,7 +343,7 @@ def test_label_issues_csv_has_every_row_in_the_suspects_order(planted):
     flags = label_issues.confident_learning_flags(probs, train["label"])
     assert [int(r["confident_learning"]) for r in rows] == flags[train_row].astype(int).tolist()
     # Each rank_<ranking> column is that ranking's own order (the file's is the meta-gradient's).
-    assert list(rows[0])[12:17] == [f"rank_{r}" for r in rankings]
+    assert list(rows[0])[14:19] == [f"rank_{r}" for r in rankings]
     assert [int(r["rank_l2rw_meta_grad"]) for r in rows] == list(range(1, n + 1))
     for name in rankings:
         rank = np.array([int(r[f"rank_{name}"]) for r in rows])
@@ -684,6 +685,9 @@ def test_label_issues_csv_of_a_real_run_maps_back_to_the_source_data(real_run):
     assert li["csv"]["empty_columns"] == ["mean_meta_grad", "meta_grad_memory",
                                           "rank_l2rw_memory", "rank_l2rw_meta_grad"]
     assert [r["rank_l2rw_weight"] for r in rows] == [r["rank"] for r in rows]
+    # The data map per row: erm weighs every draw 1 / B (no spread, every draw non-zero).
+    assert [r["weight_std"] for r in rows] == ["0.0" if d else "" for d in drawn]
+    assert [r["nonzero_share"] for r in rows] == ["1.0" if d else "" for d in drawn]
     top = li["top_suspects"]
     assert [s["source_index"] for s in top] == source[: len(top)].tolist()
     assert [s["given_label"] for s in top] == given[: len(top)].tolist()

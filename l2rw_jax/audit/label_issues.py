@@ -337,6 +337,8 @@ CSV_COLUMNS = (
     "mean_meta_grad",
     "meta_grad_memory",
     "mean_weight",
+    "weight_std",
+    "nonzero_share",
     "loss",
     "confident_learning",
 )

@@ -193,6 +193,12 @@ def _label_issues_csv(
                 score = np.full(n, np.nan)
                 score[idx[seen]] = np.asarray(example_weights[key], np.float64)[seen]
                 recorded[key] = score
+        # The weight data map's other coordinates, from the running sums (when recorded).
+        dmap = data_maps.weight_map_from_record(example_weights)
+        for key in ("weight_std", "nonzero_share") if dmap is not None else ():
+            value = np.full(n, np.nan)
+            value[idx[seen]] = np.asarray(dmap[key])[seen]
+            recorded[key] = value
     flags = label_issues.confident_learning_flags(probs_train, y_train)
     # Every ranking over every row, each in its own `rank_<ranking>` column.
     ranks = ranking_quality.suspect_rankings(
@@ -219,6 +225,8 @@ def _label_issues_csv(
         "mean_meta_grad": recorded.get("mean_meta_grad"),
         "meta_grad_memory": recorded.get("meta_grad_memory"),
         "mean_weight": recorded.get("mean_weight"),
+        "weight_std": recorded.get("weight_std"),
+        "nonzero_share": recorded.get("nonzero_share"),
         "loss": loss_train,
         "confident_learning": flags,
     }
