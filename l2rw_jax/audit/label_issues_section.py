@@ -26,6 +26,8 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
     example_weights, is_noisy_train = inp.example_weights, inp.is_noisy_train
     true_train, source_index = inp.true_train, inp.source_index
     notes = []
+    # The weight data map from the run's running sums (None: not recorded, or an older record).
+    dmap = None if example_weights is None else data_maps.weight_map_from_record(example_weights)
     probs_train = common.softmax(inp.logits_train)
     loss_train = label_issues.final_loss(probs_train, y_train)
     rows_ranked = np.arange(len(x_train))
@@ -106,6 +108,7 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
     ]
     l_res["csv"], write_csv = _label_issues_csv(
         example_weights,
+        dmap,
         source_index,
         y_train,
         probs_train,
@@ -127,10 +130,8 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
                 is_noisy_train[rows_ranked],
                 xlabel="mean normalised L2RW meta-gradient",
             )
-    dmap = None if example_weights is None else data_maps.weight_map_from_record(example_weights)
     if dmap is not None:
-        l_res["data_map"], figs["data_map"] = _data_map(dmap, example_weights, is_noisy_train,
-                                                        len(x_train))
+        l_res["data_map"], figs["data_map"] = _data_map(dmap, example_weights, is_noisy_train)
     elif example_weights is not None:
         notes.append(
             "The recorded weights carry no weight_sq_sum / nonzero_count (a run recorded before "
@@ -140,7 +141,7 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
     return Section("label_issues", "Finding mislabeled examples", l_res, figs, notes, files)
 
 
-def _data_map(dmap: dict, example_weights, is_noisy_train, n: int) -> tuple[dict, str]:
+def _data_map(dmap: dict, example_weights, is_noisy_train) -> tuple[dict, str]:
     """The weight data map's summary for audit.json (medians over the drawn examples, per
     clean / noisy group where the truth is known) and its figure."""
     idx = np.asarray(example_weights["index"])
@@ -167,7 +168,7 @@ def _data_map(dmap: dict, example_weights, is_noisy_train, n: int) -> tuple[dict
 
 
 def _label_issues_csv(
-    example_weights, source_index, y_train, probs_train, loss_train, true_train, class_names
+    example_weights, dmap, source_index, y_train, probs_train, loss_train, true_train, class_names
 ) -> tuple[dict, Callable[[str], str]]:
     """`label_issues.csv`: every training row, ranked as the report's suspects are
     (`label_issues.rank_label_issues`, ranked_by="auto"), with each ranking's rank of the row in
@@ -194,7 +195,6 @@ def _label_issues_csv(
                 score[idx[seen]] = np.asarray(example_weights[key], np.float64)[seen]
                 recorded[key] = score
         # The weight data map's other coordinates, from the running sums (when recorded).
-        dmap = data_maps.weight_map_from_record(example_weights)
         for key in ("weight_std", "nonzero_share") if dmap is not None else ():
             value = np.full(n, np.nan)
             value[idx[seen]] = np.asarray(dmap[key])[seen]
