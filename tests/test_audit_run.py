@@ -247,6 +247,18 @@ def test_noise_section_without_the_truth_or_a_clean_set(planted):
     assert any("No clean (trusted) set" in n for n in s.notes)
     page = report.render_html(report.to_jsonable(planted["res"]["meta"]), [s])
     assert "T̂ − T" not in page and "data:image/png;base64," in page
+    # A clean set without class 3: that row of the GLC estimate is unknown (NaN -> null), said
+    # in a note, and left out of the error (9 rows compared).
+    keep = planted["clean"]["label"] != 3
+    clean = {k: v[keep] for k, v in planted["clean"].items()}
+    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                             planted["test"], planted["train"], c, None, None, 0.0, 1.0, None,
+                             clean)
+    s = noise_section.noise_section(inputs, c, np.random.default_rng(0))
+    assert any("Classes [3] have no clean example" in n for n in s.notes)
+    glc = report.to_jsonable(s.results)["estimates"]["glc"]
+    assert glc["T"][3] == [None] * 10 and glc["count"][3] == 0 and glc["n"] == 72
+    assert glc["error"]["rows_compared"] == 9
     with pytest.raises(ValueError, match=r"clean\['label'\] must lie in \[0, 10\)"):
         run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
                         planted["test"], train, c, None, None, 0.0, 1.0, None,
