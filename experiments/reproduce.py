@@ -106,8 +106,11 @@ class _Ctx(NamedTuple):
         return self.deadline - self.clock()
 
 
-class BudgetSpent(Exception):
-    """The budget ran out while a probe was running (raised by :func:`_budget_alarm`)."""
+class BudgetSpent(BaseException):
+    """The budget ran out while a probe was running (raised by :func:`_budget_alarm`). A
+    BaseException, as KeyboardInterrupt is: the alarm can ring inside the library's own
+    ``except Exception`` blocks (a checkpoint restore tries every step), which must not take
+    it for one of their errors."""
 
 
 @contextlib.contextmanager

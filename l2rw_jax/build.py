@@ -2,9 +2,10 @@
 per-example accumulators, and the K members' initial carry.
 
 The carry of a group of members is ``(state, acc, msum)``: ``state`` a :class:`TrainState`
-whose every leaf has a leading seed axis K (also for K = 1); ``acc = {"w_sum": KxN, "count":
-KxN, "all_zero_steps": K}`` (and for l2rw ``"g_sum": KxN``), the per-example weights summed
-over training (example_weights.npz); ``msum`` the scalar metrics summed since the last log.
+whose every leaf has a leading seed axis K (also for K = 1); ``acc = {"w_sum": KxN, "w_sq_sum":
+KxN, "nonzero": KxN, "count": KxN, "all_zero_steps": K}`` (and for l2rw ``"g_sum": KxN``), the
+per-example weights, their squares and their non-zero draws summed over training
+(example_weights.npz); ``msum`` the scalar metrics summed since the last log.
 """
 from __future__ import annotations
 
@@ -40,8 +41,11 @@ class Run(NamedTuple):
 def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
     """One member's step plus the per-example weight accumulation and the metric sums.
 
-    ``acc = {"w_sum": (N,), "count": (N,)}`` is scatter-added at ``batch["index"]`` (the row in
-    the noisy training set) with this step's ``w_B`` (when ``accumulate``; and ``acc["g_sum"]``,
+    ``acc = {"w_sum": (N,), "w_sq_sum": (N,), "nonzero": (N,), "count": (N,)}`` is
+    scatter-added at ``batch["index"]`` (the row in the noisy training set) with this step's
+    ``w_B``, ``w_B ** 2``, ``w_B != 0`` and 1 (when ``accumulate``: the running sums behind each
+    example's mean weight, weight std and share of non-zero draws,
+    ``members.running_weight_stats``; and ``acc["g_sum"]``,
     when present, with the RMS-normalised meta-gradient ``g_B``), ``acc
     ["all_zero_steps"]`` counts the steps whose weights were all 0, and ``msum`` adds up the
     scalar metrics of the steps since the last log.
@@ -52,7 +56,10 @@ def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
         acc = dict(acc, all_zero_steps=acc["all_zero_steps"] + metrics["all_zero"])
         if accumulate:
             index_B = batch["index"]
-            acc.update(w_sum=acc["w_sum"].at[index_B].add(metrics["w_B"]),
+            w_B = metrics["w_B"]
+            acc.update(w_sum=acc["w_sum"].at[index_B].add(w_B),
+                       w_sq_sum=acc["w_sq_sum"].at[index_B].add(w_B * w_B),
+                       nonzero=acc["nonzero"].at[index_B].add((w_B != 0).astype(jnp.int32)),
                        count=acc["count"].at[index_B].add(1))
             if "g_sum" in acc:  # l2rw: the meta-gradient before it is clipped and normalised
                 gn_B = methods.rms_normalized(metrics["g_B"])
@@ -163,6 +170,8 @@ def build_run(members: list[MemberData], *, model: str, model_kwargs: dict,
         # is_noisy is all False there, not a truth: the noisy-vs-clean means are left out.
         names = [k for k in names if k not in TRUTH_METRICS]
     acc = {"w_sum": np.zeros((K, num_train), np.float32),
+           "w_sq_sum": np.zeros((K, num_train), np.float32),
+           "nonzero": np.zeros((K, num_train), np.int32),
            "count": np.zeros((K, num_train), np.int32),
            "all_zero_steps": np.zeros((K,), np.int32)}
     if "g_B" in metrics:

@@ -191,8 +191,58 @@ def training_rows(md: MemberData, phase: str, resample: bool) -> tuple[corruptio
     return md.splits, None
 
 
-def example_weights(md: MemberData, w_sum_N: np.ndarray, count_N: np.ndarray) -> dict:
-    """The columns of a member's example_weights.npz (ARCHITECTURE.md "The run's workdir")."""
+def running_weight_stats(w_sum_N: np.ndarray, w_sq_sum_N: np.ndarray, nonzero_N: np.ndarray,
+                         count_N: np.ndarray) -> dict[str, np.ndarray]:
+    """Each example's weight statistics over the c_i draws training gave it, from running sums.
+
+      mean_weight[i] = S1_i / c_i
+      weight_std[i] = sqrt(max(S2_i / c_i - mean_weight[i]^2, 0))     (population, ddof = 0)
+      nonzero_share[i] = Z_i / c_i
+
+    with S1 = sum of the weights, S2 = of their squares, Z = the draws with a weight != 0 (the
+    accumulators of ``build.make_loop_step``). For an example drawn at most once a step these
+    equal ``l2rw_jax.audit.data_maps.weight_map`` on the per-step weights, up to the float32
+    sums: computed in float64 from them, a variance within their rounding bound,
+    c_i 2^-24 S2_i / c_i, reads as 0 (one draw, or the same weight every draw, gives exactly
+    0; a std below sqrt(c_i 2^-24) times the RMS weight is not resolved). NaN where c_i = 0
+    (never drawn: unknown, not 0).
+
+    Raises:
+      ValueError: arrays of different shapes, or negative counts.
+
+    Example:
+      >>> stats = running_weight_stats(np.array([0.5, 0.0]), np.array([0.25, 0.0]),
+      ...                              np.array([1, 0]), np.array([2, 0]))
+      >>> stats["mean_weight"], stats["weight_std"], stats["nonzero_share"]
+      (array([0.25,  nan]), array([0.25,  nan]), array([0.5,  nan]))
+    """
+    s1, s2 = np.asarray(w_sum_N, np.float64), np.asarray(w_sq_sum_N, np.float64)
+    z, c = np.asarray(nonzero_N), np.asarray(count_N)
+    if not s1.shape == s2.shape == z.shape == c.shape or s1.ndim != 1:
+        raise ValueError(f"w_sum, w_sq_sum, nonzero and count must be 1-D of one shape, got "
+                         f"{s1.shape}, {s2.shape}, {z.shape}, {c.shape}.")
+    if (c < 0).any() or (z < 0).any() or (z > c).any():
+        raise ValueError("count and nonzero must be >= 0 with nonzero <= count.")
+    seen = c > 0
+    d = np.maximum(c, 1)
+    mean = s1 / d
+    var = s2 / d - mean * mean
+    var = np.where(var > d * 2.0**-24 * (s2 / d), var, 0.0)  # float32 rounding of the sums
+    std = np.sqrt(var)
+    return {"mean_weight": np.where(seen, mean, np.nan),
+            "weight_std": np.where(seen, std, np.nan),
+            "nonzero_share": np.where(seen, z / d, np.nan)}
+
+
+def example_weights(md: MemberData, w_sum_N: np.ndarray, count_N: np.ndarray, *,
+                    w_sq_sum_N: np.ndarray | None = None,
+                    nonzero_N: np.ndarray | None = None) -> dict:
+    """The columns of a member's example_weights.npz (ARCHITECTURE.md "The run's workdir").
+
+    With ``w_sq_sum_N`` and ``nonzero_N`` (the loop's running sums of the squared weights and of
+    the non-zero draws) also ``weight_sq_sum``, ``nonzero_count``, ``weight_std`` and
+    ``nonzero_share`` (:func:`running_weight_stats`; NaN where never drawn).
+    """
     s = md.splits
     out = {
         "index": np.arange(len(s.train_labels), dtype=np.int32),
@@ -205,6 +255,14 @@ def example_weights(md: MemberData, w_sum_N: np.ndarray, count_N: np.ndarray) ->
         "source_index": s.train_source_index.astype(np.int64),
         "seed": np.int64(md.seed),
     }
+    if (w_sq_sum_N is None) != (nonzero_N is None):
+        raise ValueError("w_sq_sum_N and nonzero_N go together: give both or neither.")
+    if w_sq_sum_N is not None:
+        stats = running_weight_stats(w_sum_N, w_sq_sum_N, nonzero_N, count_N)
+        out.update(weight_sq_sum=np.asarray(w_sq_sum_N).astype(np.float32),
+                   nonzero_count=np.asarray(nonzero_N).astype(np.int32),
+                   weight_std=stats["weight_std"].astype(np.float32),
+                   nonzero_share=stats["nonzero_share"].astype(np.float32))
     if not s.truth_known:  # Unknown, not "all correct": the columns are left out.
         del out["is_noisy"], out["true_label"]
     return out

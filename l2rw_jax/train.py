@@ -349,7 +349,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     acc_host = _concat(sharding.to_host([c[1] for c in carries]))
     method_state = _concat(sharding.to_host([c[0].method_state for c in carries]))
     for k, md in enumerate(members):
-        weights = members_lib.example_weights(md, acc_host["w_sum"][k], acc_host["count"][k])
+        weights = members_lib.example_weights(
+            md, acc_host["w_sum"][k], acc_host["count"][k],
+            w_sq_sum_N=acc_host["w_sq_sum"][k], nonzero_N=acc_host["nonzero"][k])
         if "g_sum" in acc_host:
             weights["mean_meta_grad"] = (acc_host["g_sum"][k]
                                          / np.maximum(acc_host["count"][k], 1)).astype(np.float32)

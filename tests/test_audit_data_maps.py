@@ -110,3 +110,73 @@ def test_bad_input_is_a_one_line_value_error(call, match):
     with pytest.raises(ValueError, match=match) as e:
         call()
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ no history: running sums
+def _accumulate(rows_TxB, weights_TxB, n):
+    """The training loop's own accumulators (`build.make_loop_step`, jitted) over the given
+    batches: a stand-in train step hands the loop step t's weights."""
+    import jax
+    import jax.numpy as jnp
+
+    from l2rw_jax import build
+
+    W = jnp.asarray(weights_TxB, jnp.float32)
+
+    def train_step(t, batch, val_batch):
+        w_B = W[t]
+        return t + 1, {"w_B": w_B, "all_zero": jnp.all(w_B == 0).astype(jnp.int32)}
+
+    step = jax.jit(build.make_loop_step(train_step, accumulate=True))
+    acc = {"w_sum": np.zeros(n, np.float32), "w_sq_sum": np.zeros(n, np.float32),
+           "nonzero": np.zeros(n, np.int32), "count": np.zeros(n, np.int32),
+           "all_zero_steps": np.zeros((), np.int32)}
+    t = jnp.zeros((), jnp.int32)
+    for rows_B in rows_TxB:
+        t, acc, _ = step(t, acc, {}, {"index": jnp.asarray(rows_B, jnp.int32)}, None)
+    return {k: np.asarray(v) for k, v in acc.items()}
+
+
+def test_running_sums_of_the_loop_equal_the_history_weight_map():
+    from l2rw_jax import members
+
+    # The hand case, then 60 L2RW-like steps (batches of 8 drawn without replacement from 30
+    # examples, about a third of the weights clipped to 0, each step's weights summing to 1).
+    rng = np.random.default_rng(0)
+    rows = np.stack([rng.choice(30, 8, replace=False) for _ in range(60)])
+    raw = np.maximum(rng.normal(0.5, 1.0, rows.shape), 0.0)
+    weights = raw / np.maximum(raw.sum(axis=1, keepdims=True), 1e-12)
+    for rows_TxB, weights_TxB, n in ((ROWS, WEIGHTS, 5), (rows, weights, 30)):
+        acc = _accumulate(rows_TxB, weights_TxB, n)
+        want = data_maps.weight_map(data_maps.weight_history_from_batches(rows_TxB,
+                                                                          weights_TxB, n))
+        got = members.running_weight_stats(acc["w_sum"], acc["w_sq_sum"], acc["nonzero"],
+                                           acc["count"])
+        np.testing.assert_array_equal(acc["count"], want["draws"])
+        np.testing.assert_array_equal(np.isnan(got["mean_weight"]), want["draws"] == 0)
+        for key in ("mean_weight", "weight_std", "nonzero_share"):
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=2e-6, err_msg=key)
+    # The hand case's numbers (test_weight_map_by_hand), from the sums alone.
+    acc = _accumulate(ROWS, WEIGHTS, 5)
+    got = members.running_weight_stats(acc["w_sum"], acc["w_sq_sum"], acc["nonzero"],
+                                       acc["count"])
+    np.testing.assert_allclose(got["weight_std"][:4], [np.sqrt(26) / 12, 0.0, 0.125, 0.0],
+                               atol=1e-7)
+    np.testing.assert_array_equal(got["nonzero_share"], [2 / 3, 0.0, 1.0, 1.0, np.nan])
+
+
+def test_weight_map_from_a_record_and_from_an_old_one():
+    acc = _accumulate(ROWS, WEIGHTS, 5)
+    record = {"index": np.arange(5), "weight_sum": acc["w_sum"], "weight_sq_sum":
+              acc["w_sq_sum"], "nonzero_count": acc["nonzero"], "count": acc["count"]}
+    got = data_maps.weight_map_from_record(record)
+    want = data_maps.weight_map(data_maps.weight_history_from_batches(ROWS, WEIGHTS, 5))
+    assert got["draws"].tolist() == want["draws"].tolist() == [3, 2, 2, 1, 0]
+    np.testing.assert_allclose(got["weight_std"], want["weight_std"], atol=1e-7)
+    # A record written before the squares and non-zero counts were kept: no map, no error.
+    old = {k: v for k, v in record.items() if k not in ("weight_sq_sum", "nonzero_count")}
+    assert data_maps.weight_map_from_record(old) is None
+    with pytest.raises(ValueError, match=r"nonzero <= count"):
+        data_maps.weight_map_from_record(dict(record, nonzero_count=acc["nonzero"] + 5))
+    with pytest.raises(ValueError, match=r"lacks \['weight_sum'\]"):
+        data_maps.weight_map_from_record({k: v for k, v in record.items() if k != "weight_sum"})

@@ -188,3 +188,20 @@ def test_where_cleanlab_departs_from_the_paper():
     y = np.array([0, 1, 1, 2])
     assert noise_estimate.confident_joint(p, y)[1].tolist() == [0, 1, 1]
     assert count.compute_confident_joint(y, p, calibrate=False)[1].tolist() == [1, 1, 1]
+
+
+def test_empirical_transition_by_hand_and_errors():
+    est = noise_estimate.empirical_transition(np.array([0, 0, 0, 0, 1, 1]),
+                                              np.array([0, 0, 0, 1, 1, 0]), 3)
+    np.testing.assert_array_equal(est.T_CxC[:2], [[0.75, 0.25, 0.0], [0.5, 0.5, 0.0]])
+    assert np.isnan(est.T_CxC[2]).all() and est.count_C.tolist() == [4, 2, 0]
+    # On sampled labels: the same matrix as counting by hand.
+    _, given, true = noisy_posterior(pair_T(0.3), 50, 0.01, seed=3)
+    np.testing.assert_array_equal(noise_estimate.empirical_transition(true, given, C).T_CxC,
+                                  empirical_T(given, true))
+    with pytest.raises(ValueError, match=r"given_labels must have shape \(2,\)"):
+        noise_estimate.empirical_transition(np.array([0, 1]), np.array([0]), 2)
+    with pytest.raises(ValueError, match=r"true_labels must lie in \[0, 2\)"):
+        noise_estimate.empirical_transition(np.array([0, 2]), np.array([0, 1]), 2)
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+        noise_estimate.empirical_transition(np.array([0]), np.array([0]), 1)

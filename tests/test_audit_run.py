@@ -100,6 +100,10 @@ def planted(tmp_path_factory):
         "image": x_tr, "label": y_obs, "true_label": y_true, "is_noisy": noisy, "source_index": tr
     }
     test = {"image": x_te, "label": y_te}
+    # A trusted set: 8 training images per class with their true labels (the noise section's
+    # GLC estimate; never the test set).
+    clean_rows = np.concatenate([np.flatnonzero(y_true == k)[:8] for k in range(10)])
+    clean = {"image": x_tr[clean_rows], "label": y_true[clean_rows]}
     from l2rw_jax.audit import report
 
     # The Sections as run_audit hands them to the report (to re-render them cheaply).
@@ -111,6 +115,7 @@ def planted(tmp_path_factory):
             model_state,
             test=test,
             train=train,
+            clean=clean,
             out_dir=out_dir,
             config=_small_config(),
             example_weights=weights,
@@ -126,6 +131,7 @@ def planted(tmp_path_factory):
         "params": params,
         "train": train,
         "test": test,
+        "clean": clean,
         "weights": weights,
         "cue": cue,
     }
@@ -189,6 +195,111 @@ def test_audit_json_numbers_equal_the_library_functions(planted):
         assert g["top3"][0]["class"] != g["label"]
 
 
+def test_noise_section_equals_the_library_estimates(planted):
+    from l2rw_jax.audit import noise_estimate
+
+    with open(os.path.join(planted["out_dir"], "audit.json")) as f:
+        nz = json.load(f)["noise"]
+    train, clean = planted["train"], planted["clean"]
+    logits = lambda x: audit.common.predict_logits(  # the audit's batch size: the same numbers
+        planted["apply_fn"], planted["params"], {}, x, batch_size=64)
+    glc = noise_estimate.glc_transition(audit.common.softmax(logits(clean["image"])),
+                                        clean["label"])
+    cl = noise_estimate.confident_transition(audit.common.softmax(logits(train["image"])),
+                                             train["label"])
+    # The truth by hand: the 110 flips among 1300 rows, row by true class.
+    counts = np.zeros((10, 10))
+    np.add.at(counts, (train["true_label"], train["label"]), 1)
+    true_T = counts / counts.sum(axis=1, keepdims=True)
+    assert np.trace(counts) == 1300 - 110
+    np.testing.assert_allclose(nz["true"]["T"], true_T, rtol=1e-12)
+    assert nz["true"]["count"] == np.bincount(train["true_label"], minlength=10).tolist()
+    est = nz["estimates"]
+    assert list(est) == ["glc", "confident_learning"]
+    np.testing.assert_allclose(est["glc"]["T"], glc.T_CxC, rtol=1e-12)
+    np.testing.assert_allclose(est["confident_learning"]["T"], cl.T_CxC, rtol=1e-12)
+    assert (est["glc"]["n"], est["confident_learning"]["n"]) == (80, 1300)
+    assert est["glc"]["split"].startswith("clean")
+    assert est["confident_learning"]["split"].startswith("training")
+    for key, T_hat in (("glc", glc.T_CxC), ("confident_learning", cl.T_CxC)):
+        want = noise_estimate.transition_error(T_hat, true_T)
+        assert est[key]["error"] == pytest.approx(want, rel=1e-12)
+        assert est[key]["error"]["rows_compared"] == 10
+    # Class 0 was never flipped: the truth's row 0 is the identity's.
+    assert nz["true"]["T"][0] == [1.0] + [0.0] * 9
+
+
+def test_noise_section_without_the_truth_or_a_clean_set(planted):
+    # Truth unknown: no true T and no errors (absent, not 0); no clean set: no GLC estimate.
+    from l2rw_jax.audit import noise_section
+    from l2rw_jax.audit import report
+    from l2rw_jax.audit import run as run_lib
+
+    c = _small_config()
+    train = {k: v for k, v in planted["train"].items() if k not in ("true_label", "is_noisy")}
+    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                             planted["test"], train, c, None, None, 0.0, 1.0, None)
+    assert inputs.x_clean is None and inputs.true_train is None
+    s = noise_section.noise_section(inputs, c, np.random.default_rng(0))
+    assert "true" not in s.results and list(s.results["estimates"]) == ["confident_learning"]
+    assert "error" not in s.results["estimates"]["confident_learning"]
+    assert any("true labels are unknown" in n for n in s.notes)
+    assert any("No clean (trusted) set" in n for n in s.notes)
+    page = report.render_html(report.to_jsonable(planted["res"]["meta"]), [s])
+    assert "T̂ − T" not in page and "data:image/png;base64," in page
+    # A clean set without class 3: that row of the GLC estimate is unknown (NaN -> null), said
+    # in a note, and left out of the error (9 rows compared).
+    keep = planted["clean"]["label"] != 3
+    clean = {k: v[keep] for k, v in planted["clean"].items()}
+    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                             planted["test"], planted["train"], c, None, None, 0.0, 1.0, None,
+                             clean)
+    s = noise_section.noise_section(inputs, c, np.random.default_rng(0))
+    assert any("Classes [3] have no clean example" in n for n in s.notes)
+    glc = report.to_jsonable(s.results)["estimates"]["glc"]
+    assert glc["T"][3] == [None] * 10 and glc["count"][3] == 0 and glc["n"] == 72
+    assert glc["error"]["rows_compared"] == 9
+    with pytest.raises(ValueError, match=r"clean\['label'\] must lie in \[0, 10\)"):
+        run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                        planted["test"], train, c, None, None, 0.0, 1.0, None,
+                        dict(planted["clean"], label=planted["clean"]["label"] + 10))
+
+
+def test_weight_data_map_from_the_recorded_running_sums(planted):
+    # The planted record has no running sums of squares: no data map, a note. With them (mean m,
+    # std sd over 5 draws, k of them non-zero), the map's medians are the hand values.
+    from l2rw_jax.audit import label_issues_section
+    from l2rw_jax.audit import report
+    from l2rw_jax.audit import run as run_lib
+
+    li = planted["res"]["label_issues"]
+    assert "data_map" not in li
+    assert any("no data map" in n for s in planted["sections"] for n in s.notes)
+    w, noisy = planted["weights"], planted["train"]["is_noisy"]
+    n = len(noisy)
+    sd = np.where(noisy, 0.01, 0.2)
+    nonzero = np.where(noisy, 1, 5)
+    record = dict(w, weight_sum=w["mean_weight"] * 5, nonzero_count=nonzero,
+                  weight_sq_sum=5 * (w["mean_weight"] ** 2 + sd**2))
+    c = _small_config()
+    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                             planted["test"], planted["train"], c, record, None, 0.0, 1.0, None)
+    s = label_issues_section.label_issues_section(inputs, c, np.random.default_rng(0))
+    dm = s.results["data_map"]
+    assert dm["n_drawn"] == n and dm["noisy"]["n"] == 110 and dm["clean"]["n"] == n - 110
+    assert dm["noisy"]["median_weight_std"] == pytest.approx(0.01, rel=1e-6)
+    assert dm["clean"]["median_weight_std"] == pytest.approx(0.2, rel=1e-9)
+    assert (dm["noisy"]["median_nonzero_share"], dm["clean"]["median_nonzero_share"]) == (0.2, 1)
+    assert dm["noisy"]["median_mean_weight"] == pytest.approx(
+        np.median(w["mean_weight"][noisy]), rel=1e-12)
+    page = report.render_html(report.to_jsonable(planted["res"]["meta"]), [s])
+    assert "Data map of the L2RW weights" in page
+    with pytest.raises(ValueError, match=r"example_weights\['weight_sq_sum'\] has shape \(3,\)"):
+        run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
+                        planted["test"], planted["train"], c,
+                        dict(record, weight_sq_sum=np.zeros(3)), None, 0.0, 1.0, None)
+
+
 def _read_csv(path):
     import csv
 
@@ -201,8 +312,12 @@ def test_label_issues_csv_has_every_row_in_the_suspects_order(planted):
     li = res["label_issues"]
     rows = _read_csv(os.path.join(planted["out_dir"], "label_issues.csv"))
     n = len(train["label"])
+    rankings = ["l2rw_meta_grad", "l2rw_memory", "l2rw_weight", "final_loss",
+                "confident_learning"]
     assert li["csv"] == {
-        "file": "label_issues.csv", "rows": n, "ranked_by": "l2rw_meta_grad", "empty_columns": []
+        "file": "label_issues.csv", "rows": n, "ranked_by": "l2rw_meta_grad",
+        "rank_columns": {f"rank_{r}": r for r in rankings},
+        "empty_columns": ["nonzero_share", "weight_std"],  # no running sums in this record
     }
     assert [int(r["rank"]) for r in rows] == list(range(1, n + 1))
     source = np.array([int(r["source_index"]) for r in rows])
@@ -239,6 +354,50 @@ def test_label_issues_csv_has_every_row_in_the_suspects_order(planted):
         assert float(r["loss"]) == -np.log(probs[i, train["label"][i]])
     flags = label_issues.confident_learning_flags(probs, train["label"])
     assert [int(r["confident_learning"]) for r in rows] == flags[train_row].astype(int).tolist()
+    # Each rank_<ranking> column is that ranking's own order (the file's is the meta-gradient's).
+    assert list(rows[0])[14:19] == [f"rank_{r}" for r in rankings]
+    assert [int(r["rank_l2rw_meta_grad"]) for r in rows] == list(range(1, n + 1))
+    for name in rankings:
+        rank = np.array([int(r[f"rank_{name}"]) for r in rows])
+        order = train_row[np.argsort(rank)]  # rows by this ranking, most suspect first
+        np.testing.assert_array_equal(
+            train["source_index"][order],
+            audit.find_label_issues(
+                train["label"], probs, source_index=train["source_index"],
+                mean_meta_grad=w["mean_meta_grad"], meta_grad_memory=w["meta_grad_memory"],
+                mean_weight=w["mean_weight"], return_indices_ranked_by=name,
+            ),
+        )
+
+
+def test_every_ranking_scored_against_the_flips(planted):
+    # AUROC, AP and precision / recall@k of each ranking: the library's functions on the
+    # section's orders (over the ranked rows; every row is drawn here), AUROC by brute force.
+    from l2rw_jax.audit import ranking_quality
+
+    li, train, w = planted["res"]["label_issues"], planted["train"], planted["weights"]
+    noisy = train["is_noisy"]
+    probs = audit.common.softmax(audit.common.predict_logits(
+        planted["apply_fn"], planted["params"], {}, train["image"], batch_size=64))
+    loss = label_issues.final_loss(probs, train["label"])
+    orders = {
+        "l2rw_weight": label_issues.rank_by_l2rw_weight(w["mean_weight"], loss),
+        "final_loss": label_issues.rank_by_loss(loss),
+        "confident_learning": label_issues.rank_by_confident_learning(probs, train["label"]),
+    }
+    q = li["ranking_quality"]
+    assert list(q) == ["l2rw_weight", "l2rw_meta_grad", "l2rw_memory", "final_loss",
+                       "confident_learning"]
+    for name, order in orders.items():
+        score = ranking_quality.order_score(order)
+        pairs = (score[noisy][:, None] > score[~noisy][None, :]).mean()  # no ties: strict order
+        assert q[name]["auroc"] == pytest.approx(pairs, rel=1e-12)
+        assert q[name]["average_precision"] == ranking_quality.average_precision(score, noisy)
+        assert q[name]["at_k"] == li["rankings"][name]  # the same precision / recall@k
+    # The synthetic weights put every flip below every clean example's weight.
+    assert q["l2rw_weight"]["auroc"] == 1.0 == q["l2rw_weight"]["average_precision"]
+    page = open(os.path.join(planted["out_dir"], "report.html")).read()
+    assert "<th>AUROC</th><th>AP</th>" in page and "AUROC (l2rw_meta_grad)" in page
 
 
 def test_report_is_one_self_contained_file(planted):
@@ -249,6 +408,7 @@ def test_report_is_one_self_contained_file(planted):
         "2. Robustness",
         "3. Uncovering biases",
         "4. Finding mislabeled examples",
+        "5. Estimating the label noise",
     ):
         assert heading in page
     srcs = re.findall(r'<img src="([^"]*)"', page)
@@ -271,7 +431,7 @@ def test_report_renders_section_by_section(planted):
     from l2rw_jax.audit import sections
 
     res = planted["res"]
-    assert list(res) == ["meta", "mistakes", "robustness", "biases", "label_issues"]
+    assert list(res) == ["meta", "mistakes", "robustness", "biases", "label_issues", "noise"]
     assert list(res["meta"]["seconds"]) == [*list(res)[1:], "total"]
     png = figures.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
                             "pgd_accuracy": [1, 0.4], "clean_accuracy": 1.0})
@@ -487,6 +647,15 @@ def test_workdir_audit_on_a_real_training_run(real_run):
         assert res["label_issues"]["n_noisy"] == int(z["is_noisy"][seen].sum())
         assert res["label_issues"]["n_ranked"] == int(seen.sum()) < len(seen)
     assert res["meta"]["run"]["checkpoint_step"] == 20
+    # The noise section reads the run's own clean set (5 per class), never the test set.
+    assert res["meta"]["n_clean"] == res["noise"]["estimates"]["glc"]["n"] == 50
+    assert np.asarray(res["noise"]["estimates"]["glc"]["count"]).tolist() == [5] * 10
+    assert res["noise"]["estimates"]["glc"]["error"]["rows_compared"] == 10
+    # The data map from the run's running sums: erm weighs every draw 1 / B, no spread.
+    dm = res["label_issues"]["data_map"]
+    assert dm["n_drawn"] == res["label_issues"]["n_ranked"]
+    assert dm["all"]["median_weight_std"] == 0.0 and dm["all"]["median_nonzero_share"] == 1.0
+    assert dm["all"]["median_mean_weight"] == pytest.approx(1 / 50, rel=1e-6)
     assert res["meta"]["title"] == "Audit: erm on digits, 40% uniform flip"
     assert os.path.exists(os.path.join(workdir, "audit", "report.html"))
 
@@ -525,7 +694,12 @@ def test_label_issues_csv_of_a_real_run_maps_back_to_the_source_data(real_run):
     assert [r["given_class"] for r in rows] == [str(g) for g in given]  # digits: names are ids
     li = res["label_issues"]
     assert li["csv"]["ranked_by"] == li["suspects_ranking"] == "l2rw_weight"
-    assert li["csv"]["empty_columns"] == ["mean_meta_grad", "meta_grad_memory"]
+    assert li["csv"]["empty_columns"] == ["mean_meta_grad", "meta_grad_memory",
+                                          "rank_l2rw_memory", "rank_l2rw_meta_grad"]
+    assert [r["rank_l2rw_weight"] for r in rows] == [r["rank"] for r in rows]
+    # The data map per row: erm weighs every draw 1 / B (no spread, every draw non-zero).
+    assert [r["weight_std"] for r in rows] == ["0.0" if d else "" for d in drawn]
+    assert [r["nonzero_share"] for r in rows] == ["1.0" if d else "" for d in drawn]
     top = li["top_suspects"]
     assert [s["source_index"] for s in top] == source[: len(top)].tolist()
     assert [s["given_label"] for s in top] == given[: len(top)].tolist()

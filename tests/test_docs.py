@@ -6,6 +6,7 @@ import pytest
 from l2rw_jax import adapter
 from l2rw_jax import conv
 from l2rw_jax import flips
+from l2rw_jax import members
 from l2rw_jax import model_factory
 from l2rw_jax import models
 from l2rw_jax import pooling
@@ -22,7 +23,7 @@ from l2rw_jax.audit import ranking_quality
 @pytest.mark.parametrize(
     "module", [reweight, flips, subsets, models, model_factory, adapter, safe_derivative,
                label_issues, noise_estimate, ranking_quality, data_maps, conv, pooling,
-               xla_options],
+               xla_options, members],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):

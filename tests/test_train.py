@@ -81,9 +81,20 @@ def test_every_method_trains_and_records_its_weights(npz, tmp_path, method):
         zero_steps = results["all_zero_steps"][s]
         np.testing.assert_allclose(w["weight_sum"].sum(), noisy_steps - zero_steps, rtol=1e-5)
         assert np.all(w["mean_weight"] >= 0)
+        # The running sums behind the data map: squares and non-zero draws per example.
+        seen = w["count"] > 0
+        assert all(w[k].shape == (n,) for k in ("weight_sq_sum", "nonzero_count", "weight_std",
+                                                 "nonzero_share"))
+        assert np.all(w["nonzero_count"] <= w["count"])
+        np.testing.assert_allclose(w["nonzero_share"][seen],
+                                   w["nonzero_count"][seen] / w["count"][seen], rtol=1e-6)
+        assert np.isnan(w["weight_std"][~seen]).all() and np.all(w["weight_std"][seen] >= 0)
         if method in ("erm", "resample", "finetune"):
-            seen = w["count"] > 0
             np.testing.assert_allclose(w["mean_weight"][seen], 1.0 / B, rtol=1e-6)
+            # Every draw weighs 1 / B: no spread, every draw non-zero.
+            np.testing.assert_array_equal(w["weight_std"][seen], 0.0)
+            np.testing.assert_array_equal(w["nonzero_share"][seen], 1.0)
+            np.testing.assert_allclose(w["weight_sq_sum"], w["count"] / B**2, rtol=1e-6)
         np.testing.assert_array_equal(w["is_noisy"], w["label"] != w["true_label"])
         assert ("mean_meta_grad" in w) == (method == "l2rw")
     member0 = _weights(tmp_path / "example_weights.npz")
@@ -110,6 +121,11 @@ def test_l2rw_records_the_meta_gradient_its_weights_are_made_of(npz, tmp_path):
     assert 0 < np.count_nonzero(clipped_B) < B  # the clip matters in this check
     np.testing.assert_allclose(w["mean_weight"][seen], clipped_B / clipped_B.sum(),
                                rtol=1e-5, atol=1e-7)
+    # One draw each: no spread; non-zero exactly where the clip kept the meta-gradient.
+    np.testing.assert_array_equal(w["weight_std"][seen], 0.0)
+    np.testing.assert_array_equal(w["nonzero_count"][seen], (clipped_B > 0).astype(int))
+    np.testing.assert_allclose(w["weight_sq_sum"][seen], w["mean_weight"][seen] ** 2,
+                               rtol=1e-6)
 
 
 def test_balanced_rows_and_hold_out_are_exact_and_seeded():
@@ -178,7 +194,9 @@ def test_resume_after_kill_matches_uninterrupted_run(resumed):
     for name in ("example_weights_seed0.npz", "example_weights_seed1.npz"):
         a = _weights(os.path.join(resumed["full"], name))
         b = _weights(os.path.join(resumed["killed"], name))
-        assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+        # (NaN where never drawn: weight_std, nonzero_share.)
+        assert set(a) == set(b) and all(
+            np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f") for k in a)
         # The memory survived the kill: every example drawn in the 8 steps has a value.
         seen = a["count"] > 0
         assert np.all(a["meta_grad_memory"][seen] != 0) and np.all(

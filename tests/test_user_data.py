@@ -81,6 +81,9 @@ def test_notebook_arrays_with_a_trusted_clean_set_train_on_exactly_those_rows(tm
     run = l2rw_jax.audit.load_run(workdir)
     assert "true_label" not in run["train"] and "is_noisy" not in run["train"]
     assert not {"true_label", "is_noisy"} & set(run["example_weights"])
+    # The audit's trusted set is the given clean set, as trained with (the noise section's GLC).
+    np.testing.assert_array_equal(run["clean"]["label"], y_clean)
+    assert run["clean"]["image"].shape == (len(y_clean),) + run["train"]["image"].shape[1:]
 
 
 def test_a_drawn_clean_set_is_refused_when_the_data_brings_one(tmp_path):

@@ -9,7 +9,7 @@ Four questions, each a module, all on the pure model interface of `l2rw_jax.mode
   label_issues  rankings of suspect training labels, precision@k / recall@k, the CSV
   sections      what each analysis takes (`Inputs`) and returns (`Section`: results, figures,
                 notes), and the helpers they share
-  mistakes_section, robustness_section, bias_section, label_issues_section
+  mistakes_section, robustness_section, bias_section, label_issues_section, noise_section
                 each analysis on the checked inputs -> a `Section`
   figures       the sections' matplotlib figures as base64 PNG
   renderers     one HTML renderer per section (summary cards, body)
@@ -35,6 +35,7 @@ from l2rw_jax.audit import label_issues_section
 from l2rw_jax.audit import mistakes
 from l2rw_jax.audit import mistakes_section
 from l2rw_jax.audit import noise_estimate
+from l2rw_jax.audit import noise_section
 from l2rw_jax.audit import ranking_quality
 from l2rw_jax.audit import renderers
 from l2rw_jax.audit import report
@@ -64,6 +65,7 @@ from l2rw_jax.audit.mistakes import integrated_gradients
 from l2rw_jax.audit.mistakes import per_class_accuracy
 from l2rw_jax.audit.mistakes import top_k_accuracy
 from l2rw_jax.audit.noise_estimate import confident_transition
+from l2rw_jax.audit.noise_estimate import empirical_transition
 from l2rw_jax.audit.noise_estimate import glc_transition
 from l2rw_jax.audit.noise_estimate import transition_error
 from l2rw_jax.audit.ranking_quality import auroc
@@ -85,6 +87,7 @@ __all__ = [
     "label_issues_section",
     "mistakes",
     "noise_estimate",
+    "noise_section",
     "ranking_quality",
     "mistakes_section",
     "renderers",
@@ -115,6 +118,7 @@ __all__ = [
     "per_class_accuracy",
     "top_k_accuracy",
     "confident_transition",
+    "empirical_transition",
     "glc_transition",
     "transition_error",
     "auroc",

@@ -25,12 +25,17 @@ batches with `weight_history_from_batches`, or pass a dense history with its `dr
 Units: each step's weights sum to 1 over its batch (uniform = 1 / B), as in
 `example_weights.npz`; over the same steps, `mean_weight` and `draws` equal its
 `mean_weight` and `count` for an example drawn at most once a step.
+
+Training keeps no history, but running sums of the weights, their squares and the non-zero
+draws (`example_weights.npz`: `weight_sum`, `weight_sq_sum`, `nonzero_count`, `count`), which
+give the same weight map without one: `weight_map_from_record`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from l2rw_jax import members
 from l2rw_jax.audit import common
 
 
@@ -133,6 +138,41 @@ def weight_map(W_TxN: np.ndarray, drawn_TxN: np.ndarray | None = None) -> dict[s
         "nonzero_share": np.where(seen_N, nonzero_N, nan),
         "draws": draws_N.astype(np.int64),
     }
+
+
+RECORD_KEYS = ("index", "weight_sum", "weight_sq_sum", "nonzero_count", "count")
+
+
+def weight_map_from_record(record) -> dict[str, np.ndarray] | None:
+    """`weight_map`'s columns from a run's running sums (`example_weights.npz`), no history.
+
+    mean_weight = weight_sum / count, weight_std = sqrt(weight_sq_sum / count - mean^2),
+    nonzero_share = nonzero_count / count, draws = count (`members.running_weight_stats`):
+    equal to `weight_map` of the run's per-step weights for an example drawn at most once a
+    step (tested), up to the float32 sums. Rows as `record["index"]`'s; NaN where never drawn.
+
+    Args:
+      record: a mapping with `RECORD_KEYS` (what training writes), e.g. `dict(np.load(path))`.
+
+    Returns:
+      {"mean_weight", "weight_std", "nonzero_share": float64 N, "draws": int64 N}, or None for a
+      record without `weight_sq_sum` / `nonzero_count` (written before they were kept).
+
+    Raises:
+      ValueError: arrays of different shapes, negative counts or non-zero counts above count.
+    """
+    if "weight_sq_sum" not in record or "nonzero_count" not in record:
+        return None
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"the record lacks {missing}; it needs {list(RECORD_KEYS)}.")
+    if np.shape(record["index"]) != np.shape(record["count"]):
+        raise ValueError(f"record['index'] {np.shape(record['index'])} and record['count'] "
+                         f"{np.shape(record['count'])} differ in shape.")
+    out = members.running_weight_stats(record["weight_sum"], record["weight_sq_sum"],
+                                       record["nonzero_count"], record["count"])
+    out["draws"] = np.asarray(record["count"]).astype(np.int64)
+    return out
 
 
 def confidence_map(probs_ExNxC: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:

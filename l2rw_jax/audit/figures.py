@@ -316,3 +316,55 @@ def fig_weight_hist(
     ax.set_ylabel("training examples")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def fig_transitions(mats: dict, class_names: Sequence[str]) -> str:
+    """Transition matrices side by side as heat maps on one colour scale [0, 1] (rows = true
+    class, columns = observed label); an unknown (NaN) row is left blank, entries are printed
+    for up to 12 classes."""
+    n = len(mats)
+    k = next(iter(mats.values())).shape[0]
+    size = min(max(3.0, 0.3 * k + 1.4), 7.0)
+    fig = Figure(figsize=(size * n + 0.9, size + 0.3))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    ticks = list(range(k)) if k <= 30 else list(range(0, k, max(1, k // 20)))
+    im = None
+    for ax, (title, T) in zip(axes, mats.items()):
+        T = np.asarray(T, np.float64)
+        im = ax.imshow(np.ma.masked_invalid(T), cmap="viridis", vmin=0.0, vmax=1.0)
+        if k <= 12:
+            for i in range(k):
+                for j in range(k):
+                    if np.isfinite(T[i, j]):
+                        ax.text(j, i, f"{T[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                                color="black" if T[i, j] > 0.6 else "white")
+        ax.set_xticks(ticks, [class_names[t] for t in ticks], fontsize=7,
+                      rotation=90 if k > 10 else 0)
+        ax.set_yticks(ticks, [class_names[t] for t in ticks], fontsize=7)
+        ax.set_xlabel("observed label")
+        ax.set_title(title, fontsize=9)
+    axes[0].set_ylabel("true class")
+    fig.colorbar(im, ax=list(axes), fraction=0.02, label="P(observed | true)")
+    return _png(fig)
+
+
+def fig_data_map(mean_w: np.ndarray, std_w: np.ndarray, is_noisy: np.ndarray | None,
+                 nonzero_share: np.ndarray) -> str:
+    """The weight data map: per training example, the std of its L2RW weight over its draws (x)
+    against its mean weight (y), coloured clean / noisy where known, else by the share of its
+    draws with a non-zero weight."""
+    fig = Figure(figsize=(5.2, 3.8))
+    ax = fig.add_subplot()
+    kw = dict(s=6, alpha=0.5, linewidths=0)
+    if is_noisy is not None:
+        for mask, color, name in ((~is_noisy, "#4c72b0", "clean"), (is_noisy, "#c44e52", "noisy")):
+            ax.scatter(std_w[mask], mean_w[mask], color=color, label=f"{name} ({int(mask.sum())})",
+                       **kw)
+        ax.legend(fontsize=8, markerscale=2)
+    else:
+        sc = ax.scatter(std_w, mean_w, c=nonzero_share, cmap="viridis", vmin=0, vmax=1, **kw)
+        fig.colorbar(sc, ax=ax, label="share of draws with weight > 0")
+    ax.set_xlabel("std of the L2RW weight over the example's draws")
+    ax.set_ylabel("mean L2RW weight")
+    ax.grid(alpha=0.3)
+    return _png(fig)

@@ -67,7 +67,8 @@ def load_run(workdir: str, member: int = 0) -> dict:
     """Everything `run_audit` needs from a run's workdir (see the module docstring), for the
     member `member` (seed = config.seed + member) of a multi-seed run.
 
-    Returns dict: apply_fn, feature_fn, params, model_state, test, train, example_weights
+    Returns dict: apply_fn, feature_fn, params, model_state, test, train, clean (the member's
+    clean set: image, label), example_weights
     (None when the run has not finished), mean, std, class_names, run_info.
     Raises ValueError for a missing workdir, config or checkpoint, or data that does not match
     the recorded weights.
@@ -165,6 +166,10 @@ def load_run(workdir: str, member: int = 0) -> dict:
         "model_state": model_state,
         "test": {"image": normalise(splits.test_x), "label": splits.test_labels.astype(np.int32)},
         "train": train,
+        # The trusted set the run weighed with (its labels are the true ones): the noise
+        # section's GLC estimate. Never the test set.
+        "clean": {"image": normalise(splits.clean_x),
+                  "label": splits.clean_labels.astype(np.int32)},
         "example_weights": example_weights,
         "mean": mean,
         "std": std,
@@ -200,6 +205,7 @@ def audit_run(workdir: str, config=None, out_dir: str | None = None, member: int
         loaded["model_state"],
         test=loaded["test"],
         train=loaded["train"],
+        clean=loaded["clean"],
         out_dir=out_dir or os.path.join(os.path.abspath(workdir), "audit"),
         config=config,
         example_weights=loaded["example_weights"],

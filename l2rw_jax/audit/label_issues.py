@@ -337,9 +337,14 @@ CSV_COLUMNS = (
     "mean_meta_grad",
     "meta_grad_memory",
     "mean_weight",
+    "weight_std",
+    "nonzero_share",
     "loss",
     "confident_learning",
 )
+# Each ranking's rank of the row (1 = most suspect), one column per ranking of `RANKINGS`,
+# named for it; empty for a ranking the run cannot compute (e.g. no meta-gradient recorded).
+CSV_RANK_COLUMNS = tuple(f"rank_{name}" for name in RANKINGS)
 CSV_CLASS_COLUMNS = ("given_class", "predicted_class", "true_class")
 
 
@@ -360,8 +365,13 @@ def write_label_issues_csv(
     order_N: np.ndarray,
     columns: Mapping[str, np.ndarray | None],
     class_names: Sequence[str] | None = None,
+    ranks: Mapping[str, np.ndarray] | None = None,
 ) -> str:
     """Writes one row per example, in `order_N`, to `path` (csv module; tmp file + os.replace).
+
+    Columns: `CSV_COLUMNS`, then `CSV_RANK_COLUMNS` (`rank_<ranking>`: the row's rank, 1 = most
+    suspect, in each ranking of `ranks`; empty for the rankings not given), then with
+    `class_names` `CSV_CLASS_COLUMNS`. `rank` is the row's place in the file (`order_N`).
 
     Args:
       path: the CSV file.
@@ -372,13 +382,15 @@ def write_label_issues_csv(
         every NaN (e.g. the mean weight of an example never drawn). Bools are written 1 / 0.
       class_names: names of the label ids; when given, `given_class`, `predicted_class` and
         `true_class` columns follow (empty where the label is).
+      ranks: {ranking name (of `RANKINGS`): order_N, a permutation of range(N), most suspect
+        first}, e.g. `ranking_quality.suspect_rankings`; None: every rank column empty.
 
     Returns:
       `path`.
 
     Raises:
-      ValueError: a missing or unknown column, a column of the wrong length, or an order that
-        is not a permutation.
+      ValueError: a missing or unknown column, a column of the wrong length, an order that
+        is not a permutation, or a ranking not in `RANKINGS`.
     """
     order_N = np.asarray(order_N)
     n = len(order_N)
@@ -390,6 +402,22 @@ def write_label_issues_csv(
             f"columns must be exactly {sorted(want)}; missing {sorted(want - set(columns))}, "
             f"unknown {sorted(set(columns) - want)}."
         )
+    ranks = dict(ranks or {})
+    unknown = sorted(set(ranks) - set(RANKINGS))
+    if unknown:
+        raise ValueError(f"ranks has unknown rankings {unknown}; allowed: {list(RANKINGS)}.")
+    rank_cols = {}
+    for name in RANKINGS:
+        if name not in ranks:
+            rank_cols[f"rank_{name}"] = None
+            continue
+        o = np.asarray(ranks[name])
+        if o.ndim != 1 or not np.array_equal(np.sort(o), np.arange(n)):
+            raise ValueError(f"ranks[{name!r}] must be a permutation of range({n}), got shape "
+                             f"{o.shape}.")
+        r_N = np.empty(n, np.int64)
+        r_N[o] = np.arange(1, n + 1)
+        rank_cols[f"rank_{name}"] = r_N
     cols = {}
     for name, a in columns.items():
         if a is not None:
@@ -397,7 +425,7 @@ def write_label_issues_csv(
             if a.shape != (n,):
                 raise ValueError(f"column {name!r} must have shape ({n},), got {a.shape}.")
         cols[name] = a
-    header = list(CSV_COLUMNS)
+    header = list(CSV_COLUMNS) + list(CSV_RANK_COLUMNS)
     if class_names is not None:
         header += list(CSV_CLASS_COLUMNS)
 
@@ -412,6 +440,7 @@ def write_label_issues_csv(
             for name, a in cols.items():
                 row[name] = "" if a is None else _cell(a[i])
             out = [row[c] for c in CSV_COLUMNS]
+            out += ["" if a is None else int(a[i]) for a in rank_cols.values()]
             if class_names is not None:
                 out += [name_of(row[c]) for c in ("given_label", "predicted_label",
                                                   "true_label")]

@@ -9,8 +9,10 @@ from typing import Callable
 import numpy as np
 
 from l2rw_jax.audit import common
+from l2rw_jax.audit import data_maps
 from l2rw_jax.audit import figures
 from l2rw_jax.audit import label_issues
+from l2rw_jax.audit import ranking_quality
 from l2rw_jax.audit.sections import Inputs
 from l2rw_jax.audit.sections import Section
 
@@ -20,15 +22,13 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
     final loss, confident learning), scored against the noise mask when known; the ranked CSV of
     every training row (`label_issues.rank_label_issues`) as the section's file."""
     del rng  # no random subset: every training row is ranked
-    apply_fn, params, model_state, _ = inp.model
     x_train, y_train, class_names = inp.x_train, inp.y_train, inp.class_names
     example_weights, is_noisy_train = inp.example_weights, inp.is_noisy_train
     true_train, source_index = inp.true_train, inp.source_index
     notes = []
-    logits_train = common.predict_logits(
-        apply_fn, params, model_state, x_train, batch_size=config.batch_size, desc="train logits"
-    )
-    probs_train = common.softmax(logits_train)
+    # The weight data map from the run's running sums (None: not recorded, or an older record).
+    dmap = None if example_weights is None else data_maps.weight_map_from_record(example_weights)
+    probs_train = common.softmax(inp.logits_train)
     loss_train = label_issues.final_loss(probs_train, y_train)
     rows_ranked = np.arange(len(x_train))
     orders = {}
@@ -78,10 +78,13 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
         l_res["n_noisy"] = n_noisy
         for name, order in orders.items():
             l_res["rankings"][name] = label_issues.score_ranking(order, noisy_r, ks)
+        # The field's standard (Northcutt et al. 2021, Sec. 5): AUROC, AP, precision/recall@k
+        # of each ranking as the strict order it gives, over the same ranked rows.
+        l_res["ranking_quality"] = ranking_quality.score_rankings(orders, noisy_r, ks)
     else:
         notes.append(
-            "No example is marked noisy (is_noisy missing or all False): precision@k and "
-            "recall@k are not computed."
+            "No example is marked noisy (is_noisy missing or all False): AUROC, average "
+            "precision, precision@k and recall@k are not computed."
         )
     main = next(
         n for n in ("l2rw_meta_grad", "l2rw_memory", "l2rw_weight", "final_loss") if n in orders
@@ -105,6 +108,7 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
     ]
     l_res["csv"], write_csv = _label_issues_csv(
         example_weights,
+        dmap,
         source_index,
         y_train,
         probs_train,
@@ -126,16 +130,50 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
                 is_noisy_train[rows_ranked],
                 xlabel="mean normalised L2RW meta-gradient",
             )
+    if dmap is not None:
+        l_res["data_map"], figs["data_map"] = _data_map(dmap, example_weights, is_noisy_train)
+    elif example_weights is not None:
+        notes.append(
+            "The recorded weights carry no weight_sq_sum / nonzero_count (a run recorded before "
+            "they were kept): no data map."
+        )
     files = {l_res["csv"]["file"]: write_csv}
     return Section("label_issues", "Finding mislabeled examples", l_res, figs, notes, files)
 
 
+def _data_map(dmap: dict, example_weights, is_noisy_train) -> tuple[dict, str]:
+    """The weight data map's summary for audit.json (medians over the drawn examples, per
+    clean / noisy group where the truth is known) and its figure."""
+    idx = np.asarray(example_weights["index"])
+    drawn = dmap["draws"] > 0
+    rows = idx[drawn]
+    cols = {k: np.asarray(dmap[k])[drawn] for k in ("mean_weight", "weight_std",
+                                                    "nonzero_share")}
+
+    def medians(mask):
+        return {"n": int(mask.sum()),
+                **{f"median_{k}": float(np.median(v[mask])) if mask.any() else None
+                   for k, v in cols.items()}}
+
+    res = {"source": "example_weights running sums (weight_sum, weight_sq_sum, nonzero_count, "
+                     "count)",
+           "n_drawn": int(drawn.sum()), "all": medians(np.ones(len(rows), bool))}
+    noisy = None
+    if is_noisy_train is not None:
+        noisy = np.asarray(is_noisy_train, bool)[rows]
+        res["clean"], res["noisy"] = medians(~noisy), medians(noisy)
+    fig = figures.fig_data_map(cols["mean_weight"], cols["weight_std"], noisy,
+                               cols["nonzero_share"])
+    return res, fig
+
+
 def _label_issues_csv(
-    example_weights, source_index, y_train, probs_train, loss_train, true_train, class_names
+    example_weights, dmap, source_index, y_train, probs_train, loss_train, true_train, class_names
 ) -> tuple[dict, Callable[[str], str]]:
     """`label_issues.csv`: every training row, ranked as the report's suspects are
-    (`label_issues.rank_label_issues`, ranked_by="auto"); returns its audit.json entry and the
-    function that writes it at a path.
+    (`label_issues.rank_label_issues`, ranked_by="auto"), with each ranking's rank of the row in
+    its `rank_<ranking>` column (`ranking_quality.suspect_rankings`); returns its audit.json
+    entry and the function that writes it at a path.
 
     Recorded values are written only for the examples the run recorded them for (count > 0);
     the confident-learning flag is computed over every training row.
@@ -156,7 +194,20 @@ def _label_issues_csv(
                 score = np.full(n, np.nan)
                 score[idx[seen]] = np.asarray(example_weights[key], np.float64)[seen]
                 recorded[key] = score
+        # The weight data map's other coordinates, from the running sums (when recorded).
+        for key in ("weight_std", "nonzero_share") if dmap is not None else ():
+            value = np.full(n, np.nan)
+            value[idx[seen]] = np.asarray(dmap[key])[seen]
+            recorded[key] = value
     flags = label_issues.confident_learning_flags(probs_train, y_train)
+    # Every ranking over every row, each in its own `rank_<ranking>` column.
+    ranks = ranking_quality.suspect_rankings(
+        probs_train,
+        y_train,
+        mean_weight=recorded.get("mean_weight"),
+        mean_meta_grad=recorded.get("mean_meta_grad"),
+        meta_grad_memory=recorded.get("meta_grad_memory"),
+    )
     order, ranked_by = label_issues.rank_label_issues(
         loss_train,
         mean_meta_grad_N=recorded.get("mean_meta_grad"),
@@ -174,6 +225,8 @@ def _label_issues_csv(
         "mean_meta_grad": recorded.get("mean_meta_grad"),
         "meta_grad_memory": recorded.get("meta_grad_memory"),
         "mean_weight": recorded.get("mean_weight"),
+        "weight_std": recorded.get("weight_std"),
+        "nonzero_share": recorded.get("nonzero_share"),
         "loss": loss_train,
         "confident_learning": flags,
     }
@@ -181,8 +234,12 @@ def _label_issues_csv(
         "file": "label_issues.csv",
         "rows": n,
         "ranked_by": ranked_by,
-        "empty_columns": sorted(k for k, v in columns.items() if v is None),
+        "rank_columns": {f"rank_{name}": name for name in ranks},
+        "empty_columns": sorted(
+            [k for k, v in columns.items() if v is None]
+            + [f"rank_{name}" for name in label_issues.RANKINGS if name not in ranks]
+        ),
     }
     return entry, lambda path: label_issues.write_label_issues_csv(
-        path, order, columns, class_names
+        path, order, columns, class_names, ranks
     )

@@ -19,6 +19,7 @@ is NaN: unknown, not the identity's and not zero.
     training set alone: probabilities (out-of-sample, or from a model that has not memorised the
     labels) and the given labels. The confident joint counts C[given i][true j] (rows = *given*
     label, as in the paper and cleanlab); the transition is its transpose, normalised.
+  * `empirical_transition`: the training set's own T, where its true labels are known.
   * `transition_error`: how far an estimate is from a known T.
 
 Against cleanlab (`cleanlab.count`, 2.x), which implements the same paper: the uncalibrated
@@ -225,6 +226,52 @@ def confident_transition(probs_NxC: np.ndarray, labels: np.ndarray) -> Transitio
     with np.errstate(invalid="ignore", divide="ignore"):
         T_CxC = np.where(true_C[:, None] > 0, cal_CxC.T / true_C[:, None], np.nan)
     return TransitionEstimate(T_CxC, cj_CxC.sum(axis=0).astype(np.int64))
+
+
+def empirical_transition(
+    true_labels: np.ndarray, given_labels: np.ndarray, num_classes: int
+) -> TransitionEstimate:
+    """The training set's own transition matrix, where its true labels are known.
+
+      T[i, j] = #{k : true_k = i, given_k = j} / #{k : true_k = i},
+
+    the noise the set actually carries (a synthetic corruption's T up to sampling). A true class
+    with no example gets a NaN row: unknown, not the identity's.
+
+    Args:
+      true_labels: int N, the true labels, in [0, num_classes).
+      given_labels: int N, the observed labels of the same examples.
+      num_classes: C >= 2.
+
+    Returns:
+      `TransitionEstimate(T_CxC, count_C)`, count_C[i] = examples of true class i.
+
+    Raises:
+      ValueError: labels of different lengths, not integers or out of range; C < 2.
+
+    Example:
+      >>> empirical_transition(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 3).T_CxC
+      array([[0.5, 0.5, 0. ],
+             [0. , 1. , 0. ],
+             [nan, nan, nan]])
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or (
+        num_classes < 2
+    ):
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    true_labels = np.asarray(true_labels)
+    if true_labels.ndim != 1:
+        raise ValueError(f"true_labels must be 1-D (one per example), got shape "
+                         f"{true_labels.shape}.")
+    n = len(true_labels)
+    true_labels = common.check_labels(true_labels, n, num_classes, "true_labels")
+    given_labels = common.check_labels(given_labels, n, num_classes, "given_labels")
+    counts_CxC = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts_CxC, (true_labels, given_labels), 1)
+    count_C = counts_CxC.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        T_CxC = np.where(count_C[:, None] > 0, counts_CxC / count_C[:, None], np.nan)
+    return TransitionEstimate(T_CxC, count_C)
 
 
 def transition_error(T_hat_CxC: np.ndarray, T_CxC: np.ndarray) -> dict:

@@ -301,6 +301,9 @@ def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[s
     if li["rankings"].get(main):
         first = next(iter(li["rankings"][main].values()))
         cards.append(_card(f"{first['precision']:.3f}", f"precision@{first['k']} ({main})"))
+    main_quality = (li.get("ranking_quality") or {}).get(main) or {}
+    if main_quality.get("auroc") is not None:
+        cards.append(_card(f"{main_quality['auroc']:.3f}", f"AUROC ({main})"))
     out = []
     out.append(
         "<p class='caption'>Training examples ranked from most to least suspect: by the mean L2RW "
@@ -312,10 +315,35 @@ def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[s
         "given label (high first; the same order as self-confidence p(given label|x) ascending), and by "
         "confident learning (Northcutt et al. 2021: examples whose confidently predicted class, with "
         "per-class thresholds = mean self-confidence of the class, differs from the given label come "
-        "first, then by self-confidence). Scored against the injected-noise mask: precision@k = noisy "
-        "among the top k / k, recall@k = noisy among the top k / all noisy.</p>"
+        "first, then by self-confidence). Scored against the injected-noise mask: AUROC = the share "
+        "of (noisy, clean) pairs the ranking orders noisy first, AP = average precision over the "
+        "ranking (both as scikit-learn computes them, on the strict order the ranking gives), "
+        "precision@k = noisy among the top k / k, recall@k = noisy among the top k / all noisy. "
+        "Where the truth is unknown none of these is computed. <code>label_issues.csv</code> "
+        "gives every ranking's rank of each row in its <code>rank_&lt;ranking&gt;</code> "
+        "column.</p>"
     )
-    if li["rankings"]:
+    quality = li.get("ranking_quality")
+    if quality:
+        ks = list(next(iter(quality.values()))["at_k"].keys())
+        header = ["ranking", "AUROC", "AP"] + [
+            f"{s}@{k[2:]}" for k in ks for s in ("precision", "recall")
+        ]
+        out.append(
+            _table(
+                header,
+                [
+                    [name, v["auroc"], v["average_precision"]]
+                    + [v["at_k"][k][s] for k in ks for s in ("precision", "recall")]
+                    for name, v in quality.items()
+                ],
+            )
+        )
+        out.append(
+            f"<p class='caption'>{li['n_ranked']} training examples ranked, {li.get('n_noisy')} of them "
+            "noisy.</p>"
+        )
+    elif li["rankings"]:
         ks = list(next(iter(li["rankings"].values())).keys())
         header = ["ranking"] + [f"{s}@{k[2:]}" for k in ks for s in ("precision", "recall")]
         out.append(
@@ -339,6 +367,13 @@ def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[s
             "weights",
         )
         + _figure(
+            figs.get("data_map"),
+            "Data map of the L2RW weights (after Swayamdipta et al. 2020): each drawn training "
+            "example at the std of its weight over its draws (x) and its mean weight (y), from "
+            "the run's running sums (no history); medians per group in audit.json.",
+            "weight data map",
+        )
+        + _figure(
             figs.get("meta_grad_hist"),
             "Mean normalised L2RW meta-gradient of clean and noisy training examples "
             "(positive = harmful to the clean loss).",
@@ -359,6 +394,57 @@ def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[s
     return cards, out
 
 
+_ESTIMATE_NAMES = {"glc": "GLC (Hendrycks et al. 2018)",
+                   "confident_learning": "confident learning (Northcutt et al. 2021)"}
+
+
+def _render_noise(nz: dict, figs: dict, names) -> tuple[list[str], list[str]]:
+    ests = nz["estimates"]
+    known = "true" in nz
+    cards = []
+    if known:
+        for key in ("glc", "confident_learning"):
+            err = ests.get(key, {}).get("error") or {}
+            if err.get("mean_abs_error") is not None:
+                cards.append(_card(f"{err['mean_abs_error']:.4f}",
+                                   f"T̂ mean abs error ({'GLC' if key == 'glc' else 'CL'})"))
+    out = [
+        "<p class='caption'>The label noise as a transition matrix T[i, j] = P(observed label j "
+        "| true label i) (rows: true class, columns: observed label), estimated two ways from the "
+        "trained model: <b>GLC</b> (Gold Loss Correction, Hendrycks et al. 2018) averages the "
+        "model's probabilities over the trusted (clean) examples of each class, their labels "
+        "taken as the true ones; <b>confident learning</b> (Northcutt et al. 2021) counts the "
+        "confident joint of the given labels and the confidently predicted classes on the "
+        "training set (per-class thresholds from the training set), calibrates it to the label "
+        "counts and normalises it. Both read a model trained on the noisy labels; the confident "
+        "joint wants out-of-sample probabilities, and a model that memorised its training labels "
+        "makes the training set look cleaner than it is; GLC wants a model never trained on the "
+        "clean set (not a finetune, clean_only or oracle run). A row without examples is unknown "
+        "(blank). "
+        + ("The training set's own T (its true labels against the given ones) is the reference; "
+           "the errors are over the rows both know."
+           if known else "The true labels are unknown here: no reference, no error.")
+        + " The test set is not used.</p>"
+    ]
+    rows = []
+    for key, est in ests.items():
+        err = est.get("error") or {}
+        rows.append([_ESTIMATE_NAMES.get(key, key), est["split"], est["n"],
+                     err.get("mean_abs_error"), err.get("max_abs_error"),
+                     err.get("frobenius_error")])
+    header = ["estimate", "from", "examples", "mean |T̂ − T|", "max |T̂ − T|", "‖T̂ − T‖_F"]
+    if not known:
+        header, rows = header[:3], [r[:3] for r in rows]
+    out.append(_table(header, rows, left_cols=2))
+    out.append(_figure(
+        figs.get("transitions"),
+        "Transition matrices on one colour scale: the estimates side by side"
+        + (", then the training set's true T." if known else "."),
+        "transition matrices",
+    ))
+    return cards, out
+
+
 def render_generic(results: dict, figs: dict, names) -> tuple[list[str], list[str]]:
     """Any other section: its scalar results as a table, then its figures."""
     rows = [[k, v] for k, v in results.items() if isinstance(v, (int, float, str)) or v is None]
@@ -375,4 +461,5 @@ RENDERERS = {
     "robustness": _render_robustness,
     "biases": _render_biases,
     "label_issues": _render_label_issues,
+    "noise": _render_noise,
 }

@@ -3,8 +3,8 @@
 Works on any model behind the pure interface of `l2rw_jax.audit.common` and numpy arrays, so it
 runs from a notebook as well as from `python -m experiments.audit --workdir=<run>`. The analyses
 are the sections (`mistakes_section`, `robustness_section`, `bias_section`,
-`label_issues_section`; their contract is `l2rw_jax.audit.sections`); `run_audit` checks the
-inputs once, runs the sections in order and writes what they return.
+`label_issues_section`, `noise_section`; their contract is `l2rw_jax.audit.sections`);
+`run_audit` checks the inputs once, runs the sections in order and writes what they return.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from l2rw_jax.audit import bias_section
 from l2rw_jax.audit import common
 from l2rw_jax.audit import label_issues_section
 from l2rw_jax.audit import mistakes_section
+from l2rw_jax.audit import noise_section
 from l2rw_jax.audit import report
 from l2rw_jax.audit import robustness_section
 from l2rw_jax.audit import sections
@@ -96,7 +97,7 @@ def default_config(preset: str = "full") -> ml_collections.ConfigDict:
     return c
 
 
-def _validate(test, train, config, example_weights, attributes):
+def _validate(test, train, config, example_weights, attributes, clean=None):
     for name, d in (("test", test), ("train", train)):
         for key in ("image", "label"):
             if key not in d:
@@ -109,6 +110,18 @@ def _validate(test, train, config, example_weights, attributes):
         raise ValueError(
             f"test and train images differ in shape: {x_test.shape[1:]} vs {x_train.shape[1:]}."
         )
+    x_clean = y_clean = None
+    if clean is not None:
+        for key in ("image", "label"):
+            if key not in clean:
+                raise ValueError(f"clean must have key {key!r}; got keys {sorted(clean)}.")
+        x_clean = common.check_images(clean["image"], "clean['image']")
+        y_clean = common.check_labels(clean["label"], len(x_clean), None, "clean['label']")
+        if x_clean.shape[1:] != x_train.shape[1:]:
+            raise ValueError(
+                f"clean and train images differ in shape: {x_clean.shape[1:]} vs "
+                f"{x_train.shape[1:]}."
+            )
     for key in ("true_label", "is_noisy"):
         if key in train and len(train[key]) != len(x_train):
             raise ValueError(
@@ -128,6 +141,12 @@ def _validate(test, train, config, example_weights, attributes):
             )
         if len(np.unique(idx)) != len(idx):
             raise ValueError("example_weights['index'] has duplicate rows.")
+        for key in ("mean_weight", "count", "weight_sum", "weight_sq_sum", "nonzero_count"):
+            if key in example_weights and np.shape(example_weights[key]) != idx.shape:
+                raise ValueError(
+                    f"example_weights[{key!r}] has shape {np.shape(example_weights[key])}, its "
+                    f"index {idx.shape}."
+                )
     for name, a in (attributes or {}).items():
         if len(a) != len(x_train):
             raise ValueError(
@@ -166,7 +185,7 @@ def _validate(test, train, config, example_weights, attributes):
         raise ValueError(
             f"num_neighbors={config.num_neighbors} exceeds the {len(x_train)} training images."
         )
-    return x_test, y_test, x_train, y_train
+    return x_test, y_test, x_train, y_train, x_clean, y_clean
 
 
 def run_audit(
@@ -178,6 +197,7 @@ def run_audit(
     test: Mapping[str, np.ndarray],
     train: Mapping[str, np.ndarray],
     out_dir: str,
+    clean: Mapping[str, np.ndarray] | None = None,
     config: ml_collections.ConfigDict | None = None,
     example_weights: Mapping[str, np.ndarray] | None = None,
     attributes: Mapping[str, np.ndarray] | None = None,
@@ -201,6 +221,8 @@ def run_audit(
       train: `image`, `label` (given, maybe noisy), optionally `true_label`, `is_noisy`,
         `source_index` (each row's index in the user's data; default: the recorded one, else
         the row itself).
+      clean: the trusted set, `image` (normalised like train) and `label` (taken as the true
+        ones), or None; the noise section's GLC estimate needs it.
       example_weights: what the run recorded: `index` (row of `train`), `mean_weight`, optionally
         `count`, `is_noisy`, `mean_meta_grad`, `meta_grad_memory`, `source_index`; enables the
         L2RW rankings of label issues (the top suspects follow the first of mean_meta_grad,
@@ -230,6 +252,7 @@ def run_audit(
         mean,
         std,
         class_names,
+        clean,
     )
     t0 = time.time()
     meta = {
@@ -238,6 +261,7 @@ def run_audit(
         "run": dict(run_info or {}),
         "n_test": int(len(inputs.x_test)),
         "n_train": int(len(inputs.x_train)),
+        "n_clean": None if inputs.x_clean is None else int(len(inputs.x_clean)),
         "mean": inputs.mean_C.tolist(),
         "std": inputs.std_C.tolist(),
         "seconds": {},
@@ -251,6 +275,7 @@ def run_audit(
         ("robustness", robustness_section.robustness_section),
         ("biases", bias_section.bias_section),
         ("label issues", label_issues_section.label_issues_section),
+        ("noise", noise_section.noise_section),
     )
     # One bar over the sections, named by the one running (its own loops have bars below it).
     bar = tqdm.tqdm(total=len(todo), unit="section", desc="audit", disable=not progress)
@@ -271,15 +296,22 @@ def run_audit(
 
 def _inputs(
     apply_fn, feature_fn, params, model_state, test, train, config, example_weights, attributes,
-    mean, std, class_names,
+    mean, std, class_names, clean=None,
 ) -> sections.Inputs:
     """Checks everything `run_audit` is given, before any file is written (ValueError, one line
-    naming the value), and gathers what the sections read; computes the test logits."""
-    x_test, y_test, x_train, y_train = _validate(test, train, config, example_weights, attributes)
+    naming the value), and gathers what the sections read; computes the test and training
+    logits."""
+    x_test, y_test, x_train, y_train, x_clean, y_clean = _validate(
+        test, train, config, example_weights, attributes, clean
+    )
     source_index = _source_index(train, example_weights, len(x_train))
     num_classes = common.num_classes_of(apply_fn, params, model_state, x_test)
     common.check_labels(y_test, len(y_test), num_classes, "test['label']")
     common.check_labels(y_train, len(y_train), num_classes, "train['label']")
+    if y_clean is not None:
+        common.check_labels(y_clean, len(y_clean), num_classes, "clean['label']")
+    if "true_label" in train:
+        common.check_labels(train["true_label"], len(y_train), num_classes, "train['true_label']")
     mean_C, std_C = common.channel_stats(mean, std, x_test.shape[-1])
     common.check_feature_fn(feature_fn, params, model_state, x_test)
     names_given = class_names is not None
@@ -298,6 +330,9 @@ def _inputs(
     logits_test = common.predict_logits(
         apply_fn, params, model_state, x_test, batch_size=config.batch_size, desc="test logits"
     )
+    logits_train = common.predict_logits(
+        apply_fn, params, model_state, x_train, batch_size=config.batch_size, desc="train logits"
+    )
     return sections.Inputs(
         model=common.Model(apply_fn, params, model_state, feature_fn),
         x_test=x_test,
@@ -305,6 +340,7 @@ def _inputs(
         logits_test=logits_test,
         x_train=x_train,
         y_train=y_train,
+        logits_train=logits_train,
         true_train=np.asarray(train["true_label"]) if "true_label" in train else None,
         is_noisy_train=is_noisy_train,
         source_index=source_index,
@@ -315,6 +351,8 @@ def _inputs(
         std_C=std_C,
         class_names=list(class_names),
         names_given=names_given,
+        x_clean=x_clean,
+        y_clean=y_clean,
     )
 
 

@@ -13,6 +13,8 @@ apart from where they are written):
   robustness_section    FGSM / PGD accuracy over epsilon, minimal adversarial epsilon
   bias_section          prototypes and criticisms per class, attribute rates among them
   label_issues_section  rankings of suspect labels, precision/recall@k, `label_issues.csv`
+  noise_section         the transition matrix estimated from the clean set and from the
+                        training set, against the true one where known
 
 Every section takes `(inputs, config, rng)`. The random subsets are drawn from one generator
 shared in this order (neighbour pool; curve rows, minimal-eps rows; bias rows), so a section's
@@ -58,6 +60,7 @@ class Inputs(NamedTuple):
     logits_test: np.ndarray  # N x K
     x_train: np.ndarray  # M x H x W x C, normalised
     y_train: np.ndarray  # M, the given (maybe noisy) labels
+    logits_train: np.ndarray  # M x K, the trained model's
     true_train: np.ndarray | None  # M, when known
     is_noisy_train: np.ndarray | None  # M bool, when known
     source_index: np.ndarray  # M, each row's index in the user's data
@@ -68,6 +71,8 @@ class Inputs(NamedTuple):
     std_C: np.ndarray
     class_names: list  # names for the report (label ids as strings when none were given)
     names_given: bool  # the CSV gets class-name columns only then
+    x_clean: np.ndarray | None = None  # L x H x W x C, normalised: the trusted set, when given
+    y_clean: np.ndarray | None = None  # L, its labels (taken as the true ones)
 
 
 def subset(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
