@@ -77,8 +77,11 @@ def test_translation_hands_each_library_call_its_group():
     scheme_options = c.method.l2rw.to_dict()
     correction = {k: scheme_options.pop(k) for k in ("correction", "correction_at")}
     assert from_config.weighing(c.method) == ("l2rw", scheme_options)
-    # The loss correction is not a scheme option: it wraps the scheme from step E on.
-    assert correction == {"correction": "none", "correction_at": 0.1}
+    # The loss correction is not a scheme option: it wraps the scheme (the default's: GLC
+    # once the clean accuracy has not risen for 10% of the steps).
+    assert correction == {"correction": "glc_plateau", "correction_at": 0.1}
+    assert from_config.correction_steps(c) == 100  # 10% of the default 1000 steps
+    c.method.l2rw.correction = "none"
     assert from_config.correction_steps(c) == 0
     c.num_steps, c.method.l2rw.correction = 1500, "glc"
     assert from_config.correction_steps(c) == 150
@@ -239,6 +242,7 @@ def test_a_config_json_written_before_added_fields_resumes_unchanged():
     behaviour runs had before it) has no difference from today's config of the same run."""
     now = config_lib.default_config()
     now.data.corrupt_given_labels = True  # what runs before the field did to every source
+    now.method.l2rw.correction = "none"   # and before the loss correction existed
     stored = config_lib.flatten(from_config.as_json(now))
     for field in ("data.noise_map", "data.noise_matrix", "data.label_key",
                   "data.true_label_key", "data.corrupt_given_labels", "method.l2rw.correction",
