@@ -348,6 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
     acc_host = _concat(sharding.to_host([c[1] for c in carries]))
     method_state = _concat(sharding.to_host([c[0].method_state for c in carries]))
+    while hasattr(method_state, "inner"):  # a loss correction keeps its scheme's state there
+        method_state = method_state.inner
     for k, md in enumerate(members):
         weights = members_lib.example_weights(
             md, acc_host["w_sum"][k], acc_host["count"][k],
