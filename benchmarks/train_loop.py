@@ -25,6 +25,7 @@ times, alternating which goes first, and keeps the median (the machine may be sh
     # fewer steps, a smoke check
     L2RW_DEV_DATA=../shared/data python -m benchmarks.train_loop --quick
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _config(name: str, arg: str | None = None):
     spec = importlib.util.spec_from_file_location(
-        name, os.path.join(ROOT, "experiments", "configs", f"{name}.py"))
+        name, os.path.join(ROOT, "experiments", "configs", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(*([arg] if arg else []))
@@ -53,11 +55,20 @@ ROWS = {
     "digits_small_cnn_erm_x3": dict(config=("quickstart", None), method="erm", steps=3000),
     "digits_small_cnn_l2rw_x3": dict(config=("quickstart", None), method="l2rw", steps=3000),
     # MNIST from the development copy ($L2RW_DEV_DATA, experiments/configs/dev_data.py).
-    "mnist_lenet_l2rw_x1": dict(config=("mnist_imbalance", "0.995"), method="l2rw", steps=200,
-                                overrides={"num_seeds": 1}, dev_copy="mnist"),
+    "mnist_lenet_l2rw_x1": dict(
+        config=("mnist_imbalance", "0.995"),
+        method="l2rw",
+        steps=200,
+        overrides={"num_seeds": 1},
+        dev_copy="mnist",
+    ),
     # No convolution: on XLA:CPU the device backend scans this one (device_call.make_train_call).
-    "digits_mlp_erm_x3": dict(config=("quickstart", None), method="erm", steps=3000,
-                              overrides={"model": {"name": "mlp", "options": {"hidden": (64,)}}}),
+    "digits_mlp_erm_x3": dict(
+        config=("quickstart", None),
+        method="erm",
+        steps=3000,
+        overrides={"model": {"name": "mlp", "options": {"hidden": (64,)}}},
+    ),
 }
 
 
@@ -72,8 +83,9 @@ def bare_step(config):
     from l2rw_jax import xla_options
 
     run = train.build_run(config)
-    step = xla_options.jit(jax.vmap(build.make_loop_step(run.train_step, True)),
-                           donate_argnums=(0, 1))  # as the loop compiles it
+    step = xla_options.jit(
+        jax.vmap(build.make_loop_step(run.train_step, True)), donate_argnums=(0, 1)
+    )  # as the loop compiles it
     feed = compose.feed(config, "tfdata")
     _, _, train_SxK, clean_SxK = next(backends.host_chunks(run.members, feed, 0, 1))
     batch, val_batch = jax.device_put(jax.tree.map(lambda x: x[0], (train_SxK, clean_SxK)))
@@ -101,9 +113,18 @@ def loop_steps_per_s(config, steps: int, backend: str) -> tuple[float, dict]:
 
     config = config.copy_and_resolve_references()
     with tempfile.TemporaryDirectory() as workdir:
-        config.update(dict(num_steps=steps, optim=dict(lr_boundaries=()),
-                           loop=dict(log_every=100, eval_every=steps,
-                                     checkpoint_every=max(steps // 3, 1), **BACKENDS[backend])))
+        config.update(
+            dict(
+                num_steps=steps,
+                optim=dict(lr_boundaries=()),
+                loop=dict(
+                    log_every=100,
+                    eval_every=steps,
+                    checkpoint_every=max(steps // 3, 1),
+                    **BACKENDS[backend],
+                ),
+            )
+        )
         results = l2rw_jax.train_and_evaluate(config, workdir)
     return results["steps_per_s"], results["timing_s"]
 
@@ -115,8 +136,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON output path")
     parser.add_argument("--repeats", type=int, default=1, help="loop runs per backend")
     args = parser.parse_args()
-    out = args.out or os.path.join(ROOT, "benchmarks", "results",
-                                   "train_loop_quick.json" if args.quick else "train_loop.json")
+    out = args.out or os.path.join(
+        ROOT, "benchmarks", "results", "train_loop_quick.json" if args.quick else "train_loop.json"
+    )
     os.chdir(ROOT)  # $L2RW_DEV_DATA may be relative to the repository root
     rows = []
     for name in args.rows.split(","):
@@ -142,38 +164,61 @@ def main() -> None:
         bare_rates = blocks(5, max(steps // 10, 2))
         runs = {b: [] for b in BACKENDS}
         for r in range(args.repeats):
-            for backend in (list(BACKENDS) if r % 2 == 0 else list(BACKENDS)[::-1]):
+            for backend in list(BACKENDS) if r % 2 == 0 else list(BACKENDS)[::-1]:
                 runs[backend].append(loop_steps_per_s(config, steps, backend))
         bare_rates += blocks(5, max(steps // 10, 2))
         bare = statistics.median(bare_rates)
         loop = {b: statistics.median(rate for rate, _ in v) for b, v in runs.items()}
-        rows.append(dict(row=name, steps=steps, num_seeds=config.num_seeds,
-                         bare_steps_per_s=bare, bare_block_steps_per_s=bare_rates,
-                         loop_steps_per_s=loop["tfdata"], ratio=loop["tfdata"] / bare,
-                         device_loop_steps_per_s=loop["device"],
-                         device_over_tfdata=loop["device"] / loop["tfdata"],
-                         loop_runs={b: [dict(steps_per_s=rate, timing_s=t) for rate, t in v]
-                                    for b, v in runs.items()},
-                         loadavg=[load_before, os.getloadavg()]))
-        print(f"{name:28s} bare {bare:8.1f}   tfdata loop {loop['tfdata']:8.1f} "
-              f"({loop['tfdata'] / bare:6.1%} of bare)   device loop {loop['device']:8.1f} "
-              f"({loop['device'] / loop['tfdata']:.2f}x tfdata) steps/s", flush=True)
-    report = dict(machine=dict(platform=platform.platform(), cpu_count=os.cpu_count(),
-                               python=platform.python_version()),
-                  date=time.strftime("%Y-%m-%d %H:%M:%S"), quick=args.quick, target=0.9,
-                  device_target={"digits": 1.5, "mnist_lenet": 1.0}, repeats=args.repeats,
-                  rows=rows)
+        rows.append(
+            dict(
+                row=name,
+                steps=steps,
+                num_seeds=config.num_seeds,
+                bare_steps_per_s=bare,
+                bare_block_steps_per_s=bare_rates,
+                loop_steps_per_s=loop["tfdata"],
+                ratio=loop["tfdata"] / bare,
+                device_loop_steps_per_s=loop["device"],
+                device_over_tfdata=loop["device"] / loop["tfdata"],
+                loop_runs={
+                    b: [dict(steps_per_s=rate, timing_s=t) for rate, t in v]
+                    for b, v in runs.items()
+                },
+                loadavg=[load_before, os.getloadavg()],
+            )
+        )
+        print(
+            f"{name:28s} bare {bare:8.1f}   tfdata loop {loop['tfdata']:8.1f} "
+            f"({loop['tfdata'] / bare:6.1%} of bare)   device loop {loop['device']:8.1f} "
+            f"({loop['device'] / loop['tfdata']:.2f}x tfdata) steps/s",
+            flush=True,
+        )
+    report = dict(
+        machine=dict(
+            platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version()
+        ),
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        quick=args.quick,
+        target=0.9,
+        device_target={"digits": 1.5, "mnist_lenet": 1.0},
+        repeats=args.repeats,
+        rows=rows,
+    )
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(report, f, indent=2)
     os.replace(tmp, out)
-    print("\n| row | seeds | bare steps/s | tf.data loop steps/s | tf.data loop / bare | "
-          "device loop steps/s | device / tf.data |\n|---|---|---|---|---|---|---|")
+    print(
+        "\n| row | seeds | bare steps/s | tf.data loop steps/s | tf.data loop / bare | "
+        "device loop steps/s | device / tf.data |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['row']} | {r['num_seeds']} | {r['bare_steps_per_s']:.1f} | "
-              f"{r['loop_steps_per_s']:.1f} | {r['ratio']:.1%} | "
-              f"{r['device_loop_steps_per_s']:.1f} | {r['device_over_tfdata']:.2f}x |")
+        print(
+            f"| {r['row']} | {r['num_seeds']} | {r['bare_steps_per_s']:.1f} | "
+            f"{r['loop_steps_per_s']:.1f} | {r['ratio']:.1%} | "
+            f"{r['device_loop_steps_per_s']:.1f} | {r['device_over_tfdata']:.2f}x |"
+        )
     print(f"\n{out}")
 
 

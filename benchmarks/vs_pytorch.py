@@ -41,6 +41,7 @@ Run::
     python -m benchmarks.vs_pytorch --rows=lenet --steps=30
     python -m benchmarks.vs_pytorch --quick               # smoke run, tiny ResNet, few steps
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,16 +64,23 @@ ROWS = {
 }
 BATCH, CLEAN, NUM_CLASSES, MOMENTUM, WEIGHT_DECAY = 100, 100, 10, 0.9, 2e-4
 QUICK_KW = {"resnet32": {"units_per_stage": 1}}
-VARIANTS = {"jax": ("plain", "forward", "reverse"),
-            "torch": ("plain", "reverse", "plain_cl", "reverse_cl")}
+VARIANTS = {
+    "jax": ("plain", "forward", "reverse"),
+    "torch": ("plain", "reverse", "plain_cl", "reverse_cl"),
+}
 CHECK_STEPS = 3
 # Targets: our plain step <= 1.0x PyTorch's plain step; our paper-exact L2RW step (forward
 # mode) <= 0.5x PyTorch's reverse-mode meta-step.
 TARGETS = {("jax plain", "torch plain"): 1.0, ("jax forward", "torch reverse"): 0.5}
-RATIOS = [("jax plain", "torch plain"), ("jax plain", "torch plain_cl"),
-          ("jax forward", "torch reverse"), ("jax forward", "torch reverse_cl"),
-          ("jax reverse", "torch reverse"), ("jax forward", "jax plain"),
-          ("torch reverse", "torch plain")]
+RATIOS = [
+    ("jax plain", "torch plain"),
+    ("jax plain", "torch plain_cl"),
+    ("jax forward", "torch reverse"),
+    ("jax forward", "torch reverse_cl"),
+    ("jax reverse", "torch reverse"),
+    ("jax forward", "jax plain"),
+    ("torch reverse", "torch plain"),
+]
 
 
 # --------------------------------------------------------------------------- JAX worker
@@ -99,21 +107,34 @@ def _jax_worker(row: dict, kw: dict, data: dict, params_out: str):
     walk(params, "")
     np.savez(params_out, **flat)
     apply_fn = models.make_apply_fn(module)
-    tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
-                     optax.sgd(row["lr"], momentum=MOMENTUM))
-    batch = {"image": jnp.asarray(data["x"]), "label": jnp.asarray(data["y"]),
-             "index": jnp.arange(BATCH, dtype=jnp.int32)}
-    val_batch = {"image": jnp.asarray(data["xv"]), "label": jnp.asarray(data["yv"]),
-                 "index": jnp.arange(CLEAN, dtype=jnp.int32)}
-    schemes = {"plain": ("erm", {}), "forward": ("l2rw", {"mode": "forward"}),
-               "reverse": ("l2rw", {"mode": "reverse"})}
+    tx = optax.chain(
+        optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(row["lr"], momentum=MOMENTUM)
+    )
+    batch = {
+        "image": jnp.asarray(data["x"]),
+        "label": jnp.asarray(data["y"]),
+        "index": jnp.arange(BATCH, dtype=jnp.int32),
+    }
+    val_batch = {
+        "image": jnp.asarray(data["xv"]),
+        "label": jnp.asarray(data["yv"]),
+        "index": jnp.arange(CLEAN, dtype=jnp.int32),
+    }
+    schemes = {
+        "plain": ("erm", {}),
+        "forward": ("l2rw", {"mode": "forward"}),
+        "reverse": ("l2rw", {"mode": "reverse"}),
+    }
 
     def fresh_state(scheme):
         return TrainState(
-            step=jnp.zeros([], jnp.int32), params=jax.tree.map(jnp.copy, params),
-            model_state=jax.tree.map(jnp.copy, model_state), opt_state=tx.init(params),
+            step=jnp.zeros([], jnp.int32),
+            params=jax.tree.map(jnp.copy, params),
+            model_state=jax.tree.map(jnp.copy, model_state),
+            opt_state=tx.init(params),
             rng=jax.random.key(1),
-            method_state=scheme.init(jax.random.key(3), [10] * NUM_CLASSES))
+            method_state=scheme.init(jax.random.key(3), [10] * NUM_CLASSES),
+        )
 
     compiled, states, check = {}, {}, {}
     for variant, (method, options) in schemes.items():
@@ -134,8 +155,11 @@ def _jax_worker(row: dict, kw: dict, data: dict, params_out: str):
         states[variant], metrics = compiled[variant](states[variant], batch, val_batch)
         jax.block_until_ready((states[variant], metrics))
 
-    threads = sum(1 for t in os.listdir("/proc/self/task")
-                  if "Eigen" in open(f"/proc/self/task/{t}/comm").read())
+    threads = sum(
+        1
+        for t in os.listdir("/proc/self/task")
+        if "Eigen" in open(f"/proc/self/task/{t}/comm").read()
+    )
     return step, check, {"jax": jax.__version__, "xla_eigen_threads": threads}
 
 
@@ -151,7 +175,8 @@ def _torch_models():
         def __init__(self):
             super().__init__()
             self.convs = nn.ModuleList(
-                [nn.Conv2d(i, o, 5, padding=2) for i, o in ((1, 16), (16, 32), (32, 64))])
+                [nn.Conv2d(i, o, 5, padding=2) for i, o in ((1, 16), (16, 32), (32, 64))]
+            )
             self.hidden = nn.Linear(1024, 100)
             self.out = nn.Linear(100, NUM_CLASSES)
 
@@ -177,7 +202,8 @@ def _torch_models():
         def __init__(self):
             super().__init__()
             self.convs = nn.ModuleList(
-                [nn.Conv2d(i, o, 3, padding=1) for i, o in ((3, 16), (16, 32))])
+                [nn.Conv2d(i, o, 3, padding=1) for i, o in ((3, 16), (16, 32))]
+            )
             self.hidden = nn.Linear(32, 64)
             self.out = nn.Linear(64, NUM_CLASSES)
 
@@ -202,8 +228,7 @@ def _torch_models():
         def __init__(self, cin, cout, stride):
             super().__init__()
             self.stride = stride
-            self.conv = nn.Conv2d(cin, cout, 3, stride, padding=1 if stride == 1 else 0,
-                                  bias=False)
+            self.conv = nn.Conv2d(cin, cout, 3, stride, padding=1 if stride == 1 else 0, bias=False)
 
         def forward(self, x):
             return self.conv(x if self.stride == 1 else F.pad(x, (0, 1, 0, 1)))
@@ -221,8 +246,9 @@ def _torch_models():
             h = self.conv1(F.relu(self.bn_mid(self.conv0(h))))
             shortcut = F.avg_pool2d(x, self.stride) if self.stride > 1 else x
             if self.extra > 0:
-                shortcut = F.pad(shortcut, (0, 0, 0, 0, self.extra // 2,
-                                            self.extra - self.extra // 2))
+                shortcut = F.pad(
+                    shortcut, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2)
+                )
             return h + shortcut
 
         def load(self, p):
@@ -281,8 +307,9 @@ def _torch_models():
 
     def _dense_pair(p):
         """(hidden, output) Dense layers at the top level, found by shape, not by name."""
-        dense = [v for v in p.values() if isinstance(v, dict) and "kernel" in v
-                 and v["kernel"].ndim == 2]
+        dense = [
+            v for v in p.values() if isinstance(v, dict) and "kernel" in v and v["kernel"].ndim == 2
+        ]
         out = [d for d in dense if d["kernel"].shape[1] == NUM_CLASSES]
         hidden = [d for d in dense if d["kernel"].shape[1] != NUM_CLASSES]
         return (hidden[0] if hidden else None), out[0]
@@ -317,12 +344,10 @@ def _torch_worker(row: dict, kw: dict, data: dict, params_in: str, threads: int)
     inputs = {False: (nchw(data["x"]), nchw(data["xv"]))}
     # channels_last (NHWC in memory): PyTorch's faster layout on CPU (oneDNN, max-pool); the
     # default NCHW is what most code, and the L2RW reimplementations, use. Both are timed.
-    inputs[True] = tuple(a.contiguous(memory_format=torch.channels_last)
-                         for a in inputs[False])
+    inputs[True] = tuple(a.contiguous(memory_format=torch.channels_last) for a in inputs[False])
 
     def make_opt(m):
-        return torch.optim.SGD(m.parameters(), lr=lr, momentum=MOMENTUM,
-                               weight_decay=WEIGHT_DECAY)
+        return torch.optim.SGD(m.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
     def weighted_step(m, opt, w, x):
         opt.zero_grad(set_to_none=True)
@@ -340,10 +365,8 @@ def _torch_worker(row: dict, kw: dict, data: dict, params_in: str, threads: int)
         params = dict(m.named_parameters())
         buffers = {k: v.clone() for k, v in m.named_buffers()}  # meta BN stats thrown away
         eps = torch.zeros(BATCH, requires_grad=True)
-        losses = F.cross_entropy(functional_call(m, (params, buffers), (x,)), y,
-                                 reduction="none")
-        grads = torch.autograd.grad((eps * losses).sum(), list(params.values()),
-                                    create_graph=True)
+        losses = F.cross_entropy(functional_call(m, (params, buffers), (x,)), y, reduction="none")
+        grads = torch.autograd.grad((eps * losses).sum(), list(params.values()), create_graph=True)
         lookahead = {}
         for (name, p), g in zip(params.items(), grads):
             d_p = g + WEIGHT_DECAY * p
@@ -356,8 +379,10 @@ def _torch_worker(row: dict, kw: dict, data: dict, params_in: str, threads: int)
         w = w / total if total > 0 else w
         return weighted_step(m, opt, w.detach(), x), w
 
-    schemes = {v: (reverse if v.startswith("reverse") else plain, v.endswith("_cl"))
-               for v in VARIANTS["torch"]}
+    schemes = {
+        v: (reverse if v.startswith("reverse") else plain, v.endswith("_cl"))
+        for v in VARIANTS["torch"]
+    }
     models, opts, check = {}, {}, {}
     state0 = {k: v.clone() for k, v in model.state_dict().items()}
     for variant, (fn, channels_last) in schemes.items():
@@ -378,12 +403,20 @@ def _torch_worker(row: dict, kw: dict, data: dict, params_in: str, threads: int)
         fn, channels_last = schemes[variant]
         fn(models[variant], opts[variant], *inputs[channels_last])
 
-    return step, check, {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                         "mkldnn": torch.backends.mkldnn.is_available()}
+    return (
+        step,
+        check,
+        {
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "mkldnn": torch.backends.mkldnn.is_available(),
+        },
+    )
 
 
-def _serve(framework: str, row_name: str, quick: bool, data_path: str, params_path: str,
-           cpus: list[int]):
+def _serve(
+    framework: str, row_name: str, quick: bool, data_path: str, params_path: str, cpus: list[int]
+):
     """Worker loop: set up, print one JSON line, then one line per ``step <variant>``."""
     os.sched_setaffinity(0, cpus)  # before jax / torch create their thread pools
     threads = len(cpus)
@@ -401,17 +434,41 @@ def _serve(framework: str, row_name: str, quick: bool, data_path: str, params_pa
             break
         t0, c0 = time.perf_counter(), time.process_time()
         step(cmd[1])
-        print(json.dumps({"wall_ms": 1e3 * (time.perf_counter() - t0),
-                          "cpu_ms": 1e3 * (time.process_time() - c0)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "wall_ms": 1e3 * (time.perf_counter() - t0),
+                    "cpu_ms": 1e3 * (time.process_time() - c0),
+                }
+            ),
+            flush=True,
+        )
 
 
 # ------------------------------------------------------------------------------ parent
 def _spawn(root, framework, row, quick, data_path, params_path, cpus):
-    cmd = [sys.executable, "-m", "benchmarks.vs_pytorch", "--worker", framework, "--rows", row,
-           "--data", data_path, "--params", params_path,
-           "--worker-cpus", ",".join(map(str, cpus))]
-    proc = subprocess.Popen(cmd + (["--quick"] if quick else []), cwd=root,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.vs_pytorch",
+        "--worker",
+        framework,
+        "--rows",
+        row,
+        "--data",
+        data_path,
+        "--params",
+        params_path,
+        "--worker-cpus",
+        ",".join(map(str, cpus)),
+    ]
+    proc = subprocess.Popen(
+        cmd + (["--quick"] if quick else []),
+        cwd=root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     if not line:
         raise RuntimeError(f"{framework} worker for {row} failed to start (see its stderr).")
@@ -424,39 +481,47 @@ def _compare(check_jax: dict, check_torch: dict) -> dict:
     checks = {f"jax {k}": v for k, v in check_jax.items()}
     checks.update({f"torch {k}": v for k, v in check_torch.items()})
     # The last pair is JAX against itself (two exact modes): float32 noise for reference.
-    for a, b in (("jax plain", "torch plain"), ("jax forward", "torch reverse"),
-                 ("jax reverse", "torch reverse"), ("torch reverse_cl", "torch reverse"),
-                 ("jax forward", "jax reverse")):
+    for a, b in (
+        ("jax plain", "torch plain"),
+        ("jax forward", "torch reverse"),
+        ("jax reverse", "torch reverse"),
+        ("torch reverse_cl", "torch reverse"),
+        ("jax forward", "jax reverse"),
+    ):
         lj = np.array(checks[a]["weighted_loss"])
         lt = np.array(checks[b]["weighted_loss"])
         wj, wt = np.array(checks[a]["w_B"]), np.array(checks[b]["w_B"])
         out[f"{a} vs {b}"] = {
             "rel_loss_diff_per_step": (np.abs(lj - lt) / np.abs(lt)).tolist(),
             "max_abs_w_diff_per_step": np.max(np.abs(wj - wt), axis=1).tolist(),
-            "max_w": float(np.max(wt))}
+            "max_w": float(np.max(wt)),
+        }
     return out
 
 
-def run_row(root: str, row_name: str, steps: int, warmup: int, quick: bool,
-            cores: int | None) -> dict:
+def run_row(
+    root: str, row_name: str, steps: int, warmup: int, quick: bool, cores: int | None
+) -> dict:
     allowed = sorted(os.sched_getaffinity(0))
     if cores is not None and not 1 <= cores <= len(allowed):
         raise ValueError(f"--cores={cores} must be in [1, {len(allowed)}] (CPUs {allowed}).")
     cpus = allowed[:cores] if cores else allowed
     row = ROWS[row_name]
     rng = np.random.default_rng(0)
-    data = {"x": rng.standard_normal((BATCH, *row["image"]), np.float32),
-            "y": rng.integers(0, NUM_CLASSES, BATCH).astype(np.int32),
-            "xv": rng.standard_normal((CLEAN, *row["image"]), np.float32),
-            "yv": rng.integers(0, NUM_CLASSES, CLEAN).astype(np.int32)}
+    data = {
+        "x": rng.standard_normal((BATCH, *row["image"]), np.float32),
+        "y": rng.integers(0, NUM_CLASSES, BATCH).astype(np.int32),
+        "xv": rng.standard_normal((CLEAN, *row["image"]), np.float32),
+        "yv": rng.integers(0, NUM_CLASSES, CLEAN).astype(np.int32),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data_path, params_path = os.path.join(tmp, "data.npz"), os.path.join(tmp, "params.npz")
         np.savez(data_path, **data)
         # JAX first: it writes the initial parameters that PyTorch starts from.
-        jax_proc, jax_hello = _spawn(root, "jax", row_name, quick, data_path, params_path,
-                                     cpus)
-        torch_proc, torch_hello = _spawn(root, "torch", row_name, quick, data_path,
-                                         params_path, cpus)
+        jax_proc, jax_hello = _spawn(root, "jax", row_name, quick, data_path, params_path, cpus)
+        torch_proc, torch_hello = _spawn(
+            root, "torch", row_name, quick, data_path, params_path, cpus
+        )
     procs = {"jax": jax_proc, "torch": torch_proc}
     keys = [(fw, v) for fw in VARIANTS for v in VARIANTS[fw]]
 
@@ -473,7 +538,7 @@ def run_row(root: str, row_name: str, steps: int, warmup: int, quick: bool,
     cpu = {k: [] for k in keys}
     for i in range(steps):
         # Alternate the order, so neither framework always runs right after the other.
-        for key in (keys if i % 2 == 0 else keys[::-1]):
+        for key in keys if i % 2 == 0 else keys[::-1]:
             r = one_step(*key)
             wall[key].append(r["wall_ms"])
             cpu[key].append(r["cpu_ms"])
@@ -483,11 +548,16 @@ def run_row(root: str, row_name: str, steps: int, warmup: int, quick: bool,
         proc.stdin.flush()
         proc.wait()
 
-    results = {f"{fw} {v}": {"median_ms": statistics.median(wall[(fw, v)]),
-                             "min_ms": min(wall[(fw, v)]), "max_ms": max(wall[(fw, v)]),
-                             "cpu_median_ms": statistics.median(cpu[(fw, v)]),
-                             "wall_ms": wall[(fw, v)]}
-               for fw, v in keys}
+    results = {
+        f"{fw} {v}": {
+            "median_ms": statistics.median(wall[(fw, v)]),
+            "min_ms": min(wall[(fw, v)]),
+            "max_ms": max(wall[(fw, v)]),
+            "cpu_median_ms": statistics.median(cpu[(fw, v)]),
+            "wall_ms": wall[(fw, v)],
+        }
+        for fw, v in keys
+    }
     ratios = {}
     for a, b in RATIOS:
         per_round = [x / y for x, y in zip(results[a]["wall_ms"], results[b]["wall_ms"])]
@@ -495,50 +565,73 @@ def run_row(root: str, row_name: str, steps: int, warmup: int, quick: bool,
             "ratio_of_medians": results[a]["median_ms"] / results[b]["median_ms"],
             "median_paired_ratio": statistics.median(per_round),
             "cpu_ratio_of_medians": results[a]["cpu_median_ms"] / results[b]["cpu_median_ms"],
-            "target": TARGETS.get((a, b))}
-    return {"row": row_name, "model": row["model"],
-            "model_kw": QUICK_KW.get(row["model"], {}) if quick else {},
-            "image": row["image"], "batch": BATCH, "clean": CLEAN, "lr": row["lr"],
-            "steps": steps, "warmup": warmup, "cpus": cpus,
-            "loadavg_before": load_before, "loadavg_after": load_after,
-            "agreement": _compare(jax_hello["check"], torch_hello["check"]),
-            "info": {**jax_hello["info"], **torch_hello["info"]},
-            "results": results, "ratios": ratios}
+            "target": TARGETS.get((a, b)),
+        }
+    return {
+        "row": row_name,
+        "model": row["model"],
+        "model_kw": QUICK_KW.get(row["model"], {}) if quick else {},
+        "image": row["image"],
+        "batch": BATCH,
+        "clean": CLEAN,
+        "lr": row["lr"],
+        "steps": steps,
+        "warmup": warmup,
+        "cpus": cpus,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "agreement": _compare(jax_hello["check"], torch_hello["check"]),
+        "info": {**jax_hello["info"], **torch_hello["info"]},
+        "results": results,
+        "ratios": ratios,
+    }
 
 
 def _table(rows: list[dict]) -> str:
     lines = [f"{'row':<10} {'step':<18} {'ms/step':>8} {'min':>7} {'cpu ms':>8}   load"]
     for r in rows:
         for i, (name, res) in enumerate(r["results"].items()):
-            load = (f"{r['loadavg_before'][0]:.1f}-{r['loadavg_after'][0]:.1f}" if i == 0
-                    else "")
-            lines.append(f"{r['row'] if i == 0 else '':<10} {name:<18} {res['median_ms']:>8.1f} "
-                         f"{res['min_ms']:>7.1f} {res['cpu_median_ms']:>8.1f}   {load}")
+            load = f"{r['loadavg_before'][0]:.1f}-{r['loadavg_after'][0]:.1f}" if i == 0 else ""
+            lines.append(
+                f"{r['row'] if i == 0 else '':<10} {name:<18} {res['median_ms']:>8.1f} "
+                f"{res['min_ms']:>7.1f} {res['cpu_median_ms']:>8.1f}   {load}"
+            )
         for name, q in r["ratios"].items():
             target = "" if q["target"] is None else f"  target <= {q['target']}"
-            lines.append(f"{'':<10} {name:<34} {q['ratio_of_medians']:>5.2f} (paired "
-                         f"{q['median_paired_ratio']:.2f}, cpu {q['cpu_ratio_of_medians']:.2f})"
-                         f"{target}")
-    lines.append("ms/step, min: wall clock; cpu ms: process CPU time (all threads); paired: "
-                 "median over rounds of the per-round ratio")
+            lines.append(
+                f"{'':<10} {name:<34} {q['ratio_of_medians']:>5.2f} (paired "
+                f"{q['median_paired_ratio']:.2f}, cpu {q['cpu_ratio_of_medians']:.2f})"
+                f"{target}"
+            )
+    lines.append(
+        "ms/step, min: wall clock; cpu ms: process CPU time (all threads); paired: "
+        "median over rounds of the per-round ratio"
+    )
     for r in rows:
         for name, a in r["agreement"].items():
             loss = ", ".join(f"{d:.1e}" for d in a["rel_loss_diff_per_step"])
             w = ", ".join(f"{d:.1e}" for d in a["max_abs_w_diff_per_step"])
-            lines.append(f"  {r['row']}: {name}, steps 1-{CHECK_STEPS}: rel loss diff {loss}; "
-                         f"max |w diff| {w} (max w {a['max_w']:.3f})")
+            lines.append(
+                f"  {r['row']}: {name}, steps 1-{CHECK_STEPS}: rel loss diff {loss}; "
+                f"max |w diff| {w} (max w {a['max_w']:.3f})"
+            )
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed rounds (default 30; ResNet-32 10)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed rounds (default 30; ResNet-32 10)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny ResNet, 3 rounds")
-    parser.add_argument("--cores", type=int, default=None,
-                        help="pin both frameworks to this many CPUs (default: all allowed)")
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=None,
+        help="pin both frameworks to this many CPUs (default: all allowed)",
+    )
     parser.add_argument("--out", default=None, help="JSON output path")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -550,14 +643,21 @@ def main(argv=None) -> None:
     if unknown:
         raise ValueError(f"Unknown rows {unknown}; allowed: {', '.join(ROWS)}.")
     if args.worker:
-        _serve(args.worker, rows[0], args.quick, args.data, args.params,
-               [int(c) for c in args.worker_cpus.split(",")])
+        _serve(
+            args.worker,
+            rows[0],
+            args.quick,
+            args.data,
+            args.params,
+            [int(c) for c in args.worker_cpus.split(",")],
+        )
         return
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps={args.steps} must be >= 1.")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = args.out or os.path.join(root, "benchmarks", "results",
-                                   "vs_pytorch_quick.json" if args.quick else "vs_pytorch.json")
+    out = args.out or os.path.join(
+        root, "benchmarks", "results", "vs_pytorch_quick.json" if args.quick else "vs_pytorch.json"
+    )
     results = []
     for row in rows:
         steps = args.steps or (3 if args.quick else ROWS[row].get("steps", 30))
@@ -566,10 +666,22 @@ def main(argv=None) -> None:
     print(table)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                               "cpu_count": os.cpu_count(), "python": platform.python_version()},
-                   "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                   "rows": results, "table": table}, f, indent=1)
+        json.dump(
+            {
+                "machine": {
+                    "platform": platform.platform(),
+                    "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(),
+                    "python": platform.python_version(),
+                },
+                "quick": args.quick,
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "rows": results,
+                "table": table,
+            },
+            f,
+            indent=1,
+        )
     print(f"wrote {out}")
 
 

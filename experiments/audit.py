@@ -39,8 +39,12 @@ _MEMBER = flags.DEFINE_integer(
 )
 _AUDIT = config_flags.DEFINE_config_dict("audit", audit.default_config(), "Audit settings.")
 _PRESET = flags.DEFINE_enum(
-    "preset", "full", PRESETS, "full: the default settings; quick: the same sections with "
-    "fewer attack steps, epsilons and examples. --audit.<field> overrides apply on top.")
+    "preset",
+    "full",
+    PRESETS,
+    "full: the default settings; quick: the same sections with "
+    "fewer attack steps, epsilons and examples. --audit.<field> overrides apply on top.",
+)
 
 # The library's functions, under the names this script always had (tests, notebooks).
 load_run = audit.load_run
@@ -50,7 +54,7 @@ audit_run = audit.audit_run
 def _config(argv: Sequence[str]):
     """The preset's settings with the command line's ``--audit.<field>`` overrides on top."""
     config = audit.default_config(_PRESET.value)
-    given = {a[len("--audit."):].split("=", 1)[0] for a in argv if a.startswith("--audit.")}
+    given = {a[len("--audit.") :].split("=", 1)[0] for a in argv if a.startswith("--audit.")}
     config.update({field: _AUDIT.value[field] for field in given if field in config})
     return config
 

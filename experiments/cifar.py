@@ -14,6 +14,7 @@ and writes `table.md`, `summary.json`, `accuracy.png`.
 Catalog datasets must be prepared in the tfds data_dir (`--config.data.data_dir`), or given as
 `--config.data.dataset=npz:/path/file.npz`.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,8 @@ from l2rw_jax import workdir as workdir_lib
 
 _CONFIG = common.define_config(
     os.path.join(os.path.dirname(__file__), "configs", "cifar_uniform.py"),
-    "Training config; fields overridable (--config.num_steps=2000).")
+    "Training config; fields overridable (--config.num_steps=2000).",
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
 _METHODS = flags.DEFINE_list("methods", None, "Methods to run (default: the config's).")
 
@@ -43,9 +45,11 @@ def main(argv):
     print(table)
     common.write_text(workdir / "table.md", table + "\n")
     common.write_json(workdir / "summary.json", results)
-    plots.plot_curves({m: common.test_curve(workdir / m) for m in results},
-                       workdir / "accuracy.png",
-                       from_config.describe_data(config.data))
+    plots.plot_curves(
+        {m: common.test_curve(workdir / m) for m in results},
+        workdir / "accuracy.png",
+        from_config.describe_data(config.data),
+    )
 
 
 if __name__ == "__main__":

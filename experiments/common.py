@@ -1,5 +1,6 @@
 """What the entry points share: flags and errors, running several methods of one config, tables,
 curves (figures: experiments/plots.py; provenance: experiments/provenance.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,20 +22,29 @@ from l2rw_jax import results as results_lib
 from l2rw_jax import workdir as workdir_lib
 
 _VERBOSE = flags.DEFINE_bool(
-    "verbose", False, "Show INFO logs, and on an error the traceback (default: one line).")
+    "verbose", False, "Show INFO logs, and on an error the traceback (default: one line)."
+)
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Multi-host job: join the other processes "
+    "distributed",
+    False,
+    "Multi-host job: join the other processes "
     "(l2rw_jax.distributed.initialize) before any JAX work; run the same command on every "
     "host with a shared workdir (gs:// or a network file system) and "
     "--config.loop.num_devices=0. Cloud TPU, Slurm and Open MPI are detected; elsewhere give "
-    "the three flags below or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.")
+    "the three flags below or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "--distributed: host:port of process 0's coordinator.")
+    "coordinator_address", None, "--distributed: host:port of process 0's coordinator."
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "--distributed: the number of processes.", lower_bound=1)
+    "num_processes", None, "--distributed: the number of processes.", lower_bound=1
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "--distributed: this process's index, 0 .. num_processes - 1.",
-    lower_bound=0)
+    "process_id",
+    None,
+    "--distributed: this process's index, 0 .. num_processes - 1.",
+    lower_bound=0,
+)
 
 # Errors a user's input causes (a value, a path): one line, no traceback, unless --verbose.
 USER_ERRORS = (ValueError, FileNotFoundError, app.UsageError)
@@ -77,8 +87,7 @@ def define_config(default_path: str, help_text: str):
     (traceback with ``--verbose``)."""
     try:
         # config_flags reads the --config.* overrides from sys.argv here, at definition.
-        return config_flags.DEFINE_config_file("config", default_path, help_text,
-                                               lock_config=True)
+        return config_flags.DEFINE_config_file("config", default_path, help_text, lock_config=True)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         _config_error(e, sys.argv)
 
@@ -101,11 +110,14 @@ def _check_config_order(argv: Sequence[str]) -> None:
     """``--config.<field>`` overrides apply to the file given by ``--config=``: it must come
     first (config_flags refuses the other order with an unclear message)."""
     given = [i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")]
-    early = [a for a in argv[1:given[0]] if a.startswith("--config.")] if given else []
+    early = [a for a in argv[1 : given[0]] if a.startswith("--config.")] if given else []
     if early:
-        _config_error(ValueError(early[0]), argv,
-                      f"--config=... must come before any --config.<field> override; "
-                      f"found {early[0]} before {argv[given[0]]}.")
+        _config_error(
+            ValueError(early[0]),
+            argv,
+            f"--config=... must come before any --config.<field> override; "
+            f"found {early[0]} before {argv[given[0]]}.",
+        )
 
 
 def _flag_message(message: str) -> str:
@@ -120,8 +132,10 @@ def _flag_message(message: str) -> str:
 def _config_error(error: Exception, argv: Sequence[str], message: str | None = None) -> None:
     if "--verbose" in argv:
         raise error
-    print(f"error: {message or _override_message(error, argv)} (--verbose for the traceback)",
-          file=sys.stderr)
+    print(
+        f"error: {message or _override_message(error, argv)} (--verbose for the traceback)",
+        file=sys.stderr,
+    )
     sys.exit(2)
 
 
@@ -132,13 +146,18 @@ def _override_message(error: Exception, argv: Sequence[str]) -> str:
     for arg in argv:
         if not arg.startswith("--config."):
             continue
-        field = arg[len("--config."):].split("=", 1)[0]
-        if field in known or any(field.startswith(k + ".") for k in known) or ".options." in (
-                f"{field}."):  # model.options takes the model's own keyword arguments
+        field = arg[len("--config.") :].split("=", 1)[0]
+        if (
+            field in known
+            or any(field.startswith(k + ".") for k in known)
+            or ".options." in (f"{field}.")
+        ):  # model.options takes the model's own keyword arguments
             continue
         if field in config_lib.LEGACY_FIELDS:
-            return (f"--config.{field}: no such config field; it moved to "
-                    f"--config.{config_lib.LEGACY_FIELDS[field]}.")
+            return (
+                f"--config.{field}: no such config field; it moved to "
+                f"--config.{config_lib.LEGACY_FIELDS[field]}."
+            )
         close = difflib.get_close_matches(field, sorted(known), n=1)
         hint = f"; did you mean --config.{close[0]}?" if close else ""
         return f"--config.{field}: no such config field{hint}"
@@ -149,21 +168,24 @@ def initialize_distributed() -> None:
     """For ``--distributed``: ``l2rw_jax.distributed.initialize`` with the flags' values (before
     ``main``: the configs do no JAX work when the flags are parsed). Without it, the three
     address flags are a usage error (they would be silently ignored)."""
-    given = {f.name: f.value for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)
-             if f.value is not None}
+    given = {
+        f.name: f.value for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID) if f.value is not None
+    }
     if not _DISTRIBUTED.value:
         if given:
             raise app.UsageError(f"--{', --'.join(sorted(given))} need --distributed.")
         return
     from l2rw_jax import distributed
 
-    index, count = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                          _PROCESS_ID.value)
+    index, count = distributed.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    )
     logging.info("Process %d of %d.", index, count)
 
 
-def run_methods(config, workdir: workdir_lib.PathLike, methods: Sequence[str],
-                overrides=None) -> dict:
+def run_methods(
+    config, workdir: workdir_lib.PathLike, methods: Sequence[str], overrides=None
+) -> dict:
     """Trains ``config`` once per method, each in ``<workdir>/<method>``; {method: results}.
 
     ``overrides(method) -> dict`` may change fields per method (e.g. the official code's batch
@@ -181,8 +203,9 @@ def run_methods(config, workdir: workdir_lib.PathLike, methods: Sequence[str],
         cfg.update((overrides or (lambda m: {}))(method))
         configs[method] = config_lib.validate(cfg)
     root = workdir_lib.path(workdir)  # gs:// keeps its scheme; a local path is made absolute.
-    return {method: l2rw_jax.train_and_evaluate(cfg, root / method)
-            for method, cfg in configs.items()}
+    return {
+        method: l2rw_jax.train_and_evaluate(cfg, root / method) for method, cfg in configs.items()
+    }
 
 
 def fmt(stats: dict | None, *, error: bool = False) -> str:
@@ -208,24 +231,43 @@ def background_accuracies(per_class_KxC, bg_K) -> dict:
     others = np.where(present_KxC, others_KxC, 0.0).sum(1) / np.maximum(present_KxC.sum(1), 1)
     others = others[present_KxC.any(1)]
     bg = bg[~np.isnan(bg)]
-    return {"background_accuracy": results_lib.mean_ci95(bg) if bg.size else None,
-            "other_classes_accuracy": results_lib.mean_ci95(others) if others.size else None}
+    return {
+        "background_accuracy": results_lib.mean_ci95(bg) if bg.size else None,
+        "other_classes_accuracy": results_lib.mean_ci95(others) if others.size else None,
+    }
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *map(line, rows)])
+    return "\n".join(
+        [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
+    )
 
 
 def method_table(results: dict) -> str:
     """One row per method: final / best / hyper-validation-selected test accuracy, speed."""
-    header = ["method", "seeds", "final test acc %", "best test acc %", "selected test acc %",
-              "steps/s", "wall s"]
-    rows = [[m, len(r["seeds"]), fmt(r["final_test_accuracy"]), fmt(r["best_test_accuracy"]),
-             fmt(r["selected_test_accuracy"]), f"{r['steps_per_s']:.1f}",
-             f"{r['wall_time_s']:.0f}"] for m, r in results.items()]
+    header = [
+        "method",
+        "seeds",
+        "final test acc %",
+        "best test acc %",
+        "selected test acc %",
+        "steps/s",
+        "wall s",
+    ]
+    rows = [
+        [
+            m,
+            len(r["seeds"]),
+            fmt(r["final_test_accuracy"]),
+            fmt(r["best_test_accuracy"]),
+            fmt(r["selected_test_accuracy"]),
+            f"{r['steps_per_s']:.1f}",
+            f"{r['wall_time_s']:.0f}",
+        ]
+        for m, r in results.items()
+    ]
     return markdown_table(header, rows)
 
 
@@ -252,7 +294,8 @@ def quiet_checkpoint_logs() -> None:
     from absl import logging
 
     logging.get_absl_handler().addFilter(
-        lambda record: record.levelno >= std_logging.WARNING or "orbax" not in record.pathname)
+        lambda record: record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+    )
 
 
 def write_text(path: workdir_lib.PathLike, text: str) -> None:

@@ -17,6 +17,7 @@ copy as npz: `--config.data.dataset=npz:/path/mnist.npz --config.data.corrupt_gi
 (without the flag an npz's labels are taken as given: your own data is never corrupted unless
 asked; docs/your_data.md). Any config field can be overridden, e.g. `--config.num_seeds=10`.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,15 +32,21 @@ from l2rw_jax import workdir as workdir_lib
 
 _CONFIG = common.define_config(
     os.path.join(os.path.dirname(__file__), "configs", "mnist_imbalance.py"),
-    "Training config; fields overridable (--config.num_seeds=10).")
+    "Training config; fields overridable (--config.num_seeds=10).",
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
 _METHODS = flags.DEFINE_list("methods", None, "Methods to run (default: the config's).")
 _FRACTIONS = flags.DEFINE_list(
-    "majority_fractions", None, "Imbalance only: majority fractions p to run (default: the "
-    "config's).")
+    "majority_fractions",
+    None,
+    "Imbalance only: majority fractions p to run (default: the config's).",
+)
 _HM_BATCH = flags.DEFINE_integer(
-    "hard_mining_batch_size", 500, "Batch size of hard_mining (the official MNIST code mines "
-    "batches of 500; the other methods keep the config's).")
+    "hard_mining_batch_size",
+    500,
+    "Batch size of hard_mining (the official MNIST code mines "
+    "batches of 500; the other methods keep the config's).",
+)
 
 # Ren et al. 2018, Figure 3 at p = 0.995 (docs/design.md §4): test error in percent, read off
 # the figure.
@@ -55,16 +62,23 @@ def main(argv):
     hm = lambda m: {"data": {"batch_size": _HM_BATCH.value}} if m == "hard_mining" else {}
     if from_config.split_options(config.data)["noise"] != "imbalance":  # labels as given: none
         if _FRACTIONS.value:
-            given = (f" (data.dataset={config.data.dataset} is a source of your own: its labels "
-                     f"are taken as given; --config.data.corrupt_given_labels=True applies "
-                     f"the imbalance)" if from_config.labels_as_given(config.data) else "")
-            raise app.UsageError(f"--majority_fractions only applies to the imbalance "
-                                 f"config{given}.")
+            given = (
+                f" (data.dataset={config.data.dataset} is a source of your own: its labels "
+                f"are taken as given; --config.data.corrupt_given_labels=True applies "
+                f"the imbalance)"
+                if from_config.labels_as_given(config.data)
+                else ""
+            )
+            raise app.UsageError(
+                f"--majority_fractions only applies to the imbalance config{given}."
+            )
         results = common.run_methods(config, workdir, methods, hm)
         print(common.method_table(results))
-        plots.plot_curves({m: common.test_curve(workdir / m) for m in results},
-                           workdir / "accuracy.png",
-                           from_config.describe_data(config.data))
+        plots.plot_curves(
+            {m: common.test_curve(workdir / m) for m in results},
+            workdir / "accuracy.png",
+            from_config.describe_data(config.data),
+        )
         common.write_text(workdir / "table.md", common.method_table(results) + "\n")
         common.write_json(workdir / "summary.json", results)
         return
@@ -76,8 +90,10 @@ def main(argv):
         cfg.data.majority_fraction = p
         results[p] = common.run_methods(cfg, workdir / f"p{p}", methods, hm)
     header = ["method"] + [f"p = {p}" for p in fractions]
-    rows = [[m] + [common.fmt(results[p][m]["final_test_accuracy"], error=True)
-                   for p in fractions] for m in methods]
+    rows = [
+        [m] + [common.fmt(results[p][m]["final_test_accuracy"], error=True) for p in fractions]
+        for m in methods
+    ]
     if 0.995 in fractions:
         header.append("paper, p = 0.995")
         for row, m in zip(rows, methods):
@@ -86,10 +102,10 @@ def main(argv):
     print(f"\nMNIST 4 vs 9, test error % (final, mean +- 95% CI over {config.num_seeds} seeds)")
     print(table)
     common.write_text(workdir / "table.md", table + "\n")
-    common.write_json(workdir / "summary.json",
-                      {str(p): r for p, r in results.items()})
-    plots.plot_error_vs_fraction(results, methods, workdir / "error.png",
-                                  paper={0.995: PAPER_ERROR_0995})
+    common.write_json(workdir / "summary.json", {str(p): r for p, r in results.items()})
+    plots.plot_error_vs_fraction(
+        results, methods, workdir / "error.png", paper={0.995: PAPER_ERROR_0995}
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ compared with the time left. :func:`plan_sweep` decides a list of programs in pr
 :func:`plan_steps` picks one step count for a set of methods. No I/O, no clock: the caller
 (``experiments/reproduce.py``) measures and passes the seconds.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -13,6 +14,7 @@ from typing import NamedTuple, Sequence
 
 class Cost(NamedTuple):
     """Estimated seconds of a program: ``fixed_s + steps * step_s``."""
+
     fixed_s: float
     step_s: float
 
@@ -33,8 +35,7 @@ def probe_cost(wall_s: float, steps: int, loop_s: float, timed_steps: int) -> Co
       ValueError: ``steps`` < 1 or ``timed_steps`` < 0.
     """
     if steps < 1 or timed_steps < 0:
-        raise ValueError(f"steps must be >= 1 and timed_steps >= 0, got {steps} and "
-                         f"{timed_steps}.")
+        raise ValueError(f"steps must be >= 1 and timed_steps >= 0, got {steps} and {timed_steps}.")
     step_s = loop_s / timed_steps if timed_steps else wall_s / steps
     return Cost(max(wall_s - steps * step_s, 0.0), step_s)
 
@@ -46,8 +47,9 @@ def measured_cost(wall_s: float, steps: int, step_s: float) -> Cost:
     return Cost(max(wall_s - steps * step_s, 0.0), step_s)
 
 
-def plan_sweep(estimates: Sequence[tuple[object, float]], remaining_s: float, safety: float
-               ) -> list[tuple[object, float, bool]]:
+def plan_sweep(
+    estimates: Sequence[tuple[object, float]], remaining_s: float, safety: float
+) -> list[tuple[object, float, bool]]:
     """Greedy in priority order: ``(key, est_s, run)``, run when ``safety * est_s`` fits in
     what the programs run before it left of ``remaining_s``; a program that does not fit is
     skipped and the next (cheaper ones may fit)."""
@@ -59,8 +61,14 @@ def plan_sweep(estimates: Sequence[tuple[object, float]], remaining_s: float, sa
     return out
 
 
-def plan_steps(costs: dict, methods: Sequence[str], steps: Sequence[int], remaining_s: float,
-               safety: float, min_methods: int) -> tuple[int, list[str]] | None:
+def plan_steps(
+    costs: dict,
+    methods: Sequence[str],
+    steps: Sequence[int],
+    remaining_s: float,
+    safety: float,
+    min_methods: int,
+) -> tuple[int, list[str]] | None:
     """``(S, methods to run)``: the largest S of ``steps`` at which every method fits;
     else the smallest S with the methods that fit in priority order, if the first
     ``min_methods`` are among them; else None. ``costs[m]`` is a :class:`Cost`."""
@@ -68,8 +76,11 @@ def plan_steps(costs: dict, methods: Sequence[str], steps: Sequence[int], remain
         if safety * sum(costs[m].of(s) for m in methods) <= remaining_s:
             return s, list(methods)
     s = min(steps)
-    chosen = [k for k, _, run in plan_sweep([(m, costs[m].of(s)) for m in methods],
-                                            remaining_s, safety) if run]
+    chosen = [
+        k
+        for k, _, run in plan_sweep([(m, costs[m].of(s)) for m in methods], remaining_s, safety)
+        if run
+    ]
     if all(m in chosen for m in methods[:min_methods]):
         return s, chosen
     return None

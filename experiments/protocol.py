@@ -43,6 +43,7 @@ is its own dataset, model and budget, and the protocol's point is the curve over
 `--num_steps` shortens (or lengthens) every setting's budget; the learning-rate boundaries
 scale with it and the table says the budget is not the setting's own.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,30 +63,50 @@ from l2rw_jax import results as results_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
 _SETTINGS = flags.DEFINE_list(
-    "settings", ["digits_uniform40", "mnist_mlp_uniform40", "mnist_mlp_background40"],
-    f"Settings to run, of {list(protocol_config.SETTINGS)}.")
+    "settings",
+    ["digits_uniform40", "mnist_mlp_uniform40", "mnist_mlp_background40"],
+    f"Settings to run, of {list(protocol_config.SETTINGS)}.",
+)
 _METHODS = flags.DEFINE_list(
-    "methods", None, "Methods (default: erm,resample,l2rw,recommended), or ablations: l2rw or "
+    "methods",
+    None,
+    "Methods (default: erm,resample,l2rw,recommended), or ablations: l2rw or "
     "recommended followed by any number of +<token> (set that option; a mix token replaces "
     "the mix) and -<token> (back to the paper's value), tokens in "
-    "experiments/configs/protocol.py ABLATIONS.")
+    "experiments/configs/protocol.py ABLATIONS.",
+)
 _NUM_STEPS = flags.DEFINE_integer(
-    "num_steps", 0, "Step budget of every setting (0: each setting's own; lr boundaries scale).",
-    lower_bound=0)
-_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 0, "Seeds per run (0: the setting's, 5).",
-                                  lower_bound=0)
+    "num_steps",
+    0,
+    "Step budget of every setting (0: each setting's own; lr boundaries scale).",
+    lower_bound=0,
+)
+_NUM_SEEDS = flags.DEFINE_integer(
+    "num_seeds", 0, "Seeds per run (0: the setting's, 5).", lower_bound=0
+)
 _TRAIN = flags.DEFINE_bool(
-    "train", True, "Train what is missing (--notrain: only tabulate the finished runs).")
+    "train", True, "Train what is missing (--notrain: only tabulate the finished runs)."
+)
 _RESULTS_DIR = flags.DEFINE_string(
-    "results_dir", "benchmarks/results", "Where the table, summary and plot are copied as "
-    "protocol_<setting>.{md,json,png} (empty: not copied).")
+    "results_dir",
+    "benchmarks/results",
+    "Where the table, summary and plot are copied as "
+    "protocol_<setting>.{md,json,png} (empty: not copied).",
+)
 
 # The methods and the config of one (setting, method) run live with the settings (no flags
 # there, so tests and notebooks can import them).
 METHODS = protocol_config.METHODS
 setting_config = protocol_config.setting_config
-COLUMNS = ["method", "seeds", "final test acc %", "best test acc %", "best - final (points)",
-           "best step (median)", "steps/s"]
+COLUMNS = [
+    "method",
+    "seeds",
+    "final test acc %",
+    "best test acc %",
+    "best - final (points)",
+    "best step (median)",
+    "steps/s",
+]
 
 
 def summarize(results: dict, run_dir: str) -> dict:
@@ -93,14 +114,17 @@ def summarize(results: dict, run_dir: str) -> dict:
     steps_E, acc_KxE = common.test_curve(run_dir)
     final_K = np.array(results["final_test_accuracy"]["per_seed"])
     best_K = np.array(results["best_test_accuracy"]["per_seed"])
-    return {"final_test_accuracy": results["final_test_accuracy"],
-            "best_test_accuracy": results["best_test_accuracy"],
-            "drop": results_lib.mean_ci95(best_K - final_K),
-            "best_step": results["best_step"],
-            "selected_test_accuracy": results["selected_test_accuracy"],
-            "steps_per_s": results["steps_per_s"], "wall_time_s": results["wall_time_s"],
-            "num_seeds": results["num_seeds"],
-            "curve": {"steps": steps_E.tolist(), "accuracy_per_seed": acc_KxE.tolist()}}
+    return {
+        "final_test_accuracy": results["final_test_accuracy"],
+        "best_test_accuracy": results["best_test_accuracy"],
+        "drop": results_lib.mean_ci95(best_K - final_K),
+        "best_step": results["best_step"],
+        "selected_test_accuracy": results["selected_test_accuracy"],
+        "steps_per_s": results["steps_per_s"],
+        "wall_time_s": results["wall_time_s"],
+        "num_seeds": results["num_seeds"],
+        "curve": {"steps": steps_E.tolist(), "accuracy_per_seed": acc_KxE.tolist()},
+    }
 
 
 def gap_closed(rows: dict, method: str) -> dict | None:
@@ -110,8 +134,9 @@ def gap_closed(rows: dict, method: str) -> dict | None:
     seeds differ, or some seed's oracle equals its ERM (no gap to close)."""
     if method not in rows or "erm" not in rows or "oracle" not in rows:
         return None
-    return results_lib.gap_closed(*(rows[m]["final_test_accuracy"]["per_seed"]
-                                    for m in (method, "erm", "oracle")))
+    return results_lib.gap_closed(
+        *(rows[m]["final_test_accuracy"]["per_seed"] for m in (method, "erm", "oracle"))
+    )
 
 
 def table(rows: dict) -> str:
@@ -121,12 +146,19 @@ def table(rows: dict) -> str:
     body = []
     for m, r in rows.items():
         drop = r["drop"]
-        body.append([m, r["num_seeds"], common.fmt(r["final_test_accuracy"]),
-                     common.fmt(r["best_test_accuracy"]),
-                     f"{100 * drop['mean']:.2f}" + (f" +- {100 * drop['ci95']:.2f}"
-                                                    if drop["ci95"] is not None else ""),
-                     f"{int(np.median(r['best_step']))}", f"{r['steps_per_s']:.1f}"]
-                    + ([common.fmt(gap_closed(rows, m))] if show_gap else []))
+        body.append(
+            [
+                m,
+                r["num_seeds"],
+                common.fmt(r["final_test_accuracy"]),
+                common.fmt(r["best_test_accuracy"]),
+                f"{100 * drop['mean']:.2f}"
+                + (f" +- {100 * drop['ci95']:.2f}" if drop["ci95"] is not None else ""),
+                f"{int(np.median(r['best_step']))}",
+                f"{r['steps_per_s']:.1f}",
+            ]
+            + ([common.fmt(gap_closed(rows, m))] if show_gap else [])
+        )
     return common.markdown_table(COLUMNS + (["gap closed %"] if show_gap else []), body)
 
 
@@ -151,8 +183,10 @@ def criteria(rows: dict) -> str:
     non-reference method's) final accuracy minus ERM's, class-balanced training's and the
     paper rule's, paired over seeds (points, mean +- 95% CI); one line per candidate."""
     lines = []
-    for cand in sorted((m for m in rows if m not in REFERENCES),
-                       key=lambda m: (m != "recommended", list(rows).index(m))):
+    for cand in sorted(
+        (m for m in rows if m not in REFERENCES),
+        key=lambda m: (m != "recommended", list(rows).index(m)),
+    ):
         parts = []
         for m in REFERENCES:
             d = paired_difference(rows, cand, m)
@@ -163,12 +197,21 @@ def criteria(rows: dict) -> str:
             lines.append(f"{cand} minus: " + ", ".join(parts))
     if not lines:
         return ""
-    return ("Final test accuracy minus the references' (points, paired over seeds, mean +- 95% "
-            "CI):\n\n" + "\n".join(f"- {line}" for line in lines))
+    return (
+        "Final test accuracy minus the references' (points, paired over seeds, mean +- 95% "
+        "CI):\n\n" + "\n".join(f"- {line}" for line in lines)
+    )
 
 
-def run_setting(setting: str, methods, workdir: str, num_steps: int, num_seeds: int,
-                train: bool, provenance: dict) -> tuple[str, dict]:
+def run_setting(
+    setting: str,
+    methods,
+    workdir: str,
+    num_steps: int,
+    num_seeds: int,
+    train: bool,
+    provenance: dict,
+) -> tuple[str, dict]:
     """Trains (or reads) one setting's methods; writes and returns (table text, summary)."""
     configs = {m: setting_config(setting, m, num_steps, num_seeds) for m in methods}
     cfg0 = next(iter(configs.values()))
@@ -184,29 +227,43 @@ def run_setting(setting: str, methods, workdir: str, num_steps: int, num_seeds: 
     for m in rows:
         rows[m]["gap_closed"] = gap_closed(rows, m)
     d = cfg0.data
-    budget = (f"{cfg0.num_steps} steps" if cfg0.num_steps == own_steps else
-              f"{cfg0.num_steps} steps (SHORTENED budget: the setting's own is {own_steps})")
-    head = (f"{setting}: {os.path.basename(d.dataset)}, {cfg0.model.name} "
-            f"{dict(cfg0.model.options)}, {d.noise} flip {d.noise_ratio:.0%}, "
-            f"{d.clean_per_class} clean per class, batch {d.batch_size} + {d.clean_batch_size} "
-            f"clean, SGD momentum {cfg0.optim.momentum} lr {cfg0.optim.learning_rate}, {budget}, "
-            f"{cfg0.num_seeds} seeds; test accuracy mean +- 95% CI over seeds "
-            f"(best: the highest of the evaluations every {cfg0.loop.eval_every} steps)")
+    budget = (
+        f"{cfg0.num_steps} steps"
+        if cfg0.num_steps == own_steps
+        else f"{cfg0.num_steps} steps (SHORTENED budget: the setting's own is {own_steps})"
+    )
+    head = (
+        f"{setting}: {os.path.basename(d.dataset)}, {cfg0.model.name} "
+        f"{dict(cfg0.model.options)}, {d.noise} flip {d.noise_ratio:.0%}, "
+        f"{d.clean_per_class} clean per class, batch {d.batch_size} + {d.clean_batch_size} "
+        f"clean, SGD momentum {cfg0.optim.momentum} lr {cfg0.optim.learning_rate}, {budget}, "
+        f"{cfg0.num_seeds} seeds; test accuracy mean +- 95% CI over seeds "
+        f"(best: the highest of the evaluations every {cfg0.loop.eval_every} steps)"
+    )
     text = table(rows)
     crit = criteria(rows)
-    foot = (f"\n\n{crit}" if crit else "") + (
-        "\n\n" + provenance_lib.describe(provenance))
+    foot = (f"\n\n{crit}" if crit else "") + ("\n\n" + provenance_lib.describe(provenance))
     full = head + "\n\n" + text + foot + "\n"
-    summary = {"setting": setting, "num_steps": cfg0.num_steps, "setting_num_steps": own_steps,
-               "shortened": cfg0.num_steps < own_steps, **provenance,
-               "configs": {m: c.to_dict() for m, c in configs.items()}, "methods": rows}
+    summary = {
+        "setting": setting,
+        "num_steps": cfg0.num_steps,
+        "setting_num_steps": own_steps,
+        "shortened": cfg0.num_steps < own_steps,
+        **provenance,
+        "configs": {m: c.to_dict() for m, c in configs.items()},
+        "methods": rows,
+    }
     common.write_text(os.path.join(setting_dir, "table.md"), full)
     common.write_json(os.path.join(setting_dir, "summary.json"), summary)
     if rows:
         plots.plot_curves(
-            {m: (np.array(r["curve"]["steps"]), np.array(r["curve"]["accuracy_per_seed"]))
-             for m, r in rows.items()}, os.path.join(setting_dir, "accuracy.png"),
-            f"{setting}, {cfg0.num_steps} steps")
+            {
+                m: (np.array(r["curve"]["steps"]), np.array(r["curve"]["accuracy_per_seed"]))
+                for m, r in rows.items()
+            },
+            os.path.join(setting_dir, "accuracy.png"),
+            f"{setting}, {cfg0.num_steps} steps",
+        )
     return full, summary
 
 
@@ -216,8 +273,7 @@ def main(argv):
     methods = _METHODS.value or list(METHODS)
     bad = [s for s in _SETTINGS.value if s not in protocol_config.SETTINGS]
     if bad:
-        raise app.UsageError(f"unknown settings {bad}; allowed: "
-                             f"{list(protocol_config.SETTINGS)}.")
+        raise app.UsageError(f"unknown settings {bad}; allowed: {list(protocol_config.SETTINGS)}.")
     for m in methods:
         try:
             protocol_config.method_overrides(m)
@@ -231,18 +287,25 @@ def main(argv):
             setting_config(s, m, _NUM_STEPS.value, _NUM_SEEDS.value)
     provenance = provenance_lib.record("experiments.protocol", sys.argv[1:])
     for s in _SETTINGS.value:
-        text, summary = run_setting(s, methods, workdir, _NUM_STEPS.value, _NUM_SEEDS.value,
-                                    _TRAIN.value, provenance)
+        text, summary = run_setting(
+            s, methods, workdir, _NUM_STEPS.value, _NUM_SEEDS.value, _TRAIN.value, provenance
+        )
         print("\n" + text, flush=True)
         if _RESULTS_DIR.value and summary["methods"]:
             os.makedirs(_RESULTS_DIR.value, exist_ok=True)
             setting_dir = os.path.join(workdir, s, f"steps{summary['num_steps']}")
             # A budget other than the setting's own is named by it: it never replaces the
             # full-budget results (nor another budget's).
-            stem = f"protocol_{s}" + ("" if summary["num_steps"] == summary["setting_num_steps"]
-                                      else f"_steps{summary['num_steps']}")
-            for name, ext in (("table.md", "md"), ("summary.json", "json"),
-                              ("accuracy.png", "png")):
+            stem = f"protocol_{s}" + (
+                ""
+                if summary["num_steps"] == summary["setting_num_steps"]
+                else f"_steps{summary['num_steps']}"
+            )
+            for name, ext in (
+                ("table.md", "md"),
+                ("summary.json", "json"),
+                ("accuracy.png", "png"),
+            ):
                 dst = os.path.join(_RESULTS_DIR.value, f"{stem}.{ext}")
                 shutil.copyfile(os.path.join(setting_dir, name), dst + ".tmp")
                 os.replace(dst + ".tmp", dst)

@@ -15,6 +15,7 @@ final test accuracy % over seeds and, where both `erm` and `oracle` ran, the mea
 CIs, the best-during-training column and the command that produced it. `--plot` draws the
 gap closed as a heat map (settings x methods).
 """
+
 from __future__ import annotations
 
 import glob
@@ -30,8 +31,9 @@ from experiments.configs import protocol as protocol_config
 from l2rw_jax import config as config_lib
 from l2rw_jax import results as results_lib
 
-_RESULTS_DIR = flags.DEFINE_string("results_dir", "benchmarks/results",
-                                   "Where experiments.protocol copied its protocol_*.json.")
+_RESULTS_DIR = flags.DEFINE_string(
+    "results_dir", "benchmarks/results", "Where experiments.protocol copied its protocol_*.json."
+)
 _OUT = flags.DEFINE_string("out", None, "Write the markdown here as well as printing it.")
 _PLOT = flags.DEFINE_string("plot", None, "Write the gap-closed heat map (png) here.")
 
@@ -39,16 +41,28 @@ _PLOT = flags.DEFINE_string("plot", None, "Write the gap-closed heat map (png) h
 # A row is labelled by its recorded config, not by the name it ran under: the first of these
 # whose method config (experiments.configs.protocol, today's definitions) equals the row's, so
 # that `recommended` is always today's default; a row that matches none keeps its name.
-COLUMNS = ("erm", "resample", "oracle", "l2rw", "mwnet", "finetune", "clean_only",
-           "recommended", "recommended-plateau", "recommended+glc", "glc")
+COLUMNS = (
+    "erm",
+    "resample",
+    "oracle",
+    "l2rw",
+    "mwnet",
+    "finetune",
+    "clean_only",
+    "recommended",
+    "recommended-plateau",
+    "recommended+glc",
+    "glc",
+)
 
 
 def gap_closed(rows: dict, method: str) -> dict | None:
     """``method``'s gap closed over seeds (None without ``erm`` / ``oracle`` rows)."""
     if method not in rows or "erm" not in rows or "oracle" not in rows:
         return None
-    return results_lib.gap_closed(*(rows[m]["final_test_accuracy"]["per_seed"]
-                                    for m in (method, "erm", "oracle")))
+    return results_lib.gap_closed(
+        *(rows[m]["final_test_accuracy"]["per_seed"] for m in (method, "erm", "oracle"))
+    )
 
 
 def load(results_dir: str) -> dict:
@@ -59,11 +73,14 @@ def load(results_dir: str) -> dict:
     Raises:
       FileNotFoundError: no protocol_*.json in either folder.
     """
-    paths = (glob.glob(os.path.join(results_dir, "protocol_*.json"))
-             + glob.glob(os.path.join(results_dir, "candidates", "protocol_*.json")))
+    paths = glob.glob(os.path.join(results_dir, "protocol_*.json")) + glob.glob(
+        os.path.join(results_dir, "candidates", "protocol_*.json")
+    )
     if not paths:
-        raise FileNotFoundError(f"no protocol_*.json in {results_dir!r} or its candidates/; "
-                                "run experiments.protocol first.")
+        raise FileNotFoundError(
+            f"no protocol_*.json in {results_dir!r} or its candidates/; "
+            "run experiments.protocol first."
+        )
     files = []
     for path in paths:
         with open(path) as f:
@@ -73,7 +90,8 @@ def load(results_dir: str) -> dict:
         key = (d["setting"], d["num_steps"], d["setting_num_steps"])
         configs = d.get("configs", {})
         settings.setdefault(key, {}).update(
-            {label(d["setting"], m, configs.get(m)): row for m, row in d["methods"].items()})
+            {label(d["setting"], m, configs.get(m)): row for m, row in d["methods"].items()}
+        )
     return settings
 
 
@@ -89,8 +107,7 @@ def label(setting: str, name: str, config: dict | None) -> str:
     ran = config_lib.upgrade(config, fill_added=True)["method"]
     for m in COLUMNS:
         today = protocol_config.method_overrides(m)["method"]
-        if today["name"] == ran["name"] and (ran["name"] != "l2rw"
-                                             or today["l2rw"] == ran["l2rw"]):
+        if today["name"] == ran["name"] and (ran["name"] != "l2rw" or today["l2rw"] == ran["l2rw"]):
             return m
     return name
 
@@ -100,8 +117,9 @@ def cell(rows: dict, method: str) -> str:
         return "–"
     text = f"{100 * rows[method]['final_test_accuracy']['mean']:.2f}"
     gap = gap_closed(rows, method)
-    return text + (f" ({100 * gap['mean']:.0f}%)" if gap and method not in ("erm", "oracle")
-                   else "")
+    return text + (
+        f" ({100 * gap['mean']:.0f}%)" if gap and method not in ("erm", "oracle") else ""
+    )
 
 
 def matrix(settings: dict) -> tuple[list[str], list[tuple], np.ndarray]:
@@ -120,13 +138,17 @@ def matrix(settings: dict) -> tuple[list[str], list[tuple], np.ndarray]:
 
 def markdown(settings: dict) -> str:
     methods, keys, _ = matrix(settings)
-    body = [[f"{s} ({n}{f' of {own}' if n != own else ''} steps)"]
-            + [cell(settings[(s, n, own)], m) for m in methods] for s, n, own in keys]
+    body = [
+        [f"{s} ({n}{f' of {own}' if n != own else ''} steps)"]
+        + [cell(settings[(s, n, own)], m) for m in methods]
+        for s, n, own in keys
+    ]
     return common.markdown_table(["setting (steps)"] + methods, body)
 
 
 def plot(settings: dict, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

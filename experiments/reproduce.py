@@ -58,6 +58,7 @@ The smoke suite's plan (CPU) looks like::
     | l2rw       | 40    | 2     | 6.8        | run      |
     | proportion | 40    | 2     | 4.4        | run      |
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -96,7 +97,7 @@ class _Ctx(NamedTuple):
     args: Args
     clock: Callable[[], float]
     deadline: float
-    header: dict                     # provenance.record(...) and budget_s
+    header: dict  # provenance.record(...) and budget_s
     say: Callable[[str], None]
     # progress(part, probes, plan_rows): the running part's probes and plan so far, written
     # into reproduce_run.json and the bundle at once (an interrupted run keeps them).
@@ -147,16 +148,16 @@ def _probe(ctx: _Ctx, config, workdir: str, steps: int) -> tuple[planner.Cost, f
         out = l2rw_jax.train_and_evaluate(c, workdir)
     wall = ctx.clock() - t0
     # The loop's own time per step, from the calls that did not compile.
-    cost = planner.probe_cost(wall, steps, out["timing_s"]["train_loop_s"],
-                              out.get("timed_steps", 0))
+    cost = planner.probe_cost(
+        wall, steps, out["timing_s"]["train_loop_s"], out.get("timed_steps", 0)
+    )
     return cost, wall
 
 
 def _run_program(ctx: _Ctx, config, workdir: str, method: str, fraction) -> dict:
     t0 = ctx.clock()
     results = l2rw_jax.train_and_evaluate(config, workdir)
-    return reproduce_files.program_record(method, fraction, results, workdir,
-                                          ctx.clock() - t0)
+    return reproduce_files.program_record(method, fraction, results, workdir, ctx.clock() - t0)
 
 
 def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str]]:
@@ -185,19 +186,24 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
             notes.append(f"probe of {m} cut by the budget after {ctx.clock() - t0:.0f} s.")
             ctx.progress(part.name, probes, None)
             return None
-        probes[m] = {**label, "steps": part.probe_steps, "wall_s": wall,
-                     "fixed_s": cost.fixed_s, "step_s": cost.step_s}
+        probes[m] = {
+            **label,
+            "steps": part.probe_steps,
+            "wall_s": wall,
+            "fixed_s": cost.fixed_s,
+            "step_s": cost.step_s,
+        }
         ctx.progress(part.name, probes, None)
         return cost
 
-    if part.fractions is not None:   # ---- sweep: fixed steps, one program per (p, method)
+    if part.fractions is not None:  # ---- sweep: fixed steps, one program per (p, method)
         steps = part.steps[0]
         keys = [(m, p) for p in part.fractions for m in part.methods if (m, p) not in done]
         configs = {}
         for m, p in keys:
             configs[m, p] = program_config(part, base, m, p)
-        costs, probed = {}, {}      # probed: (method, p) -> the probe's wall seconds
-        for m in part.methods:       # probe each method's first missing program
+        costs, probed = {}, {}  # probed: (method, p) -> the probe's wall seconds
+        for m in part.methods:  # probe each method's first missing program
             first = next(((mm, p) for mm, p in keys if mm == m), None)
             if first is None:
                 continue
@@ -205,25 +211,40 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
                 notes.append(f"not probed (budget spent): {m}.")
                 continue
             ctx.say(f"[{part.name}] probe: {m} p={first[1]}, {part.probe_steps} steps")
-            cost = probe(m, configs[first], os.path.join(workdir, f"p{first[1]}", m),
-                         {"majority_fraction": first[1]})
+            cost = probe(
+                m,
+                configs[first],
+                os.path.join(workdir, f"p{first[1]}", m),
+                {"majority_fraction": first[1]},
+            )
             if cost is None:
                 break
             costs[m], probed[first] = cost, probes[m]["wall_s"]
-        est = lambda k: (costs[k[0]].of(steps - part.probe_steps) if k in probed
-                         else costs[k[0]].of(steps))
+        est = lambda k: (
+            costs[k[0]].of(steps - part.probe_steps) if k in probed else costs[k[0]].of(steps)
+        )
         keys = [k for k in keys if k[0] in costs]
         plan = planner.plan_sweep([(k, est(k)) for k in keys], ctx.left(), ctx.args.safety)
-        minimal = [(m, part.fractions[0]) for m in list(part.methods)[:part.min_methods]]
+        minimal = [(m, part.fractions[0]) for m in list(part.methods)[: part.min_methods]]
         runs = {k for k, _, run in plan if run}
-        plan_rows = [{"method": m, "majority_fraction": p, "steps": steps,
-                      "seeds": configs[m, p].num_seeds, "estimate_s": round(e, 1),
-                      "decision": "run" if r else "skip (budget)"} for (m, p), e, r in plan]
+        plan_rows = [
+            {
+                "method": m,
+                "majority_fraction": p,
+                "steps": steps,
+                "seeds": configs[m, p].num_seeds,
+                "estimate_s": round(e, 1),
+                "decision": "run" if r else "skip (budget)",
+            }
+            for (m, p), e, r in plan
+        ]
         _print_plan(ctx, part, plan_rows)
         ctx.progress(part.name, probes, plan_rows)
         if not all(k in runs or k in done for k in minimal):
-            notes.append(f"skipped: the minimal run {minimal} does not fit in "
-                         f"{ctx.left():.0f} s (estimates in the plan).")
+            notes.append(
+                f"skipped: the minimal run {minimal} does not fit in "
+                f"{ctx.left():.0f} s (estimates in the plan)."
+            )
             return "skipped", notes
         for (m, p), _, _ in plan:  # each decided again with what is left and known now
             left, e = ctx.left(), est((m, p))
@@ -239,7 +260,7 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
             costs[m] = planner.measured_cost(rec["wall_time_s"], steps, costs[m].step_s)
             write(plan_rows, "partial")
         complete = len(programs) == len(part.fractions) * len(part.methods)
-    else:                            # ---- step count chosen by the plan
+    else:  # ---- step count chosen by the plan
         methods = [m for m in part.methods if (m, None) not in done]
         step_choices = (programs[0]["num_steps"],) if programs else part.steps
         # The paper's schedule, evaluated and checkpointed at the probe's end (so its time
@@ -252,45 +273,62 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
         for m in methods:
             if m not in like:
                 ctx.say(f"[{part.name}] probe: {m}, {part.probe_steps} steps (scratch workdir)")
-                cost = probe(m, program_config(part, probe_base, m),
-                             os.path.join(workdir, "probe", m), {})
+                cost = probe(
+                    m, program_config(part, probe_base, m), os.path.join(workdir, "probe", m), {}
+                )
                 if cost is None:
                     break
                 costs[m] = cost
         costs.update({m: costs[other] for m, other in like.items() if other in costs})
         methods = [m for m in methods if m in costs]  # a method not costed is not planned
-        choice = planner.plan_steps(costs, methods, step_choices, ctx.left(), ctx.args.safety,
-                            part.min_methods if not programs else 0)
+        choice = planner.plan_steps(
+            costs,
+            methods,
+            step_choices,
+            ctx.left(),
+            ctx.args.safety,
+            part.min_methods if not programs else 0,
+        )
         s = choice[0] if choice else min(step_choices)
-        plan_rows = [{"method": m, "steps": s, "seeds": base.num_seeds,
-                      "estimate_s": round(costs[m].of(s), 1),
-                      "decision": "run" if choice and m in choice[1] else "skip (budget)"}
-                     for m in methods]
+        plan_rows = [
+            {
+                "method": m,
+                "steps": s,
+                "seeds": base.num_seeds,
+                "estimate_s": round(costs[m].of(s), 1),
+                "decision": "run" if choice and m in choice[1] else "skip (budget)",
+            }
+            for m in methods
+        ]
         _print_plan(ctx, part, plan_rows)
         ctx.progress(part.name, probes, plan_rows)
         if choice is None:
-            notes.append(f"skipped: the minimal run ({list(part.methods)[:part.min_methods]} "
-                         f"at {s} steps) does not fit in {ctx.left():.0f} s.")
+            notes.append(
+                f"skipped: the minimal run ({list(part.methods)[: part.min_methods]} "
+                f"at {s} steps) does not fit in {ctx.left():.0f} s."
+            )
             return "skipped", notes
         s = choice[0]
         config_s = scaled_config(base, s)
         for m in methods:  # each decided again with what is left and known now
             left, e = ctx.left(), costs[m].of(s)
             if ctx.args.safety * e > left:
-                notes.append(f"not run: {m} at {s} steps (estimate {e:.0f} s, {left:.0f} s "
-                             f"left).")
+                notes.append(f"not run: {m} at {s} steps (estimate {e:.0f} s, {left:.0f} s left).")
                 continue
             ctx.say(f"[{part.name}] run: {m}, {s} steps (estimate {e:.0f} s)")
-            rec = _run_program(ctx, program_config(part, config_s, m),
-                               os.path.join(workdir, f"S{s}", m), m, None)
+            rec = _run_program(
+                ctx, program_config(part, config_s, m), os.path.join(workdir, f"S{s}", m), m, None
+            )
             programs.append(rec)
             measured = planner.measured_cost(rec["wall_time_s"], s, costs[m].step_s)
             costs.update({x: measured for x in methods if x == m or like.get(x) == m})
             write(plan_rows, "partial")
         complete = len(programs) == len(part.methods)
         if complete and s < max(part.steps):
-            notes.append(f"{s} of the paper's {max(part.steps)} steps (the budget's share), "
-                         f"learning-rate schedule compressed to them.")
+            notes.append(
+                f"{s} of the paper's {max(part.steps)} steps (the budget's share), "
+                f"learning-rate schedule compressed to them."
+            )
     status = "complete" if complete else "partial"
     if programs:
         write(plan_rows, status)
@@ -299,23 +337,47 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
 
 def _print_plan(ctx: _Ctx, part: Part, rows: list[dict]) -> None:
     header = list(rows[0]) if rows else ["method"]
-    how = ("one program per (majority fraction, method), its seeds vmapped: a run's members "
-           "differ by seed only, so fractions cannot be members; programs of one method share "
-           "the compiled step through the persistent compilation cache" if part.fractions
-           else "one program per method at the chosen step count, its seeds vmapped")
-    ctx.say(f"\nPlan for {part.name} ({part.title}); {ctx.left():.0f} s left, estimates x"
-            f"{ctx.args.safety} must fit; {how}; before it starts, each program is decided "
-            f"again with the time left and the costs measured by then:\n" + common.markdown_table(
-                header, [[r[h] for h in header] for r in rows]) + "\n")
+    how = (
+        "one program per (majority fraction, method), its seeds vmapped: a run's members "
+        "differ by seed only, so fractions cannot be members; programs of one method share "
+        "the compiled step through the persistent compilation cache"
+        if part.fractions
+        else "one program per method at the chosen step count, its seeds vmapped"
+    )
+    ctx.say(
+        f"\nPlan for {part.name} ({part.title}); {ctx.left():.0f} s left, estimates x"
+        f"{ctx.args.safety} must fit; {how}; before it starts, each program is decided "
+        f"again with the time left and the costs measured by then:\n"
+        + common.markdown_table(header, [[r[h] for h in header] for r in rows])
+        + "\n"
+    )
 
 
-def _write_part(ctx: _Ctx, part: Part, programs: list[dict], plan_rows, status: str,
-                notes: list[str], wall: float, probes: dict | None = None) -> None:
+def _write_part(
+    ctx: _Ctx,
+    part: Part,
+    programs: list[dict],
+    plan_rows,
+    status: str,
+    notes: list[str],
+    wall: float,
+    probes: dict | None = None,
+) -> None:
     """The part's record and files (``reproduce_files.write_part``), then the bundle."""
-    record = {"suite": ctx.suite, "part": part.name, "title": part.title, "status": status,
-              **ctx.header, "wall_time_s": wall, "plan": plan_rows, "programs": programs,
-              "probes": probes or {}, "paper": PAPER.get(part.name),
-              "protocol": part.protocol, "notes": notes}
+    record = {
+        "suite": ctx.suite,
+        "part": part.name,
+        "title": part.title,
+        "status": status,
+        **ctx.header,
+        "wall_time_s": wall,
+        "plan": plan_rows,
+        "programs": programs,
+        "probes": probes or {},
+        "paper": PAPER.get(part.name),
+        "protocol": part.protocol,
+        "notes": notes,
+    }
     reproduce_files.write_part(ctx.args.results_dir, ctx.args.bundle, part, record)
 
 
@@ -324,6 +386,7 @@ def _write_part(ctx: _Ctx, part: Part, programs: list[dict], plan_rows, status: 
 
 class Args(NamedTuple):
     """The parsed flags (:func:`parse_args`): paths absolute, defaults filled in."""
+
     suite: str
     budget_s: float
     parts: list
@@ -341,25 +404,48 @@ def define_flags(fv: flags.FlagValues) -> None:
     fresh ``FlagValues`` in :func:`parse_args`, so that importing this module defines none
     that could clash with another entry point's)."""
     flags.DEFINE_enum("suite", "paper", sorted(SUITES), "The suite to run.", flag_values=fv)
-    flags.DEFINE_float("budget_s", 480.0, "Wall-time budget of the whole run in seconds.",
-                       flag_values=fv)
-    flags.DEFINE_list("parts", [], "Comma-separated part names (default: all).",
-                      flag_values=fv)
-    flags.DEFINE_string("data_dir", ".carry", "Holds mnist.npz and cifar10_dev.npz or "
-                        "cifar10_dev_jpeg.npz (fallback: ../shared/data).", flag_values=fv)
-    flags.DEFINE_string("workdir", "workdirs/reproduce", "Runs, scratch, caches.",
-                        flag_values=fv)
-    flags.DEFINE_string("results_dir", None, "Where reproduce_<part>.* go (default: "
-                        "benchmarks/results for the paper suite, <workdir>/results for smoke).",
-                        flag_values=fv)
-    flags.DEFINE_string("compilation_cache", None, "JAX persistent compilation cache dir "
-                        "(default <workdir>/jax_cache; '' disables).", flag_values=fv)
-    flags.DEFINE_string("bundle", "", "Also zip the results into this file after every "
-                        "write (one file that holds them all).", flag_values=fv)
-    flags.DEFINE_string("git_commit", None, "The commit to record (default: git rev-parse "
-                        "HEAD, if git works).", flag_values=fv)
-    flags.DEFINE_float("safety", 1.15, "Estimates are multiplied by this before they are "
-                       "compared with the time left.", flag_values=fv)
+    flags.DEFINE_float(
+        "budget_s", 480.0, "Wall-time budget of the whole run in seconds.", flag_values=fv
+    )
+    flags.DEFINE_list("parts", [], "Comma-separated part names (default: all).", flag_values=fv)
+    flags.DEFINE_string(
+        "data_dir",
+        ".carry",
+        "Holds mnist.npz and cifar10_dev.npz or cifar10_dev_jpeg.npz (fallback: ../shared/data).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("workdir", "workdirs/reproduce", "Runs, scratch, caches.", flag_values=fv)
+    flags.DEFINE_string(
+        "results_dir",
+        None,
+        "Where reproduce_<part>.* go (default: "
+        "benchmarks/results for the paper suite, <workdir>/results for smoke).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "compilation_cache",
+        None,
+        "JAX persistent compilation cache dir (default <workdir>/jax_cache; '' disables).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "bundle",
+        "",
+        "Also zip the results into this file after every write (one file that holds them all).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "git_commit",
+        None,
+        "The commit to record (default: git rev-parse HEAD, if git works).",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "safety",
+        1.15,
+        "Estimates are multiplied by this before they are compared with the time left.",
+        flag_values=fv,
+    )
 
 
 def parse_args(argv: Sequence[str]) -> Args:
@@ -380,8 +466,9 @@ def parse_args(argv: Sequence[str]) -> Args:
 
 def _args(fv: flags.FlagValues) -> Args:
     if fv.budget_s <= 0 or fv.safety < 1:
-        raise ValueError(f"--budget_s must be > 0 and --safety >= 1, got {fv.budget_s} and "
-                         f"{fv.safety}.")
+        raise ValueError(
+            f"--budget_s must be > 0 and --safety >= 1, got {fv.budget_s} and {fv.safety}."
+        )
     names = [part.name for part in SUITES[fv.suite]]
     parts = list(fv.parts or names)
     unknown = [s for s in parts if s not in names]
@@ -390,18 +477,30 @@ def _args(fv: flags.FlagValues) -> Args:
     workdir = os.path.abspath(fv.workdir)
     results_dir = fv.results_dir
     if results_dir is None:
-        results_dir = (COMMITTED_DIR if fv.suite == "paper"
-                       else os.path.join(workdir, "results"))
+        results_dir = COMMITTED_DIR if fv.suite == "paper" else os.path.join(workdir, "results")
     cache = fv.compilation_cache
     if cache is None:
         cache = os.path.join(workdir, "jax_cache")
-    return Args(fv.suite, fv.budget_s, parts, fv.data_dir, workdir, results_dir, cache,
-                fv.bundle, fv.git_commit, fv.safety)
+    return Args(
+        fv.suite,
+        fv.budget_s,
+        parts,
+        fv.data_dir,
+        workdir,
+        results_dir,
+        cache,
+        fv.bundle,
+        fv.git_commit,
+        fv.safety,
+    )
 
 
-def run_suite(argv: Sequence[str], clock: Callable[[], float] = time.monotonic,
-              say: Callable[[str], None] = lambda s: print(s, flush=True),
-              args: Args | None = None) -> dict:
+def run_suite(
+    argv: Sequence[str],
+    clock: Callable[[], float] = time.monotonic,
+    say: Callable[[str], None] = lambda s: print(s, flush=True),
+    args: Args | None = None,
+) -> dict:
     """Runs the suite of ``argv`` (the command's flags; ``args``: already parsed); returns
     the run record (also written to ``<results_dir>/reproduce_run.json``). ``clock``
     measures the budget (seconds). Raises ValueError for bad flags (:func:`parse_args`)."""
@@ -411,10 +510,13 @@ def run_suite(argv: Sequence[str], clock: Callable[[], float] = time.monotonic,
     os.makedirs(args.workdir, exist_ok=True)
     if args.compilation_cache:
         import jax
+
         jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    header = {**provenance.record("experiments.reproduce", argv, args.git_commit),
-              "budget_s": args.budget_s}
+    header = {
+        **provenance.record("experiments.reproduce", argv, args.git_commit),
+        "budget_s": args.budget_s,
+    }
     record = {"suite": args.suite, **header, "parts": [], "running": None}
     run_json = os.path.join(args.results_dir, "reproduce_run.json")
 
@@ -425,27 +527,50 @@ def run_suite(argv: Sequence[str], clock: Callable[[], float] = time.monotonic,
 
     def progress(name, probes, plan):
         running = record["running"] if (record["running"] or {}).get("part") == name else {}
-        record["running"] = {"part": name, "probes": dict(probes),
-                             "plan": plan if plan is not None else running.get("plan")}
+        record["running"] = {
+            "part": name,
+            "probes": dict(probes),
+            "plan": plan if plan is not None else running.get("plan"),
+        }
         save()
 
     ctx = _Ctx(args.suite, args, clock, t0 + args.budget_s, header, say, progress)
     parts = [p for p in SUITES[args.suite] if p.name in args.parts]
-    present = {p.name: reproduce_files.present(p.name, args.suite, args.results_dir,
-                                               COMMITTED_DIR) for p in parts}
-    rows = [[p.name, p.title, "present: skip" if (present[p.name] or {}).get("status") ==
-             "complete" else "continue" if present[p.name] else "run",
-             f"{p.floor_s:.0f}"] for p in parts]
-    say(f"Reproduction suite {args.suite!r}: budget {args.budget_s:.0f} s on "
+    present = {
+        p.name: reproduce_files.present(p.name, args.suite, args.results_dir, COMMITTED_DIR)
+        for p in parts
+    }
+    rows = [
+        [
+            p.name,
+            p.title,
+            "present: skip"
+            if (present[p.name] or {}).get("status") == "complete"
+            else "continue"
+            if present[p.name]
+            else "run",
+            f"{p.floor_s:.0f}",
+        ]
+        for p in parts
+    ]
+    say(
+        f"Reproduction suite {args.suite!r}: budget {args.budget_s:.0f} s on "
         f"{header['device']['kind']}; results in {args.results_dir}\n"
         + common.markdown_table(["part", "what", "status", "needs at least (s)"], rows)
-        + "\nEach part: time its first chunk, print its plan, run, write its files.\n")
+        + "\nEach part: time its first chunk, print its plan, run, write its files.\n"
+    )
 
     def log(name, status, notes):
         running = record["running"] if (record["running"] or {}).get("part") == name else {}
-        record["parts"].append({"part": name, "status": status, "notes": notes,
-                                "probes": running.get("probes", {}),
-                                "plan": running.get("plan")})
+        record["parts"].append(
+            {
+                "part": name,
+                "status": status,
+                "notes": notes,
+                "probes": running.get("probes", {}),
+                "plan": running.get("plan"),
+            }
+        )
         record["running"] = None
         save()
         say(f"[{name}] {status}" + "".join(f"\n  - {n}" for n in notes))
@@ -478,8 +603,14 @@ def _run_parts(ctx: _Ctx, parts, present: dict, log) -> None:
             log(part.name, "present", ["already present (complete): skipped."])
             continue
         if ctx.left() < part.floor_s or ctx.left() <= 0:
-            log(part.name, "skipped", [f"not started: {ctx.left():.0f} s left, the part needs "
-                                       f"at least {part.floor_s:.0f} s."])
+            log(
+                part.name,
+                "skipped",
+                [
+                    f"not started: {ctx.left():.0f} s left, the part needs "
+                    f"at least {part.floor_s:.0f} s."
+                ],
+            )
             continue
         try:
             status, notes = run_part(ctx, part, prev)

@@ -4,6 +4,7 @@
 CIFAR a ``cifar10_dev_jpeg.npz`` (a third of the size) is decoded once into the workdir
 (:func:`decode_jpeg_npz`); the development copy in ``../shared/data`` is the last resort.
 """
+
 from __future__ import annotations
 
 import io
@@ -37,16 +38,27 @@ def decode_jpeg_npz(src: str, dst: str) -> None:
             keys = [f"x_{split}_jpeg", f"x_{split}_offsets", f"y_{split}"]
             missing = [k for k in keys if k not in f.files]
             if missing:
-                raise ValueError(f"{src!r} lacks key(s) {missing}; a JPEG npz has "
-                                 f"x_<split>_jpeg, x_<split>_offsets, y_<split> for train, test.")
+                raise ValueError(
+                    f"{src!r} lacks key(s) {missing}; a JPEG npz has "
+                    f"x_<split>_jpeg, x_<split>_offsets, y_<split> for train, test."
+                )
             buf, off, y = f[keys[0]], f[keys[1]].astype(np.int64), f[keys[2]]
-            if (off.ndim != 1 or len(off) != len(y) + 1 or off[0] != 0
-                    or off[-1] != len(buf) or np.any(np.diff(off) <= 0)):
-                raise ValueError(f"{src!r}: x_{split}_offsets must rise from 0 to "
-                                 f"{len(buf)} (the byte count) in {len(y) + 1} steps; got "
-                                 f"{len(off)} offsets from {off[:1]} to {off[-1:]}.")
-            images = [np.asarray(Image.open(io.BytesIO(buf[a:b].tobytes())).convert("RGB"))
-                      for a, b in zip(off[:-1], off[1:])]
+            if (
+                off.ndim != 1
+                or len(off) != len(y) + 1
+                or off[0] != 0
+                or off[-1] != len(buf)
+                or np.any(np.diff(off) <= 0)
+            ):
+                raise ValueError(
+                    f"{src!r}: x_{split}_offsets must rise from 0 to "
+                    f"{len(buf)} (the byte count) in {len(y) + 1} steps; got "
+                    f"{len(off)} offsets from {off[:1]} to {off[-1:]}."
+                )
+            images = [
+                np.asarray(Image.open(io.BytesIO(buf[a:b].tobytes())).convert("RGB"))
+                for a, b in zip(off[:-1], off[1:])
+            ]
             shapes = {im.shape for im in images}
             if len(shapes) != 1:
                 raise ValueError(f"{src!r}: x_{split} images differ in shape: {sorted(shapes)}.")
@@ -73,5 +85,7 @@ def data_path(name: str, data_dir: str, workdir: str) -> str:
     tried.append(os.path.join(SHARED_DATA, name, f"{name}.npz"))
     if os.path.isfile(tried[-1]):
         return tried[-1]
-    raise FileNotFoundError(f"no data for {name!r}: looked for {tried}; copy it into "
-                            f"--data_dir (see docs/reproduce.md).")
+    raise FileNotFoundError(
+        f"no data for {name!r}: looked for {tried}; copy it into "
+        f"--data_dir (see docs/reproduce.md)."
+    )

@@ -12,6 +12,7 @@ test_error_pct (MNIST), all_zero_steps, wall_time_s, steps_per_s, curve, config)
 ``paper``, ``protocol``, ``notes``; ``.md`` the same as a table next to the paper's values;
 ``.png`` error vs majority fraction (MNIST) or test accuracy over training (CIFAR).
 """
+
 from __future__ import annotations
 
 import json
@@ -46,14 +47,27 @@ def program_record(method: str, fraction, results: dict, workdir: str, wall: flo
     ``workdir`` (its test curve read from ``metrics.jsonl``), ``wall`` seconds, and for a
     sweep (``fraction`` set) ``test_error_pct`` (mean, ci95, per seed)."""
     steps, acc = common.test_curve(workdir)
-    out = {"method": method, "label": LABELS.get(method, method),
-           "majority_fraction": fraction, "num_steps": results["num_steps"],
-           "seeds": results["seeds"],
-           **{k: results[k] for k in ("final_test_accuracy", "best_test_accuracy",
-                                      "selected_test_accuracy", "final_hyperval_accuracy",
-                                      "all_zero_steps", "steps_per_s", "config")},
-           "wall_time_s": wall,
-           "curve": {"steps": steps.tolist(), "test_accuracy_per_seed": acc.tolist()}}
+    out = {
+        "method": method,
+        "label": LABELS.get(method, method),
+        "majority_fraction": fraction,
+        "num_steps": results["num_steps"],
+        "seeds": results["seeds"],
+        **{
+            k: results[k]
+            for k in (
+                "final_test_accuracy",
+                "best_test_accuracy",
+                "selected_test_accuracy",
+                "final_hyperval_accuracy",
+                "all_zero_steps",
+                "steps_per_s",
+                "config",
+            )
+        },
+        "wall_time_s": wall,
+        "curve": {"steps": steps.tolist(), "test_accuracy_per_seed": acc.tolist()},
+    }
     if fraction is not None:
         acc_K = np.array(results["final_test_accuracy"]["per_seed"])
         out["test_error_pct"] = results_lib.mean_ci95(100 * (1 - acc_K))
@@ -67,8 +81,15 @@ def write_part(results_dir: str, bundle_path: str, part: Part, record: dict) -> 
     stem = os.path.join(results_dir, f"reproduce_{part.name}")
     paper = (PAPER.get(part.name) or {}).get("values", {})
     if part.fractions is not None:
-        plots.plot_error_sweep(record["programs"], list(part.methods), part.fractions,
-                               stem + ".png", part.title, paper.get("0.995", {}), LABELS)
+        plots.plot_error_sweep(
+            record["programs"],
+            list(part.methods),
+            part.fractions,
+            stem + ".png",
+            part.title,
+            paper.get("0.995", {}),
+            LABELS,
+        )
     else:
         plots.plot_program_curves(record["programs"], stem + ".png", part.title, paper)
     common.write_text(stem + ".md", markdown(part, record))
@@ -99,14 +120,23 @@ def markdown(part: Part, record: dict) -> str:
     paper's source), the results next to the paper's values, the plan and the notes."""
     paper = PAPER.get(part.name) or {"values": {}}
     programs = record["programs"]
-    head = [f"# {part.title}", "",
-            f"Status: **{record['status']}**. Suite `{record['suite']}`; device "
-            f"{record['device']['kind']} ({record['device']['platform']}); wall time "
-            f"{record['wall_time_s']:.0f} s of a {record['budget_s']:.0f} s budget; commit "
-            f"`{record['git_commit']}`.", "",
-            f"Command: `{record['command']}`", "",
-            "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()), "",
-            f"Protocol: {part.protocol}", "", f"Paper: {paper.get('source', '-')}.", ""]
+    head = [
+        f"# {part.title}",
+        "",
+        f"Status: **{record['status']}**. Suite `{record['suite']}`; device "
+        f"{record['device']['kind']} ({record['device']['platform']}); wall time "
+        f"{record['wall_time_s']:.0f} s of a {record['budget_s']:.0f} s budget; commit "
+        f"`{record['git_commit']}`.",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
+        "",
+        f"Protocol: {part.protocol}",
+        "",
+        f"Paper: {paper.get('source', '-')}.",
+        "",
+    ]
     if part.fractions is not None:
         cells = {(p["method"], p["majority_fraction"]): p for p in programs}
         header = ["method"] + [f"p = {f}" for f in part.fractions] + ["paper, p = 0.995"]
@@ -118,25 +148,48 @@ def markdown(part: Part, record: dict) -> str:
                 row.append("-" if r is None else _pm(r["test_error_pct"], 1.0))
             v = paper["values"].get("0.995", {}).get(m)
             rows.append(row + [f"~{v}" if v is not None else "-"])
-        body = ["Test error % (final step, mean +- 95% CI over seeds; '-': not run).", "",
-                common.markdown_table(header, rows)]
+        body = [
+            "Test error % (final step, mean +- 95% CI over seeds; '-': not run).",
+            "",
+            common.markdown_table(header, rows),
+        ]
     else:
-        header = ["method", "steps", "seeds", "final test acc %", "selected (hyper-val) %",
-                  "best %", "paper %", "wall s"]
+        header = [
+            "method",
+            "steps",
+            "seeds",
+            "final test acc %",
+            "selected (hyper-val) %",
+            "best %",
+            "paper %",
+            "wall s",
+        ]
         rows = []
         for p in programs:
             v, ci = paper["values"].get(p["method"]), paper.get("ci95", {}).get(p["method"])
-            rows.append([p["label"], p["num_steps"], len(p["seeds"]),
-                         common.fmt(p["final_test_accuracy"]),
-                         common.fmt(p["selected_test_accuracy"]),
-                         common.fmt(p["best_test_accuracy"]),
-                         "-" if v is None else f"{v}" + (f" +- {ci}" if ci else ""),
-                         f"{p['wall_time_s']:.0f}"])
-        body = ["Test accuracy % (mean +- 95% CI over seeds).", "",
-                common.markdown_table(header, rows)]
+            rows.append(
+                [
+                    p["label"],
+                    p["num_steps"],
+                    len(p["seeds"]),
+                    common.fmt(p["final_test_accuracy"]),
+                    common.fmt(p["selected_test_accuracy"]),
+                    common.fmt(p["best_test_accuracy"]),
+                    "-" if v is None else f"{v}" + (f" +- {ci}" if ci else ""),
+                    f"{p['wall_time_s']:.0f}",
+                ]
+            )
+        body = [
+            "Test accuracy % (mean +- 95% CI over seeds).",
+            "",
+            common.markdown_table(header, rows),
+        ]
     plan = record["plan"]
-    plan_md = (common.markdown_table(list(plan[0]), [[r[h] for h in plan[0]] for r in plan])
-               if plan else "(empty)")
+    plan_md = (
+        common.markdown_table(list(plan[0]), [[r[h] for h in plan[0]] for r in plan])
+        if plan
+        else "(empty)"
+    )
     notes = "\n".join(f"- {n}" for n in record["notes"]) or "- none"
     return "\n".join(head + body + ["", "Plan:", "", plan_md, "", "Notes:", "", notes]) + "\n"
 

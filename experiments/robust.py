@@ -18,6 +18,7 @@ mean normalised meta-gradient `mean_meta_grad` (l2rw; highest = most suspect) an
 variants with a memory, the memory (highest = most suspect); seconds per step (3 members, one
 after the other) relative to `erm`.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,17 +42,26 @@ from l2rw_jax.audit import label_issues
 
 _CONFIG = common.define_config(
     os.path.join(os.path.dirname(__file__), "configs", "robust_protocol.py"),
-    "Protocol config; fields overridable (--config.num_seeds=5).")
+    "Protocol config; fields overridable (--config.num_seeds=5).",
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
-_SETTINGS = flags.DEFINE_list("settings", ["uniform", "background", "none"],
-                              "Noise settings: uniform, background (40% each) and none.")
+_SETTINGS = flags.DEFINE_list(
+    "settings",
+    ["uniform", "background", "none"],
+    "Noise settings: uniform, background (40% each) and none.",
+)
 _VARIANTS = flags.DEFINE_list("variants", None, "Variants to run (default: all of VARIANTS).")
 _TRAIN = flags.DEFINE_bool(
-    "train", True, "Train what is missing (--notrain: only tabulate the finished runs; the "
-    "others show as '-').")
+    "train",
+    True,
+    "Train what is missing (--notrain: only tabulate the finished runs; the others show as '-').",
+)
 _RESULTS_DIR = flags.DEFINE_string(
-    "results_dir", "benchmarks/results", "Where the table, summary and plot are copied "
-    "(empty: not copied).")
+    "results_dir",
+    "benchmarks/results",
+    "Where the table, summary and plot are copied (empty: not copied).",
+)
+
 
 def _l2rw(base=config_lib.PAPER_L2RW, **changes) -> dict:
     """Overrides of an l2rw variant: method.l2rw options ``base`` with ``changes``."""
@@ -72,8 +82,9 @@ VARIANTS = {
     "l2rw": _l2rw(),
     "l2rw_last": _l2rw(meta_params="last"),
     "l2rw_last_mem": _l2rw(meta_params="last", memory_decay=0.9),
-    "l2rw_last_mem_sign_class": _l2rw(meta_params="last", memory_decay=0.9, weight_map="sign",
-                                      normalize="class_balanced"),
+    "l2rw_last_mem_sign_class": _l2rw(
+        meta_params="last", memory_decay=0.9, weight_map="sign", normalize="class_balanced"
+    ),
     # ... and a 200-step warm-up: the no-mix variant, the default before the excess-loss mix
     # (its tables were measured with it; `recommended` below is the default, with the mix).
     "l2rw_robust": _l2rw(methods.ROBUST_OPTIONS_V1),
@@ -81,13 +92,16 @@ VARIANTS = {
     "gate_only": _l2rw(methods.ROBUST_OPTIONS_V1, loss_quantile=0.7, weight_map="one"),
     "recommended": _l2rw(config_lib.ROBUST_L2RW),
 }
-SETTINGS = {"uniform": {"data": dict(noise="uniform", noise_ratio=0.4)},
-            "background": {"data": dict(noise="background", noise_ratio=0.4)},
-            "none": {"data": dict(noise="none", noise_ratio=0.0)}}
+SETTINGS = {
+    "uniform": {"data": dict(noise="uniform", noise_ratio=0.4)},
+    "background": {"data": dict(noise="background", noise_ratio=0.4)},
+    "none": {"data": dict(noise="none", noise_ratio=0.0)},
+}
 
 
-def precision_at_noisy(workdir: workdir_lib.PathLike, seeds, key: str,
-                       suspect_high: bool) -> list[float] | None:
+def precision_at_noisy(
+    workdir: workdir_lib.PathLike, seeds, key: str, suspect_high: bool
+) -> list[float] | None:
     """Per seed: precision@k of ranking the training examples by ``key`` of the run's
     example_weights (k = number of flipped examples); None when not recorded or no noise."""
     out = []
@@ -106,17 +120,21 @@ def precision_at_noisy(workdir: workdir_lib.PathLike, seeds, key: str,
 
 def summarize(results: dict, run_dir: workdir_lib.PathLike, erm_rate: float | None) -> dict:
     """The numbers of one (setting, variant) run for the table."""
-    out = {"test_accuracy": results["final_test_accuracy"],
-           "steps_per_s": results["steps_per_s"],
-           "time_vs_erm": erm_rate / results["steps_per_s"] if erm_rate else None}
+    out = {
+        "test_accuracy": results["final_test_accuracy"],
+        "steps_per_s": results["steps_per_s"],
+        "time_vs_erm": erm_rate / results["steps_per_s"] if erm_rate else None,
+    }
     bg = results["background_class"]
     if bg[0] is not None:
         out.update(common.background_accuracies(results["per_class_accuracy"]["per_seed"], bg))
     if results["method"] in ("l2rw", "mwnet", "hard_mining"):
         p = precision_at_noisy(run_dir, results["seeds"], "mean_weight", suspect_high=False)
         out["precision_weight"] = None if p is None else results_lib.mean_ci95(p)
-    for key, name in (("mean_meta_grad", "precision_meta_grad"),
-                      ("meta_grad_memory", "precision_memory")):
+    for key, name in (
+        ("mean_meta_grad", "precision_meta_grad"),
+        ("meta_grad_memory", "precision_memory"),
+    ):
         p = precision_at_noisy(run_dir, results["seeds"], key, suspect_high=True)
         out[name] = None if p is None else results_lib.mean_ci95(p)
     return out
@@ -139,15 +157,24 @@ def table(summary: dict, settings, variants) -> str:
             row.append(common.fmt(r and r["test_accuracy"]))
             if s == "background":
                 pct = lambda stats: "-" if stats is None else f"{100 * stats['mean']:.1f}"
-                row.append("-" if not r else f"{pct(r['background_accuracy'])} / "
-                                             f"{pct(r['other_classes_accuracy'])}")
+                row.append(
+                    "-"
+                    if not r
+                    else f"{pct(r['background_accuracy'])} / {pct(r['other_classes_accuracy'])}"
+                )
             if s != "none":
-                ps = [r and r.get(k) for k in ("precision_weight", "precision_meta_grad",
-                                               "precision_memory")]
-                row.append(" / ".join(f"{p['mean']:.3f}" if p else "-" for p in ps)
-                           if any(ps) else "-")
-        times = [summary[s][v]["time_vs_erm"] for s in settings
-                 if v in summary[s] and summary[s][v]["time_vs_erm"]]
+                ps = [
+                    r and r.get(k)
+                    for k in ("precision_weight", "precision_meta_grad", "precision_memory")
+                ]
+                row.append(
+                    " / ".join(f"{p['mean']:.3f}" if p else "-" for p in ps) if any(ps) else "-"
+                )
+        times = [
+            summary[s][v]["time_vs_erm"]
+            for s in settings
+            if v in summary[s] and summary[s][v]["time_vs_erm"]
+        ]
         row.append(f"{np.mean(times):.2f}x" if times else "-")
         rows.append(row)
     return common.markdown_table(header, rows)
@@ -160,8 +187,10 @@ def main(argv):
     unknown = [v for v in variants if v not in VARIANTS]
     bad_settings = [s for s in _SETTINGS.value if s not in SETTINGS]
     if unknown or bad_settings:
-        raise app.UsageError(f"unknown variants {unknown} / settings {bad_settings}; allowed: "
-                             f"{list(VARIANTS)} / {list(SETTINGS)}.")
+        raise app.UsageError(
+            f"unknown variants {unknown} / settings {bad_settings}; allowed: "
+            f"{list(VARIANTS)} / {list(SETTINGS)}."
+        )
     common.quiet_checkpoint_logs()
     config, workdir = _CONFIG.value, workdir_lib.path(_WORKDIR.value)  # gs:// stays a URI.
     # Every run is validated before the first one starts: a typo fails now, not in an hour.
@@ -187,19 +216,28 @@ def main(argv):
             summary[s][v] = summarize(results, run_dir, erm_rate)
     text = table(summary, _SETTINGS.value, variants)
     source = os.path.basename(config.data.dataset).split(".")[0]
-    head = (f"{source}: {config.model.name}, {config.num_steps} steps, batch "
-            f"{config.data.batch_size} + {config.data.clean_batch_size} clean, "
-            f"{config.data.clean_per_class} clean per class, "
-            f"{config.num_seeds} seeds; final test accuracy mean +- 95% CI")
+    head = (
+        f"{source}: {config.model.name}, {config.num_steps} steps, batch "
+        f"{config.data.batch_size} + {config.data.clean_batch_size} clean, "
+        f"{config.data.clean_per_class} clean per class, "
+        f"{config.num_seeds} seeds; final test accuracy mean +- 95% CI"
+    )
     print(head + "\n" + text)
     record = provenance.record("experiments.robust", sys.argv[1:])
-    common.write_text(workdir / "table.md", head + "\n\n" + text + "\n\n"
-                      + provenance.describe(record) + "\n")
-    common.write_json(workdir / "summary.json", {"config": json.loads(config.to_json()),
-                                                 "summary": summary, "provenance": record})
+    common.write_text(
+        workdir / "table.md", head + "\n\n" + text + "\n\n" + provenance.describe(record) + "\n"
+    )
+    common.write_json(
+        workdir / "summary.json",
+        {"config": json.loads(config.to_json()), "summary": summary, "provenance": record},
+    )
     plots.plot_bars(
-        summary, _SETTINGS.value, variants, workdir / "robust.png",
-        f"{source}, {config.model.name}, {config.num_steps} steps, {config.num_seeds} seeds")
+        summary,
+        _SETTINGS.value,
+        variants,
+        workdir / "robust.png",
+        f"{source}, {config.model.name}, {config.num_steps} steps, {config.num_seeds} seeds",
+    )
     if _RESULTS_DIR.value and workdir_lib.is_primary():
         for name, ext in (("table.md", "md"), ("summary.json", "json"), ("robust.png", "png")):
             data = (workdir / name).read_bytes()

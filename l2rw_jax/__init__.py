@@ -6,6 +6,7 @@ loads data and audits with. Every module stays importable for the rest (`l2rw_ja
 `l2rw_jax.input_pipeline`, `l2rw_jax.workdir`, ...: the training loop's parts, see
 ARCHITECTURE.md), but only these names are the package's interface.
 """
+
 # Modules used as namespaces (`config.default_config()`, `audit.audit_run(workdir)`, ...).
 from l2rw_jax import audit
 from l2rw_jax import config

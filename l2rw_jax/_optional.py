@@ -31,8 +31,10 @@ def missing_message(module: str, feature: str) -> str:
     """The one-line message for `feature` when `module` (dotted) is not installed."""
     top = module.split(".")[0]
     if top not in EXTRAS:
-        raise ValueError(f"module={module!r} is not an optional dependency; allowed: "
-                         f"{', '.join(EXTRAS)} and their submodules.")
+        raise ValueError(
+            f"module={module!r} is not an optional dependency; allowed: "
+            f"{', '.join(EXTRAS)} and their submodules."
+        )
     what, extra = EXTRAS[top]
     return f'{feature} needs {what}: pip install "l2rw_jax[{extra}]"'
 

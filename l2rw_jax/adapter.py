@@ -44,6 +44,7 @@ submodule that returns it (e.g. a conv block ending in its ReLU) as ``conv_layer
 
 ``config.model = "package.module:ClassName"`` builds a module with :func:`import_model`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,8 +62,13 @@ Path = tuple[str, ...]
 
 # The training flags a module's __call__ may take, and whether the flag is `train` itself
 # (True) or its negation (False).
-TRAIN_KWARGS = {"train": True, "training": True, "is_training": True,
-                "deterministic": False, "use_running_average": False}
+TRAIN_KWARGS = {
+    "train": True,
+    "training": True,
+    "is_training": True,
+    "deterministic": False,
+    "use_running_average": False,
+}
 # Layers whose output can be Grad-CAM's map (when it is B x h x w x K).
 CONV_LAYERS = (nn.Conv, nn.ConvLocal, nn.ConvTranspose)
 # The keys of model_options["adapter"] (the keyword arguments of adapt).
@@ -132,23 +138,25 @@ class Adapted(nn.Module):
         feat_path = self.penultimate_layer or output_layer(copy, x.shape)
         conv_call = _conv_call(copy, x.shape, train)
         if conv_delta is not None and conv_call is None:
-            raise ValueError(f"{self._name()} has no convolutional feature map; conv_delta "
-                             f"must be None.")
+            raise ValueError(
+                f"{self._name()} has no convolutional feature map; conv_delta must be None."
+            )
         conv_counts: dict[Path, int] = {}
         found: dict[str, jax.Array] = {}
 
         def capture(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
             path = tuple(context.module.path)
-            if (conv_call is not None and path == conv_call[0]
-                    and context.method_name == "__call__"):
+            if conv_call is not None and path == conv_call[0] and context.method_name == "__call__":
                 k = conv_counts.get(path, 0)
                 conv_counts[path] = k + 1
                 if k == conv_call[1]:
                     if conv_delta is not None:
                         if conv_delta.shape != out.shape:
-                            raise ValueError(f"conv_delta has shape {conv_delta.shape}; the "
-                                             f"feature map {path} has {out.shape}.")
+                            raise ValueError(
+                                f"conv_delta has shape {conv_delta.shape}; the "
+                                f"feature map {path} has {out.shape}."
+                            )
                         out = out + conv_delta
                     found["conv"] = out
             if path == feat_path:  # the last call to return wins
@@ -163,8 +171,9 @@ class Adapted(nn.Module):
         if not features:
             return logits
         if "penultimate" not in found:
-            raise ValueError(f"penultimate_layer={feat_path} is not a submodule that "
-                             f"{self._name()} calls.")
+            raise ValueError(
+                f"penultimate_layer={feat_path} is not a submodule that {self._name()} calls."
+            )
         penultimate = found["penultimate"]
         feats = {"penultimate": penultimate.reshape((penultimate.shape[0], -1))}
         if "conv" in found:
@@ -178,23 +187,33 @@ class Adapted(nn.Module):
     @nn.nowrap
     def _check_logits(self, logits, x):
         if not isinstance(logits, jax.Array):
-            raise ModelOutputError(f"{self._name()}(x) returns {type(logits).__name__}; the "
-                                   f"model must return the logits, one B x C array.")
+            raise ModelOutputError(
+                f"{self._name()}(x) returns {type(logits).__name__}; the "
+                f"model must return the logits, one B x C array."
+            )
         if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise ModelOutputError(f"{self._name()}(x) returns shape {logits.shape} for "
-                                   f"{x.shape[0]} inputs; the logits must be B x C.")
+            raise ModelOutputError(
+                f"{self._name()}(x) returns shape {logits.shape} for "
+                f"{x.shape[0]} inputs; the logits must be B x C."
+            )
         if self.num_classes is not None and logits.shape[1] != self.num_classes:
             raise ModelOutputError(
                 f"{self._name()}(x) returns {logits.shape[1]} logits for {self.num_classes} "
                 f"classes; give the module its number of classes through its own option in "
-                f"model_options (its constructor has no num_classes).")
+                f"model_options (its constructor has no num_classes)."
+            )
         return logits
 
 
-def adapt(module: nn.Module, *, num_classes: int | None = None, train_kwarg: str | None = "auto",
-          output_layer: str | Sequence[str] | None = None,
-          penultimate_layer: str | Sequence[str] | None = None,
-          conv_layer: str | Sequence[str] | None = None) -> Adapted:
+def adapt(
+    module: nn.Module,
+    *,
+    num_classes: int | None = None,
+    train_kwarg: str | None = "auto",
+    output_layer: str | Sequence[str] | None = None,
+    penultimate_layer: str | Sequence[str] | None = None,
+    conv_layer: str | Sequence[str] | None = None,
+) -> Adapted:
     """Wraps a Linen module of your own so that it trains and is audited like a zoo model.
 
     Args:
@@ -235,23 +254,29 @@ def adapt(module: nn.Module, *, num_classes: int | None = None, train_kwarg: str
       ((2, 3), (2, 4), (2, 8, 8, 4))
     """
     if isinstance(module, type) and issubclass(module, nn.Module):
-        raise ValueError(f"adapt takes a module instance, got the class {module.__name__}; "
-                         f"call it first, e.g. {module.__name__}().")
+        raise ValueError(
+            f"adapt takes a module instance, got the class {module.__name__}; "
+            f"call it first, e.g. {module.__name__}()."
+        )
     if not isinstance(module, nn.Module):
-        raise ValueError(f"adapt takes a flax.linen.Module instance, got "
-                         f"{type(module).__name__}.")
+        raise ValueError(f"adapt takes a flax.linen.Module instance, got {type(module).__name__}.")
     if isinstance(module, Adapted):
         return module
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"num_classes={num_classes!r} must be a positive int or None.")
-    return Adapted(Unbound(module), _train_kwarg(module, train_kwarg), num_classes,
-                   _path("output_layer", output_layer),
-                   _path("penultimate_layer", penultimate_layer),
-                   _path("conv_layer", conv_layer))
+    return Adapted(
+        Unbound(module),
+        _train_kwarg(module, train_kwarg),
+        num_classes,
+        _path("output_layer", output_layer),
+        _path("penultimate_layer", penultimate_layer),
+        _path("conv_layer", conv_layer),
+    )
 
 
-def import_model(spec: str, num_classes: int, *, adapter: Mapping[str, Any] | None = None,
-                 **options) -> Adapted:
+def import_model(
+    spec: str, num_classes: int, *, adapter: Mapping[str, Any] | None = None, **options
+) -> Adapted:
     """Builds ``config.model = "package.module:ClassName"``: imports the class, calls it with
     ``options`` (``config.model_options``) and adapts it.
 
@@ -269,16 +294,20 @@ def import_model(spec: str, num_classes: int, *, adapter: Mapping[str, Any] | No
     fields = {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
     unknown = sorted(set(options) - fields)
     if unknown:
-        raise ValueError(f"Unknown option(s) {unknown} for model {spec!r}; allowed: "
-                         f"{sorted(fields - {'num_classes'})} and 'adapter' "
-                         f"({', '.join(ADAPTER_OPTIONS)}).")
+        raise ValueError(
+            f"Unknown option(s) {unknown} for model {spec!r}; allowed: "
+            f"{sorted(fields - {'num_classes'})} and 'adapter' "
+            f"({', '.join(ADAPTER_OPTIONS)})."
+        )
     if "num_classes" in fields:
         options = {**options, "num_classes": num_classes}
     adapter = dict(adapter or {})
     bad = sorted(set(adapter) - set(ADAPTER_OPTIONS))
     if bad:
-        raise ValueError(f"Unknown adapter option(s) {bad} for model {spec!r}; allowed: "
-                         f"{', '.join(ADAPTER_OPTIONS)}.")
+        raise ValueError(
+            f"Unknown adapter option(s) {bad} for model {spec!r}; allowed: "
+            f"{', '.join(ADAPTER_OPTIONS)}."
+        )
     return adapt(cls(**options), num_classes=num_classes, **adapter)
 
 
@@ -319,7 +348,8 @@ def output_layer(module: Adapted, input_shape: Sequence[int]) -> Path:
         raise ValueError(
             f"No layer with parameters of {module._name()} returns its logits (are they "
             f"computed after the last layer?); name the output layer: adapt(..., "
-            f"output_layer='path/in/params') or model_options.adapter.output_layer.") from e
+            f"output_layer='path/in/params') or model_options.adapter.output_layer."
+        ) from e
 
 
 def resolve_meta_params(module: nn.Module, options: dict, input_shape: Sequence[int]) -> dict:
@@ -340,24 +370,33 @@ def _conv_call(module: Adapted, input_shape, train: bool) -> tuple[Path, int] | 
     def record(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         if context.method_name == "__call__":
-            calls.append((tuple(context.module.path), isinstance(context.module, CONV_LAYERS),
-                          getattr(out, "ndim", None)))
+            calls.append(
+                (
+                    tuple(context.module.path),
+                    isinstance(context.module, CONV_LAYERS),
+                    getattr(out, "ndim", None),
+                )
+            )
         return out
 
     def trace(x):
         with nn.intercept_methods(record):
             module.init_with_output(
-                {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train)
+                {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train
+            )
 
     jax.eval_shape(trace, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
     if module.conv_layer is not None:
         hits = [c for c in calls if c[0] == module.conv_layer]
         if not hits:
-            raise ValueError(f"conv_layer={module.conv_layer} is not a submodule that "
-                             f"{module._name()} calls.")
+            raise ValueError(
+                f"conv_layer={module.conv_layer} is not a submodule that {module._name()} calls."
+            )
         if hits[-1][2] != 4:
-            raise ValueError(f"conv_layer={module.conv_layer} returns a {hits[-1][2]}-D array; "
-                             f"Grad-CAM needs a B x h x w x K map.")
+            raise ValueError(
+                f"conv_layer={module.conv_layer} returns a {hits[-1][2]}-D array; "
+                f"Grad-CAM needs a B x h x w x K map."
+            )
         return module.conv_layer, len(hits) - 1
     convs = [c for c in calls if c[1] and c[2] == 4]
     if not convs:
@@ -373,32 +412,47 @@ def _train_kwarg(module: nn.Module, train_kwarg: str | None) -> str | None:
         params = list(inspect.signature(type(module).__call__).parameters.values())[1:]
     except (TypeError, ValueError):  # no inspectable signature: trust the caller
         params = []
-    named = {p.name: p for p in params
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    named = {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     flags = [n for n in named if n in TRAIN_KWARGS]
     if train_kwarg == "auto":
         if len(flags) > 1:
-            raise ValueError(f"{name}.__call__ takes several training flags {flags}; name the "
-                             f"one to set with train_kwarg.")
+            raise ValueError(
+                f"{name}.__call__ takes several training flags {flags}; name the "
+                f"one to set with train_kwarg."
+            )
         train_kwarg = flags[0] if flags else None
     elif train_kwarg is not None:
         if train_kwarg not in TRAIN_KWARGS:
-            raise ValueError(f"train_kwarg={train_kwarg!r} is not supported; allowed: 'auto', "
-                             f"None, {', '.join(map(repr, TRAIN_KWARGS))}.")
+            raise ValueError(
+                f"train_kwarg={train_kwarg!r} is not supported; allowed: 'auto', "
+                f"None, {', '.join(map(repr, TRAIN_KWARGS))}."
+            )
         takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
         if params and train_kwarg not in named and not takes_any:
-            raise ValueError(f"train_kwarg={train_kwarg!r} but {name}.__call__ takes no such "
-                             f"argument.")
-    inputs = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
-                                              p.VAR_POSITIONAL)]
+            raise ValueError(
+                f"train_kwarg={train_kwarg!r} but {name}.__call__ takes no such argument."
+            )
+    inputs = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
     if params and not inputs:
         raise ValueError(f"{name}.__call__ takes no positional input.")
-    required = [p.name for p in params if p is not inputs[0] and p.default is p.empty
-                and p.name != train_kwarg and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    required = [
+        p.name
+        for p in params
+        if p is not inputs[0]
+        and p.default is p.empty
+        and p.name != train_kwarg
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
     if required:
-        raise ValueError(f"{name}.__call__ requires {required} besides the input; the adapter "
-                         f"passes only the input and a training flag "
-                         f"({', '.join(TRAIN_KWARGS)}).")
+        raise ValueError(
+            f"{name}.__call__ requires {required} besides the input; the adapter "
+            f"passes only the input and a training flag "
+            f"({', '.join(TRAIN_KWARGS)})."
+        )
     return train_kwarg
 
 
@@ -407,8 +461,10 @@ def _path(field: str, value) -> Path | None:
     if value is None:
         return None
     path = tuple(value.split("/")) if isinstance(value, str) else value
-    if not (isinstance(path, (tuple, list)) and path
-            and all(isinstance(k, str) and k for k in path)):
-        raise ValueError(f"{field}={value!r} must be a path in params: 'a/b' or a non-empty "
-                         f"tuple of keys.")
+    if not (
+        isinstance(path, (tuple, list)) and path and all(isinstance(k, str) and k for k in path)
+    ):
+        raise ValueError(
+            f"{field}={value!r} must be a path in params: 'a/b' or a non-empty tuple of keys."
+        )
     return tuple(path)

@@ -74,8 +74,12 @@ def _images(key: str, x: Any, where: str) -> np.ndarray:
             f"{where}{key} must be uint8 (0..255) or float (in [0, 1]) N x H x W or "
             f"N x H x W x C, got dtype {x.dtype} and shape {x.shape}."
         )
-    if (x.ndim == 4 and x.shape[1] in CHANNEL_COUNTS and x.shape[3] not in CHANNEL_COUNTS
-            and x.shape[2] > max(CHANNEL_COUNTS)):
+    if (
+        x.ndim == 4
+        and x.shape[1] in CHANNEL_COUNTS
+        and x.shape[3] not in CHANNEL_COUNTS
+        and x.shape[2] > max(CHANNEL_COUNTS)
+    ):
         # N x C x H x W (PyTorch's layout) would pass as C-pixel-high images with W channels.
         raise ValueError(
             f"{where}{key} has shape {x.shape}, which is channel-first (N x C x H x W, PyTorch's "
@@ -260,8 +264,15 @@ def save_arrays(
     """
     path = os.path.abspath(os.fspath(path))
     arrays = make_arrays(
-        x_train, y_train, x_test, y_test, x_clean=x_clean, y_clean=y_clean,
-        class_names=class_names, num_classes=num_classes, name=NPZ_PREFIX + path,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        x_clean=x_clean,
+        y_clean=y_clean,
+        class_names=class_names,
+        num_classes=num_classes,
+        name=NPZ_PREFIX + path,
         y_train_true=y_train_true,
     )
     out = {k: getattr(arrays, k) for k in NPZ_KEYS}
@@ -317,10 +328,17 @@ def load_npz(path: str, num_classes: int | None) -> Arrays:
             f"shape {names.shape}."
         )
     return make_arrays(
-        a["x_train"], a["y_train"], a["x_test"], a["y_test"],
-        x_clean=a.get("x_clean"), y_clean=a.get("y_clean"),
-        class_names=names, num_classes=num_classes if stored is None else stored,
-        name=NPZ_PREFIX + path, where=where, y_train_true=a.get("y_train_true"),
+        a["x_train"],
+        a["y_train"],
+        a["x_test"],
+        a["y_test"],
+        x_clean=a.get("x_clean"),
+        y_clean=a.get("y_clean"),
+        class_names=names,
+        num_classes=num_classes if stored is None else stored,
+        name=NPZ_PREFIX + path,
+        where=where,
+        y_train_true=a.get("y_train_true"),
     )
 
 

@@ -21,6 +21,7 @@ Both draw the same examples at each (seed, step): the streams are stateless func
 through :mod:`l2rw_jax.sharding` (the seed axis of vmapped members and the step axis of a
 chunk kept whole, the batch axis split over the data mesh).
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,19 +47,20 @@ TFDATA = "the tfdata input backend (loop.backend='tfdata')"  # what needs Tensor
 
 class Feed(NamedTuple):
     """What the backends need to know of the run (built by ``compose.feed``)."""
-    backend: str                    # "device" or "tfdata": the name of its Backend (get)
-    phases: list                    # members.phases: [(phase, first step, end step)]
+
+    backend: str  # "device" or "tfdata": the name of its Backend (get)
+    phases: list  # members.phases: [(phase, first step, end step)]
     batch_size: int
     clean_batch_size: int
     eval_batch_size: int
     augment: bool
-    resample: bool                  # the noisy phase trains on members.balanced_rows
-    hyperval: bool                  # evaluate the hyper-validation hold-out too
+    resample: bool  # the noisy phase trains on members.balanced_rows
+    hyperval: bool  # evaluate the hyper-validation hold-out too
     log_every: int
     eval_every: int
     checkpoint_every: int
-    steps_per_call: int             # device
-    steps_per_fetch: int            # tfdata
+    steps_per_call: int  # device
+    steps_per_fetch: int  # tfdata
 
     @property
     def total_steps(self) -> int:
@@ -72,6 +74,7 @@ class Call(NamedTuple):
     msum)`` after the call's steps (dispatched, not waited for), and per group the metric sums
     after each step (:func:`step_sums`).
     """
+
     phase: str
     num_steps: int
     advance: Callable
@@ -95,6 +98,7 @@ class Backend(NamedTuple):
       the 1-D data mesh; ``scan``: ``() -> bool``, asked by the device backend only (it traces
       the step): run a call's steps under ``lax.scan`` (``device_call.make_train_call`` says when).
     """
+
     require: Callable[[], None]
     eval_batches: Callable[..., dict]
     train_calls: Callable[..., tuple]
@@ -132,7 +136,9 @@ def _stacked(datasets_K: list):
 
     return tf.data.Dataset.zip(tuple(datasets_K)).map(
         lambda *bs: {k: tf.stack([b[k] for b in bs]) for k in bs[0]},
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
 
 
 def _processes() -> dict:
@@ -155,11 +161,26 @@ def _tfdata_require() -> None:
     _optional.require("tensorflow", TFDATA)
 
 
-def _tfdata_eval_batches(members: list[members_lib.MemberData], feed: Feed
-                         ) -> dict[str, list[dict]]:
-    return {split: list(_stacked([input_pipeline.test_dataset(
-        _eval_pick(md, split), batch_size=feed.eval_batch_size, mean=md.mean, std=md.std,
-        **_processes()) for md in members]).as_numpy_iterator()) for split in _eval_splits(feed)}
+def _tfdata_eval_batches(
+    members: list[members_lib.MemberData], feed: Feed
+) -> dict[str, list[dict]]:
+    return {
+        split: list(
+            _stacked(
+                [
+                    input_pipeline.test_dataset(
+                        _eval_pick(md, split),
+                        batch_size=feed.eval_batch_size,
+                        mean=md.mean,
+                        std=md.std,
+                        **_processes(),
+                    )
+                    for md in members
+                ]
+            ).as_numpy_iterator()
+        )
+        for split in _eval_splits(feed)
+    }
 
 
 def _train_dataset(md: members_lib.MemberData, phase: str, start_step: int, feed: Feed):
@@ -168,8 +189,15 @@ def _train_dataset(md: members_lib.MemberData, phase: str, start_step: int, feed
 
     splits, rows = members_lib.training_rows(md, phase, feed.resample)
     ds = input_pipeline.train_dataset(
-        splits, batch_size=feed.batch_size, seed=md.seed, mean=md.mean, std=md.std,
-        augment=feed.augment, start_step=start_step, **_processes())
+        splits,
+        batch_size=feed.batch_size,
+        seed=md.seed,
+        mean=md.mean,
+        std=md.std,
+        augment=feed.augment,
+        start_step=start_step,
+        **_processes(),
+    )
     if rows is not None:
         # Back to rows of the noisy training set, so weights accumulate per example.
         rows_t = tf.constant(rows.astype(np.int32))
@@ -177,8 +205,9 @@ def _train_dataset(md: members_lib.MemberData, phase: str, start_step: int, feed
     return ds
 
 
-def host_chunks(members: list[members_lib.MemberData], feed: Feed, start_step: int,
-                size: int) -> Iterator[tuple[str, int, dict, dict]]:
+def host_chunks(
+    members: list[members_lib.MemberData], feed: Feed, start_step: int, size: int
+) -> Iterator[tuple[str, int, dict, dict]]:
     """(phase, steps, train_SxK, clean_SxK) numpy chunks of ``size`` steps from ``start_step``.
 
     Each leaf has a leading axis of ``size`` steps, then the seed axis K. The last chunk of a
@@ -194,10 +223,21 @@ def host_chunks(members: list[members_lib.MemberData], feed: Feed, start_step: i
             continue
         begin = max(start_step, first)
         train = _stacked([_train_dataset(md, phase, begin - first, feed) for md in members])
-        clean = _stacked([input_pipeline.clean_dataset(
-            md.splits, batch_size=feed.clean_batch_size, seed=md.seed, mean=md.mean,
-            std=md.std, augment=feed.augment, start_step=begin, **_processes())
-            for md in members])
+        clean = _stacked(
+            [
+                input_pipeline.clean_dataset(
+                    md.splits,
+                    batch_size=feed.clean_batch_size,
+                    seed=md.seed,
+                    mean=md.mean,
+                    std=md.std,
+                    augment=feed.augment,
+                    start_step=begin,
+                    **_processes(),
+                )
+                for md in members
+            ]
+        )
         n_chunks = -(-(end - begin) // size)
         chunks = tf.data.Dataset.zip((train, clean)).take(n_chunks * size).batch(size)
         for c, (train_SxK, clean_SxK) in enumerate(chunks.prefetch(1).as_numpy_iterator()):
@@ -256,7 +296,8 @@ def chunk_step(member_step: Callable) -> Callable:
 
     def step(state, acc, msum, train_chunk, clean_chunk, i):
         row = lambda tree: jax.tree.map(
-            lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False), tree)
+            lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False), tree
+        )
         return member_step(state, acc, msum, row(train_chunk), row(clean_chunk))
 
     return step
@@ -275,24 +316,41 @@ def _tfdata_advance(step_fn, group_chunks, i, ends_log, zeros, carries):
 
 def _tfdata_calls(make_member_step, members, groups, mesh, feed, start_step, stop_at, scan):
     del scan  # One dispatch per step: nothing to scan.
-    steps = {phase: xla_options.jit(jax.vmap(chunk_step(make_member_step(phase == "noisy")),
-                                             in_axes=(0, 0, 0, 1, 1, None)),
-                                    donate_argnums=(0, 1))
-             for phase in ("noisy", "clean")}
+    steps = {
+        phase: xla_options.jit(
+            jax.vmap(chunk_step(make_member_step(phase == "noisy")), in_axes=(0, 0, 0, 1, 1, None)),
+            donate_argnums=(0, 1),
+        )
+        for phase in ("noisy", "clean")
+    }
     # A background thread reads the streams and places each group's chunk of batches on
     # the devices, a chunk ahead, so the loop itself only dispatches steps.
     placed = prefetch(
-        ((phase, n, [tuple(sharding.shard_members(x, mesh, g, step_axis=True)
-                           for x in (train_SxK, clean_SxK)) for g in groups])
-         for phase, n, train_SxK, clean_SxK in host_chunks(members, feed, start_step,
-                                                           feed.steps_per_fetch)),
-        size=1)
+        (
+            (
+                phase,
+                n,
+                [
+                    tuple(
+                        sharding.shard_members(x, mesh, g, step_axis=True)
+                        for x in (train_SxK, clean_SxK)
+                    )
+                    for g in groups
+                ],
+            )
+            for phase, n, train_SxK, clean_SxK in host_chunks(
+                members, feed, start_step, feed.steps_per_fetch
+            )
+        ),
+        size=1,
+    )
     zero_msums: dict = {}  # per group, placed once: the sums after a logging interval ends
 
     def zeros(g, msum):
         if g not in zero_msums:
             zero_msums[g] = sharding.replicate(
-                jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), msum), mesh)
+                jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), msum), mesh
+            )
         return zero_msums[g]
 
     def calls():
@@ -303,8 +361,13 @@ def _tfdata_calls(make_member_step, members, groups, mesh, feed, start_step, sto
                     return
                 t += 1  # the steps done after this call
                 ends_log = t % feed.log_every == 0 or t == feed.total_steps
-                yield Call(phase, 1, functools.partial(_tfdata_advance, steps[phase], chunks,
-                                                       np.int32(i), ends_log, zeros))
+                yield Call(
+                    phase,
+                    1,
+                    functools.partial(
+                        _tfdata_advance, steps[phase], chunks, np.int32(i), ends_log, zeros
+                    ),
+                )
 
     return calls(), placed.close
 
@@ -316,44 +379,73 @@ def _device_require() -> None:
     """The device backend imports no optional package."""
 
 
-def _device_eval_batches(members: list[members_lib.MemberData], feed: Feed
-                         ) -> dict[str, list[dict]]:
-    return {split: _stacked_numpy([stream_order.test_batches(
-        _eval_pick(md, split).test_x, _eval_pick(md, split).test_labels, md.mean, md.std,
-        feed.eval_batch_size, **_processes()) for md in members]) for split in _eval_splits(feed)}
+def _device_eval_batches(
+    members: list[members_lib.MemberData], feed: Feed
+) -> dict[str, list[dict]]:
+    return {
+        split: _stacked_numpy(
+            [
+                stream_order.test_batches(
+                    _eval_pick(md, split).test_x,
+                    _eval_pick(md, split).test_labels,
+                    md.mean,
+                    md.std,
+                    feed.eval_batch_size,
+                    **_processes(),
+                )
+                for md in members
+            ]
+        )
+        for split in _eval_splits(feed)
+    }
 
 
-def _train_order(md: members_lib.MemberData, phase: str, feed: Feed
-                 ) -> stream_order.StreamOrder:
+def _train_order(md: members_lib.MemberData, phase: str, feed: Feed) -> stream_order.StreamOrder:
     """One member's training-stream order on the device path: the rows ``_train_dataset``
     draws (resample: the balanced rows, mapped back to rows of the noisy training set)."""
     processes = _processes()
     if phase == "clean":
-        return stream_order.StreamOrder(md.seed, stream_order.TRAIN_STREAM,
-                                        len(md.splits.clean_labels), feed.batch_size,
-                                        **processes)
+        return stream_order.StreamOrder(
+            md.seed,
+            stream_order.TRAIN_STREAM,
+            len(md.splits.clean_labels),
+            feed.batch_size,
+            **processes,
+        )
     table = md.row_table
     if feed.resample:
-        table = members_lib.balanced_rows(md.splits.train_labels, md.splits.num_classes,
-                                          md.seed)
+        table = members_lib.balanced_rows(md.splits.train_labels, md.splits.num_classes, md.seed)
     n = len(md.splits.train_labels) if table is None else len(table)
-    return stream_order.StreamOrder(md.seed, stream_order.TRAIN_STREAM, n, feed.batch_size,
-                                    table=table, **processes)
+    return stream_order.StreamOrder(
+        md.seed, stream_order.TRAIN_STREAM, n, feed.batch_size, table=table, **processes
+    )
 
 
 def _place_group(mds: list[members_lib.MemberData], mesh):
     """(noisy, clean) ``device_splits.DeviceSplit``s of a group's members, placed once."""
-    stat = dict(mean_KxC=[md.mean for md in mds], std_KxC=[md.std for md in mds],
-                seeds=[md.seed for md in mds], mesh=mesh)
+    stat = dict(
+        mean_KxC=[md.mean for md in mds],
+        std_KxC=[md.std for md in mds],
+        seeds=[md.seed for md in mds],
+        mesh=mesh,
+    )
     stack = lambda f: np.stack([f(md.splits) for md in mds])
-    noisy = device_splits.place_split({
-        "image": stack(lambda s: s.train_x),
-        "label": stack(lambda s: s.train_labels.astype(np.int32)),
-        "true_label": stack(lambda s: s.train_true_labels.astype(np.int32)),
-        "is_noisy": stack(lambda s: s.train_is_noisy.astype(bool))}, **stat)
-    clean = device_splits.place_split({
-        "image": stack(lambda s: s.clean_x),
-        "label": stack(lambda s: s.clean_labels.astype(np.int32))}, **stat)
+    noisy = device_splits.place_split(
+        {
+            "image": stack(lambda s: s.train_x),
+            "label": stack(lambda s: s.train_labels.astype(np.int32)),
+            "true_label": stack(lambda s: s.train_true_labels.astype(np.int32)),
+            "is_noisy": stack(lambda s: s.train_is_noisy.astype(bool)),
+        },
+        **stat,
+    )
+    clean = device_splits.place_split(
+        {
+            "image": stack(lambda s: s.clean_x),
+            "label": stack(lambda s: s.clean_labels.astype(np.int32)),
+        },
+        **stat,
+    )
     return noisy, clean
 
 
@@ -362,17 +454,27 @@ def _device_calls(make_member_step, members, groups, mesh, feed, start_step, sto
     checkpoint, phase end or ``stop_at``, so the loop sees the state there; ``advance``
     dispatches every group's call without waiting for it."""
     scan = scan()  # Decided now, before the first call (it traces the step).
-    return _device_call_iter(make_member_step, members, groups, mesh, feed, start_step,
-                             stop_at, scan), lambda: None
+    return _device_call_iter(
+        make_member_step, members, groups, mesh, feed, start_step, stop_at, scan
+    ), lambda: None
 
 
-def _device_call_iter(make_member_step, members, groups, mesh, feed, start_step, stop_at,
-                      scan):
+def _device_call_iter(make_member_step, members, groups, mesh, feed, start_step, stop_at, scan):
     placed = [_place_group(members[g], mesh) for g in groups]
-    calls = {phase: device_call.make_train_call(
-        make_member_step(phase == "noisy"), mesh, clean_phase=phase == "clean",
-        augment_images=feed.augment, pad=4, pad_mode="constant", log_every=feed.log_every,
-        total_steps=feed.total_steps, scan=scan) for phase in ("noisy", "clean")}
+    calls = {
+        phase: device_call.make_train_call(
+            make_member_step(phase == "noisy"),
+            mesh,
+            clean_phase=phase == "clean",
+            augment_images=feed.augment,
+            pad=4,
+            pad_mode="constant",
+            log_every=feed.log_every,
+            total_steps=feed.total_steps,
+            scan=scan,
+        )
+        for phase in ("noisy", "clean")
+    }
 
     def advance(phase, first, steps_S, orders, carries):
         n = len(steps_S)
@@ -382,27 +484,51 @@ def _device_call_iter(make_member_step, members, groups, mesh, feed, start_step,
         for carry, (noisy, clean), (train_K, clean_K) in zip(carries, placed, orders):
             # S x K x B and S x K x M rows: placed apart (B and M may differ).
             rows_train = sharding.shard_members(
-                np.stack([o.rows(steps_S - first) for o in train_K], 1), mesh, step_axis=True)
+                np.stack([o.rows(steps_S - first) for o in train_K], 1), mesh, step_axis=True
+            )
             rows_clean = sharding.shard_members(
-                np.stack([o.rows(steps_S) for o in clean_K], 1), mesh, step_axis=True)
-            out.append(calls[phase](carry, noisy, clean, rows_train, rows_clean,
-                                    steps_S.astype(np.int32), np.int32(first), num_steps=n))
+                np.stack([o.rows(steps_S) for o in clean_K], 1), mesh, step_axis=True
+            )
+            out.append(
+                calls[phase](
+                    carry,
+                    noisy,
+                    clean,
+                    rows_train,
+                    rows_clean,
+                    steps_S.astype(np.int32),
+                    np.int32(first),
+                    num_steps=n,
+                )
+            )
         return [c for c, _ in out], [m for _, m in out]
 
     every = (feed.eval_every, feed.checkpoint_every)
     for phase, first, end in feed.phases:
         if start_step >= end:
             continue
-        orders = [([_train_order(md, phase, feed) for md in members[g]],
-                   [stream_order.StreamOrder(md.seed, stream_order.CLEAN_STREAM,
-                                             len(md.splits.clean_labels), feed.clean_batch_size,
-                                             **_processes())
-                    for md in members[g]]) for g in groups]
+        orders = [
+            (
+                [_train_order(md, phase, feed) for md in members[g]],
+                [
+                    stream_order.StreamOrder(
+                        md.seed,
+                        stream_order.CLEAN_STREAM,
+                        len(md.splits.clean_labels),
+                        feed.clean_batch_size,
+                        **_processes(),
+                    )
+                    for md in members[g]
+                ],
+            )
+            for g in groups
+        ]
         t = max(start_step, first)
         while t < min(end, stop_at):
             n = min([feed.steps_per_call, end - t, stop_at - t] + [e - t % e for e in every])
-            yield Call(phase, n, functools.partial(advance, phase, first, np.arange(t, t + n),
-                                                   orders))
+            yield Call(
+                phase, n, functools.partial(advance, phase, first, np.arange(t, t + n), orders)
+            )
             t += n
 
 

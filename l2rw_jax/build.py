@@ -7,6 +7,7 @@ KxN, "nonzero": KxN, "count": KxN, "all_zero_steps": K}`` (and for l2rw ``"g_sum
 per-example weights, their squares and their non-zero draws summed over training
 (example_weights.npz); ``msum`` the scalar metrics summed since the last log.
 """
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
@@ -29,10 +30,11 @@ from l2rw_jax.train_state import TrainState
 
 class Run(NamedTuple):
     """What the loop needs, built once."""
+
     members: list[MemberData]
     apply_fn: Callable
-    train_step: Callable          # one member, un-jitted
-    carry0: tuple                 # host (numpy) initial (state, acc, msum), stacked over K
+    train_step: Callable  # one member, un-jitted
+    carry0: tuple  # host (numpy) initial (state, acc, msum), stacked over K
     metric_names: list[str]
     total_steps: int
     num_classes: int
@@ -57,10 +59,12 @@ def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
         if accumulate:
             index_B = batch["index"]
             w_B = metrics["w_B"]
-            acc.update(w_sum=acc["w_sum"].at[index_B].add(w_B),
-                       w_sq_sum=acc["w_sq_sum"].at[index_B].add(w_B * w_B),
-                       nonzero=acc["nonzero"].at[index_B].add((w_B != 0).astype(jnp.int32)),
-                       count=acc["count"].at[index_B].add(1))
+            acc.update(
+                w_sum=acc["w_sum"].at[index_B].add(w_B),
+                w_sq_sum=acc["w_sq_sum"].at[index_B].add(w_B * w_B),
+                nonzero=acc["nonzero"].at[index_B].add((w_B != 0).astype(jnp.int32)),
+                count=acc["count"].at[index_B].add(1),
+            )
             if "g_sum" in acc:  # l2rw: the meta-gradient before it is clipped and normalised
                 gn_B = methods.rms_normalized(metrics["g_B"])
                 acc.update(g_sum=acc["g_sum"].at[index_B].add(gn_B))
@@ -70,8 +74,9 @@ def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
     return member_step
 
 
-def init_states(module, tx, members: list[MemberData], scheme: methods.WeighingScheme,
-                image_shape) -> TrainState:
+def init_states(
+    module, tx, members: list[MemberData], scheme: methods.WeighingScheme, image_shape
+) -> TrainState:
     """The K members' initial TrainStates, stacked (numpy).
 
     Member keys: ``split(PRNGKey(seed), 3)`` -> (model init, step rng, method state). The
@@ -87,10 +92,14 @@ def init_states(module, tx, members: list[MemberData], scheme: methods.WeighingS
     # Not jitted here: init_model jits itself with compile-time-saving options.
     params, model_state, opt_state = jax.vmap(init_one)(jnp.stack([k[0] for k in keys]))
     method_states = [scheme.init(k[2], md.class_counts) for k, md in zip(keys, members)]
-    state = TrainState(step=np.zeros((len(members),), np.int32), params=params,
-                       model_state=model_state, opt_state=opt_state,
-                       rng=jnp.stack([k[1] for k in keys]),
-                       method_state=jax.tree.map(lambda *xs: jnp.stack(xs), *method_states))
+    state = TrainState(
+        step=np.zeros((len(members),), np.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=opt_state,
+        rng=jnp.stack([k[1] for k in keys]),
+        method_state=jax.tree.map(lambda *xs: jnp.stack(xs), *method_states),
+    )
     return to_host(state)
 
 
@@ -107,18 +116,35 @@ def batch_shapes(batch_size: int, clean_batch_size: int, image_shape) -> tuple[d
     """Abstract (train, clean) batches of one member, as the streams yield them."""
     sds = jax.ShapeDtypeStruct
     b, m = batch_size, clean_batch_size
-    train = {"image": sds((b,) + tuple(image_shape), jnp.float32), "label": sds((b,), jnp.int32),
-             "true_label": sds((b,), jnp.int32), "is_noisy": sds((b,), jnp.bool_),
-             "index": sds((b,), jnp.int32)}
-    clean = {"image": sds((m,) + tuple(image_shape), jnp.float32), "label": sds((m,), jnp.int32),
-             "index": sds((m,), jnp.int32)}
+    train = {
+        "image": sds((b,) + tuple(image_shape), jnp.float32),
+        "label": sds((b,), jnp.int32),
+        "true_label": sds((b,), jnp.int32),
+        "is_noisy": sds((b,), jnp.bool_),
+        "index": sds((b,), jnp.int32),
+    }
+    clean = {
+        "image": sds((m,) + tuple(image_shape), jnp.float32),
+        "label": sds((m,), jnp.int32),
+        "index": sds((m,), jnp.int32),
+    }
     return train, clean
 
 
-def build_run(members: list[MemberData], *, model: str, model_kwargs: dict,
-              tx: optax.GradientTransformation, scheme: str, options: dict, batch_size: int,
-              clean_batch_size: int, total_steps: int, correction: str = "none",
-              correction_steps: int = 0) -> Run:
+def build_run(
+    members: list[MemberData],
+    *,
+    model: str,
+    model_kwargs: dict,
+    tx: optax.GradientTransformation,
+    scheme: str,
+    options: dict,
+    batch_size: int,
+    clean_batch_size: int,
+    total_steps: int,
+    correction: str = "none",
+    correction_steps: int = 0,
+) -> Run:
     """The model, optimizer step and initial carry of ``members`` (same-size training sets).
 
     Args:
@@ -148,37 +174,48 @@ def build_run(members: list[MemberData], *, model: str, model_kwargs: dict,
     options = adapter.resolve_meta_params(module, options, (1,) + tuple(image_shape))
     weighing = methods.get_scheme(scheme, **options)
     if correction not in ("none", "glc", "glc_plateau"):
-        raise ValueError(f"correction={correction!r} is not supported; allowed: none, glc, "
-                         "glc_plateau.")
+        raise ValueError(
+            f"correction={correction!r} is not supported; allowed: none, glc, glc_plateau."
+        )
     if correction == "glc_plateau":
         weighing = correction_lib.plateau_gold_correction(
-            weighing, patience=correction_steps,
-            num_clean=len(members[0].splits.clean_labels), num_train=num_train)
+            weighing,
+            patience=correction_steps,
+            num_clean=len(members[0].splits.clean_labels),
+            num_train=num_train,
+        )
     elif correction == "glc":
         weighing = correction_lib.gold_correction(
-            weighing, estimate_steps=correction_steps,
-            num_clean=len(members[0].splits.clean_labels), num_train=num_train)
+            weighing,
+            estimate_steps=correction_steps,
+            num_clean=len(members[0].splits.clean_labels),
+            num_train=num_train,
+        )
     train_step = step_lib.make_train_step(apply_fn, tx, weighing)
     state = init_states(module, tx, members, weighing, image_shape)
     if scheme in ("l2rw", "mwnet"):  # they differentiate tx.update: fail before step 1, not NaN
         params, opt_state = jax.tree.map(lambda x: x[0], (state.params, state.opt_state))
         reweight.check_lookahead(tx, params, opt_state)
-    metrics = jax.eval_shape(train_step, jax.tree.map(lambda x: x[0], state),
-                             *batch_shapes(batch_size, clean_batch_size, image_shape))[1]
+    metrics = jax.eval_shape(
+        train_step,
+        jax.tree.map(lambda x: x[0], state),
+        *batch_shapes(batch_size, clean_batch_size, image_shape),
+    )[1]
     names = sorted(k for k, v in metrics.items() if not k.endswith("_B") and v.shape == ())
     if not members[0].splits.truth_known:
         # is_noisy is all False there, not a truth: the noisy-vs-clean means are left out.
         names = [k for k in names if k not in TRUTH_METRICS]
-    acc = {"w_sum": np.zeros((K, num_train), np.float32),
-           "w_sq_sum": np.zeros((K, num_train), np.float32),
-           "nonzero": np.zeros((K, num_train), np.int32),
-           "count": np.zeros((K, num_train), np.int32),
-           "all_zero_steps": np.zeros((K,), np.int32)}
+    acc = {
+        "w_sum": np.zeros((K, num_train), np.float32),
+        "w_sq_sum": np.zeros((K, num_train), np.float32),
+        "nonzero": np.zeros((K, num_train), np.int32),
+        "count": np.zeros((K, num_train), np.int32),
+        "all_zero_steps": np.zeros((K,), np.int32),
+    }
     if "g_B" in metrics:
         acc["g_sum"] = np.zeros((K, num_train), np.float32)
     msum = {k: np.zeros((K,), np.float32) for k in names}
-    return Run(members, apply_fn, train_step, (state, acc, msum), names, total_steps,
-               num_classes)
+    return Run(members, apply_fn, train_step, (state, acc, msum), names, total_steps, num_classes)
 
 
 def use_scan(run: Run, mesh, batch_size: int, clean_batch_size: int) -> bool:
@@ -190,5 +227,7 @@ def use_scan(run: Run, mesh, batch_size: int, clean_batch_size: int) -> bool:
         return True
     image_shape = run.members[0].splits.train_x.shape[1:]
     return not device_call.has_convolution(
-        run.train_step, jax.tree.map(lambda x: x[0], run.carry0[0]),
-        *batch_shapes(batch_size, clean_batch_size, image_shape))
+        run.train_step,
+        jax.tree.map(lambda x: x[0], run.carry0[0]),
+        *batch_shapes(batch_size, clean_batch_size, image_shape),
+    )

@@ -14,6 +14,7 @@ before marking (``jax.block_until_ready``). In the spirit of big_vision's ``util
 (training time apart from compilation and pauses); the clock is injected, so the arithmetic
 is tested without sleeping (tests/test_chrono.py).
 """
+
 from __future__ import annotations
 
 import time

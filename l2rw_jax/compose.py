@@ -8,6 +8,7 @@ pure translations into plain values; building the objects of the modules it conf
 workdir and the members import no config (ARCHITECTURE.md: nothing low imports anything high;
 tests/test_layers.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,14 +29,19 @@ if TYPE_CHECKING:
     import ml_collections
 
 
-def members(config: ml_collections.ConfigDict, arrays: array_source.Arrays,
-            which: Sequence[int] | None = None) -> list[members_lib.MemberData]:
+def members(
+    config: ml_collections.ConfigDict,
+    arrays: array_source.Arrays,
+    which: Sequence[int] | None = None,
+) -> list[members_lib.MemberData]:
     """The data of the run's members ``which`` (default: all ``config.num_seeds``; member ``k``
     has seed ``config.seed + k``) from the loaded ``arrays``: what training and the audit
     both rebuild (``config`` validated)."""
     which = range(config.num_seeds) if which is None else which
-    return [members_lib.make_member(arrays, config.seed + int(k),
-                                    **from_config.member_options(config)) for k in which]
+    return [
+        members_lib.make_member(arrays, config.seed + int(k), **from_config.member_options(config))
+        for k in which
+    ]
 
 
 def member_data(config, member: int = 0) -> members_lib.MemberData:
@@ -48,8 +54,11 @@ def member_data(config, member: int = 0) -> members_lib.MemberData:
       ValueError: an invalid config, or ``member`` not an integer in ``[0, num_seeds)``.
     """
     c = config_lib.validate(config_lib.upgrade(config, fill_added=True), check_devices=False)
-    if isinstance(member, bool) or not isinstance(member, (int, np.integer)) or not (
-            0 <= member < c.num_seeds):
+    if (
+        isinstance(member, bool)
+        or not isinstance(member, (int, np.integer))
+        or not (0 <= member < c.num_seeds)
+    ):
         raise ValueError(f"member={member!r} must be an integer in [0, {c.num_seeds}).")
     arrays = datasets.load_arrays(c.data.dataset, **from_config.load_options(c.data))
     return members(c, arrays, [member])[0]
@@ -61,13 +70,21 @@ def feed(config: ml_collections.ConfigDict, backend: str) -> backends.Feed:
     d, p = config.data, config.loop
     return backends.Feed(
         backend=backend,
-        phases=members_lib.phases(config.method.name, config.num_steps,
-                                  config.method.finetune_steps),
-        batch_size=d.batch_size, clean_batch_size=d.clean_batch_size,
-        eval_batch_size=d.eval_batch_size, augment=d.augment,
-        resample=config.method.name == "resample", hyperval=d.hyper_val_size > 0,
-        log_every=p.log_every, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
-        steps_per_call=p.steps_per_call, steps_per_fetch=p.steps_per_fetch)
+        phases=members_lib.phases(
+            config.method.name, config.num_steps, config.method.finetune_steps
+        ),
+        batch_size=d.batch_size,
+        clean_batch_size=d.clean_batch_size,
+        eval_batch_size=d.eval_batch_size,
+        augment=d.augment,
+        resample=config.method.name == "resample",
+        hyperval=d.hyper_val_size > 0,
+        log_every=p.log_every,
+        eval_every=p.eval_every,
+        checkpoint_every=p.checkpoint_every,
+        steps_per_call=p.steps_per_call,
+        steps_per_fetch=p.steps_per_fetch,
+    )
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -82,10 +99,12 @@ def read_config(workdir: workdir_lib.PathLike) -> ml_collections.ConfigDict:
     """
     p = workdir_lib.path(workdir) / "config.json"
     if not p.exists():
-        raise ValueError(f"workdir {os.fspath(workdir)!r} has no config.json; is it a training "
-                         f"run's workdir?")
-    return config_lib.validate(config_lib.upgrade(workdir_lib.read_json(p), fill_added=True),
-                               check_devices=False)
+        raise ValueError(
+            f"workdir {os.fspath(workdir)!r} has no config.json; is it a training run's workdir?"
+        )
+    return config_lib.validate(
+        config_lib.upgrade(workdir_lib.read_json(p), fill_added=True), check_devices=False
+    )
 
 
 def resolve_backend(backend: str, workdir: workdir_lib.PathLike) -> str:
@@ -100,8 +119,9 @@ def resolve_backend(backend: str, workdir: workdir_lib.PathLike) -> str:
     return config_lib.upgrade(workdir_lib.read_json(p), fill_added=True)["loop"]["backend"]
 
 
-def check_or_write_config(workdir: workdir_lib.PathLike, config: ml_collections.ConfigDict,
-                          write: bool = True) -> None:
+def check_or_write_config(
+    workdir: workdir_lib.PathLike, config: ml_collections.ConfigDict, write: bool = True
+) -> None:
     """Raises ValueError if ``workdir`` holds a run of another config, else (``write``, on
     process 0) writes config.json. Checked before the data is loaded, written only after it
     loaded and its sizes passed: a start that fails leaves nothing that blocks the corrected
@@ -113,6 +133,7 @@ def check_or_write_config(workdir: workdir_lib.PathLike, config: ml_collections.
         if differ:
             raise ValueError(
                 f"workdir {os.fspath(workdir)!r} holds a run with a different config (fields "
-                f"{sorted(differ)}: {differ}); use a new workdir or the same config to resume.")
+                f"{sorted(differ)}: {differ}); use a new workdir or the same config to resume."
+            )
     if write:
         workdir_lib.write_json(p, current)

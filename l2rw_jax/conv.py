@@ -27,6 +27,7 @@ slower. Forcing materialisation with a loop over batch chunks fixed that (-18%),
 does not merge identical loops, so the forward-mode meta-step then computed the training
 forward pass twice (+5%); a ResNet-32 stem made no difference. Hence opt-in.
 """
+
 from __future__ import annotations
 
 import functools
@@ -60,8 +61,10 @@ def _shifted_plane_sum(x_BxHxWxC, w_hwio, pads: Pads):
     for dy in range(kh):
         for dx in range(kw):
             for c in range(c_in):
-                term = (xp[:, dy:dy + out_h, dx:dx + out_w, c, None]
-                        * w_hwio[dy, dx, c][None, None, None, :])
+                term = (
+                    xp[:, dy : dy + out_h, dx : dx + out_w, c, None]
+                    * w_hwio[dy, dx, c][None, None, None, :]
+                )
                 out = term if out is None else out + term
     return out
 
@@ -89,8 +92,18 @@ def _tap_conv_jvp(pads, primals, tangents):
     return y, parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
-def _tap_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-              dimension_numbers, feature_group_count, precision, preferred_element_type):
+def _tap_pads(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    precision,
+    preferred_element_type,
+):
     """The (H, W) paddings when the fast path applies, else None."""
     if lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1 or precision is not None:
         return None
@@ -98,9 +111,10 @@ def _tap_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
         return None
     if any(d not in (None, (1, 1), [1, 1]) for d in (lhs_dilation, rhs_dilation)):
         return None
-    if dimension_numbers is None or (lax.conv_dimension_numbers(
-            lhs.shape, rhs.shape, dimension_numbers)
-            != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+    if dimension_numbers is None or (
+        lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    ):
         return None
     if rhs.shape[2] > MAX_TAP_CHANNELS or lhs.shape[3] != rhs.shape[2]:
         return None
@@ -111,10 +125,19 @@ def _tap_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
     return tuple((int(lo), int(hi)) for lo, hi in pads)
 
 
-def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
-                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count: int = 1, batch_group_count: int = 1,
-                         precision=None, preferred_element_type=None) -> jax.Array:
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+) -> jax.Array:
     """``lax.conv_general_dilated`` with a fast path for few input channels (module docstring).
 
     Fast path: NHWC input, HWIO kernel, NHWC output (Flax's layout), stride 1, no dilation,
@@ -129,13 +152,30 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
     """
     pads = None
     if batch_group_count == 1:
-        pads = _tap_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                         dimension_numbers, feature_group_count, precision,
-                         preferred_element_type)
+        pads = _tap_pads(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            precision,
+            preferred_element_type,
+        )
     if pads is None:
         return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-            precision=precision, preferred_element_type=preferred_element_type)
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
     return _tap_conv(lhs, rhs, pads)

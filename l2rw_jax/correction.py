@@ -37,6 +37,7 @@ risen for ``patience`` steps, the point where plain training starts to memorise 
 trains its first model to that point too). A run whose clean accuracy keeps rising is never
 corrected.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,9 @@ def transition_estimate(confusion_sum_CxC: jax.Array, count_C: jax.Array) -> jax
     return jnp.where(seen_C[:, None], mean_CxC, eye_CxC)
 
 
-def forward_corrected_xent(logits_BxC: jax.Array, labels_B: jax.Array,
-                           T_CxC: jax.Array) -> jax.Array:
+def forward_corrected_xent(
+    logits_BxC: jax.Array, labels_B: jax.Array, T_CxC: jax.Array
+) -> jax.Array:
     """``-log sum_j softmax(z)_j T[j, y]`` per example, shape ``(B,)`` (Patrini et al. 2017's
     forward correction); with ``T = I`` it is the cross-entropy. ``T`` is a constant here
     (no gradient flows into it); entries below 1e-12 count as 1e-12."""
@@ -86,8 +88,9 @@ def forward_corrected_xent(logits_BxC: jax.Array, labels_B: jax.Array,
     return -jax.nn.logsumexp(log_p_BxC + log_T_CxC[:, labels_B].T, axis=-1)
 
 
-def gold_correction(scheme: weighing.WeighingScheme, *, estimate_steps: int, num_clean: int,
-                    num_train: int) -> weighing.WeighingScheme:
+def gold_correction(
+    scheme: weighing.WeighingScheme, *, estimate_steps: int, num_clean: int, num_train: int
+) -> weighing.WeighingScheme:
     """``scheme`` with Gold Loss Correction (module docstring: the update and the estimate).
 
     Args:
@@ -108,8 +111,11 @@ def gold_correction(scheme: weighing.WeighingScheme, *, estimate_steps: int, num
       ValueError: ``estimate_steps < 1``, ``num_clean < 1`` or ``num_train < 1``; a scheme
         that already has a correction.
     """
-    for name, value in (("estimate_steps", estimate_steps), ("num_clean", num_clean),
-                        ("num_train", num_train)):
+    for name, value in (
+        ("estimate_steps", estimate_steps),
+        ("num_clean", num_clean),
+        ("num_train", num_train),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"gold_correction: {name} must be an integer >= 1, got {value!r}.")
     if scheme.correction is not None:
@@ -118,43 +124,53 @@ def gold_correction(scheme: weighing.WeighingScheme, *, estimate_steps: int, num
 
     def init(rng: jax.Array, class_counts_C=None) -> GoldCorrectionState:
         if class_counts_C is None:
-            raise ValueError("gold_correction needs class_counts_C (its length is the number "
-                             "of classes).")
+            raise ValueError(
+                "gold_correction needs class_counts_C (its length is the number of classes)."
+            )
         C = int(jnp.shape(class_counts_C)[0])
-        return GoldCorrectionState(scheme.init(rng, class_counts_C),
-                                   jnp.zeros((C, C), jnp.float32), jnp.zeros((C,), jnp.float32))
+        return GoldCorrectionState(
+            scheme.init(rng, class_counts_C),
+            jnp.zeros((C, C), jnp.float32),
+            jnp.zeros((C,), jnp.float32),
+        )
 
     def correction(state: GoldCorrectionState, step: jax.Array):
         on = step >= estimate_steps
-        T_CxC = jnp.where(on, transition_estimate(state.confusion_sum_CxC, state.count_C),
-                          jnp.eye(state.count_C.shape[0], dtype=jnp.float32))
+        T_CxC = jnp.where(
+            on,
+            transition_estimate(state.confusion_sum_CxC, state.count_C),
+            jnp.eye(state.count_C.shape[0], dtype=jnp.float32),
+        )
         return T_CxC, jnp.where(on, clean_share, 0.0).astype(jnp.float32)
 
     def weigh(ctx: weighing.WeighContext, state: GoldCorrectionState):
         weighing.check_state("gold_correction", state, GoldCorrectionState)
         if ctx.val_logits_fn is None:
-            raise ValueError("gold_correction needs ctx.val_logits_fn (the clean batch's "
-                             "logits), which l2rw_jax.step passes.")
+            raise ValueError(
+                "gold_correction needs ctx.val_logits_fn (the clean batch's "
+                "logits), which l2rw_jax.step passes."
+            )
         w_inner_B, inner, metrics = scheme.weigh(ctx, state.inner)
         local, total = weighing.local_and_global_size(ctx)
-        w_B = jnp.where(ctx.step < estimate_steps, jnp.full((local,), 1.0 / total, jnp.float32),
-                        w_inner_B)
+        w_B = jnp.where(
+            ctx.step < estimate_steps, jnp.full((local,), 1.0 / total, jnp.float32), w_inner_B
+        )
         # The window: one pass of the clean stream just before the estimate is used.
         local_m = jax.tree.leaves(ctx.val_batch)[0].shape[0]
         global_m = local_m if ctx.axis_name is None else local_m * jax.lax.psum(1, ctx.axis_name)
         window = math.ceil(num_clean / global_m)
         in_window = (ctx.step >= estimate_steps - window) & (ctx.step < estimate_steps)
         C = state.count_C.shape[0]
-        p_MxC = jax.nn.softmax(ctx.val_logits_fn(jax.lax.stop_gradient(ctx.params),
-                                                 ctx.val_batch))
+        p_MxC = jax.nn.softmax(ctx.val_logits_fn(jax.lax.stop_gradient(ctx.params), ctx.val_batch))
         onehot_MxC = jax.nn.one_hot(ctx.val_batch["label"], C, dtype=jnp.float32)
         add_CxC, add_C = onehot_MxC.T @ p_MxC, jnp.sum(onehot_MxC, axis=0)
         if ctx.axis_name is not None:
             add_CxC, add_C = jax.lax.psum((add_CxC, add_C), ctx.axis_name)
         new_state = GoldCorrectionState(
-            inner, jnp.where(in_window, state.confusion_sum_CxC + add_CxC,
-                             state.confusion_sum_CxC),
-            jnp.where(in_window, state.count_C + add_C, state.count_C))
+            inner,
+            jnp.where(in_window, state.confusion_sum_CxC + add_CxC, state.confusion_sum_CxC),
+            jnp.where(in_window, state.count_C + add_C, state.count_C),
+        )
         T_CxC, _ = correction(state, ctx.step)
         metrics = dict(metrics, transition_diag=jnp.mean(jnp.diagonal(T_CxC)))
         return w_B, new_state, metrics
@@ -187,8 +203,9 @@ class PlateauCorrectionState(NamedTuple):
     on: jax.Array
 
 
-def plateau_gold_correction(scheme: weighing.WeighingScheme, *, patience: int, num_clean: int,
-                            num_train: int) -> weighing.WeighingScheme:
+def plateau_gold_correction(
+    scheme: weighing.WeighingScheme, *, patience: int, num_clean: int, num_train: int
+) -> weighing.WeighingScheme:
     """``scheme`` with Gold Loss Correction that starts only once the model stops improving on
     the clean set (module docstring: why).
 
@@ -219,11 +236,11 @@ def plateau_gold_correction(scheme: weighing.WeighingScheme, *, patience: int, n
       ValueError: ``patience < 1``, ``num_clean < 1`` or ``num_train < 1``; a scheme that
         already has a correction.
     """
-    for name, value in (("patience", patience), ("num_clean", num_clean),
-                        ("num_train", num_train)):
+    for name, value in (("patience", patience), ("num_clean", num_clean), ("num_train", num_train)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"plateau_gold_correction: {name} must be an integer >= 1, got "
-                             f"{value!r}.")
+            raise ValueError(
+                f"plateau_gold_correction: {name} must be an integer >= 1, got {value!r}."
+            )
     if scheme.correction is not None:
         raise ValueError("plateau_gold_correction: the scheme already corrects its loss.")
     clean_share = num_clean / (num_clean + num_train)
@@ -231,36 +248,49 @@ def plateau_gold_correction(scheme: weighing.WeighingScheme, *, patience: int, n
 
     def init(rng: jax.Array, class_counts_C=None) -> PlateauCorrectionState:
         if class_counts_C is None:
-            raise ValueError("plateau_gold_correction needs class_counts_C (its length is the "
-                             "number of classes).")
+            raise ValueError(
+                "plateau_gold_correction needs class_counts_C (its length is the "
+                "number of classes)."
+            )
         C = int(jnp.shape(class_counts_C)[0])
         # Every field its own buffer: a train step that donates its state (the loop's, the
         # benchmark's) may not be given one buffer twice.
         return PlateauCorrectionState(
-            scheme.init(rng, class_counts_C), jnp.zeros((), jnp.float32),
-            jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((C, C), jnp.float32),
-            jnp.zeros((C,), jnp.float32), jnp.zeros((C, C), jnp.float32),
-            jnp.zeros((C,), jnp.float32), jnp.zeros((), jnp.bool_))
+            scheme.init(rng, class_counts_C),
+            jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((C, C), jnp.float32),
+            jnp.zeros((C,), jnp.float32),
+            jnp.zeros((C, C), jnp.float32),
+            jnp.zeros((C,), jnp.float32),
+            jnp.zeros((), jnp.bool_),
+        )
 
     def correction(state: PlateauCorrectionState, step: jax.Array):
         del step
         C = state.count_best_C.shape[0]
-        T_CxC = jnp.where(state.on, transition_estimate(state.confusion_best_CxC,
-                                                        state.count_best_C),
-                          jnp.eye(C, dtype=jnp.float32))
+        T_CxC = jnp.where(
+            state.on,
+            transition_estimate(state.confusion_best_CxC, state.count_best_C),
+            jnp.eye(C, dtype=jnp.float32),
+        )
         return T_CxC, jnp.where(state.on, clean_share, 0.0).astype(jnp.float32)
 
     def weigh(ctx: weighing.WeighContext, state: PlateauCorrectionState):
         weighing.check_state("plateau_gold_correction", state, PlateauCorrectionState)
         if ctx.val_logits_fn is None:
-            raise ValueError("plateau_gold_correction needs ctx.val_logits_fn (the clean "
-                             "batch's logits), which l2rw_jax.step passes.")
+            raise ValueError(
+                "plateau_gold_correction needs ctx.val_logits_fn (the clean "
+                "batch's logits), which l2rw_jax.step passes."
+            )
         w_inner_B, inner, metrics = scheme.weigh(ctx, state.inner)
         # Until the trigger: class-balanced plain training (every observed class of the batch
         # the same mass), a model of p(observed label | x) that a flipped-to class's excess
         # does not bend (background flips).
-        w_plain_B = l2rw_stages.class_normalize(jnp.ones_like(w_inner_B), ctx.batch["label"],
-                                                "class_balanced", ctx.axis_name)
+        w_plain_B = l2rw_stages.class_normalize(
+            jnp.ones_like(w_inner_B), ctx.batch["label"], "class_balanced", ctx.axis_name
+        )
         w_B = jnp.where(state.on, w_inner_B, w_plain_B)
         C = state.count_best_C.shape[0]
         logits_MxC = ctx.val_logits_fn(jax.lax.stop_gradient(ctx.params), ctx.val_batch)
@@ -270,8 +300,7 @@ def plateau_gold_correction(scheme: weighing.WeighingScheme, *, patience: int, n
         hits = jnp.sum(jnp.argmax(logits_MxC, -1) == ctx.val_batch["label"]).astype(jnp.float32)
         size = jnp.asarray(onehot_MxC.shape[0], jnp.float32)
         if ctx.axis_name is not None:
-            add_CxC, add_C, hits, size = jax.lax.psum((add_CxC, add_C, hits, size),
-                                                      ctx.axis_name)
+            add_CxC, add_C, hits, size = jax.lax.psum((add_CxC, add_C, hits, size), ctx.axis_name)
         acc_ema = decay * state.acc_ema + (1 - decay) * hits / size
         conf_ema = decay * state.confusion_ema_CxC + (1 - decay) * add_CxC
         count_ema = decay * state.count_ema_C + (1 - decay) * add_C
@@ -279,13 +308,23 @@ def plateau_gold_correction(scheme: weighing.WeighingScheme, *, patience: int, n
         since = jnp.where(rose, 0, state.since_best + 1).astype(jnp.int32)
         watching = ~state.on
         new_state = PlateauCorrectionState(
-            inner, acc_ema, jnp.maximum(acc_ema, state.best_acc), since, conf_ema, count_ema,
+            inner,
+            acc_ema,
+            jnp.maximum(acc_ema, state.best_acc),
+            since,
+            conf_ema,
+            count_ema,
             jnp.where(rose & watching, conf_ema, state.confusion_best_CxC),
             jnp.where(rose & watching, count_ema, state.count_best_C),
-            state.on | (since >= patience))
+            state.on | (since >= patience),
+        )
         T_CxC, _ = correction(state, ctx.step)
-        metrics = dict(metrics, transition_diag=jnp.mean(jnp.diagonal(T_CxC)),
-                       clean_acc_ema=acc_ema, correction_on=state.on.astype(jnp.float32))
+        metrics = dict(
+            metrics,
+            transition_diag=jnp.mean(jnp.diagonal(T_CxC)),
+            clean_acc_ema=acc_ema,
+            correction_on=state.on.astype(jnp.float32),
+        )
         return w_B, new_state, metrics
 
     return weighing.WeighingScheme(init, weigh, correction, clean_share)

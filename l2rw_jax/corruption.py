@@ -35,8 +35,16 @@ from l2rw_jax.subsets import check_fraction
 from l2rw_jax.subsets import clean_split
 from l2rw_jax.subsets import imbalance_subset
 
-NOISE_TYPES = ("none", "given", "uniform", "background", "pair", "asymmetric", "transition",
-               "imbalance")
+NOISE_TYPES = (
+    "none",
+    "given",
+    "uniform",
+    "background",
+    "pair",
+    "asymmetric",
+    "transition",
+    "imbalance",
+)
 # Noise types whose `ratio` is a fraction of examples flipped.
 RATIO_NOISE_TYPES = ("uniform", "background", "pair", "asymmetric")
 
@@ -78,6 +86,7 @@ class Splits(NamedTuple):
     seed: int
     clean_given: bool = False  # True: the clean set is the caller's x_clean, y_clean, as given
     truth_known: bool = True  # False: train_true_labels / train_is_noisy are not a ground truth
+
 
 # ----------------------------------------------------------------------------- splits
 
@@ -156,12 +165,14 @@ def check_split_args(
     if noise == "asymmetric":
         class_map("cifar10" if noise_map is None else noise_map, num_classes)
     elif noise_map is not None:
-        raise ValueError(f"noise_map={noise_map!r} only applies to noise 'asymmetric', not "
-                         f"{noise!r}.")
+        raise ValueError(
+            f"noise_map={noise_map!r} only applies to noise 'asymmetric', not {noise!r}."
+        )
     if noise == "transition":
         if noise_matrix is None:
-            raise ValueError("noise 'transition' needs noise_matrix (a C x C row-stochastic "
-                             "matrix), got None.")
+            raise ValueError(
+                "noise 'transition' needs noise_matrix (a C x C row-stochastic matrix), got None."
+            )
         check_transition(noise_matrix, num_classes)
     elif noise_matrix is not None:
         raise ValueError(f"noise_matrix only applies to noise 'transition', not {noise!r}.")
@@ -376,8 +387,10 @@ def make_splits(
             clean_idx, train_idx = np.arange(len(y_clean)), np.arange(len(y_train))
         else:
             clean_idx, train_idx = clean_split(
-                y_train if y_train_true is None else y_train_true, clean_per_class,
-                [seed, _STAGE_CLEAN], num_classes=num_classes,
+                y_train if y_train_true is None else y_train_true,
+                clean_per_class,
+                [seed, _STAGE_CLEAN],
+                num_classes=num_classes,
             )
         if train_idx.size == 0 and clean_given:
             raise ValueError("x_train is empty; nothing to train on.")
@@ -396,7 +409,10 @@ def make_splits(
             corrupted = pair_flip(true, num_classes, ratio, noise_seed)
         elif noise == "asymmetric":
             corrupted = asymmetric_flip(
-                true, num_classes, ratio, noise_seed,
+                true,
+                num_classes,
+                ratio,
+                noise_seed,
                 noise_map="cifar10" if noise_map is None else noise_map,
             )
         elif noise == "transition":
@@ -468,6 +484,10 @@ def split_stats(splits: Splits) -> dict:
         "test_per_class": np.bincount(splits.test_labels, minlength=c).tolist(),
     }
     if not splits.truth_known:
-        out.update(num_noisy=None, noise_fraction=None, train_true_per_class=None,
-                   noisy_per_true_class=None)
+        out.update(
+            num_noisy=None,
+            noise_fraction=None,
+            train_true_per_class=None,
+            noisy_per_true_class=None,
+        )
     return out

@@ -31,6 +31,7 @@ run on a host without TensorFlow (accelerator hosts often have none). tfds sourc
 package's `[tfds]` extra and `digits` its `[digits]` extra (`pip install "l2rw_jax[tfds]"`);
 without them loading fails at once with an ImportError that names the extra.
 """
+
 from __future__ import annotations
 
 import os
@@ -96,8 +97,15 @@ def digits_arrays() -> Arrays:
     images = digits_pixels_uint8(bunch.images)[..., None]
     labels = bunch.target.astype(np.int32)
     train, test = digits_split_indices(labels)
-    return Arrays(images[train], labels[train], images[test], labels[test], DIGITS_NUM_CLASSES,
-                  "digits", class_names=tuple(str(c) for c in range(DIGITS_NUM_CLASSES)))
+    return Arrays(
+        images[train],
+        labels[train],
+        images[test],
+        labels[test],
+        DIGITS_NUM_CLASSES,
+        "digits",
+        class_names=tuple(str(c) for c in range(DIGITS_NUM_CLASSES)),
+    )
 
 
 def check_name(name: str) -> str:
@@ -108,9 +116,7 @@ def check_name(name: str) -> str:
     """
     ok = isinstance(name, str) and (
         name in EMBEDDED
-        or any(
-            name.startswith(p) and len(name) > len(p) for p in (NPZ_PREFIX, FOLDER_PREFIX)
-        )
+        or any(name.startswith(p) and len(name) > len(p) for p in (NPZ_PREFIX, FOLDER_PREFIX))
         or _TFDS_NAME.match(name) is not None
     )
     if not ok:
@@ -133,7 +139,7 @@ def same_local_source(name_a, name_b) -> bool:
     for prefix in (NPZ_PREFIX, FOLDER_PREFIX):
         if name_a.startswith(prefix) and name_b.startswith(prefix):
             try:
-                return os.path.samefile(name_a[len(prefix):], name_b[len(prefix):])
+                return os.path.samefile(name_a[len(prefix) :], name_b[len(prefix) :])
             except OSError:
                 return False
     return False
@@ -177,8 +183,7 @@ def load_arrays(
         check_num_classes(num_classes)
     if not isinstance(download, bool):
         raise ValueError(f"download must be True or False, got {download!r}.")
-    if label_key is not None and (name.startswith((NPZ_PREFIX, FOLDER_PREFIX))
-                                  or name in EMBEDDED):
+    if label_key is not None and (name.startswith((NPZ_PREFIX, FOLDER_PREFIX)) or name in EMBEDDED):
         raise ValueError(
             f"label_key={label_key!r} only applies to tfds datasets; {name!r} has one label per "
             f"split (an npz gives its true labels as y_train_true)."
@@ -217,8 +222,9 @@ def load_arrays(
             f"unknown dataset {name!r}: tfds has no dataset of that name (see "
             f"tfds.list_builders()); allowed: {'; '.join(ALLOWED)}."
         ) from None
-    return tfds_source.load_builder(builder, name, download=download, label_key=label_key,
-                                    true_label_key=true_label_key)
+    return tfds_source.load_builder(
+        builder, name, download=download, label_key=label_key, true_label_key=true_label_key
+    )
 
 
 # ----------------------------------------------------------------------------- fingerprint
@@ -246,8 +252,13 @@ def fingerprint(arrays: Arrays) -> dict:
         x, y = getattr(arrays, f"x_{k}"), getattr(arrays, f"y_{k}")
         shapes[f"x_{k}"], shapes[f"y_{k}"] = list(x.shape), list(y.shape)
         labels.update(np.ascontiguousarray(y, np.int64).tobytes())
-        rows = np.unique(np.linspace(0, len(x) - 1, min(len(x), FINGERPRINT_SAMPLE_ROWS))
-                         .astype(np.int64)) if len(x) else np.zeros(0, np.int64)
+        rows = (
+            np.unique(
+                np.linspace(0, len(x) - 1, min(len(x), FINGERPRINT_SAMPLE_ROWS)).astype(np.int64)
+            )
+            if len(x)
+            else np.zeros(0, np.int64)
+        )
         pixels.update(np.ascontiguousarray(x[rows], np.uint8).tobytes())
     labels.update(repr((int(arrays.num_classes), arrays.class_names)).encode())
     return {"shapes": shapes, "labels": labels.hexdigest(), "pixels": pixels.hexdigest()}

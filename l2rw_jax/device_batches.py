@@ -17,6 +17,7 @@ Normalisation: each uint8 pixel looked up in its member's table of the streams' 
 values (`stream_order.normalization_table`), so without augmentation the images are the
 tf.data streams' bit for bit.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,17 +56,28 @@ def gather(split: DeviceSplit, rows_KxB: jax.Array, mesh: jax.sharding.Mesh) -> 
         def take(x):
             got = jax.vmap(lambda x_n, r_B: x_n[r_B])(x, r_KxB)
             here = here_KxB.reshape(here_KxB.shape + (1,) * (got.ndim - 2))
-            return jax.lax.psum_scatter(jnp.where(here, got, jnp.zeros((), got.dtype)), axis,
-                                        scatter_dimension=1, tiled=True)
+            return jax.lax.psum_scatter(
+                jnp.where(here, got, jnp.zeros((), got.dtype)),
+                axis,
+                scatter_dimension=1,
+                tiled=True,
+            )
 
         return {name: take(x) for name, x in columns.items()}
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(spec_rows, spec_rows),
-                         out_specs=spec_rows)(split.columns, rows_KxB)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec_rows, spec_rows), out_specs=spec_rows)(
+        split.columns, rows_KxB
+    )
 
 
-def augment(raw_KxBxHxWxC: jax.Array, key_Kx2: jax.Array, stream: int, step,
-            pad: int = 4, pad_mode: str = "constant") -> jax.Array:
+def augment(
+    raw_KxBxHxWxC: jax.Array,
+    key_Kx2: jax.Array,
+    stream: int,
+    step,
+    pad: int = 4,
+    pad_mode: str = "constant",
+) -> jax.Array:
     """Pad-crop + horizontal flip of every row, keyed by (seed, stream, step, row); uint8 in/out.
 
     Row j of member k is padded by `pad` pixels per side (zeros, or mirrored with
@@ -80,11 +92,13 @@ def augment(raw_KxBxHxWxC: jax.Array, key_Kx2: jax.Array, stream: int, step,
 
     def member(raw_BxHxWxC, key_2):
         key = jax.random.wrap_key_data(key_2, impl=PRNG_IMPL)
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
-            key, AUGMENT_TAG), stream), step)
+        key = jax.random.fold_in(
+            jax.random.fold_in(jax.random.fold_in(key, AUGMENT_TAG), stream), step
+        )
         keys_B = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(b))
-        draws_Bx3 = jax.vmap(lambda k: jax.random.randint(
-            k, (3,), 0, jnp.array([width, width, 2])))(keys_B)
+        draws_Bx3 = jax.vmap(
+            lambda k: jax.random.randint(k, (3,), 0, jnp.array([width, width, 2]))
+        )(keys_B)
         mode = "constant" if pad_mode == "constant" else "reflect"
         padded = jnp.pad(raw_BxHxWxC, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
 
@@ -110,9 +124,18 @@ def normalize(raw_KxBxHxWxC: jax.Array, table_Kx256xC: jax.Array) -> jax.Array:
     return jax.vmap(member)(raw_KxBxHxWxC, table_Kx256xC)
 
 
-def make_batch(split: DeviceSplit, rows_KxB: jax.Array, step, mesh: jax.sharding.Mesh, *,
-               stream: int, augment_images: bool = False, pad: int = 4,
-               pad_mode: str = "constant", as_training: bool = False) -> dict:
+def make_batch(
+    split: DeviceSplit,
+    rows_KxB: jax.Array,
+    step,
+    mesh: jax.sharding.Mesh,
+    *,
+    stream: int,
+    augment_images: bool = False,
+    pad: int = 4,
+    pad_mode: str = "constant",
+    as_training: bool = False,
+) -> dict:
     """The batch dict of rows `rows_KxB` at the stream's global `step` (jittable).
 
     Keys as the tf.data streams (ARCHITECTURE.md "Batch dicts"): `image` float32
@@ -125,8 +148,7 @@ def make_batch(split: DeviceSplit, rows_KxB: jax.Array, step, mesh: jax.sharding
     raw = cols.pop("image")
     if augment_images:
         raw = augment(raw, split.key_Kx2, stream, step, pad, pad_mode)
-    batch = {"image": normalize(raw, split.table_Kx256xC), **cols,
-             "index": rows_KxB}
+    batch = {"image": normalize(raw, split.table_Kx256xC), **cols, "index": rows_KxB}
     if "is_noisy" in batch:
         batch["is_noisy"] = batch["is_noisy"].astype(bool)
     if as_training:
@@ -134,8 +156,9 @@ def make_batch(split: DeviceSplit, rows_KxB: jax.Array, step, mesh: jax.sharding
     return batch
 
 
-def batch_at(split: DeviceSplit, orders: list[StreamOrder], step: int,
-             mesh: jax.sharding.Mesh, **options) -> dict:
+def batch_at(
+    split: DeviceSplit, orders: list[StreamOrder], step: int, mesh: jax.sharding.Mesh, **options
+) -> dict:
     """The batch of global `step` of K members' streams: rows from `orders` (host), the rest on
     the devices (:func:`make_batch`; `options` go there, `stream` from the orders)."""
     rows_Kxb = np.stack([o.rows([step])[0] for o in orders])
@@ -143,7 +166,8 @@ def batch_at(split: DeviceSplit, orders: list[StreamOrder], step: int,
     return _make_batch_jit(split, rows, step, mesh, orders[0].stream, **options)
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "stream", "augment_images", "pad",
-                                             "pad_mode", "as_training"))
+@functools.partial(
+    jax.jit, static_argnames=("mesh", "stream", "augment_images", "pad", "pad_mode", "as_training")
+)
 def _make_batch_jit(split, rows, step, mesh, stream, **options):
     return make_batch(split, rows, step, mesh, stream=stream, **options)

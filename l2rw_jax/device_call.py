@@ -4,6 +4,7 @@ or as S dispatches of one jitted step; :func:`has_convolution` tells ``build.use
 (XLA:CPU runs convolutions inside a loop body on a slow path). :mod:`l2rw_jax.backends` wraps
 it in the loop's ``Call`` interface.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,9 +19,18 @@ from l2rw_jax import stream_order
 from l2rw_jax import xla_options
 
 
-def make_train_call(member_step: Callable, mesh: jax.sharding.Mesh, *, clean_phase: bool,
-                    augment_images: bool, pad: int, pad_mode: str, log_every: int,
-                    total_steps: int, scan: bool = True) -> Callable:
+def make_train_call(
+    member_step: Callable,
+    mesh: jax.sharding.Mesh,
+    *,
+    clean_phase: bool,
+    augment_images: bool,
+    pad: int,
+    pad_mode: str,
+    log_every: int,
+    total_steps: int,
+    scan: bool = True,
+) -> Callable:
     """The training loop's call: S steps of K vmapped members, batches built on the devices.
 
     `call(carry, noisy, clean, rows_train_SxKxB, rows_clean_SxKxM, steps_S, phase_first,
@@ -48,10 +58,17 @@ def make_train_call(member_step: Callable, mesh: jax.sharding.Mesh, *, clean_pha
 
     def body(carry, noisy, clean, rows_train_Kxb, rows_clean_Kxm, t, phase_first):
         batch = device_batches.make_batch(
-            clean if clean_phase else noisy, rows_train_Kxb, t - phase_first, mesh,
-            stream=stream_order.TRAIN_STREAM, as_training=clean_phase, **batch_options)
-        val_batch = device_batches.make_batch(clean, rows_clean_Kxm, t, mesh,
-                                              stream=stream_order.CLEAN_STREAM, **batch_options)
+            clean if clean_phase else noisy,
+            rows_train_Kxb,
+            t - phase_first,
+            mesh,
+            stream=stream_order.TRAIN_STREAM,
+            as_training=clean_phase,
+            **batch_options,
+        )
+        val_batch = device_batches.make_batch(
+            clean, rows_clean_Kxm, t, mesh, stream=stream_order.CLEAN_STREAM, **batch_options
+        )
         state, acc, msum = step_K(*carry, batch, val_batch)
         ends_log = ((t + 1) % log_every == 0) | (t + 1 == total_steps)
         restart = jax.tree.map(lambda m: jnp.where(ends_log, jnp.zeros_like(m), m), msum)
@@ -61,19 +78,21 @@ def make_train_call(member_step: Callable, mesh: jax.sharding.Mesh, *, clean_pha
     jit = functools.partial(xla_options.jit, donate_argnums=0)
 
     if not scan:
+
         @jit
         def one(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first, i):
-            return body(carry, noisy, clean, rows_train[i], rows_clean[i], steps_S[i],
-                        phase_first)
+            return body(carry, noisy, clean, rows_train[i], rows_clean[i], steps_S[i], phase_first)
 
-        def dispatch(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first,
-                     num_steps=None):
+        def dispatch(
+            carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first, num_steps=None
+        ):
             num_steps = len(steps_S) if num_steps is None else num_steps
             steps_S, phase_first = jax.device_put((steps_S, phase_first))  # Sent once.
             msum_S = []
             for i in range(num_steps):
-                carry, msum = one(carry, noisy, clean, rows_train, rows_clean, steps_S,
-                                  phase_first, np.int32(i))
+                carry, msum = one(
+                    carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first, np.int32(i)
+                )
                 msum_S.append(msum)
             return carry, msum_S
 
@@ -86,11 +105,11 @@ def make_train_call(member_step: Callable, mesh: jax.sharding.Mesh, *, clean_pha
 
         return jax.lax.scan(scan_body, carry, (rows_train, rows_clean, steps_S))
 
-    def call(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first,
-             num_steps=None):
+    def call(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first, num_steps=None):
         if num_steps not in (None, len(steps_S)):
-            raise ValueError(f"a scanned call runs all its {len(steps_S)} steps, got "
-                             f"num_steps={num_steps}.")
+            raise ValueError(
+                f"a scanned call runs all its {len(steps_S)} steps, got num_steps={num_steps}."
+            )
         return scanned(carry, noisy, clean, rows_train, rows_clean, steps_S, phase_first)
 
     return call
@@ -107,7 +126,7 @@ def has_convolution(fn: Callable, *args) -> bool:
             if eqn.primitive.name == "conv_general_dilated":
                 return True
             for param in eqn.params.values():
-                for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
                     if hasattr(sub, "eqns") and found(sub):  # a (closed) sub-jaxpr
                         return True
         return False

@@ -10,6 +10,7 @@ Sharding: a split `K x N x ...` (K members, N rows padded to a multiple of the d
 split over the data mesh along N (`sharding.batch_sharding(mesh, leading_axes=1)`); in a
 multi-host job each process places only its own block of rows (:func:`place_split`).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -32,13 +33,13 @@ class DeviceSplit(NamedTuple):
     table_Kx256xC: float32, the normalised value of each pixel value and channel per member.
     key_Kx2: uint32 threefry key data of `key(seed_k)` (augmentation), replicated.
     """
+
     columns: dict
     table_Kx256xC: jax.Array
     key_Kx2: jax.Array
 
 
-def place_split(columns: dict, mean_KxC, std_KxC, seeds, mesh: jax.sharding.Mesh
-                ) -> DeviceSplit:
+def place_split(columns: dict, mean_KxC, std_KxC, seeds, mesh: jax.sharding.Mesh) -> DeviceSplit:
     """Places K members' copies of a split on the devices, rows split over `mesh`.
 
     Args:
@@ -54,13 +55,16 @@ def place_split(columns: dict, mean_KxC, std_KxC, seeds, mesh: jax.sharding.Mesh
     """
     image = np.asarray(columns["image"])
     if image.dtype != np.uint8 or image.ndim != 5:
-        raise ValueError(f"columns['image'] must be uint8 K x N x H x W x C, got dtype "
-                         f"{image.dtype} and shape {image.shape}.")
+        raise ValueError(
+            f"columns['image'] must be uint8 K x N x H x W x C, got dtype "
+            f"{image.dtype} and shape {image.shape}."
+        )
     k, n = image.shape[:2]
     for name, x in columns.items():
         if np.shape(x)[:2] != (k, n):
-            raise ValueError(f"columns[{name!r}] has leading axes {np.shape(x)[:2]}, the images "
-                             f"have {(k, n)}.")
+            raise ValueError(
+                f"columns[{name!r}] has leading axes {np.shape(x)[:2]}, the images have {(k, n)}."
+            )
     if len(seeds) != k:
         raise ValueError(f"got {len(seeds)} seeds for {k} members.")
     devices = mesh.devices.size
@@ -72,16 +76,23 @@ def place_split(columns: dict, mean_KxC, std_KxC, seeds, mesh: jax.sharding.Mesh
         x = np.asarray(x)
         x = x.astype(np.uint8) if x.dtype == bool else x
         pad = np.zeros((k, padded - n) + x.shape[2:], x.dtype)
-        return np.concatenate([x, pad], axis=1)[:, lo:lo + per_process]
+        return np.concatenate([x, pad], axis=1)[:, lo : lo + per_process]
 
-    placed = sharding.shard_batch({name: local_rows(x) for name, x in columns.items()},
-                                  sharding.batch_sharding(mesh, leading_axes=1))
+    placed = sharding.shard_batch(
+        {name: local_rows(x) for name, x in columns.items()},
+        sharding.batch_sharding(mesh, leading_axes=1),
+    )
     table_Kx256xC = stream_order.normalization_table(mean_KxC, std_KxC, image.shape[-1])
-    return DeviceSplit(placed, *jax.device_put((table_Kx256xC, augmentation_keys(seeds)),
-                                               sharding.replicated_sharding(mesh)))
+    return DeviceSplit(
+        placed,
+        *jax.device_put(
+            (table_Kx256xC, augmentation_keys(seeds)), sharding.replicated_sharding(mesh)
+        ),
+    )
 
 
 def augmentation_keys(seeds) -> np.ndarray:
     """uint32 `K x 2`: the key data of `jax.random.key(seed, impl="threefry2x32")` per seed."""
-    return np.stack([np.asarray(jax.random.key_data(jax.random.key(int(s), impl=PRNG_IMPL)))
-                     for s in seeds])
+    return np.stack(
+        [np.asarray(jax.random.key_data(jax.random.key(int(s), impl=PRNG_IMPL))) for s in seeds]
+    )

@@ -14,6 +14,7 @@ script calls it first thing::
     distributed.initialize()            # TPU pod, Slurm, Open MPI: everything auto-detected
     distributed.initialize("10.0.0.1:1234", num_processes=2, process_id=0)   # explicit
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,10 @@ from typing import Sequence
 # Environment variables read for the arguments not given (JAX itself reads only the
 # coordinator's; the other two are the usual names for hand-rolled launchers).
 COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV = (
-    "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+)
 
 
 def _env_int(name: str) -> int | None:
@@ -35,10 +39,14 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"environment variable {name}={value!r} is not an integer.") from None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *,
-               local_device_ids: int | Sequence[int] | None = None,
-               initialization_timeout: int = 300) -> tuple[int, int]:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    local_device_ids: int | Sequence[int] | None = None,
+    initialization_timeout: int = 300,
+) -> tuple[int, int]:
     """Joins this process to the job (``jax.distributed.initialize``); returns
     ``(jax.process_index(), jax.process_count())``.
 
@@ -73,8 +81,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     # it, older JAX releases run CPU processes with no cross-process collectives.
     if jax.config.jax_cpu_collectives_implementation is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id,
-                               local_device_ids=local_device_ids,
-                               initialization_timeout=initialization_timeout)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=local_device_ids,
+        initialization_timeout=initialization_timeout,
+    )
     return jax.process_index(), jax.process_count()

@@ -7,6 +7,7 @@ count every example exactly once (big_vision ``evaluators/classification.py``). 
 evaluates K members at once (``jax.vmap`` over a leading seed axis); the same functions serve
 one model (the audit): :func:`evaluate` on un-stacked batches.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterable
@@ -37,9 +38,11 @@ def make_eval_fn(apply_fn) -> Callable[[TrainState, dict], dict]:
         onehot_BxC = jax.nn.one_hot(labels_B, num_classes) * mask_B[:, None]
         correct_B = (jnp.argmax(logits_BxC, axis=-1) == labels_B).astype(jnp.float32)
         losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
-        return {"correct_C": jnp.sum(onehot_BxC * correct_B[:, None], axis=0),
-                "count_C": jnp.sum(onehot_BxC, axis=0),
-                "loss_sum": jnp.sum(jnp.where(mask_B, losses_B, 0.0))}
+        return {
+            "correct_C": jnp.sum(onehot_BxC * correct_B[:, None], axis=0),
+            "count_C": jnp.sum(onehot_BxC, axis=0),
+            "loss_sum": jnp.sum(jnp.where(mask_B, losses_B, 0.0)),
+        }
 
     return eval_fn
 
@@ -63,7 +66,8 @@ def summarize(sums: dict) -> dict:
     count = np.asarray(sums["count_C"]).sum(-1)
     correct_C = np.asarray(sums["correct_C"], np.float64)
     count_C = np.asarray(sums["count_C"], np.float64)
-    return {"accuracy": np.asarray(sums["correct_C"]).sum(-1) / count,
-            "loss": np.asarray(sums["loss_sum"]) / count,
-            "per_class_accuracy": np.where(count_C > 0, correct_C / np.maximum(count_C, 1),
-                                           np.nan)}
+    return {
+        "accuracy": np.asarray(sums["correct_C"]).sum(-1) / count,
+        "loss": np.asarray(sums["loss_sum"]) / count,
+        "per_class_accuracy": np.where(count_C > 0, correct_C / np.maximum(count_C, 1), np.nan),
+    }

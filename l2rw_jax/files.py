@@ -5,6 +5,7 @@ Why a module of its own, at the bottom: the run's workdir (:mod:`l2rw_jax.workdi
 written, and one writer keeps them alike (permissions, fsync, cleanup); the data must not import
 the workdir to get it.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,8 +23,9 @@ def is_remote(p: PathLike) -> bool:
     return "://" in os.fspath(p)
 
 
-def atomic_write(p: PathLike, write: Callable[[IO[Any]], None], mode: str = "w",
-                 newline: str | None = None) -> str:
+def atomic_write(
+    p: PathLike, write: Callable[[IO[Any]], None], mode: str = "w", newline: str | None = None
+) -> str:
     """Writes ``p`` through ``write(file)`` so that it appears whole or not at all.
 
     Local: on a temporary file in the same folder, fsync, then ``os.replace``; a failure

@@ -159,9 +159,7 @@ def check_pair_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
-def _flip_within_classes(
-    true: np.ndarray, targets: dict, ratio: float, seed
-) -> Corrupted:
+def _flip_within_classes(true: np.ndarray, targets: dict, ratio: float, seed) -> Corrupted:
     """For each source class c of `targets` (ascending): exactly `num_chosen(ratio, n_c)` of its
     rows (first of `rng.permutation(n_c)`, one generator for all classes) get `targets[c]`."""
     rng = np.random.default_rng(check_seed(seed))
@@ -238,9 +236,7 @@ def class_map(spec: Any, num_classes: int | None = None) -> dict[int, int]:
         for c in (kc, vc):
             if c < 0 or (num_classes is not None and c >= num_classes):
                 hi = "num_classes" if num_classes is None else num_classes
-                raise ValueError(
-                    f"noise_map {dict(items())!r} names class {c}, outside [0, {hi})."
-                )
+                raise ValueError(f"noise_map {dict(items())!r} names class {c}, outside [0, {hi}).")
         if kc == vc:
             raise ValueError(f"noise_map maps class {kc} to itself; every c -> c' needs c != c'.")
         out[kc] = vc
@@ -293,8 +289,11 @@ def check_transition(matrix: Any, num_classes: int | None = None) -> np.ndarray:
             f"noise_matrix must be a C x C array of numbers, got {matrix!r}."
         ) from None
     want = "C x C" if num_classes is None else f"{num_classes} x {num_classes}"
-    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] < 2 or (
-        num_classes is not None and t.shape[0] != num_classes
+    if (
+        t.ndim != 2
+        or t.shape[0] != t.shape[1]
+        or t.shape[0] < 2
+        or (num_classes is not None and t.shape[0] != num_classes)
     ):
         raise ValueError(f"noise_matrix must be {want} (C >= 2), got shape {t.shape}.")
     if not np.all(np.isfinite(t)) or t.min() < 0:

@@ -14,6 +14,7 @@ library function takes, so nothing below the config reads it::
 The schema, its defaults and checks are :mod:`l2rw_jax.config`, which imports this module (its
 checks run these translations); this module never imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,11 @@ def labels_as_given(data) -> bool:
     """Whether the data group's synthetic noise is left out: ``data.noise`` is one of
     ``SYNTHETIC_NOISES``, the source is the user's own (``npz:``, ``folder:``) and
     ``data.corrupt_given_labels`` is False. Then the run trains on the labels as given."""
-    return (data.noise in SYNTHETIC_NOISES and not data.corrupt_given_labels
-            and datasets.is_own_source(data.dataset))
+    return (
+        data.noise in SYNTHETIC_NOISES
+        and not data.corrupt_given_labels
+        and datasets.is_own_source(data.dataset)
+    )
 
 
 def split_options(data, *, as_written: bool = False) -> dict:
@@ -59,27 +63,42 @@ def split_options(data, *, as_written: bool = False) -> dict:
         try:
             matrix = np.load(matrix, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise ValueError(f"data.noise_matrix={matrix!r} is not a readable .npy file "
-                             f"({type(e).__name__}); allowed: a .npy path or a nested tuple "
-                             f"C x C.") from None
-    options = dict(noise=data.noise, ratio=data.noise_ratio,
-                   clean_per_class=data.clean_per_class,
-                   background_class=data.background_class,
-                   official_convention=data.official_convention,
-                   majority_fraction=data.majority_fraction, num_train=data.num_train,
-                   majority_class=data.majority_class, minority_class=data.minority_class,
-                   noise_map=noise_map, noise_matrix=matrix)
+            raise ValueError(
+                f"data.noise_matrix={matrix!r} is not a readable .npy file "
+                f"({type(e).__name__}); allowed: a .npy path or a nested tuple "
+                f"C x C."
+            ) from None
+    options = dict(
+        noise=data.noise,
+        ratio=data.noise_ratio,
+        clean_per_class=data.clean_per_class,
+        background_class=data.background_class,
+        official_convention=data.official_convention,
+        majority_fraction=data.majority_fraction,
+        num_train=data.num_train,
+        majority_class=data.majority_class,
+        minority_class=data.minority_class,
+        noise_map=noise_map,
+        noise_matrix=matrix,
+    )
     if labels_as_given(data) and not as_written:
-        options.update(noise=LABELS_AS_GIVEN, ratio=0.0, background_class=None,
-                       official_convention=False, majority_fraction=None, noise_map=None,
-                       noise_matrix=None)
+        options.update(
+            noise=LABELS_AS_GIVEN,
+            ratio=0.0,
+            background_class=None,
+            official_convention=False,
+            majority_fraction=None,
+            noise_map=None,
+            noise_matrix=None,
+        )
     return options
 
 
 def load_options(data) -> dict:
     """``datasets.load_arrays(data.dataset, **load_options(data))`` keyword arguments."""
-    return dict(data_dir=data.data_dir, label_key=data.label_key,
-                true_label_key=data.true_label_key)
+    return dict(
+        data_dir=data.data_dir, label_key=data.label_key, true_label_key=data.true_label_key
+    )
 
 
 def noise_note(data) -> str | None:
@@ -87,13 +106,18 @@ def noise_note(data) -> str | None:
     ``folder:``) when its config names a synthetic noise; None otherwise."""
     if data.noise not in SYNTHETIC_NOISES or not datasets.is_own_source(data.dataset):
         return None
-    what = (f"data.noise={data.noise!r}" + (f", data.noise_ratio={data.noise_ratio:g}"
-                                            if data.noise != "imbalance" else ""))
+    what = f"data.noise={data.noise!r}" + (
+        f", data.noise_ratio={data.noise_ratio:g}" if data.noise != "imbalance" else ""
+    )
     if labels_as_given(data):
-        return (f"{data.dataset}: labels as given; the config's synthetic {what} is not applied "
-                f"to a source of your own (data.corrupt_given_labels=True applies it).")
-    return (f"{data.dataset}: synthetic {what} applied to these labels "
-            f"(data.corrupt_given_labels=True).")
+        return (
+            f"{data.dataset}: labels as given; the config's synthetic {what} is not applied "
+            f"to a source of your own (data.corrupt_given_labels=True applies it)."
+        )
+    return (
+        f"{data.dataset}: synthetic {what} applied to these labels "
+        f"(data.corrupt_given_labels=True)."
+    )
 
 
 def describe_data(data) -> str:
@@ -161,10 +185,12 @@ def make_optimizer(optim) -> optax.GradientTransformation:
     before ``sgd`` is the gradient of ``weight_decay / 2 * ||params||^2`` added to the loss.
     """
     schedule = optax.piecewise_constant_schedule(
-        optim.learning_rate, {int(b): float(optim.lr_decay) for b in optim.lr_boundaries})
+        optim.learning_rate, {int(b): float(optim.lr_decay) for b in optim.lr_boundaries}
+    )
     return optax.chain(
         optax.add_decayed_weights(optim.weight_decay),
-        optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov))
+        optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov),
+    )
 
 
 def as_json(config) -> dict:
@@ -180,6 +206,9 @@ def total_steps(config) -> int:
 
 def member_options(config) -> dict:
     """``members.make_member`` keyword arguments (all but the arrays and the seed)."""
-    return dict(split_options=split_options(config.data),
-                hyper_val_size=config.data.hyper_val_size, pixel_scale=config.data.pixel_scale,
-                oracle=config.method.name == "oracle")
+    return dict(
+        split_options=split_options(config.data),
+        hyper_val_size=config.data.hyper_val_size,
+        pixel_scale=config.data.pixel_scale,
+        oracle=config.method.name == "oracle",
+    )

@@ -2,6 +2,7 @@
 :mod:`l2rw_jax.l2rw_stages` behind the :class:`l2rw_jax.weighing.WeighingScheme` contract
 (re-exported by :mod:`l2rw_jax.methods`: ``methods.l2rw``, ``methods.get_scheme("l2rw")``).
 """
+
 from __future__ import annotations
 
 import jax
@@ -21,9 +22,14 @@ L2RWState = stages.L2RWState
 
 # The recommended robust variant of :func:`l2rw` (docs/robust_default.md has the evidence);
 # ``config.ROBUST_L2RW`` is the same as config fields (``method.l2rw.*``).
-ROBUST_OPTIONS = {"memory_decay": 0.9, "warmup_steps": 200, "weight_map": "sign",
-                  "normalize": "class_balanced", "meta_params": "last",
-                  "mix": "excess_loss"}
+ROBUST_OPTIONS = {
+    "memory_decay": 0.9,
+    "warmup_steps": 200,
+    "weight_map": "sign",
+    "normalize": "class_balanced",
+    "meta_params": "last",
+    "mix": "excess_loss",
+}
 # The no-mix variant (the default before the excess-loss mix): what
 # benchmarks/results/robust_*.md's `l2rw_robust` rows and the meta-step table's earlier
 # "recommended" rows measured.
@@ -31,15 +37,26 @@ ROBUST_OPTIONS_V1 = dict(ROBUST_OPTIONS, mix="none")
 
 _META_PARAMS = ("all", "last")
 # The metric under which each mix reports its share.
-_MIX_METRIC = {"reliability": "reliability", "reliability_classes": "reliability",
-               "excess_loss": "excess_loss_share"}
+_MIX_METRIC = {
+    "reliability": "reliability",
+    "reliability_classes": "reliability",
+    "excess_loss": "excess_loss_share",
+}
 
 
-def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "optimizer", *,
-         memory_decay: float = 0.0, warmup_steps: int = 0, weight_map: str = "clip",
-         normalize: str = "batch", meta_params: str | tuple[str, ...] = "all",
-         loss_quantile: float = 0.0, mix: str = "none"
-         ) -> WeighingScheme:
+def l2rw(
+    mode: str = "forward",
+    all_clipped: str = "zero",
+    lookahead: str = "optimizer",
+    *,
+    memory_decay: float = 0.0,
+    warmup_steps: int = 0,
+    weight_map: str = "clip",
+    normalize: str = "batch",
+    meta_params: str | tuple[str, ...] = "all",
+    loss_quantile: float = 0.0,
+    mix: str = "none",
+) -> WeighingScheme:
     r"""Learning to Reweight Examples (Ren et al. 2018, arXiv 1803.09050, Alg. 1), and variants.
 
     With the default options, exactly the paper: weights from
@@ -155,10 +172,15 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
     reweight._check_choice("normalize", normalize, stages.NORMALIZE)
     if isinstance(meta_params, str):
         reweight._check_choice("meta_params", meta_params, _META_PARAMS)
-    elif not (isinstance(meta_params, (tuple, list)) and meta_params
-              and all(isinstance(k, str) for k in meta_params)):
-        raise ValueError(f"meta_params={meta_params!r} is not supported; allowed: all, last, or "
-                         f"a non-empty tuple of keys (a path in params).")
+    elif not (
+        isinstance(meta_params, (tuple, list))
+        and meta_params
+        and all(isinstance(k, str) for k in meta_params)
+    ):
+        raise ValueError(
+            f"meta_params={meta_params!r} is not supported; allowed: all, last, or "
+            f"a non-empty tuple of keys (a path in params)."
+        )
     else:
         meta_params = tuple(meta_params)
     reweight._check_choice("mix", mix, stages.MIXES)
@@ -169,8 +191,13 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}.")
     # With every stage at the paper's value the chain is the meta-step's own weights.
-    paper_stages = (memory_decay == 0 and weight_map == "clip" and normalize == "batch"
-                    and loss_quantile == 0 and mix == "none")
+    paper_stages = (
+        memory_decay == 0
+        and weight_map == "clip"
+        and normalize == "batch"
+        and loss_quantile == 0
+        and mix == "none"
+    )
     plain_sgd = optax.sgd(1.0)
 
     def init(rng: jax.Array, class_counts_C=None):
@@ -192,22 +219,34 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
         loss_fn, val_loss_fn = ctx.loss_fn, ctx.val_loss_fn or ctx.loss_fn
         meta_loss_fn, meta_val_loss_fn = loss_fn, val_loss_fn
         if meta_params != "all":
-            meta_loss_fn, meta_val_loss_fn = (stages.moving_only(loss_fn, meta_params),
-                                              stages.moving_only(val_loss_fn, meta_params))
+            meta_loss_fn, meta_val_loss_fn = (
+                stages.moving_only(loss_fn, meta_params),
+                stages.moving_only(val_loss_fn, meta_params),
+            )
         mw = reweight.meta_weights(
-            meta_loss_fn, ctx.params, opt_state, tx, ctx.batch, ctx.val_batch,
-            mode=mode, axis_name=ctx.axis_name, val_loss_fn=meta_val_loss_fn,
-            all_clipped=all_clipped)
+            meta_loss_fn,
+            ctx.params,
+            opt_state,
+            tx,
+            ctx.batch,
+            ctx.val_batch,
+            mode=mode,
+            axis_name=ctx.axis_name,
+            val_loss_fn=meta_val_loss_fn,
+            all_clipped=all_clipped,
+        )
         w_B = mw.w
         metrics = {"val_loss": mw.val_loss, "g_B": mw.g}
         if not paper_stages:
             label_B, axis_name = ctx.batch["label"], ctx.axis_name
-            s_B, state = stages.score(mw.g, state, ctx.batch["index"] if memory_decay else None,
-                                      memory_decay, axis_name)
+            s_B, state = stages.score(
+                mw.g, state, ctx.batch["index"] if memory_decay else None, memory_decay, axis_name
+            )
             wt_B = stages.weight_map(s_B, weight_map, axis_name)
             if loss_quantile > 0:
-                wt_B = wt_B * stages.loss_gate(*_losses_at_theta(loss_fn, val_loss_fn, ctx),
-                                               loss_quantile)
+                wt_B = wt_B * stages.loss_gate(
+                    *_losses_at_theta(loss_fn, val_loss_fn, ctx), loss_quantile
+                )
             w_B = stages.normalize(wt_B, label_B, normalize, axis_name, all_clipped)
             if mix != "none":
                 w_graded_B = stages.graded_weights(mix, mw.g, mw.w, label_B, axis_name)
@@ -215,11 +254,19 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
                     share = excess_loss_share(loss_fn, val_loss_fn, ctx)
                 else:
                     g_half_B = reweight.meta_gradient(
-                        meta_loss_fn, ctx.params, opt_state, tx, ctx.batch,
-                        stages.even_rows(ctx.val_batch), mode=mode, axis_name=axis_name,
-                        val_loss_fn=meta_val_loss_fn)[0]
-                    share = stages.split_half_reliability(g_half_B, 2.0 * mw.g - g_half_B,
-                                                          axis_name)
+                        meta_loss_fn,
+                        ctx.params,
+                        opt_state,
+                        tx,
+                        ctx.batch,
+                        stages.even_rows(ctx.val_batch),
+                        mode=mode,
+                        axis_name=axis_name,
+                        val_loss_fn=meta_val_loss_fn,
+                    )[0]
+                    share = stages.split_half_reliability(
+                        g_half_B, 2.0 * mw.g - g_half_B, axis_name
+                    )
                 metrics[_MIX_METRIC[mix]] = share
                 w_B = stages.mix(w_B, w_graded_B, share)
         if warmup_steps:
@@ -229,8 +276,9 @@ def l2rw(mode: str = "forward", all_clipped: str = "zero", lookahead: str = "opt
     return WeighingScheme(init, weigh)
 
 
-def excess_loss_share(loss_fn: reweight.LossFn, val_loss_fn: reweight.LossFn,
-                      ctx: WeighContext) -> jax.Array:
+def excess_loss_share(
+    loss_fn: reweight.LossFn, val_loss_fn: reweight.LossFn, ctx: WeighContext
+) -> jax.Array:
     """``clip(L_train / L_clean - 1, 0, 1)`` at ``theta``: the training loss's relative excess
     over the clean loss, the graded weights' share in ``l2rw(mix="excess_loss")``.
     ``L_train`` is the mean training loss (unweighted, against the observed labels) over the
@@ -254,5 +302,7 @@ def _losses_at_theta(loss_fn, val_loss_fn, ctx: WeighContext) -> tuple[jax.Array
     """``(losses_B, val_losses_G)``: this program's training losses and the global clean
     batch's losses at ``theta`` (constants: nothing differentiates through them)."""
     params = jax.lax.stop_gradient(ctx.params)
-    return (loss_fn(params, ctx.batch),
-            stages.gathered(val_loss_fn(params, ctx.val_batch), ctx.axis_name))
+    return (
+        loss_fn(params, ctx.batch),
+        stages.gathered(val_loss_fn(params, ctx.val_batch), ctx.axis_name),
+    )

@@ -22,6 +22,7 @@ global batch (``_G``, :func:`gathered`); without it the batch is all there is. E
 purpose is in :func:`l2rw_jax.methods.l2rw`'s docstring; docs/robust_default.md has the
 evidence for the recommended combination.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -69,8 +70,9 @@ class L2RWState(NamedTuple):
 
 def init_memory(num_train: int) -> L2RWState:
     """An empty memory for ``num_train`` training rows: every ``m_i = 0``, none seen."""
-    return L2RWState(memory_N=jnp.zeros((num_train,), jnp.float32),
-                     seen_N=jnp.zeros((num_train,), jnp.bool_))
+    return L2RWState(
+        memory_N=jnp.zeros((num_train,), jnp.float32), seen_N=jnp.zeros((num_train,), jnp.bool_)
+    )
 
 
 def rms_normalized(g_B: jax.Array) -> jax.Array:
@@ -83,8 +85,13 @@ def rms_normalized(g_B: jax.Array) -> jax.Array:
     return g_B / jnp.where(rms > 0, rms, 1.0)
 
 
-def score(g_B: jax.Array, state: PyTree, index_B: jax.Array | None, decay: float,
-          axis_name: str | None = None) -> tuple[jax.Array, PyTree]:
+def score(
+    g_B: jax.Array,
+    state: PyTree,
+    index_B: jax.Array | None,
+    decay: float,
+    axis_name: str | None = None,
+) -> tuple[jax.Array, PyTree]:
     r"""``(s_B, new_state)``: the score each example is weighed by.
 
     ``decay = 0``: this batch's meta-gradient, ``s = g``, and ``state`` is returned as it is
@@ -100,13 +107,11 @@ def score(g_B: jax.Array, state: PyTree, index_B: jax.Array | None, decay: float
     memory_N, seen_N = state.memory_N, state.seen_N
     old_G = memory_N[index_G]
     new_G = jnp.where(seen_N[index_G], decay * old_G + (1.0 - decay) * gn_G, gn_G)
-    state = L2RWState(memory_N=memory_N.at[index_G].set(new_G),
-                      seen_N=seen_N.at[index_G].set(True))
+    state = L2RWState(memory_N=memory_N.at[index_G].set(new_G), seen_N=seen_N.at[index_G].set(True))
     return state.memory_N[index_B], state
 
 
-def moving_only(loss_fn: reweight.LossFn, meta_params: str | tuple[str, ...]
-                ) -> reweight.LossFn:
+def moving_only(loss_fn: reweight.LossFn, meta_params: str | tuple[str, ...]) -> reweight.LossFn:
     """``loss_fn`` with every parameter outside the ``meta_params`` subtree held constant.
 
     ``meta_params`` is ``"last"`` (the subtree ``params[models.OUTPUT_LAYER]``) or a path,
@@ -119,7 +124,7 @@ def moving_only(loss_fn: reweight.LossFn, meta_params: str | tuple[str, ...]
         _check_meta_path(params, path, meta_params)
 
         def freeze(key_path, x):
-            keys = tuple(getattr(k, "key", None) for k in key_path[:len(path)])
+            keys = tuple(getattr(k, "key", None) for k in key_path[: len(path)])
             return x if keys == path else jax.lax.stop_gradient(x)
 
         return loss_fn(jax.tree.map_with_path(freeze, params), batch)
@@ -137,9 +142,12 @@ def _check_meta_path(params: PyTree, path: tuple[str, ...], meta_params) -> None
                     f"meta_params='last' moves params[{models.OUTPUT_LAYER!r}], the output layer "
                     f"of every l2rw_jax model, but these params have no {models.OUTPUT_LAYER!r} "
                     f"(top-level: {keys}); pass the output layer's path instead: "
-                    f"meta_params=models.output_layer_path(module, input_shape).")
-            raise ValueError(f"meta_params={meta_params!r}: params has no {key!r} at "
-                             f"{path[:depth]} (keys there: {keys}).")
+                    f"meta_params=models.output_layer_path(module, input_shape)."
+                )
+            raise ValueError(
+                f"meta_params={meta_params!r}: params has no {key!r} at "
+                f"{path[:depth]} (keys there: {keys})."
+            )
         node = node[key]
     if not jax.tree.leaves(node):
         raise ValueError(f"meta_params={meta_params!r}: params{list(path)} holds no parameters.")
@@ -185,8 +193,13 @@ def loss_gate(losses_B: jax.Array, val_losses_G: jax.Array, q: float) -> jax.Arr
 # --- 3. normalise -----------------------------------------------------------------------------
 
 
-def normalize(wt_B: jax.Array, label_B: jax.Array, name: str, axis_name: str | None = None,
-              all_clipped: str = "zero") -> jax.Array:
+def normalize(
+    wt_B: jax.Array,
+    label_B: jax.Array,
+    name: str,
+    axis_name: str | None = None,
+    all_clipped: str = "zero",
+) -> jax.Array:
     """``w_B``, the weights ``wt_B >= 0`` normalised over the global batch.
 
     ``name``: ``"batch"`` (the paper: ``w = wt / sum wt``; when the sum is 0, all 0 with
@@ -197,13 +210,13 @@ def normalize(wt_B: jax.Array, label_B: jax.Array, name: str, axis_name: str | N
     """
     reweight._check_choice("normalize", name, NORMALIZE)
     if name == "batch":
-        return reweight.normalize_weights(-wt_B, axis_name=axis_name,
-                                          all_clipped=all_clipped)[0]
+        return reweight.normalize_weights(-wt_B, axis_name=axis_name, all_clipped=all_clipped)[0]
     return class_normalize(wt_B, label_B, name, axis_name)
 
 
-def class_normalize(wt_B: jax.Array, label_B: jax.Array, name: str,
-                    axis_name: str | None = None) -> jax.Array:
+def class_normalize(
+    wt_B: jax.Array, label_B: jax.Array, name: str, axis_name: str | None = None
+) -> jax.Array:
     """``w_i = share_{y_i} wt_i / sum_{k: y_k = y_i} wt_k`` over the global batch, ``y`` the
     observed labels ``label_B``. ``name`` sets the shares: ``"class"``: ``n_c / B`` (``n_c``
     examples of class ``c`` in the batch of ``B``); ``"class_balanced"``: ``1 / #classes
@@ -213,8 +226,8 @@ def class_normalize(wt_B: jax.Array, label_B: jax.Array, name: str,
     wt_G, label_G = gathered(wt_B, axis_name), gathered(label_B, axis_name)
     same_BxG = (label_B[:, None] == label_G[None, :]).astype(jnp.float32)
     same_GxG = (label_G[:, None] == label_G[None, :]).astype(jnp.float32)
-    count_B = jnp.sum(same_BxG, axis=1)           # n_{y_i}, >= 1
-    total_B = same_BxG @ wt_G                     # sum of wt over the class of example i
+    count_B = jnp.sum(same_BxG, axis=1)  # n_{y_i}, >= 1
+    total_B = same_BxG @ wt_G  # sum of wt over the class of example i
     switched_off_B = total_B <= 0
     within_B = wt_B / jnp.where(switched_off_B, 1.0, total_B)
     if name == "endorsed_classes":
@@ -229,8 +242,13 @@ def class_normalize(wt_B: jax.Array, label_B: jax.Array, name: str,
 # --- 4. mix -----------------------------------------------------------------------------------
 
 
-def graded_weights(name: str, g_B: jax.Array, w_paper_B: jax.Array, label_B: jax.Array,
-                   axis_name: str | None = None) -> jax.Array:
+def graded_weights(
+    name: str,
+    g_B: jax.Array,
+    w_paper_B: jax.Array,
+    label_B: jax.Array,
+    axis_name: str | None = None,
+) -> jax.Array:
     """The graded weights a mix brings in: the paper's map ``max(-g, 0)`` normalised over the
     batch (``name="reliability"``: ``w_paper_B``, the meta-step's own weights) or per endorsed
     class (``"reliability_classes"``, ``"excess_loss"``: :func:`class_normalize` with
@@ -247,8 +265,9 @@ def mix(w_B: jax.Array, w_graded_B: jax.Array, share: jax.Array) -> jax.Array:
     return share * w_graded_B + (1.0 - share) * w_B
 
 
-def excess_share(losses_B: jax.Array, val_losses_G: jax.Array,
-                 axis_name: str | None = None) -> jax.Array:
+def excess_share(
+    losses_B: jax.Array, val_losses_G: jax.Array, axis_name: str | None = None
+) -> jax.Array:
     """``clip(L_train / L_clean - 1, 0, 1)``: ``L_train`` the mean of the training losses
     ``losses_B`` over the global batch, ``L_clean`` the mean of the global clean batch's
     ``val_losses_G``. A float32 scalar in [0, 1]; 0 when ``L_clean <= 0``."""
@@ -258,8 +277,9 @@ def excess_share(losses_B: jax.Array, val_losses_G: jax.Array,
     return jnp.where(clean_loss > 0, jnp.clip(excess, 0.0, 1.0), 0.0)
 
 
-def split_half_reliability(gA_B: jax.Array, gB_B: jax.Array,
-                           axis_name: str | None = None) -> jax.Array:
+def split_half_reliability(
+    gA_B: jax.Array, gB_B: jax.Array, axis_name: str | None = None
+) -> jax.Array:
     """``clip(2 r / (1 + r), 0, 1)``, ``r`` the Pearson correlation of the meta-gradients on
     two halves of the clean batch over the global training batch (0 when either is constant):
     the Spearman-Brown reliability of the whole clean batch's meta-gradient (Spearman 1910,
@@ -277,8 +297,10 @@ def even_rows(val_batch: PyTree) -> PyTree:
     reliability. Raises ValueError if the leaves' first dimension is odd or not shared."""
     sizes = {x.shape[0] for x in jax.tree.leaves(val_batch)}
     if len(sizes) != 1 or next(iter(sizes)) % 2:
-        raise ValueError(f"mix='reliability*' splits the clean batch in two equal halves; its "
-                         f"per-program size must be even, got {sorted(sizes)}.")
+        raise ValueError(
+            f"mix='reliability*' splits the clean batch in two equal halves; its "
+            f"per-program size must be even, got {sorted(sizes)}."
+        )
     return jax.tree.map(lambda x: x[0::2], val_batch)
 
 

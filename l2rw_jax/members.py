@@ -24,6 +24,7 @@ both input backends:
 Nothing here takes the config: the loop hands each function its values (ARCHITECTURE.md: below
 ``l2rw_jax.config`` no function reads the whole config).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -36,12 +37,13 @@ from l2rw_jax import corruption
 
 class MemberData(NamedTuple):
     """One member's (one seed's) data: its splits after the hyper-validation hold-out."""
+
     seed: int
-    splits: corruption.Splits      # training rows = the noisy training set minus the hold-out
+    splits: corruption.Splits  # training rows = the noisy training set minus the hold-out
     hyperval: corruption.Splits | None  # test_* = the held-out noisy rows (observed labels)
     mean: np.ndarray
     std: np.ndarray
-    class_counts: np.ndarray       # observed labels of the training rows, per class
+    class_counts: np.ndarray  # observed labels of the training rows, per class
     # The source's class names (tfds ClassLabel, an npz's class_names, folder: directories),
     # indexed by source class id (see splits.source_classes); None when the source has none.
     class_names: tuple[str, ...] | None = None
@@ -54,8 +56,9 @@ def seeds(seed: int, num_seeds: int) -> list[int]:
     return [seed + k for k in range(num_seeds)]
 
 
-def hold_out(splits: corruption.Splits, size: int, seed: int
-             ) -> tuple[corruption.Splits, corruption.Splits | None]:
+def hold_out(
+    splits: corruption.Splits, size: int, seed: int
+) -> tuple[corruption.Splits, corruption.Splits | None]:
     """Moves ``size`` seeded random rows of the noisy training set into a hyper-validation set.
 
     The rows are the first ``size`` of ``default_rng([seed, 100]).permutation(N)``; both parts
@@ -67,24 +70,29 @@ def hold_out(splits: corruption.Splits, size: int, seed: int
     if size == 0:
         return splits, None
     if size >= n:
-        raise ValueError(f"hyper_val_size={size} must be smaller than the noisy training set "
-                         f"({n} examples).")
+        raise ValueError(
+            f"hyper_val_size={size} must be smaller than the noisy training set ({n} examples)."
+        )
     perm = np.random.default_rng([seed, 100]).permutation(n)
     held, kept = np.sort(perm[:size]), np.sort(perm[size:])
     train = take_training_rows(splits, kept)
     hyperval = splits._replace(
-        test_x=splits.train_x[held], test_labels=splits.train_labels[held],
-        test_source_index=splits.train_source_index[held])
+        test_x=splits.train_x[held],
+        test_labels=splits.train_labels[held],
+        test_source_index=splits.train_source_index[held],
+    )
     return train, hyperval
 
 
 def take_training_rows(splits: corruption.Splits, rows: np.ndarray) -> corruption.Splits:
     """``splits`` with its training fields reduced (or repeated) to ``rows``."""
     return splits._replace(
-        train_x=splits.train_x[rows], train_labels=splits.train_labels[rows],
+        train_x=splits.train_x[rows],
+        train_labels=splits.train_labels[rows],
         train_true_labels=splits.train_true_labels[rows],
         train_is_noisy=splits.train_is_noisy[rows],
-        train_source_index=splits.train_source_index[rows])
+        train_source_index=splits.train_source_index[rows],
+    )
 
 
 def balanced_rows(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
@@ -108,9 +116,12 @@ def clean_as_training(splits: corruption.Splits) -> corruption.Splits:
     """The clean set in the training fields (``clean_only`` and the ``finetune`` phase)."""
     labels = splits.clean_labels.astype(np.int32)
     return splits._replace(
-        train_x=splits.clean_x, train_labels=labels, train_true_labels=labels,
+        train_x=splits.clean_x,
+        train_labels=labels,
+        train_true_labels=labels,
         train_is_noisy=np.zeros(labels.shape, bool),
-        train_source_index=splits.clean_source_index)
+        train_source_index=splits.clean_source_index,
+    )
 
 
 def oracle_rows(splits: corruption.Splits) -> tuple[corruption.Splits, np.ndarray]:
@@ -127,17 +138,33 @@ def oracle_rows(splits: corruption.Splits) -> tuple[corruption.Splits, np.ndarra
         raise ValueError(
             f"method 'oracle' needs the true training labels, which noise={splits.noise!r} "
             f"without true labels does not know; give y_train_true (npz) or "
-            f"data.true_label_key (tfds), or use a synthetic noise.")
+            f"data.true_label_key (tfds), or use a synthetic noise."
+        )
     clean = clean_as_training(splits)
-    both = splits._replace(**{
-        f: np.concatenate([getattr(splits, f), getattr(clean, f)])
-        for f in ("train_x", "train_labels", "train_true_labels", "train_is_noisy",
-                  "train_source_index")})
+    both = splits._replace(
+        **{
+            f: np.concatenate([getattr(splits, f), getattr(clean, f)])
+            for f in (
+                "train_x",
+                "train_labels",
+                "train_true_labels",
+                "train_is_noisy",
+                "train_source_index",
+            )
+        }
+    )
     return both, np.flatnonzero(~both.train_is_noisy)
 
 
-def make_member(arrays: array_source.Arrays, seed: int, *, split_options: dict,
-                hyper_val_size: int, pixel_scale: str, oracle: bool = False) -> MemberData:
+def make_member(
+    arrays: array_source.Arrays,
+    seed: int,
+    *,
+    split_options: dict,
+    hyper_val_size: int,
+    pixel_scale: str,
+    oracle: bool = False,
+) -> MemberData:
     """One member's data from the loaded ``arrays``: ``corruption.make_splits(seed=seed,
     **split_options)`` (with the clean set and true labels of ``arrays`` when the data brings
     them), the hold-out, with ``oracle`` the oracle's training rows (:func:`oracle_rows`), and
@@ -146,9 +173,17 @@ def make_member(arrays: array_source.Arrays, seed: int, *, split_options: dict,
     from l2rw_jax import input_pipeline  # channel_stats; the module imports TF lazily.
 
     splits = corruption.make_splits(
-        arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test,
-        num_classes=arrays.num_classes, seed=seed, x_clean=arrays.x_clean, y_clean=arrays.y_clean,
-        y_train_true=arrays.y_train_true, **split_options)
+        arrays.x_train,
+        arrays.y_train,
+        arrays.x_test,
+        arrays.y_test,
+        num_classes=arrays.num_classes,
+        seed=seed,
+        x_clean=arrays.x_clean,
+        y_clean=arrays.y_clean,
+        y_train_true=arrays.y_train_true,
+        **split_options,
+    )
     splits, hyperval = hold_out(splits, hyper_val_size, seed)
     table = None
     if oracle:
@@ -174,8 +209,9 @@ def phases(method: str, num_steps: int, finetune_steps: int) -> list[tuple[str, 
     return out
 
 
-def training_rows(md: MemberData, phase: str, resample: bool) -> tuple[corruption.Splits,
-                                                                         np.ndarray | None]:
+def training_rows(
+    md: MemberData, phase: str, resample: bool
+) -> tuple[corruption.Splits, np.ndarray | None]:
     """(splits whose training fields a phase trains on, row table or None).
 
     The table maps the stream's rows back to rows of the noisy training set (``resample``;
@@ -191,8 +227,9 @@ def training_rows(md: MemberData, phase: str, resample: bool) -> tuple[corruptio
     return md.splits, None
 
 
-def running_weight_stats(w_sum_N: np.ndarray, w_sq_sum_N: np.ndarray, nonzero_N: np.ndarray,
-                         count_N: np.ndarray) -> dict[str, np.ndarray]:
+def running_weight_stats(
+    w_sum_N: np.ndarray, w_sq_sum_N: np.ndarray, nonzero_N: np.ndarray, count_N: np.ndarray
+) -> dict[str, np.ndarray]:
     """Each example's weight statistics over the c_i draws training gave it, from running sums.
 
       mean_weight[i] = S1_i / c_i
@@ -219,8 +256,10 @@ def running_weight_stats(w_sum_N: np.ndarray, w_sq_sum_N: np.ndarray, nonzero_N:
     s1, s2 = np.asarray(w_sum_N, np.float64), np.asarray(w_sq_sum_N, np.float64)
     z, c = np.asarray(nonzero_N), np.asarray(count_N)
     if not s1.shape == s2.shape == z.shape == c.shape or s1.ndim != 1:
-        raise ValueError(f"w_sum, w_sq_sum, nonzero and count must be 1-D of one shape, got "
-                         f"{s1.shape}, {s2.shape}, {z.shape}, {c.shape}.")
+        raise ValueError(
+            f"w_sum, w_sq_sum, nonzero and count must be 1-D of one shape, got "
+            f"{s1.shape}, {s2.shape}, {z.shape}, {c.shape}."
+        )
     if (c < 0).any() or (z < 0).any() or (z > c).any():
         raise ValueError("count and nonzero must be >= 0 with nonzero <= count.")
     seen = c > 0
@@ -229,14 +268,21 @@ def running_weight_stats(w_sum_N: np.ndarray, w_sq_sum_N: np.ndarray, nonzero_N:
     var = s2 / d - mean * mean
     var = np.where(var > d * 2.0**-24 * (s2 / d), var, 0.0)  # float32 rounding of the sums
     std = np.sqrt(var)
-    return {"mean_weight": np.where(seen, mean, np.nan),
-            "weight_std": np.where(seen, std, np.nan),
-            "nonzero_share": np.where(seen, z / d, np.nan)}
+    return {
+        "mean_weight": np.where(seen, mean, np.nan),
+        "weight_std": np.where(seen, std, np.nan),
+        "nonzero_share": np.where(seen, z / d, np.nan),
+    }
 
 
-def example_weights(md: MemberData, w_sum_N: np.ndarray, count_N: np.ndarray, *,
-                    w_sq_sum_N: np.ndarray | None = None,
-                    nonzero_N: np.ndarray | None = None) -> dict:
+def example_weights(
+    md: MemberData,
+    w_sum_N: np.ndarray,
+    count_N: np.ndarray,
+    *,
+    w_sq_sum_N: np.ndarray | None = None,
+    nonzero_N: np.ndarray | None = None,
+) -> dict:
     """The columns of a member's example_weights.npz (ARCHITECTURE.md "The run's workdir").
 
     With ``w_sq_sum_N`` and ``nonzero_N`` (the loop's running sums of the squared weights and of
@@ -259,10 +305,12 @@ def example_weights(md: MemberData, w_sum_N: np.ndarray, count_N: np.ndarray, *,
         raise ValueError("w_sq_sum_N and nonzero_N go together: give both or neither.")
     if w_sq_sum_N is not None:
         stats = running_weight_stats(w_sum_N, w_sq_sum_N, nonzero_N, count_N)
-        out.update(weight_sq_sum=np.asarray(w_sq_sum_N).astype(np.float32),
-                   nonzero_count=np.asarray(nonzero_N).astype(np.int32),
-                   weight_std=stats["weight_std"].astype(np.float32),
-                   nonzero_share=stats["nonzero_share"].astype(np.float32))
+        out.update(
+            weight_sq_sum=np.asarray(w_sq_sum_N).astype(np.float32),
+            nonzero_count=np.asarray(nonzero_N).astype(np.int32),
+            weight_std=stats["weight_std"].astype(np.float32),
+            nonzero_share=stats["nonzero_share"].astype(np.float32),
+        )
     if not s.truth_known:  # Unknown, not "all correct": the columns are left out.
         del out["is_noisy"], out["true_label"]
     return out

@@ -21,6 +21,7 @@ The contract (:class:`WeighingScheme`, :class:`WeighContext`) is defined in
 of :mod:`l2rw_jax.l2rw_stages`; this module re-exports them, so ``methods.l2rw`` and
 ``methods.WeighingScheme`` are the names to use.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -33,6 +34,7 @@ import optax
 from l2rw_jax import l2rw_stages
 from l2rw_jax import reweight
 from l2rw_jax import weighing
+
 # The contract and the L2RW scheme, re-exported: every scheme is reached through this module.
 from l2rw_jax.l2rw_scheme import L2RWState as L2RWState
 from l2rw_jax.l2rw_scheme import ROBUST_OPTIONS as ROBUST_OPTIONS
@@ -100,10 +102,12 @@ def _normalized(wt_B: jax.Array, axis_name: str | None) -> jax.Array:
 
 def _single_device_only(name: str, ctx: WeighContext) -> None:
     if ctx.axis_name is not None:
-        raise ValueError(f"method {name!r} needs the whole batch on one program (axis_name="
-                         f"None); for data parallelism use jax.jit over a Mesh, which keeps "
-                         f"global-batch semantics, instead of pmap/shard_map "
-                         f"(axis_name={ctx.axis_name!r}).")
+        raise ValueError(
+            f"method {name!r} needs the whole batch on one program (axis_name="
+            f"None); for data parallelism use jax.jit over a Mesh, which keeps "
+            f"global-batch semantics, instead of pmap/shard_map "
+            f"(axis_name={ctx.axis_name!r})."
+        )
 
 
 def random_weights() -> WeighingScheme:
@@ -137,7 +141,8 @@ def proportion() -> WeighingScheme:
         del rng
         counts_C = _class_counts("proportion", class_counts_C)
         return ProportionState(
-            class_weight_C=jnp.where(counts_C > 0, 1.0 / jnp.maximum(counts_C, 1.0), 0.0))
+            class_weight_C=jnp.where(counts_C > 0, 1.0 / jnp.maximum(counts_C, 1.0), 0.0)
+        )
 
     def weigh(ctx: WeighContext, state: ProportionState):
         _check_state("proportion", state, ProportionState)
@@ -189,8 +194,12 @@ def _mwnet_tx(meta_lr: float, meta_weight_decay: float) -> optax.GradientTransfo
     return optax.chain(optax.add_decayed_weights(meta_weight_decay), optax.adam(meta_lr))
 
 
-def mwnet(hidden: int = 100, meta_lr: float = 1e-3, meta_weight_decay: float = 1e-4,
-          normalize: bool = True) -> WeighingScheme:
+def mwnet(
+    hidden: int = 100,
+    meta_lr: float = 1e-3,
+    meta_weight_decay: float = 1e-4,
+    normalize: bool = True,
+) -> WeighingScheme:
     r"""Meta-Weight-Net (Shu et al., NeurIPS 2019, arXiv 1902.07379, Alg. 1).
 
     A 1-``hidden``-1 MLP ``V(C; phi)`` (ReLU, sigmoid output) maps an example's loss to its
@@ -228,11 +237,13 @@ def mwnet(hidden: int = 100, meta_lr: float = 1e-3, meta_weight_decay: float = 1
     def init(rng: jax.Array, class_counts_C=None) -> MWNetState:
         del class_counts_C
         k1, k2, k3, k4 = jax.random.split(rng, 4)
-        bound2 = 1.0 / hidden ** 0.5
-        phi = {"w1_H": jax.random.uniform(k1, (hidden,), jnp.float32, -1.0, 1.0),
-               "b1_H": jax.random.uniform(k2, (hidden,), jnp.float32, -1.0, 1.0),
-               "w2_H": jax.random.uniform(k3, (hidden,), jnp.float32, -bound2, bound2),
-               "b2": jax.random.uniform(k4, (), jnp.float32, -bound2, bound2)}
+        bound2 = 1.0 / hidden**0.5
+        phi = {
+            "w1_H": jax.random.uniform(k1, (hidden,), jnp.float32, -1.0, 1.0),
+            "b1_H": jax.random.uniform(k2, (hidden,), jnp.float32, -1.0, 1.0),
+            "w2_H": jax.random.uniform(k3, (hidden,), jnp.float32, -bound2, bound2),
+            "b2": jax.random.uniform(k4, (), jnp.float32, -bound2, bound2),
+        }
         return MWNetState(phi=phi, opt_state=meta_tx.init(phi))
 
     def weigh(ctx: WeighContext, state: MWNetState):
@@ -241,8 +252,11 @@ def mwnet(hidden: int = 100, meta_lr: float = 1e-3, meta_weight_decay: float = 1
         losses_B, val_loss, grad_phi = _mwnet_meta_gradient(ctx, state.phi, weights)
         phi_updates, phi_opt_state = meta_tx.update(grad_phi, state.opt_state, state.phi)
         phi = optax.apply_updates(state.phi, phi_updates)
-        return (weights(phi, losses_B), MWNetState(phi=phi, opt_state=phi_opt_state),
-                {"val_loss": val_loss})
+        return (
+            weights(phi, losses_B),
+            MWNetState(phi=phi, opt_state=phi_opt_state),
+            {"val_loss": val_loss},
+        )
 
     return WeighingScheme(init, weigh)
 
@@ -261,8 +275,16 @@ def _mwnet_meta_gradient(ctx: WeighContext, phi: PyTree, weights: Callable):
     w_B, pullback_w = jax.vjp(lambda f: weights(f, losses_B), phi)
     (grads,) = pullback_C(w_B)  # sum_i w_i grad C_i(theta), one backward pass.
     dval_dw_B, val_loss = reweight.meta_gradient(
-        ctx.loss_fn, ctx.params, ctx.opt_state, ctx.tx, ctx.batch, ctx.val_batch,
-        mode="forward", val_loss_fn=ctx.val_loss_fn, base_grads=grads)
+        ctx.loss_fn,
+        ctx.params,
+        ctx.opt_state,
+        ctx.tx,
+        ctx.batch,
+        ctx.val_batch,
+        mode="forward",
+        val_loss_fn=ctx.val_loss_fn,
+        base_grads=grads,
+    )
     (grad_phi,) = pullback_w(dval_dw_B)
     return losses_B, val_loss, grad_phi
 

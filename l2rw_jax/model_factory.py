@@ -4,6 +4,7 @@ Why a module of its own: it sits above both the zoo (:mod:`l2rw_jax.models`) and
 (:mod:`l2rw_jax.adapter`, which uses the zoo's ``output_layer_path``), so neither of those
 imports the other's user (nanodo's ``model_factory.py`` is the model).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,14 +33,17 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if isinstance(name, str) and ":" in name:
         return adapter.import_model(name, num_classes, **kwargs)
     if name not in models.MODELS:
-        raise ValueError(f"Unknown model {name!r}; allowed: {', '.join(sorted(models.MODELS))} "
-                         f"or 'package.module:ClassName'.")
+        raise ValueError(
+            f"Unknown model {name!r}; allowed: {', '.join(sorted(models.MODELS))} "
+            f"or 'package.module:ClassName'."
+        )
     cls = models.MODELS[name]
     allowed = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "num_classes"}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ValueError(
-            f"Unknown option(s) {unknown} for model {name!r}; allowed: {sorted(allowed)}.")
+            f"Unknown option(s) {unknown} for model {name!r}; allowed: {sorted(allowed)}."
+        )
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes={num_classes!r} must be a positive int.")
     return cls(num_classes=num_classes, **kwargs)

@@ -25,6 +25,7 @@ your own, from what the layers compute rather than from their names.
 Why Linen: ``init``/``apply(mutable=...)`` hand out exactly the ``(params, model_state)``
 pytrees the functional core works on, with no split/merge step (ARCHITECTURE.md).
 """
+
 from __future__ import annotations
 
 import functools
@@ -124,15 +125,26 @@ class _PreActUnit(nn.Module):
         h = x
         if self.preactivate:
             h = nn.relu(_BN(use_running_average=not train)(h))
-        h = nn.Conv(self.out_channels, (3, 3), (self.stride, self.stride), padding="SAME",
-                    use_bias=False, kernel_init=_he_fan_out)(h)
+        h = nn.Conv(
+            self.out_channels,
+            (3, 3),
+            (self.stride, self.stride),
+            padding="SAME",
+            use_bias=False,
+            kernel_init=_he_fan_out,
+        )(h)
         h = nn.relu(_BN(use_running_average=not train)(h))
-        h = nn.Conv(self.out_channels, (3, 3), padding="SAME", use_bias=False,
-                    kernel_init=_he_fan_out)(h)
+        h = nn.Conv(
+            self.out_channels, (3, 3), padding="SAME", use_bias=False, kernel_init=_he_fan_out
+        )(h)
         shortcut = x
         if self.stride > 1:
-            shortcut = nn.avg_pool(shortcut, (self.stride, self.stride),
-                                   strides=(self.stride, self.stride), padding="SAME")
+            shortcut = nn.avg_pool(
+                shortcut,
+                (self.stride, self.stride),
+                strides=(self.stride, self.stride),
+                padding="SAME",
+            )
         extra = self.out_channels - x.shape[-1]
         if extra > 0:
             shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
@@ -154,8 +166,9 @@ class ResNet32(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False, *, features: bool = False, conv_delta=None):
-        x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=False,
-                    kernel_init=_he_fan_out)(x)
+        x = nn.Conv(
+            self.widths[0], (3, 3), padding="SAME", use_bias=False, kernel_init=_he_fan_out
+        )(x)
         x = nn.relu(_BN(use_running_average=not train)(x))
         for stage, channels in enumerate(self.widths):
             for unit in range(self.units_per_stage):
@@ -181,14 +194,26 @@ class _WideBasic(nn.Module):
         o = nn.relu(_BN(use_running_average=not train)(x))
         shortcut = x
         if self.stride > 1 or x.shape[-1] != self.out_channels:
-            shortcut = nn.Conv(self.out_channels, (1, 1), (self.stride, self.stride),
-                               use_bias=False, kernel_init=_he_fan_out)(o)
-        h = nn.Conv(self.out_channels, (3, 3), (self.stride, self.stride), padding="SAME",
-                    use_bias=False, kernel_init=_he_fan_out)(o)
+            shortcut = nn.Conv(
+                self.out_channels,
+                (1, 1),
+                (self.stride, self.stride),
+                use_bias=False,
+                kernel_init=_he_fan_out,
+            )(o)
+        h = nn.Conv(
+            self.out_channels,
+            (3, 3),
+            (self.stride, self.stride),
+            padding="SAME",
+            use_bias=False,
+            kernel_init=_he_fan_out,
+        )(o)
         h = nn.relu(_BN(use_running_average=not train)(h))
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-        h = nn.Conv(self.out_channels, (3, 3), padding="SAME", use_bias=False,
-                    kernel_init=_he_fan_out)(h)
+        h = nn.Conv(
+            self.out_channels, (3, 3), padding="SAME", use_bias=False, kernel_init=_he_fan_out
+        )(h)
         return h + shortcut
 
 
@@ -274,8 +299,9 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def init_model(module: nn.Module, rng: jax.Array, input_shape: Sequence[int]
-               ) -> tuple[PyTree, PyTree]:
+def init_model(
+    module: nn.Module, rng: jax.Array, input_shape: Sequence[int]
+) -> tuple[PyTree, PyTree]:
     """Initialises ``module`` for inputs of ``input_shape`` (with a leading batch dimension,
     e.g. ``(1, 28, 28, 1)``) -> ``(params, model_state)``; ``model_state`` is ``{}`` or
     ``{"batch_stats": ...}``."""
@@ -284,8 +310,10 @@ def init_model(module: nn.Module, rng: jax.Array, input_shape: Sequence[int]
     x = jnp.zeros(tuple(input_shape), jnp.float32)
     # Runs once: XLA's backend optimisations would cost several times more compile time (e.g.
     # ~10 s for ResNet-32 on a 2-core CPU) than they could ever save at run time.
-    init = jax.jit(functools.partial(module.init, train=False),
-                   compiler_options={"xla_backend_optimization_level": 0})
+    init = jax.jit(
+        functools.partial(module.init, train=False),
+        compiler_options={"xla_backend_optimization_level": 0},
+    )
     variables = init(rng, x)
     variables = dict(variables)
     params = variables.pop("params")
@@ -305,7 +333,8 @@ def make_apply_fn(module: nn.Module) -> Callable[..., tuple[jax.Array, PyTree]]:
         rngs = None if rng is None else {"dropout": rng}
         if train and model_state:
             logits, new_state = module.apply(
-                variables, x, train=True, rngs=rngs, mutable=list(model_state))
+                variables, x, train=True, rngs=rngs, mutable=list(model_state)
+            )
             return logits, dict(new_state)
         return module.apply(variables, x, train=train, rngs=rngs), model_state
 
@@ -325,8 +354,9 @@ def make_feature_fn(module: nn.Module) -> Callable[..., tuple[jax.Array, dict]]:
     """
 
     def feature_fn(params, model_state, x, conv_delta=None):
-        return module.apply({"params": params, **model_state}, x, train=False, features=True,
-                            conv_delta=conv_delta)
+        return module.apply(
+            {"params": params, **model_state}, x, train=False, features=True, conv_delta=conv_delta
+        )
 
     return feature_fn
 
@@ -361,7 +391,7 @@ def output_layer_path(module: nn.Module, input_shape: Sequence[int]) -> tuple[st
     """
     if len(input_shape) < 2:
         raise ValueError(f"input_shape={tuple(input_shape)} needs a leading batch dimension.")
-    calls = []    # (submodule path, returned value) of every method call, in call order
+    calls = []  # (submodule path, returned value) of every method call, in call order
     matched = []  # paths of the submodules whose call returned the model's output itself
 
     def record(next_fun, args, kwargs, context):
@@ -372,10 +402,13 @@ def output_layer_path(module: nn.Module, input_shape: Sequence[int]) -> tuple[st
     def trace(x):
         with nn.intercept_methods(record):
             out, variables = module.init_with_output(
-                {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+                {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x
+            )
         if not isinstance(out, jax.Array):
-            raise ValueError(f"{type(module).__name__}(x) returns {type(out).__name__}; "
-                             f"output_layer_path needs a module that returns the logits array.")
+            raise ValueError(
+                f"{type(module).__name__}(x) returns {type(out).__name__}; "
+                f"output_layer_path needs a module that returns the logits array."
+            )
         # Identity, not equality: the output layer's result is the very tracer returned.
         matched.extend(path for path, value in calls if path and value is out)
         return variables.get("params", {})
@@ -385,7 +418,8 @@ def output_layer_path(module: nn.Module, input_shape: Sequence[int]) -> tuple[st
     if not found:
         raise ValueError(
             f"No layer with parameters of {type(module).__name__} returns its output (is it "
-            f"computed after the last layer?); name the parameters to move by hand.")
+            f"computed after the last layer?); name the parameters to move by hand."
+        )
     # A wrapper (e.g. nn.Sequential) returns its last layer's output too: the deepest is the layer.
     return tuple(max(found, key=len))
 

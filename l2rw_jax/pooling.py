@@ -21,6 +21,7 @@ to the first of them in row-major order, exactly as ``reduce_window``'s select-a
 derivative of ``flax.linen.max_pool``) and PyTorch's ``max_pool2d`` do; ``jnp.maximum`` would
 split it evenly. A NaN in a window propagates to the output.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,8 +40,9 @@ def _same_geometry(size: int, window: int, stride: int) -> tuple[int, tuple[int,
 
 def _window_slices(xp: jax.Array, window: int, stride: int, axis: int, out: int):
     """The ``window`` strided slices of the padded ``xp``: slice ``k`` holds offset ``k``."""
-    return [lax.slice_in_dim(xp, k, k + stride * (out - 1) + 1, stride, axis)
-            for k in range(window)]
+    return [
+        lax.slice_in_dim(xp, k, k + stride * (out - 1) + 1, stride, axis) for k in range(window)
+    ]
 
 
 def _max_and_argmax(x, window, stride, axis):

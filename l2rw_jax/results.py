@@ -5,6 +5,7 @@ A class without examples in a split has no accuracy (0/0): NaN in arrays, null i
 
 ``results.json`` schema: see :func:`l2rw_jax.train.train_and_evaluate`.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,13 @@ def mean_ci95(values) -> dict:
     from scipy import stats  # scipy comes with jax (one of its dependencies).
 
     x = np.asarray(values, np.float64)
-    out = {"per_seed": x.tolist(), "mean": float(x.mean()), "ci95": None,
-           "ci95_low": None, "ci95_high": None}
+    out = {
+        "per_seed": x.tolist(),
+        "mean": float(x.mean()),
+        "ci95": None,
+        "ci95_low": None,
+        "ci95_high": None,
+    }
     if x.size > 1:
         h = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
         out.update(ci95=h, ci95_low=out["mean"] - h, ci95_high=out["mean"] + h)
@@ -57,12 +63,17 @@ def class_accuracy(per_class_KxC) -> dict:
     acc_KxC = as_float(per_class_KxC)
     present_KxC = ~np.isnan(acc_KxC)
     mean_K = [float(a[p].mean()) if p.any() else None for a, p in zip(acc_KxC, present_KxC)]
-    worst_K = [int(np.argmin(np.where(p, a, np.inf))) if p.any() else None
-               for a, p in zip(acc_KxC, present_KxC)]
+    worst_K = [
+        int(np.argmin(np.where(p, a, np.inf))) if p.any() else None
+        for a, p in zip(acc_KxC, present_KxC)
+    ]
     worst_acc_K = [None if c is None else float(a[c]) for a, c in zip(acc_KxC, worst_K)]
     stats = lambda v: None if None in v else mean_ci95(v)
-    return {"mean_class_accuracy": stats(mean_K), "worst_class_accuracy": stats(worst_acc_K),
-            "worst_class": worst_K}
+    return {
+        "mean_class_accuracy": stats(mean_K),
+        "worst_class_accuracy": stats(worst_acc_K),
+        "worst_class": worst_K,
+    }
 
 
 def gap_closed(acc_K, erm_K, oracle_K) -> dict | None:
@@ -77,9 +88,18 @@ def gap_closed(acc_K, erm_K, oracle_K) -> dict | None:
     return mean_ci95((a - e) / (o - e))
 
 
-def summary(*, method: str, config: dict, members: list, history: list[dict],
-            num_steps: int, all_zero_steps_K, wall_time: float, steps_per_s: float,
-            timing: dict) -> dict:
+def summary(
+    *,
+    method: str,
+    config: dict,
+    members: list,
+    history: list[dict],
+    num_steps: int,
+    all_zero_steps_K,
+    wall_time: float,
+    steps_per_s: float,
+    timing: dict,
+) -> dict:
     """The results.json dict of a finished run.
 
     Args:
@@ -105,8 +125,11 @@ def summary(*, method: str, config: dict, members: list, history: list[dict],
     per_class_KxC = as_float(final["test"]["per_class_accuracy"])  # NaN: class not in test
     present_KxC = ~np.isnan(per_class_KxC)
     # Over the members whose test split has the class; NaN (null) where none has it.
-    mean_C = np.where(present_KxC.any(0), np.where(present_KxC, per_class_KxC, 0.0).sum(0)
-                      / np.maximum(present_KxC.sum(0), 1), np.nan)
+    mean_C = np.where(
+        present_KxC.any(0),
+        np.where(present_KxC, per_class_KxC, 0.0).sum(0) / np.maximum(present_KxC.sum(0), 1),
+        np.nan,
+    )
     md0 = members[0]
     return {
         "method": method,
@@ -126,8 +149,10 @@ def summary(*, method: str, config: dict, members: list, history: list[dict],
         "selected_test_accuracy": mean_ci95(test_acc_ExK[sel_e_K, np.arange(K)]),
         "final_test_loss": mean_ci95(final["test"]["loss"]),
         "final_hyperval_accuracy": final_hv,
-        "per_class_accuracy": {"per_seed": undefined_to_none(per_class_KxC),
-                               "mean": undefined_to_none(mean_C)},
+        "per_class_accuracy": {
+            "per_seed": undefined_to_none(per_class_KxC),
+            "mean": undefined_to_none(mean_C),
+        },
         **class_accuracy(per_class_KxC),
         "all_zero_steps": [int(z) for z in all_zero_steps_K],
         "wall_time_s": float(wall_time),

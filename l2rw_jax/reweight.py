@@ -21,6 +21,7 @@ validation loss and its gradient become the mean over the axis and the normalise
 so the weights equal the single-device weights of the global batch (given equal per-device
 validation batch sizes).
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol
@@ -41,8 +42,7 @@ _ALL_CLIPPED = ("zero", "uniform")
 class LossFn(Protocol):
     """Per-example losses: ``loss_fn(params, batch) -> losses_B`` (model state bound by caller)."""
 
-    def __call__(self, params: PyTree, batch: PyTree) -> jax.Array:
-        ...
+    def __call__(self, params: PyTree, batch: PyTree) -> jax.Array: ...
 
 
 class MetaWeights(NamedTuple):
@@ -97,7 +97,8 @@ def _validation_value_and_grad(val_loss_fn, params, val_batch, axis_name):
         losses_M = val_loss_fn(p, val_batch)
         if losses_M.ndim != 1:
             raise ValueError(
-                f"val_loss_fn must return per-example losses of shape (M,), got {losses_M.shape}.")
+                f"val_loss_fn must return per-example losses of shape (M,), got {losses_M.shape}."
+            )
         return jnp.mean(losses_M)
 
     val_loss, grad_val = jax.value_and_grad(mean_loss)(_to_varying(params, axis_name))
@@ -110,7 +111,8 @@ def _losses(loss_fn, params, batch):
     losses_B = loss_fn(params, batch)
     if losses_B.ndim != 1:
         raise ValueError(
-            f"loss_fn must return per-example losses of shape (B,), got {losses_B.shape}.")
+            f"loss_fn must return per-example losses of shape (B,), got {losses_B.shape}."
+        )
     return losses_B
 
 
@@ -229,7 +231,8 @@ def meta_gradient(
     # reverse-over-reverse computation as jax.grad inside the eps-function, with the forward
     # pass of the training batch (which does not depend on eps) taken once, outside it.
     losses_B, pullback_losses = jax.vjp(
-        lambda p: _losses(loss_fn, p, batch), _to_varying(params, axis_name))
+        lambda p: _losses(loss_fn, p, batch), _to_varying(params, axis_name)
+    )
 
     def lookahead(eps_B):
         (grads,) = pullback_losses(eps_B)
@@ -247,16 +250,16 @@ def meta_gradient(
     return g_B, val_loss
 
 
-def _lookahead_update(tx: optax.GradientTransformation, opt_state: optax.OptState,
-                      params: PyTree):
+def _lookahead_update(tx: optax.GradientTransformation, opt_state: optax.OptState, params: PyTree):
     """``u(g) = tx.update(g, opt_state, params)[0]``, differentiable in ``g`` where a zero
     second moment makes plain autodiff NaN (see :func:`meta_gradient`)."""
     update = safe_derivative.finite_derivative(lambda g, s, p: tx.update(g, s, p)[0])
     return lambda grads: update(grads, opt_state, params)
 
 
-def check_lookahead(tx: optax.GradientTransformation, params: PyTree,
-                    opt_state: optax.OptState) -> None:
+def check_lookahead(
+    tx: optax.GradientTransformation, params: PyTree, opt_state: optax.OptState
+) -> None:
     """Raises ValueError when the look-ahead ``u(g) = tx.update(g, opt_state, params)[0]`` has
     no derivative at a zero gradient, so that :func:`meta_gradient` would be NaN or wrong.
 
@@ -274,19 +277,26 @@ def check_lookahead(tx: optax.GradientTransformation, params: PyTree,
     """
     leaves, treedef = jax.tree.flatten(params)
     rng = np.random.default_rng(0)
-    probe = jax.tree.unflatten(treedef, [
-        rng.standard_normal(np.shape(x)).astype(x.dtype)
-        if jnp.issubdtype(x.dtype, jnp.floating) else np.zeros(np.shape(x), jax.dtypes.float0)
-        for x in leaves])
+    probe = jax.tree.unflatten(
+        treedef,
+        [
+            rng.standard_normal(np.shape(x)).astype(x.dtype)
+            if jnp.issubdtype(x.dtype, jnp.floating)
+            else np.zeros(np.shape(x), jax.dtypes.float0)
+            for x in leaves
+        ],
+    )
     zeros = jax.tree.map(jnp.zeros_like, params)
     reason = safe_derivative.undefined_derivative(
-        lambda g, s, p: tx.update(g, s, p)[0], (zeros,), (probe,), args=(opt_state, params))
+        lambda g, s, p: tx.update(g, s, p)[0], (zeros,), (probe,), args=(opt_state, params)
+    )
     if reason is not None:
         raise ValueError(
             f"The optimizer's update tx.update(g, opt_state, params) has no derivative at a zero "
             f"gradient g, so the L2RW / Meta-Weight-Net look-ahead meta-gradient would be NaN "
             f"or wrong: at g = 0 {reason}. Use an update that is differentiable there (e.g. "
-            f"adam / rmsprop with eps > 0, or eps_root > 0).")
+            f"adam / rmsprop with eps > 0, or eps_root > 0)."
+        )
 
 
 def normalize_weights(
@@ -361,7 +371,15 @@ def meta_weights(
     _check_choice("mode", mode, _MODES)
     _check_choice("all_clipped", all_clipped, _ALL_CLIPPED)
     g_B, val_loss = meta_gradient(
-        loss_fn, params, opt_state, tx, batch, val_batch,
-        mode=mode, axis_name=axis_name, val_loss_fn=val_loss_fn)
+        loss_fn,
+        params,
+        opt_state,
+        tx,
+        batch,
+        val_batch,
+        mode=mode,
+        axis_name=axis_name,
+        val_loss_fn=val_loss_fn,
+    )
     w_B, clipped = normalize_weights(g_B, axis_name=axis_name, all_clipped=all_clipped)
     return MetaWeights(w=w_B, g=g_B, all_clipped=clipped, val_loss=val_loss)

@@ -42,6 +42,7 @@ branches through ``lax.switch``, with the same rules. ``custom_jvp`` / ``custom_
 functions keep their authors' rules, loops (``scan``, ``while``) are bound as they are (a
 singular primitive inside a loop body keeps JAX's rule), and so is ``dot_general``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,19 +62,50 @@ PyTree = Any
 # input: roots and negative powers at 0, division by 0, logarithms at 0, inverse
 # trigonometric functions at +-1, poles of the gamma family. A function without them is
 # differentiated as it is.
-_SINGULAR = frozenset({
-    P.sqrt_p, P.rsqrt_p, P.cbrt_p, P.div_p, P.pow_p, P.integer_pow_p, P.log_p, P.log1p_p,
-    P.atan2_p, P.asin_p, P.acos_p, P.atanh_p, P.acosh_p, P.lgamma_p, P.digamma_p,
-    P.erf_inv_p,
-})
+_SINGULAR = frozenset(
+    {
+        P.sqrt_p,
+        P.rsqrt_p,
+        P.cbrt_p,
+        P.div_p,
+        P.pow_p,
+        P.integer_pow_p,
+        P.log_p,
+        P.log1p_p,
+        P.atan2_p,
+        P.asin_p,
+        P.acos_p,
+        P.atanh_p,
+        P.acosh_p,
+        P.lgamma_p,
+        P.digamma_p,
+        P.erf_inv_p,
+    }
+)
 # Elementwise primitives whose partials are finite at finite inputs but NaN at a NaN input
 # (made by a singular one, e.g. in a branch that `where` does not select): they get the
 # same rule once a function is re-evaluated, so that such a NaN meets its zero cotangent as 0.
-_SMOOTH = frozenset({
-    P.mul_p, P.integer_pow_p, P.square_p, P.exp_p, P.exp2_p, P.expm1_p, P.tanh_p,
-    P.logistic_p, P.sin_p, P.cos_p, P.tan_p, P.sinh_p, P.cosh_p, P.asinh_p, P.atan_p,
-    P.erf_p, P.erfc_p,
-})
+_SMOOTH = frozenset(
+    {
+        P.mul_p,
+        P.integer_pow_p,
+        P.square_p,
+        P.exp_p,
+        P.exp2_p,
+        P.expm1_p,
+        P.tanh_p,
+        P.logistic_p,
+        P.sin_p,
+        P.cos_p,
+        P.tan_p,
+        P.sinh_p,
+        P.cosh_p,
+        P.asinh_p,
+        P.atan_p,
+        P.erf_p,
+        P.erfc_p,
+    }
+)
 # Bodies evaluated inline: (primitive, name of its jaxpr parameter).
 _INLINE = {P.jit_p: "jaxpr", P.closed_call_p: "call_jaxpr", P.remat_p: "jaxpr"}
 
@@ -95,13 +127,16 @@ def _gets_rule(eqn) -> bool:
 
 def _has_singular(jaxpr) -> bool:
     return any(_is_singular(e) for e in jaxpr.eqns) or any(
-        _has_singular(sub) for sub in jex_core.subjaxprs(jaxpr))
+        _has_singular(sub) for sub in jex_core.subjaxprs(jaxpr)
+    )
 
 
 def _partial(prim, params, primals, k):
     """``d prim(x) / d x_k`` elementwise, from the primitive's own JVP with a unit tangent."""
+
     def along_k(x_k):
-        return prim.bind(*primals[:k], x_k, *primals[k + 1:], **params)
+        return prim.bind(*primals[:k], x_k, *primals[k + 1 :], **params)
+
     return jax.jvp(along_k, (primals[k],), (lax.full_like(primals[k], 1),))[1]
 
 
@@ -157,18 +192,29 @@ def _eval_jaxpr(jaxpr, consts, args, strict: bool, taps: list | None) -> list:
         if _gets_rule(eqn):
             outvals = [_finite_rule(prim, eqn.params, strict)(*invals)]
             if taps is not None and _is_singular(eqn):
-                taps.append((eqn, [x for v, x in zip(eqn.invars, invals)
-                                   if not isinstance(v, jex_core.Literal)], outvals[0]))
+                taps.append(
+                    (
+                        eqn,
+                        [
+                            x
+                            for v, x in zip(eqn.invars, invals)
+                            if not isinstance(v, jex_core.Literal)
+                        ],
+                        outvals[0],
+                    )
+                )
         elif prim in _INLINE:
             body = eqn.params[_INLINE[prim]]
-            closed = body if isinstance(body, jex_core.ClosedJaxpr) else jex_core.ClosedJaxpr(
-                body, ())
+            closed = (
+                body if isinstance(body, jex_core.ClosedJaxpr) else jex_core.ClosedJaxpr(body, ())
+            )
             outvals = _eval_jaxpr(closed.jaxpr, closed.consts, invals, strict, taps)
         elif prim is P.cond_p:
             index, *operands = invals
             # Values inside the branches belong to the cond's own trace: no taps from there.
-            branches = [functools.partial(_eval_closed, br, strict=strict)
-                        for br in eqn.params["branches"]]
+            branches = [
+                functools.partial(_eval_closed, br, strict=strict) for br in eqn.params["branches"]
+            ]
             outvals = jax.lax.switch(index, branches, *operands)
         else:
             bind_params = prim.get_bind_params(eqn.params)
@@ -213,13 +259,17 @@ def finite_derivative(fn: Callable) -> Callable:
 
 def _all_finite(tree) -> jax.Array:
     """Scalar bool: every inexact number in ``tree`` is finite (integers, float0 skipped)."""
-    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    flags = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
     return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
 
-def undefined_derivative(fn: Callable, primals: tuple, tangents: tuple,
-                         args: tuple = ()) -> str | None:
+def undefined_derivative(
+    fn: Callable, primals: tuple, tangents: tuple, args: tuple = ()
+) -> str | None:
     """Why the derivative of ``fn(*primals, *args)`` with respect to ``primals``, at
     ``primals`` along ``tangents``, is undefined, or None.
 
@@ -242,22 +292,32 @@ def undefined_derivative(fn: Callable, primals: tuple, tangents: tuple,
 
         (value, taps_value), (d_value, taps_tangent) = jax.jvp(fn_and_taps, primals, tangents)
         # An origin: a singular operation that makes a non-finite number out of finite ones.
-        origins = [_all_finite((ins, d_ins)) & ~_all_finite((out_x, d_out))
-                   for (ins, out_x), (d_ins, d_out) in zip(taps_value, taps_tangent)]
+        origins = [
+            _all_finite((ins, d_ins)) & ~_all_finite((out_x, d_out))
+            for (ins, out_x), (d_ins, d_out) in zip(taps_value, taps_tangent)
+        ]
         return _all_finite(value), _all_finite(d_value), origins
 
     # Run once, unoptimised (XLA's optimisations cost more compile time than they save here);
     # the operations are located in a second pass, only when something is not finite.
     jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-    value_ok, derivative_ok, _ = jax.device_get(jit(
-        lambda p, t, a: finite_flags(p, t, a, None))(primals, tangents, args))
+    value_ok, derivative_ok, _ = jax.device_get(
+        jit(lambda p, t, a: finite_flags(p, t, a, None))(primals, tangents, args)
+    )
     if value_ok and derivative_ok:
         return None
     what = "its value" if not value_ok else "its derivative"
     taps: list = []
-    origins = jax.device_get(jit(
-        lambda p, t, a: finite_flags(p, t, a, taps)[2])(primals, tangents, args))
-    culprit = next((f"; the first non-finite number comes from {eqn.primitive.name} at "
-                    f"{source_info_util.summarize(eqn.source_info)}"
-                    for (eqn, _, _), origin in zip(taps, origins) if origin), "")
+    origins = jax.device_get(
+        jit(lambda p, t, a: finite_flags(p, t, a, taps)[2])(primals, tangents, args)
+    )
+    culprit = next(
+        (
+            f"; the first non-finite number comes from {eqn.primitive.name} at "
+            f"{source_info_util.summarize(eqn.source_info)}"
+            for (eqn, _, _), origin in zip(taps, origins)
+            if origin
+        ),
+        "",
+    )
     return f"{what} is not finite{culprit}"

@@ -75,8 +75,11 @@ def _batch_axis(sharding: jax.sharding.Sharding) -> int:
 def _batch_splits(sharding: jax.sharding.Sharding) -> int:
     """How many pieces `sharding` cuts the batch axis into (for error messages)."""
     axis = _batch_axis(sharding)
-    if isinstance(sharding, NamedSharding) and len(sharding.spec) > axis and (
-            sharding.spec[axis] is not None):
+    if (
+        isinstance(sharding, NamedSharding)
+        and len(sharding.spec) > axis
+        and (sharding.spec[axis] is not None)
+    ):
         entry = sharding.spec[axis]
         axes = entry if isinstance(entry, tuple) else (entry,)
         return math.prod(sharding.mesh.shape[a] for a in axes)
@@ -101,8 +104,7 @@ def shard_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
         raise ValueError("shard_batch got an empty batch.")
     a = _batch_axis(sharding)
     sizes = {
-        jax.tree_util.keystr(path): np.shape(x)[a] if np.ndim(x) > a else None
-        for path, x in leaves
+        jax.tree_util.keystr(path): np.shape(x)[a] if np.ndim(x) > a else None for path, x in leaves
     }
     if None in sizes.values() or len(set(sizes.values())) != 1:
         got = ", ".join(f"{k}: {v}" for k, v in sizes.items())
@@ -113,7 +115,7 @@ def shard_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
     for path, x in leaves:
         shape = tuple(np.shape(x))
         try:
-            sharding.shard_shape(shape[:a] + (global_b,) + shape[a + 1:])
+            sharding.shard_shape(shape[:a] + (global_b,) + shape[a + 1 :])
         except ValueError:
             n = _batch_splits(sharding)
             raise ValueError(
@@ -128,8 +130,9 @@ def shard_batch(batch: Any, sharding: jax.sharding.Sharding) -> Any:
     )
 
 
-def shard_members(batch: Any, mesh: Mesh, members: slice = slice(None), *,
-                  step_axis: bool = False) -> Any:
+def shard_members(
+    batch: Any, mesh: Mesh, members: slice = slice(None), *, step_axis: bool = False
+) -> Any:
     """Places members ``members`` of a host batch stacked over the run's K members.
 
     The loop's batches carry the members' seed axis K before the batch axis (``K x B x
@@ -139,8 +142,7 @@ def shard_members(batch: Any, mesh: Mesh, members: slice = slice(None), *,
     multi-host), the seed and step axes whole.
     """
     seed_axis = 1 if step_axis else 0
-    picked = jax.tree.map(
-        lambda x: x[(slice(None),) * seed_axis + (members,)], batch)
+    picked = jax.tree.map(lambda x: x[(slice(None),) * seed_axis + (members,)], batch)
     return shard_batch(picked, batch_sharding(mesh, leading_axes=seed_axis + 1))
 
 
@@ -157,9 +159,9 @@ def to_host(tree: Any) -> Any:
     (``multihost_utils.process_allgather``, a collective: every process calls this in the
     same order, as the training loop does). Copies, so they outlive donated buffers.
     """
+
     def get(x):
-        if (not isinstance(x, jax.Array) or x.is_fully_addressable
-                or x.is_fully_replicated):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
             return np.array(x)
         from jax.experimental import multihost_utils
 

@@ -5,6 +5,7 @@ batches; it works unchanged on one device, under ``jax.jit`` over a data ``Mesh`
 placed by :mod:`l2rw_jax.sharding`), and (with ``axis_name``) inside ``jax.pmap`` /
 ``jax.shard_map``. The evaluation is :mod:`l2rw_jax.evaluate`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -104,8 +105,9 @@ def make_train_step(
                 return correction_lib.forward_corrected_xent(logits, labels, T_CxC)
 
         def losses_and_state(params, b):
-            logits, new_model_state = apply_fn(params, state.model_state, b["image"], True,
-                                               key_train)
+            logits, new_model_state = apply_fn(
+                params, state.model_state, b["image"], True, key_train
+            )
             return train_loss_B(logits, b["label"]), new_model_state
 
         def loss_fn(params, b):
@@ -118,9 +120,18 @@ def make_train_step(
             return loss_B(val_logits_fn(params, b), b["label"])
 
         ctx = methods.WeighContext(
-            loss_fn=loss_fn, params=state.params, opt_state=state.opt_state, tx=tx,
-            batch=batch, val_batch=val_batch, rng=key_method, step=state.step,
-            axis_name=axis_name, val_loss_fn=val_loss_fn, val_logits_fn=val_logits_fn)
+            loss_fn=loss_fn,
+            params=state.params,
+            opt_state=state.opt_state,
+            tx=tx,
+            batch=batch,
+            val_batch=val_batch,
+            rng=key_method,
+            step=state.step,
+            axis_name=axis_name,
+            val_loss_fn=val_loss_fn,
+            val_logits_fn=val_logits_fn,
+        )
         w_B, method_state, method_metrics = scheme.weigh(ctx, state.method_state)
         w_B = jax.lax.stop_gradient(w_B)
 
@@ -130,14 +141,14 @@ def make_train_step(
             if clean_share is not None:
                 # The clean rows trained on at their share: a global mean, as the sum of the
                 # programs' sums over the global row count (the psum below adds them).
-                rows, mask_R, count = clean_rows(batch, val_batch, scheme.clean_share,
-                                                 axis_name)
+                rows, mask_R, count = clean_rows(batch, val_batch, scheme.clean_share, axis_name)
                 val_losses_R = val_loss_fn(params, rows) * mask_R
                 total = (1.0 - clean_share) * total + clean_share * jnp.sum(val_losses_R) / count
             return total, (losses_B, new_model_state)
 
-        (wloss, (losses_B, model_state)), grads = jax.value_and_grad(
-            weighted_loss, has_aux=True)(_to_varying(state.params, axis_name))
+        (wloss, (losses_B, model_state)), grads = jax.value_and_grad(weighted_loss, has_aux=True)(
+            _to_varying(state.params, axis_name)
+        )
         if axis_name is not None:
             # The global objective is the sum over all devices' examples.
             grads, wloss = jax.lax.psum((grads, wloss), axis_name)
@@ -149,15 +160,22 @@ def make_train_step(
         metrics["weighted_loss"] = wloss
         metrics["train_loss"] = _global_mean(losses_B, axis_name)
         metrics.update(method_metrics)
-        new_state = TrainState(step=state.step + 1, params=params, model_state=model_state,
-                               opt_state=opt_state, rng=state.rng, method_state=method_state)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=params,
+            model_state=model_state,
+            opt_state=opt_state,
+            rng=state.rng,
+            method_state=method_state,
+        )
         return new_state, metrics
 
     return train_step
 
 
-def clean_rows(batch: dict, val_batch: dict, clean_share: float, axis_name: str | None = None
-               ) -> tuple[dict, jax.Array, int]:
+def clean_rows(
+    batch: dict, val_batch: dict, clean_share: float, axis_name: str | None = None
+) -> tuple[dict, jax.Array, int]:
     """The rows of the clean batch that a loss-correcting scheme trains on: every ``k``-th row
     of the global clean batch (``j % k == 0``), ``k = max(1, M // m)``, ``m = max(1,
     round(B r))`` the clean examples that ``B`` training examples bring at the clean set's
@@ -215,6 +233,7 @@ def _weight_metrics(w_B, batch, axis_name) -> dict:
         noisy_B = batch["is_noisy"].astype(w_B.dtype)
         for name, mask_B in (("noisy", noisy_B), ("clean", 1.0 - noisy_B)):
             count = _global_sum(mask_B, axis_name)
-            metrics[f"w_mean_{name}"] = (_global_sum(w_B * mask_B, axis_name)
-                                         / jnp.maximum(count, 1.0))
+            metrics[f"w_mean_{name}"] = _global_sum(w_B * mask_B, axis_name) / jnp.maximum(
+                count, 1.0
+            )
     return metrics

@@ -22,6 +22,7 @@ multiply-add into one FMA (XLA on CPU does), which rounds once instead of twice,
 table holds exactly the streams' values, so without augmentation both backends feed
 bit-identical images.
 """
+
 from __future__ import annotations
 
 import math
@@ -143,11 +144,23 @@ class StreamOrder:
     (seed, stream, N, B), the cache only saves time.
     """
 
-    def __init__(self, seed: int, stream: int, num_rows: int, batch_size: int, *,
-                 table: np.ndarray | None = None, process_index: int = 0,
-                 process_count: int = 1, cache_size: int = 64):
-        if isinstance(num_rows, bool) or not isinstance(num_rows, (int, np.integer)) or (
-                num_rows < 1):
+    def __init__(
+        self,
+        seed: int,
+        stream: int,
+        num_rows: int,
+        batch_size: int,
+        *,
+        table: np.ndarray | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+        cache_size: int = 64,
+    ):
+        if (
+            isinstance(num_rows, bool)
+            or not isinstance(num_rows, (int, np.integer))
+            or (num_rows < 1)
+        ):
             raise ValueError(f"num_rows must be an integer >= 1, got {num_rows!r}.")
         if table is not None and len(table) != num_rows:
             raise ValueError(f"table has {len(table)} rows, num_rows is {num_rows}.")
@@ -208,9 +221,16 @@ def normalization_table(mean_KxC, std_KxC, channels: int) -> np.ndarray:
     return np.stack(tables).astype(np.float32)
 
 
-def test_batches(images_TxHxWxC: np.ndarray, labels_T: np.ndarray, mean_C, std_C,
-                 batch_size: int, *, process_index: int = 0, process_count: int = 1
-                 ) -> list[dict]:
+def test_batches(
+    images_TxHxWxC: np.ndarray,
+    labels_T: np.ndarray,
+    mean_C,
+    std_C,
+    batch_size: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[dict]:
     """`input_pipeline.test_dataset`'s batches in numpy: `image, label, mask`, in order.
 
     ceil(T / B) global batches; row j of batch s is example `s B + j` when that is < T
@@ -229,9 +249,15 @@ def test_batches(images_TxHxWxC: np.ndarray, labels_T: np.ndarray, mean_C, std_C
     channel = np.arange(images_TxHxWxC.shape[-1])
     out = []
     for start in range(0, t, batch_size):
-        pos_B = np.arange(start, start + batch_size)[process_index * local:
-                                                     (process_index + 1) * local]
+        pos_B = np.arange(start, start + batch_size)[
+            process_index * local : (process_index + 1) * local
+        ]
         row_B = np.minimum(pos_B, t - 1)
-        out.append({"image": table_256xC[images_TxHxWxC[row_B], channel],
-                    "label": labels_T[row_B].astype(np.int32), "mask": pos_B < t})
+        out.append(
+            {
+                "image": table_256xC[images_TxHxWxC[row_B], channel],
+                "label": labels_T[row_B].astype(np.int32),
+                "mask": pos_B < t,
+            }
+        )
     return out

@@ -27,8 +27,14 @@ from l2rw_jax.array_source import NPZ_KEYS
 from l2rw_jax.array_source import Arrays
 
 
-def load_builder(builder, name: str, *, download: bool = False, label_key: str | None = None,
-                 true_label_key: str | None = "label") -> Arrays:
+def load_builder(
+    builder,
+    name: str,
+    *,
+    download: bool = False,
+    label_key: str | None = None,
+    true_label_key: str | None = "label",
+) -> Arrays:
     """A tfds dataset's train and test sets in memory, from its builder.
 
     Args:
@@ -75,13 +81,20 @@ def load_builder(builder, name: str, *, download: bool = False, label_key: str |
         x_test, (y_test,) = _read_split(builder, "test", (keys[0], test_key))
     names = tuple(label.names) if label.names else None
     return Arrays(
-        x_train, y_train, x_test, y_test, int(label.num_classes), name, class_names=names,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        int(label.num_classes),
+        name,
+        class_names=names,
         y_train_true=y_true,
     )
 
 
-def label_feature_keys(info, name: str, default_key: str, label_key: str,
-                       true_label_key: str | None) -> None:
+def label_feature_keys(
+    info, name: str, default_key: str, label_key: str, true_label_key: str | None
+) -> None:
     """Checks that `label_key` and `true_label_key` (if not None) name distinct `ClassLabel`
     features of `info` with as many classes as the dataset's label `default_key`.
 
@@ -125,9 +138,7 @@ def image_label_keys(info, name: str = "dataset") -> tuple[str, str]:
     if not (isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)):
         keys = ("image", "label")
     image, label = (features[k] if k in features else None for k in keys)
-    if not (
-        isinstance(image, tfds.features.Image) and isinstance(label, tfds.features.ClassLabel)
-    ):
+    if not (isinstance(image, tfds.features.Image) and isinstance(label, tfds.features.ClassLabel)):
         have = ", ".join(f"{k}: {type(v).__name__}" for k, v in features.items())
         raise ValueError(
             f"dataset {name!r} is not an image classification dataset: need an Image feature "
@@ -156,8 +167,9 @@ def _missing_message(name: str, builder) -> str:
     )
 
 
-def _read_split(builder, split: str, keys: tuple[str, ...]
-                ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+def _read_split(
+    builder, split: str, keys: tuple[str, ...]
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """(images, (labels of keys[1], labels of keys[2], ...)) of one split, in file order."""
     tfds = _optional.require("tensorflow_datasets", f"the tfds source {builder.name!r}")
     # In file order (shuffle_files=False), so rows and thus seeded splits are reproducible. Only
@@ -170,6 +182,7 @@ def _read_split(builder, split: str, keys: tuple[str, ...]
             col.append(a)
     shape = tuple(builder.info.features[keys[0]].shape)
     x = np.concatenate(cols[0]) if cols[0] else np.zeros((0,) + shape, np.uint8)
-    ys = tuple((np.concatenate(c) if c else np.zeros((0,), np.int64)).astype(np.int32)
-               for c in cols[1:])
+    ys = tuple(
+        (np.concatenate(c) if c else np.zeros((0,), np.int64)).astype(np.int32) for c in cols[1:]
+    )
     return x.astype(np.uint8, copy=False), ys

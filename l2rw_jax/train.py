@@ -32,6 +32,7 @@ the input streams at that step (stateless functions of (seed, step)), so on CPU 
 metrics equal those of an uninterrupted run. Multi-host: every process runs this loop on its own
 rows; only process 0 writes files (:mod:`l2rw_jax.workdir`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,8 +72,9 @@ DIVERGENCE_FACTOR = 1e3
 DIVERGENCE_LOSS = 1e4
 
 
-def divergence(step: int, loss_K: np.ndarray, first_K: np.ndarray, seeds, learning_rate
-               ) -> str | None:
+def divergence(
+    step: int, loss_K: np.ndarray, first_K: np.ndarray, seeds, learning_rate
+) -> str | None:
     """The one-line error of a diverged run, or None: some member's logged ``train_loss``
     exceeds ``min(DIVERGENCE_FACTOR * max(first_K, 1), DIVERGENCE_LOSS)``.
 
@@ -86,29 +88,39 @@ def divergence(step: int, loss_K: np.ndarray, first_K: np.ndarray, seeds, learni
     if not over.size:
         return None
     k = int(over[0])
-    return (f"training diverged at step {step}: train_loss {loss_K[k]:.4g} (seed {seeds[k]}, "
-            f"mean since the last log) > {limit_K[k]:.4g} (the bound: {DIVERGENCE_FACTOR:g} x "
-            f"the first logged loss, at most {DIVERGENCE_LOSS:g}) with "
-            f"optim.learning_rate={learning_rate}; lower optim.learning_rate.")
+    return (
+        f"training diverged at step {step}: train_loss {loss_K[k]:.4g} (seed {seeds[k]}, "
+        f"mean since the last log) > {limit_K[k]:.4g} (the bound: {DIVERGENCE_FACTOR:g} x "
+        f"the first logged loss, at most {DIVERGENCE_LOSS:g}) with "
+        f"optim.learning_rate={learning_rate}; lower optim.learning_rate."
+    )
 
 
-def build_run(config: ml_collections.ConfigDict,
-              arrays: datasets.Arrays | None = None) -> build.Run:
+def build_run(
+    config: ml_collections.ConfigDict, arrays: datasets.Arrays | None = None
+) -> build.Run:
     """Builds every member's splits, the model, optimizer and step from ``arrays`` (the
     source loaded once; default: ``config.data.dataset`` loaded here)."""
     if arrays is None:
         arrays = datasets.load_arrays(config.data.dataset, **from_config.load_options(config.data))
     mds = compose.members(config, arrays)
-    config_lib.check_batch_sizes(config.data, len(mds[0].splits.train_labels),
-                                 len(mds[0].splits.clean_labels))
+    config_lib.check_batch_sizes(
+        config.data, len(mds[0].splits.train_labels), len(mds[0].splits.clean_labels)
+    )
     scheme, options = from_config.weighing(config.method)
     return build.build_run(
-        mds, model=config.model.name, model_kwargs=from_config.model_kwargs(config.model),
-        tx=from_config.make_optimizer(config.optim), scheme=scheme, options=options,
-        batch_size=config.data.batch_size, clean_batch_size=config.data.clean_batch_size,
+        mds,
+        model=config.model.name,
+        model_kwargs=from_config.model_kwargs(config.model),
+        tx=from_config.make_optimizer(config.optim),
+        scheme=scheme,
+        options=options,
+        batch_size=config.data.batch_size,
+        clean_batch_size=config.data.clean_batch_size,
         total_steps=from_config.total_steps(config),
         correction=from_config.correction(config),
-        correction_steps=from_config.correction_steps(config))
+        correction_steps=from_config.correction_steps(config),
+    )
 
 
 def _concat(trees: list):
@@ -197,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # Members are trained in groups: one group of K (vmap_seeds) or K groups of one, each
     # group a call of the same jitted, vmapped step. Devices: the batch axis split over a mesh.
     groups = [slice(0, K)] if loop.vmap_seeds else [slice(k, k + 1) for k in range(K)]
-    mesh = sharding.data_mesh(jax.devices()[:loop.num_devices or len(jax.devices())])
+    mesh = sharding.data_mesh(jax.devices()[: loop.num_devices or len(jax.devices())])
     eval_fn = xla_options.jit(jax.vmap(evaluate.make_eval_fn(run.apply_fn)))
     eval_sets = backend.eval_batches(members, feed)
 
@@ -206,16 +218,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     host_carry, start_step, meta = run.carry0, 0, {"history": [], "elapsed_s": 0.0}
     if manager.latest_step() is not None:
         finished = workdir_lib.read_results(wd)
-        if manager.latest_step() == run.total_steps and finished is not None \
-                and finished.get("completed", True):
+        if (
+            manager.latest_step() == run.total_steps
+            and finished is not None
+            and finished.get("completed", True)
+        ):
             manager.close()
             return finished  # Finished before: nothing to do.
         # The newest step that restores (a damaged one is skipped, with a warning).
         start_step, carry, meta = workdir_lib.restore_latest(manager, host_carry)
         host_carry = tuple(carry)
         log.info("Resuming %s from step %d.", wd, start_step)
-    carries = [sharding.replicate(jax.tree.map(lambda x: x[g], host_carry), mesh)
-               for g in groups]
+    carries = [sharding.replicate(jax.tree.map(lambda x: x[g], host_carry), mesh) for g in groups]
     history: list[dict] = meta["history"]
     # Logs: keep what the checkpoint covers, drop what a killed run wrote after it.
     writer = workdir_lib.MetricsWriter(wd, start_step)
@@ -231,43 +245,88 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             raise FloatingPointError(
                 f"training diverged at step {step}: non-finite training metrics "
                 f"{ {n: means[n].tolist() for n in bad} } with optim.learning_rate={lr}; "
-                f"lower optim.learning_rate.")
+                f"lower optim.learning_rate."
+            )
         loss_K = means["train_loss"]
         message = divergence(step, loss_K, first_loss.setdefault("K", loss_K), seeds, lr)
         if message:
             raise FloatingPointError(message)
-        writer.write([{"step": step, "split": "train", "seed": seeds[k],
-                       **{name: float(v[k]) for name, v in means.items()}, "steps_per_s": rate}
-                      for k in range(K)],
-                     {**{f"train/{name}": float(v.mean()) for name, v in means.items()},
-                      "train/steps_per_s": rate}, step)
+        writer.write(
+            [
+                {
+                    "step": step,
+                    "split": "train",
+                    "seed": seeds[k],
+                    **{name: float(v[k]) for name, v in means.items()},
+                    "steps_per_s": rate,
+                }
+                for k in range(K)
+            ],
+            {
+                **{f"train/{name}": float(v.mean()) for name, v in means.items()},
+                "train/steps_per_s": rate,
+            },
+            step,
+        )
 
     def evaluate_all(step: int) -> dict:
         out = {}
         for split, batches in eval_sets.items():
-            sums = _concat(sharding.to_host([
-                evaluate.evaluate(eval_fn, state, batches,
-                                  lambda b, g=g: sharding.shard_members(b, mesh, g))
-                for (state, _, _), g in zip(carries, groups)]))
+            sums = _concat(
+                sharding.to_host(
+                    [
+                        evaluate.evaluate(
+                            eval_fn,
+                            state,
+                            batches,
+                            lambda b, g=g: sharding.shard_members(b, mesh, g),
+                        )
+                        for (state, _, _), g in zip(carries, groups)
+                    ]
+                )
+            )
             s = evaluate.summarize(sums)
-            scalars = {f"{split}/accuracy": float(s["accuracy"].mean()),
-                       f"{split}/loss": float(s["loss"].mean())}
+            scalars = {
+                f"{split}/accuracy": float(s["accuracy"].mean()),
+                f"{split}/loss": float(s["loss"].mean()),
+            }
             if K > 1:
-                scalars.update({f"{split}/accuracy/seed_{sd}": float(a)
-                                for sd, a in zip(seeds, s["accuracy"])})
+                scalars.update(
+                    {f"{split}/accuracy/seed_{sd}": float(a) for sd, a in zip(seeds, s["accuracy"])}
+                )
             per_class = results_lib.undefined_to_none(s["per_class_accuracy"])  # null: absent
-            writer.write([{"step": step, "split": split, "seed": seeds[k],
-                           "accuracy": float(s["accuracy"][k]), "loss": float(s["loss"][k]),
-                           "per_class_accuracy": per_class[k]}
-                          for k in range(K)], scalars, step)
-            out[split] = {"accuracy": s["accuracy"].tolist(), "loss": s["loss"].tolist(),
-                          "per_class_accuracy": per_class}
+            writer.write(
+                [
+                    {
+                        "step": step,
+                        "split": split,
+                        "seed": seeds[k],
+                        "accuracy": float(s["accuracy"][k]),
+                        "loss": float(s["loss"][k]),
+                        "per_class_accuracy": per_class[k],
+                    }
+                    for k in range(K)
+                ],
+                scalars,
+                step,
+            )
+            out[split] = {
+                "accuracy": s["accuracy"].tolist(),
+                "loss": s["loss"].tolist(),
+                "per_class_accuracy": per_class,
+            }
         return out
 
     stop_at = min(run.total_steps, loop.stop_after_steps or run.total_steps)
-    bar = tqdm(total=run.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-               disable=not (loop.progress_bar and workdir_lib.is_primary()),  # one bar per job
-               desc=f"{config.method.name} x{K}", mininterval=1.0)
+    bar = tqdm(
+        total=run.total_steps,
+        initial=start_step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (loop.progress_bar and workdir_lib.is_primary()),  # one bar per job
+        desc=f"{config.method.name} x{K}",
+        mininterval=1.0,
+    )
     # Timing (l2rw_jax.chrono): a call of a (phase, length) not run before in this invocation
     # compiles (first_step_s); evaluations and checkpoints are timed apart, so steps_per_s is
     # the training loop's own rate (pipeline and logging included).
@@ -282,9 +341,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # The loop advances by calls (backends.Call): advance(carries) -> (carries after its
     # num_steps steps, the metric sums after each step per group), whichever backend runs.
     calls, close_calls = backend.train_calls(
-        lambda accumulate: build.make_loop_step(run.train_step, accumulate), members, groups,
-        mesh, feed, start_step, stop_at,
-        lambda: build.use_scan(run, mesh, feed.batch_size, feed.clean_batch_size))
+        lambda accumulate: build.make_loop_step(run.train_step, accumulate),
+        members,
+        groups,
+        mesh,
+        feed,
+        start_step,
+        stop_at,
+        lambda: build.use_scan(run, mesh, feed.batch_size, feed.clean_batch_size),
+    )
     try:
         chrono.mark()
         for call in calls:
@@ -310,29 +375,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             if is_eval:
                 flush_pending()
                 history.append({"step": step, **evaluate_all(step)})
-                bar.set_postfix(test_acc=f"{np.mean(history[-1]['test']['accuracy']):.4f}",
-                                refresh=False)  # shown by the update below: this evaluation's
+                bar.set_postfix(
+                    test_acc=f"{np.mean(history[-1]['test']['accuracy']):.4f}", refresh=False
+                )  # shown by the update below: this evaluation's
                 chrono.lap("eval_s")
             if is_ckpt:
                 flush_pending()
                 writer.flush()
                 # Every process saves (orbax coordinates them; process 0 writes the numpy
                 # carry): the carry is gathered on each, a collective.
-                workdir_lib.save_checkpoint(manager, step, _concat(sharding.to_host(carries)), {
-                    "history": history, "seeds": seeds, "num_classes": run.num_classes,
-                    "mean": [md.mean.tolist() for md in members],
-                    "std": [md.std.tolist() for md in members],
-                    "elapsed_s": meta["elapsed_s"] + chrono.elapsed_s()})
+                workdir_lib.save_checkpoint(
+                    manager,
+                    step,
+                    _concat(sharding.to_host(carries)),
+                    {
+                        "history": history,
+                        "seeds": seeds,
+                        "num_classes": run.num_classes,
+                        "mean": [md.mean.tolist() for md in members],
+                        "std": [md.std.tolist() for md in members],
+                        "elapsed_s": meta["elapsed_s"] + chrono.elapsed_s(),
+                    },
+                )
                 chrono.lap("checkpoint_s")
             bar.update(call.num_steps)  # After the evaluation: its postfix is the last shown.
         flush_pending()
     except FloatingPointError as e:
         # A diverged run: results.json says so (and why); re-running the command resumes
         # from the last checkpoint, saved only after its logged losses were checked.
-        workdir_lib.write_json(wd / "results.json", {
-            "method": config.method.name, "config": from_config.as_json(config),
-            "seeds": seeds, "num_seeds": K, "num_steps": run.total_steps,
-            "completed": False, "error": str(e), "step": step})
+        workdir_lib.write_json(
+            wd / "results.json",
+            {
+                "method": config.method.name,
+                "config": from_config.as_json(config),
+                "seeds": seeds,
+                "num_seeds": K,
+                "num_steps": run.total_steps,
+                "completed": False,
+                "error": str(e),
+                "step": step,
+            },
+        )
         raise
     finally:
         close_calls()
@@ -343,8 +426,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
     if step < run.total_steps:
         log.info("Stopped at step %d of %d (stop_after_steps).", step, run.total_steps)
-        return {"completed": False, "step": step, "timed_steps": chrono.timed_steps,
-                "timing_s": {k: float(v) for k, v in chrono.timing.items()}}
+        return {
+            "completed": False,
+            "step": step,
+            "timed_steps": chrono.timed_steps,
+            "timing_s": {k: float(v) for k, v in chrono.timing.items()},
+        }
 
     acc_host = _concat(sharding.to_host([c[1] for c in carries]))
     method_state = _concat(sharding.to_host([c[0].method_state for c in carries]))
@@ -352,11 +439,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         method_state = method_state.inner
     for k, md in enumerate(members):
         weights = members_lib.example_weights(
-            md, acc_host["w_sum"][k], acc_host["count"][k],
-            w_sq_sum_N=acc_host["w_sq_sum"][k], nonzero_N=acc_host["nonzero"][k])
+            md,
+            acc_host["w_sum"][k],
+            acc_host["count"][k],
+            w_sq_sum_N=acc_host["w_sq_sum"][k],
+            nonzero_N=acc_host["nonzero"][k],
+        )
         if "g_sum" in acc_host:
-            weights["mean_meta_grad"] = (acc_host["g_sum"][k]
-                                         / np.maximum(acc_host["count"][k], 1)).astype(np.float32)
+            weights["mean_meta_grad"] = (
+                acc_host["g_sum"][k] / np.maximum(acc_host["count"][k], 1)
+            ).astype(np.float32)
         if isinstance(method_state, methods.L2RWState):
             # l2rw's per-example meta-gradient memory: the variant's own score (low = clean).
             weights["meta_grad_memory"] = method_state.memory_N[k].astype(np.float32)
@@ -367,9 +459,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # Steps/s of the loop including checkpoint writes (evaluation is separate work); a short
     # run whose every call compiled: its rate, compilation included.
     results = results_lib.summary(
-        method=config.method.name, config=from_config.as_json(config), members=members,
-        history=history, num_steps=run.total_steps, all_zero_steps_K=acc_host["all_zero_steps"],
+        method=config.method.name,
+        config=from_config.as_json(config),
+        members=members,
+        history=history,
+        num_steps=run.total_steps,
+        all_zero_steps_K=acc_host["all_zero_steps"],
         wall_time=meta["elapsed_s"] + chrono.elapsed_s(),
-        steps_per_s=chrono.steps_per_s(step - start_step), timing=chrono.timing)
+        steps_per_s=chrono.steps_per_s(step - start_step),
+        timing=chrono.timing,
+    )
     workdir_lib.write_json(wd / "results.json", results)
     return results

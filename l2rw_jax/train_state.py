@@ -1,4 +1,5 @@
 """The training state: one NamedTuple of arrays, passed into and returned by the train step."""
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple

@@ -3,6 +3,7 @@ sees, :class:`WeighContext` (as ``optax``'s ``GradientTransformation(init, updat
 ``base.py``), with the few checks every scheme shares. The schemes themselves are in
 :mod:`l2rw_jax.methods` (and :mod:`l2rw_jax.l2rw_scheme`), which re-exports these names.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
@@ -96,8 +97,10 @@ def init_empty(rng: jax.Array, class_counts_C=None) -> EmptyState:
 def check_state(name: str, state: PyTree, state_type: type) -> None:
     """Raises ValueError unless ``state`` is a ``state_type`` (method ``name``'s own state)."""
     if not isinstance(state, state_type):
-        raise ValueError(f"method {name!r} needs its state {state_type.__name__} from its own "
-                         f"init(rng, class_counts_C), got {type(state).__name__}.")
+        raise ValueError(
+            f"method {name!r} needs its state {state_type.__name__} from its own "
+            f"init(rng, class_counts_C), got {type(state).__name__}."
+        )
 
 
 def local_and_global_size(ctx: WeighContext) -> tuple[int, Any]:
@@ -113,10 +116,13 @@ def class_counts(name: str, class_counts_C) -> jax.Array:
     """``class_counts_C`` as float32 ``(C,)``; ValueError (naming method ``name``) when it is
     missing, not 1-D, negative or all 0."""
     if class_counts_C is None:
-        raise ValueError(f"method {name!r} needs class_counts_C, the number of training "
-                         f"examples per observed class.")
+        raise ValueError(
+            f"method {name!r} needs class_counts_C, the number of training "
+            f"examples per observed class."
+        )
     counts_C = jnp.asarray(class_counts_C, jnp.float32)
     if counts_C.ndim != 1 or not bool(jnp.all(counts_C >= 0)) or not bool(jnp.any(counts_C > 0)):
-        raise ValueError(f"class_counts_C must be a 1-D array of counts >= 0, not all 0; got "
-                         f"{class_counts_C!r}.")
+        raise ValueError(
+            f"class_counts_C must be a 1-D array of counts >= 0, not all 0; got {class_counts_C!r}."
+        )
     return counts_C

@@ -11,6 +11,7 @@ Multi-host: every process runs the same loop, but only :func:`is_primary` (proce
 the run's files (config.json, metrics.jsonl, TensorBoard, example weights, results.json);
 that gate lives here, in the writers, not in the loop.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,13 +82,17 @@ def check_or_write_fingerprint(workdir: PathLike, fingerprint: dict, write: bool
         changed = [k for k in _FINGERPRINT_PARTS if recorded.get(k) != fingerprint[k]]
         if changed:
             old, new = recorded.get("shapes") or {}, fingerprint["shapes"]
-            shapes = "; ".join(f"{k} {tuple(old[k]) if k in old else 'absent'} -> "
-                               f"{tuple(new[k]) if k in new else 'absent'}"
-                               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            shapes = "; ".join(
+                f"{k} {tuple(old[k]) if k in old else 'absent'} -> "
+                f"{tuple(new[k]) if k in new else 'absent'}"
+                for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)
+            )
             raise ValueError(
                 f"workdir {os.fspath(workdir)!r} holds a run trained on other data: its "
                 f"{' and '.join(changed)} changed since{f' ({shapes})' if shapes else ''}; "
-                f"resume with the data the run was trained on, or use a new workdir.")
+                f"resume with the data the run was trained on, or use a new workdir."
+            )
         return
     if write:
         write_json(p, fingerprint)
@@ -137,8 +142,11 @@ def _summary_writer(logdir: str, start_step: int):
         return _NoSummaryWriter()
     if logdir.startswith("gs://") and not _has_gcs_client():
         # tensorboardX writes gs:// with google-cloud-storage (not through epath).
-        log.warning("google-cloud-storage is not installed: no TensorBoard files in %s "
-                    "(metrics.jsonl has every metric).", logdir)
+        log.warning(
+            "google-cloud-storage is not installed: no TensorBoard files in %s "
+            "(metrics.jsonl has every metric).",
+            logdir,
+        )
         return _NoSummaryWriter()
     return tensorboardx.SummaryWriter(logdir, purge_step=start_step + 1 if start_step else None)
 
@@ -220,20 +228,27 @@ def checkpoint_manager(workdir: PathLike, keep: int):
     import orbax.checkpoint as ocp  # Here: it takes about a second to import.
 
     if os.fspath(workdir).startswith("gs://") and not _has_gcs_client():
-        raise ImportError(f"workdir {os.fspath(workdir)!r}: orbax checkpoints on gs:// need "
-                          f"google-cloud-storage; pip install google-cloud-storage.")
+        raise ImportError(
+            f"workdir {os.fspath(workdir)!r}: orbax checkpoints on gs:// need "
+            f"google-cloud-storage; pip install google-cloud-storage."
+        )
 
     return ocp.CheckpointManager(
-        path(workdir) / "checkpoints", options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True))
+        path(workdir) / "checkpoints",
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True
+        ),
+    )
 
 
 def save_checkpoint(manager, step: int, carry, meta: dict) -> None:
     """Saves ``carry`` (a pytree of host arrays) and ``meta`` (JSON) as checkpoint ``step``."""
     import orbax.checkpoint as ocp
 
-    manager.save(step, args=ocp.args.Composite(carry=ocp.args.StandardSave(carry),
-                                               meta=ocp.args.JsonSave(meta)))
+    manager.save(
+        step,
+        args=ocp.args.Composite(carry=ocp.args.StandardSave(carry), meta=ocp.args.JsonSave(meta)),
+    )
 
 
 def restore_checkpoint(manager, step: int, like) -> tuple[Any, dict]:
@@ -241,8 +256,12 @@ def restore_checkpoint(manager, step: int, like) -> tuple[Any, dict]:
     import orbax.checkpoint as ocp
 
     abstract = jax_tree_abstract(like)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        carry=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            carry=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+        ),
+    )
     return restored.carry, restored.meta
 
 
@@ -265,10 +284,14 @@ def restore_latest(manager, like) -> tuple[int, Any, dict] | None:
             failed.append((step, " ".join(f"{type(e).__name__}: {e}".split())[:200]))
             continue
         if failed:
-            log.warning("Checkpoint step(s) %s in %s cannot be restored (%s); resuming from "
-                        "step %d instead, and deleting them.",
-                        ", ".join(str(f) for f, _ in failed), manager.directory, failed[0][1],
-                        step)
+            log.warning(
+                "Checkpoint step(s) %s in %s cannot be restored (%s); resuming from "
+                "step %d instead, and deleting them.",
+                ", ".join(str(f) for f, _ in failed),
+                manager.directory,
+                failed[0][1],
+                step,
+            )
             for bad, _ in failed:
                 manager.delete(bad)
         return step, carry, meta
@@ -276,7 +299,8 @@ def restore_latest(manager, like) -> tuple[int, Any, dict] | None:
         raise ValueError(
             f"no checkpoint in {os.fspath(manager.directory)!r} can be restored (steps "
             f"{', '.join(str(f) for f, _ in failed)}; newest: {failed[0][1]}); move the "
-            f"checkpoints/ folder away to start over.")
+            f"checkpoints/ folder away to start over."
+        )
     return None
 
 

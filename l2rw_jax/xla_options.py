@@ -18,18 +18,21 @@ and nothing else, need no environment variable set before JAX starts, and leave 
 own jitted code and flags alone. The same setting as an environment variable, for code
 outside the library: ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``.
 """
+
 from __future__ import annotations
 
 import jax
 
 # The default YNNPACK fusion types of jaxlib 0.10.2 (individual dots and convolutions,
 # reductions) without the convolutions.
-_CPU_JAXLIB_0_10 = {"xla_cpu_experimental_ynn_fusion_type":
-                    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+_CPU_JAXLIB_0_10 = {
+    "xla_cpu_experimental_ynn_fusion_type": (
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+    )
+}
 
 
-def step_compiler_options(backend: str | None = None,
-                          jaxlib_version: str | None = None) -> dict:
+def step_compiler_options(backend: str | None = None, jaxlib_version: str | None = None) -> dict:
     """``compiler_options`` for ``jax.jit`` of a train or eval step.
 
     Args:
@@ -46,6 +49,7 @@ def step_compiler_options(backend: str | None = None,
     backend = jax.default_backend() if backend is None else backend
     if jaxlib_version is None:
         import jaxlib  # noqa: PLC0415 (jax itself imports it; only its version is read)
+
         jaxlib_version = jaxlib.__version__
     if backend == "cpu" and jaxlib_version.split(".")[:2] == ["0", "10"]:
         return dict(_CPU_JAXLIB_0_10)

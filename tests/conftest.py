@@ -3,6 +3,7 @@
 Four fake CPU devices let one process compare 1 device against 4 (tests pick a subset of
 `jax.devices()` for their meshes); everything else runs on device 0 as usual.
 """
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")

@@ -6,6 +6,7 @@ etils sends ``gs://`` to its TensorFlow backend whenever TensorFlow is installed
 mock, unless ``EPATH_USE_TF=false`` was set before the process's first path operation (the
 choice is cached): tests/conftest.py sets it, and :func:`fake_gs` checks that the mock is used.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,7 @@ def fake_gs(root: str):
 
     def local(p) -> str:
         s = os.fspath(p)
-        return os.path.join(root, s[len(PREFIX):]) if s.startswith(PREFIX) else s
+        return os.path.join(root, s[len(PREFIX) :]) if s.startswith(PREFIX) else s
 
     def remote(p: str) -> str:  # glob and walk answer with local paths: back to gs://.
         return PREFIX + os.path.relpath(p, root) if p.startswith(root + os.sep) else p
@@ -43,9 +44,24 @@ def fake_gs(root: str):
             yield remote(folder), dirs, files
 
     with epath_testing.mock_epath(
-            copy=two, exists=one, glob=glob, isdir=one, listdir=one, makedirs=one, mkdir=one,
-            open=one, remove=one, rename=two, replace=two, rmtree=one, stat=one, walk=walk):
+        copy=two,
+        exists=one,
+        glob=glob,
+        isdir=one,
+        listdir=one,
+        makedirs=one,
+        mkdir=one,
+        open=one,
+        remove=one,
+        rename=two,
+        replace=two,
+        rmtree=one,
+        stat=one,
+        walk=walk,
+    ):
         if type(epath.Path(PREFIX + "b")._backend).__name__ != "_MockBackend":
-            raise RuntimeError("gs:// is not faked: set EPATH_USE_TF=false before the process's "
-                               "first epath call (etils sends gs:// to tf.io.gfile otherwise).")
+            raise RuntimeError(
+                "gs:// is not faked: set EPATH_USE_TF=false before the process's "
+                "first epath call (etils sends gs:// to tf.io.gfile otherwise)."
+            )
         yield

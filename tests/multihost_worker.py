@@ -7,21 +7,23 @@ through ``l2rw_jax.distributed.initialize`` (coordinator on localhost:PORT, gloo
 and run the loop over one global data mesh into the shared WORKDIR, as the hosts of a pod do.
 CONFIG_JSON is the config (``config.to_json()``) the test also runs in one process.
 """
+
 import os
 import sys
 
 GLOBAL_DEVICES = 4
 
 
-def main(process_id: int, num_processes: int, port: int, config_json: str,
-         workdir: str) -> None:
+def main(process_id: int, num_processes: int, port: int, config_json: str, workdir: str) -> None:
     os.environ["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={GLOBAL_DEVICES // num_processes}")
+        f"--xla_force_host_platform_device_count={GLOBAL_DEVICES // num_processes}"
+    )
     os.environ["JAX_PLATFORMS"] = "cpu"
     from l2rw_jax import distributed
 
-    index, count = distributed.initialize(f"localhost:{port}", num_processes, process_id,
-                                          initialization_timeout=60)
+    index, count = distributed.initialize(
+        f"localhost:{port}", num_processes, process_id, initialization_timeout=60
+    )
     import json
 
     import jax

@@ -8,6 +8,7 @@ collectives) and run the jitted L2RW train step over one global 4-device data me
 TPU pod or a multi-node GPU job takes. Process 0 writes the weights and parameters to OUT_NPZ.
 ``make_problem`` is shared with the single-process reference in the test.
 """
+
 import os
 import sys
 
@@ -32,12 +33,19 @@ def make_problem():
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(NUM_STEPS):
-        batches.append((
-            {"image": rng.normal(size=(B, FEATURES)).astype(np.float32),
-             "label": rng.integers(0, NUM_CLASSES, B).astype(np.int32),
-             "is_noisy": rng.random(B) < 0.4},
-            {"image": rng.normal(size=(M, FEATURES)).astype(np.float32) + 0.3,
-             "label": rng.integers(0, NUM_CLASSES, M).astype(np.int32)}))
+        batches.append(
+            (
+                {
+                    "image": rng.normal(size=(B, FEATURES)).astype(np.float32),
+                    "label": rng.integers(0, NUM_CLASSES, B).astype(np.int32),
+                    "is_noisy": rng.random(B) < 0.4,
+                },
+                {
+                    "image": rng.normal(size=(M, FEATURES)).astype(np.float32) + 0.3,
+                    "label": rng.integers(0, NUM_CLASSES, M).astype(np.int32),
+                },
+            )
+        )
     return models.make_apply_fn(module), tx, params, batches
 
 
@@ -47,20 +55,29 @@ def initial_state(params, tx):
 
     from l2rw_jax.train_state import TrainState
 
-    return TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state={},
-                      opt_state=tx.init(params), rng=jax.random.key(7))
+    return TrainState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        model_state={},
+        opt_state=tx.init(params),
+        rng=jax.random.key(7),
+    )
 
 
 def main(process_id: int, num_processes: int, port: int, out_path: str) -> None:
     os.environ["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={GLOBAL_DEVICES // num_processes}")
+        f"--xla_force_host_platform_device_count={GLOBAL_DEVICES // num_processes}"
+    )
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"localhost:{port}",
-                               num_processes=num_processes, process_id=process_id,
-                               initialization_timeout=60)
+    jax.distributed.initialize(
+        coordinator_address=f"localhost:{port}",
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=60,
+    )
     import numpy as np
     from jax.experimental import multihost_utils
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -75,21 +92,22 @@ def main(process_id: int, num_processes: int, port: int, out_path: str) -> None:
     def global_batch(host_batch):
         # This process's rows of the global batch, as in a per-host input pipeline.
         rows = host_batch["label"].shape[0] // num_processes
-        local = {k: v[process_id * rows:(process_id + 1) * rows] for k, v in host_batch.items()}
+        local = {k: v[process_id * rows : (process_id + 1) * rows] for k, v in host_batch.items()}
         return {k: jax.make_array_from_process_local_data(data, v) for k, v in local.items()}
 
     apply_fn, tx, params, batches = make_problem()
     results = {}
     for mode in MULTIPROCESS_MODES:
         # As the loop does: jit follows the placement of its inputs.
-        train_step = jax.jit(step_lib.make_train_step(
-            apply_fn, tx, methods.get_scheme("l2rw", mode=mode)), donate_argnums=0)
+        train_step = jax.jit(
+            step_lib.make_train_step(apply_fn, tx, methods.get_scheme("l2rw", mode=mode)),
+            donate_argnums=0,
+        )
         # Built inside jit straight onto the mesh: identical on every process.
         state = jax.jit(lambda p: initial_state(p, tx), out_shardings=replicated)(params)
         for t, (batch, val_batch) in enumerate(batches):
             state, metrics = train_step(state, global_batch(batch), global_batch(val_batch))
-            results[f"{mode}/w_{t}"] = multihost_utils.process_allgather(metrics["w_B"],
-                                                                         tiled=True)
+            results[f"{mode}/w_{t}"] = multihost_utils.process_allgather(metrics["w_B"], tiled=True)
         for i, leaf in enumerate(jax.tree.leaves(state.params)):
             results[f"{mode}/param_{i}"] = np.asarray(leaf.addressable_data(0))
     if process_id == 0:

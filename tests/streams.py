@@ -5,6 +5,7 @@ Not a library path: the training loop builds its streams per member
 name straight to ``input_pipeline.train_dataset`` / ``clean_dataset`` / ``test_dataset`` so the
 tests can check those streams on real sources.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,17 @@ import numpy as np
 
 from l2rw_jax import corruption
 from l2rw_jax import datasets
-from l2rw_jax.input_pipeline import (_check_aug, _check_batch, _check_processes,
-                                     _check_start_step, channel_stats, clean_dataset,
-                                     normaliser, test_dataset, train_dataset)
+from l2rw_jax.input_pipeline import (
+    _check_aug,
+    _check_batch,
+    _check_processes,
+    _check_start_step,
+    channel_stats,
+    clean_dataset,
+    normaliser,
+    test_dataset,
+    train_dataset,
+)
 
 
 class Streams(NamedTuple):

@@ -20,10 +20,15 @@ def saved_history(tmp_path):
 def test_weight_history_marks_the_steps_that_did_not_draw(tmp_path):
     W = saved_history(tmp_path)
     nan = np.nan
-    np.testing.assert_array_equal(W, [[1.0, 0.0, nan, nan, nan],
-                                      [0.0, nan, 1.0, nan, nan],
-                                      [nan, 0.0, nan, 1.0, nan],
-                                      [0.25, nan, 0.75, nan, nan]])
+    np.testing.assert_array_equal(
+        W,
+        [
+            [1.0, 0.0, nan, nan, nan],
+            [0.0, nan, 1.0, nan, nan],
+            [nan, 0.0, nan, 1.0, nan],
+            [0.25, nan, 0.75, nan, nan],
+        ],
+    )
 
 
 def test_weight_map_by_hand(tmp_path):
@@ -31,10 +36,10 @@ def test_weight_map_by_hand(tmp_path):
     # ex 0: weights 1, 0, 0.25 at the 3 steps that drew it (not 4: step 2 did not draw it):
     #   mean 5/12; deviations 7/12, -5/12, -2/12 -> variance (49 + 25 + 4) / 144 / 3 = 26/144.
     # ex 1: 0, 0. ex 2: 1, 0.75. ex 3: 1. ex 4: never drawn -> NaN (unknown), 0 draws.
-    np.testing.assert_allclose(out["mean_weight"], [5 / 12, 0.0, 0.875, 1.0, np.nan],
-                               rtol=1e-15)
-    np.testing.assert_allclose(out["weight_std"], [np.sqrt(26) / 12, 0.0, 0.125, 0.0, np.nan],
-                               rtol=1e-15)
+    np.testing.assert_allclose(out["mean_weight"], [5 / 12, 0.0, 0.875, 1.0, np.nan], rtol=1e-15)
+    np.testing.assert_allclose(
+        out["weight_std"], [np.sqrt(26) / 12, 0.0, 0.125, 0.0, np.nan], rtol=1e-15
+    )
     np.testing.assert_array_equal(out["nonzero_share"], [2 / 3, 0.0, 1.0, 1.0, np.nan])
     assert out["draws"].tolist() == [3, 2, 2, 1, 0]
 
@@ -87,25 +92,34 @@ def test_confidence_map_and_data_map_by_hand(tmp_path):
     np.testing.assert_array_equal(out["correctness"], [0.5, 0.0, 1.0, 0.0, 1.0])
     assert out["draws"].tolist() == [3, 2, 2, 1, 0]
     assert set(data_maps.data_map(saved_history(tmp_path))) == {
-        "mean_weight", "weight_std", "nonzero_share", "draws"}
+        "mean_weight",
+        "weight_std",
+        "nonzero_share",
+        "draws",
+    }
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS[:, :1], 5), "one shape"),
-    (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS, 3), r"\[0, 3\)"),
-    (lambda: data_maps.weight_history_from_batches(ROWS * 1.0, WEIGHTS, 5), "integers"),
-    (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS * np.nan, 5), "finite"),
-    (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS, 0), ">= 1"),
-    (lambda: data_maps.weight_map(np.zeros(3)), "T x N"),
-    (lambda: data_maps.weight_map(np.full((1, 2), np.inf)), "infinite"),
-    (lambda: data_maps.weight_map(np.zeros((1, 2)), np.ones((1, 2))), "bool"),
-    (lambda: data_maps.weight_map(np.full((1, 2), np.nan), np.ones((1, 2), bool)), "NaN"),
-    (lambda: data_maps.confidence_map(np.zeros((2, 3)), np.zeros(2, int)), "E x N x C"),
-    (lambda: data_maps.confidence_map(np.zeros((1, 2, 2)), np.array([0, 2])), r"\[0, 2\)"),
-    (lambda: data_maps.data_map(np.zeros((1, 2)), np.zeros((1, 2, 2))), "together"),
-    (lambda: data_maps.data_map(np.zeros((1, 2)), np.zeros((1, 3, 2)), np.zeros(3, int)),
-     "E x 2 x C"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS[:, :1], 5), "one shape"),
+        (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS, 3), r"\[0, 3\)"),
+        (lambda: data_maps.weight_history_from_batches(ROWS * 1.0, WEIGHTS, 5), "integers"),
+        (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS * np.nan, 5), "finite"),
+        (lambda: data_maps.weight_history_from_batches(ROWS, WEIGHTS, 0), ">= 1"),
+        (lambda: data_maps.weight_map(np.zeros(3)), "T x N"),
+        (lambda: data_maps.weight_map(np.full((1, 2), np.inf)), "infinite"),
+        (lambda: data_maps.weight_map(np.zeros((1, 2)), np.ones((1, 2))), "bool"),
+        (lambda: data_maps.weight_map(np.full((1, 2), np.nan), np.ones((1, 2), bool)), "NaN"),
+        (lambda: data_maps.confidence_map(np.zeros((2, 3)), np.zeros(2, int)), "E x N x C"),
+        (lambda: data_maps.confidence_map(np.zeros((1, 2, 2)), np.array([0, 2])), r"\[0, 2\)"),
+        (lambda: data_maps.data_map(np.zeros((1, 2)), np.zeros((1, 2, 2))), "together"),
+        (
+            lambda: data_maps.data_map(np.zeros((1, 2)), np.zeros((1, 3, 2)), np.zeros(3, int)),
+            "E x 2 x C",
+        ),
+    ],
+)
 def test_bad_input_is_a_one_line_value_error(call, match):
     with pytest.raises(ValueError, match=match) as e:
         call()
@@ -128,9 +142,13 @@ def _accumulate(rows_TxB, weights_TxB, n):
         return t + 1, {"w_B": w_B, "all_zero": jnp.all(w_B == 0).astype(jnp.int32)}
 
     step = jax.jit(build.make_loop_step(train_step, accumulate=True))
-    acc = {"w_sum": np.zeros(n, np.float32), "w_sq_sum": np.zeros(n, np.float32),
-           "nonzero": np.zeros(n, np.int32), "count": np.zeros(n, np.int32),
-           "all_zero_steps": np.zeros((), np.int32)}
+    acc = {
+        "w_sum": np.zeros(n, np.float32),
+        "w_sq_sum": np.zeros(n, np.float32),
+        "nonzero": np.zeros(n, np.int32),
+        "count": np.zeros(n, np.int32),
+        "all_zero_steps": np.zeros((), np.int32),
+    }
     t = jnp.zeros((), jnp.int32)
     for rows_B in rows_TxB:
         t, acc, _ = step(t, acc, {}, {"index": jnp.asarray(rows_B, jnp.int32)}, None)
@@ -148,27 +166,32 @@ def test_running_sums_of_the_loop_equal_the_history_weight_map():
     weights = raw / np.maximum(raw.sum(axis=1, keepdims=True), 1e-12)
     for rows_TxB, weights_TxB, n in ((ROWS, WEIGHTS, 5), (rows, weights, 30)):
         acc = _accumulate(rows_TxB, weights_TxB, n)
-        want = data_maps.weight_map(data_maps.weight_history_from_batches(rows_TxB,
-                                                                          weights_TxB, n))
-        got = members.running_weight_stats(acc["w_sum"], acc["w_sq_sum"], acc["nonzero"],
-                                           acc["count"])
+        want = data_maps.weight_map(data_maps.weight_history_from_batches(rows_TxB, weights_TxB, n))
+        got = members.running_weight_stats(
+            acc["w_sum"], acc["w_sq_sum"], acc["nonzero"], acc["count"]
+        )
         np.testing.assert_array_equal(acc["count"], want["draws"])
         np.testing.assert_array_equal(np.isnan(got["mean_weight"]), want["draws"] == 0)
         for key in ("mean_weight", "weight_std", "nonzero_share"):
             np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=2e-6, err_msg=key)
     # The hand case's numbers (test_weight_map_by_hand), from the sums alone.
     acc = _accumulate(ROWS, WEIGHTS, 5)
-    got = members.running_weight_stats(acc["w_sum"], acc["w_sq_sum"], acc["nonzero"],
-                                       acc["count"])
-    np.testing.assert_allclose(got["weight_std"][:4], [np.sqrt(26) / 12, 0.0, 0.125, 0.0],
-                               atol=1e-7)
+    got = members.running_weight_stats(acc["w_sum"], acc["w_sq_sum"], acc["nonzero"], acc["count"])
+    np.testing.assert_allclose(
+        got["weight_std"][:4], [np.sqrt(26) / 12, 0.0, 0.125, 0.0], atol=1e-7
+    )
     np.testing.assert_array_equal(got["nonzero_share"], [2 / 3, 0.0, 1.0, 1.0, np.nan])
 
 
 def test_weight_map_from_a_record_and_from_an_old_one():
     acc = _accumulate(ROWS, WEIGHTS, 5)
-    record = {"index": np.arange(5), "weight_sum": acc["w_sum"], "weight_sq_sum":
-              acc["w_sq_sum"], "nonzero_count": acc["nonzero"], "count": acc["count"]}
+    record = {
+        "index": np.arange(5),
+        "weight_sum": acc["w_sum"],
+        "weight_sq_sum": acc["w_sq_sum"],
+        "nonzero_count": acc["nonzero"],
+        "count": acc["count"],
+    }
     got = data_maps.weight_map_from_record(record)
     want = data_maps.weight_map(data_maps.weight_history_from_batches(ROWS, WEIGHTS, 5))
     assert got["draws"].tolist() == want["draws"].tolist() == [3, 2, 2, 1, 0]

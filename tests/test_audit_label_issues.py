@@ -192,23 +192,82 @@ def test_write_label_issues_csv_rows_in_rank_order_missing_values_empty(tmp_path
     label_issues.write_label_issues_csv(path, np.array([1, 2, 0]), _csv_columns(), ["cat", "dog"])
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == (list(label_issues.CSV_COLUMNS) + list(label_issues.CSV_RANK_COLUMNS)
-                       + list(label_issues.CSV_CLASS_COLUMNS))
+    assert rows[0] == (
+        list(label_issues.CSV_COLUMNS)
+        + list(label_issues.CSV_RANK_COLUMNS)
+        + list(label_issues.CSV_CLASS_COLUMNS)
+    )
     no_ranks = [""] * len(label_issues.RANKINGS)  # no ranking given: every rank column empty
     assert rows[1:] == [
-        ["1", "71", "1", "1", "0", "", "", "", "", "", "", "", "2.5", "1", *no_ranks, "dog",
-         "cat", ""],
-        ["2", "72", "2", "1", "1", "", "1", "", "", "0.1", "0.05", "", repr(1 / 3), "0",
-         *no_ranks, "dog", "dog", ""],
-        ["3", "70", "0", "0", "0", "", "2", "", "", "0.25", "0.0", "", "0.1", "0", *no_ranks,
-         "cat", "cat", ""],
+        [
+            "1",
+            "71",
+            "1",
+            "1",
+            "0",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "2.5",
+            "1",
+            *no_ranks,
+            "dog",
+            "cat",
+            "",
+        ],
+        [
+            "2",
+            "72",
+            "2",
+            "1",
+            "1",
+            "",
+            "1",
+            "",
+            "",
+            "0.1",
+            "0.05",
+            "",
+            repr(1 / 3),
+            "0",
+            *no_ranks,
+            "dog",
+            "dog",
+            "",
+        ],
+        [
+            "3",
+            "70",
+            "0",
+            "0",
+            "0",
+            "",
+            "2",
+            "",
+            "",
+            "0.25",
+            "0.0",
+            "",
+            "0.1",
+            "0",
+            *no_ranks,
+            "cat",
+            "cat",
+            "",
+        ],
     ]
     assert float(rows[2][12]) == 1 / 3  # floats round-trip exactly
     assert os.listdir(tmp_path) == ["li.csv"]  # atomic: no temporary file left
     label_issues.write_label_issues_csv(path, np.array([0, 1, 2]), _csv_columns())
     with open(path, newline="") as f:
-        assert next(csv.reader(f)) == (list(label_issues.CSV_COLUMNS)  # no name columns
-                                       + list(label_issues.CSV_RANK_COLUMNS))
+        assert next(csv.reader(f)) == (
+            list(label_issues.CSV_COLUMNS)  # no name columns
+            + list(label_issues.CSV_RANK_COLUMNS)
+        )
 
 
 def test_write_label_issues_csv_names_each_ranking_column(tmp_path):
@@ -225,11 +284,13 @@ def test_write_label_issues_csv_names_each_ranking_column(tmp_path):
     for name in ("l2rw_meta_grad", "l2rw_memory", "confident_learning"):
         assert [r[f"rank_{name}"] for r in rows] == ["", "", ""]
     with pytest.raises(ValueError, match=r"unknown rankings \['weight'\]"):
-        label_issues.write_label_issues_csv(path, np.arange(3), _csv_columns(),
-                                            ranks={"weight": np.arange(3)})
+        label_issues.write_label_issues_csv(
+            path, np.arange(3), _csv_columns(), ranks={"weight": np.arange(3)}
+        )
     with pytest.raises(ValueError, match=r"ranks\['final_loss'\] must be a permutation"):
-        label_issues.write_label_issues_csv(path, np.arange(3), _csv_columns(),
-                                            ranks={"final_loss": np.array([0, 0, 1])})
+        label_issues.write_label_issues_csv(
+            path, np.arange(3), _csv_columns(), ranks={"final_loss": np.array([0, 0, 1])}
+        )
 
 
 def test_write_label_issues_csv_clear_errors(tmp_path):

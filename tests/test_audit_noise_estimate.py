@@ -48,14 +48,16 @@ def test_glc_transition_by_hand():
 
 # t = (0.5, 0.5, 0.625). a: only p0 >= t0 -> (0, 0); d: p1 = 0.5 >= t1 -> (0, 1); b: p0 -> (1, 0);
 # e: p1 -> (1, 1); c: p2 -> (2, 2); f: no class passes -> counted nowhere.
-HAND_P = np.array([
-    [0.75, 0.125, 0.125],   # a, labelled 0
-    [0.25, 0.5, 0.25],      # d, labelled 0
-    [0.625, 0.25, 0.125],   # b, labelled 1
-    [0.125, 0.75, 0.125],   # e, labelled 1
-    [0.125, 0.125, 0.75],   # c, labelled 2
-    [0.25, 0.25, 0.5],      # f, labelled 2
-])
+HAND_P = np.array(
+    [
+        [0.75, 0.125, 0.125],  # a, labelled 0
+        [0.25, 0.5, 0.25],  # d, labelled 0
+        [0.625, 0.25, 0.125],  # b, labelled 1
+        [0.125, 0.75, 0.125],  # e, labelled 1
+        [0.125, 0.125, 0.75],  # c, labelled 2
+        [0.25, 0.25, 0.5],  # f, labelled 2
+    ]
+)
 HAND_Y = np.array([0, 0, 1, 1, 2, 2])
 
 
@@ -82,30 +84,47 @@ def test_confident_transition_row_unknown_where_no_example_is_confidently_that_c
 def test_transition_error_by_hand():
     T = np.array([[0.5, 0.5], [0.0, 1.0]])
     out = noise_estimate.transition_error(np.array([[0.75, 0.25], [0.0, 1.0]]), T)
-    assert out == {"mean_abs_error": 0.125, "max_abs_error": 0.25,
-                   "frobenius_error": np.sqrt(0.125), "rows_compared": 2}
+    assert out == {
+        "mean_abs_error": 0.125,
+        "max_abs_error": 0.25,
+        "frobenius_error": np.sqrt(0.125),
+        "rows_compared": 2,
+    }
     # An unknown row is left out, not counted as an error of 1.
     out = noise_estimate.transition_error(np.array([[0.75, 0.25], [np.nan, np.nan]]), T)
     assert out["mean_abs_error"] == 0.25 and out["rows_compared"] == 1
     none = noise_estimate.transition_error(np.full((2, 2), np.nan), T)
-    assert none == {"mean_abs_error": None, "max_abs_error": None, "frobenius_error": None,
-                    "rows_compared": 0}
+    assert none == {
+        "mean_abs_error": None,
+        "max_abs_error": None,
+        "frobenius_error": None,
+        "rows_compared": 0,
+    }
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: noise_estimate.glc_transition(np.ones((3, 2)), np.zeros(3, int)), "sum to 1"),
-    (lambda: noise_estimate.glc_transition(np.full((2, 2), 0.5), np.array([0, 2])),
-     r"\[0, 2\)"),
-    (lambda: noise_estimate.confident_joint(np.full((2, 2), np.nan), np.zeros(2, int)),
-     "finite"),
-    (lambda: noise_estimate.confident_transition(np.ones((2,)), np.zeros(2, int)), "N x C"),
-    (lambda: noise_estimate.transition_error(np.eye(3), np.eye(2)), "shape"),
-    (lambda: noise_estimate.transition_error(np.array([[1, np.nan], [0, 1]]), np.eye(2)),
-     "partly NaN"),
-    (lambda: noise_estimate.transition_error(np.eye(2), np.ones((2, 2))), "sum to 1"),
-    (lambda: noise_estimate.calibrate_confident_joint(-np.eye(2), np.zeros(2, int)), ">= 0"),
-    (lambda: noise_estimate.calibrate_confident_joint(np.eye(2), 3), "1-D"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: noise_estimate.glc_transition(np.ones((3, 2)), np.zeros(3, int)), "sum to 1"),
+        (
+            lambda: noise_estimate.glc_transition(np.full((2, 2), 0.5), np.array([0, 2])),
+            r"\[0, 2\)",
+        ),
+        (
+            lambda: noise_estimate.confident_joint(np.full((2, 2), np.nan), np.zeros(2, int)),
+            "finite",
+        ),
+        (lambda: noise_estimate.confident_transition(np.ones((2,)), np.zeros(2, int)), "N x C"),
+        (lambda: noise_estimate.transition_error(np.eye(3), np.eye(2)), "shape"),
+        (
+            lambda: noise_estimate.transition_error(np.array([[1, np.nan], [0, 1]]), np.eye(2)),
+            "partly NaN",
+        ),
+        (lambda: noise_estimate.transition_error(np.eye(2), np.ones((2, 2))), "sum to 1"),
+        (lambda: noise_estimate.calibrate_confident_joint(-np.eye(2), np.zeros(2, int)), ">= 0"),
+        (lambda: noise_estimate.calibrate_confident_joint(np.eye(2), 3), "1-D"),
+    ],
+)
 def test_bad_input_is_a_one_line_value_error(call, match):
     with pytest.raises(ValueError, match=match) as e:
         call()
@@ -132,8 +151,11 @@ def test_both_estimates_recover_a_known_T(name, T):
     # Confident learning's remaining error is the sample's own: with the posterior this close
     # its confident class is the true one, and T^ is the sample's empirical transition.
     tight, given, true = noisy_posterior(T, 1000, 0.005, seed=0)
-    np.testing.assert_allclose(noise_estimate.confident_transition(tight, given).T_CxC,
-                               empirical_T(given, true), atol=1e-12)
+    np.testing.assert_allclose(
+        noise_estimate.confident_transition(tight, given).T_CxC,
+        empirical_T(given, true),
+        atol=1e-12,
+    )
 
 
 # ------------------------------------------------------------------ cleanlab, same probabilities
@@ -157,19 +179,18 @@ def test_confident_joint_equals_cleanlabs(T):
     assert not _cleanlab_differs(probs, given)
     cj = noise_estimate.confident_joint(probs, given)
     assert cj.diagonal().min() >= 1  # cleanlab raises a zero diagonal to 1
-    np.testing.assert_array_equal(cj, count.compute_confident_joint(given, probs,
-                                                                     calibrate=False))
+    np.testing.assert_array_equal(cj, count.compute_confident_joint(given, probs, calibrate=False))
     # Calibrated: cleanlab rounds to integers keeping row totals, so within 1 count a cell;
     # the joint within 1 / N.
     cal = noise_estimate.calibrate_confident_joint(cj, given)
     cal_cleanlab = count.compute_confident_joint(given, probs, calibrate=True)
     assert np.abs(cal - cal_cleanlab).max() < 1
     np.testing.assert_allclose(cal.sum(axis=1), cal_cleanlab.sum(axis=1), rtol=1e-12)
-    assert np.abs(noise_estimate.estimate_joint(probs, given)
-                  - count.estimate_joint(given, probs)).max() <= 1 / len(given)
+    assert np.abs(
+        noise_estimate.estimate_joint(probs, given) - count.estimate_joint(given, probs)
+    ).max() <= 1 / len(given)
     # The noise matrix P(given | true) (columns = true) is our T^ transposed.
-    _, noise_matrix, _ = count.estimate_latent(cal_cleanlab, given,
-                                               converge_latent_estimates=False)
+    _, noise_matrix, _ = count.estimate_latent(cal_cleanlab, given, converge_latent_estimates=False)
     T_hat = noise_estimate.confident_transition(probs, given).T_CxC
     np.testing.assert_allclose(T_hat, noise_matrix.T, atol=1e-2)
     # |a / s - a' / s'| <= (|a - a'| + (a / s) |s - s'|) / s' with |a - a'| < 1, a / s <= 1:
@@ -191,14 +212,16 @@ def test_where_cleanlab_departs_from_the_paper():
 
 
 def test_empirical_transition_by_hand_and_errors():
-    est = noise_estimate.empirical_transition(np.array([0, 0, 0, 0, 1, 1]),
-                                              np.array([0, 0, 0, 1, 1, 0]), 3)
+    est = noise_estimate.empirical_transition(
+        np.array([0, 0, 0, 0, 1, 1]), np.array([0, 0, 0, 1, 1, 0]), 3
+    )
     np.testing.assert_array_equal(est.T_CxC[:2], [[0.75, 0.25, 0.0], [0.5, 0.5, 0.0]])
     assert np.isnan(est.T_CxC[2]).all() and est.count_C.tolist() == [4, 2, 0]
     # On sampled labels: the same matrix as counting by hand.
     _, given, true = noisy_posterior(pair_T(0.3), 50, 0.01, seed=3)
-    np.testing.assert_array_equal(noise_estimate.empirical_transition(true, given, C).T_CxC,
-                                  empirical_T(given, true))
+    np.testing.assert_array_equal(
+        noise_estimate.empirical_transition(true, given, C).T_CxC, empirical_T(given, true)
+    )
     with pytest.raises(ValueError, match=r"given_labels must have shape \(2,\)"):
         noise_estimate.empirical_transition(np.array([0, 1]), np.array([0]), 2)
     with pytest.raises(ValueError, match=r"true_labels must lie in \[0, 2\)"):

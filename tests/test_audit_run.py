@@ -97,7 +97,11 @@ def planted(tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp("audit"))
     # source_index: the row of sklearn's digits arrays (the user's data) behind each train row.
     train = {
-        "image": x_tr, "label": y_obs, "true_label": y_true, "is_noisy": noisy, "source_index": tr
+        "image": x_tr,
+        "label": y_obs,
+        "true_label": y_true,
+        "is_noisy": noisy,
+        "source_index": tr,
     }
     test = {"image": x_te, "label": y_te}
     # A trusted set: 8 training images per class with their true labels (the noise section's
@@ -202,11 +206,14 @@ def test_noise_section_equals_the_library_estimates(planted):
         nz = json.load(f)["noise"]
     train, clean = planted["train"], planted["clean"]
     logits = lambda x: audit.common.predict_logits(  # the audit's batch size: the same numbers
-        planted["apply_fn"], planted["params"], {}, x, batch_size=64)
-    glc = noise_estimate.glc_transition(audit.common.softmax(logits(clean["image"])),
-                                        clean["label"])
-    cl = noise_estimate.confident_transition(audit.common.softmax(logits(train["image"])),
-                                             train["label"])
+        planted["apply_fn"], planted["params"], {}, x, batch_size=64
+    )
+    glc = noise_estimate.glc_transition(
+        audit.common.softmax(logits(clean["image"])), clean["label"]
+    )
+    cl = noise_estimate.confident_transition(
+        audit.common.softmax(logits(train["image"])), train["label"]
+    )
     # The truth by hand: the 110 flips among 1300 rows, row by true class.
     counts = np.zeros((10, 10))
     np.add.at(counts, (train["true_label"], train["label"]), 1)
@@ -237,8 +244,20 @@ def test_noise_section_without_the_truth_or_a_clean_set(planted):
 
     c = _small_config()
     train = {k: v for k, v in planted["train"].items() if k not in ("true_label", "is_noisy")}
-    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
-                             planted["test"], train, c, None, None, 0.0, 1.0, None)
+    inputs = run_lib._inputs(
+        planted["apply_fn"],
+        planted["feature_fn"],
+        planted["params"],
+        {},
+        planted["test"],
+        train,
+        c,
+        None,
+        None,
+        0.0,
+        1.0,
+        None,
+    )
     assert inputs.x_clean is None and inputs.true_train is None
     s = noise_section.noise_section(inputs, c, np.random.default_rng(0))
     assert "true" not in s.results and list(s.results["estimates"]) == ["confident_learning"]
@@ -251,18 +270,42 @@ def test_noise_section_without_the_truth_or_a_clean_set(planted):
     # in a note, and left out of the error (9 rows compared).
     keep = planted["clean"]["label"] != 3
     clean = {k: v[keep] for k, v in planted["clean"].items()}
-    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
-                             planted["test"], planted["train"], c, None, None, 0.0, 1.0, None,
-                             clean)
+    inputs = run_lib._inputs(
+        planted["apply_fn"],
+        planted["feature_fn"],
+        planted["params"],
+        {},
+        planted["test"],
+        planted["train"],
+        c,
+        None,
+        None,
+        0.0,
+        1.0,
+        None,
+        clean,
+    )
     s = noise_section.noise_section(inputs, c, np.random.default_rng(0))
     assert any("Classes [3] have no clean example" in n for n in s.notes)
     glc = report.to_jsonable(s.results)["estimates"]["glc"]
     assert glc["T"][3] == [None] * 10 and glc["count"][3] == 0 and glc["n"] == 72
     assert glc["error"]["rows_compared"] == 9
     with pytest.raises(ValueError, match=r"clean\['label'\] must lie in \[0, 10\)"):
-        run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
-                        planted["test"], train, c, None, None, 0.0, 1.0, None,
-                        dict(planted["clean"], label=planted["clean"]["label"] + 10))
+        run_lib._inputs(
+            planted["apply_fn"],
+            planted["feature_fn"],
+            planted["params"],
+            {},
+            planted["test"],
+            train,
+            c,
+            None,
+            None,
+            0.0,
+            1.0,
+            None,
+            dict(planted["clean"], label=planted["clean"]["label"] + 10),
+        )
 
 
 def test_weight_data_map_from_the_recorded_running_sums(planted):
@@ -279,11 +322,27 @@ def test_weight_data_map_from_the_recorded_running_sums(planted):
     n = len(noisy)
     sd = np.where(noisy, 0.01, 0.2)
     nonzero = np.where(noisy, 1, 5)
-    record = dict(w, weight_sum=w["mean_weight"] * 5, nonzero_count=nonzero,
-                  weight_sq_sum=5 * (w["mean_weight"] ** 2 + sd**2))
+    record = dict(
+        w,
+        weight_sum=w["mean_weight"] * 5,
+        nonzero_count=nonzero,
+        weight_sq_sum=5 * (w["mean_weight"] ** 2 + sd**2),
+    )
     c = _small_config()
-    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
-                             planted["test"], planted["train"], c, record, None, 0.0, 1.0, None)
+    inputs = run_lib._inputs(
+        planted["apply_fn"],
+        planted["feature_fn"],
+        planted["params"],
+        {},
+        planted["test"],
+        planted["train"],
+        c,
+        record,
+        None,
+        0.0,
+        1.0,
+        None,
+    )
     s = label_issues_section.label_issues_section(inputs, c, np.random.default_rng(0))
     dm = s.results["data_map"]
     assert dm["n_drawn"] == n and dm["noisy"]["n"] == 110 and dm["clean"]["n"] == n - 110
@@ -291,13 +350,25 @@ def test_weight_data_map_from_the_recorded_running_sums(planted):
     assert dm["clean"]["median_weight_std"] == pytest.approx(0.2, rel=1e-9)
     assert (dm["noisy"]["median_nonzero_share"], dm["clean"]["median_nonzero_share"]) == (0.2, 1)
     assert dm["noisy"]["median_mean_weight"] == pytest.approx(
-        np.median(w["mean_weight"][noisy]), rel=1e-12)
+        np.median(w["mean_weight"][noisy]), rel=1e-12
+    )
     page = report.render_html(report.to_jsonable(planted["res"]["meta"]), [s])
     assert "Data map of the L2RW weights" in page
     with pytest.raises(ValueError, match=r"example_weights\['weight_sq_sum'\] has shape \(3,\)"):
-        run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
-                        planted["test"], planted["train"], c,
-                        dict(record, weight_sq_sum=np.zeros(3)), None, 0.0, 1.0, None)
+        run_lib._inputs(
+            planted["apply_fn"],
+            planted["feature_fn"],
+            planted["params"],
+            {},
+            planted["test"],
+            planted["train"],
+            c,
+            dict(record, weight_sq_sum=np.zeros(3)),
+            None,
+            0.0,
+            1.0,
+            None,
+        )
 
 
 def _read_csv(path):
@@ -312,10 +383,11 @@ def test_label_issues_csv_has_every_row_in_the_suspects_order(planted):
     li = res["label_issues"]
     rows = _read_csv(os.path.join(planted["out_dir"], "label_issues.csv"))
     n = len(train["label"])
-    rankings = ["l2rw_meta_grad", "l2rw_memory", "l2rw_weight", "final_loss",
-                "confident_learning"]
+    rankings = ["l2rw_meta_grad", "l2rw_memory", "l2rw_weight", "final_loss", "confident_learning"]
     assert li["csv"] == {
-        "file": "label_issues.csv", "rows": n, "ranked_by": "l2rw_meta_grad",
+        "file": "label_issues.csv",
+        "rows": n,
+        "ranked_by": "l2rw_meta_grad",
         "rank_columns": {f"rank_{r}": r for r in rankings},
         "empty_columns": ["nonzero_share", "weight_std"],  # no running sums in this record
     }
@@ -340,8 +412,12 @@ def test_label_issues_csv_has_every_row_in_the_suspects_order(planted):
     np.testing.assert_array_equal(
         source,
         audit.find_label_issues(
-            train["label"], probs, source_index=train["source_index"], count=w["count"],
-            mean_meta_grad=w["mean_meta_grad"], meta_grad_memory=w["meta_grad_memory"],
+            train["label"],
+            probs,
+            source_index=train["source_index"],
+            count=w["count"],
+            mean_meta_grad=w["mean_meta_grad"],
+            meta_grad_memory=w["meta_grad_memory"],
             mean_weight=w["mean_weight"],
         ),
     )
@@ -363,9 +439,13 @@ def test_label_issues_csv_has_every_row_in_the_suspects_order(planted):
         np.testing.assert_array_equal(
             train["source_index"][order],
             audit.find_label_issues(
-                train["label"], probs, source_index=train["source_index"],
-                mean_meta_grad=w["mean_meta_grad"], meta_grad_memory=w["meta_grad_memory"],
-                mean_weight=w["mean_weight"], return_indices_ranked_by=name,
+                train["label"],
+                probs,
+                source_index=train["source_index"],
+                mean_meta_grad=w["mean_meta_grad"],
+                meta_grad_memory=w["meta_grad_memory"],
+                mean_weight=w["mean_weight"],
+                return_indices_ranked_by=name,
             ),
         )
 
@@ -377,8 +457,11 @@ def test_every_ranking_scored_against_the_flips(planted):
 
     li, train, w = planted["res"]["label_issues"], planted["train"], planted["weights"]
     noisy = train["is_noisy"]
-    probs = audit.common.softmax(audit.common.predict_logits(
-        planted["apply_fn"], planted["params"], {}, train["image"], batch_size=64))
+    probs = audit.common.softmax(
+        audit.common.predict_logits(
+            planted["apply_fn"], planted["params"], {}, train["image"], batch_size=64
+        )
+    )
     loss = label_issues.final_loss(probs, train["label"])
     orders = {
         "l2rw_weight": label_issues.rank_by_l2rw_weight(w["mean_weight"], loss),
@@ -386,8 +469,13 @@ def test_every_ranking_scored_against_the_flips(planted):
         "confident_learning": label_issues.rank_by_confident_learning(probs, train["label"]),
     }
     q = li["ranking_quality"]
-    assert list(q) == ["l2rw_weight", "l2rw_meta_grad", "l2rw_memory", "final_loss",
-                       "confident_learning"]
+    assert list(q) == [
+        "l2rw_weight",
+        "l2rw_meta_grad",
+        "l2rw_memory",
+        "final_loss",
+        "confident_learning",
+    ]
     for name, order in orders.items():
         score = ranking_quality.order_score(order)
         pairs = (score[noisy][:, None] > score[~noisy][None, :]).mean()  # no ties: strict order
@@ -433,24 +521,57 @@ def test_report_renders_section_by_section(planted):
     res = planted["res"]
     assert list(res) == ["meta", "mistakes", "robustness", "biases", "label_issues", "noise"]
     assert list(res["meta"]["seconds"]) == [*list(res)[1:], "total"]
-    png = figures.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
-                            "pgd_accuracy": [1, 0.4], "clean_accuracy": 1.0})
+    png = figures.fig_curve(
+        {
+            "epsilons": [0.0, 0.1],
+            "fgsm_accuracy": [1, 0.5],
+            "pgd_accuracy": [1, 0.4],
+            "clean_accuracy": 1.0,
+        }
+    )
     extra = sections.Section(
-        "shift", "Distribution shift", {"auc": 0.625, "per_class": [1, 2]}, {"roc": png},
+        "shift",
+        "Distribution shift",
+        {"auc": 0.625, "per_class": [1, 2]},
+        {"roc": png},
         ["Only 3 batches were scored."],
     )
     page = report.render_html(report.to_jsonable(res["meta"]), [extra])
     assert "<h2 id='shift'>1. Distribution shift</h2>" in page
     assert "<a href='#shift'>1. Distribution shift</a>" in page
-    assert "<td class=\"l\">auc</td><td>0.6250</td>" in page
+    assert '<td class="l">auc</td><td>0.6250</td>' in page
     assert f"data:image/png;base64,{png}" in page and "Only 3 batches were scored." in page
 
 
 HOSTILE = ("<script>alert(1)</script>", '"><img src=x onerror=y>', "&amp;", "<b onmouseover='z'>")
 # The tags the report writes itself, and no event-handler attribute anywhere.
-REPORT_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "b",
-               "code", "nav", "a", "div", "ul", "li", "table", "tr", "th", "td", "figure", "img",
-               "figcaption", "sub"}
+REPORT_TAGS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "h1",
+    "h2",
+    "h3",
+    "p",
+    "b",
+    "code",
+    "nav",
+    "a",
+    "div",
+    "ul",
+    "li",
+    "table",
+    "tr",
+    "th",
+    "td",
+    "figure",
+    "img",
+    "figcaption",
+    "sub",
+}
 
 
 class _Page(HTMLParser):
@@ -474,25 +595,38 @@ def test_whole_report_escapes_every_user_string(planted):
     from l2rw_jax.audit import report
     from l2rw_jax.audit import sections
 
-    names = [HOSTILE[k % len(HOSTILE)] + (f" {k}" if k >= len(HOSTILE) else "")
-             for k in range(10)]
+    names = [HOSTILE[k % len(HOSTILE)] + (f" {k}" if k >= len(HOSTILE) else "") for k in range(10)]
     res = report.to_jsonable(planted["res"])
-    meta = {**res["meta"], "class_names": names, "title": HOSTILE[0],
-            "run": {HOSTILE[1]: HOSTILE[2], "dataset": f"folder:/data/{HOSTILE[3]}"}}
+    meta = {
+        **res["meta"],
+        "class_names": names,
+        "title": HOSTILE[0],
+        "run": {HOSTILE[1]: HOSTILE[2], "dataset": f"folder:/data/{HOSTILE[3]}"},
+    }
     attr = HOSTILE[1]
     done = []
     for s in planted["sections"]:
         results = report.to_jsonable(s.results)
         if s.name == "biases":
-            results["attributes"] = {(attr if k == "corner_patch" else k): v
-                                     for k, v in results["attributes"].items()}
+            results["attributes"] = {
+                (attr if k == "corner_patch" else k): v for k, v in results["attributes"].items()
+            }
             for g in results["largest_over_representation"]:
                 g["attribute"] = attr if g["attribute"] == "corner_patch" else g["attribute"]
         done.append(s._replace(results=results, notes=[*s.notes, HOSTILE[3]]))
-    png = figures.fig_curve({"epsilons": [0.0, 0.1], "fgsm_accuracy": [1, 0.5],
-                            "pgd_accuracy": [1, 0.4], "clean_accuracy": 1.0})
-    done.append(sections.Section("mine", HOSTILE[0], {HOSTILE[1]: HOSTILE[2], "n": 3},
-                                 {HOSTILE[3]: png}, [HOSTILE[0]]))
+    png = figures.fig_curve(
+        {
+            "epsilons": [0.0, 0.1],
+            "fgsm_accuracy": [1, 0.5],
+            "pgd_accuracy": [1, 0.4],
+            "clean_accuracy": 1.0,
+        }
+    )
+    done.append(
+        sections.Section(
+            "mine", HOSTILE[0], {HOSTILE[1]: HOSTILE[2], "n": 3}, {HOSTILE[3]: png}, [HOSTILE[0]]
+        )
+    )
     page = report.render_html(meta, done)
     parsed = _Page()
     parsed.feed(page)
@@ -522,8 +656,20 @@ def test_a_class_absent_from_the_test_split_is_left_out_of_the_audit_accuracies(
     test = {"image": planted["test"]["image"][keep], "label": planted["test"]["label"][keep]}
     c = _small_config()
     c.num_mistakes = 1
-    inputs = run_lib._inputs(planted["apply_fn"], planted["feature_fn"], planted["params"], {},
-                             test, planted["train"], c, None, None, 0.0, 1.0, None)
+    inputs = run_lib._inputs(
+        planted["apply_fn"],
+        planted["feature_fn"],
+        planted["params"],
+        {},
+        test,
+        planted["train"],
+        c,
+        None,
+        None,
+        0.0,
+        1.0,
+        None,
+    )
     s = mistakes_section.mistakes_section(inputs, c, np.random.default_rng(0))
     m = s.results
     pred = inputs.logits_test.argmax(1)
@@ -694,8 +840,12 @@ def test_label_issues_csv_of_a_real_run_maps_back_to_the_source_data(real_run):
     assert [r["given_class"] for r in rows] == [str(g) for g in given]  # digits: names are ids
     li = res["label_issues"]
     assert li["csv"]["ranked_by"] == li["suspects_ranking"] == "l2rw_weight"
-    assert li["csv"]["empty_columns"] == ["mean_meta_grad", "meta_grad_memory",
-                                          "rank_l2rw_memory", "rank_l2rw_meta_grad"]
+    assert li["csv"]["empty_columns"] == [
+        "mean_meta_grad",
+        "meta_grad_memory",
+        "rank_l2rw_memory",
+        "rank_l2rw_meta_grad",
+    ]
     assert [r["rank_l2rw_weight"] for r in rows] == [r["rank"] for r in rows]
     # The data map per row: erm weighs every draw 1 / B (no spread, every draw non-zero).
     assert [r["weight_std"] for r in rows] == ["0.0" if d else "" for d in drawn]
@@ -713,6 +863,9 @@ def test_the_quick_preset_changes_only_the_costly_fields():
     assert quick["pgd_steps"] == 5 and quick["robust_examples"] == 200
     assert all(quick[k] <= full[k] for k in run_lib.QUICK if k != "epsilons")
     assert set(quick["epsilons"]) < set(full["epsilons"])
-    with pytest.raises(ValueError, match=r"^preset='fast' is not supported; allowed: full, "
-                                         r"quick\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^preset='fast' is not supported; allowed: full, "
+        r"quick\.$",
+    ):
         audit.default_config("fast")

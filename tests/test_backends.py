@@ -1,6 +1,7 @@
 """The loop sees both input backends through one interface (backends.Backend) and never asks
 which one runs. That both train identically is tests/test_train.py's
 test_device_and_tfdata_backends_train_identically."""
+
 import ast
 import os
 
@@ -25,14 +26,17 @@ def test_every_backend_is_the_same_interface():
 def test_the_loop_never_names_a_backend():
     with open(os.path.join(ROOT, "l2rw_jax", "train.py"), encoding="utf-8") as f:
         tree = ast.parse(f.read())
-    named = [node.value for node in ast.walk(tree)
-             if isinstance(node, ast.Constant) and node.value in backends.BACKENDS]
+    named = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in backends.BACKENDS
+    ]
     assert named == []
 
 
 def test_step_sums_reads_row_i_of_a_stacked_or_a_listed_call():
     stacked = {"loss": np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])}  # S x K, scanned call
-    listed = [{"loss": np.array([7.0])}, {"loss": np.array([8.0])}]     # one per step
+    listed = [{"loss": np.array([7.0])}, {"loss": np.array([8.0])}]  # one per step
     rows = backends.step_sums([stacked, listed], 1)
     np.testing.assert_array_equal(rows[0]["loss"], [3.0, 4.0])
     np.testing.assert_array_equal(rows[1]["loss"], [8.0])

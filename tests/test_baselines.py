@@ -1,4 +1,5 @@
 """The baseline weighting schemes: random, proportion, hard_mining, mwnet (l2rw_jax.methods)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +10,16 @@ from l2rw_jax import methods
 
 
 def _ctx(batch, *, rng=None, loss_fn=None, **kw):
-    defaults = dict(loss_fn=loss_fn or (lambda p, b: b["loss"]), params={}, opt_state=(),
-                    tx=optax.sgd(0.1), batch=batch, val_batch=batch,
-                    rng=jax.random.PRNGKey(0) if rng is None else rng, step=jnp.int32(0))
+    defaults = dict(
+        loss_fn=loss_fn or (lambda p, b: b["loss"]),
+        params={},
+        opt_state=(),
+        tx=optax.sgd(0.1),
+        batch=batch,
+        val_batch=batch,
+        rng=jax.random.PRNGKey(0) if rng is None else rng,
+        step=jnp.int32(0),
+    )
     defaults.update(kw)
     return methods.WeighContext(**defaults)
 
@@ -42,14 +50,17 @@ def test_proportion_weights_inverse_class_frequency():
     np.testing.assert_allclose(w, expected / expected.sum(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("labels, losses, kept", [
-    # One minority example (label 0): it and the single hardest majority example.
-    ([1, 1, 1, 0, 1, 1], [0.1, 0.9, 0.5, 0.2, 0.7, 0.3], [1, 3]),
-    # Three minority examples: them and the three hardest majority ones.
-    ([0, 1, 0, 1, 1, 0, 1], [0.1, 0.4, 0.2, 0.9, 0.8, 0.3, 0.1], [0, 1, 2, 3, 4, 5]),
-    # No minority example: k = 1, only the hardest.
-    ([1, 1, 1, 1], [0.3, 0.2, 0.8, 0.1], [2]),
-])
+@pytest.mark.parametrize(
+    "labels, losses, kept",
+    [
+        # One minority example (label 0): it and the single hardest majority example.
+        ([1, 1, 1, 0, 1, 1], [0.1, 0.9, 0.5, 0.2, 0.7, 0.3], [1, 3]),
+        # Three minority examples: them and the three hardest majority ones.
+        ([0, 1, 0, 1, 1, 0, 1], [0.1, 0.4, 0.2, 0.9, 0.8, 0.3, 0.1], [0, 1, 2, 3, 4, 5]),
+        # No minority example: k = 1, only the hardest.
+        ([1, 1, 1, 1], [0.3, 0.2, 0.8, 0.1], [2]),
+    ],
+)
 def test_hard_mining_keeps_minority_and_hardest_majority(labels, losses, kept):
     scheme = methods.get_scheme("hard_mining")
     state = scheme.init(jax.random.PRNGKey(0), [3, 97])
@@ -83,24 +94,32 @@ def test_a_state_of_the_wrong_type_is_refused_by_name():
 def mwnet_problem():
     """A linear softmax model one momentum step in (non-zero trace), noisy batch + clean batch."""
     rng = np.random.default_rng(0)
-    params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
-              "b": jnp.zeros(3, jnp.float32)}
-    batch = {"x": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
-             "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)}
-    val = {"x": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32),
-           "label": jnp.asarray(rng.integers(0, 3, 4), jnp.int32)}
+    params = {
+        "w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+        "b": jnp.zeros(3, jnp.float32),
+    }
+    batch = {
+        "x": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32),
+    }
+    val = {
+        "x": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 3, 4), jnp.int32),
+    }
 
     def loss_fn(p, b):
-        return optax.softmax_cross_entropy_with_integer_labels(b["x"] @ p["w"] + p["b"][None, :],
-                                                               b["label"])
+        return optax.softmax_cross_entropy_with_integer_labels(
+            b["x"] @ p["w"] + p["b"][None, :], b["label"]
+        )
 
     tx = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.5, momentum=0.9))
     opt_state = tx.init(params)
     grads = jax.grad(lambda p: jnp.mean(loss_fn(p, batch)))(params)
     _, opt_state = tx.update(grads, opt_state, params)
     phi = methods.mwnet(hidden=6).init(jax.random.PRNGKey(1)).phi
-    return dict(params=params, batch=batch, val=val, loss_fn=loss_fn, tx=tx,
-                opt_state=opt_state, phi=phi)
+    return dict(
+        params=params, batch=batch, val=val, loss_fn=loss_fn, tx=tx, opt_state=opt_state, phi=phi
+    )
 
 
 def _val_after_lookahead(prob, phi, normalize):
@@ -117,8 +136,14 @@ def _val_after_lookahead(prob, phi, normalize):
 @pytest.mark.parametrize("normalize", [True, False])
 def test_mwnet_meta_gradient_is_exact(mwnet_problem, normalize):
     prob = mwnet_problem
-    ctx = _ctx(prob["batch"], loss_fn=prob["loss_fn"], params=prob["params"],
-               opt_state=prob["opt_state"], tx=prob["tx"], val_batch=prob["val"])
+    ctx = _ctx(
+        prob["batch"],
+        loss_fn=prob["loss_fn"],
+        params=prob["params"],
+        opt_state=prob["opt_state"],
+        tx=prob["tx"],
+        val_batch=prob["val"],
+    )
 
     def weights(phi, losses_B):
         v = methods._vnet(phi, losses_B)
@@ -133,17 +158,22 @@ def test_mwnet_meta_gradient_is_exact(mwnet_problem, normalize):
     # Central finite difference in float64 along a random direction of phi.
     with jax.enable_x64():
         to64 = lambda t: jax.tree.map(
-            lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, t)
-        prob64 = dict(prob, **{k: to64(prob[k])
-                               for k in ("params", "batch", "val", "opt_state", "phi")})
+            lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, t
+        )
+        prob64 = dict(
+            prob, **{k: to64(prob[k]) for k in ("params", "batch", "val", "opt_state", "phi")}
+        )
         phi64 = prob64["phi"]
-        d = jax.tree.map(lambda x: jnp.asarray(np.random.default_rng(2).normal(size=x.shape)),
-                         phi64)
+        d = jax.tree.map(
+            lambda x: jnp.asarray(np.random.default_rng(2).normal(size=x.shape)), phi64
+        )
         h = 1e-5
-        plus = _val_after_lookahead(prob64, jax.tree.map(lambda a, b: a + h * b, phi64, d),
-                                    normalize)
-        minus = _val_after_lookahead(prob64, jax.tree.map(lambda a, b: a - h * b, phi64, d),
-                                     normalize)
+        plus = _val_after_lookahead(
+            prob64, jax.tree.map(lambda a, b: a + h * b, phi64, d), normalize
+        )
+        minus = _val_after_lookahead(
+            prob64, jax.tree.map(lambda a, b: a - h * b, phi64, d), normalize
+        )
         fd = float((plus - minus) / (2 * h))
     analytic = sum(float(np.vdot(np.asarray(grad_fwd[k]), np.asarray(d[k]))) for k in grad_fwd)
     np.testing.assert_allclose(analytic, fd, rtol=1e-3)
@@ -153,8 +183,14 @@ def test_mwnet_step_updates_phi_with_adam_and_returns_new_weights(mwnet_problem)
     prob = mwnet_problem
     scheme = methods.get_scheme("mwnet", hidden=6)
     state = scheme.init(jax.random.PRNGKey(1))
-    ctx = _ctx(prob["batch"], loss_fn=prob["loss_fn"], params=prob["params"],
-               opt_state=prob["opt_state"], tx=prob["tx"], val_batch=prob["val"])
+    ctx = _ctx(
+        prob["batch"],
+        loss_fn=prob["loss_fn"],
+        params=prob["params"],
+        opt_state=prob["opt_state"],
+        tx=prob["tx"],
+        val_batch=prob["val"],
+    )
     w, new_state, metrics = scheme.weigh(ctx, state)
     grad = jax.grad(lambda phi: _val_after_lookahead(prob, phi, True))(state.phi)
     meta_tx = optax.chain(optax.add_decayed_weights(1e-4), optax.adam(1e-3))
@@ -174,24 +210,34 @@ def test_mwnet_step_updates_phi_with_adam_and_returns_new_weights(mwnet_problem)
     assert float(metrics["val_loss"]) > 0
 
 
-@pytest.mark.parametrize("name, options, state_type", [
-    ("erm", {}, methods.EmptyState),
-    ("random", {}, methods.EmptyState),
-    ("l2rw", {}, methods.EmptyState),
-    ("l2rw", {"memory_decay": 0.5}, methods.L2RWState),
-    ("proportion", {}, methods.ProportionState),
-    ("hard_mining", {}, methods.HardMiningState),
-    ("mwnet", {"hidden": 6}, methods.MWNetState),
-])
-def test_state_is_the_schemes_namedtuple_and_survives_jit_and_vmap(mwnet_problem, name, options,
-                                                                   state_type):
+@pytest.mark.parametrize(
+    "name, options, state_type",
+    [
+        ("erm", {}, methods.EmptyState),
+        ("random", {}, methods.EmptyState),
+        ("l2rw", {}, methods.EmptyState),
+        ("l2rw", {"memory_decay": 0.5}, methods.L2RWState),
+        ("proportion", {}, methods.ProportionState),
+        ("hard_mining", {}, methods.HardMiningState),
+        ("mwnet", {"hidden": 6}, methods.MWNetState),
+    ],
+)
+def test_state_is_the_schemes_namedtuple_and_survives_jit_and_vmap(
+    mwnet_problem, name, options, state_type
+):
     """init gives the scheme's own NamedTuple; K=2 members' states stacked and weighed under
     jit(vmap(weigh)) come back as the same type and tree, each member equal to its own run."""
     prob = mwnet_problem
     scheme = methods.get_scheme(name, **options)
     batch = dict(prob["batch"], index=jnp.arange(8, dtype=jnp.int32))
-    ctx = _ctx(batch, loss_fn=prob["loss_fn"], params=prob["params"],
-               opt_state=prob["opt_state"], tx=prob["tx"], val_batch=prob["val"])
+    ctx = _ctx(
+        batch,
+        loss_fn=prob["loss_fn"],
+        params=prob["params"],
+        opt_state=prob["opt_state"],
+        tx=prob["tx"],
+        val_batch=prob["val"],
+    )
     states = [scheme.init(key, [3, 4, 5]) for key in jax.random.split(jax.random.PRNGKey(5), 2)]
     assert all(type(s) is state_type for s in states)
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
@@ -205,7 +251,8 @@ def test_state_is_the_schemes_namedtuple_and_survives_jit_and_vmap(mwnet_problem
     assert type(new_K) is state_type
     assert jax.tree.structure(new_K) == jax.tree.structure(stacked)
     assert [(x.shape, x.dtype) for x in jax.tree.leaves(new_K)] == [
-        (x.shape, x.dtype) for x in jax.tree.leaves(stacked)]
+        (x.shape, x.dtype) for x in jax.tree.leaves(stacked)
+    ]
     weigh_one = jax.jit(weigh)
     for k, state in enumerate(states):
         w_B, new_state, _ = weigh_one(state, keys_K[k])

@@ -1,4 +1,5 @@
 """The loop's clock bills each lap to its bucket; a fake clock, no sleeping."""
+
 import pytest
 
 from l2rw_jax import chrono as chrono_lib
@@ -17,14 +18,14 @@ class FakeClock:
 def test_first_call_of_each_key_is_compilation_the_rest_the_loop():
     clock = FakeClock()
     c = chrono_lib.Chrono(clock)
-    clock.now += 7.0            # loading data, restoring: billed nowhere
+    clock.now += 7.0  # loading data, restoring: billed nowhere
     c.mark()
-    clock.now += 5.0            # ("noisy", 4) compiles
+    clock.now += 5.0  # ("noisy", 4) compiles
     c.train_call(("noisy", 4), 4)
-    assert c.rate() == 0.0      # nothing timed yet
+    assert c.rate() == 0.0  # nothing timed yet
     clock.now += 2.0
     c.train_call(("noisy", 4), 4)
-    clock.now += 3.0            # a new length compiles again
+    clock.now += 3.0  # a new length compiles again
     c.train_call(("noisy", 2), 2)
     clock.now += 1.0
     c.train_call(("noisy", 2), 2)
@@ -32,8 +33,12 @@ def test_first_call_of_each_key_is_compilation_the_rest_the_loop():
     c.lap("eval_s")
     clock.now += 0.25
     c.lap("checkpoint_s")
-    assert c.timing == {"first_step_s": 8.0, "train_loop_s": 3.0, "eval_s": 0.5,
-                        "checkpoint_s": 0.25}
+    assert c.timing == {
+        "first_step_s": 8.0,
+        "train_loop_s": 3.0,
+        "eval_s": 0.5,
+        "checkpoint_s": 0.25,
+    }
     assert c.timed_steps == 6
     assert c.rate() == 6 / 3.0
     assert c.steps_per_s(12) == 6 / 3.25  # checkpoints count, evaluation does not

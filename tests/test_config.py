@@ -1,6 +1,7 @@
 """The grouped config: the flat (pre-group) names map one-to-one onto it, old config.json files
 resume and are read, errors name the field's path, and the translation hands each library
 function exactly its group."""
+
 import json
 
 import numpy as np
@@ -93,12 +94,15 @@ def test_translation_hands_each_library_call_its_group():
     assert (from_config.correction(c), from_config.correction_steps(c)) == ("none", 0)
     c.method.l2rw.update(correction="none", correction_at=0.1)
     c.method.name = "mwnet"
-    assert from_config.weighing(c.method) == ("mwnet", dict(
-        hidden=100, meta_lr=1e-3, meta_weight_decay=1e-4, normalize=True))
+    assert from_config.weighing(c.method) == (
+        "mwnet",
+        dict(hidden=100, meta_lr=1e-3, meta_weight_decay=1e-4, normalize=True),
+    )
     c.method.name = "resample"
     assert from_config.weighing(c.method) == ("erm", {})
-    c.optim.update(learning_rate=0.5, lr_boundaries=(2, 4), lr_decay=0.1, momentum=0.0,
-                   weight_decay=0.0)
+    c.optim.update(
+        learning_rate=0.5, lr_boundaries=(2, 4), lr_decay=0.1, momentum=0.0, weight_decay=0.0
+    )
     tx = from_config.make_optimizer(c.optim)
     params, grads = np.zeros(1, np.float32), np.ones(1, np.float32)
     state, steps = tx.init(params), []
@@ -147,7 +151,9 @@ def test_resuming_ignores_the_options_of_schemes_the_run_does_not_use():
     assert config_lib.config_differences(stored, from_config.as_json(now)) == {}
     now.method.name = "l2rw"  # now the l2rw group is used, the mwnet one still not
     assert config_lib.config_differences(stored, from_config.as_json(now)) == {
-        "method.name": ("erm", "l2rw"), "method.l2rw.mix": ("excess_loss", "none")}
+        "method.name": ("erm", "l2rw"),
+        "method.l2rw.mix": ("excess_loss", "none"),
+    }
 
 
 def test_resuming_accepts_the_same_data_file_under_another_path(tmp_path):
@@ -160,8 +166,7 @@ def test_resuming_accepts_the_same_data_file_under_another_path(tmp_path):
     stored = from_config.as_json(before)
     assert config_lib.config_differences(stored, from_config.as_json(now)) == {}
     now.data.dataset = f"npz:{tmp_path}/d/missing.npz"  # another (here: absent) file differs
-    assert list(config_lib.config_differences(stored, from_config.as_json(now))) == [
-        "data.dataset"]
+    assert list(config_lib.config_differences(stored, from_config.as_json(now))) == ["data.dataset"]
 
 
 def test_the_default_l2rw_options_are_spelled_once():
@@ -172,8 +177,10 @@ def test_the_default_l2rw_options_are_spelled_once():
     defaults = config_lib.default_config().method.l2rw.to_dict()
     assert {k: defaults[k] for k in config_lib.ROBUST_L2RW} == config_lib.ROBUST_L2RW
     assert {k: config_lib.ROBUST_L2RW[k] for k in methods.ROBUST_OPTIONS} == methods.ROBUST_OPTIONS
-    assert set(config_lib.ROBUST_L2RW) - set(methods.ROBUST_OPTIONS) == {"correction",
-                                                                          "correction_at"}
+    assert set(config_lib.ROBUST_L2RW) - set(methods.ROBUST_OPTIONS) == {
+        "correction",
+        "correction_at",
+    }
     # The paper's rule sets every option the default changes.
     assert set(config_lib.ROBUST_L2RW) <= set(config_lib.PAPER_L2RW)
 
@@ -187,23 +194,35 @@ def test_a_source_of_your_own_keeps_its_labels_unless_asked():
     assert from_config.noise_note(c.data) == (
         "npz:/data/mine.npz: labels as given; the config's synthetic data.noise='uniform', "
         "data.noise_ratio=0.4 is not applied to a source of your own "
-        "(data.corrupt_given_labels=True applies it).")
+        "(data.corrupt_given_labels=True applies it)."
+    )
     assert from_config.describe_data(c.data) == "mine.npz, labels as given"
     # A preset's background flip and its class, or the imbalance subsampling: dropped too.
     c.data.update(noise="background", background_class=3)
     assert from_config.split_options(c.data)["background_class"] is None
     config_lib.validate(c)
-    c.data.update(dataset="folder:/data/my_images/", noise="imbalance", noise_ratio=0.0,
-                  background_class=None, majority_fraction=0.9)
+    c.data.update(
+        dataset="folder:/data/my_images/",
+        noise="imbalance",
+        noise_ratio=0.0,
+        background_class=None,
+        majority_fraction=0.9,
+    )
     assert from_config.split_options(c.data)["majority_fraction"] is None
     assert from_config.describe_data(c.data) == "my_images, labels as given"
     # Opt in: the noise applies, and the run says so.
-    c.data.update(dataset="npz:/data/mine.npz", noise="uniform", noise_ratio=0.4,
-                  majority_fraction=None, corrupt_given_labels=True)
+    c.data.update(
+        dataset="npz:/data/mine.npz",
+        noise="uniform",
+        noise_ratio=0.4,
+        majority_fraction=None,
+        corrupt_given_labels=True,
+    )
     assert from_config.split_options(c.data)["noise"] == "uniform"
     assert from_config.noise_note(c.data) == (
         "npz:/data/mine.npz: synthetic data.noise='uniform', data.noise_ratio=0.4 applied to "
-        "these labels (data.corrupt_given_labels=True).")
+        "these labels (data.corrupt_given_labels=True)."
+    )
     assert from_config.describe_data(c.data) == "mine.npz, 40% uniform flip"
     # Benchmarks always get the config's noise, and nothing is printed.
     c.data.update(dataset="digits", corrupt_given_labels=False)
@@ -224,8 +243,7 @@ def test_runs_from_before_the_flag_resume_as_they_were_trained():
     old["data"]["dataset"] = "npz:/data/mine.npz"
     now = config_lib.default_config()
     now.data.dataset = "npz:/data/mine.npz"
-    assert config_lib.config_differences(old, now) == {
-        "data.corrupt_given_labels": (True, False)}
+    assert config_lib.config_differences(old, now) == {"data.corrupt_given_labels": (True, False)}
     now.data.corrupt_given_labels = True
     assert config_lib.config_differences(old, now) == {}
 
@@ -242,12 +260,19 @@ def test_a_config_json_written_before_added_fields_resumes_unchanged():
     behaviour runs had before it) has no difference from today's config of the same run."""
     now = config_lib.default_config()
     now.data.corrupt_given_labels = True  # what runs before the field did to every source
-    now.method.l2rw.correction = "none"   # and before the loss correction existed
+    now.method.l2rw.correction = "none"  # and before the loss correction existed
     stored = config_lib.flatten(from_config.as_json(now))
-    for field in ("data.noise_map", "data.noise_matrix", "data.label_key",
-                  "data.true_label_key", "data.corrupt_given_labels", "method.l2rw.correction",
-                  "method.l2rw.correction_at"):
+    for field in (
+        "data.noise_map",
+        "data.noise_matrix",
+        "data.label_key",
+        "data.true_label_key",
+        "data.corrupt_given_labels",
+        "method.l2rw.correction",
+        "method.l2rw.correction_at",
+    ):
         assert field in config_lib.ADDED_FIELDS
         del stored[field]
-    assert config_lib.config_differences(config_lib._unflatten(stored),
-                                         from_config.as_json(now)) == {}
+    assert (
+        config_lib.config_differences(config_lib._unflatten(stored), from_config.as_json(now)) == {}
+    )

@@ -1,5 +1,6 @@
 """Gold Loss Correction (l2rw_jax.correction): the corrected loss, the transition estimate from
 the clean set, the estimation window, and the train step's objective, on hand-checkable problems."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,11 +22,14 @@ def test_forward_corrected_loss_is_the_hand_formula_and_the_cross_entropy_at_ide
     T_CxC = jnp.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
     p_BxC = np.asarray(jax.nn.softmax(z_BxC))
     hand_B = -np.log([p_BxC[0] @ np.asarray(T_CxC)[:, 1], p_BxC[1] @ np.asarray(T_CxC)[:, 2]])
-    np.testing.assert_allclose(correction.forward_corrected_xent(z_BxC, y_B, T_CxC), hand_B,
-                               rtol=1e-6)
-    np.testing.assert_allclose(correction.forward_corrected_xent(z_BxC, y_B, jnp.eye(C)),
-                               optax.softmax_cross_entropy_with_integer_labels(z_BxC, y_B),
-                               rtol=1e-5)  # float32: log-sum-exp vs optax's log-softmax
+    np.testing.assert_allclose(
+        correction.forward_corrected_xent(z_BxC, y_B, T_CxC), hand_B, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        correction.forward_corrected_xent(z_BxC, y_B, jnp.eye(C)),
+        optax.softmax_cross_entropy_with_integer_labels(z_BxC, y_B),
+        rtol=1e-5,
+    )  # float32: log-sum-exp vs optax's log-softmax
 
 
 def test_transition_estimate_recovers_a_known_T_within_its_standard_error():
@@ -37,9 +41,12 @@ def test_transition_estimate_recovers_a_known_T_within_its_standard_error():
     y_N = np.repeat(np.arange(C), 3000)
     noisy_N = np.array([rng.choice(C, p=T_CxC[y]) for y in y_N])
     onehot_y, onehot_noisy = np.eye(C)[y_N], np.eye(C)[noisy_N]
-    T_hat = np.asarray(correction.transition_estimate(
-        jnp.asarray(onehot_y.T @ onehot_noisy, jnp.float32),
-        jnp.asarray(onehot_y.sum(0), jnp.float32)))
+    T_hat = np.asarray(
+        correction.transition_estimate(
+            jnp.asarray(onehot_y.T @ onehot_noisy, jnp.float32),
+            jnp.asarray(onehot_y.sum(0), jnp.float32),
+        )
+    )
     se = np.sqrt(T_CxC * (1 - T_CxC) / 3000)
     assert np.all(np.abs(T_hat - T_CxC) <= 4 * se + 1e-7)
     np.testing.assert_allclose(T_hat.sum(1), 1.0, rtol=1e-6)
@@ -52,13 +59,17 @@ def test_transition_estimate_recovers_a_known_T_within_its_standard_error():
 def problem():
     """A linear softmax model, batches of B training rows and M clean rows."""
     rng = np.random.default_rng(0)
-    params = {"w": jnp.asarray(rng.normal(size=(D, C)), jnp.float32),
-              "b": jnp.zeros(C, jnp.float32)}
+    params = {
+        "w": jnp.asarray(rng.normal(size=(D, C)), jnp.float32),
+        "b": jnp.zeros(C, jnp.float32),
+    }
 
     def batch(n, seed, index=True):
         r = np.random.default_rng(seed)
-        b = {"image": jnp.asarray(r.normal(size=(n, D)), jnp.float32),
-             "label": jnp.asarray(r.integers(0, C, n), jnp.int32)}
+        b = {
+            "image": jnp.asarray(r.normal(size=(n, D)), jnp.float32),
+            "label": jnp.asarray(r.integers(0, C, n), jnp.int32),
+        }
         if index:
             b["index"] = jnp.arange(n, dtype=jnp.int32)
         return b
@@ -67,8 +78,13 @@ def problem():
         del train, rng
         return x @ p["w"] + p["b"][None, :], model_state
 
-    return dict(params=params, apply_fn=apply_fn, batch=batch(B, 1),
-                val=batch(M, 2, index=False), val2=batch(M, 3, index=False))
+    return dict(
+        params=params,
+        apply_fn=apply_fn,
+        batch=batch(B, 1),
+        val=batch(M, 2, index=False),
+        val2=batch(M, 3, index=False),
+    )
 
 
 def _ctx(prob, step, val):
@@ -80,9 +96,17 @@ def _ctx(prob, step, val):
 
     tx = optax.sgd(0.1)
     return methods.WeighContext(
-        loss_fn=loss_fn, params=prob["params"], opt_state=tx.init(prob["params"]), tx=tx,
-        batch=prob["batch"], val_batch=val, rng=jax.random.PRNGKey(0), step=jnp.int32(step),
-        val_loss_fn=loss_fn, val_logits_fn=logits_fn)
+        loss_fn=loss_fn,
+        params=prob["params"],
+        opt_state=tx.init(prob["params"]),
+        tx=tx,
+        batch=prob["batch"],
+        val_batch=val,
+        rng=jax.random.PRNGKey(0),
+        step=jnp.int32(step),
+        val_loss_fn=loss_fn,
+        val_logits_fn=logits_fn,
+    )
 
 
 def test_window_accumulates_the_clean_softmax_per_label_just_before_the_estimate(problem):
@@ -105,8 +129,9 @@ def test_window_accumulates_the_clean_softmax_per_label_just_before_the_estimate
             np.testing.assert_allclose(w_B, w_inner, rtol=1e-6)
             T_hat = expected_sum / expected_n[:, None]
             np.testing.assert_allclose(T_CxC, T_hat, rtol=1e-5)
-            np.testing.assert_allclose(metrics["transition_diag"], np.mean(np.diag(T_hat)),
-                                       rtol=1e-5)
+            np.testing.assert_allclose(
+                metrics["transition_diag"], np.mean(np.diag(T_hat)), rtol=1e-5
+            )
             assert float(share) == pytest.approx(8 / 32)
         if t in (3, 4):  # the window
             p = np.asarray(jax.nn.softmax(val["image"] @ problem["params"]["w"]))
@@ -120,14 +145,21 @@ def test_window_accumulates_the_clean_softmax_per_label_just_before_the_estimate
 def test_train_step_minimises_the_corrected_loss_plus_the_clean_share(problem):
     """After the estimate, one SGD step equals the gradient step of
     (1 - s) sum_i w_i l^T_i + s mean_j CE_j, computed by hand."""
-    scheme = correction.gold_correction(methods.get_scheme("erm"), estimate_steps=1,
-                                        num_clean=8, num_train=24)
+    scheme = correction.gold_correction(
+        methods.get_scheme("erm"), estimate_steps=1, num_clean=8, num_train=24
+    )
     tx = optax.sgd(0.5)
     params = problem["params"]
     T_CxC = jnp.array([[0.6, 0.2, 0.2], [0.1, 0.8, 0.1], [0.3, 0.0, 0.7]])
     gold = correction.GoldCorrectionState(methods.EmptyState(), T_CxC * 4.0, jnp.full((C,), 4.0))
-    state = TrainState(step=jnp.int32(1), params=params, model_state={},
-                       opt_state=tx.init(params), rng=jax.random.key(0), method_state=gold)
+    state = TrainState(
+        step=jnp.int32(1),
+        params=params,
+        model_state={},
+        opt_state=tx.init(params),
+        rng=jax.random.key(0),
+        method_state=gold,
+    )
     train_step = step_lib.make_train_step(problem["apply_fn"], tx, scheme)
     new_state, metrics = jax.jit(train_step)(state, problem["batch"], problem["val"])
 
@@ -148,8 +180,9 @@ def test_train_step_minimises_the_corrected_loss_plus_the_clean_share(problem):
 
 
 def test_gold_correction_under_shard_map_equals_one_device(problem):
-    scheme = correction.gold_correction(methods.get_scheme("l2rw"), estimate_steps=1,
-                                        num_clean=4, num_train=8)
+    scheme = correction.gold_correction(
+        methods.get_scheme("l2rw"), estimate_steps=1, num_clean=4, num_train=8
+    )
     state = scheme.init(jax.random.PRNGKey(0), np.array([3, 3, 2]))
     w_ref, s_ref, _ = jax.jit(lambda s: scheme.weigh(_ctx(problem, 0, problem["val"]), s))(state)
 
@@ -158,19 +191,25 @@ def test_gold_correction_under_shard_map_equals_one_device(problem):
         return scheme.weigh(ctx, s)[:2]
 
     mesh = Mesh(np.array(jax.devices()[:2]), (AXIS,))
-    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
-                                    out_specs=(P(AXIS), P())))
+    sharded = jax.jit(
+        jax.shard_map(
+            per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(AXIS), P())
+        )
+    )
     w, s = sharded(state, problem["batch"], problem["val"])
     np.testing.assert_allclose(w, w_ref, rtol=1e-5)
     np.testing.assert_allclose(s.confusion_sum_CxC, s_ref.confusion_sum_CxC, rtol=1e-5)
     np.testing.assert_allclose(s.count_C, s_ref.count_C)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(estimate_steps=0, num_clean=4, num_train=8), "estimate_steps"),
-    (dict(estimate_steps=2, num_clean=0, num_train=8), "num_clean"),
-    (dict(estimate_steps=2, num_clean=4, num_train=True), "num_train"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(estimate_steps=0, num_clean=4, num_train=8), "estimate_steps"),
+        (dict(estimate_steps=2, num_clean=0, num_train=8), "num_clean"),
+        (dict(estimate_steps=2, num_clean=4, num_train=True), "num_train"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         correction.gold_correction(methods.get_scheme("erm"), **kwargs)
@@ -194,8 +233,9 @@ def test_clean_rows_are_every_kth_global_row_at_the_natural_rate_on_any_number_o
 
     for n in (2, 4):
         mesh = Mesh(np.array(jax.devices()[:n]), (AXIS,))
-        total, count = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS)),
-                                             out_specs=(P(), P())))(batch, val)
+        total, count = jax.jit(
+            jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS)), out_specs=(P(), P()))
+        )(batch, val)
         assert int(count) == 7 and int(total) == sum(range(0, 100, 16)) + 7
 
 
@@ -204,8 +244,7 @@ def _val_with_accuracy(prob, hit_M):
     where ``hit_M`` is True (wrong ones get the next class)."""
     z = prob["val"]["image"] @ prob["params"]["w"]
     pred = np.argmax(np.asarray(z), axis=1)
-    return dict(prob["val"], label=jnp.asarray(np.where(hit_M, pred, (pred + 1) % C),
-                                                jnp.int32))
+    return dict(prob["val"], label=jnp.asarray(np.where(hit_M, pred, (pred + 1) % C), jnp.int32))
 
 
 def test_plateau_correction_starts_after_patience_steps_without_a_new_best(problem):
@@ -220,7 +259,8 @@ def test_plateau_correction_starts_after_patience_steps_without_a_new_best(probl
     state = scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8]))
     weigh = jax.jit(lambda s, t, v: scheme.weigh(_ctx(problem, t, v), s))
     vals = [_val_with_accuracy(problem, np.arange(M) < 1)] + [
-        _val_with_accuracy(problem, np.arange(M) < 2)] * 8
+        _val_with_accuracy(problem, np.arange(M) < 2)
+    ] * 8
     labels = np.asarray(problem["batch"]["label"])
     counts = {c: np.sum(labels == c) for c in set(labels.tolist())}
     balanced = np.array([1 / (len(counts) * counts[y]) for y in labels])
@@ -248,8 +288,9 @@ def test_plateau_correction_ema_and_snapshot_follow_the_hand_recursion(problem):
     """patience 8: time constant 2 steps (decay 1/2). The EMA, best, steps-since-best and
     the snapshot of the softmax-sum EMAs at the last new best, against the recursion in
     numpy; a run whose accuracy keeps rising is never corrected."""
-    scheme = correction.plateau_gold_correction(methods.get_scheme("erm"), patience=8,
-                                                num_clean=8, num_train=24)
+    scheme = correction.plateau_gold_correction(
+        methods.get_scheme("erm"), patience=8, num_clean=8, num_train=24
+    )
     state = scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8]))
     weigh = jax.jit(lambda s, t, v: scheme.weigh(_ctx(problem, t, v), s))
     hits = [1, 2, 4, 3, 4, 2, 4, 4]  # correct rows of the M = 4 per step
@@ -275,18 +316,22 @@ def test_plateau_correction_ema_and_snapshot_follow_the_hand_recursion(problem):
         assert not bool(state.on)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(patience=0, num_clean=4, num_train=8), "patience"),
-    (dict(patience=2, num_clean=0, num_train=8), "num_clean"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(patience=0, num_clean=4, num_train=8), "patience"),
+        (dict(patience=2, num_clean=0, num_train=8), "num_clean"),
+    ],
+)
 def test_plateau_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         correction.plateau_gold_correction(methods.get_scheme("erm"), **kwargs)
 
 
 def test_plateau_correction_under_shard_map_equals_one_device(problem):
-    scheme = correction.plateau_gold_correction(methods.get_scheme("l2rw"), patience=4,
-                                                num_clean=4, num_train=8)
+    scheme = correction.plateau_gold_correction(
+        methods.get_scheme("l2rw"), patience=4, num_clean=4, num_train=8
+    )
     state = scheme.init(jax.random.PRNGKey(0), np.array([3, 3, 2]))
     w_ref, s_ref, _ = jax.jit(lambda s: scheme.weigh(_ctx(problem, 0, problem["val"]), s))(state)
 
@@ -295,8 +340,11 @@ def test_plateau_correction_under_shard_map_equals_one_device(problem):
         return scheme.weigh(ctx, s)[:2]
 
     mesh = Mesh(np.array(jax.devices()[:2]), (AXIS,))
-    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
-                                    out_specs=(P(AXIS), P())))
+    sharded = jax.jit(
+        jax.shard_map(
+            per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(AXIS), P())
+        )
+    )
     w, s = sharded(state, problem["batch"], problem["val"])
     np.testing.assert_allclose(w, w_ref, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(s_ref)):
@@ -307,15 +355,22 @@ def test_plateau_state_trains_under_a_donating_jit(problem):
     """The initial state holds no buffer twice: a train step that donates its state runs."""
     from l2rw_jax import xla_options
 
-    scheme = correction.plateau_gold_correction(methods.get_scheme("erm"), patience=2,
-                                                num_clean=8, num_train=24)
+    scheme = correction.plateau_gold_correction(
+        methods.get_scheme("erm"), patience=2, num_clean=8, num_train=24
+    )
     tx = optax.sgd(0.1)
     params = problem["params"]
-    state = TrainState(step=jnp.int32(0), params=jax.tree.map(jnp.copy, params),
-                       model_state={}, opt_state=tx.init(params), rng=jax.random.key(0),
-                       method_state=scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8])))
-    train_step = xla_options.jit(step_lib.make_train_step(problem["apply_fn"], tx, scheme),
-                                 donate_argnums=0)
+    state = TrainState(
+        step=jnp.int32(0),
+        params=jax.tree.map(jnp.copy, params),
+        model_state={},
+        opt_state=tx.init(params),
+        rng=jax.random.key(0),
+        method_state=scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8])),
+    )
+    train_step = xla_options.jit(
+        step_lib.make_train_step(problem["apply_fn"], tx, scheme), donate_argnums=0
+    )
     for _ in range(3):
         state, _ = train_step(state, problem["batch"], problem["val"])
     assert int(state.step) == 3

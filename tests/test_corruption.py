@@ -275,8 +275,14 @@ def given_clean():
 def test_make_splits_given_clean_set_is_used_as_given(source, given_clean, clean_per_class):
     x_tr, y_tr, x_te, y_te = source
     x_cl, y_cl = given_clean
-    s = _splits(source, noise="uniform", ratio=0.4, clean_per_class=clean_per_class,
-                x_clean=x_cl, y_clean=y_cl)
+    s = _splits(
+        source,
+        noise="uniform",
+        ratio=0.4,
+        clean_per_class=clean_per_class,
+        x_clean=x_cl,
+        y_clean=y_cl,
+    )
     assert s.clean_given
     # Exactly those rows, in their order, labels untouched.
     np.testing.assert_array_equal(s.clean_x, x_cl)
@@ -306,8 +312,15 @@ def test_make_splits_given_clean_set_noise_none_keeps_labels_as_they_came(source
     assert not s.train_is_noisy.any() and s.train_labels.dtype == np.int32
     np.testing.assert_array_equal(_ids(s.train_x), np.arange(60000))
     np.testing.assert_array_equal(_ids(s.clean_x), 2_000_000 + np.arange(37))
-    b = _splits(source, noise="background", ratio=0.4, background_class=2,
-                clean_per_class=0, x_clean=given_clean[0], y_clean=given_clean[1])
+    b = _splits(
+        source,
+        noise="background",
+        ratio=0.4,
+        background_class=2,
+        clean_per_class=0,
+        x_clean=given_clean[0],
+        y_clean=given_clean[1],
+    )
     chosen = flips.uniform_flip(y_tr, C, 0.4, [0, 1]).is_noisy
     np.testing.assert_array_equal(b.train_labels, np.where(chosen, 2, y_tr))
 
@@ -324,15 +337,22 @@ def test_make_splits_given_clean_set_noise_none_keeps_labels_as_they_came(source
             {"noise": "imbalance", "majority_fraction": 0.9},
             r"noise='imbalance' draws its clean set .* cannot be used with it",
         ),
-        ({"y_clean": None}, r"give both x_clean and y_clean or neither, got x_clean given and "
-                            r"y_clean None"),
+        (
+            {"y_clean": None},
+            r"give both x_clean and y_clean or neither, got x_clean given and "
+            r"y_clean None",
+        ),
         ({"y_clean": np.full(37, 10)}, r"y_clean must lie in \[0, 10\).*\[10\]"),
         ({"y_clean": np.zeros(36, int)}, r"x_clean 37 vs y_clean 36"),
-        ({"x_clean": np.zeros((37, 2, 3, 1), np.uint8)},
-         r"clean and train images differ in shape: \(2, 3, 1\) vs \(2, 2, 1\)"),
+        (
+            {"x_clean": np.zeros((37, 2, 3, 1), np.uint8)},
+            r"clean and train images differ in shape: \(2, 3, 1\) vs \(2, 2, 1\)",
+        ),
         ({"x_clean": np.zeros((37, 2, 2, 1))}, r"x_clean must be a uint8 .* float64"),
-        ({"x_clean": np.zeros((0, 2, 2, 1), np.uint8), "y_clean": np.zeros(0, int)},
-         r"at least one: x_clean 0 vs y_clean 0"),
+        (
+            {"x_clean": np.zeros((0, 2, 2, 1), np.uint8), "y_clean": np.zeros(0, int)},
+            r"at least one: x_clean 0 vs y_clean 0",
+        ),
     ],
 )
 def test_make_splits_given_clean_set_conflicts_raise(source, given_clean, kw, match):
@@ -343,8 +363,11 @@ def test_make_splits_given_clean_set_conflicts_raise(source, given_clean, kw, ma
 
 def test_no_clean_set_at_all_raises(source):
     for k in (0, None):
-        with pytest.raises(ValueError, match=rf"clean_per_class must be an integer >= 1, got "
-                                             rf"{k} \(0 or None only with a given clean set"):
+        with pytest.raises(
+            ValueError,
+            match=rf"clean_per_class must be an integer >= 1, got "
+            rf"{k} \(0 or None only with a given clean set",
+        ):
             _splits(source, clean_per_class=k)
 
 
@@ -356,8 +379,9 @@ def test_check_split_args_before_the_data_is_known():
     with pytest.raises(ValueError, match=r"clean_per_class must be an integer >= 1, got -1"):
         corruption.check_split_args(clean_per_class=-1, **kw)
     with pytest.raises(ValueError, match=r"got 0 \(0 or None only .*not for noise 'imbalance'"):
-        corruption.check_split_args(clean_per_class=0, **{**kw, "noise": "imbalance",
-                                                           "majority_fraction": 0.9})
+        corruption.check_split_args(
+            clean_per_class=0, **{**kw, "noise": "imbalance", "majority_fraction": 0.9}
+        )
     with pytest.raises(ValueError, match=r"clean_given must be True, False or None, got 1"):
         corruption.check_split_args(clean_per_class=1, **{**kw, "clean_given": 1})
 
@@ -492,8 +516,9 @@ def test_asymmetric_flip_exact_counts_only_mapped_classes_and_the_presets():
         else:
             assert not flipped.any()
     # A map given as a mapping (string keys, as a JSON config stores them) or a string.
-    m = flips.asymmetric_flip(true, C, 0.4, seed=2, noise_map={"9": 1, "2": 0, "4": 7,
-                                                                    "3": 5, "5": 3})
+    m = flips.asymmetric_flip(
+        true, C, 0.4, seed=2, noise_map={"9": 1, "2": 0, "4": 7, "3": 5, "5": 3}
+    )
     np.testing.assert_array_equal(m.labels, c.labels)
     s = flips.asymmetric_flip(true, C, 0.4, seed=2, noise_map="9:1, 2:0,4:7,3:5,5:3")
     np.testing.assert_array_equal(s.labels, c.labels)
@@ -501,8 +526,14 @@ def test_asymmetric_flip_exact_counts_only_mapped_classes_and_the_presets():
 
 
 def test_transition_flip_empirical_matrix_within_three_standard_errors():
-    t = np.array([[0.7, 0.2, 0.1, 0.0], [0.0, 0.9, 0.05, 0.05], [0.25, 0.25, 0.25, 0.25],
-                  [0.0, 0.0, 0.0, 1.0]])
+    t = np.array(
+        [
+            [0.7, 0.2, 0.1, 0.0],
+            [0.0, 0.9, 0.05, 0.05],
+            [0.25, 0.25, 0.25, 0.25],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
     true = np.arange(100_000) % 4
     c = flips.transition_flip(true, t, seed=11)
     for i in range(4):
@@ -517,14 +548,73 @@ def test_transition_flip_empirical_matrix_within_three_standard_errors():
 def test_new_flips_same_seed_same_labels_pinned():
     y = np.arange(20) % 4
     assert flips.pair_flip(y, 4, 0.5, seed=7).labels.tolist() == [
-        1, 2, 2, 0, 0, 2, 2, 3, 1, 1, 3, 0, 0, 1, 3, 0, 1, 2, 3, 3]
+        1,
+        2,
+        2,
+        0,
+        0,
+        2,
+        2,
+        3,
+        1,
+        1,
+        3,
+        0,
+        0,
+        1,
+        3,
+        0,
+        1,
+        2,
+        3,
+        3,
+    ]
     assert flips.asymmetric_flip(np.arange(20) % 10, 10, 0.5, seed=7).labels.tolist() == [
-        0, 1, 0, 5, 7, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 3, 6, 7, 8, 1]
+        0,
+        1,
+        0,
+        5,
+        7,
+        5,
+        6,
+        7,
+        8,
+        9,
+        0,
+        1,
+        2,
+        3,
+        4,
+        3,
+        6,
+        7,
+        8,
+        1,
+    ]
     t = [[0.8, 0.2, 0, 0], [0, 0.7, 0.3, 0], [0.1, 0.1, 0.7, 0.1], [0, 0, 0, 1]]
     assert flips.transition_flip(y, t, seed=7).labels.tolist() == [
-        0, 2, 2, 3, 0, 2, 0, 3, 0, 1, 2, 3, 0, 1, 2, 3, 1, 2, 2, 3]
-    for fn in (lambda s: flips.pair_flip(y, 4, 0.3, s),
-               lambda s: flips.transition_flip(y, t, s)):
+        0,
+        2,
+        2,
+        3,
+        0,
+        2,
+        0,
+        3,
+        0,
+        1,
+        2,
+        3,
+        0,
+        1,
+        2,
+        3,
+        1,
+        2,
+        2,
+        3,
+    ]
+    for fn in (lambda s: flips.pair_flip(y, 4, 0.3, s), lambda s: flips.transition_flip(y, t, s)):
         np.testing.assert_array_equal(fn(3).labels, fn(3).labels)
 
 
@@ -533,19 +623,24 @@ def test_new_flips_same_seed_same_labels_pinned():
     [
         (lambda: flips.pair_flip(np.arange(10) % 5, 5, 1.0, 0), r"ratio .* \[0, 1\) .*1\.0"),
         (lambda: flips.pair_flip(np.arange(10) % 5, 5, -0.1, 0), r"\[0, 1\)"),
-        (lambda: flips.asymmetric_flip(np.arange(10) % 5, 5, 0.2, 0, noise_map={3: 7}),
-         r"names class 7, outside \[0, 5\)"),
-        (lambda: flips.asymmetric_flip(np.arange(10) % 5, 5, 0.2, 0, noise_map={2: 2}),
-         r"maps class 2 to itself"),
+        (
+            lambda: flips.asymmetric_flip(np.arange(10) % 5, 5, 0.2, 0, noise_map={3: 7}),
+            r"names class 7, outside \[0, 5\)",
+        ),
+        (
+            lambda: flips.asymmetric_flip(np.arange(10) % 5, 5, 0.2, 0, noise_map={2: 2}),
+            r"maps class 2 to itself",
+        ),
         (lambda: flips.class_map("cifar100"), r"preset \(cifar10, mnist\)"),
         (lambda: flips.class_map("1:x"), r"'1': 'x' is not a pair of integer"),
         (lambda: flips.check_transition(np.eye(3), 4), r"4 x 4 .*got shape \(3, 3\)"),
         (lambda: flips.check_transition(np.ones(3)), r"C x C .*got shape \(3,\)"),
-        (lambda: flips.check_transition([[1.2, -0.2], [0, 1]]),
-         r"T\[0, 1\] = -0\.2"),
+        (lambda: flips.check_transition([[1.2, -0.2], [0, 1]]), r"T\[0, 1\] = -0\.2"),
         (lambda: flips.check_transition([[0.5, 0.4], [0, 1]]), r"row 0 sums to 0\.9"),
-        (lambda: flips.check_transition([[1, 0], [0, 0]]),
-         r"row 1 sums to 0\.0 \(put T\[1, 1\] = 1"),
+        (
+            lambda: flips.check_transition([[1, 0], [0, 0]]),
+            r"row 1 sums to 0\.0 \(put T\[1, 1\] = 1",
+        ),
     ],
 )
 def test_new_flips_bad_input_one_line_errors(call, match):
@@ -554,16 +649,20 @@ def test_new_flips_bad_input_one_line_errors(call, match):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("noise,kw", [
-    ("pair", dict(ratio=0.45)),
-    ("asymmetric", dict(ratio=0.4, noise_map="cifar10")),
-    ("transition", dict(noise_matrix=np.full((C, C), 1 / C))),
-])
+@pytest.mark.parametrize(
+    "noise,kw",
+    [
+        ("pair", dict(ratio=0.45)),
+        ("asymmetric", dict(ratio=0.4, noise_map="cifar10")),
+        ("transition", dict(noise_matrix=np.full((C, C), 1 / C))),
+    ],
+)
 def test_make_splits_new_noise_clean_set_balanced_never_corrupted(noise, kw):
     y = _balanced_labels(30)
     x = _id_images(len(y), 0)
-    s = corruption.make_splits(x, y, x[:10], y[:10], num_classes=C, noise=noise,
-                               clean_per_class=3, seed=4, **kw)
+    s = corruption.make_splits(
+        x, y, x[:10], y[:10], num_classes=C, noise=noise, clean_per_class=3, seed=4, **kw
+    )
     assert np.bincount(s.clean_labels, minlength=C).tolist() == [3] * C
     np.testing.assert_array_equal(s.clean_labels, y[_ids(s.clean_x)])  # Never corrupted.
     np.testing.assert_array_equal(s.train_true_labels, y[s.train_source_index])
@@ -576,16 +675,18 @@ def test_hyper_validation_is_corrupted_like_the_training_set():
 
     y = _balanced_labels(30)
     x = _id_images(len(y), 0)
-    s = corruption.make_splits(x, y, x[:10], y[:10], num_classes=C, noise="pair", ratio=0.45,
-                               clean_per_class=3, seed=4)
+    s = corruption.make_splits(
+        x, y, x[:10], y[:10], num_classes=C, noise="pair", ratio=0.45, clean_per_class=3, seed=4
+    )
     train, hv = members.hold_out(s, 60, seed=4)
     # The held-out rows keep their observed (pair-flipped) labels: noisy at the same rate.
     rows = np.searchsorted(s.train_source_index, hv.test_source_index)
     np.testing.assert_array_equal(hv.test_labels, s.train_labels[rows])
     flipped = hv.test_labels != y[hv.test_source_index]
     assert flipped.any()
-    np.testing.assert_array_equal(hv.test_labels[flipped],
-                                  (y[hv.test_source_index][flipped] + 1) % C)
+    np.testing.assert_array_equal(
+        hv.test_labels[flipped], (y[hv.test_source_index][flipped] + 1) % C
+    )
 
 
 def test_make_splits_given_labels_with_truth():
@@ -593,8 +694,17 @@ def test_make_splits_given_labels_with_truth():
     y_obs = y_true.copy()
     y_obs[::4] = (y_obs[::4] + 3) % C
     x = _id_images(len(y_true), 0)
-    s = corruption.make_splits(x, y_obs, x[:10], y_true[:10], num_classes=C, noise="given",
-                               clean_per_class=2, seed=1, y_train_true=y_true)
+    s = corruption.make_splits(
+        x,
+        y_obs,
+        x[:10],
+        y_true[:10],
+        num_classes=C,
+        noise="given",
+        clean_per_class=2,
+        seed=1,
+        y_train_true=y_true,
+    )
     assert s.truth_known
     np.testing.assert_array_equal(s.train_labels, y_obs[s.train_source_index])
     np.testing.assert_array_equal(s.train_true_labels, y_true[s.train_source_index])
@@ -603,8 +713,9 @@ def test_make_splits_given_labels_with_truth():
     np.testing.assert_array_equal(s.clean_labels, y_true[s.clean_source_index])
     assert np.bincount(s.clean_labels, minlength=C).tolist() == [2] * C
     # Without the truth: labels as given, the truth unknown.
-    u = corruption.make_splits(x, y_obs, x[:10], y_true[:10], num_classes=C, noise="given",
-                               clean_per_class=2, seed=1)
+    u = corruption.make_splits(
+        x, y_obs, x[:10], y_true[:10], num_classes=C, noise="given", clean_per_class=2, seed=1
+    )
     assert not u.truth_known and not u.train_is_noisy.any()
     np.testing.assert_array_equal(u.train_labels, y_obs[u.train_source_index])
     # The counts that need the truth: known with it, absent (None, not 0) without.
@@ -614,22 +725,29 @@ def test_make_splits_given_labels_with_truth():
     assert stats["num_train"] == len(u.train_labels)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(noise="given", y_train_true=np.zeros(5, int)), r"y_train_true has 5 labels, y_train 300"),
-    (dict(noise="given", y_train_true=np.full(300, C)), r"y_train_true must lie in \[0, 10\)"),
-    (dict(noise="uniform", ratio=0.2, y_train_true=np.zeros(300, int)),
-     r"only with noise 'given'.*'uniform'"),
-    (dict(noise="transition", noise_matrix=np.eye(3)), r"10 x 10 .*\(3, 3\)"),
-    (dict(noise="transition"), r"needs noise_matrix"),
-    (dict(noise="pair", ratio=1.0), r"\[0, 1\) for noise 'pair'"),
-    (dict(noise="asymmetric", ratio=0.2, noise_map={1: 10}), r"class 10, outside \[0, 10\)"),
-    (dict(noise="uniform", ratio=0.2, noise_map="cifar10"), r"only applies to noise 'asymm"),
-    (dict(noise="given", ratio=0.2), r"ratio=0.2 only applies"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (
+            dict(noise="given", y_train_true=np.zeros(5, int)),
+            r"y_train_true has 5 labels, y_train 300",
+        ),
+        (dict(noise="given", y_train_true=np.full(300, C)), r"y_train_true must lie in \[0, 10\)"),
+        (
+            dict(noise="uniform", ratio=0.2, y_train_true=np.zeros(300, int)),
+            r"only with noise 'given'.*'uniform'",
+        ),
+        (dict(noise="transition", noise_matrix=np.eye(3)), r"10 x 10 .*\(3, 3\)"),
+        (dict(noise="transition"), r"needs noise_matrix"),
+        (dict(noise="pair", ratio=1.0), r"\[0, 1\) for noise 'pair'"),
+        (dict(noise="asymmetric", ratio=0.2, noise_map={1: 10}), r"class 10, outside \[0, 10\)"),
+        (dict(noise="uniform", ratio=0.2, noise_map="cifar10"), r"only applies to noise 'asymm"),
+        (dict(noise="given", ratio=0.2), r"ratio=0.2 only applies"),
+    ],
+)
 def test_make_splits_new_noise_bad_input(kw, match):
     y = _balanced_labels(30)
     x = _id_images(len(y), 0)
     with pytest.raises(ValueError, match=match) as e:
-        corruption.make_splits(x, y, x[:10], y[:10], num_classes=C, clean_per_class=2, seed=0,
-                               **kw)
+        corruption.make_splits(x, y, x[:10], y[:10], num_classes=C, clean_per_class=2, seed=0, **kw)
     assert "\n" not in str(e.value)

@@ -49,12 +49,16 @@ def test_digits_tfds_builder_gives_the_same_arrays(digits, digits_dir):
     data_dir and yields the same rows in the same order."""
     builder = digits_builder.Digits(data_dir=digits_dir)
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
     assert os.path.isfile(os.path.join(digits_dir, "digits", "1.0.0", "dataset_info.json"))
-    for split, x, y in (("train", digits.x_train, digits.y_train),
-                        ("test", digits.x_test, digits.y_test)):
-        ds = tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True,
-                                              shuffle_files=False).batch(2000))
+    for split, x, y in (
+        ("train", digits.x_train, digits.y_train),
+        ("test", digits.x_test, digits.y_test),
+    ):
+        ds = tfds.as_numpy(
+            builder.as_dataset(split=split, as_supervised=True, shuffle_files=False).batch(2000)
+        )
         bx, by = next(iter(ds))
         np.testing.assert_array_equal(bx, x)
         np.testing.assert_array_equal(by, y)
@@ -62,14 +66,15 @@ def test_digits_tfds_builder_gives_the_same_arrays(digits, digits_dir):
 
 
 def test_digits_need_no_tensorflow(tmp_path):
-    code = ("import sys\n"
-            "for m in ('tensorflow', 'tensorflow_datasets'):\n"
-            "    sys.modules[m] = None\n"
-            "from l2rw_jax import datasets\n"
-            "a = datasets.load_arrays('digits')\n"
-            "print(a.x_train.shape, a.x_test.shape)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
+    code = (
+        "import sys\n"
+        "for m in ('tensorflow', 'tensorflow_datasets'):\n"
+        "    sys.modules[m] = None\n"
+        "from l2rw_jax import datasets\n"
+        "a = datasets.load_arrays('digits')\n"
+        "print(a.x_train.shape, a.x_test.shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "(1437, 8, 8, 1) (360, 8, 8, 1)" in out.stdout, out.stderr
 
 
@@ -206,8 +211,11 @@ def test_nan_pixels_are_named_as_nan():
     x = np.full((2, 4, 4), 0.5)
     x[1, 2, 3] = np.nan
     x[1, 3, 0] = np.nan
-    with pytest.raises(ValueError, match=r"^x_train holds 2 NaN pixel value\(s\) \(first at index "
-                                         r"\(1, 2, 3\)\); float images must lie in \[0, 1\]\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^x_train holds 2 NaN pixel value\(s\) \(first at index "
+        r"\(1, 2, 3\)\); float images must lie in \[0, 1\]\.$",
+    ):
         array_source.make_arrays(x, [0, 1], x[:1], [1])
 
 
@@ -222,10 +230,14 @@ CHANNEL_FIRST = [
 def test_channel_first_arrays_are_refused_with_the_transpose(tmp_path, shape, fixed):
     x = np.zeros(shape, np.uint8)
     y = np.arange(6) % 2
-    message = re.escape(
-        f"x_train has shape {shape}, which is channel-first (N x C x H x W, PyTorch's layout); "
-        f"images must be channel-last N x H x W x C: pass x_train.transpose(0, 2, 3, 1) (shape "
-        f"{fixed}).") + "$"
+    message = (
+        re.escape(
+            f"x_train has shape {shape}, which is channel-first (N x C x H x W, PyTorch's layout); "
+            f"images must be channel-last N x H x W x C: pass x_train.transpose(0, 2, 3, 1) (shape "
+            f"{fixed})."
+        )
+        + "$"
+    )
     good = np.zeros(fixed, np.uint8)
     # make_arrays (notebooks), save_arrays (nothing written), an npz written by other code.
     with pytest.raises(ValueError, match="^" + message):
@@ -244,13 +256,16 @@ def test_channel_first_arrays_are_refused_with_the_transpose(tmp_path, shape, fi
         array_source.make_arrays(good, y, x, y)
 
 
-@pytest.mark.parametrize("shape", [(5, 28, 28, 1), (5, 32, 32, 3), (5, 3, 3, 3), (5, 1, 8, 1),
-                                   (5, 4, 4, 4), (5, 3, 4, 2)])
+@pytest.mark.parametrize(
+    "shape",
+    [(5, 28, 28, 1), (5, 32, 32, 3), (5, 3, 3, 3), (5, 1, 8, 1), (5, 4, 4, 4), (5, 3, 4, 2)],
+)
 def test_channel_last_arrays_are_not_taken_for_channel_first(shape):
     # Channel-last shapes, also tiny or odd ones: their last axis is a channel count, or
     # axis 2 is too small to be an image height.
-    a = array_source.make_arrays(np.zeros(shape, np.uint8), np.arange(5) % 2,
-                             np.zeros(shape, np.uint8)[:2], [0, 1])
+    a = array_source.make_arrays(
+        np.zeros(shape, np.uint8), np.arange(5) % 2, np.zeros(shape, np.uint8)[:2], [0, 1]
+    )
     assert a.x_train.shape == shape
 
 
@@ -259,8 +274,16 @@ def test_save_arrays_round_trip_atomic_and_checked_first(tmp_path):
     x = rng.random((10, 4, 4, 3))
     y = np.arange(10) % 3
     name = array_source.save_arrays(
-        tmp_path / "d" / "s.npz", x, y, x[:4], y[:4], x_clean=x[:2], y_clean=y[:2],
-        class_names=["a", "b", "c"], num_classes=3, y_train_true=(y + 1) % 3,
+        tmp_path / "d" / "s.npz",
+        x,
+        y,
+        x[:4],
+        y[:4],
+        x_clean=x[:2],
+        y_clean=y[:2],
+        class_names=["a", "b", "c"],
+        num_classes=3,
+        y_train_true=(y + 1) % 3,
     )
     path = str(tmp_path / "d" / "s.npz")
     assert name == "npz:" + path and datasets.check_name(name) == name

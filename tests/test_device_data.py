@@ -1,5 +1,6 @@
 """The device-resident input: TensorFlow's order reproduced exactly, batches gathered on devices,
 keyed augmentation, and training from an npz with TensorFlow absent."""
+
 import json
 import os
 import subprocess
@@ -27,11 +28,18 @@ def test_index_shuffle_is_tensorflows_random_index_shuffle(n):
     # Small and large sets (16-bit and wider blocks, 65537: an index beyond the 16-bit block),
     # seeds beyond 32 bits, epochs beyond the 8-bit key words, 4 and 8 rounds.
     idx = np.arange(n) if n <= 65537 else np.random.default_rng(0).integers(0, n, 4000)
-    for seed, word, rounds in [(0, 0, 4), (7, 8 * 3 + 1, 4), (256, 8 * 40, 4),
-                               (2**40 + 7, 8 * 1000 + 1, 8)]:
+    for seed, word, rounds in [
+        (0, 0, 4),
+        (7, 8 * 3 + 1, 4),
+        (256, 8 * 40, 4),
+        (2**40 + 7, 8 * 1000 + 1, 8),
+    ]:
         want = tf.raw_ops.RandomIndexShuffle(
-            index=tf.constant(idx, tf.int64), seed=tf.constant([seed, word, 0], tf.int64),
-            max_index=tf.constant(n - 1, tf.int64), rounds=rounds).numpy()
+            index=tf.constant(idx, tf.int64),
+            seed=tf.constant([seed, word, 0], tf.int64),
+            max_index=tf.constant(n - 1, tf.int64),
+            rounds=rounds,
+        ).numpy()
         got = so.index_shuffle(idx, (seed, word, 0), n - 1, rounds)
         np.testing.assert_array_equal(got, want)
     if n <= 65536:
@@ -43,14 +51,18 @@ def splits():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (203, 6, 6, 2)).astype(np.uint8)
     y = np.arange(203) % 5
-    return corruption.make_splits(x, y, x[:23], y[:23], num_classes=5, noise="uniform",
-                                  ratio=0.4, clean_per_class=3, seed=3)
+    return corruption.make_splits(
+        x, y, x[:23], y[:23], num_classes=5, noise="uniform", ratio=0.4, clean_per_class=3, seed=3
+    )
 
 
 def _noisy_columns(s):
-    return {"image": s.train_x[None], "label": s.train_labels[None].astype(np.int32),
-            "true_label": s.train_true_labels[None].astype(np.int32),
-            "is_noisy": s.train_is_noisy[None]}
+    return {
+        "image": s.train_x[None],
+        "label": s.train_labels[None].astype(np.int32),
+        "true_label": s.train_true_labels[None].astype(np.int32),
+        "is_noisy": s.train_is_noisy[None],
+    }
 
 
 @pytest.mark.parametrize("n_devices", [1, 4])
@@ -60,14 +72,25 @@ def test_first_batches_are_the_tfdata_streams_batches(splits, n_devices):
     mesh = sharding.data_mesh(jax.devices()[:n_devices])
     mean, std = ip.channel_stats(splits.train_x)
     noisy = device_splits.place_split(_noisy_columns(splits), [mean], [std], [3], mesh)
-    clean = device_splits.place_split({"image": splits.clean_x[None],
-                            "label": splits.clean_labels[None].astype(np.int32)},
-                           [mean], [std], [3], mesh)
+    clean = device_splits.place_split(
+        {"image": splits.clean_x[None], "label": splits.clean_labels[None].astype(np.int32)},
+        [mean],
+        [std],
+        [3],
+        mesh,
+    )
     streams = [
-        (noisy, so.StreamOrder(3, so.TRAIN_STREAM, len(splits.train_x), 8),
-         ip.train_dataset(splits, batch_size=8, seed=3, mean=mean, std=std, start_step=2)),
-        (clean, so.StreamOrder(3, so.CLEAN_STREAM, len(splits.clean_x), 4),
-         ip.clean_dataset(splits, batch_size=4, seed=3, mean=mean, std=std, start_step=2))]
+        (
+            noisy,
+            so.StreamOrder(3, so.TRAIN_STREAM, len(splits.train_x), 8),
+            ip.train_dataset(splits, batch_size=8, seed=3, mean=mean, std=std, start_step=2),
+        ),
+        (
+            clean,
+            so.StreamOrder(3, so.CLEAN_STREAM, len(splits.clean_x), 4),
+            ip.clean_dataset(splits, batch_size=4, seed=3, mean=mean, std=std, start_step=2),
+        ),
+    ]
     for split, order, ds in streams:
         for step, want in zip(range(2, 62), ds.as_numpy_iterator()):
             got = device_batches.batch_at(split, [order], step, mesh)
@@ -83,17 +106,25 @@ def test_process_shares_and_tables_follow_the_tfdata_rows(splits):
     n = len(splits.train_x)
     mean, std = ip.channel_stats(splits.train_x)
     for process_index in (0, 1):
-        ds = ip.train_dataset(splits, batch_size=8, seed=5, mean=mean, std=std,
-                              process_index=process_index, process_count=2)
+        ds = ip.train_dataset(
+            splits,
+            batch_size=8,
+            seed=5,
+            mean=mean,
+            std=std,
+            process_index=process_index,
+            process_count=2,
+        )
         want = np.stack([b["index"] for _, b in zip(range(30), ds.as_numpy_iterator())])
-        order = so.StreamOrder(5, so.TRAIN_STREAM, n, 8, process_index=process_index,
-                               process_count=2)
+        order = so.StreamOrder(
+            5, so.TRAIN_STREAM, n, 8, process_index=process_index, process_count=2
+        )
         np.testing.assert_array_equal(order.rows(np.arange(30)), want)
     table = np.random.default_rng(1).integers(0, n, 2 * n)  # e.g. resample's balanced rows
     plain = so.StreamOrder(5, so.TRAIN_STREAM, 2 * n, 8).rows(np.arange(40))
     np.testing.assert_array_equal(
-        so.StreamOrder(5, so.TRAIN_STREAM, 2 * n, 8, table=table).rows(np.arange(40)),
-        table[plain])
+        so.StreamOrder(5, so.TRAIN_STREAM, 2 * n, 8, table=table).rows(np.arange(40)), table[plain]
+    )
 
 
 def test_test_batches_are_the_tfdata_test_stream(splits):
@@ -120,18 +151,23 @@ def test_augmentation_is_a_pad_crop_flip_keyed_by_seed_stream_step_row(splits):
     seen = set()
     for k in range(2):
         for j in range(16):
-            candidates = {(oy, ox, f): padded[k, j, oy:oy + h, ox:ox + w][:, ::-1 if f else 1]
-                          for oy in range(2 * pad + 1) for ox in range(2 * pad + 1)
-                          for f in (0, 1)}
+            candidates = {
+                (oy, ox, f): padded[k, j, oy : oy + h, ox : ox + w][:, :: -1 if f else 1]
+                for oy in range(2 * pad + 1)
+                for ox in range(2 * pad + 1)
+                for f in (0, 1)
+            }
             match = [c for c, v in candidates.items() if np.array_equal(v, out[1][k, j])]
             assert match, (k, j)  # every row is one of the pad-crop-flips of its image
             seen.add(match[0])
     assert len(seen) > 12  # offsets and flips vary over rows and members
     again = np.asarray(device_batches.augment(images, keys, so.TRAIN_STREAM, 7, pad))
     np.testing.assert_array_equal(again, out[1])
-    for other in [device_batches.augment(images, keys, so.TRAIN_STREAM, 8, pad),
-                  device_batches.augment(images, keys, so.CLEAN_STREAM, 7, pad),
-                  device_batches.augment(images, keys[::-1], so.TRAIN_STREAM, 7, pad)]:
+    for other in [
+        device_batches.augment(images, keys, so.TRAIN_STREAM, 8, pad),
+        device_batches.augment(images, keys, so.CLEAN_STREAM, 7, pad),
+        device_batches.augment(images, keys[::-1], so.TRAIN_STREAM, 7, pad),
+    ]:
         assert not np.array_equal(np.asarray(other), out[1])
 
 
@@ -168,12 +204,16 @@ def test_trains_from_an_npz_with_tensorflow_absent(tmp_path):
         f"r = l2rw_jax.train_and_evaluate(c, {str(tmp_path / 'run')!r})\n"
         "assert r['completed'] and r['config']['loop']['backend'] == 'device'\n"
         "assert 'tensorflow' not in sys.modules or sys.modules['tensorflow'] is None\n"
-        "print('trained', r['num_steps'])\n")
+        "print('trained', r['num_steps'])\n"
+    )
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0 and "trained 4" in out.stdout, out.stderr[-3000:]
-    assert ('writing TensorBoard files (<workdir>/tb) needs tensorboardX: '
-            'pip install "l2rw_jax[tensorboard]"') in out.stderr
+    assert (
+        "writing TensorBoard files (<workdir>/tb) needs tensorboardX: "
+        'pip install "l2rw_jax[tensorboard]"'
+    ) in out.stderr
     with open(tmp_path / "run" / "metrics.jsonl") as f:
         assert [json.loads(line)["split"] for line in f] == ["train", "test"] * 2

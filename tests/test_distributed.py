@@ -1,5 +1,6 @@
 """One device or many, one process or two: the same weights and the same update for the same
 global batch (normalisation over the global batch, validation gradient = global mean)."""
+
 import os
 import socket
 import subprocess
@@ -44,8 +45,10 @@ def _assert_close(a, b):
 @pytest.fixture(scope="module")
 def reference(problem):
     """Single-device runs, one per mode."""
-    return {mode: _run_single_device(problem, methods.get_scheme("l2rw", mode=mode))
-            for mode in worker.MODES}
+    return {
+        mode: _run_single_device(problem, methods.get_scheme("l2rw", mode=mode))
+        for mode in worker.MODES
+    }
 
 
 def _mesh(num_devices):
@@ -83,21 +86,37 @@ def test_jit_over_a_data_mesh_with_batchnorm_uses_global_batch_statistics():
     module = model_factory.create_model("small_cnn", 3, channels=(4,), hidden=8, batch_norm=True)
     params, model_state = models.init_model(module, jax.random.key(0), (1, 6, 6, 1))
     tx = optax.sgd(0.1, momentum=0.9)
-    train_step = step_lib.make_train_step(models.make_apply_fn(module), tx,
-                                          methods.get_scheme("l2rw"))
+    train_step = step_lib.make_train_step(
+        models.make_apply_fn(module), tx, methods.get_scheme("l2rw")
+    )
     rng = np.random.default_rng(1)
-    batch = {"image": rng.normal(size=(8, 6, 6, 1)).astype(np.float32),
-             "label": rng.integers(0, 3, 8).astype(np.int32)}
-    val_batch = {"image": rng.normal(size=(4, 6, 6, 1)).astype(np.float32),
-                 "label": rng.integers(0, 3, 4).astype(np.int32)}
+    batch = {
+        "image": rng.normal(size=(8, 6, 6, 1)).astype(np.float32),
+        "label": rng.integers(0, 3, 8).astype(np.int32),
+    }
+    val_batch = {
+        "image": rng.normal(size=(4, 6, 6, 1)).astype(np.float32),
+        "label": rng.integers(0, 3, 4).astype(np.int32),
+    }
     runs = {}
     for num_devices in (1, 4):
         mesh = _mesh(num_devices)
         step = jax.jit(train_step, donate_argnums=0)
         # Copies: the step donates the state, and device_put may alias arrays already there.
-        state = jax.device_put(jax.tree.map(jnp.copy, TrainState(
-            jnp.zeros([], jnp.int32), params, model_state, tx.init(params), jax.random.key(0),
-            ())), NamedSharding(mesh, P()))
+        state = jax.device_put(
+            jax.tree.map(
+                jnp.copy,
+                TrainState(
+                    jnp.zeros([], jnp.int32),
+                    params,
+                    model_state,
+                    tx.init(params),
+                    jax.random.key(0),
+                    (),
+                ),
+            ),
+            NamedSharding(mesh, P()),
+        )
         put = lambda tree: jax.device_put(tree, NamedSharding(mesh, P(AXIS)))
         for _ in range(2):
             state, metrics = step(state, put(batch), put(val_batch))
@@ -121,18 +140,24 @@ def test_meta_weights_with_axis_name_under_pmap_and_shard_map(problem, mode):
 
     # A non-zero momentum trace, so the look-ahead point differs from params.
     opt_state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)[1]
-    expected = jax.jit(lambda p, s: reweight.meta_weights(loss_fn, p, s, tx, batch, val_batch,
-                                                          mode=mode))(params, opt_state)
+    expected = jax.jit(
+        lambda p, s: reweight.meta_weights(loss_fn, p, s, tx, batch, val_batch, mode=mode)
+    )(params, opt_state)
 
     def per_device(p, s, b, v):
         return reweight.meta_weights(loss_fn, p, s, tx, b, v, mode=mode, axis_name=AXIS)
 
     pmapped = jax.pmap(per_device, axis_name=AXIS, in_axes=(None, None, 0, 0))(
-        params, opt_state, _stack_shards(batch, 4), _stack_shards(val_batch, 4))
-    sharded = jax.jit(jax.shard_map(
-        per_device, mesh=_mesh(4), in_specs=(P(), P(), P(AXIS), P(AXIS)),
-        out_specs=reweight.MetaWeights(P(AXIS), P(AXIS), P(), P())))(
-        params, opt_state, batch, val_batch)
+        params, opt_state, _stack_shards(batch, 4), _stack_shards(val_batch, 4)
+    )
+    sharded = jax.jit(
+        jax.shard_map(
+            per_device,
+            mesh=_mesh(4),
+            in_specs=(P(), P(), P(AXIS), P(AXIS)),
+            out_specs=reweight.MetaWeights(P(AXIS), P(AXIS), P(), P()),
+        )
+    )(params, opt_state, batch, val_batch)
     for out in (pmapped, sharded):
         _assert_close(out.w.reshape(-1), expected.w)
         _assert_close(out.g.reshape(-1), expected.g)
@@ -146,12 +171,19 @@ def test_meta_weights_with_axis_name_under_pmap_and_shard_map(problem, mode):
 def test_train_step_with_axis_name_under_pmap_and_shard_map(problem, reference, mode, wrapper):
     apply_fn, tx, params, batches = problem
     train_step = step_lib.make_train_step(
-        apply_fn, tx, methods.get_scheme("l2rw", mode=mode), axis_name=AXIS)
+        apply_fn, tx, methods.get_scheme("l2rw", mode=mode), axis_name=AXIS
+    )
     ref_state, ref_weights, ref_metrics = reference[mode]
     if wrapper == "shard_map":
         metric_specs = {k: P(AXIS) if k.endswith("_B") else P() for k in ref_metrics}
-        run = jax.jit(jax.shard_map(train_step, mesh=_mesh(4), in_specs=(P(), P(AXIS), P(AXIS)),
-                                    out_specs=(P(), metric_specs)))
+        run = jax.jit(
+            jax.shard_map(
+                train_step,
+                mesh=_mesh(4),
+                in_specs=(P(), P(AXIS), P(AXIS)),
+                out_specs=(P(), metric_specs),
+            )
+        )
     else:
         pmapped = jax.pmap(train_step, axis_name=AXIS, in_axes=(None, 0, 0), out_axes=(None, 0))
         run = lambda s, b, v: pmapped(s, _stack_shards(b, 4), _stack_shards(v, 4))
@@ -160,8 +192,7 @@ def test_train_step_with_axis_name_under_pmap_and_shard_map(problem, reference, 
         state, metrics = run(state, batch, val_batch)
         weights.append(metrics["w_B"].reshape(-1))
     _assert_close((state.params, weights), (ref_state.params, ref_weights))
-    for key in ("weighted_loss", "train_loss", "val_loss", "ess", "w_mean_noisy", "w_max",
-                "w_min"):
+    for key in ("weighted_loss", "train_loss", "val_loss", "ess", "w_mean_noisy", "w_max", "w_min"):
         np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5, err_msg=key)
 
 
@@ -178,9 +209,16 @@ def test_two_processes_with_jax_distributed_agree_with_one(reference, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     script = os.path.join(root, "tests", "multiprocess_worker.py")
-    procs = [subprocess.Popen([sys.executable, script, str(i), "2", str(port), str(out)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, str(i), "2", str(port), str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = []
     for proc in procs:
         try:

@@ -1,4 +1,5 @@
 """The docstring examples of the core modules run and print what they claim."""
+
 import doctest
 
 import pytest
@@ -21,9 +22,24 @@ from l2rw_jax.audit import ranking_quality
 
 
 @pytest.mark.parametrize(
-    "module", [reweight, flips, subsets, models, model_factory, adapter, safe_derivative,
-               label_issues, noise_estimate, ranking_quality, data_maps, conv, pooling,
-               xla_options, members],
+    "module",
+    [
+        reweight,
+        flips,
+        subsets,
+        models,
+        model_factory,
+        adapter,
+        safe_derivative,
+        label_issues,
+        noise_estimate,
+        ranking_quality,
+        data_maps,
+        conv,
+        pooling,
+        xla_options,
+        members,
+    ],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):

@@ -1,4 +1,5 @@
 """The masked evaluation: exact per-class counts over padded batches, the loss, the summary."""
+
 import jax
 import numpy as np
 import optax
@@ -8,12 +9,15 @@ from l2rw_jax.train_state import TrainState
 
 IDENTITY = lambda params, model_state, x, train, rng=None: (x, model_state)  # logits = input
 STATE = TrainState(step=0, params={}, model_state={}, opt_state=(), rng=None)
-LOGITS = np.array([
-    [5.0, 1, 0, 0],   # label 0: correct
-    [0.0, 4, 3, 2],   # label 2: wrong (1 wins)
-    [0.0, 0, 9, 0],   # label 2: correct, but a padding row
-    [1.0, 2, 1, 7],   # label 3: correct
-], np.float32)
+LOGITS = np.array(
+    [
+        [5.0, 1, 0, 0],  # label 0: correct
+        [0.0, 4, 3, 2],  # label 2: wrong (1 wins)
+        [0.0, 0, 9, 0],  # label 2: correct, but a padding row
+        [1.0, 2, 1, 7],  # label 3: correct
+    ],
+    np.float32,
+)
 LABELS = np.array([0, 2, 2, 3], np.int32)
 MASK = np.array([True, True, False, True])
 
@@ -38,14 +42,18 @@ def test_sums_count_the_real_rows_per_class_and_padding_not_at_all():
 def test_batches_add_up_to_one_batch_and_members_vmap():
     eval_fn = evaluate.make_eval_fn(IDENTITY)
     whole = eval_fn(STATE, {"image": LOGITS, "label": LABELS, "mask": MASK})
-    halves = [{"image": LOGITS[a:b], "label": LABELS[a:b], "mask": MASK[a:b]}
-              for a, b in ((0, 2), (2, 4))]
+    halves = [
+        {"image": LOGITS[a:b], "label": LABELS[a:b], "mask": MASK[a:b]} for a, b in ((0, 2), (2, 4))
+    ]
     parts = evaluate.evaluate(eval_fn, STATE, halves)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), parts, whole)
     assert evaluate.evaluate(eval_fn, STATE, []) is None
     # Two members stacked on a leading axis, as the loop evaluates them: row k is member k.
-    stacked = {"image": np.stack([LOGITS, -LOGITS]), "label": np.stack([LABELS, LABELS]),
-               "mask": np.stack([MASK, MASK])}
+    stacked = {
+        "image": np.stack([LOGITS, -LOGITS]),
+        "label": np.stack([LABELS, LABELS]),
+        "mask": np.stack([MASK, MASK]),
+    }
     sums_K = jax.vmap(eval_fn, in_axes=(None, 0))(STATE, stacked)
     s = evaluate.summarize(sums_K)
     np.testing.assert_allclose(s["accuracy"][0], 2 / 3)
@@ -55,9 +63,13 @@ def test_batches_add_up_to_one_batch_and_members_vmap():
 def _members(K, num_classes):
     from types import SimpleNamespace
 
-    splits = SimpleNamespace(num_classes=num_classes, train_labels=np.zeros(5),
-                             clean_labels=np.zeros(2), test_labels=np.zeros(4),
-                             background_class=None)
+    splits = SimpleNamespace(
+        num_classes=num_classes,
+        train_labels=np.zeros(5),
+        clean_labels=np.zeros(2),
+        test_labels=np.zeros(4),
+        background_class=None,
+    )
     return [SimpleNamespace(seed=k, splits=splits, hyperval=None) for k in range(K)]
 
 
@@ -68,20 +80,39 @@ def test_a_class_absent_from_the_split_is_null_and_left_out_of_means_and_worst()
 
     # Two members, four classes. Member 0's test split lacks class 1, member 1's lacks classes
     # 1 and 3 (hand-made sums, as the loop would add them up).
-    sums = {"correct_C": np.array([[3, 0, 1, 2], [1, 0, 2, 0]], np.float32),
-            "count_C": np.array([[4, 0, 4, 2], [2, 0, 4, 0]], np.float32),
-            "loss_sum": np.array([1.0, 2.0], np.float32)}
+    sums = {
+        "correct_C": np.array([[3, 0, 1, 2], [1, 0, 2, 0]], np.float32),
+        "count_C": np.array([[4, 0, 4, 2], [2, 0, 4, 0]], np.float32),
+        "loss_sum": np.array([1.0, 2.0], np.float32),
+    }
     s = evaluate.summarize(sums)
-    np.testing.assert_array_equal(s["per_class_accuracy"],
-                                  [[0.75, np.nan, 0.25, 1.0], [0.5, np.nan, 0.5, np.nan]])
+    np.testing.assert_array_equal(
+        s["per_class_accuracy"], [[0.75, np.nan, 0.25, 1.0], [0.5, np.nan, 0.5, np.nan]]
+    )
     np.testing.assert_allclose(s["accuracy"], [6 / 10, 3 / 6])  # over examples: unchanged
     per_class = results_lib.undefined_to_none(s["per_class_accuracy"])
     assert per_class == [[0.75, None, 0.25, 1.0], [0.5, None, 0.5, None]]
-    history = [{"step": 2, "test": {"accuracy": s["accuracy"].tolist(),
-                                    "loss": s["loss"].tolist(), "per_class_accuracy": per_class}}]
-    r = results_lib.summary(method="erm", config={}, members=_members(2, 4), history=history,
-                            num_steps=2, all_zero_steps_K=[0, 0], wall_time=1.0, steps_per_s=1.0,
-                            timing={})
+    history = [
+        {
+            "step": 2,
+            "test": {
+                "accuracy": s["accuracy"].tolist(),
+                "loss": s["loss"].tolist(),
+                "per_class_accuracy": per_class,
+            },
+        }
+    ]
+    r = results_lib.summary(
+        method="erm",
+        config={},
+        members=_members(2, 4),
+        history=history,
+        num_steps=2,
+        all_zero_steps_K=[0, 0],
+        wall_time=1.0,
+        steps_per_s=1.0,
+        timing={},
+    )
     r = json.loads(json.dumps(r, allow_nan=False))  # valid JSON: null, no NaN
     assert r["per_class_accuracy"]["per_seed"] == per_class
     # Mean over the members that have the class: class 3 only member 0's 1.0; class 1 none.

@@ -8,6 +8,7 @@ directly), so training itself cannot run on the fake bucket: a finished local ru
 and everything else is checked on it; training on ``gs://`` is checked to fail with one clear
 error (google-cloud-storage is not installed here) after writing only into the bucket.
 """
+
 import io
 import json
 import os
@@ -38,13 +39,26 @@ def npz(tmp_path_factory):
 
 def _config(npz):
     c = config_lib.default_config()
-    c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
-                           corrupt_given_labels=True,
-                           clean_per_class=2, hyper_val_size=20, batch_size=8,
-                           clean_batch_size=8, eval_batch_size=64),
-              "model": {"name": "mlp", "options": {"hidden": (8,)}}, "method": {"name": "erm"},
-              "num_steps": 4, "num_seeds": 2,
-              "loop": dict(log_every=1, eval_every=2, checkpoint_every=4, progress_bar=False)})
+    c.update(
+        {
+            "data": dict(
+                dataset=f"npz:{npz}",
+                noise="uniform",
+                noise_ratio=0.4,
+                corrupt_given_labels=True,
+                clean_per_class=2,
+                hyper_val_size=20,
+                batch_size=8,
+                clean_batch_size=8,
+                eval_batch_size=64,
+            ),
+            "model": {"name": "mlp", "options": {"hidden": (8,)}},
+            "method": {"name": "erm"},
+            "num_steps": 4,
+            "num_seeds": 2,
+            "loop": dict(log_every=1, eval_every=2, checkpoint_every=4, progress_bar=False),
+        }
+    )
     return c
 
 
@@ -80,21 +94,25 @@ def test_writers_and_readers_put_everything_in_the_bucket(npz, tmp_path, bucket)
     assert (gcs / "b/run/accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (gcs / "b/run/table.md").read_text() == common.method_table(results) + "\n"
     assert "| erm" in (gcs / "b/run/table.md").read_text()
-    assert json.loads((gcs / "b/run/summary.json").read_text()) == json.loads(
-        json.dumps(results))
+    assert json.loads((gcs / "b/run/summary.json").read_text()) == json.loads(json.dumps(results))
 
     # The workdir's readers and writers on the same run.
     assert workdir_lib.read_results(f"{run}/erm") == workdir_lib.read_results(local / "erm")
-    assert compose.read_config(f"{run}/erm").to_json() == \
-        compose.read_config(local / "erm").to_json()
-    assert compose.resolve_backend("auto", f"{run}/erm") == \
-        compose.resolve_backend("auto", local / "erm")
+    assert (
+        compose.read_config(f"{run}/erm").to_json() == compose.read_config(local / "erm").to_json()
+    )
+    assert compose.resolve_backend("auto", f"{run}/erm") == compose.resolve_backend(
+        "auto", local / "erm"
+    )
     # The same config: resumable (no error; config.json rewritten in the bucket).
     compose.check_or_write_config(f"{run}/erm", compose.read_config(local / "erm"))
     other = compose.read_config(local / "erm")
     other.optim.learning_rate = 0.5
-    with pytest.raises(ValueError, match=r"^workdir 'gs://b/run/erm' holds a run with a "
-                                         r"different config \(fields \['optim.learning_rate'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"^workdir 'gs://b/run/erm' holds a run with a "
+        r"different config \(fields \['optim.learning_rate'\]",
+    ):
         compose.check_or_write_config(f"{run}/erm", other)
 
     # metrics.jsonl rewritten as one object: a resume from step 2 drops the later records.
@@ -105,8 +123,9 @@ def test_writers_and_readers_put_everything_in_the_bucket(npz, tmp_path, bucket)
     assert workdir_lib.read_jsonl(gcs / "b/run/erm/metrics.jsonl") == kept
     writer.write([{"step": 3, "split": "train", "loss": 1.5}], {"train/loss": 1.5}, 3)
     writer.close()
-    assert workdir_lib.read_jsonl(gcs / "b/run/erm/metrics.jsonl") == \
-        kept + [{"step": 3, "split": "train", "loss": 1.5}]
+    assert workdir_lib.read_jsonl(gcs / "b/run/erm/metrics.jsonl") == kept + [
+        {"step": 3, "split": "train", "loss": 1.5}
+    ]
 
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     workdir_lib.write_npz(f"{run}/w.npz", x=x)
@@ -116,26 +135,43 @@ def test_writers_and_readers_put_everything_in_the_bucket(npz, tmp_path, bucket)
 
 
 @pytest.mark.skipif(HAS_GCS, reason="google-cloud-storage installed: orbax would call GCS")
-def test_quickstart_on_gs_writes_only_into_the_bucket_then_stops_at_orbax(npz, tmp_path,
-                                                                             bucket):
+def test_quickstart_on_gs_writes_only_into_the_bucket_then_stops_at_orbax(npz, tmp_path, bucket):
     gcs, cwd = bucket
     # The real entry point (flags, workdir_lib.path, run_methods) in a process of its own.
-    code = ("import runpy, sys; from fake_bucket import fake_gs\n"
-            f"with fake_gs({str(gcs)!r}):\n"
-            "    runpy.run_module('experiments.quickstart', run_name='__main__')")
-    flags = [f"--config.data.dataset=npz:{npz}",
-             "--config.data.clean_per_class=2", "--config.data.hyper_val_size=20",
-             "--config.data.batch_size=8", "--config.data.clean_batch_size=8",
-             "--config.data.eval_batch_size=64", "--config.num_steps=2",
-             "--config.optim.lr_boundaries=()", "--config.num_seeds=1",
-             "--config.loop.progress_bar=False"]
-    out = subprocess.run([sys.executable, "-c", code, "--workdir=gs://b/run", "--methods=erm",
-                          *flags], cwd=cwd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "EPATH_USE_TF": "false",  # As conftest.py.
-                              "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])})
+    code = (
+        "import runpy, sys; from fake_bucket import fake_gs\n"
+        f"with fake_gs({str(gcs)!r}):\n"
+        "    runpy.run_module('experiments.quickstart', run_name='__main__')"
+    )
+    flags = [
+        f"--config.data.dataset=npz:{npz}",
+        "--config.data.clean_per_class=2",
+        "--config.data.hyper_val_size=20",
+        "--config.data.batch_size=8",
+        "--config.data.clean_batch_size=8",
+        "--config.data.eval_batch_size=64",
+        "--config.num_steps=2",
+        "--config.optim.lr_boundaries=()",
+        "--config.num_seeds=1",
+        "--config.loop.progress_bar=False",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--workdir=gs://b/run", "--methods=erm", *flags],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "EPATH_USE_TF": "false",  # As conftest.py.
+            "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+        },
+    )
     assert out.returncode != 0
-    assert ("ImportError: workdir 'gs://b/run/erm': orbax checkpoints on gs:// need "
-            "google-cloud-storage") in out.stderr, out.stderr[-3000:]
+    assert (
+        "ImportError: workdir 'gs://b/run/erm': orbax checkpoints on gs:// need "
+        "google-cloud-storage"
+    ) in out.stderr, out.stderr[-3000:]
     # What ran before orbax (the config check and write) went to the bucket, nothing to cwd.
     assert json.loads((gcs / "b/run/erm/config.json").read_text())["method"]["name"] == "erm"
     assert os.listdir(cwd) == []

@@ -47,8 +47,11 @@ def test_folder_reads_every_image_in_sorted_order(tmp_path):
         "test": ["a_cat/s.png", "a_cat/u.png", "b_dog/t.png"],
         "clean": ["a_cat/c.png"],
     }
-    got = {"train": (a.x_train, a.y_train), "test": (a.x_test, a.y_test),
-           "clean": (a.x_clean, a.y_clean)}
+    got = {
+        "train": (a.x_train, a.y_train),
+        "test": (a.x_test, a.y_test),
+        "clean": (a.x_clean, a.y_clean),
+    }
     for split, files in order.items():
         x, y = got[split]
         assert x.shape == (len(files), 5, 4, 1) and x.dtype == np.uint8
@@ -79,17 +82,27 @@ def test_folder_jpeg(tmp_path):
 @pytest.mark.parametrize(
     "change,match",
     [
-        (lambda r: Image.fromarray(np.zeros((5, 5), np.uint8)).save(r / "test/a_cat/v.png"),
-         r"test/a_cat/v.png is 5x5 \(HxW, upright\) mode 'L'; expected 5x4 mode 'L' like "
-         r"train/a_cat/a.png"),
-        (lambda r: Image.fromarray(np.zeros((5, 4, 3), np.uint8)).save(r / "train/b_dog/3.png"),
-         r"train/b_dog/3.png is 5x4 \(HxW, upright\) mode 'RGB'; expected 5x4 mode 'L'"),
-        (lambda r: Image.fromarray(np.zeros((5, 4, 4), np.uint8)).save(r / "train/a_cat/0.png"),
-         r"train/a_cat/0.png has mode 'RGBA'; allowed: 'L', 'RGB'"),
-        (lambda r: (r / "train/a_cat/notes.txt").write_text("hi"),
-         r"train/a_cat/notes.txt is not an image file Pillow reads \(extension '.txt'\)"),
-        (lambda r: os.makedirs(r / "test/eel"),
-         r"test/eel is not a class of train/; allowed: a_cat, b_dog"),
+        (
+            lambda r: Image.fromarray(np.zeros((5, 5), np.uint8)).save(r / "test/a_cat/v.png"),
+            r"test/a_cat/v.png is 5x5 \(HxW, upright\) mode 'L'; expected 5x4 mode 'L' like "
+            r"train/a_cat/a.png",
+        ),
+        (
+            lambda r: Image.fromarray(np.zeros((5, 4, 3), np.uint8)).save(r / "train/b_dog/3.png"),
+            r"train/b_dog/3.png is 5x4 \(HxW, upright\) mode 'RGB'; expected 5x4 mode 'L'",
+        ),
+        (
+            lambda r: Image.fromarray(np.zeros((5, 4, 4), np.uint8)).save(r / "train/a_cat/0.png"),
+            r"train/a_cat/0.png has mode 'RGBA'; allowed: 'L', 'RGB'",
+        ),
+        (
+            lambda r: (r / "train/a_cat/notes.txt").write_text("hi"),
+            r"train/a_cat/notes.txt is not an image file Pillow reads \(extension '.txt'\)",
+        ),
+        (
+            lambda r: os.makedirs(r / "test/eel"),
+            r"test/eel is not a class of train/; allowed: a_cat, b_dog",
+        ),
         (lambda r: os.makedirs(r / "train/a_cat/sub"), r"train/a_cat/sub is a folder"),
         (lambda r: os.makedirs(r / "train/c_eel"), r"train/c_eel/ holds no image"),
         (lambda r: (r / "train/x.png").write_bytes(b""), r"train/x.png is a file"),
@@ -137,8 +150,14 @@ def test_folder_and_save_arrays_need_no_tensorflow(tmp_path):
         "assert np.array_equal(a.x_clean, b.x_clean) and a.class_names == b.class_names\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
@@ -200,15 +219,24 @@ def test_folder_exif_orientation_jpeg_phone_photos(tmp_path):
     # orientation moves blocks of other levels (errors >= 85). Tolerance 4 separates the two.
     blocks = np.array([[0, 85, 170], [255, 170, 0]], np.uint8)  # 2 x 3 blocks: not symmetric
     upright = np.kron(blocks, np.ones((8, 8), np.uint8))  # 16 x 24
-    inverse = {1: upright, 3: upright[::-1, ::-1], 6: np.rot90(upright, k=1),
-               8: np.rot90(upright, k=-1)}  # stored so that _SHOWN[o](stored) is upright
+    inverse = {
+        1: upright,
+        3: upright[::-1, ::-1],
+        6: np.rot90(upright, k=1),
+        8: np.rot90(upright, k=-1),
+    }  # stored so that _SHOWN[o](stored) is upright
     for o, stored in inverse.items():
         np.testing.assert_array_equal(_SHOWN[o](stored), upright)
         for split in ("train", "test"):
             cls = "a" if o in (1, 3) else "b"
             os.makedirs(tmp_path / split / cls, exist_ok=True)
-            _save_oriented(tmp_path / split / cls / f"{o}.jpg", np.ascontiguousarray(stored), o,
-                           "L", quality=95)
+            _save_oriented(
+                tmp_path / split / cls / f"{o}.jpg",
+                np.ascontiguousarray(stored),
+                o,
+                "L",
+                quality=95,
+            )
     a = datasets.load_arrays(f"folder:{tmp_path}")
     assert a.x_train.shape == (4, 16, 24, 1)
     for x in (a.x_train, a.x_test):
@@ -225,6 +253,9 @@ def test_folder_size_is_checked_upright(tmp_path):
     Image.fromarray(grid, "L").save(tmp_path / "train" / "a" / "1.png")
     Image.fromarray(grid, "L").save(tmp_path / "test" / "a" / "1.png")
     _save_oriented(tmp_path / "train" / "b" / "r.png", grid, 6, "L")
-    with pytest.raises(ValueError, match=r"train/b/r\.png is 4x5 \(HxW, upright\) mode 'L'; "
-                                         r"expected 5x4"):
+    with pytest.raises(
+        ValueError,
+        match=r"train/b/r\.png is 4x5 \(HxW, upright\) mode 'L'; "
+        r"expected 5x4",
+    ):
         datasets.load_arrays(f"folder:{tmp_path}")

@@ -337,8 +337,9 @@ def test_bad_settings_raise_before_loading(kw, match):
 
 def test_bad_mean_std_length_raises(npz_name):
     with pytest.raises(ValueError, match=r"mean and std need 1 or 1 values .*mean=\[0.1, 0.2\]"):
-        streams.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=[0.1, 0.2],
-                             std=[1, 1])
+        streams.make_streams(
+            npz_name, batch_size=16, clean_per_class=2, mean=[0.1, 0.2], std=[1, 1]
+        )
     with pytest.raises(ValueError, match=r"std positive.*std=0"):
         streams.make_streams(npz_name, batch_size=16, clean_per_class=2, mean=0.1, std=0)
 
@@ -351,8 +352,9 @@ def test_npz_clean_set_feeds_the_clean_stream(tmp_path):
     x = rng.integers(0, 256, (40, 4, 4, 1), dtype=np.uint8)
     y = np.arange(40) % 3
     x_clean, y_clean = rng.integers(0, 256, (5, 4, 4, 1), dtype=np.uint8), np.array([2, 0, 2, 1, 0])
-    name = array_source.save_arrays(tmp_path / "c.npz", x, y, x[:6], y[:6], x_clean=x_clean,
-                                    y_clean=y_clean)
+    name = array_source.save_arrays(
+        tmp_path / "c.npz", x, y, x[:6], y[:6], x_clean=x_clean, y_clean=y_clean
+    )
     s = streams.make_streams(name, batch_size=8, clean_per_class=0, seed=0, mean=0.0, std=1.0)
     assert s.num_train == 40 and s.num_clean == 5
     np.testing.assert_array_equal(s.splits.train_source_index, np.arange(40))

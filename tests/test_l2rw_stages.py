@@ -1,5 +1,6 @@
 """The stages of l2rw_stages, one by one on hand-checkable arrays, and methods.l2rw as their
 chain (score -> weight map x loss gate -> normalise -> mix -> warm-up)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,8 +28,10 @@ def test_memory_score_by_hand():
     # g = [3, -4, 0, 0]: rms 2.5, so g^ = [1.2, -1.6, 0, 0], at rows [1, 3, 0, 4]. Row 1 was
     # seen with m = 2: 0.5 * 2 + 0.5 * 1.2 = 1.6; rows 3, 0, 4 are first visits: g^ itself.
     # Row 2 is not in the batch and keeps its (unseen) 7.
-    state = stages.L2RWState(memory_N=jnp.array([0.0, 2.0, 7.0, 5.0, 0.0]),
-                             seen_N=jnp.array([False, True, False, False, False]))
+    state = stages.L2RWState(
+        memory_N=jnp.array([0.0, 2.0, 7.0, 5.0, 0.0]),
+        seen_N=jnp.array([False, True, False, False, False]),
+    )
     s, new = stages.score(jnp.array([3.0, -4.0, 0.0, 0.0]), state, jnp.array([1, 3, 0, 4]), 0.5)
     np.testing.assert_allclose(s, [1.6, -1.6, 0, 0], rtol=1e-6)
     np.testing.assert_allclose(new.memory_N, [0, 1.6, 7, -1.6, 0], rtol=1e-6)
@@ -41,8 +44,9 @@ def test_init_memory_and_rms_of_zero():
     np.testing.assert_array_equal(state.memory_N, np.zeros(3, np.float32))
     assert state.seen_N.dtype == jnp.bool_ and not bool(jnp.any(state.seen_N))
     np.testing.assert_array_equal(stages.rms_normalized(jnp.zeros(4)), np.zeros(4))
-    np.testing.assert_allclose(stages.rms_normalized(jnp.array([3.0, -4.0])),
-                               [3 / 12.5 ** 0.5, -4 / 12.5 ** 0.5], rtol=1e-6)
+    np.testing.assert_allclose(
+        stages.rms_normalized(jnp.array([3.0, -4.0])), [3 / 12.5**0.5, -4 / 12.5**0.5], rtol=1e-6
+    )
 
 
 def test_moving_only_holds_every_other_parameter_constant():
@@ -64,12 +68,15 @@ def test_moving_only_holds_every_other_parameter_constant():
 # --- weight map and loss gate ---
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("clip", [2.0, 0.5, 0.0, 0.0, 1.0]),
-    ("sign", [1.0, 1.0, 0.0, 0.0, 1.0]),
-    ("capped", [1.0, 0.5, 0.0, 0.0, 1.0]),  # the positive -s are 2, 0.5, 1: median 1
-    ("one", [1.0, 1.0, 1.0, 1.0, 1.0]),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("clip", [2.0, 0.5, 0.0, 0.0, 1.0]),
+        ("sign", [1.0, 1.0, 0.0, 0.0, 1.0]),
+        ("capped", [1.0, 0.5, 0.0, 0.0, 1.0]),  # the positive -s are 2, 0.5, 1: median 1
+        ("one", [1.0, 1.0, 1.0, 1.0, 1.0]),
+    ],
+)
 def test_weight_maps_by_hand(name, expected):
     s = jnp.array([-2.0, -0.5, 0.0, 1.0, -1.0])
     wt = stages.weight_map(s, name)
@@ -86,13 +93,15 @@ def test_weight_map_and_normalize_refuse_unknown_names():
         stages.graded_weights("none", jnp.zeros(2), jnp.zeros(2), jnp.zeros(2, jnp.int32))
 
 
-@pytest.mark.parametrize("q,expected", [(0.0, [1, 0, 0, 0]), (0.5, [1, 1, 0, 0]),
-                                        (1.0, [1, 1, 1, 0])])
+@pytest.mark.parametrize(
+    "q,expected", [(0.0, [1, 0, 0, 0]), (0.5, [1, 1, 0, 0]), (1.0, [1, 1, 1, 0])]
+)
 def test_loss_gate_keeps_the_losses_up_to_the_clean_quantile(q, expected):
     losses = jnp.array([0.1, 0.5, 0.9, 2.0])
     val_losses = jnp.array([0.2, 0.4, 0.6, 0.8, 1.0])  # quantiles 0.2, 0.6, 1.0
-    np.testing.assert_array_equal(stages.loss_gate(losses, val_losses, q),
-                                  np.asarray(expected, np.float32))
+    np.testing.assert_array_equal(
+        stages.loss_gate(losses, val_losses, q), np.asarray(expected, np.float32)
+    )
 
 
 # --- normalise ---
@@ -102,15 +111,18 @@ LABEL6 = jnp.array([0, 0, 1, 1, 1, 2], jnp.int32)
 WT6 = jnp.array([2.0, 2.0, 1.0, 0.0, 3.0, 0.0])
 
 
-@pytest.mark.parametrize("name,expected", [
-    # class 0: 2/6 of the batch, 1/2 each; class 1: 3/6, by 1:0:3; class 2 (all 0): its 1/6.
-    ("class", [1 / 6, 1 / 6, 1 / 8, 0, 3 / 8, 1 / 6]),
-    # 1/3 per class present.
-    ("class_balanced", [1 / 6, 1 / 6, 1 / 12, 0, 1 / 4, 1 / 3]),
-    # classes 0 and 1 endorse an example: 1/2 each; class 2 none: 0.
-    ("endorsed_classes", [1 / 4, 1 / 4, 1 / 8, 0, 3 / 8, 0]),
-    ("batch", [0.25, 0.25, 0.125, 0, 0.375, 0]),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        # class 0: 2/6 of the batch, 1/2 each; class 1: 3/6, by 1:0:3; class 2 (all 0): its 1/6.
+        ("class", [1 / 6, 1 / 6, 1 / 8, 0, 3 / 8, 1 / 6]),
+        # 1/3 per class present.
+        ("class_balanced", [1 / 6, 1 / 6, 1 / 12, 0, 1 / 4, 1 / 3]),
+        # classes 0 and 1 endorse an example: 1/2 each; class 2 none: 0.
+        ("endorsed_classes", [1 / 4, 1 / 4, 1 / 8, 0, 3 / 8, 0]),
+        ("batch", [0.25, 0.25, 0.125, 0, 0.375, 0]),
+    ],
+)
 def test_normalize_by_hand(name, expected):
     np.testing.assert_allclose(stages.normalize(WT6, LABEL6, name), expected, rtol=1e-6)
 
@@ -118,8 +130,9 @@ def test_normalize_by_hand(name, expected):
 def test_batch_normalisation_of_all_zero_weights_follows_all_clipped():
     zeros, label = jnp.zeros(4), jnp.zeros(4, jnp.int32)
     np.testing.assert_array_equal(stages.normalize(zeros, label, "batch"), np.zeros(4))
-    np.testing.assert_array_equal(stages.normalize(zeros, label, "batch", all_clipped="uniform"),
-                                  np.full(4, 0.25, np.float32))
+    np.testing.assert_array_equal(
+        stages.normalize(zeros, label, "batch", all_clipped="uniform"), np.full(4, 0.25, np.float32)
+    )
 
 
 # --- mix ---
@@ -127,8 +140,9 @@ def test_batch_normalisation_of_all_zero_weights_follows_all_clipped():
 
 def test_mix_by_hand():
     w, graded = jnp.array([0.5, 0.5, 0.0, 0.0]), jnp.array([0.0, 0.0, 0.25, 0.75])
-    np.testing.assert_allclose(stages.mix(w, graded, 0.25), [0.375, 0.375, 0.0625, 0.1875],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        stages.mix(w, graded, 0.25), [0.375, 0.375, 0.0625, 0.1875], rtol=1e-6
+    )
     np.testing.assert_array_equal(stages.mix(w, graded, 0.0), w)
     np.testing.assert_array_equal(stages.mix(w, graded, 1.0), graded)
 
@@ -140,16 +154,20 @@ def test_graded_weights_are_the_papers_or_its_map_per_endorsed_class():
     assert stages.graded_weights("reliability", g, w_paper, label) is w_paper
     # max(-g, 0) = [1, 3, 0, 2, 0]; classes 0 and 1 endorsed: 1/2 each, class 2 nothing.
     for name in ("reliability_classes", "excess_loss"):
-        np.testing.assert_allclose(stages.graded_weights(name, g, w_paper, label),
-                                   [1 / 8, 3 / 8, 0, 1 / 2, 0], rtol=1e-6)
+        np.testing.assert_allclose(
+            stages.graded_weights(name, g, w_paper, label), [1 / 8, 3 / 8, 0, 1 / 2, 0], rtol=1e-6
+        )
 
 
-@pytest.mark.parametrize("losses,val_losses,expected", [
-    ([1.0, 2.0], [1.0, 1.0], 0.5),    # 1.5 / 1 - 1
-    ([3.0, 3.0], [1.0, 1.0], 1.0),    # 2, clipped
-    ([0.5, 0.5], [1.0, 1.0], 0.0),    # below the clean loss, clipped
-    ([1.0, 1.0], [0.0, 0.0], 0.0),    # no clean loss
-])
+@pytest.mark.parametrize(
+    "losses,val_losses,expected",
+    [
+        ([1.0, 2.0], [1.0, 1.0], 0.5),  # 1.5 / 1 - 1
+        ([3.0, 3.0], [1.0, 1.0], 1.0),  # 2, clipped
+        ([0.5, 0.5], [1.0, 1.0], 0.0),  # below the clean loss, clipped
+        ([1.0, 1.0], [0.0, 0.0], 0.0),  # no clean loss
+    ],
+)
 def test_excess_share_by_hand(losses, val_losses, expected):
     assert float(stages.excess_share(jnp.array(losses), jnp.array(val_losses))) == expected
 
@@ -193,17 +211,28 @@ def test_stages_on_two_programs_equal_one():
     def chain(g, label, index, losses, state, axis_name):
         s, state = stages.score(g, state, index, 0.5, axis_name)
         wt = stages.weight_map(s, "capped", axis_name)
-        out = [stages.normalize(wt, label, name, axis_name)
-               for name in ("batch", "class", "class_balanced", "endorsed_classes")]
-        scalars = jnp.stack([stages.excess_share(losses, val_losses, axis_name),
-                             stages.split_half_reliability(g, wt, axis_name)])
+        out = [
+            stages.normalize(wt, label, name, axis_name)
+            for name in ("batch", "class", "class_balanced", "endorsed_classes")
+        ]
+        scalars = jnp.stack(
+            [
+                stages.excess_share(losses, val_losses, axis_name),
+                stages.split_half_reliability(g, wt, axis_name),
+            ]
+        )
         return jnp.stack(out, axis=1), scalars, state
 
     expected = chain(g, label, index, losses, state, None)
     mesh = Mesh(np.array(jax.devices()[:2]), (AXIS,))
-    sharded = jax.jit(jax.shard_map(
-        lambda *a: chain(*a, AXIS), mesh=mesh,
-        in_specs=(P(AXIS), P(AXIS), P(AXIS), P(AXIS), P()), out_specs=(P(AXIS), P(), P())))
+    sharded = jax.jit(
+        jax.shard_map(
+            lambda *a: chain(*a, AXIS),
+            mesh=mesh,
+            in_specs=(P(AXIS), P(AXIS), P(AXIS), P(AXIS), P()),
+            out_specs=(P(AXIS), P(), P()),
+        )
+    )
     got = sharded(g, label, index, losses, state)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -217,8 +246,10 @@ def test_l2rw_is_the_chain_of_its_stages():
     excess-loss mix, warm-up, last-layer meta-gradient): the scheme's weights, state and
     metrics are the stages applied one after another, to the bit."""
     rng = np.random.default_rng(0)
-    params = {"body": {"w": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)},
-              "head": {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}}
+    params = {
+        "body": {"w": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)},
+        "head": {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)},
+    }
     tx = optax.sgd(0.1, momentum=0.9)
     opt_state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)[1]
 
@@ -226,27 +257,46 @@ def test_l2rw_is_the_chain_of_its_stages():
         logits = jnp.tanh(b["x"] @ p["body"]["w"]) @ p["head"]["w"]
         return optax.softmax_cross_entropy_with_integer_labels(logits, b["label"])
 
-    batch = {"x": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
-             "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32),
-             "index": jnp.array([3, 0, 7, 1, 9, 4, 2, 8], jnp.int32)}
+    batch = {
+        "x": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32),
+        "index": jnp.array([3, 0, 7, 1, 9, 4, 2, 8], jnp.int32),
+    }
     val_x = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
     # The model's own prediction on 4 of the 6 clean rows: a clean loss below the training
     # loss, so that the excess-loss share is strictly inside (0, 1).
     predicted = jnp.argmax(jnp.tanh(val_x @ params["body"]["w"]) @ params["head"]["w"], -1)
-    val = {"x": val_x, "label": jnp.where(jnp.arange(6) < 4, predicted,
-                                          jnp.asarray(rng.integers(0, 3, 6))).astype(jnp.int32)}
-    options = dict(memory_decay=0.5, weight_map="capped", loss_quantile=0.9, normalize="class",
-                   mix="excess_loss", warmup_steps=1, meta_params="last")
+    val = {
+        "x": val_x,
+        "label": jnp.where(jnp.arange(6) < 4, predicted, jnp.asarray(rng.integers(0, 3, 6))).astype(
+            jnp.int32
+        ),
+    }
+    options = dict(
+        memory_decay=0.5,
+        weight_map="capped",
+        loss_quantile=0.9,
+        normalize="class",
+        mix="excess_loss",
+        warmup_steps=1,
+        meta_params="last",
+    )
     scheme = methods.l2rw(**options)
     state = scheme.init(jax.random.PRNGKey(0), [4, 3, 3])
-    ctx = methods.WeighContext(loss_fn=loss_fn, params=params, opt_state=opt_state, tx=tx,
-                               batch=batch, val_batch=val, rng=jax.random.PRNGKey(0),
-                               step=jnp.int32(1))
+    ctx = methods.WeighContext(
+        loss_fn=loss_fn,
+        params=params,
+        opt_state=opt_state,
+        tx=tx,
+        batch=batch,
+        val_batch=val,
+        rng=jax.random.PRNGKey(0),
+        step=jnp.int32(1),
+    )
     w, new_state, metrics = scheme.weigh(ctx, state)
 
     head_only = stages.moving_only(loss_fn, "last")
-    mw = reweight.meta_weights(head_only, params, opt_state, tx, batch, val,
-                               val_loss_fn=head_only)
+    mw = reweight.meta_weights(head_only, params, opt_state, tx, batch, val, val_loss_fn=head_only)
     s, state_ref = stages.score(mw.g, state, batch["index"], 0.5)
     losses, val_losses = loss_fn(params, batch), loss_fn(params, val)
     gate = stages.loss_gate(losses, val_losses, 0.9)
@@ -254,8 +304,9 @@ def test_l2rw_is_the_chain_of_its_stages():
     w_options = stages.normalize(stages.weight_map(s, "capped") * gate, batch["label"], "class")
     share = stages.excess_share(losses, val_losses)
     assert 0 < float(share) < 1
-    w_ref = stages.mix(w_options,
-                       stages.graded_weights("excess_loss", mw.g, mw.w, batch["label"]), share)
+    w_ref = stages.mix(
+        w_options, stages.graded_weights("excess_loss", mw.g, mw.w, batch["label"]), share
+    )
     np.testing.assert_array_equal(w, w_ref)
     np.testing.assert_array_equal(new_state.memory_N, state_ref.memory_N)
     np.testing.assert_array_equal(new_state.seen_N, state_ref.seen_N)

@@ -1,5 +1,6 @@
 """The robust L2RW options of methods.l2rw: per-example meta-gradient memory, sign weights,
 class-aware normalisation, warm-up; their mechanics on hand-checkable problems."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,32 +19,50 @@ def problem():
     """A linear softmax model one momentum step in, a batch of rows ``index`` of N, a clean
     batch."""
     rng = np.random.default_rng(0)
-    params = {"w": jnp.asarray(rng.normal(size=(5, C)), jnp.float32),
-              "b": jnp.zeros(C, jnp.float32)}
+    params = {
+        "w": jnp.asarray(rng.normal(size=(5, C)), jnp.float32),
+        "b": jnp.zeros(C, jnp.float32),
+    }
     tx = optax.sgd(0.1, momentum=0.9)
     opt_state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)[1]
 
     def batch(rows, seed):
         r = np.random.default_rng(seed)
-        return {"x": jnp.asarray(r.normal(size=(len(rows), 5)), jnp.float32),
-                "label": jnp.asarray(r.integers(0, C, len(rows)), jnp.int32),
-                "index": jnp.asarray(rows, jnp.int32)}
+        return {
+            "x": jnp.asarray(r.normal(size=(len(rows), 5)), jnp.float32),
+            "label": jnp.asarray(r.integers(0, C, len(rows)), jnp.int32),
+            "index": jnp.asarray(rows, jnp.int32),
+        }
 
     val = {k: v for k, v in batch(range(M), 99).items() if k != "index"}
 
     def loss_fn(p, b):
-        return optax.softmax_cross_entropy_with_integer_labels(b["x"] @ p["w"] + p["b"][None, :],
-                                                               b["label"])
+        return optax.softmax_cross_entropy_with_integer_labels(
+            b["x"] @ p["w"] + p["b"][None, :], b["label"]
+        )
 
-    return dict(params=params, tx=tx, opt_state=opt_state, val=val, loss_fn=loss_fn,
-                batch1=batch(range(0, 8), 1), batch2=batch([4, 5, 6, 7, 8, 9, 10, 11], 2))
+    return dict(
+        params=params,
+        tx=tx,
+        opt_state=opt_state,
+        val=val,
+        loss_fn=loss_fn,
+        batch1=batch(range(0, 8), 1),
+        batch2=batch([4, 5, 6, 7, 8, 9, 10, 11], 2),
+    )
 
 
 def _ctx(prob, batch, step=0):
     return methods.WeighContext(
-        loss_fn=prob["loss_fn"], params=prob["params"], opt_state=prob["opt_state"],
-        tx=prob["tx"], batch=batch, val_batch=prob["val"],
-        rng=jax.random.PRNGKey(0), step=jnp.int32(step))
+        loss_fn=prob["loss_fn"],
+        params=prob["params"],
+        opt_state=prob["opt_state"],
+        tx=prob["tx"],
+        batch=batch,
+        val_batch=prob["val"],
+        rng=jax.random.PRNGKey(0),
+        step=jnp.int32(step),
+    )
 
 
 def _jitted(prob, scheme):
@@ -62,8 +81,14 @@ def _init(**options):
 
 def test_default_options_are_the_papers_algorithm(problem):
     w, state, metrics = _weigh_once(methods.get_scheme("l2rw"), _ctx(problem, problem["batch1"]))
-    mw = reweight.meta_weights(problem["loss_fn"], problem["params"], problem["opt_state"],
-                               problem["tx"], problem["batch1"], problem["val"])
+    mw = reweight.meta_weights(
+        problem["loss_fn"],
+        problem["params"],
+        problem["opt_state"],
+        problem["tx"],
+        problem["batch1"],
+        problem["val"],
+    )
     np.testing.assert_array_equal(w, mw.w)
     np.testing.assert_array_equal(metrics["g_B"], mw.g)
     assert type(state) is methods.EmptyState and type(_init()) is methods.EmptyState
@@ -78,11 +103,11 @@ def test_memory_is_an_ema_of_the_normalised_meta_gradient_keyed_by_index(problem
     w1, state1, m1 = weigh(state0, problem["batch1"], 0)
     w2, state2, m2 = weigh(state1, problem["batch2"], 1)
     g1, g2 = np.asarray(m1["g_B"], np.float64), np.asarray(m2["g_B"], np.float64)
-    gn1, gn2 = g1 / np.sqrt(np.mean(g1 ** 2)), g2 / np.sqrt(np.mean(g2 ** 2))
+    gn1, gn2 = g1 / np.sqrt(np.mean(g1**2)), g2 / np.sqrt(np.mean(g2**2))
     expected = np.zeros(N)
     expected[0:8] = gn1
     expected[4:8] = d * gn1[4:8] + (1 - d) * gn2[0:4]  # rows seen twice
-    expected[8:12] = gn2[4:8]                         # first visit: the value itself
+    expected[8:12] = gn2[4:8]  # first visit: the value itself
     assert type(state2) is methods.L2RWState
     np.testing.assert_allclose(state2.memory_N, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(state2.seen_N, np.ones(N, bool))
@@ -97,25 +122,29 @@ def test_class_normalisation_exact_values():
     wt = jnp.array([1.0, 3.0, 0.0, 0.0, 0.0, 2.0, 2.0, 4.0])
     # "class": class c keeps its batch share n_c / B; class 1 is all clipped -> uniform inside.
     w = methods._class_normalized(wt, label, "class", None)
-    np.testing.assert_allclose(w, [3 / 8 * 0.25, 3 / 8 * 0.75, 0, 1 / 8, 1 / 8,
-                                   3 / 8 * 0.25, 3 / 8 * 0.25, 3 / 8 * 0.5], rtol=1e-6)
+    np.testing.assert_allclose(
+        w,
+        [3 / 8 * 0.25, 3 / 8 * 0.75, 0, 1 / 8, 1 / 8, 3 / 8 * 0.25, 3 / 8 * 0.25, 3 / 8 * 0.5],
+        rtol=1e-6,
+    )
     # "class_balanced": each of the 3 classes present gets 1/3.
     w = methods._class_normalized(wt, label, "class_balanced", None)
-    np.testing.assert_allclose(w, [1 / 12, 0.25, 0, 1 / 6, 1 / 6, 1 / 12, 1 / 12, 1 / 6],
-                               rtol=1e-6)
+    np.testing.assert_allclose(w, [1 / 12, 0.25, 0, 1 / 6, 1 / 6, 1 / 12, 1 / 12, 1 / 6], rtol=1e-6)
     assert abs(float(jnp.sum(w)) - 1) < 1e-6
     # "endorsed_classes": the 2 classes with an endorsed example get 1/2 each, class 1 none.
     w = methods._class_normalized(wt, label, "endorsed_classes", None)
     np.testing.assert_allclose(w, [1 / 8, 3 / 8, 0, 0, 0, 1 / 8, 1 / 8, 1 / 4], rtol=1e-6)
-    np.testing.assert_array_equal(methods._class_normalized(
-        jnp.zeros(8), label, "endorsed_classes", None), np.zeros(8))
+    np.testing.assert_array_equal(
+        methods._class_normalized(jnp.zeros(8), label, "endorsed_classes", None), np.zeros(8)
+    )
 
 
 @pytest.mark.parametrize("normalize", ["batch", "class", "class_balanced"])
 def test_sign_map_weighs_every_endorsed_example_equally(problem, normalize):
     batch = problem["batch1"]
-    w, _, m = _weigh_once(methods.get_scheme("l2rw", weight_map="sign", normalize=normalize),
-                          _ctx(problem, batch))
+    w, _, m = _weigh_once(
+        methods.get_scheme("l2rw", weight_map="sign", normalize=normalize), _ctx(problem, batch)
+    )
     endorsed = np.asarray(m["g_B"]) < 0
     assert 0 < endorsed.sum() < B
     w = np.asarray(w)
@@ -148,11 +177,21 @@ def test_warmup_gives_uniform_weights_before_step_w_and_reweights_from_it(proble
     assert bool(jnp.all(state_before.seen_N[:8]))
 
 
-@pytest.mark.parametrize("options", [
-    dict(memory_decay=1.0), dict(memory_decay=-0.1), dict(warmup_steps=-1),
-    dict(warmup_steps=2.5), dict(weight_map="softmax"), dict(normalize="classes"),
-    dict(meta_params="body"), dict(meta_params=()), dict(meta_params=("head", 0)),
-    dict(loss_quantile=1.5)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(memory_decay=1.0),
+        dict(memory_decay=-0.1),
+        dict(warmup_steps=-1),
+        dict(warmup_steps=2.5),
+        dict(weight_map="softmax"),
+        dict(normalize="classes"),
+        dict(meta_params="body"),
+        dict(meta_params=()),
+        dict(meta_params=("head", 0)),
+        dict(loss_quantile=1.5),
+    ],
+)
 def test_bad_options_raise(options):
     key = next(iter(options))
     with pytest.raises(ValueError, match=key):
@@ -181,8 +220,11 @@ def test_variants_under_shard_map_equal_one_device(problem):
         return scheme.weigh(ctx, s)[:2]
 
     mesh = Mesh(np.array(jax.devices()[:4]), (AXIS,))
-    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)),
-                                    out_specs=(P(AXIS), P())))
+    sharded = jax.jit(
+        jax.shard_map(
+            per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(AXIS), P())
+        )
+    )
     w1, s1 = sharded(state, problem["batch1"], problem["val"])
     w2, s2 = sharded(s1, problem["batch2"], problem["val"])
     assert type(s2) is methods.L2RWState
@@ -201,23 +243,36 @@ def test_last_layer_meta_gradient_is_the_meta_gradient_of_the_head_on_fixed_feat
     params, _ = models.init_model(module, jax.random.key(0), (1, 5))
     apply_fn = models.make_apply_fn(module)
     rng = np.random.default_rng(1)
-    batch = {"image": jnp.asarray(rng.normal(size=(B, 5)), jnp.float32),
-             "label": jnp.asarray(rng.integers(0, C, B), jnp.int32)}
-    val = {"image": jnp.asarray(rng.normal(size=(M, 5)), jnp.float32),
-           "label": jnp.asarray(rng.integers(0, C, M), jnp.int32)}
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(B, 5)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, C, B), jnp.int32),
+    }
+    val = {
+        "image": jnp.asarray(rng.normal(size=(M, 5)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, C, M), jnp.int32),
+    }
     tx = optax.sgd(0.3)
 
     def loss_fn(p, b):
-        return optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, {}, b["image"], True)[0],
-                                                               b["label"])
+        return optax.softmax_cross_entropy_with_integer_labels(
+            apply_fn(p, {}, b["image"], True)[0], b["label"]
+        )
 
-    ctx = methods.WeighContext(loss_fn=loss_fn, params=params, opt_state=tx.init(params), tx=tx,
-                               batch=batch, val_batch=val,
-                               rng=jax.random.PRNGKey(0), step=jnp.int32(0))
+    ctx = methods.WeighContext(
+        loss_fn=loss_fn,
+        params=params,
+        opt_state=tx.init(params),
+        tx=tx,
+        batch=batch,
+        val_batch=val,
+        rng=jax.random.PRNGKey(0),
+        step=jnp.int32(0),
+    )
     _, _, metrics = methods.l2rw(mode, meta_params="last").weigh(ctx, methods.EmptyState())
     assert sorted(params) == ["Dense_0", "head"]
-    hidden = lambda x: jax.nn.relu(x @ params["Dense_0"]["kernel"]
-                                   + params["Dense_0"]["bias"][None, :])
+    hidden = lambda x: jax.nn.relu(
+        x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"][None, :]
+    )
     head = {"kernel": params["head"]["kernel"], "bias": params["head"]["bias"]}
 
     def head_loss(hp, b):
@@ -225,8 +280,14 @@ def test_last_layer_meta_gradient_is_the_meta_gradient_of_the_head_on_fixed_feat
         return optax.softmax_cross_entropy_with_integer_labels(logits, b["label"])
 
     g_ref, _ = reweight.meta_gradient(
-        head_loss, head, tx.init(head), tx, {"h": hidden(batch["image"]), "label": batch["label"]},
-        {"h": hidden(val["image"]), "label": val["label"]}, mode=mode)
+        head_loss,
+        head,
+        tx.init(head),
+        tx,
+        {"h": hidden(batch["image"]), "label": batch["label"]},
+        {"h": hidden(val["image"]), "label": val["label"]},
+        mode=mode,
+    )
     np.testing.assert_allclose(metrics["g_B"], g_ref, rtol=1e-5, atol=1e-8)
     _, _, full = methods.l2rw(mode).weigh(ctx, methods.EmptyState())
     assert not np.allclose(full["g_B"], g_ref)  # the body's share of the full meta-gradient
@@ -244,7 +305,8 @@ def test_loss_gate_keeps_examples_below_the_clean_loss_quantile(problem):
     # q = 1 with a clean batch whose losses are all at least the training ones: no gating.
     w1, _, m1 = _weigh_once(
         methods.get_scheme("l2rw", weight_map="sign", loss_quantile=1.0),
-        ctx._replace(val_batch={k: v for k, v in problem["batch1"].items() if k != "index"}))
+        ctx._replace(val_batch={k: v for k, v in problem["batch1"].items() if k != "index"}),
+    )
     endorsed = np.asarray(m1["g_B"]) < 0
     np.testing.assert_allclose(w1, endorsed / endorsed.sum(), rtol=1e-6)
 
@@ -264,8 +326,9 @@ def test_split_half_reliability_is_the_spearman_brown_correlation():
     c = a + rng.normal(size=64)  # positively correlated with a
     r = np.corrcoef(a, c)[0, 1]
     assert 0 < r < 1
-    np.testing.assert_allclose(methods.split_half_reliability(jnp.asarray(a), jnp.asarray(c)),
-                               2 * r / (1 + r), rtol=1e-5)
+    np.testing.assert_allclose(
+        methods.split_half_reliability(jnp.asarray(a), jnp.asarray(c)), 2 * r / (1 + r), rtol=1e-5
+    )
 
 
 def _val8():
@@ -273,8 +336,10 @@ def _val8():
     r = np.random.default_rng(7)
     x = np.repeat(r.normal(size=(4, 5)), 2, axis=0)
     x[1::2] += 0.7 * r.normal(size=(4, 5))
-    return {"x": jnp.asarray(x, jnp.float32),
-            "label": jnp.asarray(np.repeat(r.integers(0, C, 4), 2), jnp.int32)}
+    return {
+        "x": jnp.asarray(x, jnp.float32),
+        "label": jnp.asarray(np.repeat(r.integers(0, C, 4), 2), jnp.int32),
+    }
 
 
 @pytest.mark.parametrize("mix", ["reliability", "reliability_classes"])
@@ -284,8 +349,13 @@ def test_reliability_mix_weighs_the_papers_weights_by_the_split_half_reliability
     ctx = _ctx(problem, problem["batch1"])._replace(val_batch=val)
     w, _, metrics = _weigh_once(methods.get_scheme("l2rw", mix=mix, **options), ctx)
     w_options = _weigh_once(methods.get_scheme("l2rw", **options), ctx)[0]
-    args = (problem["loss_fn"], problem["params"], problem["opt_state"], problem["tx"],
-            problem["batch1"])
+    args = (
+        problem["loss_fn"],
+        problem["params"],
+        problem["opt_state"],
+        problem["tx"],
+        problem["batch1"],
+    )
     mw = reweight.meta_weights(*args, val)
     # Each half's meta-gradient computed on its own: checks g^B = 2 g - g^A as well.
     g_even = reweight.meta_gradient(*args, jax.tree.map(lambda x: x[0::2], val))[0]
@@ -297,7 +367,8 @@ def test_reliability_mix_weighs_the_papers_weights_by_the_split_half_reliability
     w_graded = mw.w  # the paper's map, normalised over the batch or per endorsed class
     if mix == "reliability_classes":
         w_graded = methods._class_normalized(
-            jnp.maximum(-mw.g, 0), problem["batch1"]["label"], "endorsed_classes", None)
+            jnp.maximum(-mw.g, 0), problem["batch1"]["label"], "endorsed_classes", None
+        )
         assert not np.allclose(w_graded, mw.w)
     np.testing.assert_allclose(w, rho * w_graded + (1 - rho) * w_options, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(np.sum(w), 1.0, rtol=1e-6)
@@ -318,8 +389,9 @@ def test_excess_loss_share_is_the_relative_excess_of_the_training_loss(problem):
     ctx = _ctx(problem, problem["batch1"])
     expected = min(max(train_loss / clean_loss - 1, 0.0), 1.0)
     assert 0 < expected < 1  # neither clip is active on this problem
-    np.testing.assert_allclose(methods.excess_loss_share(problem["loss_fn"], problem["loss_fn"],
-                                                         ctx), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        methods.excess_loss_share(problem["loss_fn"], problem["loss_fn"], ctx), expected, rtol=1e-5
+    )
     # The clean batch as the training batch: no excess. Logits scaled up: the relative excess
     # grows past 1 and is clipped; scaled to 0, both losses are log C: 0.
     same = ctx._replace(batch=dict(problem["val"], index=jnp.arange(M)))
@@ -337,40 +409,50 @@ def test_excess_loss_mix_weighs_the_graded_weights_by_the_excess(problem):
     w_options = _weigh_once(methods.get_scheme("l2rw", **options), ctx)[0]
     share = methods.excess_loss_share(problem["loss_fn"], problem["loss_fn"], ctx)
     np.testing.assert_allclose(metrics["excess_loss_share"], share, rtol=1e-6)
-    mw = reweight.meta_weights(problem["loss_fn"], problem["params"], problem["opt_state"],
-                               problem["tx"], problem["batch1"], problem["val"])
-    w_graded = methods._class_normalized(jnp.maximum(-mw.g, 0), problem["batch1"]["label"],
-                                         "endorsed_classes", None)
+    mw = reweight.meta_weights(
+        problem["loss_fn"],
+        problem["params"],
+        problem["opt_state"],
+        problem["tx"],
+        problem["batch1"],
+        problem["val"],
+    )
+    w_graded = methods._class_normalized(
+        jnp.maximum(-mw.g, 0), problem["batch1"]["label"], "endorsed_classes", None
+    )
     assert not np.allclose(w_graded, w_options)
-    np.testing.assert_allclose(w, share * w_graded + (1 - share) * w_options, rtol=1e-4,
-                               atol=1e-7)
+    np.testing.assert_allclose(w, share * w_graded + (1 - share) * w_options, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(np.sum(w), 1.0, rtol=1e-6)
     assert "reliability" not in metrics  # no second meta-gradient
     # An odd clean batch is fine: nothing is split.
     odd = jax.tree.map(lambda x: x[:3], problem["val"])
-    _weigh_once(methods.get_scheme("l2rw", mix="excess_loss", **options),
-                ctx._replace(val_batch=odd))
+    _weigh_once(
+        methods.get_scheme("l2rw", mix="excess_loss", **options), ctx._replace(val_batch=odd)
+    )
 
 
-@pytest.mark.parametrize("mix,metric", [("reliability_classes", "reliability"),
-                                        ("excess_loss", "excess_loss_share")])
+@pytest.mark.parametrize(
+    "mix,metric", [("reliability_classes", "reliability"), ("excess_loss", "excess_loss_share")]
+)
 def test_mixes_under_shard_map_equal_one_device(problem, mix, metric):
     """The even/odd split is the same on 4 programs (2 clean rows each) as on one; the losses
     of the excess are means over the global batches."""
-    scheme = methods.get_scheme("l2rw", mix=mix, weight_map="sign",
-                                normalize="class_balanced")
+    scheme = methods.get_scheme("l2rw", mix=mix, weight_map="sign", normalize="class_balanced")
     val = _val8()
-    w_ref, _, m_ref = jax.jit(lambda b: scheme.weigh(
-        _ctx(problem, b)._replace(val_batch=val), methods.EmptyState()))(problem["batch1"])
+    w_ref, _, m_ref = jax.jit(
+        lambda b: scheme.weigh(_ctx(problem, b)._replace(val_batch=val), methods.EmptyState())
+    )(problem["batch1"])
 
     def per_device(b, v):
-        w, _, m = scheme.weigh(_ctx(problem, b)._replace(val_batch=v, axis_name=AXIS),
-                               methods.EmptyState())
+        w, _, m = scheme.weigh(
+            _ctx(problem, b)._replace(val_batch=v, axis_name=AXIS), methods.EmptyState()
+        )
         return w, m[metric]
 
     mesh = Mesh(np.array(jax.devices()[:4]), (AXIS,))
-    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS)),
-                                    out_specs=(P(AXIS), P())))
+    sharded = jax.jit(
+        jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS)), out_specs=(P(AXIS), P()))
+    )
     w, rho = sharded(problem["batch1"], val)
     np.testing.assert_allclose(rho, m_ref[metric], rtol=1e-5)
     np.testing.assert_allclose(w, w_ref, rtol=1e-5, atol=1e-6)

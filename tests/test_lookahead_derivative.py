@@ -2,6 +2,7 @@
 second moments are zero: a fresh state, a dead ReLU unit after training steps, the
 optimizers of docs/meta_step.md, Meta-Weight-Net's look-ahead, one real train step; float64 finite
 differences and closed forms. Where the derivative is undefined, check_lookahead says so."""
+
 import functools
 
 import jax
@@ -15,8 +16,8 @@ from l2rw_jax import step as step_lib
 from l2rw_jax.train_state import TrainState
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
-D, H, C, B, M = 16, 8, 3, 6, 4   # MLP 16 -> 8 -> 3, training batch B, clean batch M
-DEAD = 2                         # the hidden unit whose bias keeps it off on every input
+D, H, C, B, M = 16, 8, 3, 6, 4  # MLP 16 -> 8 -> 3, training batch B, clean batch M
+DEAD = 2  # the hidden unit whose bias keeps it off on every input
 
 
 def _linear_loss(params, batch):
@@ -30,15 +31,20 @@ def _mlp_logits(params, x):
 
 def _mlp_loss(params, batch):
     return optax.softmax_cross_entropy_with_integer_labels(
-        _mlp_logits(params, batch["image"]), batch["label"])
+        _mlp_logits(params, batch["image"]), batch["label"]
+    )
 
 
 def _mlp_problem(dtype):
     """A 16-8-3 MLP with hidden unit DEAD switched off (bias -100): its 16 + 1 + 3 = 20
     parameters get a zero gradient from every example, so their Adam moments stay 0."""
     rng = np.random.default_rng(0)
-    params = {"w1": rng.normal(size=(D, H)) / np.sqrt(D), "b1": np.zeros(H),
-              "w2": rng.normal(size=(H, C)) / np.sqrt(H), "b2": np.zeros(C)}
+    params = {
+        "w1": rng.normal(size=(D, H)) / np.sqrt(D),
+        "b1": np.zeros(H),
+        "w2": rng.normal(size=(H, C)) / np.sqrt(H),
+        "b2": np.zeros(C),
+    }
     params["b1"][DEAD] = -100.0
     batch = {"image": rng.normal(size=(B, D)), "label": rng.integers(0, C, B).astype(np.int32)}
     val = {"image": rng.normal(size=(M, D)) + 0.5, "label": rng.integers(0, C, M).astype(np.int32)}
@@ -78,8 +84,12 @@ def _meta_and_fd(loss_fn, params, opt_state, tx, batch, val, bend, naive=True):
     g_fd = (values[:n] - values[n:]) / (2 * h)
     if not naive:
         return g_fwd, g_rev, g_fd
-    return g_fwd, g_rev, g_fd, _naive_forward_meta_gradient(loss_fn, params, opt_state, tx,
-                                                            batch, val)
+    return (
+        g_fwd,
+        g_rev,
+        g_fd,
+        _naive_forward_meta_gradient(loss_fn, params, opt_state, tx, batch, val),
+    )
 
 
 def _assert_matches(g, g_fd, rtol):
@@ -101,12 +111,17 @@ def test_issue_input_fresh_adam_both_modes_are_finite_and_exact():
         batch = {"x": rng.normal(size=(4, 3)), "y": rng.normal(size=4)}
         val = {"x": rng.normal(size=(2, 3)), "y": rng.normal(size=2)}
         opt_state = tx.init(params)
-        run = jax.jit(functools.partial(_meta_and_fd, _linear_loss, bend=eps, tx=tx),
-                      compiler_options=FAST_COMPILE)
+        run = jax.jit(
+            functools.partial(_meta_and_fd, _linear_loss, bend=eps, tx=tx),
+            compiler_options=FAST_COMPILE,
+        )
         g_fwd, g_rev, g_fd, g_naive = jax.tree.map(
-            np.asarray, run(params=params, opt_state=opt_state, batch=batch, val=val))
-        weights = {mode: reweight.meta_weights(_linear_loss, params, opt_state, tx, batch, val,
-                                               mode=mode) for mode in ("forward", "reverse")}
+            np.asarray, run(params=params, opt_state=opt_state, batch=batch, val=val)
+        )
+        weights = {
+            mode: reweight.meta_weights(_linear_loss, params, opt_state, tx, batch, val, mode=mode)
+            for mode in ("forward", "reverse")
+        }
         grad_val = jax.grad(lambda p: jnp.mean(_linear_loss(p, val)))(params)
         jac_BxP = jax.jacrev(_linear_loss)(params, batch)
         closed_form = np.asarray(-(lr / eps) * (jac_BxP @ grad_val))
@@ -139,7 +154,8 @@ def test_dead_relu_unit_after_five_adam_steps_keeps_zero_moments_and_finite_exac
 
     with jax.enable_x64(True):
         num_zero_nu, (g_fwd, g_rev, g_fd, g_naive) = jax.tree.map(
-            np.asarray, jax.jit(run, compiler_options=FAST_COMPILE)(*_mlp_problem(np.float64)))
+            np.asarray, jax.jit(run, compiler_options=FAST_COMPILE)(*_mlp_problem(np.float64))
+        )
     assert num_zero_nu == D + 1 + C
     assert np.all(np.isnan(g_naive))
     _assert_matches(g_fwd, g_fd, 1e-6)
@@ -149,16 +165,18 @@ def test_dead_relu_unit_after_five_adam_steps_keeps_zero_moments_and_finite_exac
 
 # name: (optimizer, the gradient size at which its update bends where all moments are 0)
 OPTIMIZERS = {
-    "adam": (lambda: optax.adam(0.1), 1e-8),                       # eps
+    "adam": (lambda: optax.adam(0.1), 1e-8),  # eps
     "adamw": (lambda: optax.adamw(0.1, weight_decay=0.1), 1e-8),
     "nadam": (lambda: optax.nadam(0.1), 1e-8),
-    "radam": (lambda: optax.radam(0.1), 1.0),     # unrectified for 5 steps: linear in g
+    "radam": (lambda: optax.radam(0.1), 1.0),  # unrectified for 5 steps: linear in g
     "amsgrad": (lambda: optax.amsgrad(0.1), 1e-8),
-    "rmsprop": (lambda: optax.rmsprop(0.1), 1e-4),                  # sqrt(eps)
-    "adagrad": (lambda: optax.adagrad(0.1), 0.3),                   # sqrt(initial 0.1)
-    "adabelief": (lambda: optax.adabelief(0.1), 3e-7),              # sqrt(eps / (1 - b2))
-    "clip_global_norm": (lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1)),
-                         1.0),                                       # the clipping threshold
+    "rmsprop": (lambda: optax.rmsprop(0.1), 1e-4),  # sqrt(eps)
+    "adagrad": (lambda: optax.adagrad(0.1), 0.3),  # sqrt(initial 0.1)
+    "adabelief": (lambda: optax.adabelief(0.1), 3e-7),  # sqrt(eps / (1 - b2))
+    "clip_global_norm": (
+        lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1)),
+        1.0,
+    ),  # the clipping threshold
 }
 
 
@@ -180,8 +198,9 @@ def test_every_optimizer_gives_exact_finite_meta_gradients_with_zero_moments(nam
         return fresh, stepped
 
     with jax.enable_x64(True):
-        results = jax.tree.map(np.asarray, jax.jit(run, compiler_options=FAST_COMPILE)(
-            *_mlp_problem(np.float64)))
+        results = jax.tree.map(
+            np.asarray, jax.jit(run, compiler_options=FAST_COMPILE)(*_mlp_problem(np.float64))
+        )
     for g_fwd, g_rev, g_fd in results:
         _assert_matches(g_fwd, g_fd, 1e-5)
         _assert_matches(g_rev, g_fd, 1e-5)
@@ -205,15 +224,22 @@ def test_mwnet_lookahead_is_finite_and_exact_with_a_zero_gradient_coordinate():
 
     def run(phi, params, batch, val):
         ctx = methods.WeighContext(
-            loss_fn=_mlp_loss, params=params, opt_state=tx.init(params), tx=tx, batch=batch,
-            val_batch=val, rng=jax.random.key(0), step=jnp.int32(0))
+            loss_fn=_mlp_loss,
+            params=params,
+            opt_state=tx.init(params),
+            tx=tx,
+            batch=batch,
+            val_batch=val,
+            rng=jax.random.key(0),
+            step=jnp.int32(0),
+        )
         _, val_loss, grad_phi = methods._mwnet_meta_gradient(ctx, phi, weights)
         d = jax.tree.map(lambda x: jnp.cos(jnp.arange(x.size).reshape(x.shape) + 1.0), phi)
         h = 1e-6
-        fd = (val_after_lookahead(jax.tree.map(lambda a, b: a + h * b, phi, d), params, batch,
-                                  val)
-              - val_after_lookahead(jax.tree.map(lambda a, b: a - h * b, phi, d), params,
-                                    batch, val)) / (2 * h)
+        fd = (
+            val_after_lookahead(jax.tree.map(lambda a, b: a + h * b, phi, d), params, batch, val)
+            - val_after_lookahead(jax.tree.map(lambda a, b: a - h * b, phi, d), params, batch, val)
+        ) / (2 * h)
         along_d = sum(jnp.vdot(grad_phi[k], d[k]) for k in phi)
         naive = jax.grad(val_after_lookahead)(phi, params, batch, val)
         return grad_phi, along_d, fd, val_loss - val_after_lookahead(phi, params, batch, val), naive
@@ -221,8 +247,9 @@ def test_mwnet_lookahead_is_finite_and_exact_with_a_zero_gradient_coordinate():
     with jax.enable_x64(True):
         phi64 = jax.tree.map(lambda x: x.astype(jnp.float64), phi)
         grad_phi, along_d, fd, val_diff, naive = jax.tree.map(
-            np.asarray, jax.jit(run, compiler_options=FAST_COMPILE)(
-                phi64, *_mlp_problem(np.float64)))
+            np.asarray,
+            jax.jit(run, compiler_options=FAST_COMPILE)(phi64, *_mlp_problem(np.float64)),
+        )
     assert np.isnan(naive["b2"]) and np.all(np.isnan(naive["w2_H"]))  # plain autodiff
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(grad_phi))
     assert abs(val_diff) < 1e-12
@@ -242,8 +269,11 @@ def test_check_lookahead_accepts_defined_and_rejects_undefined_derivatives():
     reweight.check_lookahead(sgd, params, sgd.init(params))
     # 0 / 0 on a zero moment: the update itself is NaN (the real step would write it).
     tx = optax.adam(0.1, eps=0.0)
-    with pytest.raises(ValueError, match=r"no derivative at a zero gradient.*its value is not "
-                                         r"finite.*from div at .*optax"):
+    with pytest.raises(
+        ValueError,
+        match=r"no derivative at a zero gradient.*its value is not "
+        r"finite.*from div at .*optax",
+    ):
         reweight.check_lookahead(tx, params, tx.init(params))
     tx = optax.normalize_by_update_norm(eps=0.0)
     with pytest.raises(ValueError, match=r"its value is not finite.*div"):
@@ -267,12 +297,15 @@ def test_one_train_step_with_adam_keeps_the_parameters_finite():
         return _mlp_logits(params, x), model_state
 
     train_step = step_lib.make_train_step(apply_fn, tx, methods.get_scheme("l2rw"))
-    state = TrainState(step=jnp.int32(0), params=params, model_state={},
-                       opt_state=tx.init(params), rng=None)
+    state = TrainState(
+        step=jnp.int32(0), params=params, model_state={}, opt_state=tx.init(params), rng=None
+    )
     states = jax.tree.map(lambda x: jnp.stack([x, x]), state)._replace(
-        rng=jax.random.split(jax.random.key(0), 2))
-    new_states, metrics = jax.jit(jax.vmap(train_step, in_axes=(0, None, None)),
-                                  compiler_options=FAST_COMPILE)(states, batch, val)
+        rng=jax.random.split(jax.random.key(0), 2)
+    )
+    new_states, metrics = jax.jit(
+        jax.vmap(train_step, in_axes=(0, None, None)), compiler_options=FAST_COMPILE
+    )(states, batch, val)
     for x in jax.tree.leaves((new_states.params, new_states.opt_state)):
         assert np.all(np.isfinite(x))
     assert np.all(np.isfinite(metrics["g_B"]))
@@ -284,22 +317,31 @@ def test_one_train_step_with_adam_keeps_the_parameters_finite():
 def test_adam_lookahead_under_shard_map_equals_one_device():
     """Clipping + Adam at a fresh state, 4 devices with axis_name: the same g as 1 device."""
     from jax.sharding import Mesh, PartitionSpec as P
+
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.1))
     params, batch, val = _mlp_problem(np.float32)
     batch = {k: np.concatenate([v, v[::-1]]) for k, v in batch.items()}  # 2B rows: 4 x 3
     opt_state = tx.init(params)
 
     def both_modes(batch, val, axis_name=None):
-        return tuple(reweight.meta_gradient(_mlp_loss, params, opt_state, tx, batch, val,
-                                            mode=mode, axis_name=axis_name)[0]
-                     for mode in ("forward", "reverse"))
+        return tuple(
+            reweight.meta_gradient(
+                _mlp_loss, params, opt_state, tx, batch, val, mode=mode, axis_name=axis_name
+            )[0]
+            for mode in ("forward", "reverse")
+        )
 
     expected = jax.jit(both_modes, compiler_options=FAST_COMPILE)(batch, val)
     mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
-    sharded = jax.jit(jax.shard_map(functools.partial(both_modes, axis_name="data"), mesh=mesh,
-                                    in_specs=(P("data"), P("data")),
-                                    out_specs=(P("data"), P("data"))),
-                      compiler_options=FAST_COMPILE)(batch, val)
+    sharded = jax.jit(
+        jax.shard_map(
+            functools.partial(both_modes, axis_name="data"),
+            mesh=mesh,
+            in_specs=(P("data"), P("data")),
+            out_specs=(P("data"), P("data")),
+        ),
+        compiler_options=FAST_COMPILE,
+    )(batch, val)
     for g, g_ref in zip(sharded, expected):
         assert np.all(np.isfinite(g_ref)) and np.max(np.abs(g_ref)) > 1e3  # ~ 1 / eps scale
         np.testing.assert_allclose(g, g_ref, rtol=2e-5, atol=1e-6 * np.max(np.abs(g_ref)))

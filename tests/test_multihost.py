@@ -1,5 +1,6 @@
 """Multi-host end to end: two processes (gloo CPU collectives) run ``train_and_evaluate`` into one
 workdir and end where one process with the same global batch and devices ends."""
+
 import json
 import os
 import socket
@@ -25,16 +26,35 @@ TIMED = ("wall_time_s", "steps_per_s", "timing_s")
 
 def _config(npz, backend):
     c = config_lib.default_config()
-    c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
-                           corrupt_given_labels=True,
-                           clean_per_class=2, hyper_val_size=20, batch_size=8,
-                           clean_batch_size=8, eval_batch_size=32),
-              "model": {"name": "mlp", "options": {"hidden": (16,)}},
-              "optim": {"learning_rate": 0.1}, "num_steps": STEPS, "num_seeds": 2,
-              "method": {"name": "l2rw"},
-              "loop": dict(log_every=2, eval_every=2, checkpoint_every=2, progress_bar=False,
-                           num_devices=worker.GLOBAL_DEVICES, backend=backend,
-                           steps_per_call=2)})
+    c.update(
+        {
+            "data": dict(
+                dataset=f"npz:{npz}",
+                noise="uniform",
+                noise_ratio=0.4,
+                corrupt_given_labels=True,
+                clean_per_class=2,
+                hyper_val_size=20,
+                batch_size=8,
+                clean_batch_size=8,
+                eval_batch_size=32,
+            ),
+            "model": {"name": "mlp", "options": {"hidden": (16,)}},
+            "optim": {"learning_rate": 0.1},
+            "num_steps": STEPS,
+            "num_seeds": 2,
+            "method": {"name": "l2rw"},
+            "loop": dict(
+                log_every=2,
+                eval_every=2,
+                checkpoint_every=2,
+                progress_bar=False,
+                num_devices=worker.GLOBAL_DEVICES,
+                backend=backend,
+                steps_per_call=2,
+            ),
+        }
+    )
     return config_lib.validate(c)
 
 
@@ -50,10 +70,16 @@ def _run_two_processes(config, workdir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     script, port = os.path.join(ROOT, "tests", "multihost_worker.py"), _free_port()
-    procs = [subprocess.Popen([sys.executable, script, str(i), "2", str(port),
-                               str(config_json), str(workdir)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, str(i), "2", str(port), str(config_json), str(workdir)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = []
     try:
         for proc in procs:
@@ -68,8 +94,7 @@ def _run_two_processes(config, workdir, tmp_path):
 def _final_carry(workdir):
     manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
     step = manager.latest_step()
-    carry = manager.restore(step, args=ocp.args.Composite(
-        carry=ocp.args.StandardRestore())).carry
+    carry = manager.restore(step, args=ocp.args.Composite(carry=ocp.args.StandardRestore())).carry
     manager.close()
     return step, carry
 
@@ -81,19 +106,22 @@ def _files(workdir):
     for folder, _, names in os.walk(workdir):
         rel = os.path.relpath(folder, workdir)
         if rel.split(os.sep)[0] != "checkpoints":
-            out += [os.path.normpath(os.path.join(rel, "events" if rel == "tb" else n))
-                    for n in names]
+            out += [
+                os.path.normpath(os.path.join(rel, "events" if rel == "tb" else n)) for n in names
+            ]
     return sorted(out)
 
 
 def _leaves(tree, prefix=""):
     """{path: numpy value} of a tree of dicts, lists and values."""
     if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items()
-                for k, v in _leaves(sub, f"{prefix}/{key}").items()}
+        return {
+            k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}/{key}").items()
+        }
     if isinstance(tree, (list, tuple)):
-        return {k: v for i, sub in enumerate(tree)
-                for k, v in _leaves(sub, f"{prefix}/{i}").items()}
+        return {
+            k: v for i, sub in enumerate(tree) for k, v in _leaves(sub, f"{prefix}/{i}").items()
+        }
     return {prefix: np.asarray(tree)}
 
 
@@ -131,8 +159,9 @@ def test_two_processes_train_as_one(tmp_path, backend):
     # appending would double them), one TensorBoard event file.
     assert _files(two) == _files(one)
     assert _files(two).count(os.path.join("tb", "events")) == 1
-    records = lambda wd: [json.loads(line)
-                          for line in (wd / "metrics.jsonl").read_text().splitlines()]
+    records = lambda wd: [
+        json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()
+    ]
     assert len(records(two)) == len(records(one))
     for r2, r1 in zip(records(two), records(one)):
         _assert_same(r2, r1, drop=("steps_per_s",))

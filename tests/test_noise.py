@@ -3,6 +3,7 @@ CIFAR-N label features through tfds's mock), truth-needing metrics absent when t
 unknown, and the oracle reference trained on exactly the correct rows and the clean set.
 
 Each run is a few steps of a tiny MLP (tests/tiny_data.py's config)."""
+
 import csv
 import json
 import os
@@ -33,8 +34,9 @@ def given_npz(tmp_path_factory):
     y_obs = y_true.copy()
     y_obs[::3] = (y_obs[::3] + 3) % C
     path = str(d / "given.npz")
-    array_source.save_arrays(path, a["x_train"], y_obs, a["x_test"], a["y_test"],
-                         y_train_true=y_true)
+    array_source.save_arrays(
+        path, a["x_train"], y_obs, a["x_test"], a["y_test"], y_train_true=y_true
+    )
     return {"path": path, "y_obs": y_obs, "y_true": y_true}
 
 
@@ -57,8 +59,7 @@ def _noise_free(npz, *overrides):
     return config_lib._unflatten(c)
 
 
-def test_npz_with_true_labels_trains_and_its_suspects_are_scored_against_them(
-        given_npz, tmp_path):
+def test_npz_with_true_labels_trains_and_its_suspects_are_scored_against_them(given_npz, tmp_path):
     from l2rw_jax import audit
 
     config = _noise_free(given_npz["path"], {"method": {"name": "l2rw"}, "num_steps": 4})
@@ -69,14 +70,25 @@ def test_npz_with_true_labels_trains_and_its_suspects_are_scored_against_them(
     rows = w["source_index"]
     np.testing.assert_array_equal(w["label"], given_npz["y_obs"][rows])
     np.testing.assert_array_equal(w["true_label"], given_npz["y_true"][rows])
-    np.testing.assert_array_equal(w["is_noisy"],
-                                  given_npz["y_obs"][rows] != given_npz["y_true"][rows])
+    np.testing.assert_array_equal(
+        w["is_noisy"], given_npz["y_obs"][rows] != given_npz["y_true"][rows]
+    )
     assert all("w_mean_noisy" in r for r in _records(workdir) if r["split"] == "train")
 
     cfg = audit.default_config()
-    cfg.update(epsilons=(0.0, 0.1), pgd_steps=1, robust_examples=16, min_eps_examples=16,
-               bisection_steps=1, bias_examples_per_class=4, num_prototypes=2,
-               num_criticisms=2, num_mistakes=2, ig_steps=2, num_suspects=4)
+    cfg.update(
+        epsilons=(0.0, 0.1),
+        pgd_steps=1,
+        robust_examples=16,
+        min_eps_examples=16,
+        bisection_steps=1,
+        bias_examples_per_class=4,
+        num_prototypes=2,
+        num_criticisms=2,
+        num_mistakes=2,
+        ig_steps=2,
+        num_suspects=4,
+    )
     res = audit.audit_run(workdir, cfg)
     seen = w["count"] > 0
     assert res["label_issues"]["n_noisy"] == int(w["is_noisy"][seen].sum()) > 0
@@ -95,13 +107,15 @@ def test_npz_with_true_labels_trains_and_its_suspects_are_scored_against_them(
 
 def test_given_labels_without_truth_leave_the_truth_metrics_out(tmp_path):
     npz = tiny_data.write_tiny_npz(str(tmp_path / "tiny.npz"))
-    config = _noise_free(npz, {"data": {"noise": "given"}, "method": {"name": "l2rw"},
-                               "num_steps": 2})
+    config = _noise_free(
+        npz, {"data": {"noise": "given"}, "method": {"name": "l2rw"}, "num_steps": 2}
+    )
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config, workdir)
     train_records = [r for r in _records(workdir) if r["split"] == "train"]
-    assert train_records and not any("w_mean_noisy" in r or "w_mean_clean" in r
-                                     for r in train_records)
+    assert train_records and not any(
+        "w_mean_noisy" in r or "w_mean_clean" in r for r in train_records
+    )
     w = _weights(workdir)
     assert "is_noisy" not in w and "true_label" not in w
     config["method"]["name"] = "oracle"
@@ -109,15 +123,22 @@ def test_given_labels_without_truth_leave_the_truth_metrics_out(tmp_path):
         train.train_and_evaluate(config, str(tmp_path / "oracle"))
 
 
-@pytest.mark.parametrize("noise", [{"noise": "pair", "noise_ratio": 0.45},
-                                   {"noise": "asymmetric", "noise_ratio": 0.4}])
+@pytest.mark.parametrize(
+    "noise", [{"noise": "pair", "noise_ratio": 0.45}, {"noise": "asymmetric", "noise_ratio": 0.4}]
+)
 def test_oracle_trains_only_on_correct_rows_and_the_clean_set(tmp_path, noise):
     npz = tiny_data.write_tiny_npz(str(tmp_path / "tiny.npz"))
     with np.load(npz) as z:
         y = z["y_train"]
-    config = tiny_data.tiny_config(npz, {"data": noise, "method": {"name": "oracle"},
-                                         "num_steps": 40, "loop": {"eval_every": 40,
-                                                                   "checkpoint_every": 40}})
+    config = tiny_data.tiny_config(
+        npz,
+        {
+            "data": noise,
+            "method": {"name": "oracle"},
+            "num_steps": 40,
+            "loop": {"eval_every": 40, "checkpoint_every": 40},
+        },
+    )
     workdir = str(tmp_path / "run")
     results = train.train_and_evaluate(config, workdir)
     md = compose.member_data(json.load(open(os.path.join(workdir, "config.json"))))
@@ -135,11 +156,17 @@ def test_oracle_trains_only_on_correct_rows_and_the_clean_set(tmp_path, noise):
     assert int(w["is_noisy"].sum()) > 0  # There were wrong rows to leave out.
 
 
-@pytest.mark.parametrize("name,label_key,num_classes", [
-    ("cifar10_n", "worse_label", 10), ("cifar10_n", "aggre_label", 10),
-    ("cifar100_n", "noise_label", 100)])
+@pytest.mark.parametrize(
+    "name,label_key,num_classes",
+    [
+        ("cifar10_n", "worse_label", 10),
+        ("cifar10_n", "aggre_label", 10),
+        ("cifar100_n", "noise_label", 100),
+    ],
+)
 def test_cifar_n_label_features_train_with_is_noisy_from_the_two_keys(
-        tmp_path, name, label_key, num_classes):
+    tmp_path, name, label_key, num_classes
+):
     import tensorflow_datasets as tfds
 
     data_dir = str(tmp_path / "tfds")
@@ -148,10 +175,19 @@ def test_cifar_n_label_features_train_with_is_noisy_from_the_two_keys(
     builder.info.write_to_directory(builder.data_dir)  # "Prepared": metadata, mocked examples.
     # Random mock labels: enough rows that every class has one for the clean set.
     n = 200 if num_classes == 10 else 1500
-    config = _noise_free("digits", {
-        "data": {"dataset": name, "data_dir": data_dir, "label_key": label_key,
-                 "clean_per_class": 1, "hyper_val_size": 0},
-        "num_steps": 2})
+    config = _noise_free(
+        "digits",
+        {
+            "data": {
+                "dataset": name,
+                "data_dir": data_dir,
+                "label_key": label_key,
+                "clean_per_class": 1,
+                "hyper_val_size": 0,
+            },
+            "num_steps": 2,
+        },
+    )
     assert config_lib.validate(config).data.noise == "given"
     with tfds.testing.mock_data(num_examples=n, data_dir=data_dir):
         arrays = datasets.load_arrays(name, data_dir=data_dir, label_key=label_key)
@@ -190,15 +226,20 @@ def test_config_noise_fields_translate_and_bad_values_fail_in_one_line(tmp_path)
     assert (v.data.noise, v.data.noise_ratio) == ("given", 0.0)
 
     for data, match in (
-            (dict(noise="transition", noise_matrix=str(tmp_path / "missing.npy")),
-             r"data.noise_matrix='.*missing.npy' is not a readable .npy file"),
-            (dict(noise="transition", noise_matrix=((0.5, 0.6), (0.0, 1.0))),
-             r"row 0 sums to 1.1"),
-            (dict(noise="pair", noise_ratio=1.0), r"\[0, 1\) for noise 'pair', got 1.0"),
-            (dict(noise="uniform", noise_ratio=0.2, label_key="worse_label"),
-             r"data.label_key='worse_label' .* must be 'given'"),
-            (dict(noise="none", noise_ratio=0.0, noise_map="cifar10"),
-             r"noise_map='cifar10' only applies to noise 'asymmetric'"),
+        (
+            dict(noise="transition", noise_matrix=str(tmp_path / "missing.npy")),
+            r"data.noise_matrix='.*missing.npy' is not a readable .npy file",
+        ),
+        (dict(noise="transition", noise_matrix=((0.5, 0.6), (0.0, 1.0))), r"row 0 sums to 1.1"),
+        (dict(noise="pair", noise_ratio=1.0), r"\[0, 1\) for noise 'pair', got 1.0"),
+        (
+            dict(noise="uniform", noise_ratio=0.2, label_key="worse_label"),
+            r"data.label_key='worse_label' .* must be 'given'",
+        ),
+        (
+            dict(noise="none", noise_ratio=0.0, noise_map="cifar10"),
+            r"noise_map='cifar10' only applies to noise 'asymmetric'",
+        ),
     ):
         c = config_lib.default_config()
         c.data.update(data)
@@ -219,10 +260,15 @@ def test_bad_label_keys_and_true_labels_fail_before_anything_is_written(tmp_path
     os.makedirs(builder.data_dir, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)
     with tfds.testing.mock_data(num_examples=4, data_dir=data_dir):
-        for key, match in (("coarse_label", r"label_key='coarse_label' is not an integer class "
-                                            r"label of dataset 'cifar100_n' with 100 classes; "
-                                            r"allowed: label, noise_label"),
-                           ("worker_id", r"label_key='worker_id' is not an integer class")):
+        for key, match in (
+            (
+                "coarse_label",
+                r"label_key='coarse_label' is not an integer class "
+                r"label of dataset 'cifar100_n' with 100 classes; "
+                r"allowed: label, noise_label",
+            ),
+            ("worker_id", r"label_key='worker_id' is not an integer class"),
+        ):
             with pytest.raises(ValueError, match=match):
                 datasets.load_arrays("cifar100_n", data_dir=data_dir, label_key=key)
     with pytest.raises(ValueError, match=r"label_key='x' only applies to tfds datasets"):

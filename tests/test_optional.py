@@ -4,6 +4,7 @@ A missing package is simulated with ``sys.modules[name] = None`` (then ``import 
 ImportError, as on a host where it is not installed), for the package and every submodule this
 process has already imported.
 """
+
 import importlib
 import logging
 import os
@@ -47,8 +48,7 @@ def test_digits_builder_names_the_tfds_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "l2rw_jax.digits_builder", raising=False)
     with pytest.raises(ImportError) as e:
         importlib.import_module("l2rw_jax.digits_builder")
-    assert str(e.value) == (
-        f"l2rw_jax.digits_builder needs TensorFlow Datasets: {_pip('tfds')}")
+    assert str(e.value) == (f"l2rw_jax.digits_builder needs TensorFlow Datasets: {_pip('tfds')}")
 
 
 def test_tf_data_pipeline_names_the_tfds_extra(monkeypatch):
@@ -56,7 +56,8 @@ def test_tf_data_pipeline_names_the_tfds_extra(monkeypatch):
     with pytest.raises(ImportError) as e:
         input_pipeline.test_dataset(None, batch_size=8, mean=0.0, std=1.0)  # TF comes first.
     assert str(e.value) == (
-        f"the tf.data input pipeline (loop.backend='tfdata') needs TensorFlow: {_pip('tfds')}")
+        f"the tf.data input pipeline (loop.backend='tfdata') needs TensorFlow: {_pip('tfds')}"
+    )
 
 
 def test_tfdata_backend_fails_before_loading_data_or_writing(monkeypatch, tmp_path):
@@ -68,7 +69,8 @@ def test_tfdata_backend_fails_before_loading_data_or_writing(monkeypatch, tmp_pa
     with pytest.raises(ImportError) as e:  # Not FileNotFoundError: the npz is not read yet.
         train.train_and_evaluate(c, str(run))
     assert str(e.value) == (
-        f"the tfdata input backend (loop.backend='tfdata') needs TensorFlow: {_pip('tfds')}")
+        f"the tfdata input backend (loop.backend='tfdata') needs TensorFlow: {_pip('tfds')}"
+    )
     assert not run.exists()
 
 
@@ -80,7 +82,8 @@ def test_missing_tensorboardx_warns_once_naming_the_extra(monkeypatch, tmp_path,
         writer.close()
     assert [r.getMessage() for r in caplog.records] == [
         f"writing TensorBoard files (<workdir>/tb) needs tensorboardX: {_pip('tensorboard')}; "
-        "metrics.jsonl has every metric."]
+        "metrics.jsonl has every metric."
+    ]
     assert not (tmp_path / "tb").exists()
     assert workdir.read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 1.0}]
 

@@ -7,6 +7,7 @@ tests pin, for every model of the zoo and for a module of a user's own, that the
 selector moves is the one whose output is the logits, fed by the audit's penultimate features,
 and that the meta-gradient is the finite-difference one of the output layer alone.
 """
+
 import functools
 
 import flax.linen as nn
@@ -63,12 +64,13 @@ def test_zoo_output_layer_is_head_fed_by_the_penultimate_and_the_only_one_moved(
     logits, penultimate, grads = features_and_grads(params)
     # The audit's penultimate features are the output layer's input: logits = f W + b.
     head = _subtree(params, path)
-    np.testing.assert_allclose(logits, penultimate @ head["kernel"] + head["bias"][None, :],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        logits, penultimate @ head["kernel"] + head["bias"][None, :], rtol=1e-5, atol=1e-6
+    )
     # "last" moves exactly the output layer: its gradient is non-zero, every other one is 0.
     for key_path, g in jax.tree.leaves_with_path(grads):
         keys = tuple(k.key for k in key_path)
-        if keys[:len(path)] == path:
+        if keys[: len(path)] == path:
             assert np.any(np.asarray(g) != 0), keys
         else:
             assert not np.any(np.asarray(g)), keys
@@ -104,20 +106,30 @@ def test_resnet32_issue_input_meta_gradient_is_the_output_layers_finite_differen
         return jnp.mean(loss_fn(with_head(optax.apply_updates(head, updates)), val))
 
     def run(params, batch, val):
-        ctx = methods.WeighContext(loss_fn=loss_fn, params=params, opt_state=tx.init(params),
-                                   tx=tx, batch=batch, val_batch=val,
-                                   rng=jax.random.PRNGKey(0), step=jnp.int32(0))
+        ctx = methods.WeighContext(
+            loss_fn=loss_fn,
+            params=params,
+            opt_state=tx.init(params),
+            tx=tx,
+            batch=batch,
+            val_batch=val,
+            rng=jax.random.PRNGKey(0),
+            step=jnp.int32(0),
+        )
         empty = methods.EmptyState()
-        g = {mode: methods.l2rw(mode, meta_params="last").weigh(ctx, empty)[2]["g_B"]
-             for mode in ("forward", "reverse")}
+        g = {
+            mode: methods.l2rw(mode, meta_params="last").weigh(ctx, empty)[2]["g_B"]
+            for mode in ("forward", "reverse")
+        }
         g["unit"] = methods.l2rw(meta_params=("_PreActUnit_2",)).weigh(ctx, empty)[2]["g_B"]
         step = 1e-6 * jnp.concatenate([jnp.eye(B), -jnp.eye(B)])
         values = jax.vmap(val_after_lookahead)(step)
         return g, (values[:B] - values[B:]) / 2e-6
 
     with jax.enable_x64(True):
-        g, g_fd = jax.tree.map(np.asarray, jax.jit(run, compiler_options=FAST_COMPILE)(
-            params, batch, val))
+        g, g_fd = jax.tree.map(
+            np.asarray, jax.jit(run, compiler_options=FAST_COMPILE)(params, batch, val)
+        )
     assert len(path) == 1 and sorted(params)[0] != path[0]
     assert g["forward"].dtype == np.float64
     scale = np.max(np.abs(g_fd))
@@ -161,21 +173,28 @@ def test_user_module_output_layer_is_found_and_moved_alone():
     loss_fn = lambda p, b: _xent(module.apply({"params": p}, b["image"]), b["label"])
 
     def run(params, batch, val):
-        ctx = methods.WeighContext(loss_fn=loss_fn, params=params, opt_state=tx.init(params),
-                                   tx=tx, batch=batch, val_batch=val,
-                                   rng=jax.random.PRNGKey(0), step=jnp.int32(0))
+        ctx = methods.WeighContext(
+            loss_fn=loss_fn,
+            params=params,
+            opt_state=tx.init(params),
+            tx=tx,
+            batch=batch,
+            val_batch=val,
+            rng=jax.random.PRNGKey(0),
+            step=jnp.int32(0),
+        )
         g_B = methods.l2rw(meta_params=path).weigh(ctx, methods.EmptyState())[2]["g_B"]
 
         def head_grad(f):
             def of_head(head):
                 inner = {**params["blocks"], "Dense_0": head}
                 return f({**params, "blocks": inner})
+
             flat = jax.grad(of_head)(params["blocks"]["Dense_0"])
             return jnp.concatenate([a.ravel() for a in jax.tree.leaves(flat)])
 
         grad_val = head_grad(lambda p: jnp.mean(loss_fn(p, val)))
-        per_example = jnp.stack([head_grad(lambda p, i=i: loss_fn(p, batch)[i])
-                                 for i in range(6)])
+        per_example = jnp.stack([head_grad(lambda p, i=i: loss_fn(p, batch)[i]) for i in range(6)])
         return g_B, -lr * per_example @ grad_val
 
     with jax.enable_x64(True):
@@ -185,9 +204,16 @@ def test_user_module_output_layer_is_found_and_moved_alone():
     np.testing.assert_allclose(g_B, expected, rtol=1e-10, atol=1e-14)
 
     # "last" means params["head"]; a module without one fails loudly, naming the way out.
-    ctx = methods.WeighContext(loss_fn=loss_fn, params=params, opt_state=tx.init(params), tx=tx,
-                               batch=batch, val_batch=val,
-                               rng=jax.random.PRNGKey(0), step=jnp.int32(0))
+    ctx = methods.WeighContext(
+        loss_fn=loss_fn,
+        params=params,
+        opt_state=tx.init(params),
+        tx=tx,
+        batch=batch,
+        val_batch=val,
+        rng=jax.random.PRNGKey(0),
+        step=jnp.int32(0),
+    )
     with pytest.raises(ValueError, match=r"'head'.*output_layer_path"):
         methods.l2rw(meta_params="last").weigh(ctx, methods.EmptyState())
     with pytest.raises(ValueError, match=r"'Dense_9'.*\('blocks',\)"):

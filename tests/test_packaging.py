@@ -67,8 +67,12 @@ def _names(reqs):
 
 
 # The optional packages (l2rw_jax._optional.EXTRAS' modules) as distributions.
-OPTIONAL_DISTS = {"tensorflow": "tensorflow-cpu", "tensorflow_datasets": "tensorflow-datasets",
-                  "sklearn": "scikit-learn", "tensorboardX": "tensorboardx"}
+OPTIONAL_DISTS = {
+    "tensorflow": "tensorflow-cpu",
+    "tensorflow_datasets": "tensorflow-datasets",
+    "sklearn": "scikit-learn",
+    "tensorboardX": "tensorboardx",
+}
 
 
 def test_install_requires_has_no_optional_package_and_the_extras_hold_them():
@@ -77,8 +81,15 @@ def test_install_requires_has_no_optional_package_and_the_extras_hold_them():
     opts = _setup_cfg()
     install = _names(_lines(opts["options"]["install_requires"]))
     extras = {k: _names(_lines(v)) for k, v in opts["options.extras_require"].items()}
-    assert not install & {"tensorflow", "tensorflow-cpu", "tensorflow-datasets", "scikit-learn",
-                          "tensorboardx", "tensorboard", "importlib-resources"}
+    assert not install & {
+        "tensorflow",
+        "tensorflow-cpu",
+        "tensorflow-datasets",
+        "scikit-learn",
+        "tensorboardx",
+        "tensorboard",
+        "importlib-resources",
+    }
     assert set(OPTIONAL_DISTS) == set(_optional.EXTRAS)
     for module, (_, extra) in _optional.EXTRAS.items():  # the extra the message names has it
         assert OPTIONAL_DISTS[module] in extras[extra], (module, extra)
@@ -89,12 +100,22 @@ def test_install_requires_has_no_optional_package_and_the_extras_hold_them():
 
 
 # Import name -> distribution, for the library's non-optional third-party imports.
-INSTALLED_DISTS = {"jax": "jax", "flax": "flax", "optax": "optax", "chex": "chex",
-                   "orbax": "orbax-checkpoint", "etils": "etils",
-                   "ml_collections": "ml-collections",
-                   "absl": "absl-py", "numpy": "numpy", "matplotlib": "matplotlib",
-                   "PIL": "pillow", "tqdm": "tqdm",
-                   "jaxlib": "jax", "scipy": "jax"}  # jaxlib, scipy: dependencies of jax.
+INSTALLED_DISTS = {
+    "jax": "jax",
+    "flax": "flax",
+    "optax": "optax",
+    "chex": "chex",
+    "orbax": "orbax-checkpoint",
+    "etils": "etils",
+    "ml_collections": "ml-collections",
+    "absl": "absl-py",
+    "numpy": "numpy",
+    "matplotlib": "matplotlib",
+    "PIL": "pillow",
+    "tqdm": "tqdm",
+    "jaxlib": "jax",
+    "scipy": "jax",
+}  # jaxlib, scipy: dependencies of jax.
 # Imported inside `try: ... except ImportError` (a gs:// workdir's client), never required.
 GUARDED = {"google"}
 

@@ -1,4 +1,5 @@
 """experiments.planner: plans computed by hand from given costs and budgets."""
+
 import pytest
 
 from experiments import planner
@@ -23,11 +24,16 @@ def test_measured_cost_keeps_the_step_time():
 
 
 def test_plan_sweep_is_greedy_in_priority_order():
-    plan = planner.plan_sweep([("a", 40.0), ("b", 50.0), ("c", 10.0), ("d", 30.0)],
-                              remaining_s=115.0, safety=1.5)
+    plan = planner.plan_sweep(
+        [("a", 40.0), ("b", 50.0), ("c", 10.0), ("d", 30.0)], remaining_s=115.0, safety=1.5
+    )
     # a: 60 used; b: 60 + 75 > 115 skipped; c: 75; d: 75 + 45 > 115 skipped.
-    assert [(k, run) for k, _, run in plan] == [("a", True), ("b", False), ("c", True),
-                                             ("d", False)]
+    assert [(k, run) for k, _, run in plan] == [
+        ("a", True),
+        ("b", False),
+        ("c", True),
+        ("d", False),
+    ]
 
 
 def test_plan_steps_largest_count_for_all_then_minimal():

@@ -1,4 +1,5 @@
 """The separable custom-jvp max-pool: values and both derivatives equal flax's reduce_window."""
+
 import functools
 
 import flax.linen as nn
@@ -20,8 +21,10 @@ def _values_and_derivatives(xs, tangents, cotangents):
     out = []
     for x, t, ct, (_, k, s) in zip(xs, tangents, cotangents, CASES):
         per_impl = []
-        for pool in (lambda x: pooling.max_pool_same(x, k, s),
-                     lambda x: nn.max_pool(x, (k, k), strides=(s, s), padding="SAME")):
+        for pool in (
+            lambda x: pooling.max_pool_same(x, k, s),
+            lambda x: nn.max_pool(x, (k, k), strides=(s, s), padding="SAME"),
+        ):
             y, t_y = jax.jvp(pool, (x,), (t,))
             per_impl.append((y, t_y, jax.vjp(pool, x)[1](ct)[0]))
         out.append(per_impl)

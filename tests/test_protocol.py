@@ -1,4 +1,5 @@
 """experiments.protocol: the command end to end on a tiny budget, and its per-method configs."""
+
 import json
 import re
 import os
@@ -40,8 +41,11 @@ def test_ablation_names_switch_one_option_each():
     assert got == dict(paper, weight_map="sign", meta_params="last")
     got = protocol_config.method_overrides("recommended-memory+reliability")["method"]["l2rw"]
     assert got == dict(rec, memory_decay=0.0, mix="reliability")
-    for bad, match in (("l2rw+softmax", "unknown ablation token 'softmax'"),
-                       ("erm+sign", "unknown method 'erm\\+sign'"), ("l2rw", None)):
+    for bad, match in (
+        ("l2rw+softmax", "unknown ablation token 'softmax'"),
+        ("erm+sign", "unknown method 'erm\\+sign'"),
+        ("l2rw", None),
+    ):
         if match is None:  # a plain METHODS name is not an ablation
             assert protocol_config.method_overrides(bad) == protocol_config.METHODS[bad]
             continue
@@ -77,10 +81,22 @@ def test_cifar_mlp_setting_is_the_mnist_mlp_recipe_on_cifar10_dev(monkeypatch):
 def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
     res = tmp_path / "res"
     out = subprocess.run(
-        [sys.executable, "-m", "experiments.protocol", f"--workdir={tmp_path}/w",
-         "--settings=digits_uniform40", "--num_steps=20", "--num_seeds=2",
-         "--methods=erm,l2rw,recommended,finetune,oracle", f"--results_dir={res}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "experiments.protocol",
+            f"--workdir={tmp_path}/w",
+            "--settings=digits_uniform40",
+            "--num_steps=20",
+            "--num_seeds=2",
+            "--methods=erm,l2rw,recommended,finetune,oracle",
+            f"--results_dir={res}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     methods = ["erm", "l2rw", "recommended", "finetune", "oracle"]
     for ext in ("md", "json", "png"):
@@ -102,27 +118,39 @@ def test_command_end_to_end_writes_the_table_it_claims(tmp_path):
         np.testing.assert_allclose(r["final_test_accuracy"]["per_seed"], acc_KxE[:, -1])
         np.testing.assert_allclose(r["best_test_accuracy"]["per_seed"], acc_KxE.max(1))
         np.testing.assert_allclose(r["drop"]["per_seed"], acc_KxE.max(1) - acc_KxE[:, -1])
-        run = json.loads((tmp_path / "w" / "digits_uniform40" / "steps20" / m /
-                          "results.json").read_text())
+        run = json.loads(
+            (tmp_path / "w" / "digits_uniform40" / "steps20" / m / "results.json").read_text()
+        )
         assert run["final_test_accuracy"] == r["final_test_accuracy"]
     lines = (res / "protocol_digits_uniform40_steps20.md").read_text().splitlines()
     assert "SHORTENED budget" in lines[0]
     header = [c.strip() for c in lines[2].strip("|").split("|")]
-    assert header == ["method", "seeds", "final test acc %", "best test acc %",
-                      "best - final (points)", "best step (median)", "steps/s", "gap closed %"]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[4:4 + len(methods)]]
+    assert header == [
+        "method",
+        "seeds",
+        "final test acc %",
+        "best test acc %",
+        "best - final (points)",
+        "best step (median)",
+        "steps/s",
+        "gap closed %",
+    ]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[4 : 4 + len(methods)]]
     assert [r[0] for r in rows] == methods
     for row, m in zip(rows, methods):
         final = summary["methods"][m]["final_test_accuracy"]
-        assert row[1] == "2" and row[2] == (f"{100 * final['mean']:.2f} +- "
-                                            f"{100 * final['ci95']:.2f}")
+        assert row[1] == "2" and row[2] == (
+            f"{100 * final['mean']:.2f} +- {100 * final['ci95']:.2f}"
+        )
         gap = summary["methods"][m]["gap_closed"]
-        assert row[-1] == ("-" if gap is None else
-                           f"{100 * gap['mean']:.2f} +- {100 * gap['ci95']:.2f}")
+        assert row[-1] == (
+            "-" if gap is None else f"{100 * gap['mean']:.2f} +- {100 * gap['ci95']:.2f}"
+        )
     gap_erm = summary["methods"]["erm"]["gap_closed"]
     assert gap_erm is None or gap_erm["per_seed"] == [0.0, 0.0]
-    assert lines[4 + len(methods) + 1].startswith("Final test accuracy minus the references' "
-                                                  "(points, paired over seeds")
+    assert lines[4 + len(methods) + 1].startswith(
+        "Final test accuracy minus the references' (points, paired over seeds"
+    )
     crit = lines[4 + len(methods) + 3]
     assert crit.startswith("- recommended minus: ")
     # The paired difference: per seed, then mean +- CI (not the difference of the means' CIs).
@@ -152,16 +180,21 @@ def test_gap_closed_against_a_hand_computation():
 
 def test_noise_settings_and_the_oracle_row(monkeypatch):
     monkeypatch.setenv("L2RW_DEV_DATA", "/dev-copies")
-    for setting, noise, ratio in (("digits_pair45", "pair", 0.45),
-                                  ("digits_uniform20", "uniform", 0.2),
-                                  ("digits_uniform60", "uniform", 0.6),
-                                  ("mnist_mlp_pair45", "pair", 0.45),
-                                  ("mnist_mlp_asymmetric40", "asymmetric", 0.4),
-                                  ("cifar_mlp_pair45", "pair", 0.45)):
+    for setting, noise, ratio in (
+        ("digits_pair45", "pair", 0.45),
+        ("digits_uniform20", "uniform", 0.2),
+        ("digits_uniform60", "uniform", 0.6),
+        ("mnist_mlp_pair45", "pair", 0.45),
+        ("mnist_mlp_asymmetric40", "asymmetric", 0.4),
+        ("cifar_mlp_pair45", "pair", 0.45),
+    ):
         c = protocol_config.setting_config(setting, "oracle")
         assert (c.data.noise, c.data.noise_ratio, c.method.name) == (noise, ratio, "oracle")
-        recipe = {"digits": "digits_uniform40", "mnist": "mnist_mlp_uniform40",
-                  "cifar": "cifar_mlp_uniform40"}[setting.split("_")[0]]
+        recipe = {
+            "digits": "digits_uniform40",
+            "mnist": "mnist_mlp_uniform40",
+            "cifar": "cifar_mlp_uniform40",
+        }[setting.split("_")[0]]
         base = protocol_config.setting_config(recipe, "oracle")
         # The same recipe: only the noise differs.
         diff = config_lib.config_differences(base.to_dict(), c)

@@ -1,4 +1,5 @@
 """experiments.protocol_table: the cross-setting table from protocol result files."""
+
 import json
 import os
 import subprocess
@@ -14,15 +15,27 @@ def _row(per_seed):
 
 def _write(path, setting, date, methods, num_steps=100, own=100):
     with open(path, "w") as f:
-        json.dump({"setting": setting, "date": date, "num_steps": num_steps,
-                   "setting_num_steps": own, "shortened": num_steps != own,
-                   "methods": {m: _row(v) for m, v in methods.items()}}, f)
+        json.dump(
+            {
+                "setting": setting,
+                "date": date,
+                "num_steps": num_steps,
+                "setting_num_steps": own,
+                "shortened": num_steps != own,
+                "methods": {m: _row(v) for m, v in methods.items()},
+            },
+            f,
+        )
 
 
 def _table(tmp_path, *flags):
-    out = subprocess.run([sys.executable, "-m", "experiments.protocol_table",
-                          f"--results_dir={tmp_path}", *flags], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.protocol_table", f"--results_dir={tmp_path}", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -30,16 +43,32 @@ def _table(tmp_path, *flags):
 def test_cells_are_final_accuracy_and_paired_gap_closed_merged_across_files(tmp_path):
     os.makedirs(tmp_path / "candidates")
     # Two files of one setting (the candidates' is newer): rows merge, the newer row wins.
-    _write(tmp_path / "protocol_a.json", "a", "2026-01-01 00:00 UTC",
-           {"erm": [0.5, 0.6], "oracle": [0.9, 0.8], "recommended": [0.1, 0.1]})
-    _write(tmp_path / "candidates" / "protocol_a.json", "a", "2026-01-02 00:00 UTC",
-           {"recommended": [0.7, 0.7]})
+    _write(
+        tmp_path / "protocol_a.json",
+        "a",
+        "2026-01-01 00:00 UTC",
+        {"erm": [0.5, 0.6], "oracle": [0.9, 0.8], "recommended": [0.1, 0.1]},
+    )
+    _write(
+        tmp_path / "candidates" / "protocol_a.json",
+        "a",
+        "2026-01-02 00:00 UTC",
+        {"recommended": [0.7, 0.7]},
+    )
     # A shortened budget is its own row; no oracle there, so no gap column.
-    _write(tmp_path / "protocol_b_steps50.json", "b", "2026-01-01 00:00 UTC",
-           {"erm": [0.2], "l2rw": [0.4]}, num_steps=50)
+    _write(
+        tmp_path / "protocol_b_steps50.json",
+        "b",
+        "2026-01-01 00:00 UTC",
+        {"erm": [0.2], "l2rw": [0.4]},
+        num_steps=50,
+    )
     text = _table(tmp_path)
-    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-             for line in text.splitlines() if line.startswith("| a") or line.startswith("| b")}
+    lines = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in text.splitlines()
+        if line.startswith("| a") or line.startswith("| b")
+    }
     header = [c.strip() for c in text.splitlines()[0].split("|")[2:-1]]
     assert header == ["erm", "oracle", "l2rw", "recommended"]
     a = dict(zip(header, lines["a (100 steps)"]))
@@ -50,16 +79,24 @@ def test_cells_are_final_accuracy_and_paired_gap_closed_merged_across_files(tmp_
 
 
 def test_plot_is_written_and_an_empty_folder_is_one_line_error(tmp_path):
-    _write(tmp_path / "protocol_a.json", "a", "2026-01-01 00:00 UTC",
-           {"erm": [0.5], "oracle": [0.9], "recommended": [0.7]})
+    _write(
+        tmp_path / "protocol_a.json",
+        "a",
+        "2026-01-01 00:00 UTC",
+        {"erm": [0.5], "oracle": [0.9], "recommended": [0.7]},
+    )
     _table(tmp_path, f"--plot={tmp_path / 'gap.png'}", f"--out={tmp_path / 't.md'}")
     assert (tmp_path / "gap.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "t.md").read_text().startswith("| setting (steps)")
     empty = tmp_path / "empty"
     empty.mkdir()
-    out = subprocess.run([sys.executable, "-m", "experiments.protocol_table",
-                          f"--results_dir={empty}"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.protocol_table", f"--results_dir={empty}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: no protocol_*.json in")
 

@@ -8,6 +8,7 @@ A block whose first line is ``# <name>.py ...`` is a file the next blocks import
 there under that name. A block preceded by ``<!-- not run: <why> -->`` is skipped; that is only
 for blocks that cannot run in CI (a download), and the comment must say why.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,13 +54,15 @@ def _blocks(path: str) -> tuple:
         j = i + 1
         while j < len(lines) and lines[j].rstrip() != "```":
             j += 1
-        out.append((m.group(1), "\n".join(lines[i + 1:j]), start + 1,
-                    skip.group(1) if skip else None))
+        out.append(
+            (m.group(1), "\n".join(lines[i + 1 : j]), start + 1, skip.group(1) if skip else None)
+        )
         i = j + 1
     return tuple(out)
 
 
 # ------------------------------------------------------------------------ python blocks run
+
 
 def _env(cwd: str) -> dict:
     env = dict(os.environ)
@@ -81,10 +84,17 @@ def _run_page(path: str, cwd: str) -> None:
             with open(os.path.join(cwd, m.group(1)), "w", encoding="utf-8") as f:
                 f.write(code + "\n")
             continue
-        proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=_env(cwd),
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=cwd,
+            env=_env(cwd),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, (
-            f"the python block at {where} failed:\n{code}\n--- stderr:\n{proc.stderr[-3000:]}")
+            f"the python block at {where} failed:\n{code}\n--- stderr:\n{proc.stderr[-3000:]}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +108,9 @@ def _ensure_ran(path: str, scratch) -> None:
         _run_page(path, scratch["dir"])
 
 
-@pytest.mark.parametrize("path", [p for p in PAGES if any(
-    b[0] == "python" for b in _blocks(p))], ids=_rel)
+@pytest.mark.parametrize(
+    "path", [p for p in PAGES if any(b[0] == "python" for b in _blocks(p))], ids=_rel
+)
 def test_python_blocks_run(path, scratch):
     _ensure_ran(README, scratch)  # other pages use the README example's run
     _ensure_ran(path, scratch)
@@ -111,7 +122,8 @@ def test_not_run_blocks_say_why():
             if skip is not None:
                 assert lang == "python" and len(skip) >= 10, (
                     f"{_rel(path)}:{line}: '<!-- not run: ... -->' needs a reason, before a "
-                    "python block")
+                    "python block"
+                )
 
 
 def test_the_readme_example_ranks_flipped_labels_first(scratch):
@@ -120,8 +132,7 @@ def test_the_readme_example_ranks_flipped_labels_first(scratch):
     _ensure_ran(README, scratch)
     import numpy as np
 
-    with np.load(os.path.join(scratch["dir"], "workdirs", "digits",
-                              "example_weights.npz")) as z:
+    with np.load(os.path.join(scratch["dir"], "workdirs", "digits", "example_weights.npz")) as z:
         flipped = set(z["source_index"][z["is_noisy"]].tolist())
         assert 0.3 < len(flipped) / len(z["source_index"]) < 0.5
 
@@ -159,8 +170,9 @@ def _all_commands() -> list[tuple[str, list[str]]]:
         # inline commands: `python -m experiments.x --flag ...` (may wrap over lines)
         no_blocks = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
         for m in re.finditer(r"`((?:\.venv/bin/)?python3? -m [^`]+)`", no_blocks):
-            found += [(f"{_rel(path)} (inline)", c)
-                      for c in _commands(m.group(1).replace("\n", " "))]
+            found += [
+                (f"{_rel(path)} (inline)", c) for c in _commands(m.group(1).replace("\n", " "))
+            ]
     return [(w, c) for w, c in found if c[0].split(".")[0] in ("experiments", "benchmarks")]
 
 
@@ -168,12 +180,19 @@ def _help(module: str, config_args: tuple[str, ...]) -> tuple[int, str]:
     """The module's flag help, after parsing the given --config / --config.* flags (absl
     programs: the config file is loaded and each override checked); argparse: --help."""
     args = [sys.executable, "-m", module, *config_args, "--helpfull"]
-    proc = subprocess.run(args, cwd=ROOT, env=_env(ROOT), capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        args, cwd=ROOT, env=_env(ROOT), capture_output=True, text=True, timeout=300
+    )
     out = proc.stdout + proc.stderr
     if "unrecognized arguments: --helpfull" in out:  # argparse
-        proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
-                              env=_env(ROOT), capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", module, "--help"],
+            cwd=ROOT,
+            env=_env(ROOT),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         return (0 if proc.returncode == 0 else proc.returncode), proc.stdout + proc.stderr
     ok = proc.returncode == 1 and "Flags parsing error" not in out  # absl's help exits 1
     return (0 if ok else proc.returncode or 99), out
@@ -185,15 +204,17 @@ def test_documented_commands_use_real_modules_and_flags():
     groups: dict[tuple, list] = {}
     for where, (module, *args) in commands:
         assert os.path.exists(os.path.join(ROOT, *module.split(".")) + ".py"), (
-            f"{where}: no module {module}")
+            f"{where}: no module {module}"
+        )
         config = tuple(a for a in args if a.startswith("--config=") or a.startswith("--config."))
         base = tuple(a for a in config if a.startswith("--config="))
         groups.setdefault((module, base), []).append((where, args, config))
     jobs = {}
     with futures.ThreadPoolExecutor(max_workers=4) as pool:
         for (module, base), items in groups.items():
-            overrides = tuple(dict.fromkeys(a for _, _, cfg in items for a in cfg
-                                            if a.startswith("--config.")))
+            overrides = tuple(
+                dict.fromkeys(a for _, _, cfg in items for a in cfg if a.startswith("--config."))
+            )
             jobs[(module, base)] = pool.submit(_help, module, base + overrides)
     for (module, base), items in groups.items():
         rc, text = jobs[(module, base)].result()
@@ -207,7 +228,8 @@ def test_documented_commands_use_real_modules_and_flags():
                 if name == "out" and value.startswith("benchmarks/results/"):
                     assert os.path.exists(os.path.join(ROOT, value)), f"{where}: no {value}"
                 assert re.search(rf"--(\[no\])?{re.escape(name)}\b", text), (
-                    f"{where}: {module} has no flag --{name}")
+                    f"{where}: {module} has no flag --{name}"
+                )
 
 
 def test_ci_runs_the_readmes_second_command():
@@ -219,6 +241,7 @@ def test_ci_runs_the_readmes_second_command():
 
 
 # ------------------------------------------------------------------------ links, issue numbers
+
 
 def test_relative_links_point_at_files():
     for path in PAGES + [os.path.join(ROOT, "CHANGELOG.md")]:

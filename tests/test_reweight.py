@@ -1,5 +1,6 @@
 """The meta-gradient is exact: both modes against central finite differences, for every
 optimizer family, on tiny linear / MLP / BatchNorm-CNN models; and the normalisation rule."""
+
 import doctest
 import functools
 
@@ -32,7 +33,8 @@ OPTIMIZERS = {
     # boundary falls on the look-ahead's count.
     "wd_schedule_momentum": lambda: optax.chain(
         optax.add_decayed_weights(2e-4),
-        optax.sgd(optax.piecewise_constant_schedule(0.1, {1: 0.1}), momentum=0.9)),
+        optax.sgd(optax.piecewise_constant_schedule(0.1, {1: 0.1}), momentum=0.9),
+    ),
 }
 
 
@@ -53,6 +55,7 @@ def _loss_fn(apply_fn, model_state):
     def loss_fn(params, batch):
         logits, _ = apply_fn(params, model_state, batch["image"], True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+
     return loss_fn
 
 
@@ -68,10 +71,12 @@ def _meta_and_finite_differences(model_name, tx, step_size=1e-6):
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
 
-        g_fwd, val_fwd = reweight.meta_gradient(loss_fn, params, opt_state, tx, batch, val_batch,
-                                                mode="forward")
-        g_rev, val_rev = reweight.meta_gradient(loss_fn, params, opt_state, tx, batch, val_batch,
-                                                mode="reverse")
+        g_fwd, val_fwd = reweight.meta_gradient(
+            loss_fn, params, opt_state, tx, batch, val_batch, mode="forward"
+        )
+        g_rev, val_rev = reweight.meta_gradient(
+            loss_fn, params, opt_state, tx, batch, val_batch, mode="reverse"
+        )
 
         def val_after_lookahead(eps_B):  # L_val(theta'(eps)), written out directly
             grads = jax.grad(lambda p: jnp.sum(eps_B * loss_fn(p, batch)))(params)
@@ -94,7 +99,8 @@ def _meta_and_finite_differences(model_name, tx, step_size=1e-6):
 @pytest.mark.parametrize("model_name", MODELS)
 def test_both_modes_match_central_finite_differences(model_name, opt_name):
     g_fwd, g_rev, g_fd, val_diff, displacement = _meta_and_finite_differences(
-        model_name, OPTIMIZERS[opt_name]())
+        model_name, OPTIMIZERS[opt_name]()
+    )
     assert g_fwd.dtype == np.float64
     scale = np.max(np.abs(g_fd))
     assert scale > 1e-4, "degenerate problem: the meta-gradient is ~0"
@@ -121,7 +127,8 @@ def test_sgd_meta_gradient_is_the_official_gradient_dot_product():
         flat = lambda tree: jnp.concatenate([x.ravel() for x in jax.tree.leaves(tree)])
         grad_val = flat(jax.grad(lambda p: jnp.mean(loss_fn(p, val_batch)))(params))
         per_example = jax.vmap(lambda i: flat(jax.grad(lambda p: loss_fn(p, batch)[i])(params)))(
-            jnp.arange(B))
+            jnp.arange(B)
+        )
         return g_B, -lr * per_example @ grad_val
 
     with jax.enable_x64(True):
@@ -177,8 +184,9 @@ def test_all_clipped_batch_meta_weights_are_zero(mode):
     apply_fn, params, batch, val_batch = _all_clipped_problem()
     loss_fn = _loss_fn(apply_fn, {})
     tx = optax.sgd(0.1, momentum=0.9)
-    mw = jax.jit(lambda p: reweight.meta_weights(loss_fn, p, tx.init(p), tx, batch, val_batch,
-                                                 mode=mode))(params)
+    mw = jax.jit(
+        lambda p: reweight.meta_weights(loss_fn, p, tx.init(p), tx, batch, val_batch, mode=mode)
+    )(params)
     assert bool(jnp.all(mw.g > 0))
     assert bool(mw.all_clipped)
     np.testing.assert_array_equal(mw.w, np.zeros(3))
@@ -191,11 +199,13 @@ def test_bad_options_raise_before_any_work():
 
     tx = optax.sgd(0.1)
     with pytest.raises(ValueError, match="mode='backward'.*forward, reverse"):
-        reweight.meta_weights(loss_fn, jnp.zeros(2), tx.init(jnp.zeros(2)), tx, {}, {},
-                              mode="backward")
+        reweight.meta_weights(
+            loss_fn, jnp.zeros(2), tx.init(jnp.zeros(2)), tx, {}, {}, mode="backward"
+        )
     with pytest.raises(ValueError, match="all_clipped='skip'.*zero, uniform"):
-        reweight.meta_weights(loss_fn, jnp.zeros(2), tx.init(jnp.zeros(2)), tx, {}, {},
-                              all_clipped="skip")
+        reweight.meta_weights(
+            loss_fn, jnp.zeros(2), tx.init(jnp.zeros(2)), tx, {}, {}, all_clipped="skip"
+        )
     with pytest.raises(ValueError, match="all_clipped"):
         reweight.normalize_weights(jnp.zeros(3), all_clipped="none")
 
@@ -206,9 +216,16 @@ def test_loss_fn_must_return_per_example_losses():
     scalar_loss = lambda p, b: jnp.sum((b @ p) ** 2)
     for mode in ("forward", "reverse"):
         with pytest.raises(ValueError, match=r"shape \(B,\)"):
-            reweight.meta_gradient(scalar_loss, params, tx.init(params), tx, jnp.ones((3, 2)),
-                                   jnp.ones((2, 2)), mode=mode,
-                                   val_loss_fn=lambda p, b: (b @ p) ** 2)
+            reweight.meta_gradient(
+                scalar_loss,
+                params,
+                tx.init(params),
+                tx,
+                jnp.ones((3, 2)),
+                jnp.ones((2, 2)),
+                mode=mode,
+                val_loss_fn=lambda p, b: (b @ p) ** 2,
+            )
 
 
 def test_docstring_examples():

@@ -1,4 +1,5 @@
 """The train / eval steps, the weighting schemes and the models behind them."""
+
 import functools
 
 import flax.linen as nn
@@ -20,43 +21,60 @@ NOISY_B = np.array([True, False, False, True, False, False, False, True])
 
 def _batches(shape, seed=0):
     rng = np.random.default_rng(seed)
-    batch = {"image": rng.normal(size=(B, *shape)).astype(np.float32),
-             "label": rng.integers(0, NUM_CLASSES, B).astype(np.int32),
-             "is_noisy": NOISY_B}
-    val_batch = {"image": rng.normal(size=(M, *shape)).astype(np.float32) + 0.5,
-                 "label": rng.integers(0, NUM_CLASSES, M).astype(np.int32)}
+    batch = {
+        "image": rng.normal(size=(B, *shape)).astype(np.float32),
+        "label": rng.integers(0, NUM_CLASSES, B).astype(np.int32),
+        "is_noisy": NOISY_B,
+    }
+    val_batch = {
+        "image": rng.normal(size=(M, *shape)).astype(np.float32) + 0.5,
+        "label": rng.integers(0, NUM_CLASSES, M).astype(np.int32),
+    }
     return batch, val_batch
 
 
 def _state(params, model_state, tx, seed=1):
-    return TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=model_state,
-                      opt_state=tx.init(params), rng=jax.random.key(seed))
+    return TrainState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        rng=jax.random.key(seed),
+    )
 
 
 @pytest.fixture(scope="module")
 def cnn_bn():
     """A BatchNorm CNN taken one momentum step away from its initialisation (non-zero trace,
     non-trivial running statistics), and jitted l2rw/erm steps for it."""
-    module = model_factory.create_model("small_cnn", NUM_CLASSES, channels=(4,), hidden=8,
-                                 batch_norm=True)
+    module = model_factory.create_model(
+        "small_cnn", NUM_CLASSES, channels=(4,), hidden=8, batch_norm=True
+    )
     params, model_state = models.init_model(module, jax.random.key(0), (1, 6, 6, 1))
     apply_fn = models.make_apply_fn(module)
     tx = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.1, momentum=0.9))
     batch, val_batch = _batches((6, 6, 1))
-    steps = {name: jax.jit(step_lib.make_train_step(apply_fn, tx, weigh_fn),
-                           compiler_options=FAST_COMPILE)
-             for name, weigh_fn in [("forward", methods.get_scheme("l2rw")),
-                                    ("reverse", methods.get_scheme("l2rw", mode="reverse")),
-                                    ("erm", methods.get_scheme("erm"))]}
+    steps = {
+        name: jax.jit(
+            step_lib.make_train_step(apply_fn, tx, weigh_fn), compiler_options=FAST_COMPILE
+        )
+        for name, weigh_fn in [
+            ("forward", methods.get_scheme("l2rw")),
+            ("reverse", methods.get_scheme("l2rw", mode="reverse")),
+            ("erm", methods.get_scheme("erm")),
+        ]
+    }
     state, _ = steps["erm"](_state(params, model_state, tx), batch, val_batch)
-    return dict(apply_fn=apply_fn, tx=tx, state=state, batch=batch, val_batch=val_batch,
-                steps=steps)
+    return dict(
+        apply_fn=apply_fn, tx=tx, state=state, batch=batch, val_batch=val_batch, steps=steps
+    )
 
 
 def _loss_fn(apply_fn, model_state):
     def loss_fn(params, batch):
         logits, _ = apply_fn(params, model_state, batch["image"], True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+
     return loss_fn
 
 
@@ -78,13 +96,20 @@ def test_l2rw_step_applies_the_weighted_update_exactly(cnn_bn):
     assert not bool(mw.all_clipped)
 
     np.testing.assert_allclose(metrics["w_B"], mw.w, rtol=1e-5, atol=1e-7)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 new_state.params, expected)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 new_state.opt_state, opt_state)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        new_state.params,
+        expected,
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        new_state.opt_state,
+        opt_state,
+    )
     assert int(new_state.step) == int(state.step) + 1
-    np.testing.assert_array_equal(jax.random.key_data(new_state.rng),
-                                  jax.random.key_data(state.rng))
+    np.testing.assert_array_equal(
+        jax.random.key_data(new_state.rng), jax.random.key_data(state.rng)
+    )
 
     w = np.asarray(mw.w)
     np.testing.assert_allclose(metrics["weighted_loss"], np.sum(w * losses_B), rtol=1e-5)
@@ -102,15 +127,20 @@ def test_batchnorm_statistics_come_from_the_real_step_only(cnn_bn):
     apply_fn, state = cnn_bn["apply_fn"], cnn_bn["state"]
     batch, val_batch = cnn_bn["batch"], cnn_bn["val_batch"]
     # The real step's forward pass: the training batch at the current parameters.
-    new_stats = jax.jit(lambda x: apply_fn(state.params, state.model_state, x, True)[1],
-                        compiler_options=FAST_COMPILE)
+    new_stats = jax.jit(
+        lambda x: apply_fn(state.params, state.model_state, x, True)[1],
+        compiler_options=FAST_COMPILE,
+    )
     expected = new_stats(batch["image"])
     # What the clean-batch pass would have produced, had it been kept.
     from_val = new_stats(val_batch["image"])
     for mode in ("forward", "reverse", "erm"):
         new_state, _ = cnn_bn["steps"][mode](state, batch, val_batch)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                     new_state.model_state, expected)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+            new_state.model_state,
+            expected,
+        )
         mean_new = new_state.model_state["batch_stats"]["BatchNorm_0"]["mean"]
         mean_val = from_val["batch_stats"]["BatchNorm_0"]["mean"]
         assert float(jnp.max(jnp.abs(mean_new - mean_val))) > 1e-3
@@ -123,8 +153,9 @@ def test_forward_and_reverse_steps_agree(cnn_bn):
     scale = float(jnp.max(jnp.abs(m_fwd["g_B"])))
     np.testing.assert_array_less(np.abs(m_fwd["g_B"] - m_rev["g_B"]), 1e-5 * scale)
     np.testing.assert_allclose(m_fwd["w_B"], m_rev["w_B"], atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s_fwd.params,
-                 s_rev.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s_fwd.params, s_rev.params
+    )
 
 
 def test_erm_step_is_plain_sgd_on_the_mean_loss(cnn_bn):
@@ -139,8 +170,11 @@ def test_erm_step_is_plain_sgd_on_the_mean_loss(cnn_bn):
         updates, _ = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates)
 
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 new_state.params, by_hand(state.params, state.opt_state))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        new_state.params,
+        by_hand(state.params, state.opt_state),
+    )
     np.testing.assert_allclose(metrics["w_B"], np.full(B, 1.0 / B))
     np.testing.assert_allclose(metrics["ess"], B, rtol=1e-5)
     assert "val_loss" not in metrics
@@ -157,15 +191,21 @@ def test_all_zero_step_has_no_data_term_and_no_nan():
     val_batch = {"image": x, "label": np.zeros(3, np.int32)}
     lr, wd = 0.1, 0.01
     tx = optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr))
-    train_step = jax.jit(step_lib.make_train_step(
-        models.make_apply_fn(module), tx, methods.get_scheme("l2rw")), donate_argnums=0)
+    train_step = jax.jit(
+        step_lib.make_train_step(models.make_apply_fn(module), tx, methods.get_scheme("l2rw")),
+        donate_argnums=0,
+    )
     # The state is donated: hand it copies, keep `params` for the comparison.
-    new_state, metrics = train_step(_state(jax.tree.map(jnp.copy, params), {}, tx), batch,
-                                    val_batch)
+    new_state, metrics = train_step(
+        _state(jax.tree.map(jnp.copy, params), {}, tx), batch, val_batch
+    )
     assert bool(metrics["all_zero"])
     np.testing.assert_array_equal(metrics["w_B"], np.zeros(3))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b * (1 - lr * wd), rtol=1e-6),
-                 new_state.params, params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b * (1 - lr * wd), rtol=1e-6),
+        new_state.params,
+        params,
+    )
     for name, value in metrics.items():
         assert bool(jnp.all(jnp.isfinite(value))), name
     assert float(metrics["ess"]) == 0.0 and float(metrics["w_mean_noisy"]) == 0.0
@@ -176,19 +216,22 @@ def test_train_step_vmaps_over_seeds():
     apply_fn = models.make_apply_fn(module)
     tx = optax.sgd(0.1, momentum=0.9)
     batch, val_batch = _batches((5,))
-    states = [_state(models.init_model(module, jax.random.key(s), (1, 5))[0], {}, tx, seed=s)
-              for s in (0, 1)]
+    states = [
+        _state(models.init_model(module, jax.random.key(s), (1, 5))[0], {}, tx, seed=s)
+        for s in (0, 1)
+    ]
     train_step = step_lib.make_train_step(apply_fn, tx, methods.get_scheme("l2rw"))
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-    vmapped = jax.jit(jax.vmap(train_step, in_axes=(0, None, None)),
-                      compiler_options=FAST_COMPILE)
+    vmapped = jax.jit(jax.vmap(train_step, in_axes=(0, None, None)), compiler_options=FAST_COMPILE)
     out_states, out_metrics = vmapped(stacked, batch, val_batch)
     single = jax.jit(train_step, compiler_options=FAST_COMPILE)
     for k, state in enumerate(states):
         ref_state, ref_metrics = single(state, batch, val_batch)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[k], b, rtol=1e-5, atol=1e-6),
-                     (out_states.params, out_states.opt_state, out_metrics["w_B"]),
-                     (ref_state.params, ref_state.opt_state, ref_metrics["w_B"]))
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a[k], b, rtol=1e-5, atol=1e-6),
+            (out_states.params, out_states.opt_state, out_metrics["w_B"]),
+            (ref_state.params, ref_state.opt_state, ref_metrics["w_B"]),
+        )
     assert not np.allclose(out_metrics["w_B"][0], out_metrics["w_B"][1])
 
 
@@ -209,15 +252,20 @@ def test_sgd_lookahead_is_the_official_gradient_dot_product():
     def weights(state):
         official = methods.get_scheme("l2rw", lookahead="sgd")
         optimizer = methods.get_scheme("l2rw")
-        ctx = methods.WeighContext(loss_fn, state.params, state.opt_state, tx, batch, val_batch,
-                                   state.rng, state.step)
+        ctx = methods.WeighContext(
+            loss_fn, state.params, state.opt_state, tx, batch, val_batch, state.rng, state.step
+        )
         flat = lambda tree: jnp.concatenate([x.ravel() for x in jax.tree.leaves(tree)])
         grad_val = flat(jax.grad(lambda p: jnp.mean(loss_fn(p, val_batch)))(state.params))
-        per_example = jax.vmap(lambda i: flat(jax.grad(lambda p: loss_fn(p, batch)[i])(
-            state.params)))(jnp.arange(B))
+        per_example = jax.vmap(
+            lambda i: flat(jax.grad(lambda p: loss_fn(p, batch)[i])(state.params))
+        )(jnp.arange(B))
         dots_B = jnp.maximum(per_example @ grad_val, 0.0)
-        return (official.weigh(ctx, state.method_state)[0],
-                optimizer.weigh(ctx, state.method_state)[0], dots_B / jnp.sum(dots_B))
+        return (
+            official.weigh(ctx, state.method_state)[0],
+            optimizer.weigh(ctx, state.method_state)[0],
+            dots_B / jnp.sum(dots_B),
+        )
 
     w_official, w_optimizer, expected = weights(state)
     np.testing.assert_allclose(w_official, expected, rtol=1e-4, atol=1e-7)
@@ -240,29 +288,34 @@ def test_bad_names_and_options_raise_value_errors():
     with pytest.raises(ValueError, match=r"\['dropout'\].*'lenet'"):
         model_factory.create_model("lenet", 10, dropout=0.5)
     with pytest.raises(ValueError, match="depth=12"):
-        models.init_model(model_factory.create_model("wrn", 10, depth=12), jax.random.key(0),
-                          (1, 8, 8, 3))
+        models.init_model(
+            model_factory.create_model("wrn", 10, depth=12), jax.random.key(0), (1, 8, 8, 3)
+        )
 
 
 # --- models -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, kw, shape, num_params, conv_shape, feat_dim", [
-    ("lenet", {}, (28, 28, 1), 168_022, (4, 4, 64), 100),
-    ("resnet32", {}, (32, 32, 3), 464_154, (8, 8, 64), 64),
-    ("wrn", {}, (32, 32, 3), 36_479_194, (8, 8, 640), 640),
-])
-def test_paper_models_have_the_published_sizes(name, kw, shape, num_params, conv_shape,
-                                                feat_dim):
+
+@pytest.mark.parametrize(
+    "name, kw, shape, num_params, conv_shape, feat_dim",
+    [
+        ("lenet", {}, (28, 28, 1), 168_022, (4, 4, 64), 100),
+        ("resnet32", {}, (32, 32, 3), 464_154, (8, 8, 64), 64),
+        ("wrn", {}, (32, 32, 3), 36_479_194, (8, 8, 640), 640),
+    ],
+)
+def test_paper_models_have_the_published_sizes(name, kw, shape, num_params, conv_shape, feat_dim):
     """Shapes only (jax.eval_shape: traced, never compiled)."""
     module = model_factory.create_model(name, 10, **kw)
-    variables = jax.eval_shape(lambda k: module.init(k, jnp.zeros((2, *shape)), train=False),
-                               jax.random.key(0))
+    variables = jax.eval_shape(
+        lambda k: module.init(k, jnp.zeros((2, *shape)), train=False), jax.random.key(0)
+    )
     assert sum(np.prod(x.shape) for x in jax.tree.leaves(variables["params"])) == num_params
     assert ("batch_stats" in variables) == (name != "lenet")
-    params, model_state = variables["params"], {k: v for k, v in variables.items()
-                                                if k != "params"}
-    logits, feats = jax.eval_shape(models.make_feature_fn(module), params, model_state,
-                                   jnp.zeros((2, *shape)))
+    params, model_state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    logits, feats = jax.eval_shape(
+        models.make_feature_fn(module), params, model_state, jnp.zeros((2, *shape))
+    )
     assert logits.shape == (2, 10)
     assert feats["penultimate"].shape == (2, feat_dim)
     assert feats["conv"].shape == (2, *conv_shape)
@@ -271,8 +324,9 @@ def test_paper_models_have_the_published_sizes(name, kw, shape, num_params, conv
 def test_batchnorm_train_and_eval_modes():
     module = model_factory.create_model("resnet32", 5, units_per_stage=1, widths=(4, 8, 8))
     params, model_state = models.init_model(module, jax.random.key(0), (1, 8, 8, 3))
-    apply_fn = jax.jit(models.make_apply_fn(module), static_argnums=3,
-                       compiler_options=FAST_COMPILE)
+    apply_fn = jax.jit(
+        models.make_apply_fn(module), static_argnums=3, compiler_options=FAST_COMPILE
+    )
     features = models.make_feature_fn(module)
     feature_fn = jax.jit(features, compiler_options=FAST_COMPILE)
     x = jax.random.normal(jax.random.key(1), (6, 8, 8, 3)) * 2 + 1
@@ -286,20 +340,24 @@ def test_batchnorm_train_and_eval_modes():
     np.testing.assert_allclose(feat_logits, logits_eval, rtol=1e-5, atol=1e-6)
     # Grad-CAM's derivative: with respect to an additive delta on the last feature map; the
     # logits are linear in the pooled map, so d logit_c / d fmap = W[:, c] / (h * w).
-    grad_cam = jax.jit(jax.grad(lambda d: features(params, model_state, x, d)[0][:, 2].sum()),
-                       compiler_options=FAST_COMPILE)
+    grad_cam = jax.jit(
+        jax.grad(lambda d: features(params, model_state, x, d)[0][:, 2].sum()),
+        compiler_options=FAST_COMPILE,
+    )
     d_fmap = grad_cam(jnp.zeros_like(feats["conv"]))
     kernel = params[models.OUTPUT_LAYER]["kernel"]
     h, w = feats["conv"].shape[1:3]
-    np.testing.assert_allclose(d_fmap, jnp.broadcast_to(kernel[:, 2] / (h * w), d_fmap.shape),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        d_fmap, jnp.broadcast_to(kernel[:, 2] / (h * w), d_fmap.shape), rtol=1e-5
+    )
 
 
 def test_wide_resnet_dropout_needs_and_uses_rng():
     module = model_factory.create_model("wrn", 4, depth=10, width=1, dropout_rate=0.5)
     params, model_state = models.init_model(module, jax.random.key(0), (1, 8, 8, 3))
-    apply_fn = jax.jit(models.make_apply_fn(module), static_argnums=3,
-                       compiler_options=FAST_COMPILE)
+    apply_fn = jax.jit(
+        models.make_apply_fn(module), static_argnums=3, compiler_options=FAST_COMPILE
+    )
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     a, _ = apply_fn(params, model_state, x, True, jax.random.key(2))
     b, _ = apply_fn(params, model_state, x, True, jax.random.key(3))
@@ -314,9 +372,10 @@ def test_max_pool_same_matches_flax():
 
     @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def both(xs):
-        return [(models.max_pool_same(x, k, s),
-                 nn.max_pool(x, (k, k), strides=(s, s), padding="SAME"))
-                for x, (_, k, s) in zip(xs, cases)]
+        return [
+            (models.max_pool_same(x, k, s), nn.max_pool(x, (k, k), strides=(s, s), padding="SAME"))
+            for x, (_, k, s) in zip(xs, cases)
+        ]
 
     xs = [jax.random.normal(jax.random.key(n), (2, n, n + 1, 3)) for n, _, _ in cases]
     for ours, flax_pool in both(xs):
@@ -324,6 +383,7 @@ def test_max_pool_same_matches_flax():
 
 
 # --- the noisy-label toy --------------------------------------------------------------------
+
 
 def test_l2rw_downweights_flipped_labels_on_gaussian_blobs():
     """Two Gaussian blobs, 40% of the training labels flipped, 10 clean points: over training,
@@ -345,14 +405,19 @@ def test_l2rw_downweights_flipped_labels_on_gaussian_blobs():
     module = model_factory.create_model("mlp", 2, hidden=())
     params, _ = models.init_model(module, jax.random.key(0), (1, 2))
     tx = optax.sgd(0.1)
-    train_step = jax.jit(step_lib.make_train_step(
-        models.make_apply_fn(module), tx, methods.get_scheme("l2rw")), donate_argnums=0)
+    train_step = jax.jit(
+        step_lib.make_train_step(models.make_apply_fn(module), tx, methods.get_scheme("l2rw")),
+        donate_argnums=0,
+    )
     state = _state(params, {}, tx)
     weights, noisy = [], []
     for _ in range(num_steps):
         rows = rng.choice(n, batch_size, replace=False)
-        batch = {"image": x[rows].astype(np.float32), "label": observed[rows].astype(np.int32),
-                 "is_noisy": flipped[rows]}
+        batch = {
+            "image": x[rows].astype(np.float32),
+            "label": observed[rows].astype(np.int32),
+            "is_noisy": flipped[rows],
+        }
         state, metrics = train_step(state, batch, val_batch)
         weights.append(np.asarray(metrics["w_B"]))
         noisy.append(flipped[rows])

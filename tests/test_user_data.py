@@ -4,6 +4,7 @@ clean set, a folder of PNGs, and a tfds dataset outside any list of ours.
 Each run is a few steps of a tiny MLP; what is checked is that the data the loop trained on is
 exactly the user's: the clean set as given, every training row traced back to its source row.
 """
+
 import json
 import os
 
@@ -19,12 +20,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _config(dataset, *overrides):
     c = config_lib.default_config()
-    c.update({"data": dict(dataset=dataset, noise="none", noise_ratio=0.0, clean_per_class=0,
-                           hyper_val_size=0,
-                           batch_size=8, clean_batch_size=4, eval_batch_size=32),
-              "model": {"name": "mlp", "options": {"hidden": (8,)}}, "method": {"name": "l2rw"},
-              "num_steps": 3,
-              "loop": dict(log_every=1, eval_every=3, checkpoint_every=3, progress_bar=False)})
+    c.update(
+        {
+            "data": dict(
+                dataset=dataset,
+                noise="none",
+                noise_ratio=0.0,
+                clean_per_class=0,
+                hyper_val_size=0,
+                batch_size=8,
+                clean_batch_size=4,
+                eval_batch_size=32,
+            ),
+            "model": {"name": "mlp", "options": {"hidden": (8,)}},
+            "method": {"name": "l2rw"},
+            "num_steps": 3,
+            "loop": dict(log_every=1, eval_every=3, checkpoint_every=3, progress_bar=False),
+        }
+    )
     for o in overrides:
         c.update(o)
     return c
@@ -55,9 +68,16 @@ def test_notebook_arrays_with_a_trusted_clean_set_train_on_exactly_those_rows(tm
     x_clean[:, 5, 5] = 200
     y_train_noisy = y_train.copy()
     y_train_noisy[[3, 7, 11]] = (y_train[[3, 7, 11]] + 1) % 3  # The user's own dirty labels.
-    source = l2rw_jax.save_arrays(tmp_path / "mine.npz", x_train, y_train_noisy, x_test, y_test,
-                                  x_clean=x_clean, y_clean=y_clean,
-                                  class_names=("zero", "one", "two"))
+    source = l2rw_jax.save_arrays(
+        tmp_path / "mine.npz",
+        x_train,
+        y_train_noisy,
+        x_test,
+        y_test,
+        x_clean=x_clean,
+        y_clean=y_clean,
+        class_names=("zero", "one", "two"),
+    )
     config = _config(source)
     workdir = str(tmp_path / "run")
     results = train.train_and_evaluate(config, workdir)
@@ -74,8 +94,9 @@ def test_notebook_arrays_with_a_trusted_clean_set_train_on_exactly_those_rows(tm
     order = np.argsort(weights["source_index"])
     np.testing.assert_array_equal(weights["source_index"][order], np.arange(60))
     np.testing.assert_array_equal(md.splits.train_x[..., 0], x_train[md.splits.train_source_index])
-    np.testing.assert_array_equal(md.splits.train_labels,
-                                  y_train_noisy[md.splits.train_source_index])
+    np.testing.assert_array_equal(
+        md.splits.train_labels, y_train_noisy[md.splits.train_source_index]
+    )
     # The audit reads this run as one whose ground truth is unknown (noise="none": the user's
     # labels as they came), so label_issues.csv leaves true_label and is_noisy empty.
     run = l2rw_jax.audit.load_run(workdir)
@@ -91,8 +112,9 @@ def test_a_drawn_clean_set_is_refused_when_the_data_brings_one(tmp_path):
 
     rng = np.random.default_rng(0)
     x, y = _digits(30, rng)
-    source = l2rw_jax.save_arrays(tmp_path / "mine.npz", x, y, x[:6], y[:6], x_clean=x[:3],
-                                  y_clean=y[:3])
+    source = l2rw_jax.save_arrays(
+        tmp_path / "mine.npz", x, y, x[:6], y[:6], x_clean=x[:3], y_clean=y[:3]
+    )
     workdir = str(tmp_path / "run")
     with pytest.raises(ValueError, match="clean_per_class"):
         train.train_and_evaluate(_config(source, {"data": {"clean_per_class": 1}}), workdir)
@@ -115,8 +137,11 @@ def test_a_folder_of_pngs_trains(tmp_path):
     x_train, y_train = _digits(30, rng)
     x_test, y_test = _digits(9, rng)
     x_clean, y_clean = _digits(6, rng)
-    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test),
-                        ("clean", x_clean, y_clean)):
+    for split, x, y in (
+        ("train", x_train, y_train),
+        ("test", x_test, y_test),
+        ("clean", x_clean, y_clean),
+    ):
         _write_pngs(root, split, x, y, names)
     workdir = str(tmp_path / "run")
     results = train.train_and_evaluate(_config(f"folder:{root}"), workdir)
@@ -127,7 +152,8 @@ def test_a_folder_of_pngs_trains(tmp_path):
     expected = np.concatenate([x_train[y_train == c] for c in range(3)])
     np.testing.assert_array_equal(md.splits.train_x[..., 0], expected[md.splits.train_source_index])
     np.testing.assert_array_equal(
-        md.splits.clean_x[..., 0], np.concatenate([x_clean[y_clean == c] for c in range(3)]))
+        md.splits.clean_x[..., 0], np.concatenate([x_clean[y_clean == c] for c in range(3)])
+    )
     assert len(_trained_rows(workdir)["source_index"]) == 30
 
 
@@ -139,9 +165,18 @@ def test_a_tfds_dataset_outside_any_list_trains(tmp_path):
     builder = tfds.builder("kmnist", data_dir=data_dir)
     os.makedirs(builder.data_dir, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)  # "Prepared": metadata, mocked examples.
-    config = _config("kmnist", {"data": {"data_dir": data_dir, "clean_per_class": 1,
-                                          "noise": "uniform", "noise_ratio": 0.4},
-                                "method": {"name": "erm"}})
+    config = _config(
+        "kmnist",
+        {
+            "data": {
+                "data_dir": data_dir,
+                "clean_per_class": 1,
+                "noise": "uniform",
+                "noise_ratio": 0.4,
+            },
+            "method": {"name": "erm"},
+        },
+    )
     workdir = str(tmp_path / "run")
     with tfds.testing.mock_data(num_examples=120, data_dir=data_dir):
         results = train.train_and_evaluate(config, workdir)
@@ -163,7 +198,8 @@ def test_a_benchmark_preset_on_your_npz_takes_your_labels_as_given(tmp_path):
     path = str(tmp_path / "mine.npz")
     np.savez(path, x_train=x, y_train=y, x_test=x[:12], y_test=y[:12])
     spec = importlib.util.spec_from_file_location(
-        "mnist_noisy", os.path.join(ROOT, "experiments", "configs", "mnist_noisy.py"))
+        "mnist_noisy", os.path.join(ROOT, "experiments", "configs", "mnist_noisy.py")
+    )
     preset = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(preset)
     c = preset.get_config("uniform")
@@ -183,11 +219,17 @@ def test_the_your_data_page_block_runs_as_written(tmp_path):
     import sys
 
     with open(os.path.join(ROOT, "docs", "your_data.md")) as f:
-        block = re.search(r"## My npz with my own clean set.*?```python\n(.*?)```", f.read(),
-                          re.S).group(1)
-    out = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600,
-                         env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"))
+        block = re.search(
+            r"## My npz with my own clean set.*?```python\n(.*?)```", f.read(), re.S
+        ).group(1)
+    out = subprocess.run(
+        [sys.executable, "-c", block],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.splitlines()[-1] == "my_data.npz, labels as given 1.0"
     assert "labels as given; the config's synthetic data.noise='uniform'" in out.stderr

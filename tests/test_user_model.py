@@ -7,6 +7,7 @@ gradient with respect to the last convolution's output computed by hand, and
 ``config.model = "<this module>:BNDropNet"`` trains with L2RW (``meta_params="last"``) and is
 audited end to end, nearest neighbours and Grad-CAM included.
 """
+
 import json
 import os
 
@@ -119,11 +120,13 @@ def test_plain_module_is_its_own_apply_with_exact_features_and_grad_cam_gradient
     zeros = jnp.zeros((1, *SHAPE))
     jax.tree.map(np.testing.assert_array_equal, adapted.init(key, zeros), module.init(key, zeros))
     assert state == {} and jax.tree.structure(params) == jax.tree.structure(
-        module.init(key, zeros)["params"])
+        module.init(key, zeros)["params"]
+    )
     path = models.output_layer_path(adapted, (1, *SHAPE))
     assert path == adapter.output_layer(adapted, (1, *SHAPE)) == ("Dense_1",)
     assert adapter.resolve_meta_params(adapted, {"meta_params": "last"}, (1, *SHAPE)) == {
-        "meta_params": ("Dense_1",)}
+        "meta_params": ("Dense_1",)
+    }
 
     with jax.enable_x64(True):
         p, x = _to64(params), _x(4)
@@ -136,13 +139,15 @@ def test_plain_module_is_its_own_apply_with_exact_features_and_grad_cam_gradient
         logits, feats = feature_fn(p, {}, x)
         np.testing.assert_array_equal(logits, own)
         # The penultimate features are the output layer's input: logits = f W + b.
-        np.testing.assert_allclose(logits, _dense(p["Dense_1"], feats["penultimate"]),
-                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            logits, _dense(p["Dense_1"], feats["penultimate"]), rtol=1e-12, atol=1e-12
+        )
         assert feats["penultimate"].shape == (4, 8)
         # Grad-CAM's map is the last convolution's output (before its ReLU).
         fmap = _conv(p["Conv_1"], jax.nn.relu(_conv(p["Conv_0"], x)))
-        head = lambda f: _dense(p["Dense_1"], jax.nn.relu(
-            _dense(p["Dense_0"], jnp.mean(jax.nn.relu(f), axis=(1, 2)))))
+        head = lambda f: _dense(
+            p["Dense_1"], jax.nn.relu(_dense(p["Dense_0"], jnp.mean(jax.nn.relu(f), axis=(1, 2))))
+        )
         _assert_grad_cam_gradient(feature_fn, p, {}, x, fmap, head)
 
 
@@ -156,7 +161,8 @@ def test_batchnorm_dropout_module_with_a_train_flag():
     reference = module.init(key, zeros)
     jax.tree.map(np.testing.assert_array_equal, adapted.init(key, zeros), reference)
     assert jax.tree.structure((params, state)) == jax.tree.structure(
-        (reference["params"], {"batch_stats": reference["batch_stats"]}))
+        (reference["params"], {"batch_stats": reference["batch_stats"]})
+    )
     assert models.output_layer_path(adapted, (1, *SHAPE)) == ("out",)
 
     with jax.enable_x64(True):
@@ -165,8 +171,9 @@ def test_batchnorm_dropout_module_with_a_train_flag():
         s = jax.tree.map(lambda a: a + 0.3, s)
         apply_fn, feature_fn = models.make_apply_fn(adapted), models.make_feature_fn(adapted)
         logits, new_state = apply_fn(p, s, x, True, rng)
-        own, own_state = module.apply({"params": p, **s}, x, train=True,
-                                      rngs={"dropout": rng}, mutable=["batch_stats"])
+        own, own_state = module.apply(
+            {"params": p, **s}, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+        )
         np.testing.assert_array_equal(logits, own)
         jax.tree.map(np.testing.assert_array_equal, new_state, dict(own_state))
         logits, same_state = apply_fn(p, s, x, False)
@@ -174,10 +181,12 @@ def test_batchnorm_dropout_module_with_a_train_flag():
         assert same_state is s
 
         logits, feats = feature_fn(p, s, x)
-        np.testing.assert_allclose(logits, _dense(p["out"], feats["penultimate"]),
-                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            logits, _dense(p["out"], feats["penultimate"]), rtol=1e-12, atol=1e-12
+        )
         bn = lambda f: nn.BatchNorm(use_running_average=True).apply(
-            {"params": p["norm"], "batch_stats": s["batch_stats"]["norm"]}, f)
+            {"params": p["norm"], "batch_stats": s["batch_stats"]["norm"]}, f
+        )
         head = lambda f: _dense(p["out"], jnp.mean(jax.nn.relu(bn(f)), axis=(1, 2)))
         _assert_grad_cam_gradient(feature_fn, p, s, x, _conv(p["stem"], x), head)
 
@@ -186,14 +195,16 @@ def test_named_layers_override_the_automatic_choice():
     module = PlainCNN(num_classes=3)
     params = module.init(jax.random.key(0), jnp.zeros((1, *SHAPE)))["params"]
     x = _x(2, dtype=np.float32)
-    named = adapter.adapt(module, conv_layer="Conv_0", penultimate_layer=("Dense_0",),
-                          output_layer="Dense_0")
+    named = adapter.adapt(
+        module, conv_layer="Conv_0", penultimate_layer=("Dense_0",), output_layer="Dense_0"
+    )
     logits, feats = models.make_feature_fn(named)(params, {}, x)
     np.testing.assert_array_equal(logits, module.apply({"params": params}, x))
     np.testing.assert_allclose(feats["conv"], _conv(params["Conv_0"], x), rtol=1e-6, atol=1e-6)
     hidden = jnp.mean(jax.nn.relu(_conv(params["Conv_1"], jax.nn.relu(feats["conv"]))), (1, 2))
-    np.testing.assert_allclose(feats["penultimate"], _dense(params["Dense_0"], hidden),
-                               rtol=1e-5, atol=1e-6)  # Dense_0's output, before its ReLU
+    np.testing.assert_allclose(
+        feats["penultimate"], _dense(params["Dense_0"], hidden), rtol=1e-5, atol=1e-6
+    )  # Dense_0's output, before its ReLU
     assert adapter.output_layer(named, (1, *SHAPE)) == ("Dense_0",)
 
     # A convolution called twice: conv_delta lands on its last output only.
@@ -204,17 +215,18 @@ def test_named_layers_override_the_automatic_choice():
     np.testing.assert_allclose(feats["conv"], second, rtol=1e-6, atol=1e-6)
     delta = np.random.default_rng(3).normal(size=second.shape).astype(np.float32)
     moved, _ = models.make_feature_fn(shared)(sp, {}, x, delta)
-    np.testing.assert_allclose(moved, _dense(sp["Dense_0"], (second + delta).reshape(2, -1)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        moved, _dense(sp["Dense_0"], (second + delta).reshape(2, -1)), rtol=1e-5, atol=1e-5
+    )
 
     # Layers held in fields (nn.Sequential) keep their paths: found, and named.
     seq = nn.Sequential([nn.Conv(2, (3, 3)), nn.relu, lambda h: h.reshape((2, -1)), nn.Dense(3)])
     seq_params = seq.init(jax.random.key(0), x)["params"]
     assert adapter.output_layer(adapter.adapt(seq), x.shape) == ("layers_3",)
-    _, feats = models.make_feature_fn(adapter.adapt(seq, conv_layer="layers_0"))(
-        seq_params, {}, x)
-    np.testing.assert_allclose(feats["conv"], _conv(seq_params["layers_0"], x), rtol=1e-6,
-                               atol=1e-6)
+    _, feats = models.make_feature_fn(adapter.adapt(seq, conv_layer="layers_0"))(seq_params, {}, x)
+    np.testing.assert_allclose(
+        feats["conv"], _conv(seq_params["layers_0"], x), rtol=1e-6, atol=1e-6
+    )
 
     # Without any convolution: no map, as for the MLP; conv_delta is refused.
     flat = adapter.adapt(Scaled(), output_layer="Dense_0")
@@ -223,9 +235,11 @@ def test_named_layers_override_the_automatic_choice():
     assert set(feats) == {"penultimate"} and feats["penultimate"].shape == (2, 64)
     with pytest.raises(ValueError, match="Scaled has no convolutional feature map"):
         models.make_feature_fn(flat)(fp, {}, x, np.zeros((2, 8, 8, 1), np.float32))
-    for bad, match in ((dict(conv_layer="Dense_0"), r"returns a 2-D array"),
-                       (dict(conv_layer="Conv_9"), r"\('Conv_9',\) is not a submodule"),
-                       (dict(penultimate_layer="a/b"), r"\('a', 'b'\) is not a submodule")):
+    for bad, match in (
+        (dict(conv_layer="Dense_0"), r"returns a 2-D array"),
+        (dict(conv_layer="Conv_9"), r"\('Conv_9',\) is not a submodule"),
+        (dict(penultimate_layer="a/b"), r"\('a', 'b'\) is not a submodule"),
+    ):
         with pytest.raises(ValueError, match=match):
             models.make_feature_fn(adapter.adapt(module, **bad))(params, {}, x)
 
@@ -233,20 +247,32 @@ def test_named_layers_override_the_automatic_choice():
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
     """A tiny learnable 10-class dataset of 8x8 images (class c: a bright pixel c, plus noise)."""
-    return tiny_data.write_tiny_npz(str(tmp_path_factory.mktemp("data") / "tiny.npz"),
-                                    num_train=300)
+    return tiny_data.write_tiny_npz(
+        str(tmp_path_factory.mktemp("data") / "tiny.npz"), num_train=300
+    )
 
 
 def _config(npz, model, **options):
     c = config_lib.default_config()
-    c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
-                           corrupt_given_labels=True,
-                           clean_per_class=2, batch_size=8, clean_batch_size=8,
-                           eval_batch_size=50),
-              "model": {"name": model, "options": ml_collections.ConfigDict(options)},
-              "method": {"name": "l2rw", "l2rw": {"warmup_steps": 0}},
-              "optim": {"learning_rate": 0.1}, "num_steps": 4,
-              "loop": dict(log_every=2, eval_every=4, checkpoint_every=4, progress_bar=False)})
+    c.update(
+        {
+            "data": dict(
+                dataset=f"npz:{npz}",
+                noise="uniform",
+                noise_ratio=0.4,
+                corrupt_given_labels=True,
+                clean_per_class=2,
+                batch_size=8,
+                clean_batch_size=8,
+                eval_batch_size=50,
+            ),
+            "model": {"name": model, "options": ml_collections.ConfigDict(options)},
+            "method": {"name": "l2rw", "l2rw": {"warmup_steps": 0}},
+            "optim": {"learning_rate": 0.1},
+            "num_steps": 4,
+            "loop": dict(log_every=2, eval_every=4, checkpoint_every=4, progress_bar=False),
+        }
+    )
     return c
 
 
@@ -266,14 +292,27 @@ def test_import_string_module_trains_with_l2rw_and_is_audited(npz, tmp_path):
         assert np.any(z["mean_meta_grad"] != 0)
 
     cfg = audit.default_config()
-    cfg.update(batch_size=50, epsilons=(0.0, 0.1), pgd_steps=2, robust_examples=32,
-               min_eps_examples=32, eps_max=1.0, bisection_steps=2, bias_examples_per_class=5,
-               num_prototypes=2, num_criticisms=2, num_mistakes=2, ig_steps=4, num_suspects=8,
-               neighbor_pool=64)
+    cfg.update(
+        batch_size=50,
+        epsilons=(0.0, 0.1),
+        pgd_steps=2,
+        robust_examples=32,
+        min_eps_examples=32,
+        eps_max=1.0,
+        bisection_steps=2,
+        bias_examples_per_class=5,
+        num_prototypes=2,
+        num_criticisms=2,
+        num_mistakes=2,
+        ig_steps=4,
+        num_suspects=8,
+        neighbor_pool=64,
+    )
     res = audit_main.audit_run(workdir, cfg)
     # The loader rebuilt the same model and parameters the run evaluated.
     assert res["mistakes"]["top_k_accuracy"]["top1"] == pytest.approx(
-        results["final_test_accuracy"]["per_seed"][0], abs=1e-6)
+        results["final_test_accuracy"]["per_seed"][0], abs=1e-6
+    )
     gallery = res["mistakes"]["gallery"]
     assert len(gallery) == 2 and all(len(g["neighbors"]) == cfg.num_neighbors for g in gallery)
     assert not any("Grad-CAM" in note for note in res["meta"]["notes"])
@@ -281,8 +320,13 @@ def test_import_string_module_trains_with_l2rw_and_is_audited(npz, tmp_path):
         assert json.load(f)["meta"]["run"]["model"] == SPEC
     run = audit_main.load_run(workdir)
     rows = [g["test_row"] for g in gallery]
-    cam = mistakes.grad_cam(run["feature_fn"], run["params"], run["model_state"],
-                            run["test"]["image"][rows], np.zeros(2, np.int32))
+    cam = mistakes.grad_cam(
+        run["feature_fn"],
+        run["params"],
+        run["model_state"],
+        run["test"]["image"][rows],
+        np.zeros(2, np.int32),
+    )
     assert cam["cam"].shape == (2, 8, 8) and np.all(np.isfinite(cam["cam"]))
     assert np.any(cam["cam"] > 0)
 
@@ -323,8 +367,9 @@ def test_bad_models_fail_with_one_clear_line(npz, tmp_path):
         adapter.adapt(PlainCNN)
     # The wrong output format is a public exception (a ValueError), exported at the top.
     with pytest.raises(l2rw_jax.ModelOutputError, match=r"returns 3 logits for 10 classes"):
-        models.init_model(model_factory.create_model(SPEC, 10, classes=3), jax.random.key(0),
-                          (1, *SHAPE))
+        models.init_model(
+            model_factory.create_model(SPEC, 10, classes=3), jax.random.key(0), (1, *SHAPE)
+        )
     assert issubclass(l2rw_jax.ModelOutputError, ValueError)
     assert l2rw_jax.ModelOutputError is adapter.ModelOutputError
     assert not l2rw_jax.ModelOutputError.__name__.startswith("_")
@@ -335,5 +380,6 @@ def test_bad_models_fail_with_one_clear_line(npz, tmp_path):
         adapter.output_layer(scaled, (1, *SHAPE))
     with pytest.raises(ValueError, match=r"Scaled returns its logits.*adapter.output_layer"):
         train.train_and_evaluate(_config(npz, f"{__name__}:Scaled"), str(tmp_path / "scaled"))
-    assert adapter.output_layer(adapter.adapt(Scaled(), output_layer="Dense_0"),
-                                (1, *SHAPE)) == ("Dense_0",)
+    assert adapter.output_layer(adapter.adapt(Scaled(), output_layer="Dense_0"), (1, *SHAPE)) == (
+        "Dense_0",
+    )

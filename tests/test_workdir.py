@@ -1,6 +1,7 @@
 """The one atomic writer: whole file or nothing, readable permissions, no temporary left.
 Resuming: the data fingerprint refuses other data, a damaged checkpoint falls back; a class
 absent from the test split is null in the logs and results."""
+
 import json
 import os
 import stat
@@ -64,8 +65,9 @@ def _tiny(tmp_path, name="t.npz", drop_test_class=None):
 def _config(npz, **loop):
     import tiny_data
 
-    return tiny_data.tiny_config(npz, {"num_steps": 6, "loop": dict(checkpoint_every=2,
-                                                                     eval_every=2, **loop)})
+    return tiny_data.tiny_config(
+        npz, {"num_steps": 6, "loop": dict(checkpoint_every=2, eval_every=2, **loop)}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +106,12 @@ def test_a_class_absent_from_the_test_split_is_null_in_the_logs_and_results(stop
     assert r["worst_class"] == [int(np.argmin(present))]
     records = [json.loads(line) for line in open(stopped_run["root"] / "full" / "metrics.jsonl")]
     test_records = [x for x in records if x["split"] == "test"]
-    assert len(test_records) == 3 and all(x["per_class_accuracy"][9] is None
-                                          for x in test_records)
+    assert len(test_records) == 3 and all(x["per_class_accuracy"][9] is None for x in test_records)
 
 
-def test_the_data_fingerprint_is_recorded_and_a_changed_npz_refused_on_resume(stopped_run,
-                                                                             tmp_path):
+def test_the_data_fingerprint_is_recorded_and_a_changed_npz_refused_on_resume(
+    stopped_run, tmp_path
+):
     from l2rw_jax import datasets
     from l2rw_jax import train
 
@@ -129,8 +131,11 @@ def test_the_data_fingerprint_is_recorded_and_a_changed_npz_refused_on_resume(st
         y = original["y_train"].copy()
         y[[0, 1]] = y[[1, 0]]  # two labels swapped: same shapes, same pixels
         regenerate(y_train=y)
-        with pytest.raises(ValueError, match=r"^workdir '.*' holds a run trained on other data: "
-                                             r"its labels changed since; resume with the data"):
+        with pytest.raises(
+            ValueError,
+            match=r"^workdir '.*' holds a run trained on other data: "
+            r"its labels changed since; resume with the data",
+        ):
             train.train_and_evaluate(_config(npz), workdir)
         x = original["x_train"].copy()
         x[0, 0, 0] ^= 1  # row 0 is in the hashed sample
@@ -138,9 +143,12 @@ def test_the_data_fingerprint_is_recorded_and_a_changed_npz_refused_on_resume(st
         with pytest.raises(ValueError, match=r"its pixels changed since;"):
             train.train_and_evaluate(_config(npz), workdir)
         regenerate(x_train=original["x_train"][:390], y_train=original["y_train"][:390])
-        with pytest.raises(ValueError, match=r"its shapes and labels and pixels changed since "
-                                             r"\(x_train \(400, 8, 8, 1\) -> \(390, 8, 8, 1\); "
-                                             r"y_train \(400,\) -> \(390,\)\);"):
+        with pytest.raises(
+            ValueError,
+            match=r"its shapes and labels and pixels changed since "
+            r"\(x_train \(400, 8, 8, 1\) -> \(390, 8, 8, 1\); "
+            r"y_train \(400,\) -> \(390,\)\);",
+        ):
             train.train_and_evaluate(_config(npz), workdir)
         # Refused before any work: the run is as it was.
         assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
@@ -149,12 +157,12 @@ def test_the_data_fingerprint_is_recorded_and_a_changed_npz_refused_on_resume(st
     # The data the run was trained on: it resumes and ends as the uninterrupted run.
     results = train.train_and_evaluate(_config(npz), workdir)
     volatile = {"wall_time_s", "steps_per_s", "timing_s", "config"}
-    assert {k: v for k, v in results.items() if k not in volatile} == \
-        {k: v for k, v in stopped_run["full"].items() if k not in volatile}
+    assert {k: v for k, v in results.items() if k not in volatile} == {
+        k: v for k, v in stopped_run["full"].items() if k not in volatile
+    }
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(stopped_run, tmp_path,
-                                                                    caplog):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(stopped_run, tmp_path, caplog):
     from l2rw_jax import train
 
     workdir = _copy(stopped_run, tmp_path)
@@ -166,15 +174,19 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(stopped_run,
     with caplog.at_level("WARNING", logger="l2rw_jax.workdir"):
         results = train.train_and_evaluate(_config(stopped_run["npz"]), workdir)
     # The checkpoint helpers' warnings (the run also notes, once, the noise of its own npz).
-    warnings = [r.getMessage() for r in caplog.records
-                if r.levelname == "WARNING" and r.name == "l2rw_jax.workdir"]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING" and r.name == "l2rw_jax.workdir"
+    ]
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert warnings[0].startswith("Checkpoint step(s) 4 in ")
     assert "resuming from step 2 instead, and deleting them." in warnings[0]
     # Resumed from step 2 and trained on: the same run as the uninterrupted one.
     volatile = {"wall_time_s", "steps_per_s", "timing_s", "config"}
-    assert {k: v for k, v in results.items() if k not in volatile} == \
-        {k: v for k, v in stopped_run["full"].items() if k not in volatile}
+    assert {k: v for k, v in results.items() if k not in volatile} == {
+        k: v for k, v in stopped_run["full"].items() if k not in volatile
+    }
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]
 
 
@@ -187,7 +199,10 @@ def test_no_restorable_checkpoint_is_one_line(stopped_run, tmp_path):
             for name in files:
                 with open(os.path.join(folder, name), "wb") as f:
                     f.write(b"\0garbage")
-    with pytest.raises(ValueError, match=r"^no checkpoint in '.*checkpoints' can be restored "
-                                         r"\(steps 4, 2; newest: [^\n]*\); move the checkpoints/ "
-                                         r"folder away to start over\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^no checkpoint in '.*checkpoints' can be restored "
+        r"\(steps 4, 2; newest: [^\n]*\); move the checkpoints/ "
+        r"folder away to start over\.$",
+    ):
         train.train_and_evaluate(_config(stopped_run["npz"]), workdir)

@@ -1,4 +1,5 @@
 """The tiny learnable image dataset the training tests share (one definition, several sizes)."""
+
 import numpy as np
 
 
@@ -28,13 +29,26 @@ def tiny_config(npz: str, *overrides):
     from l2rw_jax import config as config_lib
 
     c = config_lib.default_config()
-    c.update({"data": dict(dataset=f"npz:{npz}", noise="uniform", noise_ratio=0.4,
-                           corrupt_given_labels=True,
-                           clean_per_class=2, hyper_val_size=20, batch_size=8,
-                           clean_batch_size=8, eval_batch_size=64),
-              "model": {"name": "mlp", "options": {"hidden": (8,)}}, "method": {"name": "erm"},
-              "optim": {"learning_rate": 0.1}, "num_steps": 2,
-              "loop": dict(log_every=1, eval_every=2, checkpoint_every=2, progress_bar=False)})
+    c.update(
+        {
+            "data": dict(
+                dataset=f"npz:{npz}",
+                noise="uniform",
+                noise_ratio=0.4,
+                corrupt_given_labels=True,
+                clean_per_class=2,
+                hyper_val_size=20,
+                batch_size=8,
+                clean_batch_size=8,
+                eval_batch_size=64,
+            ),
+            "model": {"name": "mlp", "options": {"hidden": (8,)}},
+            "method": {"name": "erm"},
+            "optim": {"learning_rate": 0.1},
+            "num_steps": 2,
+            "loop": dict(log_every=1, eval_every=2, checkpoint_every=2, progress_bar=False),
+        }
+    )
     for o in overrides:
         c.update(o)
     return c

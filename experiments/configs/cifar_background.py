@@ -14,32 +14,33 @@ hyper-validation (2000 for `dev`).
 Expected (paper, test accuracy): CIFAR-10 ERM 59.54, L2RW 86.73 +- 0.48; CIFAR-100 ERM 37.82,
 L2RW 59.30 +- 0.60.
 """
+
 from experiments.configs import dev_data
 from l2rw_jax import config as config_lib
 
-_SOURCES = {"cifar10": ("cifar10", 5000), "cifar100": ("cifar100", 5000),
-            "dev": (None, 2000)}
+_SOURCES = {"cifar10": ("cifar10", 5000), "cifar100": ("cifar100", 5000), "dev": (None, 2000)}
 
 
 def get_config(source: str = "cifar10"):
     if source not in _SOURCES:
-        raise ValueError(f"cifar_background config argument must be one of {sorted(_SOURCES)}, "
-                         f"got {source!r}.")
+        raise ValueError(
+            f"cifar_background config argument must be one of {sorted(_SOURCES)}, got {source!r}."
+        )
     dataset, hyper_val = _SOURCES[source]
     c = config_lib.default_config()
     c.data.dataset = dataset or dev_data.source("cifar10_dev")
     # The dev copy (npz) of CIFAR-10 gets the synthetic noise; a source of your own given with
     # --config.data.dataset keeps its labels unless --config.data.corrupt_given_labels=True.
     c.data.corrupt_given_labels = dataset is None
-    c.data.noise = "background"     # chosen labels all become one seeded background class
+    c.data.noise = "background"  # chosen labels all become one seeded background class
     c.data.noise_ratio = 0.4
-    c.data.clean_per_class = 10     # paper: 10 per class
+    c.data.clean_per_class = 10  # paper: 10 per class
     c.data.hyper_val_size = hyper_val
     c.data.augment = True
     c.data.batch_size = 100
-    c.data.clean_batch_size = 100   # CIFAR-10: the whole clean set every step
+    c.data.clean_batch_size = 100  # CIFAR-10: the whole clean set every step
     c.data.eval_batch_size = 500
-    c.model.name = "resnet32"       # pre-activation ResNet with BatchNorm
+    c.model.name = "resnet32"  # pre-activation ResNet with BatchNorm
     c.model.options.units_per_stage = 5  # 3 stages x 5 units x 2 convs + 2 = 32 layers
     c.model.options.widths = (16, 32, 64)  # channels per stage
     c.method.name = "l2rw"

@@ -32,36 +32,49 @@ for the ordering of methods, not numbers to match. Compare methods with `--confi
 Expected: no run of ours yet (a GPU job: the WRN step takes seconds on a CPU); the papers'
 tables give the cross-entropy baselines to compare the `erm` row against.
 """
+
 from experiments.configs import cifar_uniform
 from l2rw_jax import config as config_lib
 
 # argument: (dataset, noise group fields, clean per class)
 _SETTINGS = {
     "pair45": ("cifar10", dict(noise="pair", noise_ratio=0.45), 100),
-    "asymmetric40": ("cifar10", dict(noise="asymmetric", noise_ratio=0.4,
-                                     noise_map="cifar10"), 100),
-    "cifar10n_worse": ("cifar10_n", dict(noise="given", noise_ratio=0.0,
-                                         label_key="worse_label"), 100),
-    "cifar10n_aggre": ("cifar10_n", dict(noise="given", noise_ratio=0.0,
-                                         label_key="aggre_label"), 100),
-    "cifar10n_random1": ("cifar10_n", dict(noise="given", noise_ratio=0.0,
-                                           label_key="random_label1"), 100),
-    "cifar100n": ("cifar100_n", dict(noise="given", noise_ratio=0.0,
-                                     label_key="noise_label"), 10),
+    "asymmetric40": (
+        "cifar10",
+        dict(noise="asymmetric", noise_ratio=0.4, noise_map="cifar10"),
+        100,
+    ),
+    "cifar10n_worse": (
+        "cifar10_n",
+        dict(noise="given", noise_ratio=0.0, label_key="worse_label"),
+        100,
+    ),
+    "cifar10n_aggre": (
+        "cifar10_n",
+        dict(noise="given", noise_ratio=0.0, label_key="aggre_label"),
+        100,
+    ),
+    "cifar10n_random1": (
+        "cifar10_n",
+        dict(noise="given", noise_ratio=0.0, label_key="random_label1"),
+        100,
+    ),
+    "cifar100n": ("cifar100_n", dict(noise="given", noise_ratio=0.0, label_key="noise_label"), 10),
 }
 
 
 def get_config(setting: str = "pair45"):
     if setting not in _SETTINGS:
-        raise ValueError(f"cifar_noise config argument must be one of {sorted(_SETTINGS)}, got "
-                         f"{setting!r}.")
+        raise ValueError(
+            f"cifar_noise config argument must be one of {sorted(_SETTINGS)}, got {setting!r}."
+        )
     dataset, noise, clean_per_class = _SETTINGS[setting]
     # The paper's WRN-28-10 recipe of the uniform-flip reproduction (cifar_uniform.py: data
     # pipeline, model, optimizer, schedule, loop), with this table's data and noise.
     c = cifar_uniform.get_config("cifar10")
     c.data.dataset = dataset
     c.data.corrupt_given_labels = False
-    c.data.update(noise)            # the noise of the paper's table (module docstring)
+    c.data.update(noise)  # the noise of the paper's table (module docstring)
     c.data.true_label_key = "label"  # CIFAR-N: the original CIFAR label is the truth
     c.data.clean_per_class = clean_per_class  # 1000 clean images in total
     c.method.l2rw.update(config_lib.ROBUST_L2RW)  # the library's default L2RW; erm / oracle

@@ -9,6 +9,7 @@ machines have one at `../shared/data`: `mnist/mnist.npz`, the genuine MNIST, and
 
 Any config also takes a source directly: `--config.data.dataset=npz:/path/file.npz`.
 """
+
 import os
 
 ENV = "L2RW_DEV_DATA"
@@ -21,5 +22,6 @@ def source(name: str) -> str:
         raise ValueError(
             f"the development copy {name!r} is read from ${ENV}/{name}/{name}.npz and {ENV} is "
             f"not set; set it to the folder holding {name}/ (here: ../shared/data), or pass "
-            f"--config.data.dataset=npz:/path/{name}.npz.")
+            f"--config.data.dataset=npz:/path/{name}.npz."
+        )
     return f"npz:{os.path.join(root, name, f'{name}.npz')}"

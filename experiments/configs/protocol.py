@@ -55,16 +55,28 @@ CIFAR: ERM 37.8% / 15.1% (uniform / background), class-balanced 37.7% / 44.7%, r
 37.7% / 43.0%; CIFAR MLP: ERM 29.9% (peak 40.1%), class-balanced 29.3%, paper L2RW collapses
 to chance (10.0%), recommended 31.1%.
 """
+
 import re
 
 from experiments.configs import dev_data
 from experiments.configs import robust_protocol
 from l2rw_jax import config as config_lib
 
-SETTINGS = ("digits_uniform40", "mnist_mlp_uniform40", "mnist_mlp_background40",
-            "cifar_underfit_uniform40", "cifar_underfit_background40", "cifar_mlp_uniform40",
-            "cifar_fit_uniform40", "digits_pair45", "digits_uniform20", "digits_uniform60",
-            "mnist_mlp_pair45", "mnist_mlp_asymmetric40", "cifar_mlp_pair45")
+SETTINGS = (
+    "digits_uniform40",
+    "mnist_mlp_uniform40",
+    "mnist_mlp_background40",
+    "cifar_underfit_uniform40",
+    "cifar_underfit_background40",
+    "cifar_mlp_uniform40",
+    "cifar_fit_uniform40",
+    "digits_pair45",
+    "digits_uniform20",
+    "digits_uniform60",
+    "mnist_mlp_pair45",
+    "mnist_mlp_asymmetric40",
+    "cifar_mlp_pair45",
+)
 # The settings on the field's other noises: setting -> (recipe, data.noise, data.noise_ratio).
 _NOISE_SETTINGS = {
     "digits_pair45": ("digits", "pair", 0.45),
@@ -84,13 +96,13 @@ def _set_noise(c, noise, ratio):
 
 
 def _digits(c, noise="uniform", ratio=0.4):
-    c.data.dataset = "digits"       # embedded: sklearn's 8x8 digits (no download)
+    c.data.dataset = "digits"  # embedded: sklearn's 8x8 digits (no download)
     _set_noise(c, noise, ratio)
-    c.data.clean_per_class = 10     # 100 trusted examples
+    c.data.clean_per_class = 10  # 100 trusted examples
     c.data.hyper_val_size = 100
     c.data.batch_size = 50
     c.data.clean_batch_size = 50
-    c.data.eval_batch_size = 180    # 360 test images in 2 batches
+    c.data.eval_batch_size = 180  # 360 test images in 2 batches
     c.model.name = "small_cnn"
     c.model.options.channels = (16, 32)
     c.model.options.hidden = 64
@@ -100,7 +112,7 @@ def _digits(c, noise="uniform", ratio=0.4):
     c.optim.weight_decay = 0.0
     c.num_steps = 1500
     c.optim.lr_boundaries = (1000,)
-    c.loop.vmap_seeds = True        # tiny convnet: dispatch-bound, vmapped is faster
+    c.loop.vmap_seeds = True  # tiny convnet: dispatch-bound, vmapped is faster
     c.loop.log_every = 50
     c.loop.eval_every = 50
     c.loop.checkpoint_every = 500
@@ -109,8 +121,8 @@ def _digits(c, noise="uniform", ratio=0.4):
 def _mnist_mlp(c, noise, ratio=0.4):
     c.data.dataset = dev_data.source("mnist")  # genuine MNIST, 60,000 / 10,000
     _set_noise(c, noise, ratio)
-    c.data.clean_per_class = 100    # 1000 clean images
-    c.data.hyper_val_size = 1000    # noisy examples held out for hyper-validation
+    c.data.clean_per_class = 100  # 1000 clean images
+    c.data.hyper_val_size = 1000  # noisy examples held out for hyper-validation
     c.data.batch_size = 100
     c.data.clean_batch_size = 100
     c.data.eval_batch_size = 1000
@@ -121,16 +133,16 @@ def _mnist_mlp(c, noise, ratio=0.4):
     c.optim.weight_decay = 0.0
     c.optim.lr_boundaries = ()
     c.num_steps = 30000
-    c.loop.vmap_seeds = True        # no convolution: one vmapped step for the 5 seeds
+    c.loop.vmap_seeds = True  # no convolution: one vmapped step for the 5 seeds
     c.loop.log_every = 250
-    c.loop.eval_every = 250         # the ERM peak (near step 2,500) needs a fine curve
+    c.loop.eval_every = 250  # the ERM peak (near step 2,500) needs a fine curve
     c.loop.checkpoint_every = 1000
 
 
 def _cifar_mlp(c, noise="uniform", ratio=0.4):
     _mnist_mlp(c, noise, ratio)
     c.data.dataset = dev_data.source("cifar10_dev")  # 20,000 / 5,000 real CIFAR-10 images
-    c.data.augment = False          # as on MNIST: nothing stops it fitting the flips
+    c.data.augment = False  # as on MNIST: nothing stops it fitting the flips
     c.num_steps = 6000
 
 
@@ -147,7 +159,7 @@ def _cifar_fit(c):
     c.data.noise_ratio = 0.4
     c.data.clean_per_class = 100
     c.data.hyper_val_size = 1000
-    c.data.augment = False          # no augmentation: the network can memorise the flips
+    c.data.augment = False  # no augmentation: the network can memorise the flips
     c.data.batch_size = 100
     c.data.clean_batch_size = 100
     c.data.eval_batch_size = 1000
@@ -160,7 +172,7 @@ def _cifar_fit(c):
     c.optim.weight_decay = 0.0
     c.optim.lr_boundaries = ()
     c.num_steps = 20000
-    c.loop.vmap_seeds = False       # convnets on a CPU: one call per seed
+    c.loop.vmap_seeds = False  # convnets on a CPU: one call per seed
     c.loop.log_every = 250
     c.loop.eval_every = 500
     c.loop.checkpoint_every = 1000
@@ -168,8 +180,9 @@ def _cifar_fit(c):
 
 def get_config(setting: str = "digits_uniform40"):
     if setting not in SETTINGS:
-        raise ValueError(f"protocol config argument must be one of {list(SETTINGS)}, got "
-                         f"{setting!r}.")
+        raise ValueError(
+            f"protocol config argument must be one of {list(SETTINGS)}, got {setting!r}."
+        )
     if setting.startswith("cifar_underfit"):
         c = robust_protocol.get_config("cifar10_dev")
     else:
@@ -177,7 +190,8 @@ def get_config(setting: str = "digits_uniform40"):
     if setting in _NOISE_SETTINGS:
         recipe, noise, ratio = _NOISE_SETTINGS[setting]
         {"digits": _digits, "mnist_mlp": _mnist_mlp, "cifar_mlp": _cifar_mlp}[recipe](
-            c, noise, ratio)
+            c, noise, ratio
+        )
     elif setting == "digits_uniform40":
         _digits(c)
     elif setting == "cifar_fit_uniform40":
@@ -188,9 +202,9 @@ def get_config(setting: str = "digits_uniform40"):
         _cifar_underfit(c, "uniform" if setting == "cifar_underfit_uniform40" else "background")
     else:
         _mnist_mlp(c, "uniform" if setting == "mnist_mlp_uniform40" else "background")
-    c.method.name = "erm"           # set per method by experiments/protocol.py
+    c.method.name = "erm"  # set per method by experiments/protocol.py
     c.data.corrupt_given_labels = True  # the npz development copies get the synthetic flips
-    c.num_seeds = 5                 # seeds 0..4: split, noise draw, order and init per seed
+    c.num_seeds = 5  # seeds 0..4: split, noise draw, order and init per seed
     return c
 
 
@@ -200,8 +214,9 @@ METHODS = {
     "erm": {"method": {"name": "erm"}},
     "resample": {"method": {"name": "resample"}},
     "l2rw": {"method": {"name": "l2rw", "l2rw": dict(_DEFAULT_L2RW, **config_lib.PAPER_L2RW)}},
-    "recommended": {"method": {"name": "l2rw",
-                               "l2rw": dict(_DEFAULT_L2RW, **config_lib.ROBUST_L2RW)}},
+    "recommended": {
+        "method": {"name": "l2rw", "l2rw": dict(_DEFAULT_L2RW, **config_lib.ROBUST_L2RW)}
+    },
     # The reference: plain training on exactly the correctly labelled rows + the clean set.
     "oracle": {"method": {"name": "oracle"}},
     "mwnet": {"method": {"name": "mwnet"}},
@@ -212,8 +227,14 @@ METHODS = {
     # Gold Loss Correction (l2rw_jax.correction) with plain weights (weight_map "one": every
     # w_i = 1 / B, the meta-gradient ignored). Around the paper's rule or the default: the
     # ablation token glc (`l2rw+glc`, `recommended+glc`).
-    "glc": {"method": {"name": "l2rw", "l2rw": dict(
-        _DEFAULT_L2RW, **dict(config_lib.PAPER_L2RW, weight_map="one", correction="glc"))}},
+    "glc": {
+        "method": {
+            "name": "l2rw",
+            "l2rw": dict(
+                _DEFAULT_L2RW, **dict(config_lib.PAPER_L2RW, weight_map="one", correction="glc")
+            ),
+        }
+    },
 }
 # Ablation tokens: option name -> (method.l2rw field, its non-paper value), or a tuple of such
 # pairs set together. A method name
@@ -252,16 +273,19 @@ def method_overrides(name: str) -> dict:
     parts = re.split(r"([+-])", name)
     base, edits = parts[0], list(zip(parts[1::2], parts[2::2]))
     if base not in ("l2rw", "recommended") or not edits:
-        raise ValueError(f"unknown method {name!r}; allowed: {list(METHODS)}, or ablations "
-                         f"l2rw|recommended followed by +<token> / -<token> with tokens "
-                         f"{list(ABLATIONS)}.")
+        raise ValueError(
+            f"unknown method {name!r}; allowed: {list(METHODS)}, or ablations "
+            f"l2rw|recommended followed by +<token> / -<token> with tokens "
+            f"{list(ABLATIONS)}."
+        )
     options = dict(METHODS[base]["method"]["l2rw"])
     for sign, token in edits:
         if token not in ABLATIONS:
-            raise ValueError(f"method {name!r}: unknown ablation token {token!r}; allowed: "
-                             f"{list(ABLATIONS)}.")
+            raise ValueError(
+                f"method {name!r}: unknown ablation token {token!r}; allowed: {list(ABLATIONS)}."
+            )
         pairs = ABLATIONS[token]
-        for field, value in (pairs if isinstance(pairs[0], tuple) else (pairs,)):
+        for field, value in pairs if isinstance(pairs[0], tuple) else (pairs,):
             options[field] = value if sign == "+" else config_lib.PAPER_L2RW[field]
     return {"method": {"name": "l2rw", "l2rw": options}}
 

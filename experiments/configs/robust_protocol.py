@@ -24,39 +24,40 @@ matches plain training there and the class-balanced baseline at 40% background f
 the paper's L2RW loses 10-15 points to both. Training on the 1000 clean images alone
 (`clean_only`) beats every method that uses the noisy ones at both flips on cifar10_dev.
 """
+
 from experiments.configs import dev_data
 from l2rw_jax import config as config_lib
 
 _SOURCES = {
     "cifar10_dev": dict(data=dict(augment=True), num_steps=1500),
-    "mnist": dict(data=dict(augment=False),
-                  num_steps=1500),
+    "mnist": dict(data=dict(augment=False), num_steps=1500),
 }
 
 
 def get_config(source: str = "cifar10_dev"):
     if source not in _SOURCES:
-        raise ValueError(f"robust_protocol config argument must be one of {sorted(_SOURCES)}, "
-                         f"got {source!r}.")
+        raise ValueError(
+            f"robust_protocol config argument must be one of {sorted(_SOURCES)}, got {source!r}."
+        )
     c = config_lib.default_config()
     c.update(_SOURCES[source])
     c.data.dataset = dev_data.source(source)  # Development copies: $L2RW_DEV_DATA (dev_data.py).
     c.data.corrupt_given_labels = True  # an npz copy of a benchmark: the synthetic noise applies
-    c.data.noise = "uniform"        # set per setting by experiments/robust.py
+    c.data.noise = "uniform"  # set per setting by experiments/robust.py
     c.data.noise_ratio = 0.4
-    c.data.clean_per_class = 100    # 1000 clean images
+    c.data.clean_per_class = 100  # 1000 clean images
     c.data.hyper_val_size = 1000
     c.data.batch_size = 100
     c.data.clean_batch_size = 100
     c.data.eval_batch_size = 1000
     c.model.name = "small_cnn"
-    c.method.name = "erm"           # set per variant by experiments/robust.py
+    c.method.name = "erm"  # set per variant by experiments/robust.py
     c.optim.learning_rate = 0.05
     c.optim.momentum = 0.9
     c.optim.weight_decay = 5e-4
     c.optim.lr_boundaries = (c.num_steps * 2 // 3, c.num_steps * 5 // 6)
     c.num_seeds = 3
-    c.loop.vmap_seeds = False       # convnets on a CPU: one call per seed
+    c.loop.vmap_seeds = False  # convnets on a CPU: one call per seed
     c.loop.log_every = 100
     c.loop.eval_every = 500
     c.loop.checkpoint_every = 500

@@ -21,7 +21,10 @@ def bias_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
     criticisms, and how often each attribute (`ink`, `is_noisy`, the user's) occurs among them."""
     apply_fn, params, model_state, feature_fn = model = inp.model
     x_train, y_train, num_classes, class_names = (
-        inp.x_train, inp.y_train, inp.num_classes, inp.class_names
+        inp.x_train,
+        inp.y_train,
+        inp.num_classes,
+        inp.class_names,
     )
     bs = config.batch_size
     train_classes = np.unique(y_train)

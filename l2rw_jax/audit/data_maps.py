@@ -63,20 +63,26 @@ def weight_history_from_batches(
       >>> weight_history_from_batches(np.array([[0, 2]]), np.array([[0.25, 0.75]]), 3)
       array([[0.25,  nan, 0.75]])
     """
-    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or (
-        num_examples < 1
+    if (
+        isinstance(num_examples, bool)
+        or not isinstance(num_examples, (int, np.integer))
+        or (num_examples < 1)
     ):
         raise ValueError(f"num_examples must be an integer >= 1, got {num_examples!r}.")
     rows_TxB = np.asarray(rows_TxB)
     weights_TxB = np.asarray(weights_TxB, np.float64)
     if rows_TxB.ndim != 2 or rows_TxB.shape != weights_TxB.shape:
-        raise ValueError(f"rows and weights must be T x B arrays of one shape, got "
-                         f"{rows_TxB.shape} and {weights_TxB.shape}.")
+        raise ValueError(
+            f"rows and weights must be T x B arrays of one shape, got "
+            f"{rows_TxB.shape} and {weights_TxB.shape}."
+        )
     if not np.issubdtype(rows_TxB.dtype, np.integer):
         raise ValueError(f"rows must be integers, got dtype {rows_TxB.dtype}.")
     if rows_TxB.size and (rows_TxB.min() < 0 or rows_TxB.max() >= num_examples):
-        raise ValueError(f"rows must lie in [0, {num_examples}), got values in "
-                         f"[{rows_TxB.min()}, {rows_TxB.max()}].")
+        raise ValueError(
+            f"rows must lie in [0, {num_examples}), got values in "
+            f"[{rows_TxB.min()}, {rows_TxB.max()}]."
+        )
     if not np.all(np.isfinite(weights_TxB)):
         raise ValueError("weights must be finite (a NaN weight would read as 'not drawn').")
     T = rows_TxB.shape[0]
@@ -119,8 +125,9 @@ def weight_map(W_TxN: np.ndarray, drawn_TxN: np.ndarray | None = None) -> dict[s
     if drawn_TxN is not None:
         mask = np.asarray(drawn_TxN)
         if mask.shape != W.shape or mask.dtype != bool:
-            raise ValueError(f"drawn must be a bool array of W's shape {W.shape}, got "
-                             f"{mask.dtype} {mask.shape}.")
+            raise ValueError(
+                f"drawn must be a bool array of W's shape {W.shape}, got {mask.dtype} {mask.shape}."
+            )
         if (mask & ~drawn).any():
             raise ValueError("drawn marks a step as drawing an example whose weight is NaN.")
         drawn = mask
@@ -167,10 +174,13 @@ def weight_map_from_record(record) -> dict[str, np.ndarray] | None:
     if missing:
         raise ValueError(f"the record lacks {missing}; it needs {list(RECORD_KEYS)}.")
     if np.shape(record["index"]) != np.shape(record["count"]):
-        raise ValueError(f"record['index'] {np.shape(record['index'])} and record['count'] "
-                         f"{np.shape(record['count'])} differ in shape.")
-    out = members.running_weight_stats(record["weight_sum"], record["weight_sq_sum"],
-                                       record["nonzero_count"], record["count"])
+        raise ValueError(
+            f"record['index'] {np.shape(record['index'])} and record['count'] "
+            f"{np.shape(record['count'])} differ in shape."
+        )
+    out = members.running_weight_stats(
+        record["weight_sum"], record["weight_sq_sum"], record["nonzero_count"], record["count"]
+    )
     out["draws"] = np.asarray(record["count"]).astype(np.int64)
     return out
 
@@ -196,8 +206,7 @@ def confidence_map(probs_ExNxC: np.ndarray, labels: np.ndarray) -> dict[str, np.
     """
     p = np.asarray(probs_ExNxC, np.float64)
     if p.ndim != 3 or p.shape[0] < 1 or not np.all(np.isfinite(p)):
-        raise ValueError(f"probs must be a finite E x N x C history (E >= 1), got shape "
-                         f"{p.shape}.")
+        raise ValueError(f"probs must be a finite E x N x C history (E >= 1), got shape {p.shape}.")
     _, n, c = p.shape
     labels = common.check_labels(labels, n, c)
     given_ExN = p[:, np.arange(n), labels]
@@ -229,7 +238,6 @@ def data_map(
         n = len(out["draws"])
         shape = np.shape(probs_ExNxC)
         if len(shape) != 3 or shape[1] != n:
-            raise ValueError(f"probs must be E x {n} x C (W has {n} examples), got shape "
-                             f"{shape}.")
+            raise ValueError(f"probs must be E x {n} x C (W has {n} examples), got shape {shape}.")
         out.update(confidence_map(probs_ExNxC, labels))
     return out

@@ -336,10 +336,18 @@ def fig_transitions(mats: dict, class_names: Sequence[str]) -> str:
             for i in range(k):
                 for j in range(k):
                     if np.isfinite(T[i, j]):
-                        ax.text(j, i, f"{T[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                                color="black" if T[i, j] > 0.6 else "white")
-        ax.set_xticks(ticks, [class_names[t] for t in ticks], fontsize=7,
-                      rotation=90 if k > 10 else 0)
+                        ax.text(
+                            j,
+                            i,
+                            f"{T[i, j]:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=6,
+                            color="black" if T[i, j] > 0.6 else "white",
+                        )
+        ax.set_xticks(
+            ticks, [class_names[t] for t in ticks], fontsize=7, rotation=90 if k > 10 else 0
+        )
         ax.set_yticks(ticks, [class_names[t] for t in ticks], fontsize=7)
         ax.set_xlabel("observed label")
         ax.set_title(title, fontsize=9)
@@ -348,8 +356,9 @@ def fig_transitions(mats: dict, class_names: Sequence[str]) -> str:
     return _png(fig)
 
 
-def fig_data_map(mean_w: np.ndarray, std_w: np.ndarray, is_noisy: np.ndarray | None,
-                 nonzero_share: np.ndarray) -> str:
+def fig_data_map(
+    mean_w: np.ndarray, std_w: np.ndarray, is_noisy: np.ndarray | None, nonzero_share: np.ndarray
+) -> str:
     """The weight data map: per training example, the std of its L2RW weight over its draws (x)
     against its mean weight (y), coloured clean / noisy where known, else by the share of its
     draws with a non-zero weight."""
@@ -358,8 +367,9 @@ def fig_data_map(mean_w: np.ndarray, std_w: np.ndarray, is_noisy: np.ndarray | N
     kw = dict(s=6, alpha=0.5, linewidths=0)
     if is_noisy is not None:
         for mask, color, name in ((~is_noisy, "#4c72b0", "clean"), (is_noisy, "#c44e52", "noisy")):
-            ax.scatter(std_w[mask], mean_w[mask], color=color, label=f"{name} ({int(mask.sum())})",
-                       **kw)
+            ax.scatter(
+                std_w[mask], mean_w[mask], color=color, label=f"{name} ({int(mask.sum())})", **kw
+            )
         ax.legend(fontsize=8, markerscale=2)
     else:
         sc = ax.scatter(std_w, mean_w, c=nonzero_share, cmap="viridis", vmin=0, vmax=1, **kw)

@@ -33,6 +33,7 @@ from l2rw_jax.audit import run
 
 log = logging.getLogger("l2rw_jax.audit")
 
+
 def _restore_state(workdir: str) -> tuple[dict, int]:
     """The newest checkpoint's TrainState (as a dict of its fields) and its step."""
     import orbax.checkpoint as ocp  # Heavy import, only when a checkpoint is read.
@@ -157,8 +158,9 @@ def load_run(workdir: str, member: int = 0) -> dict:
         # "all correct".
         del train["true_label"], train["is_noisy"]
         if example_weights is not None:
-            example_weights = {k: v for k, v in example_weights.items()
-                               if k not in ("true_label", "is_noisy")}
+            example_weights = {
+                k: v for k, v in example_weights.items() if k not in ("true_label", "is_noisy")
+            }
     return {
         "apply_fn": models.make_apply_fn(module),
         "feature_fn": models.make_feature_fn(module),
@@ -168,8 +170,10 @@ def load_run(workdir: str, member: int = 0) -> dict:
         "train": train,
         # The trusted set the run weighed with (its labels are the true ones): the noise
         # section's GLC estimate. Never the test set.
-        "clean": {"image": normalise(splits.clean_x),
-                  "label": splits.clean_labels.astype(np.int32)},
+        "clean": {
+            "image": normalise(splits.clean_x),
+            "label": splits.clean_labels.astype(np.int32),
+        },
         "example_weights": example_weights,
         "mean": mean,
         "std": std,

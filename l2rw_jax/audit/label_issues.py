@@ -246,9 +246,7 @@ def rank_label_issues(
             raise ValueError(f"count must have shape ({n},), got {count_N.shape}.")
         unscored_N |= count_N <= 0
     # lexsort: the last key is the primary one.
-    order_N = np.lexsort(
-        (np.arange(n), -loss_N, -np.where(unscored_N, 0.0, score_N), unscored_N)
-    )
+    order_N = np.lexsort((np.arange(n), -loss_N, -np.where(unscored_N, 0.0, score_N), unscored_N))
     return order_N, ranked_by
 
 
@@ -413,8 +411,9 @@ def write_label_issues_csv(
             continue
         o = np.asarray(ranks[name])
         if o.ndim != 1 or not np.array_equal(np.sort(o), np.arange(n)):
-            raise ValueError(f"ranks[{name!r}] must be a permutation of range({n}), got shape "
-                             f"{o.shape}.")
+            raise ValueError(
+                f"ranks[{name!r}] must be a permutation of range({n}), got shape {o.shape}."
+            )
         r_N = np.empty(n, np.int64)
         r_N[o] = np.arange(1, n + 1)
         rank_cols[f"rank_{name}"] = r_N
@@ -442,8 +441,7 @@ def write_label_issues_csv(
             out = [row[c] for c in CSV_COLUMNS]
             out += ["" if a is None else int(a[i]) for a in rank_cols.values()]
             if class_names is not None:
-                out += [name_of(row[c]) for c in ("given_label", "predicted_label",
-                                                  "true_label")]
+                out += [name_of(row[c]) for c in ("given_label", "predicted_label", "true_label")]
             w.writerow(out)
 
     workdir.atomic_write(path, write_rows, newline="")

@@ -52,8 +52,10 @@ def label_issues_section(inp: Inputs, config, rng: np.random.Generator) -> Secti
         )
         # The meta-gradient itself (high = harmful): its mean over the example's visits, and
         # the robust variant's per-example memory of it.
-        for key, name in (("mean_meta_grad", "l2rw_meta_grad"), ("meta_grad_memory",
-                                                                 "l2rw_memory")):
+        for key, name in (
+            ("mean_meta_grad", "l2rw_meta_grad"),
+            ("meta_grad_memory", "l2rw_memory"),
+        ):
             if key in example_weights:
                 score = np.full(len(x_train), np.nan)
                 score[idx] = np.asarray(example_weights[key], np.float64)
@@ -147,23 +149,29 @@ def _data_map(dmap: dict, example_weights, is_noisy_train) -> tuple[dict, str]:
     idx = np.asarray(example_weights["index"])
     drawn = dmap["draws"] > 0
     rows = idx[drawn]
-    cols = {k: np.asarray(dmap[k])[drawn] for k in ("mean_weight", "weight_std",
-                                                    "nonzero_share")}
+    cols = {k: np.asarray(dmap[k])[drawn] for k in ("mean_weight", "weight_std", "nonzero_share")}
 
     def medians(mask):
-        return {"n": int(mask.sum()),
-                **{f"median_{k}": float(np.median(v[mask])) if mask.any() else None
-                   for k, v in cols.items()}}
+        return {
+            "n": int(mask.sum()),
+            **{
+                f"median_{k}": float(np.median(v[mask])) if mask.any() else None
+                for k, v in cols.items()
+            },
+        }
 
-    res = {"source": "example_weights running sums (weight_sum, weight_sq_sum, nonzero_count, "
-                     "count)",
-           "n_drawn": int(drawn.sum()), "all": medians(np.ones(len(rows), bool))}
+    res = {
+        "source": "example_weights running sums (weight_sum, weight_sq_sum, nonzero_count, count)",
+        "n_drawn": int(drawn.sum()),
+        "all": medians(np.ones(len(rows), bool)),
+    }
     noisy = None
     if is_noisy_train is not None:
         noisy = np.asarray(is_noisy_train, bool)[rows]
         res["clean"], res["noisy"] = medians(~noisy), medians(noisy)
-    fig = figures.fig_data_map(cols["mean_weight"], cols["weight_std"], noisy,
-                               cols["nonzero_share"])
+    fig = figures.fig_data_map(
+        cols["mean_weight"], cols["weight_std"], noisy, cols["nonzero_share"]
+    )
     return res, fig
 
 

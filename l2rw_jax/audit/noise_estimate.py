@@ -175,8 +175,9 @@ def calibrate_confident_joint(cj_CxC: np.ndarray, labels: np.ndarray) -> np.ndar
     labels = common.check_labels(labels, labels.shape[0], c)
     label_count_C = np.bincount(labels, minlength=c)
     row_C = cj.sum(axis=1)
-    return np.where(row_C[:, None] > 0, cj / np.maximum(row_C, 1e-300)[:, None], 0.0) * (
-        label_count_C[:, None]
+    return (
+        np.where(row_C[:, None] > 0, cj / np.maximum(row_C, 1e-300)[:, None], 0.0)
+        * (label_count_C[:, None])
     )
 
 
@@ -255,14 +256,17 @@ def empirical_transition(
              [0. , 1. , 0. ],
              [nan, nan, nan]])
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or (
-        num_classes < 2
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, (int, np.integer))
+        or (num_classes < 2)
     ):
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
     true_labels = np.asarray(true_labels)
     if true_labels.ndim != 1:
-        raise ValueError(f"true_labels must be 1-D (one per example), got shape "
-                         f"{true_labels.shape}.")
+        raise ValueError(
+            f"true_labels must be 1-D (one per example), got shape {true_labels.shape}."
+        )
     n = len(true_labels)
     true_labels = common.check_labels(true_labels, n, num_classes, "true_labels")
     given_labels = common.check_labels(given_labels, n, num_classes, "given_labels")
@@ -310,13 +314,19 @@ def transition_error(T_hat_CxC: np.ndarray, T_CxC: np.ndarray) -> dict:
     rows_R = ~nan_CxC.any(axis=1)
     partly = np.flatnonzero(nan_CxC.any(axis=1) & ~nan_CxC.all(axis=1))
     if partly.size:
-        raise ValueError(f"the estimate's row {int(partly[0])} is partly NaN; a row is known "
-                         "or unknown (all NaN) as a whole.")
+        raise ValueError(
+            f"the estimate's row {int(partly[0])} is partly NaN; a row is known "
+            "or unknown (all NaN) as a whole."
+        )
     if np.isinf(T_hat).any():
         raise ValueError("the estimate has an infinite entry; entries are probabilities or NaN.")
     if not rows_R.any():
-        return {"mean_abs_error": None, "max_abs_error": None, "frobenius_error": None,
-                "rows_compared": 0}
+        return {
+            "mean_abs_error": None,
+            "max_abs_error": None,
+            "frobenius_error": None,
+            "rows_compared": 0,
+        }
     d = T_hat[rows_R] - T[rows_R]
     return {
         "mean_abs_error": float(np.abs(d).mean()),

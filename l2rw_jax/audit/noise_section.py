@@ -27,10 +27,14 @@ from l2rw_jax.audit.sections import Section
 
 ORIENTATION = "T[i, j] = P(observed label j | true label i); rows = true class, columns = observed"
 
-SPLIT_GLC = ("clean (trusted) set: the model's probabilities on its images, its labels taken as "
-             "the true ones")
-SPLIT_CONFIDENT = ("training set: the model's probabilities on its images and its given labels "
-                   "(per-class thresholds from the same set)")
+SPLIT_GLC = (
+    "clean (trusted) set: the model's probabilities on its images, its labels taken as "
+    "the true ones"
+)
+SPLIT_CONFIDENT = (
+    "training set: the model's probabilities on its images and its given labels "
+    "(per-class thresholds from the same set)"
+)
 SPLIT_TRUE = "training set: its true labels against its given labels"
 
 
@@ -54,8 +58,12 @@ def noise_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
     true = None
     if inp.true_train is not None:
         true = noise_estimate.empirical_transition(inp.true_train, inp.y_train, c)
-        res["true"] = {"T": true.T_CxC, "count": true.count_C, "split": SPLIT_TRUE,
-                       "n": int(len(inp.y_train))}
+        res["true"] = {
+            "T": true.T_CxC,
+            "count": true.count_C,
+            "split": SPLIT_TRUE,
+            "n": int(len(inp.y_train)),
+        }
     else:
         notes.append(
             "The training set's true labels are unknown: its transition matrix and the "
@@ -63,12 +71,20 @@ def noise_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
         )
     if inp.x_clean is not None:
         logits_clean = common.predict_logits(
-            apply_fn, params, model_state, inp.x_clean, batch_size=config.batch_size,
-            desc="clean logits"
+            apply_fn,
+            params,
+            model_state,
+            inp.x_clean,
+            batch_size=config.batch_size,
+            desc="clean logits",
         )
         glc = noise_estimate.glc_transition(common.softmax(logits_clean), inp.y_clean)
-        res["estimates"]["glc"] = {"T": glc.T_CxC, "count": glc.count_C, "split": SPLIT_GLC,
-                                   "n": int(len(inp.y_clean))}
+        res["estimates"]["glc"] = {
+            "T": glc.T_CxC,
+            "count": glc.count_C,
+            "split": SPLIT_GLC,
+            "n": int(len(inp.y_clean)),
+        }
         missing = np.flatnonzero(glc.count_C == 0)
         if missing.size:
             notes.append(
@@ -80,7 +96,10 @@ def noise_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
     probs_train = common.softmax(inp.logits_train)
     cl = noise_estimate.confident_transition(probs_train, inp.y_train)
     res["estimates"]["confident_learning"] = {
-        "T": cl.T_CxC, "count": cl.count_C, "split": SPLIT_CONFIDENT, "n": int(len(inp.y_train))
+        "T": cl.T_CxC,
+        "count": cl.count_C,
+        "split": SPLIT_CONFIDENT,
+        "n": int(len(inp.y_train)),
     }
     if true is not None:
         for est in res["estimates"].values():

@@ -31,18 +31,20 @@ def _check(score_N, is_noisy_N) -> tuple[np.ndarray, np.ndarray]:
     if score_N.ndim != 1:
         raise ValueError(f"score must be 1-D (one per example), got shape {score_N.shape}.")
     if not np.all(np.isfinite(score_N)):
-        raise ValueError(f"score must be finite, got {int((~np.isfinite(score_N)).sum())} "
-                         "NaN/inf entries (rank unscored examples with `order_score`).")
+        raise ValueError(
+            f"score must be finite, got {int((~np.isfinite(score_N)).sum())} "
+            "NaN/inf entries (rank unscored examples with `order_score`)."
+        )
     is_noisy_N = _check_is_noisy(is_noisy_N, len(score_N))
     return score_N, is_noisy_N
 
 
 def _check_is_noisy(is_noisy_N, n: int) -> np.ndarray:
     a = np.asarray(is_noisy_N)
-    if a.shape != (n,) or not (a.dtype == bool or (np.issubdtype(a.dtype, np.integer)
-                                                   and np.isin(a, (0, 1)).all())):
-        raise ValueError(f"is_noisy must be {n} bools (one per example), got {a.dtype} "
-                         f"{a.shape}.")
+    if a.shape != (n,) or not (
+        a.dtype == bool or (np.issubdtype(a.dtype, np.integer) and np.isin(a, (0, 1)).all())
+    ):
+        raise ValueError(f"is_noisy must be {n} bools (one per example), got {a.dtype} {a.shape}.")
     return a.astype(bool)
 
 
@@ -71,8 +73,9 @@ def auroc(score_N: np.ndarray, is_noisy_N: np.ndarray) -> float:
     p = int(is_noisy_N.sum())
     m = len(is_noisy_N) - p
     if p == 0 or m == 0:
-        raise ValueError(f"AUROC is undefined: is_noisy has {p} noisy and {m} clean examples "
-                         "(needs both).")
+        raise ValueError(
+            f"AUROC is undefined: is_noisy has {p} noisy and {m} clean examples (needs both)."
+        )
     _, inverse_N, count_G = np.unique(score_N, return_inverse=True, return_counts=True)
     midrank_G = np.cumsum(count_G) - (count_G - 1) / 2.0
     return float((midrank_G[inverse_N][is_noisy_N].sum() - p * (p + 1) / 2.0) / (p * m))
@@ -158,15 +161,24 @@ def suspect_rankings(
         raise ValueError(f"probs must be a finite N x C array, got shape {probs_NxC.shape}.")
     loss_N = label_issues.final_loss(probs_NxC, labels)
     flags_N = label_issues.confident_learning_flags(probs_NxC, labels)
-    given = {"l2rw_meta_grad": mean_meta_grad, "l2rw_memory": meta_grad_memory,
-             "l2rw_weight": mean_weight}
+    given = {
+        "l2rw_meta_grad": mean_meta_grad,
+        "l2rw_memory": meta_grad_memory,
+        "l2rw_weight": mean_weight,
+    }
     out = {}
     for name in label_issues.RANKINGS:
         if name in given and given[name] is None:
             continue
         out[name], _ = label_issues.rank_label_issues(
-            loss_N, mean_meta_grad_N=mean_meta_grad, meta_grad_memory_N=meta_grad_memory,
-            mean_weight_N=mean_weight, count_N=count, flags_N=flags_N, ranked_by=name)
+            loss_N,
+            mean_meta_grad_N=mean_meta_grad,
+            meta_grad_memory_N=meta_grad_memory,
+            mean_weight_N=mean_weight,
+            count_N=count,
+            flags_N=flags_N,
+            ranked_by=name,
+        )
     return out
 
 
@@ -199,16 +211,15 @@ def score_rankings(
     """
     lengths = {name: len(np.asarray(o)) for name, o in orders.items()}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"the orders must all have one length (one rank per example), got "
-                         f"{lengths}.")
-    bad_k = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer))
-             or k < 1]
+        raise ValueError(
+            f"the orders must all have one length (one rank per example), got {lengths}."
+        )
+    bad_k = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
     if bad_k:
         raise ValueError(f"ks must be integers >= 1, got {list(ks)}.")
     scores = {name: order_score(o) for name, o in orders.items()}
     if is_noisy_N is None:
-        return {name: {"auroc": None, "average_precision": None, "at_k": None}
-                for name in orders}
+        return {name: {"auroc": None, "average_precision": None, "at_k": None} for name in orders}
     n = next(iter(lengths.values()), 0)
     is_noisy_N = _check_is_noisy(is_noisy_N, n)
     n_noisy = int(is_noisy_N.sum())
@@ -220,13 +231,11 @@ def score_rankings(
             at_k[f"k={kk}"] = {
                 "k": kk,
                 "precision": label_issues.precision_at_k(order_N, is_noisy_N, kk),
-                "recall": (label_issues.recall_at_k(order_N, is_noisy_N, kk) if n_noisy
-                           else None),
+                "recall": (label_issues.recall_at_k(order_N, is_noisy_N, kk) if n_noisy else None),
             }
         out[name] = {
             "auroc": auroc(scores[name], is_noisy_N) if 0 < n_noisy < n else None,
-            "average_precision": (average_precision(scores[name], is_noisy_N) if n_noisy
-                                  else None),
+            "average_precision": (average_precision(scores[name], is_noisy_N) if n_noisy else None),
             "at_k": at_k,
         }
     return out

@@ -190,8 +190,9 @@ def _render_biases(b_res: dict, figs: dict, names: Sequence[str]) -> tuple[list[
     out = []
     out.append(
         "<p class='caption'>For each class (training images, grouped by their given label, "
-        + html.escape(", ".join(f"{names[int(k)]}: {v}"
-                                for k, v in b_res["examples_per_class"].items()))
+        + html.escape(
+            ", ".join(f"{names[int(k)]}: {v}" for k, v in b_res["examples_per_class"].items())
+        )
         + " per class): "
         "<b>robust</b> prototypes are the images hardest to push out of the class (largest minimal PGD "
         "eps; ties by logit margin) and criticisms the easiest; <b>MMD</b> prototypes greedily minimise "
@@ -394,8 +395,10 @@ def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[s
     return cards, out
 
 
-_ESTIMATE_NAMES = {"glc": "GLC (Hendrycks et al. 2018)",
-                   "confident_learning": "confident learning (Northcutt et al. 2021)"}
+_ESTIMATE_NAMES = {
+    "glc": "GLC (Hendrycks et al. 2018)",
+    "confident_learning": "confident learning (Northcutt et al. 2021)",
+}
 
 
 def _render_noise(nz: dict, figs: dict, names) -> tuple[list[str], list[str]]:
@@ -406,8 +409,12 @@ def _render_noise(nz: dict, figs: dict, names) -> tuple[list[str], list[str]]:
         for key in ("glc", "confident_learning"):
             err = ests.get(key, {}).get("error") or {}
             if err.get("mean_abs_error") is not None:
-                cards.append(_card(f"{err['mean_abs_error']:.4f}",
-                                   f"T̂ mean abs error ({'GLC' if key == 'glc' else 'CL'})"))
+                cards.append(
+                    _card(
+                        f"{err['mean_abs_error']:.4f}",
+                        f"T̂ mean abs error ({'GLC' if key == 'glc' else 'CL'})",
+                    )
+                )
     out = [
         "<p class='caption'>The label noise as a transition matrix T[i, j] = P(observed label j "
         "| true label i) (rows: true class, columns: observed label), estimated two ways from the "
@@ -421,27 +428,39 @@ def _render_noise(nz: dict, figs: dict, names) -> tuple[list[str], list[str]]:
         "makes the training set look cleaner than it is; GLC wants a model never trained on the "
         "clean set (not a finetune, clean_only or oracle run). A row without examples is unknown "
         "(blank). "
-        + ("The training set's own T (its true labels against the given ones) is the reference; "
-           "the errors are over the rows both know."
-           if known else "The true labels are unknown here: no reference, no error.")
+        + (
+            "The training set's own T (its true labels against the given ones) is the reference; "
+            "the errors are over the rows both know."
+            if known
+            else "The true labels are unknown here: no reference, no error."
+        )
         + " The test set is not used.</p>"
     ]
     rows = []
     for key, est in ests.items():
         err = est.get("error") or {}
-        rows.append([_ESTIMATE_NAMES.get(key, key), est["split"], est["n"],
-                     err.get("mean_abs_error"), err.get("max_abs_error"),
-                     err.get("frobenius_error")])
+        rows.append(
+            [
+                _ESTIMATE_NAMES.get(key, key),
+                est["split"],
+                est["n"],
+                err.get("mean_abs_error"),
+                err.get("max_abs_error"),
+                err.get("frobenius_error"),
+            ]
+        )
     header = ["estimate", "from", "examples", "mean |T̂ − T|", "max |T̂ − T|", "‖T̂ − T‖_F"]
     if not known:
         header, rows = header[:3], [r[:3] for r in rows]
     out.append(_table(header, rows, left_cols=2))
-    out.append(_figure(
-        figs.get("transitions"),
-        "Transition matrices on one colour scale: the estimates side by side"
-        + (", then the training set's true T." if known else "."),
-        "transition matrices",
-    ))
+    out.append(
+        _figure(
+            figs.get("transitions"),
+            "Transition matrices on one colour scale: the estimates side by side"
+            + (", then the training set's true T." if known else "."),
+            "transition matrices",
+        )
+    )
     return cards, out
 
 

@@ -132,8 +132,9 @@ def render_html(meta: dict, sections: Sequence) -> str:
         bodies += body
     out.append("<div class='cards'>" + "".join(cards) + "</div>")
     secs = meta["seconds"]
-    parts = html.escape(", ".join(f"{s.title.lower()} {secs.get(s.name, 0):.0f} s"
-                                  for s in sections))
+    parts = html.escape(
+        ", ".join(f"{s.title.lower()} {secs.get(s.name, 0):.0f} s" for s in sections)
+    )
     out.append(
         f"<p class='caption'>{int(meta['n_test'])} test and {int(meta['n_train'])} training "
         f"examples; "

@@ -295,8 +295,19 @@ def run_audit(
 
 
 def _inputs(
-    apply_fn, feature_fn, params, model_state, test, train, config, example_weights, attributes,
-    mean, std, class_names, clean=None,
+    apply_fn,
+    feature_fn,
+    params,
+    model_state,
+    test,
+    train,
+    config,
+    example_weights,
+    attributes,
+    mean,
+    std,
+    class_names,
+    clean=None,
 ) -> sections.Inputs:
     """Checks everything `run_audit` is given, before any file is written (ValueError, one line
     naming the value), and gathers what the sections read; computes the test and training
