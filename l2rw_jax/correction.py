@@ -76,6 +76,27 @@ def transition_estimate(confusion_sum_CxC: jax.Array, count_C: jax.Array) -> jax
     return jnp.where(seen_C[:, None], mean_CxC, eye_CxC)
 
 
+def clean_softmax_sums(ctx: weighing.WeighContext, num_classes: int):
+    """The clean batch under the current parameters: ``(logits_MxC, S_CxC, n_C)`` with
+    ``S[i, j] = sum_{k: y_k = i} softmax(z_k)_j`` and ``n[i] = #{k: y_k = i}``, both summed
+    over the devices of ``ctx.axis_name`` (the logits are this device's, shape ``(M, C)``).
+    The parameters are held constant: the sums estimate, they are not trained through."""
+    logits_MxC = ctx.val_logits_fn(jax.lax.stop_gradient(ctx.params), ctx.val_batch)
+    onehot_MxC = jax.nn.one_hot(ctx.val_batch["label"], num_classes, dtype=jnp.float32)
+    sum_CxC, count_C = onehot_MxC.T @ jax.nn.softmax(logits_MxC), jnp.sum(onehot_MxC, axis=0)
+    if ctx.axis_name is not None:
+        sum_CxC, count_C = jax.lax.psum((sum_CxC, count_C), ctx.axis_name)
+    return logits_MxC, sum_CxC, count_C
+
+
+def scheme_state(method_state):
+    """The weighing scheme's own state: a loss correction's state keeps it in ``.inner``
+    (nested corrections unwrapped); any other state is returned as it is."""
+    while isinstance(method_state, (GoldCorrectionState, PlateauCorrectionState)):
+        method_state = method_state.inner
+    return method_state
+
+
 def forward_corrected_xent(
     logits_BxC: jax.Array, labels_B: jax.Array, T_CxC: jax.Array
 ) -> jax.Array:
@@ -160,12 +181,7 @@ def gold_correction(
         global_m = local_m if ctx.axis_name is None else local_m * jax.lax.psum(1, ctx.axis_name)
         window = math.ceil(num_clean / global_m)
         in_window = (ctx.step >= estimate_steps - window) & (ctx.step < estimate_steps)
-        C = state.count_C.shape[0]
-        p_MxC = jax.nn.softmax(ctx.val_logits_fn(jax.lax.stop_gradient(ctx.params), ctx.val_batch))
-        onehot_MxC = jax.nn.one_hot(ctx.val_batch["label"], C, dtype=jnp.float32)
-        add_CxC, add_C = onehot_MxC.T @ p_MxC, jnp.sum(onehot_MxC, axis=0)
-        if ctx.axis_name is not None:
-            add_CxC, add_C = jax.lax.psum((add_CxC, add_C), ctx.axis_name)
+        _, add_CxC, add_C = clean_softmax_sums(ctx, state.count_C.shape[0])
         new_state = GoldCorrectionState(
             inner,
             jnp.where(in_window, state.confusion_sum_CxC + add_CxC, state.confusion_sum_CxC),
@@ -292,15 +308,11 @@ def plateau_gold_correction(
             jnp.ones_like(w_inner_B), ctx.batch["label"], "class_balanced", ctx.axis_name
         )
         w_B = jnp.where(state.on, w_inner_B, w_plain_B)
-        C = state.count_best_C.shape[0]
-        logits_MxC = ctx.val_logits_fn(jax.lax.stop_gradient(ctx.params), ctx.val_batch)
-        p_MxC = jax.nn.softmax(logits_MxC)
-        onehot_MxC = jax.nn.one_hot(ctx.val_batch["label"], C, dtype=jnp.float32)
-        add_CxC, add_C = onehot_MxC.T @ p_MxC, jnp.sum(onehot_MxC, axis=0)
+        logits_MxC, add_CxC, add_C = clean_softmax_sums(ctx, state.count_best_C.shape[0])
         hits = jnp.sum(jnp.argmax(logits_MxC, -1) == ctx.val_batch["label"]).astype(jnp.float32)
-        size = jnp.asarray(onehot_MxC.shape[0], jnp.float32)
+        size = jnp.asarray(logits_MxC.shape[0], jnp.float32)
         if ctx.axis_name is not None:
-            add_CxC, add_C, hits, size = jax.lax.psum((add_CxC, add_C, hits, size), ctx.axis_name)
+            hits, size = jax.lax.psum((hits, size), ctx.axis_name)
         acc_ema = decay * state.acc_ema + (1 - decay) * hits / size
         conf_ema = decay * state.confusion_ema_CxC + (1 - decay) * add_CxC
         count_ema = decay * state.count_ema_C + (1 - decay) * add_C

@@ -46,6 +46,7 @@ from l2rw_jax import build
 from l2rw_jax import chrono as chrono_lib
 from l2rw_jax import compose
 from l2rw_jax import config as config_lib
+from l2rw_jax import correction as correction_lib
 from l2rw_jax import datasets
 from l2rw_jax import evaluate
 from l2rw_jax import from_config
@@ -434,9 +435,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         }
 
     acc_host = _concat(sharding.to_host([c[1] for c in carries]))
-    method_state = _concat(sharding.to_host([c[0].method_state for c in carries]))
-    while hasattr(method_state, "inner"):  # a loss correction keeps its scheme's state there
-        method_state = method_state.inner
+    method_state = correction_lib.scheme_state(
+        _concat(sharding.to_host([c[0].method_state for c in carries]))
+    )
     for k, md in enumerate(members):
         weights = members_lib.example_weights(
             md,
