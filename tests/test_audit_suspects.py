@@ -146,6 +146,17 @@ def test_the_html_has_one_card_per_suspect_with_its_labels():
         assert card.count("mean weight</td><td class='l'>not recorded") == 1
         assert card.count("<figcaption>") == 3
     assert "<fox>" not in page
+    # Recorded, but one row never drawn: it comes last and its card says so (not 0).
+    w = np.linspace(0.0, 1.0, M)
+    w[0] = np.nan
+    recorded = suspects_section.recorded_per_row({"index": np.arange(M), "mean_weight": w}, M)
+    res = suspects_section.suspect_cards(probs, labels, feats, num_cards=M, recorded=recorded)
+    page, cards = _cards_html(res, names)
+    assert res["suspects"][-1]["train_row"] == 0 and len(cards) == M
+    never = ["mean weight</td><td class='l'>never drawn" in card for card in cards]
+    assert never == [False] * (M - 1) + [True]
+    assert "#1 · index <b>1</b>" in cards[0]  # w[1] = 1 / 39, the lowest recorded weight
+    assert "mean weight</td><td class='l'>0.0256" in cards[0]
     # Without the truth no verdict is printed.
     res = suspects_section.suspect_cards(probs, labels, feats, num_cards=2)
     page, cards = _cards_html(res, names)

@@ -408,12 +408,11 @@ _RANKING_NAMES = {
 def _suspect_card(c: dict, img: str, nn_imgs: list, recorded: dict, names) -> str:
     """One suspect's card: image, labels, recorded weight statistics, truth, ranks, neighbours."""
     e = html.escape
-    drawn = c["draws"] != 0
 
-    def rec(key, spec):
+    def rec(key, spec):  # recorded, a value is missing only where training never drew the row
         if not recorded.get(key):
             return "not recorded"
-        return "never drawn" if c[key] is None and not drawn else _fmt(c[key], spec)
+        return "never drawn" if c[key] is None else _fmt(c[key], spec)
 
     top3 = " · ".join(f"{e(names[t['class']])} {t['prob']:.3f}" for t in c["top3"])
     rows = [
@@ -453,7 +452,7 @@ def _suspect_card(c: dict, img: str, nn_imgs: list, recorded: dict, names) -> st
         + "</div>"
     )
     out.append(
-        "<div class='nn'>"
+        "<div class='sr'>nearest training images (given label · distance):</div><div class='nn'>"
         + "".join(
             f"<figure>{_img(b64, 'neighbour')}<figcaption>{e(names[nb['given_label']])}"
             f" · d {nb['distance']:.2f}</figcaption></figure>"
