@@ -864,6 +864,11 @@ def test_workdir_audit_on_a_real_training_run(real_run):
     assert dm["n_drawn"] == res["label_issues"]["n_ranked"]
     assert dm["all"]["median_weight_std"] == 0.0 and dm["all"]["median_nonzero_share"] == 1.0
     assert dm["all"]["median_mean_weight"] == pytest.approx(1 / 50, rel=1e-6)
+    # The cards read the same running sums: drawn rows first, every draw's weight non-zero.
+    cards = res["suspects"]["suspects"]
+    assert res["suspects"]["ranked_by"] == "l2rw_weight" and len(cards) == 12
+    assert all(c["draws"] > 0 and c["nonzero_share"] == 1.0 for c in cards)
+    assert [c["mean_weight"] for c in cards] == pytest.approx([1 / 50] * 12, rel=1e-6)
     assert res["meta"]["title"] == "Audit: erm on digits, 40% uniform flip"
     assert os.path.exists(os.path.join(workdir, "audit", "report.html"))
 

@@ -161,3 +161,18 @@ def test_the_html_has_one_card_per_suspect_with_its_labels():
     res = suspects_section.suspect_cards(probs, labels, feats, num_cards=2)
     page, cards = _cards_html(res, names)
     assert len(cards) == 2 and not [card for card in cards if "given label is" in card]
+
+
+def test_image_png_keeps_every_pixel():
+    import base64
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    for img in (rng.integers(0, 256, (5, 7, 1)), rng.integers(0, 256, (4, 3, 3))):
+        png = base64.b64decode(figures.image_png(img / 255.0))
+        back = np.asarray(Image.open(io.BytesIO(png)))
+        np.testing.assert_array_equal(back.reshape(img.shape), img)
+    with pytest.raises(ValueError, match=r"C in \(1, 3\), got shape \(4, 4, 2\)"):
+        figures.image_png(np.zeros((4, 4, 2)))
