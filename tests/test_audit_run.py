@@ -450,6 +450,55 @@ def test_label_issues_csv_has_every_row_in_the_suspects_order(planted):
         )
 
 
+def test_a_card_per_suspect(planted):
+    # The cards are the head of the ranking they name (the CSV's first rows, the label-issue
+    # section's suspects), with the CSV's ranks, the recorded weights, brute-force neighbours
+    # among every training row, and one card on the page per suspect with its labels.
+    res, train, w = planted["res"], planted["train"], planted["weights"]
+    cards, li = res["suspects"], res["label_issues"]
+    k = audit.default_config().num_cards
+    assert k == 12 and len(cards["suspects"]) == k
+    assert cards["ranked_by"] == li["suspects_ranking"] == "l2rw_meta_grad"
+    rows = _read_csv(os.path.join(planted["out_dir"], "label_issues.csv"))
+    train_row = [c["train_row"] for c in cards["suspects"]]
+    assert train_row == [int(r["train_row"]) for r in rows[:k]]
+    assert train_row == [s["train_row"] for s in li["top_suspects"][:k]]
+    feats = audit.common.compute_features(
+        planted["feature_fn"], planted["params"], {}, train["image"], batch_size=64
+    )
+    for c, r in zip(cards["suspects"], rows):
+        i = c["train_row"]
+        assert c["source_index"] == train["source_index"][i] == int(r["source_index"])
+        assert c["ranks"] == {name: int(r[f"rank_{name}"]) for name in c["ranks"]}
+        assert len(c["ranks"]) == 5
+        assert (c["given_label"], c["predicted_label"]) == (
+            int(r["given_label"]),
+            int(r["predicted_label"]),
+        )
+        assert c["true_label"] == train["true_label"][i]
+        assert c["is_noisy"] == train["is_noisy"][i]
+        assert c["mean_weight"] == w["mean_weight"][i] and c["draws"] == 5
+        assert c["mean_meta_grad"] == w["mean_meta_grad"][i]
+        assert c["nonzero_share"] is None  # no running sums in this record: not 0
+        d = np.linalg.norm(feats - feats[i], axis=1)
+        d[i] = np.inf
+        nn = np.argsort(d, kind="stable")[:3]
+        assert [nb["train_row"] for nb in c["neighbors"]] == nn.tolist()
+        assert [nb["given_label"] for nb in c["neighbors"]] == train["label"][nn].tolist()
+        np.testing.assert_allclose([nb["distance"] for nb in c["neighbors"]], d[nn], rtol=1e-4)
+    assert cards["recorded"]["nonzero_share"] is False
+    assert any("no share of non-zero weight" in n for n in res["meta"]["notes"])
+    page = open(os.path.join(planted["out_dir"], "report.html")).read()
+    on_page = page.split("<div class='suspect'>")[1:]
+    assert len(on_page) == k
+    for c, card in zip(cards["suspects"], on_page):
+        given = re.search(r"given</td><td class='l'><b>([^<]*)</b>", card).group(1)
+        pred = re.search(r"predicted</td><td class='l'><b>([^<]*)</b>", card).group(1)
+        assert (given, pred) == (str(c["given_label"]), str(c["predicted_label"]))
+        assert "non-zero share</td><td class='l'>not recorded" in card
+        assert ("given label is wrong" in card) == c["is_noisy"]
+
+
 def test_every_ranking_scored_against_the_flips(planted):
     # AUROC, AP and precision / recall@k of each ranking: the library's functions on the
     # section's orders (over the ranked rows; every row is drawn here), AUROC by brute force.
@@ -496,7 +545,8 @@ def test_report_is_one_self_contained_file(planted):
         "2. Robustness",
         "3. Uncovering biases",
         "4. Finding mislabeled examples",
-        "5. Estimating the label noise",
+        "5. A card per suspect",
+        "6. Estimating the label noise",
     ):
         assert heading in page
     srcs = re.findall(r'<img src="([^"]*)"', page)
@@ -519,7 +569,15 @@ def test_report_renders_section_by_section(planted):
     from l2rw_jax.audit import sections
 
     res = planted["res"]
-    assert list(res) == ["meta", "mistakes", "robustness", "biases", "label_issues", "noise"]
+    assert list(res) == [
+        "meta",
+        "mistakes",
+        "robustness",
+        "biases",
+        "label_issues",
+        "suspects",
+        "noise",
+    ]
     assert list(res["meta"]["seconds"]) == [*list(res)[1:], "total"]
     png = figures.fig_curve(
         {
@@ -709,6 +767,10 @@ def test_bad_inputs_fail_before_any_work(planted, tmp_path):
         audit.run_audit(
             *args, config=_small_config(), **dict(kw, train=dict(kw["train"], source_index=[1]))
         )
+    c = _small_config()
+    c.num_cards = 0
+    with pytest.raises(ValueError, match=r"^num_cards must be an integer >= 1, got 0\.$"):
+        audit.run_audit(*args, config=c, **kw)
     with pytest.raises(ValueError, match="attribute 'cue' has 3 values"):
         audit.run_audit(*args, config=_small_config(), attributes={"cue": np.zeros(3)}, **kw)
     train = dict(planted["train"], label=np.where(np.arange(1300) < 5, 3, 4).astype(np.int32))
@@ -802,6 +864,11 @@ def test_workdir_audit_on_a_real_training_run(real_run):
     assert dm["n_drawn"] == res["label_issues"]["n_ranked"]
     assert dm["all"]["median_weight_std"] == 0.0 and dm["all"]["median_nonzero_share"] == 1.0
     assert dm["all"]["median_mean_weight"] == pytest.approx(1 / 50, rel=1e-6)
+    # The cards read the same running sums: drawn rows first, every draw's weight non-zero.
+    cards = res["suspects"]["suspects"]
+    assert res["suspects"]["ranked_by"] == "l2rw_weight" and len(cards) == 12
+    assert all(c["draws"] > 0 and c["nonzero_share"] == 1.0 for c in cards)
+    assert [c["mean_weight"] for c in cards] == pytest.approx([1 / 50] * 12, rel=1e-6)
     assert res["meta"]["title"] == "Audit: erm on digits, 40% uniform flip"
     assert os.path.exists(os.path.join(workdir, "audit", "report.html"))
 

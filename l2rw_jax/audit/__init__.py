@@ -11,6 +11,8 @@ Four questions, each a module, all on the pure model interface of `l2rw_jax.mode
                 notes), and the helpers they share
   mistakes_section, robustness_section, bias_section, label_issues_section, noise_section
                 each analysis on the checked inputs -> a `Section`
+  suspects_section  a card per suspect: the top of the suspects' ranking, each with its image,
+                labels, recorded weights, ranks and nearest training neighbours
   figures       the sections' matplotlib figures as base64 PNG
   renderers     one HTML renderer per section (summary cards, body)
   ranking_quality  AUROC / average precision / precision@k of every ranking against is_noisy
@@ -41,6 +43,7 @@ from l2rw_jax.audit import renderers
 from l2rw_jax.audit import report
 from l2rw_jax.audit import robustness_section
 from l2rw_jax.audit import sections
+from l2rw_jax.audit import suspects_section
 from l2rw_jax.audit.attacks import AttackConfig
 from l2rw_jax.audit.attacks import attack_batch
 from l2rw_jax.audit.attacks import margin_loss
@@ -94,6 +97,7 @@ __all__ = [
     "report",
     "robustness_section",
     "sections",
+    "suspects_section",
     "AttackConfig",
     "attack_batch",
     "margin_loss",

@@ -290,6 +290,20 @@ def fig_suspects(imgs, entries: list, class_names) -> str:
     return _png(fig)
 
 
+def image_png(img_HxWxC: np.ndarray) -> str:
+    """One raw image (H x W x C, C = 1 or 3, values in [0, 1]; clipped) as a base64 PNG at its
+    own pixel size, no axes or margins (Pillow): the report scales it up with CSS."""
+    from PIL import Image  # Here: the report is the only user (as matplotlib above).
+
+    img = np.asarray(img_HxWxC, np.float64)
+    if img.ndim != 3 or img.shape[-1] not in (1, 3):
+        raise ValueError(f"image must be H x W x C with C in (1, 3), got shape {img.shape}.")
+    pixels = np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def fig_weight_hist(
     mean_w: np.ndarray, is_noisy: np.ndarray, xlabel: str = "mean L2RW weight over training"
 ) -> str:

@@ -395,6 +395,98 @@ def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[s
     return cards, out
 
 
+# How a card names each ranking (label_issues.RANKINGS), in the CSV's column order.
+_RANKING_NAMES = {
+    "l2rw_meta_grad": "meta-gradient",
+    "l2rw_memory": "memory",
+    "l2rw_weight": "L2RW weight",
+    "final_loss": "final loss",
+    "confident_learning": "confident learning",
+}
+
+
+def _suspect_card(c: dict, img: str, nn_imgs: list, recorded: dict, names) -> str:
+    """One suspect's card: image, labels, recorded weight statistics, truth, ranks, neighbours."""
+    e = html.escape
+
+    def rec(key, spec):  # recorded, a value is missing only where training never drew the row
+        if not recorded.get(key):
+            return "not recorded"
+        return "never drawn" if c[key] is None else _fmt(c[key], spec)
+
+    top3 = " · ".join(f"{e(names[t['class']])} {t['prob']:.3f}" for t in c["top3"])
+    rows = [
+        ("given", f"<b>{e(names[c['given_label']])}</b> (p {c['given_prob']:.3f})"),
+        (
+            "predicted",
+            f"<b>{e(names[c['predicted_label']])}</b> (p {c['predicted_prob']:.3f})",
+        ),
+        ("top 3", top3),
+        ("mean weight", e(rec("mean_weight", ".3g"))),
+        ("non-zero share", e(rec("nonzero_share", ".3f"))),
+    ]
+    if c["draws"] is not None:
+        rows.append(("draws", str(int(c["draws"]))))
+    if c["mean_meta_grad"] is not None:
+        rows.append(("meta-gradient", f"{c['mean_meta_grad']:+.3f}"))
+    out = [
+        "<div class='suspect'>",
+        f"<div class='sh'>#{int(c['position'])} · index <b>{int(c['source_index'])}</b> "
+        f"(training row {int(c['train_row'])})</div>",
+        f"<div class='sx'>{_img(img, 'suspect')}</div>",
+        "<table>"
+        + "".join(f"<tr><td class='l'>{k}</td><td class='l'>{v}</td></tr>" for k, v in rows)
+        + "</table>",
+    ]
+    if c["true_label"] is not None or c["is_noisy"] is not None:
+        noisy = c["is_noisy"] if c["is_noisy"] is not None else c["true_label"] != c["given_label"]
+        truth = "" if c["true_label"] is None else f"true label {e(names[c['true_label']])}: "
+        verdict = "the given label is wrong" if noisy else "the given label is right"
+        out.append(
+            f"<div class='truth {'noisy' if noisy else 'clean'}'>{truth}{verdict} "
+            "(known: synthetic noise)</div>"
+        )
+    out.append(
+        "<div class='sr'>rank: "
+        + " · ".join(f"{_RANKING_NAMES.get(k, e(k))} {int(v)}" for k, v in c["ranks"].items())
+        + "</div>"
+    )
+    out.append(
+        "<div class='sr'>nearest training images (given label · distance):</div><div class='nn'>"
+        + "".join(
+            f"<figure>{_img(b64, 'neighbour')}<figcaption>{e(names[nb['given_label']])}"
+            f" · d {nb['distance']:.2f}</figcaption></figure>"
+            for nb, b64 in zip(c["neighbors"], nn_imgs)
+        )
+        + "</div></div>"
+    )
+    return "".join(out)
+
+
+def _render_suspects(s: dict, figs: dict, names) -> tuple[list[str], list[str]]:
+    cards = s["suspects"]
+    ranking = html.escape(s["ranked_by"])
+    out = [
+        f"<p class='caption'>The {len(cards)} training examples the <code>{ranking}</code> "
+        "ranking puts first (the order of <code>label_issues.csv</code>), one card each: the "
+        "image and its index in your training data (the CSV's <code>source_index</code>), the "
+        "given label and the model's prediction with their probabilities, the top-3 classes, the "
+        "run's mean L2RW weight and the share of its draws with a non-zero weight (when the run "
+        "recorded them; &quot;not recorded&quot; is not 0), its rank under every ranking (1 = "
+        "most suspect), and its "
+        f"{int(s['num_neighbors'])} nearest training images in penultimate-feature space "
+        "(Euclidean, every training row searched) with their given labels and distances. Where "
+        "the true label is known (synthetic noise) it is marked, red when the given label is "
+        "wrong, green when it is right. Every number is in <code>audit.json</code> "
+        "(<code>suspects</code>).</p>",
+        "<div class='suspects'>",
+    ]
+    for c, img, nn in zip(cards, figs.get("images", []), figs.get("neighbors", [])):
+        out.append(_suspect_card(c, img, nn, s["recorded"], names))
+    out.append("</div>")
+    return [], out
+
+
 _ESTIMATE_NAMES = {
     "glc": "GLC (Hendrycks et al. 2018)",
     "confident_learning": "confident learning (Northcutt et al. 2021)",
@@ -480,5 +572,6 @@ RENDERERS = {
     "robustness": _render_robustness,
     "biases": _render_biases,
     "label_issues": _render_label_issues,
+    "suspects": _render_suspects,
     "noise": _render_noise,
 }

@@ -77,6 +77,13 @@ figcaption{font-size:0.85em;color:#555;max-width:560px}
 img{max-width:100%;display:block}
 .notes{background:#fff8e1;border-left:4px solid #f0b400;padding:8px 14px;font-size:0.9em}
 nav a{margin-right:14px}
+.suspects{display:grid;grid-template-columns:repeat(auto-fill,minmax(270px,1fr));gap:12px;margin:12px 0}
+.suspect{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 10px;font-size:0.85em}
+.suspect .sh{font-weight:600;color:#2b4a7a;margin-bottom:4px}.suspect .sx img{width:96px;height:96px;image-rendering:pixelated;float:left;margin:0 8px 4px 0}
+.suspect table{font-size:1em;margin:0;background:none}.suspect td{border:none;padding:1px 4px}
+.suspect .sr{clear:both;color:#555;margin:4px 0}.suspect .nn{display:flex;gap:6px}
+.suspect .nn figure{margin:0;padding:2px}.suspect .nn img{width:48px;height:48px;image-rendering:pixelated}.suspect .nn figcaption{font-size:0.85em}
+.truth{clear:both;font-weight:600;padding:2px 6px;border-radius:3px;margin-top:4px}.truth.noisy{background:#fde2e2;color:#a11}.truth.clean{background:#e3f4e3;color:#1a6b1a}
 """
 
 

@@ -3,8 +3,9 @@
 Works on any model behind the pure interface of `l2rw_jax.audit.common` and numpy arrays, so it
 runs from a notebook as well as from `python -m experiments.audit --workdir=<run>`. The analyses
 are the sections (`mistakes_section`, `robustness_section`, `bias_section`,
-`label_issues_section`, `noise_section`; their contract is `l2rw_jax.audit.sections`);
-`run_audit` checks the inputs once, runs the sections in order and writes what they return.
+`label_issues_section`, `suspects_section`, `noise_section`; their contract is
+`l2rw_jax.audit.sections`); `run_audit` checks the inputs once, runs the sections in order and
+writes what they return.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from l2rw_jax.audit import noise_section
 from l2rw_jax.audit import report
 from l2rw_jax.audit import robustness_section
 from l2rw_jax.audit import sections
+from l2rw_jax.audit import suspects_section
 
 if TYPE_CHECKING:
     import ml_collections
@@ -91,6 +93,9 @@ def default_config(preset: str = "full") -> ml_collections.ConfigDict:
     # 4. Label issues.
     c.suspect_ks = (100,)  # k for precision/recall@k, besides k = number of noisy
     c.num_suspects = 24  # top suspects shown
+    # 5. A card per suspect (the first of the suspects' ranking).
+    c.num_cards = 12  # cards shown (>= 1; every training row when above their number)
+    c.card_neighbors = 3  # nearest training images per card (penultimate features, every row)
     if preset == "quick":
         c.update(QUICK)
     c.lock()
@@ -185,6 +190,7 @@ def _validate(test, train, config, example_weights, attributes, clean=None):
         raise ValueError(
             f"num_neighbors={config.num_neighbors} exceeds the {len(x_train)} training images."
         )
+    suspects_section.check_card_config(config.num_cards, config.card_neighbors, len(x_train))
     return x_test, y_test, x_train, y_train, x_clean, y_clean
 
 
@@ -275,6 +281,7 @@ def run_audit(
         ("robustness", robustness_section.robustness_section),
         ("biases", bias_section.bias_section),
         ("label issues", label_issues_section.label_issues_section),
+        ("suspect cards", suspects_section.suspects_section),
         ("noise", noise_section.noise_section),
     )
     # One bar over the sections, named by the one running (its own loops have bars below it).

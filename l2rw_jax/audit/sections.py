@@ -13,6 +13,8 @@ apart from where they are written):
   robustness_section    FGSM / PGD accuracy over epsilon, minimal adversarial epsilon
   bias_section          prototypes and criticisms per class, attribute rates among them
   label_issues_section  rankings of suspect labels, precision/recall@k, `label_issues.csv`
+  suspects_section      a card per top suspect: image, labels, recorded weights, ranks,
+                        nearest training neighbours
   noise_section         the transition matrix estimated from the clean set and from the
                         training set, against the true one where known
 
