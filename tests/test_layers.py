@@ -37,7 +37,12 @@ PARTS = [
     ),
     (
         "Config",
-        ["l2rw_jax/config.py", "l2rw_jax/from_config.py"],
+        [
+            "l2rw_jax/config.py",
+            "l2rw_jax/config_schema.py",
+            "l2rw_jax/config_upgrade.py",
+            "l2rw_jax/from_config.py",
+        ],
         "schema, validation, upgrade, pure translations",
     ),
     ("IO", ["l2rw_jax/workdir.py"], "the run's paths, writers, readers, checkpoints"),
