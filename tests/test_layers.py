@@ -27,6 +27,9 @@ PARTS = [
         "Run",
         [
             "l2rw_jax/backends.py",
+            "l2rw_jax/backend_base.py",
+            "l2rw_jax/tfdata_backend.py",
+            "l2rw_jax/device_backend.py",
             "l2rw_jax/device_call.py",
             "l2rw_jax/members.py",
             "l2rw_jax/evaluate.py",
