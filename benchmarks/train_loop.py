@@ -76,9 +76,9 @@ def bare_step(config):
     """A function ``blocks(n_blocks, steps) -> [steps/s of each block]`` of the bare step."""
     import jax
 
-    from l2rw_jax import backends
     from l2rw_jax import build
     from l2rw_jax import compose
+    from l2rw_jax import tfdata_backend
     from l2rw_jax import train
     from l2rw_jax import xla_options
 
@@ -87,7 +87,7 @@ def bare_step(config):
         jax.vmap(build.make_loop_step(run.train_step, True)), donate_argnums=(0, 1)
     )  # as the loop compiles it
     feed = compose.feed(config, "tfdata")
-    _, _, train_SxK, clean_SxK = next(backends.host_chunks(run.members, feed, 0, 1))
+    _, _, train_SxK, clean_SxK = next(tfdata_backend.host_chunks(run.members, feed, 0, 1))
     batch, val_batch = jax.device_put(jax.tree.map(lambda x: x[0], (train_SxK, clean_SxK)))
     carry = [step(*jax.device_put(run.carry0), batch, val_batch)]  # compiles
     jax.block_until_ready(carry)

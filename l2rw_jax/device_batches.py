@@ -1,6 +1,6 @@
 """A step's batch built on the devices from placed splits: gather by row, pad-crop + flip,
 normalise (jittable: the device backend builds its batches inside its jitted training call,
-`l2rw_jax.backends`). No TensorFlow is imported.
+`l2rw_jax.device_backend`). No TensorFlow is imported.
 
 Gather: the rows of a batch (from `stream_order.StreamOrder`) are looked up by a masked local
 lookup on each device followed by a `psum_scatter` over the mesh, so each device ends with its

@@ -1,7 +1,7 @@
 """The device backend's training call (:func:`make_train_call`): S steps of K vmapped members
 with every batch built on the devices (:mod:`l2rw_jax.device_batches`), under one ``lax.scan``
 or as S dispatches of one jitted step; :func:`has_convolution` tells ``build.use_scan`` which
-(XLA:CPU runs convolutions inside a loop body on a slow path). :mod:`l2rw_jax.backends` wraps
+(XLA:CPU runs convolutions inside a loop body on a slow path). :mod:`l2rw_jax.device_backend` wraps
 it in the loop's ``Call`` interface.
 """
 

@@ -1,7 +1,7 @@
 """Splits placed on the devices once: the device backend's data (:class:`DeviceSplit`).
 
 For splits that fit in device memory (every source here: `datasets.load_arrays` reads them
-whole) the device backend (`l2rw_jax.backends`, `loop.backend="device"`) places K members'
+whole) the device backend (`l2rw_jax.device_backend`, `loop.backend="device"`) places K members'
 uint8 images and their per-row columns on the devices once, with each member's normalisation
 table (`stream_order.normalization_table`) and augmentation key; each step's batch is then
 built there (`l2rw_jax.device_batches`). No TensorFlow is imported.

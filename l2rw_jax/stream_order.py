@@ -1,6 +1,6 @@
 """The tf.data streams' order and values in numpy, without TensorFlow or JAX.
 
-The device backend (`l2rw_jax.backends`, `loop.backend="device"`) feeds the examples the
+The device backend (`l2rw_jax.device_backend`, `loop.backend="device"`) feeds the examples the
 tf.data streams (`l2rw_jax.input_pipeline`) draw, with the pixel values they compute; this
 module computes on the host what that takes: which rows each step of a stream draws
 (:class:`StreamOrder`), the streams' normalisation as a table (:func:`normalization_table`)

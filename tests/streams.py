@@ -1,7 +1,7 @@
 """The three tf.data streams of one dataset, for the input-pipeline tests.
 
 Not a library path: the training loop builds its streams per member
-(:mod:`l2rw_jax.backends`, from :mod:`l2rw_jax.members`); this helper goes from a dataset
+(:mod:`l2rw_jax.tfdata_backend`, from :mod:`l2rw_jax.members`); this helper goes from a dataset
 name straight to ``input_pipeline.train_dataset`` / ``clean_dataset`` / ``test_dataset`` so the
 tests can check those streams on real sources.
 """

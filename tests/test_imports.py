@@ -28,6 +28,7 @@ def test_package_imports_with_tf_tfds_ml_collections_sklearn_tensorboardx_absent
     code = BLOCK.format(names=ABSENT) + (
         "import l2rw_jax\nimport l2rw_jax.train\nimport l2rw_jax.audit\n"
         "import l2rw_jax.backends\nimport l2rw_jax.stream_order\n"
+        "import l2rw_jax.tfdata_backend\nimport l2rw_jax.device_backend\n"
         "import l2rw_jax.device_splits\nimport l2rw_jax.device_batches\n"
         "import l2rw_jax.device_call\nimport l2rw_jax.from_config\n"
         "import l2rw_jax.image_folder\nimport l2rw_jax.chrono\n"

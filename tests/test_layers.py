@@ -27,6 +27,9 @@ PARTS = [
         "Run",
         [
             "l2rw_jax/backends.py",
+            "l2rw_jax/backend_base.py",
+            "l2rw_jax/tfdata_backend.py",
+            "l2rw_jax/device_backend.py",
             "l2rw_jax/device_call.py",
             "l2rw_jax/members.py",
             "l2rw_jax/evaluate.py",
@@ -37,7 +40,12 @@ PARTS = [
     ),
     (
         "Config",
-        ["l2rw_jax/config.py", "l2rw_jax/from_config.py"],
+        [
+            "l2rw_jax/config.py",
+            "l2rw_jax/config_schema.py",
+            "l2rw_jax/config_upgrade.py",
+            "l2rw_jax/from_config.py",
+        ],
         "schema, validation, upgrade, pure translations",
     ),
     ("IO", ["l2rw_jax/workdir.py"], "the run's paths, writers, readers, checkpoints"),
