@@ -41,7 +41,7 @@ from l2rw_jax import sharding
 from l2rw_jax import stream_order
 from l2rw_jax import xla_options
 
-EVAL_SPLITS = ("test", "hyperval")
+EVAL_SPLITS = ("test", "hyperval", "selection")
 TFDATA = "the tfdata input backend (loop.backend='tfdata')"  # what needs TensorFlow
 
 
@@ -61,6 +61,7 @@ class Feed(NamedTuple):
     checkpoint_every: int
     steps_per_call: int  # device
     steps_per_fetch: int  # tfdata
+    selection: bool = False  # evaluate the clean selection hold-out too
 
     @property
     def total_steps(self) -> int:
@@ -147,11 +148,12 @@ def _processes() -> dict:
 
 
 def _eval_pick(md: members_lib.MemberData, split: str):
-    return md.splits if split == "test" else md.hyperval
+    return {"test": md.splits, "hyperval": md.hyperval, "selection": md.selection}[split]
 
 
 def _eval_splits(feed: Feed) -> list[str]:
-    return [s for s in EVAL_SPLITS if s == "test" or feed.hyperval]
+    wanted = {"test": True, "hyperval": feed.hyperval, "selection": feed.selection}
+    return [s for s in EVAL_SPLITS if wanted[s]]
 
 
 # ----------------------------------------------------------------------------- tf.data

@@ -84,6 +84,7 @@ def feed(config: ml_collections.ConfigDict, backend: str) -> backends.Feed:
         checkpoint_every=p.checkpoint_every,
         steps_per_call=p.steps_per_call,
         steps_per_fetch=p.steps_per_fetch,
+        selection=d.selection_size > 0,
     )
 
 
