@@ -252,9 +252,10 @@ def make_member(
     """One member's data from the loaded ``arrays``: ``corruption.make_splits(seed=seed,
     **split_options)`` (with the clean set and true labels of ``arrays`` when the data brings
     them), the hold-out, ``selection_size`` clean rows held out for checkpoint selection
-    (:func:`hold_out_selection`; before the oracle appends the clean set), with ``oracle`` the oracle's training rows (:func:`oracle_rows`), and
-    the input normalisation (``pixel_scale``: ``standardize``, the training images'
-    per-channel statistics, or ``unit``, x / 255)."""
+    (:func:`hold_out_selection`; before the oracle appends the clean set), with ``oracle``
+    the oracle's training rows (:func:`oracle_rows`), and the input normalisation
+    (``pixel_scale``: ``standardize``, the training images' per-channel statistics, or
+    ``unit``, x / 255)."""
     from l2rw_jax import input_pipeline  # channel_stats; the module imports TF lazily.
 
     splits = corruption.make_splits(

@@ -20,7 +20,8 @@ is a table of contents; each part has its module:
 Evaluation every ``loop.eval_every`` steps on the test set, on a noisy hyper-validation
 hold-out (``data.hyper_val_size`` noisy training examples scored against their observed
 labels) and on a clean selection hold-out (``data.selection_size`` clean examples taken out of
-the meta set, ``members.hold_out_selection``). The workdir (ARCHITECTURE.md "The run's workdir" has every file's schema): config.json,
+the meta set, ``members.hold_out_selection``). The workdir (ARCHITECTURE.md "The run's
+workdir" has every file's schema): config.json,
 data_fingerprint.json (``datasets.fingerprint``: a resume on other data is refused),
 metrics.jsonl, tb/, checkpoints/<step>/ (orbax: carry = (state, acc, msum) of
 :mod:`l2rw_jax.build`, meta = evaluation history, seeds, normalisation, elapsed time),
@@ -187,8 +188,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
     metrics.jsonl records: ``{"step", "split": "train", "seed", <means of the step metrics
     since the last log, e.g. train_loss, weighted_loss, w_mean_noisy, all_zero (fraction of
-    steps)>, "steps_per_s"}`` and ``{"step", "split": "test"|"hyperval"|"selection", "seed", "accuracy",
-    "loss", "per_class_accuracy": [C]}`` (null for a class without examples in the split).
+    steps)>, "steps_per_s"}`` and ``{"step", "split": "test"|"hyperval"|"selection", "seed",
+    "accuracy", "loss", "per_class_accuracy": [C]}`` (null for a class without examples in the
+    split).
     """
     from tqdm.auto import tqdm  # A notebook widget in Jupyter, a console bar elsewhere.
 
