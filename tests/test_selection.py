@@ -191,21 +191,25 @@ def test_selected_by_the_best_selection_accuracy_earliest_on_ties():
     assert r["final_selection_accuracy"] is None and r["num_selection"] == 0
 
 
-@pytest.fixture(scope="module")
-def run(npz, tmp_path_factory):
-    """Two vmapped members, 8 steps, an evaluation and a checkpoint every 2 (all kept)."""
-    workdir = str(tmp_path_factory.mktemp("selection_run"))
-    config = tiny_data.tiny_config(
+def _run_config(npz, **loop):
+    """Two vmapped members, 8 steps, an evaluation every 2."""
+    return tiny_data.tiny_config(
         npz,
         {
             "data": {"clean_per_class": 3, "selection_size": 10},
             "num_seeds": 2,
             "num_steps": 8,
             "optim": {"learning_rate": 0.5},  # large steps: the accuracies move up and down
-            "loop": {"eval_every": 2, "checkpoint_every": 2, "keep_checkpoints": 10},
+            "loop": {"eval_every": 2, "keep_checkpoints": 10, **loop},
         },
     )
-    return workdir, train.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope="module")
+def run(npz, tmp_path_factory):
+    """The run of _run_config with a checkpoint at every evaluation (all kept)."""
+    workdir = str(tmp_path_factory.mktemp("selection_run"))
+    return workdir, train.train_and_evaluate(_run_config(npz, checkpoint_every=2), workdir)
 
 
 def _history(workdir, split):
@@ -256,3 +260,47 @@ def test_the_exported_model_is_the_model_at_the_selected_evaluation(run):
     assert sorted(os.listdir(os.path.join(workdir, "selected"))) == ["seed0.npz", "seed1.npz"]
     with pytest.raises(ValueError, match="no selected model for seed 7"):
         workdir_lib.read_selected(workdir, 7)
+
+
+def test_protocol_table_shows_the_selected_column_only_with_a_selection_set():
+    from experiments import protocol
+
+    def row(final, selected, selected_by):
+        stats = lambda m: {"mean": m, "ci95": None, "per_seed": [m]}
+        return {
+            "num_seeds": 1,
+            "final_test_accuracy": stats(final),
+            "best_test_accuracy": stats(0.9),
+            "drop": {"mean": 0.9 - final, "ci95": None},
+            "best_step": [10],
+            "steps_per_s": 5.0,
+            "selected_test_accuracy": stats(selected),
+            "selected_by": selected_by,
+        }
+
+    rows = {"erm": row(0.5, 0.6, "hyperval"), "l2rw": row(0.7, 0.8, "selection")}
+    lines = protocol.table(rows).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == protocol.COLUMNS + ["selected test acc %"]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [c[-1] for c in cells] == ["-", "80.00"]  # the hyper-validation choice is not shown
+    rows["l2rw"]["selected_by"] = None  # a run from before the field
+    assert "selected" not in protocol.table(rows).splitlines()[0]
+
+
+def test_a_resumed_run_exports_what_an_uninterrupted_one_does(npz, tmp_path, run):
+    workdir, r = run
+    assert r["selected_step"] == [2, 6]  # seed 1: after the killed run's last checkpoint (4)
+    killed = str(tmp_path / "killed")
+    config = _run_config(npz, checkpoint_every=4, stop_after_steps=6)
+    assert not train.train_and_evaluate(config, killed)["completed"]
+    # The evaluation at step 6 wrote seed 1's file; the checkpoint at 4 does not hold it.
+    assert workdir_lib.read_selected(killed, 1)["step"] == 6
+    config.loop.stop_after_steps = None
+    resumed = train.train_and_evaluate(config, killed)
+    for key in ("selected_step", "selected_test_accuracy", "final_selection_accuracy"):
+        assert resumed[key] == r[key]
+    for seed in r["seeds"]:
+        a, b = workdir_lib.read_selected(workdir, seed), workdir_lib.read_selected(killed, seed)
+        assert (a["step"], a["selection_accuracy"]) == (b["step"], b["selection_accuracy"])
+        jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
