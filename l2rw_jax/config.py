@@ -237,6 +237,7 @@ LEGACY_FIELDS = {
             "label_key",
             "true_label_key",
             "corrupt_given_labels",
+            "selection_size",
         )
     },
     "model": "model.name",
