@@ -36,7 +36,8 @@ from l2rw_jax import corruption
 
 
 class MemberData(NamedTuple):
-    """One member's (one seed's) data: its splits after the hyper-validation hold-out."""
+    """One member's (one seed's) data: its splits after the hyper-validation hold-out (noisy
+    training rows) and the selection hold-out (clean rows)."""
 
     seed: int
     splits: corruption.Splits  # training rows = the noisy training set minus the hold-out
