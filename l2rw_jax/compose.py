@@ -47,8 +47,9 @@ def members(
 def member_data(config, member: int = 0) -> members_lib.MemberData:
     """Member ``member``'s data (seed ``config.seed + member``) exactly as training saw it:
     the splits after the hyper-validation and selection hold-outs (``.hyperval``,
-    ``.selection``) and the normalisation statistics. For audits and notebooks; ``config`` is a ConfigDict or a dict (e.g. a run's config.json,
-    also one written before the config had groups).
+    ``.selection``) and the normalisation statistics. For audits and notebooks; ``config`` is
+    a ConfigDict or a dict (e.g. a run's config.json, also one written before the config had
+    groups).
 
     Raises:
       ValueError: an invalid config, or ``member`` not an integer in ``[0, num_seeds)``.
