@@ -21,6 +21,10 @@ paired over seeds (each seed is one split, noise draw and data order shared by t
 mean +- 95% CI (the protocol's criteria: the default at least as accurate as ERM and as
 class-balanced training, and within 2 points of the paper's rule where it works).
 
+`selected test acc %` (shown when some run has a clean selection set, data.selection_size):
+the test accuracy at the evaluation with the best selection accuracy (results.json's
+selected_test_accuracy); `-` for a run without one.
+
 `gap closed %` (shown when both `erm` and `oracle` ran): the share of the gap between plain
 training and the oracle that a method closes, per seed `(acc - acc_erm) / (acc_oracle -
 acc_erm)` on final test accuracies, then mean +- 95% CI over seeds (also `gap_closed` per
@@ -120,6 +124,9 @@ def summarize(results: dict, run_dir: str) -> dict:
         "drop": results_lib.mean_ci95(best_K - final_K),
         "best_step": results["best_step"],
         "selected_test_accuracy": results["selected_test_accuracy"],
+        # "selection" when the run held clean rows out to choose its checkpoint
+        # (data.selection_size); runs from before the field: None.
+        "selected_by": results.get("selected_by"),
         "steps_per_s": results["steps_per_s"],
         "wall_time_s": results["wall_time_s"],
         "num_seeds": results["num_seeds"],
@@ -140,12 +147,15 @@ def gap_closed(rows: dict, method: str) -> dict | None:
 
 
 def table(rows: dict) -> str:
-    """The markdown table of one setting: one row per method (COLUMNS, then `gap closed %`
-    when both erm and oracle ran)."""
+    """The markdown table of one setting: one row per method (COLUMNS, then `selected test acc
+    %` when some run chose its checkpoint on a clean selection set, `-` for the others, then
+    `gap closed %` when both erm and oracle ran)."""
     show_gap = "erm" in rows and "oracle" in rows
+    show_selected = any(r.get("selected_by") == "selection" for r in rows.values())
     body = []
     for m, r in rows.items():
         drop = r["drop"]
+        selected = r["selected_test_accuracy"] if r.get("selected_by") == "selection" else None
         body.append(
             [
                 m,
@@ -157,9 +167,11 @@ def table(rows: dict) -> str:
                 f"{int(np.median(r['best_step']))}",
                 f"{r['steps_per_s']:.1f}",
             ]
+            + ([common.fmt(selected)] if show_selected else [])
             + ([common.fmt(gap_closed(rows, m))] if show_gap else [])
         )
-    return common.markdown_table(COLUMNS + (["gap closed %"] if show_gap else []), body)
+    columns = COLUMNS + (["selected test acc %"] if show_selected else [])
+    return common.markdown_table(columns + (["gap closed %"] if show_gap else []), body)
 
 
 def paired_difference(rows: dict, method: str, other: str) -> dict | None:

@@ -23,6 +23,7 @@ from l2rw_jax.config import METHODS
 from l2rw_jax.config import default_config
 from l2rw_jax.compose import member_data
 from l2rw_jax.train import train_and_evaluate
+from l2rw_jax.workdir import read_selected
 
 # The meta-step.
 from l2rw_jax.reweight import MetaWeights
@@ -87,6 +88,7 @@ __all__ = [
     "default_config",
     "member_data",
     "train_and_evaluate",
+    "read_selected",
     # The meta-step.
     "MetaWeights",
     "check_lookahead",

@@ -11,7 +11,7 @@ import jax
 
 from l2rw_jax import members as members_lib
 
-EVAL_SPLITS = ("test", "hyperval")
+EVAL_SPLITS = ("test", "hyperval", "selection")
 
 
 class Feed(NamedTuple):
@@ -30,6 +30,7 @@ class Feed(NamedTuple):
     checkpoint_every: int
     steps_per_call: int  # device
     steps_per_fetch: int  # tfdata
+    selection: bool = False  # evaluate the clean selection hold-out too
 
     @property
     def total_steps(self) -> int:
@@ -79,8 +80,9 @@ def _processes() -> dict:
 
 
 def _eval_pick(md: members_lib.MemberData, split: str):
-    return md.splits if split == "test" else md.hyperval
+    return {"test": md.splits, "hyperval": md.hyperval, "selection": md.selection}[split]
 
 
 def _eval_splits(feed: Feed) -> list[str]:
-    return [s for s in EVAL_SPLITS if s == "test" or feed.hyperval]
+    wanted = {"test": True, "hyperval": feed.hyperval, "selection": feed.selection}
+    return [s for s in EVAL_SPLITS if wanted[s]]

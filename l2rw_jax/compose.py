@@ -46,9 +46,10 @@ def members(
 
 def member_data(config, member: int = 0) -> members_lib.MemberData:
     """Member ``member``'s data (seed ``config.seed + member``) exactly as training saw it:
-    the splits after the hyper-validation hold-out and the normalisation statistics. For
-    audits and notebooks; ``config`` is a ConfigDict or a dict (e.g. a run's config.json,
-    also one written before the config had groups).
+    the splits after the hyper-validation and selection hold-outs (``.hyperval``,
+    ``.selection``) and the normalisation statistics. For audits and notebooks; ``config`` is
+    a ConfigDict or a dict (e.g. a run's config.json, also one written before the config had
+    groups).
 
     Raises:
       ValueError: an invalid config, or ``member`` not an integer in ``[0, num_seeds)``.
@@ -84,6 +85,7 @@ def feed(config: ml_collections.ConfigDict, backend: str) -> backends.Feed:
         checkpoint_every=p.checkpoint_every,
         steps_per_call=p.steps_per_call,
         steps_per_fetch=p.steps_per_fetch,
+        selection=d.selection_size > 0,
     )
 
 

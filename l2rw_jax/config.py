@@ -157,6 +157,7 @@ def _check(c, check_devices: bool) -> None:
     for name, value in (
         ("seed", c.seed),
         ("data.hyper_val_size", d.hyper_val_size),
+        ("data.selection_size", d.selection_size),
         ("method.finetune_steps", c.method.finetune_steps),
         ("loop.num_devices", p.num_devices),
     ):

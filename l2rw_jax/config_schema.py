@@ -89,6 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.minority_class = 4  # imbalance: source class of the minority (label 0)
     d.clean_per_class = 10  # clean (trusted) examples per class, never corrupted
     d.hyper_val_size = 0  # noisy training examples held out for hyper-validation
+    # Clean examples held out of the clean (meta) set, stratified per class, to choose the
+    # checkpoint (results' selected_test_accuracy, <workdir>/selected/); 0: off.
+    d.selection_size = 0
     d.augment = False  # CIFAR pad-4 random crop + flip on the training streams
     # Input scaling: standardize ((x / 255 - mean_C) / std_C, statistics of the member's
     # training images) | unit (x / 255 in [0, 1], as the official MNIST code feeds LeNet).

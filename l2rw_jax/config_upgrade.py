@@ -42,6 +42,7 @@ LEGACY_FIELDS = {
             "label_key",
             "true_label_key",
             "corrupt_given_labels",
+            "selection_size",
         )
     },
     "model": "model.name",
@@ -111,6 +112,7 @@ ADDED_FIELDS = {
     "data.noise_matrix": None,
     "data.label_key": None,
     "data.true_label_key": "label",
+    "data.selection_size": 0,
 }
 
 

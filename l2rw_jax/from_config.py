@@ -209,6 +209,7 @@ def member_options(config) -> dict:
     return dict(
         split_options=split_options(config.data),
         hyper_val_size=config.data.hyper_val_size,
+        selection_size=config.data.selection_size,
         pixel_scale=config.data.pixel_scale,
         oracle=config.method.name == "oracle",
     )

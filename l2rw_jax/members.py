@@ -36,7 +36,8 @@ from l2rw_jax import corruption
 
 
 class MemberData(NamedTuple):
-    """One member's (one seed's) data: its splits after the hyper-validation hold-out."""
+    """One member's (one seed's) data: its splits after the hyper-validation hold-out (noisy
+    training rows) and the selection hold-out (clean rows)."""
 
     seed: int
     splits: corruption.Splits  # training rows = the noisy training set minus the hold-out
@@ -49,6 +50,8 @@ class MemberData(NamedTuple):
     class_names: tuple[str, ...] | None = None
     # Rows of splits' training fields the noisy phase draws from (the oracle's), or None: all.
     row_table: np.ndarray | None = None
+    # test_* = the clean rows held out for checkpoint selection (hold_out_selection), or None.
+    selection: corruption.Splits | None = None
 
 
 def seeds(seed: int, num_seeds: int) -> list[int]:
@@ -82,6 +85,87 @@ def hold_out(
         test_source_index=splits.train_source_index[held],
     )
     return train, hyperval
+
+
+def selection_counts(clean_labels: np.ndarray, num_classes: int, size: int) -> np.ndarray:
+    """Per class, how many of the clean rows :func:`hold_out_selection` takes (``[C]`` ints).
+
+    ``size`` is shared out in proportion to the clean rows per class ``n_c`` (the largest
+    remainder method: ``floor(size * n_c / M)`` each, then one more to the classes with the
+    largest remainders, the lower class first on ties), so ``k`` clean rows per class and
+    ``size = C s`` give ``s`` per class.
+
+    Raises:
+      ValueError: the clean set cannot be split so that every class present in it keeps at
+        least one row on both sides (``size`` below the number of classes present, at or above
+        the clean set's size, or a class whose share would take all its rows); the one-line
+        message names both sizes and the allowed range.
+    """
+    n_C = np.bincount(clean_labels, minlength=num_classes).astype(np.int64)
+    m, present = int(n_C.sum()), int((n_C > 0).sum())
+
+    def counts(s: int) -> np.ndarray:
+        quota = s * n_C
+        s_C = quota // max(m, 1)
+        rest = quota - s_C * max(m, 1)  # remainders, in units of 1 / M
+        order = np.lexsort((np.arange(num_classes), -rest))  # largest first, lower class on ties
+        s_C[order[: s - int(s_C.sum())]] += 1
+        return s_C
+
+    def valid(s: int) -> bool:
+        s_C = counts(s)
+        return bool(np.all((s_C >= 1) & (s_C <= n_C - 1) | (n_C == 0)))
+
+    if not (present <= size < m and valid(size)):
+        ok = [s for s in range(present, m) if valid(s)]
+        allowed = f"{ok[0]}..{ok[-1]}" if ok else "none (every class needs 2 clean rows or more)"
+        raise ValueError(
+            f"selection_size={size} cannot be held out of the clean set of {m} examples in "
+            f"{present} classes with at least one selection and one clean (meta) row per class "
+            f"left; allowed: {allowed}."
+        )
+    return counts(size)
+
+
+def hold_out_selection(
+    splits: corruption.Splits, size: int, seed: int
+) -> tuple[corruption.Splits, corruption.Splits | None]:
+    """Moves ``size`` rows of the clean set into a selection set, stratified per class.
+
+    Class ``c`` gives :func:`selection_counts` ``s_c`` rows: the first ``s_c`` of its clean rows
+    in the order ``default_rng([seed, 102]).permutation`` (one draw per class, ascending
+    classes); both parts keep ascending row order, and they are disjoint. Returns ``(splits
+    with the rest as the clean (meta) set, selection)`` where ``selection`` is a ``Splits``
+    whose ``test_*`` fields hold the selection images and labels (``test_source_index``: their
+    ``clean_source_index``, a row of the given ``x_clean`` or of the source training set); None
+    when ``size == 0``. The selection rows are never trained on: they only choose the
+    checkpoint (``results.summary``).
+
+    Raises:
+      ValueError: a clean set too small to split (:func:`selection_counts`).
+    """
+    if size == 0:
+        return splits, None
+    labels = splits.clean_labels
+    s_C = selection_counts(labels, splits.num_classes, size)
+    rng = np.random.default_rng([seed, 102])
+    held = []
+    for c in range(splits.num_classes):
+        rows_c = np.flatnonzero(labels == c)
+        held.append(rows_c[rng.permutation(rows_c.size)[: s_C[c]]])
+    held = np.sort(np.concatenate(held))
+    kept = np.setdiff1d(np.arange(labels.size), held)
+    selection = splits._replace(
+        test_x=splits.clean_x[held],
+        test_labels=labels[held],
+        test_source_index=splits.clean_source_index[held],
+    )
+    rest = splits._replace(
+        clean_x=splits.clean_x[kept],
+        clean_labels=labels[kept],
+        clean_source_index=splits.clean_source_index[kept],
+    )
+    return rest, selection
 
 
 def take_training_rows(splits: corruption.Splits, rows: np.ndarray) -> corruption.Splits:
@@ -164,12 +248,15 @@ def make_member(
     hyper_val_size: int,
     pixel_scale: str,
     oracle: bool = False,
+    selection_size: int = 0,
 ) -> MemberData:
     """One member's data from the loaded ``arrays``: ``corruption.make_splits(seed=seed,
     **split_options)`` (with the clean set and true labels of ``arrays`` when the data brings
-    them), the hold-out, with ``oracle`` the oracle's training rows (:func:`oracle_rows`), and
-    the input normalisation (``pixel_scale``: ``standardize``, the training images'
-    per-channel statistics, or ``unit``, x / 255)."""
+    them), the hold-out, ``selection_size`` clean rows held out for checkpoint selection
+    (:func:`hold_out_selection`; before the oracle appends the clean set), with ``oracle``
+    the oracle's training rows (:func:`oracle_rows`), and the input normalisation
+    (``pixel_scale``: ``standardize``, the training images' per-channel statistics, or
+    ``unit``, x / 255)."""
     from l2rw_jax import input_pipeline  # channel_stats; the module imports TF lazily.
 
     splits = corruption.make_splits(
@@ -185,6 +272,7 @@ def make_member(
         **split_options,
     )
     splits, hyperval = hold_out(splits, hyper_val_size, seed)
+    splits, selection = hold_out_selection(splits, selection_size, seed)
     table = None
     if oracle:
         splits, table = oracle_rows(splits)
@@ -195,7 +283,9 @@ def make_member(
     else:
         mean, std = input_pipeline.channel_stats(splits.train_x[rows])
     counts = np.bincount(splits.train_labels[rows], minlength=splits.num_classes)
-    return MemberData(seed, splits, hyperval, mean, std, counts, arrays.class_names, table)
+    return MemberData(
+        seed, splits, hyperval, mean, std, counts, arrays.class_names, table, selection
+    )
 
 
 def phases(method: str, num_steps: int, finetune_steps: int) -> list[tuple[str, int, int]]:

@@ -88,6 +88,15 @@ def gap_closed(acc_K, erm_K, oracle_K) -> dict | None:
     return mean_ci95((a - e) / (o - e))
 
 
+def selected_evaluations(history: list[dict], split: str) -> np.ndarray:
+    """``[K]`` per member the index in ``history`` of the evaluation with the highest
+    ``split`` accuracy (the earliest on ties); ``split="final"``: the last evaluation."""
+    K = len(history[-1]["test"]["accuracy"])
+    if split == "final":
+        return np.full(K, len(history) - 1)
+    return np.array([h[split]["accuracy"] for h in history]).argmax(0)
+
+
 def summary(
     *,
     method: str,
@@ -107,7 +116,8 @@ def summary(
       config: the run's config as JSON (a dict).
       members: the members' ``members.MemberData``.
       history: the evaluations, ``[{"step", "test": {"accuracy": [K], "loss": [K],
-        "per_class_accuracy": [K][C]}, "hyperval": {...} (with a hold-out)}]``.
+        "per_class_accuracy": [K][C]}, "hyperval": {...} (with a hold-out), "selection":
+        {...} (with a selection hold-out)}]``.
       num_steps: training steps in all (finetune included).
       all_zero_steps_K: per member, steps whose weights were all 0.
     """
@@ -115,13 +125,10 @@ def summary(
     test_acc_ExK = np.array([h["test"]["accuracy"] for h in history])
     final = history[-1]
     best_e_K = test_acc_ExK.argmax(0)
-    if "hyperval" in final:
-        hv_ExK = np.array([h["hyperval"]["accuracy"] for h in history])
-        sel_e_K = hv_ExK.argmax(0)
-        final_hv = mean_ci95(final["hyperval"]["accuracy"])
-    else:
-        sel_e_K = np.full(K, len(history) - 1)
-        final_hv = None
+    final_hv = mean_ci95(final["hyperval"]["accuracy"]) if "hyperval" in final else None
+    final_sel = mean_ci95(final["selection"]["accuracy"]) if "selection" in final else None
+    selected_by = next((s for s in ("selection", "hyperval") if s in final), "final")
+    sel_e_K = selected_evaluations(history, selected_by)
     per_class_KxC = as_float(final["test"]["per_class_accuracy"])  # NaN: class not in test
     present_KxC = ~np.isnan(per_class_KxC)
     # Over the members whose test split has the class; NaN (null) where none has it.
@@ -142,11 +149,15 @@ def summary(
         "num_clean": int(len(md0.splits.clean_labels)),
         "num_test": int(len(md0.splits.test_labels)),
         "num_hyperval": 0 if md0.hyperval is None else int(len(md0.hyperval.test_labels)),
+        "num_selection": 0 if md0.selection is None else int(len(md0.selection.test_labels)),
         "background_class": [md.splits.background_class for md in members],
         "final_test_accuracy": mean_ci95(final["test"]["accuracy"]),
         "best_test_accuracy": mean_ci95(test_acc_ExK.max(0)),
         "best_step": [int(history[e]["step"]) for e in best_e_K],
         "selected_test_accuracy": mean_ci95(test_acc_ExK[sel_e_K, np.arange(K)]),
+        "selected_step": [int(history[e]["step"]) for e in sel_e_K],
+        "selected_by": selected_by,
+        "final_selection_accuracy": final_sel,
         "final_test_loss": mean_ci95(final["test"]["loss"]),
         "final_hyperval_accuracy": final_hv,
         "per_class_accuracy": {

@@ -17,14 +17,17 @@ is a table of contents; each part has its module:
     l2rw_jax.workdir     metrics.jsonl, checkpoints, npz and JSON files
     l2rw_jax.results     statistics over members and results.json
 
-Evaluation every ``loop.eval_every`` steps on the test set and on a noisy hyper-validation
+Evaluation every ``loop.eval_every`` steps on the test set, on a noisy hyper-validation
 hold-out (``data.hyper_val_size`` noisy training examples scored against their observed
-labels). The workdir (ARCHITECTURE.md "The run's workdir" has every file's schema): config.json,
+labels) and on a clean selection hold-out (``data.selection_size`` clean examples taken out of
+the meta set, ``members.hold_out_selection``). The workdir (ARCHITECTURE.md "The run's
+workdir" has every file's schema): config.json,
 data_fingerprint.json (``datasets.fingerprint``: a resume on other data is refused),
 metrics.jsonl, tb/, checkpoints/<step>/ (orbax: carry = (state, acc, msum) of
 :mod:`l2rw_jax.build`, meta = evaluation history, seeds, normalisation, elapsed time),
 example_weights.npz (member 0) and example_weights_seed<s>.npz (every member when K > 1),
-results.json (schema in :func:`train_and_evaluate`).
+selected/seed<s>.npz (with a selection hold-out: each member's model at its best selection
+accuracy so far, ``workdir.read_selected``), results.json (schema in :func:`train_and_evaluate`).
 
 Resuming: re-running the same command restores the newest checkpoint (the newest that
 restores: a damaged step is skipped with a warning, ``workdir.restore_latest``) and restarts
@@ -144,13 +147,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       The ``results.json`` dict::
 
         {"method", "config", "seeds", "num_seeds", "num_steps" (total, finetune included),
-         "num_classes", "num_train", "num_clean", "num_test", "num_hyperval",
+         "num_classes", "num_train", "num_clean" (the meta set, after the selection
+         hold-out), "num_test", "num_hyperval", "num_selection" (0 without the hold-out),
          "background_class": [K] (the background flip's class per member, else None),
          "final_test_accuracy", "best_test_accuracy", "selected_test_accuracy",
-         "final_test_loss", "final_hyperval_accuracy": each {"per_seed": [K], "mean", "ci95",
-            "ci95_low", "ci95_high"} (ci95 None when K = 1; the hyper-validation ones None
-            without a hold-out; "selected" = test accuracy at the evaluation with the best
-            hyper-validation accuracy, else at the final step),
+         "final_test_loss", "final_hyperval_accuracy", "final_selection_accuracy": each
+            {"per_seed": [K], "mean", "ci95", "ci95_low", "ci95_high"} (ci95 None when K = 1;
+            the hyper-validation and selection ones None without their hold-out; "best" peeks
+            at the test set; "selected" = test accuracy at the evaluation chosen by
+            "selected_by"),
+         "selected_by": "selection" (the best accuracy on the clean selection hold-out, with
+            data.selection_size), else "hyperval" (the best noisy hyper-validation accuracy),
+            else "final" (the last evaluation); the earliest evaluation on ties,
+         "selected_step": [K] (the step of that evaluation; with "selection" the model saved
+            in selected/seed<s>.npz),
          "best_step": [K] (step of the best test accuracy),
          "per_class_accuracy": {"per_seed": [K][C], "mean": [C]} (final, test set; null for
             a class with no test example, 0/0 being undefined, not 0; "mean" over the members
@@ -179,8 +189,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
     metrics.jsonl records: ``{"step", "split": "train", "seed", <means of the step metrics
     since the last log, e.g. train_loss, weighted_loss, w_mean_noisy, all_zero (fraction of
-    steps)>, "steps_per_s"}`` and ``{"step", "split": "test"|"hyperval", "seed", "accuracy",
-    "loss", "per_class_accuracy": [C]}`` (null for a class without examples in the split).
+    steps)>, "steps_per_s"}`` and ``{"step", "split": "test"|"hyperval"|"selection", "seed",
+    "accuracy", "loss", "per_class_accuracy": [C]}`` (null for a class without examples in the
+    split).
     """
     from tqdm.auto import tqdm  # A notebook widget in Jupyter, a console bar elsewhere.
 
@@ -318,6 +329,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             }
         return out
 
+    def export_selected() -> None:
+        # Each member whose selection accuracy rose above all its earlier ones (the earliest
+        # of equals stays chosen, as in results.summary): the model just evaluated.
+        if "selection" not in history[-1]:
+            return
+        acc_ExK = np.array([h["selection"]["accuracy"] for h in history])
+        improved_K = acc_ExK[-1] > acc_ExK[:-1].max(0, initial=-np.inf)
+        if not improved_K.any():
+            return
+        params, model_state = _concat(
+            sharding.to_host([(c[0].params, c[0].model_state) for c in carries])
+        )
+        for k in np.flatnonzero(improved_K):
+            workdir_lib.write_selected(
+                wd,
+                seeds[k],
+                jax.tree.map(lambda x: x[k], params),
+                jax.tree.map(lambda x: x[k], model_state),
+                step=history[-1]["step"],
+                selection_accuracy=acc_ExK[-1, k],
+            )
+
     stop_at = min(run.total_steps, loop.stop_after_steps or run.total_steps)
     bar = tqdm(
         total=run.total_steps,
@@ -376,6 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             if is_eval:
                 flush_pending()
                 history.append({"step": step, **evaluate_all(step)})
+                export_selected()
                 bar.set_postfix(
                     test_acc=f"{np.mean(history[-1]['test']['accuracy']):.4f}", refresh=False
                 )  # shown by the update below: this evaluation's

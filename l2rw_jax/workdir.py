@@ -311,6 +311,73 @@ def jax_tree_abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+# ----------------------------------------------------------------------------- selected model
+
+SELECTED = "selected"  # <workdir>/selected/seed<s>.npz: the model chosen on the selection set
+
+
+def selected_path(workdir: PathLike, seed: int) -> epath.Path:
+    """``<workdir>/selected/seed<seed>.npz``: member ``seed``'s selected model."""
+    return path(workdir) / SELECTED / f"seed{int(seed)}.npz"
+
+
+def _flat(prefix: str, tree) -> dict[str, np.ndarray]:
+    """Nested dicts of arrays -> ``{"prefix/a/b": array}`` (the npz keys of the selected model)."""
+    import jax
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join([prefix, *(str(getattr(k, "key", k)) for k in keys)]): np.asarray(leaf)
+        for keys, leaf in leaves
+    }
+
+
+def write_selected(
+    workdir: PathLike, seed: int, params, model_state, *, step: int, selection_accuracy: float
+) -> None:
+    """Atomically writes member ``seed``'s model (``params``, ``model_state``: nested dicts of
+    host arrays) as :func:`selected_path`, with the ``step`` and ``selection_accuracy`` of the
+    evaluation that chose it; on process 0 only. Read it with :func:`read_selected`."""
+    write_npz(
+        selected_path(workdir, seed),
+        **_flat("params", params),
+        **_flat("model_state", model_state),
+        step=np.int64(step),
+        selection_accuracy=np.float64(selection_accuracy),
+    )
+
+
+def read_selected(workdir: PathLike, seed: int) -> dict:
+    """Member ``seed``'s selected model: ``{"params", "model_state"}`` (nested dicts of numpy
+    arrays, as ``models.init_model`` returns them: ``models.make_apply_fn(module)(params,
+    model_state, x, False)`` evaluates it), ``"step"`` (int) and ``"selection_accuracy"``.
+
+    Raises:
+      ValueError: the run wrote none for ``seed`` (no ``data.selection_size``, or no
+        evaluation yet).
+    """
+    p = selected_path(workdir, seed)
+    if not p.exists():
+        raise ValueError(
+            f"{os.fspath(p)!r} does not exist: the run in {os.fspath(workdir)!r} has no "
+            f"selected model for seed {seed} (it needs data.selection_size > 0 and one evaluation)."
+        )
+    with p.open("rb") as f, np.load(f) as z:
+        arrays = {k: z[k] for k in z.files}
+    out: dict = {"params": {}, "model_state": {}}
+    for key, value in arrays.items():
+        if key in ("step", "selection_accuracy"):
+            continue
+        *groups, name = key.split("/")
+        node = out
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[name] = value
+    out["step"] = int(arrays["step"])
+    out["selection_accuracy"] = float(arrays["selection_accuracy"])
+    return out
+
+
 def read_results(workdir: PathLike) -> dict | None:
     """The run's results.json, or None before it ended (a run stopped by an error has
     ``"completed": false`` and the ``"error"``: see ``train.train_and_evaluate``)."""

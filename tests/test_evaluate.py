@@ -70,7 +70,7 @@ def _members(K, num_classes):
         test_labels=np.zeros(4),
         background_class=None,
     )
-    return [SimpleNamespace(seed=k, splits=splits, hyperval=None) for k in range(K)]
+    return [SimpleNamespace(seed=k, splits=splits, hyperval=None, selection=None) for k in range(K)]
 
 
 def test_a_class_absent_from_the_split_is_null_and_left_out_of_means_and_worst():
