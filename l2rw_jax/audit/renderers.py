@@ -464,6 +464,69 @@ def _render_noise(nz: dict, figs: dict, names) -> tuple[list[str], list[str]]:
     return cards, out
 
 
+def _render_trusted_set(ts: dict, figs: dict, names) -> tuple[list[str], list[str]]:
+    if not ts.get("top_suspects"):
+        return [], []
+    cards = [_card(f"{ts['n_flagged']} of {ts['n_clean']}", "clean labels flagged")]
+    out = [
+        "<p class='caption'>L2RW trusts its clean set absolutely: at the final model, with the "
+        "whole training set as one batch and an SGD look-ahead, training example i gets the "
+        "weight w<sub>i</sub> ∝ max(0, c<sub>i</sub>), c<sub>i</sub> = (1/M) Σ<sub>j</sub> "
+        "g<sub>i</sub>·g<sub>j</sub> (Ren et al. 2018), g the output layer's per-example loss "
+        "gradients (closed form). c is a mean over the M clean examples, so leaving clean "
+        "example j out is exact: c<sub>i</sub><sup>(−j)</sup> = (M c<sub>i</sub> − "
+        "g<sub>i</sub>·g<sub>j</sub>) / (M − 1), then clipped and normalised again. "
+        "<b>Influence</b> = Σ<sub>i</sub> |w<sub>i</sub><sup>(−j)</sup> − w<sub>i</sub>| (0 to "
+        "2); <b>endorsement</b> = the weight j's presence adds to the training examples whose "
+        "given label the model's prediction disputes. Ranked by the loss on the given label; "
+        f"<b>flagged</b>: predicted ≠ given with confidence ≥ {ts['flag_confidence']:g} and "
+        f"endorsement &gt; 0. The rule gives {ts['disputed_weight']:.3f} of the weight to the "
+        f"{ts['n_disputed_train']} of {ts['n_train']} training examples the model disputes; "
+        f"the model disputes {ts['n_disputed_clean']} of the {ts['n_clean']} clean labels. "
+        "Every clean example is in <code>trusted_set.csv</code>.</p>"
+    ]
+    out.append(
+        _table(
+            [
+                "rank",
+                "clean row",
+                "source index",
+                "given",
+                "predicted",
+                "confidence",
+                "loss",
+                "influence",
+                "endorsement",
+                "flagged",
+            ],
+            [
+                [
+                    s["rank"],
+                    s["clean_row"],
+                    s["source_index"],
+                    names[s["given_label"]],
+                    names[s["predicted_label"]],
+                    s["confidence"],
+                    s["loss"],
+                    s["influence"],
+                    s["endorsement"],
+                    "yes" if s["flagged"] else "",
+                ]
+                for s in ts["top_suspects"]
+            ],
+        )
+    )
+    out.append(
+        _figure(
+            figs.get("scatter"),
+            "Each clean example's loss on its given label against its leave-one-out influence "
+            "on the training weights.",
+            "trusted set",
+        )
+    )
+    return cards, out
+
+
 def render_generic(results: dict, figs: dict, names) -> tuple[list[str], list[str]]:
     """Any other section: its scalar results as a table, then its figures."""
     rows = [[k, v] for k, v in results.items() if isinstance(v, (int, float, str)) or v is None]
@@ -481,4 +544,5 @@ RENDERERS = {
     "biases": _render_biases,
     "label_issues": _render_label_issues,
     "noise": _render_noise,
+    "trusted_set": _render_trusted_set,
 }
