@@ -519,7 +519,15 @@ def test_report_renders_section_by_section(planted):
     from l2rw_jax.audit import sections
 
     res = planted["res"]
-    assert list(res) == ["meta", "mistakes", "robustness", "biases", "label_issues", "noise"]
+    assert list(res) == [
+        "meta",
+        "mistakes",
+        "robustness",
+        "biases",
+        "label_issues",
+        "noise",
+        "trusted_set",
+    ]
     assert list(res["meta"]["seconds"]) == [*list(res)[1:], "total"]
     png = figures.fig_curve(
         {

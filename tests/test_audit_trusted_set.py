@@ -122,9 +122,22 @@ def test_a_flipped_clean_label_ranks_first_and_is_the_only_one_flagged():
     assert res.endorsement_M[7] > 0 and res.influence_M.argmax() == 7
     # The correct clean labels: the flag asks for a dispute, so no threshold lets them in.
     loose = trusted_set.trusted_set_influence(
-        hc, zc, yc, trusted_set.array_batches(h, z, y, 16), flag_confidence=0.0
+        hc, zc, yc, trusted_set.array_batches(h, z, y, 16), flag_probability=1.0
     )
     assert np.flatnonzero(loose.flagged_M).tolist() == [7]
+    # Below the label's probability exp(−loss) the threshold lets nothing through.
+    p7 = np.exp(-res.loss_M[7])
+    strict = trusted_set.trusted_set_influence(
+        hc, zc, yc, trusted_set.array_batches(h, z, y, 16), flag_probability=p7 / 2
+    )
+    assert not strict.flagged_M.any()
+    # No disputed training label (the model agrees with every one): nothing to endorse, no flag.
+    agree = z.argmax(1)
+    clean_train = trusted_set.trusted_set_influence(
+        hc, zc, yc, trusted_set.array_batches(h, z, agree, 16)
+    )
+    assert clean_train.n_disputed == 0 and not clean_train.endorsement_M.any()
+    assert not clean_train.flagged_M.any() and clean_train.order_M[0] == 7
 
 
 def test_batching_gives_the_unbatched_result():
@@ -169,8 +182,8 @@ def test_bad_input_is_refused():
     batches = trusted_set.array_batches(h, z, y, 4)
     with pytest.raises(ValueError, match="M >= 2"):
         trusted_set.trusted_set_influence(hc[:1], zc[:1], yc[:1], batches)
-    with pytest.raises(ValueError, match="flag_confidence must be in"):
-        trusted_set.trusted_set_influence(hc, zc, yc, batches, flag_confidence=1.5)
+    with pytest.raises(ValueError, match="flag_probability must be in"):
+        trusted_set.trusted_set_influence(hc, zc, yc, batches, flag_probability=1.5)
     with pytest.raises(ValueError, match=r"labels_clean must lie in \[0, 3\)"):
         trusted_set.trusted_set_influence(hc, zc, yc + 3, batches)
     with pytest.raises(ValueError, match="training batch at row 0 must be h"):

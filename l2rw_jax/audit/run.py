@@ -93,9 +93,9 @@ def default_config(preset: str = "full") -> ml_collections.ConfigDict:
     # 4. Label issues.
     c.suspect_ks = (100,)  # k for precision/recall@k, besides k = number of noisy
     c.num_suspects = 24  # top suspects shown (training labels; clean labels)
-    # 6. The trusted set: a clean label is flagged when the model predicts another class with at
-    # least this confidence and its vote moves L2RW weight onto disputed training labels.
-    c.trusted_flag_confidence = 0.9
+    # 6. The trusted set: a clean label is flagged when the model predicts another class, gives
+    # the label a probability below this, and its vote moves L2RW weight onto disputed labels.
+    c.trusted_flag_probability = 0.05
     if preset == "quick":
         c.update(QUICK)
     c.lock()

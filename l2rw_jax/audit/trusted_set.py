@@ -42,10 +42,14 @@ the output layer's parameters (the layers below are held fixed).
     them), in [−1, 1];
   * a suspicion rank and a flag. The rank orders by `loss`, highest first (ties by clean row):
     a trusted label the trained model finds unlikely. The flag marks a likely wrong clean label
-    that also steers the weighting: the model predicts another class (`predicted ≠ given`)
-    with `confidence ≥ flag_confidence` *and* `endorsement > 0` (its vote moves weight onto
-    training labels the model disputes). A clean label the model disputes but whose vote does
-    not favour the disputed training labels is ranked, not flagged.
+    that also steers the weighting: the model predicts another class (`predicted ≠ given`),
+    gives the given label a probability p(y_j | x_j) = exp(−loss) below `flag_probability`
+    *and* `endorsement > 0` (its vote moves weight onto training labels the model disputes).
+    A clean label the model disputes but whose vote does not favour the disputed training
+    labels is ranked, not flagged. The rule asks how unlikely the given label is, not how
+    confident the prediction is: a model trained on noisy labels is rarely confident (under
+    40% uniform noise over 10 classes a calibrated one gives its prediction about 0.6), but it
+    still gives a wrong label little probability (about 0.04 there).
 """
 
 from __future__ import annotations
@@ -150,7 +154,7 @@ def trusted_set_influence(
     labels_clean_M: np.ndarray,
     train_batches: Callable[[], Iterable[Batch]],
     *,
-    flag_confidence: float = 0.9,
+    flag_probability: float = 0.05,
 ) -> TrustedSetAudit:
     """Each clean example's loss, prediction, leave-one-out influence on the L2RW weights and
     endorsement of disputed training labels, ranked and flagged (the module docstring has the
@@ -164,13 +168,14 @@ def trusted_set_influence(
         training row before any weight is known), each call an iterable of
         `(h_BxD, logits_BxC, labels_B)` over the same training rows in the same order; memory is
         one batch x M, never N x D (`array_batches` for arrays in memory).
-      flag_confidence: the confidence in [0, 1] a disputed clean label needs to be flagged.
+      flag_probability: in [0, 1]; a disputed clean label is flagged only where the model gives
+        it a lower probability (and its endorsement is positive).
 
     Returns:
       `TrustedSetAudit` (float64 arrays).
 
     Raises:
-      ValueError: M < 2, shapes that disagree, labels outside [0, C), flag_confidence outside
+      ValueError: M < 2, shapes that disagree, labels outside [0, C), flag_probability outside
         [0, 1], no training row, or two passes over different numbers of rows.
 
     Example:
@@ -194,8 +199,8 @@ def trusted_set_influence(
             f"got {m} and {logits_clean_MxC.shape[0]}."
         )
     y_M = common.check_labels(labels_clean_M, m, c, "labels_clean")
-    if not 0.0 <= flag_confidence <= 1.0:
-        raise ValueError(f"flag_confidence must be in [0, 1], got {flag_confidence}.")
+    if not 0.0 <= flag_probability <= 1.0:
+        raise ValueError(f"flag_probability must be in [0, 1], got {flag_probability}.")
     probs_MxC = common.softmax(logits_clean_MxC)
     r_MxC = residuals(logits_clean_MxC, y_M)
 
@@ -239,7 +244,8 @@ def trusted_set_influence(
     loss_M = lse_M - logits_clean_MxC[np.arange(m), y_M]
     predicted_M = probs_MxC.argmax(axis=1)
     confidence_M = probs_MxC.max(axis=1)
-    flagged_M = (predicted_M != y_M) & (confidence_M >= flag_confidence) & (endorsement_M > 0)
+    unlikely_M = loss_M > -np.log(flag_probability) if flag_probability > 0 else np.zeros(m, bool)
+    flagged_M = (predicted_M != y_M) & unlikely_M & (endorsement_M > 0)
     order_M = np.lexsort((np.arange(m), -loss_M))
     rank_M = np.empty(m, np.int64)
     rank_M[order_M] = np.arange(1, m + 1)

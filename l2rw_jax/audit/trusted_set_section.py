@@ -60,7 +60,7 @@ def trusted_set_section(inp: Inputs, config, rng: np.random.Generator) -> Sectio
         logits_clean,
         inp.y_clean,
         train_batches,
-        flag_confidence=config.trusted_flag_confidence,
+        flag_probability=config.trusted_flag_probability,
     )
     m = len(inp.y_clean)
     source = (
@@ -77,7 +77,7 @@ def trusted_set_section(inp: Inputs, config, rng: np.random.Generator) -> Sectio
         "n_clean": m,
         "n_train": res.n_train,
         "gradient": "output layer (weights and bias), closed form",
-        "flag_confidence": float(config.trusted_flag_confidence),
+        "flag_probability": float(config.trusted_flag_probability),
         "n_flagged": int(res.flagged_M.sum()),
         "n_disputed_clean": int((res.predicted_M != inp.y_clean).sum()),
         "n_disputed_train": res.n_disputed,
