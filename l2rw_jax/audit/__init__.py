@@ -78,6 +78,7 @@ from l2rw_jax.audit.ranking_quality import score_rankings
 from l2rw_jax.audit.run import default_config
 from l2rw_jax.audit.run import run_audit
 from l2rw_jax.audit.sections import Section
+from l2rw_jax.audit.trusted_set import trusted_set_influence
 
 __all__ = [
     "attacks",
@@ -133,4 +134,5 @@ __all__ = [
     "default_config",
     "run_audit",
     "Section",
+    "trusted_set_influence",
 ]

@@ -3,7 +3,8 @@
 Reads the run's workdir (written by `l2rw_jax.train.train_and_evaluate`), rebuilds its data and
 model, and calls `run_audit`, which writes `<workdir>/audit/report.html`,
 `<workdir>/audit/audit.json` and `<workdir>/audit/label_issues.csv` (every training example,
-most suspect label first, with `source_index`: its row in the dataset's own training arrays).
+most suspect label first, with `source_index`: its row in the dataset's own training arrays)
+and `<workdir>/audit/trusted_set.csv` (every clean example, most suspect label first).
 
   <workdir>/config.json          the training config (dataset, noise, model, seed, ...)
   <workdir>/checkpoints/<step>/  orbax: {"carry": (state, acc, msum), "meta": json}; `state` is a

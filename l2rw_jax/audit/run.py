@@ -226,7 +226,9 @@ def run_audit(
     """Audits a trained classifier and writes `<out_dir>/report.html`, `<out_dir>/audit.json`
     and `<out_dir>/label_issues.csv` (every training row, most suspect first, in the order of
     `label_issues.rank_label_issues`; columns `label_issues.CSV_COLUMNS`, class names when
-    `class_names` is given).
+    `class_names` is given) and, with a clean set of at least two examples,
+    `<out_dir>/trusted_set.csv` (every clean example, most suspect first; columns
+    `trusted_set.CSV_COLUMNS`).
 
     Args:
       apply_fn, feature_fn: the pure model interface (`l2rw_jax.audit.common`); for a model
