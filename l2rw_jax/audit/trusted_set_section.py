@@ -17,8 +17,9 @@ from l2rw_jax.audit.sections import Inputs
 from l2rw_jax.audit.sections import Section
 
 TITLE = "The trusted set under audit"
-# Training rows per chunk of penultimate features (a multiple of any usual batch size).
-CHUNK_ROWS = 4096
+# Training rows per chunk of penultimate features: the chunk x M products of
+# `trusted_set_influence` stay small (16 MB per float64 array for M = 1000).
+CHUNK_ROWS = 2048
 
 
 def trusted_set_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
