@@ -3,7 +3,8 @@
 Parses flags and calls `l2rw_jax.audit.audit_run` (`l2rw_jax/audit/from_workdir.py`: how the run's
 data and model are rebuilt and checked), which writes `<workdir>/audit/report.html`,
 `<workdir>/audit/audit.json` and `<workdir>/audit/label_issues.csv` (every training example,
-most suspect label first, with `source_index`: its row in the dataset's own training arrays).
+most suspect label first, with `source_index`: its row in the dataset's own training arrays)
+and `<workdir>/audit/trusted_set.csv` (every clean example, most suspect label first).
 
 Run it from the directory training ran from (configs may name data by relative path).
 

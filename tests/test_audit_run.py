@@ -577,6 +577,7 @@ def test_report_renders_section_by_section(planted):
         "label_issues",
         "suspects",
         "noise",
+        "trusted_set",
     ]
     assert list(res["meta"]["seconds"]) == [*list(res)[1:], "total"]
     png = figures.fig_curve(
@@ -871,6 +872,23 @@ def test_workdir_audit_on_a_real_training_run(real_run):
     assert [c["mean_weight"] for c in cards] == pytest.approx([1 / 50] * 12, rel=1e-6)
     assert res["meta"]["title"] == "Audit: erm on digits, 40% uniform flip"
     assert os.path.exists(os.path.join(workdir, "audit", "report.html"))
+
+
+def test_trusted_set_csv_of_a_real_run_maps_back_to_the_source_data(real_run):
+    # One row per clean example of the run, its source_index a row of the digits training
+    # arrays (the clean set was drawn from them), whose label is the given one.
+    from l2rw_jax import compose
+    from l2rw_jax import datasets
+
+    rows = _read_csv(os.path.join(real_run["workdir"], "audit", "trusted_set.csv"))
+    splits = compose.member_data(real_run["config"]).splits
+    assert len(rows) == real_run["res"]["trusted_set"]["n_clean"] == 50
+    assert [int(r["rank"]) for r in rows] == list(range(1, 51))
+    clean_row = np.array([int(r["clean_row"]) for r in rows])
+    source = np.array([int(r["source_index"]) for r in rows])
+    np.testing.assert_array_equal(source, splits.clean_source_index[clean_row])
+    given = np.array([int(r["given_label"]) for r in rows])
+    np.testing.assert_array_equal(given, datasets.load_arrays("digits").y_train[source])
 
 
 def test_label_issues_csv_of_a_real_run_maps_back_to_the_source_data(real_run):

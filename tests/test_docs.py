@@ -19,6 +19,7 @@ from l2rw_jax.audit import data_maps
 from l2rw_jax.audit import label_issues
 from l2rw_jax.audit import noise_estimate
 from l2rw_jax.audit import ranking_quality
+from l2rw_jax.audit import trusted_set
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,7 @@ from l2rw_jax.audit import ranking_quality
         noise_estimate,
         ranking_quality,
         data_maps,
+        trusted_set,
         conv,
         pooling,
         xla_options,

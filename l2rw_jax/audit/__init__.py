@@ -9,7 +9,8 @@ Four questions, each a module, all on the pure model interface of `l2rw_jax.mode
   label_issues  rankings of suspect training labels, precision@k / recall@k, the CSV
   sections      what each analysis takes (`Inputs`) and returns (`Section`: results, figures,
                 notes), and the helpers they share
-  mistakes_section, robustness_section, bias_section, label_issues_section, noise_section
+  mistakes_section, robustness_section, bias_section, label_issues_section, noise_section,
+  trusted_set_section
                 each analysis on the checked inputs -> a `Section`
   suspects_section  a card per suspect: the top of the suspects' ranking, each with its image,
                 labels, recorded weights, ranks and nearest training neighbours
@@ -19,6 +20,7 @@ Four questions, each a module, all on the pure model interface of `l2rw_jax.mode
   noise_estimate   the transition matrix from the trusted set (GLC) or the noisy set
                    (confident learning), and its error against a known one
   data_maps     per-example weight statistics over training, beside confidence / variability
+  trusted_set   each clean example's exact leave-one-out influence on the L2RW weights
   report        report.html (the page around the renderers) + audit.json
 
 `run_audit` runs the sections and writes the report; `audit_run(workdir)` audits a trained run's
@@ -44,6 +46,8 @@ from l2rw_jax.audit import report
 from l2rw_jax.audit import robustness_section
 from l2rw_jax.audit import sections
 from l2rw_jax.audit import suspects_section
+from l2rw_jax.audit import trusted_set
+from l2rw_jax.audit import trusted_set_section
 from l2rw_jax.audit.attacks import AttackConfig
 from l2rw_jax.audit.attacks import attack_batch
 from l2rw_jax.audit.attacks import margin_loss
@@ -77,6 +81,7 @@ from l2rw_jax.audit.ranking_quality import score_rankings
 from l2rw_jax.audit.run import default_config
 from l2rw_jax.audit.run import run_audit
 from l2rw_jax.audit.sections import Section
+from l2rw_jax.audit.trusted_set import trusted_set_influence
 
 __all__ = [
     "attacks",
@@ -98,6 +103,8 @@ __all__ = [
     "robustness_section",
     "sections",
     "suspects_section",
+    "trusted_set",
+    "trusted_set_section",
     "AttackConfig",
     "attack_batch",
     "margin_loss",
@@ -131,4 +138,5 @@ __all__ = [
     "default_config",
     "run_audit",
     "Section",
+    "trusted_set_influence",
 ]

@@ -392,3 +392,34 @@ def fig_data_map(
     ax.set_ylabel("mean L2RW weight")
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def fig_trusted_set(
+    loss_M: np.ndarray, influence_M: np.ndarray, disputed_M: np.ndarray, flagged_M: np.ndarray
+) -> str:
+    """The trusted set: per clean example its loss under the final model (x) against its
+    leave-one-out influence on the L2RW weights (y); flagged, disputed (predicted ≠ given) and
+    agreed labels in three colours."""
+    fig = Figure(figsize=(5.2, 3.8))
+    ax = fig.add_subplot()
+    groups = (
+        (~disputed_M & ~flagged_M, "#4c72b0", "prediction = given label"),
+        (disputed_M & ~flagged_M, "#dd8452", "prediction ≠ given label"),
+        (flagged_M, "#c44e52", "flagged"),
+    )
+    for mask, color, name in groups:
+        if mask.any():
+            ax.scatter(
+                loss_M[mask],
+                influence_M[mask],
+                s=14,
+                alpha=0.7,
+                linewidths=0,
+                color=color,
+                label=f"{name} ({int(mask.sum())})",
+            )
+    ax.legend(fontsize=8, markerscale=1.5)
+    ax.set_xlabel("loss on the given label (final model, nats)")
+    ax.set_ylabel("influence: Σ|Δw| when left out")
+    ax.grid(alpha=0.3)
+    return _png(fig)

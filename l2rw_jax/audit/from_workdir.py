@@ -3,7 +3,8 @@
 Reads the run's workdir (written by `l2rw_jax.train.train_and_evaluate`), rebuilds its data and
 model, and calls `run_audit`, which writes `<workdir>/audit/report.html`,
 `<workdir>/audit/audit.json` and `<workdir>/audit/label_issues.csv` (every training example,
-most suspect label first, with `source_index`: its row in the dataset's own training arrays).
+most suspect label first, with `source_index`: its row in the dataset's own training arrays)
+and `<workdir>/audit/trusted_set.csv` (every clean example, most suspect label first).
 
   <workdir>/config.json          the training config (dataset, noise, model, seed, ...)
   <workdir>/checkpoints/<step>/  orbax: {"carry": (state, acc, msum), "meta": json}; `state` is a
@@ -69,7 +70,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
     member `member` (seed = config.seed + member) of a multi-seed run.
 
     Returns dict: apply_fn, feature_fn, params, model_state, test, train, clean (the member's
-    clean set: image, label), example_weights
+    clean set: image, label, source_index), example_weights
     (None when the run has not finished), mean, std, class_names, run_info.
     Raises ValueError for a missing workdir, config or checkpoint, or data that does not match
     the recorded weights.
@@ -173,6 +174,7 @@ def load_run(workdir: str, member: int = 0) -> dict:
         "clean": {
             "image": normalise(splits.clean_x),
             "label": splits.clean_labels.astype(np.int32),
+            "source_index": splits.clean_source_index.astype(np.int64),
         },
         "example_weights": example_weights,
         "mean": mean,
@@ -194,8 +196,8 @@ def load_run(workdir: str, member: int = 0) -> dict:
 
 def audit_run(workdir: str, config=None, out_dir: str | None = None, member: int = 0) -> dict:
     """Loads the run (`load_run`) and writes its audit to `out_dir` (default `<workdir>/audit`):
-    report.html, audit.json, label_issues.csv. `config`: `l2rw_jax.audit.default_config()` when
-    None.
+    report.html, audit.json, label_issues.csv, trusted_set.csv. `config`:
+    `l2rw_jax.audit.default_config()` when None.
 
     Returns the audit.json dict (`run_audit`). Raises ValueError as `load_run` and `run_audit` do.
     """

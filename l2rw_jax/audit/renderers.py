@@ -2,13 +2,18 @@
 cards and the HTML of its body, every user string escaped.
 
 `RENDERERS` maps a section's name to its renderer; `render_generic` draws any other section
-(its scalars as a table, then its figures). `report.render_html` lays them out on the page.
+(its scalars as a table, then its figures). `report.render_html` lays them out on the page. The
+renderers of the model's sections (mistakes, robustness, biases) are here, those of the data's
+sections in `data_renderers`, the HTML building blocks they share in `html_parts`.
 """
 
 from __future__ import annotations
 
 import html
 from typing import Sequence
+
+from l2rw_jax.audit import data_renderers
+from l2rw_jax.audit import html_parts
 
 # How the robustness section names what the attacks ascend (attacks.py explains the choice). A
 # result without the key predates the option and used the cross-entropy.
@@ -27,48 +32,18 @@ _OBJECTIVE_TEXT = {
 }
 
 
-def _img(b64: str, alt: str) -> str:
-    return f'<img src="data:image/png;base64,{html.escape(b64)}" alt="{html.escape(alt)}">'
-
-
-def _figure(b64: str | None, caption: str, alt: str) -> str:
-    if b64 is None:
-        return ""
-    return f"<figure>{_img(b64, alt)}<figcaption>{caption}</figcaption></figure>"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence], left_cols: int = 1) -> str:
-    def cell(v, tag, i):
-        cls = ' class="l"' if i < left_cols else ""
-        if isinstance(v, float):
-            v = f"{v:.4f}"
-        return f"<{tag}{cls}>{html.escape('—' if v is None else str(v))}</{tag}>"
-
-    head = "".join(cell(h, "th", i) for i, h in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(cell(v, "td", i) for i, v in enumerate(r)) + "</tr>" for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _card(value: str, key: str) -> str:
-    return f'<div class="card"><div class="v">{html.escape(value)}</div><div class="k">{html.escape(key)}</div></div>'
-
-
-def _fmt(v, spec=".3f"):
-    return "—" if v is None else format(v, spec)
-
-
 # One renderer per section kind: (summary cards, HTML of the section's body). A section whose
 # name has no renderer here is shown by `render_generic`.
 def _render_mistakes(m: dict, figs: dict, names: Sequence[str]) -> tuple[list[str], list[str]]:
-    cards = [_card(f"{m['top_k_accuracy']['top1']:.4f}", "top-1 accuracy")]
+    cards = [html_parts.card(f"{m['top_k_accuracy']['top1']:.4f}", "top-1 accuracy")]
     if "top5" in m["top_k_accuracy"]:
-        cards.append(_card(f"{m['top_k_accuracy']['top5']:.4f}", "top-5 accuracy"))
+        cards.append(html_parts.card(f"{m['top_k_accuracy']['top5']:.4f}", "top-5 accuracy"))
     bins = m["calibration"]["num_bins"]
-    cards.append(_card(f"{m['calibration']['ece']:.4f}", f"ECE ({bins} bins)"))
+    cards.append(html_parts.card(f"{m['calibration']['ece']:.4f}", f"ECE ({bins} bins)"))
     cards.append(
-        _card(f"{names[m['worst_class']]}: {m['worst_class_accuracy']:.3f}", "worst class accuracy")
+        html_parts.card(
+            f"{names[m['worst_class']]}: {m['worst_class_accuracy']:.3f}", "worst class accuracy"
+        )
     )
     out = []
     out.append(
@@ -79,7 +54,7 @@ def _render_mistakes(m: dict, figs: dict, names: Sequence[str]) -> tuple[list[st
         "examples (Guo et al. 2017).</p>"
     )
     out.append(
-        _table(
+        html_parts.table(
             ["", "value"],
             [
                 *[[f"top-{k[3:]} accuracy", v] for k, v in m["top_k_accuracy"].items()],
@@ -92,9 +67,11 @@ def _render_mistakes(m: dict, figs: dict, names: Sequence[str]) -> tuple[list[st
     )
     out.append(
         "<div class='row'>"
-        + _figure(figs.get("per_class"), "Accuracy per class (worst in red).", "per-class accuracy")
-        + _figure(figs.get("confusion"), "Confusion matrix.", "confusion matrix")
-        + _figure(
+        + html_parts.figure(
+            figs.get("per_class"), "Accuracy per class (worst in red).", "per-class accuracy"
+        )
+        + html_parts.figure(figs.get("confusion"), "Confusion matrix.", "confusion matrix")
+        + html_parts.figure(
             figs.get("reliability"),
             "Reliability diagram: accuracy per confidence bin against "
             "the diagonal; below it counts per bin (log scale).",
@@ -111,13 +88,13 @@ def _render_mistakes(m: dict, figs: dict, names: Sequence[str]) -> tuple[list[st
             f"class logit from a black baseline ({ig.get('steps')} trapezoid steps; red = pushes towards "
             "the prediction, blue = against; the completeness error |Σ attributions − (f(x) − f(baseline))| "
             "relative to |f(x) − f(baseline)| is printed, max "
-            f"{_fmt(ig.get('max_relative_completeness_error'), '.1e')}); Grad-CAM at the last conv layer when "
+            f"{html_parts.fmt(ig.get('max_relative_completeness_error'), '.1e')}); Grad-CAM at the last conv layer when "
             f"the model has one; then the {len(m['gallery'][0]['neighbors'])} nearest training images in "
             f"penultimate-feature space (searched among {m['neighbor_pool_size']} training images) with "
             "their given labels — the example-based explanation.</p>"
         )
         for b64 in figs.get("gallery", []):
-            out.append(f"<figure>{_img(b64, 'mistake')}</figure>")
+            out.append(f"<figure>{html_parts.img(b64, 'mistake')}</figure>")
 
     return cards, out
 
@@ -125,8 +102,10 @@ def _render_mistakes(m: dict, figs: dict, names: Sequence[str]) -> tuple[list[st
 def _render_robustness(r: dict, figs: dict, names: Sequence[str]) -> tuple[list[str], list[str]]:
     mid = len(r["epsilons"]) // 2
     cards = [
-        _card(f"{r['pgd_accuracy'][mid]:.3f}", f"PGD accuracy at eps={r['epsilons'][mid]:g}"),
-        _card(_fmt(r["min_eps"]["median"]), "median minimal adversarial eps"),
+        html_parts.card(
+            f"{r['pgd_accuracy'][mid]:.3f}", f"PGD accuracy at eps={r['epsilons'][mid]:g}"
+        ),
+        html_parts.card(html_parts.fmt(r["min_eps"]["median"]), "median minimal adversarial eps"),
     ]
     out = []
     out.append(
@@ -142,7 +121,7 @@ def _render_robustness(r: dict, figs: dict, names: Sequence[str]) -> tuple[list[
         f"{r['min_eps']['bracket_width']:.4f}, on {r['n_min_eps_examples']} test images.</p>"
     )
     out.append(
-        _table(
+        html_parts.table(
             ["eps", "FGSM accuracy", "PGD accuracy"],
             [
                 [f"{e:g}", f, p]
@@ -152,7 +131,7 @@ def _render_robustness(r: dict, figs: dict, names: Sequence[str]) -> tuple[list[
     )
     me = r["min_eps"]
     out.append(
-        _table(
+        html_parts.table(
             ["minimal adversarial eps", "value"],
             [
                 ["median", me["median"]],
@@ -163,11 +142,11 @@ def _render_robustness(r: dict, figs: dict, names: Sequence[str]) -> tuple[list[
     )
     out.append(
         "<div class='row'>"
-        + _figure(figs.get("curve"), "Accuracy under attack against eps.", "curve")
-        + _figure(
+        + html_parts.figure(figs.get("curve"), "Accuracy under attack against eps.", "curve")
+        + html_parts.figure(
             figs.get("min_eps_hist"), "Distribution of the minimal adversarial eps.", "histogram"
         )
-        + _figure(
+        + html_parts.figure(
             figs.get("min_eps_per_class"),
             "Median minimal adversarial eps per true class (values in audit.json).",
             "per-class eps",
@@ -175,7 +154,7 @@ def _render_robustness(r: dict, figs: dict, names: Sequence[str]) -> tuple[list[
         + "</div>"
     )
     out.append(
-        _figure(
+        html_parts.figure(
             figs.get("adversarial"),
             "The most fragile test images: original, the adversarial "
             "image found at the minimal eps with its new prediction, and the perturbation.",
@@ -217,7 +196,7 @@ def _render_biases(b_res: dict, figs: dict, names: Sequence[str]) -> tuple[list[
         for g in b_res["largest_over_representation"]
     ]
     out.append(
-        _table(
+        html_parts.table(
             [
                 "attribute",
                 "method",
@@ -251,7 +230,7 @@ def _render_biases(b_res: dict, figs: dict, names: Sequence[str]) -> tuple[list[
             + ".</p>"
         )
         out.append(
-            _table(
+            html_parts.table(
                 [
                     "class",
                     "class rate",
@@ -283,10 +262,10 @@ def _render_biases(b_res: dict, figs: dict, names: Sequence[str]) -> tuple[list[
     for k, b64 in bias_figs.items():
         pc = b_res["per_class"][str(k)]
         out.append(
-            _figure(
+            html_parts.figure(
                 b64,
                 f"class {html.escape(names[int(k)])}: median minimal eps "
-                f"{_fmt(pc['class_median_min_eps'])}, MMD² of prototypes {pc['mmd2']:.4f}, "
+                f"{html_parts.fmt(pc['class_median_min_eps'])}, MMD² of prototypes {pc['mmd2']:.4f}, "
                 f"sigma {pc['mmd_sigma']:.3g}.",
                 f"class {k}",
             )
@@ -296,273 +275,15 @@ def _render_biases(b_res: dict, figs: dict, names: Sequence[str]) -> tuple[list[
     return [], out
 
 
-def _render_label_issues(li: dict, figs: dict, names) -> tuple[list[str], list[str]]:
-    cards = []
-    main = li.get("suspects_ranking")
-    if li["rankings"].get(main):
-        first = next(iter(li["rankings"][main].values()))
-        cards.append(_card(f"{first['precision']:.3f}", f"precision@{first['k']} ({main})"))
-    main_quality = (li.get("ranking_quality") or {}).get(main) or {}
-    if main_quality.get("auroc") is not None:
-        cards.append(_card(f"{main_quality['auroc']:.3f}", f"AUROC ({main})"))
-    out = []
-    out.append(
-        "<p class='caption'>Training examples ranked from most to least suspect: by the mean L2RW "
-        "weight recorded over training (<code>l2rw_weight</code>, low first; ties by final loss), by "
-        "the mean of the example's L2RW meta-gradient divided by its batch's RMS "
-        "(<code>l2rw_meta_grad</code>, high first: the signal the weight is made of, before the clip "
-        "at 0 and the per-batch normalisation), by the robust variant's memory of it "
-        "(<code>l2rw_memory</code>, when recorded), by the final model's loss on the "
-        "given label (high first; the same order as self-confidence p(given label|x) ascending), and by "
-        "confident learning (Northcutt et al. 2021: examples whose confidently predicted class, with "
-        "per-class thresholds = mean self-confidence of the class, differs from the given label come "
-        "first, then by self-confidence). Scored against the injected-noise mask: AUROC = the share "
-        "of (noisy, clean) pairs the ranking orders noisy first, AP = average precision over the "
-        "ranking (both as scikit-learn computes them, on the strict order the ranking gives), "
-        "precision@k = noisy among the top k / k, recall@k = noisy among the top k / all noisy. "
-        "Where the truth is unknown none of these is computed. <code>label_issues.csv</code> "
-        "gives every ranking's rank of each row in its <code>rank_&lt;ranking&gt;</code> "
-        "column.</p>"
-    )
-    quality = li.get("ranking_quality")
-    if quality:
-        ks = list(next(iter(quality.values()))["at_k"].keys())
-        header = ["ranking", "AUROC", "AP"] + [
-            f"{s}@{k[2:]}" for k in ks for s in ("precision", "recall")
-        ]
-        out.append(
-            _table(
-                header,
-                [
-                    [name, v["auroc"], v["average_precision"]]
-                    + [v["at_k"][k][s] for k in ks for s in ("precision", "recall")]
-                    for name, v in quality.items()
-                ],
-            )
-        )
-        out.append(
-            f"<p class='caption'>{li['n_ranked']} training examples ranked, {li.get('n_noisy')} of them "
-            "noisy.</p>"
-        )
-    elif li["rankings"]:
-        ks = list(next(iter(li["rankings"].values())).keys())
-        header = ["ranking"] + [f"{s}@{k[2:]}" for k in ks for s in ("precision", "recall")]
-        out.append(
-            _table(
-                header,
-                [
-                    [name] + [v[k][s] for k in ks for s in ("precision", "recall")]
-                    for name, v in li["rankings"].items()
-                ],
-            )
-        )
-        out.append(
-            f"<p class='caption'>{li['n_ranked']} training examples ranked, {li.get('n_noisy')} of them "
-            "noisy.</p>"
-        )
-    out.append(
-        "<div class='row'>"
-        + _figure(
-            figs.get("weight_hist"),
-            "Mean L2RW weight of clean and noisy training examples.",
-            "weights",
-        )
-        + _figure(
-            figs.get("data_map"),
-            "Data map of the L2RW weights (after Swayamdipta et al. 2020): each drawn training "
-            "example at the std of its weight over its draws (x) and its mean weight (y), from "
-            "the run's running sums (no history); medians per group in audit.json.",
-            "weight data map",
-        )
-        + _figure(
-            figs.get("meta_grad_hist"),
-            "Mean normalised L2RW meta-gradient of clean and noisy training examples "
-            "(positive = harmful to the clean loss).",
-            "meta-gradients",
-        )
-        + "</div>"
-    )
-    out.append(
-        _figure(
-            figs.get("suspects"),
-            f"Top {len(li['top_suspects'])} suspects by the "
-            f"<code>{html.escape(li['suspects_ranking'])}</code> ranking, most suspect first: given and "
-            "predicted label, mean weight w and (when recorded) mean normalised meta-gradient g; red = "
-            "injected noise, green = clean label.",
-            "suspects",
-        )
-    )
-    return cards, out
-
-
-# How a card names each ranking (label_issues.RANKINGS), in the CSV's column order.
-_RANKING_NAMES = {
-    "l2rw_meta_grad": "meta-gradient",
-    "l2rw_memory": "memory",
-    "l2rw_weight": "L2RW weight",
-    "final_loss": "final loss",
-    "confident_learning": "confident learning",
-}
-
-
-def _suspect_card(c: dict, img: str, nn_imgs: list, recorded: dict, names) -> str:
-    """One suspect's card: image, labels, recorded weight statistics, truth, ranks, neighbours."""
-    e = html.escape
-
-    def rec(key, spec):  # recorded, a value is missing only where training never drew the row
-        if not recorded.get(key):
-            return "not recorded"
-        return "never drawn" if c[key] is None else _fmt(c[key], spec)
-
-    top3 = " · ".join(f"{e(names[t['class']])} {t['prob']:.3f}" for t in c["top3"])
-    rows = [
-        ("given", f"<b>{e(names[c['given_label']])}</b> (p {c['given_prob']:.3f})"),
-        (
-            "predicted",
-            f"<b>{e(names[c['predicted_label']])}</b> (p {c['predicted_prob']:.3f})",
-        ),
-        ("top 3", top3),
-        ("mean weight", e(rec("mean_weight", ".3g"))),
-        ("non-zero share", e(rec("nonzero_share", ".3f"))),
-    ]
-    if c["draws"] is not None:
-        rows.append(("draws", str(int(c["draws"]))))
-    if c["mean_meta_grad"] is not None:
-        rows.append(("meta-gradient", f"{c['mean_meta_grad']:+.3f}"))
-    out = [
-        "<div class='suspect'>",
-        f"<div class='sh'>#{int(c['position'])} · index <b>{int(c['source_index'])}</b> "
-        f"(training row {int(c['train_row'])})</div>",
-        f"<div class='sx'>{_img(img, 'suspect')}</div>",
-        "<table>"
-        + "".join(f"<tr><td class='l'>{k}</td><td class='l'>{v}</td></tr>" for k, v in rows)
-        + "</table>",
-    ]
-    if c["true_label"] is not None or c["is_noisy"] is not None:
-        noisy = c["is_noisy"] if c["is_noisy"] is not None else c["true_label"] != c["given_label"]
-        truth = "" if c["true_label"] is None else f"true label {e(names[c['true_label']])}: "
-        verdict = "the given label is wrong" if noisy else "the given label is right"
-        out.append(
-            f"<div class='truth {'noisy' if noisy else 'clean'}'>{truth}{verdict} "
-            "(known: synthetic noise)</div>"
-        )
-    out.append(
-        "<div class='sr'>rank: "
-        + " · ".join(f"{_RANKING_NAMES.get(k, e(k))} {int(v)}" for k, v in c["ranks"].items())
-        + "</div>"
-    )
-    out.append(
-        "<div class='sr'>nearest training images (given label · distance):</div><div class='nn'>"
-        + "".join(
-            f"<figure>{_img(b64, 'neighbour')}<figcaption>{e(names[nb['given_label']])}"
-            f" · d {nb['distance']:.2f}</figcaption></figure>"
-            for nb, b64 in zip(c["neighbors"], nn_imgs)
-        )
-        + "</div></div>"
-    )
-    return "".join(out)
-
-
-def _render_suspects(s: dict, figs: dict, names) -> tuple[list[str], list[str]]:
-    cards = s["suspects"]
-    ranking = html.escape(s["ranked_by"])
-    out = [
-        f"<p class='caption'>The {len(cards)} training examples the <code>{ranking}</code> "
-        "ranking puts first (the order of <code>label_issues.csv</code>), one card each: the "
-        "image and its index in your training data (the CSV's <code>source_index</code>), the "
-        "given label and the model's prediction with their probabilities, the top-3 classes, the "
-        "run's mean L2RW weight and the share of its draws with a non-zero weight (when the run "
-        "recorded them; &quot;not recorded&quot; is not 0), its rank under every ranking (1 = "
-        "most suspect), and its "
-        f"{int(s['num_neighbors'])} nearest training images in penultimate-feature space "
-        "(Euclidean, every training row searched) with their given labels and distances. Where "
-        "the true label is known (synthetic noise) it is marked, red when the given label is "
-        "wrong, green when it is right. Every number is in <code>audit.json</code> "
-        "(<code>suspects</code>).</p>",
-        "<div class='suspects'>",
-    ]
-    for c, img, nn in zip(cards, figs.get("images", []), figs.get("neighbors", [])):
-        out.append(_suspect_card(c, img, nn, s["recorded"], names))
-    out.append("</div>")
-    return [], out
-
-
-_ESTIMATE_NAMES = {
-    "glc": "GLC (Hendrycks et al. 2018)",
-    "confident_learning": "confident learning (Northcutt et al. 2021)",
-}
-
-
-def _render_noise(nz: dict, figs: dict, names) -> tuple[list[str], list[str]]:
-    ests = nz["estimates"]
-    known = "true" in nz
-    cards = []
-    if known:
-        for key in ("glc", "confident_learning"):
-            err = ests.get(key, {}).get("error") or {}
-            if err.get("mean_abs_error") is not None:
-                cards.append(
-                    _card(
-                        f"{err['mean_abs_error']:.4f}",
-                        f"T̂ mean abs error ({'GLC' if key == 'glc' else 'CL'})",
-                    )
-                )
-    out = [
-        "<p class='caption'>The label noise as a transition matrix T[i, j] = P(observed label j "
-        "| true label i) (rows: true class, columns: observed label), estimated two ways from the "
-        "trained model: <b>GLC</b> (Gold Loss Correction, Hendrycks et al. 2018) averages the "
-        "model's probabilities over the trusted (clean) examples of each class, their labels "
-        "taken as the true ones; <b>confident learning</b> (Northcutt et al. 2021) counts the "
-        "confident joint of the given labels and the confidently predicted classes on the "
-        "training set (per-class thresholds from the training set), calibrates it to the label "
-        "counts and normalises it. Both read a model trained on the noisy labels; the confident "
-        "joint wants out-of-sample probabilities, and a model that memorised its training labels "
-        "makes the training set look cleaner than it is; GLC wants a model never trained on the "
-        "clean set (not a finetune, clean_only or oracle run). A row without examples is unknown "
-        "(blank). "
-        + (
-            "The training set's own T (its true labels against the given ones) is the reference; "
-            "the errors are over the rows both know."
-            if known
-            else "The true labels are unknown here: no reference, no error."
-        )
-        + " The test set is not used.</p>"
-    ]
-    rows = []
-    for key, est in ests.items():
-        err = est.get("error") or {}
-        rows.append(
-            [
-                _ESTIMATE_NAMES.get(key, key),
-                est["split"],
-                est["n"],
-                err.get("mean_abs_error"),
-                err.get("max_abs_error"),
-                err.get("frobenius_error"),
-            ]
-        )
-    header = ["estimate", "from", "examples", "mean |T̂ − T|", "max |T̂ − T|", "‖T̂ − T‖_F"]
-    if not known:
-        header, rows = header[:3], [r[:3] for r in rows]
-    out.append(_table(header, rows, left_cols=2))
-    out.append(
-        _figure(
-            figs.get("transitions"),
-            "Transition matrices on one colour scale: the estimates side by side"
-            + (", then the training set's true T." if known else "."),
-            "transition matrices",
-        )
-    )
-    return cards, out
-
-
 def render_generic(results: dict, figs: dict, names) -> tuple[list[str], list[str]]:
     """Any other section: its scalar results as a table, then its figures."""
     rows = [[k, v] for k, v in results.items() if isinstance(v, (int, float, str)) or v is None]
-    out = [_table(["", "value"], rows)] if rows else []
+    out = [html_parts.table(["", "value"], rows)] if rows else []
     pngs = [(k, v) for k, v in figs.items() if isinstance(v, str)]
     out.append(
-        "<div class='row'>" + "".join(_figure(v, html.escape(k), k) for k, v in pngs) + "</div>"
+        "<div class='row'>"
+        + "".join(html_parts.figure(v, html.escape(k), k) for k, v in pngs)
+        + "</div>"
     )
     return [], out
 
@@ -571,7 +292,8 @@ RENDERERS = {
     "mistakes": _render_mistakes,
     "robustness": _render_robustness,
     "biases": _render_biases,
-    "label_issues": _render_label_issues,
-    "suspects": _render_suspects,
-    "noise": _render_noise,
+    "label_issues": data_renderers.render_label_issues,
+    "suspects": data_renderers.render_suspects,
+    "noise": data_renderers.render_noise,
+    "trusted_set": data_renderers.render_trusted_set,
 }

@@ -3,9 +3,9 @@
 Works on any model behind the pure interface of `l2rw_jax.audit.common` and numpy arrays, so it
 runs from a notebook as well as from `python -m experiments.audit --workdir=<run>`. The analyses
 are the sections (`mistakes_section`, `robustness_section`, `bias_section`,
-`label_issues_section`, `suspects_section`, `noise_section`; their contract is
-`l2rw_jax.audit.sections`); `run_audit` checks the inputs once, runs the sections in order and
-writes what they return.
+`label_issues_section`, `suspects_section`, `noise_section`, `trusted_set_section`; their
+contract is `l2rw_jax.audit.sections`); `run_audit` checks the inputs once, runs the sections in
+order and writes what they return.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from l2rw_jax.audit import report
 from l2rw_jax.audit import robustness_section
 from l2rw_jax.audit import sections
 from l2rw_jax.audit import suspects_section
+from l2rw_jax.audit import trusted_set_section
 
 if TYPE_CHECKING:
     import ml_collections
@@ -92,10 +93,13 @@ def default_config(preset: str = "full") -> ml_collections.ConfigDict:
     c.max_classes_shown = 20  # image grids in the report (all classes are in audit.json)
     # 4. Label issues.
     c.suspect_ks = (100,)  # k for precision/recall@k, besides k = number of noisy
-    c.num_suspects = 24  # top suspects shown
+    c.num_suspects = 24  # top suspects shown (training labels; clean labels)
     # 5. A card per suspect (the first of the suspects' ranking).
     c.num_cards = 12  # cards shown (>= 1; every training row when above their number)
     c.card_neighbors = 3  # nearest training images per card (penultimate features, every row)
+    # 7. The trusted set: a clean label is flagged when the model predicts another class, gives
+    # the label a probability below this, and its vote moves L2RW weight onto disputed labels.
+    c.trusted_flag_probability = 0.05
     if preset == "quick":
         c.update(QUICK)
     c.lock()
@@ -115,7 +119,7 @@ def _validate(test, train, config, example_weights, attributes, clean=None):
         raise ValueError(
             f"test and train images differ in shape: {x_test.shape[1:]} vs {x_train.shape[1:]}."
         )
-    x_clean = y_clean = None
+    x_clean = y_clean = clean_source = None
     if clean is not None:
         for key in ("image", "label"):
             if key not in clean:
@@ -127,6 +131,16 @@ def _validate(test, train, config, example_weights, attributes, clean=None):
                 f"clean and train images differ in shape: {x_clean.shape[1:]} vs "
                 f"{x_train.shape[1:]}."
             )
+        if "source_index" in clean:
+            clean_source = np.asarray(clean["source_index"])
+            if clean_source.shape != (len(x_clean),) or not np.issubdtype(
+                clean_source.dtype, np.integer
+            ):
+                raise ValueError(
+                    f"clean['source_index'] must be {len(x_clean)} integers (one per row), got "
+                    f"{clean_source.dtype} {clean_source.shape}."
+                )
+            clean_source = clean_source.astype(np.int64)
     for key in ("true_label", "is_noisy"):
         if key in train and len(train[key]) != len(x_train):
             raise ValueError(
@@ -191,7 +205,7 @@ def _validate(test, train, config, example_weights, attributes, clean=None):
             f"num_neighbors={config.num_neighbors} exceeds the {len(x_train)} training images."
         )
     suspects_section.check_card_config(config.num_cards, config.card_neighbors, len(x_train))
-    return x_test, y_test, x_train, y_train, x_clean, y_clean
+    return x_test, y_test, x_train, y_train, x_clean, y_clean, clean_source
 
 
 def run_audit(
@@ -217,7 +231,9 @@ def run_audit(
     """Audits a trained classifier and writes `<out_dir>/report.html`, `<out_dir>/audit.json`
     and `<out_dir>/label_issues.csv` (every training row, most suspect first, in the order of
     `label_issues.rank_label_issues`; columns `label_issues.CSV_COLUMNS`, class names when
-    `class_names` is given).
+    `class_names` is given) and, with a clean set of at least two examples,
+    `<out_dir>/trusted_set.csv` (every clean example, most suspect first; columns
+    `trusted_set.CSV_COLUMNS`).
 
     Args:
       apply_fn, feature_fn: the pure model interface (`l2rw_jax.audit.common`); for a model
@@ -228,7 +244,9 @@ def run_audit(
         `source_index` (each row's index in the user's data; default: the recorded one, else
         the row itself).
       clean: the trusted set, `image` (normalised like train) and `label` (taken as the true
-        ones), or None; the noise section's GLC estimate needs it.
+        ones), optionally `source_index` (each row's index in the user's clean data; default the
+        row itself), or None; the noise section's GLC estimate and the trusted-set section
+        (`trusted_set.csv`) need it.
       example_weights: what the run recorded: `index` (row of `train`), `mean_weight`, optionally
         `count`, `is_noisy`, `mean_meta_grad`, `meta_grad_memory`, `source_index`; enables the
         L2RW rankings of label issues (the top suspects follow the first of mean_meta_grad,
@@ -283,6 +301,7 @@ def run_audit(
         ("label issues", label_issues_section.label_issues_section),
         ("suspect cards", suspects_section.suspects_section),
         ("noise", noise_section.noise_section),
+        ("trusted set", trusted_set_section.trusted_set_section),
     )
     # One bar over the sections, named by the one running (its own loops have bars below it).
     bar = tqdm.tqdm(total=len(todo), unit="section", desc="audit", disable=not progress)
@@ -319,7 +338,7 @@ def _inputs(
     """Checks everything `run_audit` is given, before any file is written (ValueError, one line
     naming the value), and gathers what the sections read; computes the test and training
     logits."""
-    x_test, y_test, x_train, y_train, x_clean, y_clean = _validate(
+    x_test, y_test, x_train, y_train, x_clean, y_clean, clean_source = _validate(
         test, train, config, example_weights, attributes, clean
     )
     source_index = _source_index(train, example_weights, len(x_train))
@@ -371,6 +390,7 @@ def _inputs(
         names_given=names_given,
         x_clean=x_clean,
         y_clean=y_clean,
+        clean_source_index=clean_source,
     )
 
 

@@ -17,6 +17,8 @@ apart from where they are written):
                         nearest training neighbours
   noise_section         the transition matrix estimated from the clean set and from the
                         training set, against the true one where known
+  trusted_set_section   each clean example's exact leave-one-out influence on the L2RW
+                        weights, suspect clean labels, `trusted_set.csv`
 
 Every section takes `(inputs, config, rng)`. The random subsets are drawn from one generator
 shared in this order (neighbour pool; curve rows, minimal-eps rows; bias rows), so a section's
@@ -75,6 +77,7 @@ class Inputs(NamedTuple):
     names_given: bool  # the CSV gets class-name columns only then
     x_clean: np.ndarray | None = None  # L x H x W x C, normalised: the trusted set, when given
     y_clean: np.ndarray | None = None  # L, its labels (taken as the true ones)
+    clean_source_index: np.ndarray | None = None  # L, each row's index in the user's clean data
 
 
 def subset(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
