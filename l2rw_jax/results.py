@@ -97,6 +97,15 @@ def selected_evaluations(history: list[dict], split: str) -> np.ndarray:
     return np.array([h[split]["accuracy"] for h in history]).argmax(0)
 
 
+def selection_improved(history: list[dict]) -> np.ndarray:
+    """The members (indices) whose selection accuracy at the last evaluation is above all their
+    earlier ones: those whose selected evaluation (:func:`selected_evaluations`, the earliest
+    of equals) is the last; empty without a selection split."""
+    if "selection" not in history[-1]:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(selected_evaluations(history, "selection") == len(history) - 1)
+
+
 def summary(
     *,
     method: str,

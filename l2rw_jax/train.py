@@ -20,14 +20,11 @@ is a table of contents; each part has its module:
 Evaluation every ``loop.eval_every`` steps on the test set, on a noisy hyper-validation
 hold-out (``data.hyper_val_size`` noisy training examples scored against their observed
 labels) and on a clean selection hold-out (``data.selection_size`` clean examples taken out of
-the meta set, ``members.hold_out_selection``). The workdir (ARCHITECTURE.md "The run's
-workdir" has every file's schema): config.json,
-data_fingerprint.json (``datasets.fingerprint``: a resume on other data is refused),
-metrics.jsonl, tb/, checkpoints/<step>/ (orbax: carry = (state, acc, msum) of
-:mod:`l2rw_jax.build`, meta = evaluation history, seeds, normalisation, elapsed time),
-example_weights.npz (member 0) and example_weights_seed<s>.npz (every member when K > 1),
-selected/seed<s>.npz (with a selection hold-out: each member's model at its best selection
-accuracy so far, ``workdir.read_selected``), results.json (schema in :func:`train_and_evaluate`).
+the meta set, ``members.hold_out_selection``). The workdir's files (config.json,
+data_fingerprint.json, metrics.jsonl, tb/, checkpoints/<step>/ (orbax: carry = (state, acc,
+msum) of :mod:`l2rw_jax.build`, meta = evaluation history, seeds, normalisation, elapsed time),
+example_weights[_seed<s>].npz, selected/seed<s>.npz, results.json) and their schemas are in
+ARCHITECTURE.md "The run's workdir"; results.json's also in :func:`train_and_evaluate`.
 
 Resuming: re-running the same command restores the newest checkpoint (the newest that
 restores: a damaged step is skipped with a warning, ``workdir.restore_latest``) and restarts
@@ -329,26 +326,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             }
         return out
 
-    def export_selected() -> None:
-        # Each member whose selection accuracy rose above all its earlier ones (the earliest
-        # of equals stays chosen, as in results.summary): the model just evaluated.
-        if "selection" not in history[-1]:
-            return
-        acc_ExK = np.array([h["selection"]["accuracy"] for h in history])
-        improved_K = acc_ExK[-1] > acc_ExK[:-1].max(0, initial=-np.inf)
-        if not improved_K.any():
-            return
-        params, model_state = _concat(
-            sharding.to_host([(c[0].params, c[0].model_state) for c in carries])
-        )
-        for k in np.flatnonzero(improved_K):
+    def export_selected() -> None:  # The model just evaluated, of each member it improves.
+        improved = results_lib.selection_improved(history)
+        if improved.size:
+            params, model_state = _concat(
+                sharding.to_host([(c[0].params, c[0].model_state) for c in carries])
+            )
+        for k in improved:
             workdir_lib.write_selected(
                 wd,
                 seeds[k],
                 jax.tree.map(lambda x: x[k], params),
                 jax.tree.map(lambda x: x[k], model_state),
                 step=history[-1]["step"],
-                selection_accuracy=acc_ExK[-1, k],
+                selection_accuracy=history[-1]["selection"]["accuracy"][k],
             )
 
     stop_at = min(run.total_steps, loop.stop_after_steps or run.total_steps)

@@ -304,3 +304,14 @@ def test_a_resumed_run_exports_what_an_uninterrupted_one_does(npz, tmp_path, run
         a, b = workdir_lib.read_selected(workdir, seed), workdir_lib.read_selected(killed, seed)
         assert (a["step"], a["selection_accuracy"]) == (b["step"], b["selection_accuracy"])
         jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+
+
+def test_selection_improved_is_strictly_above_every_earlier_evaluation():
+    def ev(sel):
+        return {"test": {"accuracy": [0.0] * len(sel)}, "selection": {"accuracy": sel}}
+
+    history = [ev([0.5, 0.5, 0.2])]
+    assert list(results_lib.selection_improved(history)) == [0, 1, 2]  # the first always
+    history.append(ev([0.6, 0.5, 0.1]))  # a rise, a tie (the earlier stays chosen), a fall
+    assert list(results_lib.selection_improved(history)) == [0]
+    assert results_lib.selection_improved([{"test": {"accuracy": [0.1]}}]).size == 0
