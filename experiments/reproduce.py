@@ -79,12 +79,12 @@ from experiments import provenance
 from experiments import reproduce_files
 from experiments import reproduce_flags
 from experiments.configs.reproduce import SUITES
-from experiments.reproduce_flags import _args
+from experiments.reproduce_flags import args_from_flags
 from experiments.reproduce_flags import Args
 from experiments.reproduce_flags import COMMITTED_DIR
 from experiments.reproduce_flags import define_flags
 from experiments.reproduce_flags import parse_args
-from experiments.reproduce_parts import _Ctx
+from experiments.reproduce_parts import Ctx
 from experiments.reproduce_parts import run_part
 
 
@@ -127,7 +127,7 @@ def run_suite(
         }
         save()
 
-    ctx = _Ctx(args.suite, args, clock, t0 + args.budget_s, header, say, progress)
+    ctx = Ctx(args.suite, args, clock, t0 + args.budget_s, header, say, progress)
     parts = [p for p in SUITES[args.suite] if p.name in args.parts]
     present = {
         p.name: reproduce_files.present(p.name, args.suite, args.results_dir, COMMITTED_DIR)
@@ -188,7 +188,7 @@ def run_suite(
     return record
 
 
-def _run_parts(ctx: _Ctx, parts, present: dict, log) -> None:
+def _run_parts(ctx: Ctx, parts, present: dict, log) -> None:
     say = ctx.say
     for part in parts:
         prev = present[part.name]
@@ -217,7 +217,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.quiet_checkpoint_logs()
-    run_suite(sys.argv[1:], args=_args(flags.FLAGS))
+    run_suite(sys.argv[1:], args=args_from_flags(flags.FLAGS))
 
 
 if __name__ == "__main__":

@@ -92,10 +92,10 @@ def parse_args(argv: Sequence[str]) -> Args:
         fv(["reproduce", *argv])
     except flags.Error as e:
         raise ValueError(str(e)) from None
-    return _args(fv)
+    return args_from_flags(fv)
 
 
-def _args(fv: flags.FlagValues) -> Args:
+def args_from_flags(fv: flags.FlagValues) -> Args:
     if fv.budget_s <= 0 or fv.safety < 1:
         raise ValueError(
             f"--budget_s must be > 0 and --safety >= 1, got {fv.budget_s} and {fv.safety}."

@@ -24,7 +24,7 @@ import l2rw_jax
 from l2rw_jax import config as config_lib
 
 
-class _Ctx(NamedTuple):
+class Ctx(NamedTuple):
     suite: str
     args: Args
     clock: Callable[[], float]
@@ -69,7 +69,7 @@ def _budget_alarm(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _probe(ctx: _Ctx, config, workdir: str, steps: int) -> tuple[planner.Cost, float]:
+def _probe(ctx: Ctx, config, workdir: str, steps: int) -> tuple[planner.Cost, float]:
     """Runs ``steps`` steps of ``config`` in ``workdir`` and times them (compile included):
     ``(cost, wall seconds)``. Bounded by the budget: :class:`BudgetSpent` when it runs out
     first (or before it starts)."""
@@ -86,13 +86,13 @@ def _probe(ctx: _Ctx, config, workdir: str, steps: int) -> tuple[planner.Cost, f
     return cost, wall
 
 
-def _run_program(ctx: _Ctx, config, workdir: str, method: str, fraction) -> dict:
+def _run_program(ctx: Ctx, config, workdir: str, method: str, fraction) -> dict:
     t0 = ctx.clock()
     results = l2rw_jax.train_and_evaluate(config, workdir)
     return reproduce_files.program_record(method, fraction, results, workdir, ctx.clock() - t0)
 
 
-def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str]]:
+def run_part(ctx: Ctx, part: Part, present: dict | None) -> tuple[str, list[str]]:
     """Probes, plans, runs and writes one part; returns (status, notes)."""
     t_part = ctx.clock()
     notes: list[str] = []
@@ -267,7 +267,7 @@ def run_part(ctx: _Ctx, part: Part, present: dict | None) -> tuple[str, list[str
     return status if programs else "skipped", notes
 
 
-def _print_plan(ctx: _Ctx, part: Part, rows: list[dict]) -> None:
+def _print_plan(ctx: Ctx, part: Part, rows: list[dict]) -> None:
     header = list(rows[0]) if rows else ["method"]
     how = (
         "one program per (majority fraction, method), its seeds vmapped: a run's members "
@@ -286,7 +286,7 @@ def _print_plan(ctx: _Ctx, part: Part, rows: list[dict]) -> None:
 
 
 def _write_part(
-    ctx: _Ctx,
+    ctx: Ctx,
     part: Part,
     programs: list[dict],
     plan_rows,

@@ -74,15 +74,15 @@ class Backend(NamedTuple):
     train_calls: Callable[..., tuple]
 
 
-def _processes() -> dict:
+def process_fields() -> dict:
     """This process's share of every global batch (multi-host: each process reads its rows)."""
     return dict(process_index=jax.process_index(), process_count=jax.process_count())
 
 
-def _eval_pick(md: members_lib.MemberData, split: str):
+def eval_pick(md: members_lib.MemberData, split: str):
     return {"test": md.splits, "hyperval": md.hyperval, "selection": md.selection}[split]
 
 
-def _eval_splits(feed: Feed) -> list[str]:
+def eval_splits(feed: Feed) -> list[str]:
     wanted = {"test": True, "hyperval": feed.hyperval, "selection": feed.selection}
     return [s for s in EVAL_SPLITS if wanted[s]]

@@ -32,7 +32,7 @@ from l2rw_jax.config_schema import WEIGHING_METHODS
 from l2rw_jax.config_schema import default_config
 from l2rw_jax.config_upgrade import ADDED_FIELDS
 from l2rw_jax.config_upgrade import LEGACY_FIELDS
-from l2rw_jax.config_upgrade import _unflatten
+from l2rw_jax.config_upgrade import unflatten
 from l2rw_jax.config_upgrade import flatten
 from l2rw_jax.config_upgrade import is_legacy
 from l2rw_jax.config_upgrade import upgrade
@@ -58,6 +58,7 @@ __all__ = [
     "default_config",
     "flatten",
     "is_legacy",
+    "unflatten",
     "upgrade",
     "validate",
 ]
@@ -121,7 +122,7 @@ def validate(config, *, check_devices: bool = True) -> ml_collections.ConfigDict
         and filled["data.noise_ratio"] == defaults["data.noise_ratio"]
     ):
         filled["data.noise_ratio"] = 0.0
-    c = ml_collections.ConfigDict(_unflatten(filled))
+    c = ml_collections.ConfigDict(unflatten(filled))
     if not isinstance(c.model.options, ml_collections.ConfigDict):
         c.model.options = ml_collections.ConfigDict(dict(c.model.options or {}))
     _check(c, check_devices)

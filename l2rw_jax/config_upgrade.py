@@ -128,7 +128,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _unflatten(flat: dict) -> dict:
+def unflatten(flat: dict) -> dict:
     tree: dict = {}
     for path, value in flat.items():
         *groups, name = path.split(".")
@@ -164,4 +164,4 @@ def upgrade(given, *, fill_added: bool = False) -> dict:
         flat = flatten(given)
     if fill_added:
         flat = {**ADDED_FIELDS, **flat}
-    return _unflatten(flat)
+    return unflatten(flat)

@@ -20,9 +20,9 @@ from l2rw_jax import stream_order
 from l2rw_jax.backend_base import Backend
 from l2rw_jax.backend_base import Call
 from l2rw_jax.backend_base import Feed
-from l2rw_jax.backend_base import _eval_pick
-from l2rw_jax.backend_base import _eval_splits
-from l2rw_jax.backend_base import _processes
+from l2rw_jax.backend_base import eval_pick
+from l2rw_jax.backend_base import eval_splits
+from l2rw_jax.backend_base import process_fields
 
 
 def _stacked_numpy(batches_K: list[list[dict]]) -> list[dict]:
@@ -41,17 +41,17 @@ def _device_eval_batches(
         split: _stacked_numpy(
             [
                 stream_order.test_batches(
-                    _eval_pick(md, split).test_x,
-                    _eval_pick(md, split).test_labels,
+                    eval_pick(md, split).test_x,
+                    eval_pick(md, split).test_labels,
                     md.mean,
                     md.std,
                     feed.eval_batch_size,
-                    **_processes(),
+                    **process_fields(),
                 )
                 for md in members
             ]
         )
-        for split in _eval_splits(feed)
+        for split in eval_splits(feed)
     }
 
 
@@ -59,7 +59,7 @@ def _train_order(md: members_lib.MemberData, phase: str, feed: Feed) -> stream_o
     """One member's training-stream order on the device path: the rows
     ``tfdata_backend._train_dataset`` draws (resample: the balanced rows, mapped back to rows
     of the noisy training set)."""
-    processes = _processes()
+    processes = process_fields()
     if phase == "clean":
         return stream_order.StreamOrder(
             md.seed,
@@ -172,7 +172,7 @@ def _device_call_iter(make_member_step, members, groups, mesh, feed, start_step,
                         stream_order.CLEAN_STREAM,
                         len(md.splits.clean_labels),
                         feed.clean_batch_size,
-                        **_processes(),
+                        **process_fields(),
                     )
                     for md in members[g]
                 ],

@@ -23,9 +23,9 @@ from l2rw_jax import xla_options
 from l2rw_jax.backend_base import Backend
 from l2rw_jax.backend_base import Call
 from l2rw_jax.backend_base import Feed
-from l2rw_jax.backend_base import _eval_pick
-from l2rw_jax.backend_base import _eval_splits
-from l2rw_jax.backend_base import _processes
+from l2rw_jax.backend_base import eval_pick
+from l2rw_jax.backend_base import eval_splits
+from l2rw_jax.backend_base import process_fields
 
 TFDATA = "the tfdata input backend (loop.backend='tfdata')"  # what needs TensorFlow
 
@@ -57,17 +57,17 @@ def _tfdata_eval_batches(
             _stacked(
                 [
                     input_pipeline.test_dataset(
-                        _eval_pick(md, split),
+                        eval_pick(md, split),
                         batch_size=feed.eval_batch_size,
                         mean=md.mean,
                         std=md.std,
-                        **_processes(),
+                        **process_fields(),
                     )
                     for md in members
                 ]
             ).as_numpy_iterator()
         )
-        for split in _eval_splits(feed)
+        for split in eval_splits(feed)
     }
 
 
@@ -84,7 +84,7 @@ def _train_dataset(md: members_lib.MemberData, phase: str, start_step: int, feed
         std=md.std,
         augment=feed.augment,
         start_step=start_step,
-        **_processes(),
+        **process_fields(),
     )
     if rows is not None:
         # Back to rows of the noisy training set, so weights accumulate per example.
@@ -121,7 +121,7 @@ def host_chunks(
                     std=md.std,
                     augment=feed.augment,
                     start_step=begin,
-                    **_processes(),
+                    **process_fields(),
                 )
                 for md in members
             ]

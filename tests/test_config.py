@@ -236,7 +236,7 @@ def test_a_source_of_your_own_keeps_its_labels_unless_asked():
 def test_runs_from_before_the_flag_resume_as_they_were_trained():
     old = config_lib.flatten(config_lib.default_config().to_dict())
     del old["data.corrupt_given_labels"]
-    old = config_lib.upgrade(config_lib._unflatten(old))
+    old = config_lib.upgrade(config_lib.unflatten(old))
     # A benchmark run: the flag changes nothing it computes.
     assert config_lib.config_differences(old, config_lib.default_config()) == {}
     # An own source with noise: it was corrupted; resuming it needs the flag.
@@ -274,5 +274,5 @@ def test_a_config_json_written_before_added_fields_resumes_unchanged():
         assert field in config_lib.ADDED_FIELDS
         del stored[field]
     assert (
-        config_lib.config_differences(config_lib._unflatten(stored), from_config.as_json(now)) == {}
+        config_lib.config_differences(config_lib.unflatten(stored), from_config.as_json(now)) == {}
     )

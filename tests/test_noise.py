@@ -56,7 +56,7 @@ def _noise_free(npz, *overrides):
     del c["data.noise"], c["data.noise_ratio"]
     for o in overrides:
         c.update(config_lib.flatten(o))
-    return config_lib._unflatten(c)
+    return config_lib.unflatten(c)
 
 
 def test_npz_with_true_labels_trains_and_its_suspects_are_scored_against_them(given_npz, tmp_path):
