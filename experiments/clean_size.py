@@ -176,15 +176,16 @@ def plot(summary: dict, path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_acc, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
-    for method, rows in summary.items():
+    for i, (method, rows) in enumerate(summary.items()):
         ns = sorted(rows)
+        style = dict(marker="o", capsize=3, label=method, color=f"C{i}")  # one colour a method
         acc = [100 * rows[n]["final_test_accuracy"]["mean"] for n in ns]
         err = [100 * (rows[n]["final_test_accuracy"]["ci95"] or 0) for n in ns]
-        ax_acc.errorbar(ns, acc, yerr=err, marker="o", capsize=3, label=method)
+        ax_acc.errorbar(ns, acc, yerr=err, **style)
         if all("weight_auroc" in rows[n] for n in ns):
             auc = [rows[n]["weight_auroc"]["mean"] for n in ns]
             aerr = [rows[n]["weight_auroc"]["ci95"] or 0 for n in ns]
-            ax_auc.errorbar(ns, auc, yerr=aerr, marker="o", capsize=3, label=method)
+            ax_auc.errorbar(ns, auc, yerr=aerr, **style)
     for ax, label in ((ax_acc, "final test accuracy %"), (ax_auc, "weight AUROC (flipped rows)")):
         ax.set_xscale("log")
         ax.set_xlabel("clean images per class")
