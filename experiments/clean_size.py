@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 from absl import app
@@ -45,24 +46,37 @@ from l2rw_jax import config as config_lib
 from l2rw_jax import results as results_lib
 from l2rw_jax.audit import ranking_quality
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
-_SETTING = flags.DEFINE_string(
-    "setting", "digits_uniform40", f"The protocol setting, of {list(protocol_config.SETTINGS)}."
-)
-_PER_CLASS = flags.DEFINE_list("per_class", ["1", "3", "10", "30"], "Clean images per class.")
-_METHODS = flags.DEFINE_list(
-    "methods",
-    ["l2rw", "recommended", "clean_only"],
-    "Methods of experiments/configs/protocol.py (names or ablations).",
-)
-_NUM_SEEDS = flags.DEFINE_integer(
-    "num_seeds", 0, "Seeds per run (0: the setting's, 5).", lower_bound=0
-)
-_RESULTS_DIR = flags.DEFINE_string(
-    "results_dir",
-    "benchmarks/results",
-    "Where clean_size_<setting>.{md,json,png} are copied (empty: not copied).",
-)
+
+def define_flags() -> SimpleNamespace:
+    """The command's flags, defined when it runs as a program: importing the module (tests,
+    notebooks) defines none, so its --workdir never clashes with another entry point's."""
+    workdir = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
+    setting = flags.DEFINE_string(
+        "setting", "digits_uniform40", f"The protocol setting, of {list(protocol_config.SETTINGS)}."
+    )
+    per_class = flags.DEFINE_list("per_class", ["1", "3", "10", "30"], "Clean images per class.")
+    methods = flags.DEFINE_list(
+        "methods",
+        ["l2rw", "recommended", "clean_only"],
+        "Methods of experiments/configs/protocol.py (names or ablations).",
+    )
+    num_seeds = flags.DEFINE_integer(
+        "num_seeds", 0, "Seeds per run (0: the setting's, 5).", lower_bound=0
+    )
+    results_dir = flags.DEFINE_string(
+        "results_dir",
+        "benchmarks/results",
+        "Where clean_size_<setting>.{md,json,png} are copied (empty: not copied).",
+    )
+    return SimpleNamespace(
+        workdir=workdir,
+        setting=setting,
+        per_class=per_class,
+        methods=methods,
+        num_seeds=num_seeds,
+        results_dir=results_dir,
+    )
+
 
 # Methods whose weights are all equal: no weight ranking to score.
 UNWEIGHTED = ("erm", "resample", "oracle", "clean_only", "finetune")
@@ -197,52 +211,53 @@ def plot(summary: dict, path: str, title: str) -> None:
     plots.save(fig, path)
 
 
-def main(argv):
+def main(argv, f: SimpleNamespace):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}.")
     try:
-        sizes = sorted({int(n) for n in _PER_CLASS.value})
+        sizes = sorted({int(n) for n in f.per_class.value})
     except ValueError:
-        raise app.UsageError(f"--per_class={_PER_CLASS.value}: integers >= 1 expected.") from None
-    if _SETTING.value not in protocol_config.SETTINGS:
+        raise app.UsageError(f"--per_class={f.per_class.value}: integers >= 1 expected.") from None
+    if f.setting.value not in protocol_config.SETTINGS:
         raise app.UsageError(
-            f"unknown setting {_SETTING.value!r}; allowed: {list(protocol_config.SETTINGS)}."
+            f"unknown setting {f.setting.value!r}; allowed: {list(protocol_config.SETTINGS)}."
         )
     # Every config is built (and validated) before anything trains or is written.
     try:
         configs = {
-            (m, n): size_config(_SETTING.value, m, n, _NUM_SEEDS.value)
-            for m in _METHODS.value
+            (m, n): size_config(f.setting.value, m, n, f.num_seeds.value)
+            for m in f.methods.value
             for n in sizes
         }
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     provenance = provenance_lib.record("experiments.clean_size", sys.argv[1:])
-    root = os.path.join(_WORKDIR.value, _SETTING.value)
+    root = os.path.join(f.workdir.value, f.setting.value)
     runs = {}
     for (m, n), cfg in configs.items():
         run_dir = os.path.join(root, f"clean{n}", m)
-        print(f"--- {_SETTING.value} / {n} clean per class / {m}", flush=True)
+        print(f"--- {f.setting.value} / {n} clean per class / {m}", flush=True)
         runs[(m, n)] = (l2rw_jax.train_and_evaluate(cfg, run_dir), run_dir)
     summary = summarize(runs, sizes)
     cfg0 = next(iter(configs.values()))
     head = (
-        f"{_SETTING.value}: {cfg0.data.noise} flip {cfg0.data.noise_ratio:.0%}, "
+        f"{f.setting.value}: {cfg0.data.noise} flip {cfg0.data.noise_ratio:.0%}, "
         f"{cfg0.num_steps} steps, {cfg0.num_seeds} seeds; the clean set of n images per class; "
         "mean +- 95% CI over seeds; weight agreement against the largest n (same method, seed)"
     )
     text = head + "\n\n" + table(summary, sizes) + "\n\n" + provenance_lib.describe(provenance)
     print(text)
-    record = {**provenance, "setting": _SETTING.value, "per_class": sizes, "methods": summary}
+    record = {**provenance, "setting": f.setting.value, "per_class": sizes, "methods": summary}
     common.write_text(os.path.join(root, "table.md"), text + "\n")
     common.write_json(os.path.join(root, "summary.json"), record)
-    plot(summary, os.path.join(root, "clean_size.png"), f"{_SETTING.value}: clean-set size")
-    if _RESULTS_DIR.value:
-        stem = os.path.join(_RESULTS_DIR.value, f"clean_size_{_SETTING.value}")
+    plot(summary, os.path.join(root, "clean_size.png"), f"{f.setting.value}: clean-set size")
+    if f.results_dir.value:
+        stem = os.path.join(f.results_dir.value, f"clean_size_{f.setting.value}")
         common.write_text(stem + ".md", text + "\n")
         common.write_json(stem + ".json", record)
-        plot(summary, stem + ".png", f"{_SETTING.value}: clean-set size")
+        plot(summary, stem + ".png", f"{f.setting.value}: clean-set size")
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    _flags = define_flags()
+    common.run_main(lambda argv: main(argv, _flags))

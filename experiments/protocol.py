@@ -53,6 +53,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 from absl import app
@@ -65,38 +66,53 @@ from experiments.configs import protocol as protocol_config
 import l2rw_jax
 from l2rw_jax import results as results_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
-_SETTINGS = flags.DEFINE_list(
-    "settings",
-    ["digits_uniform40", "mnist_mlp_uniform40", "mnist_mlp_background40"],
-    f"Settings to run, of {list(protocol_config.SETTINGS)}.",
-)
-_METHODS = flags.DEFINE_list(
-    "methods",
-    None,
-    "Methods (default: erm,resample,l2rw,recommended), or ablations: l2rw or "
-    "recommended followed by any number of +<token> (set that option; a mix token replaces "
-    "the mix) and -<token> (back to the paper's value), tokens in "
-    "experiments/configs/protocol.py ABLATIONS.",
-)
-_NUM_STEPS = flags.DEFINE_integer(
-    "num_steps",
-    0,
-    "Step budget of every setting (0: each setting's own; lr boundaries scale).",
-    lower_bound=0,
-)
-_NUM_SEEDS = flags.DEFINE_integer(
-    "num_seeds", 0, "Seeds per run (0: the setting's, 5).", lower_bound=0
-)
-_TRAIN = flags.DEFINE_bool(
-    "train", True, "Train what is missing (--notrain: only tabulate the finished runs)."
-)
-_RESULTS_DIR = flags.DEFINE_string(
-    "results_dir",
-    "benchmarks/results",
-    "Where the table, summary and plot are copied as "
-    "protocol_<setting>.{md,json,png} (empty: not copied).",
-)
+
+def define_flags() -> SimpleNamespace:
+    """The command's flags, defined when it runs as a program: importing the module (tests,
+    notebooks, other programs) defines none, so its --workdir never clashes with another entry
+    point's."""
+    workdir = flags.DEFINE_string("workdir", None, "Where the runs are written.", required=True)
+    settings = flags.DEFINE_list(
+        "settings",
+        ["digits_uniform40", "mnist_mlp_uniform40", "mnist_mlp_background40"],
+        f"Settings to run, of {list(protocol_config.SETTINGS)}.",
+    )
+    methods = flags.DEFINE_list(
+        "methods",
+        None,
+        "Methods (default: erm,resample,l2rw,recommended), or ablations: l2rw or "
+        "recommended followed by any number of +<token> (set that option; a mix token replaces "
+        "the mix) and -<token> (back to the paper's value), tokens in "
+        "experiments/configs/protocol.py ABLATIONS.",
+    )
+    num_steps = flags.DEFINE_integer(
+        "num_steps",
+        0,
+        "Step budget of every setting (0: each setting's own; lr boundaries scale).",
+        lower_bound=0,
+    )
+    num_seeds = flags.DEFINE_integer(
+        "num_seeds", 0, "Seeds per run (0: the setting's, 5).", lower_bound=0
+    )
+    train = flags.DEFINE_bool(
+        "train", True, "Train what is missing (--notrain: only tabulate the finished runs)."
+    )
+    results_dir = flags.DEFINE_string(
+        "results_dir",
+        "benchmarks/results",
+        "Where the table, summary and plot are copied as "
+        "protocol_<setting>.{md,json,png} (empty: not copied).",
+    )
+    return SimpleNamespace(
+        workdir=workdir,
+        settings=settings,
+        methods=methods,
+        num_steps=num_steps,
+        num_seeds=num_seeds,
+        train=train,
+        results_dir=results_dir,
+    )
+
 
 # The methods and the config of one (setting, method) run live with the settings (no flags
 # there, so tests and notebooks can import them).
@@ -279,11 +295,11 @@ def run_setting(
     return full, summary
 
 
-def main(argv):
+def main(argv, f: SimpleNamespace):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    methods = _METHODS.value or list(METHODS)
-    bad = [s for s in _SETTINGS.value if s not in protocol_config.SETTINGS]
+    methods = f.methods.value or list(METHODS)
+    bad = [s for s in f.settings.value if s not in protocol_config.SETTINGS]
     if bad:
         raise app.UsageError(f"unknown settings {bad}; allowed: {list(protocol_config.SETTINGS)}.")
     for m in methods:
@@ -292,19 +308,19 @@ def main(argv):
         except ValueError as e:
             raise app.UsageError(str(e)) from None
     common.quiet_checkpoint_logs()
-    workdir = os.path.abspath(_WORKDIR.value)
+    workdir = os.path.abspath(f.workdir.value)
     # Every run's config is built (and validated) before the first trains: a typo fails now.
-    for s in _SETTINGS.value:
+    for s in f.settings.value:
         for m in methods:
-            setting_config(s, m, _NUM_STEPS.value, _NUM_SEEDS.value)
+            setting_config(s, m, f.num_steps.value, f.num_seeds.value)
     provenance = provenance_lib.record("experiments.protocol", sys.argv[1:])
-    for s in _SETTINGS.value:
+    for s in f.settings.value:
         text, summary = run_setting(
-            s, methods, workdir, _NUM_STEPS.value, _NUM_SEEDS.value, _TRAIN.value, provenance
+            s, methods, workdir, f.num_steps.value, f.num_seeds.value, f.train.value, provenance
         )
         print("\n" + text, flush=True)
-        if _RESULTS_DIR.value and summary["methods"]:
-            os.makedirs(_RESULTS_DIR.value, exist_ok=True)
+        if f.results_dir.value and summary["methods"]:
+            os.makedirs(f.results_dir.value, exist_ok=True)
             setting_dir = os.path.join(workdir, s, f"steps{summary['num_steps']}")
             # A budget other than the setting's own is named by it: it never replaces the
             # full-budget results (nor another budget's).
@@ -318,10 +334,11 @@ def main(argv):
                 ("summary.json", "json"),
                 ("accuracy.png", "png"),
             ):
-                dst = os.path.join(_RESULTS_DIR.value, f"{stem}.{ext}")
+                dst = os.path.join(f.results_dir.value, f"{stem}.{ext}")
                 shutil.copyfile(os.path.join(setting_dir, name), dst + ".tmp")
                 os.replace(dst + ".tmp", dst)
 
 
 if __name__ == "__main__":
-    common.run_main(main)
+    _flags = define_flags()
+    common.run_main(lambda argv: main(argv, _flags))
