@@ -499,6 +499,56 @@ def test_a_card_per_suspect(planted):
         assert ("given label is wrong" in card) == c["is_noisy"]
 
 
+def test_card_saliency_and_min_eps_are_the_sections_functions(planted):
+    # Each card's saliency is the mistakes section's integrated gradients (predicted class,
+    # black baseline) of its image, and its minimal eps the robustness section's search with
+    # the audit's attack settings: recomputed here on the same images, equal exactly.
+    from l2rw_jax.audit import attacks
+    from l2rw_jax.audit import figures
+    from l2rw_jax.audit import sections
+
+    res, config = planted["res"], _small_config()
+    cards = res["suspects"]["suspects"]
+    sec = next(s for s in planted["sections"] if s.name == "suspects")
+    x = planted["train"]["image"][[c["train_row"] for c in cards]]
+    pred = np.asarray([c["predicted_label"] for c in cards], np.int32)
+    mean, std = np.asarray(res["meta"]["mean"]), np.asarray(res["meta"]["std"])
+    model = audit.common.Model(planted["apply_fn"], planted["params"], {}, planted["feature_fn"])
+    ig = mistakes.integrated_gradients(
+        model.apply_fn,
+        model.params,
+        {},
+        x,
+        pred,
+        baseline=audit.common.from_raw(np.zeros_like(x), mean, std),
+        steps=config.ig_steps,
+    )
+    np.testing.assert_array_equal(sec.figures["saliency_attributions"], ig["attributions"])
+    assert sec.figures["saliency"] == [figures.saliency_png(a) for a in ig["attributions"]]
+    inp = mock.Mock(mean_C=mean, std_C=std)
+    me = attacks.minimal_adversarial_epsilon(
+        model,
+        x,
+        pred,
+        sections.attack_config(config, inp, config.seed + 2),
+        eps_max=config.eps_max,
+        bisection_steps=config.bisection_steps,
+        progress=False,
+    )["min_eps"]
+    want = [float(e) if np.isfinite(e) else None for e in me]
+    assert [c["min_adversarial_eps"] for c in cards] == want
+    saved = json.load(open(os.path.join(planted["out_dir"], "audit.json")))["suspects"]
+    assert [c["min_adversarial_eps"] for c in saved["suspects"]] == want
+    assert [c["ig_delta_f"] for c in cards] == ig["delta_f"].tolist()
+    page = open(os.path.join(planted["out_dir"], "report.html")).read()
+    on_page = page.split("<div class='suspect'>")[1:]
+    assert len(on_page) == len(cards)
+    for c, card, png in zip(cards, on_page, sec.figures["saliency"]):
+        assert f'src="data:image/png;base64,{png}" alt="saliency"' in card
+        e = c["min_adversarial_eps"]
+        assert f"min adv. eps</td><td class='l'>{'none found' if e is None else f'{e:.4g}'}" in card
+
+
 def test_every_ranking_scored_against_the_flips(planted):
     # AUROC, AP and precision / recall@k of each ranking: the library's functions on the
     # section's orders (over the ranked rows; every row is drawn here), AUROC by brute force.

@@ -163,6 +163,48 @@ def test_the_html_has_one_card_per_suspect_with_its_labels():
     assert len(cards) == 2 and not [card for card in cards if "given label is" in card]
 
 
+def test_the_html_shows_each_cards_saliency_and_min_eps():
+    probs, labels, feats = _arrays(5)
+    res = suspects_section.suspect_cards(probs, labels, feats, num_cards=4)
+    eps = [0.0625, None, 0.5, 1 / 3]  # None: PGD found no fooling image within eps_max
+    for c, e in zip(res["suspects"], eps):
+        c["min_adversarial_eps"] = e
+    res["saliency"] = {"steps": 16}
+    res["min_adversarial_eps"] = {"eps_max": 0.5, "bracket_width": 0.5 / 2**6}
+    rng = np.random.default_rng(6)
+    sal = [figures.saliency_png(rng.normal(size=(3, 2, 1))) for _ in range(4)]
+    png = figures.image_png(np.zeros((2, 2, 1)))
+    figs = {
+        "images": [png] * 4,
+        "saliency": sal,
+        "neighbors": [[png] * len(c["neighbors"]) for c in res["suspects"]],
+    }
+    _, body = renderers.RENDERERS["suspects"](res, figs, ["a", "b", "c", "d"])
+    page = "".join(body)
+    cards = page.split("<div class='suspect'>")[1:]
+    assert len(cards) == 4 and "integrated gradients for the <b>predicted</b> label" in page
+    for card, s, shown in zip(cards, sal, ["0.0625", "none found", "0.5", "0.3333"]):
+        assert card.count('alt="saliency"') == 1 and f'base64,{s}" alt="saliency"' in card
+        assert f"min adv. eps</td><td class='l'>{shown}</td>" in card
+
+
+def test_saliency_png_is_the_bwr_map_of_the_channel_sum():
+    import base64
+    import io
+
+    from matplotlib import colormaps
+    from PIL import Image
+
+    attr = np.zeros((2, 3, 3))
+    attr[0, 0] = [1.0, 1.0, 0.0]  # sum 2: the largest |value|, saturated red
+    attr[1, 2] = [-0.5, -0.5, 0.0]  # sum -1: half-way to blue
+    back = np.asarray(Image.open(io.BytesIO(base64.b64decode(figures.saliency_png(attr)))))
+    want = np.round(colormaps["bwr"](np.array([[1.0, 0.5, 0.5], [0.5, 0.5, 0.25]]))[..., :3] * 255)
+    np.testing.assert_array_equal(back, want.astype(np.uint8))
+    with pytest.raises(ValueError, match=r"H x W x C, got shape \(4, 4\)"):
+        figures.saliency_png(np.zeros((4, 4)))
+
+
 def test_image_png_keeps_every_pixel():
     import base64
     import io

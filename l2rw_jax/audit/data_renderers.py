@@ -122,8 +122,9 @@ _RANKING_NAMES = {
 }
 
 
-def _suspect_card(c: dict, img: str, nn_imgs: list, recorded: dict, names) -> str:
-    """One suspect's card: image, labels, recorded weight statistics, truth, ranks, neighbours."""
+def _suspect_card(c: dict, img: str, sal: str | None, nn_imgs: list, recorded: dict, names) -> str:
+    """One suspect's card: image and saliency, labels, recorded weight statistics, minimal
+    adversarial eps, truth, ranks, neighbours."""
     e = html.escape
 
     def rec(key, spec):  # recorded, a value is missing only where training never drew the row
@@ -146,11 +147,16 @@ def _suspect_card(c: dict, img: str, nn_imgs: list, recorded: dict, names) -> st
         rows.append(("draws", str(int(c["draws"]))))
     if c["mean_meta_grad"] is not None:
         rows.append(("meta-gradient", f"{c['mean_meta_grad']:+.3f}"))
+    if "min_adversarial_eps" in c:
+        me = c["min_adversarial_eps"]
+        rows.append(("min adv. eps", "none found" if me is None else f"{me:.4g}"))
     out = [
         "<div class='suspect'>",
         f"<div class='sh'>#{int(c['position'])} · index <b>{int(c['source_index'])}</b> "
         f"(training row {int(c['train_row'])})</div>",
-        f"<div class='sx'>{html_parts.img(img, 'suspect')}</div>",
+        f"<div class='sx'>{html_parts.img(img, 'suspect')}"
+        + ("" if sal is None else html_parts.img(sal, "saliency"))
+        + "</div>",
         "<table>"
         + "".join(f"<tr><td class='l'>{k}</td><td class='l'>{v}</td></tr>" for k, v in rows)
         + "</table>",
@@ -196,10 +202,22 @@ def render_suspects(s: dict, figs: dict, names) -> tuple[list[str], list[str]]:
         "the true label is known (synthetic noise) it is marked, red when the given label is "
         "wrong, green when it is right. Every number is in <code>audit.json</code> "
         "(<code>suspects</code>).</p>",
-        "<div class='suspects'>",
     ]
-    for c, img, nn in zip(cards, figs.get("images", []), figs.get("neighbors", [])):
-        out.append(_suspect_card(c, img, nn, s["recorded"], names))
+    if "saliency" in s:
+        me = s["min_adversarial_eps"]
+        out.append(
+            "<p class='caption'>Next to each image: its integrated gradients for the "
+            "<b>predicted</b> label's logit (from the black image, "
+            f"{int(s['saliency']['steps'])} steps; red raises the logit, blue lowers it), as in "
+            "the mistakes gallery. <i>min adv. eps</i>: the smallest L-inf radius (raw pixels) at "
+            "which PGD moves the image out of its predicted class, searched as in the robustness "
+            f"section (bracket [0, {me['eps_max']:g}], width {me['bracket_width']:.3g}); "
+            "&quot;none found&quot; where PGD found none within the bracket.</p>"
+        )
+    out.append("<div class='suspects'>")
+    sals = figs.get("saliency") or [None] * len(cards)
+    for c, img, sal, nn in zip(cards, figs.get("images", []), sals, figs.get("neighbors", [])):
+        out.append(_suspect_card(c, img, sal, nn, s["recorded"], names))
     out.append("</div>")
     return [], out
 

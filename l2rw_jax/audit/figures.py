@@ -304,6 +304,24 @@ def image_png(img_HxWxC: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def saliency_png(attr_HxWxC: np.ndarray) -> str:
+    """An attribution map (H x W x C) as a base64 PNG at its own pixel size (Pillow): the sum
+    over channels in matplotlib's "bwr" colour map, symmetric about 0 (red raises the target,
+    blue lowers it, white 0; the largest |value| saturates), as the mistakes gallery draws it."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    a = np.asarray(attr_HxWxC, np.float64)
+    if a.ndim != 3:
+        raise ValueError(f"attributions must be H x W x C, got shape {a.shape}.")
+    a = a.sum(axis=-1)
+    lim = float(np.max(np.abs(a))) or 1.0
+    rgb = colormaps["bwr"](0.5 + 0.5 * a / lim)[..., :3]
+    buf = io.BytesIO()
+    Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def fig_weight_hist(
     mean_w: np.ndarray, is_noisy: np.ndarray, xlabel: str = "mean L2RW weight over training"
 ) -> str:

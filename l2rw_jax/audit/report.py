@@ -79,7 +79,8 @@ img{max-width:100%;display:block}
 nav a{margin-right:14px}
 .suspects{display:grid;grid-template-columns:repeat(auto-fill,minmax(270px,1fr));gap:12px;margin:12px 0}
 .suspect{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 10px;font-size:0.85em}
-.suspect .sh{font-weight:600;color:#2b4a7a;margin-bottom:4px}.suspect .sx img{width:96px;height:96px;image-rendering:pixelated;float:left;margin:0 8px 4px 0}
+.suspect .sh{font-weight:600;color:#2b4a7a;margin-bottom:4px}.suspect .sx{float:left;width:96px;margin:0 8px 4px 0}.suspect .sx img{width:96px;height:96px;image-rendering:pixelated}
+.suspect .sx img[alt=saliency]{width:48px;height:48px;margin-top:4px}
 .suspect table{font-size:1em;margin:0;background:none}.suspect td{border:none;padding:1px 4px}
 .suspect .sr{clear:both;color:#555;margin:4px 0}.suspect .nn{display:flex;gap:6px}
 .suspect .nn figure{margin:0;padding:2px}.suspect .nn img{width:48px;height:48px;image-rendering:pixelated}.suspect .nn figcaption{font-size:0.85em}

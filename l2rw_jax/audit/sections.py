@@ -42,7 +42,8 @@ class Section(NamedTuple):
       name: its key in `audit.json` (and its renderer in `renderers.RENDERERS`).
       title: its heading in the report.
       results: every number it reports (JSON-able after `report.to_jsonable`).
-      figures: name -> base64 PNG, or a list / dict of them (galleries, per-class grids).
+      figures: name -> base64 PNG, or a list / dict of them (galleries, per-class grids); a
+        section may keep the arrays behind a drawing here too (the renderers ignore them).
       notes: sentences on what was left out and why (also in `audit.json["meta"]["notes"]`).
       files: file name -> function writing it at the path given (inside the audit directory).
     """

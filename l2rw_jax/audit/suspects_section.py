@@ -5,7 +5,10 @@ Each card: the image, its index in the user's data, the given label, the predict
 probability and the top-3 classes, the run's recorded mean L2RW weight and share of draws with a
 non-zero weight (when recorded), its rank under every ranking of `label_issues.RANKINGS` (the
 `rank_<ranking>` columns of `label_issues.csv`), its nearest training neighbours in the model's
-penultimate-feature space with their given labels, and the true label where it is known.
+penultimate-feature space with their given labels, the true label where it is known, a saliency
+map (the mistakes section's integrated gradients, `mistakes.integrated_gradients`, of the
+predicted class's logit) and the minimal adversarial epsilon that leaves the predicted class (the
+robustness section's search, `attacks.minimal_adversarial_epsilon`, with the audit's settings).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
+from l2rw_jax.audit import attacks
 from l2rw_jax.audit import common
 from l2rw_jax.audit import data_maps
 from l2rw_jax.audit import figures
@@ -22,6 +26,7 @@ from l2rw_jax.audit import mistakes
 from l2rw_jax.audit import ranking_quality
 from l2rw_jax.audit.sections import Inputs
 from l2rw_jax.audit.sections import Section
+from l2rw_jax.audit.sections import attack_config
 
 # The per-row arrays `suspect_cards` reads from a run's record (NaN where never drawn).
 RECORDED = ("mean_weight", "mean_meta_grad", "meta_grad_memory", "nonzero_share")
@@ -192,6 +197,62 @@ def suspect_cards(
     }
 
 
+def card_explanations(inp: Inputs, config, res: dict) -> np.ndarray:
+    """Adds to each of `res["suspects"]` its saliency numbers and minimal adversarial eps, in
+    place, and returns the attributions (cards x H x W x C, float32).
+
+    Saliency: `mistakes.integrated_gradients` of the predicted class's logit from the black
+    image (raw 0), `config.ig_steps` intervals, as the mistakes section computes it; each card
+    gets `ig_delta_f` and `ig_relative_completeness_error`. Minimal adversarial eps (raw pixel
+    units, L-inf): `attacks.minimal_adversarial_epsilon` away from the predicted class with the
+    audit's attack (`sections.attack_config`, seed `config.seed + 2`), `config.eps_max` and
+    `config.bisection_steps`, as the robustness section searches; `min_adversarial_eps` is None
+    where PGD found no fooling image within eps_max (never 0 by default). `res` gets the
+    settings under `saliency` and `min_adversarial_eps`.
+    """
+    apply_fn, params, model_state, _ = inp.model
+    cards = res["suspects"]
+    x = inp.x_train[[c["train_row"] for c in cards]]
+    pred = np.asarray([c["predicted_label"] for c in cards], np.int32)
+    ig = mistakes.integrated_gradients(
+        apply_fn,
+        params,
+        model_state,
+        x,
+        pred,
+        baseline=common.from_raw(np.zeros_like(x), inp.mean_C, inp.std_C),
+        steps=config.ig_steps,
+    )
+    me = attacks.minimal_adversarial_epsilon(
+        inp.model,
+        x,
+        pred,
+        attack_config(config, inp, config.seed + 2),
+        eps_max=config.eps_max,
+        bisection_steps=config.bisection_steps,
+        progress=False,
+    )
+    for j, c in enumerate(cards):
+        c["ig_delta_f"] = float(ig["delta_f"][j])
+        c["ig_relative_completeness_error"] = float(ig["relative_completeness_error"][j])
+        e = me["min_eps"][j]
+        c["min_adversarial_eps"] = float(e) if np.isfinite(e) else None
+    res["saliency"] = {
+        "method": "integrated gradients",
+        "target": "predicted-class logit",
+        "baseline": "black image (raw 0)",
+        "steps": int(config.ig_steps),
+    }
+    res["min_adversarial_eps"] = {
+        "units": "raw pixels in [0, 1] (L-inf)",
+        "away_from": "predicted class",
+        "eps_max": float(config.eps_max),
+        "bracket_width": float(config.eps_max) / 2**config.bisection_steps,
+        "pgd_steps": int(config.pgd_steps),
+    }
+    return ig["attributions"]
+
+
 def suspects_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
     """A card per suspect (`suspect_cards`): `config.num_cards` cards, `config.card_neighbors`
     neighbours each, searched among every training row's penultimate features."""
@@ -235,8 +296,11 @@ def suspects_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
         )
     raw = lambda rows: common.to_raw(inp.x_train[rows], inp.mean_C, inp.std_C)
     cards = res["suspects"]
+    attr = card_explanations(inp, config, res)
     figs = {
         "images": [figures.image_png(im) for im in raw([c["train_row"] for c in cards])],
+        "saliency": [figures.saliency_png(a) for a in attr],
+        "saliency_attributions": attr,  # not drawn: the arrays behind "saliency"
         "neighbors": [
             [figures.image_png(im) for im in raw([nb["train_row"] for nb in c["neighbors"]])]
             for c in cards
