@@ -209,7 +209,7 @@ def render_suspects(s: dict, figs: dict, names) -> tuple[list[str], list[str]]:
             "<p class='caption'>Next to each image: its integrated gradients for the "
             "<b>predicted</b> label's logit (from the black image, "
             f"{int(s['saliency']['steps'])} steps; red raises the logit, blue lowers it), as in "
-            "the mistakes gallery. <i>min adv. eps</i>: the smallest L-inf radius (raw pixels) at "
+            "the mistakes gallery. <b>min adv. eps</b>: the smallest L-inf radius (raw pixels) at "
             "which PGD moves the image out of its predicted class, searched as in the robustness "
             f"section (bracket [0, {me['eps_max']:g}], width {me['bracket_width']:.3g}); "
             "&quot;none found&quot; where PGD found none within the bracket.</p>"
