@@ -154,17 +154,21 @@ def test_selected_by_the_best_selection_accuracy_earliest_on_ties():
         )
         for k in range(2)
     ]
-    r = results_lib.summary(
-        method="erm",
-        config={},
-        members=mds,
-        history=history,
-        num_steps=8,
-        all_zero_steps_K=[0, 0],
-        wall_time=1.0,
-        steps_per_s=1.0,
-        timing={},
-    )
+
+    def summarize():
+        return results_lib.summary(
+            method="erm",
+            config={},
+            members=mds,
+            history=history,
+            num_steps=8,
+            all_zero_steps_K=[0, 0],
+            wall_time=1.0,
+            steps_per_s=1.0,
+            timing={},
+        )
+
+    r = summarize()
     assert r["selected_by"] == "selection" and r["selected_step"] == [4, 4]
     assert r["selected_test_accuracy"]["per_seed"] == [0.3, 0.4]
     assert r["final_selection_accuracy"]["per_seed"] == [0.6, 0.2]
@@ -175,17 +179,7 @@ def test_selected_by_the_best_selection_accuracy_earliest_on_ties():
         del h["selection"]
     for md in mds:
         md.selection = None
-    r = results_lib.summary(
-        method="erm",
-        config={},
-        members=mds,
-        history=history,
-        num_steps=8,
-        all_zero_steps_K=[0, 0],
-        wall_time=1.0,
-        steps_per_s=1.0,
-        timing={},
-    )
+    r = summarize()
     assert r["selected_by"] == "hyperval" and r["selected_step"] == [2, 4]
     assert r["selected_test_accuracy"]["per_seed"] == [0.1, 0.4]
     assert r["final_selection_accuracy"] is None and r["num_selection"] == 0
