@@ -91,7 +91,13 @@ def init_states(
 
     # Not jitted here: init_model jits itself with compile-time-saving options.
     params, model_state, opt_state = jax.vmap(init_one)(jnp.stack([k[0] for k in keys]))
-    method_states = [scheme.init(k[2], md.class_counts) for k, md in zip(keys, members)]
+    if scheme.rewind is None:
+        method_states = [scheme.init(k[2], md.class_counts) for k, md in zip(keys, members)]
+    else:  # it keeps a copy of the parameters: each member its own initial ones
+        method_states = [
+            scheme.init(k[2], md.class_counts, params=jax.tree.map(lambda x, i=i: x[i], params))
+            for i, (k, md) in enumerate(zip(keys, members))
+        ]
     state = TrainState(
         step=np.zeros((len(members),), np.int32),
         params=params,
@@ -156,7 +162,9 @@ def build_run(
       correction, correction_steps: ``"none"``; ``"glc"``: the scheme wrapped in Gold Loss
         Correction estimated at step ``correction_steps`` (``correction.gold_correction``);
         ``"glc_plateau"``: estimated once the clean accuracy has not risen for
-        ``correction_steps`` steps (``correction.plateau_gold_correction``).
+        ``correction_steps`` steps (``correction.plateau_gold_correction``);
+        ``"glc_plateau_rewind"``: that, and the model set back to its parameters at the
+        estimate when it is made (``correction.rewind_at_trigger``).
 
     Raises:
       ValueError: members with training sets of different sizes; an optimizer whose update
@@ -173,17 +181,20 @@ def build_run(
     # meta_params="last" of a module of the user's: its output layer, wherever it is.
     options = adapter.resolve_meta_params(module, options, (1,) + tuple(image_shape))
     weighing = methods.get_scheme(scheme, **options)
-    if correction not in ("none", "glc", "glc_plateau"):
+    if correction not in ("none", "glc", "glc_plateau", "glc_plateau_rewind"):
         raise ValueError(
-            f"correction={correction!r} is not supported; allowed: none, glc, glc_plateau."
+            f"correction={correction!r} is not supported; allowed: none, glc, glc_plateau, "
+            "glc_plateau_rewind."
         )
-    if correction == "glc_plateau":
+    if correction.startswith("glc_plateau"):
         weighing = correction_lib.plateau_gold_correction(
             weighing,
             patience=correction_steps,
             num_clean=len(members[0].splits.clean_labels),
             num_train=num_train,
         )
+        if correction == "glc_plateau_rewind":
+            weighing = correction_lib.rewind_at_trigger(weighing)
     elif correction == "glc":
         weighing = correction_lib.gold_correction(
             weighing,

@@ -92,7 +92,7 @@ def clean_softmax_sums(ctx: weighing.WeighContext, num_classes: int):
 def scheme_state(method_state):
     """The weighing scheme's own state: a loss correction's state keeps it in ``.inner``
     (nested corrections unwrapped); any other state is returned as it is."""
-    while isinstance(method_state, (GoldCorrectionState, PlateauCorrectionState)):
+    while isinstance(method_state, (GoldCorrectionState, PlateauCorrectionState, RewindState)):
         method_state = method_state.inner
     return method_state
 
@@ -340,3 +340,75 @@ def plateau_gold_correction(
         return w_B, new_state, metrics
 
     return weighing.WeighingScheme(init, weigh, correction, clean_share)
+
+
+class RewindState(NamedTuple):
+    """:func:`rewind_at_trigger`'s state.
+
+    Attributes:
+      inner: the plateau correction's state (:class:`PlateauCorrectionState`).
+      params_best: the model parameters at the last new best of the clean accuracy EMA before
+        the trigger (the model that ``T^`` is estimated from); the parameters' tree.
+    """
+
+    inner: PlateauCorrectionState
+    params_best: PyTree
+
+
+def rewind_at_trigger(scheme: weighing.WeighingScheme) -> weighing.WeighingScheme:
+    """``scheme`` (a :func:`plateau_gold_correction`) that, at its trigger, also sets the model
+    back to the parameters ``T^`` was estimated from.
+
+    Why: until the trigger the run is plain training, which goes on memorising the flips for
+    the ``patience`` steps the trigger waits; on data it memorises fast (an MLP on MNIST) the
+    corrected loss then starts from a model that has learnt many wrong labels. GLC itself
+    trains a fresh model on the corrected loss; here training goes on from the model at its
+    best clean accuracy, so the steps before it are not lost. The parameters are kept at each
+    new best of the clean accuracy EMA (a copy of the parameters in the state: one model's
+    memory) and put back in the step at which the trigger fires; the optimizer's state (the
+    schedule's count, the momentum) and the model's batch statistics go on as they are.
+
+    Args:
+      scheme: a scheme from :func:`plateau_gold_correction`.
+
+    Returns:
+      A :class:`l2rw_jax.weighing.WeighingScheme` with ``correction`` (the plateau
+      correction's) and ``rewind``; its state is :class:`RewindState` (``init`` needs
+      ``params``, the model's initial parameters). Metrics: the plateau correction's.
+
+    Raises:
+      ValueError: ``scheme`` is not a plateau correction (its state is checked at ``init``);
+        ``init`` without ``params``.
+    """
+    if scheme.correction is None:
+        raise ValueError("rewind_at_trigger needs a plateau_gold_correction scheme.")
+
+    def init(rng: jax.Array, class_counts_C=None, params=None) -> RewindState:
+        if params is None:
+            raise ValueError("rewind_at_trigger's init needs params (the model's initial ones).")
+        inner = scheme.init(rng, class_counts_C)
+        if not isinstance(inner, PlateauCorrectionState):
+            raise ValueError(
+                "rewind_at_trigger needs a plateau_gold_correction scheme, got one whose "
+                f"state is {type(inner).__name__}."
+            )
+        # Its own buffers (a donating train step may not be given one buffer twice).
+        return RewindState(inner, jax.tree.map(jnp.array, params))
+
+    def correction(state: RewindState, step: jax.Array):
+        return scheme.correction(state.inner, step)
+
+    def weigh(ctx: weighing.WeighContext, state: RewindState):
+        weighing.check_state("rewind_at_trigger", state, RewindState)
+        w_B, inner, metrics = scheme.weigh(ctx, state.inner)
+        # The same test as the plateau correction's S_best: a new best while watching.
+        rose = (inner.best_acc > state.inner.best_acc) & ~state.inner.on
+        params_best = jax.tree.map(
+            lambda p, b: jnp.where(rose, jax.lax.stop_gradient(p), b), ctx.params, state.params_best
+        )
+        return w_B, RewindState(inner, params_best), metrics
+
+    def rewind(state: RewindState, new_state: RewindState):
+        return new_state.inner.on & ~state.inner.on, new_state.params_best
+
+    return weighing.WeighingScheme(init, weigh, correction, scheme.clean_share, rewind)

@@ -361,3 +361,69 @@ def test_plateau_state_trains_under_a_donating_jit(problem):
     for _ in range(3):
         state, _ = train_step(state, problem["batch"], problem["val"])
     assert int(state.step) == 3
+
+
+def test_rewind_sets_the_model_back_to_its_parameters_at_the_last_new_best(problem):
+    """A train step with the rewinding plateau correction (patience 2): at every step the
+    returned parameters are the plain update, except at the step where the trigger fires:
+    there they are exactly the parameters the step saw at the last new best of the clean
+    accuracy EMA before it (tracked here from the states). After it, no more rewinds."""
+    scheme = correction.rewind_at_trigger(
+        correction.plateau_gold_correction(
+            methods.get_scheme("erm"), patience=2, num_clean=8, num_train=24
+        )
+    )
+    tx = optax.sgd(0.5)
+    plain = step_lib.make_train_step(
+        problem["apply_fn"],
+        tx,
+        correction.plateau_gold_correction(
+            methods.get_scheme("erm"), patience=2, num_clean=8, num_train=24
+        ),
+    )
+    params = problem["params"]
+    state = TrainState(
+        step=jnp.int32(0),
+        params=jax.tree.map(jnp.copy, params),
+        model_state={},
+        opt_state=tx.init(params),
+        rng=jax.random.key(0),
+        method_state=scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8]), params=params),
+    )
+    train_step = jax.jit(step_lib.make_train_step(problem["apply_fn"], tx, scheme))
+    plain_step = jax.jit(plain)
+    best_params, fired = params, []
+    for t in range(12):
+        val = problem["val"] if t % 3 else problem["val2"]
+        new, _ = train_step(state, problem["batch"], val)
+        # The same step without the rewind (its state is the inner plateau state).
+        ref, _ = plain_step(
+            state._replace(method_state=state.method_state.inner), problem["batch"], val
+        )
+        rose = float(new.method_state.inner.best_acc) > float(state.method_state.inner.best_acc)
+        if rose and not bool(state.method_state.inner.on):
+            best_params = state.params
+        now = bool(new.method_state.inner.on) and not bool(state.method_state.inner.on)
+        expected = best_params if now else ref.params
+        jax.tree.map(np.testing.assert_array_equal, new.params, expected)
+        jax.tree.map(np.testing.assert_array_equal, new.method_state.params_best, best_params)
+        fired.append(now)
+        state = new
+    assert sum(fired) == 1, fired
+
+
+def test_rewind_needs_a_plateau_correction_and_the_initial_params(problem):
+    with pytest.raises(ValueError, match="plateau_gold_correction"):
+        correction.rewind_at_trigger(methods.get_scheme("erm"))
+    gold = correction.gold_correction(
+        methods.get_scheme("erm"), estimate_steps=2, num_clean=8, num_train=24
+    )
+    with pytest.raises(ValueError, match="GoldCorrectionState"):
+        correction.rewind_at_trigger(gold).init(
+            jax.random.PRNGKey(0), np.array([8, 8, 8]), params=problem["params"]
+        )
+    plateau = correction.plateau_gold_correction(
+        methods.get_scheme("erm"), patience=2, num_clean=8, num_train=24
+    )
+    with pytest.raises(ValueError, match="needs params"):
+        correction.rewind_at_trigger(plateau).init(jax.random.PRNGKey(0), np.array([8, 8, 8]))

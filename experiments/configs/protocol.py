@@ -258,6 +258,8 @@ ABLATIONS = {
     # budget (plateau), 5% (glcp).
     "plateau": ("correction", "glc_plateau"),
     "glcp": (("correction", "glc_plateau"), ("correction_at", 0.05)),
+    # The plateau correction that also sets the model back to its parameters at the estimate.
+    "rewind": ("correction", "glc_plateau_rewind"),
 }
 
 
