@@ -74,6 +74,9 @@ def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
     return member_step
 
 
+CORRECTIONS = ("none", "glc", "glc_plateau", "glc_plateau_rewind", "glc_reweighted")
+
+
 def init_states(
     module, tx, members: list[MemberData], scheme: methods.WeighingScheme, image_shape
 ) -> TrainState:
@@ -164,7 +167,9 @@ def build_run(
         ``"glc_plateau"``: estimated once the clean accuracy has not risen for
         ``correction_steps`` steps (``correction.plateau_gold_correction``);
         ``"glc_plateau_rewind"``: that, and the model set back to its parameters at the
-        estimate when it is made (``correction.rewind_at_trigger``).
+        estimate when it is made (``correction.rewind_at_trigger``); ``"glc_reweighted"``:
+        that, with the scheme's weights before the trigger and the matrix counted on the
+        training rows (``reweight_first``).
 
     Raises:
       ValueError: members with training sets of different sizes; an optimizer whose update
@@ -181,19 +186,19 @@ def build_run(
     # meta_params="last" of a module of the user's: its output layer, wherever it is.
     options = adapter.resolve_meta_params(module, options, (1,) + tuple(image_shape))
     weighing = methods.get_scheme(scheme, **options)
-    if correction not in ("none", "glc", "glc_plateau", "glc_plateau_rewind"):
+    if correction not in CORRECTIONS:
         raise ValueError(
-            f"correction={correction!r} is not supported; allowed: none, glc, glc_plateau, "
-            "glc_plateau_rewind."
+            f"correction={correction!r} is not supported; allowed: {', '.join(CORRECTIONS)}."
         )
-    if correction.startswith("glc_plateau"):
+    if correction.startswith("glc_plateau") or correction == "glc_reweighted":
         weighing = correction_lib.plateau_gold_correction(
             weighing,
             patience=correction_steps,
             num_clean=len(members[0].splits.clean_labels),
             num_train=num_train,
+            reweight_first=correction == "glc_reweighted",
         )
-        if correction == "glc_plateau_rewind":
+        if correction in ("glc_plateau_rewind", "glc_reweighted"):
             weighing = correction_lib.rewind_at_trigger(weighing)
     elif correction == "glc":
         weighing = correction_lib.gold_correction(

@@ -89,6 +89,20 @@ def clean_softmax_sums(ctx: weighing.WeighContext, num_classes: int):
     return logits_MxC, sum_CxC, count_C
 
 
+def train_posterior_sums(ctx: weighing.WeighContext, num_classes: int):
+    """The training batch under the current parameters (held constant): ``(S_CxC, n_C)`` with
+    ``S[i, j] = sum_{k: y~_k = j} softmax(z_k)_i`` and ``n[i] = sum_k softmax(z_k)_i``, summed
+    over the devices of ``ctx.axis_name``: row ``i`` of ``S / n`` is the observed-label mix of
+    the rows the model puts in class ``i``."""
+    logits_BxC = ctx.val_logits_fn(jax.lax.stop_gradient(ctx.params), ctx.batch)
+    p_BxC = jax.nn.softmax(logits_BxC)
+    onehot_BxC = jax.nn.one_hot(ctx.batch["label"], num_classes, dtype=jnp.float32)
+    sum_CxC, count_C = p_BxC.T @ onehot_BxC, jnp.sum(p_BxC, axis=0)
+    if ctx.axis_name is not None:
+        sum_CxC, count_C = jax.lax.psum((sum_CxC, count_C), ctx.axis_name)
+    return sum_CxC, count_C
+
+
 def scheme_state(method_state):
     """The weighing scheme's own state: a loss correction's state keeps it in ``.inner``
     (nested corrections unwrapped); any other state is returned as it is."""
@@ -220,7 +234,12 @@ class PlateauCorrectionState(NamedTuple):
 
 
 def plateau_gold_correction(
-    scheme: weighing.WeighingScheme, *, patience: int, num_clean: int, num_train: int
+    scheme: weighing.WeighingScheme,
+    *,
+    patience: int,
+    num_clean: int,
+    num_train: int,
+    reweight_first: bool = False,
 ) -> weighing.WeighingScheme:
     """``scheme`` with Gold Loss Correction that starts only once the model stops improving on
     the clean set (module docstring: why).
@@ -242,6 +261,13 @@ def plateau_gold_correction(
         weighs, and updates its own state, every step).
       patience: ``P >= 1`` steps without a new best accuracy EMA.
       num_clean, num_train: as in :func:`gold_correction` (the clean share ``s``).
+      reweight_first: until the trigger, the inner scheme's weights instead of class-balanced
+        plain ones (the model is not let memorise while the trigger waits), and ``T^`` counted
+        on the training rows instead of the clean ones: ``S[i, j] = sum_k softmax(z_k)_i
+        [y~_k = j]``, ``n[i] = sum_k softmax(z_k)_i`` (the model's posterior of the true class
+        against the observed label; a reweighted model predicts the true class, so its
+        softmax on the clean set would estimate its own errors, not the flips). The EMAs and
+        the snapshot at the best clean accuracy are as above.
 
     Returns:
       A :class:`l2rw_jax.weighing.WeighingScheme` with a ``correction``; its state is
@@ -307,8 +333,13 @@ def plateau_gold_correction(
         w_plain_B = l2rw_stages.class_normalize(
             jnp.ones_like(w_inner_B), ctx.batch["label"], "class_balanced", ctx.axis_name
         )
-        w_B = jnp.where(state.on, w_inner_B, w_plain_B)
-        logits_MxC, add_CxC, add_C = clean_softmax_sums(ctx, state.count_best_C.shape[0])
+        C = state.count_best_C.shape[0]
+        logits_MxC, add_CxC, add_C = clean_softmax_sums(ctx, C)
+        if reweight_first:
+            w_B = w_inner_B
+            add_CxC, add_C = train_posterior_sums(ctx, C)
+        else:
+            w_B = jnp.where(state.on, w_inner_B, w_plain_B)
         hits = jnp.sum(jnp.argmax(logits_MxC, -1) == ctx.val_batch["label"]).astype(jnp.float32)
         size = jnp.asarray(logits_MxC.shape[0], jnp.float32)
         if ctx.axis_name is not None:

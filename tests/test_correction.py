@@ -427,3 +427,16 @@ def test_rewind_needs_a_plateau_correction_and_the_initial_params(problem):
     )
     with pytest.raises(ValueError, match="needs params"):
         correction.rewind_at_trigger(plateau).init(jax.random.PRNGKey(0), np.array([8, 8, 8]))
+
+
+def test_train_posterior_sums_are_the_posterior_against_the_observed_label(problem):
+    """S[i, j] = sum_k p_k[i] [y~_k = j] and n[i] = sum_k p_k[i] on the training batch, by
+    hand; S / n's rows sum to 1."""
+    ctx = _ctx(problem, 0, problem["val"])
+    S, n = correction.train_posterior_sums(ctx, C)
+    p = np.asarray(jax.nn.softmax(problem["batch"]["image"] @ problem["params"]["w"]))
+    y = np.asarray(problem["batch"]["label"])
+    S_hand = np.array([[p[y == j, i].sum() for j in range(C)] for i in range(C)])
+    np.testing.assert_allclose(S, S_hand, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(n, p.sum(0), rtol=1e-5)
+    np.testing.assert_allclose(correction.transition_estimate(S, n).sum(1), 1.0, rtol=1e-5)
