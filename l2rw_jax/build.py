@@ -74,7 +74,7 @@ def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
     return member_step
 
 
-CORRECTIONS = ("none", "glc", "glc_plateau", "glc_plateau_rewind", "glc_reweighted")
+CORRECTIONS = ("none", "glc", "glc_plateau", "glc_plateau_rewind", "glc_reweighted", "glc_guarded")
 
 
 def init_states(
@@ -169,7 +169,9 @@ def build_run(
         ``"glc_plateau_rewind"``: that, and the model set back to its parameters at the
         estimate when it is made (``correction.rewind_at_trigger``); ``"glc_reweighted"``:
         that, with the scheme's weights before the trigger and the matrix counted on the
-        training rows (``reweight_first``).
+        training rows (``reweight_first``); ``"glc_guarded"``: that, taken back (the model set
+        back once more) where the clean accuracy sets no new best ``correction_steps`` steps
+        after the trigger (``rewind_at_trigger``'s ``guard``).
 
     Raises:
       ValueError: members with training sets of different sizes; an optimizer whose update
@@ -190,16 +192,17 @@ def build_run(
         raise ValueError(
             f"correction={correction!r} is not supported; allowed: {', '.join(CORRECTIONS)}."
         )
-    if correction.startswith("glc_plateau") or correction == "glc_reweighted":
+    if correction not in ("none", "glc"):
         weighing = correction_lib.plateau_gold_correction(
             weighing,
             patience=correction_steps,
             num_clean=len(members[0].splits.clean_labels),
             num_train=num_train,
-            reweight_first=correction == "glc_reweighted",
+            reweight_first=correction in ("glc_reweighted", "glc_guarded"),
         )
-        if correction in ("glc_plateau_rewind", "glc_reweighted"):
-            weighing = correction_lib.rewind_at_trigger(weighing)
+        if correction in ("glc_plateau_rewind", "glc_reweighted", "glc_guarded"):
+            guard = correction_steps if correction == "glc_guarded" else 0
+            weighing = correction_lib.rewind_at_trigger(weighing, guard=guard)
     elif correction == "glc":
         weighing = correction_lib.gold_correction(
             weighing,

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import ml_collections
 
 WEIGHING_METHODS = ("erm", "l2rw", "random", "proportion", "hard_mining", "mwnet")
-CORRECTIONS = ("none", "glc", "glc_plateau", "glc_plateau_rewind", "glc_reweighted")
+CORRECTIONS = ("none", "glc", "glc_plateau", "glc_plateau_rewind", "glc_reweighted", "glc_guarded")
 METHODS = WEIGHING_METHODS + from_config.DATA_METHODS
 BACKENDS = ("auto", "device", "tfdata")
 GROUPS = ("data", "model", "optim", "method", "loop")

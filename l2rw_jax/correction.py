@@ -380,39 +380,59 @@ class RewindState(NamedTuple):
       inner: the plateau correction's state (:class:`PlateauCorrectionState`).
       params_best: the model parameters at the last new best of the clean accuracy EMA before
         the trigger (the model that ``T^`` is estimated from); the parameters' tree.
+      since_on: int32, steps since the trigger (counted until the guard decides).
+      improved: bool, the clean accuracy EMA set a new best after the trigger.
+      reverted: bool, the guard took the correction back (frozen once set).
     """
 
     inner: PlateauCorrectionState
     params_best: PyTree
+    since_on: jax.Array
+    improved: jax.Array
+    reverted: jax.Array
 
 
-def rewind_at_trigger(scheme: weighing.WeighingScheme) -> weighing.WeighingScheme:
+def rewind_at_trigger(
+    scheme: weighing.WeighingScheme, *, guard: int = 0
+) -> weighing.WeighingScheme:
     """``scheme`` (a :func:`plateau_gold_correction`) that, at its trigger, also sets the model
-    back to the parameters ``T^`` was estimated from.
+    back to the parameters ``T^`` was estimated from; with ``guard``, it also takes the
+    correction back where it does not pay on the clean set.
 
-    Why: until the trigger the run is plain training, which goes on memorising the flips for
-    the ``patience`` steps the trigger waits; on data it memorises fast (an MLP on MNIST) the
-    corrected loss then starts from a model that has learnt many wrong labels. GLC itself
-    trains a fresh model on the corrected loss; here training goes on from the model at its
-    best clean accuracy, so the steps before it are not lost. The parameters are kept at each
-    new best of the clean accuracy EMA (a copy of the parameters in the state: one model's
+    Why the rewind: until the trigger the model goes on for the ``patience`` steps the
+    trigger waits (memorising the flips, under plain weights); training goes on from the model
+    at its best clean accuracy instead. The parameters are kept at each new best of the clean
+    accuracy EMA before the trigger (a copy of the parameters in the state: one model's
     memory) and put back in the step at which the trigger fires; the optimizer's state (the
     schedule's count, the momentum) and the model's batch statistics go on as they are.
 
+    Why the guard: the corrected loss can end below the scheme's weights alone (on MNIST with
+    the reweighting the model learns the true labels already, and the corrected loss lets it
+    drift). If the clean accuracy EMA has set no new best ``guard`` steps after the trigger,
+    the model is set back to the same parameters once more and the correction is off for the
+    rest of the run (``T = I``, ``s = 0``: the scheme's weights on the cross-entropy). The
+    clean batches it judges by are the ones the meta-gradient sees (and, once corrected, a few
+    rows of them are trained on), so the test leans towards keeping the correction.
+
     Args:
       scheme: a scheme from :func:`plateau_gold_correction`.
+      guard: ``>= 0`` steps after the trigger by which the correction must have set a new
+        best clean accuracy EMA; 0: no guard.
 
     Returns:
       A :class:`l2rw_jax.weighing.WeighingScheme` with ``correction`` (the plateau
-      correction's) and ``rewind``; its state is :class:`RewindState` (``init`` needs
-      ``params``, the model's initial parameters). Metrics: the plateau correction's.
+      correction's, the identity and 0 once reverted) and ``rewind``; its state is
+      :class:`RewindState` (``init`` needs ``params``, the model's initial parameters).
+      Metrics: the plateau correction's, plus ``correction_reverted`` (0 / 1).
 
     Raises:
       ValueError: ``scheme`` is not a plateau correction (its state is checked at ``init``);
-        ``init`` without ``params``.
+        ``guard`` not an integer >= 0; ``init`` without ``params``.
     """
     if scheme.correction is None:
         raise ValueError("rewind_at_trigger needs a plateau_gold_correction scheme.")
+    if isinstance(guard, bool) or not isinstance(guard, int) or guard < 0:
+        raise ValueError(f"rewind_at_trigger: guard must be an integer >= 0, got {guard!r}.")
 
     def init(rng: jax.Array, class_counts_C=None, params=None) -> RewindState:
         if params is None:
@@ -424,22 +444,42 @@ def rewind_at_trigger(scheme: weighing.WeighingScheme) -> weighing.WeighingSchem
                 f"state is {type(inner).__name__}."
             )
         # Its own buffers (a donating train step may not be given one buffer twice).
-        return RewindState(inner, jax.tree.map(jnp.array, params))
+        return RewindState(
+            inner,
+            jax.tree.map(jnp.array, params),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.bool_),
+            jnp.zeros((), jnp.bool_),
+        )
 
     def correction(state: RewindState, step: jax.Array):
-        return scheme.correction(state.inner, step)
+        T_CxC, share = scheme.correction(state.inner, step)
+        eye_CxC = jnp.eye(T_CxC.shape[0], dtype=T_CxC.dtype)
+        return (
+            jnp.where(state.reverted, eye_CxC, T_CxC),
+            jnp.where(state.reverted, 0.0, share).astype(jnp.float32),
+        )
 
     def weigh(ctx: weighing.WeighContext, state: RewindState):
         weighing.check_state("rewind_at_trigger", state, RewindState)
         w_B, inner, metrics = scheme.weigh(ctx, state.inner)
+        rose = inner.best_acc > state.inner.best_acc
         # The same test as the plateau correction's S_best: a new best while watching.
-        rose = (inner.best_acc > state.inner.best_acc) & ~state.inner.on
+        keep = rose & ~state.inner.on
         params_best = jax.tree.map(
-            lambda p, b: jnp.where(rose, jax.lax.stop_gradient(p), b), ctx.params, state.params_best
+            lambda p, b: jnp.where(keep, jax.lax.stop_gradient(p), b), ctx.params, state.params_best
         )
-        return w_B, RewindState(inner, params_best), metrics
+        after = state.inner.on  # this step trains with the correction (unless reverted)
+        since_on = jnp.where(after, state.since_on + 1, 0).astype(jnp.int32)
+        improved = state.improved | (after & rose)
+        revert = (guard > 0) & after & ~state.reverted & ~improved & (since_on >= max(guard, 1))
+        new_state = RewindState(inner, params_best, since_on, improved, state.reverted | revert)
+        metrics = dict(metrics, correction_reverted=state.reverted.astype(jnp.float32))
+        return w_B, new_state, metrics
 
     def rewind(state: RewindState, new_state: RewindState):
-        return new_state.inner.on & ~state.inner.on, new_state.params_best
+        fired = new_state.inner.on & ~state.inner.on
+        reverted = new_state.reverted & ~state.reverted
+        return fired | reverted, new_state.params_best
 
     return weighing.WeighingScheme(init, weigh, correction, scheme.clean_share, rewind)

@@ -440,3 +440,45 @@ def test_train_posterior_sums_are_the_posterior_against_the_observed_label(probl
     np.testing.assert_allclose(S, S_hand, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(n, p.sum(0), rtol=1e-5)
     np.testing.assert_allclose(correction.transition_estimate(S, n).sum(1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("improves", [False, True])
+def test_guard_takes_the_correction_back_when_no_new_best_follows_the_trigger(problem, improves):
+    """patience 4 (the EMA is the batch's accuracy), guard 3. Accuracies 0.25, then 0.5: the
+    trigger fires at step 5 (the rewind's first "now"). Steps 6, 7, 8 train corrected; with
+    no new best among them, the state step 8 returns is reverted (the second "now") and from
+    step 9 on the correction is (I, 0). If step 7's accuracy is 1 (a new best), nothing is
+    taken back."""
+    plateau = correction.plateau_gold_correction(
+        methods.get_scheme("erm"), patience=4, num_clean=8, num_train=24
+    )
+    scheme = correction.rewind_at_trigger(plateau, guard=3)
+    state = scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8]), params=problem["params"])
+    weigh = jax.jit(lambda s, t, v: scheme.weigh(_ctx(problem, t, v), s))
+    half, full = (_val_with_accuracy(problem, np.arange(M) < h) for h in (2, 4))
+    vals = [_val_with_accuracy(problem, np.arange(M) < 1)] + [half] * 12
+    if improves:
+        vals[7] = full
+    nows = []
+    for t, val in enumerate(vals):
+        T_CxC, share = scheme.correction(state, jnp.int32(t))
+        _, new, metrics = weigh(state, t, val)
+        nows.append(bool(scheme.rewind(state, new)[0]))
+        reverted = not improves and t >= 9
+        assert bool(new.reverted) == (not improves and t >= 8), t
+        assert float(metrics["correction_reverted"]) == float(reverted), t
+        if reverted:
+            np.testing.assert_array_equal(T_CxC, np.eye(C))
+            assert float(share) == 0.0
+        elif t >= 6:
+            assert float(share) == pytest.approx(8 / 32)
+        state = new
+    assert [t for t, now in enumerate(nows) if now] == ([5] if improves else [5, 8])
+
+
+def test_guard_must_be_a_non_negative_integer():
+    plateau = correction.plateau_gold_correction(
+        methods.get_scheme("erm"), patience=4, num_clean=8, num_train=24
+    )
+    with pytest.raises(ValueError, match="guard must be an integer >= 0, got -1"):
+        correction.rewind_at_trigger(plateau, guard=-1)

@@ -262,6 +262,8 @@ ABLATIONS = {
     "rewind": ("correction", "glc_plateau_rewind"),
     # That with the scheme's weights before the trigger, the matrix counted on training rows.
     "reweighted": ("correction", "glc_reweighted"),
+    # That, taken back where the clean accuracy sets no new best within the patience after.
+    "guarded": ("correction", "glc_guarded"),
 }
 
 
