@@ -77,6 +77,41 @@ def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
 CORRECTIONS = ("none", "glc", "glc_plateau", "glc_plateau_rewind", "glc_reweighted", "glc_guarded")
 
 
+def with_correction(
+    weighing: methods.WeighingScheme,
+    correction: str,
+    correction_steps: int,
+    *,
+    num_clean: int,
+    num_train: int,
+) -> methods.WeighingScheme:
+    """``weighing`` inside the loss correction ``correction`` (:func:`build_run`'s argument;
+    ``"none"``: ``weighing`` as it is).
+
+    Raises:
+      ValueError: a ``correction`` not in ``CORRECTIONS``; the correction's own errors.
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(
+            f"correction={correction!r} is not supported; allowed: {', '.join(CORRECTIONS)}."
+        )
+    if correction == "none":
+        return weighing
+    sizes = dict(num_clean=num_clean, num_train=num_train)
+    if correction == "glc":
+        return correction_lib.gold_correction(weighing, estimate_steps=correction_steps, **sizes)
+    weighing = correction_lib.plateau_gold_correction(
+        weighing,
+        patience=correction_steps,
+        reweight_first=correction in ("glc_reweighted", "glc_guarded"),
+        **sizes,
+    )
+    if correction == "glc_plateau":
+        return weighing
+    guard = correction_steps if correction == "glc_guarded" else 0
+    return correction_lib.rewind_at_trigger(weighing, guard=guard)
+
+
 def init_states(
     module, tx, members: list[MemberData], scheme: methods.WeighingScheme, image_shape
 ) -> TrainState:
@@ -188,28 +223,13 @@ def build_run(
     # meta_params="last" of a module of the user's: its output layer, wherever it is.
     options = adapter.resolve_meta_params(module, options, (1,) + tuple(image_shape))
     weighing = methods.get_scheme(scheme, **options)
-    if correction not in CORRECTIONS:
-        raise ValueError(
-            f"correction={correction!r} is not supported; allowed: {', '.join(CORRECTIONS)}."
-        )
-    if correction not in ("none", "glc"):
-        weighing = correction_lib.plateau_gold_correction(
-            weighing,
-            patience=correction_steps,
-            num_clean=len(members[0].splits.clean_labels),
-            num_train=num_train,
-            reweight_first=correction in ("glc_reweighted", "glc_guarded"),
-        )
-        if correction in ("glc_plateau_rewind", "glc_reweighted", "glc_guarded"):
-            guard = correction_steps if correction == "glc_guarded" else 0
-            weighing = correction_lib.rewind_at_trigger(weighing, guard=guard)
-    elif correction == "glc":
-        weighing = correction_lib.gold_correction(
-            weighing,
-            estimate_steps=correction_steps,
-            num_clean=len(members[0].splits.clean_labels),
-            num_train=num_train,
-        )
+    weighing = with_correction(
+        weighing,
+        correction,
+        correction_steps,
+        num_clean=len(members[0].splits.clean_labels),
+        num_train=num_train,
+    )
     train_step = step_lib.make_train_step(apply_fn, tx, weighing)
     state = init_states(module, tx, members, weighing, image_shape)
     if scheme in ("l2rw", "mwnet"):  # they differentiate tx.update: fail before step 1, not NaN
