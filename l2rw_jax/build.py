@@ -24,6 +24,7 @@ from l2rw_jax import model_factory
 from l2rw_jax import models
 from l2rw_jax import reweight
 from l2rw_jax import step as step_lib
+from l2rw_jax.config_schema import CORRECTIONS
 from l2rw_jax.members import MemberData
 from l2rw_jax.train_state import TrainState
 
@@ -72,9 +73,6 @@ def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
         return state, acc, msum
 
     return member_step
-
-
-CORRECTIONS = ("none", "glc", "glc_plateau", "glc_plateau_rewind", "glc_reweighted", "glc_guarded")
 
 
 def with_correction(
