@@ -113,7 +113,10 @@ CHECK_JS = r"""
     if (st && /url\((?!['"]?data:)/.test(st)) external.push(`style: ${st.slice(0, 80)}`);
   }
   for (const sheet of document.styleSheets) {
-    if (sheet.href) external.push(`stylesheet ${sheet.href}`);
+    if (sheet.href) {  // a sheet from a file or URL (its rules may not be readable here)
+      external.push(`stylesheet ${sheet.href}`);
+      continue;
+    }
     for (const rule of sheet.cssRules) {
       if (/url\((?!['"]?data:)/.test(rule.cssText)) external.push(rule.cssText.slice(0, 80));
       if (rule.type == CSSRule.IMPORT_RULE) external.push(rule.cssText.slice(0, 80));
