@@ -215,8 +215,8 @@ def _trajectory_caption(edges) -> str:
     return (
         f"<b>weight over training</b>: the example's mean weight in each of {len(edges) - 1} "
         f"equal step bins of the {int(edges[-1])} weighing steps, left to right (a gap where a "
-        "bin did not draw it; the scale runs from 0, the grey line, or a lower bin, to the card's highest bin), "
-        "with the first and last drawn bin's value. "
+        "bin did not draw it; the scale runs from 0, the grey line, or a lower bin, to the "
+        "card's highest bin), with the first and last drawn bin's value. "
     )
 
 
