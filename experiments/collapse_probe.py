@@ -1,0 +1,376 @@
+"""Where the weight goes, step by step: the per-class weight mass of a protocol run.
+
+    L2RW_DEV_DATA=../shared/data python -m experiments.collapse_probe \\
+        [--setting=cifar_mlp_uniform40] [--methods=l2rw,l2rw+class_balanced] \\
+        [--num_steps=1500] [--eval_every=50] \\
+        [--out=benchmarks/results/collapse/weight_mass_cifar_mlp_uniform40.json]
+
+One seed (the protocol's first: same split, noise draw, data order and initialisation) of each
+method of experiments/configs/protocol.py, trained by the library's device backend with the
+protocol's train step; at every step, from the training batch's weights ``w_B`` and its
+observed labels ``y_B`` (:func:`class_weight_stats`):
+
+  mass_C      share of the batch's weight on each observed class, ``sum_{y_i=c} w_i / sum w``
+  ess_C       effective sample size within each class, ``(sum_{y_i=c} w)^2 / sum_{y_i=c} w^2``
+  ess         the batch's, ``(sum w)^2 / sum w^2``
+  raw_mass_C  the same share of ``max(-g_B, 0)`` (g the meta-gradient): the mass the paper's
+              batch normalisation would give at this model; equal to mass_C under the paper's rule
+  noisy_mass  share of the weight on flipped examples
+  count_C     the batch's examples per observed class; clean_count_C the clean batch's
+  pred_C      the model's predicted classes on the clean batch (before the step's update)
+
+and every ``--eval_every`` steps the test accuracy and the predicted-class histogram on the test
+set. Summary statistics (:func:`summarize`): the top class's mass share, how long one class stays
+on top, the per-class ESS, and how the mass and the predictions follow each other (lagged
+correlation of ``mass_C(t)`` with the predicted share ``pred_C(t + k)``, pooled over classes).
+Written atomically to ``--out`` (JSON) and the same path with ``.png`` (the figure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from experiments import common
+from experiments import plots
+from experiments import provenance as provenance_lib
+from experiments.configs import protocol as protocol_config
+from l2rw_jax import backends
+from l2rw_jax import build
+from l2rw_jax import compose
+from l2rw_jax import sharding
+from l2rw_jax import train
+from l2rw_jax import workdir as workdir_lib
+
+LAGS = tuple(range(-20, 21))
+SKIP = 100  # a second summary leaves out the first SKIP steps
+
+
+def define_flags() -> SimpleNamespace:
+    """The command's flags, defined only when it runs as a program (tests import the module)."""
+    return SimpleNamespace(
+        setting=flags.DEFINE_string(
+            "setting", "cifar_mlp_uniform40", f"Of {list(protocol_config.SETTINGS)}."
+        ),
+        methods=flags.DEFINE_list(
+            "methods", ["l2rw", "l2rw+class_balanced"], "Protocol methods to probe."
+        ),
+        num_steps=flags.DEFINE_integer("num_steps", 1500, "Steps per run.", lower_bound=1),
+        eval_every=flags.DEFINE_integer(
+            "eval_every", 50, "Steps between test-set evaluations.", lower_bound=1
+        ),
+        out=flags.DEFINE_string(
+            "out",
+            "benchmarks/results/collapse/weight_mass_cifar_mlp_uniform40.json",
+            "The JSON written (the figure: the same path with .png).",
+        ),
+    )
+
+
+def class_weight_stats(w_B: jax.Array, labels_B: jax.Array, num_classes: int) -> dict:
+    """Per observed class: the weight share, the effective sample size, the count.
+
+    Args:
+      w_B: ``[B]`` weights ``>= 0``. labels_B: ``[B]`` int observed labels in ``[0, C)``.
+      num_classes: ``C``.
+
+    Returns:
+      ``{"mass_C": sum_{y_i=c} w_i / sum_i w_i (0 when sum w = 0), "ess_C": (sum_{y_i=c}
+      w_i)^2 / sum_{y_i=c} w_i^2 (0 for a class without weight), "ess": (sum w)^2 / sum w^2
+      (0 when sum w = 0), "count_C": #{i: y_i = c}}`` (float32; jittable).
+    """
+    onehot_BxC = jax.nn.one_hot(labels_B, num_classes, dtype=jnp.float32)
+    w_B = w_B.astype(jnp.float32)
+    sum_C, sq_C = w_B @ onehot_BxC, (w_B * w_B) @ onehot_BxC
+    total, total_sq = jnp.sum(sum_C), jnp.sum(sq_C)
+    return {
+        "mass_C": sum_C / jnp.where(total > 0, total, 1.0),
+        "ess_C": sum_C**2 / jnp.where(sq_C > 0, sq_C, 1.0),
+        "ess": total**2 / jnp.where(total_sq > 0, total_sq, 1.0),
+        "count_C": jnp.sum(onehot_BxC, axis=0),
+    }
+
+
+def make_probe_step(train_step, apply_fn, num_classes: int):
+    """``build.make_loop_step``'s signature; the carry's ``msum`` becomes this step's record
+    (the per-example accumulators are left alone)."""
+
+    def member_step(state, acc, msum, batch, val_batch):
+        del msum
+        logits_MxC, _ = apply_fn(state.params, state.model_state, val_batch["image"], False)
+        state, metrics = train_step(state, batch, val_batch)
+        labels_B = batch["label"]
+        record = class_weight_stats(metrics["w_B"], labels_B, num_classes)
+        raw = class_weight_stats(jnp.maximum(-metrics["g_B"], 0.0), labels_B, num_classes)
+        w_B = metrics["w_B"].astype(jnp.float32)
+        record.update(
+            raw_mass_C=raw["mass_C"],
+            noisy_mass=jnp.sum(w_B * batch["is_noisy"]) / jnp.maximum(jnp.sum(w_B), 1e-30),
+            clean_count_C=jnp.sum(jax.nn.one_hot(val_batch["label"], num_classes), axis=0),
+            pred_C=jnp.sum(jax.nn.one_hot(jnp.argmax(logits_MxC, -1), num_classes), axis=0),
+            train_loss=metrics["train_loss"],
+            val_loss=metrics["val_loss"],
+        )
+        return state, acc, record
+
+    return member_step
+
+
+def _runs(x_T: np.ndarray) -> np.ndarray:
+    """Lengths of the maximal runs of equal consecutive values."""
+    edges = np.flatnonzero(np.diff(x_T) != 0)
+    return np.diff(np.concatenate([[-1], edges, [len(x_T) - 1]]))
+
+
+def lagged_correlation(a_TxC: np.ndarray, b_TxC: np.ndarray, lag: int) -> float:
+    """Pearson correlation of ``a[t, c]`` with ``b[t + lag, c]`` over every (t, c) where both
+    exist, each class's series centred first (so it measures co-movement in time, not which
+    classes are large on average); NaN when fewer than 2 steps overlap."""
+    t = len(a_TxC)
+    if t - abs(lag) < 2:
+        return float("nan")
+    a, b = (a_TxC[: t - lag], b_TxC[lag:]) if lag >= 0 else (a_TxC[-lag:], b_TxC[: t + lag])
+    a, b = a - a.mean(0), b - b.mean(0)
+    den = np.sqrt(np.sum(a * a) * np.sum(b * b))
+    return float(np.sum(a * b) / den) if den > 0 else float("nan")
+
+
+def _finite(x: float) -> float | None:
+    """``x`` rounded to 4 digits, None (JSON null) when it is NaN."""
+    return round(x, 4) if np.isfinite(x) else None
+
+
+def summarize(rec: dict, skip: int = 0) -> dict:
+    """Statistics over the steps ``>= skip`` of one run's per-step record (numpy arrays as in
+    :func:`make_probe_step`, leading axis the step)."""
+    mass, pred = rec["mass_C"][skip:], rec["pred_C"][skip:]
+    pred_share = pred / np.maximum(pred.sum(1, keepdims=True), 1)
+    top = mass.max(1)
+    weighted = mass.sum(1) > 0
+    top_class = np.where(weighted, mass.argmax(1), -1)
+    ess_C, has_w = rec["ess_C"][skip:], mass > 0
+    q = lambda x: [round(float(v), 4) for v in np.quantile(x, (0.1, 0.5, 0.9))]
+    corr = {k: lagged_correlation(mass, pred_share, k) for k in LAGS}
+    corr = {k: v for k, v in corr.items() if np.isfinite(v)}
+    count_share = rec["count_C"][skip:] / rec["count_C"][skip:].sum(1, keepdims=True)
+    clean_share = rec["clean_count_C"][skip:] / rec["clean_count_C"][skip:].sum(1, keepdims=True)
+    return {
+        "steps": int(len(top)),
+        "top_mass_share_q10_q50_q90": q(top),
+        "frac_steps_top_mass_over": {
+            str(v): round(float(np.mean(top > v)), 4) for v in (0.3, 0.5, 0.8, 0.95)
+        },
+        "classes_with_weight_mean": round(float(has_w.sum(1).mean()), 3),
+        "top_class_run_length": {
+            "median": float(np.median(_runs(top_class))),
+            "mean": round(float(np.mean(_runs(top_class))), 2),
+            "max": int(_runs(top_class).max()),
+        },
+        "top_pred_share_q10_q50_q90": q(pred_share.max(1)),
+        "top_pred_class_run_length_median": float(np.median(_runs(pred_share.argmax(1)))),
+        "top_pred_class_equals_top_mass_class": round(
+            float(np.mean(pred_share.argmax(1) == top_class)), 4
+        ),
+        "ess_q10_q50_q90": q(rec["ess"][skip:]),
+        "ess_within_top_class_q10_q50_q90": q(
+            ess_C[np.arange(len(top)), np.maximum(top_class, 0)][weighted]
+        ),
+        "ess_within_class_mean_over_weighted": round(float(ess_C[has_w].mean()), 3),
+        "noisy_mass_mean": round(float(np.nanmean(rec["noisy_mass"][skip:])), 4),
+        "corr_mass_vs_pred_share_by_lag": {str(k): round(v, 4) for k, v in corr.items()},
+        "lag_of_max_corr": max(corr, key=lambda k: corr[k]) if corr else None,
+        "lag_of_min_corr": min(corr, key=lambda k: corr[k]) if corr else None,
+        "corr_mass_vs_batch_count_share": _finite(lagged_correlation(mass, count_share, 0)),
+        "corr_mass_vs_clean_batch_share": _finite(lagged_correlation(mass, clean_share, 0)),
+        "corr_raw_mass_vs_pred_share_lag0": _finite(
+            lagged_correlation(rec["raw_mass_C"][skip:], pred_share, 0)
+        ),
+    }
+
+
+def probe(setting: str, method: str, num_steps: int, eval_every: int) -> dict:
+    """Trains the protocol's first seed of (setting, method) for ``num_steps`` steps and returns
+    ``{"record": {name: [T, ...] numpy}, "eval": {"step", "accuracy", "pred_hist"}, "wall_s"}``."""
+    config = protocol_config.setting_config(setting, method, num_steps=num_steps, num_seeds=1)
+    config.loop.eval_every = eval_every  # the device backend's calls end there
+    config.loop.log_every = 1
+    config.loop.checkpoint_every = num_steps
+    start = time.time()
+    run = train.build_run(config)
+    feed = compose.feed(config, "device")
+    backend = backends.get("device")
+    mesh = sharding.data_mesh(jax.devices()[:1])
+    member_step = make_probe_step(run.train_step, run.apply_fn, run.num_classes)
+    state0, acc0, _ = run.carry0
+    one = lambda tree: jax.tree.map(lambda x: x[0], tree)
+    shapes = jax.eval_shape(
+        member_step,
+        one(state0),
+        one(acc0),
+        None,
+        *build.batch_shapes(
+            feed.batch_size, feed.clean_batch_size, run.members[0].splits.train_x.shape[1:]
+        ),
+    )[2]
+    record0 = jax.tree.map(lambda s: np.zeros((1,) + s.shape, s.dtype), shapes)
+    carries = [sharding.replicate((state0, acc0, record0), mesh)]
+    test = backend.eval_batches(run.members, feed)["test"]
+
+    @jax.jit
+    def test_counts(state, image, label, mask):
+        def member(params, model_state, x, y, m):
+            pred = jnp.argmax(run.apply_fn(params, model_state, x, False)[0], -1)
+            hist = jnp.sum(jax.nn.one_hot(pred, run.num_classes) * m[:, None], axis=0)
+            return hist, jnp.sum((pred == y) * m)
+
+        return jax.vmap(member)(state.params, state.model_state, image, label, mask)
+
+    def evaluate(state):
+        hist, correct = 0.0, 0.0
+        for b in test:
+            h, c = test_counts(state, b["image"], b["label"], b["mask"])
+            hist, correct = hist + np.asarray(h[0]), correct + float(c[0])
+        return hist, correct / hist.sum()
+
+    calls, close = backend.train_calls(
+        lambda accumulate: member_step,
+        run.members,
+        [slice(0, 1)],
+        mesh,
+        feed,
+        0,
+        num_steps,
+        lambda: build.use_scan(run, mesh, feed.batch_size, feed.clean_batch_size),
+    )
+    rows, evals, step = [], [], 0
+    hist, acc = evaluate(carries[0][0])
+    evals.append((0, acc, hist))
+    try:
+        for call in calls:
+            carries, msums_S = call.advance(carries)
+            rows.append(jax.tree.map(lambda x: np.asarray(x)[:, 0], sharding.to_host(msums_S[0])))
+            step += call.num_steps
+            if step % eval_every == 0 or step == num_steps:
+                hist, acc = evaluate(carries[0][0])
+                evals.append((step, acc, hist))
+                print(f"{method} step {step}: test acc {acc:.4f}", flush=True)
+    finally:
+        close()
+    record = jax.tree.map(lambda *xs: np.concatenate(xs), *rows)
+    return {
+        "record": record,
+        "eval": {
+            "step": [s for s, _, _ in evals],
+            "accuracy": [round(float(a), 4) for _, a, _ in evals],
+            "pred_hist": [h.astype(int).tolist() for _, _, h in evals],
+        },
+        "wall_s": round(time.time() - start, 1),
+    }
+
+
+def _rounded(record: dict) -> dict:
+    out = {}
+    for k, v in record.items():
+        if k in ("count_C", "clean_count_C", "pred_C"):
+            out[k] = v.astype(int).tolist()
+        else:
+            out[k] = np.round(v.astype(np.float64), 4).tolist()
+    return out
+
+
+def to_json(out: dict) -> str:
+    """``out`` as indented JSON, each per-step array on one line (else one number a line)."""
+    arrays = {}
+    for m, entry in out["methods"].items():
+        for k, v in entry["per_step"].items():
+            arrays[f"@{m}/{k}@"] = json.dumps(v, separators=(",", ":"))
+        entry = dict(entry, per_step={k: f"@{m}/{k}@" for k in entry["per_step"]})
+        out = dict(out, methods=dict(out["methods"], **{m: entry}))
+    text = json.dumps(out, indent=2, sort_keys=True)
+    for key, line in arrays.items():
+        text = text.replace(json.dumps(key), line)
+    return text + "\n"
+
+
+def plot(results: dict, path: str, title: str) -> None:
+    """Per method (columns): stacked per-class weight mass, the paper normalisation's mass of
+    the same meta-gradient, the predicted-class shares on the clean batch, ESS and test
+    accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(
+        4, len(names), figsize=(7 * len(names), 11), sharex=True, squeeze=False
+    )
+    colors = plt.get_cmap("tab10").colors
+    for j, name in enumerate(names):
+        rec, ev = results[name]["record"], results[name]["eval"]
+        t = np.arange(1, len(rec["ess"]) + 1)
+        pred = rec["pred_C"] / np.maximum(rec["pred_C"].sum(1, keepdims=True), 1)
+        for i, (arr, label) in enumerate(
+            (
+                (rec["mass_C"], "weight mass per observed class"),
+                (rec["raw_mass_C"], "mass of max(-g, 0), batch-normalised"),
+                (pred, "predicted-class share, clean batch"),
+            )
+        ):
+            axes[i, j].stackplot(t, arr.T, colors=colors, linewidth=0)
+            axes[i, j].set_ylim(0, 1)
+            axes[i, j].set_ylabel(label, fontsize=8)
+        axes[0, j].set_title(name)
+        ax = axes[3, j]
+        ax.plot(t, rec["ess"], lw=0.5, color="gray", label="ESS of the batch (of 100)")
+        ax.set_ylabel("ESS", fontsize=8)
+        ax2 = ax.twinx()
+        ax2.plot(ev["step"], 100 * np.asarray(ev["accuracy"]), "k.-", label="test acc %")
+        ax2.set_ylabel("test accuracy %", fontsize=8)
+        ax.set_xlabel("step")
+        ax.legend(loc="upper left", fontsize=7)
+        ax2.legend(loc="upper right", fontsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[c]) for c in range(10)]
+    fig.legend(handles, [f"class {c}" for c in range(10)], loc="upper center", ncol=10, fontsize=8)
+    fig.suptitle(title, y=0.97, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    plots.save(fig, path)
+
+
+def main(argv, f: SimpleNamespace) -> None:
+    del argv
+    for m in f.methods.value:
+        protocol_config.setting_config(f.setting.value, m)  # a bad name fails before any run
+    provenance = provenance_lib.record("experiments.collapse_probe", sys.argv[1:])
+    results, out = {}, {"setting": f.setting.value, "num_steps": f.num_steps.value, "methods": {}}
+    for m in f.methods.value:
+        r = probe(f.setting.value, m, f.num_steps.value, f.eval_every.value)
+        results[m] = r
+        out["methods"][m] = {
+            "summary_all_steps": summarize(r["record"]),
+            "eval": r["eval"],
+            "wall_s": r["wall_s"],
+            "per_step": _rounded(r["record"]),
+        }
+        if f.num_steps.value > 2 * SKIP:  # the first steps apart: training has barely started
+            out["methods"][m][f"summary_from_step_{SKIP}"] = summarize(r["record"], skip=SKIP)
+        print(m, out["methods"][m]["summary_all_steps"], flush=True)
+    out.update(provenance)
+    os.makedirs(os.path.dirname(f.out.value) or ".", exist_ok=True)
+    workdir_lib.atomic_write(f.out.value, lambda fh: fh.write(to_json(out)))
+    png = os.path.splitext(f.out.value)[0] + ".png"
+    plot(results, png, f"{f.setting.value}, seed 0, {f.num_steps.value} steps")
+    print(f"wrote {f.out.value} and {png}")
+
+
+if __name__ == "__main__":
+    _flags = define_flags()
+    common.run_main(lambda argv: main(argv, _flags))

@@ -1,0 +1,61 @@
+"""experiments.collapse_probe: the per-class weight statistics against hand computations."""
+
+import numpy as np
+import pytest
+
+from experiments import collapse_probe
+
+
+def test_class_weight_stats_match_a_hand_computation():
+    # Class 0: weights 0.2, 0.2 (sum 0.4, ESS 0.16 / 0.08 = 2); class 1: 0.6, 0 (sum 0.6,
+    # ESS 0.36 / 0.36 = 1); class 2: absent; class 3: one row of weight 0 (mass 0, ESS 0).
+    w_B = np.array([0.2, 0.6, 0.2, 0.0, 0.0], np.float32)
+    y_B = np.array([0, 1, 0, 1, 3], np.int32)
+    got = collapse_probe.class_weight_stats(w_B, y_B, 4)
+    np.testing.assert_allclose(got["mass_C"], [0.4, 0.6, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(got["ess_C"], [2.0, 1.0, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(got["ess"], 1.0 / (0.04 + 0.36 + 0.04), rtol=1e-6)
+    np.testing.assert_array_equal(got["count_C"], [2, 2, 0, 1])
+    # Unnormalised weights: the same shares; all zero: zeros, not NaN.
+    np.testing.assert_allclose(
+        collapse_probe.class_weight_stats(5 * w_B, y_B, 4)["mass_C"], [0.4, 0.6, 0, 0], rtol=1e-6
+    )
+    zero = collapse_probe.class_weight_stats(np.zeros(5, np.float32), y_B, 4)
+    assert np.all(np.asarray(zero["mass_C"]) == 0) and float(zero["ess"]) == 0
+
+
+def test_runs_and_lagged_correlation():
+    np.testing.assert_array_equal(collapse_probe._runs(np.array([3, 3, 1, 1, 1, 3])), [2, 3, 1])
+    np.testing.assert_array_equal(collapse_probe._runs(np.array([7])), [1])
+    # b is a shifted by 2 steps: correlation 1 at lag 2 (a leads b), below 1 at lag 0.
+    rng = np.random.default_rng(0)
+    a = rng.random((50, 3))
+    b = np.roll(a, 2, axis=0)
+    assert collapse_probe.lagged_correlation(a, b, 2) == pytest.approx(1.0)
+    assert collapse_probe.lagged_correlation(a, b, 0) < 0.5
+    assert collapse_probe.lagged_correlation(b, a, -2) == pytest.approx(1.0)
+    assert np.isnan(collapse_probe.lagged_correlation(a, b, 50))  # no overlapping steps
+
+
+def test_summarize_reads_the_top_class_and_its_runs():
+    # Steps 0-2 class 0 holds 0.9 of the weight, steps 3-4 class 1 holds all of it.
+    mass = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0, 1], [0, 1]], np.float64)
+    rec = {
+        "mass_C": mass,
+        "raw_mass_C": mass,
+        "ess_C": np.array([[3, 1], [3, 1], [3, 1], [0, 2], [0, 2]], np.float64),
+        "ess": np.full(5, 4.0),
+        "noisy_mass": np.full(5, 0.5),
+        "count_C": np.full((5, 2), 50),
+        "clean_count_C": np.full((5, 2), 50),
+        "pred_C": np.array([[100, 0]] * 4 + [[0, 100]]),
+    }
+    s = collapse_probe.summarize(rec)
+    assert s["top_mass_share_q10_q50_q90"][1] == 0.9
+    assert s["frac_steps_top_mass_over"]["0.8"] == 1.0
+    assert s["frac_steps_top_mass_over"]["0.95"] == 0.4
+    assert s["top_class_run_length"] == {"median": 2.5, "mean": 2.5, "max": 3}
+    assert s["top_pred_class_equals_top_mass_class"] == 0.8
+    # ESS within the top class: 3, 3, 3, 2, 2; within every weighted class: (3 + 1) x 3, 2 x 2.
+    assert s["ess_within_top_class_q10_q50_q90"][1] == 3.0
+    assert s["ess_within_class_mean_over_weighted"] == pytest.approx(16 / 8, abs=1e-3)
