@@ -51,7 +51,6 @@ from l2rw_jax import train
 from l2rw_jax import workdir as workdir_lib
 
 LAGS = tuple(range(-20, 21))
-SKIP = 100  # a second summary leaves out the first SKIP steps
 
 
 def define_flags() -> SimpleNamespace:
@@ -66,6 +65,15 @@ def define_flags() -> SimpleNamespace:
         num_steps=flags.DEFINE_integer("num_steps", 1500, "Steps per run.", lower_bound=1),
         eval_every=flags.DEFINE_integer(
             "eval_every", 50, "Steps between test-set evaluations.", lower_bound=1
+        ),
+        windows=flags.DEFINE_list(
+            "windows", ["200", "1000"], "Step boundaries of the windows summarised apart."
+        ),
+        zoom=flags.DEFINE_list(
+            "zoom", ["200", "300"], "Steps a,b of the figure's zoomed columns (empty: none)."
+        ),
+        train=flags.DEFINE_bool(
+            "train", True, "Train (--notrain: only re-summarise and re-plot the JSON at --out)."
         ),
         out=flags.DEFINE_string(
             "out",
@@ -148,51 +156,86 @@ def _finite(x: float) -> float | None:
     return round(x, 4) if np.isfinite(x) else None
 
 
-def summarize(rec: dict, skip: int = 0) -> dict:
-    """Statistics over the steps ``>= skip`` of one run's per-step record (numpy arrays as in
-    :func:`make_probe_step`, leading axis the step)."""
-    mass, pred = rec["mass_C"][skip:], rec["pred_C"][skip:]
-    pred_share = pred / np.maximum(pred.sum(1, keepdims=True), 1)
-    top = mass.max(1)
-    weighted = mass.sum(1) > 0
+def summarize(rec: dict, start: int = 0, stop: int | None = None) -> dict:
+    """Statistics over the steps ``[start, stop)`` of one run's per-step record (numpy arrays
+    as :func:`make_probe_step` records them, leading axis the step; step ``t`` is the model
+    before update ``t + 1``).
+
+    ``top``: the class with the most weight mass at a step; ``pred``: the class most of the
+    clean batch is predicted as. A *switch* is a step whose ``pred`` differs from the step
+    before's; ``new_pred_class_raw_mass_rank`` ranks the new class by its mean ``raw_mass_C``
+    over the 10 steps before the switch (0 = the most; chance: ``top`` 1/C, ``top3`` 3/C).
+    Correlations: :func:`lagged_correlation` over (step, class).
+    """
+    r = {k: np.asarray(v, np.float64)[start:stop] for k, v in rec.items()}
+    mass, raw, t = r["mass_C"], r["raw_mass_C"], len(r["ess"])
+    share = lambda n: n / np.maximum(n.sum(1, keepdims=True), 1)
+    pred, count, clean = share(r["pred_C"]), share(r["count_C"]), share(r["clean_count_C"])
+    top, weighted = mass.max(1), mass.sum(1) > 0
     top_class = np.where(weighted, mass.argmax(1), -1)
-    ess_C, has_w = rec["ess_C"][skip:], mass > 0
+    pred_class = pred.argmax(1)
+    ess_C, has_w = r["ess_C"], mass > 0
     q = lambda x: [round(float(v), 4) for v in np.quantile(x, (0.1, 0.5, 0.9))]
-    corr = {k: lagged_correlation(mass, pred_share, k) for k in LAGS}
+    rnd = lambda x: round(float(x), 4)
+    corr = {k: lagged_correlation(mass, pred, k) for k in LAGS}
     corr = {k: v for k, v in corr.items() if np.isfinite(v)}
-    count_share = rec["count_C"][skip:] / rec["count_C"][skip:].sum(1, keepdims=True)
-    clean_share = rec["clean_count_C"][skip:] / rec["clean_count_C"][skip:].sum(1, keepdims=True)
+    switches = np.flatnonzero(np.diff(pred_class) != 0) + 1
+    ranks = np.array(
+        [
+            int(np.sum(raw[s - 10 : s].mean(0) > raw[s - 10 : s, c].mean()))
+            for s, c in zip(switches, pred_class[switches])
+            if s >= 10
+        ]
+    )
+    collapsed = np.flatnonzero(pred.max(1) > 0.9)
+    runs_top, runs_pred = _runs(top_class), _runs(pred_class)
     return {
-        "steps": int(len(top)),
+        "steps": [start, start + t],
         "top_mass_share_q10_q50_q90": q(top),
-        "frac_steps_top_mass_over": {
-            str(v): round(float(np.mean(top > v)), 4) for v in (0.3, 0.5, 0.8, 0.95)
-        },
-        "classes_with_weight_mean": round(float(has_w.sum(1).mean()), 3),
+        "frac_steps_top_mass_over": {str(v): rnd(np.mean(top > v)) for v in (0.3, 0.5, 0.8, 0.95)},
+        "classes_with_weight_mean": rnd(has_w.sum(1).mean()),
+        "classes_in_batch_mean": rnd((count > 0).sum(1).mean()),
         "top_class_run_length": {
-            "median": float(np.median(_runs(top_class))),
-            "mean": round(float(np.mean(_runs(top_class))), 2),
-            "max": int(_runs(top_class).max()),
+            "median": float(np.median(runs_top)),
+            "mean": rnd(np.mean(runs_top)),
+            "max": int(runs_top.max()),
         },
-        "top_pred_share_q10_q50_q90": q(pred_share.max(1)),
-        "top_pred_class_run_length_median": float(np.median(_runs(pred_share.argmax(1)))),
-        "top_pred_class_equals_top_mass_class": round(
-            float(np.mean(pred_share.argmax(1) == top_class)), 4
-        ),
-        "ess_q10_q50_q90": q(rec["ess"][skip:]),
+        "std_over_steps_mean_over_classes": {
+            "mass": rnd(mass.std(0).mean()),
+            "raw_mass": rnd(raw.std(0).mean()),
+            "batch_count_share": rnd(count.std(0).mean()),
+            "clean_batch_share": rnd(clean.std(0).mean()),
+        },
+        "first_step_pred_top_share_over_0.9": int(start + collapsed[0]) if collapsed.size else None,
+        "top_pred_share_q10_q50_q90": q(pred.max(1)),
+        "pred_class_run_length": {
+            "median": float(np.median(runs_pred)),
+            "mean": rnd(np.mean(runs_pred)),
+            "max": int(runs_pred.max()),
+        },
+        "pred_switches": int(len(switches)),
+        "new_pred_class_raw_mass_rank": {
+            "switches": int(len(ranks)),
+            "top": rnd(np.mean(ranks == 0)) if ranks.size else None,
+            "top3": rnd(np.mean(ranks <= 2)) if ranks.size else None,
+        },
+        "pred_class_equals_top_mass_class": rnd(np.mean(pred_class == top_class)),
+        "mass_on_pred_class_mean": rnd(mass[np.arange(t), pred_class].mean()),
+        "batch_count_share_of_pred_class_mean": rnd(count[np.arange(t), pred_class].mean()),
+        "ess_q10_q50_q90": q(r["ess"]),
         "ess_within_top_class_q10_q50_q90": q(
-            ess_C[np.arange(len(top)), np.maximum(top_class, 0)][weighted]
+            ess_C[np.arange(t), np.maximum(top_class, 0)][weighted]
         ),
-        "ess_within_class_mean_over_weighted": round(float(ess_C[has_w].mean()), 3),
-        "noisy_mass_mean": round(float(np.nanmean(rec["noisy_mass"][skip:])), 4),
+        "ess_within_class_mean_over_weighted": rnd(ess_C[has_w].mean()),
+        "count_within_class_mean_over_weighted": rnd(r["count_C"][has_w].mean()),
+        "noisy_mass_mean": rnd(np.nanmean(r["noisy_mass"])),
         "corr_mass_vs_pred_share_by_lag": {str(k): round(v, 4) for k, v in corr.items()},
         "lag_of_max_corr": max(corr, key=lambda k: corr[k]) if corr else None,
         "lag_of_min_corr": min(corr, key=lambda k: corr[k]) if corr else None,
-        "corr_mass_vs_batch_count_share": _finite(lagged_correlation(mass, count_share, 0)),
-        "corr_mass_vs_clean_batch_share": _finite(lagged_correlation(mass, clean_share, 0)),
-        "corr_raw_mass_vs_pred_share_lag0": _finite(
-            lagged_correlation(rec["raw_mass_C"][skip:], pred_share, 0)
-        ),
+        "corr_mass_vs_batch_count_share": _finite(lagged_correlation(mass, count, 0)),
+        "corr_mass_vs_clean_batch_share": _finite(lagged_correlation(mass, clean, 0)),
+        "corr_raw_mass_vs_clean_batch_share": _finite(lagged_correlation(raw, clean, 0)),
+        "corr_raw_mass_vs_pred_share_lag0": _finite(lagged_correlation(raw, pred, 0)),
     }
 
 
@@ -300,40 +343,44 @@ def to_json(out: dict) -> str:
     return text + "\n"
 
 
-def plot(results: dict, path: str, title: str) -> None:
-    """Per method (columns): stacked per-class weight mass, the paper normalisation's mass of
-    the same meta-gradient, the predicted-class shares on the clean batch, ESS and test
-    accuracy."""
+def plot(results: dict, path: str, title: str, zoom: tuple[int, int] | None = None) -> None:
+    """Per method (columns; with ``zoom = (a, b)`` each method again over the steps [a, b)):
+    stacked per-class weight mass, the mass the paper's batch normalisation gives the same
+    meta-gradient, the predicted-class shares on the clean batch, ESS and test accuracy. Step
+    ``t`` is the model after ``t`` updates (the record's row ``t``, the evaluation at ``t``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results)
-    fig, axes = plt.subplots(
-        4, len(names), figsize=(7 * len(names), 11), sharex=True, squeeze=False
-    )
+    columns = [(m, None) for m in results] + ([(m, zoom) for m in results] if zoom else [])
+    fig, axes = plt.subplots(4, len(columns), figsize=(5 * len(columns), 11), squeeze=False)
     colors = plt.get_cmap("tab10").colors
-    for j, name in enumerate(names):
+    for j, (name, window) in enumerate(columns):
         rec, ev = results[name]["record"], results[name]["eval"]
-        t = np.arange(1, len(rec["ess"]) + 1)
+        a, b = window or (0, len(rec["ess"]))
+        t = np.arange(a, min(b, len(rec["ess"])))
         pred = rec["pred_C"] / np.maximum(rec["pred_C"].sum(1, keepdims=True), 1)
         for i, (arr, label) in enumerate(
             (
                 (rec["mass_C"], "weight mass per observed class"),
-                (rec["raw_mass_C"], "mass of max(-g, 0), batch-normalised"),
+                (rec["raw_mass_C"], "mass of max(-g, 0) / its batch sum"),
                 (pred, "predicted-class share, clean batch"),
             )
         ):
-            axes[i, j].stackplot(t, arr.T, colors=colors, linewidth=0)
+            axes[i, j].stackplot(t, arr[t].T, colors=colors, linewidth=0, step="post")
             axes[i, j].set_ylim(0, 1)
+            axes[i, j].set_xlim(t[0], t[-1])
             axes[i, j].set_ylabel(label, fontsize=8)
-        axes[0, j].set_title(name)
+        axes[0, j].set_title(name + (f", steps {a}-{b}" if window else ""), fontsize=10)
         ax = axes[3, j]
-        ax.plot(t, rec["ess"], lw=0.5, color="gray", label="ESS of the batch (of 100)")
+        ax.plot(t, rec["ess"][t], lw=0.5, color="gray", label="ESS of the batch (of 100)")
         ax.set_ylabel("ESS", fontsize=8)
+        ax.set_xlim(t[0], t[-1])
         ax2 = ax.twinx()
-        ax2.plot(ev["step"], 100 * np.asarray(ev["accuracy"]), "k.-", label="test acc %")
+        steps = np.asarray(ev["step"])
+        keep = (steps >= t[0]) & (steps <= t[-1])
+        ax2.plot(steps[keep], 100 * np.asarray(ev["accuracy"])[keep], "k.-", label="test acc %")
         ax2.set_ylabel("test accuracy %", fontsize=8)
         ax.set_xlabel("step")
         ax.legend(loc="upper left", fontsize=7)
@@ -345,29 +392,56 @@ def plot(results: dict, path: str, title: str) -> None:
     plots.save(fig, path)
 
 
+def summaries(per_step: dict, windows: list[int]) -> dict:
+    """``{"all": summarize(all steps), "steps_<a>_<b>": summarize([a, b)) ...}`` over the
+    windows the boundaries ``windows`` cut (those inside the run)."""
+    t = len(per_step["ess"])
+    cuts = [0] + [w for w in windows if 0 < w < t] + [t]
+    out = {"all": summarize(per_step)}
+    if len(cuts) > 2:
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            out[f"steps_{a}_{b}"] = summarize(per_step, a, b)
+    return out
+
+
 def main(argv, f: SimpleNamespace) -> None:
     del argv
-    for m in f.methods.value:
-        protocol_config.setting_config(f.setting.value, m)  # a bad name fails before any run
-    provenance = provenance_lib.record("experiments.collapse_probe", sys.argv[1:])
-    results, out = {}, {"setting": f.setting.value, "num_steps": f.num_steps.value, "methods": {}}
-    for m in f.methods.value:
-        r = probe(f.setting.value, m, f.num_steps.value, f.eval_every.value)
-        results[m] = r
-        out["methods"][m] = {
-            "summary_all_steps": summarize(r["record"]),
-            "eval": r["eval"],
-            "wall_s": r["wall_s"],
-            "per_step": _rounded(r["record"]),
-        }
-        if f.num_steps.value > 2 * SKIP:  # the first steps apart: training has barely started
-            out["methods"][m][f"summary_from_step_{SKIP}"] = summarize(r["record"], skip=SKIP)
-        print(m, out["methods"][m]["summary_all_steps"], flush=True)
-    out.update(provenance)
+    windows = [int(w) for w in f.windows.value]
+    if f.zoom.value and (len(f.zoom.value) != 2 or int(f.zoom.value[0]) >= int(f.zoom.value[1])):
+        raise ValueError(f"--zoom must be two steps a < b, got {f.zoom.value}.")
+    png = os.path.splitext(f.out.value)[0] + ".png"
+    if not f.train.value:
+        out = json.loads(open(f.out.value).read())
+        out["summarized_by"] = provenance_lib.command("experiments.collapse_probe", sys.argv[1:])
+        kept = ("eval", "wall_s", "per_step")  # the summaries are recomputed below
+        out["methods"] = {m: {k: e[k] for k in kept} for m, e in out["methods"].items()}
+    else:
+        for m in f.methods.value:
+            protocol_config.setting_config(f.setting.value, m)  # a bad name fails before a run
+        out = {"setting": f.setting.value, "num_steps": f.num_steps.value, "methods": {}}
+        out.update(provenance_lib.record("experiments.collapse_probe", sys.argv[1:]))
+        for m in f.methods.value:
+            r = probe(f.setting.value, m, f.num_steps.value, f.eval_every.value)
+            out["methods"][m] = {
+                "eval": r["eval"],
+                "wall_s": r["wall_s"],
+                "per_step": _rounded(r["record"]),
+            }
+    for m, entry in out["methods"].items():
+        # From the stored (rounded) steps, so that --notrain gives the same numbers.
+        entry["summary"] = summaries(entry["per_step"], windows)
+        print(m, json.dumps(entry["summary"]["all"]), flush=True)
     os.makedirs(os.path.dirname(f.out.value) or ".", exist_ok=True)
     workdir_lib.atomic_write(f.out.value, lambda fh: fh.write(to_json(out)))
-    png = os.path.splitext(f.out.value)[0] + ".png"
-    plot(results, png, f"{f.setting.value}, seed 0, {f.num_steps.value} steps")
+    records = {
+        m: {
+            "record": {k: np.asarray(v, np.float64) for k, v in e["per_step"].items()},
+            "eval": e["eval"],
+        }
+        for m, e in out["methods"].items()
+    }
+    zoom = tuple(int(z) for z in f.zoom.value) if f.zoom.value else None
+    plot(records, png, f"{out['setting']}, seed 0, {out['num_steps']} steps", zoom)
     print(f"wrote {f.out.value} and {png}")
 
 

@@ -51,11 +51,45 @@ def test_summarize_reads_the_top_class_and_its_runs():
         "pred_C": np.array([[100, 0]] * 4 + [[0, 100]]),
     }
     s = collapse_probe.summarize(rec)
+    assert s["steps"] == [0, 5]
     assert s["top_mass_share_q10_q50_q90"][1] == 0.9
     assert s["frac_steps_top_mass_over"]["0.8"] == 1.0
     assert s["frac_steps_top_mass_over"]["0.95"] == 0.4
     assert s["top_class_run_length"] == {"median": 2.5, "mean": 2.5, "max": 3}
-    assert s["top_pred_class_equals_top_mass_class"] == 0.8
+    assert s["pred_class_equals_top_mass_class"] == 0.8
     # ESS within the top class: 3, 3, 3, 2, 2; within every weighted class: (3 + 1) x 3, 2 x 2.
     assert s["ess_within_top_class_q10_q50_q90"][1] == 3.0
     assert s["ess_within_class_mean_over_weighted"] == pytest.approx(16 / 8, abs=1e-3)
+    # The predictions switch once (step 4, to class 1); the mass on the predicted class is
+    # 0.9, 0.9, 0.9, 0 (class 0 at step 3), 1.
+    assert s["pred_switches"] == 1 and s["first_step_pred_top_share_over_0.9"] == 0
+    assert s["mass_on_pred_class_mean"] == pytest.approx(3.7 / 5)
+    # A window: steps [3, 5) only.
+    w = collapse_probe.summarize(rec, 3, 5)
+    assert w["steps"] == [3, 5] and w["top_mass_share_q10_q50_q90"] == [1.0, 1.0, 1.0]
+    assert list(collapse_probe.summaries(rec, [3, 9])) == ["all", "steps_0_3", "steps_3_5"]
+
+
+def test_new_pred_class_rank_reads_the_mass_of_the_10_steps_before():
+    # 3 classes, 30 steps; class 2 gets the most raw mass over steps 10-19, then the
+    # predictions switch from class 0 to 2 at step 20; class 1 never leads.
+    t = 30
+    raw = np.tile([0.5, 0.3, 0.2], (t, 1))
+    raw[10:20] = [0.2, 0.3, 0.5]
+    pred = np.zeros((t, 3))
+    pred[:20, 0], pred[20:, 2] = 100, 100
+    rec = {
+        "mass_C": raw,
+        "raw_mass_C": raw,
+        "ess_C": np.ones((t, 3)),
+        "ess": np.ones(t),
+        "noisy_mass": np.zeros(t),
+        "count_C": np.full((t, 3), 10),
+        "clean_count_C": np.full((t, 3), 10),
+        "pred_C": pred,
+    }
+    s = collapse_probe.summarize(rec)
+    assert s["new_pred_class_raw_mass_rank"] == {"switches": 1, "top": 1.0, "top3": 1.0}
+    raw[10:20] = [0.5, 0.3, 0.2]  # now class 2 had the least: rank 2 (in the top 3 of 3)
+    s = collapse_probe.summarize(rec)
+    assert s["new_pred_class_raw_mass_rank"] == {"switches": 1, "top": 0.0, "top3": 1.0}
