@@ -2,11 +2,13 @@
 
     L2RW_DEV_DATA=../shared/data python -m experiments.collapse_probe \\
         [--setting=cifar_mlp_uniform40] [--methods=l2rw,l2rw+class_balanced] \\
-        [--num_steps=1500] [--eval_every=50] \\
-        [--out=benchmarks/results/collapse/weight_mass_cifar_mlp_uniform40.json]
+        [--num_steps=2000] [--eval_every=50] [--windows=200,1000] [--zoom=200,300] \\
+        [--out=benchmarks/results/collapse/weight_mass_cifar_mlp_uniform40.json] [--notrain]
 
 One seed (the protocol's first: same split, noise draw, data order and initialisation) of each
-method of experiments/configs/protocol.py, trained by the library's device backend with the
+method of experiments/configs/protocol.py (the paper's rule or an ablation of it: a method whose
+weights come from the meta-gradient), for ``--num_steps`` steps (the protocol's ``num_steps``
+override: the learning-rate boundaries scale), trained by the library's device backend with the
 protocol's train step; at every step, from the training batch's weights ``w_B`` and its
 observed labels ``y_B`` (:func:`class_weight_stats`):
 
@@ -14,16 +16,22 @@ observed labels ``y_B`` (:func:`class_weight_stats`):
   ess_C       effective sample size within each class, ``(sum_{y_i=c} w)^2 / sum_{y_i=c} w^2``
   ess         the batch's, ``(sum w)^2 / sum w^2``
   raw_mass_C  the same share of ``max(-g_B, 0)`` (g the meta-gradient): the mass the paper's
-              batch normalisation would give at this model; equal to mass_C under the paper's rule
+              map and batch normalisation give at this model; equal to mass_C under the paper's
+              rule
   noisy_mass  share of the weight on flipped examples
   count_C     the batch's examples per observed class; clean_count_C the clean batch's
   pred_C      the model's predicted classes on the clean batch (before the step's update)
+  train_loss, val_loss  the step's mean training loss and the clean batch's loss (the metrics')
 
 and every ``--eval_every`` steps the test accuracy and the predicted-class histogram on the test
-set. Summary statistics (:func:`summarize`): the top class's mass share, how long one class stays
-on top, the per-class ESS, and how the mass and the predictions follow each other (lagged
-correlation of ``mass_C(t)`` with the predicted share ``pred_C(t + k)``, pooled over classes).
-Written atomically to ``--out`` (JSON) and the same path with ``.png`` (the figure).
+set. Summary statistics (:func:`summarize`, over all steps and over the windows ``--windows``
+cuts): the top class's mass share, how long one class stays on top, the per-class ESS, and how
+the mass and the predictions follow each other (lagged correlation of ``mass_C(t)`` with the
+predicted share ``pred_C(t + k)``, pooled over classes). Written atomically to ``--out`` (JSON:
+the summaries, ``per_step`` rounded to 4 digits, the evaluations and the command) and the same
+path with ``.png`` (the figure; ``--zoom`` adds columns over a few steps). ``--notrain``
+recomputes the summaries and the figure from the stored ``per_step``; the summaries are always
+computed from the rounded steps, so both give the same numbers.
 """
 
 from __future__ import annotations
@@ -62,7 +70,7 @@ def define_flags() -> SimpleNamespace:
         methods=flags.DEFINE_list(
             "methods", ["l2rw", "l2rw+class_balanced"], "Protocol methods to probe."
         ),
-        num_steps=flags.DEFINE_integer("num_steps", 1500, "Steps per run.", lower_bound=1),
+        num_steps=flags.DEFINE_integer("num_steps", 2000, "Steps per run.", lower_bound=1),
         eval_every=flags.DEFINE_integer(
             "eval_every", 50, "Steps between test-set evaluations.", lower_bound=1
         ),
@@ -416,8 +424,12 @@ def main(argv, f: SimpleNamespace) -> None:
         kept = ("eval", "wall_s", "per_step")  # the summaries are recomputed below
         out["methods"] = {m: {k: e[k] for k in kept} for m, e in out["methods"].items()}
     else:
-        for m in f.methods.value:
-            protocol_config.setting_config(f.setting.value, m)  # a bad name fails before a run
+        for m in f.methods.value:  # a bad name or method fails before any run
+            if protocol_config.setting_config(f.setting.value, m).method.name != "l2rw":
+                raise ValueError(
+                    f"--methods: {m!r} has no meta-gradient weights; allowed: l2rw, "
+                    f"recommended, glc, or an ablation of l2rw / recommended."
+                )
         out = {"setting": f.setting.value, "num_steps": f.num_steps.value, "methods": {}}
         out.update(provenance_lib.record("experiments.collapse_probe", sys.argv[1:]))
         for m in f.methods.value:

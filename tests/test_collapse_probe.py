@@ -93,3 +93,18 @@ def test_new_pred_class_rank_reads_the_mass_of_the_10_steps_before():
     raw[10:20] = [0.5, 0.3, 0.2]  # now class 2 had the least: rank 2 (in the top 3 of 3)
     s = collapse_probe.summarize(rec)
     assert s["new_pred_class_raw_mass_rank"] == {"switches": 1, "top": 0.0, "top3": 1.0}
+
+
+def test_to_json_is_the_same_object_with_one_line_per_step_array():
+    import json
+
+    out = {
+        "methods": {
+            "a": {"per_step": {"ess": [1.5, 2.0], "mass_C": [[0.5, 0.5]]}, "wall_s": 1.0},
+            "b+c": {"per_step": {"ess": [3.0]}, "wall_s": 2.0},
+        },
+        "setting": "s",
+    }
+    text = collapse_probe.to_json(out)
+    assert json.loads(text) == out
+    assert '"mass_C": [[0.5,0.5]]' in text and '"ess": [1.5,2.0]' in text
