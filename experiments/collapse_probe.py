@@ -27,17 +27,20 @@ and every ``--eval_every`` steps the test accuracy and the predicted-class histo
 set. Summary statistics (:func:`summarize`, over all steps and over the windows ``--windows``
 cuts): the top class's mass share, how long one class stays on top, the per-class ESS, and how
 the mass and the predictions follow each other (lagged correlation of ``mass_C(t)`` with the
-predicted share ``pred_C(t + k)``, pooled over classes). Written atomically to ``--out`` (JSON:
-the summaries, ``per_step`` rounded to 4 digits, the evaluations and the command) and the same
-path with ``.png`` (the figure; ``--zoom`` adds columns over a few steps). ``--notrain``
-recomputes the summaries and the figure from the stored ``per_step``; the summaries are always
-computed from the rounded steps, so both give the same numbers.
+predicted share ``pred_C(t + k)``, pooled over classes). Written atomically: ``--out`` (JSON:
+the summaries, the evaluations, the command and ``per_step_file``, the name of the per-step
+record beside it), ``<out>_steps.npz`` (:func:`write_steps`: the per-step record rounded to 4
+digits, keys ``<method>/<field>``) and ``<out>.png`` (the figure; ``--zoom`` adds columns over a
+few steps), ``<out>`` being ``--out`` without ``.json``. ``--notrain`` recomputes the summaries
+and the figure from the stored steps; the summaries are always computed from the rounded steps,
+so both give the same numbers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from types import SimpleNamespace
@@ -59,6 +62,7 @@ from l2rw_jax import train
 from l2rw_jax import workdir as workdir_lib
 
 LAGS = tuple(range(-20, 21))
+FIGURE_DPI = 75  # 1500 x 825 pixels: readable, about 220 KB
 
 
 def define_flags() -> SimpleNamespace:
@@ -81,12 +85,14 @@ def define_flags() -> SimpleNamespace:
             "zoom", ["200", "300"], "Steps a,b of the figure's zoomed columns (empty: none)."
         ),
         train=flags.DEFINE_bool(
-            "train", True, "Train (--notrain: only re-summarise and re-plot the JSON at --out)."
+            "train",
+            True,
+            "Train (--notrain: only re-summarise and re-plot the JSON at --out and its steps).",
         ),
         out=flags.DEFINE_string(
             "out",
             "benchmarks/results/collapse/weight_mass_cifar_mlp_uniform40.json",
-            "The JSON written (the figure: the same path with .png).",
+            "The JSON written (the steps: <out>_steps.npz, the figure: <out>.png).",
         ),
     )
 
@@ -327,27 +333,61 @@ def probe(setting: str, method: str, num_steps: int, eval_every: int) -> dict:
     }
 
 
+COUNT_FIELDS = ("count_C", "clean_count_C", "pred_C")
+
+
 def _rounded(record: dict) -> dict:
-    out = {}
-    for k, v in record.items():
-        if k in ("count_C", "clean_count_C", "pred_C"):
-            out[k] = v.astype(int).tolist()
-        else:
-            out[k] = np.round(v.astype(np.float64), 4).tolist()
-    return out
+    """The per-step record as stored: counts as int64, the rest float64 rounded to 4 digits."""
+    return {
+        k: v.astype(np.int64) if k in COUNT_FIELDS else np.round(v.astype(np.float64), 4)
+        for k, v in record.items()
+    }
+
+
+def steps_path(out: str) -> str:
+    """The per-step file written beside the JSON ``out``: ``<out without .json>_steps.npz``."""
+    return os.path.splitext(out)[0] + "_steps.npz"
+
+
+def write_steps(path: str, per_step: dict) -> None:
+    """Writes ``{method: {field: [T, ...] array}}`` (as :func:`_rounded` gives) atomically to
+    ``path`` with ``np.savez_compressed``, keys ``<method>/<field>``: counts (``>= 0``) as the
+    smallest unsigned integer type that holds them, every other field as float32 where that
+    keeps its 4 rounded digits (below 1024 in magnitude, which :func:`read_steps` recovers
+    exactly), else float64."""
+    arrays = {}
+    for m, rec in per_step.items():
+        for k, v in rec.items():
+            v = np.asarray(v)
+            if k in COUNT_FIELDS:
+                arrays[f"{m}/{k}"] = v.astype(np.min_scalar_type(int(v.max(initial=0))))
+            else:
+                v32 = v.astype(np.float32)
+                exact = np.array_equal(np.round(v32.astype(np.float64), 4), v, equal_nan=True)
+                arrays[f"{m}/{k}"] = v32 if exact else v.astype(np.float64)
+    workdir_lib.atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays), mode="wb")
+
+
+def read_steps(path: str) -> dict:
+    """The ``{method: {field: array}}`` :func:`write_steps` wrote: counts int64, the rest
+    float64 rounded to 4 digits (the values that were written)."""
+    per_step = {}
+    with np.load(path) as npz:
+        for key in npz.files:
+            m, k = key.rsplit("/", 1)
+            v = npz[key]
+            per_step.setdefault(m, {})[k] = (
+                v.astype(np.int64) if k in COUNT_FIELDS else np.round(v.astype(np.float64), 4)
+            )
+    return per_step
 
 
 def to_json(out: dict) -> str:
-    """``out`` as indented JSON, each per-step array on one line (else one number a line)."""
-    arrays = {}
-    for m, entry in out["methods"].items():
-        for k, v in entry["per_step"].items():
-            arrays[f"@{m}/{k}@"] = json.dumps(v, separators=(",", ":"))
-        entry = dict(entry, per_step={k: f"@{m}/{k}@" for k in entry["per_step"]})
-        out = dict(out, methods=dict(out["methods"], **{m: entry}))
+    """``out`` as indented JSON, each list of numbers on one line (else one number a line)."""
     text = json.dumps(out, indent=2, sort_keys=True)
-    for key, line in arrays.items():
-        text = text.replace(json.dumps(key), line)
+    # A list without brackets, braces or quotes inside holds only numbers (or null, true,
+    # false); JSON strings hold no raw newline, so a match inside one is left as it is.
+    text = re.sub(r"\[[^\[\]{}\"]*\]", lambda m: re.sub(r"\n\s*", "", m.group()), text)
     return text + "\n"
 
 
@@ -376,7 +416,10 @@ def plot(results: dict, path: str, title: str, zoom: tuple[int, int] | None = No
                 (pred, "predicted-class share, clean batch"),
             )
         ):
-            axes[i, j].stackplot(t, arr[t].T, colors=colors, linewidth=0, step="post")
+            # Not antialiased: solid bands of 10 colours, which halves the PNG.
+            axes[i, j].stackplot(
+                t, arr[t].T, colors=colors, linewidth=0, step="post", antialiased=False
+            )
             axes[i, j].set_ylim(0, 1)
             axes[i, j].set_xlim(t[0], t[-1])
             axes[i, j].set_ylabel(label, fontsize=8)
@@ -397,7 +440,7 @@ def plot(results: dict, path: str, title: str, zoom: tuple[int, int] | None = No
     fig.legend(handles, [f"class {c}" for c in range(10)], loc="upper center", ncol=10, fontsize=8)
     fig.suptitle(title, y=0.97, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    plots.save(fig, path)
+    plots.save(fig, path, dpi=FIGURE_DPI)
 
 
 def summaries(per_step: dict, windows: list[int]) -> dict:
@@ -421,7 +464,8 @@ def main(argv, f: SimpleNamespace) -> None:
     if not f.train.value:
         out = json.loads(open(f.out.value).read())
         out["summarized_by"] = provenance_lib.command("experiments.collapse_probe", sys.argv[1:])
-        kept = ("eval", "wall_s", "per_step")  # the summaries are recomputed below
+        per_step = read_steps(os.path.join(os.path.dirname(f.out.value), out["per_step_file"]))
+        kept = ("eval", "wall_s")  # the summaries are recomputed below
         out["methods"] = {m: {k: e[k] for k in kept} for m, e in out["methods"].items()}
     else:
         for m in f.methods.value:  # a bad name or method fails before any run
@@ -432,29 +476,29 @@ def main(argv, f: SimpleNamespace) -> None:
                 )
         out = {"setting": f.setting.value, "num_steps": f.num_steps.value, "methods": {}}
         out.update(provenance_lib.record("experiments.collapse_probe", sys.argv[1:]))
+        per_step = {}
         for m in f.methods.value:
             r = probe(f.setting.value, m, f.num_steps.value, f.eval_every.value)
-            out["methods"][m] = {
-                "eval": r["eval"],
-                "wall_s": r["wall_s"],
-                "per_step": _rounded(r["record"]),
-            }
+            out["methods"][m] = {"eval": r["eval"], "wall_s": r["wall_s"]}
+            per_step[m] = _rounded(r["record"])
+    out["per_step_file"] = os.path.basename(steps_path(f.out.value))
     for m, entry in out["methods"].items():
         # From the stored (rounded) steps, so that --notrain gives the same numbers.
-        entry["summary"] = summaries(entry["per_step"], windows)
+        entry["summary"] = summaries(per_step[m], windows)
         print(m, json.dumps(entry["summary"]["all"]), flush=True)
     os.makedirs(os.path.dirname(f.out.value) or ".", exist_ok=True)
+    write_steps(steps_path(f.out.value), per_step)
     workdir_lib.atomic_write(f.out.value, lambda fh: fh.write(to_json(out)))
     records = {
         m: {
-            "record": {k: np.asarray(v, np.float64) for k, v in e["per_step"].items()},
+            "record": {k: np.asarray(v, np.float64) for k, v in per_step[m].items()},
             "eval": e["eval"],
         }
         for m, e in out["methods"].items()
     }
     zoom = tuple(int(z) for z in f.zoom.value) if f.zoom.value else None
     plot(records, png, f"{out['setting']}, seed 0, {out['num_steps']} steps", zoom)
-    print(f"wrote {f.out.value} and {png}")
+    print(f"wrote {f.out.value}, {steps_path(f.out.value)} and {png}")
 
 
 if __name__ == "__main__":
