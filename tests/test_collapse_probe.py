@@ -95,16 +95,50 @@ def test_new_pred_class_rank_reads_the_mass_of_the_10_steps_before():
     assert s["new_pred_class_raw_mass_rank"] == {"switches": 1, "top": 0.0, "top3": 1.0}
 
 
-def test_to_json_is_the_same_object_with_one_line_per_step_array():
+def test_to_json_is_the_same_object_with_one_line_per_number_list():
     import json
 
     out = {
         "methods": {
-            "a": {"per_step": {"ess": [1.5, 2.0], "mass_C": [[0.5, 0.5]]}, "wall_s": 1.0},
-            "b+c": {"per_step": {"ess": [3.0]}, "wall_s": 2.0},
+            "a": {"eval": {"acc": [1.5, 2.0], "hist": [[1, 2], [3, None]]}, "wall_s": 1.0},
+            "b+c": {"eval": {"acc": []}, "wall_s": 2.0},
         },
-        "setting": "s",
+        "command": "x --zoom=[1, 2]",
     }
     text = collapse_probe.to_json(out)
     assert json.loads(text) == out
-    assert '"mass_C": [[0.5,0.5]]' in text and '"ess": [1.5,2.0]' in text
+    assert '"acc": [1.5,2.0]' in text and "[1,2],\n" in text and '"acc": []' in text
+
+
+def test_write_steps_then_read_steps_gives_back_what_was_written(tmp_path):
+    # 4-digit floats (a NaN too), counts, and one field too large for float32's 4 digits.
+    rng = np.random.default_rng(0)
+    per_step = {
+        "l2rw": {
+            "mass_C": np.round(rng.random((7, 3)), 4),
+            "noisy_mass": np.array([0.1234, np.nan, 0.3, 0.0, 1.0, 0.9999, 0.5]),
+            "val_loss": np.array([1234.5678, 2.5, 0.1, 0.2, 0.3, 0.4, 0.5]),
+            "pred_C": rng.integers(0, 300, (7, 3)),
+        },
+        "l2rw+class_balanced": {"ess": np.round(100 * rng.random(7), 4)},
+    }
+    path = str(tmp_path / "probe_steps.npz")
+    collapse_probe.write_steps(path, per_step)
+    with np.load(path) as npz:
+        dtypes = {k: npz[k].dtype for k in npz.files}
+    assert dtypes == {
+        "l2rw/mass_C": np.float32,
+        "l2rw/noisy_mass": np.float32,
+        "l2rw/val_loss": np.float64,  # 1234.5678 is 1234.5677 in float32
+        "l2rw/pred_C": np.uint16,
+        "l2rw+class_balanced/ess": np.float32,
+    }
+    back = collapse_probe.read_steps(path)
+    assert back.keys() == per_step.keys()
+    for m in per_step:
+        assert back[m].keys() == per_step[m].keys()
+        for k, v in per_step[m].items():
+            assert back[m][k].dtype in (np.float64, np.int64)
+            np.testing.assert_array_equal(back[m][k], v, strict=False)
+    assert collapse_probe.steps_path("d/probe.json") == "d/probe_steps.npz"
+    assert [p.name for p in tmp_path.iterdir()] == ["probe_steps.npz"]  # no temporary left
