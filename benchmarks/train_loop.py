@@ -84,7 +84,8 @@ def bare_step(config):
 
     run = train.build_run(config)
     step = xla_options.jit(
-        jax.vmap(build.make_loop_step(run.train_step, True)), donate_argnums=(0, 1)
+        jax.vmap(build.make_loop_step(run.train_step, True, run.history_steps)),
+        donate_argnums=(0, 1),
     )  # as the loop compiles it
     feed = compose.feed(config, "tfdata")
     _, _, train_SxK, clean_SxK = next(tfdata_backend.host_chunks(run.members, feed, 0, 1))

@@ -88,8 +88,9 @@ def plot_error_vs_fraction(
     save(fig, path)
 
 
-def save(fig, path: workdir_lib.PathLike) -> None:
-    """``fig`` as a PNG at ``path`` (local or a URI) through the one atomic writer; closes it."""
+def save(fig, path: workdir_lib.PathLike, dpi: int = 120) -> None:
+    """``fig`` as a PNG at ``path`` (local or a URI) through the one atomic writer, ``dpi``
+    pixels per inch; closes it."""
     import matplotlib.pyplot as plt
 
     if not workdir_lib.is_primary():  # Multi-host: process 0 writes the files.
@@ -97,7 +98,7 @@ def save(fig, path: workdir_lib.PathLike) -> None:
         return
     # Rendered to bytes first: matplotlib writes only local files, the writer also gs://.
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     workdir_lib.atomic_write(path, lambda f: f.write(buf.getvalue()), mode="wb")
 

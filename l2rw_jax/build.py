@@ -3,9 +3,11 @@ per-example accumulators, and the K members' initial carry.
 
 The carry of a group of members is ``(state, acc, msum)``: ``state`` a :class:`TrainState`
 whose every leaf has a leading seed axis K (also for K = 1); ``acc = {"w_sum": KxN, "w_sq_sum":
-KxN, "nonzero": KxN, "count": KxN, "all_zero_steps": K}`` (and for l2rw ``"g_sum": KxN``), the
-per-example weights, their squares and their non-zero draws summed over training
-(example_weights.npz); ``msum`` the scalar metrics summed since the last log.
+KxN, "nonzero": KxN, "count": KxN, "w_bin_sum": KxBxN, "bin_count": KxBxN, "all_zero_steps":
+K}`` (and for l2rw ``"g_sum": KxN``), the per-example weights, their squares and their non-zero
+draws summed over training, and the weights and draws summed per step bin (the weight
+trajectory, B = ``HISTORY_BINS`` bins: :func:`history_bin`), all saved in example_weights.npz;
+``msum`` the scalar metrics summed since the last log.
 """
 
 from __future__ import annotations
@@ -29,6 +31,20 @@ from l2rw_jax.members import MemberData
 from l2rw_jax.train_state import TrainState
 
 
+# Equal step bins of the per-example weight trajectory: B x N float32 sums and B x N int32
+# draws per member, 8 B N bytes (CIFAR-10's 45k rows: 5.8 MB a member), whatever the steps.
+HISTORY_BINS = 16
+
+
+def history_bin(step, num_bins: int, num_steps: int):
+    """The trajectory bin of 0-based training step ``step``: ``min(step * num_bins //
+    num_steps, num_bins - 1)``, so bin ``b`` holds the steps ``t`` in ``[ceil(b S / B),
+    ceil((b + 1) S / B))`` with ``S = num_steps``, ``B = num_bins`` (``members.history_edges``;
+    bins of one more or one less step, empty ones where ``S < B``). Works on ints and jax
+    arrays alike (int32: ``step * num_bins`` must stay below 2^31)."""
+    return jnp.minimum(step * num_bins // num_steps, num_bins - 1)
+
+
 class Run(NamedTuple):
     """What the loop needs, built once."""
 
@@ -39,9 +55,12 @@ class Run(NamedTuple):
     metric_names: list[str]
     total_steps: int
     num_classes: int
+    history_steps: int = 0  # the steps the trajectory bins cover (the noisy phase); 0: none
 
 
-def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
+def make_loop_step(
+    train_step: Callable, accumulate: bool, history_steps: int | None = None
+) -> Callable:
     """One member's step plus the per-example weight accumulation and the metric sums.
 
     ``acc = {"w_sum": (N,), "w_sq_sum": (N,), "nonzero": (N,), "count": (N,)}`` is
@@ -52,9 +71,19 @@ def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
     when present, with the RMS-normalised meta-gradient ``g_B``), ``acc
     ["all_zero_steps"]`` counts the steps whose weights were all 0, and ``msum`` adds up the
     scalar metrics of the steps since the last log.
+
+    The weight trajectory: when ``acc`` has ``"w_bin_sum"`` and ``"bin_count"`` (B x N each),
+    the step ``t = state.step`` (before the step) adds ``w_B`` and 1 at ``(history_bin(t, B,
+    history_steps), batch["index"])``: per bin, per example, the weights and draws whose
+    quotient is the example's mean weight in that bin. Summed over the bins they are ``w_sum``
+    and ``count``.
+
+    Raises:
+      ValueError: ``acc`` with the trajectory sums but no ``history_steps`` >= 1 (at trace).
     """
 
     def member_step(state, acc, msum, batch, val_batch):
+        step_t = state.step if accumulate and "w_bin_sum" in acc else None
         state, metrics = train_step(state, batch, val_batch)
         acc = dict(acc, all_zero_steps=acc["all_zero_steps"] + metrics["all_zero"])
         if accumulate:
@@ -66,6 +95,17 @@ def make_loop_step(train_step: Callable, accumulate: bool) -> Callable:
                 nonzero=acc["nonzero"].at[index_B].add((w_B != 0).astype(jnp.int32)),
                 count=acc["count"].at[index_B].add(1),
             )
+            if "w_bin_sum" in acc:
+                if not history_steps or history_steps < 1:
+                    raise ValueError(
+                        f"history_steps={history_steps!r}: the weight trajectory needs the "
+                        f"number of steps its bins cover (>= 1)."
+                    )
+                b = history_bin(step_t, acc["w_bin_sum"].shape[0], history_steps)
+                acc.update(
+                    w_bin_sum=acc["w_bin_sum"].at[b, index_B].add(w_B),
+                    bin_count=acc["bin_count"].at[b, index_B].add(1),
+                )
             if "g_sum" in acc:  # l2rw: the meta-gradient before it is clipped and normalised
                 gn_B = methods.rms_normalized(metrics["g_B"])
                 acc.update(g_sum=acc["g_sum"].at[index_B].add(gn_B))
@@ -186,6 +226,7 @@ def build_run(
     total_steps: int,
     correction: str = "none",
     correction_steps: int = 0,
+    history_steps: int | None = None,
 ) -> Run:
     """The model, optimizer step and initial carry of ``members`` (same-size training sets).
 
@@ -205,6 +246,9 @@ def build_run(
         training rows (``reweight_first``); ``"glc_guarded"``: that, taken back (the model set
         back once more) where the clean accuracy sets no new best ``correction_steps`` steps
         after the trigger (``rewind_at_trigger``'s ``guard``).
+      history_steps: the steps whose weights the trajectory's ``HISTORY_BINS`` bins cover
+        (the phase that accumulates weights, steps ``0..history_steps - 1``; default
+        ``total_steps``). The carry gets ``w_bin_sum`` and ``bin_count`` (K x B x N).
 
     Raises:
       ValueError: members with training sets of different sizes; an optimizer whose update
@@ -213,6 +257,11 @@ def build_run(
     sizes = {len(md.splits.train_labels) for md in members}
     if len(sizes) != 1:
         raise ValueError(f"members' training sets differ in size {sorted(sizes)}.")
+    history_steps = total_steps if history_steps is None else history_steps
+    if not 1 <= history_steps <= total_steps:
+        raise ValueError(
+            f"history_steps={history_steps} must be in [1, total_steps={total_steps}]."
+        )
     num_train, K = sizes.pop(), len(members)
     num_classes = members[0].splits.num_classes
     image_shape = members[0].splits.train_x.shape[1:]
@@ -247,12 +296,33 @@ def build_run(
         "w_sq_sum": np.zeros((K, num_train), np.float32),
         "nonzero": np.zeros((K, num_train), np.int32),
         "count": np.zeros((K, num_train), np.int32),
+        "w_bin_sum": np.zeros((K, HISTORY_BINS, num_train), np.float32),
+        "bin_count": np.zeros((K, HISTORY_BINS, num_train), np.int32),
         "all_zero_steps": np.zeros((K,), np.int32),
     }
     if "g_B" in metrics:
         acc["g_sum"] = np.zeros((K, num_train), np.float32)
     msum = {k: np.zeros((K,), np.float32) for k in names}
-    return Run(members, apply_fn, train_step, (state, acc, msum), names, total_steps, num_classes)
+    return Run(
+        members,
+        apply_fn,
+        train_step,
+        (state, acc, msum),
+        names,
+        total_steps,
+        num_classes,
+        history_steps,
+    )
+
+
+HISTORY_KEYS = ("w_bin_sum", "bin_count")
+
+
+def without_history(carry: tuple) -> tuple:
+    """``carry`` without the trajectory sums (``HISTORY_KEYS``): the layout of a checkpoint
+    written before they were kept, so such a run still resumes (and records no trajectory)."""
+    state, acc, msum = carry
+    return state, {k: v for k, v in acc.items() if k not in HISTORY_KEYS}, msum
 
 
 def use_scan(run: Run, mesh, batch_size: int, clean_batch_size: int) -> bool:

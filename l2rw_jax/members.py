@@ -365,6 +365,54 @@ def running_weight_stats(
     }
 
 
+def history_edges(num_bins: int, num_steps: int) -> np.ndarray:
+    """``[B + 1]`` int64 step edges of the weight trajectory's ``B = num_bins`` equal step
+    bins over steps ``0..num_steps - 1``: bin ``b`` holds the steps ``edges[b] <= t <
+    edges[b + 1]`` with ``edges[b] = ceil(b num_steps / B)``, i.e. the steps ``t`` with
+    ``t B // num_steps == b`` (``build.history_bin``). Bins differ by at most one step; where
+    ``num_steps < B`` some are empty.
+
+    Raises:
+      ValueError: ``num_bins`` or ``num_steps`` below 1.
+
+    Example:
+      >>> history_edges(4, 10).tolist()
+      [0, 3, 5, 8, 10]
+    """
+    if num_bins < 1 or num_steps < 1:
+        raise ValueError(f"num_bins={num_bins} and num_steps={num_steps} must both be >= 1.")
+    b = np.arange(num_bins + 1, dtype=np.int64)
+    return -(-b * num_steps // num_bins)
+
+
+def weight_history_columns(
+    w_bin_sum_BxN: np.ndarray, bin_count_BxN: np.ndarray, num_steps: int
+) -> dict[str, np.ndarray]:
+    """example_weights.npz's weight-trajectory columns from the loop's per-bin sums.
+
+    Returns ``{"weight_bin_sum": float32 B x N, "weight_bin_count": int32 B x N,
+    "weight_bin_edges": int64 B + 1}``: per step bin (:func:`history_edges` over ``num_steps``
+    steps) and example, the sum of its weights and its draws in that bin. The example's mean
+    weight in bin b is ``weight_bin_sum[b] / weight_bin_count[b]``, unknown (not 0) where the
+    count is 0. Bounded: 2 B N numbers whatever the steps.
+
+    Raises:
+      ValueError: arrays not B x N of one shape, negative counts, or ``num_steps`` below 1.
+    """
+    s, c = np.asarray(w_bin_sum_BxN), np.asarray(bin_count_BxN)
+    if s.ndim != 2 or s.shape != c.shape:
+        raise ValueError(
+            f"w_bin_sum and bin_count must be B x N of one shape, got {s.shape}, {c.shape}."
+        )
+    if (c < 0).any():
+        raise ValueError("bin_count must be >= 0.")
+    return {
+        "weight_bin_sum": s.astype(np.float32),
+        "weight_bin_count": c.astype(np.int32),
+        "weight_bin_edges": history_edges(s.shape[0], num_steps),
+    }
+
+
 def example_weights(
     md: MemberData,
     w_sum_N: np.ndarray,

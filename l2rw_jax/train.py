@@ -121,6 +121,7 @@ def build_run(
         total_steps=from_config.total_steps(config),
         correction=from_config.correction(config),
         correction_steps=from_config.correction_steps(config),
+        history_steps=config.num_steps,  # the noisy phase: the steps that weigh examples
     )
 
 
@@ -235,7 +236,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             manager.close()
             return finished  # Finished before: nothing to do.
         # The newest step that restores (a damaged one is skipped, with a warning).
-        start_step, carry, meta = workdir_lib.restore_latest(manager, host_carry)
+        try:
+            start_step, carry, meta = workdir_lib.restore_latest(manager, host_carry)
+        except ValueError:
+            # Checkpoints written before the weight trajectory was kept: resume without it
+            # (example_weights.npz then has no trajectory, not a partial one).
+            host_carry = build.without_history(host_carry)
+            start_step, carry, meta = workdir_lib.restore_latest(manager, host_carry)
+            log.info("The checkpoints keep no weight trajectory: this run records none.")
         host_carry = tuple(carry)
         log.info("Resuming %s from step %d.", wd, start_step)
     carries = [sharding.replicate(jax.tree.map(lambda x: x[g], host_carry), mesh) for g in groups]
@@ -366,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     # The loop advances by calls (backends.Call): advance(carries) -> (carries after its
     # num_steps steps, the metric sums after each step per group), whichever backend runs.
     calls, close_calls = backend.train_calls(
-        lambda accumulate: build.make_loop_step(run.train_step, accumulate),
+        lambda accumulate: build.make_loop_step(run.train_step, accumulate, run.history_steps),
         members,
         groups,
         mesh,
@@ -471,6 +479,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             w_sq_sum_N=acc_host["w_sq_sum"][k],
             nonzero_N=acc_host["nonzero"][k],
         )
+        if "w_bin_sum" in acc_host:
+            weights.update(
+                members_lib.weight_history_columns(
+                    acc_host["w_bin_sum"][k], acc_host["bin_count"][k], run.history_steps
+                )
+            )
         if "g_sum" in acc_host:
             weights["mean_meta_grad"] = (
                 acc_host["g_sum"][k] / np.maximum(acc_host["count"][k], 1)

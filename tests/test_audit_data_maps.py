@@ -1,5 +1,7 @@
 """Data-map coordinates equal a hand computation on a tiny saved weight history."""
 
+from typing import NamedTuple
+
 import numpy as np
 import pytest
 
@@ -203,3 +205,114 @@ def test_weight_map_from_a_record_and_from_an_old_one():
         data_maps.weight_map_from_record(dict(record, nonzero_count=acc["nonzero"] + 5))
     with pytest.raises(ValueError, match=r"lacks \['weight_sum'\]"):
         data_maps.weight_map_from_record({k: v for k, v in record.items() if k != "weight_sum"})
+
+
+# ---------------------------------------------------------- the trajectory: per-bin sums
+class _Step(NamedTuple):
+    step: object
+
+
+def _accumulate_binned(rows_TxB, weights_TxB, n, bins):
+    """`_accumulate` with the loop's trajectory sums (B x N per bin), the bins over the T
+    given steps; the stand-in state carries the step as TrainState does."""
+    import jax
+    import jax.numpy as jnp
+
+    from l2rw_jax import build
+
+    W = jnp.asarray(weights_TxB, jnp.float32)
+
+    def train_step(state, batch, val_batch):
+        w_B = W[state.step]
+        return _Step(state.step + 1), {"w_B": w_B, "all_zero": jnp.all(w_B == 0).astype(jnp.int32)}
+
+    step = jax.jit(build.make_loop_step(train_step, True, history_steps=len(rows_TxB)))
+    acc = {
+        "w_sum": np.zeros(n, np.float32),
+        "w_sq_sum": np.zeros(n, np.float32),
+        "nonzero": np.zeros(n, np.int32),
+        "count": np.zeros(n, np.int32),
+        "w_bin_sum": np.zeros((bins, n), np.float32),
+        "bin_count": np.zeros((bins, n), np.int32),
+        "all_zero_steps": np.zeros((), np.int32),
+    }
+    state = _Step(jnp.zeros((), jnp.int32))
+    for rows_B in rows_TxB:
+        state, acc, _ = step(state, acc, {}, {"index": jnp.asarray(rows_B, jnp.int32)}, None)
+    return {k: np.asarray(v) for k, v in acc.items()}
+
+
+def _trajectory_record(acc, steps):
+    from l2rw_jax import members
+
+    return {
+        "index": np.arange(acc["count"].size),
+        **members.weight_history_columns(acc["w_bin_sum"], acc["bin_count"], steps),
+    }
+
+
+def test_binned_trajectory_of_the_loop_by_hand():
+    # 4 steps in 2 bins (steps 0-1, 2-3). Bin 0: ex 0 weights 1 (step 0) and 0 (step 1) -> 0.5;
+    # ex 1: 0; ex 2: 1; ex 3, 4 not drawn. Bin 1: ex 0: 0.25; ex 1: 0; ex 2: 0.75; ex 3: 1.
+    nan = np.nan
+    acc = _accumulate_binned(ROWS, WEIGHTS, 5, bins=2)
+    got = data_maps.weight_trajectory_from_record(_trajectory_record(acc, 4))
+    np.testing.assert_array_equal(got["edges"], [0, 2, 4])
+    np.testing.assert_array_equal(got["count"], [[2, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    np.testing.assert_array_equal(
+        got["mean"], [[0.5, 0.0, 1.0, nan, nan], [0.25, 0.0, 0.75, 1.0, nan]]
+    )
+    # 3 bins over 4 steps: edges ceil(b 4 / 3) = 0, 2, 3, 4.
+    acc = _accumulate_binned(ROWS, WEIGHTS, 5, bins=3)
+    got = data_maps.weight_trajectory_from_record(_trajectory_record(acc, 4))
+    np.testing.assert_array_equal(got["edges"], [0, 2, 3, 4])
+    np.testing.assert_array_equal(
+        got["mean"][1:], [[nan, 0.0, nan, 1.0, nan], [0.25, nan, 0.75, nan, nan]]
+    )
+
+
+def test_binned_trajectory_of_the_loop_equals_the_per_step_weights():
+    from l2rw_jax import members
+
+    # 60 L2RW-like steps in 16 bins (of 3 or 4 steps) and in 7; then 5 steps in 16 bins (most
+    # of them empty: NaN everywhere, never 0).
+    rng = np.random.default_rng(1)
+    rows = np.stack([rng.choice(30, 8, replace=False) for _ in range(60)])
+    raw = np.maximum(rng.normal(0.5, 1.0, rows.shape), 0.0)
+    weights = raw / np.maximum(raw.sum(axis=1, keepdims=True), 1e-12)
+    for T, bins in ((60, 16), (60, 7), (5, 16)):
+        acc = _accumulate_binned(rows[:T], weights[:T], 30, bins)
+        got = data_maps.weight_trajectory_from_record(_trajectory_record(acc, T))
+        edges = members.history_edges(bins, T)
+        W = data_maps.weight_history_from_batches(rows[:T], weights[:T], 30)
+        want = data_maps.binned_weight_trajectory(W, edges)
+        np.testing.assert_array_equal(got["edges"], edges)
+        np.testing.assert_array_equal(np.isnan(got["mean"]), np.isnan(want))
+        np.testing.assert_allclose(got["mean"], want, rtol=1e-5, atol=1e-7)
+        # Brute force, step by step: bin b holds the steps t with t * bins // T == b.
+        for b in range(bins):
+            in_bin = [t for t in range(T) if t * bins // T == b]
+            assert list(range(edges[b], edges[b + 1])) == in_bin
+            drawn = np.isfinite(W[in_bin])
+            np.testing.assert_array_equal(got["count"][b], drawn.sum(axis=0))
+        # The bins add up to the running sums.
+        np.testing.assert_array_equal(acc["bin_count"].sum(axis=0), acc["count"])
+        np.testing.assert_allclose(acc["w_bin_sum"].sum(axis=0), acc["w_sum"], rtol=1e-5, atol=1e-7)
+    assert np.isnan(got["mean"]).all(axis=1).sum() == 11  # 5 steps fill 5 of the 16 bins
+
+
+def test_trajectory_from_an_old_record_is_absent_and_bad_ones_are_errors():
+    acc = _accumulate_binned(ROWS, WEIGHTS, 5, bins=2)
+    record = _trajectory_record(acc, 4)
+    old = {k: v for k, v in record.items() if not k.startswith("weight_bin")}
+    assert data_maps.weight_trajectory_from_record(old) is None
+    with pytest.raises(ValueError, match=r"lacks \['weight_bin_count'\]"):
+        data_maps.weight_trajectory_from_record(
+            {k: v for k, v in record.items() if k != "weight_bin_count"}
+        )
+    with pytest.raises(ValueError, match="N = len"):
+        data_maps.weight_trajectory_from_record(dict(record, index=np.arange(4)))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        data_maps.weight_trajectory_from_record(dict(record, weight_bin_edges=np.array([0, 3, 2])))
+    with pytest.raises(ValueError, match="non-decreasing from 0 to T=4"):
+        data_maps.binned_weight_trajectory(np.zeros((4, 5)), [0, 2])

@@ -94,6 +94,14 @@ def planted(tmp_path_factory):
     # The run's mean normalised meta-gradient (high = suspect): 5 of the flips look clean.
     weights["mean_meta_grad"] = np.where(noisy, 1.0, -1.0) * rng.uniform(0.5, 1, len(tr))
     weights["mean_meta_grad"][np.flatnonzero(noisy)[-5:]] *= -1
+    # The weight trajectory: the 5 draws in 4 bins (2, 1, 1, 1), the weight falling over them
+    # (bin means 1.3, 1.1, 0.8, 0.5 times the mean weight: 5 draws' sum 5 x the mean).
+    counts_B = np.array([2, 1, 1, 1])
+    weights["weight_bin_count"] = np.repeat(counts_B[:, None], len(tr), axis=1)
+    weights["weight_bin_sum"] = (
+        np.array([1.3, 1.1, 0.8, 0.5])[:, None] * counts_B[:, None] * weights["mean_weight"]
+    )
+    weights["weight_bin_edges"] = np.array([0, 75, 150, 225, 300])
     out_dir = str(tmp_path_factory.mktemp("audit"))
     # source_index: the row of sklearn's digits arrays (the user's data) behind each train row.
     train = {
@@ -605,6 +613,10 @@ def test_report_is_one_self_contained_file(planted):
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert not re.search(r'(src|href)="(https?:|file:|/)', page)  # nothing outside the file
+    # Every suspect card draws its recorded weight trajectory inline (no image, no URL).
+    cards = planted["res"]["suspects"]["suspects"]
+    assert page.count("<svg class='spark'") == len(cards) > 0
+    assert "no weight history in this run" not in page
     # The robustness section names what the attacks ascended, as audit.json records it.
     assert planted["res"]["robustness"]["objective"] == "margin"
     assert "ascend the logit margin" in page
@@ -680,6 +692,11 @@ REPORT_TAGS = {
     "img",
     "figcaption",
     "sub",
+    # The suspect cards' sparklines (inline SVG).
+    "svg",
+    "line",
+    "polyline",
+    "circle",
 }
 
 

@@ -218,3 +218,89 @@ def test_image_png_keeps_every_pixel():
         np.testing.assert_array_equal(back.reshape(img.shape), img)
     with pytest.raises(ValueError, match=r"C in \(1, 3\), got shape \(4, 4, 2\)"):
         figures.image_png(np.zeros((4, 4, 2)))
+
+
+def test_sparkline_by_hand():
+    from l2rw_jax.audit import html_parts
+
+    # 4 bins, the second never drawn: a dot (bin 0 alone) and a line (bins 2-3), no point at
+    # bin 1. x = 2 + b * 92 / 3; y = 22 - v / 0.75 * 20 (scale 0..0.75, 2 px padding).
+    svg = html_parts.sparkline([0.5, None, 0.25, 0.75], "t<")
+    assert svg.startswith("<svg class='spark' width='96' height='24'") and svg.endswith("</svg>")
+    assert "<circle cx='2.0' cy='8.7' r='1.5'" in svg
+    assert "<polyline points='63.3,15.3 94.0,2.0'" in svg and svg.count("<polyline") == 1
+    assert "<line x1='0' y1='22.0' x2='96' y2='22.0'" in svg  # the zero baseline
+    assert "<title>t&lt;</title>" in svg and "http" not in svg and "href" not in svg
+    assert html_parts.sparkline([None, None], "t") == ""
+    # Below 0: the scale starts at the lowest value, the baseline sits at 0.
+    svg = html_parts.sparkline([-1.0, 1.0], "t")
+    assert "<polyline points='2.0,22.0 94.0,2.0'" in svg and "y1='12.0'" in svg
+
+
+def test_cards_show_the_weight_trajectory_or_say_it_is_absent():
+    from l2rw_jax import members
+
+    probs, labels, feats = _arrays(7)
+    # Row r's weights: 3 draws in each of 4 bins, mean (r + b) / 100 in bin b; row 0 never
+    # drawn in bin 1, row 1 in no bin at all.
+    mean_BxM = (np.arange(M)[None, :] + np.arange(4)[:, None]) / 100.0
+    count_BxM = np.full((4, M), 3)
+    count_BxM[1, 0] = 0
+    count_BxM[:, 1] = 0
+    record = {
+        "index": np.arange(M),
+        "mean_weight": np.linspace(0.0, 1.0, M),
+        "count": count_BxM.sum(axis=0),
+        **members.weight_history_columns(mean_BxM * count_BxM, count_BxM, 40),
+    }
+    traj = suspects_section.trajectory_per_row(record, M)
+    res = suspects_section.suspect_cards(
+        probs,
+        labels,
+        feats,
+        num_cards=M,
+        recorded=suspects_section.recorded_per_row(record, M),
+        trajectory=traj,
+    )
+    assert res["weight_trajectory_edges"] == [0, 10, 20, 30, 40]
+    page, cards = _cards_html(res, ["a", "b", "c", "d"])
+    assert len(cards) == M and "4 equal step bins of the 40 weighing steps" in page
+    for c, card in zip(res["suspects"], cards):
+        r = c["train_row"]
+        want = [
+            None if count_BxM[b, r] == 0 else pytest.approx(mean_BxM[b, r], rel=1e-6)
+            for b in range(4)
+        ]
+        assert c["weight_trajectory"] == want
+        if r == 1:
+            assert "weight over training</td><td class='l'>never drawn" in card
+            assert "<svg" not in card
+            continue
+        assert card.count("<svg class='spark'") == 1 and "no weight history" not in card
+        shown = ", ".join("—" if v is None else f"{v:.3g}" for v in c["weight_trajectory"])
+        assert f"<title>mean weight per step bin: {shown}</title>" in card
+        known = [v for v in c["weight_trajectory"] if v is not None]
+        assert f"</svg> {known[0]:.3g} → {known[-1]:.3g}</td>" in card
+        # Row 0's bin 1 is a gap: a dot for bin 0, a line for bins 2-3.
+        assert (card.count("<circle"), card.count("<polyline")) == ((1, 1) if r == 0 else (0, 1))
+    # A record without the trajectory (written before it was kept): absent, not flat or 0.
+    old = {k: v for k, v in record.items() if not k.startswith("weight_bin")}
+    assert suspects_section.trajectory_per_row(old, M) is None
+    res = suspects_section.suspect_cards(
+        probs,
+        labels,
+        feats,
+        num_cards=3,
+        recorded=suspects_section.recorded_per_row(old, M),
+        trajectory=None,
+    )
+    assert res["weight_trajectory_edges"] is None
+    page, cards = _cards_html(res, ["a", "b", "c", "d"])
+    assert "<svg" not in page and "the run recorded no weight trajectory" in page
+    for c, card in zip(res["suspects"], cards):
+        assert c["weight_trajectory"] is None
+        assert "weight over training</td><td class='l'>no weight history in this run</td>" in card
+    with pytest.raises(ValueError, match=r"trajectory\['mean'\] must be 40 x B"):
+        suspects_section.suspect_cards(
+            probs, labels, feats, trajectory={"mean": traj["mean"][:5], "edges": traj["edges"]}
+        )

@@ -115,6 +115,18 @@ def test_every_method_trains_and_records_its_weights(npz, tmp_path, method):
             np.testing.assert_allclose(w["weight_sq_sum"], w["count"] / B**2, rtol=1e-6)
         np.testing.assert_array_equal(w["is_noisy"], w["label"] != w["true_label"])
         assert ("mean_meta_grad" in w) == (method == "l2rw")
+        # The trajectory: 16 bins over the weighing (noisy) phase's steps, adding up to the
+        # running sums; 6 steps fill 6 bins (t * 16 // 6), the others drew nothing.
+        bins = w["weight_bin_count"]
+        assert bins.shape == w["weight_bin_sum"].shape == (16, n)
+        np.testing.assert_array_equal(w["weight_bin_edges"], members.history_edges(16, STEPS))
+        np.testing.assert_array_equal(bins.sum(axis=0), w["count"])
+        np.testing.assert_allclose(
+            w["weight_bin_sum"].sum(axis=0), w["weight_sum"], rtol=1e-5, atol=1e-7
+        )
+        filled = sorted({t * 16 // STEPS for t in range(STEPS)})
+        assert np.flatnonzero(bins.sum(axis=1)).tolist() == ([] if not noisy_steps else filled)
+        assert (bins.sum(axis=1)[filled] == (B if noisy_steps else 0)).all()
     member0 = _weights(tmp_path / "example_weights.npz")
     np.testing.assert_array_equal(
         member0["weight_sum"], _weights(tmp_path / "example_weights_seed0.npz")["weight_sum"]
@@ -150,6 +162,30 @@ def test_l2rw_records_the_meta_gradient_its_weights_are_made_of(npz, tmp_path):
     np.testing.assert_array_equal(w["weight_std"][seen], 0.0)
     np.testing.assert_array_equal(w["nonzero_count"][seen], (clipped_B > 0).astype(int))
     np.testing.assert_allclose(w["weight_sq_sum"][seen], w["mean_weight"][seen] ** 2, rtol=1e-6)
+
+
+def test_a_run_checkpointed_without_the_trajectory_resumes_without_it(npz, tmp_path, monkeypatch):
+    # A checkpoint of the layout before the trajectory was kept: the run resumes from it and
+    # its record has no trajectory (absent, not a partial one), the running sums complete.
+    from l2rw_jax import build
+
+    config = _config(npz, {"method": {"name": "erm"}})
+    build_run = train.build_run
+
+    def old_layout(*args, **kwargs):
+        run = build_run(*args, **kwargs)
+        return run._replace(carry0=build.without_history(run.carry0))
+
+    monkeypatch.setattr(train, "build_run", old_layout)
+    stopped = train.train_and_evaluate(
+        _config(npz, {"method": {"name": "erm"}, "loop": {"stop_after_steps": 3}}), str(tmp_path)
+    )
+    assert (stopped["completed"], stopped["step"]) == (False, 3)
+    monkeypatch.setattr(train, "build_run", build_run)
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["completed"]
+    w = _weights(tmp_path / "example_weights.npz")
+    assert int(w["count"].sum()) == STEPS * B and not [k for k in w if "bin" in k]
 
 
 def test_balanced_rows_and_hold_out_are_exact_and_seeded():

@@ -26,9 +26,11 @@ Units: each step's weights sum to 1 over its batch (uniform = 1 / B), as in
 `example_weights.npz`; over the same steps, `mean_weight` and `draws` equal its
 `mean_weight` and `count` for an example drawn at most once a step.
 
-Training keeps no history, but running sums of the weights, their squares and the non-zero
-draws (`example_weights.npz`: `weight_sum`, `weight_sq_sum`, `nonzero_count`, `count`), which
-give the same weight map without one: `weight_map_from_record`.
+Training keeps no per-step history, but running sums of the weights, their squares and the
+non-zero draws (`example_weights.npz`: `weight_sum`, `weight_sq_sum`, `nonzero_count`,
+`count`), which give the same weight map without one: `weight_map_from_record`; and a bounded
+trajectory, the weights and draws summed in each of a fixed number of equal step bins
+(`weight_bin_sum`, `weight_bin_count`, `weight_bin_edges`): `weight_trajectory_from_record`.
 """
 
 from __future__ import annotations
@@ -183,6 +185,91 @@ def weight_map_from_record(record) -> dict[str, np.ndarray] | None:
     )
     out["draws"] = np.asarray(record["count"]).astype(np.int64)
     return out
+
+
+TRAJECTORY_KEYS = ("weight_bin_sum", "weight_bin_count", "weight_bin_edges")
+
+
+def binned_weight_trajectory(W_TxN: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Each example's mean weight in each step bin, from a per-step weight history.
+
+      trajectory[b, i] = mean of W[t, i] over the steps edges[b] <= t < edges[b + 1] that
+                         drew example i (W finite)
+
+    NaN where no step of the bin drew the example (unknown, not 0). On the loop's steps this
+    is what `weight_trajectory_from_record` reads from the running per-bin sums (tested).
+
+    Args:
+      W_TxN: float T x N, NaN where step t did not draw example i (`weight_history_from_batches`).
+      edges: int B + 1 non-decreasing step edges from 0 to T (`members.history_edges(B, T)`).
+
+    Returns:
+      float64 B x N.
+
+    Raises:
+      ValueError: W not 2-D, or edges not from 0 to T non-decreasing.
+    """
+    W = np.asarray(W_TxN, np.float64)
+    e = np.asarray(edges)
+    if W.ndim != 2:
+        raise ValueError(f"W must be T x N, got shape {W.shape}.")
+    if e.ndim != 1 or e.size < 2 or e[0] != 0 or e[-1] != len(W) or np.any(np.diff(e) < 0):
+        raise ValueError(f"edges must be non-decreasing from 0 to T={len(W)}, got {e.tolist()}.")
+    drawn = np.isfinite(W)
+    out = np.full((e.size - 1, W.shape[1]), np.nan)
+    for b in range(e.size - 1):
+        d = drawn[e[b] : e[b + 1]]
+        c = d.sum(axis=0)
+        total = np.where(d, W[e[b] : e[b + 1]], 0.0).sum(axis=0)
+        out[b] = np.where(c > 0, total / np.maximum(c, 1), np.nan)
+    return out
+
+
+def weight_trajectory_from_record(record) -> dict[str, np.ndarray] | None:
+    """Each example's mean weight per step bin, from a run's per-bin sums (`example_weights.npz`).
+
+      mean[b, i] = weight_bin_sum[b, i] / weight_bin_count[b, i]
+
+    in float64 from the float32 sums; NaN where the bin never drew the example (unknown, not
+    0). Columns as `record["index"]`'s rows.
+
+    Args:
+      record: a mapping with `TRAJECTORY_KEYS` and `index` (what training writes,
+        `members.weight_history_columns`), e.g. `dict(np.load(path))`.
+
+    Returns:
+      {"mean": float64 B x N, "count": int64 B x N, "edges": int64 B + 1 (bin b: steps
+      edges[b] <= t < edges[b + 1])}, or None for a record without a trajectory (written
+      before it was kept: no history, not a flat one).
+
+    Raises:
+      ValueError: some but not all of `TRAJECTORY_KEYS`; sums and counts not B x N with N
+        rows of `index`; edges not B + 1 non-decreasing from 0; negative counts.
+    """
+    present = [k for k in TRAJECTORY_KEYS if k in record]
+    if not present:
+        return None
+    if len(present) != len(TRAJECTORY_KEYS):
+        missing = [k for k in TRAJECTORY_KEYS if k not in record]
+        raise ValueError(f"the record lacks {missing}; a trajectory needs {list(TRAJECTORY_KEYS)}.")
+    s = np.asarray(record["weight_bin_sum"], np.float64)
+    c = np.asarray(record["weight_bin_count"]).astype(np.int64)
+    e = np.asarray(record["weight_bin_edges"]).astype(np.int64)
+    n = np.shape(record["index"])
+    if s.ndim != 2 or s.shape != c.shape or s.shape[1:] != n:
+        raise ValueError(
+            f"weight_bin_sum {s.shape} and weight_bin_count {c.shape} must be B x N with "
+            f"N = len(index) = {n[0] if n else n}."
+        )
+    if e.shape != (s.shape[0] + 1,) or e[0] != 0 or np.any(np.diff(e) < 0):
+        raise ValueError(
+            f"weight_bin_edges must be {s.shape[0] + 1} non-decreasing steps from 0, got "
+            f"{e.tolist()}."
+        )
+    if (c < 0).any():
+        raise ValueError("weight_bin_count must be >= 0.")
+    mean = np.where(c > 0, s / np.maximum(c, 1), np.nan)
+    return {"mean": mean, "count": c, "edges": e}
 
 
 def confidence_map(probs_ExNxC: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:

@@ -122,6 +122,24 @@ _RANKING_NAMES = {
 }
 
 
+NO_TRAJECTORY = "no weight history in this run"
+
+
+def _trajectory(values) -> str:
+    """A card's weight trajectory: its sparkline with the first and last known bin's mean
+    weight; NO_TRAJECTORY when the run recorded none (absent, not 0), "never drawn" when no
+    bin drew the row."""
+    if values is None:
+        return NO_TRAJECTORY
+    known = [v for v in values if v is not None]
+    if not known:
+        return "never drawn"
+    title = "mean weight per step bin: " + ", ".join(
+        "—" if v is None else format(v, ".3g") for v in values
+    )
+    return html_parts.sparkline(values, title) + f" {known[0]:.3g} → {known[-1]:.3g}"
+
+
 def _suspect_card(c: dict, img: str, sal: str | None, nn_imgs: list, recorded: dict, names) -> str:
     """One suspect's card: image and saliency, labels, recorded weight statistics, minimal
     adversarial eps, truth, ranks, neighbours."""
@@ -145,6 +163,7 @@ def _suspect_card(c: dict, img: str, sal: str | None, nn_imgs: list, recorded: d
     ]
     if c["draws"] is not None:
         rows.append(("draws", str(int(c["draws"]))))
+    rows.append(("weight over training", _trajectory(c.get("weight_trajectory"))))
     if c["mean_meta_grad"] is not None:
         rows.append(("meta-gradient", f"{c['mean_meta_grad']:+.3f}"))
     if "min_adversarial_eps" in c:
@@ -186,6 +205,21 @@ def _suspect_card(c: dict, img: str, sal: str | None, nn_imgs: list, recorded: d
     return "".join(out)
 
 
+def _trajectory_caption(edges) -> str:
+    if edges is None:
+        return (
+            "<b>weight over training</b>: the run recorded no weight trajectory (&quot;"
+            + NO_TRAJECTORY
+            + "&quot;: not recorded, not flat). "
+        )
+    return (
+        f"<b>weight over training</b>: the example's mean weight in each of {len(edges) - 1} "
+        f"equal step bins of the {int(edges[-1])} weighing steps, left to right (a gap where a "
+        "bin did not draw it; the scale runs from 0, the grey line, or a lower bin, to the "
+        "card's highest bin), with the first and last drawn bin's value. "
+    )
+
+
 def render_suspects(s: dict, figs: dict, names) -> tuple[list[str], list[str]]:
     cards = s["suspects"]
     ranking = html.escape(s["ranked_by"])
@@ -198,7 +232,9 @@ def render_suspects(s: dict, figs: dict, names) -> tuple[list[str], list[str]]:
         "recorded them; &quot;not recorded&quot; is not 0), its rank under every ranking (1 = "
         "most suspect), and its "
         f"{int(s['num_neighbors'])} nearest training images in penultimate-feature space "
-        "(Euclidean, every training row searched) with their given labels and distances. Where "
+        "(Euclidean, every training row searched) with their given labels and distances. "
+        + _trajectory_caption(s.get("weight_trajectory_edges"))
+        + "Where "
         "the true label is known (synthetic noise) it is marked, red when the given label is "
         "wrong, green when it is right. Every number is in <code>audit.json</code> "
         "(<code>suspects</code>).</p>",

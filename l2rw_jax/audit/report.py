@@ -82,7 +82,7 @@ nav a{margin-right:14px}
 .suspect .sh{font-weight:600;color:#2b4a7a;margin-bottom:4px}.suspect .sx{float:left;width:96px;margin:0 8px 4px 0}.suspect .sx img{width:96px;height:96px;image-rendering:pixelated}
 .suspect .sx img[alt=saliency]{width:48px;height:48px;margin-top:4px}
 .suspect table{font-size:1em;margin:0;background:none}.suspect td{border:none;padding:1px 4px}
-.suspect .sr{clear:both;color:#555;margin:4px 0}.suspect .nn{display:flex;gap:6px}
+.suspect .sr{clear:both;color:#555;margin:4px 0}.suspect svg.spark{vertical-align:middle}.suspect .nn{display:flex;gap:6px}
 .suspect .nn figure{margin:0;padding:2px}.suspect .nn img{width:48px;height:48px;image-rendering:pixelated}.suspect .nn figcaption{font-size:0.85em}
 .truth{clear:both;font-weight:600;padding:2px 6px;border-radius:3px;margin-top:4px}.truth.noisy{background:#fde2e2;color:#a11}.truth.clean{background:#e3f4e3;color:#1a6b1a}
 """

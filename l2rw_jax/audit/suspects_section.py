@@ -3,12 +3,14 @@ card each with what a reviewer needs to decide on the label.
 
 Each card: the image, its index in the user's data, the given label, the predicted label with its
 probability and the top-3 classes, the run's recorded mean L2RW weight and share of draws with a
-non-zero weight (when recorded), its rank under every ranking of `label_issues.RANKINGS` (the
-`rank_<ranking>` columns of `label_issues.csv`), its nearest training neighbours in the model's
-penultimate-feature space with their given labels, the true label where it is known, a saliency
-map (the mistakes section's integrated gradients, `mistakes.integrated_gradients`, of the
-predicted class's logit) and the minimal adversarial epsilon that leaves the predicted class (the
-robustness section's search, `attacks.minimal_adversarial_epsilon`, with the audit's settings).
+non-zero weight (when recorded), its weight trajectory (the mean weight in each equal step bin of
+training, `data_maps.weight_trajectory_from_record`; when recorded), its rank under every
+ranking of `label_issues.RANKINGS` (the `rank_<ranking>` columns of `label_issues.csv`), its
+nearest training neighbours in the model's penultimate-feature space with their given labels,
+the true label where it is known, a saliency map (the mistakes section's integrated gradients,
+`mistakes.integrated_gradients`, of the predicted class's logit) and the minimal adversarial
+epsilon that leaves the predicted class (the robustness section's search,
+`attacks.minimal_adversarial_epsilon`, with the audit's settings).
 """
 
 from __future__ import annotations
@@ -76,6 +78,21 @@ def recorded_per_row(example_weights: Mapping | None, num_train: int) -> dict[st
     return out
 
 
+def trajectory_per_row(example_weights: Mapping | None, num_train: int) -> dict | None:
+    """The recorded weight trajectory per training row: {"mean": float64 num_train x B, each
+    row's mean weight per step bin (NaN where the bin never drew it, or the row is not in the
+    record), "edges": int64 B + 1 step edges}; None when the run recorded none
+    (`data_maps.weight_trajectory_from_record`: a record written before it was kept)."""
+    if example_weights is None:
+        return None
+    traj = data_maps.weight_trajectory_from_record(example_weights)
+    if traj is None:
+        return None
+    mean = np.full((num_train, traj["mean"].shape[0]), np.nan)
+    mean[np.asarray(example_weights["index"])] = traj["mean"].T
+    return {"mean": mean, "edges": traj["edges"]}
+
+
 def suspect_cards(
     probs_MxC: np.ndarray,
     labels_M: np.ndarray,
@@ -87,6 +104,7 @@ def suspect_cards(
     source_index_M: np.ndarray | None = None,
     true_labels_M: np.ndarray | None = None,
     is_noisy_M: np.ndarray | None = None,
+    trajectory: Mapping | None = None,
 ) -> dict:
     """One card per suspect: the first `num_cards` training rows of the suspects' ranking.
 
@@ -109,15 +127,19 @@ def suspect_cards(
         recorded nothing: mean weight and non-zero share are then None on every card, not 0.
       source_index_M: each row's index in the user's data (default: the row).
       true_labels_M, is_noisy_M: the truth, when known (synthetic noise); else None.
+      trajectory: `trajectory_per_row`'s {"mean": M x B, "edges": B + 1}, or None when the run
+        recorded no weight trajectory: every card's `weight_trajectory` is then None.
 
     Returns:
-      {"ranked_by": str, "num_neighbors": int, "recorded": {name: bool}, "suspects": [card]},
+      {"ranked_by": str, "num_neighbors": int, "recorded": {name: bool},
+      "weight_trajectory_edges": [B + 1 steps] or None, "suspects": [card]},
       card = {"position", "train_row", "source_index", "given_label", "given_prob",
       "predicted_label", "predicted_prob", "top3": [{"class", "prob"}], "true_label",
       "is_noisy", "draws", "mean_weight", "nonzero_share", "mean_meta_grad",
-      "meta_grad_memory", "ranks": {ranking: int}, "neighbors": [{"train_row",
-      "source_index", "given_label", "true_label", "distance"}]}; None where unknown or not
-      recorded (`draws`: None without recorded counts, 0 when never drawn).
+      "meta_grad_memory", "weight_trajectory": [B mean weights, None where the bin never
+      drew the row], "ranks": {ranking: int}, "neighbors": [{"train_row", "source_index",
+      "given_label", "true_label", "distance"}]}; None where unknown or not recorded
+      (`draws`: None without recorded counts, 0 when never drawn).
 
     Raises:
       ValueError: `check_card_config`'s, or arrays whose lengths differ from M.
@@ -133,6 +155,15 @@ def suspect_cards(
     for name, a in rec.items():
         if np.shape(a) != (m,):
             raise ValueError(f"recorded[{name!r}] has shape {np.shape(a)}, expected ({m},).")
+    if trajectory is not None and (
+        np.ndim(trajectory["mean"]) != 2
+        or len(trajectory["mean"]) != m
+        or np.shape(trajectory["edges"]) != (np.shape(trajectory["mean"])[1] + 1,)
+    ):
+        raise ValueError(
+            f"trajectory['mean'] must be {m} x B with B + 1 edges, got "
+            f"{np.shape(trajectory['mean'])} and {np.shape(trajectory['edges'])} edges."
+        )
     source_index_M = np.arange(m) if source_index_M is None else np.asarray(source_index_M)
     scores = {k: rec.get(k) for k in RECORDED[:3]}
     loss_M = label_issues.final_loss(probs_MxC, labels_M)
@@ -159,6 +190,11 @@ def suspect_cards(
     def truth(r):
         return None if true_labels_M is None else int(true_labels_M[r])
 
+    def history(r):
+        if trajectory is None:
+            return None
+        return [None if np.isnan(v) else float(v) for v in trajectory["mean"][r]]
+
     cards = []
     for j, r in enumerate(rows):
         keep = [i for i in range(num_neighbors + 1) if nn_QxK[j, i] != r][:num_neighbors]
@@ -176,6 +212,7 @@ def suspect_cards(
                 "is_noisy": None if is_noisy_M is None else bool(is_noisy_M[r]),
                 "draws": int(rec["count"][r]) if "count" in rec else None,
                 **{name: value(name, r) for name in RECORDED},
+                "weight_trajectory": history(r),
                 "ranks": {name: int(rk[r]) for name, rk in ranks.items()},
                 "neighbors": [
                     {
@@ -193,6 +230,9 @@ def suspect_cards(
         "ranked_by": ranked_by,
         "num_neighbors": int(num_neighbors),
         "recorded": {name: name in rec for name in RECORDED},
+        "weight_trajectory_edges": (
+            None if trajectory is None else [int(e) for e in trajectory["edges"]]
+        ),
         "suspects": cards,
     }
 
@@ -279,6 +319,7 @@ def suspects_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
         source_index_M=inp.source_index,
         true_labels_M=inp.true_train,
         is_noisy_M=inp.is_noisy_train,
+        trajectory=trajectory_per_row(inp.example_weights, n),
     )
     res["neighbor_space"] = (
         f"penultimate features, Euclidean distance, all {n} training rows but the suspect"
@@ -293,6 +334,11 @@ def suspects_section(inp: Inputs, config, rng: np.random.Generator) -> Section:
         notes.append(
             "The recorded weights carry no weight_sq_sum / nonzero_count (a run recorded before "
             "they were kept): the cards show no share of non-zero weight."
+        )
+    if recorded and res["weight_trajectory_edges"] is None:
+        notes.append(
+            "The recorded weights carry no weight_bin_sum / weight_bin_count (a run recorded "
+            "before the trajectory was kept): the cards show no weight over training."
         )
     raw = lambda rows: common.to_raw(inp.x_train[rows], inp.mean_C, inp.std_C)
     cards = res["suspects"]
