@@ -69,9 +69,9 @@ VARIANTS = {
     # "robust" inside Gold Loss Correction, timed after its estimate (the corrected
     # loss and the clean rows' share in the real step).
     "robust_glc": ("l2rw+glc", "ROBUST_OPTIONS"),
-    # The default: "robust" inside GLC estimated at the clean accuracy's plateau (the
+    # The default: "robust" inside the default's loss correction (config.ROBUST_L2RW's; the
     # step computes the same before and after its trigger; only jnp.where picks).
-    "default": ("l2rw+glc_plateau", "ROBUST_OPTIONS"),
+    "default": ("l2rw+default_correction", "ROBUST_OPTIONS"),
 }
 TARGETS = {  # the paper-exact steps' targets: max ratio to the plain step on this 2-core CPU
     ("lenet_clean10", "forward"): 1.4,
@@ -96,7 +96,8 @@ def run_row(
     import jax.numpy as jnp
     import optax
 
-    from l2rw_jax import correction, methods, model_factory, models, xla_options
+    from l2rw_jax import build, methods, model_factory, models, xla_options
+    from l2rw_jax import config as config_lib
     from l2rw_jax import step as step_lib
     from l2rw_jax.train_state import TrainState
 
@@ -125,14 +126,11 @@ def run_row(
         if isinstance(options, str):
             options = {k: v for k, v in getattr(methods, options).items() if k != "warmup_steps"}
         scheme = methods.get_scheme(method.split("+")[0], **options)
-        if method.endswith("+glc"):
-            scheme = correction.gold_correction(
-                scheme, estimate_steps=1, num_clean=1000, num_train=NUM_TRAIN
-            )
-        elif method.endswith("+glc_plateau"):
-            scheme = correction.plateau_gold_correction(
-                scheme, patience=1, num_clean=1000, num_train=NUM_TRAIN
-            )
+        if "+" in method:
+            kind = method.split("+")[1]
+            if kind == "default_correction":
+                kind = config_lib.ROBUST_L2RW["correction"]
+            scheme = build.with_correction(scheme, kind, 1, num_clean=1000, num_train=NUM_TRAIN)
         # As the loop compiles its steps (on CPU: Eigen convolutions).
         train_step = xla_options.jit(
             step_lib.make_train_step(apply_fn, tx, scheme), donate_argnums=0
@@ -144,7 +142,9 @@ def run_row(
             model_state=jax.tree.map(jnp.copy, model_state),
             opt_state=tx.init(params),
             rng=jax.random.key(1),
-            method_state=scheme.init(jax.random.key(3), [NUM_TRAIN // 10] * 10),
+            method_state=scheme.init(jax.random.key(3), [NUM_TRAIN // 10] * 10)
+            if scheme.rewind is None  # a rewinding correction keeps a copy of the parameters
+            else scheme.init(jax.random.key(3), [NUM_TRAIN // 10] * 10, params=params),
         )
         t0 = time.perf_counter()
         compiled[variant] = train_step.lower(states[variant], batch, val_batch).compile()

@@ -51,6 +51,9 @@ COLUMNS = (
     "clean_only",
     "recommended",
     "recommended-plateau",
+    "recommended+plateau",
+    "recommended+rewind",
+    "recommended+reweighted",
     "recommended+glc",
     "glc",
 )

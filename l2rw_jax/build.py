@@ -26,6 +26,7 @@ from l2rw_jax import model_factory
 from l2rw_jax import models
 from l2rw_jax import reweight
 from l2rw_jax import step as step_lib
+from l2rw_jax.config_schema import CORRECTIONS
 from l2rw_jax.members import MemberData
 from l2rw_jax.train_state import TrainState
 
@@ -114,6 +115,41 @@ def make_loop_step(
     return member_step
 
 
+def with_correction(
+    weighing: methods.WeighingScheme,
+    correction: str,
+    correction_steps: int,
+    *,
+    num_clean: int,
+    num_train: int,
+) -> methods.WeighingScheme:
+    """``weighing`` inside the loss correction ``correction`` (:func:`build_run`'s argument;
+    ``"none"``: ``weighing`` as it is).
+
+    Raises:
+      ValueError: a ``correction`` not in ``CORRECTIONS``; the correction's own errors.
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(
+            f"correction={correction!r} is not supported; allowed: {', '.join(CORRECTIONS)}."
+        )
+    if correction == "none":
+        return weighing
+    sizes = dict(num_clean=num_clean, num_train=num_train)
+    if correction == "glc":
+        return correction_lib.gold_correction(weighing, estimate_steps=correction_steps, **sizes)
+    weighing = correction_lib.plateau_gold_correction(
+        weighing,
+        patience=correction_steps,
+        reweight_first=correction in ("glc_reweighted", "glc_guarded"),
+        **sizes,
+    )
+    if correction == "glc_plateau":
+        return weighing
+    guard = correction_steps if correction == "glc_guarded" else 0
+    return correction_lib.rewind_at_trigger(weighing, guard=guard)
+
+
 def init_states(
     module, tx, members: list[MemberData], scheme: methods.WeighingScheme, image_shape
 ) -> TrainState:
@@ -131,7 +167,13 @@ def init_states(
 
     # Not jitted here: init_model jits itself with compile-time-saving options.
     params, model_state, opt_state = jax.vmap(init_one)(jnp.stack([k[0] for k in keys]))
-    method_states = [scheme.init(k[2], md.class_counts) for k, md in zip(keys, members)]
+    if scheme.rewind is None:
+        method_states = [scheme.init(k[2], md.class_counts) for k, md in zip(keys, members)]
+    else:  # it keeps a copy of the parameters: each member its own initial ones
+        method_states = [
+            scheme.init(k[2], md.class_counts, params=jax.tree.map(lambda x, i=i: x[i], params))
+            for i, (k, md) in enumerate(zip(keys, members))
+        ]
     state = TrainState(
         step=np.zeros((len(members),), np.int32),
         params=params,
@@ -197,7 +239,13 @@ def build_run(
       correction, correction_steps: ``"none"``; ``"glc"``: the scheme wrapped in Gold Loss
         Correction estimated at step ``correction_steps`` (``correction.gold_correction``);
         ``"glc_plateau"``: estimated once the clean accuracy has not risen for
-        ``correction_steps`` steps (``correction.plateau_gold_correction``).
+        ``correction_steps`` steps (``correction.plateau_gold_correction``);
+        ``"glc_plateau_rewind"``: that, and the model set back to its parameters at the
+        estimate when it is made (``correction.rewind_at_trigger``); ``"glc_reweighted"``:
+        that, with the scheme's weights before the trigger and the matrix counted on the
+        training rows (``reweight_first``); ``"glc_guarded"``: that, taken back (the model set
+        back once more) where the clean accuracy sets no new best ``correction_steps`` steps
+        after the trigger (``rewind_at_trigger``'s ``guard``).
       history_steps: the steps whose weights the trajectory's ``HISTORY_BINS`` bins cover
         (the phase that accumulates weights, steps ``0..history_steps - 1``; default
         ``total_steps``). The carry gets ``w_bin_sum`` and ``bin_count`` (K x B x N).
@@ -222,24 +270,13 @@ def build_run(
     # meta_params="last" of a module of the user's: its output layer, wherever it is.
     options = adapter.resolve_meta_params(module, options, (1,) + tuple(image_shape))
     weighing = methods.get_scheme(scheme, **options)
-    if correction not in ("none", "glc", "glc_plateau"):
-        raise ValueError(
-            f"correction={correction!r} is not supported; allowed: none, glc, glc_plateau."
-        )
-    if correction == "glc_plateau":
-        weighing = correction_lib.plateau_gold_correction(
-            weighing,
-            patience=correction_steps,
-            num_clean=len(members[0].splits.clean_labels),
-            num_train=num_train,
-        )
-    elif correction == "glc":
-        weighing = correction_lib.gold_correction(
-            weighing,
-            estimate_steps=correction_steps,
-            num_clean=len(members[0].splits.clean_labels),
-            num_train=num_train,
-        )
+    weighing = with_correction(
+        weighing,
+        correction,
+        correction_steps,
+        num_clean=len(members[0].splits.clean_labels),
+        num_train=num_train,
+    )
     train_step = step_lib.make_train_step(apply_fn, tx, weighing)
     state = init_states(module, tx, members, weighing, image_shape)
     if scheme in ("l2rw", "mwnet"):  # they differentiate tx.update: fail before step 1, not NaN

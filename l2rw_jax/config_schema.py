@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import ml_collections
 
 WEIGHING_METHODS = ("erm", "l2rw", "random", "proportion", "hard_mining", "mwnet")
-CORRECTIONS = ("none", "glc", "glc_plateau")
+CORRECTIONS = ("none", "glc", "glc_plateau", "glc_plateau_rewind", "glc_reweighted", "glc_guarded")
 METHODS = WEIGHING_METHODS + from_config.DATA_METHODS
 BACKENDS = ("auto", "device", "tfdata")
 GROUPS = ("data", "model", "optim", "method", "loop")
@@ -137,14 +137,17 @@ def default_config() -> ml_collections.ConfigDict:
     l.mix = "excess_loss"  # graded weights mixed in by the training loss's excess over
     #                                 the clean loss | reliability_classes | reliability | none
     # Loss correction from the clean set (l2rw_jax.correction; not options of methods.l2rw;
-    # docs/correction.md): none | glc (Gold Loss Correction: plain training until
-    # correction_at * num_steps, the label transition matrix estimated on the clean set then,
-    # the corrected loss after) | glc_plateau (class-balanced plain training until the clean
-    # accuracy has not risen for correction_at * num_steps steps, the matrix from the model at
-    # its best clean accuracy, the corrected loss after; never corrected while it keeps rising).
-    l.correction = "glc_plateau"
-    l.correction_at = 0.1  # glc: share of num_steps before the estimate; glc_plateau:
-    #                                 the patience, as a share of num_steps
+    # docs/correction.md): glc_guarded (the reweighting until the clean accuracy has not risen
+    # for correction_at * num_steps steps; then the label transition matrix counted on the
+    # training rows, the model set back to its best clean accuracy and the corrected loss,
+    # taken back if the clean accuracy sets no new best within as many steps again) | none |
+    # glc (plain training until correction_at * num_steps, the matrix from the clean set,
+    # the corrected loss after) | glc_plateau (class-balanced plain training until the
+    # plateau, the matrix from the clean set) | glc_plateau_rewind (that, set back to the
+    # best) | glc_reweighted (glc_guarded without the guard).
+    l.correction = "glc_guarded"
+    l.correction_at = 0.1  # glc: share of num_steps before the estimate; the others: the
+    #                                 patience (and the guard), as a share of num_steps
     # methods.mwnet's options (Meta-Weight-Net, Shu et al. 2019).
     c.method.mwnet = m = ml_collections.ConfigDict()
     m.hidden = 100  # hidden units (Shu et al. 2019: 100)
@@ -191,6 +194,6 @@ PAPER_L2RW = {
     "correction": "none",
     "correction_at": 0.1,
 }
-# The default: methods.ROBUST_OPTIONS and Gold Loss Correction estimated at the clean
-# accuracy's plateau (docs/robust_default.md and docs/correction.md have the evidence).
-ROBUST_L2RW = dict(methods.ROBUST_OPTIONS, correction="glc_plateau", correction_at=0.1)
+# The default: methods.ROBUST_OPTIONS and the guarded loss correction at the clean accuracy's
+# plateau (docs/robust_default.md and docs/correction.md have the evidence).
+ROBUST_L2RW = dict(methods.ROBUST_OPTIONS, correction="glc_guarded", correction_at=0.1)

@@ -89,10 +89,24 @@ def clean_softmax_sums(ctx: weighing.WeighContext, num_classes: int):
     return logits_MxC, sum_CxC, count_C
 
 
+def train_posterior_sums(ctx: weighing.WeighContext, num_classes: int):
+    """The training batch under the current parameters (held constant): ``(S_CxC, n_C)`` with
+    ``S[i, j] = sum_{k: y~_k = j} softmax(z_k)_i`` and ``n[i] = sum_k softmax(z_k)_i``, summed
+    over the devices of ``ctx.axis_name``: row ``i`` of ``S / n`` is the observed-label mix of
+    the rows the model puts in class ``i``."""
+    logits_BxC = ctx.val_logits_fn(jax.lax.stop_gradient(ctx.params), ctx.batch)
+    p_BxC = jax.nn.softmax(logits_BxC)
+    onehot_BxC = jax.nn.one_hot(ctx.batch["label"], num_classes, dtype=jnp.float32)
+    sum_CxC, count_C = p_BxC.T @ onehot_BxC, jnp.sum(p_BxC, axis=0)
+    if ctx.axis_name is not None:
+        sum_CxC, count_C = jax.lax.psum((sum_CxC, count_C), ctx.axis_name)
+    return sum_CxC, count_C
+
+
 def scheme_state(method_state):
     """The weighing scheme's own state: a loss correction's state keeps it in ``.inner``
     (nested corrections unwrapped); any other state is returned as it is."""
-    while isinstance(method_state, (GoldCorrectionState, PlateauCorrectionState)):
+    while isinstance(method_state, (GoldCorrectionState, PlateauCorrectionState, RewindState)):
         method_state = method_state.inner
     return method_state
 
@@ -220,7 +234,12 @@ class PlateauCorrectionState(NamedTuple):
 
 
 def plateau_gold_correction(
-    scheme: weighing.WeighingScheme, *, patience: int, num_clean: int, num_train: int
+    scheme: weighing.WeighingScheme,
+    *,
+    patience: int,
+    num_clean: int,
+    num_train: int,
+    reweight_first: bool = False,
 ) -> weighing.WeighingScheme:
     """``scheme`` with Gold Loss Correction that starts only once the model stops improving on
     the clean set (module docstring: why).
@@ -242,6 +261,13 @@ def plateau_gold_correction(
         weighs, and updates its own state, every step).
       patience: ``P >= 1`` steps without a new best accuracy EMA.
       num_clean, num_train: as in :func:`gold_correction` (the clean share ``s``).
+      reweight_first: until the trigger, the inner scheme's weights instead of class-balanced
+        plain ones (the model is not let memorise while the trigger waits), and ``T^`` counted
+        on the training rows instead of the clean ones: ``S[i, j] = sum_k softmax(z_k)_i
+        [y~_k = j]``, ``n[i] = sum_k softmax(z_k)_i`` (the model's posterior of the true class
+        against the observed label; a reweighted model predicts the true class, so its
+        softmax on the clean set would estimate its own errors, not the flips). The EMAs and
+        the snapshot at the best clean accuracy are as above.
 
     Returns:
       A :class:`l2rw_jax.weighing.WeighingScheme` with a ``correction``; its state is
@@ -307,8 +333,13 @@ def plateau_gold_correction(
         w_plain_B = l2rw_stages.class_normalize(
             jnp.ones_like(w_inner_B), ctx.batch["label"], "class_balanced", ctx.axis_name
         )
-        w_B = jnp.where(state.on, w_inner_B, w_plain_B)
-        logits_MxC, add_CxC, add_C = clean_softmax_sums(ctx, state.count_best_C.shape[0])
+        C = state.count_best_C.shape[0]
+        logits_MxC, add_CxC, add_C = clean_softmax_sums(ctx, C)
+        if reweight_first:
+            w_B = w_inner_B
+            add_CxC, add_C = train_posterior_sums(ctx, C)
+        else:
+            w_B = jnp.where(state.on, w_inner_B, w_plain_B)
         hits = jnp.sum(jnp.argmax(logits_MxC, -1) == ctx.val_batch["label"]).astype(jnp.float32)
         size = jnp.asarray(logits_MxC.shape[0], jnp.float32)
         if ctx.axis_name is not None:
@@ -340,3 +371,115 @@ def plateau_gold_correction(
         return w_B, new_state, metrics
 
     return weighing.WeighingScheme(init, weigh, correction, clean_share)
+
+
+class RewindState(NamedTuple):
+    """:func:`rewind_at_trigger`'s state.
+
+    Attributes:
+      inner: the plateau correction's state (:class:`PlateauCorrectionState`).
+      params_best: the model parameters at the last new best of the clean accuracy EMA before
+        the trigger (the model that ``T^`` is estimated from); the parameters' tree.
+      since_on: int32, steps since the trigger (counted until the guard decides).
+      improved: bool, the clean accuracy EMA set a new best after the trigger.
+      reverted: bool, the guard took the correction back (frozen once set).
+    """
+
+    inner: PlateauCorrectionState
+    params_best: PyTree
+    since_on: jax.Array
+    improved: jax.Array
+    reverted: jax.Array
+
+
+def rewind_at_trigger(
+    scheme: weighing.WeighingScheme, *, guard: int = 0
+) -> weighing.WeighingScheme:
+    """``scheme`` (a :func:`plateau_gold_correction`) that, at its trigger, also sets the model
+    back to the parameters ``T^`` was estimated from; with ``guard``, it also takes the
+    correction back where it does not pay on the clean set.
+
+    Why the rewind: until the trigger the model goes on for the ``patience`` steps the
+    trigger waits (memorising the flips, under plain weights); training goes on from the model
+    at its best clean accuracy instead. The parameters are kept at each new best of the clean
+    accuracy EMA before the trigger (a copy of the parameters in the state: one model's
+    memory) and put back in the step at which the trigger fires; the optimizer's state (the
+    schedule's count, the momentum) and the model's batch statistics go on as they are.
+
+    Why the guard: the corrected loss can end below the scheme's weights alone (on MNIST with
+    the reweighting the model learns the true labels already, and the corrected loss lets it
+    drift). If the clean accuracy EMA has set no new best ``guard`` steps after the trigger,
+    the model is set back to the same parameters once more and the correction is off for the
+    rest of the run (``T = I``, ``s = 0``: the scheme's weights on the cross-entropy). The
+    clean batches it judges by are the ones the meta-gradient sees (and, once corrected, a few
+    rows of them are trained on), so the test leans towards keeping the correction.
+
+    Args:
+      scheme: a scheme from :func:`plateau_gold_correction`.
+      guard: ``>= 0`` steps after the trigger by which the correction must have set a new
+        best clean accuracy EMA; 0: no guard.
+
+    Returns:
+      A :class:`l2rw_jax.weighing.WeighingScheme` with ``correction`` (the plateau
+      correction's, the identity and 0 once reverted) and ``rewind``; its state is
+      :class:`RewindState` (``init`` needs ``params``, the model's initial parameters).
+      Metrics: the plateau correction's, plus ``correction_reverted`` (0 / 1).
+
+    Raises:
+      ValueError: ``scheme`` is not a plateau correction (its state is checked at ``init``);
+        ``guard`` not an integer >= 0; ``init`` without ``params``.
+    """
+    if scheme.correction is None:
+        raise ValueError("rewind_at_trigger needs a plateau_gold_correction scheme.")
+    if isinstance(guard, bool) or not isinstance(guard, int) or guard < 0:
+        raise ValueError(f"rewind_at_trigger: guard must be an integer >= 0, got {guard!r}.")
+
+    def init(rng: jax.Array, class_counts_C=None, params=None) -> RewindState:
+        if params is None:
+            raise ValueError("rewind_at_trigger's init needs params (the model's initial ones).")
+        inner = scheme.init(rng, class_counts_C)
+        if not isinstance(inner, PlateauCorrectionState):
+            raise ValueError(
+                "rewind_at_trigger needs a plateau_gold_correction scheme, got one whose "
+                f"state is {type(inner).__name__}."
+            )
+        # Its own buffers (a donating train step may not be given one buffer twice).
+        return RewindState(
+            inner,
+            jax.tree.map(jnp.array, params),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.bool_),
+            jnp.zeros((), jnp.bool_),
+        )
+
+    def correction(state: RewindState, step: jax.Array):
+        T_CxC, share = scheme.correction(state.inner, step)
+        eye_CxC = jnp.eye(T_CxC.shape[0], dtype=T_CxC.dtype)
+        return (
+            jnp.where(state.reverted, eye_CxC, T_CxC),
+            jnp.where(state.reverted, 0.0, share).astype(jnp.float32),
+        )
+
+    def weigh(ctx: weighing.WeighContext, state: RewindState):
+        weighing.check_state("rewind_at_trigger", state, RewindState)
+        w_B, inner, metrics = scheme.weigh(ctx, state.inner)
+        rose = inner.best_acc > state.inner.best_acc
+        # The same test as the plateau correction's S_best: a new best while watching.
+        keep = rose & ~state.inner.on
+        params_best = jax.tree.map(
+            lambda p, b: jnp.where(keep, jax.lax.stop_gradient(p), b), ctx.params, state.params_best
+        )
+        after = state.inner.on  # this step trains with the correction (unless reverted)
+        since_on = jnp.where(after, state.since_on + 1, 0).astype(jnp.int32)
+        improved = state.improved | (after & rose)
+        revert = (guard > 0) & after & ~state.reverted & ~improved & (since_on >= max(guard, 1))
+        new_state = RewindState(inner, params_best, since_on, improved, state.reverted | revert)
+        metrics = dict(metrics, correction_reverted=state.reverted.astype(jnp.float32))
+        return w_B, new_state, metrics
+
+    def rewind(state: RewindState, new_state: RewindState):
+        fired = new_state.inner.on & ~state.inner.on
+        reverted = new_state.reverted & ~state.reverted
+        return fired | reverted, new_state.params_best
+
+    return weighing.WeighingScheme(init, weigh, correction, scheme.clean_share, rewind)

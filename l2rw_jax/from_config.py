@@ -169,7 +169,8 @@ def correction(config) -> str:
 
 def correction_steps(config) -> int:
     """``max(1, round(correction_at * num_steps))`` for an l2rw method with a loss correction
-    (glc: the step at which it is estimated and starts; glc_plateau: the patience), else 0."""
+    (glc: the step at which it is estimated and starts; the plateau corrections: the patience,
+    and glc_guarded's guard), else 0."""
     l2rw = config.method.l2rw
     if config.method.name != "l2rw" or l2rw.correction == "none":
         return 0

@@ -50,7 +50,8 @@ def make_train_step(
     :func:`l2rw_jax.correction.gold_correction`), ``(T, s) = scheme.correction(method_state,
     step)`` before the weights, the training losses ``C_i`` (the scheme's meta-gradient
     included) are the forward-corrected ones, and the real step minimises ``(1 - s) sum_i w_i
-    C_i + s mean_j C^v_j`` (the clean batch trained on at share ``s``).
+    C_i + s mean_j C^v_j`` (the clean batch trained on at share ``s``). With a scheme that
+    rewinds (``scheme.rewind``), the updated parameters are replaced where it says so.
 
     BatchNorm: every pass here runs the model in training mode, i.e. normalises with the
     statistics of the batch it sees, as the official code does: the look-ahead's training
@@ -155,6 +156,9 @@ def make_train_step(
             model_state = jax.lax.pmean(model_state, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if scheme.rewind is not None:
+            now, params_back = scheme.rewind(state.method_state, method_state)
+            params = jax.tree.map(lambda b, p: jnp.where(now, b, p), params_back, params)
 
         metrics = _weight_metrics(w_B, batch, axis_name)
         metrics["weighted_loss"] = wloss

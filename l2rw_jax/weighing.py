@@ -80,12 +80,17 @@ class WeighingScheme(NamedTuple):
         ``state`` is the state before this step's ``weigh``; ``s`` is 0 or ``clean_share``.
       clean_share: the clean set's share of all training examples, ``n_clean / (n_clean +
         n_train)``, when the scheme trains on the clean batch (with a ``correction``); else 0.
+      rewind: None, or ``rewind(state, new_state) -> (now, params)``: where ``now`` (a bool
+        scalar, from the states before and after this step's ``weigh``) the train step
+        replaces the updated parameters by ``params`` (the same tree); its ``init`` then takes
+        ``params=`` too (:func:`l2rw_jax.correction.rewind_at_trigger`).
     """
 
     init: InitFn
     weigh: WeighFn
     correction: Callable[[PyTree, jax.Array], tuple[jax.Array, jax.Array]] | None = None
     clean_share: float = 0.0
+    rewind: Callable[[PyTree, PyTree], tuple[jax.Array, PyTree]] | None = None
 
 
 def init_empty(rng: jax.Array, class_counts_C=None) -> EmptyState:

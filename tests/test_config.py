@@ -78,9 +78,9 @@ def test_translation_hands_each_library_call_its_group():
     scheme_options = c.method.l2rw.to_dict()
     correction = {k: scheme_options.pop(k) for k in ("correction", "correction_at")}
     assert from_config.weighing(c.method) == ("l2rw", scheme_options)
-    # The loss correction is not a scheme option: it wraps the scheme (the default's: GLC
-    # once the clean accuracy has not risen for 10% of the steps).
-    assert correction == {"correction": "glc_plateau", "correction_at": 0.1}
+    # The loss correction is not a scheme option: it wraps the scheme (the default's: the
+    # guarded correction once the clean accuracy has not risen for 10% of the steps).
+    assert correction == {"correction": "glc_guarded", "correction_at": 0.1}
     assert from_config.correction_steps(c) == 100  # 10% of the default 1000 steps
     c.method.l2rw.correction = "none"
     assert from_config.correction_steps(c) == 0

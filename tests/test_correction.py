@@ -361,3 +361,124 @@ def test_plateau_state_trains_under_a_donating_jit(problem):
     for _ in range(3):
         state, _ = train_step(state, problem["batch"], problem["val"])
     assert int(state.step) == 3
+
+
+def test_rewind_sets_the_model_back_to_its_parameters_at_the_last_new_best(problem):
+    """A train step with the rewinding plateau correction (patience 2): at every step the
+    returned parameters are the plain update, except at the step where the trigger fires:
+    there they are exactly the parameters the step saw at the last new best of the clean
+    accuracy EMA before it (tracked here from the states). After it, no more rewinds."""
+    scheme = correction.rewind_at_trigger(
+        correction.plateau_gold_correction(
+            methods.get_scheme("erm"), patience=2, num_clean=8, num_train=24
+        )
+    )
+    tx = optax.sgd(0.5)
+    plain = step_lib.make_train_step(
+        problem["apply_fn"],
+        tx,
+        correction.plateau_gold_correction(
+            methods.get_scheme("erm"), patience=2, num_clean=8, num_train=24
+        ),
+    )
+    params = problem["params"]
+    state = TrainState(
+        step=jnp.int32(0),
+        params=jax.tree.map(jnp.copy, params),
+        model_state={},
+        opt_state=tx.init(params),
+        rng=jax.random.key(0),
+        method_state=scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8]), params=params),
+    )
+    train_step = jax.jit(step_lib.make_train_step(problem["apply_fn"], tx, scheme))
+    plain_step = jax.jit(plain)
+    best_params, fired = params, []
+    for t in range(12):
+        val = problem["val"] if t % 3 else problem["val2"]
+        new, _ = train_step(state, problem["batch"], val)
+        # The same step without the rewind (its state is the inner plateau state).
+        ref, _ = plain_step(
+            state._replace(method_state=state.method_state.inner), problem["batch"], val
+        )
+        rose = float(new.method_state.inner.best_acc) > float(state.method_state.inner.best_acc)
+        if rose and not bool(state.method_state.inner.on):
+            best_params = state.params
+        now = bool(new.method_state.inner.on) and not bool(state.method_state.inner.on)
+        expected = best_params if now else ref.params
+        jax.tree.map(np.testing.assert_array_equal, new.params, expected)
+        jax.tree.map(np.testing.assert_array_equal, new.method_state.params_best, best_params)
+        fired.append(now)
+        state = new
+    assert sum(fired) == 1, fired
+
+
+def test_rewind_needs_a_plateau_correction_and_the_initial_params(problem):
+    with pytest.raises(ValueError, match="plateau_gold_correction"):
+        correction.rewind_at_trigger(methods.get_scheme("erm"))
+    gold = correction.gold_correction(
+        methods.get_scheme("erm"), estimate_steps=2, num_clean=8, num_train=24
+    )
+    with pytest.raises(ValueError, match="GoldCorrectionState"):
+        correction.rewind_at_trigger(gold).init(
+            jax.random.PRNGKey(0), np.array([8, 8, 8]), params=problem["params"]
+        )
+    plateau = correction.plateau_gold_correction(
+        methods.get_scheme("erm"), patience=2, num_clean=8, num_train=24
+    )
+    with pytest.raises(ValueError, match="needs params"):
+        correction.rewind_at_trigger(plateau).init(jax.random.PRNGKey(0), np.array([8, 8, 8]))
+
+
+def test_train_posterior_sums_are_the_posterior_against_the_observed_label(problem):
+    """S[i, j] = sum_k p_k[i] [y~_k = j] and n[i] = sum_k p_k[i] on the training batch, by
+    hand; S / n's rows sum to 1."""
+    ctx = _ctx(problem, 0, problem["val"])
+    S, n = correction.train_posterior_sums(ctx, C)
+    p = np.asarray(jax.nn.softmax(problem["batch"]["image"] @ problem["params"]["w"]))
+    y = np.asarray(problem["batch"]["label"])
+    S_hand = np.array([[p[y == j, i].sum() for j in range(C)] for i in range(C)])
+    np.testing.assert_allclose(S, S_hand, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(n, p.sum(0), rtol=1e-5)
+    np.testing.assert_allclose(correction.transition_estimate(S, n).sum(1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("improves", [False, True])
+def test_guard_takes_the_correction_back_when_no_new_best_follows_the_trigger(problem, improves):
+    """patience 4 (the EMA is the batch's accuracy), guard 3. Accuracies 0.25, then 0.5: the
+    trigger fires at step 5 (the rewind's first "now"). Steps 6, 7, 8 train corrected; with
+    no new best among them, the state step 8 returns is reverted (the second "now") and from
+    step 9 on the correction is (I, 0). If step 7's accuracy is 1 (a new best), nothing is
+    taken back."""
+    plateau = correction.plateau_gold_correction(
+        methods.get_scheme("erm"), patience=4, num_clean=8, num_train=24
+    )
+    scheme = correction.rewind_at_trigger(plateau, guard=3)
+    state = scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8]), params=problem["params"])
+    weigh = jax.jit(lambda s, t, v: scheme.weigh(_ctx(problem, t, v), s))
+    half, full = (_val_with_accuracy(problem, np.arange(M) < h) for h in (2, 4))
+    vals = [_val_with_accuracy(problem, np.arange(M) < 1)] + [half] * 12
+    if improves:
+        vals[7] = full
+    nows = []
+    for t, val in enumerate(vals):
+        T_CxC, share = scheme.correction(state, jnp.int32(t))
+        _, new, metrics = weigh(state, t, val)
+        nows.append(bool(scheme.rewind(state, new)[0]))
+        reverted = not improves and t >= 9
+        assert bool(new.reverted) == (not improves and t >= 8), t
+        assert float(metrics["correction_reverted"]) == float(reverted), t
+        if reverted:
+            np.testing.assert_array_equal(T_CxC, np.eye(C))
+            assert float(share) == 0.0
+        elif t >= 6:
+            assert float(share) == pytest.approx(8 / 32)
+        state = new
+    assert [t for t, now in enumerate(nows) if now] == ([5] if improves else [5, 8])
+
+
+def test_guard_must_be_a_non_negative_integer():
+    plateau = correction.plateau_gold_correction(
+        methods.get_scheme("erm"), patience=4, num_clean=8, num_train=24
+    )
+    with pytest.raises(ValueError, match="guard must be an integer >= 0, got -1"):
+        correction.rewind_at_trigger(plateau, guard=-1)

@@ -25,7 +25,6 @@ from experiments import common
 from experiments import plots
 from fake_bucket import fake_gs
 from l2rw_jax import compose
-from l2rw_jax import config as config_lib
 from l2rw_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,28 +37,16 @@ def npz(tmp_path_factory):
 
 
 def _config(npz):
-    c = config_lib.default_config()
-    c.update(
+    # The tiny config at the default learning rate (0.01), 4 steps, 2 seeds.
+    return tiny_data.tiny_config(
+        npz,
         {
-            "data": dict(
-                dataset=f"npz:{npz}",
-                noise="uniform",
-                noise_ratio=0.4,
-                corrupt_given_labels=True,
-                clean_per_class=2,
-                hyper_val_size=20,
-                batch_size=8,
-                clean_batch_size=8,
-                eval_batch_size=64,
-            ),
-            "model": {"name": "mlp", "options": {"hidden": (8,)}},
-            "method": {"name": "erm"},
+            "optim": {"learning_rate": 0.01},
             "num_steps": 4,
             "num_seeds": 2,
-            "loop": dict(log_every=1, eval_every=2, checkpoint_every=4, progress_bar=False),
-        }
+            "loop": dict(checkpoint_every=4),
+        },
     )
-    return c
 
 
 @pytest.fixture

@@ -25,22 +25,11 @@ TIMED = ("wall_time_s", "steps_per_s", "timing_s")
 
 
 def _config(npz, backend):
-    c = config_lib.default_config()
-    c.update(
+    c = tiny_data.tiny_config(
+        npz,
         {
-            "data": dict(
-                dataset=f"npz:{npz}",
-                noise="uniform",
-                noise_ratio=0.4,
-                corrupt_given_labels=True,
-                clean_per_class=2,
-                hyper_val_size=20,
-                batch_size=8,
-                clean_batch_size=8,
-                eval_batch_size=32,
-            ),
+            "data": dict(eval_batch_size=32),
             "model": {"name": "mlp", "options": {"hidden": (16,)}},
-            "optim": {"learning_rate": 0.1},
             "num_steps": STEPS,
             "num_seeds": 2,
             "method": {"name": "l2rw"},
@@ -48,12 +37,11 @@ def _config(npz, backend):
                 log_every=2,
                 eval_every=2,
                 checkpoint_every=2,
-                progress_bar=False,
                 num_devices=worker.GLOBAL_DEVICES,
                 backend=backend,
                 steps_per_call=2,
             ),
-        }
+        },
     )
     return config_lib.validate(c)
 

@@ -253,26 +253,17 @@ def npz(tmp_path_factory):
 
 
 def _config(npz, model, **options):
-    c = config_lib.default_config()
-    c.update(
+    c = tiny_data.tiny_config(
+        npz,
         {
-            "data": dict(
-                dataset=f"npz:{npz}",
-                noise="uniform",
-                noise_ratio=0.4,
-                corrupt_given_labels=True,
-                clean_per_class=2,
-                batch_size=8,
-                clean_batch_size=8,
-                eval_batch_size=50,
-            ),
-            "model": {"name": model, "options": ml_collections.ConfigDict(options)},
+            "data": dict(hyper_val_size=0, eval_batch_size=50),
             "method": {"name": "l2rw", "l2rw": {"warmup_steps": 0}},
-            "optim": {"learning_rate": 0.1},
             "num_steps": 4,
-            "loop": dict(log_every=2, eval_every=4, checkpoint_every=4, progress_bar=False),
-        }
+            "loop": dict(log_every=2, eval_every=4, checkpoint_every=4),
+        },
     )
+    # Assigned, not merged: the user's model takes only its own options.
+    c.model.name, c.model.options = model, ml_collections.ConfigDict(options)
     return c
 
 

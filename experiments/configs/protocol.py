@@ -258,6 +258,12 @@ ABLATIONS = {
     # budget (plateau), 5% (glcp).
     "plateau": ("correction", "glc_plateau"),
     "glcp": (("correction", "glc_plateau"), ("correction_at", 0.05)),
+    # The plateau correction that also sets the model back to its parameters at the estimate.
+    "rewind": ("correction", "glc_plateau_rewind"),
+    # That with the scheme's weights before the trigger, the matrix counted on training rows.
+    "reweighted": ("correction", "glc_reweighted"),
+    # That, taken back where the clean accuracy sets no new best within the patience after.
+    "guarded": ("correction", "glc_guarded"),
 }
 
 
