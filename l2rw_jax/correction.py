@@ -35,7 +35,10 @@ the run say when: it trains class-balanced plain weights, watches the clean batc
 (an EMA) and estimates ``T^`` from the model at its best clean accuracy once that has not
 risen for ``patience`` steps, the point where plain training starts to memorise (the paper
 trains its first model to that point too). A run whose clean accuracy keeps rising is never
-corrected.
+corrected. Its ``reweight_first`` keeps the inner scheme's weights before the trigger and counts
+``T^`` on the training rows (:func:`train_posterior_sums`); :func:`rewind_at_trigger` sets the
+model back to its best at the trigger and, with a ``guard``, takes the correction back where
+the clean accuracy sets no new best after it: the library's default (``glc_guarded``).
 """
 
 from __future__ import annotations
