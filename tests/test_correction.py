@@ -338,6 +338,18 @@ def test_plateau_bad_arguments_raise(kwargs, match):
         correction.plateau_gold_correction(methods.get_scheme("erm"), **kwargs)
 
 
+def _initial_state(scheme, tx, params0, **init_kwargs):
+    """Step 0's TrainState with ``scheme``'s initial state (3 classes of 8 examples)."""
+    return TrainState(
+        step=jnp.int32(0),
+        params=jax.tree.map(jnp.copy, params0),
+        model_state={},
+        opt_state=tx.init(params0),
+        rng=jax.random.key(0),
+        method_state=scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8]), **init_kwargs),
+    )
+
+
 def test_plateau_state_trains_under_a_donating_jit(problem):
     """The initial state holds no buffer twice: a train step that donates its state runs."""
     from l2rw_jax import xla_options
@@ -346,15 +358,7 @@ def test_plateau_state_trains_under_a_donating_jit(problem):
         methods.get_scheme("erm"), patience=2, num_clean=8, num_train=24
     )
     tx = optax.sgd(0.1)
-    params = problem["params"]
-    state = TrainState(
-        step=jnp.int32(0),
-        params=jax.tree.map(jnp.copy, params),
-        model_state={},
-        opt_state=tx.init(params),
-        rng=jax.random.key(0),
-        method_state=scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8])),
-    )
+    state = _initial_state(scheme, tx, problem["params"])
     train_step = xla_options.jit(
         step_lib.make_train_step(problem["apply_fn"], tx, scheme), donate_argnums=0
     )
@@ -382,14 +386,7 @@ def test_rewind_sets_the_model_back_to_its_parameters_at_the_last_new_best(probl
         ),
     )
     params = problem["params"]
-    state = TrainState(
-        step=jnp.int32(0),
-        params=jax.tree.map(jnp.copy, params),
-        model_state={},
-        opt_state=tx.init(params),
-        rng=jax.random.key(0),
-        method_state=scheme.init(jax.random.PRNGKey(0), np.array([8, 8, 8]), params=params),
-    )
+    state = _initial_state(scheme, tx, params, params=params)
     train_step = jax.jit(step_lib.make_train_step(problem["apply_fn"], tx, scheme))
     plain_step = jax.jit(plain)
     best_params, fired = params, []
