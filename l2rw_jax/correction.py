@@ -330,18 +330,18 @@ def plateau_gold_correction(
                 "batch's logits), which l2rw_jax.step passes."
             )
         w_inner_B, inner, metrics = scheme.weigh(ctx, state.inner)
-        # Until the trigger: class-balanced plain training (every observed class of the batch
-        # the same mass), a model of p(observed label | x) that a flipped-to class's excess
-        # does not bend (background flips).
-        w_plain_B = l2rw_stages.class_normalize(
-            jnp.ones_like(w_inner_B), ctx.batch["label"], "class_balanced", ctx.axis_name
-        )
         C = state.count_best_C.shape[0]
         logits_MxC, add_CxC, add_C = clean_softmax_sums(ctx, C)
-        if reweight_first:
+        if reweight_first:  # the counts on the training rows replace the clean set's
             w_B = w_inner_B
             add_CxC, add_C = train_posterior_sums(ctx, C)
         else:
+            # Until the trigger: class-balanced plain training (every observed class of the
+            # batch the same mass), a model of p(observed label | x) that a flipped-to
+            # class's excess does not bend (background flips).
+            w_plain_B = l2rw_stages.class_normalize(
+                jnp.ones_like(w_inner_B), ctx.batch["label"], "class_balanced", ctx.axis_name
+            )
             w_B = jnp.where(state.on, w_inner_B, w_plain_B)
         hits = jnp.sum(jnp.argmax(logits_MxC, -1) == ctx.val_batch["label"]).astype(jnp.float32)
         size = jnp.asarray(logits_MxC.shape[0], jnp.float32)
