@@ -21,9 +21,12 @@ paired over seeds (each seed is one split, noise draw and data order shared by t
 mean +- 95% CI (the protocol's criteria: the default at least as accurate as ERM and as
 class-balanced training, and within 2 points of the paper's rule where it works).
 
-`selected test acc %` (shown when some run has a clean selection set, data.selection_size):
-the test accuracy at the evaluation with the best selection accuracy (results.json's
-selected_test_accuracy); `-` for a run without one.
+`selected test acc %` (shown when some run has a clean selection set: `--selection_size=M`
+holds M clean examples out of each setting's clean set, stratified per class, to choose the
+checkpoint; data.selection_size): the test accuracy at the evaluation with the best
+selection accuracy (results.json's selected_test_accuracy); `-` for a run without one. Such
+runs train on a smaller clean set, so they go to `<setting>/steps<N>_selection<M>/` and
+`protocol_<setting>[_steps<N>]_selection<M>.*`, beside the runs without the hold-out.
 
 `gap closed %` (shown when both `erm` and `oracle` ran): the share of the gap between plain
 training and the oracle that a method closes, per seed `(acc - acc_erm) / (acc_oracle -
@@ -64,6 +67,7 @@ from experiments import plots
 from experiments import provenance as provenance_lib
 from experiments.configs import protocol as protocol_config
 import l2rw_jax
+from l2rw_jax import members
 from l2rw_jax import results as results_lib
 
 
@@ -94,6 +98,14 @@ def define_flags() -> SimpleNamespace:
     num_seeds = flags.DEFINE_integer(
         "num_seeds", 0, "Seeds per run (0: the setting's, 5).", lower_bound=0
     )
+    selection_size = flags.DEFINE_integer(
+        "selection_size",
+        0,
+        "Clean examples held out of each setting's clean set to choose the checkpoint "
+        "(data.selection_size; 0: none). The runs go to steps<N>_selection<M>/ and the "
+        "files to protocol_<setting>[_steps<N>]_selection<M>.*.",
+        lower_bound=0,
+    )
     train = flags.DEFINE_bool(
         "train", True, "Train what is missing (--notrain: only tabulate the finished runs)."
     )
@@ -109,6 +121,7 @@ def define_flags() -> SimpleNamespace:
         methods=methods,
         num_steps=num_steps,
         num_seeds=num_seeds,
+        selection_size=selection_size,
         train=train,
         results_dir=results_dir,
     )
@@ -117,6 +130,7 @@ def define_flags() -> SimpleNamespace:
 # The methods and the config of one (setting, method) run live with the settings (no flags
 # there, so tests and notebooks can import them).
 METHODS = protocol_config.METHODS
+NUM_CLASSES = protocol_config.NUM_CLASSES
 setting_config = protocol_config.setting_config
 COLUMNS = [
     "method",
@@ -231,6 +245,11 @@ def criteria(rows: dict) -> str:
     )
 
 
+def run_folder(num_steps: int, selection_size: int) -> str:
+    """A setting's runs of one budget and selection hold-out: ``steps<N>[_selection<M>]``."""
+    return f"steps{num_steps}" + (f"_selection{selection_size}" if selection_size else "")
+
+
 def run_setting(
     setting: str,
     methods,
@@ -239,12 +258,13 @@ def run_setting(
     num_seeds: int,
     train: bool,
     provenance: dict,
+    selection_size: int = 0,
 ) -> tuple[str, dict]:
     """Trains (or reads) one setting's methods; writes and returns (table text, summary)."""
-    configs = {m: setting_config(setting, m, num_steps, num_seeds) for m in methods}
+    configs = {m: setting_config(setting, m, num_steps, num_seeds, selection_size) for m in methods}
     cfg0 = next(iter(configs.values()))
     own_steps = protocol_config.get_config(setting).num_steps
-    setting_dir = os.path.join(workdir, setting, f"steps{cfg0.num_steps}")
+    setting_dir = os.path.join(workdir, setting, run_folder(cfg0.num_steps, selection_size))
     rows = {}
     for m, cfg in configs.items():
         run_dir = os.path.join(setting_dir, m)
@@ -263,7 +283,13 @@ def run_setting(
     head = (
         f"{setting}: {os.path.basename(d.dataset)}, {cfg0.model.name} "
         f"{dict(cfg0.model.options)}, {d.noise} flip {d.noise_ratio:.0%}, "
-        f"{d.clean_per_class} clean per class, batch {d.batch_size} + {d.clean_batch_size} "
+        f"{d.clean_per_class} clean per class"
+        + (
+            f" ({selection_size} of the clean examples held out to choose the checkpoint)"
+            if selection_size
+            else ""
+        )
+        + f", batch {d.batch_size} + {d.clean_batch_size} "
         f"clean, SGD momentum {cfg0.optim.momentum} lr {cfg0.optim.learning_rate}, {budget}, "
         f"{cfg0.num_seeds} seeds; test accuracy mean +- 95% CI over seeds "
         f"(best: the highest of the evaluations every {cfg0.loop.eval_every} steps)"
@@ -277,6 +303,7 @@ def run_setting(
         "num_steps": cfg0.num_steps,
         "setting_num_steps": own_steps,
         "shortened": cfg0.num_steps < own_steps,
+        "selection_size": selection_size,
         **provenance,
         "configs": {m: c.to_dict() for m, c in configs.items()},
         "methods": rows,
@@ -299,6 +326,7 @@ def main(argv, f: SimpleNamespace):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     methods = f.methods.value or list(METHODS)
+    size = f.selection_size.value
     bad = [s for s in f.settings.value if s not in protocol_config.SETTINGS]
     if bad:
         raise app.UsageError(f"unknown settings {bad}; allowed: {list(protocol_config.SETTINGS)}.")
@@ -312,22 +340,40 @@ def main(argv, f: SimpleNamespace):
     # Every run's config is built (and validated) before the first trains: a typo fails now.
     for s in f.settings.value:
         for m in methods:
-            setting_config(s, m, f.num_steps.value, f.num_seeds.value)
+            cfg = setting_config(s, m, f.num_steps.value, f.num_seeds.value, size)
+        try:  # a selection set the clean set cannot give, before anything trains
+            if size:
+                members.selection_counts(
+                    np.repeat(np.arange(NUM_CLASSES), cfg.data.clean_per_class), NUM_CLASSES, size
+                )
+        except ValueError as e:
+            raise app.UsageError(f"setting {s}: {e}") from None
     provenance = provenance_lib.record("experiments.protocol", sys.argv[1:])
     for s in f.settings.value:
         text, summary = run_setting(
-            s, methods, workdir, f.num_steps.value, f.num_seeds.value, f.train.value, provenance
+            s,
+            methods,
+            workdir,
+            f.num_steps.value,
+            f.num_seeds.value,
+            f.train.value,
+            provenance,
+            selection_size=size,
         )
         print("\n" + text, flush=True)
         if f.results_dir.value and summary["methods"]:
             os.makedirs(f.results_dir.value, exist_ok=True)
-            setting_dir = os.path.join(workdir, s, f"steps{summary['num_steps']}")
-            # A budget other than the setting's own is named by it: it never replaces the
-            # full-budget results (nor another budget's).
-            stem = f"protocol_{s}" + (
-                ""
-                if summary["num_steps"] == summary["setting_num_steps"]
-                else f"_steps{summary['num_steps']}"
+            setting_dir = os.path.join(workdir, s, run_folder(summary["num_steps"], size))
+            # A budget other than the setting's own is named by it, and so is a selection
+            # hold-out: neither replaces the full-budget results (nor another budget's).
+            stem = (
+                f"protocol_{s}"
+                + (
+                    ""
+                    if summary["num_steps"] == summary["setting_num_steps"]
+                    else f"_steps{summary['num_steps']}"
+                )
+                + (f"_selection{size}" if size else "")
             )
             for name, ext in (
                 ("table.md", "md"),

@@ -4,14 +4,16 @@ plain-training-to-oracle gap each method closes, from the protocol's result file
     python -m experiments.protocol_table [--results_dir=benchmarks/results] \\
         [--out=docs/protocol_table.md] [--plot=benchmarks/results/protocol_gap_closed.png]
 
-Reads every `protocol_<setting>[_steps<N>].json` that `experiments.protocol` wrote in
-`--results_dir` and in its `candidates/` folder; the rows of one (setting, budget) found in
-several files are merged, the newest file's row winning for a method found twice (their
-seeds are the same: a setting's seed fixes its split, noise draw and data order). One row per
-(setting, budget), one column per method of `COLUMNS` that ran somewhere; a cell is the mean
-final test accuracy % over seeds and, where both `erm` and `oracle` ran, the mean gap closed
-% (`l2rw_jax.results.gap_closed`, as `experiments.protocol` reports it: per seed
-`(acc - acc_erm) / (acc_oracle - acc_erm)`, paired). Each setting's own file has the 95%
+Reads every `protocol_<setting>[_steps<N>][_selection<M>].json` that `experiments.protocol`
+wrote in `--results_dir` and in its `candidates/` folder; the rows of one (setting, budget,
+selection hold-out) found in several files are merged, the newest file's row winning for a
+method found twice (their seeds are the same: a setting's seed fixes its split, noise draw
+and data order). One row per (setting, budget, selection hold-out), one column per method
+of `COLUMNS` that ran somewhere; a cell is the mean final test accuracy % over seeds and,
+where both `erm` and `oracle` ran, the mean gap closed % (`l2rw_jax.results.gap_closed`,
+as `experiments.protocol` reports it: per seed `(acc - acc_erm) / (acc_oracle - acc_erm)`,
+paired); with a selection hold-out, `sel.` and the mean test accuracy of the checkpoint
+chosen on it (never instead of the final one). Each setting's own file has the 95%
 CIs, the best-during-training column and the command that produced it. `--plot` draws the
 gap closed as a heat map (settings x methods).
 """
@@ -69,7 +71,8 @@ def gap_closed(rows: dict, method: str) -> dict | None:
 
 
 def load(results_dir: str) -> dict:
-    """``{(setting, num_steps, the setting's own num_steps): {method: row}}`` from the
+    """``{(setting, num_steps, the setting's own num_steps, selection_size): {method: row}}``
+    from the
     protocol files of ``results_dir`` and ``results_dir/candidates``, the newest file's row
     winning.
 
@@ -90,7 +93,7 @@ def load(results_dir: str) -> dict:
             files.append(json.load(f))
     settings: dict = {}
     for d in sorted(files, key=lambda d: d["date"]):
-        key = (d["setting"], d["num_steps"], d["setting_num_steps"])
+        key = (d["setting"], d["num_steps"], d["setting_num_steps"], d.get("selection_size", 0))
         configs = d.get("configs", {})
         settings.setdefault(key, {}).update(
             {label(d["setting"], m, configs.get(m)): row for m, row in d["methods"].items()}
@@ -116,20 +119,26 @@ def label(setting: str, name: str, config: dict | None) -> str:
 
 
 def cell(rows: dict, method: str) -> str:
+    """The mean final accuracy %, the gap closed in brackets, and after "sel." the mean test
+    accuracy of the checkpoint chosen on the clean selection hold-out (runs with one)."""
     if method not in rows:
         return "–"
-    text = f"{100 * rows[method]['final_test_accuracy']['mean']:.2f}"
+    row = rows[method]
+    text = f"{100 * row['final_test_accuracy']['mean']:.2f}"
     gap = gap_closed(rows, method)
-    return text + (
-        f" ({100 * gap['mean']:.0f}%)" if gap and method not in ("erm", "oracle") else ""
-    )
+    if gap and method not in ("erm", "oracle"):
+        text += f" ({100 * gap['mean']:.0f}%)"
+    if row.get("selected_by") == "selection":
+        text += f"; sel. {100 * row['selected_test_accuracy']['mean']:.2f}"
+    return text
 
 
 def matrix(settings: dict) -> tuple[list[str], list[tuple], np.ndarray]:
-    """The methods shown, the (setting, steps, own steps) keys in order, and the gap closed %
+    """The methods shown, the (setting, steps, own steps, selection) keys in order, and the
+    gap closed %
     (NaN where not run / no oracle), shape ``settings x methods``."""
     methods = [m for m in COLUMNS if any(m in rows for rows in settings.values())]
-    keys = sorted(settings, key=lambda k: (k[0], k[1]))
+    keys = sorted(settings, key=lambda k: (k[0], k[1], k[3]))
     gap = np.full((len(keys), len(methods)), np.nan)
     for i, k in enumerate(keys):
         for j, m in enumerate(methods):
@@ -142,9 +151,9 @@ def matrix(settings: dict) -> tuple[list[str], list[tuple], np.ndarray]:
 def markdown(settings: dict) -> str:
     methods, keys, _ = matrix(settings)
     body = [
-        [f"{s} ({n}{f' of {own}' if n != own else ''} steps)"]
-        + [cell(settings[(s, n, own)], m) for m in methods]
-        for s, n, own in keys
+        [f"{s} ({n}{f' of {own}' if n != own else ''} steps{f', {sel} held out' if sel else ''})"]
+        + [cell(settings[(s, n, own, sel)], m) for m in methods]
+        for s, n, own, sel in keys
     ]
     return common.markdown_table(["setting (steps)"] + methods, body)
 
@@ -163,7 +172,9 @@ def plot(settings: dict, path: str) -> None:
             if not np.isnan(gap[i, j]):
                 ax.text(j, i, f"{gap[i, j]:.0f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(methods)), methods, rotation=40, ha="right")
-    ax.set_yticks(range(len(keys)), [f"{s} ({n})" for s, n, _ in keys])
+    ax.set_yticks(
+        range(len(keys)), [f"{s} ({n}{f', sel. {sel}' if sel else ''})" for s, n, _, sel in keys]
+    )
     ax.set_title("gap closed % (0: plain training, 100: the oracle; blank: not run)")
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()

@@ -201,3 +201,63 @@ def test_noise_settings_and_the_oracle_row(monkeypatch):
         assert set(diff) <= {"data.noise", "data.noise_ratio", "data.noise_map"}, diff
     asym = protocol_config.setting_config("mnist_mlp_asymmetric40", "erm")
     assert asym.data.noise_map == "mnist"
+
+
+def _protocol(tmp_path, *flags):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.protocol", f"--workdir={tmp_path}/w", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_selection_hold_out_runs_beside_the_others_and_reports_the_selected_checkpoint(tmp_path):
+    res = tmp_path / "res"
+    out = _protocol(
+        tmp_path,
+        "--settings=digits_uniform40",
+        "--num_steps=20",
+        "--num_seeds=2",
+        "--methods=erm",
+        "--selection_size=20",
+        f"--results_dir={res}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    # Its own folder and files: they never replace the runs without the hold-out.
+    run = tmp_path / "w" / "digits_uniform40" / "steps20_selection20" / "erm"
+    results = json.loads((run / "results.json").read_text())
+    assert results["selected_by"] == "selection" and results["num_selection"] == 20
+    assert results["num_clean"] == 80  # 10 per class, 2 of each held out
+    summary = json.loads((res / "protocol_digits_uniform40_steps20_selection20.json").read_text())
+    assert summary["selection_size"] == 20
+    assert (
+        summary["methods"]["erm"]["selected_test_accuracy"] == (results["selected_test_accuracy"])
+    )
+    lines = (res / "protocol_digits_uniform40_steps20_selection20.md").read_text().splitlines()
+    assert (
+        "10 clean per class (20 of the clean examples held out to choose the checkpoint)"
+        in lines[0]
+    )
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    row = [c.strip() for c in lines[4].strip("|").split("|")]
+    sel = results["selected_test_accuracy"]
+    assert dict(zip(header, row))["selected test acc %"] == (
+        f"{100 * sel['mean']:.2f} +- {100 * sel['ci95']:.2f}"
+    )
+    assert not (res / "protocol_digits_uniform40_steps20.json").exists()
+
+
+def test_a_selection_set_the_clean_set_cannot_give_is_one_line_error_before_any_run(tmp_path):
+    # The digits setting has 10 clean examples per class: 100 cannot all be held out.
+    out = _protocol(
+        tmp_path, "--settings=digits_uniform40", "--methods=erm", "--selection_size=100"
+    )
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert "setting digits_uniform40: selection_size=100 cannot be held out of the clean set" in (
+        last
+    )
+    assert "of 100 examples" in last and "allowed: 10..90" in last
+    assert not (tmp_path / "w").exists()

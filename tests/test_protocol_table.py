@@ -13,7 +13,13 @@ def _row(per_seed):
     return {"final_test_accuracy": {"mean": sum(per_seed) / len(per_seed), "per_seed": per_seed}}
 
 
-def _write(path, setting, date, methods, num_steps=100, own=100):
+def _write(path, setting, date, methods, num_steps=100, own=100, selected=None):
+    """A protocol file; ``selected``: per method, the per-seed accuracies of the checkpoint
+    chosen on a clean selection hold-out (the file then has ``selection_size`` 20)."""
+    rows = {m: _row(v) for m, v in methods.items()}
+    for m, per_seed in (selected or {}).items():
+        rows[m]["selected_by"] = "selection"
+        rows[m]["selected_test_accuracy"] = _row(per_seed)["final_test_accuracy"]
     with open(path, "w") as f:
         json.dump(
             {
@@ -22,7 +28,8 @@ def _write(path, setting, date, methods, num_steps=100, own=100):
                 "num_steps": num_steps,
                 "setting_num_steps": own,
                 "shortened": num_steps != own,
-                "methods": {m: _row(v) for m, v in methods.items()},
+                **({"selection_size": 20} if selected else {}),
+                "methods": rows,
             },
             f,
         )
@@ -63,6 +70,15 @@ def test_cells_are_final_accuracy_and_paired_gap_closed_merged_across_files(tmp_
         {"erm": [0.2], "l2rw": [0.4]},
         num_steps=50,
     )
+    # A selection hold-out is its own row (its runs trained on a smaller clean set): the
+    # final accuracy, then the selected checkpoint's.
+    _write(
+        tmp_path / "protocol_a_selection20.json",
+        "a",
+        "2026-01-03 00:00 UTC",
+        {"erm": [0.5, 0.6], "oracle": [0.9, 0.8], "recommended": [0.6, 0.6]},
+        selected={"erm": [0.8, 0.7], "oracle": [0.9, 0.8], "recommended": [0.75, 0.75]},
+    )
     text = _table(tmp_path)
     lines = {
         line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
@@ -74,6 +90,14 @@ def test_cells_are_final_accuracy_and_paired_gap_closed_merged_across_files(tmp_
     a = dict(zip(header, lines["a (100 steps)"]))
     # Gap closed per seed: (0.7 - 0.5) / (0.9 - 0.5) = 50%, (0.7 - 0.6) / (0.8 - 0.6) = 50%.
     assert a == {"erm": "55.00", "oracle": "85.00", "l2rw": "–", "recommended": "70.00 (50%)"}
+    sel = dict(zip(header, lines["a (100 steps, 20 held out)"]))
+    # Gap closed on the final accuracies: (0.6 - 0.5) / 0.4 = 25%, 0 / 0.2 = 0%.
+    assert sel == {
+        "erm": "55.00; sel. 75.00",
+        "oracle": "85.00; sel. 85.00",
+        "l2rw": "–",
+        "recommended": "60.00 (12%); sel. 75.00",
+    }
     b = dict(zip(header, lines["b (50 of 100 steps)"]))
     assert b == {"erm": "20.00", "oracle": "–", "l2rw": "40.00", "recommended": "–"}
 

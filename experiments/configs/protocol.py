@@ -296,10 +296,18 @@ def method_overrides(name: str) -> dict:
     return {"method": {"name": "l2rw", "l2rw": options}}
 
 
-def setting_config(setting: str, method: str, num_steps: int = 0, num_seeds: int = 0):
+# Every setting's dataset (the digits, MNIST, CIFAR-10) has 10 classes.
+NUM_CLASSES = 10
+
+
+def setting_config(
+    setting: str, method: str, num_steps: int = 0, num_seeds: int = 0, selection_size: int = 0
+):
     """The validated config of one (setting, method) run; ``num_steps`` / ``num_seeds`` 0 keep
-    the setting's (the lr boundaries scale with ``num_steps``)."""
+    the setting's (the lr boundaries scale with ``num_steps``); ``selection_size`` clean
+    examples held out of the clean set to choose the checkpoint (``data.selection_size``)."""
     cfg = get_config(setting)
+    cfg.data.selection_size = selection_size
     if num_steps:
         scale = num_steps / cfg.num_steps
         cfg.optim.lr_boundaries = tuple(max(1, round(b * scale)) for b in cfg.optim.lr_boundaries)
