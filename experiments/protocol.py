@@ -1,5 +1,6 @@
-"""The two-regime CPU protocol (docs/protocol.md): ERM, class-balanced training, the paper's L2RW
-and the recommended default, in settings where plain training memorises the flipped labels.
+"""The CPU protocol (docs/protocol.md): plain and class-balanced training, the oracle, the
+paper's L2RW, the library's default and the other baselines, in settings where plain training
+memorises the flipped labels and where the model underfits.
 
     L2RW_DEV_DATA=../shared/data python -m experiments.protocol --workdir=workdirs/protocol \\
         [--settings=digits_uniform40,mnist_mlp_uniform40] [--num_steps=8000] [--num_seeds=5]
@@ -36,8 +37,10 @@ method in summary.json); 0 is ERM, 100 the oracle.
 Methods: `erm`; `oracle` (plain training on exactly the correctly labelled rows and the clean
 set: the reference a reweighting could reach at best); `resample` (class-balanced plain
 training: batches drawn class-balanced from the noisy labels); `l2rw` (the paper's algorithm,
-config.PAPER_L2RW); `recommended` (the
-library's default method.l2rw options, config.ROBUST_L2RW); and ablations, one option of
+config.PAPER_L2RW); `recommended` (the library's default method.l2rw options,
+config.ROBUST_L2RW); `mwnet` (Meta-Weight-Net); `clean_only` (the clean set alone);
+`finetune` (plain training, then a tenth of the budget on the clean set); `glc` (Gold Loss
+Correction with plain weights); and ablations, one option of
 `methods.l2rw` switched at a time: `l2rw+<token>...` (the paper's rule with options on),
 `recommended-<token>...` (the default with options back at the paper's value),
 `recommended+<token>` (tokens: experiments/configs/protocol.ABLATIONS).
@@ -84,7 +87,8 @@ def define_flags() -> SimpleNamespace:
     methods = flags.DEFINE_list(
         "methods",
         None,
-        "Methods (default: erm,resample,l2rw,recommended), or ablations: l2rw or "
+        "Methods (default: every one of experiments/configs/protocol.py METHODS: "
+        f"{','.join(protocol_config.METHODS)}), or ablations: l2rw or "
         "recommended followed by any number of +<token> (set that option; a mix token replaces "
         "the mix) and -<token> (back to the paper's value), tokens in "
         "experiments/configs/protocol.py ABLATIONS.",

@@ -2,19 +2,20 @@
 plain-training-to-oracle gap each method closes, from the protocol's result files.
 
     python -m experiments.protocol_table [--results_dir=benchmarks/results] \\
-        [--out=docs/protocol_table.md] [--plot=benchmarks/results/protocol_gap_closed.png]
+        [--out=table.md] [--plot=benchmarks/results/protocol_gap_closed.png]
 
-Reads every `protocol_<setting>[_steps<N>][_selection<M>].json` that `experiments.protocol`
-wrote in `--results_dir` and in its `candidates/` folder; the rows of one (setting, budget,
-selection hold-out) found in several files are merged, the newest file's row winning for a
-method found twice (their seeds are the same: a setting's seed fixes its split, noise draw
-and data order). One row per (setting, budget, selection hold-out), one column per method
-of `COLUMNS` that ran somewhere; a cell is the mean final test accuracy % over seeds and,
-where both `erm` and `oracle` ran, the mean gap closed % (`l2rw_jax.results.gap_closed`,
-as `experiments.protocol` reports it: per seed `(acc - acc_erm) / (acc_oracle - acc_erm)`,
-paired); with a selection hold-out, `sel.` and the mean test accuracy of the checkpoint
-chosen on it (never instead of the final one). Each setting's own file has the 95%
-CIs, the best-during-training column and the command that produced it. `--plot` draws the
+Reads every `protocol_*.json` that `experiments.protocol` wrote in `--results_dir` and in its
+`candidates/` folder (`protocol_<setting>[_steps<N>][_selection<M>].json`, copied with any
+suffix, e.g. `_default`: the file's own fields name its setting, budget and hold-out); the rows
+of one (setting, budget, selection hold-out) found in several files are merged, the newest
+file's row winning for a method found twice (their seeds are the same: a setting's seed fixes
+its split, noise draw and data order). One row per (setting, budget, selection hold-out), one
+column per method of `COLUMNS` that ran somewhere; a cell is the mean final test accuracy % over
+seeds and, where both `erm` and `oracle` ran, the mean gap closed %
+(`l2rw_jax.results.gap_closed`, as `experiments.protocol` reports it: per seed `(acc - acc_erm)
+/ (acc_oracle - acc_erm)`, paired); with a selection hold-out, `sel.` and the mean test accuracy
+of the checkpoint chosen on it (never instead of the final one). Each setting's own file has the
+95% CIs, the best-during-training column and the command that produced it. `--plot` draws the
 gap closed as a heat map (settings x methods).
 """
 
