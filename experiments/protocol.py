@@ -249,9 +249,15 @@ def criteria(rows: dict) -> str:
     )
 
 
+def selection_suffix(selection_size: int) -> str:
+    """``_selection<M>`` for a selection hold-out of ``M`` clean examples, ``""`` without one:
+    the runs' folder and the results' file names carry it."""
+    return f"_selection{selection_size}" if selection_size else ""
+
+
 def run_folder(num_steps: int, selection_size: int) -> str:
     """A setting's runs of one budget and selection hold-out: ``steps<N>[_selection<M>]``."""
-    return f"steps{num_steps}" + (f"_selection{selection_size}" if selection_size else "")
+    return f"steps{num_steps}" + selection_suffix(selection_size)
 
 
 def run_setting(
@@ -344,14 +350,15 @@ def main(argv, f: SimpleNamespace):
     # Every run's config is built (and validated) before the first trains: a typo fails now.
     for s in f.settings.value:
         for m in methods:
-            cfg = setting_config(s, m, f.num_steps.value, f.num_seeds.value, size)
-        try:  # a selection set the clean set cannot give, before anything trains
-            if size:
+            setting_config(s, m, f.num_steps.value, f.num_seeds.value, size)
+        if size:  # a selection set the clean set cannot give, before anything trains
+            per_class = protocol_config.get_config(s).data.clean_per_class
+            try:
                 members.selection_counts(
-                    np.repeat(np.arange(NUM_CLASSES), cfg.data.clean_per_class), NUM_CLASSES, size
+                    np.repeat(np.arange(NUM_CLASSES), per_class), NUM_CLASSES, size
                 )
-        except ValueError as e:
-            raise app.UsageError(f"setting {s}: {e}") from None
+            except ValueError as e:
+                raise app.UsageError(f"setting {s}: {e}") from None
     provenance = provenance_lib.record("experiments.protocol", sys.argv[1:])
     for s in f.settings.value:
         text, summary = run_setting(
@@ -377,7 +384,7 @@ def main(argv, f: SimpleNamespace):
                     if summary["num_steps"] == summary["setting_num_steps"]
                     else f"_steps{summary['num_steps']}"
                 )
-                + (f"_selection{size}" if size else "")
+                + selection_suffix(size)
             )
             for name, ext in (
                 ("table.md", "md"),

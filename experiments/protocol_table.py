@@ -73,9 +73,8 @@ def gap_closed(rows: dict, method: str) -> dict | None:
 
 def load(results_dir: str) -> dict:
     """``{(setting, num_steps, the setting's own num_steps, selection_size): {method: row}}``
-    from the
-    protocol files of ``results_dir`` and ``results_dir/candidates``, the newest file's row
-    winning.
+    from the protocol files of ``results_dir`` and ``results_dir/candidates``, the newest
+    file's row winning.
 
     Raises:
       FileNotFoundError: no protocol_*.json in either folder.
@@ -136,8 +135,7 @@ def cell(rows: dict, method: str) -> str:
 
 def matrix(settings: dict) -> tuple[list[str], list[tuple], np.ndarray]:
     """The methods shown, the (setting, steps, own steps, selection) keys in order, and the
-    gap closed %
-    (NaN where not run / no oracle), shape ``settings x methods``."""
+    gap closed % (NaN where not run / no oracle), shape ``settings x methods``."""
     methods = [m for m in COLUMNS if any(m in rows for rows in settings.values())]
     keys = sorted(settings, key=lambda k: (k[0], k[1], k[3]))
     gap = np.full((len(keys), len(methods)), np.nan)
